@@ -1,0 +1,122 @@
+"""Parsing helpers for settings loaded from an environment mapping (and flags).
+
+Settings classes are frozen dataclasses built by `from_env(environ, overrides)`;
+they use a `Reader` so that every bad value is collected and reported at once as
+one `SettingsError`, instead of failing on the first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+PREFIX = "AIBRIDGE_"
+
+
+class SettingsError(Exception):
+    """One or more settings are invalid; `problems` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class Reader:
+    """Reads typed values from an environment mapping, collecting problems."""
+
+    def __init__(self, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None):
+        self._env = dict(environ)
+        # Flags win over the environment: they arrive as {ENV_NAME: value}.
+        for key, value in (overrides or {}).items():
+            self._env[key] = value
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        return None if value is None else value.strip()
+
+    def str(self, name: str, default: str = "") -> str:
+        value = self.raw(name)
+        return default if value is None or value == "" else value
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None or value == "":
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        self.problems.append(f"{name}={value!r}: expected true or false")
+        return default
+
+    def int(self, name: str, default: int, minimum: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None or value == "":
+            return default
+        try:
+            parsed = int(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r}: expected a whole number")
+            return default
+        if minimum is not None and parsed < minimum:
+            self.problems.append(f"{name}={value!r}: must be at least {minimum}")
+            return default
+        return parsed
+
+    def duration(self, name: str, default: float) -> float:
+        """Seconds, from '30s', '500ms', '2m', '1h' or a bare number of seconds."""
+        value = self.raw(name)
+        if value is None or value == "":
+            return default
+        match = _DURATION.match(value)
+        if not match:
+            self.problems.append(f"{name}={value!r}: expected a duration such as 30s or 500ms")
+            return default
+        number = float(match.group(1))
+        unit = match.group(2) or "s"
+        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+    def listen(self, name: str, default: str) -> tuple[str, int]:
+        """host:port (IPv6 as [::1]:port); port 0 picks a free port."""
+        value = self.str(name, default)
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            self.problems.append(f"{name}={value!r}: expected host:port")
+            host, port = default.rsplit(":", 1)
+        host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - an explicit ':port' means all
+        return host, int(port)
+
+    def existing_file(self, name: str) -> Path | None:
+        value = self.str(name)
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_file():
+            self.problems.append(f"{name}={value!r}: no such file")
+        return path
+
+    def csv(self, name: str, default: str = "") -> list[str]:
+        return [part.strip() for part in self.str(name, default).split(",") if part.strip()]
+
+    def check(self) -> None:
+        if self.problems:
+            raise SettingsError(self.problems)
+
+
+def default_data_dir() -> Path:
+    """A per-user data directory (XDG on Linux, ~/Library on macOS)."""
+    import os
+    import sys
+
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "aibridge"
