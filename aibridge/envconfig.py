@@ -120,3 +120,30 @@ def default_data_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "aibridge"
+
+
+def flag_for(env_name: str) -> str:
+    """AIBRIDGE_BRIDGE_LISTEN -> --bridge-listen: every setting is also a flag."""
+    return "--" + env_name.removeprefix(PREFIX).lower().replace("_", "-")
+
+
+def add_env_flags(parser: object, names: list[tuple[str, str]]) -> None:
+    """Add one flag per (ENV_NAME, help) pair to an argparse parser."""
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    for env_name, help_text in names:
+        parser.add_argument(
+            flag_for(env_name), dest=env_name, default=None, metavar="VALUE",
+            help=f"{help_text} (env {env_name})",
+        )
+
+
+def overrides_from_args(args: object, names: list[tuple[str, str]]) -> dict[str, str]:
+    """The flags that were given, as {ENV_NAME: value}, to pass to Reader."""
+    given: dict[str, str] = {}
+    for env_name, _ in names:
+        value = getattr(args, env_name, None)
+        if value is not None:
+            given[env_name] = str(value)
+    return given

@@ -1,0 +1,53 @@
+"""`aibridge`: the one command-line entry point.
+
+Each sub-command lives in its own module as `main(argv) -> int` and parses its own
+flags, so `aibridge bridge` never imports the config service's database code and
+vice versa. Modules are imported only when their command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config-service": ("config_service.commands.serve", "run the config service (gRPC)"),
+    "migrate": ("config_service.commands.migrate", "apply database migrations and exit"),
+    "rotate-keys": (
+        "config_service.commands.rotate_keys",
+        "re-encrypt stored secrets under the first AIBRIDGE_ENCRYPTION_KEYS key",
+    ),
+    "tokens": ("config_service.commands.tokens", "create, list and revoke tokens"),
+    "snapshot": ("aibridge.commands.snapshot", "print the current provider snapshot as JSON"),
+    "providers": ("aibridge.commands.providers", "manage providers over gRPC"),
+    "subscribers": ("aibridge.commands.subscribers", "list snapshot subscribers"),
+    "bridge": ("data_plane.bridge.cli", "run the bridge daemon (aibridged)"),
+    "proxy": ("data_plane.proxy.cli", "run the CONNECT proxy daemon (aibridgeproxyd)"),
+    "up": ("aibridge.commands.up", "run config service, bridge and proxy on this machine"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: aibridge <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run `aibridge <command> --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"aibridge: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result: int = module.main(rest, prog=f"aibridge {name}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

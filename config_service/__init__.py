@@ -1,0 +1,1 @@
+"""Control plane: owns the provider database, seeds it, authorizes, serves snapshots."""

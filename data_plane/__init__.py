@@ -1,0 +1,1 @@
+"""Data plane: the bridge and proxy daemons. Never imports database code."""
