@@ -1,0 +1,176 @@
+"""Typed ORM models (DESIGN §5). The Alembic migrations are the schema's source of truth;
+these mirror them for queries. Constraints that differ per engine (the name CHECK, the
+5-key limit trigger) live only in the migrations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+PROVIDER_TYPES = (
+    "openai",
+    "anthropic",
+    "bedrock",
+    "azure",
+    "google",
+    "openai-compat",
+    "openrouter",
+    "vercel",
+    "copilot",
+)
+ROLES = ("owner", "auditor", "member", "bridge", "proxy")
+MAX_KEYS_PER_PROVIDER = 5
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every engine (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+UUIDPk = Annotated[str, mapped_column(String(36), primary_key=True, default=new_id)]
+Timestamp = Annotated[datetime, mapped_column(UTCDateTime(), nullable=False, default=utcnow)]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Provider(Base):
+    __tablename__ = "providers"
+
+    id: Mapped[UUIDPk]
+    type: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(63))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    base_url: Mapped[str] = mapped_column(Text, default="")
+    # Type-specific settings as (optionally encrypted) JSON; NULL when there are none.
+    settings: Mapped[str | None] = mapped_column(Text, nullable=True)
+    settings_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+
+    keys: Mapped[list[ProviderKey]] = relationship(
+        back_populates="provider",
+        order_by="(ProviderKey.created_at, ProviderKey.id)",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+    __table_args__ = (
+        Index(
+            "providers_name_live_unique",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted = 0"),
+            postgresql_where=text("deleted = false"),
+        ),
+    )
+
+
+class ProviderKey(Base):
+    __tablename__ = "provider_keys"
+
+    id: Mapped[UUIDPk]
+    provider_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("providers.id", ondelete="CASCADE"), index=True
+    )
+    secret: Mapped[str] = mapped_column(Text)
+    secret_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Masked form kept beside the secret so non-bridge reads never decrypt.
+    hint: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[Timestamp]
+
+    provider: Mapped[Provider] = relationship(back_populates="keys")
+
+
+class Principal(Base):
+    __tablename__ = "principals"
+
+    id: Mapped[UUIDPk]
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[Timestamp]
+
+    tokens: Mapped[list[Token]] = relationship(back_populates="principal")
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[UUIDPk]
+    principal_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("principals.id", ondelete="CASCADE"), index=True
+    )
+    # Lower-case hex SHA-256 of the secret; the secret itself is never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[Timestamp]
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    principal: Mapped[Principal] = relationship(back_populates="tokens")
+
+
+class Revision(Base):
+    """One row: the revision counter, bumped in the same transaction as every change."""
+
+    __tablename__ = "revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[Timestamp]
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[Timestamp]
+    actor_id: Mapped[str] = mapped_column(String(36))
+    actor_name: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(36))
+    resource_name: Mapped[str] = mapped_column(String(200), default="")
+    revision: Mapped[int] = mapped_column(BigInteger)
+    # JSON with every secret masked.
+    before: Mapped[str | None] = mapped_column(Text, nullable=True)
+    after: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,92 @@
+"""The one RBAC policy (DESIGN §4): which role may do which action.
+
+The data-access layer (config_service.store) calls `authorize` for every read and
+write and scopes what it returns with `scope_for`; gRPC handlers never decide
+access themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from config_service.errors import PermissionDenied
+
+
+class Role(StrEnum):
+    OWNER = "owner"
+    AUDITOR = "auditor"
+    MEMBER = "member"
+    BRIDGE = "bridge"
+    PROXY = "proxy"
+
+
+class Action(StrEnum):
+    READ_PROVIDERS = "read provider metadata"
+    READ_SECRETS = "read provider secrets"
+    WRITE_PROVIDERS = "create, update or delete providers"
+    MANAGE_TOKENS = "create, revoke or list tokens"
+    WATCH_SNAPSHOT = "watch the provider snapshot"
+    REPORT_STATUS = "report subscriber status"
+    LIST_SUBSCRIBERS = "list subscribers"
+    USE_GATEWAY = "use the bridge or proxy as a client"
+
+
+class Scope(StrEnum):
+    """The view of the provider set a subject receives."""
+
+    BRIDGE = "bridge"  # plaintext secrets + gateway token hashes
+    PROXY = "proxy"  # no key material at all + gateway token hashes
+    METADATA = "metadata"  # masked key hints, no token hashes
+
+
+_O, _A, _M, _B, _P = Role.OWNER, Role.AUDITOR, Role.MEMBER, Role.BRIDGE, Role.PROXY
+
+POLICY: dict[Action, frozenset[Role]] = {
+    Action.READ_PROVIDERS: frozenset({_O, _A, _B, _P}),
+    Action.READ_SECRETS: frozenset({_B}),
+    Action.WRITE_PROVIDERS: frozenset({_O}),
+    Action.MANAGE_TOKENS: frozenset({_O}),
+    Action.WATCH_SNAPSHOT: frozenset({_O, _A, _B, _P}),
+    Action.REPORT_STATUS: frozenset({_B, _P}),
+    Action.LIST_SUBSCRIBERS: frozenset({_O, _A}),
+    Action.USE_GATEWAY: frozenset({_O, _M}),
+}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who is calling: a principal with one role, or the service itself (seeding, bootstrap)."""
+
+    principal_id: str
+    name: str
+    role: Role | None
+    token_id: str = ""
+
+    @property
+    def is_system(self) -> bool:
+        return self.role is None
+
+
+SYSTEM = Subject(principal_id="system", name="system", role=None)
+
+
+def allowed(subject: Subject, action: Action) -> bool:
+    if subject.is_system:
+        return True
+    return subject.role in POLICY[action]
+
+
+def authorize(subject: Subject, action: Action) -> None:
+    """Raise PermissionDenied unless the subject's role may perform the action."""
+    if not allowed(subject, action):
+        raise PermissionDenied(f"role {subject.role} may not {action}")
+
+
+def scope_for(subject: Subject) -> Scope:
+    """The snapshot scope a subject sees: secrets only for the bridge role."""
+    if subject.is_system or allowed(subject, Action.READ_SECRETS):
+        return Scope.BRIDGE
+    if subject.role is Role.PROXY:
+        return Scope.PROXY
+    return Scope.METADATA
