@@ -1,0 +1,1 @@
+"""`aibridge` sub-commands that only talk gRPC (no database code)."""

@@ -1,0 +1,59 @@
+"""`aibridge snapshot`: print the current provider snapshot as JSON.
+
+What it shows depends on the token's role: masked keys for owner/auditor tokens,
+no key material for the proxy token, plaintext keys only with the bridge token.
+`--watch` keeps the stream open and prints every new snapshot (one JSON per line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+import grpc
+from google.protobuf.json_format import MessageToJson
+
+from aibridge.client import CLIENT_ENV_VARS, ClientSettings, describe_rpc_error
+from aibridge.config.v1 import config_service_pb2 as pb
+from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
+from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+
+
+def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--watch", action="store_true", help="stream every new snapshot")
+    p.add_argument("--known-version", default="", help="with --watch: skip this version")
+    add_env_flags(p, CLIENT_ENV_VARS)
+    args = p.parse_args(argv)
+    try:
+        client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
+    except SettingsError as exc:
+        print(f"aibridge snapshot: {exc}", file=sys.stderr)
+        return 2
+    if not client.token:
+        print("aibridge snapshot: no token: set AIBRIDGE_TOKEN or pass --token", file=sys.stderr)
+        return 2
+    with client.channel() as channel:
+        stub = pb_grpc.ConfigServiceStub(channel)
+        try:
+            if not args.watch:
+                response = stub.GetProviderSnapshot(
+                    pb.GetProviderSnapshotRequest(), metadata=client.metadata(), timeout=30
+                )
+                print(MessageToJson(response.snapshot, indent=2))
+                return 0
+            request = pb.WatchProvidersRequest(
+                node_id=f"cli-{socket.gethostname()}-{os.getpid()}",
+                known_version=args.known_version,
+            )
+            for item in stub.WatchProviders(request, metadata=client.metadata()):
+                print(MessageToJson(item.snapshot, indent=None), flush=True)
+        except grpc.RpcError as exc:
+            print(f"aibridge snapshot: {describe_rpc_error(exc, client.target)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+    return 0

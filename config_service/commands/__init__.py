@@ -1,0 +1,1 @@
+"""`aibridge` sub-commands that run against the database or serve the config service."""

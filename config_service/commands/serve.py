@@ -1,0 +1,38 @@
+"""`aibridge config-service`: run the control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from config_service.commands.common import load, parser
+from config_service.errors import ConfigError
+from config_service.seed.apply import SeedConflict
+from config_service.seed.env import SeedConfigError
+
+
+def main(argv: list[str], prog: str = "aibridge config-service") -> int:
+    args = parser(
+        prog,
+        "Run the config service: migrate and seed the database, then serve the provider "
+        "snapshot stream and the admin API over gRPC. Every flag also reads from its env var.",
+    ).parse_args(argv)
+    settings = load(args, validate_seed=True)
+    if settings is None:
+        return 2
+    from config_service.server import serve
+
+    try:
+        asyncio.run(serve(settings, os.environ))
+    except (SeedConflict, SeedConfigError) as exc:
+        print("aibridge: seeding providers from the environment failed:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"aibridge: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,159 @@
+"""`aibridge tokens create|list|revoke`.
+
+Over gRPC by default (AIBRIDGE_CONFIG_SERVICE with an owner token). With --local the
+command works directly against the database (AIBRIDGE_DATABASE_URL / AIBRIDGE_DATA_DIR):
+that is how the first tokens are made before anyone can call the API.
+`create` prints the new secret alone on standard output, the details on standard error,
+so scripts can capture it: TOKEN=$(aibridge tokens create --role member --name alice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from aibridge.client import CLIENT_ENV_VARS, ClientSettings, describe_rpc_error
+from aibridge.config.v1 import token_admin_service_pb2 as pb
+from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
+from aibridge.config.v1 import token_pb2
+from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+from config_service.errors import ConfigError
+from config_service.rbac import SYSTEM, Role
+
+ROLES = [r.value for r in Role]
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    from config_service.settings import ENV_VARS
+
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="create a token; prints the secret once")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--name", help="principal name (default: the role)")
+    lst = sub.add_parser("list", help="list tokens (never their secrets)")
+    lst.add_argument("--include-revoked", action="store_true")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    revoke = sub.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id")
+    for s in (create, lst, revoke):
+        s.add_argument("--local", action="store_true",
+                       help="use the database directly instead of the gRPC API")
+        add_env_flags(s, CLIENT_ENV_VARS + [e for e in ENV_VARS if e[0] in (
+            "AIBRIDGE_DATA_DIR", "AIBRIDGE_DATABASE_URL", "AIBRIDGE_LOG_LEVEL")])
+    return p
+
+
+def _row(token: dict[str, Any]) -> str:
+    revoked = f"revoked {token['revoked_at']}" if token.get("revoked_at") else "active"
+    return (f"{token['id']}  {token['role']:<8} {token['principal_name']:<20} "
+            f"{token['hint']}...  {revoked}")
+
+
+def _print_tokens(tokens: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(tokens, indent=2))
+        return
+    print(f"{'ID':<36}  {'ROLE':<8} {'PRINCIPAL':<20} HINT         STATUS")
+    for token in tokens:
+        print(_row(token))
+    if not tokens:
+        print("(no tokens)", file=sys.stderr)
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value else ""
+
+
+def _local(args: argparse.Namespace) -> int:
+    from aibridge import logs
+    from config_service.crypto import Cipher
+    from config_service.db import migrate
+    from config_service.db.engine import make_engine
+    from config_service.settings import ENV_VARS, ConfigServiceSettings
+    from config_service.store import tokens
+    from config_service.store.database import Database
+
+    settings = ConfigServiceSettings.from_env(os.environ, overrides_from_args(args, ENV_VARS))
+    logs.configure("warning", settings.log_format)
+    db = Database(make_engine(settings.database_url), Cipher(settings.encryption_keys))
+    try:
+        migrate.upgrade(db.engine)
+        if args.action == "create":
+            view, secret = tokens.create_token(db, SYSTEM, args.name or args.role, Role(args.role))
+            print(f"created {view.role} token {view.id} for {view.principal_name!r} "
+                  "(shown once; store it now)", file=sys.stderr)
+            print(secret)
+        elif args.action == "list":
+            views = tokens.list_tokens(db, SYSTEM, args.include_revoked)
+            _print_tokens([{"id": v.id, "role": v.role.value, "principal_name": v.principal_name,
+                            "hint": v.hint, "created_at": _iso(v.created_at),
+                            "revoked_at": _iso(v.revoked_at)} for v in views], args.json)
+        else:
+            view = tokens.revoke_token(db, SYSTEM, args.id)
+            print(f"revoked token {view.id} ({view.principal_name})", file=sys.stderr)
+    finally:
+        db.engine.dispose()
+    return 0
+
+
+def _token_dict(t: token_pb2.Token) -> dict[str, Any]:
+    return {
+        "id": t.id, "role": token_pb2.Role.Name(t.role).removeprefix("ROLE_").lower(),
+        "principal_name": t.principal_name, "hint": t.hint,
+        "created_at": t.created_at.ToDatetime().isoformat() if t.HasField("created_at") else "",
+        "revoked_at": t.revoked_at.ToDatetime().isoformat() if t.HasField("revoked_at") else "",
+    }
+
+
+def _remote(args: argparse.Namespace) -> int:
+    client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
+    if not client.token:
+        print("aibridge tokens: no token: set AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN), "
+              "or use --local against the database", file=sys.stderr)
+        return 2
+    with client.channel() as channel:
+        stub = pb_grpc.TokenAdminServiceStub(channel)
+        md = client.metadata()
+        try:
+            if args.action == "create":
+                role = token_pb2.Role.Value(f"ROLE_{args.role.upper()}")
+                created = stub.CreateToken(
+                    pb.CreateTokenRequest(principal_name=args.name or args.role, role=role),
+                    metadata=md, timeout=30)
+                print(f"created {args.role} token {created.token.id} for "
+                      f"{created.token.principal_name!r} (shown once; store it now)",
+                      file=sys.stderr)
+                print(created.secret)
+            elif args.action == "list":
+                listed = stub.ListTokens(pb.ListTokensRequest(include_revoked=args.include_revoked),
+                                         metadata=md, timeout=30)
+                _print_tokens([_token_dict(t) for t in listed.tokens], args.json)
+            else:
+                revoked = stub.RevokeToken(pb.RevokeTokenRequest(id=args.id), metadata=md,
+                                           timeout=30)
+                print(f"revoked token {revoked.token.id} ({revoked.token.principal_name})",
+                      file=sys.stderr)
+        except grpc.RpcError as exc:
+            print(f"aibridge tokens: {describe_rpc_error(exc, client.target)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str], prog: str = "aibridge tokens") -> int:
+    args = _parser(prog).parse_args(argv)
+    try:
+        return _local(args) if args.local else _remote(args)
+    except SettingsError as exc:
+        print(f"aibridge tokens: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"aibridge tokens: {exc.message}", file=sys.stderr)
+        return 1

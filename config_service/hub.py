@@ -1,0 +1,92 @@
+"""The snapshot hub: the current snapshot per scope, its version, and a change signal.
+
+A watch stream is a version and a wait: send the current snapshot, wait until the
+version changes, send again. The hub is refreshed after every write through this
+process (at once), on PostgreSQL NOTIFY from other replicas, and by a periodic
+revision check as a safety net. Versions only move forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from aibridge.logs import get_logger
+from config_service.rbac import Scope, Subject
+from config_service.snapshot import SnapshotEntry, build
+from config_service.store.database import Database
+from config_service.store.state import load_state
+
+log = get_logger("aibridge.config.hub")
+
+
+class SnapshotHub:
+    def __init__(self, db: Database, allow_byok: bool) -> None:
+        self._db = db
+        self._allow_byok = allow_byok
+        self._revision = -1
+        self._entries: dict[Scope, SnapshotEntry] = {}
+        self._subjects: dict[str, Subject] = {}
+        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.last_build_seconds = 0.0
+        self.listeners: list[Callable[[int], None]] = []
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def version(self) -> str:
+        return str(self._revision)
+
+    def entry(self, scope: Scope) -> SnapshotEntry:
+        return self._entries[scope]
+
+    def subject_for(self, token_hash: str) -> Subject | None:
+        """The subject of a live token as of the current snapshot (no database call)."""
+        return self._subjects.get(token_hash)
+
+    async def refresh(self) -> bool:
+        """Reload from the database; publish when the revision moved forward."""
+        async with self._lock:
+            started = time.perf_counter()
+            state = await asyncio.to_thread(load_state, self._db)
+            if state.revision <= self._revision:
+                return False
+            entries = build(state, self._allow_byok, datetime.now(UTC))
+            self._subjects = {
+                t.sha256: Subject(t.principal_id, t.principal_name, t.role, t.token_id)
+                for t in state.tokens
+            }
+            self._entries = entries
+            self._revision = state.revision
+            self.last_build_seconds = time.perf_counter() - started
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+        log.info(
+            "snapshot published",
+            version=self.version,
+            providers=len(state.providers),
+            build_ms=round(self.last_build_seconds * 1000, 2),
+        )
+        for listener in self.listeners:
+            listener(self._revision)
+        return True
+
+    async def refresh_if_behind(self) -> bool:
+        """Cheap check of the committed revision; full reload only when it moved."""
+        revision = await asyncio.to_thread(self._db.revision)
+        if revision > self._revision:
+            return await self.refresh()
+        return False
+
+    async def wait_newer(self, version: str) -> None:
+        """Return once the published version differs from `version`."""
+        while True:
+            changed = self._changed
+            if self.version != version:
+                return
+            await changed.wait()

@@ -1,0 +1,150 @@
+"""Providers as the service works with them: rows decoded and (when allowed) decrypted.
+
+A `ProviderRecord` is immutable and holds everything any scope may need; the views
+module decides what each scope sees. Decoding never raises: a row that cannot be
+decrypted or decoded becomes a record with `problems`, reported as status ERROR.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aibridge.masking import mask_secret
+from config_service.crypto import Cipher, DecryptError
+from config_service.db.models import Provider, ProviderKey
+
+SETTINGS_VERSION = 1
+
+
+def key_aad(key_id: str) -> str:
+    return f"provider_keys.secret:{key_id}"
+
+
+def settings_aad(provider_id: str) -> str:
+    return f"providers.settings:{provider_id}"
+
+
+@dataclass(frozen=True)
+class BedrockRecord:
+    region: str = ""
+    model: str = ""
+    small_fast_model: str = ""
+    role_arn: str = ""
+    access_key: str = field(default="", repr=False)
+    access_key_secret: str = field(default="", repr=False)
+
+    @property
+    def has_static_credentials(self) -> bool:
+        return bool(self.access_key or self.access_key_secret)
+
+    @property
+    def is_configured(self) -> bool:
+        """Region, role or credentials set; model names alone never make a provider Bedrock."""
+        return bool(self.region or self.role_arn or self.has_static_credentials)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "_type": "bedrock",
+            "_version": SETTINGS_VERSION,
+            "region": self.region,
+            "model": self.model,
+            "small_fast_model": self.small_fast_model,
+            "role_arn": self.role_arn,
+            "access_key": self.access_key,
+            "access_key_secret": self.access_key_secret,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> BedrockRecord:
+        if not isinstance(data, dict):
+            raise ValueError("settings are not a JSON object")
+        if data.get("_type") != "bedrock":
+            raise ValueError(f"unknown settings _type {data.get('_type')!r}")
+        if data.get("_version") != SETTINGS_VERSION:
+            raise ValueError(f"unsupported settings _version {data.get('_version')!r}")
+        values = {k: data.get(k, "") for k in cls.__dataclass_fields__}
+        if not all(isinstance(v, str) for v in values.values()):
+            raise ValueError("settings fields must be strings")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    hint: str
+    created_at: datetime
+    # Plaintext; None when not loaded (non-bridge reads) or not decryptable.
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ProviderRecord:
+    id: str
+    name: str
+    display_name: str
+    type: str
+    base_url: str
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    keys: tuple[KeyRecord, ...] = ()
+    bedrock: BedrockRecord | None = None
+    problems: tuple[str, ...] = ()
+
+
+def encode_settings(
+    cipher: Cipher, provider_id: str, bedrock: BedrockRecord | None
+) -> tuple[str | None, str | None]:
+    """Settings column value and key id for a Bedrock record (None when no settings)."""
+    if bedrock is None:
+        return None, None
+    return cipher.encrypt(json.dumps(bedrock.to_json(), sort_keys=True), settings_aad(provider_id))
+
+
+def encrypt_key(cipher: Cipher, key_id: str, secret: str) -> tuple[str, str | None, str]:
+    """(stored value, encrypting key id, hint) for a new pool key."""
+    stored, kid = cipher.encrypt(secret, key_aad(key_id))
+    return stored, kid, mask_secret(secret)
+
+
+def load_record(
+    row: Provider, keys: list[ProviderKey], cipher: Cipher, decrypt_keys: bool = True
+) -> ProviderRecord:
+    """Decode a provider row and its keys (oldest first); decrypt keys when asked."""
+    problems: list[str] = []
+    bedrock: BedrockRecord | None = None
+    if row.settings is not None:
+        try:
+            plain = cipher.decrypt(row.settings, row.settings_key_id, settings_aad(row.id))
+            bedrock = BedrockRecord.from_json(json.loads(plain))
+        except DecryptError as exc:
+            problems.append(f"settings: {exc}")
+        except ValueError as exc:
+            problems.append(f"settings: cannot decode ({exc})")
+    key_records: list[KeyRecord] = []
+    for key in sorted(keys, key=lambda k: (k.created_at, k.id)):
+        secret: str | None = None
+        if not decrypt_keys:
+            key_records.append(KeyRecord(key.id, key.hint, key.created_at))
+            continue
+        try:
+            secret = cipher.decrypt(key.secret, key.secret_key_id, key_aad(key.id))
+        except DecryptError as exc:
+            problems.append(f"key {key.id}: {exc}")
+        key_records.append(KeyRecord(key.id, key.hint, key.created_at, secret))
+    return ProviderRecord(
+        id=row.id,
+        name=row.name,
+        display_name=row.display_name or row.name,
+        type=row.type,
+        base_url=row.base_url,
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        keys=tuple(key_records),
+        bedrock=bedrock,
+        problems=tuple(problems),
+    )

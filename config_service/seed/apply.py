@@ -1,0 +1,173 @@
+"""Apply a seed plan to the database at boot (DESIGN §6), insert-only.
+
+One transaction, serialized across replicas by a PostgreSQL advisory lock:
+- a provider absent from the database is inserted with its keys;
+- a live row that matches (type, base URL, Bedrock region and models) is left alone,
+  so restarts are no-ops; credentials are not compared, so keys can be rotated
+  through the API;
+- a live row that differs fails start-up, naming the provider and the fix;
+- a soft-deleted row is never resurrected; rows not in the env are never touched.
+The revision is bumped once when anything was inserted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, text
+
+from config_service.db.models import Provider, ProviderKey, new_id, utcnow
+from config_service.rbac import SYSTEM
+from config_service.records import BedrockRecord, encode_settings, encrypt_key, load_record
+from config_service.seed.env import ProviderSeed, SeedPlan
+from config_service.store.database import Database
+from config_service.views import audit_view
+
+# Arbitrary constant shared by every replica ("aibseed").
+SEED_LOCK_ID = 0x61696273656564
+
+
+class SeedConflict(Exception):
+    """The environment disagrees with the database; `problems` names each provider."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    created: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    skipped_deleted: tuple[str, ...]
+
+
+def _seed_bedrock(seed: ProviderSeed) -> BedrockRecord | None:
+    if seed.bedrock is None:
+        return None
+    b = seed.bedrock
+    return BedrockRecord(
+        region=b.region,
+        model=b.model,
+        small_fast_model=b.small_fast_model,
+        role_arn=b.role_arn,
+        access_key=b.access_key.value if b.access_key else "",
+        access_key_secret=b.access_key_secret.value if b.access_key_secret else "",
+    )
+
+
+def _fingerprint(ptype: str, base_url: str, bedrock: BedrockRecord | None) -> dict[str, str]:
+    """What drift is judged on: never credentials."""
+    return {
+        "type": ptype,
+        "base_url": base_url.rstrip("/"),
+        "bedrock_region": bedrock.region if bedrock else "",
+        "bedrock_model": bedrock.model if bedrock else "",
+        "bedrock_small_fast_model": bedrock.small_fast_model if bedrock else "",
+    }
+
+
+def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
+    created: list[str] = []
+    unchanged: list[str] = []
+    skipped: list[str] = []
+    if not plan.providers:
+        return SeedOutcome((), (), ())
+    conflicts: list[str] = []
+    with db.write() as session:
+        if db.is_postgres:
+            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SEED_LOCK_ID})
+        names = [p.name for p in plan.providers]
+        rows = session.execute(select(Provider).where(Provider.name.in_(names))).scalars().all()
+        live = {r.name: r for r in rows if not r.deleted}
+        deleted = {r.name for r in rows if r.deleted}
+        inserted: list[Provider] = []
+        for seed in plan.providers:
+            desired_bedrock = _seed_bedrock(seed)
+            row = live.get(seed.name)
+            if row is None and seed.name in deleted:
+                skipped.append(seed.name)
+                continue
+            if row is not None:
+                current = load_record(row, [], db.cipher, decrypt_keys=False)
+                have = _fingerprint(current.type, current.base_url, current.bedrock)
+                want = _fingerprint(seed.type, seed.base_url, desired_bedrock)
+                if current.problems:
+                    conflicts.append(
+                        f"provider {seed.name!r}: its stored settings cannot be read "
+                        f"({'; '.join(current.problems)}); fix AIBRIDGE_ENCRYPTION_KEYS"
+                    )
+                elif have != want:
+                    diff = ", ".join(
+                        f"{k} {have[k]!r} in the database vs {want[k]!r} in {seed.source}"
+                        for k in have
+                        if have[k] != want[k]
+                    )
+                    conflicts.append(
+                        f"provider {seed.name!r} already exists in the database and differs "
+                        f"from the environment ({diff}); update it with `aibridge providers "
+                        f"update {seed.name} ...` or remove the {seed.source} variables to "
+                        "stop seeding it"
+                    )
+                else:
+                    unchanged.append(seed.name)
+                continue
+            now = utcnow()
+            provider = Provider(
+                id=new_id(),
+                type=seed.type,
+                name=seed.name,
+                display_name=seed.display_name,
+                enabled=True,
+                deleted=False,
+                base_url=seed.base_url,
+                created_at=now,
+                updated_at=now,
+            )
+            provider.settings, provider.settings_key_id = encode_settings(
+                db.cipher, provider.id, desired_bedrock
+            )
+            session.add(provider)
+            session.flush()
+            # Distinct timestamps keep the pool in env order (pool order = created_at, id).
+            for index, secret in enumerate(seed.keys):
+                key_id = new_id()
+                stored, kid, hint = encrypt_key(db.cipher, key_id, secret.value)
+                session.add(
+                    ProviderKey(
+                        id=key_id,
+                        provider_id=provider.id,
+                        secret=stored,
+                        secret_key_id=kid,
+                        hint=hint,
+                        created_at=now + timedelta(microseconds=index),
+                    )
+                )
+                session.flush()
+            inserted.append(provider)
+            created.append(seed.name)
+        if conflicts:
+            raise SeedConflict(conflicts)
+        if inserted:
+            revision = db.bump_revision(session)
+            for provider in inserted:
+                keys = (
+                    session.execute(
+                        select(ProviderKey).where(ProviderKey.provider_id == provider.id)
+                    )
+                    .scalars()
+                    .all()
+                )
+                record = load_record(provider, list(keys), db.cipher, decrypt_keys=False)
+                db.audit(
+                    session,
+                    SYSTEM,
+                    "provider.seed",
+                    "provider",
+                    provider.id,
+                    provider.name,
+                    revision,
+                    after=audit_view(record),
+                )
+    return SeedOutcome(tuple(created), tuple(unchanged), tuple(skipped))

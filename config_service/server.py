@@ -1,0 +1,211 @@
+"""Assemble and run the config service: migrate, seed, bootstrap, serve gRPC.
+
+`start(settings, environ)` returns a running service (tests use it in-process on
+port 0); `serve(settings, environ)` runs until SIGINT/SIGTERM and stops gracefully:
+health goes NOT_SERVING first, then the server stops with a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from aibridge.config.v1 import config_service_pb2
+from aibridge.logs import get_logger
+from config_service.auth import Authenticator
+from config_service.crypto import Cipher
+from config_service.db import migrate
+from config_service.db.engine import make_engine
+from config_service.hub import SnapshotHub
+from config_service.rbac import Role
+from config_service.seed import apply as seed_apply
+from config_service.seed.env import parse_env
+from config_service.servicers.config import ConfigServicer
+from config_service.settings import ConfigServiceSettings
+from config_service.store import tokens
+from config_service.store.database import Database
+from config_service.subscribers import SubscriberRegistry
+
+log = get_logger("aibridge.config")
+
+SERVICE_NAMES = (
+    "aibridge.config.v1.ConfigService",
+    "aibridge.config.v1.ProviderAdminService",
+    "aibridge.config.v1.TokenAdminService",
+)
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+# Thousands of long-lived watch streams: many streams per connection, keepalive to
+# notice dead peers, and clients allowed to ping while idle.
+GRPC_OPTIONS = [
+    ("grpc.max_concurrent_streams", 100_000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+MAX_CONCURRENT_RPCS = 50_000
+
+
+@dataclass
+class RunningService:
+    settings: ConfigServiceSettings
+    server: grpc.aio.Server
+    port: int
+    db: Database
+    hub: SnapshotHub
+    health: health.aio.HealthServicer
+    registry: SubscriberRegistry
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"{self.settings.grpc_host}:{self.port}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.server.stop(grace)
+        self.db.engine.dispose()
+
+
+def _credentials(settings: ConfigServiceSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _add_reflection(server: grpc.aio.Server) -> None:
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1)
+    reflection.enable_server_reflection(names, server)
+    # grpcio-reflection serves only v1alpha; v1 is the same messages under a new
+    # package name, so the same servicer answers it.
+    servicer = ReflectionServicer(names)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                _REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        servicer.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+
+
+def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> Database:
+    """Migrate, seed from the environment and bootstrap tokens (blocking; run in a thread)."""
+    cipher = Cipher(settings.encryption_keys)
+    if not cipher.enabled:
+        log.warning(
+            "AIBRIDGE_ENCRYPTION_KEYS is not set: provider secrets are stored UNENCRYPTED "
+            "in the database; set it (openssl rand -base64 32) for production"
+        )
+    db = Database(make_engine(settings.database_url), cipher)
+    before, after = migrate.upgrade(db.engine)
+    if before != after:
+        log.info("database migrated", from_revision=before, to_revision=after)
+    plan = parse_env(environ)
+    for warning in plan.warnings:
+        log.warning(warning)
+    outcome = seed_apply.apply(db, plan)
+    for name in outcome.created:
+        log.info("seeded provider from environment", provider=name)
+    for name in outcome.skipped_deleted:
+        log.warning("not seeding provider: it was deleted through the API", provider=name)
+    for change in tokens.bootstrap(
+        db,
+        {
+            Role.OWNER: settings.admin_token.value,
+            Role.BRIDGE: settings.bridge_token.value,
+            Role.PROXY: settings.proxy_token.value,
+        },
+    ):
+        log.info(change)
+    return db
+
+
+async def _resync_loop(hub: SnapshotHub, interval: float) -> None:
+    """Safety net: catch changes made by other processes whose notification was missed."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await hub.refresh_if_behind()
+        except Exception as exc:  # noqa: BLE001 - keep serving the last snapshot
+            log.warning("revision check failed; serving the last snapshot", error=str(exc))
+
+
+async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> RunningService:
+    db = await asyncio.to_thread(prepare_database, settings, environ)
+    hub = SnapshotHub(db, settings.allow_byok)
+    await hub.refresh()
+    registry = SubscriberRegistry()
+    auth = Authenticator(hub, db)
+    server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+    config = ConfigServicer(hub, auth, registry, settings.replica_id)
+    server.add_generic_rpc_handlers((config.handler(),))
+    from config_service.servicers import admin
+
+    admin.register(server, db, hub, auth)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _add_reflection(server)
+    address = settings.grpc_target
+    credentials = _credentials(settings)
+    port = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningService(settings, server, port, db, hub, health_servicer, registry)
+    running.tasks.append(asyncio.create_task(_resync_loop(hub, settings.resync_interval)))
+    log.info(
+        "config service ready",
+        listen=f"{settings.grpc_host}:{port}",
+        tls=credentials is not None,
+        mtls=settings.tls_client_ca_file is not None,
+        version=hub.version,
+        database=db.engine.dialect.name,
+    )
+    return running
+
+
+async def serve(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> None:
+    running = await start(settings, environ)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: health NOT_SERVING, draining")
+    await running.stop(grace=5.0)
+
+
+__all__ = ["RunningService", "config_service_pb2", "serve", "start"]

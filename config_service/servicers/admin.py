@@ -1,0 +1,17 @@
+"""Registers the admin services (providers, tokens) on a server."""
+
+from __future__ import annotations
+
+import grpc
+
+from aibridge.config.v1 import token_admin_service_pb2_grpc
+from config_service.auth import Authenticator
+from config_service.hub import SnapshotHub
+from config_service.servicers.tokens import TokenAdminServicer
+from config_service.store.database import Database
+
+
+def register(server: grpc.aio.Server, db: Database, hub: SnapshotHub, auth: Authenticator) -> None:
+    token_admin_service_pb2_grpc.add_TokenAdminServiceServicer_to_server(
+        TokenAdminServicer(db, hub, auth), server
+    )

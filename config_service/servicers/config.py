@@ -1,0 +1,172 @@
+"""ConfigService: WatchProviders, GetProviderSnapshot, ReportStatus, ListSubscribers.
+
+Snapshot responses are the hub's pre-serialized bytes (the handler's serializer is
+the identity), so a change costs one serialization per scope, not one per subscriber.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aibridge.config.v1 import config_service_pb2 as pb
+from aibridge.logs import get_logger
+from config_service.auth import Authenticator
+from config_service.errors import ConfigError, InvalidArgument
+from config_service.hub import SnapshotHub
+from config_service.rbac import Action, authorize, scope_for
+from config_service.servicers.edge import abort_for, unary
+from config_service.snapshot import ROLE_TO_PROTO
+from config_service.subscribers import ProviderIssue, SubscriberRegistry
+
+log = get_logger("aibridge.config.watch")
+SERVICE = "aibridge.config.v1.ConfigService"
+_MAX_NODE_ID = 200
+_MAX_ERRORS = 1000
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _ts(value: Any) -> Timestamp:
+    ts = Timestamp()
+    if value is not None:
+        ts.FromDatetime(value)
+    return ts
+
+
+def _node_id(value: str, field: str = "node_id") -> str:
+    if len(value) > _MAX_NODE_ID or any(not c.isprintable() for c in value):
+        raise InvalidArgument(field, f"must be at most {_MAX_NODE_ID} printable characters")
+    return value
+
+
+class ConfigServicer:
+    def __init__(
+        self,
+        hub: SnapshotHub,
+        auth: Authenticator,
+        registry: SubscriberRegistry,
+        replica_id: str,
+    ) -> None:
+        self._hub = hub
+        self._auth = auth
+        self._registry = registry
+        self._replica_id = replica_id
+        self.snapshots_sent = 0
+
+    async def watch(self, request: pb.WatchProvidersRequest, context: Context) -> AsyncIterator[bytes]:
+        try:
+            subject = await self._auth.authenticate(context)
+            authorize(subject, Action.WATCH_SNAPSHOT)
+            node_id = _node_id(request.node_id) or context.peer()
+        except ConfigError as exc:
+            await abort_for(exc, context)
+            return
+        assert subject.role is not None
+        scope = scope_for(subject)
+        state = self._registry.add(node_id, subject.role, subject.principal_id, context.peer())
+        known = request.known_version
+        try:
+            while True:
+                entry = self._hub.entry(scope)
+                if entry.version != known:
+                    yield entry.payload
+                    known = state.version_sent = entry.version
+                    self.snapshots_sent += 1
+                await self._hub.wait_newer(known)
+        finally:
+            self._registry.remove(state)
+
+    @unary
+    async def get_snapshot(self, request: pb.GetProviderSnapshotRequest, context: Context) -> bytes:
+        subject = await self._auth.authenticate(context)
+        authorize(subject, Action.READ_PROVIDERS)
+        return self._hub.entry(scope_for(subject)).payload
+
+    @unary
+    async def report_status(
+        self, request: pb.ReportStatusRequest, context: Context
+    ) -> pb.ReportStatusResponse:
+        subject = await self._auth.authenticate(context)
+        authorize(subject, Action.REPORT_STATUS)
+        node_id = _node_id(request.node_id)
+        if not node_id:
+            raise InvalidArgument("node_id", "is required")
+        if not request.version:
+            raise InvalidArgument("version", "is required")
+        if len(request.errors) > _MAX_ERRORS:
+            raise InvalidArgument("errors", f"at most {_MAX_ERRORS} entries")
+        issues = [ProviderIssue(e.provider_name[:200], e.message[:2000]) for e in request.errors]
+        found = self._registry.report(
+            node_id,
+            subject.principal_id,
+            request.version,
+            request.applied,
+            issues,
+            request.error_detail[:2000],
+        )
+        log.info(
+            "subscriber report",
+            node_id=node_id,
+            version=request.version,
+            applied=request.applied,
+            errors=len(issues),
+            matched_stream=found,
+        )
+        return pb.ReportStatusResponse()
+
+    @unary
+    async def list_subscribers(
+        self, request: pb.ListSubscribersRequest, context: Context
+    ) -> pb.ListSubscribersResponse:
+        subject = await self._auth.authenticate(context)
+        authorize(subject, Action.LIST_SUBSCRIBERS)
+        response = pb.ListSubscribersResponse()
+        for s in self._registry.all():
+            response.subscribers.add(
+                node_id=s.node_id,
+                role=ROLE_TO_PROTO[s.role],
+                peer=s.peer,
+                connected_since=_ts(s.connected_since),
+                version_sent=s.version_sent,
+                version_acked=s.version_acked,
+                version_rejected=s.version_rejected,
+                errors=[pb.ProviderError(provider_name=e.provider_name, message=e.message) for e in s.errors],
+                error_detail=s.error_detail,
+                last_report_at=_ts(s.last_report_at),
+                replica_id=self._replica_id,
+            )
+        return response
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def raw(payload: bytes) -> bytes:
+            return payload
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "WatchProviders": grpc.unary_stream_rpc_method_handler(
+                    self.watch,
+                    request_deserializer=pb.WatchProvidersRequest.FromString,
+                    response_serializer=raw,
+                ),
+                "GetProviderSnapshot": grpc.unary_unary_rpc_method_handler(
+                    self.get_snapshot,
+                    request_deserializer=pb.GetProviderSnapshotRequest.FromString,
+                    response_serializer=raw,
+                ),
+                "ReportStatus": grpc.unary_unary_rpc_method_handler(
+                    self.report_status,
+                    request_deserializer=pb.ReportStatusRequest.FromString,
+                    response_serializer=pb.ReportStatusResponse.SerializeToString,
+                ),
+                "ListSubscribers": grpc.unary_unary_rpc_method_handler(
+                    self.list_subscribers,
+                    request_deserializer=pb.ListSubscribersRequest.FromString,
+                    response_serializer=pb.ListSubscribersResponse.SerializeToString,
+                ),
+            },
+        )

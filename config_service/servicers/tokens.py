@@ -1,0 +1,80 @@
+"""TokenAdminService: create (secret returned once), list, revoke."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aibridge.config.v1 import token_admin_service_pb2 as pb
+from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
+from aibridge.config.v1 import token_pb2
+from config_service.auth import Authenticator
+from config_service.errors import InvalidArgument
+from config_service.hub import SnapshotHub
+from config_service.rbac import Role
+from config_service.servicers.edge import unary
+from config_service.snapshot import ROLE_TO_PROTO
+from config_service.store import tokens
+from config_service.store.database import Database
+
+Context = grpc.aio.ServicerContext[Any, Any]
+ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
+
+
+def token_proto(view: tokens.TokenView) -> token_pb2.Token:
+    created = Timestamp()
+    created.FromDatetime(view.created_at)
+    proto = token_pb2.Token(
+        id=view.id,
+        principal_id=view.principal_id,
+        principal_name=view.principal_name,
+        role=ROLE_TO_PROTO[view.role],
+        hint=view.hint,
+        created_at=created,
+    )
+    if view.revoked_at is not None:
+        proto.revoked_at.FromDatetime(view.revoked_at)
+    return proto
+
+
+def role_from_proto(value: int) -> Role:
+    role = ROLE_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    if role is None:
+        raise InvalidArgument("role", "must be one of ROLE_OWNER, ROLE_AUDITOR, ROLE_MEMBER, "
+                              "ROLE_BRIDGE, ROLE_PROXY")
+    return role
+
+
+class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
+    def __init__(self, db: Database, hub: SnapshotHub, auth: Authenticator) -> None:
+        self._db = db
+        self._hub = hub
+        self._auth = auth
+
+    @unary
+    async def CreateToken(self, request: pb.CreateTokenRequest, context: Context) -> pb.CreateTokenResponse:  # noqa: N802
+        subject = await self._auth.authenticate(context)
+        role = role_from_proto(request.role)
+        view, secret = await asyncio.to_thread(
+            tokens.create_token, self._db, subject, request.principal_name, role
+        )
+        await self._hub.refresh()
+        return pb.CreateTokenResponse(token=token_proto(view), secret=secret)
+
+    @unary
+    async def ListTokens(self, request: pb.ListTokensRequest, context: Context) -> pb.ListTokensResponse:  # noqa: N802
+        subject = await self._auth.authenticate(context)
+        views = await asyncio.to_thread(
+            tokens.list_tokens, self._db, subject, request.include_revoked
+        )
+        return pb.ListTokensResponse(tokens=[token_proto(v) for v in views])
+
+    @unary
+    async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.RevokeTokenResponse:  # noqa: N802
+        subject = await self._auth.authenticate(context)
+        view = await asyncio.to_thread(tokens.revoke_token, self._db, subject, request.id)
+        await self._hub.refresh()
+        return pb.RevokeTokenResponse(token=token_proto(view))

@@ -1,0 +1,123 @@
+"""Transactions, the revision counter and the audit log.
+
+Every write runs in one transaction that bumps the revision (the snapshot version)
+and appends an audit entry. On PostgreSQL the revision row's lock orders writers,
+so revisions are committed in order; on SQLite writers queue on BEGIN IMMEDIATE.
+Reads that must be consistent (snapshots) use REPEATABLE READ on PostgreSQL and a
+read transaction on SQLite. A database that cannot be reached becomes Unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from config_service.crypto import Cipher
+from config_service.db.engine import SQLITE_BEGIN_OPTION
+from config_service.db.models import AuditEntry, Revision, utcnow
+from config_service.errors import Unavailable
+from config_service.rbac import Subject
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when the database is unreachable (as opposed to a constraint violation)."""
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class Database:
+    def __init__(self, engine: Engine, cipher: Cipher) -> None:
+        self.engine = engine
+        self.cipher = cipher
+        self.is_postgres = engine.dialect.name == "postgresql"
+        # SQLite allows one writer; queue ours in-process rather than on the file lock.
+        self._sqlite_write_lock = threading.Lock()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction that sees one consistent state."""
+        try:
+            with self.engine.connect() as conn:
+                if self.is_postgres:
+                    conn = conn.execution_options(
+                        isolation_level="REPEATABLE READ", postgresql_readonly=True
+                    )
+                with Session(bind=conn) as session, session.begin():
+                    yield session
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise Unavailable("database unavailable; try again shortly") from exc
+            raise
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A read-write transaction; commits on success, rolls back on any exception."""
+        lock = self._sqlite_write_lock if not self.is_postgres else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.engine.connect() as conn:
+                if not self.is_postgres:
+                    conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+                with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                    yield session
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise Unavailable("database unavailable; the change was not saved") from exc
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def revision(self) -> int:
+        """The committed revision (one cheap query: the resync safety net polls it)."""
+        with self.read() as session:
+            return int(session.execute(select(Revision.revision)).scalar_one())
+
+    @staticmethod
+    def bump_revision(session: Session) -> int:
+        """Increment the revision inside the caller's transaction (locks the row)."""
+        result = session.execute(
+            update(Revision)
+            .where(Revision.id == 1)
+            .values(revision=Revision.revision + 1, updated_at=utcnow())
+            .returning(Revision.revision)
+        )
+        return int(result.scalar_one())
+
+    @staticmethod
+    def audit(
+        session: Session,
+        subject: Subject,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        resource_name: str,
+        revision: int,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an audit entry. Callers pass views with every secret already masked."""
+        session.add(
+            AuditEntry(
+                at=utcnow(),
+                actor_id=subject.principal_id,
+                actor_name=subject.name,
+                action=action,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                resource_name=resource_name,
+                revision=revision,
+                before=json.dumps(before, sort_keys=True) if before is not None else None,
+                after=json.dumps(after, sort_keys=True) if after is not None else None,
+            )
+        )

@@ -1,0 +1,206 @@
+"""Principals and their tokens: create (secret shown once), list, revoke, bootstrap, lookup.
+
+Only the SHA-256 of a token is stored. Principals named `env:<role>` belong to the
+bootstrap tokens of the environment (AIBRIDGE_ADMIN/BRIDGE/PROXY_TOKEN): at start-up
+the env token is ensured and any other live token of that principal is revoked, so
+rotating an env token retires the old one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from aibridge.masking import sha256_hex
+from config_service.db.models import Principal, Token, utcnow
+from config_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from config_service.rbac import SYSTEM, Action, Role, Subject, authorize
+from config_service.store.database import Database
+
+TOKEN_PREFIX = "aib_"
+_PRINCIPAL_NAME_MAX = 200
+
+
+@dataclass(frozen=True)
+class TokenView:
+    id: str
+    principal_id: str
+    principal_name: str
+    role: Role
+    hint: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def new_token_secret() -> str:
+    """A random token: 32 bytes of entropy, prefixed so scanners recognise it."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _hint(secret: str) -> str:
+    return secret[: len(TOKEN_PREFIX) + 4]
+
+
+def _view(token: Token, principal: Principal) -> TokenView:
+    return TokenView(
+        id=token.id,
+        principal_id=principal.id,
+        principal_name=principal.name,
+        role=Role(principal.role),
+        hint=token.hint,
+        created_at=token.created_at,
+        revoked_at=token.revoked_at,
+    )
+
+
+def _principal(session: Session, name: str, role: Role) -> Principal:
+    principal = session.execute(select(Principal).where(Principal.name == name)).scalar_one_or_none()
+    if principal is None:
+        principal = Principal(name=name, role=role.value, created_at=utcnow())
+        session.add(principal)
+        session.flush()
+    elif principal.role != role.value:
+        raise FailedPrecondition(
+            f"principal {name!r} has role {principal.role}, not {role.value}; "
+            "a principal has exactly one role: use another principal name"
+        )
+    return principal
+
+
+def _insert_token(session: Session, principal: Principal, secret: str) -> Token:
+    token = Token(
+        principal_id=principal.id,
+        token_hash=sha256_hex(secret),
+        hint=_hint(secret),
+        created_at=utcnow(),
+    )
+    session.add(token)
+    session.flush()
+    return token
+
+
+def create_token(db: Database, subject: Subject, principal_name: str, role: Role) -> tuple[TokenView, str]:
+    """Create a token (and its principal when new); return it with the secret, shown once."""
+    authorize(subject, Action.MANAGE_TOKENS)
+    name = principal_name.strip()
+    if not name or len(name) > _PRINCIPAL_NAME_MAX or name != principal_name:
+        raise InvalidArgument(
+            "principal_name", f"must be 1-{_PRINCIPAL_NAME_MAX} characters without padding"
+        )
+    if name.startswith("env:") and not subject.is_system:
+        raise InvalidArgument("principal_name", "names starting with 'env:' are reserved")
+    secret = new_token_secret()
+    with db.write() as session:
+        principal = _principal(session, name, role)
+        token = _insert_token(session, principal, secret)
+        revision = db.bump_revision(session)
+        view = _view(token, principal)
+        db.audit(
+            session, subject, "token.create", "token", token.id, name, revision,
+            after={"principal": name, "role": role.value, "hint": token.hint},
+        )
+    return view, secret
+
+
+def list_tokens(db: Database, subject: Subject, include_revoked: bool = False) -> list[TokenView]:
+    authorize(subject, Action.MANAGE_TOKENS)
+    with db.read() as session:
+        query = select(Token, Principal).join(Principal).order_by(Principal.name, Token.created_at)
+        if not include_revoked:
+            query = query.where(Token.revoked_at.is_(None))
+        return [_view(t, p) for t, p in session.execute(query).all()]
+
+
+def revoke_token(db: Database, subject: Subject, token_id: str) -> TokenView:
+    """Revoke a token; revoking an already revoked token is a no-op returning it."""
+    authorize(subject, Action.MANAGE_TOKENS)
+    if not token_id:
+        raise InvalidArgument("id", "is required")
+    with db.write() as session:
+        row = session.execute(
+            select(Token, Principal).join(Principal).where(Token.id == token_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"token {token_id!r} not found")
+        token, principal = row
+        if token.revoked_at is None:
+            token.revoked_at = utcnow()
+            revision = db.bump_revision(session)
+            db.audit(
+                session, subject, "token.revoke", "token", token.id, principal.name, revision,
+                before={"hint": token.hint, "revoked": False},
+                after={"hint": token.hint, "revoked": True},
+            )
+        return _view(token, principal)
+
+
+def lookup(db: Database, token_hash: str) -> Subject | None:
+    """The subject owning a live token with this hash, or None."""
+    with db.read() as session:
+        row = session.execute(
+            select(Token, Principal)
+            .join(Principal)
+            .where(Token.token_hash == token_hash, Token.revoked_at.is_(None))
+        ).one_or_none()
+    if row is None:
+        return None
+    token, principal = row
+    return Subject(principal.id, principal.name, Role(principal.role), token.id)
+
+
+BOOTSTRAP_PRINCIPALS = {Role.OWNER: "env:admin", Role.BRIDGE: "env:bridge", Role.PROXY: "env:proxy"}
+
+
+def bootstrap(db: Database, tokens: dict[Role, str]) -> list[str]:
+    """Ensure the env bootstrap tokens exist; return a log line per change (no secrets)."""
+    changes: list[str] = []
+    wanted = {role: secret for role, secret in tokens.items() if secret}
+    if not wanted:
+        return changes
+    try:
+        with db.write() as session:
+            touched = False
+            for role, secret in wanted.items():
+                principal = _principal(session, BOOTSTRAP_PRINCIPALS[role], role)
+                digest = sha256_hex(secret)
+                existing = session.execute(
+                    select(Token).where(Token.token_hash == digest)
+                ).scalar_one_or_none()
+                if existing is not None and existing.principal_id != principal.id:
+                    raise FailedPrecondition(
+                        f"the {role.value} bootstrap token is already used by another principal"
+                    )
+                if existing is None:
+                    _insert_token(session, principal, secret)
+                    changes.append(f"created {role.value} bootstrap token for {principal.name}")
+                    touched = True
+                elif existing.revoked_at is not None:
+                    changes.append(
+                        f"the {role.value} bootstrap token was revoked; it stays revoked "
+                        f"(set a new AIBRIDGE_*_TOKEN to replace it)"
+                    )
+                others = session.execute(
+                    select(Token).where(
+                        Token.principal_id == principal.id,
+                        Token.token_hash != digest,
+                        Token.revoked_at.is_(None),
+                    )
+                ).scalars()
+                for old in others:
+                    old.revoked_at = utcnow()
+                    changes.append(f"revoked the previous {role.value} bootstrap token {old.hint}")
+                    touched = True
+            if touched:
+                revision = db.bump_revision(session)
+                db.audit(
+                    session, SYSTEM, "token.bootstrap", "token", "-", "env", revision,
+                    after={"changes": changes},
+                )
+    except IntegrityError as exc:  # two replicas bootstrapping at once: the other won
+        raise FailedPrecondition("bootstrap tokens changed concurrently; restart") from exc
+    return changes

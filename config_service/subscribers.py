@@ -1,0 +1,79 @@
+"""Who is watching this replica, and which version each one sent, applied or rejected."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from config_service.rbac import Role
+
+
+@dataclass
+class ProviderIssue:
+    provider_name: str
+    message: str
+
+
+@dataclass
+class SubscriberState:
+    stream_id: int
+    node_id: str
+    role: Role
+    principal_id: str
+    peer: str
+    connected_since: datetime
+    version_sent: str = ""
+    version_acked: str = ""
+    version_rejected: str = ""
+    errors: list[ProviderIssue] = field(default_factory=list)
+    error_detail: str = ""
+    last_report_at: datetime | None = None
+
+
+class SubscriberRegistry:
+    def __init__(self) -> None:
+        self._streams: dict[int, SubscriberState] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, node_id: str, role: Role, principal_id: str, peer: str) -> SubscriberState:
+        state = SubscriberState(
+            next(self._ids), node_id, role, principal_id, peer, datetime.now(UTC)
+        )
+        self._streams[state.stream_id] = state
+        return state
+
+    def remove(self, state: SubscriberState) -> None:
+        self._streams.pop(state.stream_id, None)
+
+    def all(self) -> list[SubscriberState]:
+        return sorted(self._streams.values(), key=lambda s: (s.node_id, s.stream_id))
+
+    def count_by_role(self) -> dict[Role, int]:
+        counts = dict.fromkeys(Role, 0)
+        for state in self._streams.values():
+            counts[state.role] += 1
+        return counts
+
+    def report(
+        self,
+        node_id: str,
+        principal_id: str,
+        version: str,
+        applied: bool,
+        errors: list[ProviderIssue],
+        detail: str,
+    ) -> bool:
+        """Record an ACK/NACK on the caller's open streams with that node id."""
+        found = False
+        for state in self._streams.values():
+            if state.node_id == node_id and state.principal_id == principal_id:
+                found = True
+                if applied:
+                    state.version_acked = version
+                else:
+                    state.version_rejected = version
+                state.errors = list(errors)
+                state.error_detail = detail
+                state.last_report_at = datetime.now(UTC)
+        return found
