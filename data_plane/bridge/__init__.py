@@ -1,0 +1,1 @@
+"""aibridged: the bridge daemon serving each provider's HTTP API at /<provider>/..."""

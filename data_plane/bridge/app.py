@@ -1,0 +1,318 @@
+"""The bridge's ASGI app: health, metrics, and /<provider>/... for every provider.
+
+Order of checks for a provider request: known provider (404), enabled (503), route
+served (404), gateway token (401/403), BYOK allowed (403), a credential to use (401),
+body size (413); then `Forwarder.run`. Every error is in the provider's own format.
+The routing table is read once per request, so a snapshot swap never changes the
+providers or tokens a request in flight sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aibridge.config.v1 import provider_pb2
+from aibridge.logs import get_logger
+from data_plane.bridge.asgi import Message, Receive, Scope, Send, respond
+from data_plane.bridge.dump import Dumper
+from data_plane.bridge.forward import Call, Forwarder
+from data_plane.bridge.metrics import BridgeMetrics
+from data_plane.bridge.providers import Family, Provider, error_body
+from data_plane.bridge.routing import EMPTY, Principal, RoutingTable
+
+log = get_logger(__name__)
+
+MAX_BODY = 32 * 1024 * 1024
+PS = provider_pb2.ProviderStatus
+# Never forwarded upstream: hop-by-hop, recomputed by httpx, or the gateway's own.
+_DROP_REQUEST = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"x-aibridge-token",
+        b"proxy-authorization",
+    }
+)
+_CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class _Guard:
+    __slots__ = ("disconnected", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.disconnected = False
+
+
+def _bearer(value: bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    scheme, _, token = value.partition(b" ")
+    return token.strip() or None if scheme.lower() == b"bearer" else None
+
+
+class BridgeApp:
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        allow_byok: bool = True,
+        metrics: BridgeMetrics | None = None,
+        dumper: Dumper | None = None,
+    ) -> None:
+        self.table: RoutingTable = EMPTY
+        self.allow_byok = allow_byok
+        self.http = http
+        self.metrics = metrics or BridgeMetrics()
+        self.metrics.watch_table(lambda: self.table)
+        self.forwarder = Forwarder(http, self.metrics, dumper)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        if path == "/healthz":
+            await respond(send, 200, b'{"status":"ok"}')
+        elif path == "/readyz":
+            table = self.table
+            ready = table.applied
+            body = json.dumps({"ready": ready, "version": table.version}).encode()
+            await respond(send, 200 if ready else 503, body)
+        elif path == "/metrics":
+            await respond(
+                send,
+                200,
+                generate_latest(self.metrics.registry),
+                content_type=CONTENT_TYPE_LATEST.encode(),
+            )
+        else:
+            await self._provider_request(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _error(
+        self, send: Send, family: Family | None, status: int, message: str, code: str
+    ) -> None:
+        await respond(send, status, error_body(family, status, message, code))
+
+    async def _provider_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        table = self.table
+        method: str = scope["method"]
+        path: str = scope["path"]
+        name, _, rest = path[1:].partition("/")
+        provider = table.providers.get(name)
+        if provider is None:
+            return await self._error(
+                send, None, 404, f"route not supported: {method} {path}", "route_not_supported"
+            )
+        family = provider.family
+        if provider.status == PS.PROVIDER_STATUS_DISABLED:
+            return await self._error(
+                send,
+                family,
+                503,
+                f"provider_disabled: AI provider {name!r} is disabled",
+                "provider_disabled",
+            )
+        if provider.status != PS.PROVIDER_STATUS_ENABLED:
+            return await self._error(
+                send,
+                family,
+                503,
+                f"provider_error: AI provider {name!r} cannot be used: "
+                f"{provider.status_reason or 'misconfigured'}",
+                "provider_error",
+            )
+        sub = "/" + rest
+        intercepted = provider.match(sub)
+        if intercepted is None:
+            return await self._error(
+                send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
+            )
+        authz = xkey = byok = clen = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authz = value
+            elif key == b"x-api-key":
+                xkey = value
+            elif key == b"x-aibridge-token":
+                byok = value
+            elif key == b"content-length":
+                clen = value
+        own_key = False
+        if byok is not None:
+            if not self.allow_byok:
+                return await self._error(
+                    send,
+                    family,
+                    403,
+                    "Bring Your Own Key (BYOK) mode is not enabled.",
+                    "byok_disabled",
+                )
+            token, own_key = byok, authz is not None or xkey is not None
+        else:
+            token = _bearer(authz) or xkey
+        principal = self._authenticate(table, token)
+        if not isinstance(principal, Principal):
+            status, message = principal
+            return await self._error(
+                send, family, status, message, "invalid_api_key" if status == 401 else "forbidden"
+            )
+        mode = self._mode(provider, own_key)
+        if mode is None:
+            message = (
+                "missing Copilot authorization: send your Copilot token as Authorization "
+                "and the gateway token as X-AIBridge-Token"
+                if family is Family.COPILOT
+                else f"AI provider {name!r} has no keys configured: bring your own key "
+                "(gateway token in X-AIBridge-Token)"
+            )
+            return await self._error(send, family, 401, message, "no_credential")
+        if mode == "bedrock" and not intercepted:
+            return await self._error(
+                send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
+            )
+        try:
+            body = await self._read_body(receive, clen)
+        except _TooLarge:
+            return await self._error(
+                send, family, 413, f"request body exceeds {MAX_BODY} bytes", "request_too_large"
+            )
+        except _Disconnected:
+            return None
+        drop = _DROP_REQUEST if own_key else _DROP_REQUEST | _CREDENTIALS
+        call = Call(
+            provider=provider,
+            path=sub,
+            query=scope.get("query_string", b""),
+            intercepted=intercepted,
+            mode=mode,
+            method=method,
+            headers=[(k, v) for k, v in scope["headers"] if k not in drop],
+            body=body,
+            request_id=os.urandom(8).hex(),
+            principal_id=principal.principal_id,
+        )
+        if intercepted:
+            self._inspect(call)
+        await self._guarded(call, receive, send)
+
+    @staticmethod
+    def _authenticate(table: RoutingTable, token: bytes | None) -> Principal | tuple[int, str]:
+        if not token:
+            return 401, "no authentication key provided"
+        digest = hashlib.sha256(token).hexdigest()
+        principal = table.tokens.get(digest)
+        # The lookup is keyed by the hash; confirm it in constant time all the same.
+        if principal is None or not hmac.compare_digest(digest, principal.sha256):
+            return 401, "invalid or revoked gateway token"
+        if not principal.may_use_bridge:
+            return 403, "this token's role may not use the bridge"
+        return principal
+
+    @staticmethod
+    def _mode(provider: Provider, own_key: bool) -> str | None:
+        if own_key:
+            return "byok"
+        if provider.family is Family.COPILOT:
+            return None
+        if provider.pool is not None:
+            return "pool"
+        return "bedrock" if provider.bedrock is not None else None
+
+    @staticmethod
+    async def _read_body(receive: Receive, content_length: bytes | None) -> bytes:
+        if (
+            content_length is not None
+            and content_length.isdigit()
+            and int(content_length) > MAX_BODY
+        ):
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _inspect(call: Call) -> None:
+        try:
+            doc = json.loads(call.body) if call.body else None
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            model = doc.get("model")
+            call.model = model if isinstance(model, str) else ""
+            call.stream = doc.get("stream") is True
+
+    async def _guarded(self, call: Call, receive: Receive, send: Send) -> None:
+        """Run the call, cancelling it (and so the upstream request) if the client leaves."""
+        task = asyncio.current_task()
+        assert task is not None
+        guard = _Guard()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not guard.done:
+                guard.disconnected = True
+                task.cancel()
+
+        async def tracked_send(message: Message) -> None:
+            # Once the response is complete the server reports a disconnect: not a client exit.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                guard.done = True
+            await send(message)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self.forwarder.run(call, tracked_send)
+        except asyncio.CancelledError:
+            if guard.disconnected and task.uncancel() == 0:
+                log.info(
+                    "client disconnected", request_id=call.request_id, provider=call.provider.name
+                )
+                return
+            raise
+        finally:
+            guard.done = True
+            watcher.cancel()

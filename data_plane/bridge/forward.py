@@ -1,0 +1,281 @@
+"""One call to the upstream: breaker, key failover, relay, usage, dump, metrics.
+
+Failover happens only on the upstream status, before a single byte is sent to the
+client, so a stream is never retried once it started. The response body is relayed
+raw (still encoded, byte for byte) as each chunk arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from aibridge.logs import get_logger
+from aibridge.masking import mask_secret
+from data_plane.bridge.asgi import Send, respond
+from data_plane.bridge.breaker import Rejected
+from data_plane.bridge.dump import Dumper, Exchange
+from data_plane.bridge.metrics import BridgeMetrics
+from data_plane.bridge.providers import Family, Provider, error_body
+from data_plane.bridge.upstream import UpstreamResponse, from_httpx
+from data_plane.bridge.usage import UsageReader
+
+log = get_logger(__name__)
+
+_DROP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"trailer",
+        b"proxy-connection",
+        b"upgrade",
+    }
+)
+
+
+@dataclass
+class Call:
+    """Everything known about a client request once it is authenticated and read."""
+
+    provider: Provider
+    path: str  # below /<provider>
+    query: bytes
+    intercepted: bool
+    mode: str  # pool | byok | bedrock
+    method: str
+    headers: list[tuple[bytes, bytes]]  # to send upstream, without pooled credentials
+    body: bytes
+    request_id: str
+    principal_id: str
+    model: str = ""
+    stream: bool = False
+    status: int = 0
+    key_hint: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    response_started: bool = False  # set once a byte of the response went to the client
+
+    @property
+    def route(self) -> str:
+        return self.path if self.intercepted else "passthrough"
+
+
+class Forwarder:
+    def __init__(
+        self, http: httpx.AsyncClient, metrics: BridgeMetrics, dumper: Dumper | None
+    ) -> None:
+        self.http = http
+        self.metrics = metrics
+        self.dumper = dumper
+
+    async def _send_http(self, call: Call, key: str | None) -> UpstreamResponse:
+        headers = call.headers
+        if key is not None:
+            auth = (
+                (b"x-api-key", key.encode())
+                if call.provider.family is Family.ANTHROPIC
+                else (b"authorization", b"Bearer " + key.encode())
+            )
+            headers = [*headers, auth]
+        request = self.http.build_request(
+            call.method,
+            call.provider.upstream_url(call.path, call.query),
+            headers=headers,
+            content=call.body,
+        )
+        return from_httpx(await self.http.send(request, stream=True))
+
+    async def _upstream(self, call: Call, send: Send) -> UpstreamResponse | None:
+        provider = call.provider
+        if call.mode == "bedrock" and provider.bedrock is not None:
+            plain = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.headers}
+            return await provider.bedrock.send(
+                path=call.path, body=call.body, headers=plain, stream=call.stream
+            )
+        if call.mode != "pool" or provider.pool is None:
+            return await self._send_http(call, None)
+        pool = provider.pool
+        tried = 0
+        for index, key in pool.walk():
+            if tried:
+                self.metrics.failovers.labels(provider.name).inc()
+            tried += 1
+            response = await self._send_http(call, key)
+            retry = {
+                n: v
+                for n in ("retry-after", "retry-after-ms")
+                if (v := response.header(n.encode())) is not None
+            }
+            if pool.report(index, response.status, retry):
+                await response.aclose()
+                continue
+            call.key_hint = mask_secret(key)
+            return response
+        outcome = pool.exhausted()
+        self.metrics.key_exhaustions.labels(
+            provider.name, "rate_limited" if outcome.status == 429 else "auth_failed"
+        ).inc()
+        extra = (
+            [(b"retry-after", str(outcome.retry_after).encode())] if outcome.status == 429 else []
+        )
+        code = "rate_limit_exceeded" if outcome.status == 429 else "key_pool_unavailable"
+        call.status = outcome.status
+        await respond(
+            send,
+            outcome.status,
+            error_body(provider.family, outcome.status, outcome.message, code),
+            extra,
+        )
+        return None
+
+    async def run(self, call: Call, send: Send) -> None:
+        """Serve the call; `call.status` is what the client got (499: it went away)."""
+        provider = call.provider
+        labels = (provider.name, call.route)
+        self.metrics.in_flight.labels(*labels).inc()
+        breaker = generation = None
+        if call.intercepted and provider.breakers is not None:
+            breaker = provider.breakers.get(call.path, call.model)
+            admitted = breaker.allow()
+            if isinstance(admitted, Rejected):
+                self.metrics.breaker_rejects.labels(provider.name, call.path, call.model).inc()
+                call.status = 503
+                await respond(
+                    send,
+                    503,
+                    error_body(
+                        provider.family, 503, "circuit breaker is open", "service_unavailable"
+                    ),
+                    [(b"retry-after", str(admitted.retry_after).encode())],
+                )
+                self._finish(call, labels, {})
+                return
+            generation = admitted
+        exchange = None
+        if self.dumper is not None:
+            exchange = Exchange(
+                provider.name,
+                call.model if call.intercepted else None,
+                call.request_id,
+                call.method,
+                call.path,
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in call.headers],
+                call.body,
+            )
+        tokens: dict[str, int] = {}
+        try:
+            tokens = await self._relay(call, send, exchange)
+        except asyncio.CancelledError:
+            call.status = 499  # the client went away; the upstream call is abandoned
+            raise
+        finally:
+            if breaker is not None and generation is not None:
+                failure = (
+                    None
+                    if call.status in (0, 499)
+                    else provider.breakers is not None and provider.breakers.is_failure(call.status)
+                )
+                breaker.record(generation, failure)
+            self._finish(call, labels, tokens)
+            if exchange is not None and self.dumper is not None:
+                exchange.status = call.status
+                await self.dumper.dump(exchange)
+
+    async def _relay(self, call: Call, send: Send, exchange: Exchange | None) -> dict[str, int]:
+        provider = call.provider
+        try:
+            response = await self._upstream(call, send)
+        except httpx.HTTPError as exc:
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
+            self.metrics.upstream_errors.labels(provider.name, call.route, kind).inc()
+            call.status = 504 if kind == "timeout" else 502
+            log.warning(
+                "upstream request failed",
+                request_id=call.request_id,
+                provider=provider.name,
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
+            await respond(
+                send,
+                call.status,
+                error_body(
+                    provider.family,
+                    call.status,
+                    f"upstream request failed: {type(exc).__name__}",
+                    "upstream_error",
+                ),
+            )
+            return {}
+        if response is None:
+            return {}
+        try:
+            call.status = response.status
+            headers = [(k, v) for k, v in response.headers if k.lower() not in _DROP_RESPONSE]
+            headers.append((b"x-aibridge-request-id", call.request_id.encode()))
+            content_type = response.header(b"content-type") or ""
+            reader = (
+                UsageReader(
+                    "text/event-stream" in content_type, response.header(b"content-encoding")
+                )
+                if call.intercepted
+                else None
+            )
+            if exchange is not None:
+                exchange.response_headers = [
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
+                ]
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            call.response_started = True
+            body = bytearray() if exchange is not None else None
+            async for chunk in response.chunks:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if reader is not None:
+                        reader.feed(chunk)
+                    if body is not None:
+                        body += chunk
+            if exchange is not None and body is not None:
+                exchange.response_body = bytes(body)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return reader.finish() if reader is not None else {}
+        except httpx.HTTPError as exc:
+            self.metrics.upstream_errors.labels(provider.name, call.route, "stream").inc()
+            log.warning(
+                "upstream stream broke",
+                request_id=call.request_id,
+                provider=provider.name,
+                error=type(exc).__name__,
+            )
+            return {}
+        finally:
+            await response.aclose()
+
+    def _finish(self, call: Call, labels: tuple[str, str], tokens: dict[str, int]) -> None:
+        m = self.metrics
+        elapsed = time.perf_counter() - call.started
+        m.in_flight.labels(*labels).dec()
+        m.duration.labels(*labels).observe(elapsed)
+        m.requests.labels(labels[0], labels[1], call.model, str(call.status or 499)).inc()
+        for kind, count in tokens.items():
+            if count:
+                m.tokens.labels(labels[0], call.model, kind).inc(count)
+        log.info(
+            "request",
+            request_id=call.request_id,
+            provider=labels[0],
+            route=labels[1],
+            method=call.method,
+            model=call.model,
+            status=call.status or 499,
+            mode=call.mode,
+            api_key_hint=call.key_hint,
+            principal_id=call.principal_id,
+            duration_ms=round(elapsed * 1000, 2),
+            **{f"tokens_{k}": v for k, v in tokens.items()},
+        )

@@ -1,0 +1,147 @@
+"""Prometheus metrics of one bridge app, in its own registry.
+
+Key-pool and breaker states are read from the current routing table at scrape time
+(recovery from a cooldown is lazy, so a stored gauge would go stale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from data_plane.bridge.breaker import BreakerState
+
+if TYPE_CHECKING:
+    from data_plane.bridge.routing import RoutingTable
+
+P = "aibridged_"
+
+
+class _StateCollector(Collector):
+    def __init__(self, table: Callable[[], RoutingTable]) -> None:
+        self._table = table
+
+    def collect(self) -> Iterator[Metric]:
+        keys = GaugeMetricFamily(
+            P + "key_pool_keys", "Keys per provider and state.", labels=["provider", "state"]
+        )
+        breakers = GaugeMetricFamily(
+            P + "circuit_breaker_state",
+            "0 closed, 0.5 half-open, 1 open.",
+            labels=["provider", "route", "model"],
+        )
+        for provider in self._table().providers.values():
+            if provider.pool is not None:
+                for state, count in provider.pool.state_counts().items():
+                    keys.add_metric([provider.name, state], count)
+            if provider.breakers is not None:
+                for (route, model), breaker in list(provider.breakers.breakers.items()):
+                    breakers.add_metric([provider.name, route, model], breaker.state.value)
+        yield keys
+        yield breakers
+
+
+class BridgeMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            P + "requests",
+            "Requests answered.",
+            ["provider", "route", "model", "status"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            P + "requests_in_flight", "Requests being served.", ["provider", "route"], registry=r
+        )
+        self.duration = Histogram(
+            P + "request_duration_seconds",
+            "Time to the end of the response.",
+            ["provider", "route"],
+            registry=r,
+            buckets=(0.005, 0.025, 0.1, 0.5, 2, 5, 15, 30, 60, 120, 300),
+        )
+        self.upstream_errors = Counter(
+            P + "upstream_errors",
+            "Upstream transport failures.",
+            ["provider", "route", "kind"],
+            registry=r,
+        )
+        self.key_transitions = Counter(
+            P + "key_pool_state_transitions",
+            "Keys cooled down.",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.key_exhaustions = Counter(
+            P + "key_pool_exhaustions",
+            "Requests with no usable key.",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            P + "key_pool_failovers", "Requests retried on another key.", ["provider"], registry=r
+        )
+        self.breaker_trips = Counter(
+            P + "circuit_breaker_trips",
+            "Breakers opened.",
+            ["provider", "route", "model"],
+            registry=r,
+        )
+        self.breaker_rejects = Counter(
+            P + "circuit_breaker_rejects",
+            "Requests refused open.",
+            ["provider", "route", "model"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            P + "tokens", "Tokens reported by upstreams.", ["provider", "model", "type"], registry=r
+        )
+        self.snapshot_version = Gauge(
+            P + "snapshot_version_info",
+            "The applied snapshot version (value 1).",
+            ["version"],
+            registry=r,
+        )
+        self.provider_info = Gauge(
+            P + "provider_info",
+            "Providers of the applied snapshot.",
+            ["provider_name", "provider_type", "status"],
+            registry=r,
+        )
+        self.last_reload = Gauge(
+            P + "providers_last_reload_timestamp_seconds",
+            "Last snapshot application attempt.",
+            registry=r,
+        )
+        self.last_reload_success = Gauge(
+            P + "providers_last_reload_success_timestamp_seconds",
+            "Last successful snapshot application.",
+            registry=r,
+        )
+
+    def watch_table(self, table: Callable[[], RoutingTable]) -> None:
+        self.registry.register(_StateCollector(table))
+
+    def on_key_transition(self, provider: str, reason: str) -> None:
+        self.key_transitions.labels(provider, reason).inc()
+
+    def on_breaker_change(self, name: str, state: BreakerState) -> None:
+        if state is BreakerState.OPEN:
+            provider, route, model = ([*name.split(":", 2), "", ""])[:3]
+            self.breaker_trips.labels(provider, route, model).inc()
+
+    def snapshot_applied(self, table: RoutingTable, when: float) -> None:
+        self.snapshot_version.clear()
+        self.snapshot_version.labels(table.version).set(1)
+        self.provider_info.clear()
+        for provider in table.providers.values():
+            self.provider_info.labels(provider.name, provider.type, table.status_of(provider)).set(
+                1
+            )
+        for name, (ptype, _error) in table.failed.items():
+            self.provider_info.labels(name, ptype, "error").set(1)
+        self.last_reload_success.set(when)

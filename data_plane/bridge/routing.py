@@ -1,0 +1,205 @@
+"""The routing table: every provider and gateway token of one snapshot, immutable.
+
+`build_table` turns a snapshot into a table. A provider that cannot be built is left
+out and reported; the rest still serve. Key pools and breakers are carried over from
+the previous table when the provider's keys (or base URL, for breakers) are
+unchanged, so a snapshot swap forgets neither cooldowns nor open breakers. The app
+swaps tables with one attribute assignment; requests in flight keep theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import httpx
+
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.config.v1 import provider_pb2, token_pb2
+from aibridge.logs import get_logger
+from aibridge.masking import Secret
+from data_plane.bridge.breaker import BreakerSet, BreakerState
+from data_plane.bridge.keypool import KeyPool, KeyPoolError
+from data_plane.bridge.providers import FAMILY_OF_TYPE, ROUTES, Family, Provider, type_name
+from data_plane.bridge.settings import BreakerSettings
+from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, BedrockConfig, BedrockFactory
+
+log = get_logger(__name__)
+PS = provider_pb2.ProviderStatus
+BRIDGE_ROLES = frozenset({token_pb2.ROLE_OWNER, token_pb2.ROLE_MEMBER})
+
+
+@dataclass(frozen=True)
+class Principal:
+    sha256: str
+    token_id: str
+    principal_id: str
+    principal_name: str
+    role: int
+
+    @property
+    def may_use_bridge(self) -> bool:
+        return self.role in BRIDGE_ROLES
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    version: str
+    providers: Mapping[str, Provider] = field(default_factory=lambda: MappingProxyType({}))
+    tokens: Mapping[str, Principal] = field(default_factory=lambda: MappingProxyType({}))
+    failed: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    applied: bool = True
+
+    @staticmethod
+    def status_of(provider: Provider) -> str:
+        if provider.status == PS.PROVIDER_STATUS_ENABLED:
+            return "enabled"
+        return "disabled" if provider.status == PS.PROVIDER_STATUS_DISABLED else "error"
+
+
+EMPTY = RoutingTable(version="", applied=False)
+
+
+class BuildError(Exception):
+    """A provider of the snapshot cannot be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    allow_byok: bool
+    breaker: BreakerSettings
+    http: httpx.AsyncClient
+    bedrock_factory: BedrockFactory | None = None
+    on_key_transition: Callable[[str, str], None] | None = None
+    on_breaker_change: Callable[[str, BreakerState], None] | None = None
+
+
+def _bedrock(p: provider_pb2.Provider) -> BedrockConfig | None:
+    if not p.HasField("bedrock"):
+        return None
+    b = p.bedrock
+    if not (b.region or b.access_key or b.has_static_credentials):
+        return None
+    return BedrockConfig(
+        base_url=p.base_url,
+        region=b.region,
+        model=b.model,
+        small_fast_model=b.small_fast_model,
+        role_arn=b.role_arn,
+        access_key=Secret(b.access_key),
+        access_key_secret=Secret(b.access_key_secret),
+    )
+
+
+def build_provider(
+    p: provider_pb2.Provider, previous: Provider | None, ctx: BuildContext
+) -> Provider:
+    family = FAMILY_OF_TYPE.get(p.type)
+    tname = type_name(p.type)
+    if family is None:
+        raise BuildError(f"unsupported provider type: {tname!r}")
+    if p.status != PS.PROVIDER_STATUS_ENABLED:
+        return Provider(p.name, tname, family, p.base_url, p.status, p.status_reason)
+    base_url = p.base_url
+    if not base_url and p.type in (
+        provider_pb2.PROVIDER_TYPE_OPENAI,
+        provider_pb2.PROVIDER_TYPE_ANTHROPIC,
+        provider_pb2.PROVIDER_TYPE_COPILOT,
+    ):
+        base_url = ROUTES[family].default_base_url
+    if not base_url.startswith(("http://", "https://")):
+        raise BuildError(f"base URL {base_url!r} is not an absolute http(s) URL")
+    keys = tuple(k.secret for k in p.keys)
+    if any(not k for k in keys):
+        raise BuildError("keys carry no secret (is the bridge token of the bridge role?)")
+    bedrock = None
+    if family is Family.ANTHROPIC:
+        config = _bedrock(p)
+        if p.type == provider_pb2.PROVIDER_TYPE_BEDROCK and config is None:
+            raise BuildError("bedrock provider has no bedrock credentials configured")
+        if config is not None:
+            if ctx.bedrock_factory is None:
+                raise BuildError(BEDROCK_UNAVAILABLE)
+            try:
+                bedrock = ctx.bedrock_factory(config, ctx.http)
+            except ValueError as exc:
+                raise BuildError(f"bedrock: {exc}") from exc
+        elif not keys and not ctx.allow_byok:
+            raise BuildError(
+                "anthropic provider has no api keys, no bedrock credentials, "
+                "and BYOK is not enabled"
+            )
+    elif family is Family.OPENAI and not keys and not ctx.allow_byok:
+        raise BuildError(f"{tname} provider has no api keys configured and BYOK is not enabled")
+    pool = None
+    if keys and family is not Family.COPILOT:
+        if previous is not None and previous.pool is not None and previous.keys == keys:
+            pool = previous.pool
+        else:
+            try:
+                pool = KeyPool(p.name, keys, on_transition=ctx.on_key_transition)
+            except KeyPoolError as exc:
+                raise BuildError(f"key pool: {exc}") from exc
+    breakers = None
+    if ctx.breaker.enabled:
+        old = previous.breakers if previous is not None else None
+        if (
+            old is not None
+            and previous is not None
+            and previous.base_url == base_url
+            and old.settings == ctx.breaker
+        ):
+            breakers = old
+        else:
+            breakers = BreakerSet(
+                p.name,
+                ctx.breaker,
+                ROUTES[family].failure_statuses,
+                on_change=ctx.on_breaker_change,
+            )
+    return Provider(
+        p.name, tname, family, base_url, p.status, p.status_reason, keys, pool, breakers, bedrock
+    )
+
+
+def build_table(
+    snapshot: cs.ProviderSnapshot, previous: RoutingTable, ctx: BuildContext
+) -> tuple[RoutingTable, list[cs.ProviderError]]:
+    providers: dict[str, Provider] = {}
+    failed: dict[str, tuple[str, str]] = {}
+    errors: list[cs.ProviderError] = []
+    for p in snapshot.providers:
+        try:
+            if p.name in providers:
+                raise BuildError("duplicate provider name")
+            providers[p.name] = build_provider(p, previous.providers.get(p.name), ctx)
+        except BuildError as exc:
+            log.error(
+                "skipping misconfigured provider",
+                provider_name=p.name,
+                provider_type=type_name(p.type),
+                error=str(exc),
+            )
+            failed[p.name] = (type_name(p.type), str(exc))
+            errors.append(cs.ProviderError(provider_name=p.name, message=str(exc)))
+    enabled = [p for p in snapshot.providers if p.status == PS.PROVIDER_STATUS_ENABLED]
+    if enabled and not any(v.status == PS.PROVIDER_STATUS_ENABLED for v in providers.values()):
+        log.warning(
+            "all enabled providers failed to build; only disabled providers remain",
+            version=snapshot.version,
+            failed=len(errors),
+        )
+    tokens = {
+        t.sha256.lower(): Principal(
+            t.sha256.lower(), t.token_id, t.principal_id, t.principal_name, t.role
+        )
+        for t in snapshot.gateway_tokens
+    }
+    table = RoutingTable(
+        version=snapshot.version,
+        providers=MappingProxyType(providers),
+        tokens=MappingProxyType(tokens),
+        failed=MappingProxyType(failed),
+    )
+    return table, errors

@@ -1,0 +1,118 @@
+"""Settings of the bridge daemon, from the environment (and flags, which win).
+
+Every bad value is collected and reported at once as one `SettingsError`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aibridge.envconfig import Reader
+from aibridge.masking import Secret
+
+# (ENV_NAME, help) for every setting: each one is also a flag (see cli.py).
+SETTINGS: list[tuple[str, str]] = [
+    ("AIBRIDGE_CONFIG_SERVICE", "config service address host:port (default 127.0.0.1:7443)"),
+    ("AIBRIDGE_CONFIG_SERVICE_CA_FILE", "CA bundle to verify the config service (enables TLS)"),
+    ("AIBRIDGE_CONFIG_SERVICE_CERT_FILE", "client certificate for mTLS to the config service"),
+    ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "client key for mTLS to the config service"),
+    ("AIBRIDGE_BRIDGE_TOKEN", "token of the bridge principal, presented to the config service"),
+    ("AIBRIDGE_BRIDGE_LISTEN", "HTTP listen address host:port (default 127.0.0.1:8080)"),
+    ("AIBRIDGE_ALLOW_BYOK", "accept clients' own provider keys (default true)"),
+    ("AIBRIDGE_DUMP_DIR", "write redacted request/response dumps here (empty: off)"),
+    ("AIBRIDGE_CIRCUIT_BREAKER_ENABLED", "enable the per-model circuit breaker (default false)"),
+    ("AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "consecutive failures that trip (default 5)"),
+    ("AIBRIDGE_CIRCUIT_BREAKER_INTERVAL", "closed-state failure count reset period (default 10s)"),
+    ("AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT", "how long the breaker stays open (default 30s)"),
+    ("AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS", "half-open probe requests (default 3)"),
+    ("AIBRIDGE_SNAPSHOT_CACHE", "file (mode 0600) keeping the last good snapshot (empty: off)"),
+    ("AIBRIDGE_NODE_ID", "name of this instance for the config service (default host-pid)"),
+    ("AIBRIDGE_LOG_FORMAT", "json or console (default: json when not a terminal)"),
+    ("AIBRIDGE_LOG_LEVEL", "debug, info, warning, error (default info)"),
+]
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    enabled: bool = False
+    failure_threshold: int = 5
+    interval: float = 10.0
+    timeout: float = 30.0
+    max_requests: int = 3
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    bridge_token: Secret
+    config_service: str = "127.0.0.1:7443"
+    config_service_ca_file: Path | None = None
+    config_service_cert_file: Path | None = None
+    config_service_key_file: Path | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    allow_byok: bool = True
+    dump_dir: Path | None = None
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    snapshot_cache: Path | None = None
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    log_format: str = ""
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
+    ) -> BridgeSettings:
+        r = Reader(environ, overrides)
+        token = r.str("AIBRIDGE_BRIDGE_TOKEN")
+        if not token:
+            r.problems.append(
+                "AIBRIDGE_BRIDGE_TOKEN is not set: the bridge needs a token of the bridge role "
+                "to follow the config service (create one with `aibridge tokens create --role "
+                "bridge`, or set it on the config service to bootstrap it)"
+            )
+        host, port = r.listen("AIBRIDGE_BRIDGE_LISTEN", "127.0.0.1:8080")
+        ca = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CA_FILE")
+        cert = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CERT_FILE")
+        key = r.existing_file("AIBRIDGE_CONFIG_SERVICE_KEY_FILE")
+        if (cert is None) != (key is None):
+            r.problems.append(
+                "AIBRIDGE_CONFIG_SERVICE_CERT_FILE and AIBRIDGE_CONFIG_SERVICE_KEY_FILE "
+                "must be set together"
+            )
+        if cert is not None and ca is None:
+            r.problems.append("a client certificate needs AIBRIDGE_CONFIG_SERVICE_CA_FILE (TLS)")
+        breaker = BreakerSettings(
+            enabled=r.bool("AIBRIDGE_CIRCUIT_BREAKER_ENABLED", False),
+            failure_threshold=r.int("AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5, minimum=1),
+            interval=r.duration("AIBRIDGE_CIRCUIT_BREAKER_INTERVAL", 10.0),
+            timeout=r.duration("AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT", 30.0),
+            max_requests=r.int("AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS", 3, minimum=1),
+        )
+        log_format = r.str("AIBRIDGE_LOG_FORMAT").lower()
+        if log_format not in ("", "json", "console"):
+            r.problems.append(f"AIBRIDGE_LOG_FORMAT={log_format!r}: expected json or console")
+        dump = r.str("AIBRIDGE_DUMP_DIR")
+        cache = r.str("AIBRIDGE_SNAPSHOT_CACHE")
+        node_id = r.str("AIBRIDGE_NODE_ID") or f"{socket.gethostname()}-{os.getpid()}"
+        allow_byok = r.bool("AIBRIDGE_ALLOW_BYOK", True)
+        r.check()
+        return cls(
+            bridge_token=Secret(token),
+            config_service=r.str("AIBRIDGE_CONFIG_SERVICE", "127.0.0.1:7443"),
+            config_service_ca_file=ca,
+            config_service_cert_file=cert,
+            config_service_key_file=key,
+            listen_host=host,
+            listen_port=port,
+            allow_byok=allow_byok,
+            dump_dir=Path(dump).expanduser() if dump else None,
+            breaker=breaker,
+            snapshot_cache=Path(cache).expanduser() if cache else None,
+            node_id=node_id,
+            log_format=log_format,
+            log_level=r.str("AIBRIDGE_LOG_LEVEL", "info").lower(),
+        )
