@@ -18,12 +18,11 @@ import httpx
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.logs import get_logger
-from aibridge.masking import Secret
 from data_plane.bridge.breaker import BreakerSet, BreakerState
 from data_plane.bridge.keypool import KeyPool, KeyPoolError
 from data_plane.bridge.providers import FAMILY_OF_TYPE, ROUTES, Family, Provider, type_name
 from data_plane.bridge.settings import BreakerSettings
-from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, BedrockConfig, BedrockFactory
+from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, BedrockFactory
 
 log = get_logger(__name__)
 PS = provider_pb2.ProviderStatus
@@ -75,21 +74,11 @@ class BuildContext:
     on_breaker_change: Callable[[str, BreakerState], None] | None = None
 
 
-def _bedrock(p: provider_pb2.Provider) -> BedrockConfig | None:
+def _uses_bedrock(p: provider_pb2.Provider) -> bool:
     if not p.HasField("bedrock"):
-        return None
+        return False
     b = p.bedrock
-    if not (b.region or b.access_key or b.has_static_credentials):
-        return None
-    return BedrockConfig(
-        base_url=p.base_url,
-        region=b.region,
-        model=b.model,
-        small_fast_model=b.small_fast_model,
-        role_arn=b.role_arn,
-        access_key=Secret(b.access_key),
-        access_key_secret=Secret(b.access_key_secret),
-    )
+    return bool(b.region or b.access_key or b.has_static_credentials or b.role_arn)
 
 
 def build_provider(
@@ -108,21 +97,21 @@ def build_provider(
         provider_pb2.PROVIDER_TYPE_COPILOT,
     ):
         base_url = ROUTES[family].default_base_url
-    if not base_url.startswith(("http://", "https://")):
+    if not base_url.startswith(("http://", "https://")) and not _uses_bedrock(p):
         raise BuildError(f"base URL {base_url!r} is not an absolute http(s) URL")
     keys = tuple(k.secret for k in p.keys)
     if any(not k for k in keys):
         raise BuildError("keys carry no secret (is the bridge token of the bridge role?)")
     bedrock = None
     if family is Family.ANTHROPIC:
-        config = _bedrock(p)
-        if p.type == provider_pb2.PROVIDER_TYPE_BEDROCK and config is None:
+        uses_bedrock = _uses_bedrock(p)
+        if p.type == provider_pb2.PROVIDER_TYPE_BEDROCK and not uses_bedrock:
             raise BuildError("bedrock provider has no bedrock credentials configured")
-        if config is not None:
+        if uses_bedrock:
             if ctx.bedrock_factory is None:
                 raise BuildError(BEDROCK_UNAVAILABLE)
             try:
-                bedrock = ctx.bedrock_factory(config, ctx.http)
+                bedrock = ctx.bedrock_factory(p, ctx.http)
             except ValueError as exc:
                 raise BuildError(f"bedrock: {exc}") from exc
         elif not keys and not ctx.allow_byok:

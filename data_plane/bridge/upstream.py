@@ -1,41 +1,24 @@
 """What the bridge forwards to: an HTTP upstream (httpx) or a plug-in upstream (Bedrock).
 
-The seam for Bedrock: `data_plane.bedrock` provides
-
-    def build_upstream(config: BedrockConfig, http: httpx.AsyncClient) -> AnthropicUpstream
-
-where the returned object takes an Anthropic Messages request (JSON body) and answers
-with Anthropic JSON or Anthropic SSE bytes as an `UpstreamResponse`. It may raise
-`ValueError` to refuse a configuration (the provider is then left out and reported).
-Until that module exists, Bedrock-backed providers fail to build with
-"bedrock support not available".
+The seam for Bedrock is `BedrockFactory`: given a snapshot provider and the shared
+httpx client it returns an `AnthropicUpstream` (an object answering Anthropic Messages
+requests with Anthropic JSON or SSE), or raises `ValueError` to refuse the provider's
+settings (it is then left out and reported in the ACK/NACK). `bedrock_adapter.py`
+provides the default one over `data_plane.bedrock.BedrockClient`; without that package
+Bedrock-backed providers fail to build with "bedrock support not available".
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
 
-from aibridge.masking import Secret
+from aibridge.config.v1 import provider_pb2
 
 BEDROCK_UNAVAILABLE = "bedrock support not available"
-
-
-@dataclass(frozen=True)
-class BedrockConfig:
-    """A provider's Bedrock settings from the snapshot (credentials masked in repr)."""
-
-    base_url: str
-    region: str
-    model: str
-    small_fast_model: str
-    role_arn: str
-    access_key: Secret = field(default_factory=lambda: Secret(""))
-    access_key_secret: Secret = field(default_factory=lambda: Secret(""))
 
 
 async def _no_close() -> None:
@@ -68,17 +51,7 @@ class AnthropicUpstream(Protocol):
         ...
 
 
-BedrockFactory = Callable[[BedrockConfig, httpx.AsyncClient], AnthropicUpstream]
-
-
-def load_bedrock_factory() -> BedrockFactory | None:
-    """`data_plane.bedrock.build_upstream` when that module is installed, else None."""
-    try:
-        module = importlib.import_module("data_plane.bedrock")
-    except ImportError:
-        return None
-    factory = getattr(module, "build_upstream", None)
-    return factory if callable(factory) else None
+BedrockFactory = Callable[[provider_pb2.Provider, httpx.AsyncClient], AnthropicUpstream]
 
 
 def from_httpx(response: httpx.Response) -> UpstreamResponse:

@@ -1,0 +1,74 @@
+"""Bedrock-backed providers: `data_plane.bedrock.BedrockClient` behind `AnthropicUpstream`.
+
+Imported lazily: without the `data_plane.bedrock` package the factory is None and such
+providers fail to build with "bedrock support not available".
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from aibridge.config.v1 import provider_pb2
+from data_plane.bridge.providers import Family, error_body
+from data_plane.bridge.upstream import AnthropicUpstream, BedrockFactory, UpstreamResponse
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+def _raw(headers: Mapping[str, str], body: bytes | None = None) -> list[tuple[bytes, bytes]]:
+    raw = [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in headers.items()
+        if k.lower() != "content-length"
+    ]
+    if body is not None:
+        raw.append((b"content-length", str(len(body)).encode()))
+    return raw
+
+
+class BedrockUpstream:
+    """Adapts one provider's BedrockClient (invoke / stream) to `AnthropicUpstream`."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def send(
+        self, *, path: str, body: bytes, headers: Mapping[str, str], stream: bool
+    ) -> UpstreamResponse:
+        try:
+            doc = json.loads(body)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            err = error_body(Family.ANTHROPIC, 400, "request body is not a JSON object")
+            return UpstreamResponse(
+                400, _raw({"content-type": "application/json"}, err), _once(err)
+            )
+        if stream:
+            result = await self.client.stream(doc, headers.items())
+            return UpstreamResponse(
+                result.status, _raw(result.headers), aiter(result), result.aclose
+            )
+        whole = await self.client.invoke(doc, headers.items())
+        return UpstreamResponse(whole.status, _raw(whole.headers, whole.body), _once(whole.body))
+
+
+def load_factory() -> BedrockFactory | None:
+    """The factory over `data_plane.bedrock`, or None when that package is missing."""
+    try:
+        bedrock = importlib.import_module("data_plane.bedrock")
+    except ImportError:
+        return None
+
+    def build(provider: provider_pb2.Provider, http: httpx.AsyncClient) -> AnthropicUpstream:
+        config = bedrock.BedrockConfig.from_settings(provider.base_url, provider.bedrock)
+        return BedrockUpstream(bedrock.BedrockClient(config, http))
+
+    return build
