@@ -2,7 +2,8 @@
 
 Every write runs in one transaction that bumps the revision (the snapshot version)
 and appends an audit entry. On PostgreSQL the revision row's lock orders writers,
-so revisions are committed in order; on SQLite writers queue on BEGIN IMMEDIATE.
+so revisions are committed in order (each write transaction locks it first, which
+also makes check-then-insert safe between replicas); on SQLite writers queue on BEGIN IMMEDIATE.
 Reads that must be consistent (snapshots) use REPEATABLE READ on PostgreSQL and a
 read transaction on SQLite. A database that cannot be reached becomes Unavailable.
 """
@@ -69,6 +70,12 @@ class Database:
                 if not self.is_postgres:
                     conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
                 with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                    if self.is_postgres:
+                        # Writers queue on the revision row first: every check-then-insert
+                        # in the transaction sees the previous writer's commit.
+                        session.execute(
+                            select(Revision.revision).where(Revision.id == 1).with_for_update()
+                        )
                     yield session
         except Exception as exc:
             if is_connection_error(exc):

@@ -1,0 +1,73 @@
+"""Shared fixtures: a fresh database per test on SQLite and (when configured) PostgreSQL,
+an in-process config service on port 0, and config-service subprocesses.
+
+PostgreSQL: set AIBRIDGE_TEST_DATABASE_URL (or --database-url), e.g.
+postgresql+psycopg://postgres@127.0.0.1:5432/test; each test gets its own schema,
+dropped afterwards. Without it the PostgreSQL variants are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+pytest_plugins = ["tests.fixtures.services"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database-url",
+        default=os.environ.get("AIBRIDGE_TEST_DATABASE_URL", ""),
+        help="PostgreSQL URL for the database tests (env AIBRIDGE_TEST_DATABASE_URL)",
+    )
+    parser.addoption("--run-slow", action="store_true", help="run the long variants too")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long variant: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def _postgres_base(config: pytest.Config) -> str:
+    return str(config.getoption("--database-url") or "")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'aibridge.db'}"
+        return
+    base = _postgres_base(request.config)
+    if not base:
+        pytest.skip("PostgreSQL not configured (AIBRIDGE_TEST_DATABASE_URL)")
+    schema = f"aibt_{secrets.token_hex(6)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            # Connections left by a killed subprocess would block the drop.
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE pid <> pg_backend_pid() AND query ILIKE :pattern"
+                ),
+                {"pattern": f"%{schema}%"},
+            )
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
