@@ -167,6 +167,14 @@ ERROR_CASES = [
         [f"{P}0_BASE_URL must be an absolute http(s) URL"],
         id="non-http-base-url",
     ),
+    *(
+        pytest.param(
+            {f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": url},
+            [f"{P}0_BASE_URL must be an absolute http(s) URL"],
+            id=f"malformed-base-url-{i}",
+        )
+        for i, url in enumerate(["http://[::1", "https://h:99999/", "https:///v1", "http://a b/"])
+    ),
     pytest.param(
         {"AIBRIDGE_OPENAI_KEY": K1, f"{P}0_TYPE": "openai"},
         [f"{P}0_*", "'openai' conflicts with the legacy env var AIBRIDGE_OPENAI_KEY", "remove one"],
@@ -200,6 +208,11 @@ ERROR_CASES = [
         {"AIBRIDGE_OPENAI_KEY": K1, "AIBRIDGE_OPENAI_BASE_URL": "not a url"},
         ["AIBRIDGE_OPENAI_BASE_URL must be an absolute http(s) URL"],
         id="legacy-bad-base-url",
+    ),
+    pytest.param(
+        {"AIBRIDGE_ANTHROPIC_KEY": f"{K1},{K1}"},
+        ["AIBRIDGE_ANTHROPIC_KEY: duplicate key at index 1"],
+        id="legacy-duplicate-key",
     ),
     pytest.param(
         {"AIBRIDGE_OPENAI_KEY": K1, "CODER_AI_GATEWAY_PROVIDER_0_TYPE": "anthropic"},
@@ -400,6 +413,29 @@ def test_indexed_keys_are_trimmed_and_kept_in_order() -> None:
     assert (provider.display_name, provider.base_url) == ("Local LLM", "http://127.0.0.1:11434/v1/")
 
 
+@pytest.mark.parametrize("var", [f"{P}0_KEY", "AIBRIDGE_OPENAI_KEY"])
+def test_key_is_split_on_commas_like_keys(var: str) -> None:
+    """KEY and the legacy key variables accept several comma-separated keys, as KEYS does."""
+    env = {var: f"{K1}, {K2}"} | ({f"{P}0_TYPE": "openai"} if "PROVIDER" in var else {})
+    assert _only(env).keys == (Secret(K1), Secret(K2))
+
+
+@pytest.mark.parametrize(
+    ("env", "ignored"),
+    [
+        ({"AIBRIDGE_ANTHROPIC_BASE_URL": "https://a.example/"}, "AIBRIDGE_ANTHROPIC_BASE_URL"),
+        ({"AIBRIDGE_BEDROCK_MODEL": "m"}, "AIBRIDGE_BEDROCK_MODEL"),
+        (
+            {"AIBRIDGE_BEDROCK_REGION": "us-east-1", "AIBRIDGE_ANTHROPIC_BASE_URL": "https://a/"},
+            "AIBRIDGE_ANTHROPIC_BASE_URL is ignored",
+        ),
+    ],
+)
+def test_legacy_settings_without_effect_warn(env: dict[str, str], ignored: str) -> None:
+    """A legacy setting that configures nothing is named in a warning rather than dropped."""
+    assert any(ignored in w for w in _plan(env).warnings)
+
+
 def test_field_names_are_case_insensitive() -> None:
     """`_Name` and `_type` are read like `_NAME` and `_TYPE`."""
     provider = _only({f"{P}0_type": "openai", f"{P}0_Name": "mine"})
@@ -488,16 +524,19 @@ def test_indexed_provider_without_keys_is_allowed() -> None:
 # --- property: never crash, never leak --------------------------------------------------------
 
 _PREFIX = st.sampled_from(["AIBRIDGE_", "CODER_AI_GATEWAY_", "CODER_AIBRIDGE_", "aibridge_", ""])
-_INDEX = st.sampled_from(["0", "1", "2", "10", "01", "x", "-1", "", "99999999", "0" * 5000])
+_ODD_INDEX = st.sampled_from(["2", "10", "01", "x", "-1", "", "99999999", "0" * 5000])
+_INDEX = st.sampled_from(["0", "1"]) | _ODD_INDEX
 _FIELDS = ["TYPE", "NAME", "DISPLAY_NAME", "KEY", "KEYS", "BASE_URL", "BEDROCK_BASE_URL"]
 _FIELDS += ["BEDROCK_REGION", "BEDROCK_ACCESS_KEY", "BEDROCK_ACCESS_KEY_SECRET", "BEDROCK_MODEL"]
 _FIELDS += ["BEDROCK_ROLE_ARN", "BEDROCK_ACCESS_KEYS", "BEDROCK_ACCESS_KEY_SECRETS", "KYE", "name"]
 _LEGACY = ["OPENAI_KEY", "OPENAI_BASE_URL", "ANTHROPIC_KEY", "ANTHROPIC_BASE_URL", "OPENAI_KYE"]
 _LEGACY += ["BEDROCK_REGION", "BEDROCK_ACCESS_KEY", "BEDROCK_ACCESS_KEY_SECRET", "DATA_DIR"]
 _SECRET = st.from_regex(r"\AsEcReT[0-9a-f]{12}\Z")
+_URLS = ["https://x.example/v1/", "http://[::1", "https://h:99999/", "ftp://x/", "x", ""]
+_URLS += ["https://bedrock-runtime.us-east-1.amazonaws.com", "http://[::1]:8080/"]
 _PLAIN = st.one_of(
     st.sampled_from([*PROVIDER_TYPES, "OpenAI", "nope", "my-prov", "Bad Name", " ", ""]),
-    st.sampled_from(["https://x.example/v1/", "http://[::1", "us-east-1", "arn:aws:iam::1:role/r"]),
+    st.sampled_from([*_URLS, "us-east-1", "Virginia", "arn:aws:iam::123456789012:role/r"]),
     st.text(max_size=12).filter(lambda s: "sEcReT" not in s),
 )
 
@@ -505,8 +544,9 @@ _PLAIN = st.one_of(
 @st.composite
 def _envs(draw: st.DrawFn) -> dict[str, str]:
     env: dict[str, str] = {}
+    family = draw(_PREFIX)  # mostly one prefix: mixing stops parsing early
     for _ in range(draw(st.integers(0, 8))):
-        prefix = draw(_PREFIX)
+        prefix = draw(st.just(family) | _PREFIX)
         if draw(st.booleans()):
             var = f"{prefix}PROVIDER_{draw(_INDEX)}_{draw(st.sampled_from(_FIELDS))}"
         else:
@@ -514,6 +554,8 @@ def _envs(draw: st.DrawFn) -> dict[str, str]:
         if var.upper().endswith(_SECRET_SUFFIXES):
             secrets = draw(st.lists(_SECRET, min_size=1, max_size=7))
             env[var] = draw(st.sampled_from([",", " , ", ",,"])).join(secrets)
+        elif var.upper().endswith("URL"):
+            env[var] = draw(st.sampled_from(_URLS) | _PLAIN)
         else:
             env[var] = draw(_PLAIN)
     return env
