@@ -52,7 +52,7 @@ class Database:
                     conn = conn.execution_options(
                         isolation_level="REPEATABLE READ", postgresql_readonly=True
                     )
-                with Session(bind=conn) as session, session.begin():
+                with Session(bind=conn, expire_on_commit=False) as session, session.begin():
                     yield session
         except Exception as exc:
             if is_connection_error(exc):
@@ -89,6 +89,10 @@ class Database:
         """The committed revision (one cheap query: the resync safety net polls it)."""
         with self.read() as session:
             return int(session.execute(select(Revision.revision)).scalar_one())
+
+    @staticmethod
+    def revision_in(session: Session) -> int:
+        return int(session.execute(select(Revision.revision)).scalar_one())
 
     @staticmethod
     def bump_revision(session: Session) -> int:
