@@ -1,0 +1,175 @@
+"""Wiring of aibridged: the app, the shared HTTP client, the subscriber and uvicorn.
+
+`serve(settings)` runs the daemon until SIGINT/SIGTERM. `Bridge` is the same thing as
+an object a test (or `aibridge up`) can start on port 0 and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Generator
+
+import httpx
+import uvicorn
+
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.logs import get_logger
+from data_plane.bridge.app import BridgeApp
+from data_plane.bridge.bedrock_adapter import load_factory
+from data_plane.bridge.dump import Dumper
+from data_plane.bridge.metrics import BridgeMetrics
+from data_plane.bridge.routing import BuildContext, build_table
+from data_plane.bridge.settings import BridgeSettings
+from data_plane.bridge.upstream import BedrockFactory
+from data_plane.subscriber import Subscriber, SubscriberConfig
+
+log = get_logger(__name__)
+_UNSET: BedrockFactory | None = None
+
+
+def make_http_client() -> httpx.AsyncClient:
+    """One pooled client for every upstream (HTTP/1.1 keep-alive; no h2 installed)."""
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0),
+        limits=httpx.Limits(
+            max_connections=2000, max_keepalive_connections=500, keepalive_expiry=60.0
+        ),
+        follow_redirects=False,
+        trust_env=True,  # honour HTTPS_PROXY / NO_PROXY for egress
+    )
+    # Forward exactly the client's headers: drop httpx's defaults (User-Agent, Accept...).
+    for name in ("user-agent", "accept", "accept-encoding"):
+        del client.headers[name]
+    return client
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, handle_signals: bool) -> None:
+        super().__init__(config)
+        self._handle_signals = handle_signals
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if self._handle_signals:
+            with super().capture_signals():
+                yield
+        else:
+            yield
+
+
+class Bridge:
+    """aibridged in one object: `await start()`, `url`, `await stop()`."""
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        *,
+        bedrock_factory: BedrockFactory | None = _UNSET,
+        handle_signals: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.http = make_http_client()
+        self.metrics = BridgeMetrics()
+        dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
+        self.app = BridgeApp(
+            http=self.http, allow_byok=settings.allow_byok, metrics=self.metrics, dumper=dumper
+        )
+        self.context = BuildContext(
+            allow_byok=settings.allow_byok,
+            breaker=settings.breaker,
+            http=self.http,
+            bedrock_factory=load_factory() if bedrock_factory is _UNSET else bedrock_factory,
+            on_key_transition=self.metrics.on_key_transition,
+            on_breaker_change=self.metrics.on_breaker_change,
+        )
+        self.subscriber = Subscriber(
+            SubscriberConfig(
+                target=settings.config_service,
+                token=settings.bridge_token,
+                node_id=settings.node_id,
+                ca_file=settings.config_service_ca_file,
+                cert_file=settings.config_service_cert_file,
+                key_file=settings.config_service_key_file,
+                cache_file=settings.snapshot_cache,
+            ),
+            self.apply,
+            on_attempt=self.metrics.last_reload.set,
+        )
+        config = uvicorn.Config(
+            self.app,
+            host=settings.listen_host,
+            port=settings.listen_port,
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+        self.server = _Server(config, handle_signals)
+        self.port = settings.listen_port
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def apply(self, snapshot: cs.ProviderSnapshot) -> list[cs.ProviderError]:
+        """Build the snapshot's routing table and swap it in (one assignment)."""
+        table, errors = build_table(snapshot, self.app.table, self.context)
+        self.app.table = table
+        self.metrics.snapshot_applied(table, time.time())
+        log.info(
+            "snapshot applied",
+            version=table.version,
+            providers=len(table.providers),
+            tokens=len(table.tokens),
+            failed=len(errors),
+        )
+        return errors
+
+    @property
+    def url(self) -> str:
+        host = self.settings.listen_host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.subscriber.load_cache()
+        self._tasks.append(asyncio.create_task(self.subscriber.run(), name="subscriber"))
+        sock = self.server.config.bind_socket()
+        self.port = sock.getsockname()[1]
+        self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="http"))
+        while not self.server.started:
+            if self._tasks[-1].done():
+                self._tasks[-1].result()  # raises what stopped uvicorn
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.005)
+        log.info(
+            "bridge listening",
+            url=self.url,
+            config_service=self.settings.config_service,
+            node_id=self.settings.node_id,
+        )
+
+    async def wait(self) -> None:
+        """Until the HTTP server stops (a signal when handle_signals is on)."""
+        await self._tasks[-1]
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        for task in reversed(self._tasks):
+            if task.get_name() == "subscriber":
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.http.aclose()
+
+
+async def serve(settings: BridgeSettings) -> None:
+    """Run aibridged until SIGINT/SIGTERM."""
+    bridge = Bridge(settings, handle_signals=True)
+    await bridge.start()
+    try:
+        await bridge.wait()
+    finally:
+        await bridge.stop()
