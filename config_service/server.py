@@ -68,12 +68,16 @@ class RunningService:
     health: health.aio.HealthServicer
     registry: SubscriberRegistry
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def target(self) -> str:
         return f"{self.settings.grpc_host}:{self.port}"
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         await self.health.enter_graceful_shutdown()
         for task in self.tasks:
             task.cancel()
