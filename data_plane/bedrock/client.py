@@ -8,6 +8,7 @@ Transport failures before a response (connect/read timeouts) propagate as `httpx
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,9 +134,16 @@ class BedrockStream:
             await self._response.aclose()
 
     async def aclose(self) -> None:
+        """Close the upstream response (idempotent; safe before, during or after iteration).
+
+        To stop a relay running in another task, cancelling that task is the clean way (the
+        iteration closes the upstream as it unwinds); `aclose()` from elsewhere still closes
+        the connection, and the other task's next read fails.
+        """
         self._closed = True
         if self._gen is not None:
-            await self._gen.aclose()
+            with contextlib.suppress(RuntimeError):  # "already running" in another task
+                await self._gen.aclose()
         if self._response is not None:
             await self._response.aclose()
 
