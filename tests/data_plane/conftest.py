@@ -1,0 +1,72 @@
+"""Fixtures for the data-plane tests: real servers on 127.0.0.1 port 0, nothing mocked.
+
+- `config_service`: a fake ConfigService (grpc.aio servicer) serving hand-built snapshots.
+- `upstream`: a fake OpenAI/Anthropic upstream (raw ASGI app under uvicorn).
+- `start_bridge`: starts real `Bridge`s following `config_service`; all stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from dp_fakes import (
+    BRIDGE_TOKEN,
+    ConfigServer,
+    FakeConfigService,
+    FakeUpstream,
+    StartBridge,
+    QuietServer,
+    wait_for_version,
+)
+
+from data_plane.bridge.server import Bridge
+from data_plane.bridge.settings import BridgeSettings
+
+
+@pytest.fixture
+async def config_service() -> AsyncIterator[ConfigServer]:
+    server = ConfigServer(FakeConfigService())
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    app = FakeUpstream()
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None,
+                            access_log=False, ws="none", timeout_graceful_shutdown=1)
+    server = QuietServer(config)
+    sock = config.bind_socket()
+    app.port = sock.getsockname()[1]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.005)
+    yield app
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def start_bridge(config_service: ConfigServer) -> AsyncIterator[StartBridge]:
+    started: list[Bridge] = []
+
+    async def start(wait_version: str | None = None, **env: str) -> Bridge:
+        environ = {"AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN, "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
+                   "AIBRIDGE_CONFIG_SERVICE": config_service.target,
+                   "AIBRIDGE_NODE_ID": f"test-bridge-{len(started)}", **env}
+        bridge = Bridge(BridgeSettings.from_env(environ))
+        await bridge.start()
+        started.append(bridge)
+        if wait_version is not None:
+            await wait_for_version(bridge, wait_version)
+        return bridge
+
+    yield start
+    for bridge in started:
+        await bridge.stop()
+
+
