@@ -5,7 +5,7 @@ The bridge hands a Bedrock-backed provider's `/v1/messages` requests to `Bedrock
 format (JSON, SSE, or an Anthropic error body with the matching status).
 """
 
-from data_plane.bedrock.client import BedrockClient, BedrockStream, UpstreamResult
+from data_plane.bedrock.client import BedrockClient
 from data_plane.bedrock.config import (
     DEFAULT_MODEL,
     DEFAULT_SMALL_FAST_MODEL,
@@ -17,6 +17,7 @@ from data_plane.bedrock.credentials import (
     BedrockCredentialsError,
     CredentialResolver,
 )
+from data_plane.bedrock.results import BedrockStream, UpstreamResult
 from data_plane.bedrock.translate import bedrock_model_id, map_error
 
 __all__ = [

@@ -16,7 +16,7 @@ DEFAULT_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 DEFAULT_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
 
 _REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-_HOST_REGION_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
+_HOST_REGION_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
 
 
 class BedrockConfigError(ValueError):
@@ -72,8 +72,12 @@ class BedrockConfig:
 
         Empty strings mean "unset". An empty region falls back to the region named by a
         `bedrock-runtime.<region>.amazonaws.com` base URL, then `AWS_REGION` /
-        `AWS_DEFAULT_REGION`; empty models fall back to the deployment defaults.
+        `AWS_DEFAULT_REGION`; empty models fall back to the deployment defaults. A base URL
+        on the Anthropic API host (a legacy anthropic row that gained Bedrock settings) is
+        not a Bedrock endpoint and is ignored.
         """
+        if _host(base_url) == "api.anthropic.com":
+            base_url = ""
         region = (
             settings.region
             or _region_from_url(base_url)
@@ -92,7 +96,10 @@ class BedrockConfig:
         )
 
 
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+
+
 def _region_from_url(url: str) -> str | None:
-    host = url.split("://", 1)[-1]
-    match = _HOST_REGION_RE.match(host)
+    match = _HOST_REGION_RE.match(_host(url))
     return match.group(1) if match else None

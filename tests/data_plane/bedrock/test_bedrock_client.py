@@ -328,3 +328,18 @@ async def test_official_sdk_parses_stream_and_message(
                 await s.get_final_message()
     assert fake.rejected == []
     assert SECRET_KEY not in repr(bedrock)
+
+
+async def test_aclose_before_iterating_releases_upstream(
+    fake: FakeBedrock, bedrock: BedrockClient
+) -> None:
+    """A stream closed without being read (e.g. the bridge gives up first) closes upstream."""
+    upstream = ChunkStream([chunk_frame(e) for e in anthropic_events()])
+    fake.respond = lambda got: stream_ok(upstream)
+    stream = await bedrock.stream(REQUEST, {})
+    await stream.aclose()
+    await stream.aclose()  # idempotent
+    assert upstream.closed
+    assert upstream.sent == 0
+    with pytest.raises(RuntimeError, match="only once"):
+        stream.__aiter__()

@@ -147,6 +147,9 @@ def test_config_from_snapshot_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "https://bedrock-runtime.us-west-2.amazonaws.com"
     cfg = BedrockConfig.from_settings(url, provider_pb2.BedrockSettings(role_arn="arn:r"))
     assert (cfg.region, cfg.role_arn, cfg.access_key) == ("us-west-2", "arn:r", None)
+    anthropic_row = provider_pb2.BedrockSettings(region="eu-west-1")
+    cfg = BedrockConfig.from_settings("https://api.anthropic.com/", anthropic_row)
+    assert cfg.endpoint == "https://bedrock-runtime.eu-west-1.amazonaws.com"
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     with pytest.raises(BedrockConfigError):
         BedrockConfig.from_settings("", provider_pb2.BedrockSettings(role_arn="arn:r"))
