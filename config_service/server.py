@@ -12,6 +12,7 @@ import contextlib
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,10 +22,12 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from aibridge.config.v1 import config_service_pb2
 from aibridge.logs import get_logger
 from config_service.auth import Authenticator
+from config_service import notify
 from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
 from config_service.hub import SnapshotHub
+from config_service.metrics import ConfigMetrics
 from config_service.rbac import Role
 from config_service.seed import apply as seed_apply
 from config_service.seed.env import parse_env
@@ -67,6 +70,9 @@ class RunningService:
     hub: SnapshotHub
     health: health.aio.HealthServicer
     registry: SubscriberRegistry
+    metrics: ConfigMetrics
+    metrics_port: int | None = None
+    metrics_server: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopped: bool = False
 
@@ -85,6 +91,8 @@ class RunningService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.server.stop(grace)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         self.db.engine.dispose()
 
 
@@ -153,12 +161,13 @@ def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]
     return db
 
 
-async def _resync_loop(hub: SnapshotHub, interval: float) -> None:
+async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics) -> None:
     """Safety net: catch changes made by other processes whose notification was missed."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await hub.refresh_if_behind()
+            if await hub.refresh_if_behind():
+                metrics.resyncs.labels(reason="periodic").inc()
         except Exception as exc:  # noqa: BLE001 - keep serving the last snapshot
             log.warning("revision check failed; serving the last snapshot", error=str(exc))
 
@@ -166,15 +175,18 @@ async def _resync_loop(hub: SnapshotHub, interval: float) -> None:
 async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> RunningService:
     db = await asyncio.to_thread(prepare_database, settings, environ)
     hub = SnapshotHub(db, settings.allow_byok)
+    metrics = ConfigMetrics()
+    hub.listeners.append(lambda _revision: metrics.build_seconds.observe(hub.last_build_seconds))
     await hub.refresh()
     registry = SubscriberRegistry()
+    metrics.watch_live(registry.count_by_role, lambda: hub.revision)
     auth = Authenticator(hub, db)
     server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
-    config = ConfigServicer(hub, auth, registry, settings.replica_id)
+    config = ConfigServicer(hub, auth, registry, settings.replica_id, metrics)
     server.add_generic_rpc_handlers((config.handler(),))
     from config_service.servicers import admin
 
-    admin.register(server, db, hub, auth)
+    admin.register(server, db, hub, auth, settings.allow_byok)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
@@ -188,8 +200,18 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningService(settings, server, port, db, hub, health_servicer, registry)
-    running.tasks.append(asyncio.create_task(_resync_loop(hub, settings.resync_interval)))
+    running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
+    running.tasks.append(
+        asyncio.create_task(_resync_loop(hub, settings.resync_interval, metrics))
+    )
+    if db.is_postgres:
+        running.tasks.append(
+            asyncio.create_task(
+                notify.listen(settings.database_url, hub, metrics, settings.replica_id)
+            )
+        )
+    if settings.metrics_listen is not None:
+        running.metrics_server, running.metrics_port = metrics.serve(*settings.metrics_listen)
     log.info(
         "config service ready",
         listen=f"{settings.grpc_host}:{port}",
@@ -197,6 +219,10 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
         mtls=settings.tls_client_ca_file is not None,
         version=hub.version,
         database=db.engine.dialect.name,
+        metrics=f"{settings.metrics_listen[0]}:{running.metrics_port}"
+        if settings.metrics_listen
+        else "off",
+        replica=settings.replica_id,
     )
     return running
 

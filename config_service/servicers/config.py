@@ -17,6 +17,7 @@ from aibridge.logs import get_logger
 from config_service.auth import Authenticator
 from config_service.errors import ConfigError, InvalidArgument
 from config_service.hub import SnapshotHub
+from config_service.metrics import ConfigMetrics
 from config_service.rbac import Action, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
 from config_service.snapshot import ROLE_TO_PROTO
@@ -50,12 +51,13 @@ class ConfigServicer:
         auth: Authenticator,
         registry: SubscriberRegistry,
         replica_id: str,
+        metrics: ConfigMetrics,
     ) -> None:
+        self._metrics = metrics
         self._hub = hub
         self._auth = auth
         self._registry = registry
         self._replica_id = replica_id
-        self.snapshots_sent = 0
 
     async def watch(self, request: pb.WatchProvidersRequest, context: Context) -> AsyncIterator[bytes]:
         try:
@@ -69,13 +71,14 @@ class ConfigServicer:
         scope = scope_for(subject)
         state = self._registry.add(node_id, subject.role, subject.principal_id, context.peer())
         known = request.known_version
+        sent = self._metrics.snapshots_sent.labels(scope=scope.value)
         try:
             while True:
                 entry = self._hub.entry(scope)
                 if entry.version != known:
                     yield entry.payload
                     known = state.version_sent = entry.version
-                    self.snapshots_sent += 1
+                    sent.inc()
                 await self._hub.wait_newer(known)
         finally:
             self._registry.remove(state)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -26,6 +26,9 @@ from config_service.db.engine import SQLITE_BEGIN_OPTION
 from config_service.db.models import AuditEntry, Revision, utcnow
 from config_service.errors import Unavailable
 from config_service.rbac import Subject
+
+# Also config_service.notify.CHANNEL (kept here so the store does not import asyncio code).
+NOTIFY_CHANNEL = "aibridge_revision"
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -103,7 +106,14 @@ class Database:
             .values(revision=Revision.revision + 1, updated_at=utcnow())
             .returning(Revision.revision)
         )
-        return int(result.scalar_one())
+        revision = int(result.scalar_one())
+        if session.get_bind().dialect.name == "postgresql":
+            # Delivered to every replica's listener when (and only if) this commits.
+            session.execute(
+                text("SELECT pg_notify(:channel, :revision)"),
+                {"channel": NOTIFY_CHANNEL, "revision": str(revision)},
+            )
+        return revision
 
     @staticmethod
     def audit(

@@ -1,0 +1,173 @@
+"""ProviderAdminService: list, get, create, update (field mask), soft delete.
+
+The store authorizes and validates; this adapter converts messages, runs the store
+in a worker thread and, after every write, refreshes the snapshot hub before it
+answers, so the change is on every open WatchProviders stream by the time the
+caller has its response. Responses are rendered in the metadata scope (masked key
+hints), or the proxy scope for the proxy role: the admin API never returns a
+plaintext secret, not even to the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from aibridge.config.v1 import provider_admin_service_pb2 as pb
+from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
+from aibridge.config.v1 import provider_pb2
+from aibridge.logs import get_logger
+from config_service import views
+from config_service.auth import Authenticator
+from config_service.errors import InvalidArgument
+from config_service.hub import SnapshotHub
+from config_service.provider_types import FROM_PROTO, PROVIDER_TYPES
+from config_service.rbac import Role, Scope, Subject
+from config_service.records import ProviderRecord
+from config_service.servicers.edge import unary
+from config_service.store import providers
+from config_service.store.database import Database
+
+log = get_logger("aibridge.config.providers")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def provider_type(value: int) -> str:
+    """The store's type name for a wire enum value ("" when unspecified)."""
+    if value == provider_pb2.PROVIDER_TYPE_UNSPECIFIED:
+        return ""
+    name = FROM_PROTO.get(value)  # type: ignore[call-overload]
+    if name is None:
+        raise InvalidArgument(
+            "type", f"unknown provider type {value}; one of {', '.join(PROVIDER_TYPES)}"
+        )
+    assert isinstance(name, str)
+    return name
+
+
+def bedrock_input(message: pb.BedrockSettingsInput) -> providers.BedrockInput:
+    return providers.BedrockInput(
+        region=message.region,
+        model=message.model,
+        small_fast_model=message.small_fast_model,
+        role_arn=message.role_arn,
+        access_key=message.access_key,
+        access_key_secret=message.access_key_secret,
+    )
+
+
+def new_provider(request: pb.CreateProviderRequest) -> providers.NewProvider:
+    return providers.NewProvider(
+        name=request.name,
+        type=provider_type(request.type),
+        display_name=request.display_name,
+        base_url=request.base_url,
+        enabled=not request.disabled,
+        keys=tuple(request.keys),
+        bedrock=bedrock_input(request.bedrock) if request.HasField("bedrock") else None,
+    )
+
+
+def provider_changes(request: pb.UpdateProviderRequest) -> providers.ProviderChanges:
+    keys = tuple(
+        providers.KeyInput(
+            id=k.id if k.WhichOneof("key") == "id" else "",
+            secret=k.secret if k.WhichOneof("key") == "secret" else "",
+        )
+        for k in request.keys
+    )
+    return providers.ProviderChanges(
+        paths=tuple(request.update_mask.paths),
+        display_name=request.display_name,
+        base_url=request.base_url,
+        enabled=request.enabled,
+        keys=keys,
+        bedrock=bedrock_input(request.bedrock) if request.HasField("bedrock") else None,
+    )
+
+
+class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
+    def __init__(
+        self, db: Database, hub: SnapshotHub, auth: Authenticator, allow_byok: bool
+    ) -> None:
+        self._db = db
+        self._hub = hub
+        self._auth = auth
+        self._allow_byok = allow_byok
+
+    def _render(self, record: ProviderRecord, subject: Subject) -> provider_pb2.Provider:
+        scope = Scope.PROXY if subject.role is Role.PROXY else Scope.METADATA
+        return views.render(record, scope, *views.evaluate(record, self._allow_byok))
+
+    @unary
+    async def ListProviders(  # noqa: N802
+        self, request: pb.ListProvidersRequest, context: Context
+    ) -> pb.ListProvidersResponse:
+        subject = await self._auth.authenticate(context)
+        records = await asyncio.to_thread(providers.list_providers, self._db, subject)
+        return pb.ListProvidersResponse(providers=[self._render(r, subject) for r in records])
+
+    @unary
+    async def GetProvider(  # noqa: N802
+        self, request: pb.GetProviderRequest, context: Context
+    ) -> pb.GetProviderResponse:
+        subject = await self._auth.authenticate(context)
+        record = await asyncio.to_thread(
+            providers.get_provider, self._db, subject, request.id_or_name
+        )
+        return pb.GetProviderResponse(provider=self._render(record, subject))
+
+    @unary
+    async def CreateProvider(  # noqa: N802
+        self, request: pb.CreateProviderRequest, context: Context
+    ) -> pb.CreateProviderResponse:
+        subject = await self._auth.authenticate(context)
+        spec = new_provider(request)
+        record = await asyncio.to_thread(providers.create_provider, self._db, subject, spec)
+        log.info(
+            "provider created",
+            provider=record.name,
+            provider_id=record.id,
+            type=record.type,
+            keys=len(record.keys),
+            actor=subject.name,
+        )
+        await self._hub.refresh()
+        return pb.CreateProviderResponse(provider=self._render(record, subject))
+
+    @unary
+    async def UpdateProvider(  # noqa: N802
+        self, request: pb.UpdateProviderRequest, context: Context
+    ) -> pb.UpdateProviderResponse:
+        subject = await self._auth.authenticate(context)
+        changes = provider_changes(request)
+        record = await asyncio.to_thread(
+            providers.update_provider, self._db, subject, request.id_or_name, changes
+        )
+        log.info(
+            "provider updated",
+            provider=record.name,
+            provider_id=record.id,
+            fields=sorted(set(changes.paths)),
+            keys=len(record.keys),
+            actor=subject.name,
+        )
+        await self._hub.refresh()
+        return pb.UpdateProviderResponse(provider=self._render(record, subject))
+
+    @unary
+    async def DeleteProvider(  # noqa: N802
+        self, request: pb.DeleteProviderRequest, context: Context
+    ) -> pb.DeleteProviderResponse:
+        subject = await self._auth.authenticate(context)
+        record = await asyncio.to_thread(
+            providers.delete_provider, self._db, subject, request.id_or_name
+        )
+        log.info(
+            "provider deleted", provider=record.name, provider_id=record.id, actor=subject.name
+        )
+        await self._hub.refresh()
+        return pb.DeleteProviderResponse()

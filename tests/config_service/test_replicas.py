@@ -1,0 +1,128 @@
+"""Several config-service replicas on one PostgreSQL database (real processes)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, text
+
+from aibridge.config.v1 import config_service_pb2 as pb
+from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
+from aibridge.config.v1 import token_admin_service_pb2 as tpb
+from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
+from aibridge.config.v1 import token_pb2
+from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Process, StartProcess
+
+ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+BRIDGE_MD = (("authorization", f"Bearer {BRIDGE_TOKEN}"),)
+
+
+@pytest.fixture
+def postgres_only(database_url: str) -> str:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("replicas share a PostgreSQL database")
+    return database_url
+
+
+def create_token(proc: Process, name: str) -> None:
+    with grpc.insecure_channel(proc.target) as channel:
+        tpb_grpc.TokenAdminServiceStub(channel).CreateToken(
+            tpb.CreateTokenRequest(principal_name=name, role=token_pb2.ROLE_MEMBER),
+            metadata=ADMIN_MD, timeout=10,
+        )
+
+
+def version_of(proc: Process) -> str:
+    with grpc.insecure_channel(proc.target) as channel:
+        response = pb_grpc.ConfigServiceStub(channel).GetProviderSnapshot(
+            pb.GetProviderSnapshotRequest(), metadata=BRIDGE_MD, timeout=10
+        )
+    return response.snapshot.version
+
+
+class Watcher:
+    """A WatchProviders stream on one replica, read with a deadline."""
+
+    def __init__(self, proc: Process) -> None:
+        self.channel = grpc.insecure_channel(proc.target)
+        self.stream = pb_grpc.ConfigServiceStub(self.channel).WatchProviders(
+            pb.WatchProvidersRequest(node_id="replica-test"), metadata=BRIDGE_MD
+        )
+        self.versions: list[str] = []
+
+    def until(self, version: str, timeout: float = 5.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while not self.versions or self.versions[-1] != version:
+            assert time.monotonic() < deadline, f"never saw {version}; saw {self.versions}"
+            self.versions.append(next(self.stream).snapshot.version)
+        return self.versions
+
+    def close(self) -> None:
+        self.stream.cancel()
+        self.channel.close()
+
+
+def test_write_on_one_replica_reaches_subscribers_of_the_other(
+    postgres_only: str, start_process: StartProcess
+) -> None:
+    """A token created through replica A is on a stream of replica B, with the version both report."""
+    a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
+    b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    watcher = Watcher(b)
+    try:
+        watcher.until(version_of(b))
+        started = time.monotonic()
+        create_token(a, "alice")
+        new_version = version_of(a)
+        watcher.until(new_version, timeout=2)
+        assert time.monotonic() - started < 2
+        assert version_of(b) == new_version
+    finally:
+        watcher.close()
+
+
+def test_replica_resyncs_after_losing_its_database_connection(
+    postgres_only: str, start_process: StartProcess
+) -> None:
+    """Killing replica B's listener connection loses no change: B re-listens and resyncs."""
+    a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
+    b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    watcher = Watcher(b)
+    admin = create_engine(postgres_only.split("?")[0], isolation_level="AUTOCOMMIT")
+    try:
+        watcher.until(version_of(b))
+        with admin.connect() as conn:
+            killed = conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'aibridge-listener-replica-b'")).scalar_one()
+        assert killed == 1
+        # Written while B has no listener: only the resync after reconnecting can catch it.
+        create_token(a, "bob")
+        create_token(a, "carol")
+        final = version_of(a)
+        seen = watcher.until(final, timeout=5)
+        assert [int(v) for v in seen] == sorted(int(v) for v in seen)
+        assert version_of(b) == final
+    finally:
+        watcher.close()
+        admin.dispose()
+
+
+def test_a_subscriber_can_resume_on_another_replica(
+    postgres_only: str, start_process: StartProcess
+) -> None:
+    """Both replicas serve the same version for the same state, so known_version carries over."""
+    a = start_process(AIBRIDGE_REPLICA_ID="replica-a")
+    b = start_process(AIBRIDGE_REPLICA_ID="replica-b")
+    current = version_of(a)
+    assert version_of(b) == current
+    with grpc.insecure_channel(b.target) as channel:
+        stream = pb_grpc.ConfigServiceStub(channel).WatchProviders(
+            pb.WatchProvidersRequest(node_id="moved", known_version=current), metadata=BRIDGE_MD
+        )
+        create_token(a, "dave")
+        first = next(stream)
+        assert int(first.snapshot.version) == int(current) + 1
+        stream.cancel()
