@@ -103,7 +103,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         return views.render(record, scope, *views.evaluate(record, self._allow_byok))
 
     @unary
-    async def ListProviders(  # noqa: N802
+    async def ListProviders(
         self, request: pb.ListProvidersRequest, context: Context
     ) -> pb.ListProvidersResponse:
         subject = await self._auth.authenticate(context)
@@ -111,7 +111,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         return pb.ListProvidersResponse(providers=[self._render(r, subject) for r in records])
 
     @unary
-    async def GetProvider(  # noqa: N802
+    async def GetProvider(
         self, request: pb.GetProviderRequest, context: Context
     ) -> pb.GetProviderResponse:
         subject = await self._auth.authenticate(context)
@@ -121,7 +121,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         return pb.GetProviderResponse(provider=self._render(record, subject))
 
     @unary
-    async def CreateProvider(  # noqa: N802
+    async def CreateProvider(
         self, request: pb.CreateProviderRequest, context: Context
     ) -> pb.CreateProviderResponse:
         subject = await self._auth.authenticate(context)
@@ -139,7 +139,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         return pb.CreateProviderResponse(provider=self._render(record, subject))
 
     @unary
-    async def UpdateProvider(  # noqa: N802
+    async def UpdateProvider(
         self, request: pb.UpdateProviderRequest, context: Context
     ) -> pb.UpdateProviderResponse:
         subject = await self._auth.authenticate(context)
@@ -159,7 +159,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         return pb.UpdateProviderResponse(provider=self._render(record, subject))
 
     @unary
-    async def DeleteProvider(  # noqa: N802
+    async def DeleteProvider(
         self, request: pb.DeleteProviderRequest, context: Context
     ) -> pb.DeleteProviderResponse:
         subject = await self._auth.authenticate(context)

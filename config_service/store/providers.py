@@ -44,8 +44,14 @@ from config_service.provider_types import (
     name_problem,
 )
 from config_service.rbac import Action, Subject, authorize
-from config_service.records import BedrockRecord, ProviderRecord, encode_settings, encrypt_key
-from config_service.records import key_aad, load_record
+from config_service.records import (
+    BedrockRecord,
+    ProviderRecord,
+    encode_settings,
+    encrypt_key,
+    key_aad,
+    load_record,
+)
 from config_service.store.database import Database
 from config_service.views import audit_view
 
@@ -296,7 +302,8 @@ def parse_id_or_name(value: str) -> tuple[str, str]:
         return "name", value
     raise InvalidArgument(
         "id_or_name",
-        f"{_short(value)} is neither a provider id (UUID) nor a name matching ^[a-z0-9]+(-[a-z0-9]+)*$",
+        f"{_short(value)} is neither a provider id (UUID) nor a name matching "
+        "^[a-z0-9]+(-[a-z0-9]+)*$",
     )
 
 
@@ -548,16 +555,16 @@ def update_provider(
             _check_key_count(row.type, bedrock, len(kept) + len(new_secrets))
             if new_secrets:
                 known: dict[str, str] = {}
-                for key in kept:
+                for old in kept:
                     try:
-                        plain = db.cipher.decrypt(key.secret, key.secret_key_id, key_aad(key.id))
+                        plain = db.cipher.decrypt(old.secret, old.secret_key_id, key_aad(old.id))
                     except DecryptError:
                         continue  # unreadable: cannot compare, and the pool reports it anyway
-                    known[plain] = f"kept key {key.id}"
+                    known[plain] = f"kept key {old.id}"
                 _check_unique_secrets(new_secrets, known)
             removed = [k for k in keys if k not in kept]
-            for key in removed:
-                session.delete(key)
+            for old in removed:
+                session.delete(old)
             session.flush()
             last = max((k.created_at for k in kept), default=None)
             added = _add_keys(db, session, row.id, [s for _, s in new_secrets], last)
