@@ -1,0 +1,200 @@
+"""Routing, client authentication, health and snapshot swaps of the bridge app."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from dp_fakes import (
+    AUDITOR_TOKEN,
+    KEY_A,
+    MEMBER_TOKEN,
+    OWNER_TOKEN,
+    ConfigServer,
+    FakeUpstream,
+    Reply,
+    Seen,
+    StartBridge,
+    anthropic_provider,
+    gateway_tokens,
+    openai_provider,
+    snapshot,
+    wait_for_version,
+)
+
+from aibridge.config.v1 import provider_pb2 as pb
+from data_plane.bridge.app import MAX_BODY
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def _start(config_service: ConfigServer, upstream: FakeUpstream,
+                 start_bridge: StartBridge, **env: str) -> str:
+    await config_service.service.publish(
+        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)]))
+    return (await start_bridge(wait_version="1", **env)).url
+
+
+async def test_readyz_before_and_after_snapshot(config_service: ConfigServer,
+                                                upstream: FakeUpstream,
+                                                start_bridge: StartBridge) -> None:
+    """/readyz is 503 until a snapshot is applied and 200 after; /healthz is always 200."""
+    bridge = await start_bridge()
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/readyz")).status_code == 503
+        await config_service.service.publish(snapshot("7", [openai_provider(upstream)]))
+        await wait_for_version(bridge, "7")
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["version"] == "7"
+        metrics = (await http.get("/metrics")).text
+    assert 'aibridged_snapshot_version_info{version="7"} 1.0' in metrics
+    assert 'aibridged_key_pool_keys{provider="openai",state="valid"} 1.0' in metrics
+
+
+async def test_unknown_provider_and_route_are_404(config_service: ConfigServer,
+                                                  upstream: FakeUpstream,
+                                                  start_bridge: StartBridge) -> None:
+    """Unknown providers and unserved routes answer 404 naming the method and path."""
+    url = await _start(config_service, upstream, start_bridge)
+    async with httpx.AsyncClient(base_url=url) as http:
+        nope = await http.post("/nope/v1/chat/completions", json=CHAT)
+        assert nope.status_code == 404
+        assert nope.json()["error"]["message"] == "route not supported: POST /nope/v1/chat/completions"
+        legacy = await http.post("/openai/v1/completions", json=CHAT,
+                                 headers={"authorization": f"Bearer {MEMBER_TOKEN}"})
+        assert legacy.status_code == 404
+        assert "POST /openai/v1/completions" in legacy.json()["error"]["message"]
+        anth = await http.get("/anthropic/v1/files")
+        assert anth.json()["type"] == "error"  # the provider's own error format
+    assert upstream.seen == []
+
+
+async def test_body_over_32_mib_is_413(config_service: ConfigServer, upstream: FakeUpstream,
+                                       start_bridge: StartBridge) -> None:
+    """A body over 32 MiB is refused with 413 and never reaches the upstream."""
+    url = await _start(config_service, upstream, start_bridge)
+    async with httpx.AsyncClient(base_url=url) as http:
+        big = await http.post("/openai/v1/chat/completions", content=b"x" * (MAX_BODY + 1),
+                              headers={"authorization": f"Bearer {MEMBER_TOKEN}"})
+        assert big.status_code == 413
+
+        async def chunks() -> object:
+            for _ in range(33):
+                yield b"y" * (1024 * 1024)
+
+        chunked = await http.post("/openai/v1/chat/completions", content=chunks(),  # type: ignore[arg-type]
+                                  headers={"authorization": f"Bearer {MEMBER_TOKEN}"})
+        assert chunked.status_code == 413
+    assert upstream.seen == []
+
+
+async def test_client_auth(config_service: ConfigServer, upstream: FakeUpstream,
+                           start_bridge: StartBridge) -> None:
+    """Owners and members get through (Bearer or X-Api-Key); others get 401/403."""
+    url = await _start(config_service, upstream, start_bridge)
+    path = "/openai/v1/chat/completions"
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.post(path, json=CHAT)).status_code == 401
+        bad = await http.post(path, json=CHAT, headers={"authorization": "Bearer nope"})
+        assert bad.status_code == 401
+        assert bad.json()["error"]["type"] == "authentication_error"
+        auditor = await http.post(path, json=CHAT,
+                                  headers={"authorization": f"Bearer {AUDITOR_TOKEN}"})
+        assert auditor.status_code == 403
+        owner = await http.post(path, json=CHAT, headers={"x-api-key": OWNER_TOKEN})
+        assert owner.status_code == 200
+        anth = await http.post("/anthropic/v1/messages", json=CHAT)
+        assert anth.status_code == 401
+        assert anth.json()["error"]["type"] == "authentication_error"
+    assert len(upstream.seen) == 1
+    assert upstream.seen[0].headers["authorization"] == f"Bearer {KEY_A}"
+
+
+async def test_revoked_token_refused_after_next_snapshot(config_service: ConfigServer,
+                                                         upstream: FakeUpstream,
+                                                         start_bridge: StartBridge) -> None:
+    """A token dropped from the snapshot is refused as soon as that snapshot is applied."""
+    bridge = await start_bridge()
+    providers = [openai_provider(upstream)]
+    await config_service.service.publish(snapshot("1", providers))
+    await wait_for_version(bridge, "1")
+    headers = {"authorization": f"Bearer {MEMBER_TOKEN}"}
+    async with httpx.AsyncClient(base_url=bridge.url, headers=headers) as http:
+        assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
+        others = [t for t in gateway_tokens() if t.principal_name != "member"]
+        await config_service.service.publish(snapshot("2", providers, tokens=others))
+        await wait_for_version(bridge, "2")
+        assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 401
+
+
+async def test_disabled_and_error_providers_answer_503(config_service: ConfigServer,
+                                                       upstream: FakeUpstream,
+                                                       start_bridge: StartBridge) -> None:
+    """A disabled provider answers 503 provider_disabled; an ERROR one 503 with its reason."""
+    await config_service.service.publish(snapshot("1", [
+        openai_provider(upstream, status=pb.PROVIDER_STATUS_DISABLED),
+        anthropic_provider(upstream, status=pb.PROVIDER_STATUS_ERROR, reason="cannot decrypt"),
+    ]))
+    bridge = await start_bridge(wait_version="1")
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        off = await http.post("/openai/v1/chat/completions", json=CHAT)
+        assert off.status_code == 503
+        assert off.json()["error"]["code"] == "provider_disabled"
+        broken = await http.post("/anthropic/v1/messages", json=CHAT)
+        assert broken.status_code == 503
+        assert "cannot decrypt" in broken.json()["error"]["message"]
+
+
+async def test_provider_removed_while_streaming(config_service: ConfigServer,
+                                                upstream: FakeUpstream,
+                                                start_bridge: StartBridge) -> None:
+    """A stream in flight finishes on its table while a new snapshot removes its provider."""
+    url = await _start(config_service, upstream, start_bridge)
+    slow = Reply(headers={"content-type": "text/event-stream"},
+                 chunks=[b"data: {}\n\n"] * 5 + [b"data: [DONE]\n\n"], gap=0.05)
+    upstream.responder = lambda seen: slow
+    headers = {"authorization": f"Bearer {MEMBER_TOKEN}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers) as http:
+        async with http.stream("POST", "/openai/v1/chat/completions",
+                               json={**CHAT, "stream": True}) as response:
+            body = response.aiter_raw()
+            first = await anext(body)
+            await config_service.service.publish(snapshot("2", [anthropic_provider(upstream)]))
+            rest = b"".join([c async for c in body])
+        assert first + rest == b"data: {}\n\n" * 5 + b"data: [DONE]\n\n"
+        for _ in range(200):
+            after = await http.post("/openai/v1/chat/completions", json=CHAT)
+            if after.status_code == 404:
+                break
+            await asyncio.sleep(0.01)
+        assert after.status_code == 404
+
+
+async def test_client_disconnect_cancels_upstream(config_service: ConfigServer,
+                                                  upstream: FakeUpstream,
+                                                  start_bridge: StartBridge) -> None:
+    """A client that goes away mid-stream makes the bridge drop the upstream request."""
+    url = await _start(config_service, upstream, start_bridge)
+    upstream_done = asyncio.Event()
+
+    async def endless(seen: Seen) -> Reply:
+        return Reply(headers={"content-type": "text/event-stream"},
+                     chunks=[b"data: {}\n\n"] * 200, gap=0.01)
+
+    upstream.responder = endless
+    headers = {"authorization": f"Bearer {MEMBER_TOKEN}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers) as http:
+        async with http.stream("POST", "/openai/v1/chat/completions",
+                               json={**CHAT, "stream": True}) as response:
+            await anext(response.aiter_raw())
+        # The bridge records the request as 499 (client closed) well before 200 chunks.
+        async with asyncio.timeout(1.5):
+            while True:
+                metrics = (await http.get("/metrics")).text
+                if 'status="499"' in metrics:
+                    upstream_done.set()
+                    break
+                await asyncio.sleep(0.02)
+    assert upstream_done.is_set()
