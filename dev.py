@@ -66,7 +66,7 @@ def test(extra: list[str]) -> int:
 
 
 def main() -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs under any python3
         sys.exit("dev.py: Python >= 3.11 is required")
     if len(sys.argv) < 2 or sys.argv[1] not in ("up", "test"):
         print(__doc__, file=sys.stderr)

@@ -7,6 +7,7 @@ one `SettingsError`, instead of failing on the first.
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,22 +31,26 @@ _FALSE = {"0", "false", "no", "off"}
 class Reader:
     """Reads typed values from an environment mapping, collecting problems."""
 
-    def __init__(self, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        environ: Mapping[builtins.str, builtins.str],
+        overrides: Mapping[builtins.str, builtins.str] | None = None,
+    ):
         self._env = dict(environ)
         # Flags win over the environment: they arrive as {ENV_NAME: value}.
         for key, value in (overrides or {}).items():
             self._env[key] = value
-        self.problems: list[str] = []
+        self.problems: list[builtins.str] = []
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: builtins.str) -> builtins.str | None:
         value = self._env.get(name)
         return None if value is None else value.strip()
 
-    def str(self, name: str, default: str = "") -> str:
+    def str(self, name: builtins.str, default: builtins.str = "") -> builtins.str:
         value = self.raw(name)
         return default if value is None or value == "" else value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.raw(name)
         if value is None or value == "":
             return default
@@ -56,7 +61,9 @@ class Reader:
         self.problems.append(f"{name}={value!r}: expected true or false")
         return default
 
-    def int(self, name: str, default: int, minimum: int | None = None) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, minimum: builtins.int | None = None
+    ) -> builtins.int:
         value = self.raw(name)
         if value is None or value == "":
             return default
@@ -70,7 +77,7 @@ class Reader:
             return default
         return parsed
 
-    def duration(self, name: str, default: float) -> float:
+    def duration(self, name: builtins.str, default: float) -> float:
         """Seconds, from '30s', '500ms', '2m', '1h' or a bare number of seconds."""
         value = self.raw(name)
         if value is None or value == "":
@@ -83,7 +90,9 @@ class Reader:
         unit = match.group(2) or "s"
         return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
 
-    def listen(self, name: str, default: str) -> tuple[str, int]:
+    def listen(
+        self, name: builtins.str, default: builtins.str
+    ) -> tuple[builtins.str, builtins.int]:
         """host:port (IPv6 as [::1]:port); port 0 picks a free port."""
         value = self.str(name, default)
         host, sep, port = value.rpartition(":")
@@ -93,7 +102,7 @@ class Reader:
         host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - an explicit ':port' means all
         return host, int(port)
 
-    def existing_file(self, name: str) -> Path | None:
+    def existing_file(self, name: builtins.str) -> Path | None:
         value = self.str(name)
         if not value:
             return None
@@ -102,7 +111,7 @@ class Reader:
             self.problems.append(f"{name}={value!r}: no such file")
         return path
 
-    def csv(self, name: str, default: str = "") -> list[str]:
+    def csv(self, name: builtins.str, default: builtins.str = "") -> list[builtins.str]:
         return [part.strip() for part in self.str(name, default).split(",") if part.strip()]
 
     def check(self) -> None:
@@ -134,7 +143,10 @@ def add_env_flags(parser: object, names: list[tuple[str, str]]) -> None:
     assert isinstance(parser, argparse.ArgumentParser)
     for env_name, help_text in names:
         parser.add_argument(
-            flag_for(env_name), dest=env_name, default=None, metavar="VALUE",
+            flag_for(env_name),
+            dest=env_name,
+            default=None,
+            metavar="VALUE",
             help=f"{help_text} (env {env_name})",
         )
 

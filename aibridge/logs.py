@@ -24,9 +24,12 @@ def _redact(
 ) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
         lowered = key.lower()
-        if isinstance(value, str) and any(s in lowered for s in _SENSITIVE_KEYS):
-            if not lowered.endswith(("_hint", "_masked", "_id")):
-                event[key] = mask_secret(value)
+        if (
+            isinstance(value, str)
+            and any(s in lowered for s in _SENSITIVE_KEYS)
+            and not lowered.endswith(("_hint", "_masked", "_id"))
+        ):
+            event[key] = mask_secret(value)
     return event
 
 

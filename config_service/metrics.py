@@ -37,11 +37,14 @@ class ConfigMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.snapshots_sent = Counter(
-            "aibridge_config_snapshots_sent", "Snapshots sent on watch streams",
-            ["scope"], registry=self.registry,
+            "aibridge_config_snapshots_sent",
+            "Snapshots sent on watch streams",
+            ["scope"],
+            registry=self.registry,
         )
         self.build_seconds = Histogram(
-            "aibridge_config_snapshot_build_seconds", "Time to load and serialize a snapshot",
+            "aibridge_config_snapshot_build_seconds",
+            "Time to load and serialize a snapshot",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
@@ -52,11 +55,15 @@ class ConfigMetrics:
             registry=self.registry,
         )
         self.resyncs = Counter(
-            "aibridge_config_reloads", "Snapshot reloads caused by other processes",
-            ["reason"], registry=self.registry,
+            "aibridge_config_reloads",
+            "Snapshot reloads caused by other processes",
+            ["reason"],
+            registry=self.registry,
         )
 
-    def watch_live(self, subscribers: Callable[[], dict[Role, int]], revision: Callable[[], int]) -> None:
+    def watch_live(
+        self, subscribers: Callable[[], dict[Role, int]], revision: Callable[[], int]
+    ) -> None:
         self.registry.register(_LiveCollector(subscribers, revision))
 
     def serve(self, host: str, port: int) -> tuple[Any, int]:

@@ -21,7 +21,6 @@ from sqlalchemy.engine import make_url
 from aibridge.logs import get_logger
 from config_service.hub import SnapshotHub
 from config_service.metrics import ConfigMetrics
-
 from config_service.store.database import NOTIFY_CHANNEL as CHANNEL
 
 log = get_logger("aibridge.config.notify")
@@ -67,7 +66,7 @@ async def listen(
                         metrics.notification_lag.observe(time.perf_counter() - received)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure: back off and reconnect
+        except Exception as exc:
             log.warning(
                 "notification listener lost its connection; retrying",
                 error=exc.__class__.__name__,

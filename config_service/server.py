@@ -16,13 +16,14 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from aibridge.config.v1 import config_service_pb2
 from aibridge.logs import get_logger
-from config_service.auth import Authenticator
 from config_service import notify
+from config_service.auth import Authenticator
 from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
@@ -68,7 +69,7 @@ class RunningService:
     port: int
     db: Database
     hub: SnapshotHub
-    health: health.aio.HealthServicer
+    health: HealthServicer
     registry: SubscriberRegistry
     metrics: ConfigMetrics
     metrics_port: int | None = None
@@ -168,7 +169,7 @@ async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics
         try:
             if await hub.refresh_if_behind():
                 metrics.resyncs.labels(reason="periodic").inc()
-        except Exception as exc:  # noqa: BLE001 - keep serving the last snapshot
+        except Exception as exc:
             log.warning("revision check failed; serving the last snapshot", error=str(exc))
 
 
@@ -187,7 +188,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     from config_service.servicers import admin
 
     admin.register(server, db, hub, auth, settings.allow_byok)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
     address = settings.grpc_target
@@ -201,9 +202,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
-    running.tasks.append(
-        asyncio.create_task(_resync_loop(hub, settings.resync_interval, metrics))
-    )
+    running.tasks.append(asyncio.create_task(_resync_loop(hub, settings.resync_interval, metrics)))
     if db.is_postgres:
         running.tasks.append(
             asyncio.create_task(

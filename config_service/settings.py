@@ -46,9 +46,9 @@ class ConfigServiceSettings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
-    admin_token: Secret = Secret("")
-    bridge_token: Secret = Secret("")
-    proxy_token: Secret = Secret("")
+    admin_token: Secret = Secret("")  # noqa: RUF009 - frozen, immutable
+    bridge_token: Secret = Secret("")  # noqa: RUF009 - frozen, immutable
+    proxy_token: Secret = Secret("")  # noqa: RUF009 - frozen, immutable
     encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
     allow_byok: bool = True
     metrics_listen: tuple[str, int] | None = None
@@ -83,7 +83,8 @@ class ConfigServiceSettings:
             )
         if client_ca is not None and cert is None:
             r.problems.append(
-                "AIBRIDGE_GRPC_TLS_CLIENT_CA_FILE (mTLS) needs AIBRIDGE_GRPC_TLS_CERT_FILE/_KEY_FILE"
+                "AIBRIDGE_GRPC_TLS_CLIENT_CA_FILE (mTLS) needs "
+                "AIBRIDGE_GRPC_TLS_CERT_FILE and _KEY_FILE"
             )
         keys, key_problems = parse_keys(r.str("AIBRIDGE_ENCRYPTION_KEYS"))
         r.problems.extend(key_problems)

@@ -25,7 +25,9 @@ ERROR = provider_pb2.PROVIDER_STATUS_ERROR
 
 def uses_bedrock(record: ProviderRecord) -> bool:
     return record.type == "bedrock" or (
-        record.type in BEDROCK_CAPABLE and record.bedrock is not None and record.bedrock.is_configured
+        record.type in BEDROCK_CAPABLE
+        and record.bedrock is not None
+        and record.bedrock.is_configured
     )
 
 
@@ -64,9 +66,7 @@ def _ts(value: Any) -> Timestamp:
     return ts
 
 
-def render(
-    record: ProviderRecord, scope: Scope, status: int, reason: str
-) -> provider_pb2.Provider:
+def render(record: ProviderRecord, scope: Scope, status: int, reason: str) -> provider_pb2.Provider:
     """The provider as `scope` may see it."""
     with_secrets = scope is Scope.BRIDGE and status == ENABLED
     proto = provider_pb2.Provider(

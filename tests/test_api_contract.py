@@ -22,8 +22,11 @@ BUF_VERSION = "1.75.0"
 
 def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
     """Regenerating the stubs from protos/ reproduces the committed files byte for byte."""
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     generated = sorted(p.relative_to(tmp_path) for p in (tmp_path / "aibridge").rglob("*_pb2*.py*"))
     committed = sorted(p.relative_to(ROOT) for p in (ROOT / "aibridge").rglob("*_pb2*.py*"))
     assert generated == committed, "run: python scripts/gen_protos.py"
@@ -38,7 +41,11 @@ def test_buf_lint_passes() -> None:
         pytest.fail("npx (Node.js) is required for the buf lint gate")
     result = subprocess.run(
         [npx, "-y", f"@bufbuild/buf@{BUF_VERSION}", "lint"],
-        cwd=ROOT / "protos", capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT / "protos",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -72,8 +79,15 @@ async def test_reflection_lists_the_services(service: Service, version: str) -> 
 async def test_reflection_describes_the_snapshot_message(service: Service) -> None:
     """Reflection serves the file descriptors so grpcurl can decode a snapshot."""
     stub = reflection_pb2_grpc.ServerReflectionStub(service.channel())
-    call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        file_containing_symbol="aibridge.config.v1.ConfigService")]))
+    call = stub.ServerReflectionInfo(
+        iter(
+            [
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="aibridge.config.v1.ConfigService"
+                )
+            ]
+        )
+    )
     async for response in call:
         assert response.file_descriptor_response.file_descriptor_proto
         break

@@ -22,8 +22,9 @@ from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
 
 
 def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--watch", action="store_true", help="stream every new snapshot")
     p.add_argument("--known-version", default="", help="with --watch: skip this version")
     add_env_flags(p, CLIENT_ENV_VARS)

@@ -20,8 +20,10 @@ def main(argv: list[str], prog: str = "aibridge migrate") -> int:
         before, after = migrate.upgrade(engine)
     except Exception as exc:
         if is_connection_error(exc):
-            print(f"aibridge migrate: cannot reach the database: {exc.__class__.__name__}",
-                  file=sys.stderr)
+            print(
+                f"aibridge migrate: cannot reach the database: {exc.__class__.__name__}",
+                file=sys.stderr,
+            )
             return 1
         raise
     finally:

@@ -32,8 +32,9 @@ ROLES = [r.value for r in Role]
 def _parser(prog: str) -> argparse.ArgumentParser:
     from config_service.settings import ENV_VARS
 
-    p = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create a token; prints the secret once")
     create.add_argument("--role", required=True, choices=ROLES)
@@ -44,17 +45,27 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     revoke = sub.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id")
     for s in (create, lst, revoke):
-        s.add_argument("--local", action="store_true",
-                       help="use the database directly instead of the gRPC API")
-        add_env_flags(s, CLIENT_ENV_VARS + [e for e in ENV_VARS if e[0] in (
-            "AIBRIDGE_DATA_DIR", "AIBRIDGE_DATABASE_URL", "AIBRIDGE_LOG_LEVEL")])
+        s.add_argument(
+            "--local", action="store_true", help="use the database directly instead of the gRPC API"
+        )
+        add_env_flags(
+            s,
+            CLIENT_ENV_VARS
+            + [
+                e
+                for e in ENV_VARS
+                if e[0] in ("AIBRIDGE_DATA_DIR", "AIBRIDGE_DATABASE_URL", "AIBRIDGE_LOG_LEVEL")
+            ],
+        )
     return p
 
 
 def _row(token: dict[str, Any]) -> str:
     revoked = f"revoked {token['revoked_at']}" if token.get("revoked_at") else "active"
-    return (f"{token['id']}  {token['role']:<8} {token['principal_name']:<20} "
-            f"{token['hint']}...  {revoked}")
+    return (
+        f"{token['id']}  {token['role']:<8} {token['principal_name']:<20} "
+        f"{token['hint']}...  {revoked}"
+    )
 
 
 def _print_tokens(tokens: list[dict[str, Any]], as_json: bool) -> None:
@@ -88,14 +99,28 @@ def _local(args: argparse.Namespace) -> int:
         migrate.upgrade(db.engine)
         if args.action == "create":
             view, secret = tokens.create_token(db, SYSTEM, args.name or args.role, Role(args.role))
-            print(f"created {view.role} token {view.id} for {view.principal_name!r} "
-                  "(shown once; store it now)", file=sys.stderr)
+            print(
+                f"created {view.role} token {view.id} for {view.principal_name!r} "
+                "(shown once; store it now)",
+                file=sys.stderr,
+            )
             print(secret)
         elif args.action == "list":
             views = tokens.list_tokens(db, SYSTEM, args.include_revoked)
-            _print_tokens([{"id": v.id, "role": v.role.value, "principal_name": v.principal_name,
-                            "hint": v.hint, "created_at": _iso(v.created_at),
-                            "revoked_at": _iso(v.revoked_at)} for v in views], args.json)
+            _print_tokens(
+                [
+                    {
+                        "id": v.id,
+                        "role": v.role.value,
+                        "principal_name": v.principal_name,
+                        "hint": v.hint,
+                        "created_at": _iso(v.created_at),
+                        "revoked_at": _iso(v.revoked_at),
+                    }
+                    for v in views
+                ],
+                args.json,
+            )
         else:
             view = tokens.revoke_token(db, SYSTEM, args.id)
             print(f"revoked token {view.id} ({view.principal_name})", file=sys.stderr)
@@ -106,8 +131,10 @@ def _local(args: argparse.Namespace) -> int:
 
 def _token_dict(t: token_pb2.Token) -> dict[str, Any]:
     return {
-        "id": t.id, "role": token_pb2.Role.Name(t.role).removeprefix("ROLE_").lower(),
-        "principal_name": t.principal_name, "hint": t.hint,
+        "id": t.id,
+        "role": token_pb2.Role.Name(t.role).removeprefix("ROLE_").lower(),
+        "principal_name": t.principal_name,
+        "hint": t.hint,
         "created_at": t.created_at.ToDatetime().isoformat() if t.HasField("created_at") else "",
         "revoked_at": t.revoked_at.ToDatetime().isoformat() if t.HasField("revoked_at") else "",
     }
@@ -116,8 +143,11 @@ def _token_dict(t: token_pb2.Token) -> dict[str, Any]:
 def _remote(args: argparse.Namespace) -> int:
     client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
     if not client.token:
-        print("aibridge tokens: no token: set AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN), "
-              "or use --local against the database", file=sys.stderr)
+        print(
+            "aibridge tokens: no token: set AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN), "
+            "or use --local against the database",
+            file=sys.stderr,
+        )
         return 2
     with client.channel() as channel:
         stub = pb_grpc.TokenAdminServiceStub(channel)
@@ -127,20 +157,30 @@ def _remote(args: argparse.Namespace) -> int:
                 role = token_pb2.Role.Value(f"ROLE_{args.role.upper()}")
                 created = stub.CreateToken(
                     pb.CreateTokenRequest(principal_name=args.name or args.role, role=role),
-                    metadata=md, timeout=30)
-                print(f"created {args.role} token {created.token.id} for "
-                      f"{created.token.principal_name!r} (shown once; store it now)",
-                      file=sys.stderr)
+                    metadata=md,
+                    timeout=30,
+                )
+                print(
+                    f"created {args.role} token {created.token.id} for "
+                    f"{created.token.principal_name!r} (shown once; store it now)",
+                    file=sys.stderr,
+                )
                 print(created.secret)
             elif args.action == "list":
-                listed = stub.ListTokens(pb.ListTokensRequest(include_revoked=args.include_revoked),
-                                         metadata=md, timeout=30)
+                listed = stub.ListTokens(
+                    pb.ListTokensRequest(include_revoked=args.include_revoked),
+                    metadata=md,
+                    timeout=30,
+                )
                 _print_tokens([_token_dict(t) for t in listed.tokens], args.json)
             else:
-                revoked = stub.RevokeToken(pb.RevokeTokenRequest(id=args.id), metadata=md,
-                                           timeout=30)
-                print(f"revoked token {revoked.token.id} ({revoked.token.principal_name})",
-                      file=sys.stderr)
+                revoked = stub.RevokeToken(
+                    pb.RevokeTokenRequest(id=args.id), metadata=md, timeout=30
+                )
+                print(
+                    f"revoked token {revoked.token.id} ({revoked.token.principal_name})",
+                    file=sys.stderr,
+                )
         except grpc.RpcError as exc:
             print(f"aibridge tokens: {describe_rpc_error(exc, client.target)}", file=sys.stderr)
             return 1

@@ -59,7 +59,9 @@ class ConfigServicer:
         self._registry = registry
         self._replica_id = replica_id
 
-    async def watch(self, request: pb.WatchProvidersRequest, context: Context) -> AsyncIterator[bytes]:
+    async def watch(
+        self, request: pb.WatchProvidersRequest, context: Context
+    ) -> AsyncIterator[bytes]:
         try:
             subject = await self._auth.authenticate(context)
             authorize(subject, Action.WATCH_SNAPSHOT)
@@ -137,14 +139,17 @@ class ConfigServicer:
                 version_sent=s.version_sent,
                 version_acked=s.version_acked,
                 version_rejected=s.version_rejected,
-                errors=[pb.ProviderError(provider_name=e.provider_name, message=e.message) for e in s.errors],
+                errors=[
+                    pb.ProviderError(provider_name=e.provider_name, message=e.message)
+                    for e in s.errors
+                ],
                 error_detail=s.error_detail,
                 last_report_at=_ts(s.last_report_at),
                 replica_id=self._replica_id,
             )
         return response
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         def raw(payload: bytes) -> bytes:
             return payload
 

@@ -53,7 +53,7 @@ def unary(fn: Handler[R]) -> Handler[R]:
             await abort_for(exc, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the edge maps everything
+        except Exception as exc:
             await abort_for(exc, context)
         raise AssertionError("unreachable: abort raises")
 

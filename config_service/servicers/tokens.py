@@ -41,10 +41,11 @@ def token_proto(view: tokens.TokenView) -> token_pb2.Token:
 
 
 def role_from_proto(value: int) -> Role:
-    role = ROLE_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    role: Role | None = ROLE_FROM_PROTO.get(value)  # type: ignore[call-overload]
     if role is None:
-        raise InvalidArgument("role", "must be one of ROLE_OWNER, ROLE_AUDITOR, ROLE_MEMBER, "
-                              "ROLE_BRIDGE, ROLE_PROXY")
+        raise InvalidArgument(
+            "role", "must be one of ROLE_OWNER, ROLE_AUDITOR, ROLE_MEMBER, ROLE_BRIDGE, ROLE_PROXY"
+        )
     return role
 
 
@@ -55,7 +56,9 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         self._auth = auth
 
     @unary
-    async def CreateToken(self, request: pb.CreateTokenRequest, context: Context) -> pb.CreateTokenResponse:  # noqa: N802
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
+    ) -> pb.CreateTokenResponse:
         subject = await self._auth.authenticate(context)
         role = role_from_proto(request.role)
         view, secret = await asyncio.to_thread(
@@ -65,7 +68,9 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         return pb.CreateTokenResponse(token=token_proto(view), secret=secret)
 
     @unary
-    async def ListTokens(self, request: pb.ListTokensRequest, context: Context) -> pb.ListTokensResponse:  # noqa: N802
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, context: Context
+    ) -> pb.ListTokensResponse:
         subject = await self._auth.authenticate(context)
         views = await asyncio.to_thread(
             tokens.list_tokens, self._db, subject, request.include_revoked
@@ -73,7 +78,9 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         return pb.ListTokensResponse(tokens=[token_proto(v) for v in views])
 
     @unary
-    async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.RevokeTokenResponse:  # noqa: N802
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: Context
+    ) -> pb.RevokeTokenResponse:
         subject = await self._auth.authenticate(context)
         view = await asyncio.to_thread(tokens.revoke_token, self._db, subject, request.id)
         await self._hub.refresh()

@@ -63,7 +63,13 @@ def rotate(db: Database) -> RotationResult:
         if rewritten:
             revision = int(db.revision_in(session))
             db.audit(
-                session, SYSTEM, "secrets.rotate", "secrets", "-", "all", revision,
+                session,
+                SYSTEM,
+                "secrets.rotate",
+                "secrets",
+                "-",
+                "all",
+                revision,
                 after={"rewritten": rewritten, "key_id": primary},
             )
     return RotationResult(rewritten, current, tuple(failed))

@@ -36,9 +36,13 @@ class State:
 def load_state(db: Database) -> State:
     with db.read() as session:
         revision = int(session.execute(select(Revision.revision)).scalar_one())
-        rows = session.execute(
-            select(Provider).where(Provider.deleted.is_(False)).order_by(Provider.name)
-        ).scalars().all()
+        rows = (
+            session.execute(
+                select(Provider).where(Provider.deleted.is_(False)).order_by(Provider.name)
+            )
+            .scalars()
+            .all()
+        )
         keys_by_provider: dict[str, list[ProviderKey]] = defaultdict(list)
         ids = [row.id for row in rows]
         if ids:

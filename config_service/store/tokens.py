@@ -22,7 +22,7 @@ from config_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from config_service.rbac import SYSTEM, Action, Role, Subject, authorize
 from config_service.store.database import Database
 
-TOKEN_PREFIX = "aib_"
+TOKEN_PREFIX = "aib_"  # noqa: S105 - a prefix, not a secret
 _PRINCIPAL_NAME_MAX = 200
 
 
@@ -59,7 +59,9 @@ def _view(token: Token, principal: Principal) -> TokenView:
 
 
 def _principal(session: Session, name: str, role: Role) -> Principal:
-    principal = session.execute(select(Principal).where(Principal.name == name)).scalar_one_or_none()
+    principal = session.execute(
+        select(Principal).where(Principal.name == name)
+    ).scalar_one_or_none()
     if principal is None:
         principal = Principal(name=name, role=role.value, created_at=utcnow())
         session.add(principal)
@@ -84,7 +86,9 @@ def _insert_token(session: Session, principal: Principal, secret: str) -> Token:
     return token
 
 
-def create_token(db: Database, subject: Subject, principal_name: str, role: Role) -> tuple[TokenView, str]:
+def create_token(
+    db: Database, subject: Subject, principal_name: str, role: Role
+) -> tuple[TokenView, str]:
     """Create a token (and its principal when new); return it with the secret, shown once."""
     authorize(subject, Action.MANAGE_TOKENS)
     name = principal_name.strip()
@@ -101,7 +105,13 @@ def create_token(db: Database, subject: Subject, principal_name: str, role: Role
         revision = db.bump_revision(session)
         view = _view(token, principal)
         db.audit(
-            session, subject, "token.create", "token", token.id, name, revision,
+            session,
+            subject,
+            "token.create",
+            "token",
+            token.id,
+            name,
+            revision,
             after={"principal": name, "role": role.value, "hint": token.hint},
         )
     return view, secret
@@ -132,7 +142,13 @@ def revoke_token(db: Database, subject: Subject, token_id: str) -> TokenView:
             token.revoked_at = utcnow()
             revision = db.bump_revision(session)
             db.audit(
-                session, subject, "token.revoke", "token", token.id, principal.name, revision,
+                session,
+                subject,
+                "token.revoke",
+                "token",
+                token.id,
+                principal.name,
+                revision,
                 before={"hint": token.hint, "revoked": False},
                 after={"hint": token.hint, "revoked": True},
             )
@@ -198,7 +214,13 @@ def bootstrap(db: Database, tokens: dict[Role, str]) -> list[str]:
             if touched:
                 revision = db.bump_revision(session)
                 db.audit(
-                    session, SYSTEM, "token.bootstrap", "token", "-", "env", revision,
+                    session,
+                    SYSTEM,
+                    "token.bootstrap",
+                    "token",
+                    "-",
+                    "env",
+                    revision,
                     after={"changes": changes},
                 )
     except IntegrityError as exc:  # two replicas bootstrapping at once: the other won

@@ -12,13 +12,22 @@ from aibridge.cli import COMMANDS
 from tests.fixtures.services import AIBRIDGE, PROXY_TOKEN, StartProcess, spawn
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     import os
 
     full = {k: v for k, v in os.environ.items() if not k.startswith(("AIBRIDGE_", "CODER_"))}
     full.update(env or {})
-    return subprocess.run([AIBRIDGE, *args], env=full, capture_output=True, text=True,
-                          timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [AIBRIDGE, *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_help_lists_every_command() -> None:
@@ -47,23 +56,34 @@ def test_unknown_command_fails_with_usage() -> None:
 
 def test_invalid_settings_are_all_reported_at_once(tmp_path: Path) -> None:
     """Several bad settings and a bad provider env fail start-up with one list naming each."""
-    result = run("config-service", env={
-        "AIBRIDGE_DATA_DIR": str(tmp_path),
-        "AIBRIDGE_GRPC_LISTEN": "nope",
-        "AIBRIDGE_ENCRYPTION_KEYS": "not-base64!",
-        "AIBRIDGE_ALLOW_BYOK": "maybe",
-        "AIBRIDGE_PROVIDER_1_TYPE": "openai",
-    })
+    result = run(
+        "config-service",
+        env={
+            "AIBRIDGE_DATA_DIR": str(tmp_path),
+            "AIBRIDGE_GRPC_LISTEN": "nope",
+            "AIBRIDGE_ENCRYPTION_KEYS": "not-base64!",
+            "AIBRIDGE_ALLOW_BYOK": "maybe",
+            "AIBRIDGE_PROVIDER_1_TYPE": "openai",
+        },
+    )
     assert result.returncode == 2
-    for needle in ("AIBRIDGE_GRPC_LISTEN", "AIBRIDGE_ENCRYPTION_KEYS", "AIBRIDGE_ALLOW_BYOK",
-                   "AIBRIDGE_PROVIDER_0"):
+    for needle in (
+        "AIBRIDGE_GRPC_LISTEN",
+        "AIBRIDGE_ENCRYPTION_KEYS",
+        "AIBRIDGE_ALLOW_BYOK",
+        "AIBRIDGE_PROVIDER_0",
+    ):
         assert needle in result.stderr
 
 
 def test_flags_override_the_environment(tmp_path: Path) -> None:
     """A flag wins over its environment variable."""
-    result = run("config-service", "--grpc-listen", "bad-flag-value", env={
-        "AIBRIDGE_DATA_DIR": str(tmp_path), "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0"})
+    result = run(
+        "config-service",
+        "--grpc-listen",
+        "bad-flag-value",
+        env={"AIBRIDGE_DATA_DIR": str(tmp_path), "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0"},
+    )
     assert result.returncode == 2
     assert "bad-flag-value" in result.stderr
 
@@ -80,8 +100,16 @@ def test_migrate_creates_and_then_reports_up_to_date(database_url: str) -> None:
 
 def test_local_token_create_prints_only_the_secret_on_stdout(database_url: str) -> None:
     """`tokens create --local` prints the secret alone on stdout and the details on stderr."""
-    result = run("tokens", "create", "--local", "--role", "member", "--name", "alice",
-                 env={"AIBRIDGE_DATABASE_URL": database_url})
+    result = run(
+        "tokens",
+        "create",
+        "--local",
+        "--role",
+        "member",
+        "--name",
+        "alice",
+        env={"AIBRIDGE_DATABASE_URL": database_url},
+    )
     assert result.returncode == 0, result.stderr
     secret = result.stdout.strip()
     assert secret.startswith("aib_") and len(secret) >= 40 and "\n" not in secret
@@ -92,13 +120,25 @@ def test_local_token_create_prints_only_the_secret_on_stdout(database_url: str) 
     assert secret not in listed.stdout
 
 
-def test_token_made_locally_works_against_a_running_service(start_process: StartProcess, database_url: str) -> None:
+def test_token_made_locally_works_against_a_running_service(
+    start_process: StartProcess, database_url: str
+) -> None:
     """A token created with --local while the service runs authenticates at once."""
     proc = start_process()
-    made = run("tokens", "create", "--local", "--role", "auditor", "--name", "eve",
-               env={"AIBRIDGE_DATABASE_URL": database_url})
-    result = run("snapshot", env={"AIBRIDGE_CONFIG_SERVICE": proc.target,
-                                  "AIBRIDGE_TOKEN": made.stdout.strip()})
+    made = run(
+        "tokens",
+        "create",
+        "--local",
+        "--role",
+        "auditor",
+        "--name",
+        "eve",
+        env={"AIBRIDGE_DATABASE_URL": database_url},
+    )
+    result = run(
+        "snapshot",
+        env={"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": made.stdout.strip()},
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["scope"] == "SNAPSHOT_SCOPE_METADATA"
 
@@ -107,7 +147,9 @@ def test_snapshot_with_the_proxy_token_has_no_keys(start_process: StartProcess) 
     """`aibridge snapshot` with the proxy token prints providers without key material."""
     key = "sk-cli-secret-0123456789abcdefgh"
     proc = start_process(AIBRIDGE_OPENAI_KEY=key)
-    result = run("snapshot", env={"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": PROXY_TOKEN})
+    result = run(
+        "snapshot", env={"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": PROXY_TOKEN}
+    )
     assert result.returncode == 0, result.stderr
     snapshot = json.loads(result.stdout)
     assert snapshot["providers"][0]["name"] == "openai"
@@ -116,20 +158,30 @@ def test_snapshot_with_the_proxy_token_has_no_keys(start_process: StartProcess) 
 
 def test_snapshot_explains_an_unreachable_service() -> None:
     """`aibridge snapshot` against a closed port says the service cannot be reached."""
-    result = run("snapshot", env={"AIBRIDGE_CONFIG_SERVICE": "127.0.0.1:1",
-                                  "AIBRIDGE_TOKEN": "whatever-token-value"})
+    result = run(
+        "snapshot",
+        env={"AIBRIDGE_CONFIG_SERVICE": "127.0.0.1:1", "AIBRIDGE_TOKEN": "whatever-token-value"},
+    )
     assert result.returncode == 1
     assert "cannot reach the config service" in result.stderr
 
 
-def test_seed_conflict_fails_start_up_naming_the_provider(start_process: StartProcess, database_url: str, tmp_path: Path) -> None:
+def test_seed_conflict_fails_start_up_naming_the_provider(
+    start_process: StartProcess, database_url: str, tmp_path: Path
+) -> None:
     """A restart whose env drifted from the database exits non-zero naming the provider."""
     proc = start_process(AIBRIDGE_OPENAI_KEY="sk-aaaaaaaaaaaaaaaaaaaa")
     proc.stop()
-    popen = spawn(["config-service"], {
-        "AIBRIDGE_DATABASE_URL": database_url, "AIBRIDGE_DATA_DIR": str(tmp_path),
-        "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0", "AIBRIDGE_OPENAI_KEY": "sk-aaaaaaaaaaaaaaaaaaaa",
-        "AIBRIDGE_OPENAI_BASE_URL": "https://elsewhere.example/v1/"})
+    popen = spawn(
+        ["config-service"],
+        {
+            "AIBRIDGE_DATABASE_URL": database_url,
+            "AIBRIDGE_DATA_DIR": str(tmp_path),
+            "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_OPENAI_KEY": "sk-aaaaaaaaaaaaaaaaaaaa",
+            "AIBRIDGE_OPENAI_BASE_URL": "https://elsewhere.example/v1/",
+        },
+    )
     _, stderr = popen.communicate(timeout=60)
     assert popen.returncode == 1
     assert "'openai'" in stderr and "aibridge providers update openai" in stderr

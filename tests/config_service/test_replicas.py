@@ -30,7 +30,8 @@ def create_token(proc: Process, name: str) -> None:
     with grpc.insecure_channel(proc.target) as channel:
         tpb_grpc.TokenAdminServiceStub(channel).CreateToken(
             tpb.CreateTokenRequest(principal_name=name, role=token_pb2.ROLE_MEMBER),
-            metadata=ADMIN_MD, timeout=10,
+            metadata=ADMIN_MD,
+            timeout=10,
         )
 
 
@@ -94,9 +95,12 @@ def test_replica_resyncs_after_losing_its_database_connection(
     try:
         watcher.until(version_of(b))
         with admin.connect() as conn:
-            killed = conn.execute(text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'aibridge-listener-replica-b'")).scalar_one()
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'aibridge-listener-replica-b'"
+                )
+            ).scalar_one()
         assert killed == 1
         # Written while B has no listener: only the resync after reconnecting can catch it.
         create_token(a, "bob")

@@ -41,9 +41,11 @@ def keys_of(db: Database, name: str) -> list[str]:
         row = session.execute(
             select(Provider).where(Provider.name == name, Provider.deleted.is_(False))
         ).scalar_one()
-        keys = session.execute(
-            select(ProviderKey).where(ProviderKey.provider_id == row.id)
-        ).scalars().all()
+        keys = (
+            session.execute(select(ProviderKey).where(ProviderKey.provider_id == row.id))
+            .scalars()
+            .all()
+        )
         record = load_record(row, list(keys), db.cipher)
     return [k.secret or "" for k in record.keys]
 
@@ -99,11 +101,19 @@ def test_base_url_drift_fails_naming_the_provider_and_the_fix(db: Database) -> N
 
 def test_type_drift_fails(db: Database) -> None:
     """A provider whose env type differs from the stored type fails start-up."""
-    seed(db, AIBRIDGE_PROVIDER_0_TYPE="openai", AIBRIDGE_PROVIDER_0_NAME="x",
-         AIBRIDGE_PROVIDER_0_BASE_URL="https://api.example.com/v1/")
+    seed(
+        db,
+        AIBRIDGE_PROVIDER_0_TYPE="openai",
+        AIBRIDGE_PROVIDER_0_NAME="x",
+        AIBRIDGE_PROVIDER_0_BASE_URL="https://api.example.com/v1/",
+    )
     with pytest.raises(SeedConflict, match="type"):
-        seed(db, AIBRIDGE_PROVIDER_0_TYPE="openrouter", AIBRIDGE_PROVIDER_0_NAME="x",
-             AIBRIDGE_PROVIDER_0_BASE_URL="https://api.example.com/v1/")
+        seed(
+            db,
+            AIBRIDGE_PROVIDER_0_TYPE="openrouter",
+            AIBRIDGE_PROVIDER_0_NAME="x",
+            AIBRIDGE_PROVIDER_0_BASE_URL="https://api.example.com/v1/",
+        )
 
 
 def test_bedrock_region_drift_fails_but_credentials_do_not(db: Database) -> None:
@@ -116,7 +126,9 @@ def test_bedrock_region_drift_fails_but_credentials_do_not(db: Database) -> None
         "AIBRIDGE_PROVIDER_0_BEDROCK_ACCESS_KEY_SECRET": "secret-one-0123456789",
     }
     seed(db, **base)
-    _, unchanged, _ = seed(db, **{**base, "AIBRIDGE_PROVIDER_0_BEDROCK_ACCESS_KEY_SECRET": "secret-two-0123456789"})
+    _, unchanged, _ = seed(
+        db, **{**base, "AIBRIDGE_PROVIDER_0_BEDROCK_ACCESS_KEY_SECRET": "secret-two-0123456789"}
+    )
     assert unchanged == ("aws",)
     with pytest.raises(SeedConflict, match="bedrock_region"):
         seed(db, **{**base, "AIBRIDGE_PROVIDER_0_BEDROCK_REGION": "eu-west-1"})
@@ -150,7 +162,10 @@ def test_rows_not_in_env_are_never_touched(db: Database) -> None:
     seed(db, AIBRIDGE_OPENAI_KEY=KEY_A)
     after = providers(db)["anthropic"]
     assert (before.updated_at, before.base_url, before.enabled) == (
-        after.updated_at, after.base_url, after.enabled)
+        after.updated_at,
+        after.base_url,
+        after.enabled,
+    )
     assert keys_of(db, "anthropic") == [KEY_B]
 
 

@@ -14,7 +14,9 @@ from tests.fixtures.certs import make_pki
 from tests.fixtures.services import StartService
 
 
-async def get_snapshot(target: str, creds: grpc.ChannelCredentials, token: str) -> pb.ProviderSnapshot:
+async def get_snapshot(
+    target: str, creds: grpc.ChannelCredentials, token: str
+) -> pb.ProviderSnapshot:
     async with grpc.aio.secure_channel(target, creds) as channel:
         stub = pb_grpc.ConfigServiceStub(channel)
         response = await stub.GetProviderSnapshot(
@@ -25,7 +27,9 @@ async def get_snapshot(target: str, creds: grpc.ChannelCredentials, token: str) 
         return response.snapshot
 
 
-async def test_tls_serves_clients_that_trust_the_ca(start_service: StartService, tmp_path: Path) -> None:
+async def test_tls_serves_clients_that_trust_the_ca(
+    start_service: StartService, tmp_path: Path
+) -> None:
     """With a certificate and key set, the port speaks TLS to clients that trust its CA."""
     pki = make_pki(tmp_path / "pki")
     service = await start_service(
@@ -37,7 +41,9 @@ async def test_tls_serves_clients_that_trust_the_ca(start_service: StartService,
     assert snapshot.version
 
 
-async def test_tls_refuses_a_client_that_does_not_trust_the_ca(start_service: StartService, tmp_path: Path) -> None:
+async def test_tls_refuses_a_client_that_does_not_trust_the_ca(
+    start_service: StartService, tmp_path: Path
+) -> None:
     """A client verifying against another CA cannot connect."""
     pki = make_pki(tmp_path / "pki")
     service = await start_service(
@@ -50,7 +56,9 @@ async def test_tls_refuses_a_client_that_does_not_trust_the_ca(start_service: St
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
-async def test_mtls_requires_a_client_certificate(start_service: StartService, tmp_path: Path) -> None:
+async def test_mtls_requires_a_client_certificate(
+    start_service: StartService, tmp_path: Path
+) -> None:
     """With a client CA set, a client without a certificate is refused and one with a certificate is served."""
     pki = make_pki(tmp_path / "pki")
     service = await start_service(

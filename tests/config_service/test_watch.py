@@ -9,10 +9,9 @@ import pytest
 
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
-from aibridge.config.v1 import provider_pb2
+from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
-from aibridge.config.v1 import token_pb2
 from aibridge.masking import sha256_hex
 from config_service.rbac import Role
 from tests.fixtures.services import Service, StartService
@@ -187,13 +186,17 @@ async def test_revoked_token_leaves_the_next_snapshot(seeded: Service) -> None:
     """Revoking a gateway token removes its hash from the next snapshot, and it stops authenticating."""
     created = await create_member_token(seeded)
     stub = pb_grpc.ConfigServiceStub(seeded.channel())
-    call = stub.WatchProviders(pb.WatchProvidersRequest(node_id="n"), metadata=seeded.md_for(Role.PROXY))
+    call = stub.WatchProviders(
+        pb.WatchProvidersRequest(node_id="n"), metadata=seeded.md_for(Role.PROXY)
+    )
     first = await asyncio.wait_for(call.read(), 10)
     assert isinstance(first, pb.WatchProvidersResponse)
     digest = sha256_hex(created.secret)
     assert digest in {t.sha256 for t in first.snapshot.gateway_tokens}
     tokens = tpb_grpc.TokenAdminServiceStub(seeded.channel())
-    await tokens.RevokeToken(tpb.RevokeTokenRequest(id=created.token.id), metadata=seeded.md_for(Role.OWNER))
+    await tokens.RevokeToken(
+        tpb.RevokeTokenRequest(id=created.token.id), metadata=seeded.md_for(Role.OWNER)
+    )
     second = await asyncio.wait_for(call.read(), 5)
     assert isinstance(second, pb.WatchProvidersResponse)
     assert digest not in {t.sha256 for t in second.snapshot.gateway_tokens}
@@ -204,7 +207,9 @@ async def test_revoked_token_leaves_the_next_snapshot(seeded: Service) -> None:
 async def test_versions_never_go_backwards_on_a_stream(seeded: Service) -> None:
     """Across a burst of concurrent writes a stream's versions strictly increase and end on the last."""
     stub = pb_grpc.ConfigServiceStub(seeded.channel())
-    call = stub.WatchProviders(pb.WatchProvidersRequest(node_id="n"), metadata=seeded.md_for(Role.BRIDGE))
+    call = stub.WatchProviders(
+        pb.WatchProvidersRequest(node_id="n"), metadata=seeded.md_for(Role.BRIDGE)
+    )
     seen = [int((await call.read()).snapshot.version)]  # type: ignore[union-attr]
     await asyncio.gather(*(create_member_token(seeded) for _ in range(8)))
     final = int(seeded.running.hub.version)
