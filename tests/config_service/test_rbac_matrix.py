@@ -1,0 +1,151 @@
+"""Every RPC × every role, against DESIGN §4's table (written out here, not read from rbac.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
+from aibridge.config.v1 import provider_admin_service_pb2 as pa
+from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
+from aibridge.config.v1 import provider_pb2
+from aibridge.config.v1 import token_admin_service_pb2 as ta
+from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
+from aibridge.config.v1 import token_pb2
+from config_service.rbac import Role
+from tests.fixtures.services import Service, StartService
+
+O, A, M, B, P = Role.OWNER, Role.AUDITOR, Role.MEMBER, Role.BRIDGE, Role.PROXY
+READ = {O, A, B, P}
+WRITE = {O}
+
+Call = Callable[[grpc.aio.Channel, Any], Awaitable[Any]]
+
+
+async def watch(channel: grpc.aio.Channel, md: Any) -> Any:
+    call = cs_grpc.ConfigServiceStub(channel).WatchProviders(
+        cs.WatchProvidersRequest(node_id="rbac"), metadata=md
+    )
+    response = await call.read()
+    call.cancel()
+    return response
+
+
+# rpc name -> (call, roles allowed by DESIGN §4)
+MATRIX: dict[str, tuple[Call, set[Role]]] = {
+    "WatchProviders": (watch, {O, A, B, P}),
+    "GetProviderSnapshot": (
+        lambda ch, md: cs_grpc.ConfigServiceStub(ch).GetProviderSnapshot(
+            cs.GetProviderSnapshotRequest(), metadata=md
+        ),
+        READ,
+    ),
+    "ReportStatus": (
+        lambda ch, md: cs_grpc.ConfigServiceStub(ch).ReportStatus(
+            cs.ReportStatusRequest(node_id="rbac", version="1", applied=True), metadata=md
+        ),
+        {B, P},
+    ),
+    "ListSubscribers": (
+        lambda ch, md: cs_grpc.ConfigServiceStub(ch).ListSubscribers(
+            cs.ListSubscribersRequest(), metadata=md
+        ),
+        {O, A},
+    ),
+    "ListProviders": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).ListProviders(
+            pa.ListProvidersRequest(), metadata=md
+        ),
+        READ,
+    ),
+    "GetProvider": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).GetProvider(
+            pa.GetProviderRequest(id_or_name="openai"), metadata=md
+        ),
+        READ,
+    ),
+    "CreateProvider": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).CreateProvider(
+            pa.CreateProviderRequest(
+                name="made-by-rbac",
+                type=provider_pb2.PROVIDER_TYPE_OPENAI,
+                keys=["sk-rbac-0123456789abcdef"],
+            ),
+            metadata=md,
+        ),
+        WRITE,
+    ),
+    "UpdateProvider": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).UpdateProvider(
+            pa.UpdateProviderRequest(
+                id_or_name="openai",
+                display_name="OpenAI",
+                update_mask=FieldMask(paths=["display_name"]),
+            ),
+            metadata=md,
+        ),
+        WRITE,
+    ),
+    "DeleteProvider": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).DeleteProvider(
+            pa.DeleteProviderRequest(id_or_name="no-such-provider"), metadata=md
+        ),
+        WRITE,
+    ),
+    "CreateToken": (
+        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
+            ta.CreateTokenRequest(principal_name="rbac-made", role=token_pb2.ROLE_MEMBER),
+            metadata=md,
+        ),
+        {O},
+    ),
+    "ListTokens": (
+        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).ListTokens(
+            ta.ListTokensRequest(), metadata=md
+        ),
+        {O},
+    ),
+    "RevokeToken": (
+        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).RevokeToken(
+            ta.RevokeTokenRequest(id="00000000-0000-0000-0000-000000000000"), metadata=md
+        ),
+        {O},
+    ),
+}
+CALLERS: list[Role | None] = [O, A, M, B, P, None]
+
+
+@pytest.fixture
+async def svc(start_service: StartService) -> Service:
+    return await start_service(AIBRIDGE_OPENAI_KEY="sk-rbac-openai-0123456789abcdef")
+
+
+@pytest.mark.parametrize("rpc", sorted(MATRIX))
+async def test_every_role_gets_the_documented_answer(svc: Service, rpc: str) -> None:
+    """Allowed roles pass authorization, other roles get PERMISSION_DENIED, no token gets UNAUTHENTICATED."""
+    call, allowed = MATRIX[rpc]
+    outcomes: dict[str, str] = {}
+    for caller in CALLERS:
+        md = svc.md_for(caller) if caller is not None else ()
+        try:
+            await call(svc.channel(), md)
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+        outcomes[caller.value if caller else "none"] = code.name
+        if caller is None:
+            assert code is grpc.StatusCode.UNAUTHENTICATED, outcomes
+        elif caller in allowed:
+            assert code not in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.UNKNOWN,
+            ), outcomes
+        else:
+            assert code is grpc.StatusCode.PERMISSION_DENIED, outcomes
