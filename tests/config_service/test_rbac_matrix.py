@@ -1,4 +1,4 @@
-"""Every RPC × every role, against DESIGN §4's table (written out here, not read from rbac.py)."""
+"""Every RPC x every role, against DESIGN §4's table (written out here, not read from rbac.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.config.v1 import provider_admin_service_pb2 as pa
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
-from aibridge.config.v1 import provider_pb2
+from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
-from aibridge.config.v1 import token_pb2
 from config_service.rbac import Role
 from tests.fixtures.services import Service, StartService
 
-O, A, M, B, P = Role.OWNER, Role.AUDITOR, Role.MEMBER, Role.BRIDGE, Role.PROXY
+O, A, M, B, P = Role.OWNER, Role.AUDITOR, Role.MEMBER, Role.BRIDGE, Role.PROXY  # noqa: E741 - the table reads better with initials
 READ = {O, A, B, P}
 WRITE = {O}
 
