@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Generator
+from typing import Literal
 
 import httpx
 import uvicorn
@@ -26,7 +27,6 @@ from data_plane.bridge.upstream import BedrockFactory
 from data_plane.subscriber import Subscriber, SubscriberConfig
 
 log = get_logger(__name__)
-_UNSET: BedrockFactory | None = None
 
 
 def make_http_client() -> httpx.AsyncClient:
@@ -66,7 +66,7 @@ class Bridge:
         self,
         settings: BridgeSettings,
         *,
-        bedrock_factory: BedrockFactory | None = _UNSET,
+        bedrock_factory: BedrockFactory | Literal["auto"] | None = "auto",
         handle_signals: bool = False,
     ) -> None:
         self.settings = settings
@@ -80,7 +80,7 @@ class Bridge:
             allow_byok=settings.allow_byok,
             breaker=settings.breaker,
             http=self.http,
-            bedrock_factory=load_factory() if bedrock_factory is _UNSET else bedrock_factory,
+            bedrock_factory=load_factory() if bedrock_factory == "auto" else bedrock_factory,
             on_key_transition=self.metrics.on_key_transition,
             on_breaker_change=self.metrics.on_breaker_change,
         )

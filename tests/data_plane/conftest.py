@@ -17,8 +17,9 @@ from dp_fakes import (
     ConfigServer,
     FakeConfigService,
     FakeUpstream,
-    StartBridge,
     QuietServer,
+    StartBridge,
+    eventually,
     wait_for_version,
 )
 
@@ -37,14 +38,21 @@ async def config_service() -> AsyncIterator[ConfigServer]:
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
     app = FakeUpstream()
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None,
-                            access_log=False, ws="none", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        ws="none",
+        timeout_graceful_shutdown=1,
+    )
     server = QuietServer(config)
     sock = config.bind_socket()
     app.port = sock.getsockname()[1]
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: server.started)
     yield app
     server.should_exit = True
     await task
@@ -55,9 +63,13 @@ async def start_bridge(config_service: ConfigServer) -> AsyncIterator[StartBridg
     started: list[Bridge] = []
 
     async def start(wait_version: str | None = None, **env: str) -> Bridge:
-        environ = {"AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN, "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-                   "AIBRIDGE_CONFIG_SERVICE": config_service.target,
-                   "AIBRIDGE_NODE_ID": f"test-bridge-{len(started)}", **env}
+        environ = {
+            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_CONFIG_SERVICE": config_service.target,
+            "AIBRIDGE_NODE_ID": f"test-bridge-{len(started)}",
+            **env,
+        }
         bridge = Bridge(BridgeSettings.from_env(environ))
         await bridge.start()
         started.append(bridge)
@@ -68,5 +80,3 @@ async def start_bridge(config_service: ConfigServer) -> AsyncIterator[StartBridg
     yield start
     for bridge in started:
         await bridge.stop()
-
-

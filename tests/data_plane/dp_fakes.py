@@ -20,7 +20,6 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_pb2
 from aibridge.masking import sha256_hex
 from data_plane.bridge.server import Bridge
-from data_plane.bridge.settings import BridgeSettings
 
 BRIDGE_TOKEN = "bridge-token-0123456789abcdef0123456789"
 MEMBER_TOKEN = "gw-member-0123456789abcdef0123456789abcdef"
@@ -32,31 +31,51 @@ KEY_B = "sk-pooled-key-b-111111111111111111111"
 
 def gateway_tokens() -> list[token_pb2.GatewayToken]:
     return [
-        token_pb2.GatewayToken(token_id=f"t-{i}", sha256=sha256_hex(secret),
-                               principal_id=f"p-{i}", principal_name=name, role=role)
-        for i, (secret, name, role) in enumerate([
-            (MEMBER_TOKEN, "member", token_pb2.ROLE_MEMBER),
-            (OWNER_TOKEN, "owner", token_pb2.ROLE_OWNER),
-            (AUDITOR_TOKEN, "auditor", token_pb2.ROLE_AUDITOR),
-        ])
+        token_pb2.GatewayToken(
+            token_id=f"t-{i}",
+            sha256=sha256_hex(secret),
+            principal_id=f"p-{i}",
+            principal_name=name,
+            role=role,
+        )
+        for i, (secret, name, role) in enumerate(
+            [
+                (MEMBER_TOKEN, "member", token_pb2.ROLE_MEMBER),
+                (OWNER_TOKEN, "owner", token_pb2.ROLE_OWNER),
+                (AUDITOR_TOKEN, "auditor", token_pb2.ROLE_AUDITOR),
+            ]
+        )
     ]
 
 
-def provider(name: str, ptype: int, base_url: str, keys: list[str] | None = None,
-             status: int = pb.PROVIDER_STATUS_ENABLED, reason: str = "",
-             bedrock: pb.BedrockSettings | None = None) -> pb.Provider:
+def provider(
+    name: str,
+    ptype: int,
+    base_url: str,
+    keys: list[str] | None = None,
+    status: int = pb.PROVIDER_STATUS_ENABLED,
+    reason: str = "",
+    bedrock: pb.BedrockSettings | None = None,
+) -> pb.Provider:
     return pb.Provider(
-        id=f"id-{name}", name=name, type=ptype, base_url=base_url, status=status,  # type: ignore[arg-type]
-        status_reason=reason, bedrock=bedrock,
+        id=f"id-{name}",
+        name=name,
+        type=ptype,
+        base_url=base_url,
+        status=status,  # type: ignore[arg-type]
+        status_reason=reason,
+        bedrock=bedrock,
         keys=[pb.ProviderKey(id=f"k{i}", secret=k) for i, k in enumerate(keys or [])],
         key_count=len(keys or []),
     )
 
 
-def snapshot(version: str, providers: list[pb.Provider],
-             tokens: list[token_pb2.GatewayToken] | None = None) -> cs.ProviderSnapshot:
+def snapshot(
+    version: str, providers: list[pb.Provider], tokens: list[token_pb2.GatewayToken] | None = None
+) -> cs.ProviderSnapshot:
     return cs.ProviderSnapshot(
-        version=version, providers=sorted(providers, key=lambda p: p.name),
+        version=version,
+        providers=sorted(providers, key=lambda p: p.name),
         gateway_tokens=gateway_tokens() if tokens is None else tokens,
         scope=cs.SNAPSHOT_SCOPE_BRIDGE,
     )
@@ -84,7 +103,8 @@ class FakeConfigService(cs_grpc.ConfigServiceServicer):
         while True:
             async with self.changed:
                 await self.changed.wait_for(
-                    lambda: self.current is not None and self.current.version != sent)
+                    lambda sent=sent: self.current is not None and self.current.version != sent
+                )
                 snap = self.current
             assert snap is not None
             sent = snap.version
@@ -94,8 +114,8 @@ class FakeConfigService(cs_grpc.ConfigServiceServicer):
         self.reports.append(request)
         return cs.ReportStatusResponse()
 
-    async def wait_report(self, version: str, timeout: float = 5.0) -> cs.ReportStatusRequest:
-        async with asyncio.timeout(timeout):
+    async def wait_report(self, version: str, within: float = 5.0) -> cs.ReportStatusRequest:
+        async with asyncio.timeout(within):
             while True:
                 for report in self.reports:
                     if report.version == version:
@@ -148,48 +168,113 @@ class Reply:
 def _openai_reply(seen: Seen) -> Reply:
     doc = seen.json() if seen.body else {}
     if seen.path.endswith("/models"):
-        return Reply(body=json.dumps({"object": "list", "data": [
-            {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}]}).encode())
+        return Reply(
+            body=json.dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}
+                    ],
+                }
+            ).encode()
+        )
     if doc.get("stream"):
-        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": doc["model"],
-                 "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
-        last = {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"},
-                                      "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}
-        return Reply(headers={"content-type": "text/event-stream"}, chunks=[
-            f"data: {json.dumps(chunk)}\n\n".encode(), f"data: {json.dumps(last)}\n\n".encode(),
-            b"data: [DONE]\n\n"])
-    return Reply(body=json.dumps({
-        "id": "c1", "object": "chat.completion", "created": 0, "model": doc.get("model", ""),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}).encode())
+        chunk = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": doc["model"],
+            "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}],
+        }
+        last = {
+            **chunk,
+            "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+        }
+        return Reply(
+            headers={"content-type": "text/event-stream"},
+            chunks=[
+                f"data: {json.dumps(chunk)}\n\n".encode(),
+                f"data: {json.dumps(last)}\n\n".encode(),
+                b"data: [DONE]\n\n",
+            ],
+        )
+    return Reply(
+        body=json.dumps(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": doc.get("model", ""),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+            }
+        ).encode()
+    )
 
 
 def _anthropic_reply(seen: Seen) -> Reply:
     doc = seen.json() if seen.body else {}
-    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": doc.get("model"),
-               "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn",
-               "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": 3}}
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": doc.get("model"),
+        "content": [{"type": "text", "text": "Hello"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 11, "output_tokens": 3},
+    }
     if not doc.get("stream"):
         return Reply(body=json.dumps(message).encode())
 
     def event(name: str, data: dict[str, Any]) -> bytes:
         return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
-    start = {**message, "content": [], "stop_reason": None,
-             "usage": {"input_tokens": 11, "output_tokens": 1}}
-    return Reply(headers={"content-type": "text/event-stream"}, chunks=[
-        event("message_start", {"type": "message_start", "message": start}),
-        event("content_block_start", {"type": "content_block_start", "index": 0,
-                                      "content_block": {"type": "text", "text": ""}}),
-        event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                      "delta": {"type": "text_delta", "text": "Hello"}}),
-        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
-              "stop_sequence": None}, "usage": {"output_tokens": 3}}),
-        event("message_stop", {"type": "message_stop"}),
-    ])
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": 11, "output_tokens": 1},
+    }
+    return Reply(
+        headers={"content-type": "text/event-stream"},
+        chunks=[
+            event("message_start", {"type": "message_start", "message": start}),
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": "Hello"},
+                },
+            ),
+            event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 3},
+                },
+            ),
+            event("message_stop", {"type": "message_stop"}),
+        ],
+    )
 
 
 def default_reply(seen: Seen) -> Reply:
@@ -218,8 +303,12 @@ class FakeUpstream:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        seen = Seen(scope["method"], scope["path"],
-                    {k.decode(): v.decode() for k, v in scope["headers"]}, body)
+        seen = Seen(
+            scope["method"],
+            scope["path"],
+            {k.decode(): v.decode() for k, v in scope["headers"]},
+            body,
+        )
         self.seen.append(seen)
         reply = self.responder(seen)
         if not isinstance(reply, Reply):
@@ -242,20 +331,36 @@ class QuietServer(uvicorn.Server):
 StartBridge = Callable[..., Awaitable[Bridge]]
 
 
-async def wait_for_version(bridge: Bridge, version: str, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while bridge.app.table.version != version:
+async def eventually(condition: Callable[[], object], within: float = 5.0) -> None:
+    """Poll until `condition()` is true (state owned by another server has no event to await)."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - polling state we do not own
             await asyncio.sleep(0.005)
 
 
-def openai_provider(upstream: FakeUpstream, name: str = "openai",
-                    keys: list[str] | None = None, **kw: Any) -> pb.Provider:
-    return provider(name, pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/",
-                    [KEY_A] if keys is None else keys, **kw)
+async def wait_for_version(bridge: Bridge, version: str) -> None:
+    await eventually(lambda: bridge.app.table.version == version)
 
 
-def anthropic_provider(upstream: FakeUpstream, name: str = "anthropic",
-                       keys: list[str] | None = None, **kw: Any) -> pb.Provider:
-    return provider(name, pb.PROVIDER_TYPE_ANTHROPIC, upstream.url + "/",
-                    [KEY_A] if keys is None else keys, **kw)
+def openai_provider(
+    upstream: FakeUpstream, name: str = "openai", keys: list[str] | None = None, **kw: Any
+) -> pb.Provider:
+    return provider(
+        name,
+        pb.PROVIDER_TYPE_OPENAI,
+        upstream.url + "/v1/",
+        [KEY_A] if keys is None else keys,
+        **kw,
+    )
 
+
+def anthropic_provider(
+    upstream: FakeUpstream, name: str = "anthropic", keys: list[str] | None = None, **kw: Any
+) -> pb.Provider:
+    return provider(
+        name,
+        pb.PROVIDER_TYPE_ANTHROPIC,
+        upstream.url + "/",
+        [KEY_A] if keys is None else keys,
+        **kw,
+    )

@@ -14,6 +14,7 @@ from dp_fakes import (
     Reply,
     StartBridge,
     anthropic_provider,
+    eventually,
     openai_provider,
     snapshot,
 )
@@ -74,14 +75,18 @@ def test_breaker_failure_while_half_open_reopens() -> None:
     assert breaker.state is BreakerState.OPEN
 
 
-async def test_breaker_through_the_bridge(config_service: ConfigServer, upstream: FakeUpstream,
-                                          start_bridge: StartBridge) -> None:
+async def test_breaker_through_the_bridge(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """Consecutive 529s open the breaker (503, Retry-After, Anthropic body); a probe closes it."""
     await config_service.service.publish(snapshot("1", [anthropic_provider(upstream)]))
     bridge = await start_bridge(
-        wait_version="1", AIBRIDGE_CIRCUIT_BREAKER_ENABLED="true",
-        AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD="2", AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT="300ms",
-        AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS="1")
+        wait_version="1",
+        AIBRIDGE_CIRCUIT_BREAKER_ENABLED="true",
+        AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD="2",
+        AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT="300ms",
+        AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS="1",
+    )
     upstream.responder = lambda seen: Reply(status=529, body=b'{"type":"error"}')
     async with httpx.AsyncClient(base_url=bridge.url, headers={"x-api-key": MEMBER_TOKEN}) as http:
         for _ in range(2):
@@ -89,14 +94,18 @@ async def test_breaker_through_the_bridge(config_service: ConfigServer, upstream
         refused = await http.post("/anthropic/v1/messages", json=MSG)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
-        assert refused.json() == {"type": "error", "error": {
-            "type": "overloaded_error", "message": "circuit breaker is open"}}
+        assert refused.json() == {
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": "circuit breaker is open"},
+        }
         assert len(upstream.seen) == 2
         other_model = await http.post("/anthropic/v1/messages", json={**MSG, "model": "other"})
         assert other_model.status_code == 529  # breakers are per model
         metrics = (await http.get("/metrics")).text
-        assert 'aibridged_circuit_breaker_state{model="claude-test",provider="anthropic",' \
-               'route="/v1/messages"} 1.0' in metrics
+        assert (
+            'aibridged_circuit_breaker_state{model="claude-test",provider="anthropic",'
+            'route="/v1/messages"} 1.0' in metrics
+        )
         await asyncio.sleep(0.35)
         upstream.responder = lambda seen: Reply(body=b"{}")
         assert (await http.post("/anthropic/v1/messages", json=MSG)).status_code == 200
@@ -116,13 +125,21 @@ async def test_dump_redacts_and_stays_inside(tmp_path: Path) -> None:
     """Dumps mask credential headers and land inside the dump directory whatever the names."""
     dumper = Dumper(tmp_path / "dumps")
     exchange = Exchange(
-        provider="../../evil", model="../../../etc/passwd", request_id="../id", method="POST",
+        provider="../../evil",
+        model="../../../etc/passwd",
+        request_id="../id",
+        method="POST",
         target="/v1/messages",
-        request_headers=[("x-api-key", "sk-ant-secret-value-1234567890"),
-                         ("X-AIBridge-Token", MEMBER_TOKEN), ("content-type", "application/json")],
-        request_body=b'{"model":"m"}', status=200,
+        request_headers=[
+            ("x-api-key", "sk-ant-secret-value-1234567890"),
+            ("X-AIBridge-Token", MEMBER_TOKEN),
+            ("content-type", "application/json"),
+        ],
+        request_body=b'{"model":"m"}',
+        status=200,
         response_headers=[("set-cookie", "session=abcdefghijklmnopqrstuvwxyz")],
-        response_body=b"data: ok\n\n")
+        response_body=b"data: ok\n\n",
+    )
     await dumper.dump(exchange)
     files = sorted(p for p in (tmp_path / "dumps").rglob("*") if p.is_file())
     assert [f.suffixes[-2:] for f in files] == [[".req", ".txt"], [".resp", ".txt"]]
@@ -135,20 +152,22 @@ async def test_dump_redacts_and_stays_inside(tmp_path: Path) -> None:
     assert "abcdefghijklmnopqrstuvwxyz" not in files[1].read_text()
 
 
-async def test_dump_through_the_bridge(config_service: ConfigServer, upstream: FakeUpstream,
-                                       start_bridge: StartBridge, tmp_path: Path) -> None:
+async def test_dump_through_the_bridge(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, tmp_path: Path
+) -> None:
     """An intercepted call is dumped under <dir>/<provider>/<model>/ without any secret."""
     await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
     bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(tmp_path))
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         response = await http.post(
-            "/openai/v1/chat/completions", headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-            json={"model": "org/gpt-test", "messages": []})
+            "/openai/v1/chat/completions",
+            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
+            json={"model": "org/gpt-test", "messages": []},
+        )
     assert response.status_code == 200
     folder = tmp_path / "openai" / "org-gpt-test"
-    async with asyncio.timeout(2):  # written once the client has its answer
-        while not folder.is_dir() or len(list(folder.iterdir())) < 2:
-            await asyncio.sleep(0.01)
+    # Written once the client has its answer.
+    await eventually(lambda: folder.is_dir() and len(list(folder.iterdir())) == 2, within=2)
     files = sorted(folder.iterdir())
     text = "".join(f.read_text() for f in files)
     assert MEMBER_TOKEN not in text and KEY_A not in text

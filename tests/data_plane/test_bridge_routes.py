@@ -28,16 +28,18 @@ from data_plane.bridge.app import MAX_BODY
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def _start(config_service: ConfigServer, upstream: FakeUpstream,
-                 start_bridge: StartBridge, **env: str) -> str:
+async def _start(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, **env: str
+) -> str:
     await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)]))
+        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
+    )
     return (await start_bridge(wait_version="1", **env)).url
 
 
-async def test_readyz_before_and_after_snapshot(config_service: ConfigServer,
-                                                upstream: FakeUpstream,
-                                                start_bridge: StartBridge) -> None:
+async def test_readyz_before_and_after_snapshot(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """/readyz is 503 until a snapshot is applied and 200 after; /healthz is always 200."""
     bridge = await start_bridge()
     async with httpx.AsyncClient(base_url=bridge.url) as http:
@@ -53,17 +55,20 @@ async def test_readyz_before_and_after_snapshot(config_service: ConfigServer,
     assert 'aibridged_key_pool_keys{provider="openai",state="valid"} 1.0' in metrics
 
 
-async def test_unknown_provider_and_route_are_404(config_service: ConfigServer,
-                                                  upstream: FakeUpstream,
-                                                  start_bridge: StartBridge) -> None:
+async def test_unknown_provider_and_route_are_404(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """Unknown providers and unserved routes answer 404 naming the method and path."""
     url = await _start(config_service, upstream, start_bridge)
     async with httpx.AsyncClient(base_url=url) as http:
         nope = await http.post("/nope/v1/chat/completions", json=CHAT)
         assert nope.status_code == 404
-        assert nope.json()["error"]["message"] == "route not supported: POST /nope/v1/chat/completions"
-        legacy = await http.post("/openai/v1/completions", json=CHAT,
-                                 headers={"authorization": f"Bearer {MEMBER_TOKEN}"})
+        assert (
+            nope.json()["error"]["message"] == "route not supported: POST /nope/v1/chat/completions"
+        )
+        legacy = await http.post(
+            "/openai/v1/completions", json=CHAT, headers={"authorization": f"Bearer {MEMBER_TOKEN}"}
+        )
         assert legacy.status_code == 404
         assert "POST /openai/v1/completions" in legacy.json()["error"]["message"]
         anth = await http.get("/anthropic/v1/files")
@@ -71,27 +76,35 @@ async def test_unknown_provider_and_route_are_404(config_service: ConfigServer,
     assert upstream.seen == []
 
 
-async def test_body_over_32_mib_is_413(config_service: ConfigServer, upstream: FakeUpstream,
-                                       start_bridge: StartBridge) -> None:
+async def test_body_over_32_mib_is_413(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A body over 32 MiB is refused with 413 and never reaches the upstream."""
     url = await _start(config_service, upstream, start_bridge)
     async with httpx.AsyncClient(base_url=url) as http:
-        big = await http.post("/openai/v1/chat/completions", content=b"x" * (MAX_BODY + 1),
-                              headers={"authorization": f"Bearer {MEMBER_TOKEN}"})
+        big = await http.post(
+            "/openai/v1/chat/completions",
+            content=b"x" * (MAX_BODY + 1),
+            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
+        )
         assert big.status_code == 413
 
         async def chunks() -> object:
             for _ in range(33):
                 yield b"y" * (1024 * 1024)
 
-        chunked = await http.post("/openai/v1/chat/completions", content=chunks(),  # type: ignore[arg-type]
-                                  headers={"authorization": f"Bearer {MEMBER_TOKEN}"})
+        chunked = await http.post(
+            "/openai/v1/chat/completions",
+            content=chunks(),  # type: ignore[arg-type]
+            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
+        )
         assert chunked.status_code == 413
     assert upstream.seen == []
 
 
-async def test_client_auth(config_service: ConfigServer, upstream: FakeUpstream,
-                           start_bridge: StartBridge) -> None:
+async def test_client_auth(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """Owners and members get through (Bearer or X-Api-Key); others get 401/403."""
     url = await _start(config_service, upstream, start_bridge)
     path = "/openai/v1/chat/completions"
@@ -100,8 +113,9 @@ async def test_client_auth(config_service: ConfigServer, upstream: FakeUpstream,
         bad = await http.post(path, json=CHAT, headers={"authorization": "Bearer nope"})
         assert bad.status_code == 401
         assert bad.json()["error"]["type"] == "authentication_error"
-        auditor = await http.post(path, json=CHAT,
-                                  headers={"authorization": f"Bearer {AUDITOR_TOKEN}"})
+        auditor = await http.post(
+            path, json=CHAT, headers={"authorization": f"Bearer {AUDITOR_TOKEN}"}
+        )
         assert auditor.status_code == 403
         owner = await http.post(path, json=CHAT, headers={"x-api-key": OWNER_TOKEN})
         assert owner.status_code == 200
@@ -112,9 +126,9 @@ async def test_client_auth(config_service: ConfigServer, upstream: FakeUpstream,
     assert upstream.seen[0].headers["authorization"] == f"Bearer {KEY_A}"
 
 
-async def test_revoked_token_refused_after_next_snapshot(config_service: ConfigServer,
-                                                         upstream: FakeUpstream,
-                                                         start_bridge: StartBridge) -> None:
+async def test_revoked_token_refused_after_next_snapshot(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A token dropped from the snapshot is refused as soon as that snapshot is applied."""
     bridge = await start_bridge()
     providers = [openai_provider(upstream)]
@@ -129,14 +143,21 @@ async def test_revoked_token_refused_after_next_snapshot(config_service: ConfigS
         assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 401
 
 
-async def test_disabled_and_error_providers_answer_503(config_service: ConfigServer,
-                                                       upstream: FakeUpstream,
-                                                       start_bridge: StartBridge) -> None:
+async def test_disabled_and_error_providers_answer_503(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A disabled provider answers 503 provider_disabled; an ERROR one 503 with its reason."""
-    await config_service.service.publish(snapshot("1", [
-        openai_provider(upstream, status=pb.PROVIDER_STATUS_DISABLED),
-        anthropic_provider(upstream, status=pb.PROVIDER_STATUS_ERROR, reason="cannot decrypt"),
-    ]))
+    await config_service.service.publish(
+        snapshot(
+            "1",
+            [
+                openai_provider(upstream, status=pb.PROVIDER_STATUS_DISABLED),
+                anthropic_provider(
+                    upstream, status=pb.PROVIDER_STATUS_ERROR, reason="cannot decrypt"
+                ),
+            ],
+        )
+    )
     bridge = await start_bridge(wait_version="1")
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         off = await http.post("/openai/v1/chat/completions", json=CHAT)
@@ -147,18 +168,22 @@ async def test_disabled_and_error_providers_answer_503(config_service: ConfigSer
         assert "cannot decrypt" in broken.json()["error"]["message"]
 
 
-async def test_provider_removed_while_streaming(config_service: ConfigServer,
-                                                upstream: FakeUpstream,
-                                                start_bridge: StartBridge) -> None:
+async def test_provider_removed_while_streaming(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A stream in flight finishes on its table while a new snapshot removes its provider."""
     url = await _start(config_service, upstream, start_bridge)
-    slow = Reply(headers={"content-type": "text/event-stream"},
-                 chunks=[b"data: {}\n\n"] * 5 + [b"data: [DONE]\n\n"], gap=0.05)
+    slow = Reply(
+        headers={"content-type": "text/event-stream"},
+        chunks=[b"data: {}\n\n"] * 5 + [b"data: [DONE]\n\n"],
+        gap=0.05,
+    )
     upstream.responder = lambda seen: slow
     headers = {"authorization": f"Bearer {MEMBER_TOKEN}"}
     async with httpx.AsyncClient(base_url=url, headers=headers) as http:
-        async with http.stream("POST", "/openai/v1/chat/completions",
-                               json={**CHAT, "stream": True}) as response:
+        async with http.stream(
+            "POST", "/openai/v1/chat/completions", json={**CHAT, "stream": True}
+        ) as response:
             body = response.aiter_raw()
             first = await anext(body)
             await config_service.service.publish(snapshot("2", [anthropic_provider(upstream)]))
@@ -172,22 +197,24 @@ async def test_provider_removed_while_streaming(config_service: ConfigServer,
         assert after.status_code == 404
 
 
-async def test_client_disconnect_cancels_upstream(config_service: ConfigServer,
-                                                  upstream: FakeUpstream,
-                                                  start_bridge: StartBridge) -> None:
+async def test_client_disconnect_cancels_upstream(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A client that goes away mid-stream makes the bridge drop the upstream request."""
     url = await _start(config_service, upstream, start_bridge)
     upstream_done = asyncio.Event()
 
     async def endless(seen: Seen) -> Reply:
-        return Reply(headers={"content-type": "text/event-stream"},
-                     chunks=[b"data: {}\n\n"] * 200, gap=0.01)
+        return Reply(
+            headers={"content-type": "text/event-stream"}, chunks=[b"data: {}\n\n"] * 200, gap=0.01
+        )
 
     upstream.responder = endless
     headers = {"authorization": f"Bearer {MEMBER_TOKEN}"}
     async with httpx.AsyncClient(base_url=url, headers=headers) as http:
-        async with http.stream("POST", "/openai/v1/chat/completions",
-                               json={**CHAT, "stream": True}) as response:
+        async with http.stream(
+            "POST", "/openai/v1/chat/completions", json={**CHAT, "stream": True}
+        ) as response:
             await anext(response.aiter_raw())
         # The bridge records the request as 499 (client closed) well before 200 chunks.
         async with asyncio.timeout(1.5):

@@ -17,10 +17,12 @@ from dp_fakes import (
 )
 
 
-async def _bridge(config_service: ConfigServer, upstream: FakeUpstream,
-                  start_bridge: StartBridge) -> str:
+async def _bridge(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> str:
     await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)]))
+        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
+    )
     bridge = await start_bridge(wait_version="1")
     return bridge.url
 
@@ -32,28 +34,33 @@ def _assert_pooled(upstream: FakeUpstream, header: str, expected: str) -> None:
     assert "x-aibridge-token" not in seen.headers
 
 
-async def test_openai_blocking(config_service: ConfigServer, upstream: FakeUpstream,
-                               start_bridge: StartBridge) -> None:
+async def test_openai_blocking(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A blocking chat completion reaches the upstream with the pooled key, never the token."""
     url = await _bridge(config_service, upstream, start_bridge)
-    async with openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN,
-                                  max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN, max_retries=0
+    ) as client:
         reply = await client.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+        )
     assert reply.choices[0].message.content == "Hello"
     assert upstream.seen[-1].path == "/v1/chat/completions"
     _assert_pooled(upstream, "authorization", f"Bearer {KEY_A}")
 
 
-async def test_openai_streaming_counts_tokens(config_service: ConfigServer,
-                                              upstream: FakeUpstream,
-                                              start_bridge: StartBridge) -> None:
+async def test_openai_streaming_counts_tokens(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A streamed chat completion arrives chunk by chunk and its usage is counted."""
     url = await _bridge(config_service, upstream, start_bridge)
-    async with openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN,
-                                  max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN, max_retries=0
+    ) as client:
         stream = await client.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True)
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
         text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert text == "Hello"
     _assert_pooled(upstream, "authorization", f"Bearer {KEY_A}")
@@ -62,43 +69,52 @@ async def test_openai_streaming_counts_tokens(config_service: ConfigServer,
     assert 'aibridged_tokens_total{model="gpt-test",provider="openai",type="output"} 2.0' in metrics
 
 
-async def test_openai_models_passthrough(config_service: ConfigServer, upstream: FakeUpstream,
-                                         start_bridge: StartBridge) -> None:
+async def test_openai_models_passthrough(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """Listing models is passed through to the upstream with the pooled key."""
     url = await _bridge(config_service, upstream, start_bridge)
-    async with openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN,
-                                  max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN, max_retries=0
+    ) as client:
         models = [m.id async for m in client.models.list()]
     assert models == ["gpt-test"]
     assert upstream.seen[-1].path == "/v1/models"
     _assert_pooled(upstream, "authorization", f"Bearer {KEY_A}")
 
 
-async def test_anthropic_blocking(config_service: ConfigServer, upstream: FakeUpstream,
-                                  start_bridge: StartBridge) -> None:
+async def test_anthropic_blocking(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A blocking Anthropic message goes upstream with the pooled key as x-api-key only."""
     url = await _bridge(config_service, upstream, start_bridge)
-    async with anthropic.AsyncAnthropic(base_url=f"{url}/anthropic", api_key=MEMBER_TOKEN,
-                                        max_retries=0) as client:
+    async with anthropic.AsyncAnthropic(
+        base_url=f"{url}/anthropic", api_key=MEMBER_TOKEN, max_retries=0
+    ) as client:
         message = await client.messages.create(
-            model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+            model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
     assert message.content[0].text == "Hello"  # type: ignore[union-attr]
     assert upstream.seen[-1].path == "/v1/messages"
     _assert_pooled(upstream, "x-api-key", KEY_A)
     assert "authorization" not in upstream.seen[-1].headers
 
 
-async def test_anthropic_streaming(config_service: ConfigServer, upstream: FakeUpstream,
-                                   start_bridge: StartBridge) -> None:
+async def test_anthropic_streaming(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A streamed Anthropic message is relayed event by event and its usage is counted."""
     url = await _bridge(config_service, upstream, start_bridge)
-    async with anthropic.AsyncAnthropic(base_url=f"{url}/anthropic", api_key=MEMBER_TOKEN,
-                                        max_retries=0) as client:
-        async with client.messages.stream(
+    async with (
+        anthropic.AsyncAnthropic(
+            base_url=f"{url}/anthropic", api_key=MEMBER_TOKEN, max_retries=0
+        ) as client,
+        client.messages.stream(
             model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-        ) as stream:
-            text = "".join([t async for t in stream.text_stream])
-            final = await stream.get_final_message()
+        ) as stream,
+    ):
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
     assert text == "Hello"
     assert final.usage.output_tokens == 3
     _assert_pooled(upstream, "x-api-key", KEY_A)

@@ -73,12 +73,22 @@ def test_exhaustion_outcomes() -> None:
     assert unauthorized.exhausted().status == 502
 
 
-async def _bridge(config_service: ConfigServer, upstream: FakeUpstream,
-                  start_bridge: StartBridge, version: str = "1", **env: str) -> str:
-    await config_service.service.publish(snapshot(version, [
-        openai_provider(upstream, keys=[KEY_A, KEY_B]),
-        anthropic_provider(upstream, keys=[KEY_A, KEY_B]),
-    ]))
+async def _bridge(
+    config_service: ConfigServer,
+    upstream: FakeUpstream,
+    start_bridge: StartBridge,
+    version: str = "1",
+    **env: str,
+) -> str:
+    await config_service.service.publish(
+        snapshot(
+            version,
+            [
+                openai_provider(upstream, keys=[KEY_A, KEY_B]),
+                anthropic_provider(upstream, keys=[KEY_A, KEY_B]),
+            ],
+        )
+    )
     return (await start_bridge(wait_version=version, **env)).url
 
 
@@ -86,8 +96,9 @@ def _key_of(seen: Seen) -> str:
     return seen.headers.get("x-api-key") or seen.headers["authorization"].removeprefix("Bearer ")
 
 
-async def test_failover_on_429_and_401(config_service: ConfigServer, upstream: FakeUpstream,
-                                       start_bridge: StartBridge) -> None:
+async def test_failover_on_429_and_401(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A 429 or 401 on the first key moves the request to the next key; the client sees 200."""
     url = await _bridge(config_service, upstream, start_bridge)
 
@@ -113,8 +124,9 @@ async def test_failover_on_429_and_401(config_service: ConfigServer, upstream: F
     assert 'aibridged_key_pool_keys{provider="anthropic",state="unauthorized"} 1.0' in metrics
 
 
-async def test_exhausted_pool_429_then_502(config_service: ConfigServer, upstream: FakeUpstream,
-                                           start_bridge: StartBridge) -> None:
+async def test_exhausted_pool_429_then_502(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """Every key rate limited → 429 with Retry-After; every key unauthorized → 502."""
     url = await _bridge(config_service, upstream, start_bridge)
 
@@ -136,9 +148,9 @@ async def test_exhausted_pool_429_then_502(config_service: ConfigServer, upstrea
     assert len(upstream.seen) == 4
 
 
-async def test_byok_passes_key_through_without_failover(config_service: ConfigServer,
-                                                        upstream: FakeUpstream,
-                                                        start_bridge: StartBridge) -> None:
+async def test_byok_passes_key_through_without_failover(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """BYOK sends the client's own key untouched, never the gateway token, and never fails over."""
     url = await _bridge(config_service, upstream, start_bridge)
     upstream.responder = lambda seen: Reply(status=429, body=b'{"e":1}')
@@ -152,8 +164,9 @@ async def test_byok_passes_key_through_without_failover(config_service: ConfigSe
     assert "x-aibridge-token" not in upstream.seen[0].headers
 
 
-async def test_byok_refused_when_disabled(config_service: ConfigServer, upstream: FakeUpstream,
-                                          start_bridge: StartBridge) -> None:
+async def test_byok_refused_when_disabled(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """With AIBRIDGE_ALLOW_BYOK=false a BYOK request is refused with 403."""
     url = await _bridge(config_service, upstream, start_bridge, AIBRIDGE_ALLOW_BYOK="false")
     headers = {"x-aibridge-token": MEMBER_TOKEN, "x-api-key": "sk-ant-mine"}
@@ -164,43 +177,52 @@ async def test_byok_refused_when_disabled(config_service: ConfigServer, upstream
     assert upstream.seen == []
 
 
-async def test_keyless_provider_needs_byok(config_service: ConfigServer, upstream: FakeUpstream,
-                                           start_bridge: StartBridge) -> None:
+async def test_keyless_provider_needs_byok(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A keyless provider serves BYOK only, and is left out (reported) when BYOK is off."""
     await config_service.service.publish(snapshot("1", [openai_provider(upstream, keys=[])]))
     bridge = await start_bridge(wait_version="1")
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         pooled = await http.post("/openai/v1/chat/completions", json=CHAT, headers=AUTH)
         assert pooled.status_code == 401
-        byok = await http.post("/openai/v1/chat/completions", json=CHAT,
-                               headers={"x-aibridge-token": MEMBER_TOKEN,
-                                        "authorization": "Bearer sk-mine"})
+        byok = await http.post(
+            "/openai/v1/chat/completions",
+            json=CHAT,
+            headers={"x-aibridge-token": MEMBER_TOKEN, "authorization": "Bearer sk-mine"},
+        )
         assert byok.status_code == 200
     await start_bridge(wait_version="1", AIBRIDGE_ALLOW_BYOK="false")
-    report = [r for r in config_service.service.reports if r.node_id == "test-bridge-1"][0]
+    report = next(r for r in config_service.service.reports if r.node_id == "test-bridge-1")
     assert report.applied
     assert "BYOK is not enabled" in report.errors[0].message
 
 
-async def test_pool_state_survives_unchanged_snapshot(config_service: ConfigServer,
-                                                      upstream: FakeUpstream,
-                                                      start_bridge: StartBridge) -> None:
+async def test_pool_state_survives_unchanged_snapshot(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
     """A new snapshot with the same keys keeps the cooldowns; changed keys start fresh."""
-    await config_service.service.publish(snapshot("1", [
-        openai_provider(upstream, keys=[KEY_A, KEY_B])]))
+    await config_service.service.publish(
+        snapshot("1", [openai_provider(upstream, keys=[KEY_A, KEY_B])])
+    )
     bridge = await start_bridge(wait_version="1")
-    upstream.responder = lambda seen: Reply(status=429 if _key_of(seen) == KEY_A else 200,
-                                            body=b"{}")
+    upstream.responder = lambda seen: Reply(
+        status=429 if _key_of(seen) == KEY_A else 200, body=b"{}"
+    )
     async with httpx.AsyncClient(base_url=bridge.url, headers=AUTH) as http:
         await http.post("/openai/v1/chat/completions", json=CHAT)
-        await config_service.service.publish(snapshot("2", [
-            openai_provider(upstream, keys=[KEY_A, KEY_B]), anthropic_provider(upstream)]))
+        await config_service.service.publish(
+            snapshot(
+                "2", [openai_provider(upstream, keys=[KEY_A, KEY_B]), anthropic_provider(upstream)]
+            )
+        )
         await wait_for_version(bridge, "2")
         upstream.seen.clear()
         await http.post("/openai/v1/chat/completions", json=CHAT)
         assert [_key_of(s) for s in upstream.seen] == [KEY_B]  # A still cooling
-        await config_service.service.publish(snapshot("3", [
-            openai_provider(upstream, keys=[KEY_A, KEY_B, "sk-new-key-c"])]))
+        await config_service.service.publish(
+            snapshot("3", [openai_provider(upstream, keys=[KEY_A, KEY_B, "sk-new-key-c"])])
+        )
         await wait_for_version(bridge, "3")
         upstream.seen.clear()
         await http.post("/openai/v1/chat/completions", json=CHAT)

@@ -1,0 +1,217 @@
+"""Following the config service: ACK/NACK, reconnects, the snapshot cache, Bedrock seam."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from dp_fakes import (
+    BRIDGE_TOKEN,
+    MEMBER_TOKEN,
+    ConfigServer,
+    FakeUpstream,
+    StartBridge,
+    eventually,
+    openai_provider,
+    provider,
+    snapshot,
+    wait_for_version,
+)
+
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.config.v1 import provider_pb2 as pb
+from aibridge.envconfig import SettingsError
+from aibridge.masking import Secret
+from data_plane.bridge.cli import main
+from data_plane.bridge.settings import BridgeSettings
+from data_plane.subscriber import Subscriber, SubscriberConfig
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}
+
+
+async def test_ack_lists_providers_left_out(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    """An applied snapshot is ACKed with the providers that failed to build; the rest serve."""
+    bedrock = provider(
+        "bedrock",
+        pb.PROVIDER_TYPE_BEDROCK,
+        "",
+        bedrock=pb.BedrockSettings(
+            region="not a region", access_key="AKIA", access_key_secret="s3cr3t"
+        ),
+    )
+    bad_type = provider("mystery", 99, upstream.url)
+    await config_service.service.publish(
+        snapshot("1", [openai_provider(upstream), bedrock, bad_type])
+    )
+    bridge = await start_bridge(wait_version="1")
+    report = await config_service.service.wait_report("1")
+    assert report.applied and report.node_id == "test-bridge-0"
+    errors = {e.provider_name: e.message for e in report.errors}
+    assert set(errors) == {"bedrock", "mystery"}
+    assert "unsupported provider type" in errors["mystery"]
+    assert errors["bedrock"].startswith("bedrock: ") and "s3cr3t" not in errors["bedrock"]
+    async with httpx.AsyncClient(base_url=bridge.url, headers=AUTH) as http:
+        assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
+        assert (await http.post("/mystery/v1/chat/completions", json=CHAT)).status_code == 404
+
+
+async def test_bedrock_provider_uses_the_factory(
+    config_service: ConfigServer, upstream: FakeUpstream
+) -> None:
+    """Without the Bedrock factory a Bedrock provider is reported 'bedrock support not available'."""
+    from data_plane.bridge.server import Bridge
+
+    await config_service.service.publish(
+        snapshot(
+            "1",
+            [
+                provider(
+                    "bedrock",
+                    pb.PROVIDER_TYPE_BEDROCK,
+                    "",
+                    bedrock=pb.BedrockSettings(region="us-east-1"),
+                )
+            ],
+        )
+    )
+    settings = BridgeSettings.from_env(
+        {
+            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_CONFIG_SERVICE": config_service.target,
+        }
+    )
+    bridge = Bridge(settings, bedrock_factory=None)
+    await bridge.start()
+    try:
+        report = await config_service.service.wait_report("1")
+    finally:
+        await bridge.stop()
+    assert [e.message for e in report.errors] == ["bedrock support not available"]
+
+
+async def test_nack_when_apply_raises(config_service: ConfigServer) -> None:
+    """A snapshot the daemon cannot apply is NACKed and the previous version kept."""
+    calls: list[str] = []
+
+    async def apply(snap: cs.ProviderSnapshot) -> list[cs.ProviderError]:
+        calls.append(snap.version)
+        if snap.version == "2":
+            raise RuntimeError("boom")
+        return []
+
+    sub = Subscriber(SubscriberConfig(config_service.target, Secret(BRIDGE_TOKEN), "n1"), apply)
+    task = asyncio.create_task(sub.run())
+    try:
+        await config_service.service.publish(snapshot("1", []))
+        await config_service.service.wait_report("1")
+        await config_service.service.publish(snapshot("2", []))
+        nack = await config_service.service.wait_report("2")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not nack.applied and "boom" in nack.error_detail
+    assert sub.state.applied_version == "1"
+
+
+async def test_bad_token_keeps_retrying(config_service: ConfigServer) -> None:
+    """A refused token is retried with backoff and nothing is applied."""
+
+    async def apply(snap: cs.ProviderSnapshot) -> list[cs.ProviderError]:
+        raise AssertionError("must not apply")
+
+    await config_service.service.publish(snapshot("1", []))
+    sub = Subscriber(SubscriberConfig(config_service.target, Secret("wrong"), "n1"), apply)
+    task = asyncio.create_task(sub.run())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert sub.state.reconnects >= 2 and not sub.state.applied_version
+
+
+async def test_config_service_restart(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    """The bridge serves while the config service is down and resumes with known_version."""
+    await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
+    bridge = await start_bridge(wait_version="1")
+    await config_service.stop()
+    async with httpx.AsyncClient(base_url=bridge.url, headers=AUTH) as http:
+        await asyncio.sleep(0.2)
+        assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
+        assert (await http.get("/readyz")).status_code == 200
+        await config_service.service.publish(snapshot("2", [openai_provider(upstream, "o2")]))
+        await config_service.start()
+        await wait_for_version(bridge, "2")
+        assert config_service.service.watches[-1].known_version == "1"
+        assert (await http.post("/o2/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+async def test_snapshot_cache_serves_without_config_service(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """A fresh bridge with the cache file serves the last snapshot with no config service."""
+    cache = tmp_path / "cache" / "snapshot.bin"
+    await config_service.service.publish(snapshot("5", [openai_provider(upstream)]))
+    await start_bridge(wait_version="5", AIBRIDGE_SNAPSHOT_CACHE=str(cache))
+    await config_service.service.wait_report("5")
+    await eventually(cache.exists, within=2)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    await config_service.stop()
+    fresh = await start_bridge(AIBRIDGE_SNAPSHOT_CACHE=str(cache))
+    assert fresh.app.table.version == "5"
+    async with httpx.AsyncClient(base_url=fresh.url, headers=AUTH) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+def test_settings_report_every_problem() -> None:
+    """Every bad setting is reported at once."""
+    with pytest.raises(SettingsError) as info:
+        BridgeSettings.from_env(
+            {
+                "AIBRIDGE_ALLOW_BYOK": "maybe",
+                "AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT": "soon",
+                "AIBRIDGE_BRIDGE_LISTEN": "nowhere",
+            }
+        )
+    assert len(info.value.problems) == 4
+
+
+def test_flags_win_over_environment() -> None:
+    """A flag overrides the same setting from the environment."""
+    settings = BridgeSettings.from_env(
+        {"AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN, "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:1"},
+        {"AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:2"},
+    )
+    assert settings.listen_port == 2 and BRIDGE_TOKEN not in repr(settings)
+
+
+def test_cli_without_token_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`aibridge bridge` without a bridge token exits 2 with a clear message."""
+    monkeypatch.delenv("AIBRIDGE_BRIDGE_TOKEN", raising=False)
+    assert main([], prog="aibridge bridge") == 2
+    assert "AIBRIDGE_BRIDGE_TOKEN is not set" in capsys.readouterr().err
+
+
+def test_data_plane_never_imports_the_database() -> None:
+    """Importing the data plane loads neither sqlalchemy nor the config service."""
+    code = (
+        "import sys, data_plane.subscriber, data_plane.bridge.server, data_plane.bridge.cli\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'config_service')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
