@@ -227,3 +227,29 @@ async def test_pool_state_survives_unchanged_snapshot(
         upstream.seen.clear()
         await http.post("/openai/v1/chat/completions", json=CHAT)
         assert [_key_of(s) for s in upstream.seen] == [KEY_A, KEY_B]  # a fresh pool
+
+
+async def test_copilot_is_always_byok(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    """Copilot has no pool: the user's own Authorization goes through, a gateway token alone is 401."""
+    from dp_fakes import provider
+
+    from aibridge.config.v1 import provider_pb2 as pb
+
+    await config_service.service.publish(
+        snapshot("1", [provider("copilot", pb.PROVIDER_TYPE_COPILOT, upstream.url)])
+    )
+    bridge = await start_bridge(wait_version="1")
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        pooled = await http.post("/copilot/chat/completions", json=CHAT, headers=AUTH)
+        assert pooled.status_code == 401
+        assert "Copilot" in pooled.json()["error"]["message"]
+        byok = await http.post(
+            "/copilot/chat/completions",
+            json=CHAT,
+            headers={"x-aibridge-token": MEMBER_TOKEN, "authorization": "Bearer ghu_mine"},
+        )
+        assert byok.status_code == 200
+    assert upstream.seen[-1].path == "/chat/completions"
+    assert upstream.seen[-1].headers["authorization"] == "Bearer ghu_mine"
