@@ -67,6 +67,7 @@ MAX_ID_OR_NAME = 100
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
+_PATH_RE = re.compile(r"^[a-z_.]{1,40}$")
 _REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$", re.ASCII)
 _ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+$", re.ASCII)
 _BEDROCK_HOST_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
@@ -135,9 +136,10 @@ class ProviderChanges:
 # ---------------------------------------------------------------------------- validation
 
 
-def _short(value: str, limit: int = 64) -> str:
-    """A caller-supplied non-secret value, quoted and cut short for a message."""
-    return repr(value if len(value) <= limit else value[:limit] + "...")
+def _quoted(value: str, pattern: re.Pattern[str]) -> str:
+    """A caller-supplied value quoted for a message only when it has the expected shape:
+    a key pasted into the wrong field is never echoed back."""
+    return f"{value!r} " if pattern.match(value) else ""
 
 
 def _check_name(name: str) -> None:
@@ -145,9 +147,11 @@ def _check_name(name: str) -> None:
         raise InvalidArgument("name", "is required")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidArgument("name", f"must be at most {MAX_NAME_LENGTH} characters")
-    problem = name_problem(name)
-    if problem:
-        raise InvalidArgument("name", problem)
+    if name_problem(name):
+        raise InvalidArgument(
+            "name",
+            "must match ^[a-z0-9]+(-[a-z0-9]+)*$ (lower-case letters, digits, single dashes)",
+        )
     if _UUID_RE.match(name):
         raise InvalidArgument("name", "must not look like a UUID (ids and names share id_or_name)")
 
@@ -228,7 +232,7 @@ def _resolve_bedrock(
         )
     b = replace(b, region=region)
     if b.region and not _REGION_RE.match(b.region):
-        raise InvalidArgument("bedrock.region", f"{_short(b.region)} is not an AWS region")
+        raise InvalidArgument("bedrock.region", "is not an AWS region (e.g. us-east-1)")
     if b.role_arn and not _ROLE_ARN_RE.match(b.role_arn):
         raise InvalidArgument(
             "bedrock.role_arn",
@@ -302,8 +306,7 @@ def parse_id_or_name(value: str) -> tuple[str, str]:
         return "name", value
     raise InvalidArgument(
         "id_or_name",
-        f"{_short(value)} is neither a provider id (UUID) nor a name matching "
-        "^[a-z0-9]+(-[a-z0-9]+)*$",
+        "must be a provider id (UUID) or a name matching ^[a-z0-9]+(-[a-z0-9]+)*$",
     )
 
 
@@ -318,7 +321,7 @@ def _find(session: Session, id_or_name: str, for_update: bool = False) -> Provid
         query = query.with_for_update()
     row = session.execute(query).scalar_one_or_none()
     if row is None:
-        raise NotFound(f"provider {_short(id_or_name)} not found")
+        raise NotFound(f"provider {id_or_name!r} not found")
     return row
 
 
@@ -463,7 +466,8 @@ def _check_paths(paths: Sequence[str]) -> set[str]:
         if path not in UPDATE_PATHS:
             raise InvalidArgument(
                 "update_mask",
-                f"unknown path {_short(path)}; allowed: {', '.join(sorted(UPDATE_PATHS))}",
+                f"unknown path {_quoted(path, _PATH_RE)}"
+                f"(allowed: {', '.join(sorted(UPDATE_PATHS))})",
             )
     return set(paths)
 
@@ -547,7 +551,7 @@ def update_provider(
                     if existing is None:
                         raise InvalidArgument(
                             f"keys[{i}].id",
-                            f"{_short(key.id)} is not a key of provider {row.name!r}",
+                            f"{_quoted(key.id, _UUID_RE)}is not a key of provider {row.name!r}",
                         )
                     if existing in kept:
                         raise InvalidArgument(f"keys[{i}].id", "listed twice")
