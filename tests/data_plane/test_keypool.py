@@ -13,6 +13,7 @@ from dp_fakes import (
     Seen,
     StartBridge,
     anthropic_provider,
+    eventually,
     openai_provider,
     snapshot,
     wait_for_version,
@@ -193,7 +194,9 @@ async def test_keyless_provider_needs_byok(
         )
         assert byok.status_code == 200
     await start_bridge(wait_version="1", AIBRIDGE_ALLOW_BYOK="false")
-    report = next(r for r in config_service.service.reports if r.node_id == "test-bridge-1")
+    reports = config_service.service.reports
+    await eventually(lambda: any(r.node_id == "test-bridge-1" for r in reports))
+    report = next(r for r in reports if r.node_id == "test-bridge-1")
     assert report.applied
     assert "BYOK is not enabled" in report.errors[0].message
 
