@@ -1,0 +1,73 @@
+"""compose.yaml: the production-shaped stack is wired the way the code reads it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aibridge.client import CLIENT_ENV_VARS
+from config_service.settings import ENV_VARS as CONFIG_VARS
+from data_plane.bridge.settings import SETTINGS as BRIDGE_VARS
+from data_plane.proxy.settings import SETTINGS as PROXY_VARS
+
+ROOT = Path(__file__).resolve().parent.parent
+READ_BY = {
+    "config-service": {n for n, _ in CONFIG_VARS}
+    | {"AIBRIDGE_OPENAI_KEY", "AIBRIDGE_ANTHROPIC_KEY"},
+    "bridge": {n for n, _ in BRIDGE_VARS},
+    "proxy": {n for n, _ in PROXY_VARS},
+}
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_compose_runs_postgres_two_config_replicas_bridge_and_proxy() -> None:
+    """The stack has PostgreSQL, two config-service replicas, the bridge and the proxy."""
+    services = compose()["services"]
+    assert set(services) == {"postgres", "config-service", "bridge", "proxy"}
+    assert services["config-service"]["deploy"]["replicas"] == 2
+    for name in ("config-service", "bridge", "proxy"):
+        assert services[name]["build"] == "."
+        assert services[name]["command"][0] == name
+
+
+def test_every_service_has_a_health_check_and_a_restart_policy() -> None:
+    """Each service declares a health check and restarts on failure."""
+    for name, service in compose()["services"].items():
+        assert "healthcheck" in service, name
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_every_variable_set_is_one_the_code_reads() -> None:
+    """Each AIBRIDGE_* variable compose sets for a process is a setting that process reads."""
+    for name, service in compose()["services"].items():
+        if name == "postgres":
+            continue
+        unread = set(service["environment"]) - READ_BY[name]
+        assert not unread, (name, unread)
+
+
+def test_secrets_come_from_interpolation_and_only_where_needed() -> None:
+    """Tokens and keys are interpolated from .env, and the data plane never gets the admin token or keys."""
+    services = compose()["services"]
+    for name in ("bridge", "proxy"):
+        env = services[name]["environment"]
+        assert "AIBRIDGE_ADMIN_TOKEN" not in env and "AIBRIDGE_ENCRYPTION_KEYS" not in env
+    for value in services["config-service"]["environment"].values():
+        if re.search(r"TOKEN|KEY", str(value)) and str(value).startswith("$"):
+            assert str(value).startswith("${AIBRIDGE_")
+
+
+def test_daemons_point_at_the_config_service_and_the_bridge() -> None:
+    """Bridge and proxy follow the config-service replicas, and the proxy forwards to the bridge."""
+    services = compose()["services"]
+    assert services["bridge"]["environment"]["AIBRIDGE_CONFIG_SERVICE"] == "config-service:7443"
+    assert services["proxy"]["environment"]["AIBRIDGE_PROXY_BRIDGE_URL"] == "http://bridge:8080"
+    assert {n for n, _ in CLIENT_ENV_VARS} >= {"AIBRIDGE_CONFIG_SERVICE"}
