@@ -1,0 +1,272 @@
+"""Propagation: admin write → every subscriber has the new snapshot (DESIGN §10).
+
+Starts one `aibridge config-service` process (SQLite, or --database-url), opens N
+WatchProviders streams multiplexed over C gRPC channels from separate subscriber
+processes, then makes W admin writes (CreateToken: it changes the snapshot) one after
+another. For each write and each subscriber: time from the moment the write was sent
+to the moment that subscriber read a snapshot with the new version (so this includes
+the commit itself), and from the write's acknowledgement (negative: the snapshot
+reached the subscriber before the admin's answer did; it is published first).
+
+    python bench/propagation.py --subscribers 1000 --writes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_seconds, percentile, rss_mb, table, write_result  # noqa: E402
+
+from aibridge.config.v1 import config_service_pb2 as cs  # noqa: E402
+from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc  # noqa: E402
+from aibridge.config.v1 import token_admin_service_pb2 as ta  # noqa: E402
+from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc  # noqa: E402
+from aibridge.config.v1 import token_pb2  # noqa: E402
+
+ADMIN = "bench-admin-token-0123456789abcdef"
+BRIDGE = "bench-bridge-token-0123456789abcdef"
+
+
+def start_service(database_url: str, data_dir: str) -> tuple[subprocess.Popen[str], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIBRIDGE_")}
+    env.update(
+        {
+            "AIBRIDGE_DATA_DIR": data_dir,
+            "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_ADMIN_TOKEN": ADMIN,
+            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE,
+            "AIBRIDGE_LOG_FORMAT": "json",
+            "AIBRIDGE_LOG_LEVEL": "warning",
+            "AIBRIDGE_OPENAI_KEY": "sk-bench-0123456789abcdefghij",
+        }
+    )
+    if database_url:
+        env["AIBRIDGE_DATABASE_URL"] = database_url
+    # info level only for the ready line; the service logs little at info besides publishes.
+    env["AIBRIDGE_LOG_LEVEL"] = "info"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aibridge.cli", "config-service"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if '"config service ready"' in line:
+            target = json.loads(line)["listen"]
+            # Drain the rest so a full pipe never blocks the service.
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+            return proc, target
+        if proc.poll() is not None:
+            break
+    raise SystemExit("config service did not start")
+
+
+def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: Any) -> None:
+    """One process: `count` streams over `channels` channels; reports (version, t_ns) per stream."""
+
+    async def run() -> None:
+        chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+        arrivals: list[list[tuple[int, int]]] = [[] for _ in range(count)]
+        failed = 0
+        ready = 0
+        md = (("authorization", f"Bearer {BRIDGE}"),)
+
+        async def follow(i: int) -> None:
+            nonlocal failed, ready
+            stub = cs_grpc.ConfigServiceStub(chans[i % channels])
+            call = stub.WatchProviders(
+                cs.WatchProvidersRequest(node_id=f"bench-{os.getpid()}-{i}"), metadata=md
+            )
+            first = True
+            try:
+                async for response in call:
+                    arrivals[i].append((int(response.snapshot.version), time.monotonic_ns()))
+                    if first:
+                        ready += 1
+                        first = False
+            except grpc.aio.AioRpcError:
+                if first:
+                    failed += 1
+
+        tasks = [asyncio.create_task(follow(i)) for i in range(count)]
+        while ready + failed < count:
+            await asyncio.sleep(0.05)
+        queue.put(("ready", ready, failed))
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        queue.put(("arrivals", arrivals, failed))
+        for chan in chans:
+            await chan.close()
+
+    asyncio.run(run())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--subscribers", type=int, default=1000)
+    p.add_argument(
+        "--channels", type=int, default=0, help="total gRPC channels (default N/100, ≥1)"
+    )
+    p.add_argument(
+        "--processes", type=int, default=0, help="subscriber processes (default 1, 2 from 2000)"
+    )
+    p.add_argument("--writes", type=int, default=20)
+    p.add_argument("--database-url", default="")
+    args = p.parse_args()
+    n = args.subscribers
+    channels = args.channels or max(1, n // 100)
+    procs_n = args.processes or (2 if n >= 2000 else 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        service, target = start_service(args.database_url, tmp)
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        stop = ctx.Event()
+        per = [n // procs_n + (1 if i < n % procs_n else 0) for i in range(procs_n)]
+        workers = [
+            ctx.Process(
+                target=subscriber_main, args=(target, c, max(1, channels // procs_n), queue, stop)
+            )
+            for c in per
+        ]
+        try:
+            started = time.monotonic()
+            for w in workers:
+                w.start()
+            ready = failed = 0
+            for _ in workers:
+                _, r, f = queue.get(timeout=240)
+                ready += r
+                failed += f
+            connect_s = time.monotonic() - started
+            cpu0 = cpu_seconds(service.pid)
+            writes: list[tuple[int, int, int]] = []  # (version, t_send_ns, t_ack_ns)
+            with grpc.insecure_channel(target) as channel:
+                tokens = ta_grpc.TokenAdminServiceStub(channel)
+                snap = cs_grpc.ConfigServiceStub(channel)
+                md = (("authorization", f"Bearer {ADMIN}"),)
+                for i in range(args.writes):
+                    t_send = time.monotonic_ns()
+                    tokens.CreateToken(
+                        ta.CreateTokenRequest(
+                            principal_name=f"bench-{i}", role=token_pb2.ROLE_MEMBER
+                        ),
+                        metadata=md,
+                        timeout=30,
+                    )
+                    t_ack = time.monotonic_ns()
+                    version = int(
+                        snap.GetProviderSnapshot(
+                            cs.GetProviderSnapshotRequest(), metadata=md
+                        ).snapshot.version
+                    )
+                    writes.append((version, t_send, t_ack))
+                    time.sleep(max(0.2, n / 20000))  # let every stream drain before the next
+            time.sleep(1.0)
+            cpu = cpu_seconds(service.pid) - cpu0
+            rss = rss_mb(service.pid)
+            stop.set()
+            arrivals: list[list[tuple[int, int]]] = []
+            for _ in workers:
+                _, a, _ = queue.get(timeout=120)
+                arrivals += a
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(30)
+                if w.is_alive():
+                    w.kill()
+            service.terminate()
+            service.wait(15)
+    from_send: list[float] = []
+    from_ack: list[float] = []
+    missing = 0
+    for version, t_send, t_ack in writes:
+        for stream in arrivals:
+            t = next((t for v, t in stream if v >= version), None)
+            if t is None:
+                missing += 1
+                continue
+            from_send.append((t - t_send) / 1e6)
+            from_ack.append((t - t_ack) / 1e6)
+    result = {
+        "subscribers": n,
+        "channels": channels,
+        "processes": procs_n,
+        "writes": args.writes,
+        "connected": ready,
+        "refused": failed,
+        "missing_deliveries": missing,
+        "connect_seconds": round(connect_s, 2),
+        "from_send_ms": {
+            "p50": percentile(from_send, 50),
+            "p99": percentile(from_send, 99),
+            "max": max(from_send, default=float("nan")),
+        },
+        "from_ack_ms": {
+            "p50": percentile(from_ack, 50),
+            "p99": percentile(from_ack, 99),
+            "max": max(from_ack, default=float("nan")),
+        },
+        "service_rss_mb": round(rss, 1),
+        "service_cpu_seconds_during_writes": round(cpu, 2),
+        "database": "postgresql" if args.database_url else "sqlite",
+    }
+    print(
+        table(
+            [
+                "subscribers",
+                "refused",
+                "missing",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "p99 from ack",
+                "RSS MB",
+                "CPU s",
+            ],
+            [
+                [
+                    n,
+                    failed,
+                    missing,
+                    result["from_send_ms"]["p50"],
+                    result["from_send_ms"]["p99"],
+                    result["from_send_ms"]["max"],
+                    result["from_ack_ms"]["p99"],
+                    rss,
+                    cpu,
+                ]
+            ],
+        )
+    )
+    path = write_result(f"propagation-{n}", result)
+    print(f"wrote {path}")
+    return 0 if failed == 0 and missing == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
