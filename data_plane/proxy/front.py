@@ -1,0 +1,206 @@
+"""The proxy's listening side: one handler per client connection.
+
+A connection carries, in any order and with keep-alive:
+- `CONNECT host:port`: authenticated; a provider host is intercepted (MITM), any other
+  host on an allowed port is tunnelled to a checked address (private ranges refused);
+- absolute-form `GET http://host/...` (HTTP_PROXY clients): the same rules, request by
+  request: provider hosts go to the bridge, other hosts are forwarded;
+- origin-form `GET /...`: the proxy's own endpoints (CA certificate, health, metrics).
+Ports are only checked for destinations the proxy dials: an intercepted host is never
+dialled (its requests go to the bridge), whatever port the client named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import urlsplit
+
+import h11
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aibridge.logs import get_logger
+from data_plane.proxy.auth import REALM, Identity, authenticate
+from data_plane.proxy.context import Shared
+from data_plane.proxy.egress import Blocked, DialError, url_host
+from data_plane.proxy.h11io import ClientGone, H11Stream, TooLarge, header
+from data_plane.proxy.intercept import provider_request, serve_tls
+from data_plane.proxy.relay import passable, relay
+from data_plane.proxy.tunnel import pipe
+
+log = get_logger(__name__)
+
+
+def split_authority(authority: str, default_port: int) -> tuple[str, int] | None:
+    """host and port of `host[:port]` / `[v6][:port]`; None when malformed."""
+    try:
+        parts = urlsplit("//" + authority)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or parts.username is not None or parts.path or parts.query:
+        return None
+    return host.lower().rstrip("."), port if port is not None else default_port
+
+
+class FrontDoor:
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self._connections: set[asyncio.Task[object]] = set()
+
+    async def close_all(self) -> None:
+        """Cancel every connection handler (on shutdown) and wait for them."""
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+        stream = H11Stream(reader, writer)
+        try:
+            await self._serve(stream)
+        except h11.RemoteProtocolError as exc:
+            self.shared.metrics.refused.labels("bad_request").inc()
+            if stream.conn.our_state is h11.SEND_RESPONSE:
+                await stream.error(exc.error_status_hint, "malformed request", close=True)
+        except (ConnectionError, OSError, ClientGone):
+            pass  # the client left; nothing to answer
+        finally:
+            await stream.close()
+
+    async def _serve(self, stream: H11Stream) -> None:
+        while True:
+            event = await stream.next_event()
+            if not isinstance(event, h11.Request):
+                return
+            if event.method == b"CONNECT":
+                if await self._connect(stream, event):
+                    return  # the connection now belongs to a tunnel or a MITM session
+            elif event.target.startswith(b"/"):
+                await stream.read_body()
+                await self._local(stream, event)
+            else:
+                await self._absolute(stream, event)
+            if not stream.next_cycle():
+                return
+
+    async def _refuse(self, stream: H11Stream, status: int, reason: str, message: str) -> None:
+        self.shared.metrics.refused.labels(reason).inc()
+        extra = [("proxy-authenticate", REALM)] if status == 407 else None
+        await stream.error(status, message, headers=extra)
+
+    async def _identity(self, stream: H11Stream, request: h11.Request) -> Identity | None:
+        identity = authenticate(self.shared.table, header(request, b"proxy-authorization"))
+        if isinstance(identity, str):
+            await self._refuse(stream, 407, "auth", identity)
+            return None
+        return identity
+
+    async def _connect(self, stream: H11Stream, request: h11.Request) -> bool:
+        """Handle a CONNECT; True when the connection was handed over."""
+        await stream.next_event()  # its EndOfMessage: a CONNECT has no body
+        target = split_authority(request.target.decode("latin-1"), 443)
+        if target is None:
+            await self._refuse(stream, 400, "bad_request", "CONNECT needs host:port")
+            return False
+        identity = await self._identity(stream, request)
+        if identity is None:
+            return False
+        host, port = target
+        shared = self.shared
+        if shared.table.route(host) is not None:
+            await stream.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
+            early, _closed = stream.conn.trailing_data
+            if early:  # a ClientHello sent before our 200 cannot be fed to start_tls
+                log.warning("client sent TLS data before the CONNECT reply", host=host)
+                return True
+            shared.metrics.connect_sessions.labels("mitm").inc()
+            await serve_tls(shared, stream.reader, stream.writer, host, identity)
+            return True
+        if port not in shared.settings.allowed_ports:
+            await self._refuse(stream, 403, "port", f"port {port} is not allowed")
+            return False
+        try:
+            upstream = await shared.egress.open(host, port)
+        except Blocked:
+            await self._refuse(stream, 403, "private", "destination not allowed")
+            return False
+        except DialError:
+            await self._refuse(stream, 502, "dial", "cannot reach the destination")
+            return False
+        await stream.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
+        shared.metrics.connect_sessions.labels("tunnel").inc()
+        early, _closed = stream.conn.trailing_data
+        up, down = await pipe((stream.reader, stream.writer), upstream, early)
+        log.debug("tunnel closed", host=host, port=port, bytes_up=up, bytes_down=down)
+        return True
+
+    async def _absolute(self, stream: H11Stream, request: h11.Request) -> None:
+        """A plain proxy request, `METHOD http://host[:port]/path`."""
+        target = request.target.decode("latin-1")
+        scheme, _, rest = target.partition("://")
+        authority = rest.split("/", 1)[0].split("?", 1)[0]
+        parsed = split_authority(authority, 80) if scheme.lower() == "http" else None
+        if parsed is None:
+            await stream.read_body()
+            await self._refuse(stream, 400, "bad_request", "expected http://host/path or CONNECT")
+            return
+        identity = await self._identity(stream, request)
+        if identity is None:
+            await stream.read_body()
+            return
+        host, port = parsed
+        route = self.shared.table.route(host)
+        if route is not None:
+            await provider_request(self.shared, stream, request, route, identity)
+        else:
+            await self._forward(stream, request, host, port, authority)
+
+    async def _forward(
+        self, stream: H11Stream, request: h11.Request, host: str, port: int, authority: str
+    ) -> None:
+        shared = self.shared
+        try:
+            body = await stream.read_body()
+        except TooLarge:
+            await stream.error(413, "request body too large", close=True)
+            return
+        if port not in shared.settings.allowed_ports:
+            await self._refuse(stream, 403, "port", f"port {port} is not allowed")
+            return
+        try:
+            addresses = await shared.egress.checked_addresses(host, port)
+        except Blocked:
+            await self._refuse(stream, 403, "private", "destination not allowed")
+            return
+        except DialError:
+            await self._refuse(stream, 502, "dial", "cannot reach the destination")
+            return
+        # Dial the checked address, not the name again; the origin still sees its Host.
+        target = request.target.decode("latin-1")
+        path = target[target.index("://") + 3 + len(authority) :] or "/"
+        url = f"http://{url_host(addresses[0])}:{port}{path}"
+        headers = passable(list(request.headers), frozenset({b"host", b"content-length"}))
+        headers.insert(0, (b"host", authority.encode()))
+        outcome = await relay(stream, shared.origins, request.method, url, headers, body)
+        shared.metrics.forwarded.labels(str(outcome.status)).inc()
+
+    async def _local(self, stream: H11Stream, request: h11.Request) -> None:
+        shared = self.shared
+        path = request.target.decode("latin-1").partition("?")[0]
+        if path == "/ca-cert.pem":
+            await stream.respond(200, shared.ca_pem, "application/x-pem-file")
+        elif path == "/healthz":
+            await stream.respond(200, b'{"status":"ok"}')
+        elif path == "/readyz":
+            table = shared.table
+            body = json.dumps({"ready": table.applied, "version": table.version}).encode()
+            await stream.respond(200 if table.applied else 503, body)
+        elif path == "/metrics":
+            await stream.respond(200, generate_latest(shared.metrics.registry), CONTENT_TYPE_LATEST)
+        else:
+            await stream.error(404, f"not found: {path}")

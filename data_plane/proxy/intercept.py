@@ -1,0 +1,140 @@
+"""Provider requests: TLS termination for intercepted hosts, and the hand-off to the bridge.
+
+After a CONNECT to a provider host the client's TLS is terminated with a leaf signed by
+the proxy CA, and every request on that connection (keep-alive) is rewritten to
+`<bridge>/<provider>/<original path>` with the client's identity. The host's route is
+looked up again for each request: when a snapshot stops intercepting the host, the
+client is told to reconnect (421, connection closed), and its next CONNECT is tunnelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import uuid
+
+import h11
+
+from aibridge.logs import get_logger
+from data_plane.bridge.dump import Exchange
+from data_plane.proxy.auth import Identity
+from data_plane.proxy.context import Shared
+from data_plane.proxy.h11io import ClientGone, H11Stream, TooLarge, header
+from data_plane.proxy.relay import bridge_headers, relay
+from data_plane.proxy.routes import Route
+
+log = get_logger(__name__)
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def _model(body: bytes) -> str | None:
+    """The request's model for the dump path; None files it under passthrough."""
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        return None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def origin_path(target: bytes) -> str:
+    """Path and query of a request target (absolute-form too)."""
+    text = target.decode("latin-1")
+    if not text.startswith("/"):
+        _scheme, _, rest = text.partition("://")
+        slash = rest.find("/")
+        text = rest[slash:] if slash >= 0 else "/"
+    return text
+
+
+async def provider_request(
+    shared: Shared, stream: H11Stream, request: h11.Request, route: Route, identity: Identity
+) -> None:
+    """Serve one provider request through the bridge; the body is still unread."""
+    request_id = uuid.uuid4().hex
+    declared = header(request, b"content-length")
+    try:
+        body = await stream.read_body(int(declared) if declared and declared.isdigit() else None)
+    except TooLarge:
+        await stream.error(413, "request body too large", close=True)
+        return
+    except ClientGone:
+        return
+    table = shared.table
+    path = origin_path(request.target)
+    url = shared.settings.bridge_url + route.bridge_path(path)
+    headers = bridge_headers(request, identity, table, request_id)
+    method = bytes(request.method)
+    metrics = shared.metrics
+    metrics.mitm_requests.labels(route.provider).inc()
+    metrics.inflight.inc()
+    started = time.perf_counter()
+    try:
+        outcome = await relay(
+            stream, shared.bridge, method, url, headers, body, capture=shared.dumper is not None
+        )
+    finally:
+        metrics.inflight.dec()
+    metrics.mitm_responses.labels(route.provider, str(outcome.status)).inc()
+    # The path without its query: some providers accept keys as query parameters.
+    log.info(
+        "provider request",
+        request_id=request_id,
+        provider=route.provider,
+        principal=identity.principal.principal_name,
+        method=method.decode(),
+        path=path.partition("?")[0],
+        status=outcome.status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        **({"failed": outcome.failed} if outcome.failed else {}),
+    )
+    if shared.dumper is not None:
+        await shared.dumper.dump(
+            Exchange(
+                provider=route.provider,
+                model=_model(body),
+                request_id=request_id,
+                method=method.decode(),
+                target=url.removeprefix(shared.settings.bridge_url),
+                request_headers=[(k.decode(), v.decode("latin-1")) for k, v in headers],
+                request_body=body,
+                status=outcome.status,
+                response_headers=[(k.decode(), v.decode("latin-1")) for k, v in outcome.headers],
+                response_body=outcome.body,
+            )
+        )
+
+
+async def serve_tls(
+    shared: Shared,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    host: str,
+    identity: Identity,
+) -> None:
+    """Terminate the client's TLS for host and serve its requests until it leaves."""
+    try:
+        ctx = await shared.leaves.context(host)
+        await writer.start_tls(ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+    except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+        # Typically a client that does not trust the proxy CA: say so, it is the usual fix.
+        log.warning(
+            "TLS handshake with the client failed (does it trust the proxy CA?)",
+            host=host,
+            error=type(exc).__name__,
+        )
+        return
+    stream = H11Stream(reader, writer)
+    while True:
+        event = await stream.next_event()
+        if not isinstance(event, h11.Request):
+            return
+        route = shared.table.route(host)
+        if route is None:
+            await stream.error(421, f"{host} is no longer intercepted; reconnect", close=True)
+            return
+        await provider_request(shared, stream, event, route, identity)
+        if not stream.next_cycle():
+            return

@@ -1,0 +1,78 @@
+"""Prometheus metrics of one proxy, in its own registry (prefix `aibridgeproxyd_`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from data_plane.proxy.routes import ProxyTable
+
+P = "aibridgeproxyd_"
+
+
+class ProxyMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connect_sessions = Counter(
+            P + "connect_sessions",
+            "CONNECT sessions accepted, by what happened to them (mitm or tunnel).",
+            ["type"],
+            registry=r,
+        )
+        self.refused = Counter(
+            P + "refused",
+            "CONNECT or proxy requests refused (auth, port, private, dial, bad_request).",
+            ["reason"],
+            registry=r,
+        )
+        self.mitm_requests = Counter(
+            P + "mitm_requests", "Provider requests handed to the bridge.", ["provider"], registry=r
+        )
+        self.mitm_responses = Counter(
+            P + "mitm_responses",
+            "Responses to provider requests, by status code.",
+            ["provider", "code"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            P + "inflight_mitm_requests", "Provider requests being served.", registry=r
+        )
+        self.forwarded = Counter(
+            P + "forwarded_requests",
+            "Plain http:// requests forwarded to other hosts, by status code.",
+            ["code"],
+            registry=r,
+        )
+        self.snapshot_version = Gauge(
+            P + "snapshot_version_info",
+            "The applied snapshot version (value 1).",
+            ["version"],
+            registry=r,
+        )
+        self.provider_info = Gauge(
+            P + "provider_info",
+            "Providers of the applied snapshot and whether their host is intercepted.",
+            ["provider_name", "provider_type", "status"],
+            registry=r,
+        )
+        self.intercepted_hosts = Gauge(
+            P + "intercepted_hosts", "Hosts whose TLS the proxy terminates.", registry=r
+        )
+        self.last_reload = Gauge(
+            P + "providers_last_reload_timestamp_seconds",
+            "Last snapshot application attempt.",
+            registry=r,
+        )
+        self.last_reload_success = Gauge(
+            P + "providers_last_reload_success_timestamp_seconds",
+            "Last successful snapshot application.",
+            registry=r,
+        )
+
+    def snapshot_applied(self, table: ProxyTable, when: float) -> None:
+        self.snapshot_version.clear()
+        self.snapshot_version.labels(table.version).set(1)
+        self.provider_info.clear()
+        for name, (ptype, status) in table.providers.items():
+            self.provider_info.labels(name, ptype, status).set(1)
+        self.intercepted_hosts.set(len(table.hosts))
+        self.last_reload_success.set(when)

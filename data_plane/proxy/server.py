@@ -1,0 +1,136 @@
+"""Wiring of aibridgeproxyd: CA, clients, subscriber and the listening socket.
+
+`serve(settings)` runs the daemon until SIGINT/SIGTERM. `Proxy` is the same thing as an
+object a test (or `aibridge up`) can start on port 0 and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.logs import get_logger
+from data_plane.bridge.dump import Dumper
+from data_plane.proxy.ca import CertificateAuthority, LeafCache
+from data_plane.proxy.context import Shared, make_client
+from data_plane.proxy.egress import Egress, Resolver, system_resolve
+from data_plane.proxy.front import FrontDoor
+from data_plane.proxy.metrics import ProxyMetrics
+from data_plane.proxy.routes import build_table
+from data_plane.proxy.settings import ProxySettings
+from data_plane.subscriber import Subscriber, SubscriberConfig
+
+log = get_logger(__name__)
+
+
+class Proxy:
+    """aibridgeproxyd in one object: `await start()`, `listen`, `await stop()`."""
+
+    def __init__(self, settings: ProxySettings, *, resolver: Resolver = system_resolve) -> None:
+        self.settings = settings
+        self._resolver = resolver
+        self.metrics = ProxyMetrics()
+        self.shared: Shared | None = None
+        self.subscriber = Subscriber(
+            SubscriberConfig(
+                target=settings.config_service,
+                token=settings.proxy_token,
+                node_id=settings.node_id,
+                ca_file=settings.config_service_ca_file,
+                cert_file=settings.config_service_cert_file,
+                key_file=settings.config_service_key_file,
+                cache_file=settings.snapshot_cache,
+            ),
+            self.apply,
+            on_attempt=self.metrics.last_reload.set,
+        )
+        self.host = settings.listen_host
+        self.port = settings.listen_port
+        self._server: asyncio.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._front: FrontDoor | None = None
+
+    @property
+    def listen(self) -> str:
+        host = self.host
+        return f"{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    async def apply(self, snapshot: cs.ProviderSnapshot) -> list[cs.ProviderError]:
+        """Build the host map of a snapshot and swap it in (one assignment)."""
+        assert self.shared is not None, "start() first"
+        table, errors = build_table(snapshot)
+        self.shared.table = table
+        self.metrics.snapshot_applied(table, time.time())
+        log.info(
+            "snapshot applied",
+            version=table.version,
+            intercepted_hosts=sorted(table.hosts),
+            tokens=len(table.tokens),
+            excluded=len(errors),
+        )
+        return errors
+
+    async def start(self) -> None:
+        s = self.settings
+        cert_path, key_path = s.ca_paths
+        ca = await asyncio.to_thread(CertificateAuthority.load_or_create, cert_path, key_path)
+        self.shared = Shared(
+            settings=s,
+            metrics=self.metrics,
+            leaves=LeafCache(ca),
+            ca_pem=ca.pem,
+            bridge=make_client(),
+            origins=make_client(timeout_read=300.0),
+            egress=Egress(s.allowed_private_cidrs, self._resolver),
+            dumper=Dumper(s.dump_dir) if s.dump_dir else None,
+        )
+        await self.subscriber.load_cache()
+        self._task = asyncio.create_task(self.subscriber.run(), name="subscriber")
+        front = self._front = FrontDoor(self.shared)
+        self._server = await asyncio.start_server(
+            front.handle, s.listen_host, s.listen_port, limit=2**16
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self.host, self.port = str(sockname[0]), int(sockname[1])
+        log.info(
+            "proxy ready",
+            listen=self.listen,
+            bridge_url=s.bridge_url,
+            config_service=s.config_service,
+            node_id=s.node_id,
+            ca_cert_file=str(cert_path),
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._front is not None:
+            # Tunnels and MITM sessions are long-lived: end them rather than wait.
+            await self._front.close_all()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.shared is not None:
+            await self.shared.bridge.aclose()
+            await self.shared.origins.aclose()
+
+
+async def serve(settings: ProxySettings) -> None:
+    """Run aibridgeproxyd until SIGINT/SIGTERM."""
+    proxy = Proxy(settings)
+    await proxy.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+        log.info("proxy stopping")
+    finally:
+        await proxy.stop()

@@ -1,0 +1,149 @@
+"""Settings of the proxy daemon, from the environment (and flags, which win).
+
+Every bad value is collected and reported at once as one `SettingsError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aibridge.envconfig import Reader, default_data_dir
+from aibridge.masking import Secret
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# (ENV_NAME, help) for every setting: each one is also a flag (see cli.py).
+SETTINGS: list[tuple[str, str]] = [
+    ("AIBRIDGE_CONFIG_SERVICE", "config service address host:port (default 127.0.0.1:7443)"),
+    ("AIBRIDGE_CONFIG_SERVICE_CA_FILE", "CA bundle to verify the config service (enables TLS)"),
+    ("AIBRIDGE_CONFIG_SERVICE_CERT_FILE", "client certificate for mTLS to the config service"),
+    ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "client key for mTLS to the config service"),
+    ("AIBRIDGE_PROXY_TOKEN", "token of the proxy principal, presented to the config service"),
+    ("AIBRIDGE_PROXY_LISTEN", "proxy listen address host:port (default 127.0.0.1:8888)"),
+    ("AIBRIDGE_PROXY_CA_CERT_FILE", "MITM CA certificate (default: generated in the data dir)"),
+    ("AIBRIDGE_PROXY_CA_KEY_FILE", "MITM CA private key (default: generated in the data dir)"),
+    ("AIBRIDGE_PROXY_BRIDGE_URL", "the bridge daemon (default http://127.0.0.1:8080)"),
+    ("AIBRIDGE_PROXY_ALLOWED_PORTS", "ports CONNECT may reach (default 80,443)"),
+    ("AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS", "private/reserved ranges tunnels may reach"),
+    ("AIBRIDGE_DATA_DIR", "data directory (generated CA; default: a per-user directory)"),
+    ("AIBRIDGE_DUMP_DIR", "write redacted request/response dumps here (empty: off)"),
+    ("AIBRIDGE_SNAPSHOT_CACHE", "file (mode 0600) keeping the last good snapshot (empty: off)"),
+    ("AIBRIDGE_NODE_ID", "name of this instance for the config service (default host-pid)"),
+    ("AIBRIDGE_LOG_FORMAT", "json or console (default: json when not a terminal)"),
+    ("AIBRIDGE_LOG_LEVEL", "debug, info, warning, error (default info)"),
+]
+
+
+def _node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    proxy_token: Secret
+    config_service: str = "127.0.0.1:7443"
+    config_service_ca_file: Path | None = None
+    config_service_cert_file: Path | None = None
+    config_service_key_file: Path | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8888
+    ca_cert_file: Path | None = None  # None: <data_dir>/proxy-ca.pem, generated when absent
+    ca_key_file: Path | None = None
+    bridge_url: str = "http://127.0.0.1:8080"
+    allowed_ports: frozenset[int] = frozenset({80, 443})
+    allowed_private_cidrs: tuple[IPNetwork, ...] = ()
+    data_dir: Path = field(default_factory=default_data_dir)
+    dump_dir: Path | None = None
+    snapshot_cache: Path | None = None
+    node_id: str = field(default_factory=_node_id)
+    log_format: str = ""
+    log_level: str = "info"
+
+    @property
+    def ca_paths(self) -> tuple[Path, Path]:
+        """Where the CA certificate and key are read from (or generated into)."""
+        return (
+            self.ca_cert_file or self.data_dir / "proxy-ca.pem",
+            self.ca_key_file or self.data_dir / "proxy-ca-key.pem",
+        )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
+    ) -> ProxySettings:
+        r = Reader(environ, overrides)
+        token = r.str("AIBRIDGE_PROXY_TOKEN")
+        if not token:
+            r.problems.append(
+                "AIBRIDGE_PROXY_TOKEN is not set: the proxy needs a token of the proxy role "
+                "to follow the config service (create one with `aibridge tokens create --role "
+                "proxy`, or set it on the config service to bootstrap it)"
+            )
+        host, port = r.listen("AIBRIDGE_PROXY_LISTEN", "127.0.0.1:8888")
+        ca = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CA_FILE")
+        cert = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CERT_FILE")
+        key = r.existing_file("AIBRIDGE_CONFIG_SERVICE_KEY_FILE")
+        if (cert is None) != (key is None):
+            r.problems.append(
+                "AIBRIDGE_CONFIG_SERVICE_CERT_FILE and AIBRIDGE_CONFIG_SERVICE_KEY_FILE "
+                "must be set together"
+            )
+        if cert is not None and ca is None:
+            r.problems.append("a client certificate needs AIBRIDGE_CONFIG_SERVICE_CA_FILE (TLS)")
+        # The CA pair is given together (both must exist) or generated together.
+        ca_cert, ca_key = r.str("AIBRIDGE_PROXY_CA_CERT_FILE"), r.str("AIBRIDGE_PROXY_CA_KEY_FILE")
+        if bool(ca_cert) != bool(ca_key):
+            r.problems.append(
+                "AIBRIDGE_PROXY_CA_CERT_FILE and AIBRIDGE_PROXY_CA_KEY_FILE must be set together"
+            )
+        bridge_url = r.str("AIBRIDGE_PROXY_BRIDGE_URL", "http://127.0.0.1:8080").rstrip("/")
+        parts = urlsplit(bridge_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            r.problems.append(
+                f"AIBRIDGE_PROXY_BRIDGE_URL={bridge_url!r}: expected an http(s) URL of the bridge"
+            )
+        ports: set[int] = set()
+        for item in r.csv("AIBRIDGE_PROXY_ALLOWED_PORTS", "80,443"):
+            if item.isdigit() and 0 < int(item) < 65536:
+                ports.add(int(item))
+            else:
+                r.problems.append(f"AIBRIDGE_PROXY_ALLOWED_PORTS: {item!r} is not a port number")
+        cidrs: list[IPNetwork] = []
+        for item in r.csv("AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS"):
+            try:
+                cidrs.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                r.problems.append(f"AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS: {item!r} is not a CIDR")
+        log_format = r.str("AIBRIDGE_LOG_FORMAT").lower()
+        if log_format not in ("", "json", "console"):
+            r.problems.append(f"AIBRIDGE_LOG_FORMAT={log_format!r}: expected json or console")
+        data_dir = r.str("AIBRIDGE_DATA_DIR")
+        dump = r.str("AIBRIDGE_DUMP_DIR")
+        cache = r.str("AIBRIDGE_SNAPSHOT_CACHE")
+        r.check()
+        return cls(
+            proxy_token=Secret(token),
+            config_service=r.str("AIBRIDGE_CONFIG_SERVICE", "127.0.0.1:7443"),
+            config_service_ca_file=ca,
+            config_service_cert_file=cert,
+            config_service_key_file=key,
+            listen_host=host,
+            listen_port=port,
+            ca_cert_file=Path(ca_cert).expanduser() if ca_cert else None,
+            ca_key_file=Path(ca_key).expanduser() if ca_key else None,
+            bridge_url=bridge_url,
+            allowed_ports=frozenset(ports),
+            allowed_private_cidrs=tuple(cidrs),
+            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+            dump_dir=Path(dump).expanduser() if dump else None,
+            snapshot_cache=Path(cache).expanduser() if cache else None,
+            node_id=r.str("AIBRIDGE_NODE_ID") or _node_id(),
+            log_format=log_format,
+            log_level=r.str("AIBRIDGE_LOG_LEVEL", "info").lower(),
+        )
