@@ -46,20 +46,24 @@ def split_authority(authority: str, default_port: int) -> tuple[str, int] | None
 class FrontDoor:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
-        self._connections: set[asyncio.Task[object]] = set()
+        self._connections: dict[asyncio.Task[object], asyncio.StreamWriter] = {}
 
-    async def close_all(self) -> None:
-        """Cancel every connection handler (on shutdown) and wait for them."""
+    async def close_all(self, grace: float = 1.0) -> None:
+        """End every connection (on shutdown): drop the sockets, then cancel stragglers."""
+        for writer in self._connections.values():
+            writer.transport.abort()  # handlers see the error and unwind by themselves
         tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
+        self._connections[task] = writer
+        task.add_done_callback(lambda t: self._connections.pop(t, None))
         stream = H11Stream(reader, writer)
         try:
             await self._serve(stream)
@@ -113,13 +117,18 @@ class FrontDoor:
         host, port = target
         shared = self.shared
         if shared.table.route(host) is not None:
+            # The leaf first, so the handshake can start as soon as the client sends.
+            ctx = await shared.leaves.context(host)
+            # Stop reading until start_tls takes over the socket: a ClientHello read into
+            # the plain stream's buffer meanwhile would be lost to the TLS layer.
+            stream.writer.transport.pause_reading()
             await stream.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
             early, _closed = stream.conn.trailing_data
             if early:  # a ClientHello sent before our 200 cannot be fed to start_tls
                 log.warning("client sent TLS data before the CONNECT reply", host=host)
                 return True
             shared.metrics.connect_sessions.labels("mitm").inc()
-            await serve_tls(shared, stream.reader, stream.writer, host, identity)
+            await serve_tls(shared, stream.reader, stream.writer, ctx, host, identity)
             return True
         if port not in shared.settings.allowed_ports:
             await self._refuse(stream, 403, "port", f"port {port} is not allowed")

@@ -111,12 +111,12 @@ async def serve_tls(
     shared: Shared,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    ctx: ssl.SSLContext,
     host: str,
     identity: Identity,
 ) -> None:
     """Terminate the client's TLS for host and serve its requests until it leaves."""
     try:
-        ctx = await shared.leaves.context(host)
         await writer.start_tls(ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
         # Typically a client that does not trust the proxy CA: say so, it is the usual fix.
