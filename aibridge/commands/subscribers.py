@@ -1,0 +1,126 @@
+"""`aibridge subscribers`: who watches the provider snapshot, on which version.
+
+Lists every WatchProviders stream the config service (this replica) holds: node id,
+role, peer address, replica, connected since, and the versions sent, acknowledged
+and rejected, with the errors of the last NACK. Needs an owner or auditor token.
+Table by default, JSON with --json. Exit codes: 0 done, 1 RPC error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from aibridge.client import CLIENT_ENV_VARS, ClientSettings, describe_rpc_error
+from aibridge.config.v1 import config_service_pb2 as pb
+from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
+from aibridge.config.v1 import token_pb2
+from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+
+PROG = "aibridge subscribers"
+HEADERS = (
+    "NODE",
+    "ROLE",
+    "PEER",
+    "REPLICA",
+    "CONNECTED SINCE",
+    "SENT",
+    "ACKED",
+    "REJECTED",
+    "ERRORS",
+)
+
+
+def _role(value: int) -> str:
+    try:
+        return token_pb2.Role.Name(value).removeprefix("ROLE_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+
+
+def _ts(message: Any, field: str) -> str:
+    if not message.HasField(field):
+        return ""
+    return str(getattr(message, field).ToDatetime().replace(microsecond=0).isoformat()) + "Z"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    )
+
+
+def subscriber_dict(s: pb.Subscriber) -> dict[str, Any]:
+    data = MessageToDict(
+        s, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    data["role"] = _role(s.role)
+    return data
+
+
+def print_table(subscribers: Sequence[pb.Subscriber]) -> None:
+    if not subscribers:
+        print("(no subscribers)", file=sys.stderr)
+        return
+    rows = [
+        [
+            s.node_id,
+            _role(s.role),
+            s.peer,
+            s.replica_id,
+            _ts(s, "connected_since"),
+            s.version_sent or "-",
+            s.version_acked or "-",
+            s.version_rejected or "-",
+            str(len(s.errors)) + (" +detail" if s.error_detail else ""),
+        ]
+        for s in subscribers
+    ]
+    print(_table(HEADERS, rows))
+    for s in subscribers:
+        for error in s.errors:
+            print(f"  {s.node_id}: {error.provider_name}: {error.message}")
+        if s.error_detail:
+            print(f"  {s.node_id}: {s.error_detail}")
+
+
+def main(argv: list[str], prog: str = PROG) -> int:
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_env_flags(p, CLIENT_ENV_VARS)
+    args = p.parse_args(argv)
+    try:
+        client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
+    except SettingsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    if not client.token:
+        print(
+            f"{prog}: no token: set AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN) or pass --token",
+            file=sys.stderr,
+        )
+        return 2
+    with client.channel() as channel:
+        try:
+            response = pb_grpc.ConfigServiceStub(channel).ListSubscribers(
+                pb.ListSubscribersRequest(), metadata=client.metadata(), timeout=30
+            )
+        except grpc.RpcError as exc:
+            print(f"{prog}: {describe_rpc_error(exc, client.target)}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps([subscriber_dict(s) for s in response.subscribers], indent=2))
+    else:
+        print_table(response.subscribers)
+    return 0
