@@ -13,9 +13,10 @@ from data_plane.proxy.server import Proxy
 StartProxy = Callable[..., Awaitable[Proxy]]
 
 
-async def wait_for_proxy_version(proxy: Proxy, version: str, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while proxy.shared is None or proxy.shared.table.version != version:
+async def wait_for_proxy_version(proxy: Proxy, version: str, within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        # The proxy has no "version changed" event to wait on; a short poll is enough here.
+        while proxy.shared is None or proxy.shared.table.version != version:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
 

@@ -1,0 +1,78 @@
+"""Proxy settings from the environment and flags, every problem reported at once."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from aibridge.envconfig import SettingsError
+from data_plane.proxy.cli import main
+from data_plane.proxy.settings import ProxySettings
+
+
+def test_defaults(tmp_path: Path) -> None:
+    """Only the token is required; the rest has the documented defaults."""
+    s = ProxySettings.from_env({"AIBRIDGE_PROXY_TOKEN": "t", "AIBRIDGE_DATA_DIR": str(tmp_path)})
+    assert (s.listen_host, s.listen_port) == ("127.0.0.1", 8888)
+    assert s.bridge_url == "http://127.0.0.1:8080"
+    assert s.allowed_ports == {80, 443}
+    assert s.allowed_private_cidrs == ()
+    assert s.ca_paths == (tmp_path / "proxy-ca.pem", tmp_path / "proxy-ca-key.pem")
+    assert s.proxy_token.value == "t"
+
+
+def test_values_and_flags_win() -> None:
+    """Environment values are parsed; a flag overrides the environment."""
+    s = ProxySettings.from_env(
+        {
+            "AIBRIDGE_PROXY_TOKEN": "t",
+            "AIBRIDGE_PROXY_ALLOWED_PORTS": "443, 8443",
+            "AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS": "10.0.0.0/8,fd00::/8",
+            "AIBRIDGE_PROXY_BRIDGE_URL": "http://bridge:8080/",
+        },
+        {"AIBRIDGE_PROXY_LISTEN": "[::1]:0"},
+    )
+    assert s.allowed_ports == {443, 8443}
+    assert s.allowed_private_cidrs == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("fd00::/8"),
+    )
+    assert s.bridge_url == "http://bridge:8080"
+    assert (s.listen_host, s.listen_port) == ("::1", 0)
+
+
+def test_every_problem_at_once() -> None:
+    """Several bad values are all listed in one error."""
+    with pytest.raises(SettingsError) as caught:
+        ProxySettings.from_env(
+            {
+                "AIBRIDGE_PROXY_LISTEN": "nope",
+                "AIBRIDGE_PROXY_ALLOWED_PORTS": "443,http",
+                "AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS": "10.0.0.0/33",
+                "AIBRIDGE_PROXY_BRIDGE_URL": "ftp://x",
+                "AIBRIDGE_PROXY_CA_CERT_FILE": "/tmp/ca.pem",
+            }
+        )
+    text = str(caught.value)
+    for needle in (
+        "AIBRIDGE_PROXY_TOKEN",
+        "AIBRIDGE_PROXY_LISTEN",
+        "'http'",
+        "10.0.0.0/33",
+        "ftp://x",
+        "set together",
+    ):
+        assert needle in text
+    assert len(caught.value.problems) == 6
+
+
+def test_cli_reports_bad_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`aibridge proxy` with bad settings exits 2 naming the problem."""
+    monkeypatch.delenv("AIBRIDGE_PROXY_TOKEN", raising=False)
+    assert main(["--proxy-allowed-ports", "x"], prog="aibridge proxy") == 2
+    err = capsys.readouterr().err
+    assert "AIBRIDGE_PROXY_TOKEN" in err and "'x'" in err
