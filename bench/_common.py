@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# AIBRIDGE_BENCH_RESULTS redirects result files (the smoke test uses a temp dir).
+RESULTS = Path(
+    os.environ.get("AIBRIDGE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
 
 
 def percentile(values: list[float], q: float) -> float:

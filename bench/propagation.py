@@ -28,13 +28,13 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, percentile, rss_mb, table, write_result  # noqa: E402
+from _common import cpu_seconds, percentile, rss_mb, table, write_result
 
-from aibridge.config.v1 import config_service_pb2 as cs  # noqa: E402
-from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc  # noqa: E402
-from aibridge.config.v1 import token_admin_service_pb2 as ta  # noqa: E402
-from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc  # noqa: E402
-from aibridge.config.v1 import token_pb2  # noqa: E402
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
+from aibridge.config.v1 import token_admin_service_pb2 as ta
+from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
+from aibridge.config.v1 import token_pb2
 
 ADMIN = "bench-admin-token-0123456789abcdef"
 BRIDGE = "bench-bridge-token-0123456789abcdef"
@@ -109,10 +109,10 @@ def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: An
                     failed += 1
 
         tasks = [asyncio.create_task(follow(i)) for i in range(count)]
-        while ready + failed < count:
+        while ready + failed < count:  # noqa: ASYNC110 - counters, not an event
             await asyncio.sleep(0.05)
         queue.put(("ready", ready, failed))
-        while not stop.is_set():
+        while not stop.is_set():  # noqa: ASYNC110 - a multiprocessing Event: not awaitable
             await asyncio.sleep(0.05)
         for task in tasks:
             task.cancel()

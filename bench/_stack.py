@@ -1,0 +1,427 @@
+"""Pieces the bridge benchmarks share: a fast fake upstream, a lean HTTP/1.1 client,
+and helpers that run the real daemons (`aibridge config-service`, `bridge`, `proxy`).
+
+The fake upstream and the client are raw asyncio protocols over `httptools` (already
+installed with uvicorn[standard]) on uvloop, so that on a small machine as little CPU
+as possible goes to anything but the bridge being measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+import httptools
+
+AIBRIDGE = str(Path(sys.executable).parent / "aibridge")
+ADMIN = "bench-admin-token-0123456789abcdef"
+BRIDGE = "bench-bridge-token-0123456789abcdef"
+PROXY = "bench-proxy-token-0123456789abcdef"
+UPSTREAM_KEY = "sk-bench-upstream-0123456789abcdef"
+PROVIDER = "fake"
+SSE_CHUNKS = 20
+
+# --- the fake upstream -------------------------------------------------------------
+
+
+def _completion() -> bytes:
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench0123456789",
+            "object": "chat.completion",
+            "created": 1735689600,
+            "model": "gpt-bench",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "Hello! This is a canned answer from the benchmark upstream, "
+                        "long enough to look like a short real reply to a short question.",
+                    },
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 42, "completion_tokens": 24, "total_tokens": 66},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _sse_events() -> list[bytes]:
+    events = []
+    for i in range(SSE_CHUNKS - 1):
+        doc = {
+            "id": "chatcmpl-bench0123456789",
+            "object": "chat.completion.chunk",
+            "created": 1735689600,
+            "model": "gpt-bench",
+            "choices": [{"index": 0, "delta": {"content": f"token{i} "}, "finish_reason": None}],
+        }
+        events.append(b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n")
+    final = {
+        "id": "chatcmpl-bench0123456789",
+        "object": "chat.completion.chunk",
+        "created": 1735689600,
+        "model": "gpt-bench",
+        "choices": [],
+        "usage": {"prompt_tokens": 42, "completion_tokens": 19, "total_tokens": 61},
+    }
+    events.append(b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+_BODY = _completion()
+_JSON_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    b"x-request-id: req_bench\r\nopenai-processing-ms: 1\r\n"
+    b"content-length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY
+)
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+    b"cache-control: no-cache\r\nx-request-id: req_bench\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+_SSE_CHUNKS = [b"%x\r\n%s\r\n" % (len(e), e) for e in _sse_events()]
+_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    """OpenAI-shaped chat completions: JSON, or SSE when the body asks to stream."""
+
+    def __init__(self, gap: float) -> None:
+        self.gap = gap
+        self.url = b""
+        self.body: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            assert self.transport is not None
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self.transport is not None
+        body = b"".join(self.body)
+        url, self.url, self.body = self.url, b"", []
+        if not url.endswith(b"/chat/completions"):
+            self.transport.write(_NOT_FOUND)
+        elif b'"stream":true' in body or b'"stream": true' in body:
+            asyncio.get_running_loop().create_task(self._stream(self.transport))
+        else:
+            self.transport.write(_JSON_RESPONSE)
+
+    async def _stream(self, transport: asyncio.Transport) -> None:
+        transport.write(_SSE_HEAD + _SSE_CHUNKS[0])
+        for chunk in _SSE_CHUNKS[1:]:
+            await asyncio.sleep(self.gap)
+            if transport.is_closing():
+                return
+            transport.write(chunk)
+        transport.write(b"0\r\n\r\n")
+
+
+def serve_upstream(gap: float) -> None:
+    """Run the fake upstream on 127.0.0.1:0; print the port on stdout; serve forever."""
+    import uvloop
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _UpstreamProtocol(gap), "127.0.0.1", 0, backlog=1024
+        )
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await server.serve_forever()
+
+    uvloop.run(run())
+
+
+# --- the client ----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    status: int
+    ttfb: float  # seconds from the write to the first body byte
+    total: float  # seconds from the write to the end of the response
+    size: int
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[Result] | None = None
+        self.t0 = self.first = 0.0
+        self.size = 0
+        self.status = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection closed"))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_exception(exc)
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.first:
+            self.first = time.perf_counter()
+        self.size += len(body)
+
+    def on_message_complete(self) -> None:
+        end = time.perf_counter()
+        if self.waiter is not None and not self.waiter.done():
+            first = self.first or end
+            self.waiter.set_result(Result(self.status, first - self.t0, end - self.t0, self.size))
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection; one request at a time; reconnects if closed."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.proto: _ClientProtocol | None = None
+
+    async def _connect(self) -> _ClientProtocol:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_connection(_ClientProtocol, self.host, self.port)
+        sock = proto.transport.get_extra_info("socket") if proto.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return proto
+
+    async def request(self, raw: bytes) -> Result:
+        proto = self.proto
+        if proto is None or proto.transport is None or proto.transport.is_closing():
+            proto = self.proto = await self._connect()
+        assert proto.transport is not None
+        proto.waiter = asyncio.get_running_loop().create_future()
+        proto.first = 0.0
+        proto.size = 0
+        proto.t0 = time.perf_counter()
+        proto.transport.write(raw)
+        try:
+            return await proto.waiter
+        except (ConnectionError, httptools.HttpParserError):
+            self.proto = None
+            raise
+
+    def close(self) -> None:
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.close()
+        self.proto = None
+
+
+def request_bytes(
+    method: str, path: str, host: str, headers: dict[str, str], body: bytes = b""
+) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", f"host: {host}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    if body or method == "POST":
+        head.append(f"content-length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def http_get(host: str, port: int, path: str, limit: float = 2.0) -> Result:
+    conn = Conn(host, port)
+    try:
+        async with asyncio.timeout(limit):
+            return await conn.request(request_bytes("GET", path, f"{host}:{port}", {}))
+    finally:
+        conn.close()
+
+
+# --- processes -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIBRIDGE_", "CODER_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Daemon:
+    """A child process whose stderr (JSON log lines) goes to a file we can search."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started: float  # time.monotonic() just before Popen
+    _log: TextIO | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        with open(self.log_path) as f:
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+    def wait_for_log(self, event: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in self.records():
+                if record.get("event") == event:
+                    return record
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.01)
+        raise RuntimeError(f"{self.name}: no {event!r} log line; log:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "".join(self.log_path.read_text().splitlines(keepends=True)[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self._log is not None:
+            self._log.close()
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Daemon:
+    log_path = log_dir / f"{name}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed by Daemon.stop
+    started = time.monotonic()
+    popen = subprocess.Popen(
+        [AIBRIDGE, *args],
+        env=clean_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    return Daemon(name, popen, log_path, started, log)
+
+
+def config_service_env(data_dir: Path, grpc_port: int, upstream_port: int) -> dict[str, str]:
+    return {
+        "AIBRIDGE_DATA_DIR": str(data_dir),
+        "AIBRIDGE_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
+        "AIBRIDGE_ADMIN_TOKEN": ADMIN,
+        "AIBRIDGE_BRIDGE_TOKEN": BRIDGE,
+        "AIBRIDGE_PROXY_TOKEN": PROXY,
+        "AIBRIDGE_LOG_FORMAT": "json",
+        "AIBRIDGE_PROVIDER_0_TYPE": "openai",
+        "AIBRIDGE_PROVIDER_0_NAME": PROVIDER,
+        "AIBRIDGE_PROVIDER_0_KEY": UPSTREAM_KEY,
+        "AIBRIDGE_PROVIDER_0_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+    }
+
+
+def start_config_service(data_dir: Path, upstream_port: int, log_dir: Path) -> tuple[Daemon, str]:
+    daemon = spawn(
+        "config-service",
+        ["config-service"],
+        config_service_env(data_dir, 0, upstream_port),
+        log_dir,
+    )
+    record = daemon.wait_for_log("config service ready")
+    return daemon, str(record["listen"])
+
+
+def bridge_env(target: str, port: int, log_level: str = "info") -> dict[str, str]:
+    return {
+        "AIBRIDGE_CONFIG_SERVICE": target,
+        "AIBRIDGE_BRIDGE_TOKEN": BRIDGE,
+        "AIBRIDGE_BRIDGE_LISTEN": f"127.0.0.1:{port}",
+        "AIBRIDGE_LOG_FORMAT": "json",
+        "AIBRIDGE_LOG_LEVEL": log_level,
+        "AIBRIDGE_NODE_ID": f"bench-bridge-{port}",
+    }
+
+
+def create_gateway_token(target: str) -> str:
+    """A member-role gateway token, created through the admin API."""
+    import grpc
+
+    from aibridge.config.v1 import token_admin_service_pb2 as ta
+    from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
+    from aibridge.config.v1 import token_pb2
+
+    with grpc.insecure_channel(target) as channel:
+        created = ta_grpc.TokenAdminServiceStub(channel).CreateToken(
+            ta.CreateTokenRequest(principal_name="bench-user", role=token_pb2.ROLE_MEMBER),
+            metadata=(("authorization", f"Bearer {ADMIN}"),),
+            timeout=30,
+        )
+    return str(created.secret)
+
+
+def wait_ready(port: int, timeout: float = 60, poll: float = 0.005) -> float:
+    """Poll GET /readyz until 200; returns time.monotonic() at the first 200."""
+
+    async def run() -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if (await http_get("127.0.0.1", port, "/readyz")).status == 200:
+                    return time.monotonic()
+            except (TimeoutError, OSError, httptools.HttpParserError):
+                pass
+            await asyncio.sleep(poll)
+        raise RuntimeError(f"port {port}: /readyz not 200 after {timeout}s")
+
+    return asyncio.run(run())
+
+
+class Drain(threading.Thread):
+    """Read a pipe to the end so a child never blocks on it."""
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__(daemon=True)
+        self.pipe = pipe
+
+    def run(self) -> None:
+        for _ in self.pipe:
+            pass

@@ -1,0 +1,431 @@
+"""Bridge overhead: the same client calls a fake upstream directly and through the bridge.
+
+Starts a fast fake OpenAI upstream (its own process: raw asyncio + httptools, JSON
+chat completions and an SSE stream of 20 chunks), one `aibridge config-service`
+(SQLite, the upstream seeded as provider `fake` through AIBRIDGE_PROVIDER_0_*) and one
+`aibridge bridge` (log level info, as deployed). This process is the one load
+generator (a lean keep-alive HTTP/1.1 client on uvloop). Phases:
+
+1. warm-up through the bridge; bridge RSS "before";
+2. latency: sequential requests, direct and bridge interleaved (order alternating each
+   round), non-streaming and SSE; added latency = bridge percentile - direct percentile,
+   added TTFB (SSE: time to the first body byte) likewise;
+3. saturation: `--concurrency` connections hammering the bridge (non-streaming, then a
+   shorter SSE run), and the direct upstream for reference; bridge RSS sampled every
+   second, CPU seconds of each process recorded;
+4. bridge RSS "after" (`--requests` bridge requests in all, default 100,000).
+
+DESIGN §10 bars: added p50 ≤ 1 ms, p99 ≤ 3 ms, added SSE TTFB ≤ 1 ms, ≥ 1,000 req/s
+per bridge process, RSS ≤ 150 MB and flat across 100,000 requests. On a shared 2-core
+machine the bridge, the upstream and this client compete for CPU: read the ratios and
+differences of one run, and "req/s per bridge CPU-second" for what one core can do.
+
+    python bench/bridge_overhead.py [--requests 100000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_seconds, percentile, rss_mb, table, write_result
+from _stack import (
+    PROVIDER,
+    SSE_CHUNKS,
+    UPSTREAM_KEY,
+    Conn,
+    Daemon,
+    bridge_env,
+    create_gateway_token,
+    free_port,
+    request_bytes,
+    serve_upstream,
+    spawn,
+    start_config_service,
+    wait_ready,
+)
+
+BARS = {
+    "added_p50_ms": 1.0,
+    "added_p99_ms": 3.0,
+    "added_ttfb_ms": 1.0,
+    "rps": 1000.0,
+    "rss_mb": 150.0,
+}
+
+
+def _body(stream: bool) -> bytes:
+    doc: dict[str, Any] = {
+        "model": "gpt-bench",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+            {
+                "role": "user",
+                "content": "Write one sentence about the benchmark of an AI gateway. " * 4,
+            },
+        ],
+        "max_tokens": 256,
+        "temperature": 0.2,
+        "stream": stream,
+    }
+    if stream:
+        doc["stream_options"] = {"include_usage": True}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    raw: dict[str, bytes]  # kind ("json" | "sse") -> request bytes
+
+
+@dataclass
+class Samples:
+    total: list[float] = field(default_factory=list)
+    ttfb: list[float] = field(default_factory=list)
+
+
+def _ms(seconds: list[float]) -> list[float]:
+    return [s * 1000 for s in seconds]
+
+
+def _check(result_status: int, size: int, kind: str, where: str) -> None:
+    if result_status != 200 or size == 0:
+        raise RuntimeError(f"{where} {kind}: status {result_status}, {size} body bytes")
+
+
+async def _sequential(targets: list[Target], rounds: int) -> dict[tuple[str, str], Samples]:
+    """`rounds` rounds of (json, sse) x (direct, bridge), order alternating per round."""
+    conns = {t.name: Conn("127.0.0.1", t.port) for t in targets}
+    samples = {(t.name, k): Samples() for t in targets for k in ("json", "sse")}
+    try:
+        for i in range(rounds):
+            for kind in ("json", "sse"):
+                for t in targets if i % 2 == 0 else reversed(targets):
+                    r = await conns[t.name].request(t.raw[kind])
+                    _check(r.status, r.size, kind, t.name)
+                    s = samples[(t.name, kind)]
+                    s.total.append(r.total)
+                    s.ttfb.append(r.ttfb)
+    finally:
+        for c in conns.values():
+            c.close()
+    return samples
+
+
+@dataclass
+class Saturation:
+    requests: int
+    seconds: float
+    errors: int
+    latencies: list[float]
+    cpu: dict[str, float]
+    rss: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else float("nan")
+
+
+async def _saturate(
+    target: Target,
+    kind: str,
+    n: int,
+    concurrency: int,
+    pids: dict[str, int],
+    rss_pid: int | None,
+) -> Saturation:
+    conns = [Conn("127.0.0.1", target.port) for _ in range(min(concurrency, max(1, n)))]
+    raw = target.raw[kind]
+    issued = 0
+    errors = 0
+    latencies: list[float] = []
+    rss: list[float] = []
+
+    async def worker(conn: Conn) -> None:
+        nonlocal issued, errors
+        while issued < n:
+            issued += 1
+            try:
+                r = await conn.request(raw)
+            except (ConnectionError, OSError):
+                errors += 1
+                continue
+            if r.status != 200:
+                errors += 1
+            latencies.append(r.total)
+
+    async def sampler() -> None:
+        while rss_pid is not None:
+            rss.append(rss_mb(rss_pid))
+            await asyncio.sleep(1.0)
+
+    for c in conns:  # connect first: the timed part is requests only
+        c.proto = await c._connect()
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    own0 = time.process_time()
+    sampling = asyncio.create_task(sampler())
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    seconds = time.perf_counter() - t0
+    sampling.cancel()
+    cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
+    cpu["client"] = time.process_time() - own0
+    for c in conns:
+        c.close()
+    return Saturation(n, seconds, errors, latencies, cpu, rss)
+
+
+def _start_upstream(gap_ms: float) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-upstream", "--sse-gap-ms", str(gap_ms)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise SystemExit("fake upstream did not start")
+    return proc, int(line)
+
+
+def _plan(total: int, rounds: int | None) -> dict[str, int]:
+    """Split the bridge's request budget between the phases."""
+    warmup = min(500, max(10, total // 20))
+    rounds = rounds if rounds is not None else min(2000, max(5, total // 20))
+    left = max(0, total - warmup - 2 * rounds)
+    sse = left // 10
+    return {"warmup": warmup, "rounds": rounds, "sat_sse": sse, "sat_json": left - sse}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--requests", type=int, default=100_000, help="bridge requests in all")
+    p.add_argument("--concurrency", type=int, default=64, help="in-flight at saturation")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="latency rounds (default min(2000, N/20))"
+    )
+    p.add_argument("--sse-gap-ms", type=float, default=0.0, help="upstream pause between chunks")
+    p.add_argument("--log-level", default="info", help="the bridge's AIBRIDGE_LOG_LEVEL")
+    p.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.sse_gap_ms / 1000)
+        return 0
+    plan = _plan(args.requests, args.rounds)
+
+    with tempfile.TemporaryDirectory(prefix="aibridge-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        upstream, up_port = _start_upstream(args.sse_gap_ms)
+        daemons: list[Daemon] = []
+        try:
+            service, target = start_config_service(tmp / "data", up_port, tmp)
+            daemons.append(service)
+            token = create_gateway_token(target)
+            bridge_port = free_port()
+            bridge = spawn(
+                "bridge", ["bridge"], bridge_env(target, bridge_port, args.log_level), tmp
+            )
+            daemons.append(bridge)
+            bridge.wait_for_log("bridge listening")
+            wait_ready(bridge_port)
+            result = _run(args, plan, up_port, bridge_port, token, upstream.pid, bridge)
+        finally:
+            for d in reversed(daemons):
+                d.stop()
+            upstream.terminate()
+            upstream.wait(10)
+    return _report(result)
+
+
+def _run(
+    args: argparse.Namespace,
+    plan: dict[str, int],
+    up_port: int,
+    bridge_port: int,
+    token: str,
+    upstream_pid: int,
+    bridge: Daemon,
+) -> dict[str, Any]:
+    import uvloop
+
+    common = {"content-type": "application/json", "accept": "application/json"}
+    direct = Target(
+        "direct",
+        up_port,
+        {
+            k: request_bytes(
+                "POST",
+                "/v1/chat/completions",
+                f"127.0.0.1:{up_port}",
+                {**common, "authorization": f"Bearer {UPSTREAM_KEY}"},
+                _body(k == "sse"),
+            )
+            for k in ("json", "sse")
+        },
+    )
+    through = Target(
+        "bridge",
+        bridge_port,
+        {
+            k: request_bytes(
+                "POST",
+                f"/{PROVIDER}/v1/chat/completions",
+                f"127.0.0.1:{bridge_port}",
+                {**common, "authorization": f"Bearer {token}"},
+                _body(k == "sse"),
+            )
+            for k in ("json", "sse")
+        },
+    )
+    pids = {"bridge": bridge.pid, "upstream": upstream_pid}
+    c = args.concurrency
+
+    async def run() -> dict[str, Any]:
+        t_start = time.perf_counter()
+        warm = await _saturate(through, "json", plan["warmup"], 8, pids, None)
+        await _saturate(direct, "json", plan["warmup"], 8, pids, None)
+        if warm.errors:
+            raise RuntimeError(f"warm-up: {warm.errors} errors; bridge log:\n{bridge.tail()}")
+        rss_before = rss_mb(bridge.pid)
+        seq = await _sequential([direct, through], plan["rounds"])
+        sat_json = await _saturate(through, "json", plan["sat_json"], c, pids, bridge.pid)
+        sat_sse = await _saturate(through, "sse", plan["sat_sse"], c, pids, bridge.pid)
+        ref_n = min(20_000, max(plan["sat_json"] // 5, 1))
+        ref = await _saturate(direct, "json", ref_n, c, pids, None)
+        rss_after = rss_mb(bridge.pid)
+        return {
+            "seq": seq,
+            "sat_json": sat_json,
+            "sat_sse": sat_sse,
+            "ref": ref,
+            "rss_before": rss_before,
+            "rss_after": rss_after,
+            "elapsed": time.perf_counter() - t_start,
+        }
+
+    raw = uvloop.run(run())
+    seq: dict[tuple[str, str], Samples] = raw["seq"]
+    sat_json: Saturation = raw["sat_json"]
+    sat_sse: Saturation = raw["sat_sse"]
+    ref: Saturation = raw["ref"]
+
+    def stats(values: list[float]) -> dict[str, float]:
+        ms = _ms(values)
+        return {"p50": percentile(ms, 50), "p99": percentile(ms, 99)}
+
+    latency: dict[str, Any] = {}
+    for kind in ("json", "sse"):
+        d, b = seq[("direct", kind)], seq[("bridge", kind)]
+        entry = {
+            "direct_ms": stats(d.total),
+            "bridge_ms": stats(b.total),
+            "direct_ttfb_ms": stats(d.ttfb),
+            "bridge_ttfb_ms": stats(b.ttfb),
+            "paired_diff_ms": stats([y - x for x, y in zip(d.total, b.total, strict=True)]),
+        }
+        for q in ("p50", "p99"):
+            entry[f"added_{q}_ms"] = entry["bridge_ms"][q] - entry["direct_ms"][q]
+            entry[f"added_ttfb_{q}_ms"] = entry["bridge_ttfb_ms"][q] - entry["direct_ttfb_ms"][q]
+        latency[kind] = entry
+    bridge_requests = plan["warmup"] + 2 * plan["rounds"] + sat_json.requests + sat_sse.requests
+
+    def sat(s: Saturation) -> dict[str, Any]:
+        bridge_cpu = s.cpu.get("bridge", 0.0)
+        return {
+            "requests": s.requests,
+            "errors": s.errors,
+            "seconds": round(s.seconds, 3),
+            "rps": round(s.rps, 1),
+            "latency_ms": stats(s.latencies),
+            "cpu_seconds": {k: round(v, 2) for k, v in s.cpu.items()},
+            "rps_per_bridge_cpu_second": round(s.requests / bridge_cpu, 1)
+            if bridge_cpu > 0.05
+            else None,
+        }
+
+    return {
+        "plan": plan,
+        "concurrency": c,
+        "sse_chunks": SSE_CHUNKS,
+        "sse_gap_ms": args.sse_gap_ms,
+        "bridge_log_level": args.log_level,
+        "bridge_requests": bridge_requests,
+        "latency": latency,
+        "saturation": {"json": sat(sat_json), "sse": sat(sat_sse), "direct_json": sat(ref)},
+        "rss_mb": {
+            "before": round(raw["rss_before"], 1),
+            "after": round(raw["rss_after"], 1),
+            "max_sampled": round(max([*sat_json.rss, *sat_sse.rss, raw["rss_after"]]), 1),
+            "samples": [round(x, 1) for x in sat_json.rss + sat_sse.rss],
+        },
+        "elapsed_seconds": round(raw["elapsed"], 1),
+        "bars": BARS,
+    }
+
+
+def _report(r: dict[str, Any]) -> int:
+    lat = r["latency"]
+    sj, ss, ref = r["saturation"]["json"], r["saturation"]["sse"], r["saturation"]["direct_json"]
+    rss = r["rss_mb"]
+
+    rows: list[list[Any]] = []
+
+    def row(label: str, value: Any, bar: float | None = None, higher: bool = False) -> None:
+        """One table line; `bar` from DESIGN §10 (None: informational)."""
+        if bar is None:
+            rows.append([label, value, "-", ""])
+            return
+        shown = f"{'>=' if higher else '<='} {bar:g}"
+        if not isinstance(value, int | float) or value != value:
+            met = "n/a"
+        else:
+            met = "yes" if (value >= bar if higher else value <= bar) else "NO"
+        rows.append([label, value, shown, met])
+
+    c = r["concurrency"]
+    row("added latency p50, JSON (ms)", lat["json"]["added_p50_ms"], 1)
+    row("added latency p99, JSON (ms)", lat["json"]["added_p99_ms"], 3)
+    row("added latency p50, SSE whole stream (ms)", lat["sse"]["added_p50_ms"], 1)
+    row("added latency p99, SSE whole stream (ms)", lat["sse"]["added_p99_ms"], 3)
+    row("added TTFB p50, SSE (ms)", lat["sse"]["added_ttfb_p50_ms"], 1)
+    row("added TTFB p99, SSE (ms)", lat["sse"]["added_ttfb_p99_ms"])
+    row(
+        "  direct / bridge p50, JSON (ms)",
+        f"{lat['json']['direct_ms']['p50']:.2f} / {lat['json']['bridge_ms']['p50']:.2f}",
+    )
+    row(f"throughput JSON, c={c} (req/s)", sj["rps"], 1000, higher=True)
+    row("  per bridge CPU-second (req/s)", sj["rps_per_bridge_cpu_second"], 1000, higher=True)
+    row(f"throughput SSE, c={c} (req/s)", ss["rps"])
+    row("  per bridge CPU-second (req/s)", ss["rps_per_bridge_cpu_second"])
+    row("  direct JSON, same client (req/s)", ref["rps"])
+    row("bridge RSS before (MB)", rss["before"], 150)
+    row(f"bridge RSS after {r['bridge_requests']} req (MB)", rss["after"], 150)
+    row("bridge RSS max sampled (MB)", rss["max_sampled"], 150)
+    row("errors at saturation", sj["errors"] + ss["errors"], 0)
+    print(table(["metric", "measured", "DESIGN §10 bar", "met"], rows))
+    print(
+        f"saturation CPU seconds (JSON): {sj['cpu_seconds']}; "
+        f"elapsed {r['elapsed_seconds']} s; bridge log level {r['bridge_log_level']}"
+    )
+    path = write_result("bridge_overhead", r)
+    print(f"wrote {path}")
+    return 1 if sj["errors"] or ss["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
