@@ -325,6 +325,13 @@ def _find(session: Session, id_or_name: str, for_update: bool = False) -> Provid
     return row
 
 
+def _name_taken(session: Session, name: str) -> bool:
+    taken = session.execute(
+        select(Provider.id).where(Provider.name == name, Provider.deleted.is_(False))
+    ).first()
+    return taken is not None
+
+
 def _keys_of(session: Session, provider_id: str) -> list[ProviderKey]:
     return list(
         session.execute(
@@ -419,10 +426,7 @@ def create_provider(db: Database, subject: Subject, spec: NewProvider) -> Provid
     _check_unique_secrets([(f"keys[{i}]", s) for i, s in enumerate(spec.keys)], {})
     try:
         with db.write() as session:
-            taken = session.execute(
-                select(Provider.id).where(Provider.name == spec.name, Provider.deleted.is_(False))
-            ).first()
-            if taken is not None:
+            if _name_taken(session, spec.name):
                 raise AlreadyExists(f"provider {spec.name!r} already exists")
             now = utcnow()
             row = Provider(

@@ -20,7 +20,9 @@ from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_pb2
 from config_service.db.models import AuditEntry, Provider, ProviderKey
-from config_service.rbac import Role
+from config_service.errors import AlreadyExists
+from config_service.rbac import SYSTEM, Role
+from config_service.store import providers
 from tests.fixtures.services import Service, StartService
 
 OPENAI = provider_pb2.PROVIDER_TYPE_OPENAI
@@ -861,3 +863,30 @@ async def test_scopes_of_admin_reads(service: Service) -> None:
         pb.GetProviderRequest(id_or_name="scoped"), metadata=service.md_for(Role.PROXY)
     )
     assert not proxy.provider.keys and proxy.provider.key_count == 1
+
+
+async def test_authorization_precedes_validation(service: Service) -> None:
+    """A role that may not write gets PERMISSION_DENIED even for an invalid request."""
+    api = stub(service)
+    for role in (Role.AUDITOR, Role.MEMBER, Role.BRIDGE, Role.PROXY):
+        md = service.md_for(role)
+        err = await rpc_error(
+            api.CreateProvider(pb.CreateProviderRequest(name="BAD!", type=99), metadata=md)  # type: ignore[arg-type]
+        )
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        err = await rpc_error(
+            api.UpdateProvider(pb.UpdateProviderRequest(id_or_name="Not Valid"), metadata=md)
+        )
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_unique_index_race_is_already_exists(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a concurrent create slips past the name check, the unique index's violation becomes ALREADY_EXISTS."""
+    await create(service, name="raced", keys=[K1])
+    monkeypatch.setattr(providers, "_name_taken", lambda session, name: False)
+    spec = providers.NewProvider(name="raced", type="openai", keys=(K2,))
+    with pytest.raises(AlreadyExists, match="'raced' already exists"):
+        await asyncio.to_thread(providers.create_provider, service.running.db, SYSTEM, spec)
+    assert len(await asyncio.to_thread(provider_rows, service)) == 1
