@@ -59,6 +59,7 @@ class Stack:
     upstream: FakeUpstream
     ca: ssl.SSLContext
     database_url: str
+    proxy_log: list[str]
 
     def proxy_url(self) -> str:
         return f"http://dev:{self.member}@{self.proxy}"
@@ -93,12 +94,12 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
 
 def _daemon(
     procs: list[subprocess.Popen[str]], args: list[str], env: dict[str, str], ready: str
-) -> dict[str, object]:
+) -> tuple[dict[str, object], list[str]]:
     popen = spawn(args, {"AIBRIDGE_LOG_FORMAT": "json", **env})
     procs.append(popen)
     record, lines = wait_for_log(popen, ready, timeout=20)
     drain(popen, lines)
-    return record
+    return record, lines
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ async def stack(
             metadata=ADMIN,
         )
     common = {"AIBRIDGE_CONFIG_SERVICE": config.target}
-    bridge = _daemon(
+    bridge, _ = _daemon(
         procs,
         ["bridge"],
         {
@@ -141,7 +142,7 @@ async def stack(
         },
         "bridge listening",
     )
-    proxy = _daemon(
+    proxy, proxy_log = _daemon(
         procs,
         ["proxy"],
         {
@@ -169,6 +170,7 @@ async def stack(
         upstream,
         ssl.create_default_context(cadata=pem),
         database_url,
+        proxy_log,
     )
 
 
@@ -214,6 +216,9 @@ async def test_sdks_reach_the_upstream_through_proxy_and_bridge(stack: Stack) ->
             assert "".join([t async for t in events.text_stream]) == "Hello"
         assert stack.upstream.seen[-1].headers["x-api-key"] == KEY_A
     _never_saw(stack, stack.member)
+    logged = "".join(stack.proxy_log)
+    assert '"event": "provider request"' in logged
+    assert stack.member not in logged and PROXY_TOKEN not in logged
 
 
 class RawClient:

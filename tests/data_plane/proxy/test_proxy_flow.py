@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from pathlib import Path
 
 import httpx
 import pytest
@@ -218,3 +219,29 @@ async def test_removed_provider_stops_being_intercepted(
             await http.get(url)
     report = await config_service.service.wait_report("2")
     assert report.applied
+
+
+async def test_dumps_are_written_with_secrets_masked(
+    config_service: ConfigServer,
+    upstream: FakeUpstream,
+    start_bridge: StartBridge,
+    start_proxy: StartProxy,
+    tmp_path: Path,
+) -> None:
+    """With a dump directory, each provider request leaves a redacted request/response pair."""
+    dumps = tmp_path / "dumps"
+    proxy = await stack(
+        config_service, upstream, start_bridge, start_proxy, AIBRIDGE_DUMP_DIR=str(dumps)
+    )
+    async with client(proxy) as http:
+        reply = await http.post(
+            f"https://localhost:{upstream.port}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": []},
+        )
+    assert reply.status_code == 200
+    (req,) = (dumps / "openai" / "gpt-test").glob("*.req.txt")
+    resp = req.with_name(req.name.replace(".req.", ".resp."))
+    text = req.read_text()
+    assert "POST /openai/v1/chat/completions" in text
+    assert MEMBER_TOKEN not in text and "Authorization: Bear..." in text
+    assert resp.read_text().startswith("HTTP/1.1 200")
