@@ -5,11 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from config_service.commands.common import load, parser
 from config_service.errors import ConfigError
 from config_service.seed.apply import SeedConflict
 from config_service.seed.env import SeedConfigError
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """uvloop when available: it cuts the per-stream cost of a snapshot fan-out."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 def main(argv: list[str], prog: str = "aibridge config-service") -> int:
@@ -24,7 +36,7 @@ def main(argv: list[str], prog: str = "aibridge config-service") -> int:
     from config_service.server import serve
 
     try:
-        asyncio.run(serve(settings, os.environ))
+        run(serve(settings, os.environ))
     except (SeedConflict, SeedConfigError) as exc:
         print("aibridge: seeding providers from the environment failed:", file=sys.stderr)
         for problem in exc.problems:
