@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 from urllib.parse import urlsplit
 
 import h11
@@ -71,8 +72,8 @@ class FrontDoor:
             self.shared.metrics.refused.labels("bad_request").inc()
             if stream.conn.our_state is h11.SEND_RESPONSE:
                 await stream.error(exc.error_status_hint, "malformed request", close=True)
-        except (ConnectionError, OSError, ClientGone):
-            pass  # the client left; nothing to answer
+        except (ConnectionError, OSError, ClientGone, TooLarge):
+            pass  # the client left (or sent an oversized body to a refusal): just close
         finally:
             await stream.close()
 
@@ -121,7 +122,7 @@ class FrontDoor:
             ctx = await shared.leaves.context(host)
             # Stop reading until start_tls takes over the socket: a ClientHello read into
             # the plain stream's buffer meanwhile would be lost to the TLS layer.
-            stream.writer.transport.pause_reading()
+            cast(asyncio.Transport, stream.writer.transport).pause_reading()
             await stream.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
             early, _closed = stream.conn.trailing_data
             if early:  # a ClientHello sent before our 200 cannot be fed to start_tls
