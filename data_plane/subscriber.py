@@ -132,7 +132,13 @@ class Subscriber:
                     request = cs.WatchProvidersRequest(
                         node_id=self.config.node_id, known_version=self.state.applied_version
                     )
-                    call = stub.WatchProviders(request, metadata=self._metadata)
+                    # wait_for_ready: while the channel is reconnecting (its own 50 ms..10 s
+                    # backoff) the call waits for it instead of failing at once; failing
+                    # fast would double our delay too, and the two backoffs compound
+                    # (seconds of lag after the config service is back).
+                    call = stub.WatchProviders(
+                        request, metadata=self._metadata, wait_for_ready=True
+                    )
                     async for response in call:
                         if not self.state.connected:
                             log.info(

@@ -73,6 +73,10 @@ class ConfigServicer:
         scope = scope_for(subject)
         state = self._registry.add(node_id, subject.role, subject.principal_id, context.peer())
         known = request.known_version
+        if known and known == self._hub.entry(scope).version:
+            # A resume (restart, other replica) with the current version: nothing is sent,
+            # so no ACK follows; the subscriber already applied it, say so in ListSubscribers.
+            state.version_sent = state.version_acked = known
         sent = self._metrics.snapshots_sent.labels(scope=scope.value)
         try:
             while True:

@@ -1,0 +1,627 @@
+"""Shared tools of the resilience tests: real processes, a raw fake upstream, a cuttable
+TCP proxy, a stream-guarantees recorder, admin helpers and secret scanners.
+
+Everything here talks to real sockets; nothing is mocked. Processes are started with the
+same `spawn` as the rest of the suite and collected by `Procs`, which kills them all at
+teardown (also when a test fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
+from aibridge.config.v1 import provider_admin_service_pb2 as ppb
+from aibridge.config.v1 import provider_admin_service_pb2_grpc as ppb_grpc
+from aibridge.config.v1 import provider_pb2 as pb
+from aibridge.config.v1 import token_admin_service_pb2 as tpb
+from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
+from aibridge.config.v1 import token_pb2
+from tests.fixtures.services import (
+    ADMIN_TOKEN,
+    BRIDGE_TOKEN,
+    PROXY_TOKEN,
+    base_env,
+    drain,
+    spawn,
+)
+
+ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+BRIDGE_MD = (("authorization", f"Bearer {BRIDGE_TOKEN}"),)
+PROXY_MD = (("authorization", f"Bearer {PROXY_TOKEN}"),)
+NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def eventually(
+    condition: Callable[[], object | Awaitable[object]], within: float = 10.0, every: float = 0.02
+) -> float:
+    """Poll until `condition()` is truthy; return how long it took."""
+    started = time.monotonic()
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(every)
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+@dataclass
+class Proc:
+    """A running `aibridge <command>` with its stderr (JSON log lines) collected."""
+
+    name: str
+    popen: subprocess.Popen[str]
+    lines: list[str]
+    ready: dict[str, Any]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in list(self.lines):
+            with contextlib.suppress(json.JSONDecodeError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("event") == event]
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful anything."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+def _wait_ready(popen: subprocess.Popen[str], event: str, timeout: float) -> tuple[dict, list]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert popen.stderr is not None
+    while time.monotonic() < deadline:
+        line = popen.stderr.readline()
+        if not line:
+            if popen.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("event") == event:
+                return record, lines
+    raise AssertionError(f"no {event!r} log line; output:\n{''.join(lines)}")
+
+
+class Procs:
+    """Starts real daemons; `close()` (fixture teardown) kills every one still running."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.all: list[Proc] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str], ready: str) -> Proc:
+        popen = spawn(args, env)
+        try:
+            record, lines = _wait_ready(popen, ready, 30)
+        except AssertionError:
+            popen.kill()
+            popen.wait()
+            raise
+        proc = Proc(name, popen, lines, record)
+        drain(popen, lines)
+        self.all.append(proc)
+        return proc
+
+    def config_service(
+        self, database_url: str, port: int = 0, data_dir: str = "cs", **env: str
+    ) -> Proc:
+        full = base_env(database_url, self.tmp / data_dir)
+        full["AIBRIDGE_GRPC_LISTEN"] = f"127.0.0.1:{port}"
+        full.update(env)
+        proc = self.start("config-service", ["config-service"], full, "config service ready")
+        proc.ready["target"] = "127.0.0.1:" + str(proc.ready["listen"]).rsplit(":", 1)[1]
+        return proc
+
+    def bridge(self, target: str, node_id: str = "bridge-1", **env: str) -> Proc:
+        full = {
+            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_CONFIG_SERVICE": target,
+            "AIBRIDGE_NODE_ID": node_id,
+            "AIBRIDGE_LOG_FORMAT": "json",
+            **env,
+        }
+        return self.start("bridge", ["bridge"], full, "bridge listening")
+
+    def proxy(self, target: str, bridge_url: str, node_id: str = "proxy-1", **env: str) -> Proc:
+        full = {
+            "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
+            "AIBRIDGE_PROXY_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_CONFIG_SERVICE": target,
+            "AIBRIDGE_PROXY_BRIDGE_URL": bridge_url,
+            "AIBRIDGE_DATA_DIR": str(self.tmp / f"{node_id}-data"),
+            "AIBRIDGE_NODE_ID": node_id,
+            "AIBRIDGE_LOG_FORMAT": "json",
+            # The fake upstream listens on a loopback port: let plain tunnels reach it.
+            "AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS": "127.0.0.0/8",
+            **env,
+        }
+        return self.start("proxy", ["proxy"], full, "proxy ready")
+
+    def close(self) -> None:
+        for proc in self.all:
+            with contextlib.suppress(Exception):
+                proc.stop()
+        for proc in self.all:
+            with contextlib.suppress(Exception):
+                proc.kill()
+
+
+def bridge_url(proc: Proc) -> str:
+    return str(proc.ready["url"])
+
+
+# ------------------------------------------------------------------------- fake upstream
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else {}
+
+
+Handler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def http_response(status: int, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()) -> bytes:
+    head = [f"HTTP/1.1 {status} X"]
+    names = {k.lower() for k, _ in headers}
+    if "content-type" not in names:
+        head.append("content-type: application/json")
+    head += [f"{k}: {v}" for k, v in headers]
+    head.append(f"content-length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def chat_completion(model: str = "gpt-test") -> bytes:
+    return json.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+        }
+    ).encode()
+
+
+async def ok_handler(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    w.write(http_response(200, chat_completion(str(req.json().get("model", "")))))
+    await w.drain()
+
+
+class RawUpstream:
+    """An HTTP/1.1 upstream on raw sockets, so a test can misbehave at will (stall,
+    reset mid-stream, storms); `handlers` maps the first path segment to a handler."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+        self.default: Handler = ok_handler
+        self.seen: list[Request] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.open_connections = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> RawUpstream:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        self.open_connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                req = Request(method, target, headers, body)
+                self.seen.append(req)
+                first = target.lstrip("/").split("/", 1)[0]
+                await self.handlers.get(first, self.default)(req, reader, writer)
+                if writer.is_closing():
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return  # cancelled at stop(): end quietly (asyncio logs a cancelled handler)
+        finally:
+            self.open_connections -= 1
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Abort the connection with a TCP RST (SO_LINGER 0), not a clean FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    writer.transport.abort()
+
+
+# ------------------------------------------------------------------------ TCP fault proxy
+
+
+class TcpProxy:
+    """A TCP forwarder a test can cut (close every connection, refuse new ones) and
+    restore. With several targets it fails over: each new connection goes to the first
+    target that accepts it."""
+
+    def __init__(self, targets: Sequence[tuple[str, int]]) -> None:
+        self.targets = list(targets)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self._pairs: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.connections = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> TcpProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def cut(self) -> None:
+        """Stop listening (new connections are refused) and reset every open one."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for writer in list(self._pairs):
+            with contextlib.suppress(Exception):
+                reset(writer)
+        self._pairs.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream = None
+        for host, port in self.targets:
+            try:
+                upstream = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+                break
+            except (OSError, TimeoutError):
+                continue
+        if upstream is None:
+            reset(writer)
+            return
+        self.connections += 1
+        up_reader, up_writer = upstream
+        self._pairs.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        tasks = [
+            asyncio.ensure_future(pipe(reader, up_writer)),
+            asyncio.ensure_future(pipe(up_reader, writer)),
+        ]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._tasks.difference_update(tasks)
+            self._pairs.discard(writer)
+            self._pairs.discard(up_writer)
+
+
+# ------------------------------------------------------------- stream guarantees checker
+
+
+def check_snapshot(snap: cs.ProviderSnapshot, scope: int) -> list[str]:
+    """Problems with one snapshot: whole, sorted, unique, statused, scoped."""
+    problems = []
+    where = f"version {snap.version}"
+    if not snap.version or not snap.version.isdigit():
+        problems.append(f"{where}: version is not a revision number")
+    if snap.scope != scope:
+        problems.append(f"{where}: scope {snap.scope} != {scope}")
+    names = [p.name for p in snap.providers]
+    if names != sorted(names):
+        problems.append(f"{where}: providers not sorted by name: {names}")
+    if len(set(names)) != len(names):
+        problems.append(f"{where}: duplicate provider names: {names}")
+    for p in snap.providers:
+        if not NAME_RE.match(p.name) or not p.id:
+            problems.append(f"{where}: provider {p.name!r} lacks a valid name or id")
+        if p.status == pb.PROVIDER_STATUS_UNSPECIFIED:
+            problems.append(f"{where}: provider {p.name!r} has no status")
+        if p.status == pb.PROVIDER_STATUS_ERROR and not p.status_reason:
+            problems.append(f"{where}: provider {p.name!r} is ERROR without a reason")
+        secrets = [k.secret for k in p.keys if k.secret]
+        bedrock_secret = p.bedrock.access_key_secret if p.HasField("bedrock") else ""
+        if scope != cs.SNAPSHOT_SCOPE_BRIDGE and (secrets or bedrock_secret):
+            problems.append(f"{where}: key material outside the bridge scope in {p.name!r}")
+        if scope == cs.SNAPSHOT_SCOPE_PROXY and (p.keys or (p.bedrock.access_key_hint)):
+            problems.append(f"{where}: the proxy scope carries keys or hints for {p.name!r}")
+        unusable = p.status != pb.PROVIDER_STATUS_ENABLED
+        if scope == cs.SNAPSHOT_SCOPE_BRIDGE and unusable and (secrets or bedrock_secret):
+            problems.append(f"{where}: unusable provider {p.name!r} carries secrets")
+    if scope == cs.SNAPSHOT_SCOPE_METADATA and snap.gateway_tokens:
+        problems.append(f"{where}: gateway tokens in the metadata scope")
+    return problems
+
+
+@dataclass
+class StreamRecorder:
+    """A raw WatchProviders client that records every snapshot it receives, reconnects
+    (with `known_version`, like a daemon) and checks the stream's guarantees."""
+
+    target: str
+    metadata: tuple[tuple[str, str], ...] = BRIDGE_MD
+    scope: int = cs.SNAPSHOT_SCOPE_BRIDGE
+    node_id: str = "recorder"
+    received: list[tuple[float, cs.ProviderSnapshot]] = field(default_factory=list)
+    reconnects: int = 0
+    errors: list[str] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def versions(self) -> list[str]:
+        return [s.version for _, s in self.received]
+
+    @property
+    def version(self) -> str:
+        return self.received[-1][1].version if self.received else ""
+
+    def start(self) -> StreamRecorder:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            channel = grpc.aio.insecure_channel(
+                self.target,
+                options=[
+                    ("grpc.initial_reconnect_backoff_ms", 50),
+                    ("grpc.min_reconnect_backoff_ms", 50),
+                    ("grpc.max_reconnect_backoff_ms", 200),
+                ],
+            )
+            try:
+                stub = cs_grpc.ConfigServiceStub(channel)
+                call = stub.WatchProviders(
+                    cs.WatchProvidersRequest(node_id=self.node_id, known_version=self.version),
+                    metadata=self.metadata,
+                )
+                async for response in call:
+                    self.received.append((time.monotonic(), response.snapshot))
+                    self._changed.set()
+            except grpc.aio.AioRpcError as exc:
+                self.errors.append(exc.code().name)
+            finally:
+                await channel.close()
+            self.reconnects += 1
+            await asyncio.sleep(0.05)
+
+    async def wait_for(self, version: str, within: float = 10.0) -> float:
+        """Until a snapshot at `version` or later arrived; returns the wait."""
+        return await eventually(
+            lambda: self.version and int(self.version) >= int(version), within, 0.005
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def check(self, final_revision: int | None = None) -> None:
+        """Versions strictly increase, every snapshot is whole and scoped, none is last-but-stale."""
+        problems = []
+        versions = [int(v) for v in self.versions]
+        for before, after in itertools.pairwise(versions):
+            if after <= before:
+                problems.append(f"version went from {before} to {after}: {versions}")
+        for _, snap in self.received:
+            problems += check_snapshot(snap, self.scope)
+        if final_revision is not None and (not versions or versions[-1] != final_revision):
+            problems.append(f"last version {versions[-1:]} != database revision {final_revision}")
+        assert not problems, "\n".join(problems)
+
+
+def database_revision(database_url: str) -> int:
+    """The committed revision, read with SQL straight from the database."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT revision FROM revision")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def dump_database_text(database_url: str) -> bytes:
+    """Every column of every table as text (a pg_dump / raw-file equivalent for scans)."""
+    engine = create_engine(database_url)
+    chunks: list[bytes] = []
+    try:
+        with engine.connect() as conn:
+            for table in inspect(conn).get_table_names():
+                for row in conn.execute(text(f'SELECT * FROM "{table}"')):  # noqa: S608
+                    chunks.append(repr(tuple(row)).encode())
+    finally:
+        engine.dispose()
+    return b"\n".join(chunks)
+
+
+def sqlite_files(database_url: str) -> list[Path]:
+    path = Path(str(make_url(database_url).database))
+    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")) if p.exists()]
+
+
+# --------------------------------------------------------------------------- admin helpers
+
+
+class Admin:
+    """Async admin calls against one config service target."""
+
+    def __init__(self, target: str, md: tuple[tuple[str, str], ...] = ADMIN_MD) -> None:
+        self.target = target
+        self.md = md
+        self.channel = grpc.aio.insecure_channel(target)
+        self.providers = ppb_grpc.ProviderAdminServiceStub(self.channel)
+        self.tokens = tpb_grpc.TokenAdminServiceStub(self.channel)
+        self.config = cs_grpc.ConfigServiceStub(self.channel)
+        self.responses: list[bytes] = []  # every admin answer, serialized, for scans
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def create_provider(
+        self, name: str, ptype: int, base_url: str, keys: Iterable[str] = (), **kw: Any
+    ) -> pb.Provider:
+        response = await self.providers.CreateProvider(
+            ppb.CreateProviderRequest(
+                name=name, type=ptype, base_url=base_url, keys=list(keys), **kw
+            ),
+            metadata=self.md,
+            timeout=10,
+        )
+        self.responses.append(response.SerializeToString())
+        return response.provider
+
+    async def create_token(self, name: str, role: int = token_pb2.ROLE_MEMBER) -> str:
+        response = await self.tokens.CreateToken(
+            tpb.CreateTokenRequest(principal_name=name, role=role), metadata=self.md, timeout=10
+        )
+        return str(response.secret)
+
+    async def snapshot(self, md: tuple[tuple[str, str], ...]) -> cs.ProviderSnapshot:
+        response = await self.config.GetProviderSnapshot(
+            cs.GetProviderSnapshotRequest(), metadata=md, timeout=10
+        )
+        return response.snapshot
+
+    async def version(self) -> int:
+        return int((await self.snapshot(BRIDGE_MD)).version)
+
+    async def subscribers(self) -> dict[str, cs.Subscriber]:
+        response = await self.config.ListSubscribers(
+            cs.ListSubscribersRequest(), metadata=self.md, timeout=10
+        )
+        return {s.node_id: s for s in response.subscribers}
+
+
+def scan(haystacks: dict[str, bytes], needles: Iterable[str]) -> list[str]:
+    """Where any needle occurs (as UTF-8 bytes): 'place: needle-fragment'."""
+    hits = []
+    for where, data in haystacks.items():
+        for needle in needles:
+            if needle.encode() in data:
+                hits.append(f"{where}: {needle[:6]}...")
+    return hits
+
+
+def walk_files(root: Path) -> list[Path]:
+    return [Path(d) / f for d, _, files in os.walk(root) for f in files]

@@ -1,0 +1,413 @@
+"""Fault injection with real processes: config service killed and restarted, bridge
+restarted from its cache, database cut, replica death; every stream checked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.config.v1 import provider_pb2 as pb
+from tests.resilience.conftest import schema_url
+from tests.resilience.harness import (
+    PROXY_MD,
+    Admin,
+    Proc,
+    Procs,
+    RawUpstream,
+    StreamRecorder,
+    TcpProxy,
+    bridge_url,
+    database_revision,
+    eventually,
+    free_port,
+)
+
+POOL_KEY = "sk-resilience-pool-key-0000000000000000"
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass
+class Traffic:
+    """A client loop through the bridge; every non-200 answer or error is kept."""
+
+    url: str
+    token: str
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> Traffic:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def _run(self) -> None:
+        headers = {"authorization": f"Bearer {self.token}"}
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10) as http:
+            while True:
+                try:
+                    response = await http.post("/openai/v1/chat/completions", json=CHAT)
+                    if response.status_code == 200:
+                        self.ok += 1
+                    else:
+                        self.failures.append(f"{response.status_code} {response.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def readyz(proc: Proc) -> tuple[int, str]:
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(bridge_url(proc) + "/readyz")
+        return response.status_code, str(response.json().get("version", ""))
+
+
+async def on_version(proc: Proc, version: int) -> bool:
+    status, current = await readyz(proc)
+    return status == 200 and current == str(version)
+
+
+async def acked(admin: Admin, nodes: list[str], version: int) -> bool:
+    try:
+        subs = await admin.subscribers()
+    except grpc.aio.AioRpcError:
+        return False
+    return all(n in subs and subs[n].version_acked == str(version) for n in nodes)
+
+
+async def seed_stack(admin: Admin, upstream: RawUpstream) -> str:
+    await admin.create_provider(
+        "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
+    )
+    return await admin.create_token("alice")
+
+
+def applied_versions(proc: Proc) -> list[int]:
+    return [int(r["version"]) for r in proc.events("snapshot applied")]
+
+
+async def test_config_service_killed_under_traffic(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL and restart of the config service under steady bridge traffic loses no request and the bridge and proxy are back on the current version within about a second."""
+    port = free_port()
+    first = await asyncio.to_thread(procs.config_service, sqlite_url, port)
+    target = first.ready["target"]
+    admin = Admin(target)
+    member = await seed_stack(admin, upstream)
+    cache = tmp_path / "bridge-cache.pb"
+    bridge = await asyncio.to_thread(
+        procs.bridge, target, "bridge-1", AIBRIDGE_SNAPSHOT_CACHE=str(cache)
+    )
+    proxy = await asyncio.to_thread(procs.proxy, target, bridge_url(bridge), "proxy-1")
+    bridge_rec = StreamRecorder(target, node_id="rec-bridge").start()
+    proxy_rec = StreamRecorder(
+        target, PROXY_MD, cs.SNAPSHOT_SCOPE_PROXY, node_id="rec-proxy"
+    ).start()
+    traffic = None
+    try:
+        version = await admin.version()
+        await eventually(lambda: on_version(bridge, version))
+        traffic = Traffic(bridge_url(bridge), member).start()
+        await eventually(lambda: traffic.ok >= 10)
+        await admin.create_token("before-kill")
+        version = await admin.version()
+        await eventually(lambda: acked(admin, ["bridge-1", "proxy-1"], version), within=5)
+
+        first.kill()
+        await asyncio.sleep(0.5)  # traffic keeps flowing with no config service
+        served_while_down = traffic.ok
+        second = await asyncio.to_thread(procs.config_service, sqlite_url, port)
+        restarted = time.monotonic()
+        await admin.close()
+        admin = Admin(target)
+        back = await eventually(
+            lambda: acked(admin, ["bridge-1", "proxy-1"], version), within=10, every=0.01
+        )
+        await admin.create_token("after-restart")
+        new_version = await admin.version()
+        await eventually(lambda: on_version(bridge, new_version), within=5, every=0.01)
+        caught_up = time.monotonic() - restarted
+        await eventually(lambda: acked(admin, ["bridge-1", "proxy-1"], new_version), within=5)
+        await eventually(lambda: traffic.ok > served_while_down + 10)
+        await traffic.stop()
+        traffic = None
+        final = database_revision(sqlite_url)
+        assert final == new_version
+        await bridge_rec.wait_for(str(final))
+        await proxy_rec.wait_for(str(final))
+    finally:
+        if traffic is not None:
+            await traffic.stop()
+        await bridge_rec.stop()
+        await proxy_rec.stop()
+        await admin.close()
+    assert second.popen.poll() is None
+    assert traffic is None
+    assert back < 1.5, f"subscribers took {back:.2f}s to resubscribe after the restart"
+    assert caught_up < 2.0, f"bridge on the new version {caught_up:.2f}s after the restart"
+    bridge_rec.check(final)
+    proxy_rec.check(final)
+    assert bridge_rec.reconnects >= 1 and proxy_rec.reconnects >= 1
+    for daemon in (bridge, proxy):
+        seen = applied_versions(daemon)
+        assert seen == sorted(seen) and seen[-1] == final, seen
+
+
+async def test_bridge_restarted_while_config_service_down_serves_from_cache(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A bridge started while the config service is down serves its AIBRIDGE_SNAPSHOT_CACHE snapshot and resumes from it when the service returns."""
+    port = free_port()
+    first = await asyncio.to_thread(procs.config_service, sqlite_url, port)
+    target = first.ready["target"]
+    admin = Admin(target)
+    try:
+        member = await seed_stack(admin, upstream)
+        version = await admin.version()
+    finally:
+        await admin.close()
+    cache = tmp_path / "bridge-cache.pb"
+    bridge = await asyncio.to_thread(
+        procs.bridge, target, "bridge-1", AIBRIDGE_SNAPSHOT_CACHE=str(cache)
+    )
+    await eventually(lambda: on_version(bridge, version))
+    await eventually(cache.exists)
+    first.kill()
+    bridge.kill()
+
+    again = await asyncio.to_thread(
+        procs.bridge, target, "bridge-1", AIBRIDGE_SNAPSHOT_CACHE=str(cache)
+    )
+    assert await readyz(again) == (200, str(version))
+    headers = {"authorization": f"Bearer {member}"}
+    async with httpx.AsyncClient(base_url=bridge_url(again), headers=headers) as http:
+        for _ in range(5):
+            response = await http.post("/openai/v1/chat/completions", json=CHAT)
+            assert response.status_code == 200, response.text
+    assert upstream.seen[-1].headers["authorization"] == f"Bearer {POOL_KEY}"
+
+    await asyncio.to_thread(procs.config_service, sqlite_url, port)
+    admin = Admin(target)
+    try:
+        await eventually(lambda: acked(admin, ["bridge-1"], version))
+        await admin.create_token("after")
+        new_version = await admin.version()
+        await eventually(lambda: on_version(again, new_version), within=5)
+    finally:
+        await admin.close()
+    seen = applied_versions(again)
+    assert seen == [version, new_version], seen
+
+
+# ------------------------------------------------------------------------ database cut
+
+
+@dataclass
+class Writer:
+    """Creates tokens in a loop; keeps the names acknowledged and how each failure looked."""
+
+    admin: Admin
+    acked: list[str] = field(default_factory=list)
+    failed: list[tuple[str, float]] = field(default_factory=list)  # (code, seconds)
+    _task: asyncio.Task[None] | None = None
+    _n: int = 0
+
+    def start(self) -> Writer:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            self._n += 1
+            name = f"w-{self._n}"
+            started = time.monotonic()
+            try:
+                await self.admin.create_token(name)
+                self.acked.append(name)
+            except grpc.aio.AioRpcError as exc:
+                self.failed.append((exc.code().name, time.monotonic() - started))
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def principals_in(database_url: str) -> set[str]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return {str(n) for n in conn.execute(text("SELECT name FROM principals")).scalars()}
+    finally:
+        engine.dispose()
+
+
+async def test_database_unreachable(
+    procs: Procs, pg_schema: tuple[str, str], upstream: RawUpstream
+) -> None:
+    """With PostgreSQL cut off, open streams keep the last snapshot, writes fail fast with UNAVAILABLE, recovery is automatic and every acknowledged write survives."""
+    base, schema = pg_schema
+    direct = schema_url(base, schema)
+    database_host = create_engine(base).url
+    db_proxy = await TcpProxy(
+        [(database_host.host or "127.0.0.1", database_host.port or 5432)]
+    ).start()
+    via_proxy = schema_url(base, schema, db_proxy.port)
+    service = await asyncio.to_thread(
+        procs.config_service, via_proxy, 0, "cs", AIBRIDGE_RESYNC_INTERVAL="1s"
+    )
+    target = service.ready["target"]
+    admin = Admin(target)
+    member = await seed_stack(admin, upstream)
+    bridge = await asyncio.to_thread(procs.bridge, target, "bridge-1")
+    recorder = StreamRecorder(target).start()
+    writer = Writer(admin)
+    try:
+        version = await admin.version()
+        await eventually(lambda: on_version(bridge, version))
+        writer.start()
+        await eventually(lambda: len(writer.acked) >= 5)
+        await db_proxy.cut()
+        cut_at = len(writer.failed)
+        await eventually(lambda: len(writer.failed) >= cut_at + 3, within=30)
+        # While the database is away: the stream stays open, the snapshot is served.
+        last = recorder.version
+        snap = await admin.snapshot(PROXY_MD)
+        assert snap.version == last
+        reconnects = recorder.reconnects
+        headers = {"authorization": f"Bearer {member}"}
+        async with httpx.AsyncClient(base_url=bridge_url(bridge), headers=headers) as http:
+            response = await http.post("/openai/v1/chat/completions", json=CHAT)
+            assert response.status_code == 200
+        await asyncio.sleep(1.5)  # a resync period passes with the database away
+        assert recorder.reconnects == reconnects, recorder.errors
+        acked_before_restore = len(writer.acked)
+        await db_proxy.restore()
+        recovered = await eventually(
+            lambda: len(writer.acked) >= acked_before_restore + 3, within=20
+        )
+        await writer.stop()
+        final = await asyncio.to_thread(database_revision, direct)
+        await recorder.wait_for(str(final), within=10)
+        await eventually(lambda: on_version(bridge, final), within=10)
+    finally:
+        with contextlib.suppress(AssertionError):
+            await writer.stop()
+        await recorder.stop()
+        await admin.close()
+        await db_proxy.close()
+    during_cut = writer.failed[cut_at:]
+    assert {code for code, _ in during_cut} == {"UNAVAILABLE"}, during_cut
+    assert max(seconds for _, seconds in during_cut) < 10, during_cut
+    assert recovered < 15
+    missing = set(writer.acked) - await asyncio.to_thread(principals_in, direct)
+    assert not missing, f"acknowledged writes lost: {sorted(missing)}"
+    recorder.check(final)
+
+
+# ------------------------------------------------------------------------ replica death
+
+
+async def test_replica_dies_subscriber_resumes_on_the_other(
+    procs: Procs, pg_url: str, upstream: RawUpstream
+) -> None:
+    """When the replica a bridge follows is killed, the bridge (through a failover TCP front) resumes on the other replica with known_version and no version goes backwards."""
+    a = await asyncio.to_thread(procs.config_service, pg_url, 0, "a", AIBRIDGE_REPLICA_ID="a")
+    b = await asyncio.to_thread(procs.config_service, pg_url, 0, "b", AIBRIDGE_REPLICA_ID="b")
+    a_port = int(a.ready["target"].rsplit(":", 1)[1])
+    b_port = int(b.ready["target"].rsplit(":", 1)[1])
+    front = await TcpProxy([("127.0.0.1", a_port), ("127.0.0.1", b_port)]).start()
+    admin_a, admin_b = Admin(a.ready["target"]), Admin(b.ready["target"])
+    member = await seed_stack(admin_a, upstream)
+    bridge = await asyncio.to_thread(procs.bridge, front.address, "bridge-1")
+    recorder = StreamRecorder(front.address).start()
+    traffic = None
+    try:
+        version = await admin_a.version()
+        await eventually(lambda: acked(admin_a, ["bridge-1"], version))
+        traffic = Traffic(bridge_url(bridge), member).start()
+        for name in ("one", "two"):
+            await admin_a.create_token(name)
+        version = await admin_a.version()
+        await eventually(lambda: acked(admin_a, ["bridge-1"], version))
+        a.kill()
+        await eventually(lambda: acked(admin_b, ["bridge-1"], version), within=10)
+        await admin_b.create_token("three")
+        final = await admin_b.version()
+        await eventually(lambda: on_version(bridge, final), within=5)
+        await eventually(lambda: acked(admin_b, ["bridge-1"], final), within=5)
+        await recorder.wait_for(str(final))
+        await traffic.stop()
+        traffic_failures = traffic.failures
+        traffic = None
+    finally:
+        if traffic is not None:
+            await traffic.stop()
+        await recorder.stop()
+        await admin_a.close()
+        await admin_b.close()
+        await front.close()
+    assert final == await asyncio.to_thread(database_revision, pg_url)
+    assert not traffic_failures, traffic_failures[:5]
+    recorder.check(final)
+    seen = applied_versions(bridge)
+    assert seen == sorted(set(seen)) and seen[-1] == final, seen
+    # Resumed with known_version: the version it already had was not sent again.
+    assert seen.count(version) == 1
+    resumed = [r for r in bridge.events("following the config service")]
+    assert any(r.get("known_version") == str(version) for r in resumed), resumed
+
+
+@pytest.mark.slow
+async def test_config_service_killed_repeatedly(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str
+) -> None:
+    """Ten kill/restart cycles with writes in between never fail a client request nor move a version backwards."""
+    port = free_port()
+    service = await asyncio.to_thread(procs.config_service, sqlite_url, port)
+    target = service.ready["target"]
+    admin = Admin(target)
+    member = await seed_stack(admin, upstream)
+    bridge = await asyncio.to_thread(procs.bridge, target, "bridge-1")
+    recorder = StreamRecorder(target).start()
+    traffic = Traffic(bridge_url(bridge), member).start()
+    try:
+        for cycle in range(10):
+            await admin.create_token(f"cycle-{cycle}")
+            version = await admin.version()
+            await eventually(lambda v=version: on_version(bridge, v), within=5)
+            service.kill()
+            await asyncio.sleep(0.2 * (cycle % 3))
+            service = await asyncio.to_thread(procs.config_service, sqlite_url, port)
+            await admin.close()
+            admin = Admin(target)
+        final = database_revision(sqlite_url)
+        await eventually(lambda: acked(admin, ["bridge-1"], final), within=10)
+        await recorder.wait_for(str(final))
+        await traffic.stop()
+    finally:
+        with contextlib.suppress(AssertionError):
+            await traffic.stop()
+        await recorder.stop()
+        await admin.close()
+    assert not traffic.failures, traffic.failures[:5]
+    recorder.check(final)
+    seen = applied_versions(bridge)
+    assert seen == sorted(seen), seen
