@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import time
 from collections.abc import Generator
 from typing import Literal
 
 import httpx
 import uvicorn
+from httpx._utils import get_environment_proxies
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
@@ -23,6 +25,7 @@ from data_plane.bridge.dump import Dumper
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.routing import BuildContext, build_table
 from data_plane.bridge.settings import BridgeSettings
+from data_plane.bridge.transport import UpstreamTransport
 from data_plane.bridge.upstream import BedrockFactory
 from data_plane.subscriber import Subscriber, SubscriberConfig
 
@@ -30,15 +33,27 @@ log = get_logger(__name__)
 
 
 def make_http_client() -> httpx.AsyncClient:
-    """One pooled client for every upstream (HTTP/1.1 keep-alive; no h2 installed)."""
+    """One client for every upstream: HTTP/1.1 keep-alive over `UpstreamTransport`.
+
+    Proxies from the environment (HTTPS_PROXY, NO_PROXY...) are honoured as httpx
+    does with trust_env: matching URLs go through httpx's own proxy transports.
+    Cookies are never stored: the client is shared by every user of the bridge.
+    """
+    limits = httpx.Limits(
+        max_connections=2000, max_keepalive_connections=500, keepalive_expiry=60.0
+    )
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+        key: None if url is None else httpx.AsyncHTTPTransport(proxy=url, limits=limits)
+        for key, url in get_environment_proxies().items()
+    }
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0),
-        limits=httpx.Limits(
-            max_connections=2000, max_keepalive_connections=500, keepalive_expiry=60.0
-        ),
+        transport=UpstreamTransport(max_connections=2000, max_keepalive=500, keepalive_expiry=60.0),
+        mounts=mounts,
         follow_redirects=False,
-        trust_env=True,  # honour HTTPS_PROXY / NO_PROXY for egress
+        trust_env=True,
     )
+    client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     # Forward exactly the client's headers: drop httpx's defaults (User-Agent, Accept...).
     for name in ("user-agent", "accept", "accept-encoding"):
         del client.headers[name]
