@@ -195,7 +195,7 @@ def banner(
     proxy_addr: str,
     grpc_target: str,
     user_token: str,
-    admin_token: str,
+    secrets_file: Path,
     ca_path: Path | None,
     providers: list[tuple[str, int]],
 ) -> str:
@@ -218,14 +218,16 @@ def banner(
     ]
     openai = openai_like[0] if openai_like else "openai"
     anthropic = anthropic_like[0] if anthropic_like else "anthropic"
+    missing_openai = "" if openai_like else "  # no OpenAI-style provider yet"
+    missing_anthropic = "" if anthropic_like else "  # no Anthropic provider yet"
     lines = [
         "",
         "AI Bridge is up: config service, bridge and proxy are ready.",
         "",
         "# Paste into a shell to point the SDKs, Claude Code and Codex at the bridge:",
-        f"export OPENAI_BASE_URL={bridge_url}/{openai}/v1",
+        f"export OPENAI_BASE_URL={bridge_url}/{openai}/v1{missing_openai}",
         f"export OPENAI_API_KEY={user_token}",
-        f"export ANTHROPIC_BASE_URL={bridge_url}/{anthropic}",
+        f"export ANTHROPIC_BASE_URL={bridge_url}/{anthropic}{missing_anthropic}",
         f"export ANTHROPIC_API_KEY={user_token}",
         "# Claude Code reads ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY as above.",
         f'# Codex: in ~/.codex/config.toml set base_url = "{bridge_url}/{openai}/v1", '
@@ -241,26 +243,25 @@ def banner(
         ]
     lines += [
         "",
-        "# Watch the provider snapshot (server reflection):",
-        f"grpcurl -plaintext -H 'authorization: Bearer {admin_token}' "
-        f'-d \'{{"node_id":"me"}}\' {grpc_target} aibridge.config.v1.ConfigService/WatchProviders',
-        f"# or: AIBRIDGE_CONFIG_SERVICE={grpc_target} AIBRIDGE_TOKEN=<admin token> "
+        "# Admin commands and snapshots (the admin token stays in the 0600 secrets file):",
+        f"export AIBRIDGE_CONFIG_SERVICE={grpc_target}",
+        f"export AIBRIDGE_TOKEN=$(sed -n 's/^AIBRIDGE_ADMIN_TOKEN=//p' {secrets_file})",
         "aibridge snapshot --watch",
+        'grpcurl -plaintext -H "authorization: Bearer $AIBRIDGE_TOKEN" '
+        f'-d \'{{"node_id":"me"}}\' {grpc_target} '
+        "aibridge.config.v1.ConfigService/WatchProviders",
     ]
     if not providers:
         lines += [
             "",
             "No provider is configured yet. Add one (the key is read from your env):",
             f"  AIBRIDGE_CONFIG_SERVICE={grpc_target} AIBRIDGE_TOKEN=<admin token> \\",
-            "    aibridge providers create openai --type openai --key-from-env OPENAI_KEY",
+            "    aibridge providers create openai --type openai --keys-from-env OPENAI_KEY",
             "or start with AIBRIDGE_OPENAI_KEY / AIBRIDGE_ANTHROPIC_KEY set to seed them.",
         ]
     else:
         lines += ["", "Providers: " + ", ".join(n for n, _ in providers)]
-    lines += [
-        f"The admin token is in {{data dir}}/{SECRETS_FILE}. Ctrl-C stops everything.",
-        "",
-    ]
+    lines += ["Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
 
@@ -325,10 +326,10 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
                     f"{proxy_host}:{proxy_port}",
                     grpc_target,
                     user_token,
-                    admin,
+                    data_dir / SECRETS_FILE,
                     _fetch_ca(proxy_url, data_dir),
                     provider_names(grpc_target, admin),
-                ).replace("{data dir}", str(data_dir)),
+                ),
                 flush=True,
             )
         while not stopping.wait(0.2):
