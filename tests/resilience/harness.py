@@ -198,7 +198,8 @@ class Procs:
         return self.start("proxy", ["proxy"], full, "proxy ready")
 
     def close(self) -> None:
-        for proc in self.all:
+        # Daemons before the config service: its graceful stop waits for open streams.
+        for proc in sorted(self.all, key=lambda p: p.name == "config-service"):
             with contextlib.suppress(Exception):
                 proc.stop()
         for proc in self.all:
