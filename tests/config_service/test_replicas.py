@@ -10,6 +10,9 @@ from sqlalchemy import create_engine, text
 
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
+from aibridge.config.v1 import provider_admin_service_pb2 as pa
+from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
+from aibridge.config.v1 import provider_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.config.v1 import token_pb2
@@ -35,6 +38,19 @@ def create_token(proc: Process, name: str) -> None:
         )
 
 
+def create_provider(proc: Process, name: str) -> None:
+    with grpc.insecure_channel(proc.target) as channel:
+        pa_grpc.ProviderAdminServiceStub(channel).CreateProvider(
+            pa.CreateProviderRequest(
+                name=name,
+                type=provider_pb2.PROVIDER_TYPE_OPENAI,
+                keys=["sk-replica-0123456789abcdefgh"],
+            ),
+            metadata=ADMIN_MD,
+            timeout=10,
+        )
+
+
 def version_of(proc: Process) -> str:
     with grpc.insecure_channel(proc.target) as channel:
         response = pb_grpc.ConfigServiceStub(channel).GetProviderSnapshot(
@@ -52,12 +68,14 @@ class Watcher:
             pb.WatchProvidersRequest(node_id="replica-test"), metadata=BRIDGE_MD
         )
         self.versions: list[str] = []
+        self.last: pb.ProviderSnapshot | None = None
 
     def until(self, version: str, timeout: float = 5.0) -> list[str]:
         deadline = time.monotonic() + timeout
         while not self.versions or self.versions[-1] != version:
             assert time.monotonic() < deadline, f"never saw {version}; saw {self.versions}"
-            self.versions.append(next(self.stream).snapshot.version)
+            self.last = next(self.stream).snapshot
+            self.versions.append(self.last.version)
         return self.versions
 
     def close(self) -> None:
@@ -68,17 +86,19 @@ class Watcher:
 def test_write_on_one_replica_reaches_subscribers_of_the_other(
     postgres_only: str, start_process: StartProcess
 ) -> None:
-    """A token created through replica A is on a stream of replica B, with the version both report."""
+    """A provider created through replica A is on a stream of replica B, with the version both report."""
     a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
     b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
     watcher = Watcher(b)
     try:
         watcher.until(version_of(b))
         started = time.monotonic()
-        create_token(a, "alice")
+        create_provider(a, "made-on-a")
         new_version = version_of(a)
         watcher.until(new_version, timeout=2)
         assert time.monotonic() - started < 2
+        assert watcher.last is not None
+        assert "made-on-a" in {p.name for p in watcher.last.providers}
         assert version_of(b) == new_version
     finally:
         watcher.close()
@@ -104,11 +124,13 @@ def test_replica_resyncs_after_losing_its_database_connection(
         assert killed == 1
         # Written while B has no listener: only the resync after reconnecting can catch it.
         create_token(a, "bob")
-        create_token(a, "carol")
+        create_provider(a, "while-b-was-deaf")
         final = version_of(a)
         seen = watcher.until(final, timeout=5)
         assert [int(v) for v in seen] == sorted(int(v) for v in seen)
         assert version_of(b) == final
+        assert watcher.last is not None
+        assert "while-b-was-deaf" in {p.name for p in watcher.last.providers}
     finally:
         watcher.close()
         admin.dispose()
