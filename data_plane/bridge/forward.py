@@ -8,6 +8,7 @@ raw (still encoded, byte for byte) as each chunk arrives.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from data_plane.bridge.breaker import Rejected
 from data_plane.bridge.dump import Dumper, Exchange
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Family, Provider, error_body
+from data_plane.bridge.transport import UpstreamTransport, direct_transport, origin_of
 from data_plane.bridge.upstream import UpstreamResponse, from_httpx
 from data_plane.bridge.usage import UsageReader
 
@@ -63,6 +65,20 @@ class Call:
         return self.path if self.intercepted else "passthrough"
 
 
+@dataclass(frozen=True)
+class _Route:
+    """How to reach one base URL: our transport (origin, path prefix), or httpx (None)."""
+
+    transport: UpstreamTransport | None
+    origin: tuple[bytes, str, int]
+    prefix: bytes
+
+
+# Paths and queries sent as they are; anything else is normalised by httpx.URL.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~:@!$&'()*+,;=%-]*")
+_PLAIN_QUERY = re.compile(rb"[\x21-\x7e]*")
+
+
 class Forwarder:
     def __init__(
         self, http: httpx.AsyncClient, metrics: BridgeMetrics, dumper: Dumper | None
@@ -70,6 +86,15 @@ class Forwarder:
         self.http = http
         self.metrics = metrics
         self.dumper = dumper
+        self._routes: dict[str, _Route] = {}
+
+    def _route(self, provider: Provider) -> _Route:
+        route = self._routes.get(provider.base_url)
+        if route is None:
+            transport = direct_transport(self.http, provider.base_url)
+            origin, prefix = origin_of(provider.base_url) if transport else ((b"", "", 0), b"")
+            route = self._routes[provider.base_url] = _Route(transport, origin, prefix.rstrip(b"/"))
+        return route
 
     async def _send_http(self, call: Call, key: str | None) -> UpstreamResponse:
         headers = call.headers
@@ -80,9 +105,23 @@ class Forwarder:
                 else (b"authorization", b"Bearer " + key.encode())
             )
             headers = [*headers, auth]
+        provider = call.provider
+        route = self._route(provider)
+        if route.transport is not None:
+            suffix = call.path.removeprefix(provider.routes.strip_prefix)
+            if _PLAIN_PATH.fullmatch(suffix) and _PLAIN_QUERY.fullmatch(call.query):
+                target = route.prefix + suffix.encode()
+                if call.query:
+                    target += b"?" + call.query
+            else:  # let httpx percent-encode it as before
+                target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
+            status, raw, chunks, close = await route.transport.request(
+                route.origin, call.method, target, headers, call.body
+            )
+            return UpstreamResponse(status, raw, chunks, close)
         request = self.http.build_request(
             call.method,
-            call.provider.upstream_url(call.path, call.query),
+            provider.upstream_url(call.path, call.query),
             headers=headers,
             content=call.body,
         )

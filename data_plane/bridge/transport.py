@@ -21,14 +21,46 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple, cast
 
 import httptools
 import httpx
 
 _HIGH_WATER = 256 * 1024  # body bytes buffered before reading pauses
-_Origin = tuple[bytes, str, int]
+_Origin = tuple[bytes, str, int]  # scheme, host, port
+
+
+class Timeouts(NamedTuple):
+    connect: float | None
+    read: float | None
+    write: float | None
+    pool: float | None
+
+
+DEFAULT_TIMEOUTS = Timeouts(connect=10.0, read=600.0, write=60.0, pool=30.0)
+
+
+def direct_transport(client: httpx.AsyncClient, url: str) -> UpstreamTransport | None:
+    """The client's `UpstreamTransport` when it serves `url` (no proxy applies), else None."""
+    transport = client._transport_for_url(httpx.URL(url))
+    return transport if isinstance(transport, UpstreamTransport) else None
+
+
+def origin_of(url: str) -> tuple[_Origin, bytes]:
+    """(scheme, host, port) and the path prefix of an absolute http(s) URL."""
+    parsed = httpx.URL(url)
+    scheme = parsed.raw_scheme
+    port = parsed.port or (443 if scheme == b"https" else 80)
+    return (scheme, parsed.raw_host.decode("ascii"), port), parsed.raw_path.split(b"?", 1)[0]
+
+
+def origin_host(origin: _Origin) -> bytes:
+    """The Host header for an origin (the port only when it is not the default)."""
+    scheme, host, port = origin
+    name = f"[{host}]" if ":" in host else host
+    default = 443 if scheme == b"https" else 80
+    return (name if port == default else f"{name}:{port}").encode("ascii")
 
 
 class _Connection(asyncio.Protocol):
@@ -236,7 +268,9 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         max_keepalive: int = 500,
         keepalive_expiry: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
+        self.timeouts = timeouts
         self._ssl = ssl_context
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._idle_count = 0
@@ -298,13 +332,72 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         if self._slots is not None:
             self._slots.release()
 
+    async def exchange(
+        self, origin: _Origin, method: str, data: bytes, timeouts: Timeouts
+    ) -> _Connection:
+        """Send one request (head and body in `data`); return once the response head is in.
+
+        The caller owns the connection until it calls `release(origin, conn)`.
+        """
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_connections)
+        try:
+            async with asyncio.timeout(timeouts.pool):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no upstream connection available") from None
+        conn: _Connection | None = None
+        try:
+            conn = await self._acquire(origin, timeouts.connect)
+            conn.active = True
+            conn.head = method == "HEAD"
+            self._busy.add(conn)
+            await conn.send(data, timeouts.write)
+            while not conn.headers_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(timeouts.read)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+                self._busy.discard(conn)
+                conn.active = False
+            self._slots.release()
+            raise
+        return conn
+
+    async def request(
+        self,
+        origin: _Origin,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> tuple[int, list[tuple[bytes, bytes]], AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
+        """The bridge's own path (no httpx Request/Response): status, raw headers, body
+        chunks as they arrive, and a close that returns the connection to the pool.
+
+        `headers` go out as given, after Host and before Content-Length (added when
+        there is a body or the method carries one), as httpx would send them.
+        """
+        head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target, origin_host(origin))]
+        head += [b"%s: %s\r\n" % pair for pair in headers]
+        if body or method in ("POST", "PUT", "PATCH"):
+            head.append(b"content-length: %d\r\n" % len(body))
+        head.append(b"\r\n")
+        conn = await self.exchange(origin, method, b"".join(head) + body, self.timeouts)
+        body_stream = _Body(self, conn, origin, self.timeouts.read)
+        return conn.status, conn.headers, body_stream.__aiter__(), body_stream.aclose
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         scheme = url.raw_scheme
         if scheme not in (b"http", b"https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
-        origin: _Origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
-        timeouts = request.extensions.get("timeout", {})
+        port = url.port or (443 if scheme == b"https" else 80)
+        origin: _Origin = (scheme, url.raw_host.decode("ascii"), port)
+        ext = request.extensions.get("timeout", {})
+        timeouts = Timeouts(ext.get("connect"), ext.get("read"), ext.get("write"), ext.get("pool"))
         body = await request.aread()
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
         chunked = False
@@ -316,36 +409,11 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         head.append(b"\r\n")
         if chunked:  # a streamed request body, read whole: send it as one chunk
             body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max_connections)
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no upstream connection available") from None
-        conn: _Connection | None = None
-        try:
-            conn = await self._acquire(origin, timeouts.get("connect"))
-            conn.active = True
-            conn.head = request.method == "HEAD"
-            self._busy.add(conn)
-            await conn.send(b"".join(head) + body, timeouts.get("write"))
-            read_timeout = timeouts.get("read")
-            while not conn.headers_done:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(read_timeout)
-        except BaseException:
-            if conn is not None:
-                conn.close()
-                self._busy.discard(conn)
-                conn.active = False
-            self._slots.release()
-            raise
+        conn = await self.exchange(origin, request.method, b"".join(head) + body, timeouts)
         return httpx.Response(
             conn.status,
             headers=conn.headers,
-            stream=_Body(self, conn, origin, read_timeout),
+            stream=_Body(self, conn, origin, timeouts.read),
             extensions={"http_version": b"HTTP/1.1"},
         )
 
