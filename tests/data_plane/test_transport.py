@@ -1,0 +1,215 @@
+"""The bridge's upstream transport against scripted raw HTTP servers: keep-alive reuse,
+framing (length, chunked, until close, HEAD, 1xx), failures as httpx exceptions, and the
+httpx client path. Nothing mocked: real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from data_plane.bridge.server import make_http_client
+from data_plane.bridge.transport import Timeouts, UpstreamTransport, origin_of
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
+
+
+class Scripted:
+    """A raw HTTP/1.1 server: `handler(reader, writer, head)` per request; False closes."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                if not await self.handler(reader, writer, head + body):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> Scripted:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+
+def reply(raw: bytes, keep: bool = True) -> Handler:
+    async def handler(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _req: bytes) -> bool:
+        w.write(raw)
+        await w.drain()
+        return keep
+
+    return handler
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[UpstreamTransport]:
+    t = UpstreamTransport(timeouts=Timeouts(connect=2.0, read=0.5, write=2.0, pool=2.0))
+    yield t
+    await t.aclose()
+
+
+async def call(
+    t: UpstreamTransport, url: str, method: str = "POST", body: bytes = b"{}", target: bytes = b""
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    origin, prefix = origin_of(url)
+    status, headers, chunks, close = await t.request(
+        origin, method, target or prefix + b"/chat/completions", [(b"x-test", b"1")], body
+    )
+    try:
+        data = b"".join([c async for c in chunks])
+    finally:
+        await close()
+    return status, headers, data
+
+
+async def test_keep_alive_reuses_one_connection(transport: UpstreamTransport) -> None:
+    async with Scripted(reply(OK)) as server:
+        for _ in range(3):
+            assert (await call(transport, server.url))[::2] == (200, b"{}")
+        assert server.connections == 1
+        head = server.heads[0]
+        assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:")
+        assert b"x-test: 1\r\ncontent-length: 2\r\n\r\n" in head
+
+
+async def test_idle_connection_closed_by_server_is_not_reused(
+    transport: UpstreamTransport,
+) -> None:
+    async with Scripted(reply(OK, keep=False)) as server:
+        await call(transport, server.url)
+        await asyncio.sleep(0.05)  # the close reaches the client
+        assert (await call(transport, server.url))[0] == 200
+        assert server.connections == 2
+
+
+async def test_chunked_body_relayed_as_it_arrives(transport: UpstreamTransport) -> None:
+    gate = asyncio.Event()
+
+    async def handler(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _req: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\ndata:\r\n")
+        await w.drain()
+        await gate.wait()
+        w.write(b"3\r\n 1\n\r\n0\r\n\r\n")
+        return True
+
+    async with Scripted(handler) as server:
+        origin, prefix = origin_of(server.url)
+        status, _, chunks, close = await transport.request(origin, "POST", prefix, [], b"{}")
+        assert status == 200
+        assert await anext(chunks) == b"data:"  # before the rest was even written
+        gate.set()
+        assert [c async for c in chunks] == [b" 1\n"]
+        await close()
+        assert (await call(transport, server.url))[0] == 200  # the connection was kept
+        assert server.connections == 1
+
+
+async def test_body_until_close_and_head_and_informational(
+    transport: UpstreamTransport,
+) -> None:
+    async with Scripted(reply(b"HTTP/1.1 200 OK\r\n\r\nuntil close", keep=False)) as server:
+        assert (await call(transport, server.url))[2] == b"until close"
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"
+    async with Scripted(reply(head)) as server:
+        assert (await call(transport, server.url, method="HEAD", body=b""))[::2] == (200, b"")
+        assert b"content-length" not in server.heads[0]
+    cont = b"HTTP/1.1 100 Continue\r\n\r\n" + OK
+    async with Scripted(reply(cont)) as server:
+        assert (await call(transport, server.url))[::2] == (200, b"{}")
+
+
+async def test_failures_are_httpx_errors(transport: UpstreamTransport) -> None:
+    async with Scripted(reply(OK)) as server:
+        url = server.url
+    with pytest.raises(httpx.ConnectError):
+        await call(transport, url)  # nobody listens any more
+
+    async def silent(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _req: bytes) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async with Scripted(silent) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            await call(transport, server.url)
+    cut = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"
+    async with Scripted(reply(cut, keep=False)) as server:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await call(transport, server.url)
+    async with Scripted(reply(b"", keep=False)) as server:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await call(transport, server.url)
+    async with Scripted(reply(b"NOT HTTP AT ALL\r\n\r\n")) as server:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await call(transport, server.url)
+
+
+async def test_abandoned_response_closes_its_connection(transport: UpstreamTransport) -> None:
+    async def handler(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _req: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+        await w.drain()
+        return True
+
+    async with Scripted(handler) as server:
+        origin, prefix = origin_of(server.url)
+        _, _, chunks, close = await transport.request(origin, "POST", prefix, [], b"{}")
+        assert await anext(chunks) == b"a"
+        await close()  # mid-body: the connection cannot be reused
+        async with Scripted(reply(OK)) as other:
+            assert (await call(transport, other.url))[0] == 200
+
+
+async def test_through_the_httpx_client() -> None:
+    client = make_http_client()
+    try:
+        async with Scripted(reply(OK)) as server:
+            response = await client.post(server.url + "/x?a=1&b=%20", content=b"{}")
+            assert (response.status_code, response.content) == (200, b"{}")
+            response = await client.get(server.url + "/y")
+            assert response.status_code == 200
+            assert server.connections == 1
+            first, second = server.heads
+            assert first.startswith(b"POST /v1/x?a=1&b=%20 HTTP/1.1\r\n")
+            assert second.startswith(b"GET /v1/y HTTP/1.1\r\n")
+            assert b"user-agent" not in first.lower()
+    finally:
+        await client.aclose()
+
+
+async def test_no_cookies_kept_between_callers() -> None:
+    client = make_http_client()
+    set_cookie = b"HTTP/1.1 200 OK\r\nset-cookie: session=alice\r\ncontent-length: 0\r\n\r\n"
+    try:
+        async with Scripted(reply(set_cookie)) as server:
+            await client.get(server.url + "/a")
+            await client.get(server.url + "/b")
+            assert b"cookie" not in server.heads[1].lower()
+    finally:
+        await client.aclose()
