@@ -174,7 +174,7 @@ class Forwarder:
         """Serve the call; `call.status` is what the client got (499: it went away)."""
         provider = call.provider
         labels = (provider.name, call.route)
-        self.metrics.in_flight.labels(*labels).inc()
+        self.metrics.route_series(*labels)[0].inc()
         breaker = generation = None
         if call.intercepted and provider.breakers is not None:
             breaker = provider.breakers.get(call.path, call.model)
@@ -298,9 +298,10 @@ class Forwarder:
     def _finish(self, call: Call, labels: tuple[str, str], tokens: dict[str, int]) -> None:
         m = self.metrics
         elapsed = time.perf_counter() - call.started
-        m.in_flight.labels(*labels).dec()
-        m.duration.labels(*labels).observe(elapsed)
-        m.requests.labels(labels[0], labels[1], call.model, str(call.status or 499)).inc()
+        in_flight, duration = m.route_series(*labels)
+        in_flight.dec()
+        duration.observe(elapsed)
+        m.request_counter(labels[0], labels[1], call.model, call.status or 499).inc()
         for kind, count in tokens.items():
             if count:
                 m.tokens.labels(labels[0], call.model, kind).inc(count)

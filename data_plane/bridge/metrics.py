@@ -123,6 +123,31 @@ class BridgeMetrics:
             registry=r,
         )
 
+        # Label children of the per-request series, looked up once (labels() validates,
+        # locks and allocates on every call).
+        self._route_children: dict[tuple[str, str], tuple[Gauge, Histogram]] = {}
+        self._request_children: dict[tuple[str, str, str, int], Counter] = {}
+
+    def route_series(self, provider: str, route: str) -> tuple[Gauge, Histogram]:
+        """In-flight gauge and duration histogram of one (provider, route)."""
+        key = (provider, route)
+        children = self._route_children.get(key)
+        if children is None:
+            children = self._route_children[key] = (
+                self.in_flight.labels(provider, route),
+                self.duration.labels(provider, route),
+            )
+        return children
+
+    def request_counter(self, provider: str, route: str, model: str, status: int) -> Counter:
+        key = (provider, route, model, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(
+                provider, route, model, str(status)
+            )
+        return child
+
     def watch_table(self, table: Callable[[], RoutingTable]) -> None:
         self.registry.register(_StateCollector(table))
 
