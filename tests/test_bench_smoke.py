@@ -1,0 +1,59 @@
+"""The benchmarks still run: each script with a tiny N, as a subprocess, writing its JSON
+into a temp dir (AIBRIDGE_BENCH_RESULTS) instead of bench/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run(script: str, args: list[str], results: Path, timeout: float = 100) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIBRIDGE_", "CODER_"))}
+    env["AIBRIDGE_BENCH_RESULTS"] = str(results)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    written = sorted(results.glob("*.json"))
+    assert written, f"{script} wrote no result file:\n{done.stdout}"
+    doc = json.loads(written[0].read_text())
+    assert isinstance(doc, dict)
+    assert "machine" in doc
+    return doc
+
+
+@pytest.mark.timeout(150)
+def test_propagation(tmp_path: Path) -> None:
+    doc = run("propagation.py", ["--subscribers", "2", "--writes", "2"], tmp_path)
+    assert doc["refused"] == 0
+    assert doc["missing_deliveries"] == 0
+
+
+@pytest.mark.timeout(150)
+def test_bridge_overhead(tmp_path: Path) -> None:
+    doc = run("bridge_overhead.py", ["--requests", "200"], tmp_path)
+    saturation, latency = doc["saturation"], doc["latency"]
+    assert isinstance(saturation, dict)
+    assert isinstance(latency, dict)
+    assert saturation["json"]["errors"] == 0
+    assert {"added_p50_ms", "added_p99_ms", "added_ttfb_p50_ms"} <= set(latency["sse"])
+
+
+@pytest.mark.timeout(150)
+def test_startup(tmp_path: Path) -> None:
+    doc = run("startup.py", ["--runs", "1"], tmp_path)
+    results = doc["results"]
+    assert isinstance(results, dict)
+    assert {"config_service_cold", "config_service_warm", "bridge"} <= set(results)
+    assert not (tmp_path / "bench").exists()
