@@ -75,7 +75,7 @@ class _Route:
 
 
 # Paths and queries sent as they are; anything else is normalised by httpx.URL.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~:@!$&'()*+,;=%-]*")
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~:@!$&'()*+,;=-]*")
 _PLAIN_QUERY = re.compile(rb"[\x21-\x7e]*")
 
 
