@@ -198,6 +198,11 @@ class Procs:
         return self.start("proxy", ["proxy"], full, "proxy ready")
 
     def close(self) -> None:
+        for proc in self.all:
+            code = proc.popen.poll()
+            if code not in (None, -signal.SIGKILL):
+                # Shown by pytest when the test failed: why a daemon died on its own.
+                print(f"{proc.name} exited {code}; last log lines:\n{''.join(proc.lines[-20:])}")
         # Daemons before the config service: its graceful stop waits for open streams.
         for proc in sorted(self.all, key=lambda p: p.name == "config-service"):
             with contextlib.suppress(Exception):

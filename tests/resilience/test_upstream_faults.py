@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -59,7 +58,7 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(procs: Procs, upstream: RawUpstream, sqlite_url: str) -> AsyncIterator[Stack]:
+async def stack(procs: Procs, upstream: RawUpstream, sqlite_url: str) -> Stack:
     service = await asyncio.to_thread(procs.config_service, sqlite_url)
     target = service.ready["target"]
     admin = Admin(target)
@@ -90,7 +89,7 @@ async def stack(procs: Procs, upstream: RawUpstream, sqlite_url: str) -> AsyncIt
             return bool(answer["version"] == str(version))
 
     await eventually(ready)
-    yield Stack(service, bridge, member, upstream)
+    return Stack(service, bridge, member, upstream)
 
 
 async def test_5xx_storm_trips_the_breaker(stack: Stack) -> None:
@@ -198,7 +197,9 @@ async def test_connection_reset_before_and_during_the_response(stack: Stack) -> 
         assert received == b"".join(events)
         # The bridge still serves after both resets.
         assert (await http.post("/storm/v1/chat/completions", json=CHAT)).status_code == 200
-    streamed = [s for s in stack.upstream.seen if s.path.startswith("/reset") and s.json().get("stream")]
+    streamed = [
+        s for s in stack.upstream.seen if s.path.startswith("/reset") and s.json().get("stream")
+    ]
     assert len(streamed) == 1  # never retried once the first byte reached the client
     stack.no_500s()
 
@@ -222,12 +223,16 @@ async def test_stalled_upstream_and_client_timeout(stack: Stack) -> None:
     stack.no_500s()
 
 
-async def test_upstream_timeout_is_504(procs: Procs, upstream: RawUpstream, sqlite_url: str) -> None:
+async def test_upstream_timeout_is_504(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str
+) -> None:
     """An upstream that does not answer within the bridge's read timeout is a 504 in the provider's format (the in-process bridge with a 1 s timeout stands in for the 600 s default)."""
     service = await asyncio.to_thread(procs.config_service, sqlite_url)
     admin = Admin(service.ready["target"])
     try:
-        await admin.create_provider("slow", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/slow/v1/", KEYS)
+        await admin.create_provider(
+            "slow", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/slow/v1/", KEYS
+        )
         member = await admin.create_token("alice")
         version = str(await admin.version())
     finally:
