@@ -40,7 +40,9 @@ def generate(out_dir: Path) -> list[Path]:
     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    generated = sorted((out_dir / "aibridge").rglob("*_pb2*.py*"))
+    generated = sorted(
+        p for p in (out_dir / "aibridge").rglob("*_pb2*") if p.suffix in (".py", ".pyi")
+    )
     # Packages for every generated directory, so imports resolve.
     for p in generated:
         for parent in p.relative_to(out_dir).parents:

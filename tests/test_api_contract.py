@@ -20,6 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BUF_VERSION = "1.75.0"
 
 
+def stubs(root: Path) -> list[Path]:
+    return sorted(
+        p.relative_to(root)
+        for p in (root / "aibridge").rglob("*_pb2*")
+        if p.suffix in (".py", ".pyi")
+    )
+
+
 def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
     """Regenerating the stubs from protos/ reproduces the committed files byte for byte."""
     subprocess.run(
@@ -27,8 +35,8 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    generated = sorted(p.relative_to(tmp_path) for p in (tmp_path / "aibridge").rglob("*_pb2*.py*"))
-    committed = sorted(p.relative_to(ROOT) for p in (ROOT / "aibridge").rglob("*_pb2*.py*"))
+    generated = stubs(tmp_path)
+    committed = stubs(ROOT)
     assert generated == committed, "run: python scripts/gen_protos.py"
     stale = [str(p) for p in generated if not filecmp.cmp(tmp_path / p, ROOT / p, shallow=False)]
     assert not stale, f"stale generated files (run python scripts/gen_protos.py): {stale}"
