@@ -21,7 +21,7 @@ from data_plane.bridge.breaker import Rejected
 from data_plane.bridge.dump import Dumper, Exchange
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Family, Provider, error_body
-from data_plane.bridge.transport import UpstreamTransport, direct_transport, origin_of
+from data_plane.bridge.transport import Timeouts, UpstreamTransport, direct_transport, origin_of
 from data_plane.bridge.upstream import UpstreamResponse, from_httpx
 from data_plane.bridge.usage import UsageReader
 
@@ -115,8 +115,14 @@ class Forwarder:
                     target += b"?" + call.query
             else:  # let httpx percent-encode it as before
                 target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
+            t = self.http.timeout  # the client's settings rule, as on the httpx path
             status, raw, chunks, close = await route.transport.request(
-                route.origin, call.method, target, headers, call.body
+                route.origin,
+                call.method,
+                target,
+                headers,
+                call.body,
+                Timeouts(t.connect, t.read, t.write, t.pool),
             )
             return UpstreamResponse(status, raw, chunks, close)
         request = self.http.build_request(

@@ -373,6 +373,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
+        timeouts: Timeouts | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
         """The bridge's own path (no httpx Request/Response): status, raw headers, body
         chunks as they arrive, and a close that returns the connection to the pool.
@@ -385,8 +386,9 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         if body or method in ("POST", "PUT", "PATCH"):
             head.append(b"content-length: %d\r\n" % len(body))
         head.append(b"\r\n")
-        conn = await self.exchange(origin, method, b"".join(head) + body, self.timeouts)
-        body_stream = _Body(self, conn, origin, self.timeouts.read)
+        timeouts = timeouts or self.timeouts
+        conn = await self.exchange(origin, method, b"".join(head) + body, timeouts)
+        body_stream = _Body(self, conn, origin, timeouts.read)
         return conn.status, conn.headers, body_stream.__aiter__(), body_stream.aclose
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
