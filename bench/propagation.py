@@ -74,7 +74,10 @@ def start_service(database_url: str, data_dir: str) -> tuple[subprocess.Popen[st
             # Drain the rest so a full pipe never blocks the service.
             import threading
 
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+            log = open(os.environ.get("BENCH_SERVICE_LOG", os.devnull), "w")  # noqa: SIM115
+            threading.Thread(
+                target=lambda: [log.write(x) for x in proc.stderr], daemon=True
+            ).start()  # type: ignore[union-attr]
             return proc, target
         if proc.poll() is not None:
             break
@@ -89,6 +92,7 @@ def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: An
         arrivals: list[list[tuple[int, int]]] = [[] for _ in range(count)]
         failed = 0
         ready = 0
+        errors: dict[str, int] = {}
         md = (("authorization", f"Bearer {BRIDGE}"),)
 
         async def follow(i: int) -> None:
@@ -104,14 +108,19 @@ def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: An
                     if first:
                         ready += 1
                         first = False
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
                 if first:
                     failed += 1
+                    errors[f"{exc.code().name}: {exc.details()}"[:160]] = (
+                        errors.get(f"{exc.code().name}: {exc.details()}"[:160], 0) + 1
+                    )
 
         tasks = [asyncio.create_task(follow(i)) for i in range(count)]
         while ready + failed < count:  # noqa: ASYNC110 - counters, not an event
             await asyncio.sleep(0.05)
         queue.put(("ready", ready, failed))
+        if errors:
+            print(f"subscriber {os.getpid()} refusals: {errors}", file=sys.stderr, flush=True)
         while not stop.is_set():  # noqa: ASYNC110 - a multiprocessing Event: not awaitable
             await asyncio.sleep(0.05)
         for task in tasks:

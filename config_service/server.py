@@ -57,6 +57,11 @@ GRPC_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    # A burst of new streams (every daemon reconnecting after a restart) waits in
+    # grpc-core's pending-request queue until the Python loop picks each one up; past
+    # the default limits (1000 soft / 3000 hard) core cancels them outright.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
     ("grpc.so_reuseport", 0),
 ]
 MAX_CONCURRENT_RPCS = 50_000
