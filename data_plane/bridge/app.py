@@ -66,6 +66,10 @@ class _Guard:
         self.disconnected = False
 
 
+def _has_dot_segment(path: str) -> bool:
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
 def _bearer(value: bytes | None) -> bytes | None:
     if value is None:
         return None
@@ -155,7 +159,10 @@ class BridgeApp:
                 "provider_error",
             )
         sub = "/" + rest
-        intercepted = provider.match(sub)
+        # A `.`/`..` segment (also sent as %2e%2e or across an encoded slash, which the
+        # server has decoded by now) would be resolved by the HTTP client into another
+        # upstream path, outside the routes served (and with a pooled key): refuse it.
+        intercepted = None if _has_dot_segment(sub) else provider.match(sub)
         if intercepted is None:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
@@ -277,7 +284,7 @@ class BridgeApp:
     def _inspect(call: Call) -> None:
         try:
             doc = json.loads(call.body) if call.body else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
             doc = None
         if isinstance(doc, dict):
             model = doc.get("model")

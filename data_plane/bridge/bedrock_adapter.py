@@ -46,7 +46,7 @@ class BedrockUpstream:
             doc = json.loads(body)
             if not isinstance(doc, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
             err = error_body(Family.ANTHROPIC, 400, "request body is not a JSON object")
             return UpstreamResponse(
                 400, _raw({"content-type": "application/json"}, err), _once(err)

@@ -58,7 +58,7 @@ def _headers(headers: Iterable[tuple[str, str]], secrets: frozenset[str]) -> str
 def _pretty(body: bytes) -> bytes:
     try:
         return json.dumps(json.loads(body), indent=2, ensure_ascii=False).encode()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
         return body
 
 

@@ -233,6 +233,18 @@ class Forwarder:
         provider = call.provider
         try:
             response = await self._upstream(call, send)
+        except httpx.InvalidURL:
+            # The client's path or query cannot make an upstream URL (a control character
+            # such as %00, or too long): the client's mistake, not a 500.
+            call.status = 400
+            await respond(
+                send,
+                400,
+                error_body(
+                    provider.family, 400, "invalid request path or query", "invalid_request"
+                ),
+            )
+            return {}
         except httpx.HTTPError as exc:
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
             self.metrics.upstream_errors.labels(provider.name, call.route, kind).inc()

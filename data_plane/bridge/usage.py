@@ -68,7 +68,7 @@ class UsageReader:
             if line.startswith(b"data:") and b"usage" in line:
                 try:
                     _from_event(json.loads(line[5:]), self.tokens)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
 
     def finish(self) -> dict[str, int]:
@@ -84,6 +84,6 @@ class UsageReader:
             elif self.encoding != "identity":
                 return self.tokens
             _from_event(json.loads(body), self.tokens)
-        except (ValueError, zlib.error):
+        except (ValueError, RecursionError, zlib.error):
             pass
         return self.tokens

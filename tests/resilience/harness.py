@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,6 @@ from tests.fixtures.services import (
     BRIDGE_TOKEN,
     PROXY_TOKEN,
     base_env,
-    drain,
     spawn,
 )
 
@@ -84,6 +84,7 @@ class Proc:
     popen: subprocess.Popen[str]
     lines: list[str]
     ready: dict[str, Any]
+    reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -123,6 +124,13 @@ class Proc:
         raise AssertionError("no VmRSS")
 
 
+def _read_lines(popen: subprocess.Popen[str], lines: list[str]) -> None:
+    assert popen.stderr is not None
+    with contextlib.suppress(ValueError, OSError):
+        for line in popen.stderr:
+            lines.append(line)
+
+
 def _wait_ready(popen: subprocess.Popen[str], event: str, timeout: float) -> tuple[dict, list]:
     lines: list[str] = []
     deadline = time.monotonic() + timeout
@@ -157,7 +165,8 @@ class Procs:
             popen.wait()
             raise
         proc = Proc(name, popen, lines, record)
-        drain(popen, lines)
+        proc.reader = threading.Thread(target=_read_lines, args=(popen, lines), daemon=True)
+        proc.reader.start()
         self.all.append(proc)
         return proc
 
@@ -210,6 +219,10 @@ class Procs:
         for proc in self.all:
             with contextlib.suppress(Exception):
                 proc.kill()
+            if proc.reader is not None:
+                proc.reader.join(5)
+            if proc.popen.stderr is not None:
+                proc.popen.stderr.close()
 
 
 def bridge_url(proc: Proc) -> str:
@@ -263,7 +276,12 @@ def chat_completion(model: str = "gpt-test") -> bytes:
 
 
 async def ok_handler(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-    w.write(http_response(200, chat_completion(str(req.json().get("model", "")))))
+    try:
+        doc = req.json()
+    except (ValueError, RecursionError):
+        doc = {}
+    model = doc.get("model", "") if isinstance(doc, dict) else ""
+    w.write(http_response(200, chat_completion(str(model))))
     await w.drain()
 
 
