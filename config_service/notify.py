@@ -15,7 +15,6 @@ import asyncio
 import random
 import time
 
-import psycopg
 from sqlalchemy.engine import make_url
 
 from aibridge.logs import get_logger
@@ -36,6 +35,8 @@ async def listen(
     database_url: str, hub: SnapshotHub, metrics: ConfigMetrics, replica_id: str
 ) -> None:
     """Run forever: LISTEN, reload on each notification, reconnect and resync on loss."""
+    import psycopg  # only PostgreSQL deployments pay for the import
+
     conninfo = psycopg_conninfo(database_url)
     delay = 0.05
     first = True
