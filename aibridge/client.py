@@ -24,6 +24,25 @@ CLIENT_ENV_VARS: list[tuple[str, str]] = [
 ]
 
 
+def read_config_service_tls(r: Reader) -> tuple[Path | None, Path | None, Path | None]:
+    """(CA, client cert, client key) for connecting to the config service; problems to `r`.
+
+    Shared by the CLI, the bridge and the proxy: TLS when the CA is set, mTLS when the
+    client certificate and key are set too.
+    """
+    ca = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CA_FILE")
+    cert = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CERT_FILE")
+    key = r.existing_file("AIBRIDGE_CONFIG_SERVICE_KEY_FILE")
+    if (cert is None) != (key is None):
+        r.problems.append(
+            "AIBRIDGE_CONFIG_SERVICE_CERT_FILE and AIBRIDGE_CONFIG_SERVICE_KEY_FILE "
+            "must be set together"
+        )
+    if cert is not None and ca is None:
+        r.problems.append("a client certificate needs AIBRIDGE_CONFIG_SERVICE_CA_FILE (TLS)")
+    return ca, cert, key
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     target: str = "127.0.0.1:7443"
@@ -38,15 +57,7 @@ class ClientSettings:
     ) -> ClientSettings:
         r = Reader(environ, overrides)
         target = r.str("AIBRIDGE_CONFIG_SERVICE", "127.0.0.1:7443")
-        ca = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CA_FILE")
-        cert = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CERT_FILE")
-        key = r.existing_file("AIBRIDGE_CONFIG_SERVICE_KEY_FILE")
-        if (cert is None) != (key is None):
-            r.problems.append(
-                "AIBRIDGE_CONFIG_SERVICE_CERT_FILE and _KEY_FILE go together: set both"
-            )
-        if cert is not None and ca is None:
-            r.problems.append("a client certificate needs AIBRIDGE_CONFIG_SERVICE_CA_FILE (TLS)")
+        ca, cert, key = read_config_service_tls(r)
         token = r.str("AIBRIDGE_TOKEN") or r.str("AIBRIDGE_ADMIN_TOKEN")
         r.check()
         return cls(target, ca, cert, key, token)

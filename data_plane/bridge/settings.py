@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader
 from aibridge.masking import Secret
 
@@ -75,16 +76,7 @@ class BridgeSettings:
                 "bridge`, or set it on the config service to bootstrap it)"
             )
         host, port = r.listen("AIBRIDGE_BRIDGE_LISTEN", "127.0.0.1:8080")
-        ca = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CA_FILE")
-        cert = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CERT_FILE")
-        key = r.existing_file("AIBRIDGE_CONFIG_SERVICE_KEY_FILE")
-        if (cert is None) != (key is None):
-            r.problems.append(
-                "AIBRIDGE_CONFIG_SERVICE_CERT_FILE and AIBRIDGE_CONFIG_SERVICE_KEY_FILE "
-                "must be set together"
-            )
-        if cert is not None and ca is None:
-            r.problems.append("a client certificate needs AIBRIDGE_CONFIG_SERVICE_CA_FILE (TLS)")
+        ca, cert, key = read_config_service_tls(r)
         breaker = BreakerSettings(
             enabled=r.bool("AIBRIDGE_CIRCUIT_BREAKER_ENABLED", False),
             failure_threshold=r.int("AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5, minimum=1),

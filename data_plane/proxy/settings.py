@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader, default_data_dir
 from aibridge.masking import Secret
 
@@ -86,16 +87,7 @@ class ProxySettings:
                 "proxy`, or set it on the config service to bootstrap it)"
             )
         host, port = r.listen("AIBRIDGE_PROXY_LISTEN", "127.0.0.1:8888")
-        ca = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CA_FILE")
-        cert = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CERT_FILE")
-        key = r.existing_file("AIBRIDGE_CONFIG_SERVICE_KEY_FILE")
-        if (cert is None) != (key is None):
-            r.problems.append(
-                "AIBRIDGE_CONFIG_SERVICE_CERT_FILE and AIBRIDGE_CONFIG_SERVICE_KEY_FILE "
-                "must be set together"
-            )
-        if cert is not None and ca is None:
-            r.problems.append("a client certificate needs AIBRIDGE_CONFIG_SERVICE_CA_FILE (TLS)")
+        ca, cert, key = read_config_service_tls(r)
         # The CA pair is given together (both must exist) or generated together.
         ca_cert, ca_key = r.str("AIBRIDGE_PROXY_CA_CERT_FILE"), r.str("AIBRIDGE_PROXY_CA_KEY_FILE")
         if bool(ca_cert) != bool(ca_key):
