@@ -81,6 +81,27 @@ class ClientSettings:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
+def client_from_args(args: object, prog: str) -> ClientSettings | None:
+    """Client settings from env + flags for an admin command; None after printing why not."""
+    import os
+    import sys
+
+    from aibridge.envconfig import SettingsError, overrides_from_args
+
+    try:
+        client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
+    except SettingsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+    if not client.token:
+        print(
+            f"{prog}: no token: set AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN) or pass --token",
+            file=sys.stderr,
+        )
+        return None
+    return client
+
+
 _HINTS = {
     grpc.StatusCode.UNAUTHENTICATED: "check AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN)",
     grpc.StatusCode.PERMISSION_DENIED: "this token's role may not do that",

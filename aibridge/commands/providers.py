@@ -35,11 +35,11 @@ import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT_ENV_VARS, ClientSettings, describe_rpc_error
+from aibridge.client import CLIENT_ENV_VARS, ClientSettings, client_from_args, describe_rpc_error
 from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_pb2
-from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+from aibridge.envconfig import add_env_flags
 
 PROG = "aibridge providers"
 TIMEOUT = 30.0
@@ -440,16 +440,8 @@ class Commands:
 
 def main(argv: list[str], prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
-    try:
-        client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
-    except SettingsError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    if not client.token:
-        print(
-            f"{prog}: no token: set AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN) or pass --token",
-            file=sys.stderr,
-        )
+    client = client_from_args(args, prog)
+    if client is None:
         return 2
     try:
         with client.channel() as channel:

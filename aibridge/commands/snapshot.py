@@ -15,10 +15,10 @@ import sys
 import grpc
 from google.protobuf.json_format import MessageToJson
 
-from aibridge.client import CLIENT_ENV_VARS, ClientSettings, describe_rpc_error
+from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
-from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+from aibridge.envconfig import add_env_flags
 
 
 def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
@@ -29,13 +29,8 @@ def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
     p.add_argument("--known-version", default="", help="with --watch: skip this version")
     add_env_flags(p, CLIENT_ENV_VARS)
     args = p.parse_args(argv)
-    try:
-        client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
-    except SettingsError as exc:
-        print(f"aibridge snapshot: {exc}", file=sys.stderr)
-        return 2
-    if not client.token:
-        print("aibridge snapshot: no token: set AIBRIDGE_TOKEN or pass --token", file=sys.stderr)
+    client = client_from_args(args, prog)
+    if client is None:
         return 2
     with client.channel() as channel:
         stub = pb_grpc.ConfigServiceStub(channel)

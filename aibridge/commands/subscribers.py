@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,11 +17,11 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT_ENV_VARS, ClientSettings, describe_rpc_error
+from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
-from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+from aibridge.envconfig import add_env_flags
 
 PROG = "aibridge subscribers"
 HEADERS = (
@@ -100,16 +99,8 @@ def main(argv: list[str], prog: str = PROG) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_env_flags(p, CLIENT_ENV_VARS)
     args = p.parse_args(argv)
-    try:
-        client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
-    except SettingsError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    if not client.token:
-        print(
-            f"{prog}: no token: set AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN) or pass --token",
-            file=sys.stderr,
-        )
+    client = client_from_args(args, prog)
+    if client is None:
         return 2
     with client.channel() as channel:
         try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from aibridge.client import CLIENT_ENV_VARS, ClientSettings, describe_rpc_error
+from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
 from aibridge.config.v1 import token_admin_service_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
@@ -141,13 +141,9 @@ def _token_dict(t: token_pb2.Token) -> dict[str, Any]:
 
 
 def _remote(args: argparse.Namespace) -> int:
-    client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
-    if not client.token:
-        print(
-            "aibridge tokens: no token: set AIBRIDGE_TOKEN (or AIBRIDGE_ADMIN_TOKEN), "
-            "or use --local against the database",
-            file=sys.stderr,
-        )
+    client = client_from_args(args, "aibridge tokens")
+    if client is None:
+        print("aibridge tokens: (or use --local against the database)", file=sys.stderr)
         return 2
     with client.channel() as channel:
         stub = pb_grpc.TokenAdminServiceStub(channel)
