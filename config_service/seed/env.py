@@ -42,20 +42,22 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aibridge.masking import Secret
+from config_service.provider_types import (
+    BEDROCK_HOST_RE,
+    DEFAULT_BASE_URLS,
+    DEFAULT_BEDROCK_MODEL,
+    DEFAULT_BEDROCK_SMALL_FAST_MODEL,
+    MAX_KEYS,
+    NAME_RE,
+    PROVIDER_TYPES,
+    REGION_RE,
+    ROLE_ARN_RE,
+)
 
 # fmt: off
-PROVIDER_TYPES = (
-    "openai", "anthropic", "bedrock", "azure", "google", "openai-compat", "openrouter", "vercel",
-    "copilot",
-)
-# fmt: on
-NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1/"
-DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com/"
-DEFAULT_COPILOT_BASE_URL = "https://api.individual.githubcopilot.com"
-DEFAULT_BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
-DEFAULT_BEDROCK_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
-MAX_KEYS = 5
+DEFAULT_OPENAI_BASE_URL = DEFAULT_BASE_URLS["openai"]
+DEFAULT_ANTHROPIC_BASE_URL = DEFAULT_BASE_URLS["anthropic"]
+DEFAULT_COPILOT_BASE_URL = DEFAULT_BASE_URLS["copilot"]
 PREFIXES = ("AIBRIDGE_", "CODER_AI_GATEWAY_", "CODER_AIBRIDGE_")  # ours first: the one to keep
 
 _SEED_GROUPS = ("OPENAI_", "ANTHROPIC_", "BEDROCK_", "PROVIDER_")
@@ -82,9 +84,6 @@ _DEFAULT_BASE_URLS = {
     "copilot": DEFAULT_COPILOT_BASE_URL,
 }
 _INDEX_RE = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # no leading zeros: "01" would alias "1"
-_REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$", re.ASCII)  # as the data plane checks it
-_BEDROCK_HOST_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
-_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+$", re.ASCII)
 _TYPES_TEXT = ", ".join(PROVIDER_TYPES)
 
 
@@ -191,7 +190,7 @@ class _Parser:
             )
         if base:
             self.url(f.var("BEDROCK_BASE_URL"), base)
-            host = _BEDROCK_HOST_RE.match(_url_host(base) or "")
+            host = BEDROCK_HOST_RE.match(_url_host(base) or "")
             region = region or (host.group(1) if host else "")
         if not region:
             # Requests are SigV4-signed for a region, so a custom endpoint alone is not enough.
@@ -200,10 +199,10 @@ class _Parser:
                 f"region); {f.var('BEDROCK_BASE_URL')} alone only implies it with a standard "
                 "bedrock-runtime.<region>.amazonaws.com host"
             )
-        elif not _REGION_RE.match(region):
+        elif not REGION_RE.match(region):
             self.problems.append(f"{f.var('BEDROCK_REGION')}: {region!r} is not an AWS region")
         role_arn = f.get("BEDROCK_ROLE_ARN")
-        if role_arn and not _ROLE_ARN_RE.match(role_arn):
+        if role_arn and not ROLE_ARN_RE.match(role_arn):
             self.problems.append(
                 f"{f.var('BEDROCK_ROLE_ARN')} must be an IAM role ARN such as "
                 "arn:aws:iam::123456789012:role/bedrock"

@@ -34,10 +34,15 @@ from config_service.db.models import Provider, ProviderKey, new_id, utcnow
 from config_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from config_service.provider_types import (
     BEDROCK_CAPABLE,
+    BEDROCK_HOST_RE,
+    DEFAULT_BEDROCK_MODEL,
+    DEFAULT_BEDROCK_SMALL_FAST_MODEL,
     KEYLESS,
     MAX_KEYS,
     MAX_NAME_LENGTH,
     PROVIDER_TYPES,
+    REGION_RE,
+    ROLE_ARN_RE,
     base_url_problem,
     bedrock_base_url,
     default_base_url,
@@ -55,9 +60,6 @@ from config_service.records import (
 from config_service.store.database import Database
 from config_service.views import audit_view
 
-DEFAULT_BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
-DEFAULT_BEDROCK_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
-
 MAX_DISPLAY_NAME = 200
 MAX_BASE_URL = 2048
 MAX_SECRET = 4096
@@ -68,9 +70,6 @@ _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 _PATH_RE = re.compile(r"^[a-z_.]{1,40}$")
-_REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$", re.ASCII)
-_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+$", re.ASCII)
-_BEDROCK_HOST_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
 
 BEDROCK_FIELDS = (
     "region",
@@ -194,7 +193,7 @@ def _region_from_url(url: str) -> str:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return ""
-    match = _BEDROCK_HOST_RE.match(host)
+    match = BEDROCK_HOST_RE.match(host)
     return match.group(1) if match else ""
 
 
@@ -231,9 +230,9 @@ def _resolve_bedrock(
             "implies it only with a standard bedrock-runtime.<region>.amazonaws.com host",
         )
     b = replace(b, region=region)
-    if b.region and not _REGION_RE.match(b.region):
+    if b.region and not REGION_RE.match(b.region):
         raise InvalidArgument("bedrock.region", "is not an AWS region (e.g. us-east-1)")
-    if b.role_arn and not _ROLE_ARN_RE.match(b.role_arn):
+    if b.role_arn and not ROLE_ARN_RE.match(b.role_arn):
         raise InvalidArgument(
             "bedrock.role_arn",
             "must be an IAM role ARN such as arn:aws:iam::123456789012:role/bedrock",
