@@ -21,11 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
 from data_plane.bridge.asgi import Message, Receive, Scope, Send, respond
-from data_plane.bridge.dump import Dumper
 from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.metrics import BridgeMetrics
-from data_plane.bridge.providers import Family, Provider, error_body
+from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.routing import EMPTY, Principal, RoutingTable
+from data_plane.dump import Dumper
+from data_plane.families import Family
 
 log = get_logger(__name__)
 

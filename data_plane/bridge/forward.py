@@ -18,12 +18,13 @@ from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
 from data_plane.bridge.asgi import Send, respond
 from data_plane.bridge.breaker import Rejected
-from data_plane.bridge.dump import Dumper, Exchange
 from data_plane.bridge.metrics import BridgeMetrics
-from data_plane.bridge.providers import Family, Provider, error_body
+from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.transport import Timeouts, UpstreamTransport, direct_transport, origin_of
 from data_plane.bridge.upstream import UpstreamResponse, from_httpx
 from data_plane.bridge.usage import UsageReader
+from data_plane.dump import Dumper, Exchange
+from data_plane.families import Family
 
 log = get_logger(__name__)
 

@@ -20,9 +20,10 @@ from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.logs import get_logger
 from data_plane.bridge.breaker import BreakerSet, BreakerState
 from data_plane.bridge.keypool import KeyPool, KeyPoolError
-from data_plane.bridge.providers import FAMILY_OF_TYPE, ROUTES, Family, Provider, type_name
+from data_plane.bridge.providers import Provider
 from data_plane.bridge.settings import BreakerSettings
 from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, BedrockFactory
+from data_plane.families import FAMILY_OF_TYPE, ROUTES, Family, type_name
 
 log = get_logger(__name__)
 PS = provider_pb2.ProviderStatus

@@ -21,12 +21,12 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
 from data_plane.bridge.app import BridgeApp
 from data_plane.bridge.bedrock_adapter import load_factory
-from data_plane.bridge.dump import Dumper
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.routing import BuildContext, build_table
 from data_plane.bridge.settings import BridgeSettings
 from data_plane.bridge.transport import UpstreamTransport
 from data_plane.bridge.upstream import BedrockFactory
+from data_plane.dump import Dumper
 from data_plane.subscriber import Subscriber, SubscriberConfig
 
 log = get_logger(__name__)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from data_plane.bridge.dump import Dumper
+from data_plane.dump import Dumper
 from data_plane.proxy.ca import LeafCache
 from data_plane.proxy.egress import Egress
 from data_plane.proxy.metrics import ProxyMetrics

@@ -18,7 +18,7 @@ import uuid
 import h11
 
 from aibridge.logs import get_logger
-from data_plane.bridge.dump import Exchange
+from data_plane.dump import Exchange
 from data_plane.proxy.auth import Identity
 from data_plane.proxy.context import Shared
 from data_plane.proxy.h11io import ClientGone, H11Stream, TooLarge, header

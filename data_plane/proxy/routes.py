@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
-from data_plane.bridge.providers import FAMILY_OF_TYPE, ROUTES, type_name
 from data_plane.bridge.routing import Principal
+from data_plane.families import FAMILY_OF_TYPE, ROUTES, type_name
 
 log = get_logger(__name__)
 PS = provider_pb2.ProviderStatus

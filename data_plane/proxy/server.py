@@ -13,7 +13,7 @@ import time
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
-from data_plane.bridge.dump import Dumper
+from data_plane.dump import Dumper
 from data_plane.proxy.ca import CertificateAuthority, LeafCache
 from data_plane.proxy.context import Shared, make_client
 from data_plane.proxy.egress import Egress, Resolver, system_resolve

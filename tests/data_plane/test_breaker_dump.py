@@ -20,8 +20,8 @@ from dp_fakes import (
 )
 
 from data_plane.bridge.breaker import Breaker, BreakerState, Rejected
-from data_plane.bridge.dump import Dumper, Exchange, safe_component
 from data_plane.bridge.settings import BreakerSettings
+from data_plane.dump import Dumper, Exchange, safe_component
 
 MSG = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 

@@ -1,5 +1,6 @@
 """Request/response dumps for debugging, secrets masked, confined to the dump directory.
 
+Written by both daemons (the bridge, and the proxy when it hands requests over).
 Layout: `<dir>/<provider>/<model, "/" → "-">/<unix-ms>-<id>.req.txt` and `.resp.txt`;
 passthrough calls go under `<dir>/<provider>/passthrough/`. Every path component is
 sanitized and the final path is checked to lie inside the directory. I/O failures only
