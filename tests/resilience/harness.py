@@ -371,6 +371,7 @@ class TcpProxy:
         self._pairs: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connections = 0
+        self.blackholed = False  # accept and read, never forward: a silent partition
 
     @property
     def address(self) -> str:
@@ -395,7 +396,9 @@ class TcpProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def restore(self) -> None:
-        await self.start()
+        self.blackholed = False
+        if self.server is None:
+            await self.start()
 
     async def close(self) -> None:
         await self.cut()
@@ -418,6 +421,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if self.blackholed:
+                        continue  # swallowed: the peer waits for an answer that never comes
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):

@@ -209,9 +209,11 @@ def check_seeded(db: Database, env: dict[str, str], created: tuple[str, ...]) ->
                     assert key.value not in stored.secret
         audit = session.execute(text("SELECT after FROM audit_log")).scalars().all()
         assert len(audit) == len(created)
+        # Keys are never in the audit log (unless the same text is also a non-secret value).
+        public = [v for k, v in env.items() if not k.upper().endswith(("KEY", "KEYS"))]
         for seed in plan.values():
             for key in seed.keys:
-                if len(key.value) >= 8:
+                if len(key.value) >= 8 and not any(key.value in v for v in public):
                     assert not any(key.value in (a or "") for a in audit)
 
 

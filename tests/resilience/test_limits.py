@@ -256,3 +256,54 @@ async def test_many_stuck_subscribers(procs: Procs, sqlite_url: str) -> None:
         await admin.close()
     assert max(lags) < 0.5
     recorder.check()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the client-chosen `model` of each request becomes a Prometheus label value "
+    "(aibridged_requests/_tokens/_breaker_rejects) and a circuit-breaker key "
+    "(BreakerSet.breakers, never evicted): distinct model names grow the bridge's metrics "
+    "and memory without bound. Needs a cap on distinct models per provider (e.g. fold the "
+    "rest into one 'other' label/breaker).",
+)
+async def test_client_chosen_model_names_do_not_grow_state_without_bound(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str
+) -> None:
+    """Fifteen hundred requests with distinct model names leave at most 500 model label values in the bridge's /metrics."""
+    service = await asyncio.to_thread(procs.config_service, sqlite_url)
+    admin = Admin(service.ready["target"])
+    try:
+        await admin.create_provider(
+            "cardinal", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/v1/", ["sk-card-000000000000000"]
+        )
+        member = await admin.create_token("alice")
+        version = str(await admin.version())
+    finally:
+        await admin.close()
+    bridge = await asyncio.to_thread(
+        procs.bridge,
+        service.ready["target"],
+        "bridge-cardinal",
+        AIBRIDGE_CIRCUIT_BREAKER_ENABLED="true",
+    )
+    async with httpx.AsyncClient(
+        base_url=bridge_url(bridge), headers={"authorization": f"Bearer {member}"}, timeout=10
+    ) as http:
+        await eventually(lambda: readyz_version(http, version))
+        for i in range(1500):
+            model = f"m-{i:05d}-" + "z" * 40
+            response = await http.post(
+                "/cardinal/v1/chat/completions", json={"model": model, "messages": []}
+            )
+            assert response.status_code == 200
+        page = (await http.get("/metrics")).text
+    models = {
+        line.split('model="', 1)[1].split('"', 1)[0]
+        for line in page.splitlines()
+        if 'model="m-' in line
+    }
+    assert len(models) <= 500, f"{len(models)} model label values after 1500 requests"
+
+
+async def readyz_version(http: httpx.AsyncClient, version: str) -> bool:
+    return bool((await http.get("/readyz")).json()["version"] == version)
