@@ -10,8 +10,6 @@ providers or tokens a request in flight sees.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 
@@ -24,9 +22,10 @@ from data_plane.bridge.asgi import Message, Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
-from data_plane.bridge.routing import EMPTY, Principal, RoutingTable
+from data_plane.bridge.routing import EMPTY, RoutingTable
 from data_plane.dump import Dumper
 from data_plane.families import Family
+from data_plane.gateway_auth import Principal, lookup
 
 log = get_logger(__name__)
 
@@ -240,12 +239,10 @@ class BridgeApp:
     def _authenticate(table: RoutingTable, token: bytes | None) -> Principal | tuple[int, str]:
         if not token:
             return 401, "no authentication key provided"
-        digest = hashlib.sha256(token).hexdigest()
-        principal = table.tokens.get(digest)
-        # The lookup is keyed by the hash; confirm it in constant time all the same.
-        if principal is None or not hmac.compare_digest(digest, principal.sha256):
+        principal = lookup(table.tokens, token)
+        if principal is None:
             return 401, "invalid or revoked gateway token"
-        if not principal.may_use_bridge:
+        if not principal.may_use_gateway:
             return 403, "this token's role may not use the bridge"
         return principal
 

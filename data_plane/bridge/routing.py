@@ -16,7 +16,7 @@ from types import MappingProxyType
 import httpx
 
 from aibridge.config.v1 import config_service_pb2 as cs
-from aibridge.config.v1 import provider_pb2, token_pb2
+from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
 from data_plane.bridge.breaker import BreakerSet, BreakerState
 from data_plane.bridge.keypool import KeyPool, KeyPoolError
@@ -24,30 +24,17 @@ from data_plane.bridge.providers import Provider
 from data_plane.bridge.settings import BreakerSettings
 from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, BedrockFactory
 from data_plane.families import FAMILY_OF_TYPE, ROUTES, Family, type_name
+from data_plane.gateway_auth import TokenTable, token_table
 
 log = get_logger(__name__)
 PS = provider_pb2.ProviderStatus
-BRIDGE_ROLES = frozenset({token_pb2.ROLE_OWNER, token_pb2.ROLE_MEMBER})
-
-
-@dataclass(frozen=True)
-class Principal:
-    sha256: str
-    token_id: str
-    principal_id: str
-    principal_name: str
-    role: int
-
-    @property
-    def may_use_bridge(self) -> bool:
-        return self.role in BRIDGE_ROLES
 
 
 @dataclass(frozen=True)
 class RoutingTable:
     version: str
     providers: Mapping[str, Provider] = field(default_factory=lambda: MappingProxyType({}))
-    tokens: Mapping[str, Principal] = field(default_factory=lambda: MappingProxyType({}))
+    tokens: TokenTable = field(default_factory=lambda: MappingProxyType({}))
     failed: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     applied: bool = True
 
@@ -180,16 +167,10 @@ def build_table(
             version=snapshot.version,
             failed=len(errors),
         )
-    tokens = {
-        t.sha256.lower(): Principal(
-            t.sha256.lower(), t.token_id, t.principal_id, t.principal_name, t.role
-        )
-        for t in snapshot.gateway_tokens
-    }
     table = RoutingTable(
         version=snapshot.version,
         providers=MappingProxyType(providers),
-        tokens=MappingProxyType(tokens),
+        tokens=token_table(snapshot.gateway_tokens),
         failed=MappingProxyType(failed),
     )
     return table, errors

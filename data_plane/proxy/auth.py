@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 from dataclasses import dataclass
 
-from data_plane.bridge.routing import Principal
+from data_plane.gateway_auth import Principal, lookup
 from data_plane.proxy.routes import ProxyTable
 
 REALM = 'Basic realm="AI Bridge Proxy"'
@@ -49,7 +47,7 @@ def basic_password(header: bytes | None) -> str | None:
 
 def is_gateway_token(table: ProxyTable, value: str) -> bool:
     """Whether a credential a client sent is one of ours (and so not a provider key)."""
-    return hashlib.sha256(value.encode()).hexdigest() in table.tokens
+    return lookup(table.tokens, value.encode()) is not None
 
 
 def authenticate(table: ProxyTable, header: bytes | None) -> Identity | str:
@@ -57,11 +55,9 @@ def authenticate(table: ProxyTable, header: bytes | None) -> Identity | str:
     token = basic_password(header)
     if token is None:
         return "proxy authentication required: send the gateway token as the Basic password"
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    principal = table.tokens.get(digest)
-    # The lookup is keyed by the hash; confirm it in constant time all the same.
-    if principal is None or not hmac.compare_digest(digest, principal.sha256):
+    principal = lookup(table.tokens, token.encode())
+    if principal is None:
         return "invalid or revoked gateway token"
-    if not principal.may_use_bridge:
+    if not principal.may_use_gateway:
         return "this token's role may not use the proxy"
     return Identity(token, principal)

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
-from data_plane.bridge.routing import Principal
 from data_plane.families import FAMILY_OF_TYPE, ROUTES, type_name
+from data_plane.gateway_auth import TokenTable, token_table
 
 log = get_logger(__name__)
 PS = provider_pb2.ProviderStatus
@@ -53,7 +53,7 @@ class Route:
 class ProxyTable:
     version: str
     hosts: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}))
-    tokens: Mapping[str, Principal] = field(default_factory=lambda: MappingProxyType({}))
+    tokens: TokenTable = field(default_factory=lambda: MappingProxyType({}))
     # provider name -> (type, status shown in metrics: intercepted/disabled/error/excluded)
     providers: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     applied: bool = True
@@ -119,16 +119,10 @@ def build_table(snapshot: cs.ProviderSnapshot) -> tuple[ProxyTable, list[cs.Prov
         prefix = ROUTES[family].strip_prefix if family is not None else ""
         hosts[host] = Route(p.name, ptype, base_path, prefix)
         providers[p.name] = (ptype, "intercepted")
-    tokens = {
-        t.sha256.lower(): Principal(
-            t.sha256.lower(), t.token_id, t.principal_id, t.principal_name, t.role
-        )
-        for t in snapshot.gateway_tokens
-    }
     table = ProxyTable(
         version=snapshot.version,
         hosts=MappingProxyType(hosts),
-        tokens=MappingProxyType(tokens),
+        tokens=token_table(snapshot.gateway_tokens),
         providers=MappingProxyType(providers),
     )
     return table, errors
