@@ -190,6 +190,15 @@ def _fetch_ca(proxy_url: str, data_dir: Path) -> Path | None:
     return path
 
 
+def cli_path() -> str:
+    """How to call `aibridge` from the user's shell (.venv/bin is often not on PATH)."""
+    import shutil
+
+    here = Path(sys.executable).parent / "aibridge"
+    found = shutil.which("aibridge")
+    return "aibridge" if found and Path(found).resolve() == here.resolve() else str(here)
+
+
 def banner(
     bridge_url: str,
     proxy_addr: str,
@@ -218,6 +227,7 @@ def banner(
     ]
     openai = openai_like[0] if openai_like else "openai"
     anthropic = anthropic_like[0] if anthropic_like else "anthropic"
+    cli = cli_path()
     missing_openai = "" if openai_like else "  # no OpenAI-style provider yet"
     missing_anthropic = "" if anthropic_like else "  # no Anthropic provider yet"
     lines = [
@@ -246,7 +256,7 @@ def banner(
         "# Admin commands and snapshots (the admin token stays in the 0600 secrets file):",
         f"export AIBRIDGE_CONFIG_SERVICE={grpc_target}",
         f"export AIBRIDGE_TOKEN=$(sed -n 's/^AIBRIDGE_ADMIN_TOKEN=//p' {secrets_file})",
-        "aibridge snapshot --watch",
+        f"{cli} snapshot --watch",
         'grpcurl -plaintext -H "authorization: Bearer $AIBRIDGE_TOKEN" '
         f'-d \'{{"node_id":"me"}}\' {grpc_target} '
         "aibridge.config.v1.ConfigService/WatchProviders",
@@ -255,8 +265,8 @@ def banner(
         lines += [
             "",
             "No provider is configured yet. Add one (the key is read from your env):",
-            f"  AIBRIDGE_CONFIG_SERVICE={grpc_target} AIBRIDGE_TOKEN=<admin token> \\",
-            "    aibridge providers create openai --type openai --keys-from-env OPENAI_KEY",
+            "  (with AIBRIDGE_CONFIG_SERVICE and AIBRIDGE_TOKEN exported as above)",
+            f"    {cli} providers create openai --type openai --keys-from-env OPENAI_KEY",
             "or start with AIBRIDGE_OPENAI_KEY / AIBRIDGE_ANTHROPIC_KEY set to seed them.",
         ]
     else:
