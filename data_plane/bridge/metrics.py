@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from data_plane.bridge.breaker import BreakerState
+from data_plane.follow import FollowMetrics
 
 if TYPE_CHECKING:
     from data_plane.bridge.routing import RoutingTable
@@ -100,28 +101,7 @@ class BridgeMetrics:
         self.tokens = Counter(
             P + "tokens", "Tokens reported by upstreams.", ["provider", "model", "type"], registry=r
         )
-        self.snapshot_version = Gauge(
-            P + "snapshot_version_info",
-            "The applied snapshot version (value 1).",
-            ["version"],
-            registry=r,
-        )
-        self.provider_info = Gauge(
-            P + "provider_info",
-            "Providers of the applied snapshot.",
-            ["provider_name", "provider_type", "status"],
-            registry=r,
-        )
-        self.last_reload = Gauge(
-            P + "providers_last_reload_timestamp_seconds",
-            "Last snapshot application attempt.",
-            registry=r,
-        )
-        self.last_reload_success = Gauge(
-            P + "providers_last_reload_success_timestamp_seconds",
-            "Last successful snapshot application.",
-            registry=r,
-        )
+        self.follow = FollowMetrics(r, P)
 
         # Label children of the per-request series, looked up once (labels() validates,
         # locks and allocates on every call).
@@ -160,13 +140,6 @@ class BridgeMetrics:
             self.breaker_trips.labels(provider, route, model).inc()
 
     def snapshot_applied(self, table: RoutingTable, when: float) -> None:
-        self.snapshot_version.clear()
-        self.snapshot_version.labels(table.version).set(1)
-        self.provider_info.clear()
-        for provider in table.providers.values():
-            self.provider_info.labels(provider.name, provider.type, table.status_of(provider)).set(
-                1
-            )
-        for name, (ptype, _error) in table.failed.items():
-            self.provider_info.labels(name, ptype, "error").set(1)
-        self.last_reload_success.set(when)
+        providers = [(p.name, p.type, table.status_of(p)) for p in table.providers.values()]
+        providers += [(name, ptype, "error") for name, (ptype, _error) in table.failed.items()]
+        self.follow.applied(table.version, providers, when)

@@ -110,7 +110,7 @@ class Bridge:
                 cache_file=settings.snapshot_cache,
             ),
             self.apply,
-            on_attempt=self.metrics.last_reload.set,
+            on_attempt=self.metrics.follow.attempted,
         )
         config = uvicorn.Config(
             self.app,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from data_plane.follow import FollowMetrics
 from data_plane.proxy.routes import ProxyTable
 
 P = "aibridgeproxyd_"
@@ -42,37 +43,17 @@ class ProxyMetrics:
             ["code"],
             registry=r,
         )
-        self.snapshot_version = Gauge(
-            P + "snapshot_version_info",
-            "The applied snapshot version (value 1).",
-            ["version"],
-            registry=r,
-        )
-        self.provider_info = Gauge(
-            P + "provider_info",
-            "Providers of the applied snapshot and whether their host is intercepted.",
-            ["provider_name", "provider_type", "status"],
-            registry=r,
+        self.follow = FollowMetrics(
+            r,
+            P,
+            provider_help="Providers of the applied snapshot "
+            "and whether their host is intercepted.",
         )
         self.intercepted_hosts = Gauge(
             P + "intercepted_hosts", "Hosts whose TLS the proxy terminates.", registry=r
         )
-        self.last_reload = Gauge(
-            P + "providers_last_reload_timestamp_seconds",
-            "Last snapshot application attempt.",
-            registry=r,
-        )
-        self.last_reload_success = Gauge(
-            P + "providers_last_reload_success_timestamp_seconds",
-            "Last successful snapshot application.",
-            registry=r,
-        )
 
     def snapshot_applied(self, table: ProxyTable, when: float) -> None:
-        self.snapshot_version.clear()
-        self.snapshot_version.labels(table.version).set(1)
-        self.provider_info.clear()
-        for name, (ptype, status) in table.providers.items():
-            self.provider_info.labels(name, ptype, status).set(1)
         self.intercepted_hosts.set(len(table.hosts))
-        self.last_reload_success.set(when)
+        providers = [(name, ptype, status) for name, (ptype, status) in table.providers.items()]
+        self.follow.applied(table.version, providers, when)

@@ -45,7 +45,7 @@ class Proxy:
                 cache_file=settings.snapshot_cache,
             ),
             self.apply,
-            on_attempt=self.metrics.last_reload.set,
+            on_attempt=self.metrics.follow.attempted,
         )
         self.host = settings.listen_host
         self.port = settings.listen_port
