@@ -3,13 +3,24 @@
 `FollowMetrics`: the snapshot series every daemon exports under its own prefix
 (`<prefix>snapshot_version_info`, `<prefix>provider_info`,
 `<prefix>providers_last_reload_timestamp_seconds` and `..._success_...`).
+
+`make_subscriber(settings, token, apply, metrics)` builds the daemon's `Subscriber` from
+its settings (config service address, TLS/mTLS files, snapshot cache, node id), and
+`start_following(subscriber)` serves the cached snapshot, if any, then follows the stream
+in a task named "subscriber" (cancel it to stop).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
+
+from aibridge.masking import Secret
+from data_plane.subscriber import ApplyFn, Subscriber, SubscriberConfig
 
 
 class FollowMetrics:
@@ -57,3 +68,45 @@ class FollowMetrics:
         for name, ptype, status in providers:
             self.provider_info.labels(name, ptype, status).set(1)
         self.last_reload_success.set(when)
+
+
+class FollowSettings(Protocol):
+    """The settings both daemons have for following the config service."""
+
+    @property
+    def config_service(self) -> str: ...
+    @property
+    def config_service_ca_file(self) -> Path | None: ...
+    @property
+    def config_service_cert_file(self) -> Path | None: ...
+    @property
+    def config_service_key_file(self) -> Path | None: ...
+    @property
+    def snapshot_cache(self) -> Path | None: ...
+    @property
+    def node_id(self) -> str: ...
+
+
+def make_subscriber(
+    settings: FollowSettings, token: Secret, apply: ApplyFn, metrics: FollowMetrics
+) -> Subscriber:
+    """The daemon's subscriber; every apply attempt is recorded in `metrics`."""
+    return Subscriber(
+        SubscriberConfig(
+            target=settings.config_service,
+            token=token,
+            node_id=settings.node_id,
+            ca_file=settings.config_service_ca_file,
+            cert_file=settings.config_service_cert_file,
+            key_file=settings.config_service_key_file,
+            cache_file=settings.snapshot_cache,
+        ),
+        apply,
+        on_attempt=metrics.attempted,
+    )
+
+
+async def start_following(subscriber: Subscriber) -> asyncio.Task[None]:
+    """Apply the cached snapshot (if any), then follow the stream in a new task."""
+    await subscriber.load_cache()
+    return asyncio.create_task(subscriber.run(), name="subscriber")

@@ -27,7 +27,7 @@ from data_plane.bridge.settings import BridgeSettings
 from data_plane.bridge.transport import UpstreamTransport
 from data_plane.bridge.upstream import BedrockFactory
 from data_plane.dump import Dumper
-from data_plane.subscriber import Subscriber, SubscriberConfig
+from data_plane.follow import make_subscriber, start_following
 
 log = get_logger(__name__)
 
@@ -99,18 +99,8 @@ class Bridge:
             on_key_transition=self.metrics.on_key_transition,
             on_breaker_change=self.metrics.on_breaker_change,
         )
-        self.subscriber = Subscriber(
-            SubscriberConfig(
-                target=settings.config_service,
-                token=settings.bridge_token,
-                node_id=settings.node_id,
-                ca_file=settings.config_service_ca_file,
-                cert_file=settings.config_service_cert_file,
-                key_file=settings.config_service_key_file,
-                cache_file=settings.snapshot_cache,
-            ),
-            self.apply,
-            on_attempt=self.metrics.follow.attempted,
+        self.subscriber = make_subscriber(
+            settings, settings.bridge_token, self.apply, self.metrics.follow
         )
         config = uvicorn.Config(
             self.app,
@@ -148,8 +138,7 @@ class Bridge:
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     async def start(self) -> None:
-        await self.subscriber.load_cache()
-        self._tasks.append(asyncio.create_task(self.subscriber.run(), name="subscriber"))
+        self._tasks.append(await start_following(self.subscriber))
         sock = self.server.config.bind_socket()
         self.port = sock.getsockname()[1]
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="http"))

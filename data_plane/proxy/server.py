@@ -14,6 +14,7 @@ import time
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
 from data_plane.dump import Dumper
+from data_plane.follow import make_subscriber, start_following
 from data_plane.proxy.ca import CertificateAuthority, LeafCache
 from data_plane.proxy.context import Shared, make_client
 from data_plane.proxy.egress import Egress, Resolver, system_resolve
@@ -21,7 +22,6 @@ from data_plane.proxy.front import FrontDoor
 from data_plane.proxy.metrics import ProxyMetrics
 from data_plane.proxy.routes import build_table
 from data_plane.proxy.settings import ProxySettings
-from data_plane.subscriber import Subscriber, SubscriberConfig
 
 log = get_logger(__name__)
 
@@ -34,18 +34,8 @@ class Proxy:
         self._resolver = resolver
         self.metrics = ProxyMetrics()
         self.shared: Shared | None = None
-        self.subscriber = Subscriber(
-            SubscriberConfig(
-                target=settings.config_service,
-                token=settings.proxy_token,
-                node_id=settings.node_id,
-                ca_file=settings.config_service_ca_file,
-                cert_file=settings.config_service_cert_file,
-                key_file=settings.config_service_key_file,
-                cache_file=settings.snapshot_cache,
-            ),
-            self.apply,
-            on_attempt=self.metrics.follow.attempted,
+        self.subscriber = make_subscriber(
+            settings, settings.proxy_token, self.apply, self.metrics.follow
         )
         self.host = settings.listen_host
         self.port = settings.listen_port
@@ -87,8 +77,7 @@ class Proxy:
             egress=Egress(s.allowed_private_cidrs, self._resolver),
             dumper=Dumper(s.dump_dir) if s.dump_dir else None,
         )
-        await self.subscriber.load_cache()
-        self._task = asyncio.create_task(self.subscriber.run(), name="subscriber")
+        self._task = await start_following(self.subscriber)
         front = self._front = FrontDoor(self.shared)
         self._server = await asyncio.start_server(
             front.handle, s.listen_host, s.listen_port, limit=2**16
