@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.cookiejar
 import time
 from collections.abc import Generator
 from typing import Literal
 
 import httpx
 import uvicorn
-from httpx._utils import get_environment_proxies
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
@@ -28,6 +26,7 @@ from data_plane.bridge.transport import UpstreamTransport
 from data_plane.bridge.upstream import BedrockFactory
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
+from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
 
 log = get_logger(__name__)
 
@@ -39,25 +38,12 @@ def make_http_client() -> httpx.AsyncClient:
     does with trust_env: matching URLs go through httpx's own proxy transports.
     Cookies are never stored: the client is shared by every user of the bridge.
     """
-    limits = httpx.Limits(
-        max_connections=2000, max_keepalive_connections=500, keepalive_expiry=60.0
+    transport = UpstreamTransport(
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive=MAX_KEEPALIVE,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
     )
-    mounts: dict[str, httpx.AsyncBaseTransport | None] = {
-        key: None if url is None else httpx.AsyncHTTPTransport(proxy=url, limits=limits)
-        for key, url in get_environment_proxies().items()
-    }
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0),
-        transport=UpstreamTransport(max_connections=2000, max_keepalive=500, keepalive_expiry=60.0),
-        mounts=mounts,
-        follow_redirects=False,
-        trust_env=True,
-    )
-    client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    # Forward exactly the client's headers: drop httpx's defaults (User-Agent, Accept...).
-    for name in ("user-agent", "accept", "accept-encoding"):
-        del client.headers[name]
-    return client
+    return make_client(trust_env=True, transport=transport)
 
 
 class _Server(uvicorn.Server):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 
 from data_plane.dump import Dumper
+from data_plane.http_client import make_client
 from data_plane.proxy.ca import LeafCache
 from data_plane.proxy.egress import Egress
 from data_plane.proxy.metrics import ProxyMetrics
@@ -18,23 +19,16 @@ from data_plane.proxy.routes import EMPTY, ProxyTable
 from data_plane.proxy.settings import ProxySettings
 
 
-def make_client(*, timeout_read: float = 600.0) -> httpx.AsyncClient:
+def make_proxy_client(*, read_timeout: float = 600.0) -> httpx.AsyncClient:
     """A pooled client that sends exactly the headers it is given.
 
     trust_env is off: the proxy must never route its own traffic through HTTP(S)_PROXY,
     which on a developer machine may well point back at the proxy itself.
+
+    keep_cookies preserves what this client has always done (httpx's cookie jar, shared
+    by every client of the proxy), unlike the bridge's client, which stores none.
     """
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=10.0, read=timeout_read, write=60.0, pool=30.0),
-        limits=httpx.Limits(
-            max_connections=2000, max_keepalive_connections=500, keepalive_expiry=60.0
-        ),
-        follow_redirects=False,
-        trust_env=False,
-    )
-    for name in ("user-agent", "accept", "accept-encoding"):
-        del client.headers[name]
-    return client
+    return make_client(trust_env=False, read_timeout=read_timeout, keep_cookies=True)
 
 
 @dataclass

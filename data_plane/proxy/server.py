@@ -16,7 +16,7 @@ from aibridge.logs import get_logger
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.proxy.ca import CertificateAuthority, LeafCache
-from data_plane.proxy.context import Shared, make_client
+from data_plane.proxy.context import Shared, make_proxy_client
 from data_plane.proxy.egress import Egress, Resolver, system_resolve
 from data_plane.proxy.front import FrontDoor
 from data_plane.proxy.metrics import ProxyMetrics
@@ -72,8 +72,8 @@ class Proxy:
             metrics=self.metrics,
             leaves=LeafCache(ca),
             ca_pem=ca.pem,
-            bridge=make_client(),
-            origins=make_client(timeout_read=300.0),
+            bridge=make_proxy_client(),
+            origins=make_proxy_client(read_timeout=300.0),
             egress=Egress(s.allowed_private_cidrs, self._resolver),
             dumper=Dumper(s.dump_dir) if s.dump_dir else None,
         )

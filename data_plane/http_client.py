@@ -1,0 +1,61 @@
+"""The pooled httpx client both daemons send their traffic with.
+
+Both want the same shape: large pools (2000 connections, 500 kept alive for 60 s), the
+same timeouts, no redirects followed, and exactly the headers the caller gives (httpx's
+default User-Agent, Accept and Accept-Encoding are dropped). What differs is a
+parameter:
+
+- `trust_env`: whether HTTP(S)_PROXY / NO_PROXY apply. The bridge honours them; the
+  proxy must not, since on a developer machine they may well point back at the proxy.
+- `transport`: the bridge's own `UpstreamTransport`, or httpx's pool when None.
+  With `trust_env`, the proxied URLs still go through httpx's proxy transports, with
+  the same pool limits.
+- `read_timeout`: 600 s by default.
+- `keep_cookies`: whether the client's cookie jar stores what responses set (and sends
+  it on later requests to the same origin, whoever makes them).
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+
+import httpx
+from httpx._utils import get_environment_proxies
+
+MAX_CONNECTIONS = 2000
+MAX_KEEPALIVE = 500
+KEEPALIVE_EXPIRY = 60.0
+
+
+def make_client(
+    *,
+    trust_env: bool,
+    read_timeout: float = 600.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+    keep_cookies: bool = False,
+) -> httpx.AsyncClient:
+    """A pooled client that sends exactly the headers it is given."""
+    limits = httpx.Limits(
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=MAX_KEEPALIVE,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+    if trust_env:
+        mounts = {
+            key: None if url is None else httpx.AsyncHTTPTransport(proxy=url, limits=limits)
+            for key, url in get_environment_proxies().items()
+        }
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=10.0, read=read_timeout, write=60.0, pool=30.0),
+        limits=limits,
+        transport=transport,
+        mounts=mounts,
+        follow_redirects=False,
+        trust_env=trust_env,
+    )
+    if not keep_cookies:
+        client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    for name in ("user-agent", "accept", "accept-encoding"):
+        del client.headers[name]
+    return client
