@@ -19,6 +19,7 @@ from dp_fakes import (
     FakeUpstream,
     QuietServer,
     StartBridge,
+    daemon_starter,
     eventually,
     wait_for_version,
 )
@@ -60,23 +61,15 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 @pytest.fixture
 async def start_bridge(config_service: ConfigServer) -> AsyncIterator[StartBridge]:
-    started: list[Bridge] = []
-
-    async def start(wait_version: str | None = None, **env: str) -> Bridge:
+    def build(index: int, env: dict[str, str]) -> Bridge:
         environ = {
             "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
             "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
             "AIBRIDGE_CONFIG_SERVICE": config_service.target,
-            "AIBRIDGE_NODE_ID": f"test-bridge-{len(started)}",
+            "AIBRIDGE_NODE_ID": f"test-bridge-{index}",
             **env,
         }
-        bridge = Bridge(BridgeSettings.from_env(environ))
-        await bridge.start()
-        started.append(bridge)
-        if wait_version is not None:
-            await wait_for_version(bridge, wait_version)
-        return bridge
+        return Bridge(BridgeSettings.from_env(environ))
 
-    yield start
-    for bridge in started:
-        await bridge.stop()
+    async with daemon_starter(build, wait_for_version) as start:
+        yield start

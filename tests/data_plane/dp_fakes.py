@@ -8,7 +8,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -329,6 +329,35 @@ class QuietServer(uvicorn.Server):
 
 
 StartBridge = Callable[..., Awaitable[Bridge]]
+
+
+class Daemon(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+D = TypeVar("D", bound=Daemon)
+
+
+@contextlib.asynccontextmanager
+async def daemon_starter(
+    build: Callable[[int, dict[str, str]], D], wait: Callable[[D, str], Awaitable[None]]
+) -> AsyncIterator[Callable[..., Awaitable[D]]]:
+    """`start(wait_version=None, **env)` for a fixture: `build(index, env)` then start, and
+    wait for a snapshot version when asked; every daemon started is stopped on exit."""
+    started: list[D] = []
+
+    async def start(wait_version: str | None = None, **env: str) -> D:
+        daemon = build(len(started), env)
+        await daemon.start()
+        started.append(daemon)
+        if wait_version is not None:
+            await wait(daemon, wait_version)
+        return daemon
+
+    yield start
+    for daemon in started:
+        await daemon.stop()
 
 
 async def eventually(condition: Callable[[], object], within: float = 5.0) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from dp_fakes import BRIDGE_TOKEN, ConfigServer
+from dp_fakes import BRIDGE_TOKEN, ConfigServer, daemon_starter
 from proxy_fakes import Echo, StartProxy, wait_for_proxy_version
 
 from data_plane.proxy.server import Proxy
@@ -16,28 +16,20 @@ from data_plane.proxy.settings import ProxySettings
 
 @pytest.fixture
 async def start_proxy(config_service: ConfigServer, tmp_path: Path) -> AsyncIterator[StartProxy]:
-    started: list[Proxy] = []
-
-    async def start(wait_version: str | None = None, **env: str) -> Proxy:
+    def build(index: int, env: dict[str, str]) -> Proxy:
         # The fake config service accepts one token whatever the role; scope is its concern.
         environ = {
             "AIBRIDGE_PROXY_TOKEN": BRIDGE_TOKEN,
             "AIBRIDGE_PROXY_LISTEN": "127.0.0.1:0",
             "AIBRIDGE_CONFIG_SERVICE": config_service.target,
             "AIBRIDGE_DATA_DIR": str(tmp_path / "proxy-data"),
-            "AIBRIDGE_NODE_ID": f"test-proxy-{len(started)}",
+            "AIBRIDGE_NODE_ID": f"test-proxy-{index}",
             **env,
         }
-        proxy = Proxy(ProxySettings.from_env(environ))
-        await proxy.start()
-        started.append(proxy)
-        if wait_version is not None:
-            await wait_for_proxy_version(proxy, wait_version)
-        return proxy
+        return Proxy(ProxySettings.from_env(environ))
 
-    yield start
-    for proxy in started:
-        await proxy.stop()
+    async with daemon_starter(build, wait_for_proxy_version) as start:
+        yield start
 
 
 @pytest.fixture
