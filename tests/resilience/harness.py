@@ -229,6 +229,24 @@ def bridge_url(proc: Proc) -> str:
     return str(proc.ready["url"])
 
 
+async def bridge_ready(proc: Proc, version: str | int, within: float = 15.0) -> None:
+    """Until the bridge's /readyz reports `version`; on timeout, fail with its log."""
+    import httpx
+
+    async def on_version() -> bool:
+        async with httpx.AsyncClient(timeout=5) as http:
+            answer = (await http.get(bridge_url(proc) + "/readyz")).json()
+            return bool(answer.get("version") == str(version))
+
+    try:
+        await eventually(on_version, within)
+    except AssertionError:
+        tail = "".join(proc.lines[-30:])
+        raise AssertionError(
+            f"bridge not on version {version} in {within}s; log:\n{tail}"
+        ) from None
+
+
 # ------------------------------------------------------------------------- fake upstream
 
 

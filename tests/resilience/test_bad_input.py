@@ -39,8 +39,8 @@ from tests.resilience.harness import (
     Proc,
     Procs,
     RawUpstream,
+    bridge_ready,
     bridge_url,
-    eventually,
     walk_files,
 )
 
@@ -320,13 +320,7 @@ async def fuzz_stack(
         procs.bridge, service.ready["target"], "bridge-fuzz", AIBRIDGE_DUMP_DIR=str(dumps)
     )
 
-    async def ready() -> bool:
-        async with httpx.AsyncClient() as http:
-            return bool(
-                (await http.get(bridge_url(bridge) + "/readyz")).json()["version"] == version
-            )
-
-    await eventually(ready)
+    await bridge_ready(bridge, version)
     return FuzzStack(bridge, member, dumps, tmp_path, upstream)
 
 

@@ -26,6 +26,7 @@ from tests.resilience.harness import (
     RawUpstream,
     Request,
     StreamRecorder,
+    bridge_ready,
     bridge_url,
     database_revision,
     eventually,
@@ -191,13 +192,7 @@ async def test_slow_sse_reader_pushes_back_on_the_upstream(
         await admin.close()
     bridge = await asyncio.to_thread(procs.bridge, service.ready["target"], "bridge-slow")
 
-    async def ready() -> bool:
-        async with httpx.AsyncClient() as http:
-            return bool(
-                (await http.get(bridge_url(bridge) + "/readyz")).json()["version"] == version
-            )
-
-    await eventually(ready)
+    await bridge_ready(bridge, version)
     baseline = bridge.rss_kib()
     host, port = bridge_url(bridge).removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port), limit=2**16)
@@ -289,7 +284,7 @@ async def test_client_chosen_model_names_do_not_grow_state_without_bound(
     async with httpx.AsyncClient(
         base_url=bridge_url(bridge), headers={"authorization": f"Bearer {member}"}, timeout=10
     ) as http:
-        await eventually(lambda: readyz_version(http, version))
+        await bridge_ready(bridge, version)
         for i in range(1500):
             model = f"m-{i:05d}-" + "z" * 40
             response = await http.post(
@@ -303,7 +298,3 @@ async def test_client_chosen_model_names_do_not_grow_state_without_bound(
         if 'model="m-' in line
     }
     assert len(models) <= 500, f"{len(models)} model label values after 1500 requests"
-
-
-async def readyz_version(http: httpx.AsyncClient, version: str) -> bool:
-    return bool((await http.get("/readyz")).json()["version"] == version)

@@ -33,6 +33,7 @@ from tests.resilience.harness import (
     Procs,
     RawUpstream,
     Request,
+    bridge_ready,
     bridge_url,
     dump_database_text,
     eventually,
@@ -180,13 +181,7 @@ async def test_no_secret_leaks_anywhere(
     )
     proxy_port = int(str(proxy.ready["listen"]).rsplit(":", 1)[1])
 
-    async def ready() -> bool:
-        async with httpx.AsyncClient() as http:
-            return bool(
-                (await http.get(bridge_url(bridge) + "/readyz")).json()["version"] == version
-            )
-
-    await eventually(ready)
+    await bridge_ready(bridge, version)
     await eventually(proxy_cache.exists)
 
     errors: dict[str, bytes] = {}

@@ -25,6 +25,7 @@ from tests.resilience.harness import (
     Procs,
     RawUpstream,
     Request,
+    bridge_ready,
     bridge_url,
     eventually,
     http_response,
@@ -83,12 +84,7 @@ async def stack(procs: Procs, upstream: RawUpstream, sqlite_url: str) -> Stack:
         AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT="30s",
     )
 
-    async def ready() -> bool:
-        async with httpx.AsyncClient() as http:
-            answer = (await http.get(bridge_url(bridge) + "/readyz")).json()
-            return bool(answer["version"] == str(version))
-
-    await eventually(ready)
+    await bridge_ready(bridge, version)
     return Stack(service, bridge, member, upstream)
 
 
