@@ -11,8 +11,9 @@ parameter:
   With `trust_env`, the proxied URLs still go through httpx's proxy transports, with
   the same pool limits.
 - `read_timeout`: 600 s by default.
-- `keep_cookies`: whether the client's cookie jar stores what responses set (and sends
-  it on later requests to the same origin, whoever makes them).
+
+Neither stores cookies: the client is shared by every caller, so a jar would replay one
+user's `Set-Cookie` on another user's requests to the same origin.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ def make_client(
     trust_env: bool,
     read_timeout: float = 600.0,
     transport: httpx.AsyncBaseTransport | None = None,
-    keep_cookies: bool = False,
 ) -> httpx.AsyncClient:
     """A pooled client that sends exactly the headers it is given."""
     limits = httpx.Limits(
@@ -54,8 +54,7 @@ def make_client(
         follow_redirects=False,
         trust_env=trust_env,
     )
-    if not keep_cookies:
-        client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     for name in ("user-agent", "accept", "accept-encoding"):
         del client.headers[name]
     return client

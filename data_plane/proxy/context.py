@@ -23,12 +23,10 @@ def make_proxy_client(*, read_timeout: float = 600.0) -> httpx.AsyncClient:
     """A pooled client that sends exactly the headers it is given.
 
     trust_env is off: the proxy must never route its own traffic through HTTP(S)_PROXY,
-    which on a developer machine may well point back at the proxy itself.
-
-    keep_cookies preserves what this client has always done (httpx's cookie jar, shared
-    by every client of the proxy), unlike the bridge's client, which stores none.
+    which on a developer machine may well point back at the proxy itself. No cookie jar:
+    the client is shared by every user of the proxy.
     """
-    return make_client(trust_env=False, read_timeout=read_timeout, keep_cookies=True)
+    return make_client(trust_env=False, read_timeout=read_timeout)
 
 
 @dataclass
