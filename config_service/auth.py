@@ -7,8 +7,6 @@ back to the database so tokens created by another process work at once.
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
 from aibridge.masking import sha256_hex
@@ -39,7 +37,7 @@ class Authenticator:
         digest = sha256_hex(bearer_token(context))
         subject = self._hub.subject_for(digest)
         if subject is None:
-            subject = await asyncio.to_thread(tokens.lookup, self._db, digest)
+            subject = await self._db.call(tokens.lookup, self._db, digest)
         if subject is None:
             raise Unauthenticated("unknown or revoked token")
         return subject

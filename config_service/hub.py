@@ -53,7 +53,7 @@ class SnapshotHub:
         """Reload from the database; publish when the revision moved forward."""
         async with self._lock:
             started = time.perf_counter()
-            state = await asyncio.to_thread(load_state, self._db)
+            state = await self._db.call(load_state, self._db)
             if state.revision <= self._revision:
                 return False
             entries = build(state, self._allow_byok, datetime.now(UTC))
@@ -78,7 +78,7 @@ class SnapshotHub:
 
     async def refresh_if_behind(self) -> bool:
         """Cheap check of the committed revision; full reload only when it moved."""
-        revision = await asyncio.to_thread(self._db.revision)
+        revision = await self._db.call(self._db.revision)
         if revision > self._revision:
             return await self.refresh()
         return False

@@ -8,9 +8,9 @@ health goes NOT_SERVING first, then the server stops with a grace period.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,9 +93,9 @@ class RunningService:
         await self.health.enter_graceful_shutdown()
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self.tasks:
+            # Bounded: a task stuck in a database call must not hold the shutdown.
+            await asyncio.wait(self.tasks, timeout=5)
         await self.server.stop(grace)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -179,6 +179,11 @@ async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics
 
 
 async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> RunningService:
+    # Database calls run in threads; a stalled database can hold some of them until the
+    # call deadline, so keep enough workers for the rest (the default is cores + 4).
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
+    )
     db = await asyncio.to_thread(prepare_database, settings, environ)
     hub = SnapshotHub(db, settings.allow_byok)
     metrics = ConfigMetrics()

@@ -29,12 +29,23 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    connect_args = {"connect_timeout": 5, "application_name": "aibridge-config-service"}
+    connect_args = {
+        "connect_timeout": 5,
+        "application_name": "aibridge-config-service",
+        # A silent network partition is noticed by the kernel: keepalive probes on idle
+        # connections, and unacknowledged data aborts the connection after 10 s.
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,
+    }
     return create_engine(
         parsed,
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
+        pool_timeout=5,
         connect_args=connect_args,
         **kwargs,
     )

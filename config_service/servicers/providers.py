@@ -10,7 +10,6 @@ plaintext secret, not even to the bridge.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -102,7 +101,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         self, request: pb.ListProvidersRequest, context: Context
     ) -> pb.ListProvidersResponse:
         subject = await self._auth.authenticate(context)
-        records = await asyncio.to_thread(providers.list_providers, self._db, subject)
+        records = await self._db.call(providers.list_providers, self._db, subject)
         return pb.ListProvidersResponse(providers=[self._render(r, subject) for r in records])
 
     @unary
@@ -110,9 +109,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         self, request: pb.GetProviderRequest, context: Context
     ) -> pb.GetProviderResponse:
         subject = await self._auth.authenticate(context)
-        record = await asyncio.to_thread(
-            providers.get_provider, self._db, subject, request.id_or_name
-        )
+        record = await self._db.call(providers.get_provider, self._db, subject, request.id_or_name)
         return pb.GetProviderResponse(provider=self._render(record, subject))
 
     @unary
@@ -121,7 +118,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
     ) -> pb.CreateProviderResponse:
         subject = await self._auth.authenticate(context)
         spec = new_provider(request)
-        record = await asyncio.to_thread(providers.create_provider, self._db, subject, spec)
+        record = await self._db.call(providers.create_provider, self._db, subject, spec)
         log.info(
             "provider created",
             provider=record.name,
@@ -139,7 +136,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
     ) -> pb.UpdateProviderResponse:
         subject = await self._auth.authenticate(context)
         changes = provider_changes(request)
-        record = await asyncio.to_thread(
+        record = await self._db.call(
             providers.update_provider, self._db, subject, request.id_or_name, changes
         )
         log.info(
@@ -158,7 +155,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         self, request: pb.DeleteProviderRequest, context: Context
     ) -> pb.DeleteProviderResponse:
         subject = await self._auth.authenticate(context)
-        record = await asyncio.to_thread(
+        record = await self._db.call(
             providers.delete_provider, self._db, subject, request.id_or_name
         )
         log.info(

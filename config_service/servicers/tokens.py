@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -61,7 +60,7 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
     ) -> pb.CreateTokenResponse:
         subject = await self._auth.authenticate(context)
         role = role_from_proto(request.role)
-        view, secret = await asyncio.to_thread(
+        view, secret = await self._db.call(
             tokens.create_token, self._db, subject, request.principal_name, role
         )
         await self._hub.refresh()
@@ -72,9 +71,7 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         self, request: pb.ListTokensRequest, context: Context
     ) -> pb.ListTokensResponse:
         subject = await self._auth.authenticate(context)
-        views = await asyncio.to_thread(
-            tokens.list_tokens, self._db, subject, request.include_revoked
-        )
+        views = await self._db.call(tokens.list_tokens, self._db, subject, request.include_revoked)
         return pb.ListTokensResponse(tokens=[token_proto(v) for v in views])
 
     @unary
@@ -82,6 +79,6 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         self, request: pb.RevokeTokenRequest, context: Context
     ) -> pb.RevokeTokenResponse:
         subject = await self._auth.authenticate(context)
-        view = await asyncio.to_thread(tokens.revoke_token, self._db, subject, request.id)
+        view = await self._db.call(tokens.revoke_token, self._db, subject, request.id)
         await self._hub.refresh()
         return pb.RevokeTokenResponse(token=token_proto(view))

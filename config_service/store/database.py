@@ -10,11 +10,13 @@ read transaction on SQLite. A database that cannot be reached becomes Unavailabl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
@@ -26,6 +28,14 @@ from config_service.db.engine import SQLITE_BEGIN_OPTION
 from config_service.db.models import AuditEntry, Revision, utcnow
 from config_service.errors import Unavailable
 from config_service.rbac import Subject
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# How long one database call made for an RPC may take. A database that stops answering
+# without resetting the connection (hung server, stuck middlebox) must turn into a fast
+# UNAVAILABLE, not a call that hangs until the client gives up.
+CALL_DEADLINE = 8.0
 
 # Also config_service.notify.CHANNEL (kept here so the store does not import asyncio code).
 NOTIFY_CHANNEL = "aibridge_revision"
@@ -39,8 +49,9 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 class Database:
-    def __init__(self, engine: Engine, cipher: Cipher) -> None:
+    def __init__(self, engine: Engine, cipher: Cipher, deadline: float = CALL_DEADLINE) -> None:
         self.engine = engine
+        self.deadline = deadline
         self.cipher = cipher
         self.is_postgres = engine.dialect.name == "postgresql"
         # SQLite allows one writer; queue ours in-process rather than on the file lock.
@@ -62,9 +73,26 @@ class Database:
                 raise Unavailable("database unavailable; try again shortly") from exc
             raise
 
+    async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a blocking store function in a thread, bounded by the call deadline."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # races with the call finishing, and a cancelled loop would then run on.
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await asyncio.to_thread(fn, *args, **kwargs)
+        except TimeoutError:
+            raise Unavailable(
+                f"database did not answer within {self.deadline:.0f} s; nothing was changed"
+            ) from None
+
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A read-write transaction; commits on success, rolls back on any exception."""
+        """A read-write transaction; commits on success, rolls back on any exception.
+
+        Past the call deadline it rolls back instead of committing: the caller has
+        already been told UNAVAILABLE, so the change must not appear later.
+        """
+        deadline = time.monotonic() + self.deadline
         lock = self._sqlite_write_lock if not self.is_postgres else None
         if lock is not None:
             lock.acquire()
@@ -80,6 +108,8 @@ class Database:
                             select(Revision.revision).where(Revision.id == 1).with_for_update()
                         )
                     yield session
+                    if time.monotonic() > deadline:
+                        raise Unavailable("database too slow; the change was rolled back")
         except Exception as exc:
             if is_connection_error(exc):
                 raise Unavailable("database unavailable; the change was not saved") from exc

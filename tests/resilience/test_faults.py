@@ -415,16 +415,6 @@ async def test_config_service_killed_repeatedly(
     assert seen == sorted(seen), seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a database that stops answering without resetting the connection (hung "
-    "server, stuck middlebox) hangs admin writes indefinitely: the pooled connection's "
-    "pre-ping/query has no client-side timeout (config_service/db/engine.py sets only "
-    "connect_timeout), so the call ends in the caller's DEADLINE_EXCEEDED, not a fast "
-    "UNAVAILABLE, and the worker thread stays blocked. Needs a bounded query time "
-    "(e.g. tcp_user_timeout + keepalives for real partitions, and a deadline around DB "
-    "calls in the servicers).",
-)
 async def test_database_silently_partitioned(
     procs: Procs, pg_schema: tuple[str, str], upstream: RawUpstream
 ) -> None:
