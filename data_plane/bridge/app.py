@@ -21,6 +21,7 @@ from aibridge.logs import get_logger
 from data_plane.bridge.asgi import Message, Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.metrics import BridgeMetrics
+from data_plane.bridge.model_labels import ModelLabels
 from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.routing import EMPTY, RoutingTable
 from data_plane.dump import Dumper
@@ -87,6 +88,7 @@ class BridgeApp:
         dumper: Dumper | None = None,
     ) -> None:
         self.table: RoutingTable = EMPTY
+        self.models = ModelLabels()
         self.allow_byok = allow_byok
         self.http = http
         self.metrics = metrics or BridgeMetrics()
@@ -278,15 +280,17 @@ class BridgeApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    @staticmethod
-    def _inspect(call: Call) -> None:
+    def _inspect(self, call: Call) -> None:
         try:
             doc = json.loads(call.body) if call.body else None
         except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
             doc = None
         if isinstance(doc, dict):
             model = doc.get("model")
-            call.model = model if isinstance(model, str) else ""
+            # A label, not the request's model: bounded per provider (see model_labels).
+            call.model = (
+                self.models.label(call.provider.name, model) if isinstance(model, str) else ""
+            )
             call.stream = doc.get("stream") is True
 
     async def _guarded(self, call: Call, receive: Receive, send: Send) -> None:

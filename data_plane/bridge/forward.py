@@ -54,7 +54,7 @@ class Call:
     body: bytes
     request_id: str
     principal_id: str
-    model: str = ""
+    model: str = ""  # bounded label of the requested model (metrics, breakers, dumps)
     stream: bool = False
     status: int = 0
     key_hint: str = ""

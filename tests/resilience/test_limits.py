@@ -253,14 +253,6 @@ async def test_many_stuck_subscribers(procs: Procs, sqlite_url: str) -> None:
     recorder.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the client-chosen `model` of each request becomes a Prometheus label value "
-    "(aibridged_requests/_tokens/_breaker_rejects) and a circuit-breaker key "
-    "(BreakerSet.breakers, never evicted): distinct model names grow the bridge's metrics "
-    "and memory without bound. Needs a cap on distinct models per provider (e.g. fold the "
-    "rest into one 'other' label/breaker).",
-)
 async def test_client_chosen_model_names_do_not_grow_state_without_bound(
     procs: Procs, upstream: RawUpstream, sqlite_url: str
 ) -> None:

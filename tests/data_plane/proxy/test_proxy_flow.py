@@ -239,7 +239,13 @@ async def test_dumps_are_written_with_secrets_masked(
             json={"model": "gpt-test", "messages": []},
         )
     assert reply.status_code == 200
-    (req,) = (dumps / "openai" / "gpt-test").glob("*.req.txt")
+    # The pair is written once the exchange has finished, just after the client's reply.
+    folder = dumps / "openai" / "gpt-test"
+    for _ in range(100):
+        if len(list(folder.glob("*.txt"))) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    (req,) = folder.glob("*.req.txt")
     resp = req.with_name(req.name.replace(".req.", ".resp."))
     text = req.read_text()
     assert "POST /openai/v1/chat/completions" in text
