@@ -40,6 +40,11 @@ _DROP_RESPONSE = frozenset(
 )
 
 
+# A dump keeps at most this much of a response body in memory (a long stream would
+# otherwise grow the bridge without bound); the rest is counted, not kept.
+MAX_DUMP_BODY = 8 * 1024 * 1024
+
+
 @dataclass
 class Call:
     """Everything known about a client request once it is authenticated and read."""
@@ -291,14 +296,19 @@ class Forwarder:
             )
             call.response_started = True
             body = bytearray() if exchange is not None else None
+            dropped = 0
             async for chunk in response.chunks:
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if reader is not None:
                         reader.feed(chunk)
                     if body is not None:
-                        body += chunk
+                        room = max(0, MAX_DUMP_BODY - len(body))
+                        body += chunk[:room]
+                        dropped += max(0, len(chunk) - room)
             if exchange is not None and body is not None:
+                if dropped:
+                    body += f"\n[... {dropped} more bytes not dumped]\n".encode()
                 exchange.response_body = bytes(body)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return reader.finish() if reader is not None else {}

@@ -38,6 +38,10 @@ def _from_event(doc: Any, out: dict[str, int]) -> None:
             _ints(holder["usage"], out)
 
 
+# Longest partial SSE line kept while waiting for its newline.
+MAX_SSE_LINE = 1024 * 1024
+
+
 class UsageReader:
     """Feed it the response chunks; `tokens` holds what was found (input/output/...)."""
 
@@ -59,6 +63,8 @@ class UsageReader:
         self._buf += chunk
         end = self._buf.rfind(b"\n")
         if end < 0:
+            if len(self._buf) > MAX_SSE_LINE:
+                self._buf.clear()  # no line end in sight: not an SSE line worth reading
             return
         lines = bytes(self._buf[: end + 1])
         del self._buf[: end + 1]

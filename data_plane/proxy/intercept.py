@@ -33,7 +33,7 @@ def _model(body: bytes) -> str | None:
     """The request's model for the dump path; None files it under passthrough."""
     try:
         doc = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
         return None
     model = doc.get("model") if isinstance(doc, dict) else None
     return model if isinstance(model, str) else None
