@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,13 @@ from aibridge.config.v1 import token_pb2
 
 ADMIN = "bench-admin-token-0123456789abcdef"
 BRIDGE = "bench-bridge-token-0123456789abcdef"
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    assert proc.stderr is not None
+    with open(os.environ.get("BENCH_SERVICE_LOG", os.devnull), "w") as log:
+        for line in proc.stderr:
+            log.write(line)
 
 
 def start_service(database_url: str, data_dir: str) -> tuple[subprocess.Popen[str], str]:
@@ -71,13 +79,8 @@ def start_service(database_url: str, data_dir: str) -> tuple[subprocess.Popen[st
         line = proc.stderr.readline()
         if '"config service ready"' in line:
             target = json.loads(line)["listen"]
-            # Drain the rest so a full pipe never blocks the service.
-            import threading
-
-            log = open(os.environ.get("BENCH_SERVICE_LOG", os.devnull), "w")  # noqa: SIM115
-            threading.Thread(
-                target=lambda: [log.write(x) for x in proc.stderr], daemon=True
-            ).start()  # type: ignore[union-attr]
+            # Drain the rest so a full pipe never blocks the service (BENCH_SERVICE_LOG keeps it).
+            threading.Thread(target=_drain, args=(proc,), daemon=True).start()
             return proc, target
         if proc.poll() is not None:
             break

@@ -12,10 +12,9 @@ from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_admin_service_pb2 as pa
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
-from aibridge.config.v1 import provider_pb2
+from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
-from aibridge.config.v1 import token_pb2
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Process, StartProcess
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
