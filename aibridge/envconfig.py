@@ -114,6 +114,20 @@ class Reader:
     def csv(self, name: builtins.str, default: builtins.str = "") -> list[builtins.str]:
         return [part.strip() for part in self.str(name, default).split(",") if part.strip()]
 
+    def log_settings(self) -> tuple[builtins.str, builtins.str]:
+        """(format, level) from AIBRIDGE_LOG_FORMAT / AIBRIDGE_LOG_LEVEL, both validated."""
+        fmt = self.str("AIBRIDGE_LOG_FORMAT").lower()
+        if fmt not in ("", "json", "console"):
+            self.problems.append(f"AIBRIDGE_LOG_FORMAT={fmt!r}: expected json or console")
+            fmt = ""
+        level = self.str("AIBRIDGE_LOG_LEVEL", "info").lower()
+        if level not in ("debug", "info", "warning", "error"):
+            self.problems.append(
+                f"AIBRIDGE_LOG_LEVEL={level!r}: expected debug, info, warning or error"
+            )
+            level = "info"
+        return fmt, level
+
     def check(self) -> None:
         if self.problems:
             raise SettingsError(self.problems)

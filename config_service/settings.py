@@ -103,12 +103,7 @@ class ConfigServiceSettings:
         resync = r.duration("AIBRIDGE_RESYNC_INTERVAL", 5.0)
         if resync <= 0:
             r.problems.append("AIBRIDGE_RESYNC_INTERVAL: must be positive")
-        log_format = r.str("AIBRIDGE_LOG_FORMAT")
-        if log_format not in ("", "json", "console"):
-            r.problems.append("AIBRIDGE_LOG_FORMAT: expected json or console")
-        log_level = r.str("AIBRIDGE_LOG_LEVEL", "info").lower()
-        if log_level not in ("debug", "info", "warning", "error"):
-            r.problems.append("AIBRIDGE_LOG_LEVEL: expected debug, info, warning or error")
+        log_format, log_level = r.log_settings()
         allow_byok = r.bool("AIBRIDGE_ALLOW_BYOK", True)
         replica = r.str("AIBRIDGE_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
         r.check()

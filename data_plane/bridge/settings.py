@@ -84,9 +84,7 @@ class BridgeSettings:
             timeout=r.duration("AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT", 30.0),
             max_requests=r.int("AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS", 3, minimum=1),
         )
-        log_format = r.str("AIBRIDGE_LOG_FORMAT").lower()
-        if log_format not in ("", "json", "console"):
-            r.problems.append(f"AIBRIDGE_LOG_FORMAT={log_format!r}: expected json or console")
+        log_format, log_level = r.log_settings()
         dump = r.str("AIBRIDGE_DUMP_DIR")
         cache = r.str("AIBRIDGE_SNAPSHOT_CACHE")
         node_id = r.str("AIBRIDGE_NODE_ID") or f"{socket.gethostname()}-{os.getpid()}"
@@ -106,5 +104,5 @@ class BridgeSettings:
             snapshot_cache=Path(cache).expanduser() if cache else None,
             node_id=node_id,
             log_format=log_format,
-            log_level=r.str("AIBRIDGE_LOG_LEVEL", "info").lower(),
+            log_level=log_level,
         )

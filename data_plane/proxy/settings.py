@@ -112,9 +112,7 @@ class ProxySettings:
                 cidrs.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
                 r.problems.append(f"AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS: {item!r} is not a CIDR")
-        log_format = r.str("AIBRIDGE_LOG_FORMAT").lower()
-        if log_format not in ("", "json", "console"):
-            r.problems.append(f"AIBRIDGE_LOG_FORMAT={log_format!r}: expected json or console")
+        log_format, log_level = r.log_settings()
         data_dir = r.str("AIBRIDGE_DATA_DIR")
         dump = r.str("AIBRIDGE_DUMP_DIR")
         cache = r.str("AIBRIDGE_SNAPSHOT_CACHE")
@@ -137,5 +135,5 @@ class ProxySettings:
             snapshot_cache=Path(cache).expanduser() if cache else None,
             node_id=r.str("AIBRIDGE_NODE_ID") or _node_id(),
             log_format=log_format,
-            log_level=r.str("AIBRIDGE_LOG_LEVEL", "info").lower(),
+            log_level=log_level,
         )
