@@ -25,7 +25,7 @@ from config_service.provider_types import FROM_PROTO
 from config_service.rbac import Role, Scope, Subject
 from config_service.records import ProviderRecord
 from config_service.servicers.edge import unary
-from config_service.store import providers
+from config_service.store import provider_input, providers
 from config_service.store.database import Database
 
 log = get_logger("aibridge.config.providers")
@@ -42,8 +42,8 @@ def provider_type(value: int) -> str:
     return name if name is not None else f"#{value}"
 
 
-def bedrock_input(message: pb.BedrockSettingsInput) -> providers.BedrockInput:
-    return providers.BedrockInput(
+def bedrock_input(message: pb.BedrockSettingsInput) -> provider_input.BedrockInput:
+    return provider_input.BedrockInput(
         region=message.region,
         model=message.model,
         small_fast_model=message.small_fast_model,
@@ -53,8 +53,8 @@ def bedrock_input(message: pb.BedrockSettingsInput) -> providers.BedrockInput:
     )
 
 
-def new_provider(request: pb.CreateProviderRequest) -> providers.NewProvider:
-    return providers.NewProvider(
+def new_provider(request: pb.CreateProviderRequest) -> provider_input.NewProvider:
+    return provider_input.NewProvider(
         name=request.name,
         type=provider_type(request.type),
         display_name=request.display_name,
@@ -65,15 +65,15 @@ def new_provider(request: pb.CreateProviderRequest) -> providers.NewProvider:
     )
 
 
-def provider_changes(request: pb.UpdateProviderRequest) -> providers.ProviderChanges:
+def provider_changes(request: pb.UpdateProviderRequest) -> provider_input.ProviderChanges:
     keys = tuple(
-        providers.KeyInput(
+        provider_input.KeyInput(
             id=k.id if k.WhichOneof("key") == "id" else "",
             secret=k.secret if k.WhichOneof("key") == "secret" else "",
         )
         for k in request.keys
     )
-    return providers.ProviderChanges(
+    return provider_input.ProviderChanges(
         paths=tuple(request.update_mask.paths),
         display_name=request.display_name,
         base_url=request.base_url,

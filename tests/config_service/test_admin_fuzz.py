@@ -37,7 +37,7 @@ from config_service.rbac import SYSTEM, Role
 from config_service.server import RunningService, start
 from config_service.settings import ConfigServiceSettings
 from config_service.store import tokens
-from config_service.store.providers import UPDATE_PATHS
+from config_service.store.provider_input import UPDATE_PATHS
 from tests.fixtures.services import ADMIN_TOKEN, base_env
 
 ALLOWED = {

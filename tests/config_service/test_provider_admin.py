@@ -22,7 +22,7 @@ from aibridge.config.v1 import provider_pb2
 from config_service.db.models import AuditEntry, Provider, ProviderKey
 from config_service.errors import AlreadyExists
 from config_service.rbac import SYSTEM, Role
-from config_service.store import providers
+from config_service.store import provider_input, providers
 from tests.fixtures.services import Service, StartService
 
 OPENAI = provider_pb2.PROVIDER_TYPE_OPENAI
@@ -886,7 +886,7 @@ async def test_unique_index_race_is_already_exists(
     """When a concurrent create slips past the name check, the unique index's violation becomes ALREADY_EXISTS."""
     await create(service, name="raced", keys=[K1])
     monkeypatch.setattr(providers, "_name_taken", lambda session, name: False)
-    spec = providers.NewProvider(name="raced", type="openai", keys=(K2,))
+    spec = provider_input.NewProvider(name="raced", type="openai", keys=(K2,))
     with pytest.raises(AlreadyExists, match="'raced' already exists"):
         await asyncio.to_thread(providers.create_provider, service.running.db, SYSTEM, spec)
     assert len(await asyncio.to_thread(provider_rows, service)) == 1

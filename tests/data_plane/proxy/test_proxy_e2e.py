@@ -337,13 +337,13 @@ def _store_call(database_url: str, action: str) -> None:
     from config_service.crypto import Cipher
     from config_service.db.engine import make_engine
     from config_service.rbac import SYSTEM
-    from config_service.store import providers
+    from config_service.store import provider_input, providers
     from config_service.store.database import Database
 
     db = Database(make_engine(database_url), Cipher())
     try:
         if action == "create":
-            spec = providers.NewProvider(
+            spec = provider_input.NewProvider(
                 name="extra", type="openai", base_url=f"https://{EXTRA_HOST}/v1/", keys=(KEY_B,)
             )
             providers.create_provider(db, SYSTEM, spec)
