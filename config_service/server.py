@@ -8,10 +8,13 @@ health goes NOT_SERVING first, then the server stops with a grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -34,7 +37,7 @@ from config_service.seed import apply as seed_apply
 from config_service.seed.env import parse_env
 from config_service.servicers.config import ConfigServicer
 from config_service.settings import ConfigServiceSettings
-from config_service.store import tokens
+from config_service.store import subscriber_status, tokens
 from config_service.store.database import Database
 from config_service.subscribers import SubscriberRegistry
 
@@ -167,6 +170,33 @@ def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]
     return db
 
 
+# Replicas publish their subscribers when they change (at most once a second) and at
+# least every heartbeat; a replica silent for longer than the freshness window is gone.
+STATUS_HEARTBEAT = 5.0
+STATUS_FRESHNESS = timedelta(seconds=20)
+
+
+async def _publish_subscribers(db: Database, registry: SubscriberRegistry, replica: str) -> None:
+    published, last = -1, 0.0
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if registry.changes == published and now - last < STATUS_HEARTBEAT:
+                continue
+            changes = registry.changes
+            try:
+                await db.call(subscriber_status.publish, db, replica, registry.all())
+            except Exception as exc:
+                log.warning("could not publish subscriber status", error=str(exc))
+                continue
+            published, last = changes, now
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await asyncio.to_thread(subscriber_status.forget, db, replica)
+
+
 async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics) -> None:
     """Safety net: catch changes made by other processes whose notification was missed."""
     while True:
@@ -193,7 +223,15 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     metrics.watch_live(registry.count_by_role, lambda: hub.revision)
     auth = Authenticator(hub, db)
     server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
-    config = ConfigServicer(hub, auth, registry, settings.replica_id, metrics)
+    remote = None
+    if db.is_postgres:
+
+        async def remote() -> list[subscriber_status.RemoteSubscriber]:
+            return await db.call(
+                subscriber_status.others, db, settings.replica_id, STATUS_FRESHNESS
+            )
+
+    config = ConfigServicer(hub, auth, registry, settings.replica_id, metrics, remote)
     server.add_generic_rpc_handlers((config.handler(),))
     from config_service.servicers import admin
 
@@ -218,6 +256,9 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
             asyncio.create_task(
                 notify.listen(settings.database_url, hub, metrics, settings.replica_id)
             )
+        )
+        running.tasks.append(
+            asyncio.create_task(_publish_subscribers(db, registry, settings.replica_id))
         )
     if settings.metrics_listen is not None:
         running.metrics_server, running.metrics_port = metrics.serve(*settings.metrics_listen)

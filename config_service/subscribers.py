@@ -35,16 +35,20 @@ class SubscriberRegistry:
     def __init__(self) -> None:
         self._streams: dict[int, SubscriberState] = {}
         self._ids = itertools.count(1)
+        # Bumped on every change, so a publisher can tell whether there is news.
+        self.changes = 0
 
     def add(self, node_id: str, role: Role, principal_id: str, peer: str) -> SubscriberState:
         state = SubscriberState(
             next(self._ids), node_id, role, principal_id, peer, datetime.now(UTC)
         )
         self._streams[state.stream_id] = state
+        self.changes += 1
         return state
 
     def remove(self, state: SubscriberState) -> None:
         self._streams.pop(state.stream_id, None)
+        self.changes += 1
 
     def all(self) -> list[SubscriberState]:
         return sorted(self._streams.values(), key=lambda s: (s.node_id, s.stream_id))
@@ -76,4 +80,5 @@ class SubscriberRegistry:
                 state.errors = list(errors)
                 state.error_detail = detail
                 state.last_report_at = datetime.now(UTC)
+        self.changes += 1
         return found

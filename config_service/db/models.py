@@ -174,3 +174,33 @@ class AuditEntry(Base):
     # JSON with every secret masked.
     before: Mapped[str | None] = mapped_column(Text, nullable=True)
     after: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Replica(Base):
+    """A config-service replica and when it last published its subscribers."""
+
+    __tablename__ = "replicas"
+
+    replica_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_seen: Mapped[Timestamp]
+
+
+class SubscriberStatus(Base):
+    """One watch stream as its replica last published it (for cluster-wide ListSubscribers)."""
+
+    __tablename__ = "subscriber_status"
+
+    replica_id: Mapped[str] = mapped_column(
+        String(200), ForeignKey("replicas.replica_id", ondelete="CASCADE"), primary_key=True
+    )
+    stream_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    node_id: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    peer: Mapped[str] = mapped_column(String(200))
+    connected_since: Mapped[Timestamp]
+    version_sent: Mapped[str] = mapped_column(String(40))
+    version_acked: Mapped[str] = mapped_column(String(40))
+    version_rejected: Mapped[str] = mapped_column(String(40))
+    errors: Mapped[str] = mapped_column(Text)  # JSON list of {provider_name, message}
+    error_detail: Mapped[str] = mapped_column(Text)
+    last_report_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -6,7 +6,7 @@ the identity), so a change costs one serialization per scope, not one per subscr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from config_service.metrics import ConfigMetrics
 from config_service.rbac import Action, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
 from config_service.snapshot import ROLE_TO_PROTO
+from config_service.store.subscriber_status import RemoteSubscriber
 from config_service.subscribers import ProviderIssue, SubscriberRegistry
 
 log = get_logger("aibridge.config.watch")
@@ -52,7 +53,10 @@ class ConfigServicer:
         registry: SubscriberRegistry,
         replica_id: str,
         metrics: ConfigMetrics,
+        remote: Callable[[], Awaitable[list[RemoteSubscriber]]] | None = None,
     ) -> None:
+        # Streams held by the other replicas (PostgreSQL deployments), for ListSubscribers.
+        self._remote = remote
         self._metrics = metrics
         self._hub = hub
         self._auth = auth
@@ -134,7 +138,10 @@ class ConfigServicer:
         subject = await self._auth.authenticate(context)
         authorize(subject, Action.LIST_SUBSCRIBERS)
         response = pb.ListSubscribersResponse()
-        for s in self._registry.all():
+        listed = [(self._replica_id, s) for s in self._registry.all()]
+        if self._remote is not None:
+            listed += [(r.replica_id, r.state) for r in await self._remote()]
+        for replica_id, s in listed:
             response.subscribers.add(
                 node_id=s.node_id,
                 role=ROLE_TO_PROTO[s.role],
@@ -149,7 +156,7 @@ class ConfigServicer:
                 ],
                 error_detail=s.error_detail,
                 last_report_at=_ts(s.last_report_at),
-                replica_id=self._replica_id,
+                replica_id=replica_id,
             )
         return response
 

@@ -86,11 +86,12 @@ class Database:
             ) from None
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, lock_revision: bool = True) -> Iterator[Session]:
         """A read-write transaction; commits on success, rolls back on any exception.
 
         Past the call deadline it rolls back instead of committing: the caller has
-        already been told UNAVAILABLE, so the change must not appear later.
+        already been told UNAVAILABLE, so the change must not appear later. Writes that
+        are not part of the provider set (subscriber status) pass lock_revision=False.
         """
         deadline = time.monotonic() + self.deadline
         lock = self._sqlite_write_lock if not self.is_postgres else None
@@ -101,7 +102,7 @@ class Database:
                 if not self.is_postgres:
                     conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
                 with Session(bind=conn, expire_on_commit=False) as session, session.begin():
-                    if self.is_postgres:
+                    if self.is_postgres and lock_revision:
                         # Writers queue on the revision row first: every check-then-insert
                         # in the transaction sees the previous writer's commit.
                         session.execute(

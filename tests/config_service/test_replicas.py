@@ -151,3 +151,46 @@ def test_a_subscriber_can_resume_on_another_replica(
         first = next(stream)
         assert int(first.snapshot.version) == int(current) + 1
         stream.cancel()
+
+
+def list_subscribers(proc: Process) -> list[pb.Subscriber]:
+    with grpc.insecure_channel(proc.target) as channel:
+        return list(
+            pb_grpc.ConfigServiceStub(channel)
+            .ListSubscribers(pb.ListSubscribersRequest(), metadata=ADMIN_MD, timeout=10)
+            .subscribers
+        )
+
+
+def test_list_subscribers_shows_the_whole_cluster(
+    postgres_only: str, start_process: StartProcess
+) -> None:
+    """A stream held by replica B, with its acknowledged version, is listed by replica A too."""
+    a = start_process(AIBRIDGE_REPLICA_ID="replica-a")
+    b = start_process(AIBRIDGE_REPLICA_ID="replica-b")
+    watcher = Watcher(b)
+    try:
+        version = version_of(b)
+        watcher.until(version)
+        with grpc.insecure_channel(b.target) as channel:
+            pb_grpc.ConfigServiceStub(channel).ReportStatus(
+                pb.ReportStatusRequest(node_id="replica-test", version=version, applied=True),
+                metadata=BRIDGE_MD,
+                timeout=10,
+            )
+        deadline = time.monotonic() + 5
+        while True:
+            seen = [s for s in list_subscribers(a) if s.node_id == "replica-test"]
+            if seen and seen[0].version_acked == version:
+                break
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.2)
+        assert seen[0].replica_id == "replica-b"
+        assert seen[0].version_sent == version
+    finally:
+        watcher.close()
+    b.stop()
+    deadline = time.monotonic() + 5
+    while any(s.node_id == "replica-test" for s in list_subscribers(a)):
+        assert time.monotonic() < deadline, "a stopped replica's streams are still listed"
+        time.sleep(0.2)
