@@ -9,13 +9,12 @@ dropped afterwards. Without it the PostgreSQL variants are skipped.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+
+from tests.fixtures.databases import postgres_schema, schema_url
 
 pytest_plugins = ["tests.fixtures.services"]
 
@@ -51,22 +50,5 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     base = _postgres_base(request.config)
     if not base:
         pytest.skip("PostgreSQL not configured (AIBRIDGE_TEST_DATABASE_URL)")
-    schema = f"aibt_{secrets.token_hex(6)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            # Connections left by a killed subprocess would block the drop.
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE pid <> pg_backend_pid() AND query ILIKE :pattern"
-                ),
-                {"pattern": f"%{schema}%"},
-            )
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(base) as schema:
+        yield schema_url(base, schema)

@@ -43,6 +43,7 @@ from tests.fixtures.services import (
     PROXY_TOKEN,
     base_env,
     spawn,
+    wait_for_log,
 )
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -131,24 +132,6 @@ def _read_lines(popen: subprocess.Popen[str], lines: list[str]) -> None:
             lines.append(line)
 
 
-def _wait_ready(popen: subprocess.Popen[str], event: str, timeout: float) -> tuple[dict, list]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert popen.stderr is not None
-    while time.monotonic() < deadline:
-        line = popen.stderr.readline()
-        if not line:
-            if popen.poll() is not None:
-                break
-            continue
-        lines.append(line)
-        with contextlib.suppress(json.JSONDecodeError):
-            record = json.loads(line)
-            if isinstance(record, dict) and record.get("event") == event:
-                return record, lines
-    raise AssertionError(f"no {event!r} log line; output:\n{''.join(lines)}")
-
-
 class Procs:
     """Starts real daemons; `close()` (fixture teardown) kills every one still running."""
 
@@ -159,7 +142,7 @@ class Procs:
     def start(self, name: str, args: list[str], env: dict[str, str], ready: str) -> Proc:
         popen = spawn(args, env)
         try:
-            record, lines = _wait_ready(popen, ready, 30)
+            record, lines = wait_for_log(popen, ready, 30)
         except AssertionError:
             popen.kill()
             popen.wait()

@@ -18,7 +18,7 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
-from tests.resilience.conftest import schema_url
+from tests.fixtures.databases import schema_url
 from tests.resilience.harness import (
     PROXY_MD,
     Admin,

@@ -25,8 +25,8 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_admin_service_pb2 as ppb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
+from tests.fixtures.databases import schema_url
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN
-from tests.resilience.conftest import schema_url
 from tests.resilience.harness import (
     PROXY_MD,
     Admin,
