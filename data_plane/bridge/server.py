@@ -32,7 +32,8 @@ log = get_logger(__name__)
 
 
 def make_http_client() -> httpx.AsyncClient:
-    """One client for every upstream: HTTP/1.1 keep-alive over `UpstreamTransport`.
+    """One client for every upstream: `UpstreamTransport` (HTTP/1.1 keep-alive, or
+    HTTP/2 where an https upstream offers h2).
 
     Proxies from the environment (HTTPS_PROXY, NO_PROXY...) are honoured as httpx
     does with trust_env: matching URLs go through httpx's own proxy transports.

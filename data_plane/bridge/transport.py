@@ -9,6 +9,13 @@ connection the server closes while idle is noticed by the event loop
 uvicorn already uses); bodies are handed over raw, still content-encoded, as they
 arrive, with flow control (reading pauses while the consumer lags).
 
+HTTP/2: https connections offer ALPN ["h2", "http/1.1"]. The first time a server picks
+h2, the origin is remembered and from then on served through one shared
+`httpx.AsyncHTTPTransport(http2=True)`: HTTP/2 multiplexes every request to an origin
+over one connection, so httpcore's pool stays a connection or two deep and its scans
+cost nothing. Everything else, cleartext http included (never h2c), stays on the
+HTTP/1.1 path above.
+
 Failures are httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout, WriteTimeout,
 ReadError, RemoteProtocolError, PoolTimeout), so callers see what httpx would raise.
 Proxies from the environment stay with httpx's own transports (see `make_http_client`).
@@ -29,6 +36,12 @@ import httpx
 
 _HIGH_WATER = 256 * 1024  # body bytes buffered before reading pauses
 _Origin = tuple[bytes, str, int]  # scheme, host, port
+_ALPN = ["h2", "http/1.1"]
+# Connection-specific headers HTTP/2 forbids (RFC 9113 8.2.2); httpcore turns Host into
+# :authority. TE is allowed only as "trailers".
+_NOT_H2 = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
 
 
 class Timeouts(NamedTuple):
@@ -61,6 +74,10 @@ def origin_host(origin: _Origin) -> bytes:
     name = f"[{host}]" if ":" in host else host
     default = 443 if scheme == b"https" else 80
     return (name if port == default else f"{name}:{port}").encode("ascii")
+
+
+class _UseHTTP2(Exception):
+    """The server chose h2 on a TLS connection the HTTP/1.1 path opened."""
 
 
 class _Connection(asyncio.Protocol):
@@ -279,11 +296,41 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._slots: asyncio.Semaphore | None = None
         self._busy: set[_Connection] = set()
+        self._h2_origins: set[_Origin] = set()
+        self._h2: httpx.AsyncHTTPTransport | None = None
+        self._alpn = False
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             self._ssl = httpx.create_ssl_context(trust_env=True)
+        if not self._alpn:  # httpcore may set its own order later; we check what was chosen
+            self._ssl.set_alpn_protocols(_ALPN)
+            self._alpn = True
         return self._ssl
+
+    def _http2(self) -> httpx.AsyncHTTPTransport:
+        if self._h2 is None:
+            self._h2 = httpx.AsyncHTTPTransport(
+                verify=self._ssl_context(),
+                http2=True,
+                limits=httpx.Limits(
+                    max_connections=self._max_connections,
+                    max_keepalive_connections=self._max_keepalive,
+                    keepalive_expiry=self._expiry,
+                ),
+            )
+        return self._h2
+
+    async def _send_http2(self, request: httpx.Request, timeouts: Timeouts) -> httpx.Response:
+        request.extensions["timeout"] = timeouts._asdict()
+        request.headers = httpx.Headers(
+            [
+                (k, v)
+                for k, v in request.headers.raw
+                if k.lower() not in _NOT_H2 and (k.lower() != b"te" or v.lower() == b"trailers")
+            ]
+        )
+        return await self._http2().handle_async_request(request)
 
     async def _connect(self, origin: _Origin, seconds: float | None) -> _Connection:
         scheme, host, port = origin
@@ -302,6 +349,12 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        if tls and conn.transport is not None:
+            tls_object = conn.transport.get_extra_info("ssl_object")
+            if tls_object is not None and tls_object.selected_alpn_protocol() == "h2":
+                self._h2_origins.add(origin)
+                conn.close()
+                raise _UseHTTP2
         sock = conn.transport.get_extra_info("socket") if conn.transport else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -387,9 +440,23 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             head.append(b"content-length: %d\r\n" % len(body))
         head.append(b"\r\n")
         timeouts = timeouts or self.timeouts
-        conn = await self.exchange(origin, method, b"".join(head) + body, timeouts)
-        body_stream = _Body(self, conn, origin, timeouts.read)
-        return conn.status, conn.headers, body_stream.__aiter__(), body_stream.aclose
+        if origin not in self._h2_origins:
+            try:
+                conn = await self.exchange(origin, method, b"".join(head) + body, timeouts)
+            except _UseHTTP2:
+                pass
+            else:
+                body_stream = _Body(self, conn, origin, timeouts.read)
+                return conn.status, conn.headers, body_stream.__aiter__(), body_stream.aclose
+        scheme, host, port = origin
+        url = httpx.URL(scheme=scheme.decode(), host=host, port=port, raw_path=target)
+        request = httpx.Request(method, url, headers=[(b"host", origin_host(origin)), *headers])
+        if body or method in ("POST", "PUT", "PATCH"):
+            request.headers["content-length"] = str(len(body))
+        request.stream = httpx.ByteStream(body)
+        response = await self._send_http2(request, timeouts)
+        stream = cast(httpx.AsyncByteStream, response.stream)
+        return response.status_code, response.headers.raw, stream.__aiter__(), response.aclose
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -400,6 +467,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         origin: _Origin = (scheme, url.raw_host.decode("ascii"), port)
         ext = request.extensions.get("timeout", {})
         timeouts = Timeouts(ext.get("connect"), ext.get("read"), ext.get("write"), ext.get("pool"))
+        if origin in self._h2_origins:
+            return await self._send_http2(request, timeouts)
         body = await request.aread()
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
         chunked = False
@@ -411,7 +480,10 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         head.append(b"\r\n")
         if chunked:  # a streamed request body, read whole: send it as one chunk
             body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-        conn = await self.exchange(origin, request.method, b"".join(head) + body, timeouts)
+        try:
+            conn = await self.exchange(origin, request.method, b"".join(head) + body, timeouts)
+        except _UseHTTP2:
+            return await self._send_http2(request, timeouts)
         return httpx.Response(
             conn.status,
             headers=conn.headers,
@@ -428,3 +500,6 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         for conn in list(self._busy):
             conn.close()
         self._busy.clear()
+        if self._h2 is not None:
+            await self._h2.aclose()
+            self._h2 = None
