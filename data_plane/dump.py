@@ -56,6 +56,13 @@ def _headers(headers: Iterable[tuple[str, str]], secrets: frozenset[str]) -> str
     return "".join(lines)
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write then rename, so nobody reading the dump directory sees a half-written file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
 def _pretty(body: bytes) -> bytes:
     try:
         return json.dumps(json.loads(body), indent=2, ensure_ascii=False).encode()
@@ -97,14 +104,17 @@ class Dumper:
         body = _pretty(ex.request_body)
         headers = [(k, v) for k, v in ex.request_headers if k.lower() != "content-length"]
         headers.append(("content-length", str(len(body))))
-        req_path.write_bytes(
+        _write_atomically(
+            req_path,
             f"{ex.method} {ex.target} HTTP/1.1\r\n{_headers(headers, REQUEST_SECRETS)}\r\n".encode()
             + body
-            + b"\n"
+            + b"\n",
         )
         if ex.response_headers is not None:
             head = _headers(ex.response_headers, RESPONSE_SECRETS)
-            resp_path.write_bytes(f"HTTP/1.1 {ex.status}\r\n{head}\r\n".encode() + ex.response_body)
+            _write_atomically(
+                resp_path, f"HTTP/1.1 {ex.status}\r\n{head}\r\n".encode() + ex.response_body
+            )
 
     async def dump(self, ex: Exchange) -> None:
         try:
