@@ -5,8 +5,6 @@ Every bad value is collected and reported at once as one `SettingsError`.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader
 from aibridge.masking import Secret
+from data_plane.daemon import daemon_token, default_node_id
 
 # (ENV_NAME, help) for every setting: each one is also a flag (see cli.py).
 SETTINGS: list[tuple[str, str]] = [
@@ -59,7 +58,7 @@ class BridgeSettings:
     dump_dir: Path | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     snapshot_cache: Path | None = None
-    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    node_id: str = field(default_factory=default_node_id)
     log_format: str = ""
     log_level: str = "info"
 
@@ -68,13 +67,7 @@ class BridgeSettings:
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> BridgeSettings:
         r = Reader(environ, overrides)
-        token = r.str("AIBRIDGE_BRIDGE_TOKEN")
-        if not token:
-            r.problems.append(
-                "AIBRIDGE_BRIDGE_TOKEN is not set: the bridge needs a token of the bridge role "
-                "to follow the config service (create one with `aibridge tokens create --role "
-                "bridge`, or set it on the config service to bootstrap it)"
-            )
+        token = daemon_token(r, "AIBRIDGE_BRIDGE_TOKEN", "bridge")
         host, port = r.listen("AIBRIDGE_BRIDGE_LISTEN", "127.0.0.1:8080")
         ca, cert, key = read_config_service_tls(r)
         breaker = BreakerSettings(
@@ -87,7 +80,7 @@ class BridgeSettings:
         log_format, log_level = r.log_settings()
         dump = r.str("AIBRIDGE_DUMP_DIR")
         cache = r.str("AIBRIDGE_SNAPSHOT_CACHE")
-        node_id = r.str("AIBRIDGE_NODE_ID") or f"{socket.gethostname()}-{os.getpid()}"
+        node_id = r.str("AIBRIDGE_NODE_ID") or default_node_id()
         allow_byok = r.bool("AIBRIDGE_ALLOW_BYOK", True)
         r.check()
         return cls(

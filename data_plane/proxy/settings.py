@@ -6,8 +6,6 @@ Every bad value is collected and reported at once as one `SettingsError`.
 from __future__ import annotations
 
 import ipaddress
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from urllib.parse import urlsplit
 from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader, default_data_dir
 from aibridge.masking import Secret
+from data_plane.daemon import daemon_token, default_node_id
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,10 +40,6 @@ SETTINGS: list[tuple[str, str]] = [
 ]
 
 
-def _node_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 @dataclass(frozen=True)
 class ProxySettings:
     proxy_token: Secret
@@ -62,7 +57,7 @@ class ProxySettings:
     data_dir: Path = field(default_factory=default_data_dir)
     dump_dir: Path | None = None
     snapshot_cache: Path | None = None
-    node_id: str = field(default_factory=_node_id)
+    node_id: str = field(default_factory=default_node_id)
     log_format: str = ""
     log_level: str = "info"
 
@@ -79,13 +74,7 @@ class ProxySettings:
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ProxySettings:
         r = Reader(environ, overrides)
-        token = r.str("AIBRIDGE_PROXY_TOKEN")
-        if not token:
-            r.problems.append(
-                "AIBRIDGE_PROXY_TOKEN is not set: the proxy needs a token of the proxy role "
-                "to follow the config service (create one with `aibridge tokens create --role "
-                "proxy`, or set it on the config service to bootstrap it)"
-            )
+        token = daemon_token(r, "AIBRIDGE_PROXY_TOKEN", "proxy")
         host, port = r.listen("AIBRIDGE_PROXY_LISTEN", "127.0.0.1:8888")
         ca, cert, key = read_config_service_tls(r)
         # The CA pair is given together (both must exist) or generated together.
@@ -133,7 +122,7 @@ class ProxySettings:
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
             dump_dir=Path(dump).expanduser() if dump else None,
             snapshot_cache=Path(cache).expanduser() if cache else None,
-            node_id=r.str("AIBRIDGE_NODE_ID") or _node_id(),
+            node_id=r.str("AIBRIDGE_NODE_ID") or default_node_id(),
             log_format=log_format,
             log_level=log_level,
         )

@@ -1,0 +1,60 @@
+"""What the bridge and proxy daemons share at start-up: their token, node id and CLI."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+from aibridge.envconfig import Reader, SettingsError, add_env_flags, overrides_from_args
+from aibridge.logs import configure
+
+S = TypeVar("S")
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def daemon_token(r: Reader, name: str, role: str) -> str:
+    """The daemon's own token for the config service; a clear problem when it is missing."""
+    token = r.str(name)
+    if not token:
+        r.problems.append(
+            f"{name} is not set: the {role} needs a token of the {role} role to follow the "
+            f"config service (create one with `aibridge tokens create --role {role}`, or set "
+            "it on the config service to bootstrap it)"
+        )
+    return token
+
+
+def load_settings(
+    argv: list[str] | None,
+    prog: str,
+    description: str,
+    env_vars: list[tuple[str, str]],
+    from_env: Callable[[Mapping[str, str], Mapping[str, str]], S],
+) -> S | None:
+    """Flags + env -> settings, logging configured; None after printing every problem."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_env_flags(parser, env_vars)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = from_env(os.environ, overrides_from_args(args, env_vars))
+    except SettingsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+    configure(getattr(settings, "log_level", "info"), getattr(settings, "log_format", ""))
+    return settings
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """Serve on uvloop until SIGINT/SIGTERM."""
+    import uvloop
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(coro)
