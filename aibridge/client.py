@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from aibridge.envconfig import Reader
+from aibridge.terminal import escape
 
 CLIENT_ENV_VARS: list[tuple[str, str]] = [
     ("AIBRIDGE_CONFIG_SERVICE", "config service address host:port (default 127.0.0.1:7443)"),
@@ -113,7 +114,7 @@ _HINTS = {
 def describe_rpc_error(exc: grpc.RpcError, target: str) -> str:
     """One clear line for any gRPC error, naming the status and what to check."""
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    details = escape(exc.details() if isinstance(exc, grpc.Call) else exc)
     hint = _HINTS.get(code)
     text = f"{code.name.lower().replace('_', ' ')}: {details}"
     if code is grpc.StatusCode.UNAVAILABLE:

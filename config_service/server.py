@@ -36,6 +36,7 @@ from config_service.rbac import Role
 from config_service.seed import apply as seed_apply
 from config_service.seed.env import parse_env
 from config_service.servicers.config import ConfigServicer
+from config_service.servicers.edge import MalformedRequests
 from config_service.settings import ConfigServiceSettings
 from config_service.store import subscriber_status, tokens
 from config_service.store.database import Database
@@ -222,7 +223,11 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     registry = SubscriberRegistry()
     metrics.watch_live(registry.count_by_role, lambda: hub.revision)
     auth = Authenticator(hub, db)
-    server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+    server = grpc.aio.server(
+        options=GRPC_OPTIONS,
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        interceptors=[MalformedRequests()],
+    )
     remote = None
     if db.is_postgres:
 

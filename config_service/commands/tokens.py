@@ -23,6 +23,7 @@ from aibridge.config.v1 import token_admin_service_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
 from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+from aibridge.terminal import escape, table
 from config_service.errors import ConfigError
 from config_service.rbac import SYSTEM, Role
 
@@ -60,23 +61,24 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _row(token: dict[str, Any]) -> str:
-    revoked = f"revoked {token['revoked_at']}" if token.get("revoked_at") else "active"
-    return (
-        f"{token['id']}  {token['role']:<8} {token['principal_name']:<20} "
-        f"{token['hint']}...  {revoked}"
-    )
-
-
 def _print_tokens(tokens: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(tokens, indent=2))
         return
-    print(f"{'ID':<36}  {'ROLE':<8} {'PRINCIPAL':<20} HINT         STATUS")
-    for token in tokens:
-        print(_row(token))
     if not tokens:
         print("(no tokens)", file=sys.stderr)
+        return
+    rows = [
+        [
+            t["id"],
+            t["role"],
+            t["principal_name"],
+            f"{t['hint']}...",
+            f"revoked {t['revoked_at']}" if t.get("revoked_at") else "active",
+        ]
+        for t in tokens
+    ]
+    print(table(["ID", "ROLE", "PRINCIPAL", "HINT", "STATUS"], rows))
 
 
 def _iso(value: datetime | None) -> str:
@@ -123,7 +125,7 @@ def _local(args: argparse.Namespace) -> int:
             )
         else:
             view = tokens.revoke_token(db, SYSTEM, args.id)
-            print(f"revoked token {view.id} ({view.principal_name})", file=sys.stderr)
+            print(f"revoked token {view.id} ({escape(view.principal_name)})", file=sys.stderr)
     finally:
         db.engine.dispose()
     return 0
@@ -174,7 +176,7 @@ def _remote(args: argparse.Namespace) -> int:
                     pb.RevokeTokenRequest(id=args.id), metadata=md, timeout=30
                 )
                 print(
-                    f"revoked token {revoked.token.id} ({revoked.token.principal_name})",
+                    f"revoked token {revoked.token.id} ({escape(revoked.token.principal_name)})",
                     file=sys.stderr,
                 )
         except grpc.RpcError as exc:

@@ -44,7 +44,6 @@ from config_service.records import (
 )
 from config_service.store.database import Database
 from config_service.store.provider_input import (
-    UUID_RE,
     NewProvider,
     ProviderChanges,
     check_display_name,
@@ -60,6 +59,8 @@ from config_service.store.provider_input import (
     resolve_base_url,
     resolve_bedrock,
 )
+from config_service.store.state import live_providers
+from config_service.text import UUID_RE
 from config_service.views import audit_view
 
 
@@ -70,8 +71,8 @@ def _find(session: Session, id_or_name: str, for_update: bool = False) -> Provid
     if for_update:
         query = query.with_for_update()
     row = session.execute(query).scalar_one_or_none()
-    if row is None:
-        raise NotFound(f"provider {id_or_name!r} not found")
+    if row is None:  # the caller's value is not echoed: it may be a secret pasted here
+        raise NotFound(f"provider not found: no live provider has that {kind}")
     return row
 
 
@@ -132,22 +133,7 @@ def list_providers(db: Database, subject: Subject) -> list[ProviderRecord]:
     """Every live provider (disabled ones included), sorted by name; keys masked."""
     authorize(subject, Action.READ_PROVIDERS)
     with db.read() as session:
-        rows = (
-            session.execute(
-                select(Provider).where(Provider.deleted.is_(False)).order_by(Provider.name)
-            )
-            .scalars()
-            .all()
-        )
-        ids = [row.id for row in rows]
-        keys: dict[str, list[ProviderKey]] = {i: [] for i in ids}
-        if ids:
-            for key in session.execute(
-                select(ProviderKey)
-                .where(ProviderKey.provider_id.in_(ids))
-                .order_by(ProviderKey.created_at, ProviderKey.id)
-            ).scalars():
-                keys[key.provider_id].append(key)
+        rows, keys = live_providers(session)
         return [load_record(row, keys[row.id], db.cipher, decrypt_keys=False) for row in rows]
 
 

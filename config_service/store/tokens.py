@@ -21,6 +21,7 @@ from config_service.db.models import Principal, Token, utcnow
 from config_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from config_service.rbac import SYSTEM, Action, Role, Subject, authorize
 from config_service.store.database import Database
+from config_service.text import check_text, check_uuid
 
 TOKEN_PREFIX = "aib_"  # noqa: S105 - a prefix, not a secret
 _PRINCIPAL_NAME_MAX = 200
@@ -91,8 +92,8 @@ def create_token(
 ) -> tuple[TokenView, str]:
     """Create a token (and its principal when new); return it with the secret, shown once."""
     authorize(subject, Action.MANAGE_TOKENS)
-    name = principal_name.strip()
-    if not name or len(name) > _PRINCIPAL_NAME_MAX or name != principal_name:
+    name = check_text("principal_name", principal_name, _PRINCIPAL_NAME_MAX).strip()
+    if not name or name != principal_name:
         raise InvalidArgument(
             "principal_name", f"must be 1-{_PRINCIPAL_NAME_MAX} characters without padding"
         )
@@ -120,23 +121,24 @@ def create_token(
 def list_tokens(db: Database, subject: Subject, include_revoked: bool = False) -> list[TokenView]:
     authorize(subject, Action.MANAGE_TOKENS)
     with db.read() as session:
-        query = select(Token, Principal).join(Principal).order_by(Principal.name, Token.created_at)
+        query = select(Token, Principal).join(Principal)
         if not include_revoked:
             query = query.where(Token.revoked_at.is_(None))
-        return [_view(t, p) for t, p in session.execute(query).all()]
+        views = [_view(t, p) for t, p in session.execute(query).all()]
+    # Sorted here, by code point: SQL ORDER BY would follow the database's collation.
+    return sorted(views, key=lambda v: (v.principal_name, v.created_at, v.id))
 
 
 def revoke_token(db: Database, subject: Subject, token_id: str) -> TokenView:
     """Revoke a token; revoking an already revoked token is a no-op returning it."""
     authorize(subject, Action.MANAGE_TOKENS)
-    if not token_id:
-        raise InvalidArgument("id", "is required")
+    token_id = check_uuid("id", token_id, "a token id (a UUID, as `aibridge tokens list` shows)")
     with db.write() as session:
         row = session.execute(
             select(Token, Principal).join(Principal).where(Token.id == token_id)
         ).one_or_none()
-        if row is None:
-            raise NotFound(f"token {token_id!r} not found")
+        if row is None:  # the caller's value is not echoed: it may be a secret pasted here
+            raise NotFound("token not found: no token has that id")
         token, principal = row
         if token.revoked_at is None:
             token.revoked_at = utcnow()
