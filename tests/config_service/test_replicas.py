@@ -28,13 +28,16 @@ def postgres_only(database_url: str) -> str:
     return database_url
 
 
-def create_token(proc: Process, name: str) -> None:
+def create_token(
+    proc: Process, name: str, role: token_pb2.Role.ValueType = token_pb2.ROLE_MEMBER
+) -> tpb.CreateTokenResponse:
     with grpc.insecure_channel(proc.target) as channel:
-        tpb_grpc.TokenAdminServiceStub(channel).CreateToken(
-            tpb.CreateTokenRequest(principal_name=name, role=token_pb2.ROLE_MEMBER),
+        response: tpb.CreateTokenResponse = tpb_grpc.TokenAdminServiceStub(channel).CreateToken(
+            tpb.CreateTokenRequest(principal_name=name, role=role),
             metadata=ADMIN_MD,
             timeout=10,
         )
+    return response
 
 
 def create_provider(proc: Process, name: str) -> None:
@@ -61,10 +64,10 @@ def version_of(proc: Process) -> str:
 class Watcher:
     """A WatchProviders stream on one replica, read with a deadline."""
 
-    def __init__(self, proc: Process) -> None:
+    def __init__(self, proc: Process, metadata: tuple[tuple[str, str], ...] = BRIDGE_MD) -> None:
         self.channel = grpc.insecure_channel(proc.target)
         self.stream = pb_grpc.ConfigServiceStub(self.channel).WatchProviders(
-            pb.WatchProvidersRequest(node_id="replica-test"), metadata=BRIDGE_MD
+            pb.WatchProvidersRequest(node_id="replica-test"), metadata=metadata
         )
         self.versions: list[str] = []
         self.last: pb.ProviderSnapshot | None = None
@@ -133,6 +136,27 @@ def test_replica_resyncs_after_losing_its_database_connection(
     finally:
         watcher.close()
         admin.dispose()
+
+
+def test_revocation_on_one_replica_ends_the_tokens_streams_on_the_other(
+    postgres_only: str, start_process: StartProcess
+) -> None:
+    """A bridge token revoked through replica A ends its open stream on replica B with UNAUTHENTICATED, before any further snapshot."""
+    a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
+    b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    created = create_token(a, "fleet", token_pb2.ROLE_BRIDGE)
+    watcher = Watcher(b, (("authorization", f"Bearer {created.secret}"),))
+    try:
+        watcher.until(version_of(a))
+        with grpc.insecure_channel(a.target) as channel:
+            tpb_grpc.TokenAdminServiceStub(channel).RevokeToken(
+                tpb.RevokeTokenRequest(id=created.token.id), metadata=ADMIN_MD, timeout=10
+            )
+        with pytest.raises(grpc.RpcError) as ended:
+            watcher.until(version_of(a), timeout=5)
+        assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    finally:
+        watcher.close()
 
 
 def test_a_subscriber_can_resume_on_another_replica(
