@@ -385,6 +385,7 @@ class TcpProxy:
         self._pairs: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connections = 0
+        self.accepted: list[float] = []  # monotonic time of every connection attempt
         self.blackholed = False  # accept and read, never forward: a silent partition
 
     @property
@@ -418,6 +419,7 @@ class TcpProxy:
         await self.cut()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted.append(time.monotonic())
         upstream = None
         for host, port in self.targets:
             try:

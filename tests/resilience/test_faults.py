@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,39 @@ async def test_bridge_restarted_while_config_service_down_serves_from_cache(
         await admin.close()
     seen = applied_versions(again)
     assert seen == [version, new_version], seen
+
+
+async def test_bridge_is_back_about_a_second_after_a_long_outage(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str
+) -> None:
+    """After 8 s with the config service unreachable the bridge still retries about every second, and is on the new version about a second after the service is reachable again."""
+    service = await asyncio.to_thread(procs.config_service, sqlite_url)
+    target = service.ready["target"]
+    admin = Admin(target)
+    front = await TcpProxy([("127.0.0.1", int(target.rsplit(":", 1)[1]))]).start()
+    try:
+        await seed_stack(admin, upstream)
+        bridge = await asyncio.to_thread(procs.bridge, front.address, "bridge-1")
+        before = await admin.version()
+        await eventually(lambda: on_version(bridge, before))
+        # The outage: every connection through the front is accepted, then reset.
+        front.targets = [("127.0.0.1", free_port())]
+        await front.cut()
+        await front.restore()
+        outage = time.monotonic()
+        await admin.create_token("during-the-outage")
+        version = await admin.version()
+        await asyncio.sleep(8.0)  # the outage lasts; the bridge keeps retrying
+        front.targets = [("127.0.0.1", int(target.rsplit(":", 1)[1]))]
+        back = await eventually(lambda: on_version(bridge, version), within=15, every=0.01)
+        attempts = [t for t in front.accepted if t > outage]
+    finally:
+        await admin.close()
+        await front.close()
+    late = [t for t in attempts if t > outage + 4.0]
+    gaps = [after - before for before, after in itertools.pairwise(late)]
+    assert len(late) >= 3 and max(gaps) < 1.5, f"reconnect gaps late in the outage: {gaps}"
+    assert back < 2.0, f"bridge on the new version {back:.2f}s after the service was back"
 
 
 # ------------------------------------------------------------------------ database cut
