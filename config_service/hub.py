@@ -125,6 +125,11 @@ class SnapshotHub:
         """Return at the next published version or change of `reachable`."""
         await self._changed.wait()
 
+    async def wait_unreachable(self) -> None:
+        """Return once a database call failed."""
+        while self.reachable:
+            await self.changed()
+
     async def wait_newer(self, revision: int) -> None:
         """Return once the published revision passed `revision` or `reachable` turned false."""
         while self._revision <= revision and self.reachable:

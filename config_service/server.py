@@ -208,7 +208,13 @@ async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics
     Also the database probe behind health: every check records whether the database
     answered (`hub.reachable`)."""
     while True:
-        await asyncio.sleep(interval if hub.reachable else min(interval, UNREACHABLE_RECHECK))
+        if hub.reachable:
+            # The periodic check; at once when a database call failed elsewhere.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await hub.wait_unreachable()
+        else:
+            await asyncio.sleep(min(interval, UNREACHABLE_RECHECK))
         try:
             if await hub.refresh_if_behind():
                 metrics.resyncs.labels(reason="periodic").inc()

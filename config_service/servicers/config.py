@@ -38,6 +38,10 @@ _MAX_NODE_ID = 200
 _MAX_ERRORS = 1000
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_CUT_OFF = (
+    "this config-service replica cannot reach its database, so its snapshot may be "
+    "stale; retry (another replica will answer)"
+)
 
 
 def _ts(value: Any) -> Timestamp:
@@ -126,10 +130,7 @@ class ConfigServicer:
     def _vouch(self) -> None:
         """Refuse to serve a snapshot this replica cannot vouch for (database unreachable)."""
         if not self._hub.reachable:
-            raise Unavailable(
-                "this config-service replica cannot reach its database, so its snapshot "
-                "may be stale; retry (another replica will answer)"
-            )
+            raise Unavailable(_CUT_OFF)
 
     async def _resume_at(self, known_version: str) -> int:
         """The revision a subscriber resumes from (-1: none); never one newer than ours."""
@@ -142,7 +143,10 @@ class ConfigServicer:
         if known > self._hub.revision:
             # The subscriber saw a newer revision elsewhere: catch up before answering,
             # never send it an older snapshot.
-            await self._hub.refresh_if_behind()
+            try:
+                await self._hub.refresh_if_behind()
+            except Unavailable as exc:
+                raise Unavailable(_CUT_OFF) from exc
         if known > self._hub.revision:
             raise FailedPrecondition(
                 f"known_version {known} is newer than this service's database revision "
