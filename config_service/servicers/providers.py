@@ -3,7 +3,8 @@
 The store authorizes and validates; this adapter converts messages, runs the store
 in a worker thread and, after every write, refreshes the snapshot hub before it
 answers, so the change is on every open WatchProviders stream by the time the
-caller has its response. Responses are rendered in the metadata scope (masked key
+caller has its response (if that reload fails, the write is still answered as saved and
+the hub catches up by resync). Responses are rendered in the metadata scope (masked key
 hints), or the proxy scope for the proxy role: the admin API never returns a
 plaintext secret, not even to the bridge.
 """
@@ -127,7 +128,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
             keys=len(record.keys),
             actor=subject.name,
         )
-        await self._hub.refresh()
+        await self._hub.publish_write()
         return pb.CreateProviderResponse(provider=self._render(record, subject))
 
     @unary
@@ -147,7 +148,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
             keys=len(record.keys),
             actor=subject.name,
         )
-        await self._hub.refresh()
+        await self._hub.publish_write()
         return pb.UpdateProviderResponse(provider=self._render(record, subject))
 
     @unary
@@ -161,5 +162,5 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         log.info(
             "provider deleted", provider=record.name, provider_id=record.id, actor=subject.name
         )
-        await self._hub.refresh()
+        await self._hub.publish_write()
         return pb.DeleteProviderResponse()
