@@ -142,13 +142,13 @@ class Database:
         if not done:
             if commit.abandon():
                 raise Unavailable(
-                    f"database did not answer within {self.deadline:.0f} s; nothing was changed"
+                    f"database did not answer within {self.deadline:g} s; nothing was changed"
                 )
             done, _ = await asyncio.wait({work}, timeout=self.commit_wait)
             if not done:
                 raise Unavailable(
                     f"database did not confirm the commit within "
-                    f"{self.deadline + self.commit_wait:.0f} s; {OUTCOME_UNKNOWN}"
+                    f"{self.deadline + self.commit_wait:g} s; {OUTCOME_UNKNOWN}"
                 )
         return work.result()
 
