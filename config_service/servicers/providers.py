@@ -1,4 +1,4 @@
-"""ProviderAdminService: list, get, create, update (field mask), soft delete.
+"""ProviderAdminService: list, get, create, update (field mask), soft delete, key add/delete.
 
 The store authorizes and validates; this adapter converts messages, runs the store
 in a worker thread and, after every write, refreshes the snapshot hub before it
@@ -81,6 +81,7 @@ def provider_changes(request: pb.UpdateProviderRequest) -> provider_input.Provid
         enabled=request.enabled,
         keys=keys,
         bedrock=bedrock_input(request.bedrock) if request.HasField("bedrock") else None,
+        etag=request.etag,
     )
 
 
@@ -164,3 +165,53 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         )
         await self._hub.publish_write()
         return pb.DeleteProviderResponse()
+
+    @unary
+    async def AddProviderKey(
+        self, request: pb.AddProviderKeyRequest, context: Context
+    ) -> pb.AddProviderKeyResponse:
+        subject = await self._auth.authenticate(context)
+        record = await self._db.call(
+            providers.add_provider_key,
+            self._db,
+            subject,
+            request.id_or_name,
+            request.secret,
+            request.etag,
+        )
+        log.info(
+            "provider key added",
+            provider=record.name,
+            provider_id=record.id,
+            key_id=record.keys[-1].id,
+            keys=len(record.keys),
+            actor=subject.name,
+        )
+        await self._hub.publish_write()
+        provider = self._render(record, subject)
+        # A new key goes to the end of the pool (and only owners write: metadata scope).
+        return pb.AddProviderKeyResponse(provider=provider, key=provider.keys[-1])
+
+    @unary
+    async def DeleteProviderKey(
+        self, request: pb.DeleteProviderKeyRequest, context: Context
+    ) -> pb.DeleteProviderKeyResponse:
+        subject = await self._auth.authenticate(context)
+        record = await self._db.call(
+            providers.delete_provider_key,
+            self._db,
+            subject,
+            request.id_or_name,
+            request.key_id,
+            request.etag,
+        )
+        log.info(
+            "provider key deleted",
+            provider=record.name,
+            provider_id=record.id,
+            key_id=request.key_id,
+            keys=len(record.keys),
+            actor=subject.name,
+        )
+        await self._hub.publish_write()
+        return pb.DeleteProviderKeyResponse(provider=self._render(record, subject))

@@ -209,7 +209,7 @@ def test_rpc_errors_exit_1_with_a_clear_message(proc: Process) -> None:
     assert "invalid argument: name: must match" in bad.stderr
     padded = aibridge(proc, "providers", "keys", "add", "dup", stdin=" " + KEY_A)
     assert padded.returncode == 1
-    assert "invalid argument: keys" in padded.stderr
+    assert "invalid argument: secret: must not have leading or trailing whitespace" in padded.stderr
     unknown_token = aibridge(proc, "providers", "list", token="nope-" * 8)
     assert unknown_token.returncode == 1
     assert "unauthenticated" in unknown_token.stderr and "AIBRIDGE_TOKEN" in unknown_token.stderr
