@@ -96,6 +96,22 @@ MATRIX: dict[str, tuple[Call, set[Role]]] = {
         ),
         WRITE,
     ),
+    "AddProviderKey": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).AddProviderKey(
+            pa.AddProviderKeyRequest(id_or_name="openai", secret="sk-rbac-added-0123456789"),
+            metadata=md,
+        ),
+        WRITE,
+    ),
+    "DeleteProviderKey": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).DeleteProviderKey(
+            pa.DeleteProviderKeyRequest(
+                id_or_name="openai", key_id="00000000-0000-0000-0000-000000000000"
+            ),
+            metadata=md,
+        ),
+        WRITE,
+    ),
     "CreateToken": (
         lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
             ta.CreateTokenRequest(principal_name="rbac-made", role=token_pb2.ROLE_MEMBER),
