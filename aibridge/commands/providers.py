@@ -16,7 +16,9 @@
 NAME may also be a provider id. Writes need an owner token (AIBRIDGE_TOKEN or
 AIBRIDGE_ADMIN_TOKEN); auditors may read. Keys are never shown, only masked hints, and
 never need to be on the command line: name environment variables (--keys-from-env,
---from-env, --bedrock-access-key-env) or pipe the key into `keys add`.
+--from-env, --bedrock-access-key-env) or pipe the key into `keys add`. `keys add` and
+`keys remove` change one key on the server (AddProviderKey / DeleteProviderKey), so
+concurrent key changes never undo each other.
 Output is a table by default, JSON with --json. Exit codes: 0 done, 1 the config
 service refused or could not be reached, 2 usage.
 """
