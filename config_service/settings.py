@@ -15,6 +15,7 @@ from pathlib import Path
 from aibridge.envconfig import Reader, default_data_dir
 from aibridge.masking import Secret
 from config_service.crypto import parse_keys
+from config_service.store.tokens import weak_token_problem
 
 # (ENV_NAME, help): each is also a flag of `aibridge config-service` (flags win).
 ENV_VARS: list[tuple[str, str]] = [
@@ -91,8 +92,9 @@ class ConfigServiceSettings:
         tokens = {}
         for name in ("AIBRIDGE_ADMIN_TOKEN", "AIBRIDGE_BRIDGE_TOKEN", "AIBRIDGE_PROXY_TOKEN"):
             value = r.str(name)
-            if value and len(value) < 16:
-                r.problems.append(f"{name}: too short (at least 16 characters; 32+ random bytes)")
+            problem = weak_token_problem(name, value) if value else None
+            if problem:
+                r.problems.append(problem)
             tokens[name] = Secret(value)
         if len({t.value for t in tokens.values() if t.value}) < sum(
             1 for t in tokens.values() if t.value
