@@ -4,10 +4,11 @@ Only the SHA-256 of a token is stored. Every generated token carries 256 random 
 and a bootstrap token from the environment must pass `weak_token_problem`, so an
 unsalted hash is no help to an offline guesser. A bridge or proxy token (which reads
 plaintext keys, or follows every change) is never minted over the API: only by the
-bootstrap settings or `aibridge tokens create --local`, which needs the database itself. Principals named `env:<role>` belong to the
-bootstrap tokens of the environment (AIBRIDGE_ADMIN/BRIDGE/PROXY_TOKEN): at start-up
-the env token is ensured and any other live token of that principal is revoked, so
-rotating an env token retires the old one.
+bootstrap settings or `aibridge tokens create --local`, which needs the database itself.
+
+Principals named `env:<role>` belong to the bootstrap tokens of the environment
+(AIBRIDGE_ADMIN/BRIDGE/PROXY_TOKEN): at start-up the env token is ensured and any other
+live token of that principal is revoked, so rotating an env token retires the old one.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from aibridge.cli import COMMANDS
 from config_service.db.engine import make_engine
 from config_service.db.models import AuditEntry
-from tests.fixtures.services import AIBRIDGE, ADMIN_TOKEN, PROXY_TOKEN, StartProcess, spawn
+from tests.fixtures.services import ADMIN_TOKEN, AIBRIDGE, PROXY_TOKEN, StartProcess, spawn
 
 
 def run(

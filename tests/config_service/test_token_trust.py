@@ -24,7 +24,10 @@ from tests.fixtures.services import Service
 
 @pytest.mark.parametrize(
     ("role", "variable"),
-    [(token_pb2.ROLE_BRIDGE, "AIBRIDGE_BRIDGE_TOKEN"), (token_pb2.ROLE_PROXY, "AIBRIDGE_PROXY_TOKEN")],
+    [
+        (token_pb2.ROLE_BRIDGE, "AIBRIDGE_BRIDGE_TOKEN"),
+        (token_pb2.ROLE_PROXY, "AIBRIDGE_PROXY_TOKEN"),
+    ],
 )
 async def test_owner_cannot_mint_a_daemon_token(service: Service, role: int, variable: str) -> None:
     """An owner asking CreateToken for a bridge or proxy token gets PERMISSION_DENIED naming the two allowed paths, and no token is made."""
