@@ -119,6 +119,21 @@ MATRIX: dict[str, tuple[Call, set[Role]]] = {
         ),
         {O},
     ),
+    # Daemon tokens read every plaintext key or follow every change: no caller mints them.
+    "CreateToken bridge": (
+        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
+            ta.CreateTokenRequest(principal_name="rbac-bridge", role=token_pb2.ROLE_BRIDGE),
+            metadata=md,
+        ),
+        set(),
+    ),
+    "CreateToken proxy": (
+        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
+            ta.CreateTokenRequest(principal_name="rbac-proxy", role=token_pb2.ROLE_PROXY),
+            metadata=md,
+        ),
+        set(),
+    ),
     "ListTokens": (
         lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).ListTokens(
             ta.ListTokensRequest(), metadata=md
