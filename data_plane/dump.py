@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aibridge.files import write_private
 from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
 
@@ -59,7 +60,7 @@ def _headers(headers: Iterable[tuple[str, str]], secrets: frozenset[str]) -> str
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write then rename, so nobody reading the dump directory sees a half-written file."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
+    write_private(partial, data)  # 0600 in 0700 directories: dumps hold prompts and answers
     partial.replace(path)
 
 
@@ -100,7 +101,6 @@ class Dumper:
 
     def _write(self, ex: Exchange) -> None:
         req_path, resp_path = self.paths(ex)
-        req_path.parent.mkdir(parents=True, exist_ok=True)
         body = _pretty(ex.request_body)
         headers = [(k, v) for k, v in ex.request_headers if k.lower() != "content-length"]
         headers.append(("content-length", str(len(body))))
