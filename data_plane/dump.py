@@ -36,6 +36,9 @@ REQUEST_SECRETS = frozenset(
     }
 )
 RESPONSE_SECRETS = frozenset({"set-cookie", "www-authenticate", "proxy-authenticate"})
+# A dump keeps at most this much of a response body in memory (a long stream would
+# otherwise grow the daemon without bound); the rest is counted, not kept.
+MAX_DUMP_BODY = 8 * 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -69,6 +72,24 @@ def _pretty(body: bytes) -> bytes:
         return json.dumps(json.loads(body), indent=2, ensure_ascii=False).encode()
     except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
         return body
+
+
+class BodyCapture:
+    """The first MAX_DUMP_BODY bytes of a streamed response body, and a count of the rest."""
+
+    def __init__(self) -> None:
+        self._kept = bytearray()
+        self._dropped = 0
+
+    def feed(self, chunk: bytes) -> None:
+        room = max(0, MAX_DUMP_BODY - len(self._kept))
+        self._kept += chunk[:room]
+        self._dropped += len(chunk) - len(chunk[:room])
+
+    def body(self) -> bytes:
+        if self._dropped:
+            return bytes(self._kept) + f"\n[... {self._dropped} more bytes not dumped]\n".encode()
+        return bytes(self._kept)
 
 
 @dataclass
