@@ -89,6 +89,10 @@ class FrontDoor:
         closed.labels("over_capacity").inc()
         return False
 
+    def _forget(self, task: asyncio.Task[object]) -> None:
+        self._connections.pop(task, None)
+        self.shared.metrics.client_connections.set(len(self._connections))
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self._admit():
             writer.write(BUSY)
@@ -97,7 +101,8 @@ class FrontDoor:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
-        task.add_done_callback(lambda t: self._connections.pop(t, None))
+        self.shared.metrics.client_connections.set(len(self._connections))
+        task.add_done_callback(self._forget)
         stream = H11Stream(reader, writer, self.limits, self._waiting)
         try:
             await self._serve(stream)

@@ -95,6 +95,9 @@ class H11Stream:
                     self._head_deadline = None
                     if self.waiting is not None:
                         self.waiting.leave(self.writer)
+                    if _head_size(event) > self.limits.max_header_bytes:
+                        # h11 only bounds a head still incomplete; one read can hold more.
+                        raise h11.RemoteProtocolError("head too large", error_status_hint=431)
                 return event  # type: ignore[return-value]
             self.conn.receive_data(await self._read())  # b"": end of stream, an event too
 
@@ -108,7 +111,10 @@ class H11Stream:
             timeout = self._head_deadline - loop.time()
         try:
             async with asyncio.timeout(timeout):
-                data = await self.reader.read(READ_SIZE)
+                # In a head, read no more than the head may hold: h11 buffers at most twice it.
+                data = await self.reader.read(
+                    min(READ_SIZE, self.limits.max_header_bytes) if in_head else READ_SIZE
+                )
         except TimeoutError:
             raise Silent from None
         except (ConnectionError, OSError):
@@ -165,7 +171,7 @@ class H11Stream:
 
     async def malformed(self, exc: h11.RemoteProtocolError) -> None:
         """Answer a request h11 refused (431 for a head over the size limit), if still possible."""
-        if self.conn.our_state is h11.SEND_RESPONSE:
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # h11 lets us answer
             message = (
                 "request head too large" if exc.error_status_hint == 431 else "malformed request"
             )
@@ -194,6 +200,12 @@ class H11Stream:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             await self.writer.wait_closed()
+
+
+def _head_size(request: h11.Request) -> int:
+    """Bytes of a request head as sent (request line, headers, line ends)."""
+    line = len(request.method) + len(request.target) + 12  # spaces, HTTP/1.1, CRLF
+    return line + sum(len(k) + len(v) + 4 for k, v in request.headers) + 2
 
 
 def header(request: h11.Request, name: bytes) -> bytes | None:

@@ -25,6 +25,9 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
+        self.client_connections = Gauge(
+            P + "client_connections", "Client connections held now.", registry=r
+        )
         self.connections_closed = Counter(
             P + "connections_closed",
             "Client connections the proxy dropped: silent (idle, slow head or not reading), "
