@@ -38,9 +38,11 @@ class Silent(ClientGone):
 
 @dataclass(frozen=True)
 class Limits:
-    idle_timeout: float = 60.0
-    header_timeout: float = 10.0
-    max_header_bytes: int = 65536
+    """A client connection's limits (from ProxySettings)."""
+
+    idle_timeout: float
+    header_timeout: float
+    max_header_bytes: int
 
 
 class Waiting:

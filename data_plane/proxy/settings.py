@@ -140,14 +140,16 @@ class ProxySettings:
         timeouts = {
             name: r.duration(name, default)
             for name, default in (
-                ("AIBRIDGE_PROXY_IDLE_TIMEOUT", 60.0),
-                ("AIBRIDGE_PROXY_HEADER_TIMEOUT", 10.0),
+                ("AIBRIDGE_PROXY_IDLE_TIMEOUT", cls.idle_timeout),
+                ("AIBRIDGE_PROXY_HEADER_TIMEOUT", cls.header_timeout),
             )
         }
         for name, seconds in timeouts.items():
             if seconds <= 0:
                 r.problems.append(f"{name}: must be more than 0")
-        max_header_bytes = r.int("AIBRIDGE_PROXY_MAX_HEADER_BYTES", 65536, minimum=1024)
+        max_header_bytes = r.int(
+            "AIBRIDGE_PROXY_MAX_HEADER_BYTES", cls.max_header_bytes, minimum=1024
+        )
         log_format, log_level = r.log_settings()
         data_dir = r.str("AIBRIDGE_DATA_DIR")
         dump = r.str("AIBRIDGE_DUMP_DIR")
