@@ -51,9 +51,6 @@ class Waiting:
     def __init__(self) -> None:
         self._writers: dict[asyncio.StreamWriter, None] = {}
 
-    def __len__(self) -> int:
-        return len(self._writers)
-
     def enter(self, writer: asyncio.StreamWriter) -> None:
         self._writers.setdefault(writer, None)  # keeps its place when already waiting
 
@@ -76,7 +73,7 @@ class H11Stream:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         limits: Limits,
-        waiting: Waiting | None = None,
+        waiting: Waiting,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -95,8 +92,7 @@ class H11Stream:
             if event is not h11.NEED_DATA:
                 if isinstance(event, h11.Request):
                     self._head_deadline = None
-                    if self.waiting is not None:
-                        self.waiting.leave(self.writer)
+                    self.waiting.leave(self.writer)
                     if _head_size(event) > self.limits.max_header_bytes:
                         # h11 only bounds a head still incomplete; one read can hold more.
                         raise h11.RemoteProtocolError("head too large", error_status_hint=431)
@@ -106,7 +102,7 @@ class H11Stream:
     async def _read(self) -> bytes:
         loop = asyncio.get_running_loop()
         in_head = self.conn.their_state is h11.IDLE
-        if in_head and self.waiting is not None:
+        if in_head:
             self.waiting.enter(self.writer)
         timeout = self.limits.idle_timeout
         if in_head and self._head_deadline is not None:
@@ -173,11 +169,12 @@ class H11Stream:
 
     async def malformed(self, exc: h11.RemoteProtocolError) -> None:
         """Answer a request h11 refused (431 for a head over the size limit), if still possible."""
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # h11 lets us answer
-            message = (
-                "request head too large" if exc.error_status_hint == 431 else "malformed request"
-            )
-            await self.error(exc.error_status_hint, message, close=True)
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):  # h11 lets us answer
+            return
+        status = exc.error_status_hint
+        message = "request head too large" if status == 431 else "malformed request"
+        with contextlib.suppress(ConnectionError, OSError, Silent):  # a bomb may not listen
+            await self.error(status, message, close=True)
 
     async def error(
         self,
@@ -197,8 +194,7 @@ class H11Stream:
         return False
 
     async def close(self) -> None:
-        if self.waiting is not None:
-            self.waiting.leave(self.writer)
+        self.waiting.leave(self.writer)
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             await self.writer.wait_closed()
