@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dp_fakes import MEMBER_TOKEN, ConfigServer, FakeUpstream, Reply, StartBridge, snapshot
-from proxy_fakes import Echo, StartProxy, raw_connect
+from proxy_fakes import Echo, StartProxy, raw_connect, trust
 
 from data_plane import dump
 from data_plane.proxy.server import Proxy
@@ -49,6 +49,30 @@ async def test_oversized_request_head_gets_431(
     writer.close()
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
     assert b"request head too large" in answer
+
+
+async def test_oversized_head_inside_intercepted_tls_gets_431(
+    config_service: ConfigServer,
+    upstream: FakeUpstream,
+    start_bridge: StartBridge,
+    start_proxy: StartProxy,
+) -> None:
+    """Inside a MITM'd TLS connection an oversized request head is answered 431 too."""
+    from tests.data_plane.proxy.test_proxy_flow import stack
+
+    proxy = await stack(
+        config_service, upstream, start_bridge, start_proxy, AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096"
+    )
+    status, _, reader, writer = await raw_connect(
+        proxy, f"localhost:{upstream.port}", f"u:{MEMBER_TOKEN}"
+    )
+    assert status == 200
+    await writer.start_tls(trust(proxy), server_hostname="localhost")
+    writer.write(b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nx-big: " + b"a" * 8192)
+    answer = await closed_by_proxy(reader)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    assert upstream.seen == []
 
 
 async def test_request_head_trickled_too_slowly_is_dropped(
