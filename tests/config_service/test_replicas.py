@@ -15,6 +15,11 @@ from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
 from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
+from config_service.crypto import Cipher
+from config_service.db.engine import make_engine
+from config_service.rbac import SYSTEM, Role
+from config_service.store import tokens
+from config_service.store.database import Database
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Process, StartProcess
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -28,16 +33,13 @@ def postgres_only(database_url: str) -> str:
     return database_url
 
 
-def create_token(
-    proc: Process, name: str, role: token_pb2.Role.ValueType = token_pb2.ROLE_MEMBER
-) -> tpb.CreateTokenResponse:
+def create_token(proc: Process, name: str) -> None:
     with grpc.insecure_channel(proc.target) as channel:
-        response: tpb.CreateTokenResponse = tpb_grpc.TokenAdminServiceStub(channel).CreateToken(
-            tpb.CreateTokenRequest(principal_name=name, role=role),
+        tpb_grpc.TokenAdminServiceStub(channel).CreateToken(
+            tpb.CreateTokenRequest(principal_name=name, role=token_pb2.ROLE_MEMBER),
             metadata=ADMIN_MD,
             timeout=10,
         )
-    return response
 
 
 def create_provider(proc: Process, name: str) -> None:
@@ -144,13 +146,18 @@ def test_revocation_on_one_replica_ends_the_tokens_streams_on_the_other(
     """A bridge token revoked through replica A ends its open stream on replica B with UNAUTHENTICATED, before any further snapshot."""
     a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
     b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
-    created = create_token(a, "fleet", token_pb2.ROLE_BRIDGE)
-    watcher = Watcher(b, (("authorization", f"Bearer {created.secret}"),))
+    # Bridge-role tokens are minted on the database itself (CreateToken refuses them).
+    db = Database(make_engine(postgres_only), Cipher(()))
+    try:
+        view, secret = tokens.create_token(db, SYSTEM, "fleet", Role.BRIDGE)
+    finally:
+        db.engine.dispose()
+    watcher = Watcher(b, (("authorization", f"Bearer {secret}"),))
     try:
         watcher.until(version_of(a))
         with grpc.insecure_channel(a.target) as channel:
             tpb_grpc.TokenAdminServiceStub(channel).RevokeToken(
-                tpb.RevokeTokenRequest(id=created.token.id), metadata=ADMIN_MD, timeout=10
+                tpb.RevokeTokenRequest(id=view.id), metadata=ADMIN_MD, timeout=10
             )
         with pytest.raises(grpc.RpcError) as ended:
             watcher.until(version_of(a), timeout=5)
