@@ -196,6 +196,29 @@ async def test_provider_not_found_never_echoes_the_value(service: Service) -> No
             assert "not found" in details and value not in details
 
 
+async def test_delete_provider_key_never_echoes_the_key_id(service: Service) -> None:
+    """DeleteProviderKey of a key the provider does not have is NOT_FOUND without the key id."""
+    stub = pa_grpc.ProviderAdminServiceStub(service.channel())
+    md = service.md_for(Role.OWNER)
+    create = pa.CreateProviderRequest(
+        name="edge", type=provider_pb2.PROVIDER_TYPE_OPENAI, keys=["sk-edge-0123456789abcdef"]
+    )
+    await stub.CreateProvider(create, metadata=md)
+    unknown = str(uuid.uuid4())
+    request = pa.DeleteProviderKeyRequest(id_or_name="edge", key_id=unknown)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.DeleteProviderKey(request, metadata=md)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown not in (caught.value.details() or "")
+    await invalid(
+        stub.DeleteProviderKey(
+            pa.DeleteProviderKeyRequest(id_or_name="edge", key_id=PASTED_SECRET), metadata=md
+        ),
+        "key_id",
+        PASTED_SECRET,
+    )
+
+
 async def test_a_trailing_newline_never_passes_a_pattern(service: Service) -> None:
     """A name or id with a trailing newline is INVALID_ARGUMENT (Python's `$` matched before it)."""
     stub = pa_grpc.ProviderAdminServiceStub(service.channel())
