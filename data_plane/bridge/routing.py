@@ -1,7 +1,10 @@
 """The routing table: every provider and gateway token of one snapshot, immutable.
 
 `build_table` turns a snapshot into a table. A provider that cannot be built is left
-out and reported; the rest still serve. Key pools and breakers are carried over from
+out and reported (its requests answer 503 with the build error); the rest still serve.
+A snapshot with enabled providers none of which could be built leaves the bridge not
+ready (`not_ready` says why), so an orchestrator does not route to a bridge that
+serves nothing. Key pools and breakers are carried over from
 the previous table when the provider's keys (or base URL, for breakers) are
 unchanged, so a snapshot swap forgets neither cooldowns nor open breakers. The app
 swaps tables with one attribute assignment; requests in flight keep theirs.
@@ -31,12 +34,27 @@ PS = provider_pb2.ProviderStatus
 
 
 @dataclass(frozen=True)
+class Unbuilt:
+    """A provider of the snapshot the bridge could not build, and why."""
+
+    type: str
+    family: Family | None  # None: a provider type this bridge does not know
+    error: str
+
+
+@dataclass(frozen=True)
 class RoutingTable:
     version: str
     providers: Mapping[str, Provider] = field(default_factory=lambda: MappingProxyType({}))
     tokens: TokenTable = field(default_factory=lambda: MappingProxyType({}))
-    failed: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    failed: Mapping[str, Unbuilt] = field(default_factory=lambda: MappingProxyType({}))
     applied: bool = True
+    not_ready: str = ""  # why the bridge serves nothing although providers are enabled
+
+    @property
+    def names(self) -> list[str]:
+        """Every provider of the snapshot, built or not, sorted."""
+        return sorted({*self.providers, *self.failed})
 
     @staticmethod
     def status_of(provider: Provider) -> str:
@@ -144,7 +162,7 @@ def build_table(
     snapshot: cs.ProviderSnapshot, previous: RoutingTable, ctx: BuildContext
 ) -> tuple[RoutingTable, list[cs.ProviderError]]:
     providers: dict[str, Provider] = {}
-    failed: dict[str, tuple[str, str]] = {}
+    failed: dict[str, Unbuilt] = {}
     errors: list[cs.ProviderError] = []
     for p in snapshot.providers:
         try:
@@ -158,19 +176,24 @@ def build_table(
                 provider_type=type_name(p.type),
                 error=str(exc),
             )
-            failed[p.name] = (type_name(p.type), str(exc))
+            failed[p.name] = Unbuilt(type_name(p.type), FAMILY_OF_TYPE.get(p.type), str(exc))
             errors.append(cs.ProviderError(provider_name=p.name, message=str(exc)))
     enabled = [p for p in snapshot.providers if p.status == PS.PROVIDER_STATUS_ENABLED]
+    not_ready = ""
     if enabled and not any(v.status == PS.PROVIDER_STATUS_ENABLED for v in providers.values()):
         log.warning(
             "all enabled providers failed to build; only disabled providers remain",
             version=snapshot.version,
             failed=len(errors),
         )
+        not_ready = "no enabled provider could be built: " + "; ".join(
+            f"{e.provider_name}: {e.message}" for e in errors
+        )
     table = RoutingTable(
         version=snapshot.version,
         providers=MappingProxyType(providers),
         tokens=token_table(snapshot.gateway_tokens),
         failed=MappingProxyType(failed),
+        not_ready=not_ready,
     )
     return table, errors
