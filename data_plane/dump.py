@@ -3,9 +3,9 @@
 Written by both daemons (the bridge, and the proxy when it hands requests over).
 Layout: `<dir>/<provider>/<model, "/" → "-">/<unix-ms>-<id>.req.txt` and `.resp.txt`,
 and `.req_error.txt` (the error) when the upstream could not be reached or broke off, as
-Coder's dumper does; passthrough calls go under `<dir>/<provider>/passthrough/`. Every path component is
-sanitized and the final path is checked to lie inside the directory. I/O failures only
-log a warning: a dump never fails a request.
+Coder's dumper does; passthrough calls go under `<dir>/<provider>/passthrough/`. Every
+path component is sanitized and the final path is checked to lie inside the directory.
+I/O failures only log a warning: a dump never fails a request.
 """
 
 from __future__ import annotations

@@ -99,13 +99,11 @@ class BridgeApp:
         self,
         *,
         http: httpx.AsyncClient,
-        allow_byok: bool = True,
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
     ) -> None:
         self.table: RoutingTable = EMPTY
         self.models = ModelLabels()
-        self.allow_byok = allow_byok
         self.http = http
         self.metrics = metrics or BridgeMetrics()
         self.metrics.watch_table(lambda: self.table)
@@ -212,7 +210,7 @@ class BridgeApp:
                 clen = value
         own_key = False
         if byok is not None:
-            if not self.allow_byok:
+            if not table.allow_byok:
                 return await self._error(
                     send,
                     family,

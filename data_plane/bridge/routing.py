@@ -4,10 +4,16 @@
 out and reported (its requests answer 503 with the build error); the rest still serve.
 A snapshot with enabled providers none of which could be built leaves the bridge not
 ready (`not_ready` says why), so an orchestrator does not route to a bridge that
-serves nothing. Key pools and breakers are carried over from
-the previous table when the provider's keys (or base URL, for breakers) are
-unchanged, so a snapshot swap forgets neither cooldowns nor open breakers. The app
-swaps tables with one attribute assignment; requests in flight keep theirs.
+serves nothing.
+
+BYOK is decided once, by the config service, and carried in the snapshot
+(`ProviderSnapshot.allow_byok`); the bridge's own AIBRIDGE_ALLOW_BYOK can only take it
+away on this bridge (`BuildContext.allow_byok`), never grant it.
+
+Key pools and breakers are carried over from the previous table when the provider's
+keys (or base URL, for breakers) are unchanged, so a snapshot swap forgets neither
+cooldowns nor open breakers. The app swaps tables with one attribute assignment;
+requests in flight keep theirs.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class RoutingTable:
     tokens: TokenTable = field(default_factory=lambda: MappingProxyType({}))
     failed: Mapping[str, Unbuilt] = field(default_factory=lambda: MappingProxyType({}))
     applied: bool = True
+    allow_byok: bool = False  # the snapshot's decision, and this bridge's own restriction
     not_ready: str = ""  # why the bridge serves nothing although providers are enabled
 
     @property
@@ -72,7 +79,7 @@ class BuildError(Exception):
 
 @dataclass(frozen=True)
 class BuildContext:
-    allow_byok: bool
+    allow_byok: bool  # False: this bridge refuses BYOK whatever the snapshot allows
     breaker: BreakerSettings
     http: httpx.AsyncClient
     bedrock_factory: BedrockFactory | None = None
@@ -87,8 +94,15 @@ def _uses_bedrock(p: provider_pb2.Provider) -> bool:
     return bool(b.region or b.access_key or b.has_static_credentials or b.role_arn)
 
 
+def allows_byok(snapshot: cs.ProviderSnapshot, ctx: BuildContext) -> bool:
+    """The snapshot's BYOK decision (allowed when a config service predating it sent
+    none), narrowed by this bridge's own setting."""
+    decided = snapshot.allow_byok if snapshot.HasField("allow_byok") else True
+    return decided and ctx.allow_byok
+
+
 def build_provider(
-    p: provider_pb2.Provider, previous: Provider | None, ctx: BuildContext
+    p: provider_pb2.Provider, previous: Provider | None, ctx: BuildContext, allow_byok: bool
 ) -> Provider:
     family = FAMILY_OF_TYPE.get(p.type)
     tname = type_name(p.type)
@@ -120,12 +134,12 @@ def build_provider(
                 bedrock = ctx.bedrock_factory(p, ctx.http)
             except ValueError as exc:
                 raise BuildError(f"bedrock: {exc}") from exc
-        elif not keys and not ctx.allow_byok:
+        elif not keys and not allow_byok:
             raise BuildError(
                 "anthropic provider has no api keys, no bedrock credentials, "
                 "and BYOK is not enabled"
             )
-    elif family is Family.OPENAI and not keys and not ctx.allow_byok:
+    elif family is Family.OPENAI and not keys and not allow_byok:
         raise BuildError(f"{tname} provider has no api keys configured and BYOK is not enabled")
     pool = None
     if keys and family is not Family.COPILOT:
@@ -164,11 +178,12 @@ def build_table(
     providers: dict[str, Provider] = {}
     failed: dict[str, Unbuilt] = {}
     errors: list[cs.ProviderError] = []
+    allow_byok = allows_byok(snapshot, ctx)
     for p in snapshot.providers:
         try:
             if p.name in providers:
                 raise BuildError("duplicate provider name")
-            providers[p.name] = build_provider(p, previous.providers.get(p.name), ctx)
+            providers[p.name] = build_provider(p, previous.providers.get(p.name), ctx, allow_byok)
         except BuildError as exc:
             log.error(
                 "skipping misconfigured provider",
@@ -194,6 +209,7 @@ def build_table(
         providers=MappingProxyType(providers),
         tokens=token_table(snapshot.gateway_tokens),
         failed=MappingProxyType(failed),
+        allow_byok=allow_byok,
         not_ready=not_ready,
     )
     return table, errors

@@ -22,7 +22,11 @@ SETTINGS: list[tuple[str, str]] = [
     ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "client key for mTLS to the config service"),
     ("AIBRIDGE_BRIDGE_TOKEN", "token of the bridge principal, presented to the config service"),
     ("AIBRIDGE_BRIDGE_LISTEN", "HTTP listen address host:port (default 127.0.0.1:8080)"),
-    ("AIBRIDGE_ALLOW_BYOK", "accept clients' own provider keys (default true)"),
+    (
+        "AIBRIDGE_ALLOW_BYOK",
+        "false: refuse clients' own provider keys on this bridge even where the config "
+        "service allows them (default true: as the config service decides)",
+    ),
     ("AIBRIDGE_DUMP_DIR", "write redacted request/response dumps here (empty: off)"),
     ("AIBRIDGE_CIRCUIT_BREAKER_ENABLED", "enable the per-model circuit breaker (default false)"),
     ("AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "consecutive failures that trip (default 5)"),
