@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aibridge import coder_options
 from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader
 from aibridge.masking import Secret
@@ -70,7 +71,7 @@ class BridgeSettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> BridgeSettings:
-        r = Reader(environ, overrides)
+        r = Reader(environ, overrides, coder_options.BRIDGE)
         token = daemon_token(r, "AIBRIDGE_BRIDGE_TOKEN", "bridge")
         host, port = r.listen("AIBRIDGE_BRIDGE_LISTEN", "127.0.0.1:8080")
         ca, cert, key = read_config_service_tls(r)

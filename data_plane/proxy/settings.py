@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from aibridge import coder_options
 from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader, default_data_dir
 from aibridge.masking import Secret
@@ -73,7 +74,7 @@ class ProxySettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ProxySettings:
-        r = Reader(environ, overrides)
+        r = Reader(environ, overrides, coder_options.PROXY)
         token = daemon_token(r, "AIBRIDGE_PROXY_TOKEN", "proxy")
         host, port = r.listen("AIBRIDGE_PROXY_LISTEN", "127.0.0.1:8888")
         ca, cert, key = read_config_service_tls(r)
