@@ -32,6 +32,11 @@ SETTINGS: list[tuple[str, str]] = [
     ("AIBRIDGE_PROXY_BRIDGE_URL", "the bridge daemon (default http://127.0.0.1:8080)"),
     ("AIBRIDGE_PROXY_ALLOWED_PORTS", "ports CONNECT may reach (default 80,443)"),
     ("AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS", "private/reserved ranges tunnels may reach"),
+    (
+        "AIBRIDGE_PROXY_POOLED_KEYS",
+        "true: intercepted requests use pooled keys; a client's own key is BYOK only with "
+        "X-AIBridge-Token (default false: any key that is not a gateway token is BYOK)",
+    ),
     ("AIBRIDGE_DATA_DIR", "data directory (generated CA; default: a per-user directory)"),
     ("AIBRIDGE_DUMP_DIR", "write redacted request/response dumps here (empty: off)"),
     ("AIBRIDGE_SNAPSHOT_CACHE", "file (mode 0600) keeping the last good snapshot (empty: off)"),
@@ -55,6 +60,7 @@ class ProxySettings:
     bridge_url: str = "http://127.0.0.1:8080"
     allowed_ports: frozenset[int] = frozenset({80, 443})
     allowed_private_cidrs: tuple[IPNetwork, ...] = ()
+    pooled_keys: bool = False
     data_dir: Path = field(default_factory=default_data_dir)
     dump_dir: Path | None = None
     snapshot_cache: Path | None = None
@@ -102,6 +108,7 @@ class ProxySettings:
                 cidrs.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
                 r.problems.append(f"AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS: {item!r} is not a CIDR")
+        pooled_keys = r.bool("AIBRIDGE_PROXY_POOLED_KEYS", False)
         log_format, log_level = r.log_settings()
         data_dir = r.str("AIBRIDGE_DATA_DIR")
         dump = r.str("AIBRIDGE_DUMP_DIR")
@@ -120,6 +127,7 @@ class ProxySettings:
             bridge_url=bridge_url,
             allowed_ports=frozenset(ports),
             allowed_private_cidrs=tuple(cidrs),
+            pooled_keys=pooled_keys,
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
             dump_dir=Path(dump).expanduser() if dump else None,
             snapshot_cache=Path(cache).expanduser() if cache else None,
