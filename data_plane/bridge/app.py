@@ -1,8 +1,10 @@
 """The bridge's ASGI app: health, metrics, and /<provider>/... for every provider.
 
-Order of checks for a provider request: known provider (404), enabled (503), route
-served (404), gateway token (401/403), BYOK allowed (403), a credential to use (401),
-body size (413); then `Forwarder.run`. Every error is in the provider's own format.
+Order of checks for a provider request: known provider (404, naming the providers
+there are), built and enabled (503, with the reason), route served (404), gateway token
+(401/403), BYOK allowed (403), a credential to use (401), body size (413); then
+`Forwarder.run`. Every error is in the provider's own format; where no provider
+says which (an unknown name, an unknown type), in the format the client speaks.
 The routing table is read once per request, so a snapshot swap never changes the
 providers or tokens a request in flight sees.
 """
@@ -71,6 +73,20 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in path.split("/"))
 
 
+def client_family(scope: Scope) -> Family:
+    """The API a request speaks, for an error no provider's family decides.
+
+    Anthropic's clients (Claude Code, the SDKs) always send `anthropic-version`;
+    everything else is answered in OpenAI's shape.
+    """
+    if scope["path"].endswith("/v1/messages"):
+        return Family.ANTHROPIC
+    return next(
+        (Family.ANTHROPIC for key, _ in scope["headers"] if key == b"anthropic-version"),
+        Family.OPENAI,
+    )
+
+
 def _bearer(value: bytes | None) -> bytes | None:
     if value is None:
         return None
@@ -83,13 +99,11 @@ class BridgeApp:
         self,
         *,
         http: httpx.AsyncClient,
-        allow_byok: bool = True,
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
     ) -> None:
         self.table: RoutingTable = EMPTY
         self.models = ModelLabels()
-        self.allow_byok = allow_byok
         self.http = http
         self.metrics = metrics or BridgeMetrics()
         self.metrics.watch_table(lambda: self.table)
@@ -105,9 +119,11 @@ class BridgeApp:
             await respond(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
             table = self.table
-            ready = table.applied
-            body = json.dumps({"ready": ready, "version": table.version}).encode()
-            await respond(send, 200 if ready else 503, body)
+            ready = table.applied and not table.not_ready
+            doc: dict[str, object] = {"ready": ready, "version": table.version}
+            if table.not_ready:
+                doc["reason"] = table.not_ready
+            await respond(send, 200 if ready else 503, json.dumps(doc).encode())
         elif path == "/metrics":
             await respond(
                 send,
@@ -139,8 +155,21 @@ class BridgeApp:
         name, _, rest = path[1:].partition("/")
         provider = table.providers.get(name)
         if provider is None:
+            unbuilt = table.failed.get(name)
+            if unbuilt is not None:
+                return await self._error(
+                    send,
+                    unbuilt.family or client_family(scope),
+                    503,
+                    f"provider_error: AI provider {name!r} cannot be used: {unbuilt.error}",
+                    "provider_error",
+                )
             return await self._error(
-                send, None, 404, f"route not supported: {method} {path}", "route_not_supported"
+                send,
+                client_family(scope),
+                404,
+                f"no provider named {name!r}; configured: {', '.join(table.names) or 'none'}",
+                "provider_not_found",
             )
         family = provider.family
         if provider.status == PS.PROVIDER_STATUS_DISABLED:
@@ -181,7 +210,7 @@ class BridgeApp:
                 clen = value
         own_key = False
         if byok is not None:
-            if not self.allow_byok:
+            if not table.allow_byok:
                 return await self._error(
                     send,
                     family,

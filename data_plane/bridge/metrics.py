@@ -141,5 +141,5 @@ class BridgeMetrics:
 
     def snapshot_applied(self, table: RoutingTable, when: float) -> None:
         providers = [(p.name, p.type, table.status_of(p)) for p in table.providers.values()]
-        providers += [(name, ptype, "error") for name, (ptype, _error) in table.failed.items()]
+        providers += [(name, unbuilt.type, "error") for name, unbuilt in table.failed.items()]
         self.follow.applied(table.version, providers, when)

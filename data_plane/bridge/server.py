@@ -75,9 +75,7 @@ class Bridge:
         self.http = make_http_client()
         self.metrics = BridgeMetrics()
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
-        self.app = BridgeApp(
-            http=self.http, allow_byok=settings.allow_byok, metrics=self.metrics, dumper=dumper
-        )
+        self.app = BridgeApp(http=self.http, metrics=self.metrics, dumper=dumper)
         self.context = BuildContext(
             allow_byok=settings.allow_byok,
             breaker=settings.breaker,

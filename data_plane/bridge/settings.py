@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aibridge import coder_options
 from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader
 from aibridge.masking import Secret
@@ -22,7 +23,11 @@ SETTINGS: list[tuple[str, str]] = [
     ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "client key for mTLS to the config service"),
     ("AIBRIDGE_BRIDGE_TOKEN", "token of the bridge principal, presented to the config service"),
     ("AIBRIDGE_BRIDGE_LISTEN", "HTTP listen address host:port (default 127.0.0.1:8080)"),
-    ("AIBRIDGE_ALLOW_BYOK", "accept clients' own provider keys (default true)"),
+    (
+        "AIBRIDGE_ALLOW_BYOK",
+        "false: refuse clients' own provider keys on this bridge even where the config "
+        "service allows them (default true: as the config service decides)",
+    ),
     ("AIBRIDGE_DUMP_DIR", "write redacted request/response dumps here (empty: off)"),
     ("AIBRIDGE_CIRCUIT_BREAKER_ENABLED", "enable the per-model circuit breaker (default false)"),
     ("AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "consecutive failures that trip (default 5)"),
@@ -66,7 +71,7 @@ class BridgeSettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> BridgeSettings:
-        r = Reader(environ, overrides)
+        r = Reader(environ, overrides, coder_options.BRIDGE)
         token = daemon_token(r, "AIBRIDGE_BRIDGE_TOKEN", "bridge")
         host, port = r.listen("AIBRIDGE_BRIDGE_LISTEN", "127.0.0.1:8080")
         ca, cert, key = read_config_service_tls(r)
