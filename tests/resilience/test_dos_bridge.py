@@ -115,10 +115,11 @@ def flood(
     peers: dict[int, _Peer] = {}
     counts = dict.fromkeys(("opened", "closed", "answered_408", "answered_503", "errors"), 0)
     owed = [False] * idle + [True] * slow  # sockets to (re)open: slowloris or not
-    last_drip = 0.0
+    began = last_drip = time.monotonic()
     while not out.poll(0):
         now = time.monotonic()
-        batch, owed = owed[: reopen_per_s // 10], owed[reopen_per_s // 10 :]
+        allowed = max(0, int((now - began) * reopen_per_s) - counts["opened"] - counts["errors"])
+        batch, owed = owed[:allowed], owed[allowed:]
         for slowloris in batch:
             sock = socket.socket()
             sock.setblocking(False)
@@ -215,7 +216,9 @@ async def run_flood(
     counts: dict[str, int] = {}
     try:
         await eventually(lambda: stack.fds() >= cap, within=60)  # the cap is reached
+        began = time.monotonic()
         outcomes = await healthy_client(stack, requests)
+        took = time.monotonic() - began
         rss_mib = (stack.bridge.rss_kib() - baseline_rss) / 1024
     finally:
         sampler.cancel()
@@ -230,7 +233,10 @@ async def run_flood(
         page = (await http.get(bridge_url(stack.bridge) + "/metrics")).text
     ok = outcomes.count(200)
     failures = [o for o in outcomes if o != 200]
-    print(f"flood {counts}; bridge fds peak {peak_fds}/{bridge_nofile}; RSS +{rss_mib:.0f} MiB")
+    print(
+        f"flood {counts}; healthy {requests} requests in {took:.1f}s; "
+        f"bridge fds peak {peak_fds}/{bridge_nofile}; RSS +{rss_mib:.0f} MiB"
+    )
     assert ok >= 0.99 * requests, f"healthy client: {ok}/{requests} ok; failures {failures[:10]}"
     assert stack.bridge.popen.poll() is None, "the bridge died"
     assert peak_fds < bridge_nofile, f"bridge used {peak_fds} of {bridge_nofile} descriptors"
