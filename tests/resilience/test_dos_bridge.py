@@ -29,6 +29,9 @@ import httpx
 import pytest
 
 from aibridge.config.v1 import provider_pb2 as pb
+from aibridge.envconfig import SettingsError
+from data_plane.bridge.settings import BridgeSettings
+from tests.fixtures.services import BRIDGE_TOKEN
 from tests.resilience.harness import (
     Admin,
     Proc,
@@ -434,3 +437,20 @@ async def test_body_bombs_are_bounded_by_the_body_budget(
     assert statuses.count(200) >= 1 and statuses.count(200) + statuses.count(503) == 40, statuses
     assert statuses.count(503) >= 30, statuses
     assert all(b"retry-after: 1" in r and b'"code":"body_buffer_full"' in r for r in refused)
+
+
+def test_bad_connection_limits_are_each_reported() -> None:
+    """A zero header timeout, a header cap under 1 KiB, a negative connection cap and a zero body budget are each reported by name."""
+    names = (
+        "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
+        "AIBRIDGE_BRIDGE_MAX_HEADER_BYTES",
+        "AIBRIDGE_BRIDGE_MAX_CONNECTIONS",
+        "AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES",
+    )
+    with pytest.raises(SettingsError) as info:
+        BridgeSettings.from_env(
+            dict(zip(names, ("0s", "100", "-1", "0"), strict=True))
+            | {"AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN}
+        )
+    problems = info.value.problems
+    assert [any(p.startswith(name) for p in problems) for name in names] == [True] * 4, problems
