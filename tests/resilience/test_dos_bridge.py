@@ -237,7 +237,7 @@ async def run_flood(
     ok = outcomes.count(200)
     failures = [o for o in outcomes if o != 200]
     print(
-        f"flood {counts}; healthy {requests} requests in {took:.1f}s; "
+        f"flood {counts}; healthy {outcomes.count(200)}/{requests} ok in {took:.1f}s; "
         f"bridge fds peak {peak_fds}/{bridge_nofile}; RSS +{rss_mib:.0f} MiB"
     )
     assert ok >= 0.99 * requests, f"healthy client: {ok}/{requests} ok; failures {failures[:10]}"
