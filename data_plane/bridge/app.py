@@ -123,10 +123,10 @@ class BridgeApp:
         allow_byok: bool = True,
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
-        body_budget: BodyBudget | None = None,
+        body_budget: BodyBudget,
     ) -> None:
         self.table: RoutingTable = EMPTY
-        self.body_budget = body_budget or BodyBudget(128 * 1024 * 1024)
+        self.body_budget = body_budget
         self.models = ModelLabels()
         self.allow_byok = allow_byok
         self.http = http
