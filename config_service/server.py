@@ -42,6 +42,9 @@ from config_service.subscribers import SubscriberRegistry
 
 log = get_logger("aibridge.config")
 
+# The public asyncio servicer (grpc-stubs does not declare the `aio` submodule).
+HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
 SERVICE_NAMES = (
     "aibridge.config.v1.ConfigService",
     "aibridge.config.v1.ProviderAdminService",
@@ -76,7 +79,7 @@ class RunningService:
     port: int
     db: Database
     hub: SnapshotHub
-    health: health.aio.HealthServicer  # type: ignore[name-defined]  # stubs lack aio
+    health: HealthServicer
     registry: SubscriberRegistry
     metrics: ConfigMetrics
     metrics_port: int | None = None
@@ -303,7 +306,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     from config_service.servicers import admin
 
     admin.register(server, db, hub, auth, settings.allow_byok)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
     address = settings.grpc_target

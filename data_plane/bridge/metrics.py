@@ -101,6 +101,12 @@ class BridgeMetrics:
         self.tokens = Counter(
             P + "tokens", "Tokens reported by upstreams.", ["provider", "model", "type"], registry=r
         )
+        self.connections_closed = Counter(
+            P + "connections_closed",
+            "Client connections closed by a connection limit.",
+            ["reason"],
+            registry=r,
+        )
         self.follow = FollowMetrics(r, P)
 
         # Label children of the per-request series, looked up once (labels() validates,
