@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from aibridge.config.v1 import config_service_pb2
 from aibridge.logs import get_logger
+from aibridge.ports import ListenError, check_free
 from config_service import notify
 from config_service.auth import Authenticator
 from config_service.crypto import Cipher
@@ -49,6 +50,7 @@ SERVICE_NAMES = (
     "aibridge.config.v1.TokenAdminService",
 )
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+LISTEN_SETTING = "AIBRIDGE_GRPC_LISTEN"
 
 # Thousands of long-lived watch streams: many streams per connection, keepalive to
 # notice dead peers, and clients allowed to ping while idle.
@@ -114,6 +116,24 @@ def _credentials(settings: ConfigServiceSettings) -> grpc.ServerCredentials | No
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def _add_port(
+    server: grpc.aio.Server,
+    settings: ConfigServiceSettings,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    """Bind the gRPC port; `ListenError` (one line, naming the setting) when it cannot be."""
+    host, port = settings.grpc_host, settings.grpc_port
+    # Probed first for the reason (grpc-core only says "failed to bind", after a log line).
+    check_free(LISTEN_SETTING, host, port)
+    address = settings.grpc_target
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        raise ListenError(LISTEN_SETTING, host, port, "grpc could not bind it") from None
 
 
 def _add_reflection(server: grpc.aio.Server) -> None:
@@ -214,7 +234,15 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
     )
-    db = await asyncio.to_thread(prepare_database, settings, environ)
+    # Bound first: a port that is taken fails before the database is migrated or seeded.
+    server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+    credentials = _credentials(settings)
+    port = _add_port(server, settings, credentials)
+    try:
+        db = await asyncio.to_thread(prepare_database, settings, environ)
+    except BaseException:
+        await server.stop(None)
+        raise
     hub = SnapshotHub(db, settings.allow_byok)
     metrics = ConfigMetrics()
     hub.listeners.append(lambda _revision: metrics.build_seconds.observe(hub.last_build_seconds))
@@ -222,7 +250,6 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     registry = SubscriberRegistry()
     metrics.watch_live(registry.count_by_role, lambda: hub.revision)
     auth = Authenticator(hub, db)
-    server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
     remote = None
     if db.is_postgres:
 
@@ -239,13 +266,6 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
-    address = settings.grpc_target
-    credentials = _credentials(settings)
-    port = (
-        server.add_secure_port(address, credentials)
-        if credentials is not None
-        else server.add_insecure_port(address)
-    )
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -185,3 +186,41 @@ def test_seed_conflict_fails_start_up_naming_the_provider(
     _, stderr = popen.communicate(timeout=60)
     assert popen.returncode == 1
     assert "'openai'" in stderr and "aibridge providers update openai" in stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [
+        ("config-service", "AIBRIDGE_GRPC_LISTEN"),
+        ("bridge", "AIBRIDGE_BRIDGE_LISTEN"),
+        ("proxy", "AIBRIDGE_PROXY_LISTEN"),
+    ],
+)
+def test_a_taken_port_is_one_line_naming_it_and_its_setting(
+    command: str, setting: str, tmp_path: Path
+) -> None:
+    """A daemon whose port is taken exits 2 with one line naming address and setting, before other work."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        result = run(
+            command,
+            env={
+                setting: address,
+                "AIBRIDGE_DATA_DIR": str(tmp_path / "data"),
+                "AIBRIDGE_CONFIG_SERVICE": "127.0.0.1:1",
+                "AIBRIDGE_BRIDGE_TOKEN": "bridge-token-0123456789abcdef",
+                "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
+                "AIBRIDGE_OPENAI_KEY": "sk-test-0123456789abcdef",
+                "AIBRIDGE_LOG_FORMAT": "json",
+            },
+        )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"aibridge {command}: cannot listen on {address} ({setting}): address already in use; "
+        f"stop what uses it or set {setting} to another host:port"
+    ]
+    # Nothing was migrated, seeded or generated first.
+    assert not (tmp_path / "data" / "aibridge.db").exists()
+    assert not (tmp_path / "data" / "proxy-ca.pem").exists()
