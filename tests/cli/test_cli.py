@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aibridge.cli import COMMANDS
-from tests.fixtures.services import AIBRIDGE, PROXY_TOKEN, StartProcess, spawn
+from tests.fixtures.services import ADMIN_TOKEN, AIBRIDGE, PROXY_TOKEN, StartProcess, spawn
 
 
 def run(
@@ -224,3 +225,33 @@ def test_a_taken_port_is_one_line_naming_it_and_its_setting(
     # Nothing was migrated, seeded or generated first.
     assert not (tmp_path / "data" / "aibridge.db").exists()
     assert not (tmp_path / "data" / "proxy-ca.pem").exists()
+
+
+@pytest.mark.parametrize("where", ["grpc", "local"])
+def test_revoked_tokens_are_listed_marked_and_revoking_again_says_so(
+    where: str, start_process: StartProcess, database_url: str
+) -> None:
+    """`tokens list` shows a revoked token marked revoked; revoking it again exits 1 saying it already was."""
+    proc = start_process()
+    env = {"AIBRIDGE_DATABASE_URL": database_url}
+    if where == "grpc":
+        env |= {"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN}
+    local = ["--local"] if where == "local" else []
+    made = run("tokens", "create", *local, "--role", "member", "--name", "bob", env=env)
+    assert made.returncode == 0, made.stderr
+    (bob,) = [
+        t
+        for t in json.loads(run("tokens", "list", *local, "--json", env=env).stdout)
+        if t["principal_name"] == "bob"
+    ]
+    first = run("tokens", "revoke", *local, bob["id"], env=env)
+    assert first.returncode == 0, first.stderr
+    listed = run("tokens", "list", *local, env=env)
+    (row,) = [line for line in listed.stdout.splitlines() if bob["id"] in line]
+    assert re.search(r"  revoked \d{4}-\d\d-\d\dT", row)
+    active = run("tokens", "list", *local, "--active", env=env)
+    assert bob["id"] not in active.stdout
+    again = run("tokens", "revoke", *local, bob["id"], env=env)
+    assert again.returncode == 1
+    assert f"token {bob['id']} (bob) was already revoked at " in again.stderr
+    assert "nothing changed" in again.stderr
