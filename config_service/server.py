@@ -51,6 +51,8 @@ SERVICE_NAMES = (
 )
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 LISTEN_SETTING = "AIBRIDGE_GRPC_LISTEN"
+# After the server stopped: how long its RPC tasks may take to notice (see serve).
+RPC_TASKS_GRACE = 2.0
 
 # Thousands of long-lived watch streams: many streams per connection, keepalive to
 # notice dead peers, and clients allowed to ping while idle.
@@ -306,6 +308,20 @@ async def serve(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     await stop.wait()
     log.info("shutting down: health NOT_SERVING, draining")
     await running.stop(grace=5.0)
+    await _let_rpc_tasks_finish()
+
+
+async def _let_rpc_tasks_finish() -> None:
+    """Wait (bounded) for grpc's per-RPC tasks to see their calls end.
+
+    The server can report itself stopped while the tasks that watched its last streams
+    have not yet run; the event loop cancels what is left when `serve` returns, and grpc
+    logs each task cancelled that way as an unhandled CancelledError with a traceback.
+    """
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current]
+    if pending:
+        await asyncio.wait(pending, timeout=RPC_TASKS_GRACE)
 
 
 __all__ = ["RunningService", "config_service_pb2", "serve", "start"]

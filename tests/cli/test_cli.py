@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -255,3 +256,66 @@ def test_revoked_tokens_are_listed_marked_and_revoking_again_says_so(
     assert again.returncode == 1
     assert f"token {bob['id']} (bob) was already revoked at " in again.stderr
     assert "nothing changed" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "target"),
+    [
+        ("localhost", "localhost:7443"),
+        ("10.0.0.5", "10.0.0.5:7443"),
+        ("[::1]", "[::1]:7443"),
+        ("cs.internal:9000", "cs.internal:9000"),
+        ("dns:///cs.internal:7443", "dns:///cs.internal:7443"),
+    ],
+)
+def test_a_config_service_address_without_a_port_means_7443(value: str, target: str) -> None:
+    """AIBRIDGE_CONFIG_SERVICE without a port targets 7443, not gRPC's 443, for CLI, bridge and proxy."""
+    from aibridge.client import ClientSettings
+    from data_plane.bridge.settings import BridgeSettings
+    from data_plane.proxy.settings import ProxySettings
+
+    env = {
+        "AIBRIDGE_CONFIG_SERVICE": value,
+        "AIBRIDGE_BRIDGE_TOKEN": "bridge-token-0123456789abcdef",
+        "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
+    }
+    assert ClientSettings.from_env(env).target == target
+    assert BridgeSettings.from_env(env).config_service == target
+    assert ProxySettings.from_env(env).config_service == target
+
+
+def test_snapshot_watch_into_a_closed_pipe_stops_quietly(start_process: StartProcess) -> None:
+    """`snapshot --watch | head -1`: once the reader is gone the next snapshot ends it, rc 0, no traceback."""
+    proc = start_process()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIBRIDGE_", "CODER_"))}
+    env |= {"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN}
+    watch = subprocess.Popen(
+        [AIBRIDGE, "snapshot", "--watch"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None and watch.stderr is not None
+        assert json.loads(watch.stdout.readline())["version"]
+        watch.stdout.close()  # what `head -1` does after its line
+        created = run(
+            "providers",
+            "create",
+            "piped",
+            "--type",
+            "openai",
+            "--key",
+            "sk-piped-0123456789abcdef",
+            env={"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN},
+        )
+        assert created.returncode == 0, created.stderr
+        assert watch.wait(30) == 0
+        stderr = watch.stderr.read()
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()

@@ -39,6 +39,7 @@ class Up:
     exports: dict[str, str] = field(default_factory=dict)
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
+    stderr_closed: threading.Event = field(default_factory=threading.Event)
 
     def children(self) -> dict[str, int]:
         """pid of each child daemon, by sub-command, from /proc."""
@@ -102,6 +103,7 @@ def start_up(data_dir: Path, upstream_port: int) -> Up:
         assert popen.stderr is not None
         for line in popen.stderr:
             up.stderr.append(line)
+        up.stderr_closed.set()
 
     threading.Thread(target=drain, daemon=True).start()
     deadline = time.monotonic() + 60
@@ -128,7 +130,7 @@ def stop(up: Up) -> None:
 def test_up_runs_the_stack_and_its_printed_settings_work(
     upstream: tuple[Upstream, int], tmp_path: Path
 ) -> None:
-    """The printed OPENAI_* settings stream a completion through the bridge; Ctrl-C stops all three cleanly."""
+    """The printed OPENAI_* settings stream a completion through the bridge; Ctrl-C stops all three, no traceback."""
     app, port = upstream
     up = start_up(tmp_path / "data", port)
     try:
@@ -160,6 +162,9 @@ def test_up_runs_the_stack_and_its_printed_settings_work(
             )
         with pytest.raises(httpx.HTTPError):
             httpx.get(up.exports["OPENAI_BASE_URL"], timeout=1)
+        # The children's shutdown logs no traceback (grpc's cancelled RPC tasks were one).
+        assert up.stderr_closed.wait(10)
+        assert not [line for line in up.stderr if "Traceback" in line or "CancelledError" in line]
     finally:
         stop(up)
 
