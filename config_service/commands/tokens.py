@@ -33,7 +33,7 @@ ROLES = [r.value for r in Role]
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    from config_service.settings import ENV_VARS
+    from config_service.commands.common import DATABASE_VARS, env_vars
 
     p = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -55,12 +55,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         )
         add_env_flags(
             s,
-            CLIENT_ENV_VARS
-            + [
-                e
-                for e in ENV_VARS
-                if e[0] in ("AIBRIDGE_DATA_DIR", "AIBRIDGE_DATABASE_URL", "AIBRIDGE_LOG_LEVEL")
-            ],
+            CLIENT_ENV_VARS + env_vars(DATABASE_VARS),
         )
     return p
 

@@ -319,3 +319,24 @@ def test_snapshot_watch_into_a_closed_pipe_stops_quietly(start_process: StartPro
         if watch.poll() is None:
             watch.kill()
             watch.wait()
+
+
+@pytest.mark.parametrize(
+    ("command", "wanted"),
+    [
+        (["migrate"], {"--database-url", "--data-dir", "--log-level"}),
+        (["rotate-keys"], {"--database-url", "--encryption-keys"}),
+        (["tokens", "list"], {"--database-url", "--config-service", "--token"}),
+    ],
+)
+def test_database_commands_offer_only_the_flags_they_read(
+    command: list[str], wanted: set[str]
+) -> None:
+    """`migrate --help` (and rotate-keys, tokens) lists no serving flags such as --grpc-listen."""
+    result = run(*command, "--help")
+    assert result.returncode == 0
+    flags = set(re.findall(r"--[a-z-]+", result.stdout))
+    assert wanted <= flags
+    serving = {"--grpc-listen", "--admin-token", "--bridge-token", "--metrics-listen"}
+    serving |= {"--grpc-tls-cert-file", "--allow-byok", "--replica-id", "--resync-interval"}
+    assert not flags & serving, flags & serving
