@@ -173,6 +173,8 @@ def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]
     if before != after:
         log.info("database migrated", from_revision=before, to_revision=after)
     plan = parse_env(environ)
+    if plan.note:
+        log.info(plan.note)
     for warning in plan.warnings:
         log.warning(warning)
     outcome = seed_apply.apply(db, plan)
@@ -180,6 +182,8 @@ def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]
         log.info("seeded provider from environment", provider=name)
     for name in outcome.skipped_deleted:
         log.warning("not seeding provider: it was deleted through the API", provider=name)
+    for sentence in outcome.keys_kept:
+        log.warning(sentence)
     for change in tokens.bootstrap(
         db,
         {

@@ -340,3 +340,18 @@ def test_database_commands_offer_only_the_flags_they_read(
     serving = {"--grpc-listen", "--admin-token", "--bridge-token", "--metrics-listen"}
     serving |= {"--grpc-tls-cert-file", "--allow-byok", "--replica-id", "--resync-interval"}
     assert not flags & serving, flags & serving
+
+
+def test_restart_with_a_changed_seed_key_logs_that_the_stored_key_is_kept(
+    start_process: StartProcess,
+) -> None:
+    """A config service restarted with another AIBRIDGE_OPENAI_KEY warns that it keeps the stored key."""
+    first = start_process(AIBRIDGE_OPENAI_KEY="sk-first-0123456789abcdef")
+    first.stop()
+    second = start_process(AIBRIDGE_OPENAI_KEY="sk-second-0123456789abcdef")
+    records = [json.loads(line) for line in second.lines if line.startswith("{")]
+    kept = [r for r in records if "stored keys are kept" in r["event"]]
+    assert len(kept) == 1 and kept[0]["level"] == "warning"
+    assert "aibridge providers keys add openai" in kept[0]["event"]
+    assert not [r for r in records if "deprecated" in r["event"]]
+    assert "sk-second" not in "".join(second.lines)
