@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -24,6 +25,8 @@ from tests.e2e.fakes import ThreadServer, Upstream
 from tests.fixtures.services import AIBRIDGE
 
 UPSTREAM_KEY = "sk-up-upstream-0123456789abcdef"
+ANTHROPIC_KEY = "sk-ant-up-upstream-0123456789abcdef"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -40,6 +43,7 @@ class Up:
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
     stderr_closed: threading.Event = field(default_factory=threading.Event)
+    upstream: Upstream | None = None  # the fake provider behind it, when a test keeps one
 
     def children(self) -> dict[str, int]:
         """pid of each child daemon, by sub-command, from /proc."""
@@ -77,6 +81,9 @@ def up_env(data_dir: Path, upstream_port: int) -> dict[str, str]:
             "AIBRIDGE_PROVIDER_0_TYPE": "openai",
             "AIBRIDGE_PROVIDER_0_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1/",
             "AIBRIDGE_PROVIDER_0_KEY": UPSTREAM_KEY,
+            "AIBRIDGE_PROVIDER_1_TYPE": "anthropic",
+            "AIBRIDGE_PROVIDER_1_BASE_URL": f"http://127.0.0.1:{upstream_port}/",
+            "AIBRIDGE_PROVIDER_1_KEY": ANTHROPIC_KEY,
         }
     )
     return env
@@ -210,8 +217,10 @@ def test_second_run_reuses_the_generated_secrets(
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     """One running `aibridge up`, for the tests that read what it printed or probe its ports."""
-    server = ThreadServer(Upstream()).start()
+    app = Upstream()
+    server = ThreadServer(app).start()
     up = start_up(tmp_path_factory.mktemp("stack") / "data", server.port)
+    up.upstream = app
     yield up
     up.popen.send_signal(signal.SIGINT)
     up.popen.wait(30)
@@ -327,3 +336,53 @@ def test_readiness_is_proved_by_this_runs_own_replica_and_daemons(stack: Up) -> 
     assert own_stack(target, admin, replica, nodes)
     assert not own_stack(target, admin, f"up-{os.getpid()}-00000000", nodes)
     assert not own_stack(target, admin, replica, {f"{replica}-bridge", "someone-else-proxy"})
+
+
+def python_snippet(doc: str) -> str:
+    """The one Python block of docs/clients/<doc>, exactly as the page shows it."""
+    (code,) = re.findall(
+        r"```python\n(.*?)```", (ROOT / "docs" / "clients" / doc).read_text(), re.S
+    )
+    return str(code)
+
+
+@pytest.mark.parametrize(
+    ("doc", "provider", "paths"),
+    [
+        ("openai-sdk.md", "openai", {"/v1/chat/completions", "/v1/responses"}),
+        ("anthropic-sdk.md", "anthropic", {"/v1/messages"}),
+    ],
+)
+def test_client_doc_snippets_run_as_written_against_the_printed_settings(
+    stack: Up, doc: str, provider: str, paths: set[str]
+) -> None:
+    """The page's Python block runs with only its placeholders filled in, and reaches the upstream with the pooled key."""
+    assert stack.upstream is not None
+    bridge = stack.exports["OPENAI_BASE_URL"].removesuffix("/openai/v1")
+    token = stack.exports["OPENAI_API_KEY"]
+    code = python_snippet(doc)
+    for placeholder, value in (
+        ("http://127.0.0.1:8080", bridge),
+        ("<provider>", provider),
+        ("<your gateway token>", token),
+        ("<gateway token>", token),
+    ):
+        code = code.replace(placeholder, value)
+    assert "<" not in code, code
+    before = len(stack.upstream.seen)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = stack.upstream.seen[before:]
+    assert {s.path for s in seen} == paths
+    key = UPSTREAM_KEY if provider == "openai" else ANTHROPIC_KEY
+    assert all(
+        key in (s.headers.get("authorization", "") + s.headers.get("x-api-key", "")) for s in seen
+    )
