@@ -7,6 +7,8 @@ the encryption key; later runs reuse them. Providers are seeded from the environ
 exactly as `aibridge config-service` does. Once all three are ready it prints the
 settings to paste into a shell. Ctrl-C stops all three; if one child dies the others
 are stopped and the exit code says which (11 config service, 12 bridge, 13 proxy).
+A port that is taken is reported before anything starts (exit 2), and "ready" means this
+run's own config service lists this run's own bridge and proxy as subscribers.
 """
 
 from __future__ import annotations
