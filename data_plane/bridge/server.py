@@ -130,7 +130,11 @@ class Bridge:
         s = self.settings
         sock = bind_tcp("AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port)
         self.port = sock.getsockname()[1]
-        self._tasks.append(await start_following(self.subscriber))
+        try:
+            self._tasks.append(await start_following(self.subscriber))
+        except BaseException:
+            sock.close()
+            raise
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="http"))
         while not self.server.started:
             if self._tasks[-1].done():
