@@ -2,8 +2,9 @@
 
 A watch stream is a version and a wait: send the current snapshot, wait until the
 version changes, send again. The hub is refreshed after every write through this
-process (at once), on PostgreSQL NOTIFY from other replicas, and by a periodic
-revision check as a safety net. Versions only move forward.
+process (at once; if that reload fails the write is still answered as saved), on
+PostgreSQL NOTIFY from other replicas, and by a periodic revision check as a safety
+net. Versions only move forward.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aibridge.logs import get_logger
+from config_service.errors import ConfigError
 from config_service.rbac import Scope, Subject
 from config_service.snapshot import SnapshotEntry, build
 from config_service.store.database import Database
@@ -75,6 +77,20 @@ class SnapshotHub:
         for listener in self.listeners:
             listener(self._revision)
         return True
+
+    async def publish_write(self) -> None:
+        """Publish a write that has committed, before its caller is answered.
+
+        Never raises: the write is saved, so its answer must not become an error. When the
+        reload fails the hub catches up through NOTIFY or the periodic revision check.
+        """
+        try:
+            await self.refresh()
+        except Exception as exc:
+            log.warning(
+                "snapshot reload after a committed write failed; catching up by resync",
+                error=exc.message if isinstance(exc, ConfigError) else type(exc).__name__,
+            )
 
     async def refresh_if_behind(self) -> bool:
         """Cheap check of the committed revision; full reload only when it moved."""

@@ -26,6 +26,9 @@ class Action(StrEnum):
     READ_SECRETS = "read provider secrets"
     WRITE_PROVIDERS = "create, update or delete providers"
     MANAGE_TOKENS = "create, revoke or list tokens"
+    # A bridge token reads every plaintext provider key: only the service itself mints
+    # daemon tokens (bootstrap env, `aibridge tokens create --local`), never a caller.
+    MINT_DAEMON_TOKENS = "create bridge or proxy tokens over the API"
     WATCH_SNAPSHOT = "watch the provider snapshot"
     REPORT_STATUS = "report subscriber status"
     LIST_SUBSCRIBERS = "list subscribers"
@@ -35,8 +38,8 @@ class Action(StrEnum):
 class Scope(StrEnum):
     """The view of the provider set a subject receives."""
 
-    BRIDGE = "bridge"  # plaintext secrets + gateway token hashes
-    PROXY = "proxy"  # no key material at all + gateway token hashes
+    BRIDGE = "bridge"  # plaintext secrets + gateway (member) token hashes
+    PROXY = "proxy"  # no key material at all + gateway (member) token hashes
     METADATA = "metadata"  # masked key hints, no token hashes
 
 
@@ -47,10 +50,13 @@ POLICY: dict[Action, frozenset[Role]] = {
     Action.READ_SECRETS: frozenset({_B}),
     Action.WRITE_PROVIDERS: frozenset({_O}),
     Action.MANAGE_TOKENS: frozenset({_O}),
+    Action.MINT_DAEMON_TOKENS: frozenset(),
     Action.WATCH_SNAPSHOT: frozenset({_O, _A, _B, _P}),
     Action.REPORT_STATUS: frozenset({_B, _P}),
     Action.LIST_SUBSCRIBERS: frozenset({_O, _A}),
-    Action.USE_GATEWAY: frozenset({_O, _M}),
+    # Only members: an owner token is an admin credential and never leaves the control
+    # plane (docs/design-changes.md); owners use the gateway with a member token.
+    Action.USE_GATEWAY: frozenset({_M}),
 }
 
 

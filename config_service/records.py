@@ -7,9 +7,10 @@ decrypted or decoded becomes a record with `problems`, reported as status ERROR.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aibridge.masking import mask_secret
@@ -93,6 +94,22 @@ class ProviderRecord:
     keys: tuple[KeyRecord, ...] = ()
     bedrock: BedrockRecord | None = None
     problems: tuple[str, ...] = ()
+    etag: str = ""
+
+
+def provider_etag(row: Provider, keys: list[ProviderKey]) -> str:
+    """An opaque version of a provider: every write sets updated_at, and a key change also
+    changes the key ids, so every write changes it. `keys` in pool order."""
+    parts = [
+        row.id,
+        row.updated_at.astimezone(UTC).isoformat(),
+        row.display_name,
+        str(row.enabled),
+        str(row.deleted),
+        row.base_url,
+        *(k.id for k in keys),
+    ]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
 
 
 def encode_settings(
@@ -125,7 +142,8 @@ def load_record(
         except ValueError as exc:
             problems.append(f"settings: cannot decode ({exc})")
     key_records: list[KeyRecord] = []
-    for key in sorted(keys, key=lambda k: (k.created_at, k.id)):
+    keys = sorted(keys, key=lambda k: (k.created_at, k.id))
+    for key in keys:
         secret: str | None = None
         if not decrypt_keys:
             key_records.append(KeyRecord(key.id, key.hint, key.created_at))
@@ -147,4 +165,5 @@ def load_record(
         keys=tuple(key_records),
         bedrock=bedrock,
         problems=tuple(problems),
+        etag=provider_etag(row, keys),
     )

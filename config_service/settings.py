@@ -15,6 +15,7 @@ from pathlib import Path
 from aibridge.envconfig import Reader, default_data_dir
 from aibridge.masking import Secret
 from config_service.crypto import parse_keys
+from config_service.store.tokens import weak_token_problem
 
 # (ENV_NAME, help): each is also a flag of `aibridge config-service` (flags win).
 ENV_VARS: list[tuple[str, str]] = [
@@ -24,9 +25,9 @@ ENV_VARS: list[tuple[str, str]] = [
     ("AIBRIDGE_GRPC_TLS_CERT_FILE", "PEM certificate for TLS on the gRPC port"),
     ("AIBRIDGE_GRPC_TLS_KEY_FILE", "PEM private key for TLS on the gRPC port"),
     ("AIBRIDGE_GRPC_TLS_CLIENT_CA_FILE", "PEM CA: require client certificates (mTLS)"),
-    ("AIBRIDGE_ADMIN_TOKEN", "bootstrap an owner principal with this token"),
-    ("AIBRIDGE_BRIDGE_TOKEN", "bootstrap the bridge principal with this token"),
-    ("AIBRIDGE_PROXY_TOKEN", "bootstrap the proxy principal with this token"),
+    ("AIBRIDGE_ADMIN_TOKEN", "bootstrap an owner principal with this token (32+ random chars)"),
+    ("AIBRIDGE_BRIDGE_TOKEN", "bootstrap the bridge principal with this token (32+ random chars)"),
+    ("AIBRIDGE_PROXY_TOKEN", "bootstrap the proxy principal with this token (32+ random chars)"),
     ("AIBRIDGE_ENCRYPTION_KEYS", "comma-separated base64 32-byte AES keys; first encrypts"),
     ("AIBRIDGE_ALLOW_BYOK", "whether keyless providers are usable through BYOK (default true)"),
     ("AIBRIDGE_METRICS_LISTEN", "Prometheus /metrics listen address; empty = off"),
@@ -91,8 +92,9 @@ class ConfigServiceSettings:
         tokens = {}
         for name in ("AIBRIDGE_ADMIN_TOKEN", "AIBRIDGE_BRIDGE_TOKEN", "AIBRIDGE_PROXY_TOKEN"):
             value = r.str(name)
-            if value and len(value) < 16:
-                r.problems.append(f"{name}: too short (at least 16 characters; 32+ random bytes)")
+            problem = weak_token_problem(name, value) if value else None
+            if problem:
+                r.problems.append(problem)
             tokens[name] = Secret(value)
         if len({t.value for t in tokens.values() if t.value}) < sum(
             1 for t in tokens.values() if t.value

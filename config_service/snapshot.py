@@ -3,7 +3,10 @@
 Every subscriber of a scope is sent the very same bytes, serialized once when the
 revision changes: per-subscriber work is a socket write. Snapshots are checked for
 consistency before they are published (sorted, unique names, no secret outside the
-bridge scope).
+bridge scope, no token hash but those of the roles that may use the gateway).
+
+The data plane gets the hashes of gateway (member) tokens only: never an owner's (an
+admin credential, AIBRIDGE_ADMIN_TOKEN included), an auditor's or a daemon's.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ def check(snapshot: pb.ProviderSnapshot, scope: Scope) -> None:
     names = [p.name for p in snapshot.providers]
     if names != sorted(names) or len(set(names)) != len(names):
         raise InconsistentSnapshot("providers are not sorted by unique name")
+    gateway_roles = {ROLE_TO_PROTO[role] for role in POLICY[Action.USE_GATEWAY]}
+    if any(t.role not in gateway_roles for t in snapshot.gateway_tokens):
+        raise InconsistentSnapshot("a token that may not use the gateway is in the snapshot")
     if scope is Scope.BRIDGE:
         return
     for provider in snapshot.providers:

@@ -80,6 +80,7 @@ def render(record: ProviderRecord, scope: Scope, status: int, reason: str) -> pr
         created_at=_ts(record.created_at),
         updated_at=_ts(record.updated_at),
         key_count=len(record.keys),
+        etag=record.etag,
     )
     if scope is not Scope.PROXY:
         for key in record.keys:

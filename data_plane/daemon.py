@@ -27,8 +27,8 @@ def daemon_token(r: Reader, name: str, role: str) -> str:
     if not token:
         r.problems.append(
             f"{name} is not set: the {role} needs a token of the {role} role to follow the "
-            f"config service (create one with `aibridge tokens create --role {role}`, or set "
-            "it on the config service to bootstrap it)"
+            f"config service (set AIBRIDGE_{role.upper()}_TOKEN on the config service too, "
+            f"or create one with `aibridge tokens create --local --role {role}`)"
         )
     return token
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aibridge.files import write_private
 from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
 
@@ -35,6 +36,9 @@ REQUEST_SECRETS = frozenset(
     }
 )
 RESPONSE_SECRETS = frozenset({"set-cookie", "www-authenticate", "proxy-authenticate"})
+# A dump keeps at most this much of a response body in memory (a long stream would
+# otherwise grow the daemon without bound); the rest is counted, not kept.
+MAX_DUMP_BODY = 8 * 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -59,7 +63,7 @@ def _headers(headers: Iterable[tuple[str, str]], secrets: frozenset[str]) -> str
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write then rename, so nobody reading the dump directory sees a half-written file."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
+    write_private(partial, data)  # 0600 in 0700 directories: dumps hold prompts and answers
     partial.replace(path)
 
 
@@ -68,6 +72,24 @@ def _pretty(body: bytes) -> bytes:
         return json.dumps(json.loads(body), indent=2, ensure_ascii=False).encode()
     except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
         return body
+
+
+class BodyCapture:
+    """The first MAX_DUMP_BODY bytes of a streamed response body, and a count of the rest."""
+
+    def __init__(self) -> None:
+        self._kept = bytearray()
+        self._dropped = 0
+
+    def feed(self, chunk: bytes) -> None:
+        room = max(0, MAX_DUMP_BODY - len(self._kept))
+        self._kept += chunk[:room]
+        self._dropped += len(chunk) - len(chunk[:room])
+
+    def body(self) -> bytes:
+        if self._dropped:
+            return bytes(self._kept) + f"\n[... {self._dropped} more bytes not dumped]\n".encode()
+        return bytes(self._kept)
 
 
 @dataclass
@@ -100,7 +122,6 @@ class Dumper:
 
     def _write(self, ex: Exchange) -> None:
         req_path, resp_path = self.paths(ex)
-        req_path.parent.mkdir(parents=True, exist_ok=True)
         body = _pretty(ex.request_body)
         headers = [(k, v) for k, v in ex.request_headers if k.lower() != "content-length"]
         headers.append(("content-length", str(len(body))))

@@ -1,10 +1,11 @@
 """Gateway tokens of a snapshot: who may call the bridge, directly or through the proxy.
 
-The snapshot carries only SHA-256 hashes of the tokens. Each daemon keeps them in a
-table keyed by the lower-case hex digest (built with `token_table` when a snapshot is
-applied) and checks a presented token with `lookup`, so a revocation applies as fast as
-any other change. Owner and member tokens may use the gateway; other roles (bridge,
-proxy, admin...) authenticate but are refused by the caller, each in its own words.
+The snapshot carries only SHA-256 hashes of member tokens, each of 256 random bits (so
+an offline guess at a hash is hopeless). Each daemon keeps them in a table keyed by the
+lower-case hex digest (built with `token_table` when a snapshot is applied) and checks a
+presented token with `lookup`, so a revocation applies as fast as any other change.
+Only member tokens may use the gateway; a token of another role (sent by an older config
+service) authenticates but is refused by the caller, each in its own words.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from types import MappingProxyType
 
 from aibridge.config.v1 import token_pb2
 
-GATEWAY_ROLES = frozenset({token_pb2.ROLE_OWNER, token_pb2.ROLE_MEMBER})
+GATEWAY_ROLES = frozenset({token_pb2.ROLE_MEMBER})
 
 
 @dataclass(frozen=True)

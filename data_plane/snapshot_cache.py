@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.files import private_dir
 from aibridge.logs import get_logger
 
 log = get_logger(__name__)
@@ -21,7 +22,7 @@ log = get_logger(__name__)
 
 def save(path: Path, snapshot: cs.ProviderSnapshot) -> None:
     """Write the snapshot atomically with mode 0600 (blocking; call from a thread)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o600)

@@ -16,7 +16,9 @@
 NAME may also be a provider id. Writes need an owner token (AIBRIDGE_TOKEN or
 AIBRIDGE_ADMIN_TOKEN); auditors may read. Keys are never shown, only masked hints, and
 never need to be on the command line: name environment variables (--keys-from-env,
---from-env, --bedrock-access-key-env) or pipe the key into `keys add`.
+--from-env, --bedrock-access-key-env) or pipe the key into `keys add`. `keys add` and
+`keys remove` change one key on the server (AddProviderKey / DeleteProviderKey), so
+concurrent key changes never undo each other.
 Output is a table by default, JSON with --json. Exit codes: 0 done, 1 the config
 service refused or could not be reached, 2 usage.
 """
@@ -402,36 +404,29 @@ class Commands:
     def add_key(self) -> int:
         args = self.args
         secret = _env_secret(args.from_env, "--from-env") if args.from_env else _stdin_secret()
-        current = self.get(args.name)
-        before = {k.id for k in current.keys}
-        request = pb.UpdateProviderRequest(update_mask=FieldMask(paths=["keys"]))
-        request.keys.extend([pb.KeyInput(id=k.id) for k in current.keys])
-        request.keys.append(pb.KeyInput(secret=secret))
-        provider = self.update(current.id, request)
-        added = [k for k in provider.keys if k.id not in before]
+        response = self.stub.AddProviderKey(
+            pb.AddProviderKeyRequest(id_or_name=args.name, secret=secret),
+            metadata=self.md,
+            timeout=TIMEOUT,
+        )
+        provider, key = response.provider, response.key
         if args.json:
-            _print_json(key_dict(added[0]) if added else {})
+            _print_json(key_dict(key))
         else:
-            for k in added:
-                print(
-                    f"added key {k.id} ({k.hint}) to {provider.name}; "
-                    f"{provider.key_count} key(s) in the pool"
-                )
+            print(
+                f"added key {key.id} ({key.hint}) to {provider.name}; "
+                f"{provider.key_count} key(s) in the pool"
+            )
         return 0
 
     def remove_key(self) -> int:
         args = self.args
-        current = self.get(args.name)
-        if args.key_id not in {k.id for k in current.keys}:
-            print(
-                f"{PROG}: provider {current.name} has no key {args.key_id} "
-                f"(see `{PROG} keys list {current.name}`)",
-                file=sys.stderr,
-            )
-            return 1
-        request = pb.UpdateProviderRequest(update_mask=FieldMask(paths=["keys"]))
-        request.keys.extend([pb.KeyInput(id=k.id) for k in current.keys if k.id != args.key_id])
-        provider = self.update(current.id, request)
+        response = self.stub.DeleteProviderKey(
+            pb.DeleteProviderKeyRequest(id_or_name=args.name, key_id=args.key_id),
+            metadata=self.md,
+            timeout=TIMEOUT,
+        )
+        provider = response.provider
         print(
             f"removed key {args.key_id} from {provider.name}; {provider.key_count} key(s) left",
             file=sys.stderr,

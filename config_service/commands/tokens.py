@@ -2,7 +2,10 @@
 
 Over gRPC by default (AIBRIDGE_CONFIG_SERVICE with an owner token). With --local the
 command works directly against the database (AIBRIDGE_DATABASE_URL / AIBRIDGE_DATA_DIR):
-that is how the first tokens are made before anyone can call the API.
+that is how the first tokens are made before anyone can call the API, and the only way
+besides AIBRIDGE_BRIDGE/PROXY_TOKEN to make a bridge or proxy token (the API refuses:
+a bridge token reads every plaintext provider key). A --local change is audited as
+`local:<user>@<host>`.
 `create` prints the new secret alone on standard output, the details on standard error,
 so scripts can capture it: TOKEN=$(aibridge tokens create --role member --name alice).
 """
@@ -10,8 +13,10 @@ so scripts can capture it: TOKEN=$(aibridge tokens create --role member --name a
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import socket
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +29,7 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
 from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
 from config_service.errors import ConfigError
-from config_service.rbac import SYSTEM, Role
+from config_service.rbac import Role, Subject
 
 if TYPE_CHECKING:
     from config_service.store.tokens import TokenView
@@ -91,6 +96,15 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
 
 
+def _local_subject() -> Subject:
+    """Who acts with --local: the service's own authority, audited as the OS user and host."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        user = f"uid{os.getuid()}"
+    return Subject(principal_id="local", name=f"local:{user}@{socket.gethostname()}", role=None)
+
+
 def _local(args: argparse.Namespace) -> int:
     from aibridge import logs
     from config_service.crypto import Cipher
@@ -103,10 +117,11 @@ def _local(args: argparse.Namespace) -> int:
     settings = ConfigServiceSettings.from_env(os.environ, overrides_from_args(args, ENV_VARS))
     logs.configure("warning", settings.log_format)
     db = Database(make_engine(settings.database_url), Cipher(settings.encryption_keys))
+    subject = _local_subject()
     try:
         migrate.upgrade(db.engine)
         if args.action == "create":
-            view, secret = tokens.create_token(db, SYSTEM, args.name or args.role, Role(args.role))
+            view, secret = tokens.create_token(db, subject, args.name or args.role, Role(args.role))
             print(
                 f"created {view.role} token {view.id} for {view.principal_name!r} "
                 "(shown once; store it now)",
@@ -114,17 +129,17 @@ def _local(args: argparse.Namespace) -> int:
             )
             print(secret)
         elif args.action == "list":
-            views = tokens.list_tokens(db, SYSTEM, not args.active)
+            views = tokens.list_tokens(db, subject, not args.active)
             _print_tokens([_view_dict(v) for v in views], args.json)
         else:
-            listed = {v.id: v for v in tokens.list_tokens(db, SYSTEM, True)}
+            listed = {v.id: v for v in tokens.list_tokens(db, subject, True)}
             if args.id in listed and listed[args.id].revoked_at is not None:
                 print(
                     f"aibridge tokens: {_already_revoked(_view_dict(listed[args.id]))}",
                     file=sys.stderr,
                 )
                 return 1
-            view = tokens.revoke_token(db, SYSTEM, args.id)
+            view = tokens.revoke_token(db, subject, args.id)
             print(f"revoked token {view.id} ({view.principal_name})", file=sys.stderr)
     finally:
         db.engine.dispose()

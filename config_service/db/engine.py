@@ -8,11 +8,15 @@ start with BEGIN IMMEDIATE so two writers queue on the lock instead of failing.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+
+from aibridge.files import FILE_MODE, open_private
 
 SQLITE_BEGIN_OPTION = "aibridge_sqlite_begin"
 
@@ -21,7 +25,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _private_database_file(Path(parsed.database).expanduser())
         engine = create_engine(
             parsed, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
         )
@@ -49,6 +53,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         connect_args=connect_args,
         **kwargs,
     )
+
+
+def _private_database_file(path: Path) -> None:
+    """The database file exists with mode 0600 before SQLite opens it: SQLite creates
+    its -wal, -shm and -journal files with the database file's mode."""
+    os.close(open_private(path, flags=0))
+    for sidecar in ("-wal", "-shm", "-journal"):  # left by an older version, maybe 0644
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{sidecar}", FILE_MODE)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -1,9 +1,10 @@
-"""ProviderAdminService: list, get, create, update (field mask), soft delete.
+"""ProviderAdminService: list, get, create, update (field mask), soft delete, key add/delete.
 
 The store authorizes and validates; this adapter converts messages, runs the store
 in a worker thread and, after every write, refreshes the snapshot hub before it
 answers, so the change is on every open WatchProviders stream by the time the
-caller has its response. Responses are rendered in the metadata scope (masked key
+caller has its response (if that reload fails, the write is still answered as saved and
+the hub catches up by resync). Responses are rendered in the metadata scope (masked key
 hints), or the proxy scope for the proxy role: the admin API never returns a
 plaintext secret, not even to the bridge.
 """
@@ -80,6 +81,7 @@ def provider_changes(request: pb.UpdateProviderRequest) -> provider_input.Provid
         enabled=request.enabled,
         keys=keys,
         bedrock=bedrock_input(request.bedrock) if request.HasField("bedrock") else None,
+        etag=request.etag,
     )
 
 
@@ -127,7 +129,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
             keys=len(record.keys),
             actor=subject.name,
         )
-        await self._hub.refresh()
+        await self._hub.publish_write()
         return pb.CreateProviderResponse(provider=self._render(record, subject))
 
     @unary
@@ -147,7 +149,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
             keys=len(record.keys),
             actor=subject.name,
         )
-        await self._hub.refresh()
+        await self._hub.publish_write()
         return pb.UpdateProviderResponse(provider=self._render(record, subject))
 
     @unary
@@ -161,5 +163,55 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         log.info(
             "provider deleted", provider=record.name, provider_id=record.id, actor=subject.name
         )
-        await self._hub.refresh()
+        await self._hub.publish_write()
         return pb.DeleteProviderResponse()
+
+    @unary
+    async def AddProviderKey(
+        self, request: pb.AddProviderKeyRequest, context: Context
+    ) -> pb.AddProviderKeyResponse:
+        subject = await self._auth.authenticate(context)
+        record = await self._db.call(
+            providers.add_provider_key,
+            self._db,
+            subject,
+            request.id_or_name,
+            request.secret,
+            request.etag,
+        )
+        log.info(
+            "provider key added",
+            provider=record.name,
+            provider_id=record.id,
+            key_id=record.keys[-1].id,
+            keys=len(record.keys),
+            actor=subject.name,
+        )
+        await self._hub.publish_write()
+        provider = self._render(record, subject)
+        # A new key goes to the end of the pool (and only owners write: metadata scope).
+        return pb.AddProviderKeyResponse(provider=provider, key=provider.keys[-1])
+
+    @unary
+    async def DeleteProviderKey(
+        self, request: pb.DeleteProviderKeyRequest, context: Context
+    ) -> pb.DeleteProviderKeyResponse:
+        subject = await self._auth.authenticate(context)
+        record = await self._db.call(
+            providers.delete_provider_key,
+            self._db,
+            subject,
+            request.id_or_name,
+            request.key_id,
+            request.etag,
+        )
+        log.info(
+            "provider key deleted",
+            provider=record.name,
+            provider_id=record.id,
+            key_id=request.key_id,
+            keys=len(record.keys),
+            actor=subject.name,
+        )
+        await self._hub.publish_write()
+        return pb.DeleteProviderKeyResponse(provider=self._render(record, subject))

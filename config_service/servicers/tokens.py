@@ -63,7 +63,7 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         view, secret = await self._db.call(
             tokens.create_token, self._db, subject, request.principal_name, role
         )
-        await self._hub.refresh()
+        await self._hub.publish_write()
         return pb.CreateTokenResponse(token=token_proto(view), secret=secret)
 
     @unary
@@ -80,5 +80,5 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
     ) -> pb.RevokeTokenResponse:
         subject = await self._auth.authenticate(context)
         view = await self._db.call(tokens.revoke_token, self._db, subject, request.id)
-        await self._hub.refresh()
+        await self._hub.publish_write()
         return pb.RevokeTokenResponse(token=token_proto(view))

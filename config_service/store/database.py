@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select, text, update
@@ -31,11 +32,16 @@ from config_service.rbac import Subject
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 # How long one database call made for an RPC may take. A database that stops answering
 # without resetting the connection (hung server, stuck middlebox) must turn into a fast
 # UNAVAILABLE, not a call that hangs until the client gives up.
 CALL_DEADLINE = 8.0
+# How much longer a caller waits for a COMMIT that started before its deadline: the answer
+# must say whether the change was saved, so it is waited for rather than abandoned.
+COMMIT_WAIT = 8.0
+OUTCOME_UNKNOWN = "the change may or may not have been saved: read it back before retrying"
 
 # Also config_service.notify.CHANNEL (kept here so the store does not import asyncio code).
 NOTIFY_CHANNEL = "aibridge_revision"
@@ -48,10 +54,56 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+class _Commit:
+    """The one commit-or-abandon decision of a database call, shared under a lock by the
+    caller (at its deadline) and the worker thread (just before COMMIT): whichever comes
+    first wins, so a transaction commits only if its caller will hear about it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.started = False
+
+    def run(self, work: Callable[[], T]) -> T:
+        """Run `work` (in the worker thread) with this decision visible to its writes."""
+        _CURRENT.set(self)
+        return work()
+
+    def start(self) -> None:
+        """Worker: about to COMMIT; raises (so the transaction rolls back) if abandoned."""
+        with self._lock:
+            if self._abandoned:
+                raise Unavailable("the caller's deadline passed; the change was rolled back")
+            self.started = True
+
+    def abandon(self) -> bool:
+        """Caller, at its deadline: True if nothing will be committed, False if COMMIT began."""
+        with self._lock:
+            self._abandoned = not self.started
+            return self._abandoned
+
+
+# The decision of the call running in this thread (asyncio.to_thread copies the context).
+_CURRENT: ContextVar[_Commit | None] = ContextVar("aibridge_db_commit", default=None)
+
+
+def _retrieve(work: asyncio.Future[Any]) -> None:
+    """Mark the outcome of work nobody waits for any more as seen (no asyncio warning)."""
+    if not work.cancelled():
+        work.exception()
+
+
 class Database:
-    def __init__(self, engine: Engine, cipher: Cipher, deadline: float = CALL_DEADLINE) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cipher: Cipher,
+        deadline: float = CALL_DEADLINE,
+        commit_wait: float = COMMIT_WAIT,
+    ) -> None:
         self.engine = engine
         self.deadline = deadline
+        self.commit_wait = commit_wait
         self.cipher = cipher
         self.is_postgres = engine.dialect.name == "postgresql"
         # SQLite allows one writer; queue ours in-process rather than on the file lock.
@@ -74,26 +126,41 @@ class Database:
             raise
 
     async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run a blocking store function in a thread, bounded by the call deadline."""
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-        # races with the call finishing, and a cancelled loop would then run on.
-        try:
-            async with asyncio.timeout(self.deadline):
-                return await asyncio.to_thread(fn, *args, **kwargs)
-        except TimeoutError:
-            raise Unavailable(
-                f"database did not answer within {self.deadline:.0f} s; nothing was changed"
-            ) from None
+        """Run a blocking store function in a thread, bounded by the call deadline.
+
+        Every answer is true. At the deadline a transaction that has not started COMMIT
+        is abandoned (it rolls back: "nothing was changed"); one whose COMMIT has started
+        is waited for, up to COMMIT_WAIT more, and answered with its outcome, or with
+        UNAVAILABLE saying the outcome is unknown when the database never confirms it.
+        """
+        commit = _Commit()
+        # asyncio.wait, not wait_for or asyncio.timeout: the work must outlive the deadline
+        # (a COMMIT in flight is waited for), and a caller cancelled meanwhile leaves it be.
+        work = asyncio.ensure_future(asyncio.to_thread(commit.run, partial(fn, *args, **kwargs)))
+        work.add_done_callback(_retrieve)
+        done, _ = await asyncio.wait({work}, timeout=self.deadline)
+        if not done:
+            if commit.abandon():
+                raise Unavailable(
+                    f"database did not answer within {self.deadline:g} s; nothing was changed"
+                )
+            done, _ = await asyncio.wait({work}, timeout=self.commit_wait)
+            if not done:
+                raise Unavailable(
+                    f"database did not confirm the commit within "
+                    f"{self.deadline + self.commit_wait:g} s; {OUTCOME_UNKNOWN}"
+                )
+        return work.result()
 
     @contextmanager
     def write(self, lock_revision: bool = True) -> Iterator[Session]:
         """A read-write transaction; commits on success, rolls back on any exception.
 
-        Past the call deadline it rolls back instead of committing: the caller has
-        already been told UNAVAILABLE, so the change must not appear later. Writes that
-        are not part of the provider set (subscriber status) pass lock_revision=False.
+        Run through `call`, it commits only if the caller has not given up on it yet
+        (see `call`). Writes that are not part of the provider set (subscriber status)
+        pass lock_revision=False.
         """
-        deadline = time.monotonic() + self.deadline
+        commit = _CURRENT.get() or _Commit()
         lock = self._sqlite_write_lock if not self.is_postgres else None
         if lock is not None:
             lock.acquire()
@@ -109,10 +176,14 @@ class Database:
                             select(Revision.revision).where(Revision.id == 1).with_for_update()
                         )
                     yield session
-                    if time.monotonic() > deadline:
-                        raise Unavailable("database too slow; the change was rolled back")
+                    session.flush()
+                    commit.start()  # COMMIT follows as the transaction block ends
         except Exception as exc:
             if is_connection_error(exc):
+                if commit.started:
+                    raise Unavailable(
+                        f"the database connection failed during COMMIT; {OUTCOME_UNKNOWN}"
+                    ) from exc
                 raise Unavailable("database unavailable; the change was not saved") from exc
             raise
         finally:

@@ -102,6 +102,8 @@ class ProviderChanges:
     enabled: bool = False
     keys: tuple[KeyInput, ...] = ()
     bedrock: BedrockInput | None = None
+    # The provider's etag as the caller read it: the write fails if it changed. Empty: always.
+    etag: str = ""
 
 
 # ---------------------------------------------------------------------------- validation

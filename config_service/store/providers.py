@@ -1,4 +1,5 @@
-"""Providers through the admin API: list, get, create, update (field mask), soft delete.
+"""Providers through the admin API: list, get, create, update (field mask), soft delete,
+add or delete one key.
 
 Every function takes the calling `Subject` and authorizes it (READ_PROVIDERS for
 reads, WRITE_PROVIDERS for writes) before touching the database. Reads never
@@ -13,14 +14,20 @@ type and name are immutable, base URLs are absolute http(s) URLs (empty means th
 type's default), at most 5 keys, none empty, padded or repeated, Bedrock settings
 only for anthropic/bedrock, no pool keys for bedrock/copilot. An update's `keys` is
 the full desired set: entries by id are kept, new secrets inserted (after the kept
-keys, in list order), omitted ids deleted. Delete is a soft delete that frees the name.
+keys, in list order), omitted ids deleted; adding or deleting one key changes only that
+key, so concurrent key changes never undo each other. Updates and key changes given an
+etag (ProviderRecord.etag, changed by every write) fail with FailedPrecondition when the
+provider changed since; without one they are unconditional. Delete is a soft delete that
+frees the name.
 The input types and the field-by-field checks live in `provider_input.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -45,6 +52,7 @@ from config_service.records import (
 from config_service.store.database import Database
 from config_service.store.provider_input import (
     UUID_RE,
+    KeyInput,
     NewProvider,
     ProviderChanges,
     check_display_name,
@@ -211,6 +219,12 @@ def create_provider(db: Database, subject: Subject, spec: NewProvider) -> Provid
     return record
 
 
+# The keys a write leaves in the pool: (kept keys, (field, secret) of each new key), given the
+# provider row and its current keys in pool order. Runs inside the write's transaction.
+KeyChange = tuple[list[ProviderKey], list[tuple[str, str]]]
+KeyPlan = Callable[[Provider, list[ProviderKey]], KeyChange]
+
+
 def update_provider(
     db: Database, subject: Subject, id_or_name: str, changes: ProviderChanges
 ) -> ProviderRecord:
@@ -220,6 +234,7 @@ def update_provider(
     parse_id_or_name(id_or_name)
     if "display_name" in paths:
         check_display_name(changes.display_name)
+    plan: KeyPlan | None = None
     if "keys" in paths:
         if len(changes.keys) > MAX_KEYS:
             raise InvalidArgument(
@@ -230,12 +245,92 @@ def update_provider(
                 raise InvalidArgument(f"keys[{i}]", "set exactly one of id (keep) or secret (add)")
             if key.secret:
                 check_secret(f"keys[{i}].secret", key.secret)
+        plan = partial(_desired_keys, changes.keys)
+    return _update(db, subject, id_or_name, changes, paths, plan, "provider.update")
+
+
+def add_provider_key(
+    db: Database, subject: Subject, id_or_name: str, secret: str, etag: str = ""
+) -> ProviderRecord:
+    """Append one key to the pool in one transaction (concurrent key changes all survive)."""
+    authorize(subject, Action.WRITE_PROVIDERS)
+    parse_id_or_name(id_or_name)
+    check_secret("secret", secret)
+
+    def plan(row: Provider, keys: list[ProviderKey]) -> KeyChange:
+        if len(keys) >= MAX_KEYS:
+            raise FailedPrecondition(
+                f"provider {row.name!r} already has {MAX_KEYS} keys (the most allowed); "
+                "remove one first"
+            )
+        return keys, [("secret", secret)]
+
+    changes = ProviderChanges(paths=("keys",), etag=etag)
+    return _update(db, subject, id_or_name, changes, {"keys"}, plan, "provider.key.add")
+
+
+def delete_provider_key(
+    db: Database, subject: Subject, id_or_name: str, key_id: str, etag: str = ""
+) -> ProviderRecord:
+    """Remove one key from the pool by id in one transaction."""
+    authorize(subject, Action.WRITE_PROVIDERS)
+    parse_id_or_name(id_or_name)
+    if not UUID_RE.match(key_id):
+        raise InvalidArgument("key_id", "must be a key id (a UUID, as `keys list` shows it)")
+    key_id = str(uuid.UUID(key_id))
+
+    def plan(row: Provider, keys: list[ProviderKey]) -> KeyChange:
+        kept = [k for k in keys if k.id != key_id]
+        if len(kept) == len(keys):
+            raise NotFound(f"provider {row.name!r} has no key {key_id!r}")
+        return kept, []
+
+    changes = ProviderChanges(paths=("keys",), etag=etag)
+    return _update(db, subject, id_or_name, changes, {"keys"}, plan, "provider.key.delete")
+
+
+def _desired_keys(wanted: Sequence[KeyInput], row: Provider, keys: list[ProviderKey]) -> KeyChange:
+    """An update's full desired key set: entries by id kept, secrets added, the rest removed."""
+    by_id = {k.id: k for k in keys}
+    kept: list[ProviderKey] = []
+    new_secrets: list[tuple[str, str]] = []
+    for i, key in enumerate(wanted):
+        if key.secret:
+            new_secrets.append((f"keys[{i}].secret", key.secret))
+            continue
+        existing = by_id.get(key.id)
+        if existing is None:
+            raise InvalidArgument(
+                f"keys[{i}].id",
+                f"{quoted(key.id, UUID_RE)}is not a key of provider {row.name!r}",
+            )
+        if existing in kept:
+            raise InvalidArgument(f"keys[{i}].id", "listed twice")
+        kept.append(existing)
+    return kept, new_secrets
+
+
+def _update(
+    db: Database,
+    subject: Subject,
+    id_or_name: str,
+    changes: ProviderChanges,
+    paths: set[str],
+    plan: KeyPlan | None,
+    action: str,
+) -> ProviderRecord:
+    """One write to a live provider: its masked fields, and its keys as `plan` says."""
     bedrock_paths = {p for p in paths if p == "bedrock" or p.startswith("bedrock.")}
     try:
         with db.write() as session:
             row = _find(session, id_or_name, for_update=True)
             keys = _keys_of(session, row.id)
             before = load_record(row, keys, db.cipher, decrypt_keys=False)
+            if changes.etag and changes.etag != before.etag:
+                raise FailedPrecondition(
+                    f"etag: provider {row.name!r} changed since it was read; "
+                    "re-read it (GetProvider) and retry with its current etag"
+                )
             display_name = changes.display_name if "display_name" in paths else row.display_name
             enabled = changes.enabled if "enabled" in paths else row.enabled
             settings_touched = bool(bedrock_paths) or "base_url" in paths
@@ -260,24 +355,7 @@ def update_provider(
                     base_in = row.base_url
                 bedrock = resolve_bedrock(row.type, bedrock_in, base_in)
                 base_url = resolve_base_url(row.type, base_in, bedrock)
-            by_id = {k.id: k for k in keys}
-            kept: list[ProviderKey] = list(keys)
-            new_secrets: list[tuple[str, str]] = []
-            if "keys" in paths:
-                kept = []
-                for i, key in enumerate(changes.keys):
-                    if key.secret:
-                        new_secrets.append((f"keys[{i}].secret", key.secret))
-                        continue
-                    existing = by_id.get(key.id)
-                    if existing is None:
-                        raise InvalidArgument(
-                            f"keys[{i}].id",
-                            f"{quoted(key.id, UUID_RE)}is not a key of provider {row.name!r}",
-                        )
-                    if existing in kept:
-                        raise InvalidArgument(f"keys[{i}].id", "listed twice")
-                    kept.append(existing)
+            kept, new_secrets = plan(row, keys) if plan is not None else (list(keys), [])
             check_key_count(row.type, bedrock, len(kept) + len(new_secrets))
             if new_secrets:
                 known: dict[str, str] = {}
@@ -303,7 +381,7 @@ def update_provider(
             session.flush()
             record = _record(db, session, row)
             after = audit_view(record)
-            if "keys" in paths:
+            if plan is not None:
                 after["additional"] = {
                     "added": _key_hints(added),
                     "removed": _key_hints(removed),
@@ -313,7 +391,7 @@ def update_provider(
             db.audit(
                 session,
                 subject,
-                "provider.update",
+                action,
                 "provider",
                 row.id,
                 row.name,

@@ -1,13 +1,19 @@
 """Principals and their tokens: create (secret shown once), list, revoke, bootstrap, lookup.
 
-Only the SHA-256 of a token is stored. Principals named `env:<role>` belong to the
-bootstrap tokens of the environment (AIBRIDGE_ADMIN/BRIDGE/PROXY_TOKEN): at start-up
-the env token is ensured and any other live token of that principal is revoked, so
-rotating an env token retires the old one.
+Only the SHA-256 of a token is stored. Every generated token carries 256 random bits,
+and a bootstrap token from the environment must pass `weak_token_problem`, so an
+unsalted hash is no help to an offline guesser. A bridge or proxy token (which reads
+plaintext keys, or follows every change) is never minted over the API: only by the
+bootstrap settings or `aibridge tokens create --local`, which needs the database itself.
+
+Principals named `env:<role>` belong to the bootstrap tokens of the environment
+(AIBRIDGE_ADMIN/BRIDGE/PROXY_TOKEN): at start-up the env token is ensured and any other
+live token of that principal is revoked, so rotating an env token retires the old one.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,12 +24,15 @@ from sqlalchemy.orm import Session
 
 from aibridge.masking import sha256_hex
 from config_service.db.models import Principal, Token, utcnow
-from config_service.errors import FailedPrecondition, InvalidArgument, NotFound
-from config_service.rbac import SYSTEM, Action, Role, Subject, authorize
+from config_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from config_service.rbac import SYSTEM, Action, Role, Subject, allowed, authorize
 from config_service.store.database import Database
 
 TOKEN_PREFIX = "aib_"  # noqa: S105 - a prefix, not a secret
 _PRINCIPAL_NAME_MAX = 200
+DAEMON_ROLES = frozenset({Role.BRIDGE, Role.PROXY})
+MIN_TOKEN_LENGTH = 32
+MIN_TOKEN_BITS = 128
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,23 @@ class TokenView:
 def new_token_secret() -> str:
     """A random token: 32 bytes of entropy, prefixed so scanners recognise it."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def weak_token_problem(name: str, value: str) -> str | None:
+    """Why a chosen token is too weak to stand in for a generated one, or None.
+
+    Its strength is estimated as length x log2(distinct characters), which never
+    overstates a random string: at least 128 bits and 32 characters are required.
+    """
+    distinct = len(set(value))
+    bits = len(value) * math.log2(distinct) if distinct > 1 else 0.0
+    if len(value) >= MIN_TOKEN_LENGTH and bits >= MIN_TOKEN_BITS:
+        return None
+    return (
+        f"{name}: too weak ({len(value)} characters, {distinct} distinct, about {bits:.0f} "
+        f"bits; at least {MIN_TOKEN_LENGTH} characters and {MIN_TOKEN_BITS} bits are "
+        "required): generate one with `openssl rand -base64 32`"
+    )
 
 
 def _hint(secret: str) -> str:
@@ -98,6 +124,13 @@ def create_token(
         )
     if name.startswith("env:") and not subject.is_system:
         raise InvalidArgument("principal_name", "names starting with 'env:' are reserved")
+    if role in DAEMON_ROLES and not allowed(subject, Action.MINT_DAEMON_TOKENS):
+        raise PermissionDenied(
+            f"{role.value} tokens are not created over the API (a bridge token reads every "
+            f"plaintext provider key): set AIBRIDGE_{role.value.upper()}_TOKEN on the config "
+            f"service, or run `aibridge tokens create --local --role {role.value}` where the "
+            "database is reachable (audited)"
+        )
     secret = new_token_secret()
     with db.write() as session:
         principal = _principal(session, name, role)

@@ -23,7 +23,7 @@ from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.transport import Timeouts, UpstreamTransport, direct_transport, origin_of
 from data_plane.bridge.upstream import UpstreamResponse, from_httpx
 from data_plane.bridge.usage import UsageReader
-from data_plane.dump import Dumper, Exchange
+from data_plane.dump import BodyCapture, Dumper, Exchange
 from data_plane.families import Family
 
 log = get_logger(__name__)
@@ -38,11 +38,6 @@ _DROP_RESPONSE = frozenset(
         b"upgrade",
     }
 )
-
-
-# A dump keeps at most this much of a response body in memory (a long stream would
-# otherwise grow the bridge without bound); the rest is counted, not kept.
-MAX_DUMP_BODY = 8 * 1024 * 1024
 
 
 @dataclass
@@ -295,21 +290,16 @@ class Forwarder:
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
             call.response_started = True
-            body = bytearray() if exchange is not None else None
-            dropped = 0
+            capture = BodyCapture() if exchange is not None else None
             async for chunk in response.chunks:
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if reader is not None:
                         reader.feed(chunk)
-                    if body is not None:
-                        room = max(0, MAX_DUMP_BODY - len(body))
-                        body += chunk[:room]
-                        dropped += max(0, len(chunk) - room)
-            if exchange is not None and body is not None:
-                if dropped:
-                    body += f"\n[... {dropped} more bytes not dumped]\n".encode()
-                exchange.response_body = bytes(body)
+                    if capture is not None:
+                        capture.feed(chunk)
+            if exchange is not None and capture is not None:
+                exchange.response_body = capture.body()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return reader.finish() if reader is not None else {}
         except httpx.HTTPError as exc:

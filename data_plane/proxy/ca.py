@@ -1,11 +1,12 @@
 """The MITM certificate authority and the per-host leaf certificates it signs.
 
 The CA is loaded from AIBRIDGE_PROXY_CA_CERT_FILE/_KEY_FILE, or generated there (in the
-data directory by default) on first start: the key is created with mode 0600 and never
-overwritten. Leaf certificates are ECDSA P-256 (cheap to generate and to handshake),
-issued on first use of a host and kept in memory as ready `SSLContext`s; they are
-reissued a day before they expire. Only intercepted hosts get one, so the cache is
-bounded by the number of providers (and capped anyway).
+data directory by default) on first start: both files are created with mode 0600 (in a
+0700 directory when it is created) and never overwritten. Leaf certificates are ECDSA
+P-256 (cheap to generate and to handshake), issued on first use of a host and kept in
+memory as ready `SSLContext`s; they are reissued a day before they expire. Only
+intercepted hosts get one, so the cache is bounded by the number of providers (and
+capped anyway).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from aibridge.files import write_private
 from aibridge.logs import get_logger
 
 log = get_logger(__name__)
@@ -43,14 +45,6 @@ class CAError(Exception):
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    # O_EXCL: never overwrite a CA someone else just created (or an operator's file).
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 @dataclass(frozen=True)
@@ -116,8 +110,9 @@ class CertificateAuthority:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_new(key_path, key_pem, 0o600)
-        _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        # O_EXCL: never overwrite a CA someone else just created (or an operator's file).
+        write_private(key_path, key_pem, os.O_EXCL)
+        write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), os.O_EXCL)
         log.info("generated the proxy CA", cert_file=str(cert_path), key_file=str(key_path))
         return cls(cert, key)
 
@@ -163,7 +158,7 @@ def server_context(bundle: bytes) -> ssl.SSLContext:
     ctx.set_alpn_protocols(["http/1.1"])  # h11 speaks HTTP/1.1 only; tell h2 clients
     with tempfile.TemporaryDirectory(prefix="aibridge-leaf-") as tmp:  # mode 0700
         path = Path(tmp) / "leaf.pem"
-        _write_new(path, bundle, 0o600)
+        write_private(path, bundle, os.O_EXCL)
         ctx.load_cert_chain(path)
     return ctx
 

@@ -54,14 +54,36 @@ class DialError(Exception):
     """The destination could not be resolved or reached (502, without detail)."""
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address that the packet ends up reaching
+# (or that a relay would): ::a.b.c.d (IPv4-compatible), ::ffff:0:a.b.c.d (SIIT),
+# 64:ff9b::a.b.c.d (NAT64). IPv4-mapped, 6to4 and Teredo have their own accessors.
+_EMBEDDING = tuple(ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+
+
+def address_forms(address: IPAddress) -> list[IPAddress]:
+    """The address itself, plus every IPv4 address its IPv6 spelling embeds."""
+    forms: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            forms.append(address.ipv4_mapped)
+        if address.sixtofour is not None:
+            forms.append(address.sixtofour)
+        if address.teredo is not None:
+            forms.extend(address.teredo)
+        if any(address in net for net in _EMBEDDING):
+            forms.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return forms
+
+
 def is_blocked(address: IPAddress, allowed: Iterable[IPNetwork] = ()) -> bool:
-    # ::ffff:10.0.0.1 reaches 10.0.0.1: judge IPv4-mapped addresses as the IPv4 they are.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether any form of the address (see address_forms) is in a blocked range that
+    the allow-list does not open: `[::ffff:0:127.0.0.1]` is judged as 127.0.0.1 too."""
+    allowed = tuple(allowed)
     # `in` is False across IP versions, so mixed lists need no special case.
-    if any(address in net for net in allowed):
-        return False
-    return any(address in net for net in BLOCKED)
+    return any(
+        any(form in net for net in BLOCKED) and not any(form in net for net in allowed)
+        for form in address_forms(address)
+    )
 
 
 async def system_resolve(host: str, port: int) -> list[str]:

@@ -8,6 +8,11 @@ A connection carries, in any order and with keep-alive:
 - origin-form `GET /...`: the proxy's own endpoints (CA certificate, health, metrics).
 Ports are only checked for destinations the proxy dials: an intercepted host is never
 dialled (its requests go to the bridge), whatever port the client named.
+
+At most `max_connections` client connections are held (the default leaves room below the
+fd limit for the upstream sockets): a new one past it takes the place of the connection
+that has waited longest for a request head (a fresh, idle or slowloris connection, never
+one being served), or, when every connection is busy, gets a quick 503 and is closed.
 """
 
 from __future__ import annotations
@@ -24,12 +29,21 @@ from aibridge.logs import get_logger
 from data_plane.proxy.auth import REALM, Identity, authenticate
 from data_plane.proxy.context import Shared
 from data_plane.proxy.egress import Blocked, DialError, url_host
-from data_plane.proxy.h11io import ClientGone, H11Stream, TooLarge, header
+from data_plane.proxy.h11io import ClientGone, H11Stream, Limits, Silent, TooLarge, Waiting, header
 from data_plane.proxy.intercept import provider_request, serve_tls
 from data_plane.proxy.relay import passable, relay
 from data_plane.proxy.tunnel import pipe
 
 log = get_logger(__name__)
+
+_BUSY_BODY = json.dumps(
+    {"error": {"type": "proxy_error", "message": "the proxy is at its connection limit"}}
+).encode()
+# Written raw, without reading the request: the answer must cost nothing.
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+) % (len(_BUSY_BODY), _BUSY_BODY)
 
 
 def split_authority(authority: str, default_port: int) -> tuple[str, int] | None:
@@ -47,7 +61,11 @@ def split_authority(authority: str, default_port: int) -> tuple[str, int] | None
 class FrontDoor:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
+        s = shared.settings
+        self.limits = Limits(s.idle_timeout, s.header_timeout, s.max_header_bytes)
+        self.max_connections = s.max_connections
         self._connections: dict[asyncio.Task[object], asyncio.StreamWriter] = {}
+        self._waiting = Waiting()
 
     async def close_all(self, grace: float = 1.0) -> None:
         """End every connection (on shutdown): drop the sockets, then cancel stragglers."""
@@ -60,18 +78,39 @@ class FrontDoor:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _admit(self) -> bool:
+        """Room for one more connection (evicting the longest-waiting one if need be)."""
+        if len(self._connections) < self.max_connections:
+            return True
+        closed = self.shared.metrics.connections_closed
+        if self._waiting.evict_oldest():
+            closed.labels("evicted").inc()
+            return True
+        closed.labels("over_capacity").inc()
+        return False
+
+    def _forget(self, task: asyncio.Task[object]) -> None:
+        self._connections.pop(task, None)
+        self.shared.metrics.client_connections.set(len(self._connections))
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._admit():
+            writer.write(BUSY)
+            writer.close()  # flushes the few bytes, then closes; nobody waits for it
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
-        task.add_done_callback(lambda t: self._connections.pop(t, None))
-        stream = H11Stream(reader, writer)
+        self.shared.metrics.client_connections.set(len(self._connections))
+        task.add_done_callback(self._forget)
+        stream = H11Stream(reader, writer, self.limits, self._waiting)
         try:
             await self._serve(stream)
         except h11.RemoteProtocolError as exc:
             self.shared.metrics.refused.labels("bad_request").inc()
-            if stream.conn.our_state is h11.SEND_RESPONSE:
-                await stream.error(exc.error_status_hint, "malformed request", close=True)
+            await stream.malformed(exc)
+        except Silent:
+            self.shared.metrics.connections_closed.labels("silent").inc()
         except (ConnectionError, OSError, ClientGone, TooLarge):
             pass  # the client left (or sent an oversized body to a refusal): just close
         finally:
@@ -129,7 +168,7 @@ class FrontDoor:
                 log.warning("client sent TLS data before the CONNECT reply", host=host)
                 return True
             shared.metrics.connect_sessions.labels("mitm").inc()
-            await serve_tls(shared, stream.reader, stream.writer, ctx, host, identity)
+            await serve_tls(shared, stream, ctx, host, identity)
             return True
         if port not in shared.settings.allowed_ports:
             await self._refuse(stream, 403, "port", f"port {port} is not allowed")
@@ -145,7 +184,9 @@ class FrontDoor:
         await stream.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
         shared.metrics.connect_sessions.labels("tunnel").inc()
         early, _closed = stream.conn.trailing_data
-        up, down = await pipe((stream.reader, stream.writer), upstream, early)
+        up, down = await pipe(
+            (stream.reader, stream.writer), upstream, early, idle=self.limits.idle_timeout
+        )
         log.debug("tunnel closed", host=host, port=port, bytes_up=up, bytes_down=down)
         return True
 

@@ -1,7 +1,12 @@
 """HTTP/1.1 over an asyncio stream pair with h11: events in, events out.
 
 h11 does the parsing (and keep-alive, chunked encoding, CONNECT's protocol switch); this
-module only moves bytes between it and the streams. Used on the proxy's plain side and
+module only moves bytes between it and the streams, under the connection's `Limits`:
+a request head is at most `max_header_bytes` (h11 refuses more: 431) and must arrive
+within `header_timeout` of its first byte; a client silent for `idle_timeout` (before or
+between requests, in a body) or not reading for as long is dropped. While a connection
+waits for a request head it sits in the `Waiting` registry, from which the front door
+evicts the longest-waiting one when it is full. Used on the proxy's plain side and
 inside every MITM'd TLS connection.
 """
 
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import h11
@@ -26,28 +32,104 @@ class ClientGone(Exception):
     """The client closed the connection (or broke HTTP) before the request was complete."""
 
 
+class Silent(ClientGone):
+    """The client sent (or read) nothing for too long: the connection is dropped."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A client connection's limits (from ProxySettings)."""
+
+    idle_timeout: float
+    header_timeout: float
+    max_header_bytes: int
+
+
+class Waiting:
+    """Connections waiting for a request head, longest-waiting first."""
+
+    def __init__(self) -> None:
+        self._writers: dict[asyncio.StreamWriter, None] = {}
+
+    def enter(self, writer: asyncio.StreamWriter) -> None:
+        self._writers.setdefault(writer, None)  # keeps its place when already waiting
+
+    def leave(self, writer: asyncio.StreamWriter) -> None:
+        self._writers.pop(writer, None)
+
+    def evict_oldest(self) -> bool:
+        """Drop the connection that has waited longest (its handler unwinds); False: none."""
+        if not self._writers:
+            return False
+        writer = next(iter(self._writers))
+        self.leave(writer)
+        writer.transport.abort()
+        return True
+
+
 class H11Stream:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: Limits,
+        waiting: Waiting,
+    ) -> None:
         self.reader = reader
         self.writer = writer
-        self.conn = h11.Connection(h11.SERVER)
+        self.limits = limits
+        self.waiting = waiting
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._head_deadline: float | None = None  # set by the first byte of a request head
+
+    def renewed(self) -> H11Stream:
+        """A fresh HTTP/1.1 state on the same streams and limits (after start_tls)."""
+        return H11Stream(self.reader, self.writer, self.limits, self.waiting)
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
+                if isinstance(event, h11.Request):
+                    self._head_deadline = None
+                    self.waiting.leave(self.writer)
+                    if _head_size(event) > self.limits.max_header_bytes:
+                        # h11 only bounds a head still incomplete; one read can hold more.
+                        raise h11.RemoteProtocolError("head too large", error_status_hint=431)
                 return event  # type: ignore[return-value]
-            try:
-                data = await self.reader.read(READ_SIZE)
-            except (ConnectionError, OSError):
-                data = b""
-            self.conn.receive_data(data)  # b"": end of stream, h11 turns it into an event
+            self.conn.receive_data(await self._read())  # b"": end of stream, an event too
+
+    async def _read(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        in_head = self.conn.their_state is h11.IDLE
+        if in_head:
+            self.waiting.enter(self.writer)
+        timeout = self.limits.idle_timeout
+        if in_head and self._head_deadline is not None:
+            timeout = self._head_deadline - loop.time()
+        try:
+            async with asyncio.timeout(timeout):
+                # In a head, read no more than the head may hold: h11 buffers at most twice it.
+                data = await self.reader.read(
+                    min(READ_SIZE, self.limits.max_header_bytes) if in_head else READ_SIZE
+                )
+        except TimeoutError:
+            raise Silent from None
+        except (ConnectionError, OSError):
+            return b""
+        if in_head and data and self._head_deadline is None:
+            self._head_deadline = loop.time() + self.limits.header_timeout
+        return data
 
     async def send(self, event: h11.Event) -> None:
         data = self.conn.send(event)
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            try:
+                async with asyncio.timeout(self.limits.idle_timeout):
+                    await self.writer.drain()
+            except TimeoutError:
+                raise Silent from None  # a client that stopped reading
 
     async def read_body(self, declared: int | None = None) -> bytes:
         """The whole request body (up to MAX_BODY), after the Request event."""
@@ -85,6 +167,15 @@ class H11Stream:
         await self.send(h11.Data(data=body))
         await self.send(h11.EndOfMessage())
 
+    async def malformed(self, exc: h11.RemoteProtocolError) -> None:
+        """Answer a request h11 refused (431 for a head over the size limit), if still possible."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):  # h11 lets us answer
+            return
+        status = exc.error_status_hint
+        message = "request head too large" if status == 431 else "malformed request"
+        with contextlib.suppress(ConnectionError, OSError, Silent):  # a bomb may not listen
+            await self.error(status, message, close=True)
+
     async def error(
         self,
         status: int,
@@ -103,9 +194,16 @@ class H11Stream:
         return False
 
     async def close(self) -> None:
+        self.waiting.leave(self.writer)
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             await self.writer.wait_closed()
+
+
+def _head_size(request: h11.Request) -> int:
+    """Bytes of a request head as sent (request line, headers, line ends)."""
+    line = len(request.method) + len(request.target) + 12  # spaces, HTTP/1.1, CRLF
+    return line + sum(len(k) + len(v) + 4 for k, v in request.headers) + 2
 
 
 def header(request: h11.Request, name: bytes) -> bytes | None:

@@ -9,7 +9,6 @@ client is told to reconnect (421, connection closed), and its next CONNECT is tu
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import time
@@ -108,16 +107,11 @@ async def provider_request(
 
 
 async def serve_tls(
-    shared: Shared,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    ctx: ssl.SSLContext,
-    host: str,
-    identity: Identity,
+    shared: Shared, plain: H11Stream, ctx: ssl.SSLContext, host: str, identity: Identity
 ) -> None:
     """Terminate the client's TLS for host and serve its requests until it leaves."""
     try:
-        await writer.start_tls(ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        await plain.writer.start_tls(ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
         # Typically a client that does not trust the proxy CA: say so, it is the usual fix.
         log.warning(
@@ -126,9 +120,14 @@ async def serve_tls(
             error=type(exc).__name__,
         )
         return
-    stream = H11Stream(reader, writer)
+    stream = plain.renewed()
     while True:
-        event = await stream.next_event()
+        try:
+            event = await stream.next_event()
+        except h11.RemoteProtocolError as exc:
+            shared.metrics.refused.labels("bad_request").inc()
+            await stream.malformed(exc)
+            return
         if not isinstance(event, h11.Request):
             return
         route = shared.table.route(host)

@@ -25,6 +25,16 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
+        self.client_connections = Gauge(
+            P + "client_connections", "Client connections held now.", registry=r
+        )
+        self.connections_closed = Counter(
+            P + "connections_closed",
+            "Client connections the proxy dropped: silent (idle, slow head or not reading), "
+            "evicted (longest-waiting, at the connection limit), over_capacity (503).",
+            ["reason"],
+            registry=r,
+        )
         self.mitm_requests = Counter(
             P + "mitm_requests", "Provider requests handed to the bridge.", ["provider"], registry=r
         )

@@ -15,8 +15,9 @@ import h11
 import httpx
 
 from aibridge.logs import get_logger
+from data_plane.dump import BodyCapture
 from data_plane.proxy.auth import Identity, is_gateway_token
-from data_plane.proxy.h11io import H11Stream
+from data_plane.proxy.h11io import H11Stream, Silent
 from data_plane.proxy.routes import ProxyTable
 
 log = get_logger(__name__)
@@ -95,7 +96,7 @@ class Outcome:
 
     status: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""  # captured only when asked (dumps)
+    body: bytes = b""  # captured only when asked (dumps), up to the dump cap
     failed: str = ""  # transport failure towards the target, if any
     broken: bool = False  # the client connection cannot be reused
 
@@ -120,7 +121,7 @@ async def relay(
         outcome.status = 504 if isinstance(exc, httpx.TimeoutException) else 502
         await stream.error(outcome.status, "upstream unreachable")
         return outcome
-    chunks: list[bytes] = []
+    captured = BodyCapture() if capture else None
     try:
         outcome.status = response.status_code
         outcome.headers = passable(list(response.headers.raw))
@@ -132,17 +133,18 @@ async def relay(
             )
         )
         async for chunk in response.aiter_raw():
-            if capture:
-                chunks.append(chunk)
+            if captured is not None:
+                captured.feed(chunk)
             await stream.send(h11.Data(data=chunk))
         await stream.send(h11.EndOfMessage())
     except httpx.HTTPError as exc:
         # Mid-response: the status line is gone already, all we can do is cut the stream.
         outcome.failed = type(exc).__name__
         outcome.broken = True
-    except (ConnectionError, OSError, h11.LocalProtocolError):
-        outcome.broken = True  # the client left (or the target lied about the length)
+    except (ConnectionError, OSError, h11.LocalProtocolError, Silent):
+        outcome.broken = True  # the client left or stopped reading (or the target lied)
     finally:
         await response.aclose()
-    outcome.body = b"".join(chunks)
+    if captured is not None:
+        outcome.body = captured.body()
     return outcome

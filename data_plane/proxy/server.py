@@ -91,7 +91,11 @@ class Proxy:
         )
         self._task = await start_following(self.subscriber)
         front = self._front = FrontDoor(self.shared)
-        self._server = await asyncio.start_server(front.handle, sock=sock, limit=2**16)
+        # A deep accept queue: a connection flood must not drop a healthy client's SYN
+        # (the kernel caps it at net.core.somaxconn).
+        self._server = await asyncio.start_server(
+            front.handle, sock=sock, limit=2**16, backlog=4096
+        )
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = str(sockname[0]), int(sockname[1])
         log.info(
@@ -101,6 +105,7 @@ class Proxy:
             config_service=s.config_service,
             node_id=s.node_id,
             ca_cert_file=str(cert_path),
+            max_connections=s.max_connections,
         )
 
     async def stop(self) -> None:

@@ -6,6 +6,7 @@ Every bad value is collected and reported at once as one `SettingsError`.
 from __future__ import annotations
 
 import ipaddress
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,18 @@ from aibridge.masking import Secret
 from data_plane.daemon import daemon_token, default_node_id
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# File descriptors kept for the process itself (pools, the config service, logs, files).
+FD_RESERVE = 128
+
+
+def default_max_connections() -> int:
+    """Client connections the fd limit (RLIMIT_NOFILE) has room for: each may hold a
+    second socket (its tunnel, forward or bridge connection), after a fixed reserve."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, (soft - FD_RESERVE) // 2)
+
 
 # (ENV_NAME, help) for every setting: each one is also a flag (see cli.py).
 SETTINGS: list[tuple[str, str]] = [
@@ -34,6 +47,24 @@ SETTINGS: list[tuple[str, str]] = [
     ("AIBRIDGE_PROXY_BRIDGE_URL", "the bridge daemon (default http://127.0.0.1:8080)"),
     ("AIBRIDGE_PROXY_ALLOWED_PORTS", "ports CONNECT may reach (default 80,443)"),
     ("AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS", "private/reserved ranges tunnels may reach"),
+    (
+        "AIBRIDGE_PROXY_MAX_CONNECTIONS",
+        "client connections held at once (default: (fd limit - 128) / 2); past it the one "
+        "longest waiting for a request is dropped, or the new one gets 503",
+    ),
+    (
+        "AIBRIDGE_PROXY_IDLE_TIMEOUT",
+        "drop a client silent this long: before or between requests, in a body, not reading, "
+        "or a tunnel nothing went through yet (default 60s)",
+    ),
+    (
+        "AIBRIDGE_PROXY_HEADER_TIMEOUT",
+        "a request head must be complete this long after its first byte (default 10s)",
+    ),
+    (
+        "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
+        "largest request head, request line and headers (default 65536; past it 431)",
+    ),
     ("AIBRIDGE_DATA_DIR", "data directory (generated CA; default: a per-user directory)"),
     ("AIBRIDGE_DUMP_DIR", "write redacted request/response dumps here (empty: off)"),
     ("AIBRIDGE_SNAPSHOT_CACHE", "file (mode 0600) keeping the last good snapshot (empty: off)"),
@@ -57,6 +88,10 @@ class ProxySettings:
     bridge_url: str = "http://127.0.0.1:8080"
     allowed_ports: frozenset[int] = frozenset({80, 443})
     allowed_private_cidrs: tuple[IPNetwork, ...] = ()
+    max_connections: int = field(default_factory=default_max_connections)
+    idle_timeout: float = 60.0
+    header_timeout: float = 10.0
+    max_header_bytes: int = 65536
     data_dir: Path = field(default_factory=default_data_dir)
     dump_dir: Path | None = None
     snapshot_cache: Path | None = None
@@ -104,6 +139,20 @@ class ProxySettings:
                 cidrs.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
                 r.problems.append(f"AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS: {item!r} is not a CIDR")
+        max_connections = r.int("AIBRIDGE_PROXY_MAX_CONNECTIONS", 0, minimum=1)
+        timeouts = {
+            name: r.duration(name, default)
+            for name, default in (
+                ("AIBRIDGE_PROXY_IDLE_TIMEOUT", cls.idle_timeout),
+                ("AIBRIDGE_PROXY_HEADER_TIMEOUT", cls.header_timeout),
+            )
+        }
+        for name, seconds in timeouts.items():
+            if seconds <= 0:
+                r.problems.append(f"{name}: must be more than 0")
+        max_header_bytes = r.int(
+            "AIBRIDGE_PROXY_MAX_HEADER_BYTES", cls.max_header_bytes, minimum=1024
+        )
         log_format, log_level = r.log_settings()
         data_dir = r.str("AIBRIDGE_DATA_DIR")
         dump = r.str("AIBRIDGE_DUMP_DIR")
@@ -122,6 +171,10 @@ class ProxySettings:
             bridge_url=bridge_url,
             allowed_ports=frozenset(ports),
             allowed_private_cidrs=tuple(cidrs),
+            max_connections=max_connections or default_max_connections(),
+            idle_timeout=timeouts["AIBRIDGE_PROXY_IDLE_TIMEOUT"],
+            header_timeout=timeouts["AIBRIDGE_PROXY_HEADER_TIMEOUT"],
+            max_header_bytes=max_header_bytes,
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
             dump_dir=Path(dump).expanduser() if dump else None,
             snapshot_cache=Path(cache).expanduser() if cache else None,

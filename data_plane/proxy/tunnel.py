@@ -8,10 +8,13 @@ import contextlib
 CHUNK = 65536
 
 
-async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> int:
+async def _copy(
+    src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
+) -> int:
     """Copy until EOF, then half-close dst so the far side sees the end too."""
     total = 0
     while data := await src.read(CHUNK):
+        flowing.set()
         dst.write(data)
         await dst.drain()  # backpressure: never buffer more than the slow side accepts
         total += len(data)
@@ -31,22 +34,32 @@ async def pipe(
     client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     first: bytes = b"",
+    *,
+    idle: float,
 ) -> tuple[int, int]:
     """Relay both ways until both ends are done; (bytes up, bytes down).
 
     An error in either direction closes both ends (a half-dead tunnel would otherwise
     hang on the other direction forever); a clean EOF only half-closes, as TCP does.
+    A tunnel through which no byte went either way within `idle` seconds is closed.
     """
     (c_reader, c_writer), (u_reader, u_writer) = client, upstream
     tasks: list[asyncio.Task[int]] = []
+    flowing = asyncio.Event()
     try:
         if first:  # bytes the client pipelined after its CONNECT request
+            flowing.set()
             u_writer.write(first)
             await u_writer.drain()
         tasks = [
-            asyncio.create_task(_copy(c_reader, u_writer)),
-            asyncio.create_task(_copy(u_reader, c_writer)),
+            asyncio.create_task(_copy(c_reader, u_writer, flowing)),
+            asyncio.create_task(_copy(u_reader, c_writer, flowing)),
         ]
+        started = asyncio.create_task(flowing.wait())
+        await asyncio.wait([started, *tasks], timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if not flowing.is_set() and not any(t.done() for t in tasks):
+            return 0, 0  # nothing ever went through: the finally below closes both ends
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         if pending and not any(t.exception() for t in done):
             await asyncio.wait(pending)  # one side finished cleanly: let the other drain

@@ -10,9 +10,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from aibridge.cli import COMMANDS
-from tests.fixtures.services import ADMIN_TOKEN, AIBRIDGE, PROXY_TOKEN, StartProcess, spawn
+from config_service.db.engine import make_engine
+from config_service.db.models import AuditEntry
+from tests.fixtures.services import (
+    ADMIN_TOKEN,
+    AIBRIDGE,
+    BRIDGE_TOKEN,
+    PROXY_TOKEN,
+    StartProcess,
+    spawn,
+)
 
 
 def run(
@@ -212,7 +222,7 @@ def test_a_taken_port_is_one_line_naming_it_and_its_setting(
                 setting: address,
                 "AIBRIDGE_DATA_DIR": str(tmp_path / "data"),
                 "AIBRIDGE_CONFIG_SERVICE": "127.0.0.1:1",
-                "AIBRIDGE_BRIDGE_TOKEN": "bridge-token-0123456789abcdef",
+                "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
                 "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
                 "AIBRIDGE_OPENAI_KEY": "sk-test-0123456789abcdef",
                 "AIBRIDGE_LOG_FORMAT": "json",
@@ -276,7 +286,7 @@ def test_a_config_service_address_without_a_port_means_7443(value: str, target: 
 
     env = {
         "AIBRIDGE_CONFIG_SERVICE": value,
-        "AIBRIDGE_BRIDGE_TOKEN": "bridge-token-0123456789abcdef",
+        "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
         "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
     }
     assert ClientSettings.from_env(env).target == target
@@ -355,3 +365,59 @@ def test_restart_with_a_changed_seed_key_logs_that_the_stored_key_is_kept(
     assert "aibridge providers keys add openai" in kept[0]["event"]
     assert not [r for r in records if "deprecated" in r["event"]]
     assert "sk-second" not in "".join(second.lines)
+
+
+def test_owner_cannot_mint_a_bridge_token_through_the_cli(start_process: StartProcess) -> None:
+    """`tokens create --role bridge` with the owner token is refused, pointing at the two allowed paths."""
+    proc = start_process()
+    result = run(
+        "tokens",
+        "create",
+        "--role",
+        "bridge",
+        "--name",
+        "sneaky",
+        env={"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN},
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "PERMISSION_DENIED" in result.stderr or "permission" in result.stderr.lower()
+    assert "AIBRIDGE_BRIDGE_TOKEN" in result.stderr and "--local" in result.stderr
+
+
+def test_local_bridge_token_is_audited_as_the_local_user(database_url: str) -> None:
+    """`tokens create --local --role bridge` works and its audit row names the local user, not an API caller."""
+    result = run(
+        "tokens",
+        "create",
+        "--local",
+        "--role",
+        "bridge",
+        "--name",
+        "bridge-2",
+        env={"AIBRIDGE_DATABASE_URL": database_url},
+    )
+    assert result.returncode == 0, result.stderr
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            actors = conn.execute(
+                select(AuditEntry.actor_name).where(AuditEntry.action == "token.create")
+            ).scalars()
+            assert [a.split("@")[0].startswith("local:") for a in actors] == [True]
+    finally:
+        engine.dispose()
+
+
+def test_weak_bootstrap_token_stops_start_up(tmp_path: Path) -> None:
+    """A weak AIBRIDGE_ADMIN_TOKEN makes `config-service` exit 2 with one line naming it and how to generate one."""
+    weak = "correcthorse2024"
+    result = run(
+        "config-service",
+        env={"AIBRIDGE_DATA_DIR": str(tmp_path), "AIBRIDGE_ADMIN_TOKEN": weak},
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "AIBRIDGE_ADMIN_TOKEN" in line]
+    assert len(lines) == 1 and "too weak" in lines[0]
+    assert "openssl rand -base64 32" in lines[0]
+    assert weak not in result.stderr

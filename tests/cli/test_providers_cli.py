@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -198,6 +199,54 @@ def test_bedrock_provider_from_env_credentials(proc: Process) -> None:
     assert "static (AKIA...0042)" in shown.stdout
 
 
+def test_concurrent_key_changes_all_survive(proc: Process) -> None:
+    """60 concurrent `keys add` / `keys remove` processes on 12 providers: every acknowledged change is in the final key sets."""
+    removals: list[tuple[str, str]] = []
+    for p in range(12):
+        created = ok_json(
+            aibridge(
+                proc,
+                "providers",
+                "create",
+                f"race-{p}",
+                "--type",
+                "openai",
+                "--json",
+                *[f"--key=sk-race-{p}-old{n}-0123456789abcdef" for n in range(3)],
+            )
+        )
+        assert isinstance(created, dict)
+        removals += [(f"race-{p}", k["id"]) for k in created["keys"]]
+    # 3 removes and 2 adds per provider: the pool never needs more than its 5 keys.
+    adds = [
+        (f"race-{p}", f"sk-race-{p}-new{n}-0123456789abcdef") for p in range(12) for n in range(2)
+    ]
+
+    def add(name: str, secret: str) -> tuple[str, str | None]:
+        result = aibridge(proc, "providers", "keys", "add", name, "--json", stdin=secret)
+        return result.stderr, json.loads(result.stdout)["id"] if result.returncode == 0 else None
+
+    def remove(name: str, key_id: str) -> tuple[str, str | None]:
+        result = aibridge(proc, "providers", "keys", "remove", name, key_id)
+        return result.stderr, key_id if result.returncode == 0 else None
+
+    with ThreadPoolExecutor(max_workers=60) as pool:
+        added = [(name, pool.submit(add, name, secret)) for name, secret in adds]
+        removed = [(name, pool.submit(remove, name, key_id)) for name, key_id in removals]
+        outcomes = [(name, f.result()) for name, f in added + removed]
+    final: dict[str, set[str]] = {}
+    for p in range(12):
+        listed = ok_json(aibridge(proc, "providers", "keys", "list", f"race-{p}", "--json"))
+        assert isinstance(listed, list)
+        final[f"race-{p}"] = {k["id"] for k in listed}
+    lost_adds = [(n, f.result()[1]) for n, f in added if f.result()[1] not in (None, *final[n])]
+    lost_removes = [(n, f.result()[1]) for n, f in removed if f.result()[1] in final[n]]
+    assert not lost_adds and not lost_removes, (len(lost_adds), len(lost_removes))
+    failed = [stderr for _, (stderr, acknowledged) in outcomes if acknowledged is None]
+    assert not failed, (len(failed), failed[:3])
+    assert all(len(ids) == 2 for ids in final.values()), final
+
+
 def test_rpc_errors_exit_1_with_a_clear_message(proc: Process) -> None:
     """Refusals of the config service exit 1 and name the status and the problem."""
     assert aibridge(proc, "providers", "create", "dup", "--type", "copilot").returncode == 0
@@ -209,7 +258,7 @@ def test_rpc_errors_exit_1_with_a_clear_message(proc: Process) -> None:
     assert "invalid argument: name: must match" in bad.stderr
     padded = aibridge(proc, "providers", "keys", "add", "dup", stdin=" " + KEY_A)
     assert padded.returncode == 1
-    assert "invalid argument: keys" in padded.stderr
+    assert "invalid argument: secret: must not have leading or trailing whitespace" in padded.stderr
     unknown_token = aibridge(proc, "providers", "list", token="nope-" * 8)
     assert unknown_token.returncode == 1
     assert "unauthenticated" in unknown_token.stderr and "AIBRIDGE_TOKEN" in unknown_token.stderr

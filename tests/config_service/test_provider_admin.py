@@ -556,6 +556,136 @@ async def test_update_can_replace_all_five_keys(service: Service) -> None:
     assert [k.secret for k in pool.keys] == secrets
 
 
+async def test_etag_changes_with_every_write_and_guards_updates(service: Service) -> None:
+    """Reads return a stable etag, every write changes it, a stale etag is FAILED_PRECONDITION naming `etag`, an empty one is unconditional."""
+    api, md = stub(service), owner(service)
+    created = await create(service, name="guarded", keys=[K1])
+    read = (
+        await api.GetProvider(pb.GetProviderRequest(id_or_name="guarded"), metadata=md)
+    ).provider
+    assert created.etag and read.etag == created.etag
+    (listed,) = (await api.ListProviders(pb.ListProvidersRequest(), metadata=md)).providers
+    assert listed.etag == created.etag
+    renamed = await update(
+        service, "guarded", ["display_name"], display_name="Guarded", etag=created.etag
+    )
+    assert renamed.etag != created.etag
+    err = await rpc_error(
+        api.UpdateProvider(
+            pb.UpdateProviderRequest(
+                id_or_name="guarded",
+                update_mask=mask("display_name"),
+                display_name="Stale",
+                etag=created.etag,
+            ),
+            metadata=md,
+        )
+    )
+    assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert str(err.details()).startswith("etag: ") and "re-read" in str(err.details())
+    added = await api.AddProviderKey(
+        pb.AddProviderKeyRequest(id_or_name="guarded", secret=K2), metadata=md
+    )
+    assert added.provider.etag not in (created.etag, renamed.etag)
+    unconditional = await update(service, "guarded", ["display_name"], display_name="Any")
+    assert unconditional.display_name == "Any"
+    after = (
+        await api.GetProvider(pb.GetProviderRequest(id_or_name="guarded"), metadata=md)
+    ).provider
+    assert after.etag == unconditional.etag
+
+
+async def test_add_and_delete_one_key(service: Service) -> None:
+    """AddProviderKey appends one key and returns it masked; DeleteProviderKey removes one by id; both are audited."""
+    api, md = stub(service), owner(service)
+    created = await create(service, name="pool", keys=[K1, K2])
+    added = await api.AddProviderKey(
+        pb.AddProviderKeyRequest(id_or_name="pool", secret=K3), metadata=md
+    )
+    assert added.key.hint == "sk-t...5d3a" and not added.key.secret
+    assert [k.id for k in added.provider.keys] == [*(k.id for k in created.keys), added.key.id]
+    removed = await api.DeleteProviderKey(
+        pb.DeleteProviderKeyRequest(id_or_name="pool", key_id=created.keys[0].id.upper()),
+        metadata=md,
+    )
+    assert [k.id for k in removed.provider.keys] == [created.keys[1].id, added.key.id]
+    (pool,) = [p for p in (await snapshot(service)).providers if p.name == "pool"]
+    assert [k.secret for k in pool.keys] == [K2, K3]
+    rows = (await asyncio.to_thread(audit_rows, service))[-2:]
+    assert [r.action for r in rows] == ["provider.key.add", "provider.key.delete"]
+    assert_no_secret("".join((r.before or "") + (r.after or "") for r in rows))
+    assert_no_secret(added.SerializeToString() + removed.SerializeToString())
+
+
+async def test_key_operations_refuse_clearly(service: Service) -> None:
+    """A full pool, a duplicate, an unknown or malformed key id, a stale etag and a keyless type each get a clear error."""
+    api, md = stub(service), owner(service)
+    full = await create(service, name="full-pool", keys=[K1, K2, K3, K4, K5])
+    await create(service, name="copilot", type=COPILOT)
+    cases: list[tuple[Any, grpc.StatusCode, str]] = [
+        (
+            api.AddProviderKey(
+                pb.AddProviderKeyRequest(id_or_name="full-pool", secret=K6), metadata=md
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "already has 5 keys",
+        ),
+        (
+            api.DeleteProviderKey(
+                pb.DeleteProviderKeyRequest(id_or_name="full-pool", key_id=str(uuid.uuid4())),
+                metadata=md,
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "has no key",
+        ),
+        (
+            api.DeleteProviderKey(
+                pb.DeleteProviderKeyRequest(id_or_name="full-pool", key_id=K1), metadata=md
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "key_id: must be a key id",
+        ),
+        (
+            api.DeleteProviderKey(
+                pb.DeleteProviderKeyRequest(
+                    id_or_name="full-pool", key_id=full.keys[0].id, etag="stale"
+                ),
+                metadata=md,
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "etag: ",
+        ),
+        (
+            api.AddProviderKey(
+                pb.AddProviderKeyRequest(id_or_name="copilot", secret=K6), metadata=md
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "takes no API keys",
+        ),
+        (
+            api.AddProviderKey(
+                pb.AddProviderKeyRequest(id_or_name="copilot", secret=""), metadata=md
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "secret: is empty",
+        ),
+    ]
+    for call, code, text in cases:
+        err = await rpc_error(call)
+        assert err.code() is code, err
+        assert text in str(err.details()), err.details()
+        assert_no_secret(str(err.details()))
+    dup = await api.DeleteProviderKey(
+        pb.DeleteProviderKeyRequest(id_or_name="full-pool", key_id=full.keys[4].id), metadata=md
+    )
+    err = await rpc_error(
+        api.AddProviderKey(pb.AddProviderKeyRequest(id_or_name="full-pool", secret=K1), metadata=md)
+    )
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "secret: duplicate key" in str(err.details())
+    assert dup.provider.key_count == 4
+
+
 async def test_update_scalar_fields(service: Service) -> None:
     """display_name, base_url and enabled change only when in the mask; an empty base_url restores the default."""
     await create(service, name="fields", keys=[K1], display_name="Fields")

@@ -96,12 +96,43 @@ MATRIX: dict[str, tuple[Call, set[Role]]] = {
         ),
         WRITE,
     ),
+    "AddProviderKey": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).AddProviderKey(
+            pa.AddProviderKeyRequest(id_or_name="openai", secret="sk-rbac-added-0123456789"),
+            metadata=md,
+        ),
+        WRITE,
+    ),
+    "DeleteProviderKey": (
+        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).DeleteProviderKey(
+            pa.DeleteProviderKeyRequest(
+                id_or_name="openai", key_id="00000000-0000-0000-0000-000000000000"
+            ),
+            metadata=md,
+        ),
+        WRITE,
+    ),
     "CreateToken": (
         lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
             ta.CreateTokenRequest(principal_name="rbac-made", role=token_pb2.ROLE_MEMBER),
             metadata=md,
         ),
         {O},
+    ),
+    # Daemon tokens read every plaintext key or follow every change: no caller mints them.
+    "CreateToken bridge": (
+        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
+            ta.CreateTokenRequest(principal_name="rbac-bridge", role=token_pb2.ROLE_BRIDGE),
+            metadata=md,
+        ),
+        set(),
+    ),
+    "CreateToken proxy": (
+        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
+            ta.CreateTokenRequest(principal_name="rbac-proxy", role=token_pb2.ROLE_PROXY),
+            metadata=md,
+        ),
+        set(),
     ),
     "ListTokens": (
         lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).ListTokens(

@@ -17,7 +17,7 @@ from dp_fakes import (
     snapshot,
 )
 
-from data_plane.bridge import forward
+from data_plane import dump
 from data_plane.bridge.usage import MAX_SSE_LINE, UsageReader
 
 
@@ -39,7 +39,7 @@ async def test_dumped_response_body_is_capped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A response larger than the dump cap reaches the client whole but is dumped only up to the cap."""
-    monkeypatch.setattr(forward, "MAX_DUMP_BODY", 5000)
+    monkeypatch.setattr(dump, "MAX_DUMP_BODY", 5000)
     upstream.responder = lambda seen: Reply(chunks=[b"y" * 3000] * 10)
     await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
     bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(tmp_path))

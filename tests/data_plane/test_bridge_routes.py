@@ -105,7 +105,7 @@ async def test_body_over_32_mib_is_413(
 async def test_client_auth(
     config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
 ) -> None:
-    """Owners and members get through (Bearer or X-Api-Key); others get 401/403."""
+    """Members get through (Bearer or X-Api-Key); owners, auditors and strangers get 401/403."""
     url = await _start(config_service, upstream, start_bridge)
     path = "/openai/v1/chat/completions"
     async with httpx.AsyncClient(base_url=url) as http:
@@ -118,7 +118,9 @@ async def test_client_auth(
         )
         assert auditor.status_code == 403
         owner = await http.post(path, json=CHAT, headers={"x-api-key": OWNER_TOKEN})
-        assert owner.status_code == 200
+        assert owner.status_code == 403
+        member = await http.post(path, json=CHAT, headers={"x-api-key": MEMBER_TOKEN})
+        assert member.status_code == 200
         anth = await http.post("/anthropic/v1/messages", json=CHAT)
         assert anth.status_code == 401
         assert anth.json()["error"]["type"] == "authentication_error"

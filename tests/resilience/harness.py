@@ -655,3 +655,27 @@ def scan(haystacks: dict[str, bytes], needles: Iterable[str]) -> list[str]:
 
 def walk_files(root: Path) -> list[Path]:
     return [Path(d) / f for d, _, files in os.walk(root) for f in files]
+
+
+async def proxy_with_member(
+    procs: Procs, database_url: str, bridge: str = "http://127.0.0.1:9", **env: str
+) -> tuple[Proc, str]:
+    """A config service with one member token, and a proxy following it: (proxy, token)."""
+    service = await asyncio.to_thread(procs.config_service, database_url)
+    target = str(service.ready["target"])
+    admin = Admin(target)
+    try:
+        token = await admin.create_token("member")
+        version = await admin.version()
+    finally:
+        await admin.close()
+    proxy = await asyncio.to_thread(procs.proxy, target, bridge, "proxy-1", **env)
+    await eventually(
+        lambda: any(int(r["version"]) >= version for r in proxy.events("snapshot applied")),
+        within=15,
+    )
+    return proxy, token
+
+
+def proxy_address(proc: Proc) -> str:
+    return str(proc.ready["listen"])

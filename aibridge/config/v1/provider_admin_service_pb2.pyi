@@ -233,11 +233,16 @@ class UpdateProviderRequest(_message.Message):
     ENABLED_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     BEDROCK_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id_or_name: _builtins.str
     """A provider id (UUID) or a provider name."""
     display_name: _builtins.str
     base_url: _builtins.str
     enabled: _builtins.bool
+    etag: _builtins.str
+    """The etag of the provider as read: the update fails with FAILED_PRECONDITION when the
+    provider changed since (re-read and retry). Empty: unconditional.
+    """
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Paths: display_name, base_url, enabled, keys, bedrock (or bedrock.<field>)."""
@@ -258,10 +263,11 @@ class UpdateProviderRequest(_message.Message):
         enabled: _builtins.bool = ...,
         keys: _abc.Iterable[Global___KeyInput] | None = ...,
         bedrock: Global___BedrockSettingsInput | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bedrock", b"bedrock", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "bedrock", b"bedrock", "display_name", b"display_name", "enabled", b"enabled", "id_or_name", b"id_or_name", "keys", b"keys", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "bedrock", b"bedrock", "display_name", b"display_name", "enabled", b"enabled", "etag", b"etag", "id_or_name", b"id_or_name", "keys", b"keys", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,3 +326,109 @@ class DeleteProviderResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteProviderResponse: _TypeAlias = DeleteProviderResponse  # noqa: Y015
+
+@_typing.final
+class AddProviderKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_OR_NAME_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    id_or_name: _builtins.str
+    """A provider id (UUID) or a provider name."""
+    secret: _builtins.str
+    """The API key; the pool holds at most 5."""
+    etag: _builtins.str
+    """Optional: add only if the provider's etag is still this one. Empty: unconditional."""
+    def __init__(
+        self,
+        *,
+        id_or_name: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "id_or_name", b"id_or_name", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddProviderKeyRequest: _TypeAlias = AddProviderKeyRequest  # noqa: Y015
+
+@_typing.final
+class AddProviderKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> _provider_pb2.Provider:
+        """The provider after the change."""
+
+    @_builtins.property
+    def key(self) -> _provider_pb2.ProviderKey:
+        """The key added (masked)."""
+
+    def __init__(
+        self,
+        *,
+        provider: _provider_pb2.Provider | None = ...,
+        key: _provider_pb2.ProviderKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddProviderKeyResponse: _TypeAlias = AddProviderKeyResponse  # noqa: Y015
+
+@_typing.final
+class DeleteProviderKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_OR_NAME_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    id_or_name: _builtins.str
+    """A provider id (UUID) or a provider name."""
+    key_id: _builtins.str
+    """The id of the key to remove."""
+    etag: _builtins.str
+    """Optional: remove only if the provider's etag is still this one. Empty: unconditional."""
+    def __init__(
+        self,
+        *,
+        id_or_name: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "id_or_name", b"id_or_name", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProviderKeyRequest: _TypeAlias = DeleteProviderKeyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteProviderKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> _provider_pb2.Provider:
+        """The provider after the change."""
+
+    def __init__(
+        self,
+        *,
+        provider: _provider_pb2.Provider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProviderKeyResponse: _TypeAlias = DeleteProviderKeyResponse  # noqa: Y015

@@ -60,6 +60,16 @@ class ProviderAdminServiceStub:
                 request_serializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderRequest.SerializeToString,
                 response_deserializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderResponse.FromString,
                 _registered_method=True)
+        self.AddProviderKey = channel.unary_unary(
+                '/aibridge.config.v1.ProviderAdminService/AddProviderKey',
+                request_serializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.AddProviderKeyRequest.SerializeToString,
+                response_deserializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.AddProviderKeyResponse.FromString,
+                _registered_method=True)
+        self.DeleteProviderKey = channel.unary_unary(
+                '/aibridge.config.v1.ProviderAdminService/DeleteProviderKey',
+                request_serializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderKeyRequest.SerializeToString,
+                response_deserializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderKeyResponse.FromString,
+                _registered_method=True)
 
 
 class ProviderAdminServiceServicer:
@@ -97,6 +107,21 @@ class ProviderAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddProviderKey(self, request, context):
+        """Adds one key to the end of the pool, atomically: concurrent key changes never undo
+        each other (unlike rewriting the whole set with UpdateProvider).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProviderKey(self, request, context):
+        """Removes one key from the pool by id, atomically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +149,16 @@ def add_ProviderAdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteProvider,
                     request_deserializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderRequest.FromString,
                     response_serializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderResponse.SerializeToString,
+            ),
+            'AddProviderKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddProviderKey,
+                    request_deserializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.AddProviderKeyRequest.FromString,
+                    response_serializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.AddProviderKeyResponse.SerializeToString,
+            ),
+            'DeleteProviderKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProviderKey,
+                    request_deserializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderKeyRequest.FromString,
+                    response_serializer=aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +297,60 @@ class ProviderAdminService:
             '/aibridge.config.v1.ProviderAdminService/DeleteProvider',
             aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderRequest.SerializeToString,
             aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddProviderKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aibridge.config.v1.ProviderAdminService/AddProviderKey',
+            aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.AddProviderKeyRequest.SerializeToString,
+            aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.AddProviderKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProviderKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aibridge.config.v1.ProviderAdminService/DeleteProviderKey',
+            aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderKeyRequest.SerializeToString,
+            aibridge_dot_config_dot_v1_dot_provider__admin__service__pb2.DeleteProviderKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

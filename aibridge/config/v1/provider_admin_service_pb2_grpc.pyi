@@ -39,6 +39,12 @@ class ProviderAdminServiceStub:
     UpdateProvider: _grpc.UnaryUnaryMultiCallable[_provider_admin_service_pb2.UpdateProviderRequest, _provider_admin_service_pb2.UpdateProviderResponse]
     DeleteProvider: _grpc.UnaryUnaryMultiCallable[_provider_admin_service_pb2.DeleteProviderRequest, _provider_admin_service_pb2.DeleteProviderResponse]
     """Soft delete: the name becomes free again."""
+    AddProviderKey: _grpc.UnaryUnaryMultiCallable[_provider_admin_service_pb2.AddProviderKeyRequest, _provider_admin_service_pb2.AddProviderKeyResponse]
+    """Adds one key to the end of the pool, atomically: concurrent key changes never undo
+    each other (unlike rewriting the whole set with UpdateProvider).
+    """
+    DeleteProviderKey: _grpc.UnaryUnaryMultiCallable[_provider_admin_service_pb2.DeleteProviderKeyRequest, _provider_admin_service_pb2.DeleteProviderKeyResponse]
+    """Removes one key from the pool by id, atomically."""
 
 @_typing.type_check_only
 class ProviderAdminServiceAsyncStub(ProviderAdminServiceStub):
@@ -51,6 +57,12 @@ class ProviderAdminServiceAsyncStub(ProviderAdminServiceStub):
     UpdateProvider: _aio.UnaryUnaryMultiCallable[_provider_admin_service_pb2.UpdateProviderRequest, _provider_admin_service_pb2.UpdateProviderResponse]  # type: ignore[assignment]
     DeleteProvider: _aio.UnaryUnaryMultiCallable[_provider_admin_service_pb2.DeleteProviderRequest, _provider_admin_service_pb2.DeleteProviderResponse]  # type: ignore[assignment]
     """Soft delete: the name becomes free again."""
+    AddProviderKey: _aio.UnaryUnaryMultiCallable[_provider_admin_service_pb2.AddProviderKeyRequest, _provider_admin_service_pb2.AddProviderKeyResponse]  # type: ignore[assignment]
+    """Adds one key to the end of the pool, atomically: concurrent key changes never undo
+    each other (unlike rewriting the whole set with UpdateProvider).
+    """
+    DeleteProviderKey: _aio.UnaryUnaryMultiCallable[_provider_admin_service_pb2.DeleteProviderKeyRequest, _provider_admin_service_pb2.DeleteProviderKeyResponse]  # type: ignore[assignment]
+    """Removes one key from the pool by id, atomically."""
 
 class ProviderAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages providers: owners write, owners/auditors/bridge/proxy read (masked)."""
@@ -90,5 +102,23 @@ class ProviderAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_provider_admin_service_pb2.DeleteProviderResponse, _abc.Awaitable[_provider_admin_service_pb2.DeleteProviderResponse]]:
         """Soft delete: the name becomes free again."""
+
+    @_abc_1.abstractmethod
+    def AddProviderKey(
+        self,
+        request: _provider_admin_service_pb2.AddProviderKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_admin_service_pb2.AddProviderKeyResponse, _abc.Awaitable[_provider_admin_service_pb2.AddProviderKeyResponse]]:
+        """Adds one key to the end of the pool, atomically: concurrent key changes never undo
+        each other (unlike rewriting the whole set with UpdateProvider).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteProviderKey(
+        self,
+        request: _provider_admin_service_pb2.DeleteProviderKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_admin_service_pb2.DeleteProviderKeyResponse, _abc.Awaitable[_provider_admin_service_pb2.DeleteProviderKeyResponse]]:
+        """Removes one key from the pool by id, atomically."""
 
 def add_ProviderAdminServiceServicer_to_server(servicer: ProviderAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

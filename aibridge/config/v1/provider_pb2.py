@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!aibridge/config/v1/provider.proto\x12\x12\x61ibridge.config.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x0bProviderKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04hint\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc4\x01\n\x0f\x42\x65\x64rockSettings\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10small_fast_model\x18\x03 \x01(\t\x12\x10\n\x08role_arn\x18\x04 \x01(\t\x12\x12\n\naccess_key\x18\x05 \x01(\t\x12\x19\n\x11\x61\x63\x63\x65ss_key_secret\x18\x06 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65ss_key_hint\x18\x07 \x01(\t\x12\x1e\n\x16has_static_credentials\x18\x08 \x01(\x08\"\x9f\x03\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12.\n\x04type\x18\x04 \x01(\x0e\x32 .aibridge.config.v1.ProviderType\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".aibridge.config.v1.ProviderStatus\x12\x15\n\rstatus_reason\x18\x07 \x01(\t\x12-\n\x04keys\x18\x08 \x03(\x0b\x32\x1f.aibridge.config.v1.ProviderKey\x12\x34\n\x07\x62\x65\x64rock\x18\t \x01(\x0b\x32#.aibridge.config.v1.BedrockSettings\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tkey_count\x18\x0c \x01(\x05*\xa6\x02\n\x0cProviderType\x12\x1d\n\x19PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_TYPE_OPENAI\x10\x01\x12\x1b\n\x17PROVIDER_TYPE_ANTHROPIC\x10\x02\x12\x19\n\x15PROVIDER_TYPE_BEDROCK\x10\x03\x12\x17\n\x13PROVIDER_TYPE_AZURE\x10\x04\x12\x18\n\x14PROVIDER_TYPE_GOOGLE\x10\x05\x12\x1f\n\x1bPROVIDER_TYPE_OPENAI_COMPAT\x10\x06\x12\x1c\n\x18PROVIDER_TYPE_OPENROUTER\x10\x07\x12\x18\n\x14PROVIDER_TYPE_VERCEL\x10\x08\x12\x19\n\x15PROVIDER_TYPE_COPILOT\x10\t*\x87\x01\n\x0eProviderStatus\x12\x1f\n\x1bPROVIDER_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PROVIDER_STATUS_ENABLED\x10\x01\x12\x1c\n\x18PROVIDER_STATUS_DISABLED\x10\x02\x12\x19\n\x15PROVIDER_STATUS_ERROR\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!aibridge/config/v1/provider.proto\x12\x12\x61ibridge.config.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x0bProviderKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04hint\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc4\x01\n\x0f\x42\x65\x64rockSettings\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10small_fast_model\x18\x03 \x01(\t\x12\x10\n\x08role_arn\x18\x04 \x01(\t\x12\x12\n\naccess_key\x18\x05 \x01(\t\x12\x19\n\x11\x61\x63\x63\x65ss_key_secret\x18\x06 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65ss_key_hint\x18\x07 \x01(\t\x12\x1e\n\x16has_static_credentials\x18\x08 \x01(\x08\"\xad\x03\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12.\n\x04type\x18\x04 \x01(\x0e\x32 .aibridge.config.v1.ProviderType\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".aibridge.config.v1.ProviderStatus\x12\x15\n\rstatus_reason\x18\x07 \x01(\t\x12-\n\x04keys\x18\x08 \x03(\x0b\x32\x1f.aibridge.config.v1.ProviderKey\x12\x34\n\x07\x62\x65\x64rock\x18\t \x01(\x0b\x32#.aibridge.config.v1.BedrockSettings\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tkey_count\x18\x0c \x01(\x05\x12\x0c\n\x04\x65tag\x18\r \x01(\t*\xa6\x02\n\x0cProviderType\x12\x1d\n\x19PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_TYPE_OPENAI\x10\x01\x12\x1b\n\x17PROVIDER_TYPE_ANTHROPIC\x10\x02\x12\x19\n\x15PROVIDER_TYPE_BEDROCK\x10\x03\x12\x17\n\x13PROVIDER_TYPE_AZURE\x10\x04\x12\x18\n\x14PROVIDER_TYPE_GOOGLE\x10\x05\x12\x1f\n\x1bPROVIDER_TYPE_OPENAI_COMPAT\x10\x06\x12\x1c\n\x18PROVIDER_TYPE_OPENROUTER\x10\x07\x12\x18\n\x14PROVIDER_TYPE_VERCEL\x10\x08\x12\x19\n\x15PROVIDER_TYPE_COPILOT\x10\t*\x87\x01\n\x0eProviderStatus\x12\x1f\n\x1bPROVIDER_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PROVIDER_STATUS_ENABLED\x10\x01\x12\x1c\n\x18PROVIDER_STATUS_DISABLED\x10\x02\x12\x19\n\x15PROVIDER_STATUS_ERROR\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aibridge.config.v1.provider_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVIDERTYPE']._serialized_start=813
-  _globals['_PROVIDERTYPE']._serialized_end=1107
-  _globals['_PROVIDERSTATUS']._serialized_start=1110
-  _globals['_PROVIDERSTATUS']._serialized_end=1245
+  _globals['_PROVIDERTYPE']._serialized_start=827
+  _globals['_PROVIDERTYPE']._serialized_end=1121
+  _globals['_PROVIDERSTATUS']._serialized_start=1124
+  _globals['_PROVIDERSTATUS']._serialized_end=1259
   _globals['_PROVIDERKEY']._serialized_start=90
   _globals['_PROVIDERKEY']._serialized_end=193
   _globals['_BEDROCKSETTINGS']._serialized_start=196
   _globals['_BEDROCKSETTINGS']._serialized_end=392
   _globals['_PROVIDER']._serialized_start=395
-  _globals['_PROVIDER']._serialized_end=810
+  _globals['_PROVIDER']._serialized_end=824
 # @@protoc_insertion_point(module_scope)

@@ -176,6 +176,7 @@ class Provider(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     KEY_COUNT_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     display_name: _builtins.str
@@ -186,6 +187,11 @@ class Provider(_message.Message):
     """Why the provider is in status ERROR; empty otherwise."""
     key_count: _builtins.int
     """Number of keys in the pool, in every scope."""
+    etag: _builtins.str
+    """Opaque version of the provider: changes with every write to it, its keys included.
+    Pass it back in UpdateProviderRequest.etag (or the key requests) to write only if
+    nothing changed since this read.
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderKey]:
         """Oldest first: the pool order. Absent in the proxy scope."""
@@ -213,10 +219,11 @@ class Provider(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         key_count: _builtins.int = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bedrock", b"bedrock", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "bedrock", b"bedrock", "created_at", b"created_at", "display_name", b"display_name", "id", b"id", "key_count", b"key_count", "keys", b"keys", "name", b"name", "status", b"status", "status_reason", b"status_reason", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "bedrock", b"bedrock", "created_at", b"created_at", "display_name", b"display_name", "etag", b"etag", "id", b"id", "key_count", b"key_count", "keys", b"keys", "name", b"name", "status", b"status", "status_reason", b"status_reason", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,11 +26,11 @@ def test_basic_password_parsing() -> None:
 
 
 def test_roles_and_unknown_tokens() -> None:
-    """Owners and members pass; auditors, unknown tokens and junk are refused."""
+    """Members pass; owners, auditors, unknown tokens and junk are refused."""
     table, _ = build_table(snapshot("1", []))
-    for token in (MEMBER_TOKEN, OWNER_TOKEN):
-        assert isinstance(authenticate(table, basic(f"u:{token}")), Identity)
-    assert "role" in str(authenticate(table, basic(f"u:{AUDITOR_TOKEN}")))
+    assert isinstance(authenticate(table, basic(f"u:{MEMBER_TOKEN}")), Identity)
+    for token in (OWNER_TOKEN, AUDITOR_TOKEN):
+        assert "role" in str(authenticate(table, basic(f"u:{token}")))
     assert "invalid" in str(authenticate(table, basic("u:not-a-token")))
     assert "required" in str(authenticate(table, None))
 

@@ -33,6 +33,18 @@ net = ipaddress.ip_network
         "2002:a00:1::",
         "fd00::1",
         "fe80::1",
+        # Other IPv6 spellings of blocked IPv4 addresses: compatible, SIIT, NAT64,
+        # 6to4 and Teredo (client 10.0.0.1, obfuscated) all reach the embedded address.
+        "::127.0.0.1",
+        "::ffff:0:127.0.0.1",
+        "::ffff:127.0.0.1",
+        "64:ff9b::127.0.0.1",
+        "::169.254.169.254",
+        "::ffff:0:169.254.169.254",
+        "::10.0.0.1",
+        "::ffff:0:192.168.1.1",
+        "2002:7f00:1::1",
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",
     ],
 )
 def test_private_and_reserved_addresses_are_blocked(address: str) -> None:
@@ -54,6 +66,9 @@ def test_allow_list_opens_only_its_own_range() -> None:
     assert not is_blocked(ip("fd00:1::5"), allowed)
     assert is_blocked(ip("10.2.0.1"), allowed)
     assert is_blocked(ip("fd00:2::5"), allowed)
+    # The SIIT spelling is the allowed address itself; NAT64 stays blocked as a range.
+    assert not is_blocked(ip("::ffff:0:10.1.2.3"), allowed)
+    assert is_blocked(ip("64:ff9b::10.1.2.3"), allowed)
 
 
 async def test_any_private_answer_blocks_the_host() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import resource
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,46 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.allowed_private_cidrs == ()
     assert s.ca_paths == (tmp_path / "proxy-ca.pem", tmp_path / "proxy-ca-key.pem")
     assert s.proxy_token.value == "t"
+
+
+def test_connection_limits_default_to_the_fd_limit_and_can_be_set() -> None:
+    """The connection cap defaults to (RLIMIT_NOFILE - 128) / 2; limits and timeouts are settable."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    s = ProxySettings.from_env({"AIBRIDGE_PROXY_TOKEN": "t"})
+    assert s.max_connections == (soft - 128) // 2
+    assert (s.idle_timeout, s.header_timeout, s.max_header_bytes) == (60.0, 10.0, 65536)
+    s = ProxySettings.from_env(
+        {
+            "AIBRIDGE_PROXY_TOKEN": "t",
+            "AIBRIDGE_PROXY_MAX_CONNECTIONS": "100",
+            "AIBRIDGE_PROXY_IDLE_TIMEOUT": "2m",
+            "AIBRIDGE_PROXY_HEADER_TIMEOUT": "500ms",
+            "AIBRIDGE_PROXY_MAX_HEADER_BYTES": "8192",
+        }
+    )
+    assert (s.max_connections, s.idle_timeout, s.header_timeout) == (100, 120.0, 0.5)
+    assert s.max_header_bytes == 8192
+
+
+def test_bad_connection_limits_are_reported() -> None:
+    """A zero cap, a non-positive timeout and a tiny header cap are each named."""
+    with pytest.raises(SettingsError) as caught:
+        ProxySettings.from_env(
+            {
+                "AIBRIDGE_PROXY_TOKEN": "t",
+                "AIBRIDGE_PROXY_MAX_CONNECTIONS": "0",
+                "AIBRIDGE_PROXY_IDLE_TIMEOUT": "0s",
+                "AIBRIDGE_PROXY_HEADER_TIMEOUT": "soon",
+                "AIBRIDGE_PROXY_MAX_HEADER_BYTES": "10",
+            }
+        )
+    for name in (
+        "AIBRIDGE_PROXY_MAX_CONNECTIONS",
+        "AIBRIDGE_PROXY_IDLE_TIMEOUT",
+        "AIBRIDGE_PROXY_HEADER_TIMEOUT",
+        "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
+    ):
+        assert name in str(caught.value)
 
 
 def test_values_and_flags_win() -> None:
