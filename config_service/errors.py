@@ -7,6 +7,7 @@
     ├── FailedPrecondition           -> FAILED_PRECONDITION
     ├── Unauthenticated              -> UNAUTHENTICATED (missing, unknown or revoked token)
     ├── PermissionDenied             -> PERMISSION_DENIED (the role lacks the action)
+    ├── ResourceExhausted            -> RESOURCE_EXHAUSTED (a per-caller limit is reached)
     └── Unavailable                  -> UNAVAILABLE (the database cannot be reached)
 
 Messages are shown to callers as they are: they never carry a secret.
@@ -51,6 +52,10 @@ class Unauthenticated(ConfigError):
 
 class PermissionDenied(ConfigError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(ConfigError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(ConfigError):

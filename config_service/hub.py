@@ -5,14 +5,20 @@ version changes, send again. The hub is refreshed after every write through this
 process (at once; if that reload fails the write is still answered as saved), on
 PostgreSQL NOTIFY from other replicas, and by a periodic revision check as a safety
 net. Versions only move forward.
+
+The hub also knows whether it can vouch for its snapshot: every database contact it
+makes records whether the database answered (`reachable`). A change of either the
+version or of reachability wakes every waiter, so an open stream notices at once
+that its replica was cut off (and ends), or that its token was revoked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aibridge.logs import get_logger
 from config_service.errors import ConfigError
@@ -22,6 +28,7 @@ from config_service.store.database import Database
 from config_service.store.state import load_state
 
 log = get_logger("aibridge.config.hub")
+T = TypeVar("T")
 
 
 class SnapshotHub:
@@ -30,9 +37,11 @@ class SnapshotHub:
         self._allow_byok = allow_byok
         self._revision = -1
         self._entries: dict[Scope, SnapshotEntry] = {}
-        self._subjects: dict[str, Subject] = {}
+        self._subjects: dict[str, Subject] = {}  # by token SHA-256
+        self._live: dict[str, Subject] = {}  # by token id
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.reachable = True  # the last database contact succeeded
         self.last_build_seconds = 0.0
         self.listeners: list[Callable[[int], None]] = []
 
@@ -51,23 +60,52 @@ class SnapshotHub:
         """The subject of a live token as of the current snapshot (no database call)."""
         return self._subjects.get(token_hash)
 
+    def live_subject(self, token_id: str) -> Subject | None:
+        """The token's subject as of the current snapshot; None once it is revoked."""
+        return self._live.get(token_id)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _contact(self, call: Awaitable[T]) -> T:
+        """A database call whose outcome says whether this replica can vouch for its snapshot."""
+        try:
+            result = await call
+        except Exception as exc:
+            if self.reachable:
+                self.reachable = False
+                log.error(
+                    "database unreachable: health NOT_SERVING, watch streams ended, "
+                    "snapshots refused until it answers again",
+                    error=str(exc),
+                )
+                self._wake()
+            raise
+        if not self.reachable:
+            self.reachable = True
+            log.info("database reachable again: serving snapshots", version=self.version)
+            self._wake()
+        return result
+
     async def refresh(self) -> bool:
         """Reload from the database; publish when the revision moved forward."""
         async with self._lock:
             started = time.perf_counter()
-            state = await self._db.call(load_state, self._db)
+            state = await self._contact(self._db.call(load_state, self._db))
             if state.revision <= self._revision:
                 return False
             entries = build(state, self._allow_byok, datetime.now(UTC))
-            self._subjects = {
-                t.sha256: Subject(t.principal_id, t.principal_name, t.role, t.token_id)
+            subjects = [
+                (t.sha256, Subject(t.principal_id, t.principal_name, t.role, t.token_id))
                 for t in state.tokens
-            }
+            ]
+            self._subjects = dict(subjects)
+            self._live = {subject.token_id: subject for _, subject in subjects}
             self._entries = entries
             self._revision = state.revision
             self.last_build_seconds = time.perf_counter() - started
-            changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
+            self._wake()
         log.info(
             "snapshot published",
             version=self.version,
@@ -94,15 +132,21 @@ class SnapshotHub:
 
     async def refresh_if_behind(self) -> bool:
         """Cheap check of the committed revision; full reload only when it moved."""
-        revision = await self._db.call(self._db.revision)
+        revision = await self._contact(self._db.call(self._db.revision))
         if revision > self._revision:
             return await self.refresh()
         return False
 
-    async def wait_newer(self, version: str) -> None:
-        """Return once the published version differs from `version`."""
-        while True:
-            changed = self._changed
-            if self.version != version:
-                return
-            await changed.wait()
+    async def changed(self) -> None:
+        """Return at the next published version or change of `reachable`."""
+        await self._changed.wait()
+
+    async def wait_unreachable(self) -> None:
+        """Return once a database call failed."""
+        while self.reachable:
+            await self.changed()
+
+    async def wait_newer(self, revision: int) -> None:
+        """Return once the published revision passed `revision` or `reachable` turned false."""
+        while self._revision <= revision and self.reachable:
+            await self.changed()

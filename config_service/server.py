@@ -223,15 +223,45 @@ async def _publish_subscribers(db: Database, registry: SubscriberRegistry, repli
                 await asyncio.to_thread(subscriber_status.forget, db, replica)
 
 
+# While the database is unreachable it is probed this often (at most), so a replica
+# serves again about as soon as the database answers.
+UNREACHABLE_RECHECK = 0.5
+
+
 async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics) -> None:
-    """Safety net: catch changes made by other processes whose notification was missed."""
+    """Safety net: catch changes made by other processes whose notification was missed.
+
+    Also the database probe behind health: every check records whether the database
+    answered (`hub.reachable`)."""
     while True:
-        await asyncio.sleep(interval)
+        if hub.reachable:
+            # The periodic check; at once when a database call failed elsewhere.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await hub.wait_unreachable()
+        else:
+            await asyncio.sleep(min(interval, UNREACHABLE_RECHECK))
         try:
             if await hub.refresh_if_behind():
                 metrics.resyncs.labels(reason="periodic").inc()
         except Exception as exc:
-            log.warning("revision check failed; serving the last snapshot", error=str(exc))
+            log.warning("revision check failed", error=str(exc))
+
+
+async def _follow_reachability(hub: SnapshotHub, health: HealthServicer) -> None:
+    """Health says NOT_SERVING while the database is unreachable, SERVING again after."""
+    serving = True
+    while True:
+        if hub.reachable != serving:
+            serving = hub.reachable
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *SERVICE_NAMES):
+                await health.set(name, status)
+        await hub.changed()
 
 
 async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> RunningService:
@@ -264,7 +294,15 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
                 subscriber_status.others, db, settings.replica_id, STATUS_FRESHNESS
             )
 
-    config = ConfigServicer(hub, auth, registry, settings.replica_id, metrics, remote)
+    config = ConfigServicer(
+        hub,
+        auth,
+        registry,
+        settings.replica_id,
+        metrics,
+        remote,
+        max_streams_per_principal=settings.max_watch_streams_per_principal,
+    )
     server.add_generic_rpc_handlers((config.handler(),))
     from config_service.servicers import admin
 
@@ -277,6 +315,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
     running.tasks.append(asyncio.create_task(_resync_loop(hub, settings.resync_interval, metrics)))
+    running.tasks.append(asyncio.create_task(_follow_reachability(hub, health_servicer)))
     if db.is_postgres:
         running.tasks.append(
             asyncio.create_task(

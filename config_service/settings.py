@@ -17,6 +17,10 @@ from aibridge.masking import Secret
 from config_service.crypto import parse_keys
 from config_service.store.tokens import weak_token_problem
 
+# Every bridge shares the bridge principal (and every proxy the proxy one): the default
+# must carry a whole fleet on one replica (the 10,000-subscriber target), with room.
+DEFAULT_MAX_WATCH_STREAMS = 20_000
+
 # (ENV_NAME, help): each is also a flag of `aibridge config-service` (flags win).
 ENV_VARS: list[tuple[str, str]] = [
     ("AIBRIDGE_DATA_DIR", "directory for the SQLite database and generated files"),
@@ -32,6 +36,11 @@ ENV_VARS: list[tuple[str, str]] = [
     ("AIBRIDGE_ALLOW_BYOK", "whether keyless providers are usable through BYOK (default true)"),
     ("AIBRIDGE_METRICS_LISTEN", "Prometheus /metrics listen address; empty = off"),
     ("AIBRIDGE_RESYNC_INTERVAL", "periodic database revision check (default 5s)"),
+    (
+        "AIBRIDGE_MAX_WATCH_STREAMS_PER_PRINCIPAL",
+        "open WatchProviders streams one principal may hold on a replica; the excess is "
+        f"refused with RESOURCE_EXHAUSTED (default {DEFAULT_MAX_WATCH_STREAMS})",
+    ),
     ("AIBRIDGE_REPLICA_ID", "name of this replica in ListSubscribers (default host-pid)"),
     ("AIBRIDGE_LOG_FORMAT", "json or console (default: json unless a terminal)"),
     ("AIBRIDGE_LOG_LEVEL", "debug, info, warning or error (default info)"),
@@ -54,6 +63,7 @@ class ConfigServiceSettings:
     allow_byok: bool = True
     metrics_listen: tuple[str, int] | None = None
     resync_interval: float = 5.0
+    max_watch_streams_per_principal: int = DEFAULT_MAX_WATCH_STREAMS
     replica_id: str = ""
     log_format: str = ""
     log_level: str = "info"
@@ -105,6 +115,9 @@ class ConfigServiceSettings:
         resync = r.duration("AIBRIDGE_RESYNC_INTERVAL", 5.0)
         if resync <= 0:
             r.problems.append("AIBRIDGE_RESYNC_INTERVAL: must be positive")
+        max_streams = r.int(
+            "AIBRIDGE_MAX_WATCH_STREAMS_PER_PRINCIPAL", DEFAULT_MAX_WATCH_STREAMS, minimum=1
+        )
         log_format, log_level = r.log_settings()
         allow_byok = r.bool("AIBRIDGE_ALLOW_BYOK", True)
         replica = r.str("AIBRIDGE_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
@@ -124,6 +137,7 @@ class ConfigServiceSettings:
             allow_byok=allow_byok,
             metrics_listen=metrics_listen,
             resync_interval=resync,
+            max_watch_streams_per_principal=max_streams,
             replica_id=replica,
             log_format=log_format,
             log_level=log_level,

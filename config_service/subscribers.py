@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +36,7 @@ class SubscriberRegistry:
     def __init__(self) -> None:
         self._streams: dict[int, SubscriberState] = {}
         self._ids = itertools.count(1)
+        self._per_principal: Counter[str] = Counter()
         # Bumped on every change, so a publisher can tell whether there is news.
         self.changes = 0
 
@@ -43,12 +45,20 @@ class SubscriberRegistry:
             next(self._ids), node_id, role, principal_id, peer, datetime.now(UTC)
         )
         self._streams[state.stream_id] = state
+        self._per_principal[principal_id] += 1
         self.changes += 1
         return state
 
     def remove(self, state: SubscriberState) -> None:
-        self._streams.pop(state.stream_id, None)
+        if self._streams.pop(state.stream_id, None) is not None:
+            self._per_principal[state.principal_id] -= 1
+            if not self._per_principal[state.principal_id]:
+                del self._per_principal[state.principal_id]
         self.changes += 1
+
+    def count_for(self, principal_id: str) -> int:
+        """Open streams of one principal on this replica."""
+        return self._per_principal[principal_id]
 
     def all(self) -> list[SubscriberState]:
         return sorted(self._streams.values(), key=lambda s: (s.node_id, s.stream_id))

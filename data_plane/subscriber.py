@@ -3,10 +3,17 @@
 Shared by the bridge and proxy daemons. The daemon gives an async `apply(snapshot)`
 returning the providers it had to leave out; the subscriber reports an ACK with those
 errors, or a NACK when `apply` raises. On any stream failure it reconnects with jittered
-exponential backoff (about 50 ms doubling to 10 s, reset once a snapshot arrives) and
-resumes with `known_version`, so the daemon keeps serving its last good snapshot for as
-long as the config service is away. With a cache file, the last good snapshot survives a
-restart too (`load_cache()` before `run()`).
+exponential backoff (about 50 ms doubling to 1 s, reset once a snapshot arrives; up to 10 s
+when the service refused the subscriber: token, role, limit) and resumes with
+`known_version`, so the daemon keeps serving its last good snapshot for as long as the
+config service is away. The gRPC channel's own reconnect backoff is capped at 1 s too, so
+the two never stack to seconds of lag after an outage. With a cache file, the last good
+snapshot survives a restart too (`load_cache()` before `run()`).
+
+Versions never go backwards for a daemon, whatever the server sends (a stale replica, a
+reconnect elsewhere): a snapshot older than the applied one, or with a malformed version,
+is refused, reported (NACK) and the stream dropped, so the next attempt can land on a
+replica that is up to date.
 
     sub = Subscriber(SubscriberConfig(target=..., token=Secret(...), node_id=...), apply)
     await sub.load_cache()
@@ -29,12 +36,23 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.logs import get_logger
 from aibridge.masking import Secret
+from aibridge.versions import parse_version
 from data_plane import snapshot_cache
 
 log = get_logger(__name__)
 
 ApplyFn = Callable[[cs.ProviderSnapshot], Awaitable[list[cs.ProviderError]]]
 REPORT_TIMEOUT = 5.0
+# Retrying these fast does not help: the service refused this subscriber itself.
+_REFUSED = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +65,8 @@ class SubscriberConfig:
     key_file: Path | None = None
     cache_file: Path | None = None
     backoff_initial: float = 0.05
-    backoff_max: float = 10.0
+    backoff_max: float = 1.0  # transient failures (service away, stale replica)
+    refused_backoff_max: float = 10.0  # the service refused the subscriber (see _REFUSED)
 
 
 @dataclass
@@ -66,11 +85,13 @@ class SubscriberState:
 
 def make_channel(config: SubscriberConfig) -> grpc.aio.Channel:
     target = config.target.removeprefix("https://").removeprefix("http://")
-    # Reconnect quickly after a config-service restart (gRPC's default starts at 1 s).
+    # Reconnect quickly after a config-service restart (gRPC's default starts at 1 s and
+    # grows to 120 s): a daemon is back about a second after the service, however long
+    # the outage was.
     options = [
         ("grpc.initial_reconnect_backoff_ms", 50),
         ("grpc.min_reconnect_backoff_ms", 50),
-        ("grpc.max_reconnect_backoff_ms", 10_000),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
         ("grpc.keepalive_time_ms", 300_000),
     ]
     if config.ca_file is None:
@@ -106,6 +127,10 @@ class Subscriber:
         snapshot = await asyncio.to_thread(snapshot_cache.load, path)
         if snapshot is None:
             return False
+        refusal = self._refusal(snapshot.version)
+        if refusal is not None:
+            log.warning("cached snapshot ignored", path=str(path), reason=refusal)
+            return False
         try:
             await self._apply(snapshot)
         except Exception as exc:
@@ -125,6 +150,7 @@ class Subscriber:
     async def run(self) -> None:
         """Follow the stream until cancelled."""
         delay = self.config.backoff_initial
+        cap = self.config.backoff_max
         async with make_channel(self.config) as channel:
             stub = cs_grpc.ConfigServiceStub(channel)
             while True:
@@ -132,7 +158,7 @@ class Subscriber:
                     request = cs.WatchProvidersRequest(
                         node_id=self.config.node_id, known_version=self.state.applied_version
                     )
-                    # wait_for_ready: while the channel is reconnecting (its own 50 ms..10 s
+                    # wait_for_ready: while the channel is reconnecting (its own 50 ms..1 s
                     # backoff) the call waits for it instead of failing at once; failing
                     # fast would double our delay too, and the two backoffs compound
                     # (seconds of lag after the config service is back).
@@ -147,16 +173,17 @@ class Subscriber:
                                 known_version=self.state.applied_version,
                             )
                         self.state.connected = True
-                        delay = self.config.backoff_initial
-                        await self._handle(stub, response.snapshot)
-                    log.warning("config service ended the snapshot stream")
+                        if not await self._handle(stub, response.snapshot):
+                            call.cancel()
+                            break
+                        delay, cap = self.config.backoff_initial, self.config.backoff_max
+                    else:
+                        log.warning("config service ended the snapshot stream")
                 except grpc.aio.AioRpcError as exc:
-                    level = (
-                        log.error
-                        if exc.code()
-                        in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-                        else log.warning
-                    )
+                    refused = exc.code() in _REFUSED
+                    cap = self.config.refused_backoff_max if refused else self.config.backoff_max
+                    delay = min(delay, cap)
+                    level = log.error if refused else log.warning
                     level(
                         "config service stream failed",
                         target=self.config.target,
@@ -167,7 +194,7 @@ class Subscriber:
                 self.state.connected = False
                 self.state.reconnects += 1
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                delay = min(delay * 2, self.config.backoff_max)
+                delay = min(delay * 2, cap)
 
     def _applied(self, snapshot: cs.ProviderSnapshot) -> None:
         self.state.applied_version = snapshot.version
@@ -175,9 +202,34 @@ class Subscriber:
         self.state.last_success = time.time()
         self.applied.set()
 
+    def _refusal(self, version: str) -> str | None:
+        """Why a snapshot at `version` must not be applied; None when it may be."""
+        revision = parse_version(version)
+        if revision is None:
+            return f"malformed snapshot version {version[:40]!r}: not a decimal revision"
+        applied = parse_version(self.state.applied_version)
+        if applied is not None and revision < applied:
+            return (
+                f"snapshot version {revision} is older than the applied version {applied}; "
+                "versions never go backwards"
+            )
+        return None
+
     async def _handle(
         self, stub: cs_grpc.ConfigServiceAsyncStub, snapshot: cs.ProviderSnapshot
-    ) -> None:
+    ) -> bool:
+        """Apply one snapshot and report it; False when the stream must be dropped."""
+        refusal = self._refusal(snapshot.version)
+        if refusal is not None:
+            self.state.last_error = refusal
+            log.error(
+                "snapshot refused; reconnecting",
+                target=self.config.target,
+                applied_version=self.state.applied_version,
+                reason=refusal,
+            )
+            await self._nack(stub, snapshot.version)
+            return False
         now = self.state.last_attempt = time.time()
         if self._on_attempt is not None:
             self._on_attempt(now)
@@ -186,16 +238,8 @@ class Subscriber:
         except Exception as exc:
             self.state.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("snapshot rejected", version=snapshot.version)
-            await self._report(
-                stub,
-                cs.ReportStatusRequest(
-                    node_id=self.config.node_id,
-                    version=snapshot.version,
-                    applied=False,
-                    error_detail=self.state.last_error,
-                ),
-            )
-            return
+            await self._nack(stub, snapshot.version)
+            return True
         self._applied(snapshot)
         self.state.from_cache = False
         self.state.last_error = ""
@@ -212,6 +256,18 @@ class Subscriber:
                 log.warning(
                     "snapshot cache not written", path=str(self.config.cache_file), error=str(exc)
                 )
+        return True
+
+    async def _nack(self, stub: cs_grpc.ConfigServiceAsyncStub, version: str) -> None:
+        await self._report(
+            stub,
+            cs.ReportStatusRequest(
+                node_id=self.config.node_id,
+                version=version,
+                applied=False,
+                error_detail=self.state.last_error,
+            ),
+        )
 
     async def _report(
         self, stub: cs_grpc.ConfigServiceAsyncStub, request: cs.ReportStatusRequest

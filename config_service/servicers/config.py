@@ -14,11 +14,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.logs import get_logger
+from aibridge.versions import parse_version
 from config_service.auth import Authenticator
-from config_service.errors import ConfigError, InvalidArgument
+from config_service.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from config_service.hub import SnapshotHub
 from config_service.metrics import ConfigMetrics
-from config_service.rbac import Action, authorize, scope_for
+from config_service.rbac import Action, Subject, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
 from config_service.snapshot import ROLE_TO_PROTO
 from config_service.store.subscriber_status import RemoteSubscriber
@@ -30,6 +38,10 @@ _MAX_NODE_ID = 200
 _MAX_ERRORS = 1000
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_CUT_OFF = (
+    "this config-service replica cannot reach its database, so its snapshot may be "
+    "stale; retry (another replica will answer)"
+)
 
 
 def _ts(value: Any) -> Timestamp:
@@ -37,6 +49,14 @@ def _ts(value: Any) -> Timestamp:
     if value is not None:
         ts.FromDatetime(value)
     return ts
+
+
+def _still_valid(subject: Subject, live: Subject | None) -> None:
+    """A stream's token must still be live with the role it opened the stream with."""
+    if live is None:
+        raise Unauthenticated("the token was revoked; this stream is closed")
+    if live.role != subject.role:
+        raise Unauthenticated("the token's role changed; this stream is closed, reconnect")
 
 
 def _node_id(value: str, field: str = "node_id") -> str:
@@ -54,7 +74,10 @@ class ConfigServicer:
         replica_id: str,
         metrics: ConfigMetrics,
         remote: Callable[[], Awaitable[list[RemoteSubscriber]]] | None = None,
+        *,
+        max_streams_per_principal: int,
     ) -> None:
+        self._max_streams = max_streams_per_principal
         # Streams held by the other replicas (PostgreSQL deployments), for ListSubscribers.
         self._remote = remote
         self._metrics = metrics
@@ -70,33 +93,82 @@ class ConfigServicer:
             subject = await self._auth.authenticate(context)
             authorize(subject, Action.WATCH_SNAPSHOT)
             node_id = _node_id(request.node_id) or context.peer()
-        except ConfigError as exc:
+            known = await self._resume_at(request.known_version)
+            self._admit(subject)
+        except Exception as exc:
             await abort_for(exc, context)
             return
         assert subject.role is not None
         scope = scope_for(subject)
         state = self._registry.add(node_id, subject.role, subject.principal_id, context.peer())
-        known = request.known_version
-        if known and known == self._hub.entry(scope).version:
+        if known == self._hub.revision:
             # A resume (restart, other replica) with the current version: nothing is sent,
             # so no ACK follows; the subscriber already applied it, say so in ListSubscribers.
-            state.version_sent = state.version_acked = known
+            state.version_sent = state.version_acked = request.known_version
         sent = self._metrics.snapshots_sent.labels(scope=scope.value)
+        trusted_at = self._hub.revision
         try:
             while True:
-                entry = self._hub.entry(scope)
-                if entry.version != known:
+                self._vouch()
+                if self._hub.revision != trusted_at:
+                    # The token index moved with the snapshot: one dict lookup per stream.
+                    _still_valid(subject, self._hub.live_subject(subject.token_id))
+                    trusted_at = self._hub.revision
+                if self._hub.revision > known:
+                    entry = self._hub.entry(scope)
                     yield entry.payload
-                    known = state.version_sent = entry.version
+                    known = self._hub.revision
+                    state.version_sent = entry.version
                     sent.inc()
                 await self._hub.wait_newer(known)
+        except ConfigError as exc:
+            log.info("watch stream ended", node_id=node_id, code=exc.code.name, reason=exc.message)
+            await abort_for(exc, context)
         finally:
             self._registry.remove(state)
+
+    def _vouch(self) -> None:
+        """Refuse to serve a snapshot this replica cannot vouch for (database unreachable)."""
+        if not self._hub.reachable:
+            raise Unavailable(_CUT_OFF)
+
+    async def _resume_at(self, known_version: str) -> int:
+        """The revision a subscriber resumes from (-1: none); never one newer than ours."""
+        if not known_version:
+            return -1
+        known = parse_version(known_version)
+        if known is None:
+            raise InvalidArgument("known_version", "must be empty or a snapshot version")
+        self._vouch()
+        if known > self._hub.revision:
+            # The subscriber saw a newer revision elsewhere: catch up before answering,
+            # never send it an older snapshot.
+            try:
+                await self._hub.refresh_if_behind()
+            except Unavailable as exc:
+                raise Unavailable(_CUT_OFF) from exc
+        if known > self._hub.revision:
+            raise FailedPrecondition(
+                f"known_version {known} is newer than this service's database revision "
+                f"{self._hub.revision} (was the database restored or replaced?); the "
+                "subscriber keeps its snapshot: restart it without its snapshot cache to follow"
+            )
+        return known
+
+    def _admit(self, subject: Subject) -> None:
+        held = self._registry.count_for(subject.principal_id)
+        if held >= self._max_streams:
+            raise ResourceExhausted(
+                f"principal {subject.name!r} already holds {held} watch streams on this "
+                f"replica, the most AIBRIDGE_MAX_WATCH_STREAMS_PER_PRINCIPAL allows; "
+                "close streams it no longer needs"
+            )
 
     @unary
     async def get_snapshot(self, request: pb.GetProviderSnapshotRequest, context: Context) -> bytes:
         subject = await self._auth.authenticate(context)
         authorize(subject, Action.READ_PROVIDERS)
+        self._vouch()
         return self._hub.entry(scope_for(subject)).payload
 
     @unary

@@ -15,6 +15,11 @@ from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
 from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
+from config_service.crypto import Cipher
+from config_service.db.engine import make_engine
+from config_service.rbac import SYSTEM, Role
+from config_service.store import tokens
+from config_service.store.database import Database
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Process, StartProcess
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -61,10 +66,10 @@ def version_of(proc: Process) -> str:
 class Watcher:
     """A WatchProviders stream on one replica, read with a deadline."""
 
-    def __init__(self, proc: Process) -> None:
+    def __init__(self, proc: Process, metadata: tuple[tuple[str, str], ...] = BRIDGE_MD) -> None:
         self.channel = grpc.insecure_channel(proc.target)
         self.stream = pb_grpc.ConfigServiceStub(self.channel).WatchProviders(
-            pb.WatchProvidersRequest(node_id="replica-test"), metadata=BRIDGE_MD
+            pb.WatchProvidersRequest(node_id="replica-test"), metadata=metadata
         )
         self.versions: list[str] = []
         self.last: pb.ProviderSnapshot | None = None
@@ -133,6 +138,32 @@ def test_replica_resyncs_after_losing_its_database_connection(
     finally:
         watcher.close()
         admin.dispose()
+
+
+def test_revocation_on_one_replica_ends_the_tokens_streams_on_the_other(
+    postgres_only: str, start_process: StartProcess
+) -> None:
+    """A bridge token revoked through replica A ends its open stream on replica B with UNAUTHENTICATED, before any further snapshot."""
+    a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
+    b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    # Bridge-role tokens are minted on the database itself (CreateToken refuses them).
+    db = Database(make_engine(postgres_only), Cipher(()))
+    try:
+        view, secret = tokens.create_token(db, SYSTEM, "fleet", Role.BRIDGE)
+    finally:
+        db.engine.dispose()
+    watcher = Watcher(b, (("authorization", f"Bearer {secret}"),))
+    try:
+        watcher.until(version_of(a))
+        with grpc.insecure_channel(a.target) as channel:
+            tpb_grpc.TokenAdminServiceStub(channel).RevokeToken(
+                tpb.RevokeTokenRequest(id=view.id), metadata=ADMIN_MD, timeout=10
+            )
+        with pytest.raises(grpc.RpcError) as ended:
+            watcher.until(version_of(a), timeout=5)
+        assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    finally:
+        watcher.close()
 
 
 def test_a_subscriber_can_resume_on_another_replica(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import text
 
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
@@ -13,8 +15,10 @@ from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.masking import sha256_hex
-from config_service.rbac import Role
-from tests.fixtures.services import Service, StartService
+from config_service.rbac import SYSTEM, Role
+from config_service.store import tokens
+from tests.fixtures.services import BRIDGE_TOKEN, PROXY_TOKEN, Service, StartService
+from tests.resilience.harness import eventually
 
 OPENAI_KEY = "sk-openai-PLAINTEXT-0123456789abcdef"
 ANTHROPIC_KEYS = ("sk-ant-FIRST-0123456789abcdefgh", "sk-ant-SECOND-0123456789abcdefgh")
@@ -233,3 +237,125 @@ async def test_unusable_rows_are_reported_with_a_reason(start_service: StartServ
     keyless = by_name(snap)["keyless"]
     assert keyless.status == provider_pb2.PROVIDER_STATUS_ERROR
     assert "BYOK" in keyless.status_reason
+
+
+async def create_token(service: Service, name: str, role: int) -> tpb.CreateTokenResponse:
+    stub = tpb_grpc.TokenAdminServiceStub(service.channel())
+    response: tpb.CreateTokenResponse = await stub.CreateToken(
+        tpb.CreateTokenRequest(principal_name=name, role=role),
+        metadata=service.md_for(Role.OWNER),
+    )
+    return response
+
+
+async def open_streams(
+    service: Service, token: str, count: int
+) -> list[grpc.aio.UnaryStreamCall[pb.WatchProvidersRequest, pb.WatchProvidersResponse]]:
+    """`count` streams with `token`, each past its first snapshot."""
+    stub = pb_grpc.ConfigServiceStub(service.channel())
+    calls = [
+        stub.WatchProviders(pb.WatchProvidersRequest(node_id=f"s{i}"), metadata=Service.md(token))
+        for i in range(count)
+    ]
+    for call in calls:
+        assert isinstance(await asyncio.wait_for(call.read(), 10), pb.WatchProvidersResponse)
+    return calls
+
+
+async def ended_with(call: grpc.aio.UnaryStreamCall[Any, Any]) -> grpc.aio.AioRpcError:
+    """The error that ends `call`; fails if another snapshot arrives instead."""
+    try:
+        response = await asyncio.wait_for(call.read(), 5)
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    version = response.snapshot.version if isinstance(response, pb.WatchProvidersResponse) else ""
+    raise AssertionError(f"the stream went on (version {version!r})")
+
+
+async def test_revoking_a_token_ends_every_open_stream_of_it(seeded: Service) -> None:
+    """A revoked bridge token's open streams end with UNAUTHENTICATED, without the next snapshot; other streams go on."""
+    # Bridge-role tokens are minted by the service itself (CreateToken refuses them).
+    view, secret = await asyncio.to_thread(
+        tokens.create_token, seeded.running.db, SYSTEM, "fleet", Role.BRIDGE
+    )
+    await seeded.running.hub.refresh()
+    revoked = await open_streams(seeded, secret, 3)
+    (other,) = await open_streams(seeded, BRIDGE_TOKEN, 1)
+    admin = tpb_grpc.TokenAdminServiceStub(seeded.channel())
+    await admin.RevokeToken(tpb.RevokeTokenRequest(id=view.id), metadata=seeded.md_for(Role.OWNER))
+    for call in revoked:
+        error = await ended_with(call)
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "revoked" in (error.details() or "")
+    response = await asyncio.wait_for(other.read(), 5)
+    assert isinstance(response, pb.WatchProvidersResponse)
+    assert response.snapshot.version == seeded.running.hub.version
+    other.cancel()
+
+
+async def test_a_role_change_ends_the_tokens_streams(seeded: Service) -> None:
+    """A stream opened as auditor ends with UNAUTHENTICATED once its principal's role changes."""
+    created = await create_token(seeded, "watcher", token_pb2.ROLE_AUDITOR)
+    (call,) = await open_streams(seeded, created.secret, 1)
+
+    def make_bridge() -> None:
+        with seeded.running.db.engine.begin() as conn:
+            conn.execute(text("UPDATE principals SET role = 'bridge' WHERE name = 'watcher'"))
+            conn.execute(text("UPDATE revision SET revision = revision + 1"))
+
+    await asyncio.to_thread(make_bridge)
+    assert await seeded.running.hub.refresh()
+    error = await ended_with(call)
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "role changed" in (error.details() or "")
+
+
+async def test_watch_streams_per_principal_are_capped(start_service: StartService) -> None:
+    """Past AIBRIDGE_MAX_WATCH_STREAMS_PER_PRINCIPAL a principal's next stream is refused with RESOURCE_EXHAUSTED; others are not affected."""
+    service = await start_service(AIBRIDGE_MAX_WATCH_STREAMS_PER_PRINCIPAL="3")
+    held = await open_streams(service, BRIDGE_TOKEN, 3)
+    stub = pb_grpc.ConfigServiceStub(service.channel())
+    excess = stub.WatchProviders(pb.WatchProvidersRequest(), metadata=service.md_for(Role.BRIDGE))
+    error = await ended_with(excess)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "AIBRIDGE_MAX_WATCH_STREAMS_PER_PRINCIPAL" in (error.details() or "")
+    (proxy,) = await open_streams(service, PROXY_TOKEN, 1)
+    held[0].cancel()
+    await eventually(lambda: service.running.registry.count_by_role()[Role.BRIDGE] < 3)
+    (again,) = await open_streams(service, BRIDGE_TOKEN, 1)
+    for call in (*held, proxy, again):
+        call.cancel()
+
+
+async def test_a_known_version_newer_than_the_database_is_refused(seeded: Service) -> None:
+    """A subscriber claiming a version the database never reached gets FAILED_PRECONDITION, never the older snapshot."""
+    ahead = str(seeded.running.hub.revision + 100)
+    stub = pb_grpc.ConfigServiceStub(seeded.channel())
+    call = stub.WatchProviders(
+        pb.WatchProvidersRequest(node_id="n", known_version=ahead),
+        metadata=seeded.md_for(Role.BRIDGE),
+    )
+    error = await ended_with(call)
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert ahead in (error.details() or "")
+
+
+@pytest.mark.parametrize("known", ["abc", "-1", "1e3", "٣", "9" * 40])
+async def test_a_malformed_known_version_is_invalid(seeded: Service, known: str) -> None:
+    """A known_version that is not a decimal revision is INVALID_ARGUMENT naming the field."""
+    stub = pb_grpc.ConfigServiceStub(seeded.channel())
+    call = stub.WatchProviders(
+        pb.WatchProvidersRequest(node_id="n", known_version=known),
+        metadata=seeded.md_for(Role.BRIDGE),
+    )
+    error = await ended_with(call)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "known_version" in (error.details() or "")
+
+
+async def test_known_versions_compare_as_numbers(seeded: Service) -> None:
+    """A known_version below the current one is answered with the current snapshot, compared numerically ("9" < "10")."""
+    while seeded.running.hub.revision < 10:
+        await create_member_token(seeded)
+    snap = await first_snapshot(seeded, Role.BRIDGE, known="9")
+    assert snap.version == seeded.running.hub.version

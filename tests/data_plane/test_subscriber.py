@@ -28,6 +28,7 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.envconfig import SettingsError
 from aibridge.masking import Secret
+from data_plane import snapshot_cache
 from data_plane.bridge.cli import main
 from data_plane.bridge.settings import BridgeSettings
 from data_plane.subscriber import Subscriber, SubscriberConfig
@@ -122,6 +123,56 @@ async def test_nack_when_apply_raises(config_service: ConfigServer) -> None:
             await task
     assert not nack.applied and "boom" in nack.error_detail
     assert sub.state.applied_version == "1"
+
+
+async def test_older_or_malformed_versions_are_refused_and_reported(
+    config_service: ConfigServer,
+) -> None:
+    """A snapshot older than the applied one, or with a malformed version, is never applied: it is NACKed and the stream dropped; newer ones still apply (compared as numbers)."""
+    calls: list[str] = []
+
+    async def apply(snap: cs.ProviderSnapshot) -> list[cs.ProviderError]:
+        calls.append(snap.version)
+        return []
+
+    sub = Subscriber(SubscriberConfig(config_service.target, Secret(BRIDGE_TOKEN), "n1"), apply)
+    task = asyncio.create_task(sub.run())
+    fake = config_service.service
+    try:
+        await fake.publish(snapshot("5", []))
+        await fake.wait_report("5")
+        await fake.publish(snapshot("4", []))
+        older = await fake.wait_report("4")
+        await fake.publish(snapshot("v6", []))
+        malformed = await fake.wait_report("v6")
+        await fake.publish(snapshot("10", []))
+        newer = await fake.wait_report("10")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not older.applied and "older than the applied version 5" in older.error_detail
+    assert not malformed.applied and "malformed" in malformed.error_detail
+    assert newer.applied
+    assert calls == ["5", "10"] and sub.state.applied_version == "10"
+    # Each refusal dropped the stream; every resume still claimed the applied version.
+    assert [w.known_version for w in fake.watches[1:3]] == ["5", "5"]
+
+
+async def test_a_cached_snapshot_with_a_malformed_version_is_ignored(tmp_path: Path) -> None:
+    """A snapshot cache whose version is not a revision is not applied."""
+    cache = tmp_path / "snapshot.bin"
+    snapshot_cache.save(cache, snapshot("not-a-revision", []))
+    calls: list[str] = []
+
+    async def apply(snap: cs.ProviderSnapshot) -> list[cs.ProviderError]:
+        calls.append(snap.version)
+        return []
+
+    config = SubscriberConfig("127.0.0.1:1", Secret(BRIDGE_TOKEN), "n1", cache_file=cache)
+    sub = Subscriber(config, apply)
+    assert not await sub.load_cache()
+    assert not calls and not sub.state.applied_version
 
 
 async def test_bad_token_keeps_retrying(config_service: ConfigServer) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
@@ -72,6 +73,18 @@ async def eventually(
         if time.monotonic() - started > within:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(every)
+
+
+async def health_is(target: str, status: int, service: str = "") -> bool:
+    """Whether the gRPC health service at `target` answers `status` for `service`."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(answer.status == status)
 
 
 # ------------------------------------------------------------------------------ processes
@@ -372,6 +385,7 @@ class TcpProxy:
         self._pairs: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connections = 0
+        self.accepted: list[float] = []  # monotonic time of every connection attempt
         self.blackholed = False  # accept and read, never forward: a silent partition
 
     @property
@@ -405,6 +419,7 @@ class TcpProxy:
         await self.cut()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted.append(time.monotonic())
         upstream = None
         for host, port in self.targets:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2
 from sqlalchemy import create_engine, text
 
 from aibridge.config.v1 import config_service_pb2 as cs
@@ -31,7 +33,11 @@ from tests.resilience.harness import (
     database_revision,
     eventually,
     free_port,
+    health_is,
 )
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 POOL_KEY = "sk-resilience-pool-key-0000000000000000"
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -216,6 +222,39 @@ async def test_bridge_restarted_while_config_service_down_serves_from_cache(
     assert seen == [version, new_version], seen
 
 
+async def test_bridge_is_back_about_a_second_after_a_long_outage(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str
+) -> None:
+    """After 8 s with the config service unreachable the bridge still retries about every second, and is on the new version about a second after the service is reachable again."""
+    service = await asyncio.to_thread(procs.config_service, sqlite_url)
+    target = service.ready["target"]
+    admin = Admin(target)
+    front = await TcpProxy([("127.0.0.1", int(target.rsplit(":", 1)[1]))]).start()
+    try:
+        await seed_stack(admin, upstream)
+        bridge = await asyncio.to_thread(procs.bridge, front.address, "bridge-1")
+        before = await admin.version()
+        await eventually(lambda: on_version(bridge, before))
+        # The outage: every connection through the front is accepted, then reset.
+        front.targets = [("127.0.0.1", free_port())]
+        await front.cut()
+        await front.restore()
+        outage = time.monotonic()
+        await admin.create_token("during-the-outage")
+        version = await admin.version()
+        await asyncio.sleep(8.0)  # the outage lasts; the bridge keeps retrying
+        front.targets = [("127.0.0.1", int(target.rsplit(":", 1)[1]))]
+        back = await eventually(lambda: on_version(bridge, version), within=15, every=0.01)
+        attempts = [t for t in front.accepted if t > outage]
+    finally:
+        await admin.close()
+        await front.close()
+    late = [t for t in attempts if t > outage + 4.0]
+    gaps = [after - before for before, after in itertools.pairwise(late)]
+    assert len(late) >= 3 and max(gaps) < 1.5, f"reconnect gaps late in the outage: {gaps}"
+    assert back < 2.0, f"bridge on the new version {back:.2f}s after the service was back"
+
+
 # ------------------------------------------------------------------------ database cut
 
 
@@ -264,7 +303,7 @@ def principals_in(database_url: str) -> set[str]:
 async def test_database_unreachable(
     procs: Procs, pg_schema: tuple[str, str], upstream: RawUpstream
 ) -> None:
-    """With PostgreSQL cut off, open streams keep the last snapshot, writes fail fast with UNAVAILABLE, recovery is automatic and every acknowledged write survives."""
+    """With PostgreSQL cut off, health goes NOT_SERVING, streams end UNAVAILABLE, writes fail fast with UNAVAILABLE, the bridge keeps its last snapshot, recovery is automatic and every acknowledged write survives."""
     base, schema = pg_schema
     direct = schema_url(base, schema)
     database_host = create_engine(base).url
@@ -289,19 +328,22 @@ async def test_database_unreachable(
         await db_proxy.cut()
         cut_at = len(writer.failed)
         await eventually(lambda: len(writer.failed) >= cut_at + 3, within=30)
-        # While the database is away: the stream stays open, the snapshot is served.
-        last = recorder.version
-        snap = await admin.snapshot(PROXY_MD)
-        assert snap.version == last
-        reconnects = recorder.reconnects
+        # While the database is away the replica says so and vouches for no snapshot:
+        # health NOT_SERVING, open streams ended, new ones and reads refused; the bridge
+        # keeps serving its last snapshot.
+        await eventually(lambda: health_is(target, NOT_SERVING), within=10)
+        await eventually(lambda: "UNAVAILABLE" in recorder.errors, within=5)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.snapshot(PROXY_MD)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "cannot reach its database" in (refused.value.details() or "")
         headers = {"authorization": f"Bearer {member}"}
         async with httpx.AsyncClient(base_url=bridge_url(bridge), headers=headers) as http:
             response = await http.post("/openai/v1/chat/completions", json=CHAT)
             assert response.status_code == 200
-        await asyncio.sleep(1.5)  # a resync period passes with the database away
-        assert recorder.reconnects == reconnects, recorder.errors
         acked_before_restore = len(writer.acked)
         await db_proxy.restore()
+        await eventually(lambda: health_is(target, SERVING), within=10)
         recovered = await eventually(
             lambda: len(writer.acked) >= acked_before_restore + 3, within=20
         )
@@ -375,6 +417,94 @@ async def test_replica_dies_subscriber_resumes_on_the_other(
     assert seen.count(version) == 1
     resumed = [r for r in bridge.events("following the config service")]
     assert any(r.get("known_version") == str(version) for r in resumed), resumed
+
+
+async def test_bridge_moved_to_a_replica_cut_off_from_the_database_never_goes_back(
+    procs: Procs, pg_schema: tuple[str, str], upstream: RawUpstream
+) -> None:
+    """A bridge moved from replica A onto replica B, whose database is cut off (B stuck at an older version), is refused there (UNAVAILABLE, B's health NOT_SERVING) and never applies the older version; once B reaches the database again the bridge resumes on B and moves forward."""
+    base, schema = pg_schema
+    direct = schema_url(base, schema)
+    database_host = create_engine(base).url
+    db_proxy = await TcpProxy(
+        [(database_host.host or "127.0.0.1", database_host.port or 5432)]
+    ).start()
+    a = await asyncio.to_thread(procs.config_service, direct, 0, "a", AIBRIDGE_REPLICA_ID="a")
+    # A long resync interval: B learns of its cut only when a subscriber needs it.
+    b = await asyncio.to_thread(
+        procs.config_service,
+        schema_url(base, schema, db_proxy.port),
+        0,
+        "b",
+        AIBRIDGE_REPLICA_ID="b",
+        AIBRIDGE_RESYNC_INTERVAL="60s",
+    )
+    a_target, b_target = a.ready["target"], b.ready["target"]
+    front = await TcpProxy([("127.0.0.1", int(a_target.rsplit(":", 1)[1]))]).start()
+    admin_a, admin_b = Admin(a_target), Admin(b_target)
+    traffic = None
+    try:
+        member = await seed_stack(admin_a, upstream)
+        bridge = await asyncio.to_thread(procs.bridge, front.address, "bridge-1")
+
+        async def b_caught_up() -> bool:
+            return await admin_b.version() == await admin_a.version()
+
+        await eventually(b_caught_up)
+        await db_proxy.cut()
+        stale = await admin_b.version()
+        await admin_a.create_token("after-the-cut")
+        await admin_a.create_token("revoked-soon")
+        version = await admin_a.version()
+        assert version > stale
+        await eventually(lambda: on_version(bridge, version))
+        traffic = Traffic(bridge_url(bridge), member).start()
+
+        failures = len(bridge.events("config service stream failed"))
+        front.targets = [("127.0.0.1", int(b_target.rsplit(":", 1)[1]))]
+        await front.cut()
+        await front.restore()
+        # Lost A (one failure), then refused by B at least twice; or (the defect) B's
+        # older snapshot applied.
+        await eventually(
+            lambda: (
+                len(bridge.events("config service stream failed")) >= failures + 3
+                or applied_versions(bridge)[-1] != version
+            ),
+            within=15,
+        )
+        seen = applied_versions(bridge)
+        assert seen == sorted(set(seen)), f"the bridge went back in time: {seen}"
+        assert await on_version(bridge, version)
+        assert await health_is(b_target, NOT_SERVING)
+        refusals = bridge.events("config service stream failed")[failures + 1 :]
+        assert {r["code"] for r in refusals} == {"UNAVAILABLE"}, refusals
+        assert all("cannot reach its database" in r["detail"] for r in refusals), refusals
+        await admin_a.create_token("while-b-is-cut")
+
+        await db_proxy.restore()
+        await eventually(lambda: health_is(b_target, SERVING), within=10)
+        caught_up = await admin_a.version()
+        await eventually(lambda: on_version(bridge, caught_up), within=10)
+        await admin_b.create_token("through-b")
+        final = await admin_b.version()
+        await eventually(lambda: on_version(bridge, final), within=5)
+        await eventually(lambda: acked(admin_b, ["bridge-1"], final), within=5)
+        await traffic.stop()
+        traffic_failures = traffic.failures
+        traffic = None
+    finally:
+        if traffic is not None:
+            await traffic.stop()
+        await admin_a.close()
+        await admin_b.close()
+        await front.close()
+        await db_proxy.close()
+    assert final == await asyncio.to_thread(database_revision, direct)
+    assert not traffic_failures, traffic_failures[:5]
+    seen = applied_versions(bridge)
+    assert seen == sorted(set(seen)) and seen[-1] == final, seen
+    assert stale not in seen[seen.index(version) :], seen
 
 
 @pytest.mark.slow

@@ -100,7 +100,9 @@ class WatchProvidersRequest(_message.Message):
     node_id: _builtins.str
     """Who is watching: a stable name per daemon instance (e.g. host name)."""
     known_version: _builtins.str
-    """The last version the client applied; empty on first start."""
+    """The last version the client applied (a decimal revision); empty on
+    first start.
+    """
     def __init__(
         self,
         *,

@@ -62,9 +62,14 @@ class ConfigServiceServicer:
     """
 
     def WatchProviders(self, request, context):
-        """Sends the current snapshot at once (unless its version equals
-        known_version), then one snapshot per change. Never a partial set;
-        versions never go backwards on a stream.
+        """Sends the current snapshot at once when it is newer than known_version
+        (versions compare as numbers), then one snapshot per change. Never a
+        partial set; versions never go backwards, also across reconnects and
+        replicas: a known_version this service cannot catch up with is refused
+        (UNAVAILABLE when its database is unreachable, FAILED_PRECONDITION when
+        the database is older). The stream ends with UNAUTHENTICATED when its
+        token is revoked or its role changes, with UNAVAILABLE when this replica
+        loses its database; RESOURCE_EXHAUSTED past the per-principal stream cap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,9 +34,14 @@ class ConfigServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConfigServiceAsyncStub: ...
     WatchProviders: _grpc.UnaryStreamMultiCallable[_config_service_pb2.WatchProvidersRequest, _config_service_pb2.WatchProvidersResponse]
-    """Sends the current snapshot at once (unless its version equals
-    known_version), then one snapshot per change. Never a partial set;
-    versions never go backwards on a stream.
+    """Sends the current snapshot at once when it is newer than known_version
+    (versions compare as numbers), then one snapshot per change. Never a
+    partial set; versions never go backwards, also across reconnects and
+    replicas: a known_version this service cannot catch up with is refused
+    (UNAVAILABLE when its database is unreachable, FAILED_PRECONDITION when
+    the database is older). The stream ends with UNAUTHENTICATED when its
+    token is revoked or its role changes, with UNAVAILABLE when this replica
+    loses its database; RESOURCE_EXHAUSTED past the per-principal stream cap.
     """
     GetProviderSnapshot: _grpc.UnaryUnaryMultiCallable[_config_service_pb2.GetProviderSnapshotRequest, _config_service_pb2.GetProviderSnapshotResponse]
     """The same snapshot, once, for inspection."""
@@ -51,9 +56,14 @@ class ConfigServiceAsyncStub(ConfigServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     WatchProviders: _aio.UnaryStreamMultiCallable[_config_service_pb2.WatchProvidersRequest, _config_service_pb2.WatchProvidersResponse]  # type: ignore[assignment]
-    """Sends the current snapshot at once (unless its version equals
-    known_version), then one snapshot per change. Never a partial set;
-    versions never go backwards on a stream.
+    """Sends the current snapshot at once when it is newer than known_version
+    (versions compare as numbers), then one snapshot per change. Never a
+    partial set; versions never go backwards, also across reconnects and
+    replicas: a known_version this service cannot catch up with is refused
+    (UNAVAILABLE when its database is unreachable, FAILED_PRECONDITION when
+    the database is older). The stream ends with UNAUTHENTICATED when its
+    token is revoked or its role changes, with UNAVAILABLE when this replica
+    loses its database; RESOURCE_EXHAUSTED past the per-principal stream cap.
     """
     GetProviderSnapshot: _aio.UnaryUnaryMultiCallable[_config_service_pb2.GetProviderSnapshotRequest, _config_service_pb2.GetProviderSnapshotResponse]  # type: ignore[assignment]
     """The same snapshot, once, for inspection."""
@@ -71,9 +81,14 @@ class ConfigServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _config_service_pb2.WatchProvidersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_config_service_pb2.WatchProvidersResponse], _abc.AsyncIterator[_config_service_pb2.WatchProvidersResponse]]:
-        """Sends the current snapshot at once (unless its version equals
-        known_version), then one snapshot per change. Never a partial set;
-        versions never go backwards on a stream.
+        """Sends the current snapshot at once when it is newer than known_version
+        (versions compare as numbers), then one snapshot per change. Never a
+        partial set; versions never go backwards, also across reconnects and
+        replicas: a known_version this service cannot catch up with is refused
+        (UNAVAILABLE when its database is unreachable, FAILED_PRECONDITION when
+        the database is older). The stream ends with UNAUTHENTICATED when its
+        token is revoked or its role changes, with UNAVAILABLE when this replica
+        loses its database; RESOURCE_EXHAUSTED past the per-principal stream cap.
         """
 
     @_abc_1.abstractmethod
