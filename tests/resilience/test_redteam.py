@@ -1,0 +1,73 @@
+"""Red-team findings on issue #11 as merged: real processes on loopback.
+
+Each test reproduces one defect found by attacking the merged result. Those whose fix is
+not small are marked `xfail(strict=True)`: they fail today, and turn into an unexpected
+pass (a failure) once fixed, so the mark has to go with the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from aibridge.config.v1 import provider_pb2 as pb
+from aibridge.config.v1 import token_admin_service_pb2 as tpb
+from aibridge.config.v1 import token_pb2
+from tests.resilience.harness import ADMIN_MD, BRIDGE_MD, Admin, Procs, eventually
+
+
+def _copy_database(source: Path, target: Path) -> None:
+    """SQLite's online backup: what a restore from a backup file does to the live database."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the hub ignores a database whose revision is below its own: revocations after a "
+    "restore take effect only once the revision passes the old high-water mark",
+)
+async def test_revocation_after_a_database_restore_takes_effect(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """After the database is restored to an older backup, a token revoked there is refused at once and leaves the data-plane snapshot."""
+    database = tmp_path / "aibridge.db"
+    service = await asyncio.to_thread(procs.config_service, f"sqlite:///{database}")
+    admin = Admin(str(service.ready["target"]))
+    try:
+        owner = await admin.create_token("second-owner", token_pb2.ROLE_OWNER)
+        await admin.create_token("alice")
+        _copy_database(database, tmp_path / "backup.db")
+        for i in range(3):  # the revision moves on past the backup's
+            await admin.create_provider(
+                f"p{i}",
+                pb.PROVIDER_TYPE_OPENAI,
+                "https://api.openai.com/v1",
+                [f"sk-{i}" + "a" * 24],
+            )
+        _copy_database(tmp_path / "backup.db", database)  # the restore
+        listed = await admin.tokens.ListTokens(tpb.ListTokensRequest(), metadata=ADMIN_MD)
+        for token in listed.tokens:
+            if token.principal_name in ("second-owner", "alice"):
+                await admin.tokens.RevokeToken(
+                    tpb.RevokeTokenRequest(id=token.id), metadata=ADMIN_MD
+                )
+        owner_md = (("authorization", f"Bearer {owner}"),)
+
+        async def owner_refused() -> bool:
+            try:
+                await admin.tokens.ListTokens(tpb.ListTokensRequest(), metadata=owner_md)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            return False
+
+        await eventually(owner_refused, within=5)
+        snapshot = await admin.snapshot(BRIDGE_MD)
+        assert [t.principal_name for t in snapshot.gateway_tokens] == []
+    finally:
+        await admin.close()
