@@ -13,12 +13,14 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import httpx
 import pytest
 
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
-from tests.resilience.harness import ADMIN_MD, BRIDGE_MD, Admin, Procs, eventually
+from tests.resilience.harness import ADMIN_MD, BRIDGE_MD, Admin, Procs, RawUpstream, eventually
+from tests.resilience.test_dos_bridge import start_stack
 
 
 def _copy_database(source: Path, target: Path) -> None:
@@ -71,3 +73,40 @@ async def test_revocation_after_a_database_restore_takes_effect(
         assert [t.principal_name for t in snapshot.gateway_tokens] == []
     finally:
         await admin.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the body budget is reserved as declared, per request, with no body deadline and "
+    "no per-principal share: four silent sockets of one member hold all of it",
+)
+async def test_one_member_cannot_hold_the_whole_body_budget(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str
+) -> None:
+    """Four connections of one member that declare 32 MiB bodies and send none do not lock every other client out of the bridge."""
+    stack = await start_stack(procs, upstream, sqlite_url, 1024)
+    held = []
+    for _ in range(4):  # 4 x 32 MiB: the default 128 MiB budget, reserved as declared
+        reader, writer = await asyncio.open_connection(stack.host, stack.port)
+        writer.write(
+            b"POST /dos/v1/chat/completions HTTP/1.1\r\nhost: bridge\r\n"
+            + f"authorization: Bearer {stack.member}\r\ncontent-length: {32 * 2**20}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        held.append((reader, writer))
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def served() -> bool:
+                answer = await http.post(
+                    f"http://{stack.host}:{stack.port}/dos/v1/chat/completions",
+                    headers={"authorization": f"Bearer {stack.member}"},
+                    json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+                )
+                return answer.status_code == 200
+
+            # Today: 503 body_buffer_full for as long as the four sockets stay open.
+            await eventually(served, within=15, every=0.5)
+    finally:
+        for _, writer in held:
+            writer.close()
