@@ -8,6 +8,7 @@ pass (a failure) once fixed, so the mark has to go with the fix.
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 from pathlib import Path
 
@@ -19,7 +20,16 @@ import pytest
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
-from tests.resilience.harness import ADMIN_MD, BRIDGE_MD, Admin, Procs, RawUpstream, eventually
+from tests.resilience.harness import (
+    ADMIN_MD,
+    BRIDGE_MD,
+    Admin,
+    Procs,
+    RawUpstream,
+    eventually,
+    proxy_address,
+    proxy_with_member,
+)
 from tests.resilience.test_dos_bridge import start_stack
 
 
@@ -109,4 +119,52 @@ async def test_one_member_cannot_hold_the_whole_body_budget(
             await eventually(served, within=15, every=0.5)
     finally:
         for _, writer in held:
+            writer.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the proxy buffers every request body whole (32 MiB each) with no global budget "
+    "and no body deadline, unlike the bridge",
+)
+async def test_proxy_request_bodies_are_bounded_in_total(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str
+) -> None:
+    """Sixteen authenticated 31 MiB uploads held one byte short of complete grow the proxy's RSS by less than 256 MiB (a 128 MiB budget's worth and slack)."""
+    proxy, token = await proxy_with_member(procs, sqlite_url)
+    host, port = proxy_address(proxy).rsplit(":", 1)
+    auth = base64.b64encode(f"u:{token}".encode()).decode()
+    baseline = proxy.rss_kib()
+    size = 31 * 2**20 + 1  # the last byte is never sent
+    chunk = b" " * 2**20
+
+    async def upload() -> asyncio.StreamWriter:
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST {upstream.url}/v1/chat/completions HTTP/1.1\r\nhost: upstream\r\n"
+            f"proxy-authorization: Basic {auth}\r\ncontent-length: {size}\r\n\r\n".encode()
+        )
+        try:
+            for _ in range(size // len(chunk)):
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError:
+            pass  # refused (413/503) and closed: what a bounded proxy may do
+        return writer
+
+    writers = await asyncio.gather(*(upload() for _ in range(16)))
+    try:
+        peak = 0
+
+        def settled() -> bool:
+            nonlocal peak
+            previous, peak = peak, proxy.rss_kib()
+            return peak == previous
+
+        await eventually(settled, within=30, every=1.0)
+        grown_mib = (peak - baseline) / 1024
+        print(f"proxy body bombs: RSS +{grown_mib:.0f} MiB for 16 x 31 MiB held")
+        assert grown_mib < 256, f"proxy RSS grew {grown_mib:.0f} MiB"
+    finally:
+        for writer in writers:
             writer.close()
