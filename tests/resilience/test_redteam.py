@@ -17,6 +17,7 @@ import grpc.aio
 import httpx
 import pytest
 
+from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
@@ -168,3 +169,35 @@ async def test_proxy_request_bodies_are_bounded_in_total(
     finally:
         for writer in writers:
             writer.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ListSubscribers answers every stream's report in one message: three reports at the "
+    "accepted bounds (1000 errors x 2000 characters) exceed the 4 MiB a client receives",
+)
+async def test_reports_within_the_bounds_do_not_break_list_subscribers(
+    procs: Procs, sqlite_url: str
+) -> None:
+    """Three subscribers reporting as much as ReportStatus accepts leave ListSubscribers answering with a default client."""
+    service = await asyncio.to_thread(procs.config_service, sqlite_url)
+    admin = Admin(str(service.ready["target"]))
+    streams = [
+        admin.config.WatchProviders(cs.WatchProvidersRequest(node_id=f"n{i}"), metadata=BRIDGE_MD)
+        for i in range(3)
+    ]
+    try:
+        for stream in streams:
+            await stream.read()  # the first snapshot: the stream is registered
+        errors = [cs.ProviderError(provider_name=f"p{i}", message="e" * 2000) for i in range(1000)]
+        for i in range(3):
+            await admin.config.ReportStatus(
+                cs.ReportStatusRequest(node_id=f"n{i}", version="1", applied=False, errors=errors),
+                metadata=BRIDGE_MD,
+                timeout=10,
+            )
+        assert set(await admin.subscribers()) == {"n0", "n1", "n2"}
+    finally:
+        for stream in streams:
+            stream.cancel()
+        await admin.close()
