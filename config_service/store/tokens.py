@@ -13,8 +13,11 @@ live token of that principal is revoked, so rotating an env token retires the ol
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,14 +55,26 @@ def new_token_secret() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def _spread_bits(symbols: Sequence[object]) -> float:
+    """len x log2(distinct symbols): never more than a random string of them carries."""
+    distinct = len(set(symbols))
+    return len(symbols) * math.log2(distinct) if distinct > 1 else 0.0
+
+
 def weak_token_problem(name: str, value: str) -> str | None:
     """Why a chosen token is too weak to stand in for a generated one, or None.
 
-    Its strength is estimated as length x log2(distinct characters), which never
-    overstates a random string: at least 128 bits and 32 characters are required.
+    Its strength is the least of three estimates, none of which overstates a random
+    string: length x log2(distinct characters); the same over the steps between
+    neighbouring characters (a run such as `abcdefghijklmnopqrstuvwxyz012345` has few
+    distinct steps); and the bits of its zlib-compressed form (a repeated pattern such as
+    `abab...` compresses to almost nothing). At least 128 bits and 32 characters are
+    required. Words a dictionary would guess are not detected.
     """
     distinct = len(set(value))
-    bits = len(value) * math.log2(distinct) if distinct > 1 else 0.0
+    steps = [ord(b) - ord(a) for a, b in itertools.pairwise(value)]
+    compressed = 8 * (len(zlib.compress(value.encode(), 9)) - len(zlib.compress(b"", 9)))
+    bits = min(_spread_bits(value), _spread_bits(steps), float(compressed))
     if len(value) >= MIN_TOKEN_LENGTH and bits >= MIN_TOKEN_BITS:
         return None
     return (
