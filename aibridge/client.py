@@ -92,11 +92,11 @@ def config_service_tls(v: Values) -> tuple[Path | None, Path | None, Path | None
 
 @dataclass(frozen=True)
 class ClientSettings:
-    target: str = "127.0.0.1:7443"
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    token: str = field(default="", repr=False)
+    target: str
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    token: str = field(repr=False)
 
     @classmethod
     def from_env(

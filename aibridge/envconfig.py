@@ -186,17 +186,12 @@ def items(parse: Parse[T]) -> Parse[tuple[T, ...]]:
 class Values:
     """The settings of one schema as read, and every problem found reading them."""
 
-    def __init__(self, values: dict[str, Any], origin: dict[str, str], problems: list[str]):
+    def __init__(self, values: dict[str, Any], problems: list[str]):
         self._values = values
-        self._origin = origin
         self.problems = problems
 
     def __getitem__(self, setting: Setting[T]) -> T:
         return cast(T, self._values[setting.env])
-
-    def label(self, setting: Setting[Any]) -> str:
-        """The variable a value was read from: ours, or the Coder name it came from."""
-        return self._origin.get(setting.env, setting.env)
 
     def check(self) -> None:
         if self.problems:
@@ -232,7 +227,7 @@ class Schema:
         for setting in self.settings:
             label = origin.get(setting.env, setting.env)
             values[setting.env] = _read(setting, env.get(setting.env, ""), label, problems)
-        return Values(values, origin, problems)
+        return Values(values, problems)
 
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
         """One flag per setting that has one; its value arrives as the variable's."""

@@ -158,22 +158,22 @@ def _tokens(v: Values) -> dict[str, Secret]:
 class ConfigServiceSettings:
     data_dir: Path
     database_url: str = field(repr=False)
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 7443
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = None
-    admin_token: Secret = Secret("")  # noqa: RUF009 - frozen, immutable
-    bridge_token: Secret = Secret("")  # noqa: RUF009 - frozen, immutable
-    proxy_token: Secret = Secret("")  # noqa: RUF009 - frozen, immutable
-    encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
-    allow_byok: bool = True
-    metrics_listen: tuple[str, int] | None = None
-    resync_interval: float = 5.0
-    max_watch_streams_per_principal: int = DEFAULT_MAX_WATCH_STREAMS
-    replica_id: str = ""
-    log_format: str = ""
-    log_level: str = "info"
+    grpc_host: str
+    grpc_port: int
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    tls_client_ca_file: Path | None
+    admin_token: Secret
+    bridge_token: Secret
+    proxy_token: Secret
+    encryption_keys: tuple[bytes, ...] = field(repr=False)
+    allow_byok: bool
+    metrics_listen: tuple[str, int] | None
+    resync_interval: float
+    max_watch_streams_per_principal: int
+    replica_id: str
+    log_format: str
+    log_level: str
 
     @property
     def grpc_target(self) -> str:

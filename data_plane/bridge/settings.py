@@ -6,7 +6,7 @@ Every bad value is collected and reported at once as one `SettingsError`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -136,41 +136,41 @@ SETTINGS = (
 
 @dataclass(frozen=True)
 class BreakerSettings:
-    enabled: bool = False
-    failure_threshold: int = 5
-    interval: float = 10.0
-    timeout: float = 30.0
-    max_requests: int = 3
+    enabled: bool
+    failure_threshold: int
+    interval: float
+    timeout: float
+    max_requests: int
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
     """What one client may hold of the bridge before it has a request in flight."""
 
-    max_connections: int = 0  # 0: half of RLIMIT_NOFILE, read at start (see connections.py)
-    header_timeout: float = 10.0
-    max_header_bytes: int = 64 * 1024
+    max_connections: int  # 0: half of RLIMIT_NOFILE, read at start (see connections.py)
+    header_timeout: float
+    max_header_bytes: int
 
 
 @dataclass(frozen=True)
 class BridgeSettings:
     bridge_token: Secret
-    config_service: str = "127.0.0.1:7443"
-    config_service_ca_file: Path | None = None
-    config_service_cert_file: Path | None = None
-    config_service_key_file: Path | None = None
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8080
-    allow_byok: bool = True
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
-    body_buffer_bytes: int = 128 * 1024 * 1024
-    dump_dir: Path | None = None
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    snapshot_cache: Path | None = None
-    node_id: str = field(default_factory=default_node_id)
-    log_format: str = ""
-    log_level: str = "info"
-    aws_region: str = ""  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
+    config_service: str
+    config_service_ca_file: Path | None
+    config_service_cert_file: Path | None
+    config_service_key_file: Path | None
+    listen_host: str
+    listen_port: int
+    allow_byok: bool
+    limits: ConnectionLimits
+    body_buffer_bytes: int
+    dump_dir: Path | None
+    breaker: BreakerSettings
+    snapshot_cache: Path | None
+    node_id: str
+    log_format: str
+    log_level: str
+    aws_region: str  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
 
     @classmethod
     def from_env(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aibridge.client import CONFIG_SERVICE as CONFIG_SERVICE_TARGET
@@ -148,27 +148,27 @@ SETTINGS = (
 class ProxySettings:
     proxy_token: Secret
     data_dir: Path
-    config_service: str = "127.0.0.1:7443"
-    config_service_ca_file: Path | None = None
-    config_service_cert_file: Path | None = None
-    config_service_key_file: Path | None = None
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8888
-    ca_cert_file: Path | None = None  # None: <data_dir>/proxy-ca.pem, generated when absent
-    ca_key_file: Path | None = None
-    bridge_url: str = "http://127.0.0.1:8080"
-    allowed_ports: frozenset[int] = frozenset({80, 443})
-    allowed_private_cidrs: tuple[IPNetwork, ...] = ()
-    pooled_keys: bool = False
-    max_connections: int = field(default_factory=default_max_connections)
-    idle_timeout: float = 60.0
-    header_timeout: float = 10.0
-    max_header_bytes: int = 65536
-    dump_dir: Path | None = None
-    snapshot_cache: Path | None = None
-    node_id: str = field(default_factory=default_node_id)
-    log_format: str = ""
-    log_level: str = "info"
+    config_service: str
+    config_service_ca_file: Path | None
+    config_service_cert_file: Path | None
+    config_service_key_file: Path | None
+    listen_host: str
+    listen_port: int
+    ca_cert_file: Path | None  # None: <data_dir>/proxy-ca.pem, generated when absent
+    ca_key_file: Path | None
+    bridge_url: str
+    allowed_ports: frozenset[int]
+    allowed_private_cidrs: tuple[IPNetwork, ...]
+    pooled_keys: bool
+    max_connections: int
+    idle_timeout: float
+    header_timeout: float
+    max_header_bytes: int
+    dump_dir: Path | None
+    snapshot_cache: Path | None
+    node_id: str
+    log_format: str
+    log_level: str
 
     @property
     def ca_paths(self) -> tuple[Path, Path]:
