@@ -37,11 +37,10 @@ import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT_ENV_VARS, ClientSettings, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, ClientSettings, client_from_args, describe_rpc_error
 from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_pb2
-from aibridge.envconfig import add_env_flags
 from aibridge.terminal import escape, table
 
 PROG = "aibridge providers"
@@ -88,7 +87,7 @@ def _add_bedrock_flags(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_env_flags(p, CLIENT_ENV_VARS)
+    CLIENT.add_flags(p)
     return p
 
 

@@ -17,11 +17,10 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, client_from_args, describe_rpc_error
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
-from aibridge.envconfig import add_env_flags
 from aibridge.terminal import escape, table
 
 PROG = "aibridge subscribers"
@@ -90,7 +89,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_env_flags(p, CLIENT_ENV_VARS)
+    CLIENT.add_flags(p)
     args = p.parse_args(argv)
     client = client_from_args(args, prog)
     if client is None:

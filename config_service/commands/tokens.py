@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, client_from_args, describe_rpc_error
 from aibridge.config.v1 import token_admin_service_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
-from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+from aibridge.envconfig import SettingsError
 from aibridge.terminal import escape, table
 from config_service.errors import ConfigError
 from config_service.rbac import Role, Subject
@@ -39,7 +39,7 @@ ROLES = [r.value for r in Role]
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    from config_service.commands.common import DATABASE_VARS, env_vars
+    from config_service.commands.common import DATABASE_SETTINGS
 
     p = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -59,10 +59,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         s.add_argument(
             "--local", action="store_true", help="use the database directly instead of the gRPC API"
         )
-        add_env_flags(
-            s,
-            CLIENT_ENV_VARS + env_vars(DATABASE_VARS),
-        )
+        (CLIENT + DATABASE_SETTINGS).add_flags(s)
     return p
 
 
@@ -112,11 +109,11 @@ def _local(args: argparse.Namespace) -> int:
     from config_service.crypto import Cipher
     from config_service.db import migrate
     from config_service.db.engine import make_engine
-    from config_service.settings import ENV_VARS, ConfigServiceSettings
+    from config_service.settings import SETTINGS, ConfigServiceSettings
     from config_service.store import tokens
     from config_service.store.database import Database
 
-    settings = ConfigServiceSettings.from_env(os.environ, overrides_from_args(args, ENV_VARS))
+    settings = ConfigServiceSettings.from_env(os.environ, SETTINGS.given(args))
     logs.configure("warning", settings.log_format)
     db = Database(make_engine(settings.database_url), Cipher(settings.encryption_keys))
     subject = _local_subject()
