@@ -19,9 +19,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from grpc_reflection.v1alpha._async import ReflectionServicer
+from grpc_reflection.v1alpha.reflection import aio as reflection_aio
 
 from aibridge.config.v1 import config_service_pb2
 from aibridge.logs import get_logger
@@ -77,7 +77,7 @@ class RunningService:
     port: int
     db: Database
     hub: SnapshotHub
-    health: HealthServicer
+    health: health_aio.HealthServicer
     registry: SubscriberRegistry
     metrics: ConfigMetrics
     metrics_port: int | None = None
@@ -121,7 +121,7 @@ def _add_reflection(server: grpc.aio.Server) -> None:
     reflection.enable_server_reflection(names, server)
     # grpcio-reflection serves only v1alpha; v1 is the same messages under a new
     # package name, so the same servicer answers it.
-    servicer = ReflectionServicer(names)
+    servicer = reflection_aio.ReflectionServicer(names)
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -222,7 +222,7 @@ async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics
             log.warning("revision check failed", error=str(exc))
 
 
-async def _follow_reachability(hub: SnapshotHub, health: HealthServicer) -> None:
+async def _follow_reachability(hub: SnapshotHub, servicer: health_aio.HealthServicer) -> None:
     """Health says NOT_SERVING while the database is unreachable, SERVING again after."""
     serving = True
     while True:
@@ -234,7 +234,7 @@ async def _follow_reachability(hub: SnapshotHub, health: HealthServicer) -> None
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
             for name in ("", *SERVICE_NAMES):
-                await health.set(name, status)
+                await servicer.set(name, status)
         await hub.changed()
 
 
@@ -274,7 +274,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     from config_service.servicers import admin
 
     admin.register(server, db, hub, auth, settings.allow_byok)
-    health_servicer = HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
     address = settings.grpc_target

@@ -24,6 +24,7 @@ from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.model_labels import ModelLabels
 from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.routing import EMPTY, RoutingTable
+from data_plane.bridge.transport import UpstreamTransport
 from data_plane.dump import Dumper
 from data_plane.families import Family
 from data_plane.gateway_auth import Principal, lookup
@@ -83,6 +84,7 @@ class BridgeApp:
         self,
         *,
         http: httpx.AsyncClient,
+        upstream: UpstreamTransport,
         allow_byok: bool = True,
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
@@ -93,7 +95,7 @@ class BridgeApp:
         self.http = http
         self.metrics = metrics or BridgeMetrics()
         self.metrics.watch_table(lambda: self.table)
-        self.forwarder = Forwarder(http, self.metrics, dumper)
+        self.forwarder = Forwarder(http, upstream, self.metrics, dumper)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -20,8 +20,8 @@ from data_plane.bridge.asgi import Send, respond
 from data_plane.bridge.breaker import Rejected
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
-from data_plane.bridge.transport import Timeouts, UpstreamTransport, direct_transport, origin_of
-from data_plane.bridge.upstream import UpstreamResponse, from_httpx
+from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, origin_of
+from data_plane.bridge.upstream import UpstreamResponse
 from data_plane.bridge.usage import UsageReader
 from data_plane.dump import BodyCapture, Dumper, Exchange
 from data_plane.families import Family
@@ -68,10 +68,9 @@ class Call:
 
 @dataclass(frozen=True)
 class _Route:
-    """How to reach one base URL: our transport (origin, path prefix), or httpx (None)."""
+    """Where one base URL points: its origin and path prefix."""
 
-    transport: UpstreamTransport | None
-    origin: tuple[bytes, str, int]
+    origin: Origin
     prefix: bytes
 
 
@@ -82,9 +81,14 @@ _PLAIN_QUERY = re.compile(rb"[\x21-\x7e]*")
 
 class Forwarder:
     def __init__(
-        self, http: httpx.AsyncClient, metrics: BridgeMetrics, dumper: Dumper | None
+        self,
+        http: httpx.AsyncClient,
+        upstream: UpstreamTransport,
+        metrics: BridgeMetrics,
+        dumper: Dumper | None,
     ) -> None:
         self.http = http
+        self.upstream = upstream
         self.metrics = metrics
         self.dumper = dumper
         self._routes: dict[str, _Route] = {}
@@ -92,9 +96,8 @@ class Forwarder:
     def _route(self, provider: Provider) -> _Route:
         route = self._routes.get(provider.base_url)
         if route is None:
-            transport = direct_transport(self.http, provider.base_url)
-            origin, prefix = origin_of(provider.base_url) if transport else ((b"", "", 0), b"")
-            route = self._routes[provider.base_url] = _Route(transport, origin, prefix.rstrip(b"/"))
+            origin, prefix = origin_of(provider.base_url)
+            route = self._routes[provider.base_url] = _Route(origin, prefix.rstrip(b"/"))
         return route
 
     async def _send_http(self, call: Call, key: str | None) -> UpstreamResponse:
@@ -108,31 +111,23 @@ class Forwarder:
             headers = [*headers, auth]
         provider = call.provider
         route = self._route(provider)
-        if route.transport is not None:
-            suffix = call.path.removeprefix(provider.routes.strip_prefix)
-            if _PLAIN_PATH.fullmatch(suffix) and _PLAIN_QUERY.fullmatch(call.query):
-                target = route.prefix + suffix.encode()
-                if call.query:
-                    target += b"?" + call.query
-            else:  # let httpx percent-encode it as before
-                target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
-            t = self.http.timeout  # the client's settings rule, as on the httpx path
-            status, raw, chunks, close = await route.transport.request(
-                route.origin,
-                call.method,
-                target,
-                headers,
-                call.body,
-                Timeouts(t.connect, t.read, t.write, t.pool),
-            )
-            return UpstreamResponse(status, raw, chunks, close)
-        request = self.http.build_request(
+        suffix = call.path.removeprefix(provider.routes.strip_prefix)
+        if _PLAIN_PATH.fullmatch(suffix) and _PLAIN_QUERY.fullmatch(call.query):
+            target = route.prefix + suffix.encode()
+            if call.query:
+                target += b"?" + call.query
+        else:  # let httpx percent-encode it
+            target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
+        t = self.http.timeout  # the client's settings rule, as for the Bedrock client
+        reply = await self.upstream.request(
+            route.origin,
             call.method,
-            provider.upstream_url(call.path, call.query),
-            headers=headers,
-            content=call.body,
+            target,
+            headers,
+            call.body,
+            Timeouts(t.connect, t.read, t.write, t.pool),
         )
-        return from_httpx(await self.http.send(request, stream=True))
+        return UpstreamResponse(reply.status, reply.headers, reply.chunks, reply.close)
 
     async def _upstream(self, call: Call, send: Send) -> UpstreamResponse | None:
         provider = call.provider

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from data_plane.bridge.server import make_http_client
+from data_plane.bridge.server import make_http_client, make_upstream
 from data_plane.bridge.transport import Timeouts, UpstreamTransport, origin_of
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
@@ -80,7 +80,7 @@ async def call(
     t: UpstreamTransport, url: str, method: str = "POST", body: bytes = b"{}", target: bytes = b""
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     origin, prefix = origin_of(url)
-    status, headers, chunks, close = await t.request(
+    status, headers, chunks, close, _ = await t.request(
         origin, method, target or prefix + b"/chat/completions", [(b"x-test", b"1")], body
     )
     try:
@@ -122,7 +122,7 @@ async def test_chunked_body_relayed_as_it_arrives(transport: UpstreamTransport) 
 
     async with Scripted(handler) as server:
         origin, prefix = origin_of(server.url)
-        status, _, chunks, close = await transport.request(origin, "POST", prefix, [], b"{}")
+        status, _, chunks, close, _ = await transport.request(origin, "POST", prefix, [], b"{}")
         assert status == 200
         assert await anext(chunks) == b"data:"  # before the rest was even written
         gate.set()
@@ -179,7 +179,7 @@ async def test_abandoned_response_closes_its_connection(transport: UpstreamTrans
 
     async with Scripted(handler) as server:
         origin, prefix = origin_of(server.url)
-        _, _, chunks, close = await transport.request(origin, "POST", prefix, [], b"{}")
+        _, _, chunks, close, _ = await transport.request(origin, "POST", prefix, [], b"{}")
         assert await anext(chunks) == b"a"
         await close()  # mid-body: the connection cannot be reused
         async with Scripted(reply(OK)) as other:
@@ -187,7 +187,7 @@ async def test_abandoned_response_closes_its_connection(transport: UpstreamTrans
 
 
 async def test_through_the_httpx_client() -> None:
-    client = make_http_client()
+    client = make_http_client(make_upstream())
     try:
         async with Scripted(reply(OK)) as server:
             response = await client.post(server.url + "/x?a=1&b=%20", content=b"{}")
@@ -204,7 +204,7 @@ async def test_through_the_httpx_client() -> None:
 
 
 async def test_no_cookies_kept_between_callers() -> None:
-    client = make_http_client()
+    client = make_http_client(make_upstream())
     set_cookie = b"HTTP/1.1 200 OK\r\nset-cookie: session=alice\r\ncontent-length: 0\r\n\r\n"
     try:
         async with Scripted(reply(set_cookie)) as server:
