@@ -26,6 +26,7 @@ from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.routing import EMPTY, RoutingTable
 from data_plane.bridge.transport import UpstreamTransport
 from data_plane.dump import Dumper
+from data_plane.errors import ClientGone, TooLarge
 from data_plane.families import Family
 from data_plane.gateway_auth import Principal, lookup
 
@@ -50,14 +51,6 @@ _DROP_REQUEST = frozenset(
     }
 )
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Disconnected(Exception):
-    pass
 
 
 class _Guard:
@@ -216,11 +209,11 @@ class BridgeApp:
             )
         try:
             body = await self._read_body(receive, clen)
-        except _TooLarge:
+        except TooLarge:
             return await self._error(
                 send, family, 413, f"request body exceeds {MAX_BODY} bytes", "request_too_large"
             )
-        except _Disconnected:
+        except ClientGone:
             return None
         drop = _DROP_REQUEST if own_key else _DROP_REQUEST | _CREDENTIALS
         call = Call(
@@ -267,17 +260,17 @@ class BridgeApp:
             and content_length.isdigit()
             and int(content_length) > MAX_BODY
         ):
-            raise _TooLarge
+            raise TooLarge
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise _Disconnected
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY:
-                raise _TooLarge
+                raise TooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
