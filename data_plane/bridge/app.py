@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import dataclass
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -70,6 +71,36 @@ def _bearer(value: bytes | None) -> bytes | None:
         return None
     scheme, _, token = value.partition(b" ")
     return token.strip() or None if scheme.lower() == b"bearer" else None
+
+
+@dataclass(frozen=True)
+class _Caller:
+    principal: Principal
+    own_key: bool  # the client brings its own upstream credential (BYOK)
+    content_length: bytes | None
+
+
+def _unusable(provider: Provider) -> tuple[str, str] | None:
+    """Why a provider of the table cannot serve (message, code), or None when it can."""
+    if provider.status == PS.PROVIDER_STATUS_DISABLED:
+        return f"provider_disabled: AI provider {provider.name!r} is disabled", "provider_disabled"
+    if provider.status != PS.PROVIDER_STATUS_ENABLED:
+        reason = provider.status_reason or "misconfigured"
+        message = f"provider_error: AI provider {provider.name!r} cannot be used: {reason}"
+        return message, "provider_error"
+    return None
+
+
+def _no_credential(provider: Provider) -> str:
+    if provider.family is Family.COPILOT:
+        return (
+            "missing Copilot authorization: send your Copilot token as Authorization "
+            "and the gateway token as X-AIBridge-Token"
+        )
+    return (
+        f"AI provider {provider.name!r} has no keys configured: bring your own key "
+        "(gateway token in X-AIBridge-Token)"
+    )
 
 
 class BridgeApp:
@@ -138,23 +169,9 @@ class BridgeApp:
                 send, None, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
         family = provider.family
-        if provider.status == PS.PROVIDER_STATUS_DISABLED:
-            return await self._error(
-                send,
-                family,
-                503,
-                f"provider_disabled: AI provider {name!r} is disabled",
-                "provider_disabled",
-            )
-        if provider.status != PS.PROVIDER_STATUS_ENABLED:
-            return await self._error(
-                send,
-                family,
-                503,
-                f"provider_error: AI provider {name!r} cannot be used: "
-                f"{provider.status_reason or 'misconfigured'}",
-                "provider_error",
-            )
+        unusable = _unusable(provider)
+        if unusable is not None:
+            return await self._error(send, family, 503, *unusable)
         sub = "/" + rest
         # A `.`/`..` segment (also sent as %2e%2e or across an encoded slash, which the
         # server has decoded by now) would be resolved by the HTTP client into another
@@ -164,58 +181,25 @@ class BridgeApp:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
-        authz = xkey = byok = clen = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authz = value
-            elif key == b"x-api-key":
-                xkey = value
-            elif key == b"x-aibridge-token":
-                byok = value
-            elif key == b"content-length":
-                clen = value
-        own_key = False
-        if byok is not None:
-            if not self.allow_byok:
-                return await self._error(
-                    send,
-                    family,
-                    403,
-                    "Bring Your Own Key (BYOK) mode is not enabled.",
-                    "byok_disabled",
-                )
-            token, own_key = byok, authz is not None or xkey is not None
-        else:
-            token = _bearer(authz) or xkey
-        principal = self._authenticate(table, token)
-        if not isinstance(principal, Principal):
-            status, message = principal
-            return await self._error(
-                send, family, status, message, "invalid_api_key" if status == 401 else "forbidden"
-            )
-        mode = self._mode(provider, own_key)
+        caller = self._identify(table, scope["headers"])
+        if not isinstance(caller, _Caller):
+            return await self._error(send, family, *caller)
+        mode = self._mode(provider, caller.own_key)
         if mode is None:
-            message = (
-                "missing Copilot authorization: send your Copilot token as Authorization "
-                "and the gateway token as X-AIBridge-Token"
-                if family is Family.COPILOT
-                else f"AI provider {name!r} has no keys configured: bring your own key "
-                "(gateway token in X-AIBridge-Token)"
-            )
-            return await self._error(send, family, 401, message, "no_credential")
+            return await self._error(send, family, 401, _no_credential(provider), "no_credential")
         if mode == "bedrock" and not intercepted:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
         try:
-            body = await self._read_body(receive, clen)
+            body = await self._read_body(receive, caller.content_length)
         except TooLarge:
             return await self._error(
                 send, family, 413, f"request body exceeds {MAX_BODY} bytes", "request_too_large"
             )
         except ClientGone:
             return None
-        drop = _DROP_REQUEST if own_key else _DROP_REQUEST | _CREDENTIALS
+        drop = _DROP_REQUEST if caller.own_key else _DROP_REQUEST | _CREDENTIALS
         call = Call(
             provider=provider,
             path=sub,
@@ -226,11 +210,39 @@ class BridgeApp:
             headers=[(k, v) for k, v in scope["headers"] if k not in drop],
             body=body,
             request_id=os.urandom(8).hex(),
-            principal_id=principal.principal_id,
+            principal_id=caller.principal.principal_id,
         )
         if intercepted:
             self._inspect(call)
         await self._guarded(call, receive, send)
+
+    def _identify(
+        self, table: RoutingTable, headers: list[tuple[bytes, bytes]]
+    ) -> _Caller | tuple[int, str, str]:
+        """Who calls, with whose upstream credential; else (status, message, code)."""
+        authz = xkey = byok = clen = None
+        for key, value in headers:
+            if key == b"authorization":
+                authz = value
+            elif key == b"x-api-key":
+                xkey = value
+            elif key == b"x-aibridge-token":
+                byok = value
+            elif key == b"content-length":
+                clen = value
+        own_key = False
+        token: bytes | None
+        if byok is not None:
+            if not self.allow_byok:
+                return 403, "Bring Your Own Key (BYOK) mode is not enabled.", "byok_disabled"
+            token, own_key = byok, authz is not None or xkey is not None
+        else:
+            token = _bearer(authz) or xkey
+        principal = self._authenticate(table, token)
+        if not isinstance(principal, Principal):
+            status, message = principal
+            return status, message, "invalid_api_key" if status == 401 else "forbidden"
+        return _Caller(principal, own_key, clen)
 
     @staticmethod
     def _authenticate(table: RoutingTable, token: bytes | None) -> Principal | tuple[int, str]:

@@ -226,21 +226,36 @@ class Forwarder:
                 await self.dumper.dump(exchange)
 
     async def _relay(self, call: Call, send: Send, exchange: Exchange | None) -> dict[str, int]:
+        """Answer the client from the upstream; the usage tokens read on the way."""
+        response = await self._open(call, send)
+        if response is None:
+            return {}
+        try:
+            return await self._stream(call, send, exchange, response)
+        except httpx.HTTPError as exc:
+            self.metrics.upstream_errors.labels(call.provider.name, call.route, "stream").inc()
+            log.warning(
+                "upstream stream broke",
+                request_id=call.request_id,
+                provider=call.provider.name,
+                error=type(exc).__name__,
+            )
+            return {}
+        finally:
+            await response.aclose()
+
+    async def _open(self, call: Call, send: Send) -> UpstreamResponse | None:
+        """The upstream's response, or None once an answer already went to the client."""
         provider = call.provider
         try:
-            response = await self._upstream(call, send)
+            return await self._upstream(call, send)
         except httpx.InvalidURL:
             # The client's path or query cannot make an upstream URL (a control character
             # such as %00, or too long): the client's mistake, not a 500.
             call.status = 400
-            await respond(
-                send,
-                400,
-                error_body(
-                    provider.family, 400, "invalid request path or query", "invalid_request"
-                ),
-            )
-            return {}
+            message = "invalid request path or query"
+            await respond(send, 400, error_body(provider.family, 400, message, "invalid_request"))
+            return None
         except httpx.HTTPError as exc:
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
             self.metrics.upstream_errors.labels(provider.name, call.route, kind).inc()
@@ -252,62 +267,43 @@ class Forwarder:
                 error=type(exc).__name__,
                 detail=str(exc),
             )
-            await respond(
-                send,
-                call.status,
-                error_body(
-                    provider.family,
-                    call.status,
-                    f"upstream request failed: {type(exc).__name__}",
-                    "upstream_error",
-                ),
-            )
-            return {}
-        if response is None:
-            return {}
-        try:
-            call.status = response.status
-            headers = [(k, v) for k, v in response.headers if k.lower() not in _DROP_RESPONSE]
-            headers.append((b"x-aibridge-request-id", call.request_id.encode()))
-            content_type = response.header(b"content-type") or ""
-            reader = (
-                UsageReader(
-                    "text/event-stream" in content_type, response.header(b"content-encoding")
-                )
-                if call.intercepted
-                else None
-            )
-            if exchange is not None:
-                exchange.response_headers = [
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
-                ]
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-            call.response_started = True
-            capture = BodyCapture() if exchange is not None else None
-            async for chunk in response.chunks:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if reader is not None:
-                        reader.feed(chunk)
-                    if capture is not None:
-                        capture.feed(chunk)
-            if exchange is not None and capture is not None:
-                exchange.response_body = capture.body()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return reader.finish() if reader is not None else {}
-        except httpx.HTTPError as exc:
-            self.metrics.upstream_errors.labels(provider.name, call.route, "stream").inc()
-            log.warning(
-                "upstream stream broke",
-                request_id=call.request_id,
-                provider=provider.name,
-                error=type(exc).__name__,
-            )
-            return {}
-        finally:
-            await response.aclose()
+            message = f"upstream request failed: {type(exc).__name__}"
+            body = error_body(provider.family, call.status, message, "upstream_error")
+            await respond(send, call.status, body)
+            return None
+
+    async def _stream(
+        self, call: Call, send: Send, exchange: Exchange | None, response: UpstreamResponse
+    ) -> dict[str, int]:
+        """Relay status, headers and the body chunk by chunk, as they arrive."""
+        call.status = response.status
+        headers = [(k, v) for k, v in response.headers if k.lower() not in _DROP_RESPONSE]
+        headers.append((b"x-aibridge-request-id", call.request_id.encode()))
+        content_type = response.header(b"content-type") or ""
+        reader = (
+            UsageReader("text/event-stream" in content_type, response.header(b"content-encoding"))
+            if call.intercepted
+            else None
+        )
+        capture = None
+        if exchange is not None:
+            exchange.response_headers = [
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
+            ]
+            capture = BodyCapture()
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        call.response_started = True
+        async for chunk in response.chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if reader is not None:
+                    reader.feed(chunk)
+                if capture is not None:
+                    capture.feed(chunk)
+        if exchange is not None and capture is not None:
+            exchange.response_body = capture.body()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return reader.finish() if reader is not None else {}
 
     def _finish(self, call: Call, labels: tuple[str, str], tokens: dict[str, int]) -> None:
         m = self.metrics
