@@ -152,9 +152,14 @@ def test_revocation_on_one_replica_ends_the_tokens_streams_on_the_other(
         view, secret = tokens.create_token(db, SYSTEM, "fleet", Role.BRIDGE)
     finally:
         db.engine.dispose()
+    # Both replicas have published the token's revision (each through its own NOTIFY).
+    deadline = time.monotonic() + 10
+    while (current := version_of(a)) != version_of(b):
+        assert time.monotonic() < deadline, "the replicas never agreed on a version"
+        time.sleep(0.05)
     watcher = Watcher(b, (("authorization", f"Bearer {secret}"),))
     try:
-        watcher.until(version_of(a))
+        watcher.until(current)
         with grpc.insecure_channel(a.target) as channel:
             tpb_grpc.TokenAdminServiceStub(channel).RevokeToken(
                 tpb.RevokeTokenRequest(id=view.id), metadata=ADMIN_MD, timeout=10
