@@ -102,3 +102,27 @@ def test_no_private_module_of_a_third_party_package() -> None:
         and any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
     )
     assert private == []
+
+
+# NamedTuple's public methods carry an underscore so as not to clash with field names.
+NAMEDTUPLE_API = frozenset(("_asdict", "_replace", "_fields", "_make"))
+
+
+def test_no_private_attribute_of_another_object() -> None:
+    """No code reaches a private attribute of an object other than its own
+    (`client._transport_for_url`): private API of a library, or of another class."""
+    reached = []
+    for folder in PACKAGES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if GENERATED.search(path.name):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and node.attr not in NAMEDTUPLE_API
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                ):
+                    reached.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert reached == []
