@@ -90,10 +90,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         timeouts = timeouts or self.timeouts
         host = host or origin_host(origin)
         proxy = self._proxies.transport_for(origin)
-        if proxy is not None:
-            with_host = [(b"host", host), *headers]
-            return await via_httpx(proxy, origin, method, target, with_host, body, timeouts)
-        if not self._http2.serves(origin):
+        if proxy is None and not self._http2.serves(origin):
             data = encode_request(method, target, host, headers, body)
             conn = await self._exchange(origin, method, data, timeouts)
             if conn is not None:
@@ -101,6 +98,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                 return Reply(conn.status, conn.headers, aiter(stream), stream.aclose)
             self._http2.remember(origin)
         with_host = [(b"host", host), *headers]
+        if proxy is not None:
+            return await via_httpx(proxy, origin, method, target, with_host, body, timeouts)
         return await self._http2.send(origin, method, target, with_host, body, timeouts)
 
     async def _exchange(
