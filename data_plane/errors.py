@@ -7,6 +7,7 @@
     │   ├── BedrockConfigError      a Bedrock provider's settings
     │   └── CAError                 the proxy's CA files (the daemon refuses to start)
     ├── BedrockCredentialsError     no usable AWS credentials (an error answer to the client)
+    ├── BudgetFull                  the bridge holds too many request bodies at once (503)
     ├── ClientError                 the client's request ends here
     │   ├── TooLarge                its head or body is over the limit (431 / 413)
     │   └── ClientGone              it went away, or broke HTTP, before the request was in
@@ -47,6 +48,10 @@ class CAError(Unusable):
 
 
 class BedrockCredentialsError(DataPlaneError):
+    pass
+
+
+class BudgetFull(DataPlaneError):
     pass
 
 

@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from aibridge.coder_options import CODER_PREFIXES
 from aibridge.masking import Secret
 from config_service.provider_types import (
     BEDROCK_HOST_RE,
@@ -58,7 +59,7 @@ from config_service.provider_types import (
 DEFAULT_OPENAI_BASE_URL = DEFAULT_BASE_URLS["openai"]
 DEFAULT_ANTHROPIC_BASE_URL = DEFAULT_BASE_URLS["anthropic"]
 DEFAULT_COPILOT_BASE_URL = DEFAULT_BASE_URLS["copilot"]
-PREFIXES = ("AIBRIDGE_", "CODER_AI_GATEWAY_", "CODER_AIBRIDGE_")  # ours first: the one to keep
+PREFIXES = ("AIBRIDGE_", *CODER_PREFIXES)  # ours first: the one to keep
 
 _SEED_GROUPS = ("OPENAI_", "ANTHROPIC_", "BEDROCK_", "PROVIDER_")
 # Any of these makes a Bedrock provider; model names alone never do (Coder gives them defaults).

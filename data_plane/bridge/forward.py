@@ -227,13 +227,15 @@ class Forwarder:
 
     async def _relay(self, call: Call, send: Send, exchange: Exchange | None) -> dict[str, int]:
         """Answer the client from the upstream; the usage tokens read on the way."""
-        response = await self._open(call, send)
+        response = await self._open(call, send, exchange)
         if response is None:
             return {}
         try:
             return await self._stream(call, send, exchange, response)
         except httpx.HTTPError as exc:
             self.metrics.upstream_errors.labels(call.provider.name, call.route, "stream").inc()
+            if exchange is not None:
+                exchange.error = f"{type(exc).__name__} after the response started: {exc}"
             log.warning(
                 "upstream stream broke",
                 request_id=call.request_id,
@@ -244,7 +246,9 @@ class Forwarder:
         finally:
             await response.aclose()
 
-    async def _open(self, call: Call, send: Send) -> UpstreamResponse | None:
+    async def _open(
+        self, call: Call, send: Send, exchange: Exchange | None
+    ) -> UpstreamResponse | None:
         """The upstream's response, or None once an answer already went to the client."""
         provider = call.provider
         try:
@@ -267,6 +271,8 @@ class Forwarder:
                 error=type(exc).__name__,
                 detail=str(exc),
             )
+            if exchange is not None:
+                exchange.error = f"{type(exc).__name__}: {exc}"
             message = f"upstream request failed: {type(exc).__name__}"
             body = error_body(provider.family, call.status, message, "upstream_error")
             await respond(send, call.status, body)

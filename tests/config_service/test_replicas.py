@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import grpc
@@ -113,7 +114,9 @@ def test_replica_resyncs_after_losing_its_database_connection(
 ) -> None:
     """Killing replica B's listener connection loses no change: B re-listens and resyncs."""
     a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
-    b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    # A name of this test's own: other runs on the same server have their replica-b too.
+    replica_b = f"replica-b-{secrets.token_hex(4)}"
+    b = start_process(AIBRIDGE_REPLICA_ID=replica_b, AIBRIDGE_RESYNC_INTERVAL="60s")
     watcher = Watcher(b)
     admin = create_engine(postgres_only.split("?")[0], isolation_level="AUTOCOMMIT")
     try:
@@ -122,8 +125,9 @@ def test_replica_resyncs_after_losing_its_database_connection(
             killed = conn.execute(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'aibridge-listener-replica-b'"
-                )
+                    "WHERE application_name = :name"
+                ),
+                {"name": f"aibridge-listener-{replica_b}"},
             ).scalar_one()
         assert killed == 1
         # Written while B has no listener: only the resync after reconnecting can catch it.

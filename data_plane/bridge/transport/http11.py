@@ -19,15 +19,15 @@ from data_plane.bridge.transport.models import Headers, Origin, needs_length
 _HIGH_WATER = 256 * 1024  # body bytes buffered before reading pauses
 
 
-def encode_request(method: str, target: bytes, host: bytes, headers: Headers, body: bytes) -> bytes:
-    """The request as bytes: `headers` go out as given, after Host and before
-    Content-Length (added when `needs_length`), as httpx would send them."""
+def encode_head(method: str, target: bytes, host: bytes, headers: Headers, body: bytes) -> bytes:
+    """The request head: `headers` go out as given, after Host and before Content-Length
+    (added when `needs_length`), as httpx would send them."""
     head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target, host)]
     head += [b"%s: %s\r\n" % pair for pair in headers]
     if needs_length(method, body):
         head.append(b"content-length: %d\r\n" % len(body))
     head.append(b"\r\n")
-    return b"".join(head) + body
+    return b"".join(head)
 
 
 class HTTP11Connection(asyncio.Protocol):
@@ -159,9 +159,10 @@ class HTTP11Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    async def send(self, data: bytes, seconds: float | None) -> None:
+    async def send(self, head: bytes, body: bytes, seconds: float | None) -> None:
         assert self.transport is not None
-        self.transport.write(data)
+        # Not head + body: that would copy a large body (uvloop writes the two with one writev).
+        self.transport.writelines((head, body))
         drained = self._drained
         if drained is not None and not drained.done():
             try:

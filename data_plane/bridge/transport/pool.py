@@ -24,7 +24,7 @@ import httpx
 from data_plane.bridge.transport.connection import Connector
 from data_plane.bridge.transport.delegated import via_httpx
 from data_plane.bridge.transport.http2 import HTTP2Fallback
-from data_plane.bridge.transport.http11 import HTTP11Connection, ResponseBody, encode_request
+from data_plane.bridge.transport.http11 import HTTP11Connection, ResponseBody, encode_head
 from data_plane.bridge.transport.models import (
     DEFAULT_TIMEOUTS,
     Headers,
@@ -91,8 +91,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         host = host or origin_host(origin)
         proxy = self._proxies.transport_for(origin)
         if proxy is None and not self._http2.serves(origin):
-            data = encode_request(method, target, host, headers, body)
-            conn = await self._exchange(origin, method, data, timeouts)
+            head = encode_head(method, target, host, headers, body)
+            conn = await self._exchange(origin, method, head, body, timeouts)
             if conn is not None:
                 stream = ResponseBody(conn, timeouts.read, self.release)
                 return Reply(conn.status, conn.headers, aiter(stream), stream.aclose)
@@ -103,10 +103,11 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         return await self._http2.send(origin, method, target, with_host, body, timeouts)
 
     async def _exchange(
-        self, origin: Origin, method: str, data: bytes, timeouts: Timeouts
+        self, origin: Origin, method: str, head: bytes, body: bytes, timeouts: Timeouts
     ) -> HTTP11Connection | None:
-        """Send `data` on a pooled connection and wait for the response head; None when
-        the origin turned out to pick h2. The caller owns the connection until `release`."""
+        """Send the request on a pooled connection and wait for the response head; None
+        when the origin turned out to pick h2. The caller owns the connection until
+        `release`."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
         try:
@@ -123,7 +124,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             conn.active = True
             conn.head = method == "HEAD"
             self._busy.add(conn)
-            await conn.send(data, timeouts.write)
+            await conn.send(head, body, timeouts.write)
             await conn.response_head(timeouts.read)
         except BaseException:
             if conn is not None:
