@@ -122,22 +122,40 @@ def _bearer(value: bytes | None) -> bytes | None:
     return token.strip() or None if scheme.lower() == b"bearer" else None
 
 
+@dataclass(slots=True)
+class _Credentials:
+    """The headers that say who a request is from, read in one pass."""
+
+    authorization: bytes | None
+    api_key: bytes | None
+    byok: bytes | None  # X-AIBridge-Token: the gateway token beside the client's own key
+    content_length: bytes | None
+
+    @classmethod
+    def of(cls, scope: Scope) -> _Credentials:
+        authz = xkey = byok = clen = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authz = value
+            elif key == b"x-api-key":
+                xkey = value
+            elif key == b"x-aibridge-token":
+                byok = value
+            elif key == b"content-length":
+                clen = value
+        return cls(authz, xkey, byok, clen)
+
+    @property
+    def gateway_token(self) -> bytes | None:
+        if self.byok is not None:
+            return self.byok
+        return _bearer(self.authorization) or self.api_key
+
+
 @dataclass(frozen=True)
 class _Caller:
     principal: Principal
     own_key: bool  # the client brings its own upstream credential (BYOK)
-    content_length: bytes | None
-
-
-def _not_served(table: RoutingTable, name: str, scope: Scope) -> tuple[Family, int, str, str]:
-    """(family, status, message, code) for a name the table has no provider for."""
-    unbuilt = table.failed.get(name)
-    if unbuilt is not None:
-        message = f"provider_error: AI provider {name!r} cannot be used: {unbuilt.error}"
-        return unbuilt.family or client_family(scope), 503, message, "provider_error"
-    configured = ", ".join(table.names) or "none"
-    message = f"no provider named {name!r}; configured: {configured}"
-    return client_family(scope), 404, message, "provider_not_found"
 
 
 def _unusable(provider: Provider) -> tuple[str, str] | None:
@@ -232,8 +250,9 @@ class BridgeApp:
         path: str = scope["path"]
         name, _, rest = path[1:].partition("/")
         provider = table.providers.get(name)
+        creds = _Credentials.of(scope)
         if provider is None:
-            return await self._error(send, *_not_served(table, name, scope))
+            return await self._error(send, *self._not_served(table, name, scope, creds))
         family = provider.family
         unusable = _unusable(provider)
         if unusable is not None:
@@ -247,7 +266,7 @@ class BridgeApp:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
-        caller = self._identify(table, scope["headers"])
+        caller = self._identify(table, creds)
         if not isinstance(caller, _Caller):
             return await self._error(send, family, *caller)
         mode = self._mode(provider, caller.own_key)
@@ -259,7 +278,7 @@ class BridgeApp:
             )
         hold = _Hold(self.body_budget)  # given back once the call is over
         try:
-            body = await self._receive_body(receive, send, family, caller.content_length, hold)
+            body = await self._receive_body(receive, send, family, creds.content_length, hold)
             if body is None:
                 return None
             drop = _DROP_REQUEST if caller.own_key else _DROP_REQUEST | _CREDENTIALS
@@ -282,33 +301,37 @@ class BridgeApp:
             hold.release()
 
     @classmethod
-    def _identify(
-        cls, table: RoutingTable, headers: list[tuple[bytes, bytes]]
-    ) -> _Caller | tuple[int, str, str]:
+    def _not_served(
+        cls, table: RoutingTable, name: str, scope: Scope, creds: _Credentials
+    ) -> tuple[Family, int, str, str]:
+        """(family, status, message, code) for a name the table has no provider for."""
+        unbuilt = table.failed.get(name)
+        if unbuilt is not None:
+            message = f"provider_error: AI provider {name!r} cannot be used: {unbuilt.error}"
+            return unbuilt.family or client_family(scope), 503, message, "provider_error"
+        # Which providers exist is told to gateway users only, not to any scanner.
+        known = isinstance(cls._authenticate(table, creds.gateway_token), Principal)
+        listed = (
+            f"configured: {', '.join(table.names) or 'none'}"
+            if known
+            else "send a gateway token to see the configured providers"
+        )
+        message = f"no provider named {name!r}; {listed}"
+        return client_family(scope), 404, message, "provider_not_found"
+
+    @classmethod
+    def _identify(cls, table: RoutingTable, creds: _Credentials) -> _Caller | tuple[int, str, str]:
         """Who calls, with whose upstream credential; else (status, message, code)."""
-        authz = xkey = byok = clen = None
-        for key, value in headers:
-            if key == b"authorization":
-                authz = value
-            elif key == b"x-api-key":
-                xkey = value
-            elif key == b"x-aibridge-token":
-                byok = value
-            elif key == b"content-length":
-                clen = value
         own_key = False
-        token: bytes | None
-        if byok is not None:
+        if creds.byok is not None:
             if not table.allow_byok:
                 return 403, "Bring Your Own Key (BYOK) mode is not enabled.", "byok_disabled"
-            token, own_key = byok, authz is not None or xkey is not None
-        else:
-            token = _bearer(authz) or xkey
-        principal = cls._authenticate(table, token)
+            own_key = creds.authorization is not None or creds.api_key is not None
+        principal = cls._authenticate(table, creds.gateway_token)
         if not isinstance(principal, Principal):
             status, message = principal
             return status, message, "invalid_api_key" if status == 401 else "forbidden"
-        return _Caller(principal, own_key, clen)
+        return _Caller(principal, own_key)
 
     async def _receive_body(
         self,
