@@ -272,3 +272,11 @@ def test_no_proxy_rules(monkeypatch: pytest.MonkeyPatch, url: str, proxied: bool
     )
     proxies = EnvProxies(httpx.Limits(), trust_env=True)
     assert (proxies.transport_for(origin_of(url)[0]) is not None) is proxied
+
+
+def test_malformed_proxy_url_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy URL httpx cannot use stops the bridge's transport from being made (at start),
+    rather than failing the first request sent through it."""
+    _proxy_env(monkeypatch, "ftp://proxy.test:21", "")
+    with pytest.raises(ValueError, match="proxy"):
+        make_upstream()

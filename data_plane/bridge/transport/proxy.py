@@ -57,21 +57,19 @@ class _Bypass:
 
 
 class EnvProxies:
-    """The proxy (if any) each origin goes through, and httpx transports to reach them."""
+    """The proxy (if any) each origin goes through, and httpx transports to reach them
+    (made at once, so a malformed proxy URL stops the daemon at start, as in httpx)."""
 
     def __init__(self, limits: httpx.Limits, *, trust_env: bool) -> None:
         info = urllib.request.getproxies() if trust_env else {}
         entries = [e.strip() for e in info.get("no", "").split(",") if e.strip()]
-        self._proxies: dict[bytes, str] = {}
-        if "*" not in entries:
-            for scheme in (b"http", b"https"):
-                url = info.get(scheme.decode()) or info.get("all")
-                if url:
-                    self._proxies[scheme] = url if "://" in url else f"http://{url}"
+        urls = {} if "*" in entries else _proxy_urls(info)
+        transports = {
+            url: httpx.AsyncHTTPTransport(proxy=url, limits=limits) for url in set(urls.values())
+        }
+        self._proxies = {scheme: transports[url] for scheme, url in urls.items()}
         self._bypass = [b for e in entries if (b := _Bypass.parse(e)) is not None]
-        self._limits = limits
         self._decided: dict[Origin, httpx.AsyncHTTPTransport | None] = {}
-        self._transports: dict[str, httpx.AsyncHTTPTransport] = {}
 
     def transport_for(self, origin: Origin) -> httpx.AsyncHTTPTransport | None:
         """The proxy transport for `origin`, or None when it is reached directly."""
@@ -79,18 +77,22 @@ class EnvProxies:
             return None
         if origin not in self._decided:
             proxy = self._proxies.get(origin[0])
-            if proxy is not None and any(b.matches(origin) for b in self._bypass):
-                proxy = None
-            self._decided[origin] = None if proxy is None else self._transport(proxy)
+            bypassed = proxy is not None and any(b.matches(origin) for b in self._bypass)
+            self._decided[origin] = None if bypassed else proxy
         return self._decided[origin]
 
-    def _transport(self, proxy: str) -> httpx.AsyncHTTPTransport:
-        if proxy not in self._transports:
-            self._transports[proxy] = httpx.AsyncHTTPTransport(proxy=proxy, limits=self._limits)
-        return self._transports[proxy]
-
     async def aclose(self) -> None:
-        for transport in self._transports.values():
+        for transport in set(self._proxies.values()):
             await transport.aclose()
-        self._transports.clear()
+        self._proxies.clear()
         self._decided.clear()
+
+
+def _proxy_urls(info: dict[str, str]) -> dict[bytes, str]:
+    """Scheme -> proxy URL, from HTTP_PROXY / HTTPS_PROXY, else ALL_PROXY."""
+    urls = {}
+    for scheme in ("http", "https"):
+        url = info.get(scheme) or info.get("all")
+        if url:
+            urls[scheme.encode()] = url if "://" in url else f"http://{url}"
+    return urls
