@@ -152,7 +152,7 @@ class _Credentials:
         return _bearer(self.authorization) or self.api_key
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Caller:
     principal: Principal
     own_key: bool  # the client brings its own upstream credential (BYOK)
