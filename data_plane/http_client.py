@@ -7,9 +7,8 @@ parameter:
 
 - `trust_env`: whether HTTP(S)_PROXY / NO_PROXY apply. The bridge honours them; the
   proxy must not, since on a developer machine they may well point back at the proxy.
-- `transport`: the bridge's own `UpstreamTransport`, or httpx's pool when None.
-  With `trust_env`, the proxied URLs still go through httpx's proxy transports, with
-  the same pool limits.
+- `transport`: the bridge's own `UpstreamTransport` (which applies the proxies itself,
+  see data_plane/bridge/transport/proxy.py), or httpx's pool when None.
 - `read_timeout`: 600 s by default.
 
 Neither stores cookies: the client is shared by every caller, so a jar would replay one
@@ -21,7 +20,6 @@ from __future__ import annotations
 import http.cookiejar
 
 import httpx
-from httpx._utils import get_environment_proxies
 
 MAX_CONNECTIONS = 2000
 MAX_KEEPALIVE = 500
@@ -40,17 +38,10 @@ def make_client(
         max_keepalive_connections=MAX_KEEPALIVE,
         keepalive_expiry=KEEPALIVE_EXPIRY,
     )
-    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
-    if trust_env:
-        mounts = {
-            key: None if url is None else httpx.AsyncHTTPTransport(proxy=url, limits=limits)
-            for key, url in get_environment_proxies().items()
-        }
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(connect=10.0, read=read_timeout, write=60.0, pool=30.0),
         limits=limits,
         transport=transport,
-        mounts=mounts,
         follow_redirects=False,
         trust_env=trust_env,
     )

@@ -10,11 +10,9 @@ from data_plane.bedrock.config import (
     DEFAULT_MODEL,
     DEFAULT_SMALL_FAST_MODEL,
     BedrockConfig,
-    BedrockConfigError,
 )
 from data_plane.bedrock.credentials import (
     AwsCredentials,
-    BedrockCredentialsError,
     CredentialResolver,
 )
 from data_plane.bedrock.results import BedrockStream, UpstreamResult
@@ -26,8 +24,6 @@ __all__ = [
     "AwsCredentials",
     "BedrockClient",
     "BedrockConfig",
-    "BedrockConfigError",
-    "BedrockCredentialsError",
     "BedrockStream",
     "CredentialResolver",
     "UpstreamResult",

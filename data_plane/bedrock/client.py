@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from data_plane.bedrock.config import BedrockConfig
-from data_plane.bedrock.credentials import BedrockCredentialsError, CredentialResolver
+from data_plane.bedrock.credentials import CredentialResolver
 from data_plane.bedrock.results import BedrockStream, UpstreamResult
 from data_plane.bedrock.signing import sign_headers
 from data_plane.bedrock.translate import (
@@ -27,6 +27,7 @@ from data_plane.bedrock.translate import (
     error_message,
     map_error,
 )
+from data_plane.errors import BedrockCredentialsError
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aibridge.masking import Secret
+from data_plane.errors import BedrockConfigError
 
 if TYPE_CHECKING:
     from aibridge.config.v1 import provider_pb2
@@ -16,10 +17,6 @@ DEFAULT_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
 
 _REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _HOST_REGION_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
-
-
-class BedrockConfigError(ValueError):
-    """A Bedrock provider's settings cannot be used (the message never holds a secret)."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import botocore.session
 
 from aibridge.masking import Secret
 from data_plane.bedrock.config import BedrockConfig
+from data_plane.errors import BedrockCredentialsError
 
 # (static source credentials or None for the default chain, region) -> a botocore STS client.
 StsClientFactory = Callable[["AwsCredentials | None", str], Any]
@@ -29,10 +30,6 @@ ChainLoader = Callable[[], Any]
 TimeFetcher = Callable[[], dt.datetime]
 
 _NEGATIVE_CACHE_SECONDS = 10.0
-
-
-class BedrockCredentialsError(Exception):
-    """No usable AWS credentials (the message never holds a secret)."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,9 @@ from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.model_labels import ModelLabels
 from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.routing import EMPTY, RoutingTable
+from data_plane.bridge.transport import UpstreamTransport
 from data_plane.dump import Dumper
+from data_plane.errors import BudgetFull, ClientGone, TooLarge
 from data_plane.families import Family
 from data_plane.gateway_auth import Principal, lookup
 
@@ -55,14 +57,6 @@ _DROP_REQUEST = frozenset(
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 
 
-class _TooLarge(Exception):
-    pass
-
-
-class _BudgetFull(Exception):
-    pass
-
-
 class BodyBudget:
     """Request body bytes held by all requests at once: at most `limit`."""
 
@@ -86,17 +80,13 @@ class _Hold:
         extra = size - self.size
         if extra > 0:
             if self.budget.held + extra > self.budget.limit:
-                raise _BudgetFull
+                raise BudgetFull
             self.budget.held += extra
             self.size = size
 
     def release(self) -> None:
         self.budget.held -= self.size
         self.size = 0
-
-
-class _Disconnected(Exception):
-    pass
 
 
 class _Guard:
@@ -162,11 +152,41 @@ class _Credentials:
         return _bearer(self.authorization) or self.api_key
 
 
+@dataclass(slots=True)
+class _Caller:
+    principal: Principal
+    own_key: bool  # the client brings its own upstream credential (BYOK)
+
+
+def _unusable(provider: Provider) -> tuple[str, str] | None:
+    """Why a provider of the table cannot serve (message, code), or None when it can."""
+    if provider.status == PS.PROVIDER_STATUS_DISABLED:
+        return f"provider_disabled: AI provider {provider.name!r} is disabled", "provider_disabled"
+    if provider.status != PS.PROVIDER_STATUS_ENABLED:
+        reason = provider.status_reason or "misconfigured"
+        message = f"provider_error: AI provider {provider.name!r} cannot be used: {reason}"
+        return message, "provider_error"
+    return None
+
+
+def _no_credential(provider: Provider) -> str:
+    if provider.family is Family.COPILOT:
+        return (
+            "missing Copilot authorization: send your Copilot token as Authorization "
+            "and the gateway token as X-AIBridge-Token"
+        )
+    return (
+        f"AI provider {provider.name!r} has no keys configured: bring your own key "
+        "(gateway token in X-AIBridge-Token)"
+    )
+
+
 class BridgeApp:
     def __init__(
         self,
         *,
         http: httpx.AsyncClient,
+        upstream: UpstreamTransport,
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
         body_budget: BodyBudget,
@@ -177,7 +197,7 @@ class BridgeApp:
         self.http = http
         self.metrics = metrics or BridgeMetrics()
         self.metrics.watch_table(lambda: self.table)
-        self.forwarder = Forwarder(http, self.metrics, dumper)
+        self.forwarder = Forwarder(http, upstream, self.metrics, dumper)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -230,49 +250,13 @@ class BridgeApp:
         path: str = scope["path"]
         name, _, rest = path[1:].partition("/")
         provider = table.providers.get(name)
+        creds = _Credentials.of(scope)
         if provider is None:
-            unbuilt = table.failed.get(name)
-            if unbuilt is not None:
-                return await self._error(
-                    send,
-                    unbuilt.family or client_family(scope),
-                    503,
-                    f"provider_error: AI provider {name!r} cannot be used: {unbuilt.error}",
-                    "provider_error",
-                )
-            # Which providers exist is told to gateway users only, not to any scanner.
-            creds = _Credentials.of(scope)
-            known = isinstance(self._authenticate(table, creds.gateway_token), Principal)
-            listed = (
-                f"configured: {', '.join(table.names) or 'none'}"
-                if known
-                else "send a gateway token to see the configured providers"
-            )
-            return await self._error(
-                send,
-                client_family(scope),
-                404,
-                f"no provider named {name!r}; {listed}",
-                "provider_not_found",
-            )
+            return await self._error(send, *self._not_served(table, name, scope, creds))
         family = provider.family
-        if provider.status == PS.PROVIDER_STATUS_DISABLED:
-            return await self._error(
-                send,
-                family,
-                503,
-                f"provider_disabled: AI provider {name!r} is disabled",
-                "provider_disabled",
-            )
-        if provider.status != PS.PROVIDER_STATUS_ENABLED:
-            return await self._error(
-                send,
-                family,
-                503,
-                f"provider_error: AI provider {name!r} cannot be used: "
-                f"{provider.status_reason or 'misconfigured'}",
-                "provider_error",
-            )
+        unusable = _unusable(provider)
+        if unusable is not None:
+            return await self._error(send, family, 503, *unusable)
         sub = "/" + rest
         # A `.`/`..` segment (also sent as %2e%2e or across an encoded slash, which the
         # server has decoded by now) would be resolved by the HTTP client into another
@@ -282,63 +266,22 @@ class BridgeApp:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
-        creds = _Credentials.of(scope)
-        clen = creds.content_length
-        own_key = False
-        if creds.byok is not None:
-            if not table.allow_byok:
-                return await self._error(
-                    send,
-                    family,
-                    403,
-                    "Bring Your Own Key (BYOK) mode is not enabled.",
-                    "byok_disabled",
-                )
-            own_key = creds.authorization is not None or creds.api_key is not None
-        principal = self._authenticate(table, creds.gateway_token)
-        if not isinstance(principal, Principal):
-            status, message = principal
-            return await self._error(
-                send, family, status, message, "invalid_api_key" if status == 401 else "forbidden"
-            )
-        mode = self._mode(provider, own_key)
+        caller = self._identify(table, creds)
+        if not isinstance(caller, _Caller):
+            return await self._error(send, family, *caller)
+        mode = self._mode(provider, caller.own_key)
         if mode is None:
-            message = (
-                "missing Copilot authorization: send your Copilot token as Authorization "
-                "and the gateway token as X-AIBridge-Token"
-                if family is Family.COPILOT
-                else f"AI provider {name!r} has no keys configured: bring your own key "
-                "(gateway token in X-AIBridge-Token)"
-            )
-            return await self._error(send, family, 401, message, "no_credential")
+            return await self._error(send, family, 401, _no_credential(provider), "no_credential")
         if mode == "bedrock" and not intercepted:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
         hold = _Hold(self.body_budget)  # given back once the call is over
         try:
-            try:
-                body = await self._read_body(receive, clen, hold)
-            except _TooLarge:
-                return await self._error(
-                    send,
-                    family,
-                    413,
-                    f"request body exceeds {MAX_BODY} bytes",
-                    "request_too_large",
-                )
-            except _BudgetFull:
-                return await self._error(
-                    send,
-                    family,
-                    503,
-                    "the bridge holds too many request bodies at the moment, retry shortly",
-                    "body_buffer_full",
-                    ((b"retry-after", b"1"),),
-                )
-            except _Disconnected:
+            body = await self._receive_body(receive, send, family, creds.content_length, hold)
+            if body is None:
                 return None
-            drop = _DROP_REQUEST if own_key else _DROP_REQUEST | _CREDENTIALS
+            drop = _DROP_REQUEST if caller.own_key else _DROP_REQUEST | _CREDENTIALS
             call = Call(
                 provider=provider,
                 path=sub,
@@ -349,13 +292,73 @@ class BridgeApp:
                 headers=[(k, v) for k, v in scope["headers"] if k not in drop],
                 body=body,
                 request_id=os.urandom(8).hex(),
-                principal_id=principal.principal_id,
+                principal_id=caller.principal.principal_id,
             )
             if intercepted:
                 self._inspect(call)
             await self._guarded(call, receive, send)
         finally:
             hold.release()
+
+    @classmethod
+    def _not_served(
+        cls, table: RoutingTable, name: str, scope: Scope, creds: _Credentials
+    ) -> tuple[Family, int, str, str]:
+        """(family, status, message, code) for a name the table has no provider for."""
+        unbuilt = table.failed.get(name)
+        if unbuilt is not None:
+            message = f"provider_error: AI provider {name!r} cannot be used: {unbuilt.error}"
+            return unbuilt.family or client_family(scope), 503, message, "provider_error"
+        # Which providers exist is told to gateway users only, not to any scanner.
+        known = isinstance(cls._authenticate(table, creds.gateway_token), Principal)
+        listed = (
+            f"configured: {', '.join(table.names) or 'none'}"
+            if known
+            else "send a gateway token to see the configured providers"
+        )
+        message = f"no provider named {name!r}; {listed}"
+        return client_family(scope), 404, message, "provider_not_found"
+
+    @classmethod
+    def _identify(cls, table: RoutingTable, creds: _Credentials) -> _Caller | tuple[int, str, str]:
+        """Who calls, with whose upstream credential; else (status, message, code)."""
+        own_key = False
+        if creds.byok is not None:
+            if not table.allow_byok:
+                return 403, "Bring Your Own Key (BYOK) mode is not enabled.", "byok_disabled"
+            own_key = creds.authorization is not None or creds.api_key is not None
+        principal = cls._authenticate(table, creds.gateway_token)
+        if not isinstance(principal, Principal):
+            status, message = principal
+            return status, message, "invalid_api_key" if status == 401 else "forbidden"
+        return _Caller(principal, own_key)
+
+    async def _receive_body(
+        self,
+        receive: Receive,
+        send: Send,
+        family: Family,
+        content_length: bytes | None,
+        hold: _Hold,
+    ) -> bytes | None:
+        """The request body, or None once an error went to the client (or it left)."""
+        try:
+            return await self._read_body(receive, content_length, hold)
+        except TooLarge:
+            message = f"request body exceeds {MAX_BODY} bytes"
+            await self._error(send, family, 413, message, "request_too_large")
+        except BudgetFull:
+            await self._error(
+                send,
+                family,
+                503,
+                "the bridge holds too many request bodies at the moment, retry shortly",
+                "body_buffer_full",
+                ((b"retry-after", b"1"),),
+            )
+        except ClientGone:
+            pass
+        return None
 
     @staticmethod
     def _authenticate(table: RoutingTable, token: bytes | None) -> Principal | tuple[int, str]:
@@ -383,18 +386,18 @@ class BridgeApp:
         """The whole body, its size taken from the budget as declared, else as it arrives."""
         if content_length is not None and content_length.isdigit():
             if int(content_length) > MAX_BODY:
-                raise _TooLarge
+                raise TooLarge
             hold.grow_to(int(content_length))
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise _Disconnected
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY:
-                raise _TooLarge
+                raise TooLarge
             hold.grow_to(size)
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -20,8 +20,8 @@ from data_plane.bridge.asgi import Send, respond
 from data_plane.bridge.breaker import Rejected
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
-from data_plane.bridge.transport import Timeouts, UpstreamTransport, direct_transport, origin_of
-from data_plane.bridge.upstream import UpstreamResponse, from_httpx
+from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, origin_of
+from data_plane.bridge.upstream import UpstreamResponse
 from data_plane.bridge.usage import UsageReader
 from data_plane.dump import BodyCapture, Dumper, Exchange
 from data_plane.families import Family
@@ -68,10 +68,9 @@ class Call:
 
 @dataclass(frozen=True)
 class _Route:
-    """How to reach one base URL: our transport (origin, path prefix), or httpx (None)."""
+    """Where one base URL points: its origin and path prefix."""
 
-    transport: UpstreamTransport | None
-    origin: tuple[bytes, str, int]
+    origin: Origin
     prefix: bytes
 
 
@@ -82,9 +81,14 @@ _PLAIN_QUERY = re.compile(rb"[\x21-\x7e]*")
 
 class Forwarder:
     def __init__(
-        self, http: httpx.AsyncClient, metrics: BridgeMetrics, dumper: Dumper | None
+        self,
+        http: httpx.AsyncClient,
+        upstream: UpstreamTransport,
+        metrics: BridgeMetrics,
+        dumper: Dumper | None,
     ) -> None:
         self.http = http
+        self.upstream = upstream
         self.metrics = metrics
         self.dumper = dumper
         self._routes: dict[str, _Route] = {}
@@ -92,9 +96,8 @@ class Forwarder:
     def _route(self, provider: Provider) -> _Route:
         route = self._routes.get(provider.base_url)
         if route is None:
-            transport = direct_transport(self.http, provider.base_url)
-            origin, prefix = origin_of(provider.base_url) if transport else ((b"", "", 0), b"")
-            route = self._routes[provider.base_url] = _Route(transport, origin, prefix.rstrip(b"/"))
+            origin, prefix = origin_of(provider.base_url)
+            route = self._routes[provider.base_url] = _Route(origin, prefix.rstrip(b"/"))
         return route
 
     async def _send_http(self, call: Call, key: str | None) -> UpstreamResponse:
@@ -108,31 +111,23 @@ class Forwarder:
             headers = [*headers, auth]
         provider = call.provider
         route = self._route(provider)
-        if route.transport is not None:
-            suffix = call.path.removeprefix(provider.routes.strip_prefix)
-            if _PLAIN_PATH.fullmatch(suffix) and _PLAIN_QUERY.fullmatch(call.query):
-                target = route.prefix + suffix.encode()
-                if call.query:
-                    target += b"?" + call.query
-            else:  # let httpx percent-encode it as before
-                target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
-            t = self.http.timeout  # the client's settings rule, as on the httpx path
-            status, raw, chunks, close = await route.transport.request(
-                route.origin,
-                call.method,
-                target,
-                headers,
-                call.body,
-                Timeouts(t.connect, t.read, t.write, t.pool),
-            )
-            return UpstreamResponse(status, raw, chunks, close)
-        request = self.http.build_request(
+        suffix = call.path.removeprefix(provider.routes.strip_prefix)
+        if _PLAIN_PATH.fullmatch(suffix) and _PLAIN_QUERY.fullmatch(call.query):
+            target = route.prefix + suffix.encode()
+            if call.query:
+                target += b"?" + call.query
+        else:  # let httpx percent-encode it
+            target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
+        t = self.http.timeout  # the client's settings rule, as for the Bedrock client
+        reply = await self.upstream.request(
+            route.origin,
             call.method,
-            provider.upstream_url(call.path, call.query),
-            headers=headers,
-            content=call.body,
+            target,
+            headers,
+            call.body,
+            Timeouts(t.connect, t.read, t.write, t.pool),
         )
-        return from_httpx(await self.http.send(request, stream=True))
+        return UpstreamResponse(reply.status, reply.headers, reply.chunks, reply.close)
 
     async def _upstream(self, call: Call, send: Send) -> UpstreamResponse | None:
         provider = call.provider
@@ -231,21 +226,40 @@ class Forwarder:
                 await self.dumper.dump(exchange)
 
     async def _relay(self, call: Call, send: Send, exchange: Exchange | None) -> dict[str, int]:
+        """Answer the client from the upstream; the usage tokens read on the way."""
+        response = await self._open(call, send, exchange)
+        if response is None:
+            return {}
+        try:
+            return await self._stream(call, send, exchange, response)
+        except httpx.HTTPError as exc:
+            self.metrics.upstream_errors.labels(call.provider.name, call.route, "stream").inc()
+            if exchange is not None:
+                exchange.error = f"{type(exc).__name__} after the response started: {exc}"
+            log.warning(
+                "upstream stream broke",
+                request_id=call.request_id,
+                provider=call.provider.name,
+                error=type(exc).__name__,
+            )
+            return {}
+        finally:
+            await response.aclose()
+
+    async def _open(
+        self, call: Call, send: Send, exchange: Exchange | None
+    ) -> UpstreamResponse | None:
+        """The upstream's response, or None once an answer already went to the client."""
         provider = call.provider
         try:
-            response = await self._upstream(call, send)
+            return await self._upstream(call, send)
         except httpx.InvalidURL:
             # The client's path or query cannot make an upstream URL (a control character
             # such as %00, or too long): the client's mistake, not a 500.
             call.status = 400
-            await respond(
-                send,
-                400,
-                error_body(
-                    provider.family, 400, "invalid request path or query", "invalid_request"
-                ),
-            )
-            return {}
+            message = "invalid request path or query"
+            await respond(send, 400, error_body(provider.family, 400, message, "invalid_request"))
+            return None
         except httpx.HTTPError as exc:
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
             self.metrics.upstream_errors.labels(provider.name, call.route, kind).inc()
@@ -259,64 +273,43 @@ class Forwarder:
             )
             if exchange is not None:
                 exchange.error = f"{type(exc).__name__}: {exc}"
-            await respond(
-                send,
-                call.status,
-                error_body(
-                    provider.family,
-                    call.status,
-                    f"upstream request failed: {type(exc).__name__}",
-                    "upstream_error",
-                ),
-            )
-            return {}
-        if response is None:
-            return {}
-        try:
-            call.status = response.status
-            headers = [(k, v) for k, v in response.headers if k.lower() not in _DROP_RESPONSE]
-            headers.append((b"x-aibridge-request-id", call.request_id.encode()))
-            content_type = response.header(b"content-type") or ""
-            reader = (
-                UsageReader(
-                    "text/event-stream" in content_type, response.header(b"content-encoding")
-                )
-                if call.intercepted
-                else None
-            )
-            if exchange is not None:
-                exchange.response_headers = [
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
-                ]
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-            call.response_started = True
-            capture = BodyCapture() if exchange is not None else None
-            async for chunk in response.chunks:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if reader is not None:
-                        reader.feed(chunk)
-                    if capture is not None:
-                        capture.feed(chunk)
-            if exchange is not None and capture is not None:
-                exchange.response_body = capture.body()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return reader.finish() if reader is not None else {}
-        except httpx.HTTPError as exc:
-            self.metrics.upstream_errors.labels(provider.name, call.route, "stream").inc()
-            if exchange is not None:
-                exchange.error = f"{type(exc).__name__} after the response started: {exc}"
-            log.warning(
-                "upstream stream broke",
-                request_id=call.request_id,
-                provider=provider.name,
-                error=type(exc).__name__,
-            )
-            return {}
-        finally:
-            await response.aclose()
+            message = f"upstream request failed: {type(exc).__name__}"
+            body = error_body(provider.family, call.status, message, "upstream_error")
+            await respond(send, call.status, body)
+            return None
+
+    async def _stream(
+        self, call: Call, send: Send, exchange: Exchange | None, response: UpstreamResponse
+    ) -> dict[str, int]:
+        """Relay status, headers and the body chunk by chunk, as they arrive."""
+        call.status = response.status
+        headers = [(k, v) for k, v in response.headers if k.lower() not in _DROP_RESPONSE]
+        headers.append((b"x-aibridge-request-id", call.request_id.encode()))
+        content_type = response.header(b"content-type") or ""
+        reader = (
+            UsageReader("text/event-stream" in content_type, response.header(b"content-encoding"))
+            if call.intercepted
+            else None
+        )
+        capture = None
+        if exchange is not None:
+            exchange.response_headers = [
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
+            ]
+            capture = BodyCapture()
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        call.response_started = True
+        async for chunk in response.chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if reader is not None:
+                    reader.feed(chunk)
+                if capture is not None:
+                    capture.feed(chunk)
+        if exchange is not None and capture is not None:
+            exchange.response_body = capture.body()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return reader.finish() if reader is not None else {}
 
     def _finish(self, call: Call, labels: tuple[str, str], tokens: dict[str, int]) -> None:
         m = self.metrics

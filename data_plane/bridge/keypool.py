@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
+from data_plane.errors import KeyPoolError
 
 log = get_logger(__name__)
 
@@ -31,10 +32,6 @@ class KeyState(StrEnum):
     VALID = "valid"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
-
-
-class KeyPoolError(ValueError):
-    """The key list cannot make a pool (empty or duplicate keys)."""
 
 
 @dataclass

@@ -28,10 +28,11 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
 from data_plane.bridge.breaker import BreakerSet, BreakerState
-from data_plane.bridge.keypool import KeyPool, KeyPoolError
+from data_plane.bridge.keypool import KeyPool
 from data_plane.bridge.providers import Provider
 from data_plane.bridge.settings import BreakerSettings
 from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, BedrockFactory
+from data_plane.errors import BuildError, KeyPoolError
 from data_plane.families import FAMILY_OF_TYPE, ROUTES, Family, type_name
 from data_plane.gateway_auth import TokenTable, token_table
 
@@ -71,10 +72,6 @@ class RoutingTable:
 
 
 EMPTY = RoutingTable(version="", applied=False)
-
-
-class BuildError(Exception):
-    """A provider of the snapshot cannot be served; the message says why."""
 
 
 @dataclass(frozen=True)

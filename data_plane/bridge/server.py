@@ -33,20 +33,22 @@ from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPAL
 log = get_logger(__name__)
 
 
-def make_http_client() -> httpx.AsyncClient:
-    """One client for every upstream: `UpstreamTransport` (HTTP/1.1 keep-alive, or
-    HTTP/2 where an https upstream offers h2).
-
-    Proxies from the environment (HTTPS_PROXY, NO_PROXY...) are honoured as httpx
-    does with trust_env: matching URLs go through httpx's own proxy transports.
-    Cookies are never stored: the client is shared by every user of the bridge.
-    """
-    transport = UpstreamTransport(
+def make_upstream() -> UpstreamTransport:
+    """The one transport to every upstream: HTTP/1.1 keep-alive, HTTP/2 where an https
+    upstream offers h2, and proxies from the environment (HTTPS_PROXY, NO_PROXY...) as
+    httpx applies them with trust_env."""
+    return UpstreamTransport(
         max_connections=MAX_CONNECTIONS,
         max_keepalive=MAX_KEEPALIVE,
         keepalive_expiry=KEEPALIVE_EXPIRY,
+        trust_env=True,
     )
-    return make_client(trust_env=True, transport=transport)
+
+
+def make_http_client(upstream: UpstreamTransport) -> httpx.AsyncClient:
+    """An httpx client on `upstream` (for the Bedrock client). Cookies are never stored:
+    the client is shared by every user of the bridge."""
+    return make_client(trust_env=True, transport=upstream)
 
 
 class _Server(uvicorn.Server):
@@ -74,11 +76,13 @@ class Bridge:
         handle_signals: bool = False,
     ) -> None:
         self.settings = settings
-        self.http = make_http_client()
+        self.upstream = make_upstream()
+        self.http = make_http_client(self.upstream)
         self.metrics = BridgeMetrics()
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
         self.app = BridgeApp(
             http=self.http,
+            upstream=self.upstream,
             metrics=self.metrics,
             dumper=dumper,
             body_budget=BodyBudget(settings.body_buffer_bytes),

@@ -52,13 +52,3 @@ class AnthropicUpstream(Protocol):
 
 
 BedrockFactory = Callable[[provider_pb2.Provider, httpx.AsyncClient], AnthropicUpstream]
-
-
-def from_httpx(response: httpx.Response) -> UpstreamResponse:
-    """Wrap a streamed httpx response; its body is relayed raw (still encoded)."""
-    return UpstreamResponse(
-        status=response.status_code,
-        headers=response.headers.raw,
-        chunks=response.aiter_raw(),
-        aclose=response.aclose,
-    )

@@ -28,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from aibridge.files import write_private
 from aibridge.logs import get_logger
+from data_plane.errors import CAError
 
 log = get_logger(__name__)
 
@@ -37,10 +38,6 @@ LEAF_DAYS = 30
 RENEW_BEFORE = 86400.0  # seconds
 MAX_LEAVES = 1024
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-class CAError(Exception):
-    """The CA files are unusable; the message says how to fix it."""
 
 
 def _now() -> datetime.datetime:

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None, prog: str = "aibridge proxy") -> int:
     )
     if settings is None:
         return 2
-    from data_plane.proxy.ca import CAError
+    from data_plane.errors import CAError
     from data_plane.proxy.server import serve
 
     return run(prog, serve(settings), CAError)

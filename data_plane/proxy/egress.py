@@ -14,6 +14,8 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 
+from data_plane.errors import Blocked, DialError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -48,14 +50,6 @@ BLOCKED: tuple[IPNetwork, ...] = tuple(
     )
 )
 CONNECT_TIMEOUT = 10.0
-
-
-class Blocked(Exception):
-    """The destination is private or reserved and not allow-listed (403)."""
-
-
-class DialError(Exception):
-    """The destination could not be resolved or reached (502, without detail)."""
 
 
 # IPv6 prefixes whose last 32 bits are an IPv4 address that the packet ends up reaching

@@ -26,10 +26,11 @@ import h11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aibridge.logs import get_logger
+from data_plane.errors import Blocked, ClientGone, DialError, Silent, TooLarge
 from data_plane.proxy.auth import REALM, Identity, authenticate
 from data_plane.proxy.context import Shared
-from data_plane.proxy.egress import Blocked, DialError, url_host
-from data_plane.proxy.h11io import ClientGone, H11Stream, Limits, Silent, TooLarge, Waiting, header
+from data_plane.proxy.egress import url_host
+from data_plane.proxy.h11io import H11Stream, Limits, Waiting, header
 from data_plane.proxy.intercept import provider_request, serve_tls
 from data_plane.proxy.relay import passable, relay
 from data_plane.proxy.tunnel import pipe

@@ -20,20 +20,10 @@ from http import HTTPStatus
 
 import h11
 
+from data_plane.errors import ClientGone, Silent, TooLarge
+
 READ_SIZE = 65536
 MAX_BODY = 32 * 1024 * 1024  # the bridge's own limit; refuse early, without buffering more
-
-
-class TooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    """The client closed the connection (or broke HTTP) before the request was complete."""
-
-
-class Silent(ClientGone):
-    """The client sent (or read) nothing for too long: the connection is dropped."""
 
 
 @dataclass(frozen=True)

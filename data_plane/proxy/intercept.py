@@ -18,9 +18,10 @@ import h11
 
 from aibridge.logs import get_logger
 from data_plane.dump import Exchange
+from data_plane.errors import ClientGone, TooLarge
 from data_plane.proxy.auth import Identity
 from data_plane.proxy.context import Shared
-from data_plane.proxy.h11io import ClientGone, H11Stream, TooLarge, header
+from data_plane.proxy.h11io import H11Stream, header
 from data_plane.proxy.relay import bridge_headers, relay
 from data_plane.proxy.routes import Route
 

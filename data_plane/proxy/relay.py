@@ -16,8 +16,9 @@ import httpx
 
 from aibridge.logs import get_logger
 from data_plane.dump import BodyCapture
+from data_plane.errors import Silent
 from data_plane.proxy.auth import Identity, is_gateway_token
-from data_plane.proxy.h11io import H11Stream, Silent
+from data_plane.proxy.h11io import H11Stream
 from data_plane.proxy.routes import ProxyTable
 
 log = get_logger(__name__)

@@ -1,6 +1,6 @@
 """The bridge's upstream transport against scripted raw HTTP servers: keep-alive reuse,
 framing (length, chunked, until close, HEAD, 1xx), failures as httpx exceptions, and the
-httpx client path. Nothing mocked: real sockets on 127.0.0.1."""
+httpx client path, proxies from the environment. Nothing mocked: real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from data_plane.bridge.server import make_http_client
+from data_plane.bridge.server import make_http_client, make_upstream
 from data_plane.bridge.transport import Timeouts, UpstreamTransport, origin_of
+from data_plane.bridge.transport.proxy import EnvProxies
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
 
@@ -80,7 +81,7 @@ async def call(
     t: UpstreamTransport, url: str, method: str = "POST", body: bytes = b"{}", target: bytes = b""
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     origin, prefix = origin_of(url)
-    status, headers, chunks, close = await t.request(
+    status, headers, chunks, close, _ = await t.request(
         origin, method, target or prefix + b"/chat/completions", [(b"x-test", b"1")], body
     )
     try:
@@ -122,7 +123,7 @@ async def test_chunked_body_relayed_as_it_arrives(transport: UpstreamTransport) 
 
     async with Scripted(handler) as server:
         origin, prefix = origin_of(server.url)
-        status, _, chunks, close = await transport.request(origin, "POST", prefix, [], b"{}")
+        status, _, chunks, close, _ = await transport.request(origin, "POST", prefix, [], b"{}")
         assert status == 200
         assert await anext(chunks) == b"data:"  # before the rest was even written
         gate.set()
@@ -179,7 +180,7 @@ async def test_abandoned_response_closes_its_connection(transport: UpstreamTrans
 
     async with Scripted(handler) as server:
         origin, prefix = origin_of(server.url)
-        _, _, chunks, close = await transport.request(origin, "POST", prefix, [], b"{}")
+        _, _, chunks, close, _ = await transport.request(origin, "POST", prefix, [], b"{}")
         assert await anext(chunks) == b"a"
         await close()  # mid-body: the connection cannot be reused
         async with Scripted(reply(OK)) as other:
@@ -187,7 +188,7 @@ async def test_abandoned_response_closes_its_connection(transport: UpstreamTrans
 
 
 async def test_through_the_httpx_client() -> None:
-    client = make_http_client()
+    client = make_http_client(make_upstream())
     try:
         async with Scripted(reply(OK)) as server:
             response = await client.post(server.url + "/x?a=1&b=%20", content=b"{}")
@@ -204,7 +205,7 @@ async def test_through_the_httpx_client() -> None:
 
 
 async def test_no_cookies_kept_between_callers() -> None:
-    client = make_http_client()
+    client = make_http_client(make_upstream())
     set_cookie = b"HTTP/1.1 200 OK\r\nset-cookie: session=alice\r\ncontent-length: 0\r\n\r\n"
     try:
         async with Scripted(reply(set_cookie)) as server:
@@ -213,3 +214,69 @@ async def test_no_cookies_kept_between_callers() -> None:
             assert b"cookie" not in server.heads[1].lower()
     finally:
         await client.aclose()
+
+
+def _proxy_env(monkeypatch: pytest.MonkeyPatch, proxy: str, no_proxy: str) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+
+
+async def test_environment_proxy_carries_requests_not_exempted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With HTTP_PROXY set, the bridge's transport sends a request (its own path and the httpx
+    client's) to the proxy in absolute form, and an origin NO_PROXY names goes direct."""
+    async with Scripted(reply(OK)) as proxy, Scripted(reply(OK)) as direct:
+        direct_origin, prefix = origin_of(direct.url)
+        _proxy_env(monkeypatch, proxy.url.removesuffix("/v1"), f"127.0.0.1:{direct_origin[2]}")
+        upstream = make_upstream()
+        client = make_http_client(upstream)
+        try:
+            assert (await call(upstream, "http://upstream.test:81/v1"))[::2] == (200, b"{}")
+            assert (await client.get("http://upstream.test:81/v1/models")).status_code == 200
+            assert (await call(upstream, direct.url))[::2] == (200, b"{}")
+        finally:
+            await client.aclose()
+        first, second = proxy.heads
+        assert first.startswith(b"POST http://upstream.test:81/v1/chat/completions HTTP/1.1")
+        assert b"\r\nhost: upstream.test:81\r\n" in first.lower()
+        assert second.startswith(b"GET http://upstream.test:81/v1/models HTTP/1.1")
+        assert direct.heads[0].startswith(b"POST " + prefix + b"/chat/completions HTTP/1.1")
+
+
+@pytest.mark.parametrize(
+    ("url", "proxied"),
+    [
+        ("http://example.com/", False),  # "example.com": the name and its subdomains
+        ("http://api.example.com/", False),
+        ("http://badexample.com/", True),
+        ("http://sub.test/", True),  # ".sub.test": subdomains only
+        ("http://a.sub.test/", False),
+        ("http://10.1.2.3/", False),  # a CIDR range
+        ("http://[::1]:8080/", False),  # an IPv6 address
+        ("http://11.0.0.1/", True),
+        ("http://only.test:8080/", False),  # "only.test:8080": that port only
+        ("http://only.test:8081/", True),
+    ],
+)
+def test_no_proxy_rules(monkeypatch: pytest.MonkeyPatch, url: str, proxied: bool) -> None:
+    """NO_PROXY entries exempt what curl and httpx exempt: a name with its subdomains, a
+    leading dot for subdomains only, addresses and CIDR ranges, host:port."""
+    _proxy_env(
+        monkeypatch,
+        "http://proxy.test:3128",
+        "example.com, .sub.test,10.0.0.0/8,::1,only.test:8080",
+    )
+    proxies = EnvProxies(httpx.Limits(), trust_env=True)
+    assert (proxies.transport_for(origin_of(url)[0]) is not None) is proxied
+
+
+def test_malformed_proxy_url_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy URL httpx cannot use stops the bridge's transport from being made (at start),
+    rather than failing the first request sent through it."""
+    _proxy_env(monkeypatch, "ftp://proxy.test:21", "")
+    with pytest.raises(ValueError, match="proxy"):
+        make_upstream()

@@ -28,9 +28,9 @@ from data_plane.bedrock import (
     AwsCredentials,
     BedrockClient,
     BedrockConfig,
-    BedrockCredentialsError,
     CredentialResolver,
 )
+from data_plane.errors import BedrockCredentialsError
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/bedrock-invoker"
 ROLE_KEYS = [

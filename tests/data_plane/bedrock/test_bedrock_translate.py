@@ -9,8 +9,9 @@ from bedrock_testkit import HAIKU, SONNET, static_config
 
 from aibridge.config.v1 import provider_pb2
 from aibridge.masking import Secret
-from data_plane.bedrock import BedrockConfig, BedrockConfigError
+from data_plane.bedrock import BedrockConfig
 from data_plane.bedrock.translate import bedrock_body, bedrock_model_id, beta_flags, map_error
+from data_plane.errors import BedrockConfigError
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from data_plane.proxy.ca import CAError, CertificateAuthority, LeafCache
+from data_plane.errors import CAError
+from data_plane.proxy.ca import CertificateAuthority, LeafCache
 
 
 def test_generated_once_with_a_private_key(tmp_path: Path) -> None:

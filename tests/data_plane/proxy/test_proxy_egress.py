@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 from proxy_fakes import Echo
 
-from data_plane.proxy.egress import Blocked, DialError, Egress, is_blocked
+from data_plane.errors import Blocked, DialError
+from data_plane.proxy.egress import Egress, is_blocked
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

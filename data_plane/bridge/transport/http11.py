@@ -1,0 +1,241 @@
+"""One HTTP/1.1 connection: the request head, httptools parsing, the body as it arrives.
+
+Responses are parsed by httptools (the parser uvicorn already uses). One exchange at a
+time; the pool decides when a connection is reused (`reusable`) or closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+import httptools
+import httpx
+
+from data_plane.bridge.transport.models import Headers, Origin, needs_length
+
+_HIGH_WATER = 256 * 1024  # body bytes buffered before reading pauses
+
+
+def encode_head(method: str, target: bytes, host: bytes, headers: Headers, body: bytes) -> bytes:
+    """The request head: `headers` go out as given, after Host and before Content-Length
+    (added when `needs_length`), as httpx would send them."""
+    head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target, host)]
+    head += [b"%s: %s\r\n" % pair for pair in headers]
+    if needs_length(method, body):
+        head.append(b"content-length: %d\r\n" % len(body))
+    head.append(b"\r\n")
+    return b"".join(head)
+
+
+class HTTP11Connection(asyncio.Protocol):
+    """One upstream connection; one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.origin: Origin = (b"", "", 0)  # set by whoever opened it
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.active = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for the next exchange."""
+        self.status = 0
+        self.headers: Headers = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.informational = False
+        self.eof_body = False  # no length and not chunked: the body ends with the connection
+        self.head = False
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.paused = False
+        self.error: httpx.TransportError | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.active and not self.complete and self.error is None:
+            if self.headers_done and self.eof_body and exc is None:
+                self.complete = True
+            else:
+                self.error = _lost(exc, self.headers_done)
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drained is None or self._drained.done():
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.active or self.complete:
+            self.close()  # bytes nobody asked for: the connection is not reusable
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("unexpected protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self.informational = True  # 100 Continue and friends: wait for the real one
+            self.headers = []
+            return
+        self.status = status
+        self.headers_done = True
+        chunked = length = False
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = True
+            elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        self.eof_body = not (chunked or length or status in (204, 304))
+        if self.head:
+            self.complete = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.head:
+            self.chunks.append(body)
+            self.buffered += len(body)
+            self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive() and not self.head
+        self._wake()
+
+    # used by the pool
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self.error is None:
+            self.error = error
+        self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, seconds: float | None) -> None:
+        """Until the next event (headers, body bytes, end, error)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._waiter
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out waiting for the upstream") from None
+        finally:
+            self._waiter = None
+
+    async def send(self, head: bytes, body: bytes, seconds: float | None) -> None:
+        assert self.transport is not None
+        # Not head + body: that would copy a large body (uvloop writes the two with one writev).
+        self.transport.writelines((head, body))
+        drained = self._drained
+        if drained is not None and not drained.done():
+            try:
+                async with asyncio.timeout(seconds):
+                    await drained
+            except TimeoutError:
+                raise httpx.WriteTimeout("timed out sending the request") from None
+        if self.closed and self.error is not None:
+            raise self.error
+
+    async def response_head(self, seconds: float | None) -> None:
+        """Until the response's status and headers are in (1xx skipped)."""
+        while not self.headers_done:
+            if self.error is not None:
+                raise self.error
+            await self.wait(seconds)
+
+    def take(self) -> bytes:
+        """Everything buffered so far (empty when nothing is)."""
+        data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and self.error is None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _lost(exc: Exception | None, headers_done: bool) -> httpx.TransportError:
+    """What a connection lost in the middle of an exchange means for the caller."""
+    if exc is not None:
+        return httpx.ReadError(str(exc) or type(exc).__name__)
+    if headers_done:
+        return httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body"
+        )
+    return httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+
+class ResponseBody(httpx.AsyncByteStream):
+    """The body of one response as it arrives; `aclose` hands the connection back once."""
+
+    def __init__(
+        self,
+        conn: HTTP11Connection,
+        timeout: float | None,
+        release: Callable[[HTTP11Connection], None],
+    ) -> None:
+        self._conn = conn
+        self._timeout = timeout
+        self._release: Callable[[HTTP11Connection], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        while True:
+            if conn.chunks:
+                yield conn.take()
+            elif conn.complete:
+                return
+            elif conn.error is not None:
+                raise conn.error
+            else:
+                await conn.wait(self._timeout)
+
+    async def aclose(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release(self._conn)

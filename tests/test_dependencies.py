@@ -1,0 +1,128 @@
+"""pyproject.toml declares what the code imports: every third-party module the packages
+import comes from a declared dependency, every declared dependency is imported, the tests'
+own imports are declared (runtime or dev), and no private module of a third-party
+package is imported."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("aibridge", "config_service", "data_plane")
+GENERATED = re.compile(r"_pb2(_grpc)?\.py$")  # grpcio-tools' output imports grpc._utilities
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _distribution(requirement: str) -> str:
+    """The normalised distribution name of a requirement such as `httpx[http2]>=0.27`."""
+    name = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _modules_of(requirements: list[str]) -> dict[str, str]:
+    """Top-level module -> the declared distribution that installs it."""
+    declared = {_distribution(r) for r in requirements}
+    modules: dict[str, str] = {}
+    for module, distributions in packages_distributions().items():
+        for distribution in distributions:
+            if _distribution(distribution) in declared:
+                modules[module] = _distribution(distribution)
+    return modules
+
+
+def _imports(*folders: str) -> Iterator[tuple[str, str, Path]]:
+    """(imported module, its top-level name, file) for every absolute import."""
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    yield name, name.split(".")[0], path
+
+
+def _third_party(top: str, local: set[str]) -> bool:
+    return top not in sys.stdlib_module_names and top not in local
+
+
+def _local_modules(*folders: str) -> set[str]:
+    """Names importable from the tree itself: our packages, and the tests' helper modules."""
+    names = set(PACKAGES) | {"tests"}
+    for folder in folders:
+        names |= {path.stem for path in (ROOT / folder).rglob("*.py")}
+    return names
+
+
+def test_package_imports_match_declared_dependencies() -> None:
+    """Each third-party module the packages import is declared, and each declared one imported."""
+    runtime = _modules_of(PROJECT["dependencies"])
+    local = _local_modules()
+    imported = {top: path for _, top, path in _imports(*PACKAGES) if _third_party(top, local)}
+    undeclared = {top: str(path.relative_to(ROOT)) for top, path in imported.items()}
+    for top in runtime:
+        undeclared.pop(top, None)
+    unused = {_distribution(r) for r in PROJECT["dependencies"]} - {
+        runtime[top] for top in imported if top in runtime
+    }
+    assert undeclared == {}, f"imported but not declared in [project].dependencies: {undeclared}"
+    assert unused == set(), f"declared in [project].dependencies but never imported: {unused}"
+
+
+def test_test_imports_are_declared() -> None:
+    """Each third-party module tests, bench and scripts import is a runtime or dev dependency."""
+    folders = ("tests", "bench", "scripts")
+    declared = _modules_of(PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"])
+    local = _local_modules(*folders)
+    undeclared = {
+        top: str(path.relative_to(ROOT))
+        for _, top, path in _imports(*folders)
+        if _third_party(top, local) and top not in declared
+    }
+    assert undeclared == {}, f"imported but not declared (dev extra): {undeclared}"
+
+
+def test_no_private_module_of_a_third_party_package() -> None:
+    """No import reaches into a third-party package's private module (`httpx._utils`)."""
+    local = _local_modules()
+    private = sorted(
+        f"{path.relative_to(ROOT)}: {name}"
+        for name, top, path in _imports(*PACKAGES)
+        if _third_party(top, local)
+        and not GENERATED.search(path.name)
+        and any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+    )
+    assert private == []
+
+
+# NamedTuple's public methods carry an underscore so as not to clash with field names.
+NAMEDTUPLE_API = frozenset(("_asdict", "_replace", "_fields", "_make"))
+
+
+def test_no_private_attribute_of_another_object() -> None:
+    """No code reaches a private attribute of an object other than its own
+    (`client._transport_for_url`): private API of a library, or of another class."""
+    reached = []
+    for folder in PACKAGES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if GENERATED.search(path.name):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and node.attr not in NAMEDTUPLE_API
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                ):
+                    reached.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert reached == []
