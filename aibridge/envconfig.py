@@ -25,7 +25,18 @@ class SettingsError(Exception):
         super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds from '30s', '500ms', '2m', '24h', '7d' or a bare number of seconds; None if not."""
+    match = _DURATION.match(value)
+    if not match:
+        return None
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -111,19 +122,17 @@ class Reader:
         return parsed
 
     def duration(self, name: builtins.str, default: float) -> float:
-        """Seconds, from '30s', '500ms', '2m', '1h' or a bare number of seconds."""
+        """Seconds (see `parse_duration`)."""
         value = self.raw(name)
         if value is None or value == "":
             return default
-        match = _DURATION.match(value)
-        if not match:
+        seconds = parse_duration(value)
+        if seconds is None:
             self.problems.append(
                 f"{self.label(name)}={value!r}: expected a duration such as 30s or 500ms"
             )
             return default
-        number = float(match.group(1))
-        unit = match.group(2) or "s"
-        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+        return seconds
 
     def listen(
         self, name: builtins.str, default: builtins.str

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -37,7 +37,7 @@ from config_service.seed import apply as seed_apply
 from config_service.seed.env import parse_env
 from config_service.servicers.config import ConfigServicer
 from config_service.settings import ConfigServiceSettings
-from config_service.store import subscriber_status, tokens
+from config_service.store import subscriber_status, tokens, usage
 from config_service.store.database import Database
 from config_service.subscribers import SubscriberRegistry
 
@@ -50,6 +50,7 @@ SERVICE_NAMES = (
     "aibridge.config.v1.ConfigService",
     "aibridge.config.v1.ProviderAdminService",
     "aibridge.config.v1.TokenAdminService",
+    "aibridge.config.v1.UsageService",
 )
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 LISTEN_SETTING = "AIBRIDGE_GRPC_LISTEN"
@@ -280,6 +281,30 @@ async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics
             log.warning("revision check failed", error=str(exc))
 
 
+PRUNE_BATCH = 5000
+
+
+async def _prune_usage(db: Database, retention: float, interval: float) -> None:
+    """Delete records older than the retention, a batch per transaction, every interval.
+
+    Batches keep each transaction (and its locks) short while the bridge keeps writing;
+    on PostgreSQL one replica at a time prunes (`usage.prune` answers None to the others).
+    """
+    while True:
+        cutoff = datetime.now(UTC) - timedelta(seconds=retention)
+        removed = 0
+        try:
+            while (count := await db.call(usage.prune, db, cutoff, PRUNE_BATCH)) is not None:
+                removed += count
+                if count < PRUNE_BATCH:
+                    break
+        except Exception as exc:
+            log.warning("could not prune interception records", error=str(exc))
+        if removed:
+            log.info("pruned interception records", removed=removed, before=cutoff.isoformat())
+        await asyncio.sleep(interval)
+
+
 async def _follow_reachability(hub: SnapshotHub, health: HealthServicer) -> None:
     """Health says NOT_SERVING while the database is unreachable, SERVING again after."""
     serving = True
@@ -348,6 +373,12 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
     running.tasks.append(asyncio.create_task(_resync_loop(hub, settings.resync_interval, metrics)))
     running.tasks.append(asyncio.create_task(_follow_reachability(hub, health_servicer)))
+    if settings.usage_retention > 0:
+        running.tasks.append(
+            asyncio.create_task(
+                _prune_usage(db, settings.usage_retention, settings.usage_prune_interval)
+            )
+        )
     if db.is_postgres:
         running.tasks.append(
             asyncio.create_task(

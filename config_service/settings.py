@@ -21,6 +21,8 @@ from config_service.store.tokens import weak_token_problem
 # Every bridge shares the bridge principal (and every proxy the proxy one): the default
 # must carry a whole fleet on one replica (the 10,000-subscriber target), with room.
 DEFAULT_MAX_WATCH_STREAMS = 20_000
+DEFAULT_USAGE_RETENTION = 30 * 86400.0
+DEFAULT_USAGE_PRUNE_INTERVAL = 600.0
 
 # (ENV_NAME, help): each is also a flag of `aibridge config-service` (flags win).
 ENV_VARS: list[tuple[str, str]] = [
@@ -41,6 +43,15 @@ ENV_VARS: list[tuple[str, str]] = [
         "AIBRIDGE_MAX_WATCH_STREAMS_PER_PRINCIPAL",
         "open WatchProviders streams one principal may hold on a replica; the excess is "
         f"refused with RESOURCE_EXHAUSTED (default {DEFAULT_MAX_WATCH_STREAMS})",
+    ),
+    (
+        "AIBRIDGE_USAGE_RETENTION",
+        "how long interception records are kept, e.g. 30d or 12h; 0 keeps them forever "
+        "(default 30d)",
+    ),
+    (
+        "AIBRIDGE_USAGE_PRUNE_INTERVAL",
+        "how often records past the retention are deleted, in batches (default 10m)",
     ),
     ("AIBRIDGE_REPLICA_ID", "name of this replica in ListSubscribers (default host-pid)"),
     ("AIBRIDGE_LOG_FORMAT", "json or console (default: json unless a terminal)"),
@@ -65,6 +76,8 @@ class ConfigServiceSettings:
     metrics_listen: tuple[str, int] | None = None
     resync_interval: float = 5.0
     max_watch_streams_per_principal: int = DEFAULT_MAX_WATCH_STREAMS
+    usage_retention: float = DEFAULT_USAGE_RETENTION
+    usage_prune_interval: float = DEFAULT_USAGE_PRUNE_INTERVAL
     replica_id: str = ""
     log_format: str = ""
     log_level: str = "info"
@@ -119,6 +132,10 @@ class ConfigServiceSettings:
         max_streams = r.int(
             "AIBRIDGE_MAX_WATCH_STREAMS_PER_PRINCIPAL", DEFAULT_MAX_WATCH_STREAMS, minimum=1
         )
+        retention = r.duration("AIBRIDGE_USAGE_RETENTION", DEFAULT_USAGE_RETENTION)
+        prune_interval = r.duration("AIBRIDGE_USAGE_PRUNE_INTERVAL", DEFAULT_USAGE_PRUNE_INTERVAL)
+        if prune_interval <= 0:
+            r.problems.append("AIBRIDGE_USAGE_PRUNE_INTERVAL: must be positive")
         log_format, log_level = r.log_settings()
         allow_byok = r.bool("AIBRIDGE_ALLOW_BYOK", True)
         replica = r.str("AIBRIDGE_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
@@ -139,6 +156,8 @@ class ConfigServiceSettings:
             metrics_listen=metrics_listen,
             resync_interval=resync,
             max_watch_streams_per_principal=max_streams,
+            usage_retention=retention,
+            usage_prune_interval=prune_interval,
             replica_id=replica,
             log_format=log_format,
             log_level=log_level,
