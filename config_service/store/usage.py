@@ -19,7 +19,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, Table, and_, case, delete, func, or_, select, text
+from sqlalchemy import (
+    CursorResult,
+    Select,
+    Table,
+    and_,
+    case,
+    column,
+    delete,
+    func,
+    or_,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -45,6 +58,15 @@ TOKEN_KINDS = (
 DIMENSIONS = ("principal", "provider", "model", "client", "day", "hour")
 _TABLE = cast(Table, Interception.__table__)
 _TOOLS = cast(Table, InterceptionToolCall.__table__)
+_COLUMNS = [c.name for c in _TABLE.c]
+_STAGING = table("interceptions_incoming", *(column(name) for name in _COLUMNS))
+_FROM_STAGING = str(
+    postgresql.insert(_TABLE)
+    .from_select(_COLUMNS, select(_STAGING))
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(_TABLE.c.id)
+    .compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
+)
 # Every column but the prompt: what a list answers.
 _LISTED = [c for c in _TABLE.c if c.name != "prompt"]
 
@@ -92,9 +114,43 @@ class Stored:
     duplicates: int
 
 
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT construct (both have ON CONFLICT DO NOTHING)."""
-    return (postgresql if session.get_bind().dialect.name == "postgresql" else sqlite).insert
+def _insert_sqlite(session: Session, rows: Sequence[Row], tool_calls: Sequence[Row]) -> set[str]:
+    stmt = (
+        sqlite.insert(_TABLE).on_conflict_do_nothing(index_elements=["id"]).returning(_TABLE.c.id)
+    )
+    inserted = set(session.execute(stmt, list(rows)).scalars())
+    new_calls = [t for t in tool_calls if t["interception_id"] in inserted]
+    if new_calls:
+        session.execute(_TOOLS.insert(), new_calls)
+    return inserted
+
+
+def _copy(cursor: Any, target: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+    with cursor.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[name] for name in columns])
+
+
+def _insert_postgres(session: Session, rows: Sequence[Row], tool_calls: Sequence[Row]) -> set[str]:
+    """COPY into a per-connection staging table, then one INSERT ... SELECT ... ON CONFLICT.
+
+    A multi-row INSERT with ~30,000 parameters spends most of its time in the driver
+    rewriting the query text; COPY streams the rows (psycopg's C path) and the one
+    statement that follows is short. The staging table empties itself at COMMIT.
+    """
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS interceptions_incoming "
+        "(LIKE interceptions) ON COMMIT DELETE ROWS"
+    )
+    _copy(cursor, "interceptions_incoming", _COLUMNS, rows)
+    cursor.execute(_FROM_STAGING)
+    inserted = {str(r[0]) for r in cursor.fetchall()}
+    new_calls = [t for t in tool_calls if t["interception_id"] in inserted]
+    if new_calls:
+        # Their records were inserted by this transaction: no conflict is possible.
+        _copy(cursor, "interception_tool_calls", [c.name for c in _TOOLS.c], new_calls)
+    return inserted
 
 
 def record(
@@ -107,16 +163,9 @@ def record(
     authorize(subject, Action.WRITE_USAGE)
     if not rows:
         return Stored(0, 0)
+    insert = _insert_postgres if db.is_postgres else _insert_sqlite
     with db.write(lock_revision=False) as session:
-        stmt = (
-            _insert(session)(_TABLE)
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(_TABLE.c.id)
-        )
-        inserted = set(session.execute(stmt, list(rows)).scalars())
-        new_calls = [t for t in tool_calls if t["interception_id"] in inserted]
-        if new_calls:
-            session.execute(_TOOLS.insert(), new_calls)
+        inserted = insert(session, rows, tool_calls)
     return Stored(len(inserted), len(rows) - len(inserted))
 
 
