@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,11 +17,13 @@ from sqlalchemy import func, select, text
 from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
+from aibridge.envconfig import SettingsError
 from aibridge.masking import sha256_hex
 from aibridge.recording import new_record_id
 from config_service.db.models import Interception, InterceptionToolCall
 from config_service.rbac import Role
 from config_service.servicers.usage import batch_rows
+from config_service.settings import ConfigServiceSettings
 from config_service.store import tokens, usage
 from tests.fixtures.services import Service, StartService
 from tests.resilience.harness import eventually
@@ -371,3 +374,13 @@ async def test_pruning_goes_in_batches_and_one_replica_at_a_time(service: Servic
     assert usage.prune(db, NOW, 10) == 10
     assert usage.prune(db, NOW, 10) == 5
     assert usage.prune(db, NOW, 10) == 0
+
+
+def test_retention_takes_days_and_refuses_nonsense(tmp_path: Path) -> None:
+    """AIBRIDGE_USAGE_RETENTION reads 7d as a week, defaults to 30 days, and names a bad value."""
+    env = {"AIBRIDGE_DATA_DIR": str(tmp_path)}
+    assert ConfigServiceSettings.from_env(env).usage_retention == 30 * 86400
+    week = ConfigServiceSettings.from_env({**env, "AIBRIDGE_USAGE_RETENTION": "7d"})
+    assert week.usage_retention == 7 * 86400
+    with pytest.raises(SettingsError, match="AIBRIDGE_USAGE_RETENTION='a month'"):
+        ConfigServiceSettings.from_env({**env, "AIBRIDGE_USAGE_RETENTION": "a month"})
