@@ -284,7 +284,9 @@ async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics
 PRUNE_BATCH = 5000
 
 
-async def _prune_usage(db: Database, retention: float, interval: float) -> None:
+async def _prune_usage(
+    db: Database, retention: float, interval: float, metrics: ConfigMetrics
+) -> None:
     """Delete records older than the retention, a batch per transaction, every interval.
 
     Batches keep each transaction (and its locks) short while the bridge keeps writing;
@@ -301,6 +303,7 @@ async def _prune_usage(db: Database, retention: float, interval: float) -> None:
         except Exception as exc:
             log.warning("could not prune interception records", error=str(exc))
         if removed:
+            metrics.usage_pruned.inc(removed)
             log.info("pruned interception records", removed=removed, before=cutoff.isoformat())
         await asyncio.sleep(interval)
 
@@ -363,7 +366,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     server.add_generic_rpc_handlers((config.handler(),))
     from config_service.servicers import admin
 
-    admin.register(server, db, hub, auth, settings.allow_byok)
+    admin.register(server, db, hub, auth, settings.allow_byok, metrics)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
@@ -376,7 +379,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     if settings.usage_retention > 0:
         running.tasks.append(
             asyncio.create_task(
-                _prune_usage(db, settings.usage_retention, settings.usage_prune_interval)
+                _prune_usage(db, settings.usage_retention, settings.usage_prune_interval, metrics)
             )
         )
     if db.is_postgres:

@@ -11,6 +11,7 @@ from aibridge.config.v1 import (
 )
 from config_service.auth import Authenticator
 from config_service.hub import SnapshotHub
+from config_service.metrics import ConfigMetrics
 from config_service.servicers.providers import ProviderAdminServicer
 from config_service.servicers.tokens import TokenAdminServicer
 from config_service.servicers.usage import UsageServicer
@@ -23,6 +24,7 @@ def register(
     hub: SnapshotHub,
     auth: Authenticator,
     allow_byok: bool,
+    metrics: ConfigMetrics,
 ) -> None:
     token_admin_service_pb2_grpc.add_TokenAdminServiceServicer_to_server(
         TokenAdminServicer(db, hub, auth), server
@@ -30,4 +32,6 @@ def register(
     provider_admin_service_pb2_grpc.add_ProviderAdminServiceServicer_to_server(
         ProviderAdminServicer(db, hub, auth, allow_byok), server
     )
-    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(db, auth), server)
+    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(db, auth, metrics), server
+    )

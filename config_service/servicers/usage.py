@@ -23,6 +23,7 @@ from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.masking import mask_secret
 from config_service.auth import Authenticator
 from config_service.errors import InvalidArgument
+from config_service.metrics import ConfigMetrics
 from config_service.provider_types import FROM_PROTO, TO_PROTO
 from config_service.rbac import Action, authorize
 from config_service.servicers.edge import unary
@@ -280,9 +281,11 @@ def group_proto(row: Row) -> pb.UsageGroup:
 
 
 class UsageServicer(pb_grpc.UsageServiceServicer):
-    def __init__(self, db: Database, auth: Authenticator) -> None:
+    def __init__(self, db: Database, auth: Authenticator, metrics: ConfigMetrics) -> None:
         self._db = db
         self._auth = auth
+        self._inserted = metrics.usage_records.labels(result="inserted")
+        self._duplicates = metrics.usage_records.labels(result="duplicate")
 
     @unary
     async def RecordInterceptions(
@@ -293,9 +296,10 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         authorize(subject, Action.WRITE_USAGE)
         rows, calls, repeats = batch_rows(request)
         stored = await self._db.call(usage.record, self._db, subject, rows, calls)
-        return pb.RecordInterceptionsResponse(
-            inserted=stored.inserted, duplicates=stored.duplicates + repeats
-        )
+        duplicates = stored.duplicates + repeats
+        self._inserted.inc(stored.inserted)
+        self._duplicates.inc(duplicates)
+        return pb.RecordInterceptionsResponse(inserted=stored.inserted, duplicates=duplicates)
 
     @unary
     async def ListInterceptions(

@@ -154,6 +154,12 @@ async def test_a_replayed_batch_inserts_nothing_and_answers_ok(u: Usage) -> None
     assert (partly.inserted, partly.duplicates) == (1, 5)
     assert count_rows(u.svc, Interception) == 21
     assert count_rows(u.svc, InterceptionToolCall) == 20
+    registry = u.svc.running.metrics.registry
+    for result, count in (("inserted", 21), ("duplicate", 25)):
+        sample = registry.get_sample_value(
+            "aibridge_config_usage_records_total", {"result": result}
+        )
+        assert sample == count, result
 
 
 async def test_a_record_repeated_within_a_batch_is_stored_once(u: Usage) -> None:
@@ -353,6 +359,7 @@ async def test_records_past_the_retention_are_pruned_on_the_timer(
     await eventually(lambda: count_rows(svc, Interception) == 1)
     assert [i.id for i in await u.list_all()] == [fresh.id]
     assert count_rows(svc, InterceptionToolCall) == 0
+    assert svc.running.metrics.registry.get_sample_value("aibridge_config_usage_pruned_total") == 1
 
 
 async def test_pruning_goes_in_batches_and_one_replica_at_a_time(service: Service) -> None:
