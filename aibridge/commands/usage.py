@@ -15,6 +15,7 @@ Exit codes: 0 done, 1 the config service refused or could not be reached, 2 usag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -24,11 +25,11 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, client_from_args, describe_rpc_error
 from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
-from aibridge.envconfig import add_env_flags, parse_duration
+from aibridge.envconfig import seconds
 from aibridge.terminal import escape, table
 
 PROG = "aibridge usage"
@@ -60,9 +61,8 @@ class UsageError(Exception):
 
 def parse_when(value: str, now: datetime | None = None) -> datetime:
     """'7d' (that long ago) or an ISO time (UTC unless it says otherwise)."""
-    seconds = parse_duration(value)
-    if seconds is not None:
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    with contextlib.suppress(ValueError):
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds(value))
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -91,7 +91,7 @@ def _common(p: argparse.ArgumentParser, filters: bool = True) -> argparse.Argume
         p.add_argument("--client", default="", help="client, e.g. claude-code, codex, other")
         p.add_argument("--outcome", choices=sorted(OUTCOMES))
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_env_flags(p, CLIENT_ENV_VARS)
+    CLIENT.add_flags(p)
     return p
 
 
