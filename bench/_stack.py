@@ -24,9 +24,9 @@ from typing import Any, TextIO, cast
 import httptools
 
 AIBRIDGE = str(Path(sys.executable).parent / "aibridge")
-ADMIN = "bench-admin-token-0123456789abcdef"
-BRIDGE = "bench-bridge-token-0123456789abcdef"
-PROXY = "bench-proxy-token-0123456789abcdef"
+ADMIN = "bench-admin-881a737f6b2ca0e2c4db8e5c3c576c2cb99a6741"
+BRIDGE = "bench-bridge-048f02d331ceb6c0674d251ca98a9bebb3e042a1"
+PROXY = "bench-proxy-9b77174c9ea376570fbb510392a3829db63ee298"
 UPSTREAM_KEY = "sk-bench-upstream-0123456789abcdef"
 PROVIDER = "fake"
 SSE_CHUNKS = 20

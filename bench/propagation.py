@@ -37,8 +37,8 @@ from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
 
-ADMIN = "bench-admin-token-0123456789abcdef"
-BRIDGE = "bench-bridge-token-0123456789abcdef"
+ADMIN = "bench-admin-881a737f6b2ca0e2c4db8e5c3c576c2cb99a6741"
+BRIDGE = "bench-bridge-048f02d331ceb6c0674d251ca98a9bebb3e042a1"
 
 
 def _drain(proc: subprocess.Popen[str]) -> None:
