@@ -162,6 +162,17 @@ async def test_a_replayed_batch_inserts_nothing_and_answers_ok(u: Usage) -> None
         assert sample == count, result
 
 
+async def test_the_same_batch_sent_concurrently_is_stored_once(u: Usage) -> None:
+    """Four concurrent copies of one batch (a retry racing the original) store each record once."""
+    call = usage_pb2.ToolCall(name="shell", call_id="call_1")
+    batch = [make(u.member_id, tool_calls=[call]) for _ in range(200)]
+    answers = await asyncio.gather(*(u.record(batch) for _ in range(4)))
+    assert sum(a.inserted for a in answers) == 200
+    assert sum(a.duplicates for a in answers) == 3 * 200
+    assert count_rows(u.svc, Interception) == 200
+    assert count_rows(u.svc, InterceptionToolCall) == 200
+
+
 async def test_a_record_repeated_within_a_batch_is_stored_once(u: Usage) -> None:
     """A batch carrying one record twice stores it once and counts the repeat as a duplicate."""
     record = make(u.member_id, tool_calls=[usage_pb2.ToolCall(name="t", call_id="c")])
