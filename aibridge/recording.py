@@ -9,6 +9,9 @@ import os
 import re
 import time
 import uuid
+from typing import Any
+
+from aibridge.config.v1 import usage_pb2
 
 MAX_BATCH = 5000  # records per RecordInterceptions call (and the 4 MiB message limit)
 MAX_NAME = 200  # provider name, models, principal name, session id, tool names, call ids
@@ -21,6 +24,16 @@ MAX_ARGUMENTS = 64 * 1024  # characters of one tool call's JSON arguments
 # The detected client: claude-code, codex, cursor, openai-python, ... or other.
 CLIENT_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")
 MAX_CLIENT = 64
+
+
+# The five token counts, as TokenUsage (and the interceptions table) name them.
+TOKEN_KINDS = tuple(f.name for f in usage_pb2.TokenUsage.DESCRIPTOR.fields)
+
+
+def enum_names(enum: Any, prefix: str) -> dict[int, str]:
+    """A proto enum's values by lower-case name without the prefix (OUTCOME_CANCELLED ->
+    cancelled), the UNSPECIFIED zero left out: how the table, the CLI and JSON spell them."""
+    return {value: name.removeprefix(prefix).lower() for name, value in enum.items() if value}
 
 
 def new_record_id(now_ns: int | None = None) -> str:

@@ -30,6 +30,7 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.envconfig import seconds
+from aibridge.recording import TOKEN_KINDS, enum_names
 from aibridge.terminal import escape, table
 
 PROG = "aibridge usage"
@@ -37,22 +38,13 @@ TIMEOUT = 30.0
 PAGE = 1000
 
 
-def _names(enum: Any, prefix: str) -> dict[str, int]:
-    return {name.removeprefix(prefix).lower(): value for name, value in enum.items() if value != 0}
-
-
-OUTCOMES = _names(usage_pb2.Outcome, "OUTCOME_")
-DIMENSIONS = _names(pb.UsageDimension, "USAGE_DIMENSION_")
+OUTCOME_NAMES = enum_names(usage_pb2.Outcome, "OUTCOME_")
+OUTCOMES = {name: value for value, name in OUTCOME_NAMES.items()}
+DIMENSIONS = {
+    name: value for value, name in enum_names(pb.UsageDimension, "USAGE_DIMENSION_").items()
+}
 DIMENSIONS["user"] = DIMENSIONS["principal"]
-OUTCOME_NAMES = {v: k for k, v in OUTCOMES.items()}
-CREDENTIAL_NAMES = {v: k for k, v in _names(usage_pb2.CredentialKind, "CREDENTIAL_KIND_").items()}
-TOKEN_KINDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
+CREDENTIAL_NAMES = enum_names(usage_pb2.CredentialKind, "CREDENTIAL_KIND_")
 
 
 class UsageError(Exception):

@@ -21,6 +21,7 @@ from aibridge.config.v1 import usage_pb2, usage_service_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.masking import mask_secret
+from aibridge.recording import TOKEN_KINDS, enum_names
 from config_service.auth import Authenticator
 from config_service.errors import InvalidArgument
 from config_service.metrics import ConfigMetrics
@@ -48,9 +49,9 @@ def _enum_names(enum: Any, prefix: str) -> dict[int, str]:
 
 OUTCOMES = _enum_names(usage_pb2.Outcome, "OUTCOME_")
 OUTCOMES_FROM = {v: k for k, v in OUTCOMES.items()}
-CREDENTIALS = _enum_names(usage_pb2.CredentialKind, "CREDENTIAL_KIND_")
+CREDENTIALS = enum_names(usage_pb2.CredentialKind, "CREDENTIAL_KIND_")
 CREDENTIALS_FROM = {v: k for k, v in CREDENTIALS.items()}
-DIMENSIONS = _enum_names(usage_service_pb2.UsageDimension, "USAGE_DIMENSION_")
+DIMENSIONS = enum_names(usage_service_pb2.UsageDimension, "USAGE_DIMENSION_")
 
 
 # ------------------------------------------------------------------------------ checks
@@ -163,10 +164,7 @@ def record_row(field: str, r: usage_pb2.Interception) -> tuple[Row, list[Row]]:
         ),
         "credential_hint": credential_hint(f + "credential_hint", r.credential_hint),
         "attempts": _count(f + "attempts", r.attempts, MAX_ATTEMPTS),
-        **{
-            kind: _count(f"{f}usage.{kind}", getattr(u, kind), MAX_TOKENS)
-            for kind in usage.TOKEN_KINDS
-        },
+        **{kind: _count(f"{f}usage.{kind}", getattr(u, kind), MAX_TOKENS) for kind in TOKEN_KINDS},
         "prompt": _content(f + "prompt", r.prompt, recording.MAX_PROMPT),
         "proxied": r.proxied,
         "streamed": r.streamed,
@@ -241,7 +239,7 @@ def interception_proto(row: Row, calls: list[Row] | None = None) -> usage_pb2.In
         credential_kind=CREDENTIALS_FROM.get(row["credential_kind"], 0),  # type: ignore[arg-type]
         credential_hint=row["credential_hint"],
         attempts=row["attempts"],
-        usage=usage_pb2.TokenUsage(**{kind: row[kind] for kind in usage.TOKEN_KINDS}),
+        usage=usage_pb2.TokenUsage(**{kind: row[kind] for kind in TOKEN_KINDS}),
         prompt=row["prompt"],
         proxied=row["proxied"],
         streamed=row["streamed"],
@@ -261,7 +259,7 @@ def counts_proto(row: Row) -> pb.UsageCounts:
         requests=row["requests"],
         failures=row["failures"],
         cancelled=row["cancelled"],
-        usage=usage_pb2.TokenUsage(**{kind: int(row[kind]) for kind in usage.TOKEN_KINDS}),
+        usage=usage_pb2.TokenUsage(**{kind: int(row[kind]) for kind in TOKEN_KINDS}),
     )
 
 

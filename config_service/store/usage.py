@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from aibridge.recording import TOKEN_KINDS
 from config_service.db.models import Interception, InterceptionToolCall
 from config_service.errors import InvalidArgument, NotFound
 from config_service.rbac import Action, Subject, UsageView, authorize, usage_view
@@ -48,14 +49,6 @@ MAX_GROUPS = 10_000
 # Arbitrary constant shared by every replica: one of them prunes at a time.
 PRUNE_LOCK_ID = 0x7573616765  # "usage"
 COMPLETED, CANCELLED = "completed", "cancelled"
-TOKEN_KINDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
-DIMENSIONS = ("principal", "provider", "model", "client", "day", "hour")
 _TABLE = cast(Table, Interception.__table__)
 _TOOLS = cast(Table, InterceptionToolCall.__table__)
 _COLUMNS = [c.name for c in _TABLE.c]

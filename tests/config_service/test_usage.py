@@ -19,7 +19,7 @@ from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.envconfig import SettingsError
 from aibridge.masking import sha256_hex
-from aibridge.recording import new_record_id
+from aibridge.recording import TOKEN_KINDS, new_record_id
 from config_service.db.models import Interception, InterceptionToolCall
 from config_service.rbac import Role
 from config_service.servicers.usage import batch_rows
@@ -243,7 +243,7 @@ async def test_the_summary_groups_add_up_to_the_total(u: Usage) -> None:
     assert cells[u.member_id, "gpt-4o"].requests == 2
     assert cells[u.member_id, "gpt-4o"].failures == 1
     assert all(g.principal_name for g in both.groups)
-    for kind in usage.TOKEN_KINDS:
+    for kind in TOKEN_KINDS:
         assert sum(getattr(g.counts.usage, kind) for g in both.groups) == getattr(total.usage, kind)
     for period in (pb.USAGE_DIMENSION_DAY, pb.USAGE_DIMENSION_HOUR):
         grouped = await u.summary([period])
