@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("aibridge.commands.snapshot", "print the current provider snapshot as JSON"),
     "providers": ("aibridge.commands.providers", "manage providers over gRPC"),
     "subscribers": ("aibridge.commands.subscribers", "list snapshot subscribers"),
+    "usage": ("aibridge.commands.usage", "list, show and summarize interception records"),
     "bridge": ("data_plane.bridge.cli", "run the bridge daemon (aibridged)"),
     "proxy": ("data_plane.proxy.cli", "run the CONNECT proxy daemon (aibridgeproxyd)"),
     "up": ("aibridge.commands.up", "run config service, bridge and proxy on this machine"),

@@ -64,8 +64,8 @@ class Setting(Generic[V]):
 
 # --- kinds: parsers of one setting's text ------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -104,15 +104,20 @@ def integer(minimum: int | None = None) -> Parse[int]:
     return parse
 
 
-def duration(value: str) -> float:
-    """Seconds, more than 0, from '30s', '500ms', '2m', '1h' or a bare number of seconds."""
+def seconds(value: str) -> float:
+    """Seconds, 0 or more, from '30s', '500ms', '2m', '24h', '7d' or a bare number of seconds."""
     match = _DURATION.match(value)
     if not match:
         raise ValueError("expected a duration such as 30s or 500ms")
-    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds <= 0:
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def duration(value: str) -> float:
+    """A `seconds` value more than 0."""
+    parsed = seconds(value)
+    if parsed <= 0:
         raise ValueError("must be more than 0")
-    return seconds
+    return parsed
 
 
 def address(value: str) -> tuple[str, int]:

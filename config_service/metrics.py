@@ -61,6 +61,18 @@ class ConfigMetrics:
             registry=self.registry,
         )
 
+        self.usage_records = Counter(
+            "aibridge_config_usage_records",
+            "Interception records received from the bridge: inserted, or duplicate (a replay)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.usage_pruned = Counter(
+            "aibridge_config_usage_pruned",
+            "Interception records deleted by the retention",
+            registry=self.registry,
+        )
+
     def watch_live(
         self, subscribers: Callable[[], dict[Role, int]], revision: Callable[[], int]
     ) -> None:

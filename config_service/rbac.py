@@ -33,6 +33,10 @@ class Action(StrEnum):
     REPORT_STATUS = "report subscriber status"
     LIST_SUBSCRIBERS = "list subscribers"
     USE_GATEWAY = "use the bridge or proxy as a client"
+    WRITE_USAGE = "write interception records"
+    READ_ALL_USAGE = "read all interception records"
+    READ_OWN_USAGE = "read its own interception records"
+    READ_USAGE_CONTENT = "read prompts and tool arguments"
 
 
 class Scope(StrEnum):
@@ -57,6 +61,11 @@ POLICY: dict[Action, frozenset[Role]] = {
     # Only members: an owner token is an admin credential and never leaves the control
     # plane (docs/design-changes.md); owners use the gateway with a member token.
     Action.USE_GATEWAY: frozenset({_M}),
+    # DESIGN §11: the bridge writes usage and reads none of it.
+    Action.WRITE_USAGE: frozenset({_B}),
+    Action.READ_ALL_USAGE: frozenset({_O, _A}),
+    Action.READ_OWN_USAGE: frozenset({_O, _A, _M}),
+    Action.READ_USAGE_CONTENT: frozenset({_O, _A}),
 }
 
 
@@ -87,6 +96,24 @@ def authorize(subject: Subject, action: Action) -> None:
     """Raise PermissionDenied unless the subject's role may perform the action."""
     if not allowed(subject, action):
         raise PermissionDenied(f"role {subject.role} may not {action}")
+
+
+@dataclass(frozen=True)
+class UsageView:
+    """What of the interception records a subject reads."""
+
+    principal_id: str | None  # None: every principal's records; else only this one's
+    content: bool  # prompts and tool arguments; blanked when False
+
+
+def usage_view(subject: Subject) -> UsageView:
+    """The records a subject may read; PermissionDenied when it may read none."""
+    authorize(subject, Action.READ_OWN_USAGE)
+    everyone = allowed(subject, Action.READ_ALL_USAGE)
+    return UsageView(
+        principal_id=None if everyone else subject.principal_id,
+        content=allowed(subject, Action.READ_USAGE_CONTENT),
+    )
 
 
 def scope_for(subject: Subject) -> Scope:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -38,7 +38,7 @@ from config_service.seed.env import parse_env
 from config_service.servicers.config import ConfigServicer
 from config_service.servicers.edge import MalformedRequests
 from config_service.settings import ConfigServiceSettings
-from config_service.store import subscriber_status, tokens
+from config_service.store import subscriber_status, tokens, usage
 from config_service.store.database import Database
 from config_service.subscribers import SubscriberRegistry
 
@@ -51,6 +51,7 @@ SERVICE_NAMES = (
     "aibridge.config.v1.ConfigService",
     "aibridge.config.v1.ProviderAdminService",
     "aibridge.config.v1.TokenAdminService",
+    "aibridge.config.v1.UsageService",
 )
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 LISTEN_SETTING = "AIBRIDGE_GRPC_LISTEN"
@@ -281,6 +282,33 @@ async def _resync_loop(hub: SnapshotHub, interval: float, metrics: ConfigMetrics
             log.warning("revision check failed", error=str(exc))
 
 
+PRUNE_BATCH = 5000
+
+
+async def _prune_usage(
+    db: Database, retention: float, interval: float, metrics: ConfigMetrics
+) -> None:
+    """Delete records older than the retention, a batch per transaction, every interval.
+
+    Batches keep each transaction (and its locks) short while the bridge keeps writing;
+    on PostgreSQL one replica at a time prunes (`usage.prune` answers None to the others).
+    """
+    while True:
+        cutoff = datetime.now(UTC) - timedelta(seconds=retention)
+        removed = 0
+        try:
+            while (count := await db.call(usage.prune, db, cutoff, PRUNE_BATCH)) is not None:
+                removed += count
+                if count < PRUNE_BATCH:
+                    break
+        except Exception as exc:
+            log.warning("could not prune interception records", error=str(exc))
+        if removed:
+            metrics.usage_pruned.inc(removed)
+            log.info("pruned interception records", removed=removed, before=cutoff.isoformat())
+        await asyncio.sleep(interval)
+
+
 async def _follow_reachability(hub: SnapshotHub, health: HealthServicer) -> None:
     """Health says NOT_SERVING while the database is unreachable, SERVING again after."""
     serving = True
@@ -343,7 +371,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     server.add_generic_rpc_handlers((config.handler(),))
     from config_service.servicers import admin
 
-    admin.register(server, db, hub, auth, settings.allow_byok)
+    admin.register(server, db, hub, auth, settings.allow_byok, metrics)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
@@ -353,6 +381,12 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
     running.tasks.append(asyncio.create_task(_resync_loop(hub, settings.resync_interval, metrics)))
     running.tasks.append(asyncio.create_task(_follow_reachability(hub, health_servicer)))
+    if settings.usage_retention > 0:
+        running.tasks.append(
+            asyncio.create_task(
+                _prune_usage(db, settings.usage_retention, settings.usage_prune_interval, metrics)
+            )
+        )
     if db.is_postgres:
         running.tasks.append(
             asyncio.create_task(

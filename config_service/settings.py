@@ -27,6 +27,7 @@ from aibridge.envconfig import (
     integer,
     optional,
     resolve_data_dir,
+    seconds,
     text,
 )
 from aibridge.envconfig import existing_file as file
@@ -98,6 +99,18 @@ MAX_WATCH_STREAMS = Setting(
     integer(minimum=1),
     str(DEFAULT_MAX_WATCH_STREAMS),
 )
+USAGE_RETENTION = Setting(
+    "AIBRIDGE_USAGE_RETENTION",
+    "how long interception records are kept, e.g. 30d or 12h; 0 keeps them forever",
+    seconds,
+    "30d",
+)
+USAGE_PRUNE_INTERVAL = Setting(
+    "AIBRIDGE_USAGE_PRUNE_INTERVAL",
+    "how often records past the retention are deleted, in batches",
+    duration,
+    "10m",
+)
 REPLICA_ID = Setting(
     "AIBRIDGE_REPLICA_ID", "name of this replica in ListSubscribers (default host-pid)", text
 )
@@ -118,6 +131,8 @@ SETTINGS = Schema(
         METRICS_LISTEN,
         RESYNC_INTERVAL,
         MAX_WATCH_STREAMS,
+        USAGE_RETENTION,
+        USAGE_PRUNE_INTERVAL,
         REPLICA_ID,
         LOG_FORMAT,
         LOG_LEVEL,
@@ -171,6 +186,8 @@ class ConfigServiceSettings:
     metrics_listen: tuple[str, int] | None
     resync_interval: float
     max_watch_streams_per_principal: int
+    usage_retention: float
+    usage_prune_interval: float
     replica_id: str
     log_format: str
     log_level: str
@@ -208,6 +225,8 @@ class ConfigServiceSettings:
             metrics_listen=v[METRICS_LISTEN],
             resync_interval=v[RESYNC_INTERVAL],
             max_watch_streams_per_principal=v[MAX_WATCH_STREAMS],
+            usage_retention=v[USAGE_RETENTION],
+            usage_prune_interval=v[USAGE_PRUNE_INTERVAL],
             replica_id=v[REPLICA_ID] or f"{socket.gethostname()}-{os.getpid()}",
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],

@@ -77,6 +77,7 @@ async def test_reflection_lists_the_services(service: Service, version: str) -> 
         "aibridge.config.v1.ConfigService",
         "aibridge.config.v1.ProviderAdminService",
         "aibridge.config.v1.TokenAdminService",
+        "aibridge.config.v1.UsageService",
         "grpc.health.v1.Health",
     } <= names
 

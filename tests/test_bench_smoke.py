@@ -57,3 +57,11 @@ def test_startup(tmp_path: Path) -> None:
     assert isinstance(results, dict)
     assert {"config_service_cold", "config_service_warm", "bridge"} <= set(results)
     assert not (tmp_path / "bench").exists()
+
+
+@pytest.mark.timeout(150)
+def test_usage_ingest(tmp_path: Path) -> None:
+    doc = run("usage_ingest.py", ["--records", "2000", "--batch", "500"], tmp_path)
+    assert doc["inserted"] == 2000
+    assert doc["replay_inserted"] == 0
+    assert doc["replay_duplicates"] == 2000

@@ -204,3 +204,60 @@ class SubscriberStatus(Base):
     errors: Mapped[str] = mapped_column(Text)  # JSON list of {provider_name, message}
     error_detail: Mapped[str] = mapped_column(Text)
     last_report_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Interception(Base):
+    """One client request the bridge answered (DESIGN §11); written only by the bridge role."""
+
+    __tablename__ = "interceptions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # UUIDv7: time-ordered
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    first_byte_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    provider_name: Mapped[str] = mapped_column(String(200))
+    provider_type: Mapped[str] = mapped_column(String(32))
+    route: Mapped[str] = mapped_column(String(200))
+    requested_model: Mapped[str] = mapped_column(String(200))
+    served_model: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(32))
+    status_code: Mapped[int] = mapped_column(Integer)
+    principal_id: Mapped[str] = mapped_column(String(36))
+    principal_name: Mapped[str] = mapped_column(String(200))
+    token_id: Mapped[str] = mapped_column(String(36))
+    client: Mapped[str] = mapped_column(String(64))
+    user_agent: Mapped[str] = mapped_column(String(512))
+    session_id: Mapped[str] = mapped_column(String(200))
+    credential_kind: Mapped[str] = mapped_column(String(16))
+    credential_hint: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    prompt: Mapped[str] = mapped_column(Text)
+    proxied: Mapped[bool] = mapped_column(Boolean)
+    streamed: Mapped[bool] = mapped_column(Boolean)
+    tool_call_count: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("interceptions_started", "started_at", "id"),
+        Index("interceptions_principal", "principal_id", "started_at"),
+        Index("interceptions_provider", "provider_name", "started_at"),
+        Index("interceptions_model", "requested_model", "started_at"),
+    )
+
+
+class InterceptionToolCall(Base):
+    """A tool call the model made, in the order of its answer."""
+
+    __tablename__ = "interception_tool_calls"
+
+    interception_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("interceptions.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(200))
+    call_id: Mapped[str] = mapped_column(String(200))
+    arguments: Mapped[str] = mapped_column(Text)

@@ -31,3 +31,33 @@ def test_upgrade_creates_the_schema_and_is_then_a_no_op(database_url: str) -> No
         assert migrate.upgrade(engine) == (migrate.HEAD, migrate.HEAD)
     finally:
         engine.dispose()
+
+
+def test_the_interception_tables_have_their_indexes_and_come_down_again(
+    database_url: str,
+) -> None:
+    """0003 creates the record tables with indexes for time, principal, provider and model;
+    downgrading to 0002 removes them."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine)
+        indexes = {tuple(ix["column_names"]) for ix in inspect(engine).get_indexes("interceptions")}
+        assert {
+            ("started_at", "id"),
+            ("principal_id", "started_at"),
+            ("provider_name", "started_at"),
+            ("requested_model", "started_at"),
+        } <= indexes
+        assert "interception_tool_calls" in inspect(engine).get_table_names()
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrate.MIGRATIONS))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0002")
+        tables = set(inspect(engine).get_table_names())
+        assert not {"interceptions", "interception_tool_calls"} & tables
+    finally:
+        engine.dispose()

@@ -13,15 +13,22 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.config.v1 import provider_admin_service_pb2 as pa
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
-from aibridge.config.v1 import provider_pb2, token_pb2
+from aibridge.config.v1 import provider_pb2, token_pb2, usage_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
+from aibridge.config.v1 import usage_service_pb2 as us
+from aibridge.config.v1 import usage_service_pb2_grpc as us_grpc
+from aibridge.masking import sha256_hex
+from aibridge.recording import new_record_id
 from config_service.rbac import Role
+from config_service.server import SERVICE_NAMES
+from config_service.store import tokens
 from tests.fixtures.services import Service, StartService
 
 O, A, M, B, P = Role.OWNER, Role.AUDITOR, Role.MEMBER, Role.BRIDGE, Role.PROXY  # noqa: E741 - the table reads better with initials
 READ = {O, A, B, P}
 WRITE = {O}
+USAGE_READ = {O, A, M}  # DESIGN §11: members read their own
 
 Call = Callable[[grpc.aio.Channel, Any], Awaitable[Any]]
 
@@ -146,8 +153,41 @@ MATRIX: dict[str, tuple[Call, set[Role]]] = {
         ),
         {O},
     ),
+    "RecordInterceptions": (
+        lambda ch, md: us_grpc.UsageServiceStub(ch).RecordInterceptions(
+            us.RecordInterceptionsRequest(), metadata=md
+        ),
+        {B},
+    ),
+    "ListInterceptions": (
+        lambda ch, md: us_grpc.UsageServiceStub(ch).ListInterceptions(
+            us.ListInterceptionsRequest(), metadata=md
+        ),
+        USAGE_READ,
+    ),
+    "GetInterception": (
+        lambda ch, md: us_grpc.UsageServiceStub(ch).GetInterception(
+            us.GetInterceptionRequest(id="00000000-0000-7000-8000-000000000000"), metadata=md
+        ),
+        USAGE_READ,
+    ),
+    "SummarizeUsage": (
+        lambda ch, md: us_grpc.UsageServiceStub(ch).SummarizeUsage(
+            us.SummarizeUsageRequest(group_by=[us.USAGE_DIMENSION_PRINCIPAL]), metadata=md
+        ),
+        USAGE_READ,
+    ),
 }
 CALLERS: list[Role | None] = [O, A, M, B, P, None]
+
+
+def test_the_matrix_names_every_rpc_of_every_service() -> None:
+    """Each RPC the server exposes has a row (variants like "CreateToken bridge" aside)."""
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    served = {m.name for name in SERVICE_NAMES for m in pool.FindServiceByName(name).methods}
+    assert served == {rpc.split()[0] for rpc in MATRIX}
 
 
 @pytest.fixture
@@ -179,3 +219,53 @@ async def test_every_role_gets_the_documented_answer(svc: Service, rpc: str) -> 
             ), outcomes
         else:
             assert code is grpc.StatusCode.PERMISSION_DENIED, outcomes
+
+
+# What of the interception records each role reads (DESIGN §11), written out: all records,
+# only its own, and prompts and tool arguments.
+READS_ALL = {O, A}
+READS_OWN = {O, A, M}
+READS_CONTENT = {O, A}
+
+
+async def test_every_role_reads_the_documented_part_of_the_records(svc: Service) -> None:
+    """Owner and auditor read every record with content; a member its own, content blanked."""
+    db = svc.running.db
+
+    def principal(role: Role) -> str:
+        subject = tokens.lookup(db, sha256_hex(svc.tokens[role]))
+        assert subject is not None
+        return subject.principal_id
+
+    stub = us_grpc.UsageServiceStub(svc.channel())
+    records = {}
+    for role in (O, A, M):
+        record = usage_pb2.Interception(
+            id=new_record_id(),
+            principal_id=principal(role),
+            outcome=usage_pb2.OUTCOME_COMPLETED,
+            prompt=f"prompt of {role.value}",
+            tool_calls=[usage_pb2.ToolCall(name="t", call_id="c", arguments="{}")],
+        )
+        record.started_at.GetCurrentTime()
+        record.ended_at.CopyFrom(record.started_at)
+        records[role] = record
+    await stub.RecordInterceptions(
+        us.RecordInterceptionsRequest(interceptions=list(records.values())),
+        metadata=svc.md_for(B),
+    )
+    for caller in (O, A, M):
+        md = svc.md_for(caller)
+        listed = await stub.ListInterceptions(us.ListInterceptionsRequest(), metadata=md)
+        visible = {i.principal_id for i in listed.interceptions}
+        expected = {principal(r) for r in records if caller in READS_ALL or r is caller}
+        assert visible == expected, caller
+        assert caller in READS_OWN
+        own = await stub.GetInterception(
+            us.GetInterceptionRequest(id=records[caller].id), metadata=md
+        )
+        content = own.interception.prompt, own.interception.tool_calls[0].arguments
+        if caller in READS_CONTENT:
+            assert content == (f"prompt of {caller.value}", "{}"), caller
+        else:
+            assert content == ("", ""), caller

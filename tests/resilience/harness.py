@@ -660,9 +660,10 @@ class Admin:
 
 def scan(haystacks: dict[str, bytes], needles: Iterable[str]) -> list[str]:
     """Where any needle occurs (as UTF-8 bytes): 'place: needle-fragment'."""
+    wanted = list(needles)  # an iterator would be used up by the first place
     hits = []
     for where, data in haystacks.items():
-        for needle in needles:
+        for needle in wanted:
             if needle.encode() in data:
                 hits.append(f"{where}: {needle[:6]}...")
     return hits

@@ -24,7 +24,10 @@ from google.protobuf import field_mask_pb2
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_admin_service_pb2 as ppb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
-from aibridge.config.v1 import token_pb2
+from aibridge.config.v1 import token_pb2, usage_pb2
+from aibridge.config.v1 import usage_service_pb2 as us
+from aibridge.config.v1 import usage_service_pb2_grpc as us_grpc
+from aibridge.recording import new_record_id
 from tests.fixtures.databases import schema_url
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN
 from tests.resilience.harness import (
@@ -79,10 +82,43 @@ def any_db(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[str]:
     yield schema_url(*schema)
 
 
+async def _record_with_a_key_as_hint(target: str, key: str) -> dict[str, bytes]:
+    """Record an interception whose credential hint is a whole provider key (a bridge bug);
+    the answers of reading it back, to be scanned with the database."""
+    record = usage_pb2.Interception(
+        id=new_record_id(),
+        provider_name="seeded-openai",
+        outcome=usage_pb2.OUTCOME_COMPLETED,
+        credential_kind=usage_pb2.CREDENTIAL_KIND_POOLED,
+        credential_hint=key,
+    )
+    record.started_at.GetCurrentTime()
+    record.ended_at.CopyFrom(record.started_at)
+    owner = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = us_grpc.UsageServiceStub(channel)
+        await stub.RecordInterceptions(
+            us.RecordInterceptionsRequest(interceptions=[record]),
+            metadata=(("authorization", f"Bearer {BRIDGE_TOKEN}"),),
+            timeout=10,
+        )
+        listed = await stub.ListInterceptions(
+            us.ListInterceptionsRequest(), metadata=owner, timeout=10
+        )
+        got = await stub.GetInterception(
+            us.GetInterceptionRequest(id=record.id), metadata=owner, timeout=10
+        )
+    assert got.interception.credential_hint  # stored, masked
+    return {
+        "ListInterceptions": listed.SerializeToString(),
+        "GetInterception": got.SerializeToString(),
+    }
+
+
 async def test_no_secret_leaks_anywhere(
     procs: Procs, upstream: RawUpstream, any_db: str, tmp_path: Path
 ) -> None:
-    """No provider key, Bedrock secret, service token, wrong token or encryption key appears in any log, dump, error body, metrics page, proxy/auditor snapshot, admin answer or database byte."""
+    """No provider key, Bedrock secret, service token, wrong token or encryption key appears in any log, dump, error body, metrics page, proxy/auditor snapshot, admin or usage answer or database byte."""
 
     async def by_key(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         auth = req.headers.get("authorization", "") + req.headers.get("x-api-key", "")
@@ -163,6 +199,7 @@ async def test_no_secret_leaks_anywhere(
             await admin.tokens.ListTokens(tpb.ListTokensRequest(), metadata=admin.md, timeout=10)
         ).SerializeToString()
         version = str(await admin.version())
+        answers.update(await _record_with_a_key_as_hint(target, OPENAI_KEYS[1]))
     finally:
         await admin.close()
 

@@ -1,0 +1,45 @@
+"""What an interception record may hold, shared by the config service, which refuses a
+record beyond these bounds, and the bridge, which keeps its records within them; and the
+record id: a UUIDv7, so ids sort in time order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from typing import Any
+
+from aibridge.config.v1 import usage_pb2
+
+MAX_BATCH = 5000  # records per RecordInterceptions call (and the 4 MiB message limit)
+MAX_NAME = 200  # provider name, models, principal name, session id, tool names, call ids
+MAX_ROUTE = 200
+MAX_USER_AGENT = 512
+MAX_HINT = 32
+MAX_TOOL_CALLS = 128
+MAX_PROMPT = 64 * 1024  # characters of the last user message
+MAX_ARGUMENTS = 64 * 1024  # characters of one tool call's JSON arguments
+# The detected client: claude-code, codex, cursor, openai-python, ... or other.
+CLIENT_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")
+MAX_CLIENT = 64
+
+
+# The five token counts, as TokenUsage (and the interceptions table) name them.
+TOKEN_KINDS = tuple(f.name for f in usage_pb2.TokenUsage.DESCRIPTOR.fields)
+
+
+def enum_names(enum: Any, prefix: str) -> dict[int, str]:
+    """A proto enum's values by lower-case name without the prefix (OUTCOME_CANCELLED ->
+    cancelled), the UNSPECIFIED zero left out: how the table, the CLI and JSON spell them."""
+    return {value: name.removeprefix(prefix).lower() for name, value in enum.items() if value}
+
+
+def new_record_id(now_ns: int | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits."""
+    millis = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
+    value = (millis & (2**48 - 1)) << 80 | int.from_bytes(os.urandom(10)) & (2**80 - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
+    return str(uuid.UUID(int=value))

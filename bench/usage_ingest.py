@@ -1,0 +1,195 @@
+"""Config-service ingestion of interception records (DESIGN §10: ≥ 10,000 records/s per
+process on PostgreSQL).
+
+Starts one `aibridge config-service` process (SQLite in a temp dir, or --database-url:
+PostgreSQL, in a fresh schema dropped afterwards) and sends it --records interception
+records as RecordInterceptions batches of --batch, --concurrency calls in flight, with
+the bridge token, as the bridge will. Requests are serialized before the clock starts
+(the client shares the machine's cores with the service). Every tenth record carries a
+tool call; prompts are off (the default). Then the same batches once more: a replay must
+insert nothing. Reports records/s (wall clock) and per service CPU-second.
+
+    python bench/usage_ingest.py [--records 100000] [--batch 1000] [--concurrency 4]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_seconds, table, write_result
+from _stack import BRIDGE, config_service_env, free_port, spawn
+
+from aibridge.config.v1 import usage_pb2
+from aibridge.config.v1 import usage_service_pb2 as pb
+from aibridge.recording import new_record_id
+
+BAR = 10_000.0  # records/s per process on PostgreSQL
+METHOD = "/aibridge.config.v1.UsageService/RecordInterceptions"
+
+
+@contextlib.contextmanager
+def fresh_schema(base: str) -> Iterator[str]:
+    """A new PostgreSQL schema in `base` (dropped on exit); yields the URL that uses it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"bench_{secrets.token_hex(4)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def batches(records: int, size: int) -> list[bytes]:
+    """Serialized RecordInterceptionsRequests holding `records` realistic records."""
+    out: list[bytes] = []
+    now = time.time_ns()
+    for start in range(0, records, size):
+        request = pb.RecordInterceptionsRequest()
+        for n in range(start, min(start + size, records)):
+            record = request.interceptions.add(
+                id=new_record_id(now + n * 1000),
+                provider_name="openai",
+                route="/v1/chat/completions",
+                requested_model="gpt-4o",
+                served_model="gpt-4o-2024-08-06",
+                outcome=usage_pb2.OUTCOME_COMPLETED,
+                status_code=200,
+                principal_id="0190a3c2-7d4e-7b3a-9c1d-2e3f4a5b6c7d",
+                principal_name=f"engineer-{n % 1000}",
+                token_id="0190a3c2-7d4e-7b3a-9c1d-2e3f4a5b6c7e",  # noqa: S106 - an id
+                client="claude-code",
+                user_agent="claude-cli/2.0.14 (external, cli)",
+                session_id=f"session-{n % 5000}",
+                credential_kind=usage_pb2.CREDENTIAL_KIND_POOLED,
+                credential_hint="sk-p...abcd",
+                attempts=1,
+                usage=usage_pb2.TokenUsage(
+                    input_tokens=1200, output_tokens=300, cache_read_tokens=800
+                ),
+                streamed=True,
+            )
+            record.started_at.FromNanoseconds(now + n * 1000)
+            record.first_byte_at.FromNanoseconds(now + n * 1000 + 300_000_000)
+            record.ended_at.FromNanoseconds(now + n * 1000 + 2_000_000_000)
+            if n % 10 == 0:
+                record.tool_calls.add(name="Bash", call_id=f"toolu_{n}")
+        out.append(request.SerializeToString())
+    return out
+
+
+async def send(target: str, requests: list[bytes], concurrency: int) -> tuple[float, int, int]:
+    """(seconds, inserted, duplicates) for sending every request, `concurrency` at once."""
+    md = (("authorization", f"Bearer {BRIDGE}"),)
+    inserted = duplicates = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            METHOD,
+            request_serializer=lambda raw: raw,
+            response_deserializer=pb.RecordInterceptionsResponse.FromString,
+        )
+        queue = list(reversed(requests))
+
+        async def worker() -> None:
+            nonlocal inserted, duplicates
+            while queue:
+                answer: Any = await call(queue.pop(), metadata=md, timeout=60)
+                inserted += answer.inserted
+                duplicates += answer.duplicates
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, inserted, duplicates
+
+
+def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str, Any]:
+    port = free_port()
+    env = config_service_env(tmp / "data", port, free_port())
+    env["AIBRIDGE_USAGE_RETENTION"] = "0"  # nothing pruned while measuring
+    if database_url:
+        env["AIBRIDGE_DATABASE_URL"] = database_url
+    service = spawn("config-service", ["config-service"], env, tmp)
+    try:
+        service.wait_for_log("config service ready")
+        target = f"127.0.0.1:{port}"
+        requests = batches(args.records, args.batch)
+        cpu_before = cpu_seconds(service.pid)
+        seconds, inserted, _ = asyncio.run(send(target, requests, args.concurrency))
+        cpu = cpu_seconds(service.pid) - cpu_before
+        replay_seconds, replay_inserted, replay_duplicates = asyncio.run(
+            send(target, requests, args.concurrency)
+        )
+    finally:
+        service.stop()
+    return {
+        "records": args.records,
+        "inserted": inserted,
+        "seconds": seconds,
+        "records_per_s": inserted / seconds,
+        "service_cpu_s": cpu,
+        "records_per_cpu_s": inserted / cpu if cpu else float("nan"),
+        "replay_inserted": replay_inserted,
+        "replay_duplicates": replay_duplicates,
+        "replay_records_per_s": args.records / replay_seconds,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--records", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--database-url", default="", help="PostgreSQL base URL (else SQLite)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aibridge-bench-usage-") as tmp:
+        if args.database_url:
+            with fresh_schema(args.database_url) as url:
+                result = measure(args, url, Path(tmp))
+        else:
+            result = measure(args, "", Path(tmp))
+    engine = "postgresql" if args.database_url else "sqlite"
+    rows = [
+        ["records inserted", result["inserted"]],
+        ["records/s (wall)", result["records_per_s"]],
+        ["records per service CPU-second", result["records_per_cpu_s"]],
+        [
+            "replay: inserted / duplicates",
+            f"{result['replay_inserted']} / {result['replay_duplicates']}",
+        ],
+        ["replay records/s", result["replay_records_per_s"]],
+    ]
+    print(f"ingestion on {engine}, batches of {args.batch}, {args.concurrency} in flight")
+    print(table(["figure", "value"], rows))
+    if engine == "postgresql":
+        met = "met" if result["records_per_s"] >= BAR else "NOT met"
+        print(f"bar: >= {BAR:,.0f} records/s per process: {met}")
+    path = write_result(
+        f"usage_ingest_{engine}",
+        {"engine": engine, "batch": args.batch, "concurrency": args.concurrency, **result},
+    )
+    print(f"wrote {path}")
+    ok = result["inserted"] == args.records and result["replay_inserted"] == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""UsageService: the bridge records interceptions; owners, auditors and members read them.
+
+Every field of a record is checked here, at the edge, against the bounds of
+`aibridge.recording` (which the bridge keeps to): one bad record refuses the whole batch
+with INVALID_ARGUMENT naming it (`interceptions[3].route`), so nothing half-valid is
+stored. A credential hint that is not a masked hint (a full key, by mistake) is masked
+before it is stored: a secret never reaches the table. Access is decided in the store.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aibridge import recording
+from aibridge.config.v1 import usage_pb2, usage_service_pb2
+from aibridge.config.v1 import usage_service_pb2 as pb
+from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
+from aibridge.masking import mask_secret
+from aibridge.recording import TOKEN_KINDS, enum_names
+from config_service.auth import Authenticator
+from config_service.errors import InvalidArgument
+from config_service.metrics import ConfigMetrics
+from config_service.provider_types import FROM_PROTO, TO_PROTO
+from config_service.rbac import Action, authorize
+from config_service.servicers.edge import unary
+from config_service.store import usage
+from config_service.store.database import Database
+from config_service.text import check_text, check_uuid
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Row = dict[str, Any]
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_ATTEMPTS = 1000
+MAX_TOKENS = 2**53  # far above any real count; keeps sums within BIGINT
+# What mask_secret produces: up to 4 characters, "...", up to 4 characters (or nothing).
+_MASKED = re.compile(r"^(?:[^.]{0,4}\.\.\.[^.]{0,4})?\Z")
+
+
+def _enum_names(enum: Any, prefix: str) -> dict[int, str]:
+    return {value: name.removeprefix(prefix).lower() for name, value in enum.items() if value != 0}
+
+
+OUTCOMES = _enum_names(usage_pb2.Outcome, "OUTCOME_")
+OUTCOMES_FROM = {v: k for k, v in OUTCOMES.items()}
+CREDENTIALS = enum_names(usage_pb2.CredentialKind, "CREDENTIAL_KIND_")
+CREDENTIALS_FROM = {v: k for k, v in CREDENTIALS.items()}
+DIMENSIONS = enum_names(usage_service_pb2.UsageDimension, "USAGE_DIMENSION_")
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def _time(field: str, message: Any, name: str, *, required: bool) -> datetime | None:
+    if not message.HasField(name):
+        if required:
+            raise InvalidArgument(field, "is required")
+        return None
+    ts: Timestamp = getattr(message, name)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is not a valid timestamp") from None
+
+
+def _count(field: str, value: int, maximum: int) -> int:
+    if not 0 <= value <= maximum:
+        raise InvalidArgument(field, f"must be between 0 and {maximum}")
+    return value
+
+
+def _content(field: str, value: str, max_length: int) -> str:
+    """Free text a person wrote (a prompt, tool arguments): bounded, no NUL."""
+    if len(value) > max_length:
+        raise InvalidArgument(field, f"must be at most {max_length} characters")
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain NUL characters")
+    return value
+
+
+def _client(field: str, value: str) -> str:
+    if value and (len(value) > recording.MAX_CLIENT or not recording.CLIENT_RE.match(value)):
+        raise InvalidArgument(
+            field, f"must be a lower-case slug such as claude-code (at most {recording.MAX_CLIENT})"
+        )
+    return value
+
+
+def credential_hint(field: str, value: str) -> str:
+    """The hint as stored: kept when it is a masked hint, otherwise masked here."""
+    hint = value if _MASKED.match(value) else mask_secret(value)
+    return check_text(field, hint, recording.MAX_HINT)
+
+
+def _enum(field: str, value: int, names: dict[int, str], *, required: bool) -> str:
+    if value == 0 and not required:
+        return ""
+    name = names.get(value)
+    if name is None:
+        raise InvalidArgument(field, f"must be one of {', '.join(sorted(names.values()))}")
+    return name
+
+
+def _tool_calls(field: str, record: usage_pb2.Interception, record_id: str) -> list[Row]:
+    if len(record.tool_calls) > recording.MAX_TOOL_CALLS:
+        raise InvalidArgument(field, f"at most {recording.MAX_TOOL_CALLS} tool calls")
+    return [
+        {
+            "interception_id": record_id,
+            "position": i,
+            "name": check_text(f"{field}[{i}].name", call.name, recording.MAX_NAME),
+            "call_id": check_text(f"{field}[{i}].call_id", call.call_id, recording.MAX_NAME),
+            "arguments": _content(
+                f"{field}[{i}].arguments", call.arguments, recording.MAX_ARGUMENTS
+            ),
+        }
+        for i, call in enumerate(record.tool_calls)
+    ]
+
+
+def record_row(field: str, r: usage_pb2.Interception) -> tuple[Row, list[Row]]:
+    """A record as its table row and tool-call rows; InvalidArgument naming a bad field."""
+    f = f"{field}."
+    record_id = check_uuid(f + "id", r.id, "a UUID (UUIDv7) record id")
+    started = _time(f + "started_at", r, "started_at", required=True)
+    ended = _time(f + "ended_at", r, "ended_at", required=True)
+    first_byte = _time(f + "first_byte_at", r, "first_byte_at", required=False)
+    assert started is not None
+    assert ended is not None
+    if ended < started or (first_byte is not None and not started <= first_byte <= ended):
+        raise InvalidArgument(f + "ended_at", "times must be started <= first byte <= ended")
+    provider_type = FROM_PROTO.get(r.provider_type, "") if r.provider_type else ""
+    if r.provider_type and not provider_type:
+        raise InvalidArgument(f + "provider_type", "is not a known provider type")
+    if r.status_code and not 100 <= r.status_code <= 599:
+        raise InvalidArgument(f + "status_code", "must be an HTTP status (100-599) or 0")
+    u = r.usage
+    row: Row = {
+        "id": record_id,
+        "started_at": started,
+        "first_byte_at": first_byte,
+        "ended_at": ended,
+        "provider_name": check_text(f + "provider_name", r.provider_name, recording.MAX_NAME),
+        "provider_type": provider_type,
+        "route": check_text(f + "route", r.route, recording.MAX_ROUTE),
+        "requested_model": check_text(f + "requested_model", r.requested_model, recording.MAX_NAME),
+        "served_model": check_text(f + "served_model", r.served_model, recording.MAX_NAME),
+        "outcome": _enum(f + "outcome", r.outcome, OUTCOMES, required=True),
+        "status_code": r.status_code,
+        "principal_id": check_text(f + "principal_id", r.principal_id, 36),
+        "principal_name": check_text(f + "principal_name", r.principal_name, recording.MAX_NAME),
+        "token_id": check_text(f + "token_id", r.token_id, 36),
+        "client": _client(f + "client", r.client),
+        "user_agent": check_text(f + "user_agent", r.user_agent, recording.MAX_USER_AGENT),
+        "session_id": check_text(f + "session_id", r.session_id, recording.MAX_NAME),
+        "credential_kind": _enum(
+            f + "credential_kind", r.credential_kind, CREDENTIALS, required=False
+        ),
+        "credential_hint": credential_hint(f + "credential_hint", r.credential_hint),
+        "attempts": _count(f + "attempts", r.attempts, MAX_ATTEMPTS),
+        **{kind: _count(f"{f}usage.{kind}", getattr(u, kind), MAX_TOKENS) for kind in TOKEN_KINDS},
+        "prompt": _content(f + "prompt", r.prompt, recording.MAX_PROMPT),
+        "proxied": r.proxied,
+        "streamed": r.streamed,
+        "tool_call_count": len(r.tool_calls),
+    }
+    return row, _tool_calls(f + "tool_calls", r, record_id)
+
+
+def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[Row], int]:
+    """(rows, tool-call rows, repeats): a record repeated within the batch counts once."""
+    if len(request.interceptions) > recording.MAX_BATCH:
+        raise InvalidArgument("interceptions", f"at most {recording.MAX_BATCH} records per batch")
+    rows: list[Row] = []
+    calls: list[Row] = []
+    seen: set[str] = set()
+    for i, record in enumerate(request.interceptions):
+        row, tool_rows = record_row(f"interceptions[{i}]", record)
+        if row["id"] in seen:
+            continue
+        seen.add(row["id"])
+        rows.append(row)
+        calls.extend(tool_rows)
+    return rows, calls, len(request.interceptions) - len(rows)
+
+
+def usage_filter(f: pb.InterceptionFilter) -> usage.UsageFilter:
+    return usage.UsageFilter(
+        start=_time("filter.start_time", f, "start_time", required=False),
+        end=_time("filter.end_time", f, "end_time", required=False),
+        principal_id=check_text("filter.principal_id", f.principal_id, 36),
+        provider_name=check_text("filter.provider_name", f.provider_name, recording.MAX_NAME),
+        model=check_text("filter.model", f.model, recording.MAX_NAME),
+        client=_client("filter.client", f.client),
+        outcome=_enum("filter.outcome", f.outcome, OUTCOMES, required=False),
+    )
+
+
+def group_by(values: Any) -> list[str]:
+    names = [_enum("group_by", v, DIMENSIONS, required=True) for v in values]
+    if len(set(names)) != len(names):
+        raise InvalidArgument("group_by", "each dimension at most once")
+    return names
+
+
+# ------------------------------------------------------------------------------ answers
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def interception_proto(row: Row, calls: list[Row] | None = None) -> usage_pb2.Interception:
+    proto = usage_pb2.Interception(
+        id=row["id"],
+        started_at=_ts(row["started_at"]),
+        ended_at=_ts(row["ended_at"]),
+        provider_name=row["provider_name"],
+        provider_type=TO_PROTO.get(row["provider_type"], 0),  # type: ignore[arg-type]
+        route=row["route"],
+        requested_model=row["requested_model"],
+        served_model=row["served_model"],
+        outcome=OUTCOMES_FROM[row["outcome"]],  # type: ignore[arg-type]
+        status_code=row["status_code"],
+        principal_id=row["principal_id"],
+        principal_name=row["principal_name"],
+        token_id=row["token_id"],
+        client=row["client"],
+        user_agent=row["user_agent"],
+        session_id=row["session_id"],
+        credential_kind=CREDENTIALS_FROM.get(row["credential_kind"], 0),  # type: ignore[arg-type]
+        credential_hint=row["credential_hint"],
+        attempts=row["attempts"],
+        usage=usage_pb2.TokenUsage(**{kind: row[kind] for kind in TOKEN_KINDS}),
+        prompt=row["prompt"],
+        proxied=row["proxied"],
+        streamed=row["streamed"],
+        tool_call_count=row["tool_call_count"],
+    )
+    if row["first_byte_at"] is not None:
+        proto.first_byte_at.CopyFrom(_ts(row["first_byte_at"]))
+    for call in calls or ():
+        proto.tool_calls.add(
+            name=call["name"], call_id=call["call_id"], arguments=call["arguments"]
+        )
+    return proto
+
+
+def counts_proto(row: Row) -> pb.UsageCounts:
+    return pb.UsageCounts(
+        requests=row["requests"],
+        failures=row["failures"],
+        cancelled=row["cancelled"],
+        usage=usage_pb2.TokenUsage(**{kind: int(row[kind]) for kind in TOKEN_KINDS}),
+    )
+
+
+def group_proto(row: Row) -> pb.UsageGroup:
+    group = pb.UsageGroup(
+        principal_id=row.get("principal", ""),
+        principal_name=row.get("principal_name", ""),
+        provider_name=row.get("provider", ""),
+        model=row.get("model", ""),
+        client=row.get("client", ""),
+        counts=counts_proto(row),
+    )
+    period = row.get("day") or row.get("hour")
+    if period is not None:
+        group.period_start.CopyFrom(_ts(period))
+    return group
+
+
+class UsageServicer(pb_grpc.UsageServiceServicer):
+    def __init__(self, db: Database, auth: Authenticator, metrics: ConfigMetrics) -> None:
+        self._db = db
+        self._auth = auth
+        self._inserted = metrics.usage_records.labels(result="inserted")
+        self._duplicates = metrics.usage_records.labels(result="duplicate")
+
+    @unary
+    async def RecordInterceptions(
+        self, request: pb.RecordInterceptionsRequest, context: Context
+    ) -> pb.RecordInterceptionsResponse:
+        subject = await self._auth.authenticate(context)
+        # Authorized before the batch is read: a caller who may not write learns nothing.
+        authorize(subject, Action.WRITE_USAGE)
+        rows, calls, repeats = batch_rows(request)
+        stored = await self._db.call(usage.record, self._db, subject, rows, calls)
+        duplicates = stored.duplicates + repeats
+        self._inserted.inc(stored.inserted)
+        self._duplicates.inc(duplicates)
+        return pb.RecordInterceptionsResponse(inserted=stored.inserted, duplicates=duplicates)
+
+    @unary
+    async def ListInterceptions(
+        self, request: pb.ListInterceptionsRequest, context: Context
+    ) -> pb.ListInterceptionsResponse:
+        subject = await self._auth.authenticate(context)
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
+        flt = usage_filter(request.filter)
+        after = usage.Cursor.decode(request.page_token) if request.page_token else None
+        rows = await self._db.call(
+            usage.list_interceptions, self._db, subject, flt, size + 1, after
+        )
+        response = pb.ListInterceptionsResponse(
+            interceptions=[interception_proto(r) for r in rows[:size]]
+        )
+        if len(rows) > size:
+            last = rows[size - 1]
+            response.next_page_token = usage.Cursor(last["started_at"], last["id"]).encode()
+        return response
+
+    @unary
+    async def GetInterception(
+        self, request: pb.GetInterceptionRequest, context: Context
+    ) -> pb.GetInterceptionResponse:
+        subject = await self._auth.authenticate(context)
+        record_id = check_uuid("id", request.id, "a record id (UUID)")
+        row, calls = await self._db.call(usage.get_interception, self._db, subject, record_id)
+        return pb.GetInterceptionResponse(interception=interception_proto(row, calls))
+
+    @unary
+    async def SummarizeUsage(
+        self, request: pb.SummarizeUsageRequest, context: Context
+    ) -> pb.SummarizeUsageResponse:
+        subject = await self._auth.authenticate(context)
+        flt = usage_filter(request.filter)
+        dimensions = group_by(request.group_by)
+        groups, total = await self._db.call(usage.summarize, self._db, subject, flt, dimensions)
+        return pb.SummarizeUsageResponse(
+            groups=[group_proto(g) for g in groups], total=counts_proto(total)
+        )
