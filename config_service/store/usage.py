@@ -202,7 +202,7 @@ def list_interceptions(
         select(*_LISTED).where(*conditions).order_by(c.started_at.desc(), c.id.desc()).limit(limit)
     )
     with db.read() as session:
-        return [dict(r._mapping, prompt="") for r in session.execute(query)]
+        return [dict(r, prompt="") for r in session.execute(query).mappings()]
 
 
 def get_interception(db: Database, subject: Subject, record_id: str) -> tuple[Row, list[Row]]:
@@ -210,18 +210,18 @@ def get_interception(db: Database, subject: Subject, record_id: str) -> tuple[Ro
     view = usage_view(subject)
     conditions = [_TABLE.c.id == record_id, *_where(UsageFilter(), view)]
     with db.read() as session:
-        found = session.execute(select(_TABLE).where(*conditions)).one_or_none()
+        found = session.execute(select(_TABLE).where(*conditions)).mappings().one_or_none()
         if found is None:
             raise NotFound("no interception record with this id (or not yours to read)")
         calls = [
-            dict(r._mapping)
+            dict(r)
             for r in session.execute(
                 select(_TOOLS)
                 .where(_TOOLS.c.interception_id == record_id)
                 .order_by(_TOOLS.c.position)
-            )
+            ).mappings()
         ]
-    row = dict(found._mapping)
+    row = dict(found)
     if not view.content:
         row["prompt"] = ""
         for call in calls:
@@ -277,7 +277,7 @@ def summarize(
     view = usage_view(subject)
     conditions = _where(flt, view)
     with db.read() as session:
-        total = dict(session.execute(select(*_counts()).where(*conditions)).one()._mapping)
+        total = dict(session.execute(select(*_counts()).where(*conditions)).mappings().one())
         if not group_by:
             return [], total
         keys: list[ColumnElement[Any]] = []
@@ -297,7 +297,7 @@ def summarize(
             .order_by(*order)
             .limit(MAX_GROUPS + 1)
         )
-        groups = [dict(r._mapping) for r in session.execute(query)]
+        groups = [dict(r) for r in session.execute(query).mappings()]
     if len(groups) > MAX_GROUPS:
         raise InvalidArgument(
             "group_by",
