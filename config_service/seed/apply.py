@@ -13,15 +13,15 @@ The revision is bumped once when anything was inserted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import select, text
 
-from config_service.db.models import Provider, ProviderKey, new_id, utcnow
+from config_service.db.models import Provider, ProviderKey
 from config_service.rbac import SYSTEM
-from config_service.records import BedrockRecord, encode_settings, encrypt_key, load_record
-from config_service.seed.env import ProviderSeed, SeedPlan
+from config_service.records import BedrockRecord, load_record
+from config_service.seed.env import BedrockSeed, SeedPlan
 from config_service.store.database import Database
+from config_service.store.providers import insert_provider
 from config_service.views import audit_view
 
 # Arbitrary constant shared by every replica ("aibseed").
@@ -43,21 +43,9 @@ class SeedOutcome:
     skipped_deleted: tuple[str, ...]
 
 
-def _seed_bedrock(seed: ProviderSeed) -> BedrockRecord | None:
-    if seed.bedrock is None:
-        return None
-    b = seed.bedrock
-    return BedrockRecord(
-        region=b.region,
-        model=b.model,
-        small_fast_model=b.small_fast_model,
-        role_arn=b.role_arn,
-        access_key=b.access_key.value if b.access_key else "",
-        access_key_secret=b.access_key_secret.value if b.access_key_secret else "",
-    )
-
-
-def _fingerprint(ptype: str, base_url: str, bedrock: BedrockRecord | None) -> dict[str, str]:
+def _fingerprint(
+    ptype: str, base_url: str, bedrock: BedrockRecord | BedrockSeed | None
+) -> dict[str, str]:
     """What drift is judged on: never credentials."""
     return {
         "type": ptype,
@@ -84,7 +72,7 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
         deleted = {r.name for r in rows if r.deleted}
         inserted: list[Provider] = []
         for seed in plan.providers:
-            desired_bedrock = _seed_bedrock(seed)
+            desired_bedrock = seed.bedrock
             row = live.get(seed.name)
             if row is None and seed.name in deleted:
                 skipped.append(seed.name)
@@ -113,38 +101,7 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
                 else:
                     unchanged.append(seed.name)
                 continue
-            now = utcnow()
-            provider = Provider(
-                id=new_id(),
-                type=seed.type,
-                name=seed.name,
-                display_name=seed.display_name,
-                enabled=True,
-                deleted=False,
-                base_url=seed.base_url,
-                created_at=now,
-                updated_at=now,
-            )
-            provider.settings, provider.settings_key_id = encode_settings(
-                db.cipher, provider.id, desired_bedrock
-            )
-            session.add(provider)
-            session.flush()
-            # Distinct timestamps keep the pool in env order (pool order = created_at, id).
-            for index, secret in enumerate(seed.keys):
-                key_id = new_id()
-                stored, kid, hint = encrypt_key(db.cipher, key_id, secret.value)
-                session.add(
-                    ProviderKey(
-                        id=key_id,
-                        provider_id=provider.id,
-                        secret=stored,
-                        secret_key_id=kid,
-                        hint=hint,
-                        created_at=now + timedelta(microseconds=index),
-                    )
-                )
-                session.flush()
+            provider = insert_provider(db, session, seed.spec())
             inserted.append(provider)
             created.append(seed.name)
         if conflicts:

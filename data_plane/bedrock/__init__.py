@@ -6,12 +6,7 @@ format (JSON, SSE, or an Anthropic error body with the matching status).
 """
 
 from data_plane.bedrock.client import BedrockClient
-from data_plane.bedrock.config import (
-    DEFAULT_MODEL,
-    DEFAULT_SMALL_FAST_MODEL,
-    BedrockConfig,
-    BedrockConfigError,
-)
+from data_plane.bedrock.config import BedrockConfig
 from data_plane.bedrock.credentials import (
     AwsCredentials,
     BedrockCredentialsError,
@@ -21,12 +16,9 @@ from data_plane.bedrock.results import BedrockStream, UpstreamResult
 from data_plane.bedrock.translate import bedrock_model_id, map_error
 
 __all__ = [
-    "DEFAULT_MODEL",
-    "DEFAULT_SMALL_FAST_MODEL",
     "AwsCredentials",
     "BedrockClient",
     "BedrockConfig",
-    "BedrockConfigError",
     "BedrockCredentialsError",
     "BedrockStream",
     "CredentialResolver",

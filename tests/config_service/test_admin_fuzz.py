@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
+from config_service.provider_types import DEFAULT_BASE_URLS, KEYLESS, MAX_KEYS, NAME_RE, TO_PROTO
 from google.protobuf.field_mask_pb2 import FieldMask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,7 +33,6 @@ from sqlalchemy import func, select
 from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from config_service.db.models import AuditEntry, Provider, ProviderKey
-from config_service.provider_types import DEFAULT_BASE_URLS, KEYLESS, MAX_KEYS, NAME_RE, TO_PROTO
 from config_service.rbac import SYSTEM, Role
 from config_service.server import RunningService, start
 from config_service.settings import ConfigServiceSettings
