@@ -41,25 +41,19 @@ async def test_ack_lists_providers_left_out(
     config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
 ) -> None:
     """An applied snapshot is ACKed with the providers that failed to build; the rest serve."""
-    bedrock = provider(
-        "bedrock",
-        pb.PROVIDER_TYPE_BEDROCK,
-        "",
-        bedrock=pb.BedrockSettings(
-            region="not a region", access_key="AKIA", access_key_secret="s3cr3t"
-        ),
-    )
+    # Keys without their secrets: what a token of another role than bridge would receive.
+    unkeyed = provider("unkeyed", pb.PROVIDER_TYPE_OPENAI, upstream.url, keys=[""])
     bad_type = provider("mystery", 99, upstream.url)
     await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), bedrock, bad_type])
+        snapshot("1", [openai_provider(upstream), unkeyed, bad_type])
     )
     bridge = await start_bridge(wait_version="1")
     report = await config_service.service.wait_report("1")
     assert report.applied and report.node_id == "test-bridge-0"
     errors = {e.provider_name: e.message for e in report.errors}
-    assert set(errors) == {"bedrock", "mystery"}
+    assert set(errors) == {"unkeyed", "mystery"}
     assert "unsupported provider type" in errors["mystery"]
-    assert errors["bedrock"].startswith("bedrock: ") and "s3cr3t" not in errors["bedrock"]
+    assert "carry no secret" in errors["unkeyed"]
     async with httpx.AsyncClient(base_url=bridge.url, headers=AUTH) as http:
         assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
         assert (await http.post("/mystery/v1/chat/completions", json=CHAT)).status_code == 404
