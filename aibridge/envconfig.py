@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from aibridge.coder_options import CoderOptions, coder_names
+
 PREFIX = "AIBRIDGE_"
 
 
@@ -35,12 +37,43 @@ class Reader:
         self,
         environ: Mapping[builtins.str, builtins.str],
         overrides: Mapping[builtins.str, builtins.str] | None = None,
+        coder: CoderOptions | None = None,
     ):
         self._env = dict(environ)
         # Flags win over the environment: they arrive as {ENV_NAME: value}.
         for key, value in (overrides or {}).items():
             self._env[key] = value
         self.problems: list[builtins.str] = []
+        self._origin: dict[builtins.str, builtins.str] = {}  # ours -> the Coder name read
+        if coder is not None:
+            self._read_coder(coder)
+
+    def _read_coder(self, coder: CoderOptions) -> None:
+        """Coder's names of our settings read as aliases; unsupported ones refused."""
+        for ours, suffix in coder.aliases.items():
+            given = [(v, self.raw(v)) for v in coder_names(suffix) if self.raw(v)]
+            if not given:
+                continue
+            names = [ours] if self.raw(ours) else []
+            names += [name for name, _ in given]
+            if len({self.raw(name) for name in names}) > 1:
+                self.problems.append(
+                    f"{' and '.join(names)} are set to different values; keep only {names[0]}"
+                )
+            elif not self.raw(ours):
+                self._env[ours], self._origin[ours] = str(given[0][1]), given[0][0]
+        for suffix, (off, why) in coder.unsupported.items():
+            for name in coder_names(suffix):
+                value = self.raw(name)
+                if value and value.lower() != off:
+                    self.problems.append(
+                        f"{name} is set, but AI Bridge has no equivalent ({why}); refusing to "
+                        "start rather than ignore it: unset it"
+                    )
+
+    def label(self, name: builtins.str) -> builtins.str:
+        """The variable a value was read from: ours, or the Coder name it came from."""
+        return self._origin.get(name, name)
 
     def raw(self, name: builtins.str) -> builtins.str | None:
         value = self._env.get(name)
@@ -58,7 +91,7 @@ class Reader:
             return True
         if value.lower() in _FALSE:
             return False
-        self.problems.append(f"{name}={value!r}: expected true or false")
+        self.problems.append(f"{self.label(name)}={value!r}: expected true or false")
         return default
 
     def int(
@@ -70,10 +103,10 @@ class Reader:
         try:
             parsed = int(value)
         except ValueError:
-            self.problems.append(f"{name}={value!r}: expected a whole number")
+            self.problems.append(f"{self.label(name)}={value!r}: expected a whole number")
             return default
         if minimum is not None and parsed < minimum:
-            self.problems.append(f"{name}={value!r}: must be at least {minimum}")
+            self.problems.append(f"{self.label(name)}={value!r}: must be at least {minimum}")
             return default
         return parsed
 
@@ -84,7 +117,9 @@ class Reader:
             return default
         match = _DURATION.match(value)
         if not match:
-            self.problems.append(f"{name}={value!r}: expected a duration such as 30s or 500ms")
+            self.problems.append(
+                f"{self.label(name)}={value!r}: expected a duration such as 30s or 500ms"
+            )
             return default
         number = float(match.group(1))
         unit = match.group(2) or "s"
@@ -97,7 +132,7 @@ class Reader:
         value = self.str(name, default)
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
-            self.problems.append(f"{name}={value!r}: expected host:port")
+            self.problems.append(f"{self.label(name)}={value!r}: expected host:port")
             host, port = default.rsplit(":", 1)
         host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - an explicit ':port' means all
         return host, int(port)
@@ -108,7 +143,7 @@ class Reader:
             return None
         path = Path(value).expanduser()
         if not path.is_file():
-            self.problems.append(f"{name}={value!r}: no such file")
+            self.problems.append(f"{self.label(name)}={value!r}: no such file")
         return path
 
     def csv(self, name: builtins.str, default: builtins.str = "") -> list[builtins.str]:

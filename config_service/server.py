@@ -18,10 +18,9 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from aibridge.config.v1 import config_service_pb2
 from aibridge.logs import get_logger
@@ -42,6 +41,9 @@ from config_service.store.database import Database
 from config_service.subscribers import SubscriberRegistry
 
 log = get_logger("aibridge.config")
+
+# The public asyncio servicer (grpc-stubs does not declare the `aio` submodule).
+HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
 SERVICE_NAMES = (
     "aibridge.config.v1.ConfigService",
@@ -116,12 +118,42 @@ def _credentials(settings: ConfigServiceSettings) -> grpc.ServerCredentials | No
     )
 
 
+def _reflection_v1_descriptor() -> None:
+    """Put grpc/reflection/v1/reflection.proto in the default descriptor pool, once.
+
+    grpcio-reflection ships only the v1alpha file; v1 is the same messages under another
+    package. Without the v1 file a client that asks v1 (buf curl does, first) for the
+    service it is talking to gets "failed to find service named ... in schema".
+    """
+    pool = descriptor_pool.Default()
+    name = "grpc/reflection/v1/reflection.proto"
+    try:
+        pool.FindFileByName(name)
+        return
+    except KeyError:
+        pass
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    old, new = f".{file.package}.", f".{_REFLECTION_V1.rpartition('.')[0]}."
+    file.name, file.package = name, new.strip(".")
+    file.ClearField("options")  # v1alpha's: deprecated, its java/go packages
+    for message in file.message_type:
+        for fld in message.field:
+            if fld.HasField("type_name"):
+                fld.type_name = fld.type_name.replace(old, new)
+    for method in file.service[0].method:
+        method.input_type = method.input_type.replace(old, new)
+        method.output_type = method.output_type.replace(old, new)
+    pool.Add(file)
+
+
 def _add_reflection(server: grpc.aio.Server) -> None:
+    """Reflection v1alpha and v1; every service listed is described by the pool."""
+    _reflection_v1_descriptor()
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1)
     reflection.enable_server_reflection(names, server)
-    # grpcio-reflection serves only v1alpha; v1 is the same messages under a new
-    # package name, so the same servicer answers it.
-    servicer = ReflectionServicer(names)
+    # v1 has the same messages on the wire, so the same servicer answers it.
+    servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(

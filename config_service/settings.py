@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aibridge import coder_options
 from aibridge.envconfig import Reader, default_data_dir
 from aibridge.masking import Secret
 from config_service.crypto import parse_keys
@@ -77,7 +78,7 @@ class ConfigServiceSettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ConfigServiceSettings:
-        r = Reader(environ, overrides)
+        r = Reader(environ, overrides, coder_options.CONFIG_SERVICE)
         data_dir = Path(r.str("AIBRIDGE_DATA_DIR", str(default_data_dir()))).expanduser()
         database_url = r.str("AIBRIDGE_DATABASE_URL") or f"sqlite:///{data_dir / 'aibridge.db'}"
         if not database_url.startswith(("sqlite", "postgresql")):

@@ -60,7 +60,10 @@ def build(state: State, allow_byok: bool, now: datetime) -> dict[Scope, Snapshot
     entries: dict[Scope, SnapshotEntry] = {}
     for scope in Scope:
         snapshot = pb.ProviderSnapshot(
-            version=version, generated_at=generated_at, scope=SCOPE_TO_PROTO[scope]
+            version=version,
+            generated_at=generated_at,
+            scope=SCOPE_TO_PROTO[scope],
+            allow_byok=allow_byok,
         )
         for record, (status, reason) in zip(state.providers, statuses, strict=True):
             snapshot.providers.append(render(record, scope, status, reason))

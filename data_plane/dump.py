@@ -1,10 +1,11 @@
 """Request/response dumps for debugging, secrets masked, confined to the dump directory.
 
 Written by both daemons (the bridge, and the proxy when it hands requests over).
-Layout: `<dir>/<provider>/<model, "/" → "-">/<unix-ms>-<id>.req.txt` and `.resp.txt`;
-passthrough calls go under `<dir>/<provider>/passthrough/`. Every path component is
-sanitized and the final path is checked to lie inside the directory. I/O failures only
-log a warning: a dump never fails a request.
+Layout: `<dir>/<provider>/<model, "/" → "-">/<unix-ms>-<id>.req.txt` and `.resp.txt`,
+and `.req_error.txt` (the error) when the upstream could not be reached or broke off, as
+Coder's dumper does; passthrough calls go under `<dir>/<provider>/passthrough/`. Every
+path component is sanitized and the final path is checked to lie inside the directory.
+I/O failures only log a warning: a dump never fails a request.
 """
 
 from __future__ import annotations
@@ -106,22 +107,27 @@ class Exchange:
     status: int = 0
     response_headers: list[tuple[str, str]] | None = None
     response_body: bytes = b""
+    error: str = ""  # a transport error towards the upstream, if any
 
 
 class Dumper:
     def __init__(self, base: Path) -> None:
         self.base = base.resolve()
 
-    def paths(self, ex: Exchange) -> tuple[Path, Path]:
+    def paths(self, ex: Exchange) -> tuple[Path, Path, Path]:
         folder = "passthrough" if ex.model is None else (ex.model or "unknown")
         stem = f"{int(time.time() * 1000)}-{safe_component(ex.request_id)}"
         directory = self.base / safe_component(ex.provider) / safe_component(folder)
         if not directory.resolve().is_relative_to(self.base):
             raise ValueError(f"dump path escapes {self.base}")
-        return directory / f"{stem}.req.txt", directory / f"{stem}.resp.txt"
+        return (
+            directory / f"{stem}.req.txt",
+            directory / f"{stem}.resp.txt",
+            directory / f"{stem}.req_error.txt",
+        )
 
     def _write(self, ex: Exchange) -> None:
-        req_path, resp_path = self.paths(ex)
+        req_path, resp_path, error_path = self.paths(ex)
         body = _pretty(ex.request_body)
         headers = [(k, v) for k, v in ex.request_headers if k.lower() != "content-length"]
         headers.append(("content-length", str(len(body))))
@@ -136,6 +142,8 @@ class Dumper:
             _write_atomically(
                 resp_path, f"HTTP/1.1 {ex.status}\r\n{head}\r\n".encode() + ex.response_body
             )
+        if ex.error:
+            _write_atomically(error_path, ex.error.encode() + b"\n")
 
     async def dump(self, ex: Exchange) -> None:
         try:

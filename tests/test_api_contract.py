@@ -44,11 +44,8 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
 
 def test_buf_lint_passes() -> None:
     """buf lint (STANDARD rules) reports nothing on protos/."""
-    npx = shutil.which("npx")
-    if npx is None:
-        pytest.fail("npx (Node.js) is required for the buf lint gate")
     result = subprocess.run(
-        [npx, "-y", f"@bufbuild/buf@{BUF_VERSION}", "lint"],
+        [_npx(), "-y", f"@bufbuild/buf@{BUF_VERSION}", "lint"],
         cwd=ROOT / "protos",
         capture_output=True,
         text=True,
@@ -99,6 +96,40 @@ async def test_reflection_describes_the_snapshot_message(service: Service) -> No
     async for response in call:
         assert response.file_descriptor_response.file_descriptor_proto
         break
+
+
+def _npx() -> str:
+    npx = shutil.which("npx")
+    if npx is None:
+        pytest.fail("npx (Node.js) is required for the buf gates")
+    return npx
+
+
+async def test_buf_curl_lists_every_method(service: Service) -> None:
+    """`buf curl --list-methods` (reflection v1, as buf asks first) describes every service."""
+    process = await asyncio.create_subprocess_exec(
+        _npx(),
+        "-y",
+        f"@bufbuild/buf@{BUF_VERSION}",
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--list-methods",
+        f"http://{service.target}",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=300)
+    assert process.returncode == 0, err.decode()
+    methods = set(out.decode().split())
+    assert {
+        "aibridge.config.v1.ConfigService/WatchProviders",
+        "aibridge.config.v1.TokenAdminService/CreateToken",
+        "grpc.health.v1.Health/Check",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    } <= methods
 
 
 async def test_health_reports_serving(service: Service) -> None:

@@ -40,6 +40,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from aibridge.coder_options import CODER_PREFIXES
 from aibridge.masking import Secret
 from aibridge.rulebook import (
     BEDROCK_FIELDS,
@@ -52,7 +53,7 @@ from aibridge.rulebook import (
     validate,
 )
 
-PREFIXES = ("AIBRIDGE_", "CODER_AI_GATEWAY_", "CODER_AIBRIDGE_")  # ours first: the one to keep
+PREFIXES = ("AIBRIDGE_", *CODER_PREFIXES)  # ours first: the one to keep
 
 _SEED_GROUPS = ("OPENAI_", "ANTHROPIC_", "BEDROCK_", "PROVIDER_")
 # Any of these makes a Bedrock provider; model names alone never do (Coder gives them defaults).

@@ -1,8 +1,11 @@
 """The bridge's ASGI app: health, metrics, and /<provider>/... for every provider.
 
-Order of checks for a provider request: known provider (404), enabled (503), route
-served (404), gateway token (401/403), BYOK allowed (403), a credential to use (401),
-body size (413); then `Forwarder.run`. Every error is in the provider's own format.
+Order of checks for a provider request: known provider (404, naming the providers
+there are), built and enabled (503, with the reason), route served (404), gateway token
+(401/403), BYOK allowed (403), a credential to use (401), body size (413), room in the
+body budget (503); then `Forwarder.run`. Every error is in the provider's own format;
+where no provider says which (an unknown name, an unknown type), in the format the client
+speaks.
 The routing table is read once per request, so a snapshot swap never changes the
 providers or tokens a request in flight sees.
 """
@@ -55,6 +58,42 @@ class _TooLarge(Exception):
     pass
 
 
+class _BudgetFull(Exception):
+    pass
+
+
+class BodyBudget:
+    """Request body bytes held by all requests at once: at most `limit`."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
+class _Hold:
+    """The part of the budget one request holds; `release()` gives it back."""
+
+    __slots__ = ("budget", "size")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow_to(self, size: int) -> None:
+        extra = size - self.size
+        if extra > 0:
+            if self.budget.held + extra > self.budget.limit:
+                raise _BudgetFull
+            self.budget.held += extra
+            self.size = size
+
+    def release(self) -> None:
+        self.budget.held -= self.size
+        self.size = 0
+
+
 class _Disconnected(Exception):
     pass
 
@@ -71,6 +110,20 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in path.split("/"))
 
 
+def client_family(scope: Scope) -> Family:
+    """The API a request speaks, for an error no provider's family decides.
+
+    Anthropic's clients (Claude Code, the SDKs) always send `anthropic-version`;
+    everything else is answered in OpenAI's shape.
+    """
+    if scope["path"].endswith("/v1/messages"):
+        return Family.ANTHROPIC
+    return next(
+        (Family.ANTHROPIC for key, _ in scope["headers"] if key == b"anthropic-version"),
+        Family.OPENAI,
+    )
+
+
 def _bearer(value: bytes | None) -> bytes | None:
     if value is None:
         return None
@@ -83,13 +136,13 @@ class BridgeApp:
         self,
         *,
         http: httpx.AsyncClient,
-        allow_byok: bool = True,
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
+        body_budget: BodyBudget,
     ) -> None:
         self.table: RoutingTable = EMPTY
+        self.body_budget = body_budget
         self.models = ModelLabels()
-        self.allow_byok = allow_byok
         self.http = http
         self.metrics = metrics or BridgeMetrics()
         self.metrics.watch_table(lambda: self.table)
@@ -105,9 +158,11 @@ class BridgeApp:
             await respond(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
             table = self.table
-            ready = table.applied
-            body = json.dumps({"ready": ready, "version": table.version}).encode()
-            await respond(send, 200 if ready else 503, body)
+            ready = table.applied and not table.not_ready
+            doc: dict[str, object] = {"ready": ready, "version": table.version}
+            if table.not_ready:
+                doc["reason"] = table.not_ready
+            await respond(send, 200 if ready else 503, json.dumps(doc).encode())
         elif path == "/metrics":
             await respond(
                 send,
@@ -128,9 +183,15 @@ class BridgeApp:
                 return
 
     async def _error(
-        self, send: Send, family: Family | None, status: int, message: str, code: str
+        self,
+        send: Send,
+        family: Family | None,
+        status: int,
+        message: str,
+        code: str,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
-        await respond(send, status, error_body(family, status, message, code))
+        await respond(send, status, error_body(family, status, message, code), extra_headers)
 
     async def _provider_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         table = self.table
@@ -139,8 +200,21 @@ class BridgeApp:
         name, _, rest = path[1:].partition("/")
         provider = table.providers.get(name)
         if provider is None:
+            unbuilt = table.failed.get(name)
+            if unbuilt is not None:
+                return await self._error(
+                    send,
+                    unbuilt.family or client_family(scope),
+                    503,
+                    f"provider_error: AI provider {name!r} cannot be used: {unbuilt.error}",
+                    "provider_error",
+                )
             return await self._error(
-                send, None, 404, f"route not supported: {method} {path}", "route_not_supported"
+                send,
+                client_family(scope),
+                404,
+                f"no provider named {name!r}; configured: {', '.join(table.names) or 'none'}",
+                "provider_not_found",
             )
         family = provider.family
         if provider.status == PS.PROVIDER_STATUS_DISABLED:
@@ -181,7 +255,7 @@ class BridgeApp:
                 clen = value
         own_key = False
         if byok is not None:
-            if not self.allow_byok:
+            if not table.allow_byok:
                 return await self._error(
                     send,
                     family,
@@ -212,30 +286,47 @@ class BridgeApp:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
+        hold = _Hold(self.body_budget)  # given back once the call is over
         try:
-            body = await self._read_body(receive, clen)
-        except _TooLarge:
-            return await self._error(
-                send, family, 413, f"request body exceeds {MAX_BODY} bytes", "request_too_large"
+            try:
+                body = await self._read_body(receive, clen, hold)
+            except _TooLarge:
+                return await self._error(
+                    send,
+                    family,
+                    413,
+                    f"request body exceeds {MAX_BODY} bytes",
+                    "request_too_large",
+                )
+            except _BudgetFull:
+                return await self._error(
+                    send,
+                    family,
+                    503,
+                    "the bridge holds too many request bodies at the moment, retry shortly",
+                    "body_buffer_full",
+                    ((b"retry-after", b"1"),),
+                )
+            except _Disconnected:
+                return None
+            drop = _DROP_REQUEST if own_key else _DROP_REQUEST | _CREDENTIALS
+            call = Call(
+                provider=provider,
+                path=sub,
+                query=scope.get("query_string", b""),
+                intercepted=intercepted,
+                mode=mode,
+                method=method,
+                headers=[(k, v) for k, v in scope["headers"] if k not in drop],
+                body=body,
+                request_id=os.urandom(8).hex(),
+                principal_id=principal.principal_id,
             )
-        except _Disconnected:
-            return None
-        drop = _DROP_REQUEST if own_key else _DROP_REQUEST | _CREDENTIALS
-        call = Call(
-            provider=provider,
-            path=sub,
-            query=scope.get("query_string", b""),
-            intercepted=intercepted,
-            mode=mode,
-            method=method,
-            headers=[(k, v) for k, v in scope["headers"] if k not in drop],
-            body=body,
-            request_id=os.urandom(8).hex(),
-            principal_id=principal.principal_id,
-        )
-        if intercepted:
-            self._inspect(call)
-        await self._guarded(call, receive, send)
+            if intercepted:
+                self._inspect(call)
+            await self._guarded(call, receive, send)
+        finally:
+            hold.release()
 
     @staticmethod
     def _authenticate(table: RoutingTable, token: bytes | None) -> Principal | tuple[int, str]:
@@ -259,13 +350,12 @@ class BridgeApp:
         return "bedrock" if provider.bedrock is not None else None
 
     @staticmethod
-    async def _read_body(receive: Receive, content_length: bytes | None) -> bytes:
-        if (
-            content_length is not None
-            and content_length.isdigit()
-            and int(content_length) > MAX_BODY
-        ):
-            raise _TooLarge
+    async def _read_body(receive: Receive, content_length: bytes | None, hold: _Hold) -> bytes:
+        """The whole body, its size taken from the budget as declared, else as it arrives."""
+        if content_length is not None and content_length.isdigit():
+            if int(content_length) > MAX_BODY:
+                raise _TooLarge
+            hold.grow_to(int(content_length))
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -276,6 +366,7 @@ class BridgeApp:
             size += len(chunk)
             if size > MAX_BODY:
                 raise _TooLarge
+            hold.grow_to(size)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

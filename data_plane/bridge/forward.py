@@ -257,6 +257,8 @@ class Forwarder:
                 error=type(exc).__name__,
                 detail=str(exc),
             )
+            if exchange is not None:
+                exchange.error = f"{type(exc).__name__}: {exc}"
             await respond(
                 send,
                 call.status,
@@ -304,6 +306,8 @@ class Forwarder:
             return reader.finish() if reader is not None else {}
         except httpx.HTTPError as exc:
             self.metrics.upstream_errors.labels(provider.name, call.route, "stream").inc()
+            if exchange is not None:
+                exchange.error = f"{type(exc).__name__} after the response started: {exc}"
             log.warning(
                 "upstream stream broke",
                 request_id=call.request_id,

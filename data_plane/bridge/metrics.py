@@ -101,6 +101,12 @@ class BridgeMetrics:
         self.tokens = Counter(
             P + "tokens", "Tokens reported by upstreams.", ["provider", "model", "type"], registry=r
         )
+        self.connections_closed = Counter(
+            P + "connections_closed",
+            "Client connections closed by a connection limit.",
+            ["reason"],
+            registry=r,
+        )
         self.follow = FollowMetrics(r, P)
 
         # Label children of the per-request series, looked up once (labels() validates,
@@ -141,5 +147,5 @@ class BridgeMetrics:
 
     def snapshot_applied(self, table: RoutingTable, when: float) -> None:
         providers = [(p.name, p.type, table.status_of(p)) for p in table.providers.values()]
-        providers += [(name, ptype, "error") for name, (ptype, _error) in table.failed.items()]
+        providers += [(name, unbuilt.type, "error") for name, unbuilt in table.failed.items()]
         self.follow.applied(table.version, providers, when)

@@ -1,10 +1,19 @@
 """The routing table: every provider and gateway token of one snapshot, immutable.
 
 `build_table` turns a snapshot into a table. A provider that cannot be built is left
-out and reported; the rest still serve. Key pools and breakers are carried over from
-the previous table when the provider's keys (or base URL, for breakers) are
-unchanged, so a snapshot swap forgets neither cooldowns nor open breakers. The app
-swaps tables with one attribute assignment; requests in flight keep theirs.
+out and reported (its requests answer 503 with the build error); the rest still serve.
+A snapshot with enabled providers none of which could be built leaves the bridge not
+ready (`not_ready` says why), so an orchestrator does not route to a bridge that
+serves nothing.
+
+BYOK is decided once, by the config service, and carried in the snapshot
+(`ProviderSnapshot.allow_byok`); the bridge's own AIBRIDGE_ALLOW_BYOK can only take it
+away on this bridge (`BuildContext.allow_byok`), never grant it.
+
+Key pools and breakers are carried over from the previous table when the provider's
+keys (or base URL, for breakers) are unchanged, so a snapshot swap forgets neither
+cooldowns nor open breakers. The app swaps tables with one attribute assignment;
+requests in flight keep theirs.
 """
 
 from __future__ import annotations
@@ -31,12 +40,28 @@ PS = provider_pb2.ProviderStatus
 
 
 @dataclass(frozen=True)
+class Unbuilt:
+    """A provider of the snapshot the bridge could not build, and why."""
+
+    type: str
+    family: Family | None  # None: a provider type this bridge does not know
+    error: str
+
+
+@dataclass(frozen=True)
 class RoutingTable:
     version: str
     providers: Mapping[str, Provider] = field(default_factory=lambda: MappingProxyType({}))
     tokens: TokenTable = field(default_factory=lambda: MappingProxyType({}))
-    failed: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    failed: Mapping[str, Unbuilt] = field(default_factory=lambda: MappingProxyType({}))
     applied: bool = True
+    allow_byok: bool = False  # the snapshot's decision, and this bridge's own restriction
+    not_ready: str = ""  # why the bridge serves nothing although providers are enabled
+
+    @property
+    def names(self) -> list[str]:
+        """Every provider of the snapshot, built or not, sorted."""
+        return sorted({*self.providers, *self.failed})
 
     @staticmethod
     def status_of(provider: Provider) -> str:
@@ -54,7 +79,7 @@ class BuildError(Exception):
 
 @dataclass(frozen=True)
 class BuildContext:
-    allow_byok: bool
+    allow_byok: bool  # False: this bridge refuses BYOK whatever the snapshot allows
     breaker: BreakerSettings
     http: httpx.AsyncClient
     bedrock_factory: BedrockFactory | None = None
@@ -62,8 +87,15 @@ class BuildContext:
     on_breaker_change: Callable[[str, BreakerState], None] | None = None
 
 
+def allows_byok(snapshot: cs.ProviderSnapshot, ctx: BuildContext) -> bool:
+    """The snapshot's BYOK decision (allowed when a config service predating it sent
+    none), narrowed by this bridge's own setting."""
+    decided = snapshot.allow_byok if snapshot.HasField("allow_byok") else True
+    return decided and ctx.allow_byok
+
+
 def build_provider(
-    p: provider_pb2.Provider, previous: Provider | None, ctx: BuildContext
+    p: provider_pb2.Provider, previous: Provider | None, ctx: BuildContext, allow_byok: bool
 ) -> Provider:
     ptype = BY_WIRE.get(p.type)
     if ptype is None:
@@ -86,12 +118,12 @@ def build_provider(
                 bedrock = ctx.bedrock_factory(p, ctx.http)
             except ValueError as exc:
                 raise BuildError(f"bedrock: {exc}") from exc
-        elif not keys and not ctx.allow_byok:
+        elif not keys and not allow_byok:
             raise BuildError(
                 "anthropic provider has no api keys, no bedrock credentials, "
                 "and BYOK is not enabled"
             )
-    elif family is Family.OPENAI and not keys and not ctx.allow_byok:
+    elif family is Family.OPENAI and not keys and not allow_byok:
         raise BuildError(f"{tname} provider has no api keys configured and BYOK is not enabled")
     pool = None
     if keys and family is not Family.COPILOT:
@@ -128,13 +160,14 @@ def build_table(
     snapshot: cs.ProviderSnapshot, previous: RoutingTable, ctx: BuildContext
 ) -> tuple[RoutingTable, list[cs.ProviderError]]:
     providers: dict[str, Provider] = {}
-    failed: dict[str, tuple[str, str]] = {}
+    failed: dict[str, Unbuilt] = {}
     errors: list[cs.ProviderError] = []
+    allow_byok = allows_byok(snapshot, ctx)
     for p in snapshot.providers:
         try:
             if p.name in providers:
                 raise BuildError("duplicate provider name")
-            providers[p.name] = build_provider(p, previous.providers.get(p.name), ctx)
+            providers[p.name] = build_provider(p, previous.providers.get(p.name), ctx, allow_byok)
         except BuildError as exc:
             log.error(
                 "skipping misconfigured provider",
@@ -142,19 +175,27 @@ def build_table(
                 provider_type=type_name(p.type),
                 error=str(exc),
             )
-            failed[p.name] = (type_name(p.type), str(exc))
+            known = BY_WIRE.get(p.type)
+            family = known.family if known is not None else None
+            failed[p.name] = Unbuilt(type_name(p.type), family, str(exc))
             errors.append(cs.ProviderError(provider_name=p.name, message=str(exc)))
     enabled = [p for p in snapshot.providers if p.status == PS.PROVIDER_STATUS_ENABLED]
+    not_ready = ""
     if enabled and not any(v.status == PS.PROVIDER_STATUS_ENABLED for v in providers.values()):
         log.warning(
             "all enabled providers failed to build; only disabled providers remain",
             version=snapshot.version,
             failed=len(errors),
         )
+        not_ready = "no enabled provider could be built: " + "; ".join(
+            f"{e.provider_name}: {e.message}" for e in errors
+        )
     table = RoutingTable(
         version=snapshot.version,
         providers=MappingProxyType(providers),
         tokens=token_table(snapshot.gateway_tokens),
         failed=MappingProxyType(failed),
+        allow_byok=allow_byok,
+        not_ready=not_ready,
     )
     return table, errors

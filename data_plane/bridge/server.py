@@ -17,8 +17,9 @@ import uvicorn
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
-from data_plane.bridge.app import BridgeApp
+from data_plane.bridge.app import BodyBudget, BridgeApp
 from data_plane.bridge.bedrock_adapter import load_factory
+from data_plane.bridge.connections import ConnectionGuard
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.routing import BuildContext, build_table
 from data_plane.bridge.settings import BridgeSettings
@@ -76,7 +77,10 @@ class Bridge:
         self.metrics = BridgeMetrics()
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
         self.app = BridgeApp(
-            http=self.http, allow_byok=settings.allow_byok, metrics=self.metrics, dumper=dumper
+            http=self.http,
+            metrics=self.metrics,
+            dumper=dumper,
+            body_budget=BodyBudget(settings.body_buffer_bytes),
         )
         self.context = BuildContext(
             allow_byok=settings.allow_byok,
@@ -89,11 +93,12 @@ class Bridge:
         self.subscriber = make_subscriber(
             settings, settings.bridge_token, self.apply, self.metrics.follow
         )
+        self.guard = ConnectionGuard(settings.limits, self.metrics.connections_closed)
         config = uvicorn.Config(
             self.app,
             host=settings.listen_host,
             port=settings.listen_port,
-            http="httptools",
+            http=self.guard.protocol(),
             ws="none",
             lifespan="off",
             access_log=False,
@@ -137,6 +142,7 @@ class Bridge:
         log.info(
             "bridge listening",
             url=self.url,
+            max_connections=self.guard.max_connections,
             config_service=self.settings.config_service,
             node_id=self.settings.node_id,
         )

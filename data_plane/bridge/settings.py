@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aibridge import coder_options
 from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader
 from aibridge.masking import Secret
@@ -22,7 +23,25 @@ SETTINGS: list[tuple[str, str]] = [
     ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "client key for mTLS to the config service"),
     ("AIBRIDGE_BRIDGE_TOKEN", "token of the bridge principal, presented to the config service"),
     ("AIBRIDGE_BRIDGE_LISTEN", "HTTP listen address host:port (default 127.0.0.1:8080)"),
-    ("AIBRIDGE_ALLOW_BYOK", "accept clients' own provider keys (default true)"),
+    (
+        "AIBRIDGE_ALLOW_BYOK",
+        "false: refuse clients' own provider keys on this bridge even where the config "
+        "service allows them (default true: as the config service decides)",
+    ),
+    (
+        "AIBRIDGE_BRIDGE_MAX_CONNECTIONS",
+        "open client connections at most (default 0: half the process's file descriptor limit)",
+    ),
+    (
+        "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
+        "a request's headers must arrive within this of connecting or of the previous "
+        "response (default 10s)",
+    ),
+    ("AIBRIDGE_BRIDGE_MAX_HEADER_BYTES", "request line and headers at most (default 65536)"),
+    (
+        "AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES",
+        "request body bytes held by all requests at once (default 134217728: 128 MiB)",
+    ),
     ("AIBRIDGE_DUMP_DIR", "write redacted request/response dumps here (empty: off)"),
     ("AIBRIDGE_CIRCUIT_BREAKER_ENABLED", "enable the per-model circuit breaker (default false)"),
     ("AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "consecutive failures that trip (default 5)"),
@@ -46,6 +65,15 @@ class BreakerSettings:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client may hold of the bridge before it has a request in flight."""
+
+    max_connections: int = 0  # 0: half of RLIMIT_NOFILE, read at start (see connections.py)
+    header_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
 class BridgeSettings:
     bridge_token: Secret
     config_service: str = "127.0.0.1:7443"
@@ -55,6 +83,8 @@ class BridgeSettings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     allow_byok: bool = True
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    body_buffer_bytes: int = 128 * 1024 * 1024
     dump_dir: Path | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     snapshot_cache: Path | None = None
@@ -66,7 +96,7 @@ class BridgeSettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> BridgeSettings:
-        r = Reader(environ, overrides)
+        r = Reader(environ, overrides, coder_options.BRIDGE)
         token = daemon_token(r, "AIBRIDGE_BRIDGE_TOKEN", "bridge")
         host, port = r.listen("AIBRIDGE_BRIDGE_LISTEN", "127.0.0.1:8080")
         ca, cert, key = read_config_service_tls(r)
@@ -77,6 +107,15 @@ class BridgeSettings:
             timeout=r.duration("AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT", 30.0),
             max_requests=r.int("AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS", 3, minimum=1),
         )
+        header_timeout = r.duration("AIBRIDGE_BRIDGE_HEADER_TIMEOUT", 10.0)
+        if header_timeout <= 0:
+            r.problems.append("AIBRIDGE_BRIDGE_HEADER_TIMEOUT: must be more than 0")
+        limits = ConnectionLimits(
+            max_connections=r.int("AIBRIDGE_BRIDGE_MAX_CONNECTIONS", 0, minimum=0),
+            header_timeout=header_timeout,
+            max_header_bytes=r.int("AIBRIDGE_BRIDGE_MAX_HEADER_BYTES", 64 * 1024, minimum=1024),
+        )
+        body_buffer = r.int("AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES", 128 * 1024 * 1024, minimum=1)
         log_format, log_level = r.log_settings()
         dump = r.str("AIBRIDGE_DUMP_DIR")
         cache = r.str("AIBRIDGE_SNAPSHOT_CACHE")
@@ -92,6 +131,8 @@ class BridgeSettings:
             listen_host=host,
             listen_port=port,
             allow_byok=allow_byok,
+            limits=limits,
+            body_buffer_bytes=body_buffer,
             dump_dir=Path(dump).expanduser() if dump else None,
             breaker=breaker,
             snapshot_cache=Path(cache).expanduser() if cache else None,

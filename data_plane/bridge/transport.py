@@ -215,9 +215,10 @@ class _Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    async def send(self, data: bytes, seconds: float | None) -> None:
+    async def send(self, head: bytes, body: bytes, seconds: float | None) -> None:
         assert self.transport is not None
-        self.transport.write(data)
+        # Not head + body: that would copy a large body (uvloop writes the two with one writev).
+        self.transport.writelines((head, body))
         drained = self._drained
         if drained is not None and not drained.done():
             try:
@@ -386,9 +387,9 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             self._slots.release()
 
     async def exchange(
-        self, origin: _Origin, method: str, data: bytes, timeouts: Timeouts
+        self, origin: _Origin, method: str, head: bytes, body: bytes, timeouts: Timeouts
     ) -> _Connection:
-        """Send one request (head and body in `data`); return once the response head is in.
+        """Send one request; return once the response head is in.
 
         The caller owns the connection until it calls `release(origin, conn)`.
         """
@@ -405,7 +406,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             conn.active = True
             conn.head = method == "HEAD"
             self._busy.add(conn)
-            await conn.send(data, timeouts.write)
+            await conn.send(head, body, timeouts.write)
             while not conn.headers_done:
                 if conn.error is not None:
                     raise conn.error
@@ -442,7 +443,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         timeouts = timeouts or self.timeouts
         if origin not in self._h2_origins:
             try:
-                conn = await self.exchange(origin, method, b"".join(head) + body, timeouts)
+                conn = await self.exchange(origin, method, b"".join(head), body, timeouts)
             except _UseHTTP2:
                 pass
             else:
@@ -481,7 +482,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         if chunked:  # a streamed request body, read whole: send it as one chunk
             body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
         try:
-            conn = await self.exchange(origin, request.method, b"".join(head) + body, timeouts)
+            conn = await self.exchange(origin, request.method, b"".join(head), body, timeouts)
         except _UseHTTP2:
             return await self._send_http2(request, timeouts)
         return httpx.Response(

@@ -64,7 +64,9 @@ async def provider_request(
     table = shared.table
     path = origin_path(request.target)
     url = shared.settings.bridge_url + route.bridge_path(path)
-    headers = bridge_headers(request, identity, table, request_id)
+    # Copilot has no key pool: its users' own tokens are the only credential there is.
+    pooled_keys = shared.settings.pooled_keys and route.provider_type != "copilot"
+    headers = bridge_headers(request, identity, table, request_id, pooled_keys=pooled_keys)
     method = bytes(request.method)
     metrics = shared.metrics
     metrics.mitm_requests.labels(route.provider).inc()

@@ -64,15 +64,25 @@ def _bearer(value: bytes) -> bytes | None:
 
 
 def bridge_headers(
-    request: h11.Request, identity: Identity, table: ProxyTable, request_id: str
+    request: h11.Request,
+    identity: Identity,
+    table: ProxyTable,
+    request_id: str,
+    *,
+    pooled_keys: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """The client's headers as the bridge must see them: with the client's identity.
 
     A client credential that is not a gateway token is the user's own provider key
     (BYOK): it is kept and the gateway token travels in X-AIBridge-Token. Otherwise
     (no credential, or the gateway token itself) the gateway token becomes the
-    credential and the bridge injects a pooled key.
+    credential and the bridge injects a pooled key. With `pooled_keys`
+    (AIBRIDGE_PROXY_POOLED_KEYS) a client key is BYOK only when the client asks for it
+    by sending X-AIBridge-Token too (whose value is replaced by the token the client
+    authenticated to the proxy with); any other client credential is dropped, so a
+    placeholder key a tool ships with never goes upstream.
     """
+    asked = any(key == b"x-aibridge-token" for key, _ in request.headers)
     headers = passable(list(request.headers), _RECOMPUTED | _OURS)
     own: bytes | None = None
     for key, value in headers:
@@ -81,7 +91,8 @@ def bridge_headers(
         elif key == b"x-api-key":
             own = own or value.strip() or None
     token = identity.token.encode()
-    if own is not None and not is_gateway_token(table, own.decode("latin-1")):
+    byok = own is not None and not is_gateway_token(table, own.decode("latin-1"))
+    if byok and (asked or not pooled_keys):
         headers.append((b"x-aibridge-token", token))
     else:
         headers = [(k, v) for k, v in headers if k not in (b"authorization", b"x-api-key")]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from aibridge import coder_options
 from aibridge.client import read_config_service_tls
 from aibridge.envconfig import Reader, default_data_dir
 from aibridge.masking import Secret
@@ -44,6 +45,11 @@ SETTINGS: list[tuple[str, str]] = [
     ("AIBRIDGE_PROXY_BRIDGE_URL", "the bridge daemon (default http://127.0.0.1:8080)"),
     ("AIBRIDGE_PROXY_ALLOWED_PORTS", "ports CONNECT may reach (default 80,443)"),
     ("AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS", "private/reserved ranges tunnels may reach"),
+    (
+        "AIBRIDGE_PROXY_POOLED_KEYS",
+        "true: intercepted requests use pooled keys; a client's own key is BYOK only with "
+        "X-AIBridge-Token (default false: any key that is not a gateway token is BYOK)",
+    ),
     (
         "AIBRIDGE_PROXY_MAX_CONNECTIONS",
         "client connections held at once (default: (fd limit - 128) / 2); past it the one "
@@ -85,6 +91,7 @@ class ProxySettings:
     bridge_url: str = "http://127.0.0.1:8080"
     allowed_ports: frozenset[int] = frozenset({80, 443})
     allowed_private_cidrs: tuple[IPNetwork, ...] = ()
+    pooled_keys: bool = False
     max_connections: int = field(default_factory=default_max_connections)
     idle_timeout: float = 60.0
     header_timeout: float = 10.0
@@ -108,7 +115,7 @@ class ProxySettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ProxySettings:
-        r = Reader(environ, overrides)
+        r = Reader(environ, overrides, coder_options.PROXY)
         token = daemon_token(r, "AIBRIDGE_PROXY_TOKEN", "proxy")
         host, port = r.listen("AIBRIDGE_PROXY_LISTEN", "127.0.0.1:8888")
         ca, cert, key = read_config_service_tls(r)
@@ -136,6 +143,7 @@ class ProxySettings:
                 cidrs.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
                 r.problems.append(f"AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS: {item!r} is not a CIDR")
+        pooled_keys = r.bool("AIBRIDGE_PROXY_POOLED_KEYS", False)
         max_connections = r.int("AIBRIDGE_PROXY_MAX_CONNECTIONS", 0, minimum=1)
         timeouts = {
             name: r.duration(name, default)
@@ -168,6 +176,7 @@ class ProxySettings:
             bridge_url=bridge_url,
             allowed_ports=frozenset(ports),
             allowed_private_cidrs=tuple(cidrs),
+            pooled_keys=pooled_keys,
             max_connections=max_connections or default_max_connections(),
             idle_timeout=timeouts["AIBRIDGE_PROXY_IDLE_TIMEOUT"],
             header_timeout=timeouts["AIBRIDGE_PROXY_HEADER_TIMEOUT"],

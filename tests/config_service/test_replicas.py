@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import grpc
@@ -113,7 +114,9 @@ def test_replica_resyncs_after_losing_its_database_connection(
 ) -> None:
     """Killing replica B's listener connection loses no change: B re-listens and resyncs."""
     a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
-    b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    # A name of this test's own: other runs on the same server have their replica-b too.
+    replica_b = f"replica-b-{secrets.token_hex(4)}"
+    b = start_process(AIBRIDGE_REPLICA_ID=replica_b, AIBRIDGE_RESYNC_INTERVAL="60s")
     watcher = Watcher(b)
     admin = create_engine(postgres_only.split("?")[0], isolation_level="AUTOCOMMIT")
     try:
@@ -122,8 +125,9 @@ def test_replica_resyncs_after_losing_its_database_connection(
             killed = conn.execute(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'aibridge-listener-replica-b'"
-                )
+                    "WHERE application_name = :name"
+                ),
+                {"name": f"aibridge-listener-{replica_b}"},
             ).scalar_one()
         assert killed == 1
         # Written while B has no listener: only the resync after reconnecting can catch it.
@@ -152,9 +156,14 @@ def test_revocation_on_one_replica_ends_the_tokens_streams_on_the_other(
         view, secret = tokens.create_token(db, SYSTEM, "fleet", Role.BRIDGE)
     finally:
         db.engine.dispose()
+    # Both replicas have published the token's revision (each through its own NOTIFY).
+    deadline = time.monotonic() + 10
+    while (current := version_of(a)) != version_of(b):
+        assert time.monotonic() < deadline, "the replicas never agreed on a version"
+        time.sleep(0.05)
     watcher = Watcher(b, (("authorization", f"Bearer {secret}"),))
     try:
-        watcher.until(version_of(a))
+        watcher.until(current)
         with grpc.insecure_channel(a.target) as channel:
             tpb_grpc.TokenAdminServiceStub(channel).RevokeToken(
                 tpb.RevokeTokenRequest(id=view.id), metadata=ADMIN_MD, timeout=10

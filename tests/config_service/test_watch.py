@@ -227,7 +227,7 @@ async def test_versions_never_go_backwards_on_a_stream(seeded: Service) -> None:
 
 
 async def test_unusable_rows_are_reported_with_a_reason(start_service: StartService) -> None:
-    """A keyless provider with BYOK disabled is present with status ERROR and a reason."""
+    """With BYOK disabled a keyless provider is ERROR with a reason, and the snapshot says so."""
     service = await start_service(
         AIBRIDGE_ALLOW_BYOK="false",
         AIBRIDGE_PROVIDER_0_TYPE="openai",
@@ -237,6 +237,8 @@ async def test_unusable_rows_are_reported_with_a_reason(start_service: StartServ
     keyless = by_name(snap)["keyless"]
     assert keyless.status == provider_pb2.PROVIDER_STATUS_ERROR
     assert "BYOK" in keyless.status_reason
+    # The decision travels with the snapshot, so the data plane follows it.
+    assert snap.HasField("allow_byok") and not snap.allow_byok
 
 
 async def create_token(service: Service, name: str, role: int) -> tpb.CreateTokenResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import httpx
@@ -16,9 +17,11 @@ from dp_fakes import (
     anthropic_provider,
     eventually,
     openai_provider,
+    provider,
     snapshot,
 )
 
+from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.breaker import Breaker, BreakerState, Rejected
 from data_plane.bridge.settings import BreakerSettings
 from data_plane.dump import Dumper, Exchange, safe_component
@@ -172,6 +175,32 @@ async def test_dump_through_the_bridge(
     text = "".join(f.read_text() for f in files)
     assert MEMBER_TOKEN not in text and KEY_A not in text
     assert '"model": "org/gpt-test"' in text and "HTTP/1.1 200" in text
+
+
+async def test_dump_of_an_upstream_transport_error(
+    config_service: ConfigServer, start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """An upstream that cannot be reached leaves the request and a .req_error.txt naming why."""
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = provider("openai", pb.PROVIDER_TYPE_OPENAI, f"http://127.0.0.1:{port}/v1/", [KEY_A])
+    await config_service.service.publish(snapshot("1", [dead]))
+    bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(tmp_path))
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        response = await http.post(
+            "/openai/v1/chat/completions",
+            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
+            json={"model": "gpt-test", "messages": []},
+        )
+    assert response.status_code == 502
+    folder = tmp_path / "openai" / "gpt-test"
+    await eventually(lambda: folder.is_dir() and len(list(folder.iterdir())) == 2, within=2)
+    request, error = sorted(folder.iterdir())
+    assert request.name.endswith(".req.txt") and error.name.endswith(".req_error.txt")
+    assert request.name.removesuffix(".req.txt") == error.name.removesuffix(".req_error.txt")
+    assert error.read_text().startswith("ConnectError: ")
+    assert KEY_A not in error.read_text() and MEMBER_TOKEN not in request.read_text()
 
 
 def test_dump_failure_only_warns(tmp_path: Path) -> None:

@@ -58,14 +58,16 @@ async def test_readyz_before_and_after_snapshot(
 async def test_unknown_provider_and_route_are_404(
     config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
 ) -> None:
-    """Unknown providers and unserved routes answer 404 naming the method and path."""
+    """Unknown providers answer 404 naming the providers there are; unserved routes the path."""
     url = await _start(config_service, upstream, start_bridge)
     async with httpx.AsyncClient(base_url=url) as http:
         nope = await http.post("/nope/v1/chat/completions", json=CHAT)
         assert nope.status_code == 404
-        assert (
-            nope.json()["error"]["message"] == "route not supported: POST /nope/v1/chat/completions"
-        )
+        assert nope.json()["error"] == {
+            "message": "no provider named 'nope'; configured: anthropic, openai",
+            "type": "not_found_error",
+            "code": "provider_not_found",
+        }
         legacy = await http.post(
             "/openai/v1/completions", json=CHAT, headers={"authorization": f"Bearer {MEMBER_TOKEN}"}
         )
@@ -73,6 +75,29 @@ async def test_unknown_provider_and_route_are_404(
         assert "POST /openai/v1/completions" in legacy.json()["error"]["message"]
         anth = await http.get("/anthropic/v1/files")
         assert anth.json()["type"] == "error"  # the provider's own error format
+    assert upstream.seen == []
+
+
+async def test_unknown_provider_answers_in_the_clients_api_shape(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    """An Anthropic client with a base URL missing the provider segment gets Anthropic's 404."""
+    url = await _start(config_service, upstream, start_bridge)
+    async with httpx.AsyncClient(base_url=url) as http:
+        # Claude Code with ANTHROPIC_BASE_URL=<bridge> (no /anthropic): POST /v1/messages.
+        lost = await http.post(
+            "/v1/messages",
+            json={"model": "claude", "max_tokens": 8, "messages": []},
+            headers={"anthropic-version": "2023-06-01", "x-api-key": MEMBER_TOKEN},
+        )
+    assert lost.status_code == 404
+    assert lost.json() == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": "no provider named 'v1'; configured: anthropic, openai",
+        },
+    }
     assert upstream.seen == []
 
 

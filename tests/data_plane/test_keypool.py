@@ -201,6 +201,30 @@ async def test_keyless_provider_needs_byok(
     assert "BYOK is not enabled" in report.errors[0].message
 
 
+async def test_byok_follows_the_snapshot(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    """BYOK off in the snapshot is off on a bridge left at its default; on again when allowed."""
+    snap = snapshot("1", [openai_provider(upstream), openai_provider(upstream, "keyless", keys=[])])
+    snap.allow_byok = False
+    await config_service.service.publish(snap)
+    bridge = await start_bridge(wait_version="1")
+    own = {"x-aibridge-token": MEMBER_TOKEN, "authorization": "Bearer sk-mine"}
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        refused = await http.post("/openai/v1/chat/completions", json=CHAT, headers=own)
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "byok_disabled"
+        keyless = await http.post("/keyless/v1/chat/completions", json=CHAT, headers=own)
+        assert keyless.status_code == 503
+        assert "BYOK is not enabled" in keyless.json()["error"]["message"]
+        assert upstream.seen == []
+        snap.version, snap.allow_byok = "2", True
+        await config_service.service.publish(snap)
+        await wait_for_version(bridge, "2")
+        assert (await http.post("/openai/v1/chat/completions", json=CHAT, headers=own)).is_success
+        assert (await http.post("/keyless/v1/chat/completions", json=CHAT, headers=own)).is_success
+
+
 async def test_pool_state_survives_unchanged_snapshot(
     config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
 ) -> None:

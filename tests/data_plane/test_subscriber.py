@@ -23,6 +23,7 @@ from dp_fakes import (
     snapshot,
     wait_for_version,
 )
+from structlog.testing import capture_logs
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
@@ -42,7 +43,7 @@ async def test_ack_lists_providers_left_out(
 ) -> None:
     """An applied snapshot is ACKed with the providers that failed to build; the rest serve."""
     # Keys without their secrets: what a token of another role than bridge would receive.
-    unkeyed = provider("unkeyed", pb.PROVIDER_TYPE_OPENAI, upstream.url, keys=[""])
+    unkeyed = provider("unkeyed", pb.PROVIDER_TYPE_ANTHROPIC, upstream.url, keys=[""])
     bad_type = provider("mystery", 99, upstream.url)
     await config_service.service.publish(
         snapshot("1", [openai_provider(upstream), unkeyed, bad_type])
@@ -56,7 +57,53 @@ async def test_ack_lists_providers_left_out(
     assert "carry no secret" in errors["unkeyed"]
     async with httpx.AsyncClient(base_url=bridge.url, headers=AUTH) as http:
         assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
-        assert (await http.post("/mystery/v1/chat/completions", json=CHAT)).status_code == 404
+        mystery = await http.post("/mystery/v1/chat/completions", json=CHAT)
+        unbuilt = await http.post(
+            "/unkeyed/v1/messages", json={"model": "m", "max_tokens": 8, "messages": []}
+        )
+        ready = await http.get("/readyz")
+    # A provider the bridge cannot build says why, in its API's shape (not a bare 404).
+    assert mystery.status_code == 503
+    assert mystery.json()["error"]["code"] == "provider_error"
+    assert "unsupported provider type" in mystery.json()["error"]["message"]
+    assert unbuilt.status_code == 503
+    assert unbuilt.json()["type"] == "error"  # Anthropic's format: the provider speaks its API
+    assert unbuilt.json()["error"]["message"].startswith(
+        "provider_error: AI provider 'unkeyed' cannot be used: keys carry no secret"
+    )
+    assert ready.status_code == 200  # openai still serves
+
+
+async def test_not_ready_when_no_enabled_provider_builds(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    """Enabled providers none of which build: /readyz 503 with the reason, and one warning."""
+    broken = provider("broken", pb.PROVIDER_TYPE_OPENAI, upstream.url, keys=[""])
+    off = openai_provider(upstream, "off", status=pb.PROVIDER_STATUS_DISABLED)
+    await config_service.service.publish(snapshot("1", [broken, off]))
+    with capture_logs() as logs:
+        bridge = await start_bridge(wait_version="1")
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {
+            "ready": False,
+            "version": "1",
+            "reason": "no enabled provider could be built: broken: keys carry no secret "
+            "(is the bridge token of the bridge role?)",
+        }
+        await config_service.service.publish(snapshot("2", [openai_provider(upstream)]))
+        await wait_for_version(bridge, "2")
+        assert (await http.get("/readyz")).status_code == 200
+    warnings = [e for e in logs if e["log_level"] == "warning" and "all enabled" in e["event"]]
+    assert warnings == [
+        {
+            "event": "all enabled providers failed to build; only disabled providers remain",
+            "log_level": "warning",
+            "version": "1",
+            "failed": 1,
+        }
+    ]
 
 
 async def test_bedrock_provider_uses_the_factory(

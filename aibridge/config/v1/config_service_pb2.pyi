@@ -59,11 +59,17 @@ class ProviderSnapshot(_message.Message):
     PROVIDERS_FIELD_NUMBER: _builtins.int
     GATEWAY_TOKENS_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    ALLOW_BYOK_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Equals the database revision: every replica serving the same state
     serves the same version. Opaque to clients: compare for equality.
     """
     scope: Global___SnapshotScope.ValueType
+    allow_byok: _builtins.bool
+    """Whether clients may bring their own provider keys (BYOK): the config
+    service's AIBRIDGE_ALLOW_BYOK, decided once for the deployment. Unset
+    (a config service older than this field): the data plane allows BYOK.
+    """
     @_builtins.property
     def generated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -82,12 +88,15 @@ class ProviderSnapshot(_message.Message):
         providers: _abc.Iterable[_provider_pb2.Provider] | None = ...,
         gateway_tokens: _abc.Iterable[_token_pb2.GatewayToken] | None = ...,
         scope: Global___SnapshotScope.ValueType = ...,
+        allow_byok: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generated_at", b"generated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_byok", b"_allow_byok", "allow_byok", b"allow_byok", "generated_at", b"generated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_tokens", b"gateway_tokens", "generated_at", b"generated_at", "providers", b"providers", "scope", b"scope", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_byok", b"_allow_byok", "allow_byok", b"allow_byok", "gateway_tokens", b"gateway_tokens", "generated_at", b"generated_at", "providers", b"providers", "scope", b"scope", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__allow_byok: _TypeAlias = _typing.Literal["allow_byok"]  # noqa: Y015
+    _WhichOneofArgType__allow_byok: _TypeAlias = _typing.Literal["_allow_byok", b"_allow_byok"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_byok) -> _WhichOneofReturnType__allow_byok | None: ...
 
 Global___ProviderSnapshot: _TypeAlias = ProviderSnapshot  # noqa: Y015
 

@@ -103,6 +103,58 @@ async def test_byok_keeps_the_users_key(
     assert MEMBER_TOKEN not in json.dumps(seen.headers)
 
 
+async def test_pooled_keys_setting_ignores_a_placeholder_key(
+    config_service: ConfigServer,
+    upstream: FakeUpstream,
+    start_bridge: StartBridge,
+    start_proxy: StartProxy,
+) -> None:
+    """With AIBRIDGE_PROXY_POOLED_KEYS a tool's placeholder key gets the pooled key; a
+    client's own key is BYOK only when it also sends X-AIBridge-Token."""
+    proxy = await stack(
+        config_service, upstream, start_bridge, start_proxy, AIBRIDGE_PROXY_POOLED_KEYS="true"
+    )
+    async with client(proxy) as http:
+        placeholder = await http.post(
+            f"https://localhost:{upstream.port}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": []},
+            headers={"authorization": "Bearer sk-placeholder-the-tool-ships-with"},
+        )
+        assert placeholder.status_code == 200, placeholder.text
+        assert_pooled(upstream.seen[-1])
+        byok = await http.post(
+            f"https://127.0.0.1:{upstream.port}/v1/messages",
+            json={"model": "claude-test", "max_tokens": 5, "messages": []},
+            headers={"x-api-key": BYOK_KEY, "x-aibridge-token": MEMBER_TOKEN},
+        )
+    assert byok.status_code == 200, byok.text
+    assert upstream.seen[-1].headers["x-api-key"] == BYOK_KEY
+    assert "sk-placeholder" not in json.dumps([seen.headers for seen in upstream.seen])
+
+
+async def test_pooled_keys_setting_leaves_copilot_tokens_alone(
+    config_service: ConfigServer,
+    upstream: FakeUpstream,
+    start_bridge: StartBridge,
+    start_proxy: StartProxy,
+) -> None:
+    """Copilot has no key pool: its user's token still goes upstream with POOLED_KEYS on."""
+    copilot = provider("copilot", pb.PROVIDER_TYPE_COPILOT, f"http://localhost:{upstream.port}")
+    await config_service.service.publish(snapshot("1", [copilot]))
+    bridge = await start_bridge(wait_version="1")
+    proxy = await start_proxy(
+        wait_version="1", AIBRIDGE_PROXY_BRIDGE_URL=bridge.url, AIBRIDGE_PROXY_POOLED_KEYS="true"
+    )
+    async with client(proxy) as http:
+        reply = await http.post(
+            f"https://localhost:{upstream.port}/chat/completions",
+            json={"model": "gpt-test", "messages": []},
+            headers={"authorization": "Bearer ghu_users-copilot-token"},
+        )
+    assert reply.status_code == 200, reply.text
+    assert upstream.seen[-1].headers["authorization"] == "Bearer ghu_users-copilot-token"
+
+
 async def test_sse_streams_chunk_by_chunk(
     config_service: ConfigServer,
     upstream: FakeUpstream,
