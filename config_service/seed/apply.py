@@ -18,11 +18,10 @@ from sqlalchemy import select, text
 
 from config_service.db.models import Provider, ProviderKey
 from config_service.rbac import SYSTEM
-from config_service.records import BedrockRecord, load_record
 from config_service.seed.env import BedrockSeed, SeedPlan
 from config_service.store.database import Database
 from config_service.store.providers import insert_provider
-from config_service.views import audit_view
+from config_service.store.records import BedrockRecord, audit_view, load_record
 
 # Arbitrary constant shared by every replica ("aibseed").
 SEED_LOCK_ID = 0x61696273656564

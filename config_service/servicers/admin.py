@@ -6,9 +6,9 @@ import grpc
 
 from aibridge.config.v1 import provider_admin_service_pb2_grpc, token_admin_service_pb2_grpc
 from config_service.auth import Authenticator
-from config_service.hub import SnapshotHub
 from config_service.servicers.providers import ProviderAdminServicer
 from config_service.servicers.tokens import TokenAdminServicer
+from config_service.snapshots.hub import SnapshotHub
 from config_service.store.database import Database
 
 

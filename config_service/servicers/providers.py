@@ -20,14 +20,14 @@ from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
 from aibridge.rulebook import BY_WIRE, BedrockSpec, ProviderSpec
-from config_service import views
 from config_service.auth import Authenticator
-from config_service.hub import SnapshotHub
 from config_service.rbac import Role, Scope, Subject
-from config_service.records import ProviderRecord
 from config_service.servicers.edge import unary
+from config_service.snapshots import views
+from config_service.snapshots.hub import SnapshotHub
 from config_service.store import provider_input, providers
 from config_service.store.database import Database
+from config_service.store.records import ProviderRecord
 
 log = get_logger("aibridge.config.providers")
 

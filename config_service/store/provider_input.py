@@ -24,7 +24,7 @@ from aibridge.rulebook import (
     Problem,
 )
 from config_service.errors import InvalidArgument
-from config_service.records import BedrockRecord
+from config_service.store.records import BedrockRecord
 
 PATH_RE = re.compile(r"^[a-z_.]{1,40}$")
 

@@ -56,14 +56,6 @@ from config_service.crypto import DecryptError
 from config_service.db.models import Provider, ProviderKey, new_id, utcnow
 from config_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from config_service.rbac import Action, Subject, authorize
-from config_service.records import (
-    BedrockRecord,
-    ProviderRecord,
-    encode_settings,
-    encrypt_key,
-    key_aad,
-    load_record,
-)
 from config_service.store.database import Database
 from config_service.store.provider_input import (
     KeyInput,
@@ -74,7 +66,15 @@ from config_service.store.provider_input import (
     quoted,
     refuse,
 )
-from config_service.views import audit_view
+from config_service.store.records import (
+    BedrockRecord,
+    ProviderRecord,
+    audit_view,
+    encode_settings,
+    encrypt_key,
+    key_aad,
+    load_record,
+)
 
 
 def _find(session: Session, id_or_name: str, for_update: bool = False) -> Provider:

@@ -1,8 +1,9 @@
 """Providers as the service works with them: rows decoded and (when allowed) decrypted.
 
-A `ProviderRecord` is immutable and holds everything any scope may need; the views
-module decides what each scope sees. Decoding never raises: a row that cannot be
-decrypted or decoded becomes a record with `problems`, reported as status ERROR.
+A `ProviderRecord` is immutable and holds everything any scope may need; the snapshot
+views (`config_service.snapshots.views`) decide what each scope sees, and `audit_view` is
+what the audit log records. Decoding never raises: a row that cannot be decrypted or
+decoded becomes a record with `problems`, reported as status ERROR.
 """
 
 from __future__ import annotations
@@ -167,3 +168,27 @@ def load_record(
         problems=tuple(problems),
         etag=provider_etag(row, keys),
     )
+
+
+def audit_view(record: ProviderRecord) -> dict[str, Any]:
+    """A provider as the audit log records it: every secret masked."""
+    view: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "display_name": record.display_name,
+        "type": record.type,
+        "base_url": record.base_url,
+        "enabled": record.enabled,
+        "keys": [{"id": k.id, "hint": k.hint} for k in record.keys],
+    }
+    if record.bedrock is not None:
+        b = record.bedrock
+        view["bedrock"] = {
+            "region": b.region,
+            "model": b.model,
+            "small_fast_model": b.small_fast_model,
+            "role_arn": b.role_arn,
+            "access_key": mask_secret(b.access_key),
+            "access_key_secret": "***" if b.access_key_secret else "",
+        }
+    return view

@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from config_service.db.models import Principal, Provider, ProviderKey, Revision, Token
 from config_service.rbac import Role
-from config_service.records import ProviderRecord, load_record
 from config_service.store.database import Database
+from config_service.store.records import ProviderRecord, load_record
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from aibridge.config.v1 import provider_pb2
 from aibridge.masking import mask_secret
 from aibridge.rulebook import REGION_RE, TYPES, Bedrock, url_problem
 from config_service.rbac import Scope
-from config_service.records import ProviderRecord
+from config_service.store.records import ProviderRecord
 
 ENABLED = provider_pb2.PROVIDER_STATUS_ENABLED
 DISABLED = provider_pb2.PROVIDER_STATUS_DISABLED
@@ -111,27 +111,3 @@ def render(record: ProviderRecord, scope: Scope, status: int, reason: str) -> pr
         if scope is not Scope.PROXY:
             proto.bedrock.access_key_hint = mask_secret(bedrock.access_key)
     return proto
-
-
-def audit_view(record: ProviderRecord) -> dict[str, Any]:
-    """A provider as the audit log records it: every secret masked."""
-    view: dict[str, Any] = {
-        "id": record.id,
-        "name": record.name,
-        "display_name": record.display_name,
-        "type": record.type,
-        "base_url": record.base_url,
-        "enabled": record.enabled,
-        "keys": [{"id": k.id, "hint": k.hint} for k in record.keys],
-    }
-    if record.bedrock is not None:
-        b = record.bedrock
-        view["bedrock"] = {
-            "region": b.region,
-            "model": b.model,
-            "small_fast_model": b.small_fast_model,
-            "role_arn": b.role_arn,
-            "access_key": mask_secret(b.access_key),
-            "access_key_secret": "***" if b.access_key_secret else "",
-        }
-    return view
