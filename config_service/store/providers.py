@@ -8,18 +8,18 @@ decrypt pool keys: records carry ids and masked hints only.
 Each write is one transaction that validates the whole resulting provider, bumps
 the revision and appends an audit entry (masked views before/after). Validation
 errors name the offending field (`keys[2]`, `bedrock.region`, `base_url`, ...) and
-never quote a secret. Rules follow Coder's AI provider CRUD: names match
-^[a-z0-9]+(-[a-z0-9]+)*$ (at most 63 characters) and are unique among live rows,
-type and name are immutable, base URLs are absolute http(s) URLs (empty means the
-type's default), at most 5 keys, none empty, padded or repeated, Bedrock settings
-only for anthropic/bedrock, no pool keys for bedrock/copilot. An update's `keys` is
+never quote a secret. What a provider may hold is the rulebook's (`aibridge.rulebook`,
+shared with the env seed, which inserts through `insert_provider`); this module adds
+what needs the database: names unique among live rows, type and name immutable, an
+update refused only for what it changes (a stored problem shows as status ERROR, not
+as a refusal of an unrelated update). An update's `keys` is
 the full desired set: entries by id are kept, new secrets inserted (after the kept
 keys, in list order), omitted ids deleted; adding or deleting one key changes only that
 key, so concurrent key changes never undo each other. Updates and key changes given an
 etag (ProviderRecord.etag, changed by every write) fail with FailedPrecondition when the
 provider changed since; without one they are unconditional. Delete is a soft delete that
 frees the name.
-The input types and the field-by-field checks live in `provider_input.py`.
+Update inputs and the rulebook's verdicts as InvalidArgument live in `provider_input.py`.
 """
 
 from __future__ import annotations
