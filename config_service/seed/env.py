@@ -5,7 +5,13 @@
 and `PROVIDER_<N>_*` (indexed providers) after the prefix are seeding inputs; every other
 variable belongs to other settings and is ignored. All problems are collected and raised
 once as `SeedConfigError`; unknown fields only warn. Messages name variables, never the
-values of keys, secrets, URLs or unknown fields (only TYPE, NAME and region are quoted).
+values of keys, secrets, URLs or unknown fields (only a NAME is quoted, in name clashes).
+
+What a provider may hold is not decided here: each provider's variables become one
+`aibridge.rulebook.ProviderSpec`, and every problem the rulebook finds is reported as
+`VARIABLE: field message`, with the admin API's own field and message (`AIBRIDGE_PROVIDER_0_
+KEYS: keys[1] is empty`). The seed keeps only what is about variables: prefixes, indexes,
+spellings, KEY vs KEYS, name clashes with legacy variables, BASE_URL on Bedrock.
 
 Decisions where DESIGN §6 and the Coder reference are silent or differ:
 - A variable whose value is empty or blank counts as unset (also for prefix mixing and for
