@@ -8,6 +8,7 @@ vice versa. Modules are imported only when their command runs.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aibridge: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    result: int = module.main(rest, prog=f"aibridge {name}")
+    try:
+        result: int = module.main(rest, prog=f"aibridge {name}")
+    except BrokenPipeError:
+        # The reader went away (`aibridge snapshot --watch | head`): stop quietly, and
+        # point stdout at /dev/null so the flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
 
 

@@ -16,7 +16,10 @@ import grpc
 from aibridge.envconfig import Reader
 
 CLIENT_ENV_VARS: list[tuple[str, str]] = [
-    ("AIBRIDGE_CONFIG_SERVICE", "config service address host:port (default 127.0.0.1:7443)"),
+    (
+        "AIBRIDGE_CONFIG_SERVICE",
+        "config service host[:port] (default 127.0.0.1:7443; port 7443 if omitted)",
+    ),
     ("AIBRIDGE_CONFIG_SERVICE_CA_FILE", "PEM CA to verify the config service (enables TLS)"),
     ("AIBRIDGE_CONFIG_SERVICE_CERT_FILE", "PEM client certificate for mTLS"),
     ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "PEM client key for mTLS"),
@@ -43,6 +46,20 @@ def read_config_service_tls(r: Reader) -> tuple[Path | None, Path | None, Path |
     return ca, cert, key
 
 
+CONFIG_SERVICE_PORT = 7443
+
+
+def read_config_service(r: Reader) -> str:
+    """AIBRIDGE_CONFIG_SERVICE as a gRPC target; a host without a port gets 7443.
+
+    gRPC itself would take a bare host to mean port 443, where no config service listens.
+    Targets in gRPC's own name syntax (dns:///..., unix:...) are passed through as given.
+    """
+    target = r.str("AIBRIDGE_CONFIG_SERVICE", f"127.0.0.1:{CONFIG_SERVICE_PORT}")
+    bracketed = target.startswith("[") and target.endswith("]")  # [::1]
+    return f"{target}:{CONFIG_SERVICE_PORT}" if bracketed or ":" not in target else target
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     target: str = "127.0.0.1:7443"
@@ -56,7 +73,7 @@ class ClientSettings:
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ClientSettings:
         r = Reader(environ, overrides)
-        target = r.str("AIBRIDGE_CONFIG_SERVICE", "127.0.0.1:7443")
+        target = read_config_service(r)
         ca, cert, key = read_config_service_tls(r)
         token = r.str("AIBRIDGE_TOKEN") or r.str("AIBRIDGE_ADMIN_TOKEN")
         r.check()

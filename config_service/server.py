@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from aibridge.config.v1 import config_service_pb2
 from aibridge.logs import get_logger
+from aibridge.ports import ListenError, check_free
 from config_service import notify
 from config_service.auth import Authenticator
 from config_service.crypto import Cipher
@@ -51,6 +52,9 @@ SERVICE_NAMES = (
     "aibridge.config.v1.TokenAdminService",
 )
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+LISTEN_SETTING = "AIBRIDGE_GRPC_LISTEN"
+# After the server stopped: how long its RPC tasks may take to notice (see serve).
+RPC_TASKS_GRACE = 2.0
 
 # Thousands of long-lived watch streams: many streams per connection, keepalive to
 # notice dead peers, and clients allowed to ping while idle.
@@ -118,6 +122,24 @@ def _credentials(settings: ConfigServiceSettings) -> grpc.ServerCredentials | No
     )
 
 
+def _add_port(
+    server: grpc.aio.Server,
+    settings: ConfigServiceSettings,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    """Bind the gRPC port; `ListenError` (one line, naming the setting) when it cannot be."""
+    host, port = settings.grpc_host, settings.grpc_port
+    # Probed first for the reason (grpc-core only says "failed to bind", after a log line).
+    check_free(LISTEN_SETTING, host, port)
+    address = settings.grpc_target
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        raise ListenError(LISTEN_SETTING, host, port, "grpc could not bind it") from None
+
+
 def _reflection_v1_descriptor() -> None:
     """Put grpc/reflection/v1/reflection.proto in the default descriptor pool, once.
 
@@ -183,6 +205,8 @@ def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]
     if before != after:
         log.info("database migrated", from_revision=before, to_revision=after)
     plan = parse_env(environ)
+    if plan.note:
+        log.info(plan.note)
     for warning in plan.warnings:
         log.warning(warning)
     outcome = seed_apply.apply(db, plan)
@@ -190,6 +214,8 @@ def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]
         log.info("seeded provider from environment", provider=name)
     for name in outcome.skipped_deleted:
         log.warning("not seeding provider: it was deleted through the API", provider=name)
+    for sentence in outcome.keys_kept:
+        log.warning(sentence)
     for change in tokens.bootstrap(
         db,
         {
@@ -276,7 +302,15 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
     )
-    db = await asyncio.to_thread(prepare_database, settings, environ)
+    # Bound first: a port that is taken fails before the database is migrated or seeded.
+    server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+    credentials = _credentials(settings)
+    port = _add_port(server, settings, credentials)
+    try:
+        db = await asyncio.to_thread(prepare_database, settings, environ)
+    except BaseException:
+        await server.stop(None)
+        raise
     hub = SnapshotHub(db, settings.allow_byok)
     metrics = ConfigMetrics()
     hub.listeners.append(lambda _revision: metrics.build_seconds.observe(hub.last_build_seconds))
@@ -284,7 +318,6 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     registry = SubscriberRegistry()
     metrics.watch_live(registry.count_by_role, lambda: hub.revision)
     auth = Authenticator(hub, db)
-    server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
     remote = None
     if db.is_postgres:
 
@@ -309,13 +342,6 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
-    address = settings.grpc_target
-    credentials = _credentials(settings)
-    port = (
-        server.add_secure_port(address, credentials)
-        if credentials is not None
-        else server.add_insecure_port(address)
-    )
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -357,6 +383,20 @@ async def serve(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     await stop.wait()
     log.info("shutting down: health NOT_SERVING, draining")
     await running.stop(grace=5.0)
+    await _let_rpc_tasks_finish()
+
+
+async def _let_rpc_tasks_finish() -> None:
+    """Wait (bounded) for grpc's per-RPC tasks to see their calls end.
+
+    The server can report itself stopped while the tasks that watched its last streams
+    have not yet run; the event loop cancels what is left when `serve` returns, and grpc
+    logs each task cancelled that way as an unhandled CancelledError with a traceback.
+    """
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current]
+    if pending:
+        await asyncio.wait(pending, timeout=RPC_TASKS_GRACE)
 
 
 __all__ = ["RunningService", "config_service_pb2", "serve", "start"]

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from aibridge.envconfig import Reader, SettingsError, add_env_flags, overrides_from_args
 from aibridge.logs import configure
+from aibridge.ports import ListenError
 
 S = TypeVar("S")
 
@@ -52,9 +53,19 @@ def load_settings(
     return settings
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    """Serve on uvloop until SIGINT/SIGTERM."""
+def run(prog: str, coro: Coroutine[Any, Any, None], *fatal: type[Exception]) -> int:
+    """Serve on uvloop until SIGINT/SIGTERM: 0, or 2 after one line for a start-up error.
+
+    A port that cannot be bound (`ListenError`) and the exceptions in `fatal` are
+    start-up errors the user can fix: their message is printed, never a traceback.
+    """
     import uvloop
 
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(coro)
+    startup_errors: tuple[type[Exception], ...] = (ListenError, *fatal)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(coro)
+    except startup_errors as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ from data_plane.proxy.settings import SETTINGS as PROXY_VARS
 ROOT = Path(__file__).resolve().parent.parent
 READ_BY = {
     "config-service": {n for n, _ in CONFIG_VARS}
-    | {"AIBRIDGE_OPENAI_KEY", "AIBRIDGE_ANTHROPIC_KEY"},
+    | {
+        "AIBRIDGE_OPENAI_KEY",
+        "AIBRIDGE_OPENAI_BASE_URL",
+        "AIBRIDGE_ANTHROPIC_KEY",
+        "AIBRIDGE_ANTHROPIC_BASE_URL",
+    },
     "bridge": {n for n, _ in BRIDGE_VARS},
     "proxy": {n for n, _ in PROXY_VARS},
 }
@@ -71,3 +77,41 @@ def test_daemons_point_at_the_config_service_and_the_bridge() -> None:
     assert services["bridge"]["environment"]["AIBRIDGE_CONFIG_SERVICE"] == "config-service:7443"
     assert services["proxy"]["environment"]["AIBRIDGE_PROXY_BRIDGE_URL"] == "http://bridge:8080"
     assert {n for n, _ in CLIENT_ENV_VARS} >= {"AIBRIDGE_CONFIG_SERVICE"}
+
+
+def test_the_config_service_grpc_port_is_published_on_loopback_for_the_host_cli() -> None:
+    """Each replica's gRPC port is published on 127.0.0.1, starting at 7443, so the host's CLI reaches it."""
+    service = compose()["services"]["config-service"]
+    published = [str(p) for p in service["ports"]]
+    assert published == ["127.0.0.1:7443-7444:7443"]
+    assert service["deploy"]["replicas"] == 2  # one host port per replica in the range
+
+
+def test_provider_base_urls_from_env_reach_the_config_service() -> None:
+    """AIBRIDGE_OPENAI_BASE_URL and AIBRIDGE_ANTHROPIC_BASE_URL are passed through from .env."""
+    env = compose()["services"]["config-service"]["environment"]
+    for name in ("AIBRIDGE_OPENAI_BASE_URL", "AIBRIDGE_ANTHROPIC_BASE_URL"):
+        assert env[name] == f"${{{name}:-}}"
+
+
+def test_dockerignore_keeps_the_env_file_and_the_password_file_out_of_the_image() -> None:
+    """The build context excludes .env (and variants) and compose.postgres-password, not .env.example."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def excluded(name: str) -> bool:
+        # Docker's rule: the last matching pattern wins; `!` re-includes.
+        verdict = False
+        for pattern in patterns:
+            negated = pattern.startswith("!")
+            if fnmatch.fnmatch(name, pattern.removeprefix("!")):
+                verdict = not negated
+        return verdict
+
+    for name in (".env", ".env.local", "compose.postgres-password"):
+        assert excluded(name), name
+    assert not excluded(".env.example")
+    assert not excluded("pyproject.toml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -59,3 +60,43 @@ def test_every_variable_the_docs_mention_exists_in_code() -> None:
         n for n in names - templated if n not in code and n.removeprefix("AIBRIDGE_") not in code
     )
     assert not missing
+
+
+def test_client_pages_show_a_snippet_for_every_language_their_title_names() -> None:
+    """A docs/clients page titled "(Python, Node)" has a python and a js block."""
+    fence = {"Python": "```python", "Node": "```js"}
+    for page in sorted((ROOT / "docs" / "clients").glob("*.md")):
+        title = page.read_text().splitlines()[0]
+        named = re.search(r"\(([^)]*)\)", title)
+        for language in named[1].split(", ") if named else []:
+            if language in fence:  # "(aibridgeproxyd)" names no language
+                assert fence[language] in page.read_text(), (page.name, language)
+
+
+def test_anthropic_page_names_the_header_the_sdk_sends() -> None:
+    """docs/clients/anthropic-sdk.md says how the installed Anthropic SDK sends api_key."""
+    import anthropic
+    import httpx2
+
+    sent: list[httpx2.Headers] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request.headers)
+        return httpx2.Response(400, json={"type": "error", "error": {"type": "x", "message": "x"}})
+
+    client = anthropic.Anthropic(
+        base_url="http://bridge/anthropic",
+        api_key="gateway-token",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+        max_retries=0,
+    )
+    with contextlib.suppress(anthropic.APIStatusError):
+        client.messages.create(
+            model="m", max_tokens=1, messages=[{"role": "user", "content": "hi"}]
+        )
+    page = (ROOT / "docs" / "clients" / "anthropic-sdk.md").read_text()
+    if sent[0].get("authorization") == "Bearer gateway-token":
+        assert "sends `api_key` as `Authorization: Bearer`" in page
+    else:
+        assert sent[0].get("x-api-key") == "gateway-token"
+        assert "sends `api_key` as `X-Api-Key`" in page

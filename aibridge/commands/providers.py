@@ -390,7 +390,10 @@ class Commands:
             raise UsageError("nothing to update: pass at least one of the update flags")
         request.update_mask.CopyFrom(FieldMask(paths=paths))
         provider = self.update(args.name, request)
-        print(f"updated provider {provider.name} ({', '.join(paths)})", file=sys.stderr)
+        # The mask names the field; say what the flag did to it.
+        state = "enabled" if args.enabled else "disabled"
+        changed = ", ".join(state if p == "enabled" else p for p in paths)
+        print(f"updated provider {provider.name} ({changed})", file=sys.stderr)
         self.show(provider)
 
     def add_key(self) -> int:

@@ -7,23 +7,29 @@ the encryption key; later runs reuse them. Providers are seeded from the environ
 exactly as `aibridge config-service` does. Once all three are ready it prints the
 settings to paste into a shell. Ctrl-C stops all three; if one child dies the others
 are stopped and the exit code says which (11 config service, 12 bridge, 13 proxy).
+A port that is taken is reported before anything starts (exit 2), and "ready" means this
+run's own config service lists this run's own bridge and proxy as subscribers.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import certifi
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -35,6 +41,7 @@ from aibridge.config.v1 import token_pb2
 from aibridge.envconfig import Reader, SettingsError, add_env_flags, default_data_dir
 from aibridge.envconfig import overrides_from_args as flags_given
 from aibridge.files import write_private
+from aibridge.ports import ListenError, check_free
 
 ENV_VARS: list[tuple[str, str]] = [
     ("AIBRIDGE_DATA_DIR", "where the database and generated secrets live"),
@@ -131,8 +138,7 @@ def _grpc_serving(target: str) -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _wait(children: list[Child], check: object, what: str) -> None:
-    assert callable(check)
+def _wait(children: list[Child], check: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while not check():
         for child in children:
@@ -147,6 +153,26 @@ class ChildDied(Exception):
     def __init__(self, child: Child) -> None:
         super().__init__(child.name)
         self.child = child
+
+
+def own_stack(target: str, admin_token: str, replica_id: str, node_ids: set[str]) -> bool:
+    """Whether the config service at `target` is ours and our bridge and proxy follow it.
+
+    A health check or /readyz answered by another stack on the same ports proves nothing;
+    the replica id and node ids are this run's own, and a daemon binds its port before it
+    subscribes, so our daemons listed as subscribers of our replica hold our ports.
+    """
+    with grpc.insecure_channel(target) as channel:
+        try:
+            listed = cs_grpc.ConfigServiceStub(channel).ListSubscribers(
+                cs.ListSubscribersRequest(),
+                metadata=(("authorization", f"Bearer {admin_token}"),),
+                timeout=2,
+            )
+        except grpc.RpcError:
+            return False
+    ours = {s.node_id for s in listed.subscribers if s.replica_id == replica_id}
+    return node_ids <= ours
 
 
 def ensure_user_token(target: str, admin_token: str, values: dict[str, str], data_dir: Path) -> str:
@@ -179,14 +205,33 @@ def provider_names(target: str, admin_token: str) -> list[tuple[str, int]]:
     return [(p.name, p.type) for p in snap.snapshot.providers]
 
 
-def _fetch_ca(proxy_url: str, data_dir: Path) -> Path | None:
-    path = data_dir / "proxy-ca.pem"
+@dataclass(frozen=True)
+class ProxyCA:
+    cert: Path  # the proxy's CA alone (NODE_EXTRA_CA_CERTS adds it to Node's roots)
+    bundle: Path  # the system roots plus the proxy CA (SSL_CERT_FILE replaces the roots)
+
+
+def system_roots() -> Path:
+    """The root CAs OpenSSL trusts by default; certifi's when the system has no bundle file.
+
+    The compiled-in path, not SSL_CERT_FILE: after pasting the banner, that is our bundle.
+    """
+    path = Path(ssl.get_default_verify_paths().openssl_cafile)
+    return path if path.is_file() else Path(certifi.where())
+
+
+def _fetch_ca(proxy_url: str, data_dir: Path) -> ProxyCA | None:
+    cert = data_dir / "proxy-ca.pem"
+    bundle = data_dir / "ca-bundle.pem"
     try:
         with urllib.request.urlopen(f"{proxy_url}/ca-cert.pem", timeout=5) as response:  # noqa: S310
-            write_private(path, response.read())
+            pem = response.read()
+        roots = system_roots().read_bytes()
     except OSError:
         return None
-    return path
+    write_private(cert, pem)
+    write_private(bundle, roots.rstrip(b"\n") + b"\n" + pem)
+    return ProxyCA(cert, bundle)
 
 
 def cli_path() -> str:
@@ -198,13 +243,26 @@ def cli_path() -> str:
     return "aibridge" if found and Path(found).resolve() == here.resolve() else str(here)
 
 
+def codex_config(base_url: str) -> list[str]:
+    """~/.codex/config.toml as docs/clients/codex.md has it (a top-level base_url is ignored)."""
+    return [
+        "# Codex: put these lines in ~/.codex/config.toml (model_provider before any [table]):",
+        'model_provider = "aibridge"',
+        "[model_providers.aibridge]",
+        'name = "AI Bridge"',
+        f"base_url = {json.dumps(base_url)}",
+        'wire_api = "responses"',
+        'env_key = "OPENAI_API_KEY"',
+    ]
+
+
 def banner(
     bridge_url: str,
     proxy_addr: str,
     grpc_target: str,
     user_token: str,
     secrets_file: Path,
-    ca_path: Path | None,
+    ca: ProxyCA | None,
     providers: list[tuple[str, int]],
 ) -> str:
     from aibridge.config.v1 import provider_pb2
@@ -239,18 +297,21 @@ def banner(
         f"export ANTHROPIC_BASE_URL={bridge_url}/{anthropic}{missing_anthropic}",
         f"export ANTHROPIC_API_KEY={user_token}",
         "# Claude Code reads ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY as above.",
-        f'# Codex: in ~/.codex/config.toml set base_url = "{bridge_url}/{openai}/v1", '
-        'wire_api = "responses", env_key = "OPENAI_API_KEY".',
         "",
         "# Tools that cannot change their base URL: go through the proxy",
         f"export HTTPS_PROXY=http://user:{user_token}@{proxy_addr}",
     ]
-    if ca_path is not None:
+    if ca is not None:
         lines += [
-            f"export SSL_CERT_FILE={ca_path}  # trust the proxy CA (also NODE_EXTRA_CA_CERTS)",
-            f"export NODE_EXTRA_CA_CERTS={ca_path}",
+            "# Trust the proxy's CA on top of the system roots (the bundle holds both):",
+            f"export SSL_CERT_FILE={ca.bundle}",
+            f"export REQUESTS_CA_BUNDLE={ca.bundle}",
+            f"export NODE_EXTRA_CA_CERTS={ca.cert}",
         ]
     lines += [
+        "# Node's built-in fetch ignores HTTPS_PROXY: give Node tools the base URLs above.",
+        "",
+        *codex_config(f"{bridge_url}/{openai}/v1"),
         "",
         "# Admin commands and snapshots (the admin token stays in the 0600 secrets file):",
         f"export AIBRIDGE_CONFIG_SERVICE={grpc_target}",
@@ -290,7 +351,23 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
     except SettingsError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    busy = []
+    for setting, host, port in (
+        ("AIBRIDGE_GRPC_LISTEN", grpc_host, grpc_port),
+        ("AIBRIDGE_BRIDGE_LISTEN", bridge_host, bridge_port),
+        ("AIBRIDGE_PROXY_LISTEN", proxy_host, proxy_port),
+    ):
+        try:
+            check_free(setting, host, port)
+        except ListenError as exc:
+            busy.append(f"{prog}: {exc}")
+    if busy:
+        print("\n".join(busy), file=sys.stderr)
+        return 2
     values = load_secrets(data_dir)
+    # This run's own names: readiness must be answered by this stack, not another one.
+    run_id = f"up-{os.getpid()}-{secrets.token_hex(4)}"
+    node_ids = {name: f"{run_id}-{name}" for name in ("bridge", "proxy")}
     grpc_target = f"{grpc_host}:{grpc_port}"
     bridge_url = f"http://{bridge_host}:{bridge_port}"
     proxy_url = f"http://{proxy_host}:{proxy_port}"
@@ -305,6 +382,7 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
             "AIBRIDGE_BRIDGE_LISTEN": f"{bridge_host}:{bridge_port}",
             "AIBRIDGE_PROXY_LISTEN": f"{proxy_host}:{proxy_port}",
             "AIBRIDGE_PROXY_BRIDGE_URL": bridge_url,
+            "AIBRIDGE_REPLICA_ID": run_id,
         }
     )
     env.pop("AIBRIDGE_DATABASE_URL", None)  # the embedded default: SQLite in the data dir
@@ -322,12 +400,18 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
         children.append(config)
         _wait(children, lambda: stopping.is_set() or _grpc_serving(grpc_target), "config service")
         if not stopping.is_set():
-            children.append(Child("bridge", ["bridge"], env))
-            children.append(Child("proxy", ["proxy"], env))
+            for name, node_id in node_ids.items():
+                children.append(Child(name, [name], {**env, "AIBRIDGE_NODE_ID": node_id}))
             _wait(children, lambda: stopping.is_set() or _http_ok(f"{bridge_url}/readyz"), "bridge")
             _wait(children, lambda: stopping.is_set() or _http_ok(f"{proxy_url}/readyz"), "proxy")
+        admin = values["AIBRIDGE_ADMIN_TOKEN"]
+        ours = set(node_ids.values())
+        _wait(
+            children,
+            lambda: stopping.is_set() or own_stack(grpc_target, admin, run_id, ours),
+            "this stack's own config service, bridge and proxy",
+        )
         if not stopping.is_set():
-            admin = values["AIBRIDGE_ADMIN_TOKEN"]
             user_token = ensure_user_token(grpc_target, admin, values, data_dir)
             print(
                 banner(

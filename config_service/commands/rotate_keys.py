@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from config_service.commands.common import load, parser
+from config_service.commands.common import DATABASE_VARS, load, parser
 from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
@@ -18,7 +18,9 @@ from config_service.store.rotation import rotate
 
 
 def main(argv: list[str], prog: str = "aibridge rotate-keys") -> int:
-    args = parser(prog, __doc__ or "").parse_args(argv)
+    args = parser(prog, __doc__ or "", (*DATABASE_VARS, "AIBRIDGE_ENCRYPTION_KEYS")).parse_args(
+        argv
+    )
     settings = load(args)
     if settings is None:
         return 2

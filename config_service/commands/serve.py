@@ -8,6 +8,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from aibridge.ports import ListenError
 from config_service.commands.common import load, parser
 from config_service.errors import ConfigError
 from config_service.seed.apply import SeedConflict
@@ -45,6 +46,9 @@ def main(argv: list[str], prog: str = "aibridge config-service") -> int:
     except ConfigError as exc:
         print(f"aibridge: {exc.message}", file=sys.stderr)
         return 1
+    except ListenError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     return 0

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -31,11 +31,14 @@ from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
 from config_service.errors import ConfigError
 from config_service.rbac import Role, Subject
 
+if TYPE_CHECKING:
+    from config_service.store.tokens import TokenView
+
 ROLES = [r.value for r in Role]
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    from config_service.settings import ENV_VARS
+    from config_service.commands.common import DATABASE_VARS, env_vars
 
     p = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -44,8 +47,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     create = sub.add_parser("create", help="create a token; prints the secret once")
     create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--name", help="principal name (default: the role)")
-    lst = sub.add_parser("list", help="list tokens (never their secrets)")
-    lst.add_argument("--include-revoked", action="store_true")
+    lst = sub.add_parser("list", help="list tokens, revoked ones marked (never their secrets)")
+    lst.add_argument("--active", action="store_true", help="hide revoked tokens")
+    # Revoked tokens are listed by default now; the old flag still parses.
+    lst.add_argument("--include-revoked", action="store_true", help=argparse.SUPPRESS)
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     revoke = sub.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id")
@@ -55,12 +60,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         )
         add_env_flags(
             s,
-            CLIENT_ENV_VARS
-            + [
-                e
-                for e in ENV_VARS
-                if e[0] in ("AIBRIDGE_DATA_DIR", "AIBRIDGE_DATABASE_URL", "AIBRIDGE_LOG_LEVEL")
-            ],
+            CLIENT_ENV_VARS + env_vars(DATABASE_VARS),
         )
     return p
 
@@ -82,6 +82,14 @@ def _print_tokens(tokens: list[dict[str, Any]], as_json: bool) -> None:
         print(_row(token))
     if not tokens:
         print("(no tokens)", file=sys.stderr)
+
+
+def _already_revoked(token: dict[str, Any]) -> str:
+    """The message for revoking a token that is revoked already (nothing is changed)."""
+    return (
+        f"token {token['id']} ({token['principal_name']}) was already revoked at "
+        f"{token['revoked_at']}; nothing changed"
+    )
 
 
 def _iso(value: datetime | None) -> str:
@@ -121,27 +129,32 @@ def _local(args: argparse.Namespace) -> int:
             )
             print(secret)
         elif args.action == "list":
-            views = tokens.list_tokens(db, subject, args.include_revoked)
-            _print_tokens(
-                [
-                    {
-                        "id": v.id,
-                        "role": v.role.value,
-                        "principal_name": v.principal_name,
-                        "hint": v.hint,
-                        "created_at": _iso(v.created_at),
-                        "revoked_at": _iso(v.revoked_at),
-                    }
-                    for v in views
-                ],
-                args.json,
-            )
+            views = tokens.list_tokens(db, subject, not args.active)
+            _print_tokens([_view_dict(v) for v in views], args.json)
         else:
+            listed = {v.id: v for v in tokens.list_tokens(db, subject, True)}
+            if args.id in listed and listed[args.id].revoked_at is not None:
+                print(
+                    f"aibridge tokens: {_already_revoked(_view_dict(listed[args.id]))}",
+                    file=sys.stderr,
+                )
+                return 1
             view = tokens.revoke_token(db, subject, args.id)
             print(f"revoked token {view.id} ({view.principal_name})", file=sys.stderr)
     finally:
         db.engine.dispose()
     return 0
+
+
+def _view_dict(v: TokenView) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "role": v.role.value,
+        "principal_name": v.principal_name,
+        "hint": v.hint,
+        "created_at": _iso(v.created_at),
+        "revoked_at": _iso(v.revoked_at),
+    }
 
 
 def _token_dict(t: token_pb2.Token) -> dict[str, Any]:
@@ -179,12 +192,22 @@ def _remote(args: argparse.Namespace) -> int:
                 print(created.secret)
             elif args.action == "list":
                 listed = stub.ListTokens(
-                    pb.ListTokensRequest(include_revoked=args.include_revoked),
+                    pb.ListTokensRequest(include_revoked=not args.active),
                     metadata=md,
                     timeout=30,
                 )
                 _print_tokens([_token_dict(t) for t in listed.tokens], args.json)
             else:
+                # RevokeToken on a revoked token changes nothing and says so only in
+                # revoked_at; look first, so the user hears that nothing happened.
+                every = stub.ListTokens(
+                    pb.ListTokensRequest(include_revoked=True), metadata=md, timeout=30
+                )
+                known = {t.id: t for t in every.tokens}
+                if args.id in known and known[args.id].HasField("revoked_at"):
+                    message = _already_revoked(_token_dict(known[args.id]))
+                    print(f"aibridge tokens: {message}", file=sys.stderr)
+                    return 1
                 revoked = stub.RevokeToken(
                     pb.RevokeTokenRequest(id=args.id), metadata=md, timeout=30
                 )

@@ -3,8 +3,9 @@
 One transaction, serialized across replicas by a PostgreSQL advisory lock:
 - a provider absent from the database is inserted with its keys;
 - a live row that matches (type, base URL, Bedrock region and models) is left alone,
-  so restarts are no-ops; credentials are not compared, so keys can be rotated
-  through the API;
+  so restarts are no-ops; credentials do not count as drift, so keys can be rotated
+  through the API, but env keys that differ from the stored ones are reported
+  (`SeedOutcome.keys_kept`: the stored keys stay, the log says how to rotate);
 - a live row that differs fails start-up, naming the provider and the fix;
 - a soft-deleted row is never resurrected; rows not in the env are never touched.
 The revision is bumped once when anything was inserted.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from config_service.db.models import Provider, ProviderKey
 from config_service.rbac import SYSTEM
@@ -40,6 +42,17 @@ class SeedOutcome:
     created: tuple[str, ...]
     unchanged: tuple[str, ...]
     skipped_deleted: tuple[str, ...]
+    keys_kept: tuple[str, ...] = ()  # sentences: env keys that differ were not applied
+
+
+def _keys_kept(seed: ProviderSeed) -> str:
+    name = seed.name
+    return (
+        f"provider {name!r}: the key(s) in {seed.source} differ from the stored ones; the "
+        "stored keys are kept (seeding only creates missing providers). To rotate: "
+        f"`aibridge providers keys add {name} --from-env VAR`, then `aibridge providers keys "
+        f"remove {name} KEY_ID` (ids from `aibridge providers keys list {name}`)"
+    )
 
 
 def _fingerprint(
@@ -59,6 +72,7 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
     created: list[str] = []
     unchanged: list[str] = []
     skipped: list[str] = []
+    keys_kept: list[str] = []
     if not plan.providers:
         return SeedOutcome((), (), ())
     conflicts: list[str] = []
@@ -99,6 +113,8 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
                     )
                 else:
                     unchanged.append(seed.name)
+                    if seed.keys and _stored_keys(session, db, row) != {k.value for k in seed.keys}:
+                        keys_kept.append(_keys_kept(seed))
                 continue
             provider = insert_provider(db, session, seed.spec())
             inserted.append(provider)
@@ -126,4 +142,10 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
                     revision,
                     after=audit_view(record),
                 )
-    return SeedOutcome(tuple(created), tuple(unchanged), tuple(skipped))
+    return SeedOutcome(tuple(created), tuple(unchanged), tuple(skipped), tuple(keys_kept))
+
+
+def _stored_keys(session: Session, db: Database, row: Provider) -> set[str | None]:
+    keys = session.execute(select(ProviderKey).where(ProviderKey.provider_id == row.id))
+    record = load_record(row, list(keys.scalars().all()), db.cipher)
+    return {k.secret for k in record.keys}

@@ -125,6 +125,7 @@ class ProviderSeed:
 class SeedPlan:
     providers: tuple[ProviderSeed, ...]  # sorted by name
     warnings: tuple[str, ...]  # sentences naming the variable, never a value
+    note: str = ""  # how seeding works, logged at info: the README recommends these variables
 
 
 class SeedConfigError(Exception):
@@ -394,9 +395,9 @@ def parse_env(environ: Mapping[str, str]) -> SeedPlan:
     seeds = parser.legacy() + parser.indexed()
     if parser.problems:
         raise SeedConfigError(parser.problems)
-    deprecation = (
-        f"provider environment variables ({used[0]}*) are deprecated for provider management: "
-        "they only seed providers at startup; manage providers with `aibridge providers`"
+    note = (
+        f"seeding providers from {used[0]}* variables: a provider missing from the database "
+        "is created at start-up; existing ones are changed with `aibridge providers`"
     )
     providers = tuple(sorted(seeds, key=lambda seed: seed.name))
-    return SeedPlan(providers=providers, warnings=(deprecation, *parser.warnings))
+    return SeedPlan(providers=providers, warnings=tuple(parser.warnings), note=note)

@@ -19,5 +19,4 @@ def main(argv: list[str] | None = None, prog: str = "aibridge bridge") -> int:
         return 2
     from data_plane.bridge.server import serve
 
-    run(serve(settings))
-    return 0
+    return run(prog, serve(settings))

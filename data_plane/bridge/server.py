@@ -17,6 +17,7 @@ import uvicorn
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
+from aibridge.ports import bind_tcp
 from data_plane.bridge.app import BodyBudget, BridgeApp
 from data_plane.bridge.bedrock_adapter import load_factory
 from data_plane.bridge.connections import ConnectionGuard
@@ -130,9 +131,15 @@ class Bridge:
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     async def start(self) -> None:
-        self._tasks.append(await start_following(self.subscriber))
-        sock = self.server.config.bind_socket()
+        # Bound first: a port that is taken fails before anything else starts.
+        s = self.settings
+        sock = bind_tcp("AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port)
         self.port = sock.getsockname()[1]
+        try:
+            self._tasks.append(await start_following(self.subscriber))
+        except BaseException:
+            sock.close()
+            raise
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="http"))
         while not self.server.started:
             if self._tasks[-1].done():

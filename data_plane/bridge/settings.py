@@ -10,14 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aibridge import coder_options
-from aibridge.client import read_config_service_tls
+from aibridge.client import read_config_service, read_config_service_tls
 from aibridge.envconfig import Reader
 from aibridge.masking import Secret
 from data_plane.daemon import daemon_token, default_node_id
 
 # (ENV_NAME, help) for every setting: each one is also a flag (see cli.py).
 SETTINGS: list[tuple[str, str]] = [
-    ("AIBRIDGE_CONFIG_SERVICE", "config service address host:port (default 127.0.0.1:7443)"),
+    (
+        "AIBRIDGE_CONFIG_SERVICE",
+        "config service host[:port] (default 127.0.0.1:7443; port 7443 if omitted)",
+    ),
     ("AIBRIDGE_CONFIG_SERVICE_CA_FILE", "CA bundle to verify the config service (enables TLS)"),
     ("AIBRIDGE_CONFIG_SERVICE_CERT_FILE", "client certificate for mTLS to the config service"),
     ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "client key for mTLS to the config service"),
@@ -124,7 +127,7 @@ class BridgeSettings:
         r.check()
         return cls(
             bridge_token=Secret(token),
-            config_service=r.str("AIBRIDGE_CONFIG_SERVICE", "127.0.0.1:7443"),
+            config_service=read_config_service(r),
             config_service_ca_file=ca,
             config_service_cert_file=cert,
             config_service_key_file=key,

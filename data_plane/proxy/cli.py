@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from data_plane.daemon import load_settings, run
 from data_plane.proxy.settings import SETTINGS, ProxySettings
 
@@ -24,9 +22,4 @@ def main(argv: list[str] | None = None, prog: str = "aibridge proxy") -> int:
     from data_plane.proxy.ca import CAError
     from data_plane.proxy.server import serve
 
-    try:
-        run(serve(settings))
-    except CAError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run(prog, serve(settings), CAError)

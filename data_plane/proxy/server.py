@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
+from aibridge.ports import bind_tcp
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.proxy.ca import CertificateAuthority, LeafCache
@@ -65,6 +67,16 @@ class Proxy:
 
     async def start(self) -> None:
         s = self.settings
+        # Bound first: a port that is taken fails before anything else starts.
+        sock = bind_tcp("AIBRIDGE_PROXY_LISTEN", s.listen_host, s.listen_port)
+        try:
+            await self._start(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _start(self, sock: socket.socket) -> None:
+        s = self.settings
         cert_path, key_path = s.ca_paths
         ca = await asyncio.to_thread(CertificateAuthority.load_or_create, cert_path, key_path)
         self.shared = Shared(
@@ -82,7 +94,7 @@ class Proxy:
         # A deep accept queue: a connection flood must not drop a healthy client's SYN
         # (the kernel caps it at net.core.somaxconn).
         self._server = await asyncio.start_server(
-            front.handle, s.listen_host, s.listen_port, limit=2**16, backlog=4096
+            front.handle, sock=sock, limit=2**16, backlog=4096
         )
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = str(sockname[0]), int(sockname[1])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,7 +15,14 @@ from sqlalchemy import select
 from aibridge.cli import COMMANDS
 from config_service.db.engine import make_engine
 from config_service.db.models import AuditEntry
-from tests.fixtures.services import ADMIN_TOKEN, AIBRIDGE, PROXY_TOKEN, StartProcess, spawn
+from tests.fixtures.services import (
+    ADMIN_TOKEN,
+    AIBRIDGE,
+    BRIDGE_TOKEN,
+    PROXY_TOKEN,
+    StartProcess,
+    spawn,
+)
 
 
 def run(
@@ -188,6 +198,173 @@ def test_seed_conflict_fails_start_up_naming_the_provider(
     _, stderr = popen.communicate(timeout=60)
     assert popen.returncode == 1
     assert "'openai'" in stderr and "aibridge providers update openai" in stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [
+        ("config-service", "AIBRIDGE_GRPC_LISTEN"),
+        ("bridge", "AIBRIDGE_BRIDGE_LISTEN"),
+        ("proxy", "AIBRIDGE_PROXY_LISTEN"),
+    ],
+)
+def test_a_taken_port_is_one_line_naming_it_and_its_setting(
+    command: str, setting: str, tmp_path: Path
+) -> None:
+    """A daemon whose port is taken exits 2 with one line naming address and setting, before other work."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        result = run(
+            command,
+            env={
+                setting: address,
+                "AIBRIDGE_DATA_DIR": str(tmp_path / "data"),
+                "AIBRIDGE_CONFIG_SERVICE": "127.0.0.1:1",
+                "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+                "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
+                "AIBRIDGE_OPENAI_KEY": "sk-test-0123456789abcdef",
+                "AIBRIDGE_LOG_FORMAT": "json",
+            },
+        )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"aibridge {command}: cannot listen on {address} ({setting}): address already in use; "
+        f"stop what uses it or set {setting} to another host:port"
+    ]
+    # Nothing was migrated, seeded or generated first.
+    assert not (tmp_path / "data" / "aibridge.db").exists()
+    assert not (tmp_path / "data" / "proxy-ca.pem").exists()
+
+
+@pytest.mark.parametrize("where", ["grpc", "local"])
+def test_revoked_tokens_are_listed_marked_and_revoking_again_says_so(
+    where: str, start_process: StartProcess, database_url: str
+) -> None:
+    """`tokens list` shows a revoked token marked revoked; revoking it again exits 1 saying it already was."""
+    proc = start_process()
+    env = {"AIBRIDGE_DATABASE_URL": database_url}
+    if where == "grpc":
+        env |= {"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN}
+    local = ["--local"] if where == "local" else []
+    made = run("tokens", "create", *local, "--role", "member", "--name", "bob", env=env)
+    assert made.returncode == 0, made.stderr
+    (bob,) = [
+        t
+        for t in json.loads(run("tokens", "list", *local, "--json", env=env).stdout)
+        if t["principal_name"] == "bob"
+    ]
+    first = run("tokens", "revoke", *local, bob["id"], env=env)
+    assert first.returncode == 0, first.stderr
+    listed = run("tokens", "list", *local, env=env)
+    (row,) = [line for line in listed.stdout.splitlines() if bob["id"] in line]
+    assert re.search(r"  revoked \d{4}-\d\d-\d\dT", row)
+    active = run("tokens", "list", *local, "--active", env=env)
+    assert bob["id"] not in active.stdout
+    again = run("tokens", "revoke", *local, bob["id"], env=env)
+    assert again.returncode == 1
+    assert f"token {bob['id']} (bob) was already revoked at " in again.stderr
+    assert "nothing changed" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "target"),
+    [
+        ("localhost", "localhost:7443"),
+        ("10.0.0.5", "10.0.0.5:7443"),
+        ("[::1]", "[::1]:7443"),
+        ("cs.internal:9000", "cs.internal:9000"),
+        ("dns:///cs.internal:7443", "dns:///cs.internal:7443"),
+    ],
+)
+def test_a_config_service_address_without_a_port_means_7443(value: str, target: str) -> None:
+    """AIBRIDGE_CONFIG_SERVICE without a port targets 7443, not gRPC's 443, for CLI, bridge and proxy."""
+    from aibridge.client import ClientSettings
+    from data_plane.bridge.settings import BridgeSettings
+    from data_plane.proxy.settings import ProxySettings
+
+    env = {
+        "AIBRIDGE_CONFIG_SERVICE": value,
+        "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+        "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
+    }
+    assert ClientSettings.from_env(env).target == target
+    assert BridgeSettings.from_env(env).config_service == target
+    assert ProxySettings.from_env(env).config_service == target
+
+
+def test_snapshot_watch_into_a_closed_pipe_stops_quietly(start_process: StartProcess) -> None:
+    """`snapshot --watch | head -1`: once the reader is gone the next snapshot ends it, rc 0, no traceback."""
+    proc = start_process()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIBRIDGE_", "CODER_"))}
+    env |= {"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN}
+    watch = subprocess.Popen(
+        [AIBRIDGE, "snapshot", "--watch"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None and watch.stderr is not None
+        assert json.loads(watch.stdout.readline())["version"]
+        watch.stdout.close()  # what `head -1` does after its line
+        created = run(
+            "providers",
+            "create",
+            "piped",
+            "--type",
+            "openai",
+            "--key",
+            "sk-piped-0123456789abcdef",
+            env={"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN},
+        )
+        assert created.returncode == 0, created.stderr
+        assert watch.wait(30) == 0
+        stderr = watch.stderr.read()
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+
+
+@pytest.mark.parametrize(
+    ("command", "wanted"),
+    [
+        (["migrate"], {"--database-url", "--data-dir", "--log-level"}),
+        (["rotate-keys"], {"--database-url", "--encryption-keys"}),
+        (["tokens", "list"], {"--database-url", "--config-service", "--token"}),
+    ],
+)
+def test_database_commands_offer_only_the_flags_they_read(
+    command: list[str], wanted: set[str]
+) -> None:
+    """`migrate --help` (and rotate-keys, tokens) lists no serving flags such as --grpc-listen."""
+    result = run(*command, "--help")
+    assert result.returncode == 0
+    flags = set(re.findall(r"--[a-z-]+", result.stdout))
+    assert wanted <= flags
+    serving = {"--grpc-listen", "--admin-token", "--bridge-token", "--metrics-listen"}
+    serving |= {"--grpc-tls-cert-file", "--allow-byok", "--replica-id", "--resync-interval"}
+    assert not flags & serving, flags & serving
+
+
+def test_restart_with_a_changed_seed_key_logs_that_the_stored_key_is_kept(
+    start_process: StartProcess,
+) -> None:
+    """A config service restarted with another AIBRIDGE_OPENAI_KEY warns that it keeps the stored key."""
+    first = start_process(AIBRIDGE_OPENAI_KEY="sk-first-0123456789abcdef")
+    first.stop()
+    second = start_process(AIBRIDGE_OPENAI_KEY="sk-second-0123456789abcdef")
+    records = [json.loads(line) for line in second.lines if line.startswith("{")]
+    kept = [r for r in records if "stored keys are kept" in r["event"]]
+    assert len(kept) == 1 and kept[0]["level"] == "warning"
+    assert "aibridge providers keys add openai" in kept[0]["event"]
+    assert not [r for r in records if "deprecated" in r["event"]]
+    assert "sk-second" not in "".join(second.lines)
 
 
 def test_owner_cannot_mint_a_bridge_token_through_the_cli(start_process: StartProcess) -> None:

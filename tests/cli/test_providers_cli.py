@@ -333,3 +333,14 @@ def test_subscribers_lists_open_streams(proc: Process) -> None:
     finally:
         stream.cancel()
         channel.close()
+
+
+def test_update_says_disabled_when_it_disables(proc: Process) -> None:
+    """`providers update --disable` reports the provider disabled, and `--enable` enabled."""
+    created = aibridge(proc, "providers", "create", "toggle", "--type", "openai", "--key", KEY_A)
+    assert created.returncode == 0, created.stderr
+    disabled = aibridge(proc, "providers", "update", "toggle", "--disable")
+    assert disabled.returncode == 0, disabled.stderr
+    assert "updated provider toggle (disabled)" in disabled.stderr
+    enabled = aibridge(proc, "providers", "update", "toggle", "--enable", "--base-url", "http://x/")
+    assert "updated provider toggle (base_url, enabled)" in enabled.stderr

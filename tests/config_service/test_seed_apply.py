@@ -87,6 +87,17 @@ def test_rotated_env_key_is_not_drift_and_keeps_the_stored_key(db: Database) -> 
     assert keys_of(db, "openai") == [KEY_A]
 
 
+def test_a_changed_env_key_is_reported_as_kept_with_how_to_rotate(db: Database) -> None:
+    """An env key that differs from the stored one yields one sentence naming provider and CLI, no key."""
+    seed(db, AIBRIDGE_OPENAI_KEY=KEY_A)
+    assert apply(db, parse_env({"AIBRIDGE_OPENAI_KEY": KEY_A})).keys_kept == ()
+    (sentence,) = apply(db, parse_env({"AIBRIDGE_OPENAI_KEY": KEY_B})).keys_kept
+    assert "provider 'openai'" in sentence and "AIBRIDGE_OPENAI_*" in sentence
+    assert "stored keys are kept" in sentence
+    assert "aibridge providers keys add openai --from-env" in sentence
+    assert KEY_A not in sentence and KEY_B not in sentence
+
+
 def test_base_url_drift_fails_naming_the_provider_and_the_fix(db: Database) -> None:
     """A different base URL in the env fails start-up with the provider name and how to fix it."""
     seed(db, AIBRIDGE_OPENAI_KEY=KEY_A)

@@ -496,13 +496,13 @@ def test_unknown_field_only_warns() -> None:
         assert any(var in w and "check for typos" in w for w in plan.warnings), plan.warnings
 
 
-def test_deprecation_is_warned_once() -> None:
-    """Seeding from the env warns once that it only seeds at startup and names the CLI."""
+def test_the_recommended_seeding_path_warns_nothing_and_notes_how_seeding_works() -> None:
+    """AIBRIDGE_OPENAI_KEY (as the README says) gives no warning, only a note naming the CLI."""
     plan = _plan({"AIBRIDGE_OPENAI_KEY": K1, f"{P}0_TYPE": "anthropic"})
-    deprecations = [w for w in plan.warnings if "deprecated" in w]
-    assert len(deprecations) == 1
-    assert "only seed providers at startup" in deprecations[0]
-    assert "aibridge providers" in deprecations[0]
+    assert plan.warnings == ()
+    assert "created at start-up" in plan.note
+    assert "aibridge providers" in plan.note
+    assert "deprecated" not in plan.note
 
 
 def test_blank_values_count_as_unset() -> None:

@@ -83,6 +83,49 @@ def openai_stream(model: str) -> list[bytes]:
     return _sse(chunks)
 
 
+def responses_stream(model: str) -> list[bytes]:
+    """An OpenAI Responses API stream: created, one text delta per word, completed."""
+    words = ["Hello", " from", " upstream"]
+    response: dict[str, Any] = {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "model": model,
+        "status": "in_progress",
+        "output": [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+    }
+    events: list[dict[str, Any]] = [{"type": "response.created", "response": response}]
+    events += [
+        {
+            "type": "response.output_text.delta",
+            "item_id": "msg_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": word,
+            "logprobs": [],
+        }
+        for word in words
+    ]
+    text = {"type": "output_text", "text": "".join(words), "annotations": []}
+    message = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed"}
+    completed = response | {
+        "status": "completed",
+        "output": [message | {"content": [text]}],
+        "usage": {
+            "input_tokens": 5,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 3,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 8,
+        },
+    }
+    events.append({"type": "response.completed", "response": completed})
+    return _sse([(e["type"], e | {"sequence_number": i}) for i, e in enumerate(events)])
+
+
 def anthropic_stream(model: str) -> list[bytes]:
     return _sse([(e["type"], e) for e in anthropic_events(("Hello", " from", " upstream"))])
 
@@ -142,6 +185,8 @@ class Upstream:
                     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
                 },
             )
+        elif path.endswith("/responses") and data.get("stream"):
+            await self._stream(send, responses_stream(model))
         elif path.endswith("/messages"):
             if data.get("stream"):
                 await self._stream(send, anthropic_stream(model))
