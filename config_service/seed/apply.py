@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from config_service.db.models import Provider, ProviderKey
 from config_service.rbac import SYSTEM
-from config_service.seed.env import BedrockSeed, SeedPlan
+from config_service.seed.env import BedrockSeed, ProviderSeed, SeedPlan
 from config_service.store.database import Database
 from config_service.store.providers import insert_provider
 from config_service.store.records import BedrockRecord, audit_view, load_record
