@@ -50,7 +50,6 @@ from aibridge.coder_options import CODER_PREFIXES
 from aibridge.masking import Secret
 from aibridge.rulebook import (
     BEDROCK_FIELDS,
-    TYPE_NAMES,
     TYPES,
     BedrockSpec,
     ProviderSpec,
@@ -79,7 +78,6 @@ _BEDROCK_ALIASES = {  # Coder's plural spellings
 _INDEXED_FIELDS = {"TYPE", "NAME", "DISPLAY_NAME", "KEY", "KEYS", "BASE_URL", "BEDROCK_ROLE_ARN"}
 _INDEXED_FIELDS |= _BEDROCK_FIELDS | _BEDROCK_ALIASES.keys()
 _INDEX_RE = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # no leading zeros: "01" would alias "1"
-_TYPES_TEXT = ", ".join(TYPE_NAMES)
 
 
 @dataclass(frozen=True)
