@@ -321,6 +321,62 @@ def _desired_keys(wanted: Sequence[KeyInput], row: Provider, keys: list[Provider
     return kept, new_secrets
 
 
+def _replace_keys(
+    db: Database, session: Session, row: Provider, keys: list[ProviderKey], change: KeyChange
+) -> tuple[list[ProviderKey], list[ProviderKey]]:
+    """Delete the keys `change` drops, add its new ones after the kept; (added, removed)."""
+    kept, new_secrets = change
+    removed = [k for k in keys if k not in kept]
+    for old in removed:
+        session.delete(old)
+    session.flush()
+    last = max((k.created_at for k in kept), default=None)
+    return _add_keys(db, session, row.id, [s for _, s in new_secrets], last), removed
+
+
+def _readable_secrets(db: Database, keys: Sequence[ProviderKey]) -> dict[str, str]:
+    """{plaintext: "kept key <id>"} of the keys that decrypt (the rest cannot be compared,
+    and the pool reports them anyway)."""
+    known: dict[str, str] = {}
+    for old in keys:
+        try:
+            plain = db.cipher.decrypt(old.secret, old.secret_key_id, key_aad(old.id))
+        except DecryptError:
+            continue
+        known[plain] = f"kept key {old.id}"
+    return known
+
+
+def _settings_after(
+    row: Provider, before: ProviderRecord, changes: ProviderChanges, paths: set[str]
+) -> tuple[str, BedrockRecord | None]:
+    """The base URL and Bedrock settings an update leaves, checked by the rulebook."""
+    ptype = TYPES[row.type]
+    if before.problems and "bedrock" not in paths and ptype.bedrock is not Bedrock.NEVER:
+        raise FailedPrecondition(
+            f"the stored Bedrock settings of {row.name!r} cannot be read (check "
+            "AIBRIDGE_ENCRYPTION_KEYS); replace them whole with the 'bedrock' path"
+        )
+    bedrock_in = merged_bedrock(before.bedrock, changes, paths)
+    if "base_url" in paths:
+        base_in = changes.base_url
+    elif row.base_url == ptype.default_base_url or (
+        before.bedrock is not None
+        and before.bedrock.region
+        and row.base_url == bedrock_base_url(before.bedrock.region)
+    ):
+        # A derived default (the type's, or the region's Bedrock endpoint) follows the
+        # change: an anthropic provider gaining Bedrock settings moves to the Bedrock
+        # endpoint, and back when it loses them.
+        base_in = ""
+    else:
+        base_in = row.base_url
+    refuse(bedrock_problems(ptype, bedrock_in, base_in))
+    refuse(base_url_problems(ptype, base_in, bedrock_in))
+    done = complete(ProviderSpec(row.name, row.type, base_url=base_in, bedrock=bedrock_in))
+    return done.base_url, _bedrock_record(done.bedrock)
+
+
 def _update(
     db: Database,
     subject: Subject,
@@ -331,7 +387,7 @@ def _update(
     action: str,
 ) -> ProviderRecord:
     """One write to a live provider: its masked fields, and its keys as `plan` says."""
-    bedrock_paths = {p for p in paths if p == "bedrock" or p.startswith("bedrock.")}
+    settings_touched = "base_url" in paths or any(p.partition(".")[0] == "bedrock" for p in paths)
     try:
         with db.write() as session:
             row = _find(session, id_or_name, for_update=True)
@@ -342,61 +398,19 @@ def _update(
                     f"etag: provider {row.name!r} changed since it was read; "
                     "re-read it (GetProvider) and retry with its current etag"
                 )
-            display_name = changes.display_name if "display_name" in paths else row.display_name
-            enabled = changes.enabled if "enabled" in paths else row.enabled
-            settings_touched = bool(bedrock_paths) or "base_url" in paths
-            bedrock = before.bedrock
-            base_url = row.base_url
-            ptype = TYPES[row.type]
-            if settings_touched:
-                if (
-                    before.problems
-                    and "bedrock" not in paths
-                    and ptype.bedrock is not Bedrock.NEVER
-                ):
-                    raise FailedPrecondition(
-                        f"the stored Bedrock settings of {row.name!r} cannot be read (check "
-                        "AIBRIDGE_ENCRYPTION_KEYS); replace them whole with the 'bedrock' path"
-                    )
-                bedrock_in = merged_bedrock(before.bedrock, changes, paths)
-                if "base_url" in paths:
-                    base_in = changes.base_url
-                elif row.base_url == ptype.default_base_url or (
-                    before.bedrock is not None
-                    and before.bedrock.region
-                    and row.base_url == bedrock_base_url(before.bedrock.region)
-                ):
-                    # A derived default (the type's, or the region's Bedrock endpoint)
-                    # follows the change: an anthropic provider gaining Bedrock settings
-                    # moves to the Bedrock endpoint, and back when it loses them.
-                    base_in = ""
-                else:
-                    base_in = row.base_url
-                refuse(bedrock_problems(ptype, bedrock_in, base_in))
-                refuse(base_url_problems(ptype, base_in, bedrock_in))
-                done = complete(
-                    ProviderSpec(row.name, row.type, base_url=base_in, bedrock=bedrock_in)
-                )
-                base_url, bedrock = done.base_url, _bedrock_record(done.bedrock)
+            base_url, bedrock = (
+                _settings_after(row, before, changes, paths)
+                if settings_touched
+                else (row.base_url, before.bedrock)
+            )
             kept, new_secrets = plan(row, keys) if plan is not None else (list(keys), [])
-            refuse(key_count_problems(ptype, bedrock is not None, len(kept) + len(new_secrets)))
+            count = len(kept) + len(new_secrets)
+            refuse(key_count_problems(TYPES[row.type], bedrock is not None, count))
             if new_secrets:
-                known: dict[str, str] = {}
-                for old in kept:
-                    try:
-                        plain = db.cipher.decrypt(old.secret, old.secret_key_id, key_aad(old.id))
-                    except DecryptError:
-                        continue  # unreadable: cannot compare, and the pool reports it anyway
-                    known[plain] = f"kept key {old.id}"
-                refuse(duplicate_problems(new_secrets, known))
-            removed = [k for k in keys if k not in kept]
-            for old in removed:
-                session.delete(old)
-            session.flush()
-            last = max((k.created_at for k in kept), default=None)
-            added = _add_keys(db, session, row.id, [s for _, s in new_secrets], last)
-            row.display_name = display_name
-            row.enabled = enabled
+                refuse(duplicate_problems(new_secrets, _readable_secrets(db, kept)))
+            added, removed = _replace_keys(db, session, row, keys, (kept, new_secrets))
+            row.display_name = changes.display_name if "display_name" in paths else row.display_name
+            row.enabled = changes.enabled if "enabled" in paths else row.enabled
             row.base_url = base_url
             if settings_touched:
                 row.settings, row.settings_key_id = encode_settings(db.cipher, row.id, bedrock)
