@@ -22,8 +22,9 @@ from aibridge.config.v1 import provider_pb2
 
 PT = provider_pb2.ProviderType
 
-NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-NAME_RE = re.compile(NAME_PATTERN, re.ASCII)
+NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"  # as messages show it
+# \Z, not $: in Python `$` also matches before a trailing newline ("openai\n").
+NAME_RE = re.compile(NAME_PATTERN.removesuffix("$") + r"\Z", re.ASCII)
 MAX_NAME_LENGTH = 63
 MAX_KEYS = 5
 MAX_DISPLAY_NAME = 200
@@ -31,12 +32,12 @@ MAX_BASE_URL = 2048
 MAX_SECRET = 4096
 MAX_SETTING = 256
 UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
 
 # Bedrock: AWS region names, IAM role ARNs, and the standard runtime host a region is read from.
-REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$", re.ASCII)
-ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+$", re.ASCII)
+REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z", re.ASCII)
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+\Z", re.ASCII)
 BEDROCK_HOST_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
 DEFAULT_BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 DEFAULT_BEDROCK_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -271,11 +272,17 @@ def type_problems(ptype: str) -> Iterator[Problem]:
         yield "type", f"must be one of {', '.join(TYPE_NAMES)}"
 
 
-def display_name_problems(value: str) -> Iterator[Problem]:
-    if len(value) > MAX_DISPLAY_NAME:
-        yield "display_name", f"must be at most {MAX_DISPLAY_NAME} characters"
+def text_problems(field_name: str, value: str, max_length: int) -> Iterator[Problem]:
+    """A single-line field from outside: bounded, and printable (no control, format or
+    line-break characters; NUL never passes, PostgreSQL cannot store it)."""
+    if len(value) > max_length:
+        yield field_name, f"must be at most {max_length} characters"
     elif not value.isprintable():
-        yield "display_name", "must contain printable characters only"
+        yield field_name, "must be printable (no control characters or line breaks)"
+
+
+def display_name_problems(value: str) -> Iterator[Problem]:
+    yield from text_problems("display_name", value, MAX_DISPLAY_NAME)
 
 
 def secret_problems(field_name: str, secret: str) -> Iterator[Problem]:
@@ -284,17 +291,15 @@ def secret_problems(field_name: str, secret: str) -> Iterator[Problem]:
         yield field_name, "is empty"
     elif secret != secret.strip():
         yield field_name, "must not have leading or trailing whitespace"
-    elif len(secret) > MAX_SECRET:
-        yield field_name, f"must be at most {MAX_SECRET} characters"
-    elif not secret.isprintable():
-        yield field_name, "must not contain control or non-printable characters"
+    else:
+        yield from text_problems(field_name, secret, MAX_SECRET)
 
 
 def setting_problems(field_name: str, value: str) -> Iterator[Problem]:
-    if len(value) > MAX_SETTING:
-        yield field_name, f"must be at most {MAX_SETTING} characters"
-    elif value != value.strip() or not value.isprintable():
-        yield field_name, "must be printable and not padded with whitespace"
+    problems = list(text_problems(field_name, value, MAX_SETTING))
+    if not problems and value != value.strip():
+        problems.append((field_name, "must not be padded with whitespace"))
+    yield from problems
 
 
 def url_problem(url: str) -> str | None:
@@ -316,12 +321,10 @@ def url_problem(url: str) -> str | None:
 def base_url_problems(
     ptype: ProviderType, base_url: str, bedrock: BedrockSpec | None
 ) -> Iterator[Problem]:
-    if len(base_url) > MAX_BASE_URL:
-        yield "base_url", f"must be at most {MAX_BASE_URL} characters"
-    elif base_url:
-        problem = url_problem(base_url)
-        if problem:
-            yield "base_url", problem
+    if base_url:
+        problems = list(text_problems("base_url", base_url, MAX_BASE_URL))
+        problem = None if problems else url_problem(base_url)
+        yield from problems if problem is None else [("base_url", problem)]
     elif not ptype.default_base_url and not bedrock_backed(ptype, bedrock):
         yield "base_url", f"is required for type {ptype.name} (it has no default)"
 

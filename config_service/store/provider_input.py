@@ -26,7 +26,7 @@ from aibridge.rulebook import (
 from config_service.errors import InvalidArgument
 from config_service.store.records import BedrockRecord
 
-PATH_RE = re.compile(r"^[a-z_.]{1,40}$")
+PATH_RE = re.compile(r"^[a-z_.]{1,40}\Z")
 
 UPDATE_PATHS = frozenset(
     {"display_name", "base_url", "enabled", "keys", "bedrock"}

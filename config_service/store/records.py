@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from aibridge.masking import mask_secret
 from config_service.crypto import Cipher, DecryptError
 from config_service.db.models import Provider, ProviderKey
@@ -192,3 +195,22 @@ def audit_view(record: ProviderRecord) -> dict[str, Any]:
             "access_key_secret": "***" if b.access_key_secret else "",
         }
     return view
+
+
+def live_providers(session: Session) -> tuple[list[Provider], dict[str, list[ProviderKey]]]:
+    """The live (not deleted) provider rows sorted by name, and their keys by provider id.
+
+    Order is decided here, by code point, never by SQL ORDER BY on a text column: that
+    follows the database's collation (en_US sorts 'openai' before 'open-router', code
+    point order the other way round), and the snapshot's order is part of the contract.
+    Key order within a provider is the pool order, applied by `load_record`.
+    """
+    rows = list(session.execute(select(Provider).where(Provider.deleted.is_(False))).scalars())
+    rows.sort(key=lambda row: row.name)
+    keys: dict[str, list[ProviderKey]] = {row.id: [] for row in rows}
+    if rows:
+        for key in session.execute(
+            select(ProviderKey).where(ProviderKey.provider_id.in_(list(keys)))
+        ).scalars():
+            keys[key.provider_id].append(key)
+    return rows, keys

@@ -50,10 +50,16 @@ class BedrockConfig:
         return bool(self.access_key) and bool(self.access_key_secret)
 
     @classmethod
-    def from_settings(cls, base_url: str, settings: provider_pb2.BedrockSettings) -> BedrockConfig:
-        """Build from a snapshot's provider `base_url` and `BedrockSettings` (empty: unset)."""
+    def from_settings(
+        cls, base_url: str, settings: provider_pb2.BedrockSettings, default_region: str = ""
+    ) -> BedrockConfig:
+        """Build from a snapshot's provider `base_url` and `BedrockSettings` (empty: unset).
+
+        `default_region` (the bridge's AWS_REGION / AWS_DEFAULT_REGION setting) only serves
+        a snapshot without a region: the config service always sends one.
+        """
         return cls(
-            region=settings.region,
+            region=settings.region or default_region,
             model=settings.model,
             small_fast_model=settings.small_fast_model,
             base_url=base_url or None,

@@ -50,7 +50,7 @@ INVALID_SPECS = [
         {"name": "bell", "keys": ["sk-rulebook-\x07-bell"]},
         "KEYS",
         "keys[0]",
-        "must not contain control or non-printable characters",
+        "must be printable (no control characters or line breaks)",
         id="control-character-in-key",
     ),
 ]

@@ -142,3 +142,6 @@ def test_config_from_snapshot_settings_takes_them_as_they_are() -> None:
     assert "shh-secret-value-123" not in repr(cfg)
     cfg = BedrockConfig.from_settings(url, provider_pb2.BedrockSettings(role_arn="arn:r"))
     assert (cfg.role_arn, cfg.access_key) == ("arn:r", None)
+    # The bridge's own AWS_REGION setting serves only a snapshot that sent no region.
+    cfg = BedrockConfig.from_settings(url, provider_pb2.BedrockSettings(), "eu-north-1")
+    assert cfg.region == "eu-north-1"
