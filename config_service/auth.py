@@ -11,8 +11,8 @@ import grpc
 
 from aibridge.masking import sha256_hex
 from config_service.errors import Unauthenticated
-from config_service.hub import SnapshotHub
 from config_service.rbac import Subject
+from config_service.snapshots.hub import SnapshotHub
 from config_service.store import tokens
 from config_service.store.database import Database
 

@@ -18,8 +18,8 @@ import time
 from sqlalchemy.engine import make_url
 
 from aibridge.logs import get_logger
-from config_service.hub import SnapshotHub
 from config_service.metrics import ConfigMetrics
+from config_service.snapshots.hub import SnapshotHub
 from config_service.store.database import NOTIFY_CHANNEL as CHANNEL
 
 log = get_logger("aibridge.config.notify")

@@ -30,7 +30,6 @@ from config_service.auth import Authenticator
 from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
-from config_service.hub import SnapshotHub
 from config_service.metrics import ConfigMetrics
 from config_service.rbac import Role
 from config_service.seed import apply as seed_apply
@@ -38,6 +37,7 @@ from config_service.seed.env import parse_env
 from config_service.servicers.config import ConfigServicer
 from config_service.servicers.edge import MalformedRequests
 from config_service.settings import ConfigServiceSettings
+from config_service.snapshots.hub import SnapshotHub
 from config_service.store import subscriber_status, tokens, usage
 from config_service.store.database import Database
 from config_service.subscribers import SubscriberRegistry

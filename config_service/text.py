@@ -11,29 +11,25 @@ wrong place.
 
 from __future__ import annotations
 
-import re
 import uuid
 
+from aibridge.rulebook import UUID_RE, text_problems
 from config_service.errors import InvalidArgument
 
-# \Z, not $: in Python `$` also matches before a trailing newline.
-UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
-)
 _LINE_BREAKS = str.maketrans("", "", "\n\t")
 
 
 def check_text(field: str, value: str, max_length: int, *, multiline: bool = False) -> str:
     """`value` when it has at most `max_length` characters of the allowed kinds."""
-    if len(value) > max_length:
+    if not multiline:
+        for field_name, message in text_problems(field, value, max_length):
+            raise InvalidArgument(field_name, message)
+    elif len(value) > max_length:
         raise InvalidArgument(field, f"must be at most {max_length} characters")
-    if multiline:
-        if not value.translate(_LINE_BREAKS).isprintable():
-            raise InvalidArgument(
-                field, "must be printable text (no control characters but newline and tab)"
-            )
-    elif not value.isprintable():
-        raise InvalidArgument(field, "must be printable (no control characters or line breaks)")
+    elif not value.translate(_LINE_BREAKS).isprintable():
+        raise InvalidArgument(
+            field, "must be printable text (no control characters but newline and tab)"
+        )
     return value
 
 

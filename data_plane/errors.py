@@ -4,7 +4,6 @@
     ├── Unusable (ValueError)       configuration a daemon cannot use; the message says why
     │   ├── BuildError              a snapshot provider cannot be served (reported in the NACK)
     │   ├── KeyPoolError            a key list cannot make a pool (empty, duplicate keys)
-    │   ├── BedrockConfigError      a Bedrock provider's settings
     │   └── CAError                 the proxy's CA files (the daemon refuses to start)
     ├── BedrockCredentialsError     no usable AWS credentials (an error answer to the client)
     ├── BudgetFull                  the bridge holds too many request bodies at once (503)
@@ -36,10 +35,6 @@ class BuildError(Unusable):
 
 
 class KeyPoolError(Unusable):
-    pass
-
-
-class BedrockConfigError(Unusable):
     pass
 
 

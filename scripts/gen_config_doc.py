@@ -12,6 +12,7 @@ from pathlib import Path
 from aibridge.client import CLIENT
 from aibridge.commands.up import SETTINGS as UP
 from aibridge.envconfig import Schema, Setting
+from aibridge.rulebook import MAX_KEYS, NAME_PATTERN, TYPE_NAMES, TYPES, Bedrock
 from config_service.settings import SETTINGS as CONFIG_SERVICE
 from data_plane.bridge.settings import SETTINGS as BRIDGE
 from data_plane.proxy.settings import SETTINGS as PROXY
@@ -30,7 +31,16 @@ SECTIONS: list[tuple[str, str, Schema]] = [
     ("aibridge up", "The whole stack on this machine (children also read the above).", UP),
 ]
 
-SEEDING = """\
+
+def seeding() -> str:
+    """The seeding section: the rules' values come from the provider rulebook."""
+    openai, anthropic = TYPES["openai"].default_base_url, TYPES["anthropic"].default_base_url
+    no_default = ", ".join(
+        t.name for t in TYPES.values() if not t.default_base_url and t.bedrock is Bedrock.NEVER
+    )
+    capable = "/".join(t.name for t in TYPES.values() if t.bedrock is not Bedrock.NEVER)
+    bedrock = "{BASE_URL,REGION,ACCESS_KEY,ACCESS_KEY_SECRET,MODEL,SMALL_FAST_MODEL"
+    return f"""\
 ## Seeding providers from the environment (config service, at boot)
 
 Read by the config service at start-up only; afterwards the database is the source of
@@ -39,14 +49,14 @@ also be `CODER_AI_GATEWAY_` or `CODER_AIBRIDGE_` (one family at a time).
 
 | variable | meaning |
 |---|---|
-| `AIBRIDGE_OPENAI_KEY`, `AIBRIDGE_OPENAI_BASE_URL` | legacy provider `openai` (default base `https://api.openai.com/v1/`) |
-| `AIBRIDGE_ANTHROPIC_KEY`, `AIBRIDGE_ANTHROPIC_BASE_URL` | legacy provider `anthropic` (default base `https://api.anthropic.com/`) |
-| `AIBRIDGE_BEDROCK_{BASE_URL,REGION,ACCESS_KEY,ACCESS_KEY_SECRET,MODEL,SMALL_FAST_MODEL}` | legacy Bedrock provider named `anthropic` |
-| `AIBRIDGE_PROVIDER_<N>_TYPE` | required: openai, anthropic, bedrock, azure, google, openai-compat, openrouter, vercel, copilot |
-| `AIBRIDGE_PROVIDER_<N>_NAME`, `_DISPLAY_NAME` | name (default: the type; `^[a-z0-9]+(-[a-z0-9]+)*$`) |
-| `AIBRIDGE_PROVIDER_<N>_KEY` / `_KEYS` | comma-separated pool keys, at most 5, oldest first |
-| `AIBRIDGE_PROVIDER_<N>_BASE_URL` | absolute http(s) URL (required for azure, google, openai-compat, openrouter, vercel) |
-| `AIBRIDGE_PROVIDER_<N>_BEDROCK_{BASE_URL,REGION,ACCESS_KEY,ACCESS_KEY_SECRET,MODEL,SMALL_FAST_MODEL,ROLE_ARN}` | Bedrock settings (types anthropic/bedrock) |
+| `AIBRIDGE_OPENAI_KEY`, `AIBRIDGE_OPENAI_BASE_URL` | legacy provider `openai` (default base `{openai}`) |
+| `AIBRIDGE_ANTHROPIC_KEY`, `AIBRIDGE_ANTHROPIC_BASE_URL` | legacy provider `anthropic` (default base `{anthropic}`) |
+| `AIBRIDGE_BEDROCK_{bedrock}}}` | legacy Bedrock provider named `anthropic` |
+| `AIBRIDGE_PROVIDER_<N>_TYPE` | required: {", ".join(TYPE_NAMES)} |
+| `AIBRIDGE_PROVIDER_<N>_NAME`, `_DISPLAY_NAME` | name (default: the type; `{NAME_PATTERN}`) |
+| `AIBRIDGE_PROVIDER_<N>_KEY` / `_KEYS` | comma-separated pool keys, at most {MAX_KEYS}, oldest first |
+| `AIBRIDGE_PROVIDER_<N>_BASE_URL` | absolute http(s) URL (required for {no_default}) |
+| `AIBRIDGE_PROVIDER_<N>_BEDROCK_{bedrock},ROLE_ARN}}` | Bedrock settings (types {capable}) |
 
 N is contiguous from 0. Every problem is reported at once and start-up fails; unknown
 fields only warn.
@@ -76,7 +86,7 @@ def render() -> str:
         out += ["| variable | flag | default | meaning |", "|---|---|---|---|"]
         out += [row(setting) for setting in schema.settings]
         out.append("")
-    out.append(SEEDING)
+    out.append(seeding())
     return "\n".join(out)
 
 

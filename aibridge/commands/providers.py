@@ -41,17 +41,12 @@ from aibridge.client import CLIENT, ClientSettings, client_from_args, describe_r
 from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_pb2
+from aibridge.rulebook import TYPES, type_name
 from aibridge.terminal import escape, table
 
 PROG = "aibridge providers"
 TIMEOUT = 30.0
 
-TYPES: dict[str, provider_pb2.ProviderType.ValueType] = {
-    name.removeprefix("PROVIDER_TYPE_").lower().replace("_", "-"): value
-    for name, value in provider_pb2.ProviderType.items()
-    if value != provider_pb2.PROVIDER_TYPE_UNSPECIFIED
-}
-TYPE_NAMES = {value: name for name, value in TYPES.items()}
 STATUS_NAMES = {
     provider_pb2.PROVIDER_STATUS_ENABLED: "enabled",
     provider_pb2.PROVIDER_STATUS_DISABLED: "disabled",
@@ -206,7 +201,7 @@ def provider_dict(p: provider_pb2.Provider) -> dict[str, Any]:
     data = MessageToDict(
         p, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    data["type"] = TYPE_NAMES.get(p.type, str(p.type))
+    data["type"] = type_name(p.type)
     data["status"] = STATUS_NAMES.get(p.status, "unknown")
     for key in data.get("keys", []):
         key.pop("secret", None)
@@ -236,7 +231,7 @@ def print_provider(p: provider_pb2.Provider) -> None:
         ("name", p.name),
         ("id", p.id),
         ("display name", p.display_name),
-        ("type", TYPE_NAMES.get(p.type, str(p.type))),
+        ("type", type_name(p.type)),
         ("base URL", p.base_url),
         ("status", _status(p)),
         ("created", _ts(p, "created_at")),
@@ -269,7 +264,7 @@ def print_list(providers: Sequence[provider_pb2.Provider]) -> None:
             [
                 [
                     p.name,
-                    TYPE_NAMES.get(p.type, str(p.type)),
+                    type_name(p.type),
                     _status(p),
                     str(p.key_count),
                     p.base_url,
@@ -353,7 +348,7 @@ class Commands:
         bedrock, bedrock_paths = _bedrock(args)
         request = pb.CreateProviderRequest(
             name=args.name,
-            type=TYPES[args.type],
+            type=TYPES[args.type].wire,
             display_name=args.display_name,
             base_url=args.base_url,
             disabled=args.disabled,

@@ -1,6 +1,7 @@
 """Typed ORM models (DESIGN §5). The Alembic migrations are the schema's source of truth;
-these mirror them for queries. Constraints that differ per engine (the name CHECK, the
-5-key limit trigger) live only in the migrations."""
+these mirror them for queries. The DB-level checks that back the provider rulebook
+(`aibridge.rulebook`: the name pattern, the type list, the key limit) are spelled here
+per engine from the rulebook's constants, and the migrations create them."""
 
 from __future__ import annotations
 
@@ -23,19 +24,39 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-PROVIDER_TYPES = (
-    "openai",
-    "anthropic",
-    "bedrock",
-    "azure",
-    "google",
-    "openai-compat",
-    "openrouter",
-    "vercel",
-    "copilot",
-)
+from aibridge.rulebook import MAX_KEYS, MAX_NAME_LENGTH, NAME_PATTERN, TYPE_NAMES
+
+PROVIDER_TYPES = TYPE_NAMES
 ROLES = ("owner", "auditor", "member", "bridge", "proxy")
-MAX_KEYS_PER_PROVIDER = 5
+
+# The name pattern per engine: SQLite has no regex operator, so there it is spelled with GLOB.
+NAME_CHECK = {
+    "postgresql": f"name ~ '{NAME_PATTERN}'",
+    "sqlite": (
+        "name <> '' AND name NOT GLOB '*[^a-z0-9-]*' AND name NOT GLOB '-*' "
+        "AND name NOT GLOB '*-' AND name NOT GLOB '*--*'"
+    ),
+}
+# The key limit as a trigger (a CHECK cannot count rows); the trigger keeps its first name.
+MAX_KEYS_SQL = {
+    "postgresql": f"""
+CREATE FUNCTION provider_keys_max_5() RETURNS trigger AS $$
+BEGIN
+  IF (SELECT count(*) FROM provider_keys WHERE provider_id = NEW.provider_id) >= {MAX_KEYS} THEN
+    RAISE EXCEPTION 'provider_keys: at most {MAX_KEYS} keys per provider'
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER provider_keys_max_5 BEFORE INSERT ON provider_keys
+  FOR EACH ROW EXECUTE FUNCTION provider_keys_max_5();
+""",  # noqa: S608 (MAX_KEYS is an int constant, not input)
+    "sqlite": f"""
+CREATE TRIGGER provider_keys_max_5 BEFORE INSERT ON provider_keys
+WHEN (SELECT count(*) FROM provider_keys WHERE provider_id = NEW.provider_id) >= {MAX_KEYS}
+BEGIN SELECT RAISE(ABORT, 'provider_keys: at most {MAX_KEYS} keys per provider'); END;
+""",  # noqa: S608 (MAX_KEYS is an int constant, not input)
+}
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -77,7 +98,7 @@ class Provider(Base):
 
     id: Mapped[UUIDPk]
     type: Mapped[str] = mapped_column(String(32))
-    name: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
     display_name: Mapped[str] = mapped_column(String(200), default="")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -14,17 +14,16 @@ The revision is bumped once when anything was inserted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from config_service.db.models import Provider, ProviderKey, new_id, utcnow
+from config_service.db.models import Provider, ProviderKey
 from config_service.rbac import SYSTEM
-from config_service.records import BedrockRecord, encode_settings, encrypt_key, load_record
-from config_service.seed.env import ProviderSeed, SeedPlan
+from config_service.seed.env import BedrockSeed, ProviderSeed, SeedPlan
 from config_service.store.database import Database
-from config_service.views import audit_view
+from config_service.store.providers import insert_provider
+from config_service.store.records import BedrockRecord, audit_view, load_record
 
 # Arbitrary constant shared by every replica ("aibseed").
 SEED_LOCK_ID = 0x61696273656564
@@ -56,21 +55,9 @@ def _keys_kept(seed: ProviderSeed) -> str:
     )
 
 
-def _seed_bedrock(seed: ProviderSeed) -> BedrockRecord | None:
-    if seed.bedrock is None:
-        return None
-    b = seed.bedrock
-    return BedrockRecord(
-        region=b.region,
-        model=b.model,
-        small_fast_model=b.small_fast_model,
-        role_arn=b.role_arn,
-        access_key=b.access_key.value if b.access_key else "",
-        access_key_secret=b.access_key_secret.value if b.access_key_secret else "",
-    )
-
-
-def _fingerprint(ptype: str, base_url: str, bedrock: BedrockRecord | None) -> dict[str, str]:
+def _fingerprint(
+    ptype: str, base_url: str, bedrock: BedrockRecord | BedrockSeed | None
+) -> dict[str, str]:
     """What drift is judged on: never credentials."""
     return {
         "type": ptype,
@@ -98,7 +85,7 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
         deleted = {r.name for r in rows if r.deleted}
         inserted: list[Provider] = []
         for seed in plan.providers:
-            desired_bedrock = _seed_bedrock(seed)
+            desired_bedrock = seed.bedrock
             row = live.get(seed.name)
             if row is None and seed.name in deleted:
                 skipped.append(seed.name)
@@ -129,38 +116,7 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
                     if seed.keys and _stored_keys(session, db, row) != {k.value for k in seed.keys}:
                         keys_kept.append(_keys_kept(seed))
                 continue
-            now = utcnow()
-            provider = Provider(
-                id=new_id(),
-                type=seed.type,
-                name=seed.name,
-                display_name=seed.display_name,
-                enabled=True,
-                deleted=False,
-                base_url=seed.base_url,
-                created_at=now,
-                updated_at=now,
-            )
-            provider.settings, provider.settings_key_id = encode_settings(
-                db.cipher, provider.id, desired_bedrock
-            )
-            session.add(provider)
-            session.flush()
-            # Distinct timestamps keep the pool in env order (pool order = created_at, id).
-            for index, secret in enumerate(seed.keys):
-                key_id = new_id()
-                stored, kid, hint = encrypt_key(db.cipher, key_id, secret.value)
-                session.add(
-                    ProviderKey(
-                        id=key_id,
-                        provider_id=provider.id,
-                        secret=stored,
-                        secret_key_id=kid,
-                        hint=hint,
-                        created_at=now + timedelta(microseconds=index),
-                    )
-                )
-                session.flush()
+            provider = insert_provider(db, session, seed.spec())
             inserted.append(provider)
             created.append(seed.name)
         if conflicts:

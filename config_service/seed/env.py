@@ -5,7 +5,13 @@
 and `PROVIDER_<N>_*` (indexed providers) after the prefix are seeding inputs; every other
 variable belongs to other settings and is ignored. All problems are collected and raised
 once as `SeedConfigError`; unknown fields only warn. Messages name variables, never the
-values of keys, secrets, URLs or unknown fields (only TYPE, NAME and region are quoted).
+values of keys, secrets, URLs or unknown fields (only a NAME is quoted, in name clashes).
+
+What a provider may hold is not decided here: each provider's variables become one
+`aibridge.rulebook.ProviderSpec`, and every problem the rulebook finds is reported as
+`VARIABLE: field message`, with the admin API's own field and message (`AIBRIDGE_PROVIDER_0_
+KEYS: keys[1] is empty`). The seed keeps only what is about variables: prefixes, indexes,
+spellings, KEY vs KEYS, name clashes with legacy variables, BASE_URL on Bedrock.
 
 Decisions where DESIGN §6 and the Coder reference are silent or differ:
 - A variable whose value is empty or blank counts as unset (also for prefix mixing and for
@@ -39,26 +45,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from aibridge.coder_options import CODER_PREFIXES
 from aibridge.masking import Secret
-from config_service.provider_types import (
-    BEDROCK_HOST_RE,
-    DEFAULT_BASE_URLS,
-    DEFAULT_BEDROCK_MODEL,
-    DEFAULT_BEDROCK_SMALL_FAST_MODEL,
-    MAX_KEYS,
-    NAME_RE,
-    PROVIDER_TYPES,
-    REGION_RE,
-    ROLE_ARN_RE,
+from aibridge.rulebook import (
+    BEDROCK_FIELDS,
+    TYPES,
+    BedrockSpec,
+    ProviderSpec,
+    bedrock_backed,
+    complete,
+    validate,
 )
 
-# fmt: off
-DEFAULT_OPENAI_BASE_URL = DEFAULT_BASE_URLS["openai"]
-DEFAULT_ANTHROPIC_BASE_URL = DEFAULT_BASE_URLS["anthropic"]
-DEFAULT_COPILOT_BASE_URL = DEFAULT_BASE_URLS["copilot"]
 PREFIXES = ("AIBRIDGE_", *CODER_PREFIXES)  # ours first: the one to keep
 
 _SEED_GROUPS = ("OPENAI_", "ANTHROPIC_", "BEDROCK_", "PROVIDER_")
@@ -78,14 +77,7 @@ _BEDROCK_ALIASES = {  # Coder's plural spellings
 }
 _INDEXED_FIELDS = {"TYPE", "NAME", "DISPLAY_NAME", "KEY", "KEYS", "BASE_URL", "BEDROCK_ROLE_ARN"}
 _INDEXED_FIELDS |= _BEDROCK_FIELDS | _BEDROCK_ALIASES.keys()
-_BASE_URL_REQUIRED = {"azure", "google", "openai-compat", "openrouter", "vercel"}
-_DEFAULT_BASE_URLS = {
-    "openai": DEFAULT_OPENAI_BASE_URL,
-    "anthropic": DEFAULT_ANTHROPIC_BASE_URL,
-    "copilot": DEFAULT_COPILOT_BASE_URL,
-}
 _INDEX_RE = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # no leading zeros: "01" would alias "1"
-_TYPES_TEXT = ", ".join(PROVIDER_TYPES)
 
 
 @dataclass(frozen=True)
@@ -108,6 +100,24 @@ class ProviderSeed:
     bedrock: BedrockSeed | None
     source: str  # e.g. "AIBRIDGE_PROVIDER_0_*", for messages
 
+    def spec(self) -> ProviderSpec:
+        """The provider as the store inserts it (secrets unwrapped)."""
+        b = self.bedrock
+        bedrock = None
+        if b is not None:
+            bedrock = BedrockSpec(
+                region=b.region,
+                model=b.model,
+                small_fast_model=b.small_fast_model,
+                role_arn=b.role_arn,
+                access_key=b.access_key.value if b.access_key else "",
+                access_key_secret=b.access_key_secret.value if b.access_key_secret else "",
+            )
+        keys = tuple(k.value for k in self.keys)
+        return ProviderSpec(
+            self.name, self.type, self.display_name, self.base_url, True, keys, bedrock
+        )
+
 
 @dataclass(frozen=True)
 class SeedPlan:
@@ -125,18 +135,6 @@ class SeedConfigError(Exception):
         super().__init__(f"invalid provider configuration in the environment:\n{lines}")
 
 
-def _url_host(url: str) -> str | None:
-    """The host of an absolute http(s) URL, or None when `url` is not one."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises on a malformed port
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        return None
-    if parts.scheme not in ("http", "https") or any(c.isspace() for c in url):
-        return None
-    return parts.hostname or None
-
-
 class _Fields:
     """One provider's variables by upper-case field name: (variable name, stripped value)."""
 
@@ -150,6 +148,23 @@ class _Fields:
     def var(self, field: str) -> str:
         return self.items[field][0] if field in self.items else self.var_prefix + field
 
+    def bedrock(self) -> BedrockSpec | None:
+        """The BEDROCK_* fields as the rulebook reads them; None when none is set."""
+        spec = BedrockSpec(**{n: self.get(f"BEDROCK_{n.upper()}") for n in BEDROCK_FIELDS})
+        return None if spec.is_empty() else spec
+
+    def variables(self, base_field: str, key_field: str) -> dict[str, str]:
+        """The variable behind each field of the rulebook (`keys[2]` is behind `keys`)."""
+        return {
+            "name": self.var("NAME"),
+            "type": self.var("TYPE"),
+            "display_name": self.var("DISPLAY_NAME"),
+            "base_url": self.var(base_field),
+            "keys": self.var(key_field),
+            "bedrock": self.var("BEDROCK_*"),
+            **{f"bedrock.{n}": self.var(f"BEDROCK_{n.upper()}") for n in BEDROCK_FIELDS},
+        }
+
 
 class _Parser:
     def __init__(self, prefix: str, seed_vars: Mapping[str, tuple[str, str]]) -> None:
@@ -159,76 +174,51 @@ class _Parser:
         self.warnings: list[str] = []
         self.legacy_names: dict[str, str] = {}  # provider name -> the legacy variable behind it
 
-    def url(self, var: str, value: str) -> None:
-        # The value is not echoed: URLs may carry credentials in userinfo or the query.
-        if _url_host(value) is None:
-            self.problems.append(f"{var} must be an absolute http(s) URL like https://host/v1/")
-
-    def keys(self, var: str, raw: str) -> tuple[Secret, ...]:
-        parts = [part.strip() for part in raw.split(",")]
-        if len(parts) > MAX_KEYS:
-            self.problems.append(f"{var}: too many keys ({len(parts)}), maximum is {MAX_KEYS}")
-        seen: dict[str, int] = {}
-        for i, part in enumerate(parts):
-            if not part:
-                self.problems.append(f"{var}: key at index {i} is empty; remove the extra comma")
-            elif part in seen:
-                self.problems.append(f"{var}: duplicate key at index {i} (same as {seen[part]})")
-            else:
-                seen[part] = i
-        return tuple(Secret(part) for part in seen)
-
-    def bedrock(self, src: str, f: _Fields) -> tuple[BedrockSeed | None, str]:
-        """Validate Bedrock fields; return the settings and the upstream base URL."""
-        region, base = f.get("BEDROCK_REGION"), f.get("BEDROCK_BASE_URL")
-        access_key, secret = f.get("BEDROCK_ACCESS_KEY"), f.get("BEDROCK_ACCESS_KEY_SECRET")
-        before = len(self.problems)
-        if bool(access_key) != bool(secret):
-            pair = ["BEDROCK_ACCESS_KEY", "BEDROCK_ACCESS_KEY_SECRET"]
-            given, missing = pair if access_key else pair[::-1]
-            self.problems.append(
-                f"{src}: {f.var(given)} is set without {f.var(missing)}; set both, or neither "
-                "to use the default AWS credential chain"
+    def checked(
+        self, spec: ProviderSpec, variables: Mapping[str, str], source: str
+    ) -> ProviderSeed | None:
+        """The seed of `spec` with its defaults, or None after reporting every problem the
+        rulebook finds, each as `VARIABLE: field message` (the admin API's field and
+        message, behind the variable that set the field)."""
+        problems = validate(spec)
+        for field, message in problems:
+            self.problems.append(f"{variables[field.partition('[')[0]]}: {field} {message}")
+        if problems:
+            return None
+        done = complete(spec)
+        b = done.bedrock
+        settings = None
+        if b is not None:
+            settings = BedrockSeed(
+                region=b.region,
+                model=b.model,
+                small_fast_model=b.small_fast_model,
+                access_key=Secret(b.access_key) if b.access_key else None,
+                access_key_secret=Secret(b.access_key_secret) if b.access_key_secret else None,
+                role_arn=b.role_arn,
             )
-        if base:
-            self.url(f.var("BEDROCK_BASE_URL"), base)
-            host = BEDROCK_HOST_RE.match(_url_host(base) or "")
-            region = region or (host.group(1) if host else "")
-        if not region:
-            # Requests are SigV4-signed for a region, so a custom endpoint alone is not enough.
-            self.problems.append(
-                f"{src}: Bedrock needs {f.var('BEDROCK_REGION')} (requests are signed for a "
-                f"region); {f.var('BEDROCK_BASE_URL')} alone only implies it with a standard "
-                "bedrock-runtime.<region>.amazonaws.com host"
-            )
-        elif not REGION_RE.match(region):
-            self.problems.append(f"{f.var('BEDROCK_REGION')}: {region!r} is not an AWS region")
-        role_arn = f.get("BEDROCK_ROLE_ARN")
-        if role_arn and not ROLE_ARN_RE.match(role_arn):
-            self.problems.append(
-                f"{f.var('BEDROCK_ROLE_ARN')} must be an IAM role ARN such as "
-                "arn:aws:iam::123456789012:role/bedrock"
-            )
-        if len(self.problems) > before:
-            return None, ""
-        seed = BedrockSeed(
-            region=region,
-            model=f.get("BEDROCK_MODEL") or DEFAULT_BEDROCK_MODEL,
-            small_fast_model=f.get("BEDROCK_SMALL_FAST_MODEL") or DEFAULT_BEDROCK_SMALL_FAST_MODEL,
-            access_key=Secret(access_key) if access_key else None,
-            access_key_secret=Secret(secret) if secret else None,
-            role_arn=role_arn,
+        return ProviderSeed(
+            name=done.name,
+            type="bedrock" if b is not None else done.type,
+            display_name=done.display_name,
+            base_url=done.base_url,
+            keys=tuple(Secret(k) for k in done.keys),
+            bedrock=settings,
+            source=source,
         )
-        return seed, base or f"https://bedrock-runtime.{region}.amazonaws.com"
 
-    def legacy_keyed(self, f: _Fields, name: str, default_url: str) -> ProviderSeed:
+    def legacy_keyed(self, f: _Fields, name: str) -> ProviderSeed | None:
         group = name.upper()
-        base = f.get(f"{group}_BASE_URL") or default_url
-        self.url(f.var(f"{group}_BASE_URL"), base)
         self.legacy_names[name] = f.var(f"{group}_KEY")
-        # Split like KEYS: real keys hold no commas, so a comma can only mean several keys.
-        keys = self.keys(f.var(f"{group}_KEY"), f.get(f"{group}_KEY"))
-        return ProviderSeed(name, name, name, base, keys, None, f"{self.prefix}{group}_*")
+        spec = ProviderSpec(
+            name,
+            name,
+            display_name=name,
+            base_url=f.get(f"{group}_BASE_URL"),
+            keys=_split_keys(f.get(f"{group}_KEY")),
+        )
+        variables = f.variables(f"{group}_BASE_URL", f"{group}_KEY")
+        return self.checked(spec, variables, f"{self.prefix}{group}_*")
 
     def legacy(self) -> list[ProviderSeed]:
         p = self.prefix
@@ -236,9 +226,9 @@ class _Parser:
             if rest not in _LEGACY_FIELDS and not rest.startswith("PROVIDER_"):
                 self.warnings.append(f"ignoring unknown provider variable {var} (check for typos)")
         f = _Fields(p, {k: v for k, v in self.vars.items() if k in _LEGACY_FIELDS})
-        seeds: list[ProviderSeed] = []
+        seeds: list[ProviderSeed | None] = []
         if f.get("OPENAI_KEY"):
-            seeds.append(self.legacy_keyed(f, "openai", DEFAULT_OPENAI_BASE_URL))
+            seeds.append(self.legacy_keyed(f, "openai"))
         elif f.get("OPENAI_BASE_URL"):
             self.warnings.append(f"{p}OPENAI_BASE_URL is set without {p}OPENAI_KEY: seeds nothing")
         bedrock_vars = [f.var(x) for x in _BEDROCK_TRIGGERS if f.get(x)]
@@ -252,18 +242,21 @@ class _Parser:
         elif bedrock_vars:
             # Named "anthropic" so clients keep their /anthropic/... routes (as in Coder).
             src = self.legacy_names["anthropic"] = f"{p}BEDROCK_*"
-            settings, base = self.bedrock(src, f)
-            if settings is not None:
-                seeds.append(
-                    ProviderSeed("anthropic", "bedrock", "anthropic", base, (), settings, src)
-                )
+            spec = ProviderSpec(
+                "anthropic",
+                "bedrock",
+                display_name="anthropic",
+                base_url=f.get("BEDROCK_BASE_URL"),
+                bedrock=f.bedrock() or BedrockSpec(),
+            )
+            seeds.append(self.checked(spec, f.variables("BEDROCK_BASE_URL", "KEY"), src))
             if f.get("ANTHROPIC_BASE_URL"):
                 self.warnings.append(
                     f"{p}ANTHROPIC_BASE_URL is ignored because {p}BEDROCK_* configures the "
                     f"anthropic provider; set {p}BEDROCK_BASE_URL instead"
                 )
         elif f.get("ANTHROPIC_KEY"):
-            seeds.append(self.legacy_keyed(f, "anthropic", DEFAULT_ANTHROPIC_BASE_URL))
+            seeds.append(self.legacy_keyed(f, "anthropic"))
         else:
             for field in ("ANTHROPIC_BASE_URL", "BEDROCK_MODEL", "BEDROCK_SMALL_FAST_MODEL"):
                 if f.get(field):
@@ -271,7 +264,7 @@ class _Parser:
                         f"{f.var(field)} is set without {p}ANTHROPIC_KEY or {p}BEDROCK_REGION "
                         "(or BEDROCK_BASE_URL, or credentials): seeds nothing"
                     )
-        return seeds
+        return [seed for seed in seeds if seed is not None]
 
     def indexed(self) -> list[ProviderSeed]:
         p = f"{self.prefix}PROVIDER_"
@@ -319,19 +312,8 @@ class _Parser:
                 items.setdefault(field, items.pop(alias))
         f = _Fields(var_prefix, items)
         ptype = f.get("TYPE").lower()
-        if not ptype:
-            self.problems.append(f"{src}: {f.var('TYPE')} is required (one of: {_TYPES_TEXT})")
-        elif ptype not in PROVIDER_TYPES:
-            self.problems.append(
-                f"{f.var('TYPE')}: unknown type {ptype!r}; valid types are: {_TYPES_TEXT}"
-            )
-        name = f.get("NAME") or (ptype if ptype in PROVIDER_TYPES else "")
-        if f.get("NAME") and not NAME_RE.match(name):
-            self.problems.append(
-                f"{f.var('NAME')}: invalid provider name {name!r}; use lower-case letters, "
-                "digits and single hyphens (e.g. my-openai)"
-            )
-        elif name in self.legacy_names:
+        name = f.get("NAME") or (ptype if ptype in TYPES else "")
+        if name in self.legacy_names:
             self.problems.append(
                 f"{src}: provider name {name!r} conflicts with the legacy env var "
                 f"{self.legacy_names[name]}; remove one or the other"
@@ -346,60 +328,31 @@ class _Parser:
         key_fields = [field for field in ("KEY", "KEYS") if field in items]
         if len(key_fields) == 2:
             self.problems.append(f"{src}: set only one of {f.var('KEY')} and {f.var('KEYS')}")
-        keys = self.keys(f.var(key_fields[0]), f.get(key_fields[0])) if key_fields else ()
-        key_var = f.var(key_fields[0]) if key_fields else ""
-        bedrock_vars = sorted(
-            var for field, (var, _) in items.items() if field.startswith("BEDROCK_")
-        )
-        if bedrock_vars and ptype in PROVIDER_TYPES and ptype not in ("anthropic", "bedrock"):
+        key_field = key_fields[0] if key_fields else "KEYS"
+        bedrock = f.bedrock()
+        # A Bedrock-backed provider is sent to BEDROCK_BASE_URL (or its region's endpoint).
+        backed = ptype in TYPES and bedrock_backed(TYPES[ptype], bedrock)
+        base_field = "BEDROCK_BASE_URL" if backed else "BASE_URL"
+        if backed and f.get("BASE_URL"):
             self.problems.append(
-                f"{src}: BEDROCK_* fields ({', '.join(bedrock_vars)}) are only supported with "
-                f"TYPE anthropic or bedrock, not {ptype}; remove them"
+                f"{f.var('BASE_URL')} is not used by a Bedrock provider; set "
+                f"{f.var('BEDROCK_BASE_URL')} instead"
             )
-        elif bedrock_vars and keys:
-            self.problems.append(
-                f"{src}: {key_var} and BEDROCK_* fields are mutually exclusive (Bedrock "
-                "authenticates with AWS credentials); remove one or the other"
-            )
-        elif ptype in ("bedrock", "copilot") and keys:
-            how = "AWS credentials" if ptype == "bedrock" else "each user's GitHub token"
-            self.problems.append(
-                f"{key_var}: KEY/KEYS are not supported for TYPE {ptype} (it authenticates "
-                f"with {how}); remove it"
-            )
-        # An anthropic provider with Bedrock fields is served through Bedrock.
-        is_bedrock = ptype == "bedrock" or (ptype == "anthropic" and bool(bedrock_vars))
-        settings: BedrockSeed | None = None
-        if is_bedrock and not any(f.get(x) for x in _BEDROCK_TRIGGERS):
-            self.problems.append(
-                f"{src}: TYPE {ptype} on Bedrock requires BEDROCK_* fields to be configured: "
-                f"set {f.var('BEDROCK_REGION')} (and optionally an access key pair)"
-            )
-        elif is_bedrock:
-            settings, base = self.bedrock(src, f)
-            if f.get("BASE_URL"):
-                self.problems.append(
-                    f"{f.var('BASE_URL')} is not used by a Bedrock provider; set "
-                    f"{f.var('BEDROCK_BASE_URL')} instead"
-                )
-        elif f.get("BASE_URL"):
-            base = f.get("BASE_URL")
-            self.url(f.var("BASE_URL"), base)
-        elif ptype in _BASE_URL_REQUIRED:
-            self.problems.append(f"{f.var('BASE_URL')} is required for TYPE {ptype} (no default)")
-        else:
-            base = _DEFAULT_BASE_URLS.get(ptype, "")
-        if len(self.problems) > before:
-            return None
-        return ProviderSeed(
+        spec = ProviderSpec(
             name=name,
-            type="bedrock" if is_bedrock else ptype,
+            type=ptype,
             display_name=f.get("DISPLAY_NAME") or name,
-            base_url=base,
-            keys=() if is_bedrock else keys,
-            bedrock=settings,
-            source=src,
+            base_url=f.get(base_field),
+            keys=_split_keys(f.get(key_field)),
+            bedrock=bedrock,
         )
+        seed = self.checked(spec, f.variables(base_field, key_field), src)
+        return seed if len(self.problems) == before else None
+
+
+def _split_keys(raw: str) -> tuple[str, ...]:
+    """KEY/KEYS split on commas (real keys hold none); each part stripped."""
+    return tuple(part.strip() for part in raw.split(",")) if raw else ()
 
 
 def _seed_vars(

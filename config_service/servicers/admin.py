@@ -10,11 +10,11 @@ from aibridge.config.v1 import (
     usage_service_pb2_grpc,
 )
 from config_service.auth import Authenticator
-from config_service.hub import SnapshotHub
 from config_service.metrics import ConfigMetrics
 from config_service.servicers.providers import ProviderAdminServicer
 from config_service.servicers.tokens import TokenAdminServicer
 from config_service.servicers.usage import UsageServicer
+from config_service.snapshots.hub import SnapshotHub
 from config_service.store.database import Database
 
 

@@ -31,11 +31,11 @@ from config_service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from config_service.hub import SnapshotHub
 from config_service.metrics import ConfigMetrics
 from config_service.rbac import Action, Subject, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
-from config_service.snapshot import ROLE_TO_PROTO
+from config_service.snapshots.hub import SnapshotHub
+from config_service.snapshots.snapshot import ROLE_TO_PROTO
 from config_service.store.subscriber_status import RemoteSubscriber
 from config_service.subscribers import ProviderIssue, SubscriberRegistry
 from config_service.text import check_text

@@ -19,15 +19,15 @@ from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
-from config_service import views
+from aibridge.rulebook import BY_WIRE, BedrockSpec, ProviderSpec
 from config_service.auth import Authenticator
-from config_service.hub import SnapshotHub
-from config_service.provider_types import FROM_PROTO
 from config_service.rbac import Role, Scope, Subject
-from config_service.records import ProviderRecord
 from config_service.servicers.edge import unary
+from config_service.snapshots import views
+from config_service.snapshots.hub import SnapshotHub
 from config_service.store import provider_input, providers
 from config_service.store.database import Database
+from config_service.store.records import ProviderRecord
 
 log = get_logger("aibridge.config.providers")
 
@@ -39,12 +39,12 @@ def provider_type(value: int) -> str:
     store rejects (after authorizing the caller) for values this build does not know."""
     if value == provider_pb2.PROVIDER_TYPE_UNSPECIFIED:
         return ""
-    name: str | None = FROM_PROTO.get(value)  # type: ignore[call-overload]
-    return name if name is not None else f"#{value}"
+    known = BY_WIRE.get(value)
+    return known.name if known is not None else f"#{value}"
 
 
-def bedrock_input(message: pb.BedrockSettingsInput) -> provider_input.BedrockInput:
-    return provider_input.BedrockInput(
+def bedrock_input(message: pb.BedrockSettingsInput) -> BedrockSpec:
+    return BedrockSpec(
         region=message.region,
         model=message.model,
         small_fast_model=message.small_fast_model,
@@ -54,8 +54,8 @@ def bedrock_input(message: pb.BedrockSettingsInput) -> provider_input.BedrockInp
     )
 
 
-def new_provider(request: pb.CreateProviderRequest) -> provider_input.NewProvider:
-    return provider_input.NewProvider(
+def new_provider(request: pb.CreateProviderRequest) -> ProviderSpec:
+    return ProviderSpec(
         name=request.name,
         type=provider_type(request.type),
         display_name=request.display_name,

@@ -12,10 +12,10 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
 from config_service.auth import Authenticator
 from config_service.errors import InvalidArgument
-from config_service.hub import SnapshotHub
 from config_service.rbac import Role
 from config_service.servicers.edge import unary
-from config_service.snapshot import ROLE_TO_PROTO
+from config_service.snapshots.hub import SnapshotHub
+from config_service.snapshots.snapshot import ROLE_TO_PROTO
 from config_service.store import tokens
 from config_service.store.database import Database
 

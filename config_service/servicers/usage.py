@@ -17,15 +17,15 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aibridge import recording
-from aibridge.config.v1 import usage_pb2, usage_service_pb2
+from aibridge.config.v1 import provider_pb2, usage_pb2, usage_service_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.masking import mask_secret
 from aibridge.recording import TOKEN_KINDS, enum_names
+from aibridge.rulebook import BY_WIRE, TYPES
 from config_service.auth import Authenticator
 from config_service.errors import InvalidArgument
 from config_service.metrics import ConfigMetrics
-from config_service.provider_types import FROM_PROTO, TO_PROTO
 from config_service.rbac import Action, authorize
 from config_service.servicers.edge import unary
 from config_service.store import usage
@@ -135,7 +135,8 @@ def record_row(field: str, r: usage_pb2.Interception) -> tuple[Row, list[Row]]:
     assert ended is not None
     if ended < started or (first_byte is not None and not started <= first_byte <= ended):
         raise InvalidArgument(f + "ended_at", "times must be started <= first byte <= ended")
-    provider_type = FROM_PROTO.get(r.provider_type, "") if r.provider_type else ""
+    known = BY_WIRE.get(r.provider_type) if r.provider_type else None
+    provider_type = known.name if known is not None else ""
     if r.provider_type and not provider_type:
         raise InvalidArgument(f + "provider_type", "is not a known provider type")
     if r.status_code and not 100 <= r.status_code <= 599:
@@ -218,13 +219,18 @@ def _ts(value: datetime) -> Timestamp:
     return ts
 
 
+def _wire_type(name: str) -> provider_pb2.ProviderType.ValueType:
+    known = TYPES.get(name)
+    return known.wire if known is not None else provider_pb2.PROVIDER_TYPE_UNSPECIFIED
+
+
 def interception_proto(row: Row, calls: list[Row] | None = None) -> usage_pb2.Interception:
     proto = usage_pb2.Interception(
         id=row["id"],
         started_at=_ts(row["started_at"]),
         ended_at=_ts(row["ended_at"]),
         provider_name=row["provider_name"],
-        provider_type=TO_PROTO.get(row["provider_type"], 0),  # type: ignore[arg-type]
+        provider_type=_wire_type(row["provider_type"]),
         route=row["route"],
         requested_model=row["requested_model"],
         served_model=row["served_model"],

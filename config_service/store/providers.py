@@ -8,18 +8,18 @@ decrypt pool keys: records carry ids and masked hints only.
 Each write is one transaction that validates the whole resulting provider, bumps
 the revision and appends an audit entry (masked views before/after). Validation
 errors name the offending field (`keys[2]`, `bedrock.region`, `base_url`, ...) and
-never quote a secret. Rules follow Coder's AI provider CRUD: names match
-^[a-z0-9]+(-[a-z0-9]+)*$ (at most 63 characters) and are unique among live rows,
-type and name are immutable, base URLs are absolute http(s) URLs (empty means the
-type's default), at most 5 keys, none empty, padded or repeated, Bedrock settings
-only for anthropic/bedrock, no pool keys for bedrock/copilot. An update's `keys` is
+never quote a secret. What a provider may hold is the rulebook's (`aibridge.rulebook`,
+shared with the env seed, which inserts through `insert_provider`); this module adds
+what needs the database: names unique among live rows, type and name immutable, an
+update refused only for what it changes (a stored problem shows as status ERROR, not
+as a refusal of an unrelated update). An update's `keys` is
 the full desired set: entries by id are kept, new secrets inserted (after the kept
 keys, in list order), omitted ids deleted; adding or deleting one key changes only that
 key, so concurrent key changes never undo each other. Updates and key changes given an
 etag (ProviderRecord.etag, changed by every write) fail with FailedPrecondition when the
 provider changed since; without one they are unconditional. Delete is a soft delete that
 frees the name.
-The input types and the field-by-field checks live in `provider_input.py`.
+Update inputs and the rulebook's verdicts as InvalidArgument live in `provider_input.py`.
 """
 
 from __future__ import annotations
@@ -32,43 +32,50 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from aibridge.rulebook import (
+    BEDROCK_FIELDS,
+    MAX_KEYS,
+    TYPES,
+    UUID_RE,
+    Bedrock,
+    BedrockSpec,
+    ProviderSpec,
+    base_url_problems,
+    bedrock_base_url,
+    bedrock_problems,
+    complete,
+    display_name_problems,
+    duplicate_problems,
+    key_count_problems,
+    secret_problems,
+    too_many_keys,
+    validate,
+)
 from config_service.crypto import DecryptError
 from config_service.db.models import Provider, ProviderKey, new_id, utcnow
 from config_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from config_service.provider_types import (
-    BEDROCK_CAPABLE,
-    MAX_KEYS,
-    bedrock_base_url,
-)
 from config_service.rbac import Action, Subject, authorize
-from config_service.records import (
-    ProviderRecord,
-    encode_settings,
-    encrypt_key,
-    key_aad,
-    load_record,
-)
 from config_service.store.database import Database
 from config_service.store.provider_input import (
     KeyInput,
-    NewProvider,
     ProviderChanges,
-    check_display_name,
-    check_key_count,
-    check_name,
     check_paths,
-    check_secret,
-    check_type,
-    check_unique_secrets,
     merged_bedrock,
     parse_id_or_name,
     quoted,
-    resolve_base_url,
-    resolve_bedrock,
+    refuse,
 )
-from config_service.store.state import live_providers
-from config_service.text import UUID_RE, check_uuid
-from config_service.views import audit_view
+from config_service.store.records import (
+    BedrockRecord,
+    ProviderRecord,
+    audit_view,
+    encode_settings,
+    encrypt_key,
+    key_aad,
+    live_providers,
+    load_record,
+)
+from config_service.text import check_uuid
 
 
 def _find(session: Session, id_or_name: str, for_update: bool = False) -> Provider:
@@ -155,53 +162,61 @@ def get_provider(db: Database, subject: Subject, id_or_name: str) -> ProviderRec
 # ---------------------------------------------------------------------------- writes
 
 
-def create_provider(db: Database, subject: Subject, spec: NewProvider) -> ProviderRecord:
+def create_provider(db: Database, subject: Subject, spec: ProviderSpec) -> ProviderRecord:
     """Insert a provider with its keys; AlreadyExists when a live row has the name."""
     authorize(subject, Action.WRITE_PROVIDERS)
-    check_name(spec.name)
-    check_type(spec.type)
-    check_display_name(spec.display_name)
-    bedrock = resolve_bedrock(spec.type, spec.bedrock, spec.base_url)
-    base_url = resolve_base_url(spec.type, spec.base_url, bedrock)
-    check_key_count(spec.type, bedrock, len(spec.keys))
-    for i, secret in enumerate(spec.keys):
-        check_secret(f"keys[{i}]", secret)
-    check_unique_secrets([(f"keys[{i}]", s) for i, s in enumerate(spec.keys)], {})
+    refuse(validate(spec))
     try:
         with db.write() as session:
             if _name_taken(session, spec.name):
                 raise AlreadyExists(f"provider {spec.name!r} already exists")
-            now = utcnow()
-            row = Provider(
-                id=new_id(),
-                type=spec.type,
-                name=spec.name,
-                display_name=spec.display_name,
-                enabled=spec.enabled,
-                deleted=False,
-                base_url=base_url,
-                created_at=now,
-                updated_at=now,
-            )
-            row.settings, row.settings_key_id = encode_settings(db.cipher, row.id, bedrock)
-            session.add(row)
-            session.flush()
-            _add_keys(db, session, row.id, spec.keys, None)
-            record = _record(db, session, row)
+            record = _record(db, session, insert_provider(db, session, spec))
             revision = db.bump_revision(session)
             db.audit(
                 session,
                 subject,
                 "provider.create",
                 "provider",
-                row.id,
-                row.name,
+                record.id,
+                record.name,
                 revision,
                 after=audit_view(record),
             )
     except IntegrityError as exc:  # the live-name unique index: a concurrent create won
         raise AlreadyExists(f"provider {spec.name!r} already exists") from exc
     return record
+
+
+def insert_provider(db: Database, session: Session, spec: ProviderSpec) -> Provider:
+    """Insert a valid spec (defaults filled in) and its keys, in the caller's transaction.
+
+    The one insert path: the admin API's create and the env seed both come here after
+    the rulebook found no problem.
+    """
+    spec = complete(spec)
+    now = utcnow()
+    row = Provider(
+        id=new_id(),
+        type=spec.type,
+        name=spec.name,
+        display_name=spec.display_name,
+        enabled=spec.enabled,
+        deleted=False,
+        base_url=spec.base_url,
+        created_at=now,
+        updated_at=now,
+    )
+    row.settings, row.settings_key_id = encode_settings(
+        db.cipher, row.id, _bedrock_record(spec.bedrock)
+    )
+    session.add(row)
+    session.flush()
+    _add_keys(db, session, row.id, spec.keys, None)
+    return row
+
+
+def _bedrock_record(spec: BedrockSpec | None) -> BedrockRecord | None:
+    return None if spec is None else BedrockRecord(**{f: getattr(spec, f) for f in BEDROCK_FIELDS})
 
 
 # The keys a write leaves in the pool: (kept keys, (field, secret) of each new key), given the
@@ -218,18 +233,15 @@ def update_provider(
     paths = check_paths(changes.paths)
     parse_id_or_name(id_or_name)
     if "display_name" in paths:
-        check_display_name(changes.display_name)
+        refuse(display_name_problems(changes.display_name))
     plan: KeyPlan | None = None
     if "keys" in paths:
-        if len(changes.keys) > MAX_KEYS:
-            raise InvalidArgument(
-                "keys", f"at most {MAX_KEYS} keys per provider, got {len(changes.keys)}"
-            )
+        refuse(too_many_keys(len(changes.keys)))
         for i, key in enumerate(changes.keys):
             if bool(key.id) == bool(key.secret):
                 raise InvalidArgument(f"keys[{i}]", "set exactly one of id (keep) or secret (add)")
             if key.secret:
-                check_secret(f"keys[{i}].secret", key.secret)
+                refuse(secret_problems(f"keys[{i}].secret", key.secret))
         plan = partial(_desired_keys, changes.keys)
     return _update(db, subject, id_or_name, changes, paths, plan, "provider.update")
 
@@ -240,7 +252,7 @@ def add_provider_key(
     """Append one key to the pool in one transaction (concurrent key changes all survive)."""
     authorize(subject, Action.WRITE_PROVIDERS)
     parse_id_or_name(id_or_name)
-    check_secret("secret", secret)
+    refuse(secret_problems("secret", secret))
 
     def plan(row: Provider, keys: list[ProviderKey]) -> KeyChange:
         if len(keys) >= MAX_KEYS:
@@ -293,6 +305,62 @@ def _desired_keys(wanted: Sequence[KeyInput], row: Provider, keys: list[Provider
     return kept, new_secrets
 
 
+def _replace_keys(
+    db: Database, session: Session, row: Provider, keys: list[ProviderKey], change: KeyChange
+) -> tuple[list[ProviderKey], list[ProviderKey]]:
+    """Delete the keys `change` drops, add its new ones after the kept; (added, removed)."""
+    kept, new_secrets = change
+    removed = [k for k in keys if k not in kept]
+    for old in removed:
+        session.delete(old)
+    session.flush()
+    last = max((k.created_at for k in kept), default=None)
+    return _add_keys(db, session, row.id, [s for _, s in new_secrets], last), removed
+
+
+def _readable_secrets(db: Database, keys: Sequence[ProviderKey]) -> dict[str, str]:
+    """{plaintext: "kept key <id>"} of the keys that decrypt (the rest cannot be compared,
+    and the pool reports them anyway)."""
+    known: dict[str, str] = {}
+    for old in keys:
+        try:
+            plain = db.cipher.decrypt(old.secret, old.secret_key_id, key_aad(old.id))
+        except DecryptError:
+            continue
+        known[plain] = f"kept key {old.id}"
+    return known
+
+
+def _settings_after(
+    row: Provider, before: ProviderRecord, changes: ProviderChanges, paths: set[str]
+) -> tuple[str, BedrockRecord | None]:
+    """The base URL and Bedrock settings an update leaves, checked by the rulebook."""
+    ptype = TYPES[row.type]
+    if before.problems and "bedrock" not in paths and ptype.bedrock is not Bedrock.NEVER:
+        raise FailedPrecondition(
+            f"the stored Bedrock settings of {row.name!r} cannot be read (check "
+            "AIBRIDGE_ENCRYPTION_KEYS); replace them whole with the 'bedrock' path"
+        )
+    bedrock_in = merged_bedrock(before.bedrock, changes, paths)
+    if "base_url" in paths:
+        base_in = changes.base_url
+    elif row.base_url == ptype.default_base_url or (
+        before.bedrock is not None
+        and before.bedrock.region
+        and row.base_url == bedrock_base_url(before.bedrock.region)
+    ):
+        # A derived default (the type's, or the region's Bedrock endpoint) follows the
+        # change: an anthropic provider gaining Bedrock settings moves to the Bedrock
+        # endpoint, and back when it loses them.
+        base_in = ""
+    else:
+        base_in = row.base_url
+    refuse(bedrock_problems(ptype, bedrock_in, base_in))
+    refuse(base_url_problems(ptype, base_in, bedrock_in))
+    done = complete(ProviderSpec(row.name, row.type, base_url=base_in, bedrock=bedrock_in))
+    return done.base_url, _bedrock_record(done.bedrock)
+
+
 def _update(
     db: Database,
     subject: Subject,
@@ -303,7 +371,7 @@ def _update(
     action: str,
 ) -> ProviderRecord:
     """One write to a live provider: its masked fields, and its keys as `plan` says."""
-    bedrock_paths = {p for p in paths if p == "bedrock" or p.startswith("bedrock.")}
+    settings_touched = "base_url" in paths or any(p.partition(".")[0] == "bedrock" for p in paths)
     try:
         with db.write() as session:
             row = _find(session, id_or_name, for_update=True)
@@ -314,49 +382,19 @@ def _update(
                     f"etag: provider {row.name!r} changed since it was read; "
                     "re-read it (GetProvider) and retry with its current etag"
                 )
-            display_name = changes.display_name if "display_name" in paths else row.display_name
-            enabled = changes.enabled if "enabled" in paths else row.enabled
-            settings_touched = bool(bedrock_paths) or "base_url" in paths
-            bedrock = before.bedrock
-            base_url = row.base_url
-            if settings_touched:
-                if before.problems and "bedrock" not in paths and row.type in BEDROCK_CAPABLE:
-                    raise FailedPrecondition(
-                        f"the stored Bedrock settings of {row.name!r} cannot be read (check "
-                        "AIBRIDGE_ENCRYPTION_KEYS); replace them whole with the 'bedrock' path"
-                    )
-                bedrock_in = merged_bedrock(before.bedrock, changes, paths)
-                if "base_url" in paths:
-                    base_in = changes.base_url
-                elif (
-                    before.bedrock is not None
-                    and before.bedrock.region
-                    and row.base_url == bedrock_base_url(before.bedrock.region)
-                ):
-                    base_in = ""  # derived from the region: it follows a region change
-                else:
-                    base_in = row.base_url
-                bedrock = resolve_bedrock(row.type, bedrock_in, base_in)
-                base_url = resolve_base_url(row.type, base_in, bedrock)
+            base_url, bedrock = (
+                _settings_after(row, before, changes, paths)
+                if settings_touched
+                else (row.base_url, before.bedrock)
+            )
             kept, new_secrets = plan(row, keys) if plan is not None else (list(keys), [])
-            check_key_count(row.type, bedrock, len(kept) + len(new_secrets))
+            count = len(kept) + len(new_secrets)
+            refuse(key_count_problems(TYPES[row.type], bedrock is not None, count))
             if new_secrets:
-                known: dict[str, str] = {}
-                for old in kept:
-                    try:
-                        plain = db.cipher.decrypt(old.secret, old.secret_key_id, key_aad(old.id))
-                    except DecryptError:
-                        continue  # unreadable: cannot compare, and the pool reports it anyway
-                    known[plain] = f"kept key {old.id}"
-                check_unique_secrets(new_secrets, known)
-            removed = [k for k in keys if k not in kept]
-            for old in removed:
-                session.delete(old)
-            session.flush()
-            last = max((k.created_at for k in kept), default=None)
-            added = _add_keys(db, session, row.id, [s for _, s in new_secrets], last)
-            row.display_name = display_name
-            row.enabled = enabled
+                refuse(duplicate_problems(new_secrets, _readable_secrets(db, kept)))
+            added, removed = _replace_keys(db, session, row, keys, (kept, new_secrets))
+            row.display_name = changes.display_name if "display_name" in paths else row.display_name
+            row.enabled = changes.enabled if "enabled" in paths else row.enabled
             row.base_url = base_url
             if settings_touched:
                 row.settings, row.settings_key_id = encode_settings(db.cipher, row.id, bedrock)

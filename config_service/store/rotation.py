@@ -16,8 +16,8 @@ from config_service.crypto import DecryptError
 from config_service.db.models import Provider, ProviderKey
 from config_service.errors import FailedPrecondition
 from config_service.rbac import SYSTEM
-from config_service.records import key_aad, settings_aad
 from config_service.store.database import Database
+from config_service.store.records import key_aad, settings_aad
 
 
 @dataclass(frozen=True)

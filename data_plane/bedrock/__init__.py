@@ -6,11 +6,7 @@ format (JSON, SSE, or an Anthropic error body with the matching status).
 """
 
 from data_plane.bedrock.client import BedrockClient
-from data_plane.bedrock.config import (
-    DEFAULT_MODEL,
-    DEFAULT_SMALL_FAST_MODEL,
-    BedrockConfig,
-)
+from data_plane.bedrock.config import BedrockConfig
 from data_plane.bedrock.credentials import (
     AwsCredentials,
     CredentialResolver,
@@ -19,8 +15,6 @@ from data_plane.bedrock.results import BedrockStream, UpstreamResult
 from data_plane.bedrock.translate import bedrock_model_id, map_error
 
 __all__ = [
-    "DEFAULT_MODEL",
-    "DEFAULT_SMALL_FAST_MODEL",
     "AwsCredentials",
     "BedrockClient",
     "BedrockConfig",

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
+from aibridge.rulebook import Family
 from data_plane.bridge.asgi import Message, Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.metrics import BridgeMetrics
@@ -31,7 +32,6 @@ from data_plane.bridge.routing import EMPTY, RoutingTable
 from data_plane.bridge.transport import UpstreamTransport
 from data_plane.dump import Dumper
 from data_plane.errors import BudgetFull, ClientGone, TooLarge
-from data_plane.families import Family
 from data_plane.gateway_auth import Principal, lookup
 
 log = get_logger(__name__)

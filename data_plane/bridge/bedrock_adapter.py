@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 
 from aibridge.config.v1 import provider_pb2
+from aibridge.rulebook import Family
 from data_plane.bridge.providers import error_body
 from data_plane.bridge.upstream import AnthropicUpstream, BedrockFactory, UpstreamResponse
-from data_plane.families import Family
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:

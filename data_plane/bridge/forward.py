@@ -16,6 +16,7 @@ import httpx
 
 from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
+from aibridge.rulebook import Family
 from data_plane.bridge.asgi import Send, respond
 from data_plane.bridge.breaker import Rejected
 from data_plane.bridge.metrics import BridgeMetrics
@@ -24,7 +25,6 @@ from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, ori
 from data_plane.bridge.upstream import UpstreamResponse
 from data_plane.bridge.usage import UsageReader
 from data_plane.dump import BodyCapture, Dumper, Exchange
-from data_plane.families import Family
 
 log = get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Providers as the bridge builds them, and errors in each provider family's format.
 
-The families themselves (routes, default base URLs, type names) are in
-`data_plane.families`, shared with the proxy.
+The families themselves (routes, failure statuses, type names) are in the provider
+rulebook, `aibridge.rulebook`, shared with the proxy and the config service.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from aibridge.rulebook import ROUTES, Family, RouteSet
 from data_plane.bridge.breaker import BreakerSet
 from data_plane.bridge.keypool import KeyPool
 from data_plane.bridge.upstream import AnthropicUpstream
-from data_plane.families import ROUTES, Family, RouteSet
 
 
 @dataclass(frozen=True, eq=False)

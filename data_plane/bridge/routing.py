@@ -27,13 +27,13 @@ import httpx
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
+from aibridge.rulebook import BY_WIRE, Family, type_name
 from data_plane.bridge.breaker import BreakerSet, BreakerState
 from data_plane.bridge.keypool import KeyPool
 from data_plane.bridge.providers import Provider
 from data_plane.bridge.settings import BreakerSettings
 from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, BedrockFactory
 from data_plane.errors import BuildError, KeyPoolError
-from data_plane.families import FAMILY_OF_TYPE, ROUTES, Family, type_name
 from data_plane.gateway_auth import TokenTable, token_table
 
 log = get_logger(__name__)
@@ -84,13 +84,6 @@ class BuildContext:
     on_breaker_change: Callable[[str, BreakerState], None] | None = None
 
 
-def _uses_bedrock(p: provider_pb2.Provider) -> bool:
-    if not p.HasField("bedrock"):
-        return False
-    b = p.bedrock
-    return bool(b.region or b.access_key or b.has_static_credentials or b.role_arn)
-
-
 def allows_byok(snapshot: cs.ProviderSnapshot, ctx: BuildContext) -> bool:
     """The snapshot's BYOK decision (allowed when a config service predating it sent
     none), narrowed by this bridge's own setting."""
@@ -101,30 +94,21 @@ def allows_byok(snapshot: cs.ProviderSnapshot, ctx: BuildContext) -> bool:
 def build_provider(
     p: provider_pb2.Provider, previous: Provider | None, ctx: BuildContext, allow_byok: bool
 ) -> Provider:
-    family = FAMILY_OF_TYPE.get(p.type)
-    tname = type_name(p.type)
-    if family is None:
-        raise BuildError(f"unsupported provider type: {tname!r}")
+    ptype = BY_WIRE.get(p.type)
+    if ptype is None:
+        raise BuildError(f"unsupported provider type: {type_name(p.type)!r}")
+    tname, family = ptype.name, ptype.family
     if p.status != PS.PROVIDER_STATUS_ENABLED:
         return Provider(p.name, tname, family, p.base_url, p.status, p.status_reason)
+    # ENABLED: the config service checked the base URL and the Bedrock settings
+    # (`config_service.snapshots.views.evaluate`); only pools, breakers and clients are built.
     base_url = p.base_url
-    if not base_url and p.type in (
-        provider_pb2.PROVIDER_TYPE_OPENAI,
-        provider_pb2.PROVIDER_TYPE_ANTHROPIC,
-        provider_pb2.PROVIDER_TYPE_COPILOT,
-    ):
-        base_url = ROUTES[family].default_base_url
-    if not base_url.startswith(("http://", "https://")) and not _uses_bedrock(p):
-        raise BuildError(f"base URL {base_url!r} is not an absolute http(s) URL")
     keys = tuple(k.secret for k in p.keys)
     if any(not k for k in keys):
         raise BuildError("keys carry no secret (is the bridge token of the bridge role?)")
     bedrock = None
     if family is Family.ANTHROPIC:
-        uses_bedrock = _uses_bedrock(p)
-        if p.type == provider_pb2.PROVIDER_TYPE_BEDROCK and not uses_bedrock:
-            raise BuildError("bedrock provider has no bedrock credentials configured")
-        if uses_bedrock:
+        if p.HasField("bedrock"):
             if ctx.bedrock_factory is None:
                 raise BuildError(BEDROCK_UNAVAILABLE)
             try:
@@ -161,7 +145,7 @@ def build_provider(
             breakers = BreakerSet(
                 p.name,
                 ctx.breaker,
-                ROUTES[family].failure_statuses,
+                ptype.routes.failure_statuses,
                 on_change=ctx.on_breaker_change,
             )
     return Provider(
@@ -188,7 +172,9 @@ def build_table(
                 provider_type=type_name(p.type),
                 error=str(exc),
             )
-            failed[p.name] = Unbuilt(type_name(p.type), FAMILY_OF_TYPE.get(p.type), str(exc))
+            known = BY_WIRE.get(p.type)
+            family = known.family if known is not None else None
+            failed[p.name] = Unbuilt(type_name(p.type), family, str(exc))
             errors.append(cs.ProviderError(provider_name=p.name, message=str(exc)))
     enabled = [p for p in snapshot.providers if p.status == PS.PROVIDER_STATUS_ENABLED]
     not_ready = ""

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
-from data_plane.families import FAMILY_OF_TYPE, ROUTES, type_name
+from aibridge.rulebook import BY_WIRE, type_name
 from data_plane.gateway_auth import TokenTable, token_table
 
 log = get_logger(__name__)
@@ -93,13 +93,12 @@ def build_table(snapshot: cs.ProviderSnapshot) -> tuple[ProxyTable, list[cs.Prov
             status = "disabled" if p.status == PS.PROVIDER_STATUS_DISABLED else "error"
             providers[p.name] = (ptype, status)
             continue
-        family = FAMILY_OF_TYPE.get(p.type)
-        base_url = p.base_url
-        if not base_url and family is not None and p.type != provider_pb2.PROVIDER_TYPE_BEDROCK:
-            base_url = ROUTES[family].default_base_url
-        if not base_url and p.type == provider_pb2.PROVIDER_TYPE_BEDROCK:
-            # Clients of Bedrock speak its native API, which the bridge does not serve
-            # (it serves Bedrock in the Anthropic format): nothing to intercept.
+        ptype_rules = BY_WIRE.get(p.type)
+        base_url = p.base_url  # the config service filled in the type's default
+        if not base_url:
+            # Only a Bedrock provider is enabled without one. Its clients speak Bedrock's
+            # native API, which the bridge does not serve (it serves Bedrock in the
+            # Anthropic format): nothing to intercept.
             providers[p.name] = (ptype, "not-intercepted")
             continue
         host = _hostname(base_url)
@@ -116,7 +115,7 @@ def build_table(snapshot: cs.ProviderSnapshot) -> tuple[ProxyTable, list[cs.Prov
             )
             continue
         base_path = urlsplit(base_url).path.rstrip("/")
-        prefix = ROUTES[family].strip_prefix if family is not None else ""
+        prefix = ptype_rules.routes.strip_prefix if ptype_rules is not None else ""
         hosts[host] = Route(p.name, ptype, base_path, prefix)
         providers[p.name] = (ptype, "intercepted")
     table = ProxyTable(

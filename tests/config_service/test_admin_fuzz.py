@@ -31,8 +31,8 @@ from sqlalchemy import func, select
 
 from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
+from aibridge.rulebook import MAX_KEYS, MAX_NAME_LENGTH, NAME_RE, TYPES
 from config_service.db.models import AuditEntry, Provider, ProviderKey
-from config_service.provider_types import DEFAULT_BASE_URLS, KEYLESS, MAX_KEYS, NAME_RE, TO_PROTO
 from config_service.rbac import SYSTEM, Role
 from config_service.server import RunningService, start
 from config_service.settings import ConfigServiceSettings
@@ -158,10 +158,10 @@ pool_keys = st.lists(st.sampled_from(POOL), max_size=5, unique=True)
 
 @st.composite
 def valid_create_ops(draw: st.DrawFn) -> tuple[str, pb.CreateProviderRequest]:
-    ptype = draw(st.sampled_from(sorted(TO_PROTO)))
+    ptype = draw(st.sampled_from(sorted(TYPES)))
     request = pb.CreateProviderRequest(
         name=draw(valid_names),
-        type=TO_PROTO[ptype],
+        type=TYPES[ptype].wire,
         display_name=draw(st.sampled_from(["", "Team A", "Ünïcode ✓"])),
         disabled=draw(st.booleans()),
     )
@@ -172,7 +172,7 @@ def valid_create_ops(draw: st.DrawFn) -> tuple[str, pb.CreateProviderRequest]:
             request.bedrock.access_key_secret = AWS_SECRET
     elif ptype != "copilot":
         request.keys.extend(draw(pool_keys))
-    if ptype not in DEFAULT_BASE_URLS and ptype != "bedrock":
+    if not TYPES[ptype].default_base_url and ptype != "bedrock":
         request.base_url = draw(valid_urls.filter(bool))
     return "create", request
 
@@ -352,8 +352,8 @@ class Fuzzer:
         live = [p for p in providers if not p.deleted]
         assert len({p.name for p in live}) == len(live), "duplicate live names"
         for p in providers:
-            assert NAME_RE.match(p.name) and len(p.name) <= 63, p.name
-            if p.type in KEYLESS:
+            assert NAME_RE.match(p.name) and len(p.name) <= MAX_NAME_LENGTH, p.name
+            if TYPES[p.type].keyless_because:
                 assert not key_counts.get(p.id), f"{p.type} provider {p.name} holds keys"
             if p.deleted:
                 assert not p.enabled

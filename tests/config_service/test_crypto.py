@@ -12,13 +12,13 @@ from config_service.crypto import Cipher, DecryptError, key_id, parse_keys
 from config_service.db import migrate
 from config_service.db.engine import make_engine
 from config_service.db.models import Provider, ProviderKey
-from config_service.records import load_record
 from config_service.seed.apply import apply
 from config_service.seed.env import parse_env
+from config_service.snapshots.state import load_state
+from config_service.snapshots.views import ERROR, evaluate
 from config_service.store.database import Database
+from config_service.store.records import load_record
 from config_service.store.rotation import rotate
-from config_service.store.state import load_state
-from config_service.views import ERROR, evaluate
 
 KEY = "sk-crypto-PLAINTEXT-0123456789abcdef"
 SECRET = "bedrock-crypto-SECRET-0123456789"

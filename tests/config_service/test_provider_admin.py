@@ -14,6 +14,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from aibridge import rulebook
 from aibridge.config.v1 import config_service_pb2 as cpb
 from aibridge.config.v1 import config_service_pb2_grpc as cpb_grpc
 from aibridge.config.v1 import provider_admin_service_pb2 as pb
@@ -22,7 +23,7 @@ from aibridge.config.v1 import provider_pb2
 from config_service.db.models import AuditEntry, Provider, ProviderKey
 from config_service.errors import AlreadyExists
 from config_service.rbac import SYSTEM, Role
-from config_service.store import provider_input, providers
+from config_service.store import providers
 from tests.fixtures.services import Service, StartService
 
 OPENAI = provider_pb2.PROVIDER_TYPE_OPENAI
@@ -1016,7 +1017,7 @@ async def test_unique_index_race_is_already_exists(
     """When a concurrent create slips past the name check, the unique index's violation becomes ALREADY_EXISTS."""
     await create(service, name="raced", keys=[K1])
     monkeypatch.setattr(providers, "_name_taken", lambda session, name: False)
-    spec = provider_input.NewProvider(name="raced", type="openai", keys=(K2,))
+    spec = rulebook.ProviderSpec(name="raced", type="openai", keys=(K2,))
     with pytest.raises(AlreadyExists, match="'raced' already exists"):
         await asyncio.to_thread(providers.create_provider, service.running.db, SYSTEM, spec)
     assert len(await asyncio.to_thread(provider_rows, service)) == 1

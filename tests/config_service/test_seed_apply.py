@@ -9,10 +9,10 @@ from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
 from config_service.db.models import AuditEntry, Provider, ProviderKey
-from config_service.records import load_record
 from config_service.seed.apply import SeedConflict, apply
 from config_service.seed.env import parse_env
 from config_service.store.database import Database
+from config_service.store.records import load_record
 
 KEY_A = "sk-seed-AAAAAAAAAAAAAAAAAAAAAAAA"
 KEY_B = "sk-seed-BBBBBBBBBBBBBBBBBBBBBBBB"

@@ -7,12 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aibridge.masking import Secret
-from config_service.seed.env import (
-    DEFAULT_ANTHROPIC_BASE_URL,
+from aibridge.rulebook import (
     DEFAULT_BEDROCK_MODEL,
     DEFAULT_BEDROCK_SMALL_FAST_MODEL,
-    DEFAULT_OPENAI_BASE_URL,
-    PROVIDER_TYPES,
+    TYPES,
+)
+from config_service.seed.env import (
     ProviderSeed,
     SeedConfigError,
     SeedPlan,
@@ -73,15 +73,17 @@ ERROR_CASES = [
     pytest.param({f"{P}X_TYPE": "openai"}, [f"{P}X_TYPE", "whole number"], id="non-numeric"),
     pytest.param({f"{P}-1_TYPE": "openai"}, [f"{P}-1_TYPE", "whole number"], id="negative"),
     pytest.param({f"{P}01_TYPE": "openai"}, [f"{P}01_TYPE", "leading zeros"], id="leading-zero"),
-    pytest.param({f"{P}0_KEY": K1}, [f"{P}0_TYPE is required", "openai"], id="missing-type"),
+    pytest.param(
+        {f"{P}0_KEY": K1}, [f"{P}0_TYPE: type is required: one of openai"], id="missing-type"
+    ),
     pytest.param(
         {f"{P}0_TYPE": "gemini"},
-        ["unknown type 'gemini'", "valid types are: openai, anthropic, bedrock", "copilot"],
+        [f"{P}0_TYPE: type must be one of openai, anthropic, bedrock", "copilot"],
         id="unknown-type",
     ),
     pytest.param(
         {f"{P}0_TYPE": "openai", f"{P}0_NAME": "My_OpenAI"},
-        [f"{P}0_NAME", "invalid provider name 'My_OpenAI'"],
+        [f"{P}0_NAME: name must match ^[a-z0-9]+(-[a-z0-9]+)*$"],
         id="invalid-name",
     ),
     pytest.param(
@@ -101,42 +103,42 @@ ERROR_CASES = [
     ),
     pytest.param(
         {f"{P}0_TYPE": "openai", f"{P}0_KEYS": ",".join(f"{K1}{i}" for i in range(6))},
-        [f"{P}0_KEYS", "too many keys (6), maximum is 5"],
+        [f"{P}0_KEYS: keys at most 5 keys per provider, got 6"],
         id="too-many-keys",
     ),
     pytest.param(
         {f"{P}0_TYPE": "openai", f"{P}0_KEYS": f"{K1},,{K2}"},
-        ["key at index 1 is empty"],
+        [f"{P}0_KEYS: keys[1] is empty"],
         id="empty-key",
     ),
     pytest.param(
         {f"{P}0_TYPE": "openai", f"{P}0_KEYS": f"{K1},{K2}, {K1}"},
-        ["duplicate key at index 2"],
+        [f"{P}0_KEYS: keys[2] duplicate key (same as keys[0])"],
         id="duplicate-key",
     ),
     pytest.param(
         {f"{P}0_TYPE": "openai", f"{P}0_BEDROCK_REGION": "us-east-1"},
-        ["BEDROCK_* fields", f"{P}0_BEDROCK_REGION", "anthropic or bedrock", "not openai"],
+        [f"{P}0_BEDROCK_*: bedrock Bedrock settings", "anthropic and bedrock, not openai"],
         id="bedrock-on-openai",
     ),
     pytest.param(
         {f"{P}0_TYPE": "anthropic", f"{P}0_KEY": K1, f"{P}0_BEDROCK_REGION": "us-east-1"},
-        [f"{P}0_KEY and BEDROCK_* fields are mutually exclusive"],
+        [f"{P}0_KEY: keys a Bedrock-backed provider takes no API keys"],
         id="key-with-bedrock",
     ),
     pytest.param(
         {f"{P}0_TYPE": "bedrock", f"{P}0_KEY": K1},
-        ["KEY/KEYS are not supported for TYPE bedrock"],
+        [f"{P}0_KEY: keys type bedrock takes no API keys", "AWS credentials"],
         id="key-on-bedrock",
     ),
     pytest.param(
         {f"{P}0_TYPE": "copilot", f"{P}0_KEYS": K1},
-        [f"{P}0_KEYS", "KEY/KEYS are not supported for TYPE copilot", "GitHub"],
+        [f"{P}0_KEYS: keys type copilot takes no API keys", "each user's own token"],
         id="key-on-copilot",
     ),
     pytest.param(
         {f"{P}0_TYPE": "bedrock"},
-        ["requires BEDROCK_* fields", f"{P}0_BEDROCK_REGION"],
+        [f"{P}0_BEDROCK_REGION: bedrock.region is required for a Bedrock provider"],
         id="bedrock-without-fields",
     ),
     pytest.param(
@@ -145,7 +147,7 @@ ERROR_CASES = [
             f"{P}0_BEDROCK_REGION": "us-east-1",
             f"{P}0_BEDROCK_ACCESS_KEY": AK,
         },
-        [f"{P}0_BEDROCK_ACCESS_KEY is set without {P}0_BEDROCK_ACCESS_KEY_SECRET"],
+        [f"{P}0_BEDROCK_ACCESS_KEY_SECRET: bedrock.access_key_secret is required with"],
         id="access-key-without-secret",
     ),
     pytest.param(
@@ -154,23 +156,23 @@ ERROR_CASES = [
             f"{P}0_BEDROCK_REGION": "us-east-1",
             f"{P}0_BEDROCK_ACCESS_KEY_SECRET": SK,
         },
-        [f"{P}0_BEDROCK_ACCESS_KEY_SECRET is set without {P}0_BEDROCK_ACCESS_KEY;"],
+        [f"{P}0_BEDROCK_ACCESS_KEY: bedrock.access_key is required with"],
         id="secret-without-access-key",
     ),
     pytest.param(
         {f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": "api.openai.com/v1"},
-        [f"{P}0_BASE_URL must be an absolute http(s) URL"],
+        [f"{P}0_BASE_URL: base_url must be an absolute http(s) URL"],
         id="relative-base-url",
     ),
     pytest.param(
         {f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": "ftp://example.com/"},
-        [f"{P}0_BASE_URL must be an absolute http(s) URL"],
+        [f"{P}0_BASE_URL: base_url must be an absolute http(s) URL"],
         id="non-http-base-url",
     ),
     *(
         pytest.param(
             {f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": url},
-            [f"{P}0_BASE_URL must be an absolute http(s) URL"],
+            [f"{P}0_BASE_URL: base_url "],
             id=f"malformed-base-url-{i}",
         )
         for i, url in enumerate(["http://[::1", "https://h:99999/", "https:///v1", "http://a b/"])
@@ -201,17 +203,17 @@ ERROR_CASES = [
     ),
     pytest.param(
         {"AIBRIDGE_BEDROCK_REGION": "us-east-1", "AIBRIDGE_BEDROCK_ACCESS_KEY": AK},
-        ["AIBRIDGE_BEDROCK_ACCESS_KEY is set without AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET"],
+        ["AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET: bedrock.access_key_secret is required with"],
         id="legacy-bedrock-half-credentials",
     ),
     pytest.param(
         {"AIBRIDGE_OPENAI_KEY": K1, "AIBRIDGE_OPENAI_BASE_URL": "not a url"},
-        ["AIBRIDGE_OPENAI_BASE_URL must be an absolute http(s) URL"],
+        ["AIBRIDGE_OPENAI_BASE_URL: base_url must be an absolute http(s) URL"],
         id="legacy-bad-base-url",
     ),
     pytest.param(
         {"AIBRIDGE_ANTHROPIC_KEY": f"{K1},{K1}"},
-        ["AIBRIDGE_ANTHROPIC_KEY: duplicate key at index 1"],
+        ["AIBRIDGE_ANTHROPIC_KEY: keys[1] duplicate key (same as keys[0])"],
         id="legacy-duplicate-key",
     ),
     pytest.param(
@@ -231,12 +233,12 @@ ERROR_CASES = [
     ),
     pytest.param(
         {f"{P}0_TYPE": "bedrock", f"{P}0_BEDROCK_BASE_URL": "https://bedrock.corp.example/"},
-        ["Bedrock needs", f"{P}0_BEDROCK_REGION", "signed"],
+        [f"{P}0_BEDROCK_REGION: bedrock.region is required", "signed"],
         id="bedrock-base-url-without-region",
     ),
     pytest.param(
         {f"{P}0_TYPE": "bedrock", f"{P}0_BEDROCK_REGION": "Virginia"},
-        ["'Virginia' is not an AWS region"],
+        [f"{P}0_BEDROCK_REGION: bedrock.region is not an AWS region"],
         id="bad-region",
     ),
     pytest.param(
@@ -245,7 +247,7 @@ ERROR_CASES = [
             f"{P}0_BEDROCK_REGION": "us-east-1",
             f"{P}0_BEDROCK_ROLE_ARN": "x",
         },
-        [f"{P}0_BEDROCK_ROLE_ARN must be an IAM role ARN"],
+        [f"{P}0_BEDROCK_ROLE_ARN: bedrock.role_arn must be an IAM role ARN"],
         id="bad-role-arn",
     ),
     pytest.param(
@@ -270,7 +272,7 @@ ERROR_CASES = [
     *(
         pytest.param(
             {f"{P}0_TYPE": ptype, f"{P}0_KEY": K1},
-            [f"{P}0_BASE_URL is required for TYPE {ptype}"],
+            [f"{P}0_BASE_URL: base_url is required for type {ptype} (it has no default)"],
             id=f"base-url-required-{ptype}",
         )
         for ptype in ("azure", "google", "openai-compat", "openrouter", "vercel")
@@ -299,8 +301,8 @@ def test_every_problem_is_reported_at_once() -> None:
             f"{P}3_TYPE": "nope",
         }
     )
-    expected = ["mutually exclusive", "PROVIDER_2_*", "invalid provider name", "TYPE is required"]
-    expected += ["duplicate key at index 1", "unknown type 'nope'"]
+    expected = ["mutually exclusive", "PROVIDER_2_*", "name must match", "type is required"]
+    expected += ["keys[1] duplicate key", "type must be one of"]
     for fragment in expected:
         assert any(fragment in p for p in problems), (fragment, problems)
 
@@ -321,7 +323,7 @@ def test_legacy_openai_key_seeds_openai_with_default_base_url() -> None:
         name="openai",
         type="openai",
         display_name="openai",
-        base_url=DEFAULT_OPENAI_BASE_URL,
+        base_url=TYPES["openai"].default_base_url,
         keys=(Secret(K1),),
         bedrock=None,
         source="AIBRIDGE_OPENAI_*",
@@ -349,7 +351,7 @@ def test_legacy_anthropic_key_seeds_anthropic() -> None:
     assert (provider.name, provider.type, provider.base_url) == (
         "anthropic",
         "anthropic",
-        DEFAULT_ANTHROPIC_BASE_URL,
+        TYPES["anthropic"].default_base_url,
     )
     assert provider.keys == (Secret(K1),)
 
@@ -392,9 +394,9 @@ def test_indexed_defaults() -> None:
     env = {f"{P}0_TYPE": "openai", f"{P}1_TYPE": "Anthropic", f"{P}2_TYPE": "copilot"}
     providers = {p.name: p for p in _plan(env).providers}
     assert {n: (p.type, p.display_name, p.base_url) for n, p in providers.items()} == {
-        "anthropic": ("anthropic", "anthropic", DEFAULT_ANTHROPIC_BASE_URL),
+        "anthropic": ("anthropic", "anthropic", TYPES["anthropic"].default_base_url),
         "copilot": ("copilot", "copilot", "https://api.individual.githubcopilot.com"),
-        "openai": ("openai", "openai", DEFAULT_OPENAI_BASE_URL),
+        "openai": ("openai", "openai", TYPES["openai"].default_base_url),
     }
     assert providers["openai"].source == f"{P}0_*"
 
@@ -535,7 +537,7 @@ _SECRET = st.from_regex(r"\AsEcReT[0-9a-f]{12}\Z")
 _URLS = ["https://x.example/v1/", "http://[::1", "https://h:99999/", "ftp://x/", "x", ""]
 _URLS += ["https://bedrock-runtime.us-east-1.amazonaws.com", "http://[::1]:8080/"]
 _PLAIN = st.one_of(
-    st.sampled_from([*PROVIDER_TYPES, "OpenAI", "nope", "my-prov", "Bad Name", " ", ""]),
+    st.sampled_from([*tuple(TYPES), "OpenAI", "nope", "my-prov", "Bad Name", " ", ""]),
     st.sampled_from([*_URLS, "us-east-1", "Virginia", "arn:aws:iam::123456789012:role/r"]),
     st.text(max_size=12).filter(lambda s: "sEcReT" not in s),
 )

@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -38,6 +37,7 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.config.v1 import token_pb2
+from aibridge.rulebook import NAME_RE
 from tests.fixtures.services import (
     ADMIN_TOKEN,
     BRIDGE_TOKEN,
@@ -50,7 +50,6 @@ from tests.fixtures.services import (
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 BRIDGE_MD = (("authorization", f"Bearer {BRIDGE_TOKEN}"),)
 PROXY_MD = (("authorization", f"Bearer {PROXY_TOKEN}"),)
-NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def free_port() -> int:

@@ -25,14 +25,15 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from aibridge.config.v1 import provider_pb2 as pb
+from aibridge.rulebook import MAX_KEYS, MAX_NAME_LENGTH
 from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
 from config_service.db.models import Provider, ProviderKey
-from config_service.records import load_record
 from config_service.seed.apply import SeedConflict, apply
 from config_service.seed.env import SeedConfigError, parse_env
 from config_service.store.database import Database
+from config_service.store.records import load_record
 from tests.resilience.harness import (
     NAME_RE,
     Admin,
@@ -190,7 +191,7 @@ def check_seeded(db: Database, env: dict[str, str], created: tuple[str, ...]) ->
         assert sorted(live) == sorted(created)
         assert len(set(live)) == len(live)
         for row in rows:
-            assert NAME_RE.match(row.name) and len(row.name) <= 63
+            assert NAME_RE.match(row.name) and len(row.name) <= MAX_NAME_LENGTH
             keys = (
                 session.execute(
                     select(ProviderKey)
@@ -200,7 +201,7 @@ def check_seeded(db: Database, env: dict[str, str], created: tuple[str, ...]) ->
                 .scalars()
                 .all()
             )
-            assert len(keys) <= 5
+            assert len(keys) <= MAX_KEYS
             record = load_record(row, list(keys), db.cipher)
             assert not record.problems, record.problems
             assert [k.secret for k in record.keys] == [s.value for s in plan[row.name].keys]

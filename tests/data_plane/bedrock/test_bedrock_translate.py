@@ -11,7 +11,6 @@ from aibridge.config.v1 import provider_pb2
 from aibridge.masking import Secret
 from data_plane.bedrock import BedrockConfig
 from data_plane.bedrock.translate import bedrock_body, bedrock_model_id, beta_flags, map_error
-from data_plane.errors import BedrockConfigError
 
 
 @pytest.mark.parametrize(
@@ -116,38 +115,33 @@ def test_error_mapping_table(aws_type: str | None, status: int, expected: tuple[
     assert map_error(aws_type, status) == expected
 
 
-def test_config_defaults_and_validation() -> None:
-    """The endpoint defaults from the region; half a key pair or a bad region is refused."""
+def test_config_endpoint_defaults_from_the_region() -> None:
+    """The endpoint defaults from the region; a given base URL wins, without its slash."""
     cfg = BedrockConfig(region="eu-west-3")
     assert cfg.endpoint == "https://bedrock-runtime.eu-west-3.amazonaws.com"
     assert not cfg.has_static_credentials
     assert BedrockConfig(region="us-east-1", base_url="http://proxy:8080/b/").endpoint == (
         "http://proxy:8080/b"
     )
-    with pytest.raises(BedrockConfigError, match="together"):
-        BedrockConfig(region="us-east-1", access_key=Secret("AKIA"))
-    with pytest.raises(BedrockConfigError, match="region"):
-        BedrockConfig(region="")
-    with pytest.raises(BedrockConfigError, match="region"):
-        BedrockConfig(region="evil.com/x")
 
 
-def test_config_from_snapshot_settings() -> None:
-    """Snapshot settings build a config: empty strings unset, region from URL or the bridge's default."""
+def test_config_from_snapshot_settings_takes_them_as_they_are() -> None:
+    """Snapshot settings build a config as sent: the config service filled in the defaults."""
     settings = provider_pb2.BedrockSettings(
-        access_key="AKIAFROMSNAPSHOT0001", access_key_secret="shh-secret-value-123"
+        region="ap-south-1",
+        model="m-large",
+        small_fast_model="m-small",
+        access_key="AKIAFROMSNAPSHOT0001",
+        access_key_secret="shh-secret-value-123",
     )
-    cfg = BedrockConfig.from_settings("", settings, "ap-south-1")
-    assert cfg.region == "ap-south-1"
-    assert cfg.base_url is None
-    assert cfg.model.startswith("global.anthropic.claude-sonnet")
+    url = "https://bedrock-runtime.ap-south-1.amazonaws.com"
+    cfg = BedrockConfig.from_settings(url, settings)
+    assert (cfg.region, cfg.model, cfg.small_fast_model) == ("ap-south-1", "m-large", "m-small")
+    assert cfg.endpoint == url
     assert cfg.access_key == Secret("AKIAFROMSNAPSHOT0001")
     assert "shh-secret-value-123" not in repr(cfg)
-    url = "https://bedrock-runtime.us-west-2.amazonaws.com"
     cfg = BedrockConfig.from_settings(url, provider_pb2.BedrockSettings(role_arn="arn:r"))
-    assert (cfg.region, cfg.role_arn, cfg.access_key) == ("us-west-2", "arn:r", None)
-    anthropic_row = provider_pb2.BedrockSettings(region="eu-west-1")
-    cfg = BedrockConfig.from_settings("https://api.anthropic.com/", anthropic_row)
-    assert cfg.endpoint == "https://bedrock-runtime.eu-west-1.amazonaws.com"
-    with pytest.raises(BedrockConfigError):
-        BedrockConfig.from_settings("", provider_pb2.BedrockSettings(role_arn="arn:r"))
+    assert (cfg.role_arn, cfg.access_key) == ("arn:r", None)
+    # The bridge's own AWS_REGION setting serves only a snapshot that sent no region.
+    cfg = BedrockConfig.from_settings(url, provider_pb2.BedrockSettings(), "eu-north-1")
+    assert cfg.region == "eu-north-1"

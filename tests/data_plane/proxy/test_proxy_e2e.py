@@ -29,6 +29,7 @@ import pytest
 from dp_fakes import KEY_A, KEY_B, FakeUpstream
 from proxy_fakes import Echo
 
+from aibridge import rulebook
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.config.v1 import provider_admin_service_pb2 as pa
@@ -337,13 +338,13 @@ def _store_call(database_url: str, action: str) -> None:
     from config_service.crypto import Cipher
     from config_service.db.engine import make_engine
     from config_service.rbac import SYSTEM
-    from config_service.store import provider_input, providers
+    from config_service.store import providers
     from config_service.store.database import Database
 
     db = Database(make_engine(database_url), Cipher())
     try:
         if action == "create":
-            spec = provider_input.NewProvider(
+            spec = rulebook.ProviderSpec(
                 name="extra", type="openai", base_url=f"https://{EXTRA_HOST}/v1/", keys=(KEY_B,)
             )
             providers.create_provider(db, SYSTEM, spec)

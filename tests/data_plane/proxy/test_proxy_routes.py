@@ -66,15 +66,16 @@ def test_disabled_and_error_providers_are_not_intercepted() -> None:
     assert table.providers["a"][1] == "disabled" and table.providers["b"][1] == "error"
 
 
-def test_unparseable_base_urls_are_reported_and_defaults_apply() -> None:
-    """A base URL without a hostname is reported; an empty one uses the type's default."""
+def test_unparseable_base_urls_are_reported_and_empty_ones_not_intercepted() -> None:
+    """A base URL without a hostname is reported; an empty one (only Bedrock is enabled
+    without one, the config service fills in every other type's default) is not intercepted."""
     table, errors = build_table(
         snapshot(
             "1",
             [
                 provider("bad", OPENAI, "not a url"),
                 provider("broken", OPENAI, "https://[::1/v1"),
-                provider("default", OPENAI, ""),
+                provider("good", OPENAI, "https://api.openai.com/v1/"),
                 provider("rock", pb.PROVIDER_TYPE_BEDROCK, ""),
             ],
         )

@@ -9,39 +9,19 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from config_service.db.models import PROVIDER_TYPES, ROLES, UTCDateTime
+from aibridge.rulebook import MAX_NAME_LENGTH
+from config_service.db.models import (
+    MAX_KEYS_SQL,
+    NAME_CHECK,
+    PROVIDER_TYPES,
+    ROLES,
+    UTCDateTime,
+)
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
-
-# ^[a-z0-9]+(-[a-z0-9]+)*$ — SQLite has no regex operator, so there it is spelled with GLOB.
-_NAME_CHECK = {
-    "postgresql": "name ~ '^[a-z0-9]+(-[a-z0-9]+)*$'",
-    "sqlite": (
-        "name <> '' AND name NOT GLOB '*[^a-z0-9-]*' AND name NOT GLOB '-*' "
-        "AND name NOT GLOB '*-' AND name NOT GLOB '*--*'"
-    ),
-}
-
-_PG_MAX_KEYS = """
-CREATE FUNCTION provider_keys_max_5() RETURNS trigger AS $$
-BEGIN
-  IF (SELECT count(*) FROM provider_keys WHERE provider_id = NEW.provider_id) >= 5 THEN
-    RAISE EXCEPTION 'provider_keys: at most 5 keys per provider' USING ERRCODE = 'check_violation';
-  END IF;
-  RETURN NEW;
-END $$ LANGUAGE plpgsql;
-CREATE TRIGGER provider_keys_max_5 BEFORE INSERT ON provider_keys
-  FOR EACH ROW EXECUTE FUNCTION provider_keys_max_5();
-"""
-
-_SQLITE_MAX_KEYS = """
-CREATE TRIGGER provider_keys_max_5 BEFORE INSERT ON provider_keys
-WHEN (SELECT count(*) FROM provider_keys WHERE provider_id = NEW.provider_id) >= 5
-BEGIN SELECT RAISE(ABORT, 'provider_keys: at most 5 keys per provider'); END;
-"""
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -54,7 +34,7 @@ def upgrade() -> None:
         "providers",
         sa.Column("id", sa.String(36), primary_key=True),
         sa.Column("type", sa.String(32), nullable=False),
-        sa.Column("name", sa.String(63), nullable=False),
+        sa.Column("name", sa.String(MAX_NAME_LENGTH), nullable=False),
         sa.Column("display_name", sa.String(200), nullable=False, server_default=""),
         sa.Column("enabled", sa.Boolean(), nullable=False, server_default=sa.true()),
         sa.Column("deleted", sa.Boolean(), nullable=False, server_default=sa.false()),
@@ -63,7 +43,7 @@ def upgrade() -> None:
         sa.Column("settings_key_id", sa.String(64), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
-        sa.CheckConstraint(_NAME_CHECK[dialect], name="providers_name_check"),
+        sa.CheckConstraint(NAME_CHECK[dialect], name="providers_name_check"),
         sa.CheckConstraint(_in("type", PROVIDER_TYPES), name="providers_type_check"),
     )
     op.create_index(
@@ -89,7 +69,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
     )
     op.create_index("ix_provider_keys_provider_id", "provider_keys", ["provider_id"])
-    op.execute(_PG_MAX_KEYS if dialect == "postgresql" else _SQLITE_MAX_KEYS)
+    op.execute(MAX_KEYS_SQL[dialect])
     op.create_table(
         "principals",
         sa.Column("id", sa.String(36), primary_key=True),

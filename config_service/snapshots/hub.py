@@ -23,9 +23,9 @@ from typing import TypeVar
 from aibridge.logs import get_logger
 from config_service.errors import ConfigError
 from config_service.rbac import Scope, Subject
-from config_service.snapshot import SnapshotEntry, build
+from config_service.snapshots.snapshot import SnapshotEntry, build
+from config_service.snapshots.state import load_state
 from config_service.store.database import Database
-from config_service.store.state import load_state
 
 log = get_logger("aibridge.config.hub")
 T = TypeVar("T")

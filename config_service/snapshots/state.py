@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from config_service.db.models import Principal, Provider, ProviderKey, Revision, Token
+from config_service.db.models import Principal, Revision, Token
 from config_service.rbac import Role
-from config_service.records import ProviderRecord, load_record
 from config_service.store.database import Database
+from config_service.store.records import ProviderRecord, live_providers, load_record
 
 
 @dataclass(frozen=True)
@@ -31,25 +30,6 @@ class State:
     revision: int
     providers: tuple[ProviderRecord, ...]  # live rows, sorted by name
     tokens: tuple[TokenEntry, ...]  # every live token, all roles
-
-
-def live_providers(session: Session) -> tuple[list[Provider], dict[str, list[ProviderKey]]]:
-    """The live (not deleted) provider rows sorted by name, and their keys by provider id.
-
-    Order is decided here, by code point, never by SQL ORDER BY on a text column: that
-    follows the database's collation (en_US sorts 'openai' before 'open-router', code
-    point order the other way round), and the snapshot's order is part of the contract.
-    Key order within a provider is the pool order, applied by `load_record`.
-    """
-    rows = list(session.execute(select(Provider).where(Provider.deleted.is_(False))).scalars())
-    rows.sort(key=lambda row: row.name)
-    keys: dict[str, list[ProviderKey]] = {row.id: [] for row in rows}
-    if rows:
-        for key in session.execute(
-            select(ProviderKey).where(ProviderKey.provider_id.in_(list(keys)))
-        ).scalars():
-            keys[key.provider_id].append(key)
-    return rows, keys
 
 
 def load_state(db: Database) -> State:

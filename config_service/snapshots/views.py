@@ -14,9 +14,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aibridge.config.v1 import provider_pb2
 from aibridge.masking import mask_secret
-from config_service.provider_types import BEDROCK_CAPABLE, KEYLESS, TO_PROTO, base_url_problem
+from aibridge.rulebook import REGION_RE, TYPES, Bedrock, url_problem
 from config_service.rbac import Scope
-from config_service.records import ProviderRecord
+from config_service.store.records import ProviderRecord
 
 ENABLED = provider_pb2.PROVIDER_STATUS_ENABLED
 DISABLED = provider_pb2.PROVIDER_STATUS_DISABLED
@@ -24,8 +24,11 @@ ERROR = provider_pb2.PROVIDER_STATUS_ERROR
 
 
 def uses_bedrock(record: ProviderRecord) -> bool:
-    return record.type == "bedrock" or (
-        record.type in BEDROCK_CAPABLE
+    """Served through Bedrock: the one place this is decided (the snapshot carries
+    `bedrock` settings exactly for these providers)."""
+    capability = TYPES[record.type].bedrock
+    return capability is Bedrock.ALWAYS or (
+        capability is Bedrock.OPTIONAL
         and record.bedrock is not None
         and record.bedrock.is_configured
     )
@@ -37,15 +40,20 @@ def evaluate(record: ProviderRecord, allow_byok: bool) -> tuple[int, str]:
         return DISABLED, ""
     if record.problems:
         return ERROR, "; ".join(record.problems)
-    problem = base_url_problem(record.base_url) if record.base_url else None
+    problem = url_problem(record.base_url) if record.base_url else None
     if problem:
         return ERROR, f"base URL {problem}"
     if uses_bedrock(record):
         bedrock = record.bedrock
         if bedrock is None or not bedrock.is_configured:
             return ERROR, "bedrock provider has no region, role or credentials configured"
-        if not bedrock.region and not record.base_url:
-            return ERROR, "bedrock provider needs a region (or a base URL)"
+        if not REGION_RE.match(bedrock.region):
+            return ERROR, "bedrock provider needs an AWS region (e.g. us-east-1)"
+        if record.base_url == TYPES[record.type].default_base_url:
+            return ERROR, (
+                "bedrock provider's base URL is its type's non-Bedrock default; "
+                "update base_url to '' (the region's Bedrock endpoint)"
+            )
         if bool(bedrock.access_key) != bool(bedrock.access_key_secret):
             return ERROR, "bedrock access key and secret must be set together"
         if not bedrock.model or not bedrock.small_fast_model:
@@ -53,7 +61,7 @@ def evaluate(record: ProviderRecord, allow_byok: bool) -> tuple[int, str]:
         return ENABLED, ""
     if not record.base_url:
         return ERROR, "no base URL configured"
-    if record.type in KEYLESS:
+    if TYPES[record.type].keyless_because:
         return ENABLED, ""
     if not record.keys and not allow_byok:
         return ERROR, "no API keys configured and BYOK is disabled (AIBRIDGE_ALLOW_BYOK=false)"
@@ -73,7 +81,7 @@ def render(record: ProviderRecord, scope: Scope, status: int, reason: str) -> pr
         id=record.id,
         name=record.name,
         display_name=record.display_name,
-        type=TO_PROTO[record.type],
+        type=TYPES[record.type].wire,
         base_url=record.base_url,
         status=status,  # type: ignore[arg-type]
         status_reason=reason,
@@ -91,7 +99,7 @@ def render(record: ProviderRecord, scope: Scope, status: int, reason: str) -> pr
                 created_at=_ts(key.created_at),
             )
     bedrock = record.bedrock
-    if bedrock is not None and record.type in BEDROCK_CAPABLE:
+    if bedrock is not None and uses_bedrock(record):
         proto.bedrock.region = bedrock.region
         proto.bedrock.model = bedrock.model
         proto.bedrock.small_fast_model = bedrock.small_fast_model
@@ -103,27 +111,3 @@ def render(record: ProviderRecord, scope: Scope, status: int, reason: str) -> pr
         if scope is not Scope.PROXY:
             proto.bedrock.access_key_hint = mask_secret(bedrock.access_key)
     return proto
-
-
-def audit_view(record: ProviderRecord) -> dict[str, Any]:
-    """A provider as the audit log records it: every secret masked."""
-    view: dict[str, Any] = {
-        "id": record.id,
-        "name": record.name,
-        "display_name": record.display_name,
-        "type": record.type,
-        "base_url": record.base_url,
-        "enabled": record.enabled,
-        "keys": [{"id": k.id, "hint": k.hint} for k in record.keys],
-    }
-    if record.bedrock is not None:
-        b = record.bedrock
-        view["bedrock"] = {
-            "region": b.region,
-            "model": b.model,
-            "small_fast_model": b.small_fast_model,
-            "role_arn": b.role_arn,
-            "access_key": mask_secret(b.access_key),
-            "access_key_secret": "***" if b.access_key_secret else "",
-        }
-    return view

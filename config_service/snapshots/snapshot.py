@@ -19,8 +19,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import token_pb2
 from config_service.rbac import POLICY, Action, Role, Scope
-from config_service.store.state import State
-from config_service.views import evaluate, render
+from config_service.snapshots.state import State
+from config_service.snapshots.views import evaluate, render
 
 SCOPE_TO_PROTO = {
     Scope.BRIDGE: pb.SNAPSHOT_SCOPE_BRIDGE,

@@ -1,8 +1,9 @@
 """Providers as the service works with them: rows decoded and (when allowed) decrypted.
 
-A `ProviderRecord` is immutable and holds everything any scope may need; the views
-module decides what each scope sees. Decoding never raises: a row that cannot be
-decrypted or decoded becomes a record with `problems`, reported as status ERROR.
+A `ProviderRecord` is immutable and holds everything any scope may need; the snapshot
+views (`config_service.snapshots.views`) decide what each scope sees, and `audit_view` is
+what the audit log records. Decoding never raises: a row that cannot be decrypted or
+decoded becomes a record with `problems`, reported as status ERROR.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from aibridge.masking import mask_secret
 from config_service.crypto import Cipher, DecryptError
@@ -167,3 +171,46 @@ def load_record(
         problems=tuple(problems),
         etag=provider_etag(row, keys),
     )
+
+
+def audit_view(record: ProviderRecord) -> dict[str, Any]:
+    """A provider as the audit log records it: every secret masked."""
+    view: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "display_name": record.display_name,
+        "type": record.type,
+        "base_url": record.base_url,
+        "enabled": record.enabled,
+        "keys": [{"id": k.id, "hint": k.hint} for k in record.keys],
+    }
+    if record.bedrock is not None:
+        b = record.bedrock
+        view["bedrock"] = {
+            "region": b.region,
+            "model": b.model,
+            "small_fast_model": b.small_fast_model,
+            "role_arn": b.role_arn,
+            "access_key": mask_secret(b.access_key),
+            "access_key_secret": "***" if b.access_key_secret else "",
+        }
+    return view
+
+
+def live_providers(session: Session) -> tuple[list[Provider], dict[str, list[ProviderKey]]]:
+    """The live (not deleted) provider rows sorted by name, and their keys by provider id.
+
+    Order is decided here, by code point, never by SQL ORDER BY on a text column: that
+    follows the database's collation (en_US sorts 'openai' before 'open-router', code
+    point order the other way round), and the snapshot's order is part of the contract.
+    Key order within a provider is the pool order, applied by `load_record`.
+    """
+    rows = list(session.execute(select(Provider).where(Provider.deleted.is_(False))).scalars())
+    rows.sort(key=lambda row: row.name)
+    keys: dict[str, list[ProviderKey]] = {row.id: [] for row in rows}
+    if rows:
+        for key in session.execute(
+            select(ProviderKey).where(ProviderKey.provider_id.in_(list(keys)))
+        ).scalars():
+            keys[key.provider_id].append(key)
+    return rows, keys
