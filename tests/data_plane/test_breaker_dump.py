@@ -195,8 +195,12 @@ async def test_dump_of_an_upstream_transport_error(
         )
     assert response.status_code == 502
     folder = tmp_path / "openai" / "gpt-test"
-    await eventually(lambda: folder.is_dir() and len(list(folder.iterdir())) == 2, within=2)
-    request, error = sorted(folder.iterdir())
+
+    def written() -> list[Path]:  # a dump is a .partial file until it is renamed
+        return sorted(p for p in folder.glob("*.txt")) if folder.is_dir() else []
+
+    await eventually(lambda: len(written()) == 2, within=2)
+    request, error = written()
     assert request.name.endswith(".req.txt") and error.name.endswith(".req_error.txt")
     assert request.name.removesuffix(".req.txt") == error.name.removesuffix(".req_error.txt")
     assert error.read_text().startswith("ConnectError: ")
