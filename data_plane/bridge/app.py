@@ -63,13 +63,19 @@ class _BudgetFull(Exception):
     pass
 
 
+class _BodyLate(Exception):
+    pass
+
+
 class BodyBudget:
-    """Request body bytes held by all requests at once: at most `limit`."""
+    """Request body bytes held by all requests at once: at most `limit`, taken as they
+    arrive; a body must arrive whole within `timeout` seconds."""
 
-    __slots__ = ("held", "limit")
+    __slots__ = ("held", "limit", "timeout")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, timeout: float) -> None:
         self.limit = limit
+        self.timeout = timeout
         self.held = 0
 
 
@@ -336,6 +342,14 @@ class BridgeApp:
                     "body_buffer_full",
                     ((b"retry-after", b"1"),),
                 )
+            except _BodyLate:
+                return await self._error(
+                    send,
+                    family,
+                    408,
+                    f"the request body did not arrive within {self.body_budget.timeout:g}s",
+                    "request_timeout",
+                )
             except _Disconnected:
                 return None
             drop = _DROP_REQUEST if own_key else _DROP_REQUEST | _CREDENTIALS
@@ -380,25 +394,31 @@ class BridgeApp:
 
     @staticmethod
     async def _read_body(receive: Receive, content_length: bytes | None, hold: _Hold) -> bytes:
-        """The whole body, its size taken from the budget as declared, else as it arrives."""
-        if content_length is not None and content_length.isdigit():
-            if int(content_length) > MAX_BODY:
-                raise _TooLarge
-            hold.grow_to(int(content_length))
+        """The whole body, its size taken from the budget as it arrives (not as declared)."""
+        if (
+            content_length is not None
+            and content_length.isdigit()
+            and int(content_length) > MAX_BODY
+        ):
+            raise _TooLarge
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise _TooLarge
-            hold.grow_to(size)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(hold.budget.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise _TooLarge
+                    hold.grow_to(size)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise _BodyLate from None
 
     def _inspect(self, call: Call) -> None:
         try:
