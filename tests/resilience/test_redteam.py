@@ -166,11 +166,6 @@ async def test_proxy_request_bodies_are_bounded_in_total(
             writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ListSubscribers answers every stream's report in one message: three reports at the "
-    "accepted bounds (1000 errors x 2000 characters) exceed the 4 MiB a client receives",
-)
 async def test_reports_within_the_bounds_do_not_break_list_subscribers(
     procs: Procs, sqlite_url: str
 ) -> None:
