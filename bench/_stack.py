@@ -24,9 +24,10 @@ from typing import Any, TextIO, cast
 import httptools
 
 AIBRIDGE = str(Path(sys.executable).parent / "aibridge")
-ADMIN = "bench-admin-token-0123456789abcdef"
-BRIDGE = "bench-bridge-token-0123456789abcdef"
-PROXY = "bench-proxy-token-0123456789abcdef"
+# Bench-only bootstrap tokens, random enough for the config service's strength rule.
+ADMIN = "aib_bench_xWf2kg1YzfZc6NLmlMISZ_rq3PEClDv0dzhLpCM38DM"
+BRIDGE = "aib_bench_WV8kK5Ehc7z9l6Vg0c8j9fxSVhWJJBxx_8R6VDcdDwM"
+PROXY = "aib_bench_E_PA11G3IRgGmiWlddH7mwcJIlO0QdMlia7UQFS2YZo"
 UPSTREAM_KEY = "sk-bench-upstream-0123456789abcdef"
 PROVIDER = "fake"
 SSE_CHUNKS = 20

@@ -37,8 +37,8 @@ from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
 
-ADMIN = "bench-admin-token-0123456789abcdef"
-BRIDGE = "bench-bridge-token-0123456789abcdef"
+ADMIN = "aib_bench_xWf2kg1YzfZc6NLmlMISZ_rq3PEClDv0dzhLpCM38DM"
+BRIDGE = "aib_bench_WV8kK5Ehc7z9l6Vg0c8j9fxSVhWJJBxx_8R6VDcdDwM"
 
 
 def _drain(proc: subprocess.Popen[str]) -> None:
