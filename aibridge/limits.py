@@ -9,3 +9,8 @@ MAX_VERSION = 40
 MAX_REPORT_ERRORS = 1000
 MAX_REPORT_NAME = 200  # errors[].provider_name
 MAX_REPORT_TEXT = 2000  # errors[].message and error_detail
+# A report may carry MAX_REPORT_ERRORS errors; the config service keeps (and lists)
+# the first MAX_KEPT_ERRORS of them with their count, and answers ListSubscribers
+# within MAX_LIST_BYTES, under the 4 MiB a default gRPC client receives.
+MAX_KEPT_ERRORS = 20
+MAX_LIST_BYTES = 3 * 2**20

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from aibridge.limits import MAX_KEPT_ERRORS
 from config_service.rbac import Role
 
 
@@ -27,7 +28,8 @@ class SubscriberState:
     version_sent: str = ""
     version_acked: str = ""
     version_rejected: str = ""
-    errors: list[ProviderIssue] = field(default_factory=list)
+    errors: list[ProviderIssue] = field(default_factory=list)  # the first MAX_KEPT_ERRORS
+    errors_total: int = 0
     error_detail: str = ""
     last_report_at: datetime | None = None
 
@@ -87,7 +89,8 @@ class SubscriberRegistry:
                     state.version_acked = version
                 else:
                     state.version_rejected = version
-                state.errors = list(errors)
+                state.errors = errors[:MAX_KEPT_ERRORS]
+                state.errors_total = len(errors)
                 state.error_detail = detail
                 state.last_report_at = datetime.now(UTC)
         self.changes += 1

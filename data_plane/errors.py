@@ -9,6 +9,7 @@
     ├── BudgetFull                  the bridge holds too many request bodies at once (503)
     ├── ClientError                 the client's request ends here
     │   ├── TooLarge                its head or body is over the limit (431 / 413)
+    │   ├── BodyLate                its body did not arrive within the body timeout (408)
     │   └── ClientGone              it went away, or broke HTTP, before the request was in
     │       └── Silent              ... or sent (or read) nothing for too long
     └── EgressError                 the proxy will not or cannot reach the destination
@@ -55,6 +56,10 @@ class ClientError(DataPlaneError):
 
 
 class TooLarge(ClientError):
+    pass
+
+
+class BodyLate(ClientError):
     pass
 
 

@@ -72,7 +72,7 @@ def print_table(subscribers: Sequence[pb.Subscriber]) -> None:
             s.version_sent or "-",
             s.version_acked or "-",
             s.version_rejected or "-",
-            str(len(s.errors)) + (" +detail" if s.error_detail else ""),
+            str(max(s.errors_total, len(s.errors))) + (" +detail" if s.error_detail else ""),
         ]
         for s in subscribers
     ]
@@ -80,6 +80,8 @@ def print_table(subscribers: Sequence[pb.Subscriber]) -> None:
     for s in subscribers:
         for error in s.errors:
             print(f"  {escape(s.node_id)}: {escape(error.provider_name)}: {escape(error.message)}")
+        if s.errors_total > len(s.errors):
+            print(f"  {escape(s.node_id)}: ... {s.errors_total - len(s.errors)} more errors")
         if s.error_detail:
             print(f"  {escape(s.node_id)}: {escape(s.error_detail)}")
 
@@ -106,4 +108,10 @@ def main(argv: list[str], prog: str = PROG) -> int:
         print(json.dumps([subscriber_dict(s) for s in response.subscribers], indent=2))
     else:
         print_table(response.subscribers)
+    if response.subscribers_left_off:
+        print(
+            f"{prog}: {response.subscribers_left_off} more subscribers left off"
+            " (the answer is bounded in size)",
+            file=sys.stderr,
+        )
     return 0

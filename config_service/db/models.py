@@ -223,6 +223,7 @@ class SubscriberStatus(Base):
     version_acked: Mapped[str] = mapped_column(String(40))
     version_rejected: Mapped[str] = mapped_column(String(40))
     errors: Mapped[str] = mapped_column(Text)  # JSON list of {provider_name, message}
+    errors_total: Mapped[int] = mapped_column(Integer, server_default="0")
     error_detail: Mapped[str] = mapped_column(Text)
     last_report_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 

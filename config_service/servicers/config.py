@@ -14,6 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.limits import (
+    MAX_KEPT_ERRORS,
+    MAX_LIST_BYTES,
     MAX_NODE_ID,
     MAX_REPORT_ERRORS,
     MAX_REPORT_NAME,
@@ -223,8 +225,9 @@ class ConfigServicer:
         listed = [(self._replica_id, s) for s in self._registry.all()]
         if self._remote is not None:
             listed += [(r.replica_id, r.state) for r in await self._remote()]
+        size = 0
         for replica_id, s in listed:
-            response.subscribers.add(
+            subscriber = pb.Subscriber(
                 node_id=s.node_id,
                 role=ROLE_TO_PROTO[s.role],
                 peer=s.peer,
@@ -234,12 +237,18 @@ class ConfigServicer:
                 version_rejected=s.version_rejected,
                 errors=[
                     pb.ProviderError(provider_name=e.provider_name, message=e.message)
-                    for e in s.errors
+                    for e in s.errors[:MAX_KEPT_ERRORS]
                 ],
+                errors_total=s.errors_total,
                 error_detail=s.error_detail,
                 last_report_at=_ts(s.last_report_at),
                 replica_id=replica_id,
             )
+            size += subscriber.ByteSize() + 8  # the field's tag and length
+            if size > MAX_LIST_BYTES:
+                response.subscribers_left_off += 1
+            else:
+                response.subscribers.append(subscriber)
         return response
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]

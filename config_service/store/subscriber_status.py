@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
+from aibridge.limits import MAX_KEPT_ERRORS
 from config_service.db.models import Replica, SubscriberStatus, utcnow
 from config_service.rbac import Role
 from config_service.store.database import Database
@@ -47,7 +48,8 @@ def publish(db: Database, replica_id: str, states: list[SubscriberState]) -> Non
                 version_sent=s.version_sent,
                 version_acked=s.version_acked,
                 version_rejected=s.version_rejected,
-                errors=json.dumps([e.__dict__ for e in s.errors]),
+                errors=json.dumps([e.__dict__ for e in s.errors[:MAX_KEPT_ERRORS]]),
+                errors_total=s.errors_total,
                 error_detail=s.error_detail,
                 last_report_at=s.last_report_at,
             )
@@ -83,7 +85,8 @@ def others(db: Database, replica_id: str, fresh: timedelta) -> list[RemoteSubscr
                     version_sent=row.version_sent,
                     version_acked=row.version_acked,
                     version_rejected=row.version_rejected,
-                    errors=[ProviderIssue(**e) for e in json.loads(row.errors)],
+                    errors=[ProviderIssue(**e) for e in json.loads(row.errors)][:MAX_KEPT_ERRORS],
+                    errors_total=row.errors_total,
                     error_detail=row.error_detail,
                     last_report_at=row.last_report_at,
                 ),

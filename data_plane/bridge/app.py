@@ -31,7 +31,7 @@ from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.routing import EMPTY, RoutingTable
 from data_plane.bridge.transport import UpstreamTransport
 from data_plane.dump import Dumper
-from data_plane.errors import BudgetFull, ClientGone, TooLarge
+from data_plane.errors import BodyLate, BudgetFull, ClientGone, TooLarge
 from data_plane.gateway_auth import Principal, lookup
 
 log = get_logger(__name__)
@@ -58,12 +58,14 @@ _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 
 
 class BodyBudget:
-    """Request body bytes held by all requests at once: at most `limit`."""
+    """Request body bytes held by all requests at once: at most `limit`, taken as they
+    arrive; a body must arrive whole within `timeout` seconds."""
 
-    __slots__ = ("held", "limit")
+    __slots__ = ("held", "limit", "timeout")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, timeout: float) -> None:
         self.limit = limit
+        self.timeout = timeout
         self.held = 0
 
 
@@ -356,6 +358,9 @@ class BridgeApp:
                 "body_buffer_full",
                 ((b"retry-after", b"1"),),
             )
+        except BodyLate:
+            message = f"the request body did not arrive within {self.body_budget.timeout:g}s"
+            await self._error(send, family, 408, message, "request_timeout")
         except ClientGone:
             pass
         return None
@@ -383,25 +388,31 @@ class BridgeApp:
 
     @staticmethod
     async def _read_body(receive: Receive, content_length: bytes | None, hold: _Hold) -> bytes:
-        """The whole body, its size taken from the budget as declared, else as it arrives."""
-        if content_length is not None and content_length.isdigit():
-            if int(content_length) > MAX_BODY:
-                raise TooLarge
-            hold.grow_to(int(content_length))
+        """The whole body, its size taken from the budget as it arrives (not as declared)."""
+        if (
+            content_length is not None
+            and content_length.isdigit()
+            and int(content_length) > MAX_BODY
+        ):
+            raise TooLarge
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise TooLarge
-            hold.grow_to(size)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(hold.budget.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise TooLarge
+                    hold.grow_to(size)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise BodyLate from None
 
     def _inspect(self, call: Call) -> None:
         try:

@@ -85,7 +85,7 @@ class Bridge:
             upstream=self.upstream,
             metrics=self.metrics,
             dumper=dumper,
-            body_budget=BodyBudget(settings.body_buffer_bytes),
+            body_budget=BodyBudget(settings.body_buffer_bytes, settings.body_timeout),
         )
         self.context = BuildContext(
             allow_byok=settings.allow_byok,

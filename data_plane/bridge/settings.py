@@ -70,6 +70,12 @@ BODY_BUFFER_BYTES = Setting(
     integer(minimum=1),
     str(128 * 1024 * 1024),
 )
+BODY_TIMEOUT = Setting(
+    "AIBRIDGE_BRIDGE_BODY_TIMEOUT",
+    "a request's body must arrive whole within this of its headers (else 408)",
+    duration,
+    "30s",
+)
 
 
 def _breaker(env: str, help_text: str, parse: Parse[T], default: str) -> Setting[T]:
@@ -117,6 +123,7 @@ SETTINGS = (
             HEADER_TIMEOUT,
             MAX_HEADER_BYTES,
             BODY_BUFFER_BYTES,
+            BODY_TIMEOUT,
             DUMP_DIR,
             BREAKER_ENABLED,
             BREAKER_FAILURE_THRESHOLD,
@@ -164,6 +171,7 @@ class BridgeSettings:
     allow_byok: bool
     limits: ConnectionLimits
     body_buffer_bytes: int
+    body_timeout: float
     dump_dir: Path | None
     breaker: BreakerSettings
     snapshot_cache: Path | None
@@ -192,6 +200,7 @@ class BridgeSettings:
             allow_byok=v[ALLOW_BYOK],
             limits=ConnectionLimits(v[MAX_CONNECTIONS], v[HEADER_TIMEOUT], v[MAX_HEADER_BYTES]),
             body_buffer_bytes=v[BODY_BUFFER_BYTES],
+            body_timeout=v[BODY_TIMEOUT],
             dump_dir=v[DUMP_DIR],
             breaker=BreakerSettings(
                 v[BREAKER_ENABLED],

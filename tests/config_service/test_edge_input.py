@@ -135,6 +135,53 @@ async def test_rejected_reports_leave_the_cluster_status_publishable(service: Se
     stream.cancel()
 
 
+async def test_a_long_report_is_kept_as_its_first_errors_and_their_count(
+    service: Service,
+) -> None:
+    """A report of 1000 errors is listed, here and by the other replicas, as its first 20 errors with errors_total 1000."""
+    stub = cs_grpc.ConfigServiceStub(service.channel())
+    stream = await watching(service, "edge-node")
+    many = report(errors=[(f"p{i}", "m") for i in range(1000)])
+    await stub.ReportStatus(many, metadata=service.md_for(Role.BRIDGE))
+    listed = await stub.ListSubscribers(
+        cs.ListSubscribersRequest(), metadata=service.md_for(Role.OWNER)
+    )
+    (subscriber,) = listed.subscribers
+    assert [e.provider_name for e in subscriber.errors] == [f"p{i}" for i in range(20)]
+    assert subscriber.errors_total == 1000 and listed.subscribers_left_off == 0
+    db = service.running.db
+    await asyncio.to_thread(
+        subscriber_status.publish, db, "replica-x", service.running.registry.all()
+    )
+    seen = await asyncio.to_thread(
+        subscriber_status.others, db, "another-replica", STATUS_FRESHNESS
+    )
+    (remote,) = [r.state for r in seen if r.replica_id == "replica-x"]
+    assert len(remote.errors) == 20 and remote.errors_total == 1000
+    stream.cancel()
+
+
+async def test_list_subscribers_leaves_off_streams_beyond_its_byte_budget(
+    service: Service,
+) -> None:
+    """Twenty-four streams each reporting the largest kept report (4-byte characters) are answered within 4 MiB, the ones left off counted."""
+    stub = cs_grpc.ConfigServiceStub(service.channel())
+    streams = [await watching(service, f"edge-{i}") for i in range(24)]
+    wide = "\U0001f600" * 2000  # 8000 bytes in UTF-8
+    for i in range(24):
+        big = report(node_id=f"edge-{i}", errors=[(f"p{j}", wide) for j in range(20)])
+        big.error_detail = wide
+        await stub.ReportStatus(big, metadata=service.md_for(Role.BRIDGE))
+    listed = await stub.ListSubscribers(
+        cs.ListSubscribersRequest(), metadata=service.md_for(Role.OWNER)
+    )
+    assert listed.ByteSize() < 4 * 2**20
+    assert listed.subscribers_left_off > 0
+    assert len(listed.subscribers) + listed.subscribers_left_off == 24
+    for stream in streams:
+        stream.cancel()
+
+
 # ------------------------------------------------------------------------------ token RPCs
 
 BAD_PRINCIPAL_NAMES = ["a\x00b", "alice\nroot", "\x1b[31mred\x1b[0m", "rtl\u202eevil", "x" * 201]

@@ -453,18 +453,55 @@ async def test_body_bombs_are_bounded_by_the_body_budget(
     assert all(b"retry-after: 1" in r and b'"code":"body_buffer_full"' in r for r in refused)
 
 
+async def test_a_body_that_does_not_arrive_in_time_is_answered_408(
+    procs: Procs, upstream: RawUpstream, sqlite_url: str
+) -> None:
+    """A body that stops short of its declared length is answered 408 (provider's format) once AIBRIDGE_BRIDGE_BODY_TIMEOUT passes, and the bytes it held are given back to the body budget."""
+    stack = await start_stack(
+        procs,
+        upstream,
+        sqlite_url,
+        1024,
+        AIBRIDGE_BRIDGE_BODY_TIMEOUT="1s",
+        AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES="3000",
+    )
+    reader, writer = await asyncio.open_connection(stack.host, stack.port)
+    try:
+        writer.write(
+            b"POST /dos/v1/chat/completions HTTP/1.1\r\nhost: bridge\r\n"
+            + f"authorization: Bearer {stack.member}\r\ncontent-length: 2001\r\n\r\n".encode()
+            + b" " * 2000  # held: the last byte never comes
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0])
+        assert b'"code":"request_timeout"' in await reader.readexactly(length)
+    finally:
+        writer.close()
+    padding = "x" * 2000  # fits the 3000-byte budget only if the 2000 bytes were given back
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(
+            f"http://{stack.host}:{stack.port}/dos/v1/chat/completions",
+            headers={"authorization": f"Bearer {stack.member}"},
+            json={"model": "gpt-test", "messages": [{"role": "user", "content": padding}]},
+        )
+    assert answer.status_code == 200, answer.text
+
+
 def test_bad_connection_limits_are_each_reported() -> None:
-    """A zero header timeout, a header cap under 1 KiB, a negative connection cap and a zero body budget are each reported by name."""
+    """A zero header timeout, a header cap under 1 KiB, a negative connection cap, a zero body budget and a zero body timeout are each reported by name."""
     names = (
         "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
         "AIBRIDGE_BRIDGE_MAX_HEADER_BYTES",
         "AIBRIDGE_BRIDGE_MAX_CONNECTIONS",
         "AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES",
+        "AIBRIDGE_BRIDGE_BODY_TIMEOUT",
     )
     with pytest.raises(SettingsError) as info:
         BridgeSettings.from_env(
-            dict(zip(names, ("0s", "100", "-1", "0"), strict=True))
+            dict(zip(names, ("0s", "100", "-1", "0", "0s"), strict=True))
             | {"AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN}
         )
     problems = info.value.problems
-    assert [any(p.startswith(name) for p in problems) for name in names] == [True] * 4, problems
+    assert [any(p.startswith(name) for p in problems) for name in names] == [True] * 5, problems

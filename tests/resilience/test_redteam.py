@@ -86,11 +86,6 @@ async def test_revocation_after_a_database_restore_takes_effect(
         await admin.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the body budget is reserved as declared, per request, with no body deadline and "
-    "no per-principal share: four silent sockets of one member hold all of it",
-)
 async def test_one_member_cannot_hold_the_whole_body_budget(
     procs: Procs, upstream: RawUpstream, sqlite_url: str
 ) -> None:
@@ -116,7 +111,7 @@ async def test_one_member_cannot_hold_the_whole_body_budget(
                 )
                 return answer.status_code == 200
 
-            # Today: 503 body_buffer_full for as long as the four sockets stay open.
+            # Before: 503 body_buffer_full for as long as the four sockets stay open.
             await eventually(served, within=15, every=0.5)
     finally:
         for _, writer in held:
@@ -171,11 +166,6 @@ async def test_proxy_request_bodies_are_bounded_in_total(
             writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ListSubscribers answers every stream's report in one message: three reports at the "
-    "accepted bounds (1000 errors x 2000 characters) exceed the 4 MiB a client receives",
-)
 async def test_reports_within_the_bounds_do_not_break_list_subscribers(
     procs: Procs, sqlite_url: str
 ) -> None:

@@ -289,6 +289,7 @@ class Subscriber(_message.Message):
     ERROR_DETAIL_FIELD_NUMBER: _builtins.int
     LAST_REPORT_AT_FIELD_NUMBER: _builtins.int
     REPLICA_ID_FIELD_NUMBER: _builtins.int
+    ERRORS_TOTAL_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     role: _token_pb2.Role.ValueType
     peer: _builtins.str
@@ -300,10 +301,14 @@ class Subscriber(_message.Message):
     error_detail: _builtins.str
     replica_id: _builtins.str
     """Identifier of the config-service replica holding the stream."""
+    errors_total: _builtins.int
+    """How many errors the last report carried; more than `errors` when some were left off."""
     @_builtins.property
     def connected_since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderError]: ...
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderError]:
+        """The first errors of the last report (at most 20 are kept and listed)."""
+
     @_builtins.property
     def last_report_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -320,10 +325,11 @@ class Subscriber(_message.Message):
         error_detail: _builtins.str = ...,
         last_report_at: _timestamp_pb2.Timestamp | None = ...,
         replica_id: _builtins.str = ...,
+        errors_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connected_since", b"connected_since", "last_report_at", b"last_report_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_since", b"connected_since", "error_detail", b"error_detail", "errors", b"errors", "last_report_at", b"last_report_at", "node_id", b"node_id", "peer", b"peer", "replica_id", b"replica_id", "role", b"role", "version_acked", b"version_acked", "version_rejected", b"version_rejected", "version_sent", b"version_sent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_since", b"connected_since", "error_detail", b"error_detail", "errors", b"errors", "errors_total", b"errors_total", "last_report_at", b"last_report_at", "node_id", b"node_id", "peer", b"peer", "replica_id", b"replica_id", "role", b"role", "version_acked", b"version_acked", "version_rejected", b"version_rejected", "version_sent", b"version_sent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -334,16 +340,20 @@ class ListSubscribersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBSCRIBERS_FIELD_NUMBER: _builtins.int
+    SUBSCRIBERS_LEFT_OFF_FIELD_NUMBER: _builtins.int
+    subscribers_left_off: _builtins.int
+    """Streams left off so that the answer fits a client's default 4 MiB receive limit."""
     @_builtins.property
     def subscribers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subscriber]: ...
     def __init__(
         self,
         *,
         subscribers: _abc.Iterable[Global___Subscriber] | None = ...,
+        subscribers_left_off: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscribers", b"subscribers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscribers", b"subscribers", "subscribers_left_off", b"subscribers_left_off"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
