@@ -15,13 +15,12 @@ from sqlalchemy import select
 from aibridge.cli import COMMANDS
 from config_service.db.engine import make_engine
 from config_service.db.models import AuditEntry
+from tests.fixtures.processes import AIBRIDGE, popen
 from tests.fixtures.services import (
     ADMIN_TOKEN,
-    AIBRIDGE,
     BRIDGE_TOKEN,
     PROXY_TOKEN,
     StartProcess,
-    spawn,
 )
 
 
@@ -185,7 +184,7 @@ def test_seed_conflict_fails_start_up_naming_the_provider(
     """A restart whose env drifted from the database exits non-zero naming the provider."""
     proc = start_process(AIBRIDGE_OPENAI_KEY="sk-aaaaaaaaaaaaaaaaaaaa")
     proc.stop()
-    popen = spawn(
+    child = popen(
         ["config-service"],
         {
             "AIBRIDGE_DATABASE_URL": database_url,
@@ -195,8 +194,8 @@ def test_seed_conflict_fails_start_up_naming_the_provider(
             "AIBRIDGE_OPENAI_BASE_URL": "https://elsewhere.example/v1/",
         },
     )
-    _, stderr = popen.communicate(timeout=60)
-    assert popen.returncode == 1
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 1
     assert "'openai'" in stderr and "aibridge providers update openai" in stderr
 
 

@@ -20,12 +20,12 @@ from dp_fakes import (
     QuietServer,
     StartBridge,
     daemon_starter,
-    eventually,
     wait_for_version,
 )
 
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
+from tests.fixtures.waits import eventually
 
 
 @pytest.fixture

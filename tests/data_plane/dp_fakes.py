@@ -20,6 +20,7 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_pb2
 from aibridge.masking import sha256_hex
 from data_plane.bridge.server import Bridge
+from tests.fixtures.waits import eventually
 
 BRIDGE_TOKEN = "bridge-token-0123456789abcdef0123456789"
 MEMBER_TOKEN = "gw-member-0123456789abcdef0123456789abcdef"
@@ -115,12 +116,13 @@ class FakeConfigService(cs_grpc.ConfigServiceServicer):
         return cs.ReportStatusResponse()
 
     async def wait_report(self, version: str, within: float = 5.0) -> cs.ReportStatusRequest:
-        async with asyncio.timeout(within):
-            while True:
-                for report in self.reports:
-                    if report.version == version:
-                        return report
-                await asyncio.sleep(0.01)
+        def found() -> cs.ReportStatusRequest | None:
+            return next((r for r in self.reports if r.version == version), None)
+
+        await eventually(found, within)
+        report = found()
+        assert report is not None
+        return report
 
 
 @dataclass
@@ -358,13 +360,6 @@ async def daemon_starter(
     yield start
     for daemon in started:
         await daemon.stop()
-
-
-async def eventually(condition: Callable[[], object], within: float = 5.0) -> None:
-    """Poll until `condition()` is true (state owned by another server has no event to await)."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - polling state we do not own
-            await asyncio.sleep(0.005)
 
 
 async def wait_for_version(bridge: Bridge, version: str) -> None:

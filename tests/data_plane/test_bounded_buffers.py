@@ -12,13 +12,13 @@ from dp_fakes import (
     FakeUpstream,
     Reply,
     StartBridge,
-    eventually,
     openai_provider,
     snapshot,
 )
 
 from data_plane import dump
 from data_plane.bridge.usage import MAX_SSE_LINE, UsageReader
+from tests.fixtures.waits import eventually
 
 
 def test_sse_usage_reader_drops_a_line_that_never_ends() -> None:

@@ -15,16 +15,17 @@ from dp_fakes import (
     Reply,
     StartBridge,
     anthropic_provider,
-    eventually,
     openai_provider,
     provider,
     snapshot,
 )
+from structlog.testing import capture_logs
 
 from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.breaker import Breaker, BreakerState, Rejected
 from data_plane.bridge.settings import BreakerSettings
 from data_plane.dump import Dumper, Exchange, safe_component
+from tests.fixtures.waits import eventually
 
 MSG = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -109,7 +110,10 @@ async def test_breaker_through_the_bridge(
             'aibridged_circuit_breaker_state{model="claude-test",provider="anthropic",'
             'route="/v1/messages"} 1.0' in metrics
         )
-        await asyncio.sleep(0.35)
+        breakers = bridge.app.table.providers["anthropic"].breakers
+        assert breakers is not None
+        breaker = breakers.breakers["/v1/messages", "claude-test"]
+        await eventually(lambda: breaker.state is BreakerState.HALF_OPEN, within=5)
         upstream.responder = lambda seen: Reply(body=b"{}")
         assert (await http.post("/anthropic/v1/messages", json=MSG)).status_code == 200
         assert (await http.post("/anthropic/v1/messages", json=MSG)).status_code == 200
@@ -204,8 +208,14 @@ async def test_dump_of_an_upstream_transport_error(
 
 
 def test_dump_failure_only_warns(tmp_path: Path) -> None:
-    """A dump directory that cannot be written does not fail the request."""
+    """A dump directory that cannot be written does not fail the request: one warning says so."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
     dumper = Dumper(blocker)
-    asyncio.run(dumper.dump(Exchange("p", "m", "id", "GET", "/", [], b"")))
+    with capture_logs() as logs:
+        asyncio.run(dumper.dump(Exchange("p", "m", "req-1", "GET", "/", [], b"")))
+    (warning,) = [entry for entry in logs if entry["event"] == "api dump failed"]
+    assert warning["log_level"] == "warning"
+    assert (warning["provider"], warning["request_id"]) == ("p", "req-1")
+    assert str(blocker) in warning["error"]
+    assert blocker.read_text() == "x"

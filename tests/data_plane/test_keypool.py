@@ -13,13 +13,13 @@ from dp_fakes import (
     Seen,
     StartBridge,
     anthropic_provider,
-    eventually,
     openai_provider,
     snapshot,
     wait_for_version,
 )
 
 from data_plane.bridge.keypool import KeyPool, retry_after_seconds
+from tests.fixtures.waits import eventually
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}

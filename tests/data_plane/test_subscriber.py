@@ -17,7 +17,6 @@ from dp_fakes import (
     ConfigServer,
     FakeUpstream,
     StartBridge,
-    eventually,
     openai_provider,
     provider,
     snapshot,
@@ -33,6 +32,7 @@ from data_plane import snapshot_cache
 from data_plane.bridge.cli import main
 from data_plane.bridge.settings import BridgeSettings
 from data_plane.subscriber import Subscriber, SubscriberConfig
+from tests.fixtures.waits import eventually
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}

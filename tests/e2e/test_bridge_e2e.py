@@ -3,8 +3,8 @@ a fake upstream on a real socket, and the official SDKs unmodified but for base_
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from tests.fixtures.services import (
     spawn,
     wait_for_log,
 )
+from tests.fixtures.waits import eventually
 
 POOL = ("sk-pool-FIRST-0123456789abcdef", "sk-pool-SECOND-0123456789abcdef")
 ANT_KEY = "sk-ant-pool-0123456789abcdefgh"
@@ -51,23 +52,13 @@ class Stack:
 
 
 def wait_ready(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def ready() -> bool:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "bridge never became ready"
-        time.sleep(0.05)
+            return False
 
-
-def eventually(check: object, timeout: float = 10) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+    asyncio.run(eventually(ready, timeout))
 
 
 @pytest.fixture
@@ -205,8 +196,10 @@ def test_providers_created_disabled_and_deleted_while_traffic_flows(stack: Stack
             ),
             metadata=ADMIN_MD,
         )
-        eventually(
-            lambda: client.post("/late/v1/chat/completions", json=body).status_code == 200, 2
+        asyncio.run(
+            eventually(
+                lambda: client.post("/late/v1/chat/completions", json=body).status_code == 200, 2
+            )
         )
         admin.UpdateProvider(
             pa.UpdateProviderRequest(
@@ -214,13 +207,17 @@ def test_providers_created_disabled_and_deleted_while_traffic_flows(stack: Stack
             ),
             metadata=ADMIN_MD,
         )
-        eventually(
-            lambda: client.post("/late/v1/chat/completions", json=body).status_code == 503, 2
+        asyncio.run(
+            eventually(
+                lambda: client.post("/late/v1/chat/completions", json=body).status_code == 503, 2
+            )
         )
         assert "provider_disabled" in client.post("/late/v1/chat/completions", json=body).text
         admin.DeleteProvider(pa.DeleteProviderRequest(id_or_name="late"), metadata=ADMIN_MD)
-        eventually(
-            lambda: client.post("/late/v1/chat/completions", json=body).status_code == 404, 2
+        asyncio.run(
+            eventually(
+                lambda: client.post("/late/v1/chat/completions", json=body).status_code == 404, 2
+            )
         )
     # The other providers kept serving all along.
     assert client.post("/oai/v1/chat/completions", json=body).status_code == 200
@@ -246,7 +243,9 @@ def test_revoked_token_is_refused_on_the_next_request(stack: Stack) -> None:
         ta_grpc.TokenAdminServiceStub(channel).RevokeToken(
             ta.RevokeTokenRequest(id=stack.token_id), metadata=ADMIN_MD
         )
-    eventually(lambda: client.post("/oai/v1/chat/completions", json=body).status_code == 401, 2)
+    asyncio.run(
+        eventually(lambda: client.post("/oai/v1/chat/completions", json=body).status_code == 401, 2)
+    )
 
 
 def test_the_bridge_acknowledges_the_current_version(stack: Stack) -> None:
@@ -262,4 +261,4 @@ def test_the_bridge_acknowledges_the_current_version(stack: Stack) -> None:
             bridge = [s for s in subs if s.node_id == "e2e-bridge"]
             return bool(bridge) and bridge[0].version_acked == version == bridge[0].version_sent
 
-        eventually(acked, 5)
+        asyncio.run(eventually(acked, 5))

@@ -1,4 +1,4 @@
-"""Fixtures of the resilience tests: real processes (killed at teardown, also on failure),
+"""Fixtures of the resilience tests (real processes: `procs` in tests/fixtures/services.py):
 a raw fake upstream, and databases (SQLite file; PostgreSQL schema when configured)."""
 
 from __future__ import annotations
@@ -9,16 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.databases import postgres_schema, schema_url
-from tests.resilience.harness import Procs, RawUpstream
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    running = Procs(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
+from tests.resilience.harness import RawUpstream
 
 
 @pytest.fixture

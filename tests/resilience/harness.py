@@ -2,8 +2,8 @@
 TCP proxy, a stream-guarantees recorder, admin helpers and secret scanners.
 
 Everything here talks to real sockets; nothing is mocked. Processes are started with the
-same `spawn` as the rest of the suite and collected by `Procs`, which kills them all at
-teardown (also when a test fails).
+suite's one launcher (tests/fixtures/processes.py) and collected by `Procs`, which kills
+them all at teardown (also when a test fails).
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,14 +35,9 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.config.v1 import token_pb2
-from tests.fixtures.services import (
-    ADMIN_TOKEN,
-    BRIDGE_TOKEN,
-    PROXY_TOKEN,
-    base_env,
-    spawn,
-    wait_for_log,
-)
+from tests.fixtures.processes import Proc
+from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN, Procs
+from tests.fixtures.waits import eventually
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 BRIDGE_MD = (("authorization", f"Bearer {BRIDGE_TOKEN}"),)
@@ -59,22 +51,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def eventually(
-    condition: Callable[[], object | Awaitable[object]], within: float = 10.0, every: float = 0.02
-) -> float:
-    """Poll until `condition()` is truthy; return how long it took."""
-    started = time.monotonic()
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > within:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(every)
-
-
 async def health_is(target: str, status: int, service: str = "") -> bool:
     """Whether the gRPC health service at `target` answers `status` for `service`."""
     async with grpc.aio.insecure_channel(target) as channel:
@@ -85,140 +61,6 @@ async def health_is(target: str, status: int, service: str = "") -> bool:
         except grpc.aio.AioRpcError:
             return False
     return bool(answer.status == status)
-
-
-# ------------------------------------------------------------------------------ processes
-
-
-@dataclass
-class Proc:
-    """A running `aibridge <command>` with its stderr (JSON log lines) collected."""
-
-    name: str
-    popen: subprocess.Popen[str]
-    lines: list[str]
-    ready: dict[str, Any]
-    reader: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in list(self.lines):
-            with contextlib.suppress(json.JSONDecodeError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    out.append(record)
-        return out
-
-    def events(self, event: str) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("event") == event]
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful anything."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-
-def _read_lines(popen: subprocess.Popen[str], lines: list[str]) -> None:
-    assert popen.stderr is not None
-    with contextlib.suppress(ValueError, OSError):
-        for line in popen.stderr:
-            lines.append(line)
-
-
-class Procs:
-    """Starts real daemons; `close()` (fixture teardown) kills every one still running."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.all: list[Proc] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str], ready: str) -> Proc:
-        popen = spawn(args, env)
-        try:
-            record, lines = wait_for_log(popen, ready, 30)
-        except AssertionError:
-            popen.kill()
-            popen.wait()
-            raise
-        proc = Proc(name, popen, lines, record)
-        proc.reader = threading.Thread(target=_read_lines, args=(popen, lines), daemon=True)
-        proc.reader.start()
-        self.all.append(proc)
-        return proc
-
-    def config_service(
-        self, database_url: str, port: int = 0, data_dir: str = "cs", **env: str
-    ) -> Proc:
-        full = base_env(database_url, self.tmp / data_dir)
-        full["AIBRIDGE_GRPC_LISTEN"] = f"127.0.0.1:{port}"
-        full.update(env)
-        proc = self.start("config-service", ["config-service"], full, "config service ready")
-        proc.ready["target"] = "127.0.0.1:" + str(proc.ready["listen"]).rsplit(":", 1)[1]
-        return proc
-
-    def bridge(self, target: str, node_id: str = "bridge-1", **env: str) -> Proc:
-        full = {
-            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
-            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_CONFIG_SERVICE": target,
-            "AIBRIDGE_NODE_ID": node_id,
-            "AIBRIDGE_LOG_FORMAT": "json",
-            **env,
-        }
-        return self.start("bridge", ["bridge"], full, "bridge listening")
-
-    def proxy(self, target: str, bridge_url: str, node_id: str = "proxy-1", **env: str) -> Proc:
-        full = {
-            "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
-            "AIBRIDGE_PROXY_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_CONFIG_SERVICE": target,
-            "AIBRIDGE_PROXY_BRIDGE_URL": bridge_url,
-            "AIBRIDGE_DATA_DIR": str(self.tmp / f"{node_id}-data"),
-            "AIBRIDGE_NODE_ID": node_id,
-            "AIBRIDGE_LOG_FORMAT": "json",
-            # The fake upstream listens on a loopback port: let plain tunnels reach it.
-            "AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS": "127.0.0.0/8",
-            **env,
-        }
-        return self.start("proxy", ["proxy"], full, "proxy ready")
-
-    def close(self) -> None:
-        for proc in self.all:
-            code = proc.popen.poll()
-            if code not in (None, -signal.SIGKILL):
-                # Shown by pytest when the test failed: why a daemon died on its own.
-                print(f"{proc.name} exited {code}; last log lines:\n{''.join(proc.lines[-20:])}")
-        # Daemons before the config service: its graceful stop waits for open streams.
-        for proc in sorted(self.all, key=lambda p: p.name == "config-service"):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        for proc in self.all:
-            with contextlib.suppress(Exception):
-                proc.kill()
-            if proc.reader is not None:
-                proc.reader.join(5)
-            if proc.popen.stderr is not None:
-                proc.popen.stderr.close()
 
 
 def bridge_url(proc: Proc) -> str:
@@ -237,7 +79,7 @@ async def bridge_ready(proc: Proc, version: str | int, within: float = 15.0) -> 
     try:
         await eventually(on_version, within)
     except AssertionError:
-        tail = "".join(proc.lines[-30:])
+        tail = proc.tail(30)
         raise AssertionError(
             f"bridge not on version {version} in {within}s; log:\n{tail}"
         ) from None

@@ -32,6 +32,7 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.envconfig import SettingsError
 from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures.services import BRIDGE_TOKEN
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Admin,
     Proc,
@@ -40,7 +41,6 @@ from tests.resilience.harness import (
     Request,
     bridge_ready,
     bridge_url,
-    eventually,
     ok_handler,
 )
 

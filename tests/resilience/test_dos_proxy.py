@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Admin,
     Proc,
@@ -39,7 +40,6 @@ from tests.resilience.harness import (
     RawUpstream,
     Request,
     bridge_url,
-    eventually,
     proxy_address,
     proxy_with_member,
 )

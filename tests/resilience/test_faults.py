@@ -21,6 +21,7 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
 from tests.fixtures.databases import schema_url
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     PROXY_MD,
     Admin,
@@ -31,7 +32,6 @@ from tests.resilience.harness import (
     TcpProxy,
     bridge_url,
     database_revision,
-    eventually,
     free_port,
     health_is,
 )

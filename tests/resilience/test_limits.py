@@ -20,6 +20,7 @@ import pytest
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
 from tests.fixtures.services import BRIDGE_TOKEN
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Admin,
     Procs,
@@ -29,7 +30,6 @@ from tests.resilience.harness import (
     bridge_ready,
     bridge_url,
     database_revision,
-    eventually,
 )
 
 # ------------------------------------------------------------- a stuck HTTP/2 gRPC client

@@ -27,6 +27,7 @@ from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
 from tests.fixtures.databases import schema_url
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     PROXY_MD,
     Admin,
@@ -36,7 +37,6 @@ from tests.resilience.harness import (
     bridge_ready,
     bridge_url,
     dump_database_text,
-    eventually,
     free_port,
     http_response,
     scan,

@@ -19,6 +19,7 @@ from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures.services import BRIDGE_TOKEN
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Admin,
     Proc,
@@ -27,7 +28,6 @@ from tests.resilience.harness import (
     Request,
     bridge_ready,
     bridge_url,
-    eventually,
     http_response,
     reset,
 )

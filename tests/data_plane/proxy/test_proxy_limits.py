@@ -19,7 +19,7 @@ from proxy_fakes import Echo, StartProxy, raw_connect, trust
 
 from data_plane import dump
 from data_plane.proxy.server import Proxy
-from tests.resilience.harness import eventually
+from tests.fixtures.waits import eventually
 from tests.test_file_modes import mode
 
 
