@@ -328,6 +328,8 @@ def test_snapshot_watch_into_a_closed_pipe_stops_quietly(start_process: StartPro
         if watch.poll() is None:
             watch.kill()
             watch.wait()
+        if watch.stderr is not None:
+            watch.stderr.close()
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,6 @@ import pytest
 from dp_fakes import (
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
     StartBridge,
     openai_provider,
     snapshot,
@@ -18,6 +16,7 @@ from dp_fakes import (
 
 from data_plane import dump
 from data_plane.bridge.usage import MAX_SSE_LINE, UsageReader
+from tests.fixtures.upstream import FakeUpstream, Reply
 from tests.fixtures.waits import eventually
 
 

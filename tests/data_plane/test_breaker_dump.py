@@ -11,8 +11,6 @@ from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
     StartBridge,
     anthropic_provider,
     openai_provider,
@@ -25,6 +23,7 @@ from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.breaker import Breaker, BreakerState, Rejected
 from data_plane.bridge.settings import BreakerSettings
 from data_plane.dump import Dumper, Exchange, safe_component
+from tests.fixtures.upstream import FakeUpstream, Reply
 from tests.fixtures.waits import eventually
 
 MSG = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}

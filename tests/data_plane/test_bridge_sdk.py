@@ -9,12 +9,13 @@ from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
     StartBridge,
     anthropic_provider,
     openai_provider,
     snapshot,
 )
+
+from tests.fixtures.upstream import FakeUpstream
 
 
 async def _bridge(

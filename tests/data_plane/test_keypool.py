@@ -8,9 +8,6 @@ from dp_fakes import (
     KEY_B,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
-    Seen,
     StartBridge,
     anthropic_provider,
     openai_provider,
@@ -19,6 +16,7 @@ from dp_fakes import (
 )
 
 from data_plane.bridge.keypool import KeyPool, retry_after_seconds
+from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 from tests.fixtures.waits import eventually
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}

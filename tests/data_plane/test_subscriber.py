@@ -15,7 +15,6 @@ from dp_fakes import (
     BRIDGE_TOKEN,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
     StartBridge,
     openai_provider,
     provider,
@@ -32,6 +31,7 @@ from data_plane import snapshot_cache
 from data_plane.bridge.cli import main
 from data_plane.bridge.settings import BridgeSettings
 from data_plane.subscriber import Subscriber, SubscriberConfig
+from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}

@@ -23,7 +23,7 @@ from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
 from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
-from tests.e2e.fakes import ACCESS_KEY, REGION, SECRET_KEY, ThreadServer, Upstream
+from tests.e2e.fakes import ACCESS_KEY, REGION, SECRET_KEY, Upstream
 from tests.fixtures.services import (
     ADMIN_TOKEN,
     BRIDGE_TOKEN,
@@ -32,6 +32,7 @@ from tests.fixtures.services import (
     spawn,
     wait_for_log,
 )
+from tests.fixtures.upstream import ThreadedUpstream
 from tests.fixtures.waits import eventually
 
 POOL = ("sk-pool-FIRST-0123456789abcdef", "sk-pool-SECOND-0123456789abcdef")
@@ -64,7 +65,7 @@ def wait_ready(url: str, timeout: float = 20) -> None:
 @pytest.fixture
 def stack(start_process: StartProcess, tmp_path: Path) -> Iterator[Stack]:
     upstream = Upstream()
-    server = ThreadServer(upstream).start()
+    server = ThreadedUpstream(upstream).start()
     base = f"http://127.0.0.1:{server.port}"
     proc = start_process(
         AIBRIDGE_ENCRYPTION_KEYS="MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",

@@ -21,8 +21,9 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.fakes import ThreadServer, Upstream
+from tests.e2e.fakes import Upstream
 from tests.fixtures.services import AIBRIDGE
+from tests.fixtures.upstream import ThreadedUpstream
 
 UPSTREAM_KEY = "sk-up-upstream-0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-up-upstream-0123456789abcdef"
@@ -65,7 +66,7 @@ class Up:
 @pytest.fixture
 def upstream() -> Iterator[tuple[Upstream, int]]:
     app = Upstream()
-    server = ThreadServer(app).start()
+    server = ThreadedUpstream(app).start()
     yield app, server.port
     server.stop()
 
@@ -218,7 +219,7 @@ def test_second_run_reuses_the_generated_secrets(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     """One running `aibridge up`, for the tests that read what it printed or probe its ports."""
     app = Upstream()
-    server = ThreadServer(app).start()
+    server = ThreadedUpstream(app).start()
     up = start_up(tmp_path_factory.mktemp("stack") / "data", server.port)
     up.upstream = app
     yield up

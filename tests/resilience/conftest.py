@@ -1,5 +1,5 @@
 """Fixtures of the resilience tests (real processes: `procs` in tests/fixtures/services.py):
-a raw fake upstream, and databases (SQLite file; PostgreSQL schema when configured)."""
+the suite's fake upstream, and databases (SQLite file; PostgreSQL schema when configured)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.databases import postgres_schema, schema_url
-from tests.resilience.harness import RawUpstream
+from tests.fixtures.upstream import FakeUpstream
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[RawUpstream]:
-    server = await RawUpstream().start()
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    server = await FakeUpstream().start()
     try:
         yield server
     finally:

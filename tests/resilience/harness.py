@@ -1,5 +1,4 @@
-"""Shared tools of the resilience tests: real processes, a raw fake upstream, a cuttable
-TCP proxy, a stream-guarantees recorder, admin helpers and secret scanners.
+"""Shared tools of the resilience tests: real processes, a cuttable TCP proxy, a stream-guarantees recorder, admin helpers and secret scanners.
 
 Everything here talks to real sockets; nothing is mocked. Processes are started with the
 suite's one launcher (tests/fixtures/processes.py) and collected by `Procs`, which kills
@@ -11,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.config.v1 import token_pb2
 from tests.fixtures.processes import Proc
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN, Procs
+from tests.fixtures.upstream import reset
 from tests.fixtures.waits import eventually
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -83,133 +82,6 @@ async def bridge_ready(proc: Proc, version: str | int, within: float = 15.0) -> 
         raise AssertionError(
             f"bridge not on version {version} in {within}s; log:\n{tail}"
         ) from None
-
-
-# ------------------------------------------------------------------------- fake upstream
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else {}
-
-
-Handler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def http_response(status: int, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()) -> bytes:
-    head = [f"HTTP/1.1 {status} X"]
-    names = {k.lower() for k, _ in headers}
-    if "content-type" not in names:
-        head.append("content-type: application/json")
-    head += [f"{k}: {v}" for k, v in headers]
-    head.append(f"content-length: {len(body)}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-def chat_completion(model: str = "gpt-test") -> bytes:
-    return json.dumps(
-        {
-            "id": "c1",
-            "object": "chat.completion",
-            "created": 0,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "Hello"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
-        }
-    ).encode()
-
-
-async def ok_handler(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-    try:
-        doc = req.json()
-    except (ValueError, RecursionError):
-        doc = {}
-    model = doc.get("model", "") if isinstance(doc, dict) else ""
-    w.write(http_response(200, chat_completion(str(model))))
-    await w.drain()
-
-
-class RawUpstream:
-    """An HTTP/1.1 upstream on raw sockets, so a test can misbehave at will (stall,
-    reset mid-stream, storms); `handlers` maps the first path segment to a handler."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, Handler] = {}
-        self.default: Handler = ok_handler
-        self.seen: list[Request] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.open_connections = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> RawUpstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
-        self.open_connections += 1
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        k, v = line.split(":", 1)
-                        headers[k.strip().lower()] = v.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                req = Request(method, target, headers, body)
-                self.seen.append(req)
-                first = target.lstrip("/").split("/", 1)[0]
-                await self.handlers.get(first, self.default)(req, reader, writer)
-                if writer.is_closing():
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            return  # cancelled at stop(): end quietly (asyncio logs a cancelled handler)
-        finally:
-            self.open_connections -= 1
-            self._tasks.discard(task)  # type: ignore[arg-type]
-            with contextlib.suppress(Exception):
-                writer.close()
-
-
-def reset(writer: asyncio.StreamWriter) -> None:
-    """Abort the connection with a TCP RST (SO_LINGER 0), not a clean FIN."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    writer.transport.abort()
 
 
 # ------------------------------------------------------------------------ TCP fault proxy

@@ -33,12 +33,12 @@ from config_service.records import load_record
 from config_service.seed.apply import SeedConflict, apply
 from config_service.seed.env import SeedConfigError, parse_env
 from config_service.store.database import Database
+from tests.fixtures.upstream import FakeUpstream
 from tests.resilience.harness import (
     NAME_RE,
     Admin,
     Proc,
     Procs,
-    RawUpstream,
     bridge_ready,
     bridge_url,
     walk_files,
@@ -292,7 +292,7 @@ class FuzzStack:
     member: str
     dumps: Path
     root: Path
-    upstream: RawUpstream
+    upstream: FakeUpstream
 
     @property
     def port(self) -> int:
@@ -301,7 +301,7 @@ class FuzzStack:
 
 @pytest.fixture
 async def fuzz_stack(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str, tmp_path: Path
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> FuzzStack:
     service = await asyncio.to_thread(procs.config_service, sqlite_url)
     admin = Admin(service.ready["target"])

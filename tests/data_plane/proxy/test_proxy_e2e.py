@@ -25,7 +25,10 @@ import httpx
 import httpx2
 import openai
 import pytest
-from dp_fakes import KEY_A, KEY_B, FakeUpstream
+from dp_fakes import (
+    KEY_A,
+    KEY_B,
+)
 from proxy_fakes import Echo
 
 from aibridge.config.v1 import config_service_pb2 as cs
@@ -36,13 +39,14 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
+from tests.fixtures.processes import Proc
 from tests.fixtures.services import (
     ADMIN_TOKEN,
     PROXY_TOKEN,
     Procs,
     StartProcess,
 )
-from tests.fixtures.processes import Proc
+from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
 
 ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)

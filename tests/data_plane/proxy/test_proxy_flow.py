@@ -13,9 +13,6 @@ from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
-    Seen,
     StartBridge,
     anthropic_provider,
     provider,
@@ -25,6 +22,7 @@ from proxy_fakes import Echo, StartProxy, raw_connect, trust, wait_for_proxy_ver
 
 from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.proxy.server import Proxy
+from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 
 BYOK_KEY = "sk-users-own-key-000000000000000000000"
 

@@ -14,11 +14,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dp_fakes import MEMBER_TOKEN, ConfigServer, FakeUpstream, Reply, StartBridge, snapshot
+from dp_fakes import (
+    MEMBER_TOKEN,
+    ConfigServer,
+    StartBridge,
+    snapshot,
+)
 from proxy_fakes import Echo, StartProxy, raw_connect, trust
 
 from data_plane import dump
 from data_plane.proxy.server import Proxy
+from tests.fixtures.upstream import FakeUpstream, Reply
 from tests.fixtures.waits import eventually
 from tests.test_file_modes import mode
 
