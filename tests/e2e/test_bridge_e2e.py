@@ -4,7 +4,6 @@ a fake upstream on a real socket, and the official SDKs unmodified but for base_
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,11 @@ from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from tests.e2e.fakes import ACCESS_KEY, REGION, SECRET_KEY, Upstream
+from tests.fixtures import processes
 from tests.fixtures.services import (
     ADMIN_TOKEN,
     BRIDGE_TOKEN,
     StartProcess,
-    drain,
-    spawn,
-    wait_for_log,
 )
 from tests.fixtures.upstream import ThreadedUpstream
 from tests.fixtures.waits import eventually
@@ -89,7 +86,8 @@ def stack(start_process: StartProcess, tmp_path: Path) -> Iterator[Stack]:
             ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
             metadata=ADMIN_MD,
         )
-    bridge = spawn(
+    bridge = processes.start(
+        "bridge",
         ["bridge"],
         {
             "AIBRIDGE_CONFIG_SERVICE": proc.target,
@@ -98,21 +96,25 @@ def stack(start_process: StartProcess, tmp_path: Path) -> Iterator[Stack]:
             "AIBRIDGE_LOG_FORMAT": "json",
             "AIBRIDGE_NODE_ID": "e2e-bridge",
             "AIBRIDGE_DUMP_DIR": str(tmp_path / "dumps"),
-            "PATH": os.environ.get("PATH", ""),
         },
+        tmp_path / "logs",
+        "bridge listening",
     )
     try:
-        record, lines = wait_for_log(bridge, "bridge listening")
-        drain(bridge, lines)
-        url = str(record["url"]).rstrip("/")
+        url = str(bridge.ready["url"]).rstrip("/")
         wait_ready(url)
         yield Stack(upstream, proc.target, url, made.secret, made.token.id)
     finally:
-        bridge.terminate()
-        bridge.wait(10)
-        if bridge.stderr is not None:
-            bridge.stderr.close()
+        bridge.stop()
         server.stop()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    """An HTTP client of the bridge with the member's gateway token."""
+    headers = {"authorization": f"Bearer {stack.token}"}
+    with httpx.Client(base_url=stack.bridge_url, headers=headers) as http:
+        yield http
 
 
 def gateway_token_never_upstream(stack: Stack) -> None:
@@ -178,12 +180,11 @@ def test_bedrock_through_the_anthropic_sdk_is_sigv4_signed(stack: Stack) -> None
     assert all(r.access_key == ACCESS_KEY for r in fake.received)
 
 
-def test_providers_created_disabled_and_deleted_while_traffic_flows(stack: Stack) -> None:
+def test_providers_created_disabled_and_deleted_while_traffic_flows(
+    stack: Stack, client: httpx.Client
+) -> None:
     """A provider created through the admin API serves at once; disabled it answers 503; deleted it is gone (404)."""
     upstream_base = f"http://127.0.0.1:{_upstream_port(stack)}/v1/"
-    client = httpx.Client(
-        base_url=stack.bridge_url, headers={"authorization": f"Bearer {stack.token}"}
-    )
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert client.post("/late/v1/chat/completions", json=body).status_code == 404
     with stack.admin() as channel:
@@ -233,11 +234,8 @@ def _upstream_port(stack: Stack) -> int:
     return int(httpx.URL(url).port or 0)
 
 
-def test_revoked_token_is_refused_on_the_next_request(stack: Stack) -> None:
+def test_revoked_token_is_refused_on_the_next_request(stack: Stack, client: httpx.Client) -> None:
     """Revoking the gateway token in the config service makes the bridge answer 401 right after."""
-    client = httpx.Client(
-        base_url=stack.bridge_url, headers={"authorization": f"Bearer {stack.token}"}
-    )
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert client.post("/oai/v1/chat/completions", json=body).status_code == 200
     with stack.admin() as channel:
