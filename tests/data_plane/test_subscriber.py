@@ -232,7 +232,7 @@ async def test_bad_token_keeps_retrying(config_service: ConfigServer) -> None:
     await config_service.service.publish(snapshot("1", []))
     sub = Subscriber(SubscriberConfig(config_service.target, Secret("wrong"), "n1"), apply)
     task = asyncio.create_task(sub.run())
-    await asyncio.sleep(0.3)
+    await eventually(lambda: sub.state.reconnects >= 2, within=5)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
