@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import dataclass
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -131,6 +132,36 @@ def _bearer(value: bytes | None) -> bytes | None:
     return token.strip() or None if scheme.lower() == b"bearer" else None
 
 
+@dataclass(slots=True)
+class _Credentials:
+    """The headers that say who a request is from, read in one pass."""
+
+    authorization: bytes | None
+    api_key: bytes | None
+    byok: bytes | None  # X-AIBridge-Token: the gateway token beside the client's own key
+    content_length: bytes | None
+
+    @classmethod
+    def of(cls, scope: Scope) -> _Credentials:
+        authz = xkey = byok = clen = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authz = value
+            elif key == b"x-api-key":
+                xkey = value
+            elif key == b"x-aibridge-token":
+                byok = value
+            elif key == b"content-length":
+                clen = value
+        return cls(authz, xkey, byok, clen)
+
+    @property
+    def gateway_token(self) -> bytes | None:
+        if self.byok is not None:
+            return self.byok
+        return _bearer(self.authorization) or self.api_key
+
+
 class BridgeApp:
     def __init__(
         self,
@@ -209,11 +240,19 @@ class BridgeApp:
                     f"provider_error: AI provider {name!r} cannot be used: {unbuilt.error}",
                     "provider_error",
                 )
+            # Which providers exist is told to gateway users only, not to any scanner.
+            creds = _Credentials.of(scope)
+            known = isinstance(self._authenticate(table, creds.gateway_token), Principal)
+            listed = (
+                f"configured: {', '.join(table.names) or 'none'}"
+                if known
+                else "send a gateway token to see the configured providers"
+            )
             return await self._error(
                 send,
                 client_family(scope),
                 404,
-                f"no provider named {name!r}; configured: {', '.join(table.names) or 'none'}",
+                f"no provider named {name!r}; {listed}",
                 "provider_not_found",
             )
         family = provider.family
@@ -243,18 +282,10 @@ class BridgeApp:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
-        authz = xkey = byok = clen = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authz = value
-            elif key == b"x-api-key":
-                xkey = value
-            elif key == b"x-aibridge-token":
-                byok = value
-            elif key == b"content-length":
-                clen = value
+        creds = _Credentials.of(scope)
+        clen = creds.content_length
         own_key = False
-        if byok is not None:
+        if creds.byok is not None:
             if not table.allow_byok:
                 return await self._error(
                     send,
@@ -263,10 +294,8 @@ class BridgeApp:
                     "Bring Your Own Key (BYOK) mode is not enabled.",
                     "byok_disabled",
                 )
-            token, own_key = byok, authz is not None or xkey is not None
-        else:
-            token = _bearer(authz) or xkey
-        principal = self._authenticate(table, token)
+            own_key = creds.authorization is not None or creds.api_key is not None
+        principal = self._authenticate(table, creds.gateway_token)
         if not isinstance(principal, Principal):
             status, message = principal
             return await self._error(

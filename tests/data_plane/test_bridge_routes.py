@@ -56,16 +56,26 @@ async def test_readyz_before_and_after_snapshot(
 async def test_unknown_provider_and_route_are_404(
     config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
 ) -> None:
-    """Unknown providers answer 404 naming the providers there are; unserved routes the path."""
+    """Unknown providers answer 404 naming the providers there are (to gateway users only); unserved routes the path."""
     url = await _start(config_service, upstream, start_bridge)
     async with httpx.AsyncClient(base_url=url) as http:
-        nope = await http.post("/nope/v1/chat/completions", json=CHAT)
+        nope = await http.post(
+            "/nope/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
+        )
         assert nope.status_code == 404
         assert nope.json()["error"] == {
             "message": "no provider named 'nope'; configured: anthropic, openai",
             "type": "not_found_error",
             "code": "provider_not_found",
         }
+        for headers in ({}, {"authorization": "Bearer not-a-gateway-token"}):
+            scan = await http.post("/nope/v1/chat/completions", json=CHAT, headers=headers)
+            assert scan.status_code == 404
+            message = scan.json()["error"]["message"]
+            assert "openai" not in message and "anthropic" not in message
+            assert "gateway token" in message
         legacy = await http.post(
             "/openai/v1/completions", json=CHAT, headers={"authorization": f"Bearer {MEMBER_TOKEN}"}
         )
