@@ -20,7 +20,7 @@ from dp_fakes import (
     StartBridge,
     snapshot,
 )
-from proxy_fakes import Echo, StartProxy, raw_connect, trust
+from proxy_fakes import Echo, StartProxy, StartStack, providers, raw_connect, trust
 
 from data_plane import dump
 from data_plane.proxy.server import Proxy
@@ -58,17 +58,10 @@ async def test_oversized_request_head_gets_431(
 
 
 async def test_oversized_head_inside_intercepted_tls_gets_431(
-    config_service: ConfigServer,
-    upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
+    upstream: FakeUpstream, start_stack: StartStack
 ) -> None:
     """Inside a MITM'd TLS connection an oversized request head is answered 431 too."""
-    from tests.data_plane.proxy.test_proxy_flow import stack
-
-    proxy = await stack(
-        config_service, upstream, start_bridge, start_proxy, AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096"
-    )
+    proxy = await start_stack(AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096")
     status, _, reader, writer = await raw_connect(
         proxy, f"localhost:{upstream.port}", f"u:{MEMBER_TOKEN}"
     )
@@ -202,8 +195,6 @@ async def test_proxy_dump_keeps_only_the_dump_cap(
     """A provider response larger than the dump cap reaches the client whole; the proxy's dump keeps the cap (0600)."""
     monkeypatch.setattr(dump, "MAX_DUMP_BODY", 5000)
     upstream.responder = lambda seen: Reply(chunks=[b"y" * 3000] * 10)
-    from tests.data_plane.proxy.test_proxy_flow import providers
-
     await config_service.service.publish(snapshot("1", providers(upstream)))
     bridge = await start_bridge(wait_version="1")
     dumps = tmp_path / "dumps"
