@@ -158,23 +158,37 @@ async def test_dump_redacts_and_stays_inside(tmp_path: Path) -> None:
     assert "abcdefghijklmnopqrstuvwxyz" not in files[1].read_text()
 
 
-async def test_dump_through_the_bridge(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, tmp_path: Path
-) -> None:
-    """An intercepted call is dumped under <dir>/<provider>/<model>/ without any secret."""
-    await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
-    bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(tmp_path))
+async def dumped_call(
+    config_service: ConfigServer,
+    start_bridge: StartBridge,
+    dumps: Path,
+    target: pb.Provider,
+    model: str,
+) -> tuple[httpx.Response, list[Path]]:
+    """One chat completion through a bridge dumping into `dumps`: its answer and the two files
+    dumped under <dumps>/openai/<model folder>/ (written once the client has its answer)."""
+    await config_service.service.publish(snapshot("1", [target]))
+    bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(dumps))
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         response = await http.post(
             "/openai/v1/chat/completions",
             headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-            json={"model": "org/gpt-test", "messages": []},
+            json={"model": model, "messages": []},
         )
-    assert response.status_code == 200
-    folder = tmp_path / "openai" / "org-gpt-test"
-    # Written once the client has its answer.
+    folder = dumps / "openai" / model.replace("/", "-")
     await eventually(lambda: folder.is_dir() and len(list(folder.iterdir())) == 2, within=2)
-    files = sorted(folder.iterdir())
+    return response, sorted(folder.iterdir())
+
+
+async def test_dump_through_the_bridge(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """An intercepted call is dumped under <dir>/<provider>/<model>/ without any secret."""
+    response, files = await dumped_call(
+        config_service, start_bridge, tmp_path, openai_provider(upstream), "org/gpt-test"
+    )
+    assert response.status_code == 200
+    assert [f.parent for f in files] == [tmp_path / "openai" / "org-gpt-test"] * 2
     text = "".join(f.read_text() for f in files)
     assert MEMBER_TOKEN not in text and KEY_A not in text
     assert '"model": "org/gpt-test"' in text and "HTTP/1.1 200" in text
@@ -188,18 +202,10 @@ async def test_dump_of_an_upstream_transport_error(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dead = provider("openai", pb.PROVIDER_TYPE_OPENAI, f"http://127.0.0.1:{port}/v1/", [KEY_A])
-    await config_service.service.publish(snapshot("1", [dead]))
-    bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(tmp_path))
-    async with httpx.AsyncClient(base_url=bridge.url) as http:
-        response = await http.post(
-            "/openai/v1/chat/completions",
-            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-            json={"model": "gpt-test", "messages": []},
-        )
+    response, (request, error) = await dumped_call(
+        config_service, start_bridge, tmp_path, dead, "gpt-test"
+    )
     assert response.status_code == 502
-    folder = tmp_path / "openai" / "gpt-test"
-    await eventually(lambda: folder.is_dir() and len(list(folder.iterdir())) == 2, within=2)
-    request, error = sorted(folder.iterdir())
     assert request.name.endswith(".req.txt") and error.name.endswith(".req_error.txt")
     assert request.name.removesuffix(".req.txt") == error.name.removesuffix(".req_error.txt")
     assert error.read_text().startswith("ConnectError: ")
