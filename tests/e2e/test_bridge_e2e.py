@@ -143,36 +143,29 @@ def test_openai_sdk_blocking_and_streaming_use_the_pooled_key(stack: Stack) -> N
     gateway_token_never_upstream(stack)
 
 
+def anthropic_sdk_texts(stack: Stack, provider: str, model: str, stream_model: str) -> list[str]:
+    """What the official Anthropic SDK reads from `provider`: a blocking message, then a stream."""
+    messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hi"}]
+    with anthropic.Anthropic(
+        base_url=f"{stack.bridge_url}/{provider}", api_key=stack.token, max_retries=0
+    ) as client:
+        message = client.messages.create(model=model, max_tokens=10, messages=messages)
+        with client.messages.stream(model=stream_model, max_tokens=10, messages=messages) as stream:
+            return [message.content[0].text, "".join(stream.text_stream)]  # type: ignore[union-attr]
+
+
 def test_anthropic_sdk_blocking_and_streaming_use_the_pooled_key(stack: Stack) -> None:
     """The official Anthropic SDK gets correct blocking and streaming answers with the pooled x-api-key."""
-    client = anthropic.Anthropic(
-        base_url=f"{stack.bridge_url}/claude", api_key=stack.token, max_retries=0
-    )
-    message = client.messages.create(
-        model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-    )
-    assert message.content[0].text == "Hello from upstream"  # type: ignore[union-attr]
-    with client.messages.stream(
-        model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-    ) as stream:
-        assert "".join(stream.text_stream) == "Hello from upstream"
+    texts = anthropic_sdk_texts(stack, "claude", "claude-x", "claude-x")
+    assert texts == ["Hello from upstream"] * 2
     assert {s.headers.get("x-api-key") for s in stack.upstream.seen} == {ANT_KEY}
     gateway_token_never_upstream(stack)
 
 
 def test_bedrock_through_the_anthropic_sdk_is_sigv4_signed(stack: Stack) -> None:
     """Anthropic-format calls to a Bedrock provider reach InvokeModel(+stream) correctly signed and come back as Anthropic."""
-    client = anthropic.Anthropic(
-        base_url=f"{stack.bridge_url}/aws", api_key=stack.token, max_retries=0
-    )
-    message = client.messages.create(
-        model="claude-test-large", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-    )
-    assert message.content[0].text == "Hello from bedrock"  # type: ignore[union-attr]
-    with client.messages.stream(
-        model="claude-test-haiku", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-    ) as stream:
-        assert "".join(stream.text_stream) == "Hello from bedrock"
+    texts = anthropic_sdk_texts(stack, "aws", "claude-test-large", "claude-test-haiku")
+    assert texts == ["Hello from bedrock"] * 2
     fake = stack.upstream.bedrock
     assert not fake.rejected
     assert [r.action for r in fake.received] == ["invoke", "invoke-with-response-stream"]
