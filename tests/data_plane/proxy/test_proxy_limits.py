@@ -116,16 +116,10 @@ async def test_silent_connections_are_dropped_before_and_between_requests(
 
 
 async def test_tunnel_nothing_went_through_is_closed(
-    config_service: ConfigServer, start_proxy: StartProxy, echo: Echo
+    echo: Echo, start_tunnel_proxy: StartProxy
 ) -> None:
     """A CONNECT tunnel that carries no byte within the idle timeout is closed; one in use is not."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(
-        wait_version="1",
-        AIBRIDGE_PROXY_ALLOWED_PORTS=str(echo.port),
-        AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS="127.0.0.0/8",
-        AIBRIDGE_PROXY_IDLE_TIMEOUT="300ms",
-    )
+    proxy = await start_tunnel_proxy(AIBRIDGE_PROXY_IDLE_TIMEOUT="300ms")
     target, auth = f"127.0.0.1:{echo.port}", f"u:{MEMBER_TOKEN}"
     status, _, idle_reader, idle = await raw_connect(proxy, target, auth)
     assert status == 200
@@ -159,16 +153,10 @@ async def test_connection_cap_evicts_the_longest_waiting_connection(
 
 
 async def test_connection_cap_with_every_connection_busy_answers_503(
-    config_service: ConfigServer, start_proxy: StartProxy, echo: Echo
+    echo: Echo, start_tunnel_proxy: StartProxy
 ) -> None:
     """When every held connection is busy (tunnels), a new connection gets a quick 503 and is closed."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(
-        wait_version="1",
-        AIBRIDGE_PROXY_ALLOWED_PORTS=str(echo.port),
-        AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS="127.0.0.0/8",
-        AIBRIDGE_PROXY_MAX_CONNECTIONS="2",
-    )
+    proxy = await start_tunnel_proxy(AIBRIDGE_PROXY_MAX_CONNECTIONS="2")
     tunnels = [
         await raw_connect(proxy, f"127.0.0.1:{echo.port}", f"u:{MEMBER_TOKEN}") for _ in "ab"
     ]
