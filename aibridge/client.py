@@ -7,77 +7,106 @@ token: AIBRIDGE_TOKEN, falling back to AIBRIDGE_ADMIN_TOKEN.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from aibridge.envconfig import Reader
-
-CLIENT_ENV_VARS: list[tuple[str, str]] = [
-    (
-        "AIBRIDGE_CONFIG_SERVICE",
-        "config service host[:port] (default 127.0.0.1:7443; port 7443 if omitted)",
-    ),
-    ("AIBRIDGE_CONFIG_SERVICE_CA_FILE", "PEM CA to verify the config service (enables TLS)"),
-    ("AIBRIDGE_CONFIG_SERVICE_CERT_FILE", "PEM client certificate for mTLS"),
-    ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "PEM client key for mTLS"),
-    ("AIBRIDGE_TOKEN", "token to call the config service with (default AIBRIDGE_ADMIN_TOKEN)"),
-]
-
-
-def read_config_service_tls(r: Reader) -> tuple[Path | None, Path | None, Path | None]:
-    """(CA, client cert, client key) for connecting to the config service; problems to `r`.
-
-    Shared by the CLI, the bridge and the proxy: TLS when the CA is set, mTLS when the
-    client certificate and key are set too.
-    """
-    ca = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CA_FILE")
-    cert = r.existing_file("AIBRIDGE_CONFIG_SERVICE_CERT_FILE")
-    key = r.existing_file("AIBRIDGE_CONFIG_SERVICE_KEY_FILE")
-    if (cert is None) != (key is None):
-        r.problems.append(
-            "AIBRIDGE_CONFIG_SERVICE_CERT_FILE and AIBRIDGE_CONFIG_SERVICE_KEY_FILE "
-            "must be set together"
-        )
-    if cert is not None and ca is None:
-        r.problems.append("a client certificate needs AIBRIDGE_CONFIG_SERVICE_CA_FILE (TLS)")
-    return ca, cert, key
-
+from aibridge.envconfig import Schema, Setting, Values, existing_file, optional, text
+from aibridge.terminal import escape
 
 CONFIG_SERVICE_PORT = 7443
 
 
-def read_config_service(r: Reader) -> str:
+def config_service_target(value: str) -> str:
     """AIBRIDGE_CONFIG_SERVICE as a gRPC target; a host without a port gets 7443.
 
     gRPC itself would take a bare host to mean port 443, where no config service listens.
     Targets in gRPC's own name syntax (dns:///..., unix:...) are passed through as given.
     """
-    target = r.str("AIBRIDGE_CONFIG_SERVICE", f"127.0.0.1:{CONFIG_SERVICE_PORT}")
-    bracketed = target.startswith("[") and target.endswith("]")  # [::1]
-    return f"{target}:{CONFIG_SERVICE_PORT}" if bracketed or ":" not in target else target
+    bracketed = value.startswith("[") and value.endswith("]")  # [::1]
+    return f"{value}:{CONFIG_SERVICE_PORT}" if bracketed or ":" not in value else value
+
+
+CONFIG_SERVICE = Setting(
+    "AIBRIDGE_CONFIG_SERVICE",
+    f"config service host[:port] (port {CONFIG_SERVICE_PORT} if omitted)",
+    config_service_target,
+    f"127.0.0.1:{CONFIG_SERVICE_PORT}",
+)
+CONFIG_SERVICE_CA_FILE = Setting(
+    "AIBRIDGE_CONFIG_SERVICE_CA_FILE",
+    "PEM CA bundle to verify the config service (enables TLS)",
+    optional(existing_file),
+)
+CONFIG_SERVICE_CERT_FILE = Setting(
+    "AIBRIDGE_CONFIG_SERVICE_CERT_FILE",
+    "PEM client certificate for mTLS to the config service",
+    optional(existing_file),
+)
+CONFIG_SERVICE_KEY_FILE = Setting(
+    "AIBRIDGE_CONFIG_SERVICE_KEY_FILE",
+    "PEM client key for mTLS to the config service",
+    optional(existing_file),
+)
+# How the CLI, the bridge and the proxy reach the config service.
+CONNECTION = Schema(
+    (CONFIG_SERVICE, CONFIG_SERVICE_CA_FILE, CONFIG_SERVICE_CERT_FILE, CONFIG_SERVICE_KEY_FILE)
+)
+TOKEN = Setting(
+    "AIBRIDGE_TOKEN",
+    "token to call the config service with (default AIBRIDGE_ADMIN_TOKEN)",
+    text,
+    secret=True,
+)
+ADMIN_TOKEN_FALLBACK = Setting(
+    "AIBRIDGE_ADMIN_TOKEN",
+    "the token when AIBRIDGE_TOKEN is unset",
+    text,
+    secret=True,
+    flagged=False,
+)
+CLIENT = CONNECTION + Schema((TOKEN, ADMIN_TOKEN_FALLBACK))
+
+
+def config_service_tls(v: Values) -> tuple[Path | None, Path | None, Path | None]:
+    """(CA, client cert, client key) for connecting to the config service; problems to `v`.
+
+    TLS when the CA is set, mTLS when the client certificate and key are set too.
+    """
+    ca, cert, key = (
+        v[CONFIG_SERVICE_CA_FILE],
+        v[CONFIG_SERVICE_CERT_FILE],
+        v[CONFIG_SERVICE_KEY_FILE],
+    )
+    if (cert is None) != (key is None):
+        v.problems.append(
+            "AIBRIDGE_CONFIG_SERVICE_CERT_FILE and AIBRIDGE_CONFIG_SERVICE_KEY_FILE "
+            "must be set together"
+        )
+    if cert is not None and ca is None:
+        v.problems.append("a client certificate needs AIBRIDGE_CONFIG_SERVICE_CA_FILE (TLS)")
+    return ca, cert, key
 
 
 @dataclass(frozen=True)
 class ClientSettings:
-    target: str = "127.0.0.1:7443"
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    token: str = field(default="", repr=False)
+    target: str
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    token: str = field(repr=False)
 
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ClientSettings:
-        r = Reader(environ, overrides)
-        target = read_config_service(r)
-        ca, cert, key = read_config_service_tls(r)
-        token = r.str("AIBRIDGE_TOKEN") or r.str("AIBRIDGE_ADMIN_TOKEN")
-        r.check()
-        return cls(target, ca, cert, key, token)
+        v = CLIENT.load(environ, overrides)
+        ca, cert, key = config_service_tls(v)
+        v.check()
+        return cls(v[CONFIG_SERVICE], ca, cert, key, v[TOKEN] or v[ADMIN_TOKEN_FALLBACK])
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         if self.ca_file is None:
@@ -98,15 +127,15 @@ class ClientSettings:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
-def client_from_args(args: object, prog: str) -> ClientSettings | None:
+def client_from_args(args: argparse.Namespace, prog: str) -> ClientSettings | None:
     """Client settings from env + flags for an admin command; None after printing why not."""
     import os
     import sys
 
-    from aibridge.envconfig import SettingsError, overrides_from_args
+    from aibridge.envconfig import SettingsError
 
     try:
-        client = ClientSettings.from_env(os.environ, overrides_from_args(args, CLIENT_ENV_VARS))
+        client = ClientSettings.from_env(os.environ, CLIENT.given(args))
     except SettingsError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
@@ -130,7 +159,7 @@ _HINTS = {
 def describe_rpc_error(exc: grpc.RpcError, target: str) -> str:
     """One clear line for any gRPC error, naming the status and what to check."""
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    details = escape(exc.details() if isinstance(exc, grpc.Call) else exc)
     hint = _HINTS.get(code)
     text = f"{code.name.lower().replace('_', ' ')}: {details}"
     if code is grpc.StatusCode.UNAVAILABLE:

@@ -1,20 +1,33 @@
-"""Parsing helpers for settings loaded from an environment mapping (and flags).
+"""Settings, each declared once, and the one loader that reads them (env + flags).
 
-Settings classes are frozen dataclasses built by `from_env(environ, overrides)`;
-they use a `Reader` so that every bad value is collected and reported at once as
-one `SettingsError`, instead of failing on the first.
+A `Setting` declares one setting: its environment variable, its flag (derived from
+the variable), its default (as text, parsed like any given value), its help, whether
+it is a secret (its value is never echoed) and the name after Coder's prefix it is
+also read under. A `Schema` is the settings of one command: `Schema.load` reads them
+from the environment and the flags (flags win), honours the Coder aliases, and
+collects every bad value; `Values.check()` raises one SettingsError listing them all.
+docs/configuration.md is generated from the same declarations.
 """
 
 from __future__ import annotations
 
-import builtins
+import argparse
+import ipaddress
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
+from urllib.parse import urlsplit
 
-from aibridge.coder_options import CoderOptions, coder_names
+from aibridge.coder_options import coder_names
 
 PREFIX = "AIBRIDGE_"
+T = TypeVar("T")
+V = TypeVar("V", covariant=True)
+Parse = Callable[[str], T]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(Exception):
@@ -25,186 +38,296 @@ class SettingsError(Exception):
         super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
+def flag_for(env_name: str) -> str:
+    """AIBRIDGE_BRIDGE_LISTEN -> --bridge-listen: every AIBRIDGE_ setting is also a flag."""
+    return "--" + env_name.removeprefix(PREFIX).lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Setting(Generic[V]):
+    """One setting. `parse` turns the text (never empty unless the default is) into
+    its value or raises ValueError with what was expected; an unset or empty variable
+    takes `default`, which must parse."""
+
+    env: str
+    help: str
+    parse: Parse[V]
+    default: str = ""
+    secret: bool = False
+    coder: str = ""  # the name after a Coder prefix (coder_options) read as an alias
+    flagged: bool = True  # False: another tool's variable (XDG_DATA_HOME), no flag
+
+    @property
+    def flag(self) -> str | None:
+        return flag_for(self.env) if self.flagged else None
+
+
+# --- kinds: parsers of one setting's text ------------------------------------------
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-class Reader:
-    """Reads typed values from an environment mapping, collecting problems."""
+def text(value: str) -> str:
+    return value
 
-    def __init__(
-        self,
-        environ: Mapping[builtins.str, builtins.str],
-        overrides: Mapping[builtins.str, builtins.str] | None = None,
-        coder: CoderOptions | None = None,
-    ):
-        self._env = dict(environ)
-        # Flags win over the environment: they arrive as {ENV_NAME: value}.
-        for key, value in (overrides or {}).items():
-            self._env[key] = value
-        self.problems: list[builtins.str] = []
-        self._origin: dict[builtins.str, builtins.str] = {}  # ours -> the Coder name read
-        if coder is not None:
-            self._read_coder(coder)
 
-    def _read_coder(self, coder: CoderOptions) -> None:
-        """Coder's names of our settings read as aliases; unsupported ones refused."""
-        for ours, suffix in coder.aliases.items():
-            given = [(v, self.raw(v)) for v in coder_names(suffix) if self.raw(v)]
-            if not given:
-                continue
-            names = [ours] if self.raw(ours) else []
-            names += [name for name, _ in given]
-            if len({self.raw(name) for name in names}) > 1:
-                self.problems.append(
-                    f"{' and '.join(names)} are set to different values; keep only {names[0]}"
-                )
-            elif not self.raw(ours):
-                self._env[ours], self._origin[ours] = str(given[0][1]), given[0][0]
-        for suffix, (off, why) in coder.unsupported.items():
-            for name in coder_names(suffix):
-                value = self.raw(name)
-                if value and value.lower() != off:
-                    self.problems.append(
-                        f"{name} is set, but AI Bridge has no equivalent ({why}); refusing to "
-                        "start rather than ignore it: unset it"
-                    )
+def choice(*options: str) -> Parse[str]:
+    """One of `options` (case-insensitive); empty means unset where the default is empty."""
 
-    def label(self, name: builtins.str) -> builtins.str:
-        """The variable a value was read from: ours, or the Coder name it came from."""
-        return self._origin.get(name, name)
+    def parse(value: str) -> str:
+        if value and value.lower() not in options:
+            raise ValueError("expected " + ", ".join(options[:-1]) + f" or {options[-1]}")
+        return value.lower()
 
-    def raw(self, name: builtins.str) -> builtins.str | None:
-        value = self._env.get(name)
-        return None if value is None else value.strip()
+    return parse
 
-    def str(self, name: builtins.str, default: builtins.str = "") -> builtins.str:
-        value = self.raw(name)
-        return default if value is None or value == "" else value
 
-    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
-        value = self.raw(name)
-        if value is None or value == "":
-            return default
-        if value.lower() in _TRUE:
-            return True
-        if value.lower() in _FALSE:
-            return False
-        self.problems.append(f"{self.label(name)}={value!r}: expected true or false")
-        return default
+def boolean(value: str) -> bool:
+    if value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError("expected true or false")
 
-    def int(
-        self, name: builtins.str, default: builtins.int, minimum: builtins.int | None = None
-    ) -> builtins.int:
-        value = self.raw(name)
-        if value is None or value == "":
-            return default
+
+def integer(minimum: int | None = None) -> Parse[int]:
+    def parse(value: str) -> int:
         try:
-            parsed = int(value)
+            number = int(value)
         except ValueError:
-            self.problems.append(f"{self.label(name)}={value!r}: expected a whole number")
-            return default
-        if minimum is not None and parsed < minimum:
-            self.problems.append(f"{self.label(name)}={value!r}: must be at least {minimum}")
-            return default
-        return parsed
+            raise ValueError("expected a whole number") from None
+        if minimum is not None and number < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return number
 
-    def duration(self, name: builtins.str, default: float) -> float:
-        """Seconds, from '30s', '500ms', '2m', '1h' or a bare number of seconds."""
-        value = self.raw(name)
-        if value is None or value == "":
-            return default
-        match = _DURATION.match(value)
-        if not match:
-            self.problems.append(
-                f"{self.label(name)}={value!r}: expected a duration such as 30s or 500ms"
-            )
-            return default
-        number = float(match.group(1))
-        unit = match.group(2) or "s"
-        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    return parse
 
-    def listen(
-        self, name: builtins.str, default: builtins.str
-    ) -> tuple[builtins.str, builtins.int]:
-        """host:port (IPv6 as [::1]:port); port 0 picks a free port."""
-        value = self.str(name, default)
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or int(port) > 65535:
-            self.problems.append(f"{self.label(name)}={value!r}: expected host:port")
-            host, port = default.rsplit(":", 1)
-        host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - an explicit ':port' means all
-        return host, int(port)
 
-    def existing_file(self, name: builtins.str) -> Path | None:
-        value = self.str(name)
-        if not value:
-            return None
-        path = Path(value).expanduser()
-        if not path.is_file():
-            self.problems.append(f"{self.label(name)}={value!r}: no such file")
-        return path
+def duration(value: str) -> float:
+    """Seconds, more than 0, from '30s', '500ms', '2m', '1h' or a bare number of seconds."""
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError("expected a duration such as 30s or 500ms")
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError("must be more than 0")
+    return seconds
 
-    def csv(self, name: builtins.str, default: builtins.str = "") -> list[builtins.str]:
-        return [part.strip() for part in self.str(name, default).split(",") if part.strip()]
 
-    def log_settings(self) -> tuple[builtins.str, builtins.str]:
-        """(format, level) from AIBRIDGE_LOG_FORMAT / AIBRIDGE_LOG_LEVEL, both validated."""
-        fmt = self.str("AIBRIDGE_LOG_FORMAT").lower()
-        if fmt not in ("", "json", "console"):
-            self.problems.append(f"AIBRIDGE_LOG_FORMAT={fmt!r}: expected json or console")
-            fmt = ""
-        level = self.str("AIBRIDGE_LOG_LEVEL", "info").lower()
-        if level not in ("debug", "info", "warning", "error"):
-            self.problems.append(
-                f"AIBRIDGE_LOG_LEVEL={level!r}: expected debug, info, warning or error"
-            )
-            level = "info"
-        return fmt, level
+def address(value: str) -> tuple[str, int]:
+    """host:port (IPv6 as [::1]:port); port 0 picks a free port; ':port' means all."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an explicit ':port'
+
+
+def path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def existing_file(value: str) -> Path:
+    found = path(value)
+    if not found.is_file():
+        raise ValueError("no such file")
+    return found
+
+
+def http_url(value: str) -> str:
+    """An absolute http(s) URL, without a trailing slash."""
+    url = value.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http(s) URL")
+    return url
+
+
+def port(value: str) -> int:
+    if not (value.isdigit() and 0 < int(value) < 65536):
+        raise ValueError("not a port number")
+    return int(value)
+
+
+def cidr(value: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("not a CIDR") from None
+
+
+def optional(parse: Parse[T]) -> Parse[T | None]:
+    """`parse`, or None for an empty value (a setting that is off unless given)."""
+    return lambda value: parse(value) if value else None
+
+
+def items(parse: Parse[T]) -> Parse[tuple[T, ...]]:
+    """A comma-separated list of `parse` values; every bad item is named."""
+
+    def parse_all(value: str) -> tuple[T, ...]:
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        good: list[T] = []
+        bad: list[str] = []
+        for part in parts:
+            try:
+                good.append(parse(part))
+            except ValueError as exc:
+                bad.append(f"{part!r} is {exc}")
+        if bad:
+            raise ValueError("; ".join(bad))
+        return tuple(good)
+
+    return parse_all
+
+
+# --- the loader ----------------------------------------------------------------------
+
+
+class Values:
+    """The settings of one schema as read, and every problem found reading them."""
+
+    def __init__(self, values: dict[str, Any], problems: list[str]):
+        self._values = values
+        self.problems = problems
+
+    def __getitem__(self, setting: Setting[T]) -> T:
+        return cast(T, self._values[setting.env])
 
     def check(self) -> None:
         if self.problems:
             raise SettingsError(self.problems)
 
 
-def default_data_dir() -> Path:
-    """A per-user data directory (XDG on Linux, ~/Library on macOS)."""
-    import os
-    import sys
+@dataclass(frozen=True)
+class Schema:
+    """The settings of one command, and the Coder options it refuses:
+    name after the prefix -> (the value that means "off", why it cannot be honoured)."""
 
+    settings: tuple[Setting[Any], ...]
+    coder_refused: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    def only(self, *names: str) -> Schema:
+        return Schema(tuple(s for s in self.settings if s.env in names))
+
+    def __add__(self, other: Schema) -> Schema:
+        return Schema(self.settings + other.settings, {**self.coder_refused, **other.coder_refused})
+
+    def load(
+        self, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
+    ) -> Values:
+        """Read every setting: flags (`overrides`, {ENV: value}) win over `environ`."""
+        env = {name: value.strip() for name, value in {**environ, **(overrides or {})}.items()}
+        problems: list[str] = []
+        origin: dict[str, str] = {}
+        for setting in self.settings:
+            if setting.coder:
+                _alias(setting, env, origin, problems)
+        problems += _refused(self.coder_refused, env)
+        values = {}
+        for setting in self.settings:
+            label = origin.get(setting.env, setting.env)
+            values[setting.env] = _read(setting, env.get(setting.env, ""), label, problems)
+        return Values(values, problems)
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        """One flag per setting that has one; its value arrives as the variable's."""
+        for setting in self.settings:
+            if setting.flag is not None:
+                default = f"default {setting.default}; " if setting.default else ""
+                parser.add_argument(
+                    setting.flag,
+                    dest=setting.env,
+                    default=None,
+                    metavar="VALUE",
+                    help=f"{setting.help} ({default}env {setting.env})",
+                )
+
+    def given(self, args: argparse.Namespace) -> dict[str, str]:
+        """The flags given, as {ENV_NAME: value}: the `overrides` of `load`."""
+        found = {s.env: getattr(args, s.env, None) for s in self.settings}
+        return {name: str(value) for name, value in found.items() if value is not None}
+
+
+def _read(setting: Setting[T], value: str, label: str, problems: list[str]) -> T:
+    try:
+        return setting.parse(value or setting.default)
+    except ValueError as exc:
+        shown = "" if setting.secret else f"={value!r}"
+        problems.append(f"{label}{shown}: {exc}")
+        return setting.parse(setting.default)
+
+
+def _alias(
+    setting: Setting[Any], env: dict[str, str], origin: dict[str, str], problems: list[str]
+) -> None:
+    """Coder's names of `setting` read as its aliases; ours wins, a conflict is refused."""
+    given = [name for name in coder_names(setting.coder) if env.get(name)]
+    if not given:
+        return
+    names = ([setting.env] if env.get(setting.env) else []) + given
+    if len({env[name] for name in names}) > 1:
+        problems.append(f"{' and '.join(names)} are set to different values; keep only {names[0]}")
+    elif not env.get(setting.env):
+        env[setting.env], origin[setting.env] = env[given[0]], given[0]
+
+
+def _refused(refused: Mapping[str, tuple[str, str]], env: Mapping[str, str]) -> Iterable[str]:
+    """Coder options we cannot honour that change security: set (and not off), refused."""
+    for suffix, (off, why) in refused.items():
+        for name in coder_names(suffix):
+            value = env.get(name, "")
+            if value and value.lower() != off:
+                yield (
+                    f"{name} is set, but AI Bridge has no equivalent ({why}); refusing to "
+                    "start rather than ignore it: unset it"
+                )
+
+
+# --- settings several commands share -------------------------------------------------
+
+XDG_DATA_HOME = Setting(
+    "XDG_DATA_HOME",
+    "base of the per-user data directory on Linux (default ~/.local/share)",
+    optional(path),
+    flagged=False,
+)
+DATA_DIR = Setting(
+    "AIBRIDGE_DATA_DIR",
+    "data directory: the SQLite database, the generated proxy CA, `aibridge up`'s secrets "
+    "(default: $XDG_DATA_HOME/aibridge, ~/Library/Application Support/aibridge on macOS)",
+    optional(path),
+)
+LOG_FORMAT = Setting(
+    "AIBRIDGE_LOG_FORMAT",
+    "json or console (default: json unless a terminal)",
+    choice("json", "console"),
+)
+LOG_LEVEL = Setting(
+    "AIBRIDGE_LOG_LEVEL",
+    "debug, info, warning or error",
+    choice("debug", "info", "warning", "error"),
+    "info",
+)
+GRPC_LISTEN = Setting(
+    "AIBRIDGE_GRPC_LISTEN",
+    "config service gRPC listen address host:port",
+    address,
+    "127.0.0.1:7443",
+)
+BRIDGE_LISTEN = Setting(
+    "AIBRIDGE_BRIDGE_LISTEN", "bridge HTTP listen address host:port", address, "127.0.0.1:8080"
+)
+PROXY_LISTEN = Setting(
+    "AIBRIDGE_PROXY_LISTEN", "proxy listen address host:port", address, "127.0.0.1:8888"
+)
+LOGGING = Schema((LOG_FORMAT, LOG_LEVEL))
+
+
+def resolve_data_dir(values: Values) -> Path:
+    """AIBRIDGE_DATA_DIR, or the per-user data directory (XDG on Linux, ~/Library on macOS)."""
+    given = values[DATA_DIR]
+    if given is not None:
+        return given
     if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "aibridge"
-
-
-def flag_for(env_name: str) -> str:
-    """AIBRIDGE_BRIDGE_LISTEN -> --bridge-listen: every setting is also a flag."""
-    return "--" + env_name.removeprefix(PREFIX).lower().replace("_", "-")
-
-
-def add_env_flags(parser: object, names: list[tuple[str, str]]) -> None:
-    """Add one flag per (ENV_NAME, help) pair to an argparse parser."""
-    import argparse
-
-    assert isinstance(parser, argparse.ArgumentParser)
-    for env_name, help_text in names:
-        parser.add_argument(
-            flag_for(env_name),
-            dest=env_name,
-            default=None,
-            metavar="VALUE",
-            help=f"{help_text} (env {env_name})",
-        )
-
-
-def overrides_from_args(args: object, names: list[tuple[str, str]]) -> dict[str, str]:
-    """The flags that were given, as {ENV_NAME: value}, to pass to Reader."""
-    given: dict[str, str] = {}
-    for env_name, _ in names:
-        value = getattr(args, env_name, None)
-        if value is not None:
-            given[env_name] = str(value)
-    return given
+        return Path.home() / "Library" / "Application Support" / "aibridge"
+    return (values[XDG_DATA_HOME] or Path.home() / ".local" / "share") / "aibridge"

@@ -33,6 +33,17 @@ def _redact(
     return event
 
 
+def _escape_controls(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Control characters in values (a client's model name, path...) shown escaped: raw,
+    they would reach the operator's terminal (ANSI/OSC sequences, NUL, forged lines)."""
+    for key, value in list(event.items()):
+        if isinstance(value, str) and not value.isprintable():
+            event[key] = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+    return event
+
+
 def configure(level: str = "info", fmt: str = "") -> None:
     """Configure structlog and stdlib logging once per process.
 
@@ -40,10 +51,11 @@ def configure(level: str = "info", fmt: str = "") -> None:
     """
     if not fmt:
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
+    # JSON escapes control characters itself; key-value lines need it done for them.
+    renderers: list[Any] = (
+        [structlog.processors.JSONRenderer()]
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else [_escape_controls, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     )
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
@@ -56,7 +68,7 @@ def configure(level: str = "info", fmt: str = "") -> None:
         processors=[
             *shared,
             structlog.processors.format_exc_info,
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

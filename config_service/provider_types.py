@@ -7,14 +7,15 @@ from urllib.parse import urlsplit
 
 from aibridge.config.v1 import provider_pb2
 
-NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+# \Z, not $: in Python `$` also matches before a trailing newline ("openai\n").
+NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")
 MAX_NAME_LENGTH = 63
 MAX_KEYS = 5
 
 # Bedrock: region names as the data plane checks them, IAM role ARNs, and the standard
 # runtime host a region can be read from.
-REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$", re.ASCII)
-ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+$", re.ASCII)
+REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z", re.ASCII)
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+\Z", re.ASCII)
 BEDROCK_HOST_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
 DEFAULT_BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 DEFAULT_BEDROCK_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"

@@ -36,6 +36,7 @@ from config_service.rbac import Role
 from config_service.seed import apply as seed_apply
 from config_service.seed.env import parse_env
 from config_service.servicers.config import ConfigServicer
+from config_service.servicers.edge import MalformedRequests
 from config_service.settings import ConfigServiceSettings
 from config_service.store import subscriber_status, tokens
 from config_service.store.database import Database
@@ -304,7 +305,11 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
         ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
     )
     # Bound first: a port that is taken fails before the database is migrated or seeded.
-    server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+    server = grpc.aio.server(
+        options=GRPC_OPTIONS,
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        interceptors=[MalformedRequests()],
+    )
     credentials = _credentials(settings)
     port = _add_port(server, settings, credentials)
     try:

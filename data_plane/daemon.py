@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
-from aibridge.envconfig import Reader, SettingsError, add_env_flags, overrides_from_args
+from aibridge.envconfig import Schema, Setting, SettingsError, Values, optional, path, text
 from aibridge.logs import configure
 from aibridge.ports import ListenError
 
@@ -21,31 +21,57 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def daemon_token(r: Reader, name: str, role: str) -> str:
-    """The daemon's own token for the config service; a clear problem when it is missing."""
-    token = r.str(name)
+def daemon_token(role: str) -> Setting[str]:
+    """The daemon's own token for the config service (AIBRIDGE_<ROLE>_TOKEN)."""
+    return Setting(
+        f"AIBRIDGE_{role.upper()}_TOKEN",
+        f"token of the {role} principal, presented to the config service",
+        text,
+        secret=True,
+    )
+
+
+def required_token(v: Values, setting: Setting[str], role: str) -> str:
+    """The token; a clear problem when it is missing."""
+    token = v[setting]
     if not token:
-        r.problems.append(
-            f"{name} is not set: the {role} needs a token of the {role} role to follow the "
-            f"config service (set AIBRIDGE_{role.upper()}_TOKEN on the config service too, "
+        v.problems.append(
+            f"{setting.env} is not set: the {role} needs a token of the {role} role to follow "
+            f"the config service (set {setting.env} on the config service too, "
             f"or create one with `aibridge tokens create --local --role {role}`)"
         )
     return token
+
+
+DUMP_DIR = Setting(
+    "AIBRIDGE_DUMP_DIR",
+    "write redacted request/response dumps here (empty: off)",
+    optional(path),
+    coder="DUMP_DIR",
+)
+SNAPSHOT_CACHE = Setting(
+    "AIBRIDGE_SNAPSHOT_CACHE",
+    "file (mode 0600) keeping the last good snapshot (empty: off)",
+    optional(path),
+)
+NODE_ID = Setting(
+    "AIBRIDGE_NODE_ID", "name of this instance for the config service (default host-pid)", text
+)
 
 
 def load_settings(
     argv: list[str] | None,
     prog: str,
     description: str,
-    env_vars: list[tuple[str, str]],
+    schema: Schema,
     from_env: Callable[[Mapping[str, str], Mapping[str, str]], S],
 ) -> S | None:
     """Flags + env -> settings, logging configured; None after printing every problem."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_env_flags(parser, env_vars)
+    schema.add_flags(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = from_env(os.environ, overrides_from_args(args, env_vars))
+        settings = from_env(os.environ, schema.given(args))
     except SettingsError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None

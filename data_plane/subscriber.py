@@ -34,6 +34,7 @@ import grpc.aio
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
+from aibridge.limits import MAX_REPORT_TEXT
 from aibridge.logs import get_logger
 from aibridge.masking import Secret
 from aibridge.versions import parse_version
@@ -272,6 +273,10 @@ class Subscriber:
     async def _report(
         self, stub: cs_grpc.ConfigServiceAsyncStub, request: cs.ReportStatusRequest
     ) -> None:
+        # The config service rejects a report beyond its bounds: keep diagnostics within.
+        request.error_detail = request.error_detail[:MAX_REPORT_TEXT]
+        for error in request.errors:
+            error.message = error.message[:MAX_REPORT_TEXT]
         try:
             await stub.ReportStatus(request, metadata=self._metadata, timeout=REPORT_TIMEOUT)
         except grpc.aio.AioRpcError as exc:

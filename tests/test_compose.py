@@ -9,22 +9,22 @@ from typing import Any
 
 import yaml
 
-from aibridge.client import CLIENT_ENV_VARS
-from config_service.settings import ENV_VARS as CONFIG_VARS
-from data_plane.bridge.settings import SETTINGS as BRIDGE_VARS
-from data_plane.proxy.settings import SETTINGS as PROXY_VARS
+from aibridge.client import CLIENT
+from config_service.settings import SETTINGS as CONFIG_SERVICE
+from data_plane.bridge.settings import SETTINGS as BRIDGE
+from data_plane.proxy.settings import SETTINGS as PROXY
 
 ROOT = Path(__file__).resolve().parent.parent
 READ_BY = {
-    "config-service": {n for n, _ in CONFIG_VARS}
+    "config-service": {s.env for s in CONFIG_SERVICE.settings}
     | {
         "AIBRIDGE_OPENAI_KEY",
         "AIBRIDGE_OPENAI_BASE_URL",
         "AIBRIDGE_ANTHROPIC_KEY",
         "AIBRIDGE_ANTHROPIC_BASE_URL",
     },
-    "bridge": {n for n, _ in BRIDGE_VARS},
-    "proxy": {n for n, _ in PROXY_VARS},
+    "bridge": {s.env for s in BRIDGE.settings},
+    "proxy": {s.env for s in PROXY.settings},
 }
 
 
@@ -76,7 +76,7 @@ def test_daemons_point_at_the_config_service_and_the_bridge() -> None:
     services = compose()["services"]
     assert services["bridge"]["environment"]["AIBRIDGE_CONFIG_SERVICE"] == "config-service:7443"
     assert services["proxy"]["environment"]["AIBRIDGE_PROXY_BRIDGE_URL"] == "http://bridge:8080"
-    assert {n for n, _ in CLIENT_ENV_VARS} >= {"AIBRIDGE_CONFIG_SERVICE"}
+    assert {s.env for s in CLIENT.settings} >= {"AIBRIDGE_CONFIG_SERVICE"}
 
 
 def test_the_config_service_grpc_port_is_published_on_loopback_for_the_host_cli() -> None:

@@ -37,11 +37,11 @@ import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT_ENV_VARS, ClientSettings, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, ClientSettings, client_from_args, describe_rpc_error
 from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_pb2
-from aibridge.envconfig import add_env_flags
+from aibridge.terminal import escape, table
 
 PROG = "aibridge providers"
 TIMEOUT = 30.0
@@ -87,7 +87,7 @@ def _add_bedrock_flags(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_env_flags(p, CLIENT_ENV_VARS)
+    CLIENT.add_flags(p)
     return p
 
 
@@ -191,15 +191,6 @@ def _bedrock(args: argparse.Namespace) -> tuple[pb.BedrockSettingsInput, list[st
 # ----------------------------------------------------------------------------- output
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    ]
-    return "\n".join(lines)
-
-
 def _ts(message: Any, field: str) -> str:
     if not message.HasField(field):
         return ""
@@ -236,8 +227,8 @@ def _print_keys(keys: Sequence[provider_pb2.ProviderKey], indent: str = "") -> N
     if not keys:
         print(f"{indent}(no keys)")
         return
-    table = _table(["ID", "HINT", "CREATED"], [[k.id, k.hint, _ts(k, "created_at")] for k in keys])
-    print("\n".join(indent + line for line in table.splitlines()))
+    lines = table(["ID", "HINT", "CREATED"], [[k.id, k.hint, _ts(k, "created_at")] for k in keys])
+    print("\n".join(indent + line for line in lines.splitlines()))
 
 
 def print_provider(p: provider_pb2.Provider) -> None:
@@ -263,7 +254,7 @@ def print_provider(p: provider_pb2.Provider) -> None:
         ]
     rows.append(("keys", str(p.key_count)))
     for label, value in rows:
-        print(f"{label + ':':<18}{value}")
+        print(f"{label + ':':<18}{escape(value)}")
     if p.keys:
         _print_keys(p.keys, indent="  ")
 
@@ -273,7 +264,7 @@ def print_list(providers: Sequence[provider_pb2.Provider]) -> None:
         print("(no providers)", file=sys.stderr)
         return
     print(
-        _table(
+        table(
             ["NAME", "TYPE", "STATUS", "KEYS", "BASE URL"],
             [
                 [

@@ -15,10 +15,9 @@ import sys
 import grpc
 from google.protobuf.json_format import MessageToJson
 
-from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, client_from_args, describe_rpc_error
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
-from aibridge.envconfig import add_env_flags
 
 
 def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
@@ -27,7 +26,7 @@ def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
     )
     p.add_argument("--watch", action="store_true", help="stream every new snapshot")
     p.add_argument("--known-version", default="", help="with --watch: skip this version")
-    add_env_flags(p, CLIENT_ENV_VARS)
+    CLIENT.add_flags(p)
     args = p.parse_args(argv)
     client = client_from_args(args, prog)
     if client is None:

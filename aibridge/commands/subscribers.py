@@ -17,11 +17,11 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, client_from_args, describe_rpc_error
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
-from aibridge.envconfig import add_env_flags
+from aibridge.terminal import escape, table
 
 PROG = "aibridge subscribers"
 HEADERS = (
@@ -50,14 +50,6 @@ def _ts(message: Any, field: str) -> str:
     return str(getattr(message, field).ToDatetime().replace(microsecond=0).isoformat()) + "Z"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    )
-
-
 def subscriber_dict(s: pb.Subscriber) -> dict[str, Any]:
     data = MessageToDict(
         s, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -84,12 +76,12 @@ def print_table(subscribers: Sequence[pb.Subscriber]) -> None:
         ]
         for s in subscribers
     ]
-    print(_table(HEADERS, rows))
+    print(table(HEADERS, rows))
     for s in subscribers:
         for error in s.errors:
-            print(f"  {s.node_id}: {error.provider_name}: {error.message}")
+            print(f"  {escape(s.node_id)}: {escape(error.provider_name)}: {escape(error.message)}")
         if s.error_detail:
-            print(f"  {s.node_id}: {s.error_detail}")
+            print(f"  {escape(s.node_id)}: {escape(s.error_detail)}")
 
 
 def main(argv: list[str], prog: str = PROG) -> int:
@@ -97,7 +89,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_env_flags(p, CLIENT_ENV_VARS)
+    CLIENT.add_flags(p)
     args = p.parse_args(argv)
     client = client_from_args(args, prog)
     if client is None:

@@ -38,17 +38,20 @@ from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.config.v1 import token_pb2
-from aibridge.envconfig import Reader, SettingsError, add_env_flags, default_data_dir
-from aibridge.envconfig import overrides_from_args as flags_given
+from aibridge.envconfig import (
+    BRIDGE_LISTEN,
+    DATA_DIR,
+    GRPC_LISTEN,
+    PROXY_LISTEN,
+    XDG_DATA_HOME,
+    Schema,
+    SettingsError,
+    resolve_data_dir,
+)
 from aibridge.files import write_private
 from aibridge.ports import ListenError, check_free
 
-ENV_VARS: list[tuple[str, str]] = [
-    ("AIBRIDGE_DATA_DIR", "where the database and generated secrets live"),
-    ("AIBRIDGE_GRPC_LISTEN", "config service gRPC address (default 127.0.0.1:7443)"),
-    ("AIBRIDGE_BRIDGE_LISTEN", "bridge HTTP address (default 127.0.0.1:8080)"),
-    ("AIBRIDGE_PROXY_LISTEN", "proxy address (default 127.0.0.1:8888)"),
-]
+SETTINGS = Schema((DATA_DIR, XDG_DATA_HOME, GRPC_LISTEN, BRIDGE_LISTEN, PROXY_LISTEN))
 SECRETS_FILE = "dev-secrets.env"
 USER_PRINCIPAL = "dev-user"
 EXIT_CODES = {"config": 11, "bridge": 12, "proxy": 13}
@@ -339,15 +342,14 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_env_flags(parser, ENV_VARS)
-    args = parser.parse_args(argv)
-    reader = Reader(os.environ, flags_given(args, ENV_VARS))
-    data_dir = Path(reader.str("AIBRIDGE_DATA_DIR", str(default_data_dir()))).expanduser()
-    grpc_host, grpc_port = reader.listen("AIBRIDGE_GRPC_LISTEN", "127.0.0.1:7443")
-    bridge_host, bridge_port = reader.listen("AIBRIDGE_BRIDGE_LISTEN", "127.0.0.1:8080")
-    proxy_host, proxy_port = reader.listen("AIBRIDGE_PROXY_LISTEN", "127.0.0.1:8888")
+    SETTINGS.add_flags(parser)
+    v = SETTINGS.load(os.environ, SETTINGS.given(parser.parse_args(argv)))
+    data_dir = resolve_data_dir(v)
+    grpc_host, grpc_port = v[GRPC_LISTEN]
+    bridge_host, bridge_port = v[BRIDGE_LISTEN]
+    proxy_host, proxy_port = v[PROXY_LISTEN]
     try:
-        reader.check()
+        v.check()
     except SettingsError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2

@@ -5,33 +5,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Collection
 
 from aibridge import logs
-from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+from aibridge.envconfig import DATA_DIR, LOG_FORMAT, LOG_LEVEL, XDG_DATA_HOME, Schema, SettingsError
 from config_service.seed.env import SeedConfigError, parse_env
-from config_service.settings import ENV_VARS, ConfigServiceSettings
+from config_service.settings import DATABASE_URL, SETTINGS, ConfigServiceSettings
 
 # The settings of a command that only works on the database (migrate, tokens --local).
-DATABASE_VARS = (
-    "AIBRIDGE_DATA_DIR",
-    "AIBRIDGE_DATABASE_URL",
-    "AIBRIDGE_LOG_FORMAT",
-    "AIBRIDGE_LOG_LEVEL",
+DATABASE_SETTINGS = SETTINGS.only(
+    *(s.env for s in (DATA_DIR, XDG_DATA_HOME, DATABASE_URL, LOG_FORMAT, LOG_LEVEL))
 )
 
 
-def env_vars(names: Collection[str] | None = None) -> list[tuple[str, str]]:
-    """The config-service settings named (all of them with None), as (ENV_NAME, help)."""
-    return [e for e in ENV_VARS if names is None or e[0] in names]
-
-
-def parser(
-    prog: str, description: str, names: Collection[str] | None = None
-) -> argparse.ArgumentParser:
-    """A parser with one flag per setting in `names` (every setting with None)."""
+def parser(prog: str, description: str, schema: Schema = SETTINGS) -> argparse.ArgumentParser:
+    """A parser with one flag per setting of `schema` (every config-service setting)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    add_env_flags(p, env_vars(names))
+    schema.add_flags(p)
     return p
 
 
@@ -40,7 +29,7 @@ def load(args: argparse.Namespace, validate_seed: bool = False) -> ConfigService
     problems: list[str] = []
     settings = None
     try:
-        settings = ConfigServiceSettings.from_env(os.environ, overrides_from_args(args, ENV_VARS))
+        settings = ConfigServiceSettings.from_env(os.environ, SETTINGS.given(args))
     except SettingsError as exc:
         problems += exc.problems
     if validate_seed:

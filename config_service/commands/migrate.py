@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from config_service.commands.common import DATABASE_VARS, load, parser
+from config_service.commands.common import DATABASE_SETTINGS, load, parser
 from config_service.db import migrate
 from config_service.db.engine import make_engine
 from config_service.store.database import is_connection_error
@@ -12,7 +12,7 @@ from config_service.store.database import is_connection_error
 
 def main(argv: list[str], prog: str = "aibridge migrate") -> int:
     args = parser(
-        prog, "Bring the database schema to the latest migration.", DATABASE_VARS
+        prog, "Bring the database schema to the latest migration.", DATABASE_SETTINGS
     ).parse_args(argv)
     settings = load(args)
     if settings is None:

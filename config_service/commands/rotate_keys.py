@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import sys
 
-from config_service.commands.common import DATABASE_VARS, load, parser
+from config_service.commands.common import DATABASE_SETTINGS, load, parser
 from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
 from config_service.errors import ConfigError
+from config_service.settings import ENCRYPTION_KEYS, SETTINGS
 from config_service.store.database import Database
 from config_service.store.rotation import rotate
 
 
 def main(argv: list[str], prog: str = "aibridge rotate-keys") -> int:
-    args = parser(prog, __doc__ or "", (*DATABASE_VARS, "AIBRIDGE_ENCRYPTION_KEYS")).parse_args(
-        argv
-    )
+    schema = DATABASE_SETTINGS + SETTINGS.only(ENCRYPTION_KEYS.env)
+    args = parser(prog, __doc__ or "", schema).parse_args(argv)
     settings = load(args)
     if settings is None:
         return 2

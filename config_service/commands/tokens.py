@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from aibridge.client import CLIENT_ENV_VARS, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, client_from_args, describe_rpc_error
 from aibridge.config.v1 import token_admin_service_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
-from aibridge.envconfig import SettingsError, add_env_flags, overrides_from_args
+from aibridge.envconfig import SettingsError
+from aibridge.terminal import escape, table
 from config_service.errors import ConfigError
 from config_service.rbac import Role, Subject
 
@@ -38,7 +39,7 @@ ROLES = [r.value for r in Role]
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    from config_service.commands.common import DATABASE_VARS, env_vars
+    from config_service.commands.common import DATABASE_SETTINGS
 
     p = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -58,30 +59,28 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         s.add_argument(
             "--local", action="store_true", help="use the database directly instead of the gRPC API"
         )
-        add_env_flags(
-            s,
-            CLIENT_ENV_VARS + env_vars(DATABASE_VARS),
-        )
+        (CLIENT + DATABASE_SETTINGS).add_flags(s)
     return p
-
-
-def _row(token: dict[str, Any]) -> str:
-    revoked = f"revoked {token['revoked_at']}" if token.get("revoked_at") else "active"
-    return (
-        f"{token['id']}  {token['role']:<8} {token['principal_name']:<20} "
-        f"{token['hint']}...  {revoked}"
-    )
 
 
 def _print_tokens(tokens: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(tokens, indent=2))
         return
-    print(f"{'ID':<36}  {'ROLE':<8} {'PRINCIPAL':<20} HINT         STATUS")
-    for token in tokens:
-        print(_row(token))
     if not tokens:
         print("(no tokens)", file=sys.stderr)
+        return
+    rows = [
+        [
+            t["id"],
+            t["role"],
+            t["principal_name"],
+            f"{t['hint']}...",
+            f"revoked {t['revoked_at']}" if t.get("revoked_at") else "active",
+        ]
+        for t in tokens
+    ]
+    print(table(["ID", "ROLE", "PRINCIPAL", "HINT", "STATUS"], rows))
 
 
 def _already_revoked(token: dict[str, Any]) -> str:
@@ -110,11 +109,11 @@ def _local(args: argparse.Namespace) -> int:
     from config_service.crypto import Cipher
     from config_service.db import migrate
     from config_service.db.engine import make_engine
-    from config_service.settings import ENV_VARS, ConfigServiceSettings
+    from config_service.settings import SETTINGS, ConfigServiceSettings
     from config_service.store import tokens
     from config_service.store.database import Database
 
-    settings = ConfigServiceSettings.from_env(os.environ, overrides_from_args(args, ENV_VARS))
+    settings = ConfigServiceSettings.from_env(os.environ, SETTINGS.given(args))
     logs.configure("warning", settings.log_format)
     db = Database(make_engine(settings.database_url), Cipher(settings.encryption_keys))
     subject = _local_subject()
@@ -140,7 +139,7 @@ def _local(args: argparse.Namespace) -> int:
                 )
                 return 1
             view = tokens.revoke_token(db, subject, args.id)
-            print(f"revoked token {view.id} ({view.principal_name})", file=sys.stderr)
+            print(f"revoked token {view.id} ({escape(view.principal_name)})", file=sys.stderr)
     finally:
         db.engine.dispose()
     return 0
@@ -212,7 +211,7 @@ def _remote(args: argparse.Namespace) -> int:
                     pb.RevokeTokenRequest(id=args.id), metadata=md, timeout=30
                 )
                 print(
-                    f"revoked token {revoked.token.id} ({revoked.token.principal_name})",
+                    f"revoked token {revoked.token.id} ({escape(revoked.token.principal_name)})",
                     file=sys.stderr,
                 )
         except grpc.RpcError as exc:

@@ -13,6 +13,13 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aibridge.config.v1 import config_service_pb2 as pb
+from aibridge.limits import (
+    MAX_NODE_ID,
+    MAX_REPORT_ERRORS,
+    MAX_REPORT_NAME,
+    MAX_REPORT_TEXT,
+    MAX_VERSION,
+)
 from aibridge.logs import get_logger
 from aibridge.versions import parse_version
 from config_service.auth import Authenticator
@@ -31,11 +38,10 @@ from config_service.servicers.edge import abort_for, unary
 from config_service.snapshot import ROLE_TO_PROTO
 from config_service.store.subscriber_status import RemoteSubscriber
 from config_service.subscribers import ProviderIssue, SubscriberRegistry
+from config_service.text import check_text
 
 log = get_logger("aibridge.config.watch")
 SERVICE = "aibridge.config.v1.ConfigService"
-_MAX_NODE_ID = 200
-_MAX_ERRORS = 1000
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _CUT_OFF = (
@@ -60,9 +66,7 @@ def _still_valid(subject: Subject, live: Subject | None) -> None:
 
 
 def _node_id(value: str, field: str = "node_id") -> str:
-    if len(value) > _MAX_NODE_ID or any(not c.isprintable() for c in value):
-        raise InvalidArgument(field, f"must be at most {_MAX_NODE_ID} printable characters")
-    return value
+    return check_text(field, value, MAX_NODE_ID)
 
 
 class ConfigServicer:
@@ -177,26 +181,32 @@ class ConfigServicer:
     ) -> pb.ReportStatusResponse:
         subject = await self._auth.authenticate(context)
         authorize(subject, Action.REPORT_STATUS)
+        # Every field is checked here, before it is stored: a value the database cannot
+        # hold (too long for its column, a NUL) would otherwise fail every later publish
+        # of this replica's subscribers, and with it cluster-wide ListSubscribers.
         node_id = _node_id(request.node_id)
         if not node_id:
             raise InvalidArgument("node_id", "is required")
-        if not request.version:
+        version = check_text("version", request.version, MAX_VERSION)
+        if not version:
             raise InvalidArgument("version", "is required")
-        if len(request.errors) > _MAX_ERRORS:
-            raise InvalidArgument("errors", f"at most {_MAX_ERRORS} entries")
-        issues = [ProviderIssue(e.provider_name[:200], e.message[:2000]) for e in request.errors]
+        if len(request.errors) > MAX_REPORT_ERRORS:
+            raise InvalidArgument("errors", f"at most {MAX_REPORT_ERRORS} entries")
+        issues = [
+            ProviderIssue(
+                check_text(f"errors[{i}].provider_name", e.provider_name, MAX_REPORT_NAME),
+                check_text(f"errors[{i}].message", e.message, MAX_REPORT_TEXT, multiline=True),
+            )
+            for i, e in enumerate(request.errors)
+        ]
+        detail = check_text("error_detail", request.error_detail, MAX_REPORT_TEXT, multiline=True)
         found = self._registry.report(
-            node_id,
-            subject.principal_id,
-            request.version,
-            request.applied,
-            issues,
-            request.error_detail[:2000],
+            node_id, subject.principal_id, version, request.applied, issues, detail
         )
         log.info(
             "subscriber report",
             node_id=node_id,
-            version=request.version,
+            version=version,
             applied=request.applied,
             errors=len(issues),
             matched_stream=found,

@@ -2,17 +2,22 @@
 
 ConfigError subclasses carry their status code and a caller-safe message. Anything
 else is a bug: logged with its traceback and answered INTERNAL with a reference,
-never with its text (which could carry data).
+never with its text (which could carry data). A request body that does not parse is
+answered INVALID_ARGUMENT by `MalformedRequests`, for every RPC on the server (grpcio
+itself would answer UNKNOWN and log a traceback).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
 
 from aibridge.logs import get_logger
 from config_service.errors import ConfigError, Unavailable
@@ -58,3 +63,93 @@ def unary(fn: Handler[R]) -> Handler[R]:
         raise AssertionError("unreachable: abort raises")
 
     return wrapper
+
+
+# ------------------------------------------------------------------ malformed request bodies
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_MALFORMED = object()  # what a request body that does not parse deserializes to
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return _MALFORMED
+
+    return parse
+
+
+Method: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+_FACTORIES = {  # (request streaming, response streaming) -> handler factory
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _guard(method: str, handler: Any) -> Method:
+    """The same handler, answering INVALID_ARGUMENT to a request that did not parse."""
+    message = f"malformed request: the body is not a valid request message of {method}"
+    streaming = bool(handler.request_streaming)
+    inner: Callable[..., Any] = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+    async def check(request: Any, context: Context) -> None:
+        if request is _MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+    async def checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        async for request in requests:
+            await check(request, context)
+            yield request
+
+    async def arguments(request: Any, context: Context) -> Any:
+        if streaming:
+            return checked(request, context)
+        await check(request, context)
+        return request
+
+    # The guard is of the servicer's kind: an async generator, or a coroutine (which
+    # may stream with context.write, as grpcio's health Watch does).
+    if inspect.isasyncgenfunction(inner):
+
+        async def generate(request: Any, context: Context) -> AsyncIterator[Any]:
+            async for response in inner(await arguments(request, context), context):
+                yield response
+
+        guarded: Callable[..., Any] = generate
+    else:
+
+        async def call(request: Any, context: Context) -> Any:
+            return await inner(await arguments(request, context), context)
+
+        guarded = call
+    factory = _FACTORIES[streaming, bool(handler.response_streaming)]
+    return factory(guarded, _tolerant(handler.request_deserializer), handler.response_serializer)
+
+
+class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Every RPC answers INVALID_ARGUMENT, not UNKNOWN, to a body that does not parse."""
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, Method] = {}  # a method's handler never changes
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Method]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Method:
+        method = handler_call_details.method
+        guarded = self._guarded.get(method)
+        if guarded is None:
+            handler = await continuation(handler_call_details)
+            if handler is None or handler.request_deserializer is None:
+                return handler
+            guarded = self._guarded[method] = _guard(method, handler)
+        return guarded

@@ -31,6 +31,7 @@ from config_service.provider_types import (
     name_problem,
 )
 from config_service.records import BedrockRecord
+from config_service.text import UUID_RE, check_text
 
 MAX_DISPLAY_NAME = 200
 MAX_BASE_URL = 2048
@@ -38,10 +39,7 @@ MAX_SECRET = 4096
 MAX_SETTING = 256
 MAX_ID_OR_NAME = 100
 
-UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
-PATH_RE = re.compile(r"^[a-z_.]{1,40}$")
+PATH_RE = re.compile(r"^[a-z_.]{1,40}\Z")
 
 BEDROCK_FIELDS = (
     "region",
@@ -137,10 +135,7 @@ def check_type(ptype: str) -> None:
 
 
 def check_display_name(value: str) -> None:
-    if len(value) > MAX_DISPLAY_NAME:
-        raise InvalidArgument("display_name", f"must be at most {MAX_DISPLAY_NAME} characters")
-    if not value.isprintable():
-        raise InvalidArgument("display_name", "must contain printable characters only")
+    check_text("display_name", value, MAX_DISPLAY_NAME)
 
 
 def check_secret(field_name: str, secret: str) -> None:
@@ -149,17 +144,13 @@ def check_secret(field_name: str, secret: str) -> None:
         raise InvalidArgument(field_name, "is empty")
     if secret != secret.strip():
         raise InvalidArgument(field_name, "must not have leading or trailing whitespace")
-    if len(secret) > MAX_SECRET:
-        raise InvalidArgument(field_name, f"must be at most {MAX_SECRET} characters")
-    if not secret.isprintable():
-        raise InvalidArgument(field_name, "must not contain control or non-printable characters")
+    check_text(field_name, secret, MAX_SECRET)
 
 
 def check_setting(field_name: str, value: str) -> None:
-    if len(value) > MAX_SETTING:
-        raise InvalidArgument(field_name, f"must be at most {MAX_SETTING} characters")
-    if value != value.strip() or not value.isprintable():
-        raise InvalidArgument(field_name, "must be printable and not padded with whitespace")
+    check_text(field_name, value, MAX_SETTING)
+    if value != value.strip():
+        raise InvalidArgument(field_name, "must not be padded with whitespace")
 
 
 def region_from_url(url: str) -> str:
@@ -228,11 +219,8 @@ def resolve_bedrock(
 def resolve_base_url(ptype: str, base_url: str, bedrock: BedrockRecord | None) -> str:
     """The base URL to store: the given one checked, or the type's default."""
     if base_url:
-        if len(base_url) > MAX_BASE_URL:
-            raise InvalidArgument("base_url", f"must be at most {MAX_BASE_URL} characters")
+        check_text("base_url", base_url, MAX_BASE_URL)
         problem = base_url_problem(base_url)
-        if problem is None and not base_url.isprintable():
-            problem = "must contain printable characters only"
         if problem:
             raise InvalidArgument("base_url", problem)
         return base_url

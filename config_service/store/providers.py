@@ -24,7 +24,6 @@ The input types and the field-by-field checks live in `provider_input.py`.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -51,7 +50,6 @@ from config_service.records import (
 )
 from config_service.store.database import Database
 from config_service.store.provider_input import (
-    UUID_RE,
     KeyInput,
     NewProvider,
     ProviderChanges,
@@ -68,6 +66,8 @@ from config_service.store.provider_input import (
     resolve_base_url,
     resolve_bedrock,
 )
+from config_service.store.state import live_providers
+from config_service.text import UUID_RE, check_uuid
 from config_service.views import audit_view
 
 
@@ -78,8 +78,8 @@ def _find(session: Session, id_or_name: str, for_update: bool = False) -> Provid
     if for_update:
         query = query.with_for_update()
     row = session.execute(query).scalar_one_or_none()
-    if row is None:
-        raise NotFound(f"provider {id_or_name!r} not found")
+    if row is None:  # the caller's value is not echoed: it may be a secret pasted here
+        raise NotFound(f"provider not found: no live provider has that {kind}")
     return row
 
 
@@ -140,22 +140,7 @@ def list_providers(db: Database, subject: Subject) -> list[ProviderRecord]:
     """Every live provider (disabled ones included), sorted by name; keys masked."""
     authorize(subject, Action.READ_PROVIDERS)
     with db.read() as session:
-        rows = (
-            session.execute(
-                select(Provider).where(Provider.deleted.is_(False)).order_by(Provider.name)
-            )
-            .scalars()
-            .all()
-        )
-        ids = [row.id for row in rows]
-        keys: dict[str, list[ProviderKey]] = {i: [] for i in ids}
-        if ids:
-            for key in session.execute(
-                select(ProviderKey)
-                .where(ProviderKey.provider_id.in_(ids))
-                .order_by(ProviderKey.created_at, ProviderKey.id)
-            ).scalars():
-                keys[key.provider_id].append(key)
+        rows, keys = live_providers(session)
         return [load_record(row, keys[row.id], db.cipher, decrypt_keys=False) for row in rows]
 
 
@@ -275,14 +260,12 @@ def delete_provider_key(
     """Remove one key from the pool by id in one transaction."""
     authorize(subject, Action.WRITE_PROVIDERS)
     parse_id_or_name(id_or_name)
-    if not UUID_RE.match(key_id):
-        raise InvalidArgument("key_id", "must be a key id (a UUID, as `keys list` shows it)")
-    key_id = str(uuid.UUID(key_id))
+    key_id = check_uuid("key_id", key_id, "a key id (a UUID, as `keys list` shows it)")
 
     def plan(row: Provider, keys: list[ProviderKey]) -> KeyChange:
         kept = [k for k in keys if k.id != key_id]
         if len(kept) == len(keys):
-            raise NotFound(f"provider {row.name!r} has no key {key_id!r}")
+            raise NotFound(f"provider {row.name!r} has no key with that id")
         return kept, []
 
     changes = ProviderChanges(paths=("keys",), etag=etag)

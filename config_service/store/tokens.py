@@ -13,8 +13,11 @@ live token of that principal is revoked, so rotating an env token retires the ol
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,6 +30,7 @@ from config_service.db.models import Principal, Token, utcnow
 from config_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from config_service.rbac import SYSTEM, Action, Role, Subject, allowed, authorize
 from config_service.store.database import Database
+from config_service.text import check_text, check_uuid
 
 TOKEN_PREFIX = "aib_"  # noqa: S105 - a prefix, not a secret
 _PRINCIPAL_NAME_MAX = 200
@@ -51,14 +55,26 @@ def new_token_secret() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def _spread_bits(symbols: Sequence[object]) -> float:
+    """len x log2(distinct symbols): never more than a random string of them carries."""
+    distinct = len(set(symbols))
+    return len(symbols) * math.log2(distinct) if distinct > 1 else 0.0
+
+
 def weak_token_problem(name: str, value: str) -> str | None:
     """Why a chosen token is too weak to stand in for a generated one, or None.
 
-    Its strength is estimated as length x log2(distinct characters), which never
-    overstates a random string: at least 128 bits and 32 characters are required.
+    Its strength is the least of three estimates, none of which overstates a random
+    string: length x log2(distinct characters); the same over the steps between
+    neighbouring characters (a run such as `abcdefghijklmnopqrstuvwxyz012345` has few
+    distinct steps); and the bits of its zlib-compressed form (a repeated pattern such as
+    `abab...` compresses to almost nothing). At least 128 bits and 32 characters are
+    required. Words a dictionary would guess are not detected.
     """
     distinct = len(set(value))
-    bits = len(value) * math.log2(distinct) if distinct > 1 else 0.0
+    steps = [ord(b) - ord(a) for a, b in itertools.pairwise(value)]
+    compressed = 8 * (len(zlib.compress(value.encode(), 9)) - len(zlib.compress(b"", 9)))
+    bits = min(_spread_bits(value), _spread_bits(steps), float(compressed))
     if len(value) >= MIN_TOKEN_LENGTH and bits >= MIN_TOKEN_BITS:
         return None
     return (
@@ -117,8 +133,8 @@ def create_token(
 ) -> tuple[TokenView, str]:
     """Create a token (and its principal when new); return it with the secret, shown once."""
     authorize(subject, Action.MANAGE_TOKENS)
-    name = principal_name.strip()
-    if not name or len(name) > _PRINCIPAL_NAME_MAX or name != principal_name:
+    name = check_text("principal_name", principal_name, _PRINCIPAL_NAME_MAX).strip()
+    if not name or name != principal_name:
         raise InvalidArgument(
             "principal_name", f"must be 1-{_PRINCIPAL_NAME_MAX} characters without padding"
         )
@@ -153,23 +169,24 @@ def create_token(
 def list_tokens(db: Database, subject: Subject, include_revoked: bool = False) -> list[TokenView]:
     authorize(subject, Action.MANAGE_TOKENS)
     with db.read() as session:
-        query = select(Token, Principal).join(Principal).order_by(Principal.name, Token.created_at)
+        query = select(Token, Principal).join(Principal)
         if not include_revoked:
             query = query.where(Token.revoked_at.is_(None))
-        return [_view(t, p) for t, p in session.execute(query).all()]
+        views = [_view(t, p) for t, p in session.execute(query).all()]
+    # Sorted here, by code point: SQL ORDER BY would follow the database's collation.
+    return sorted(views, key=lambda v: (v.principal_name, v.created_at, v.id))
 
 
 def revoke_token(db: Database, subject: Subject, token_id: str) -> TokenView:
     """Revoke a token; revoking an already revoked token is a no-op returning it."""
     authorize(subject, Action.MANAGE_TOKENS)
-    if not token_id:
-        raise InvalidArgument("id", "is required")
+    token_id = check_uuid("id", token_id, "a token id (a UUID, as `aibridge tokens list` shows)")
     with db.write() as session:
         row = session.execute(
             select(Token, Principal).join(Principal).where(Token.id == token_id)
         ).one_or_none()
-        if row is None:
-            raise NotFound(f"token {token_id!r} not found")
+        if row is None:  # the caller's value is not echoed: it may be a secret pasted here
+            raise NotFound("token not found: no token has that id")
         token, principal = row
         if token.revoked_at is None:
             token.revoked_at = utcnow()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,22 +66,20 @@ class BedrockConfig:
         return bool(self.access_key) and bool(self.access_key_secret)
 
     @classmethod
-    def from_settings(cls, base_url: str, settings: provider_pb2.BedrockSettings) -> BedrockConfig:
+    def from_settings(
+        cls, base_url: str, settings: provider_pb2.BedrockSettings, default_region: str = ""
+    ) -> BedrockConfig:
         """Build from a snapshot's provider `base_url` and `BedrockSettings`.
 
         Empty strings mean "unset". An empty region falls back to the region named by a
-        `bedrock-runtime.<region>.amazonaws.com` base URL, then `AWS_REGION` /
-        `AWS_DEFAULT_REGION`; empty models fall back to the deployment defaults. A base URL
-        on the Anthropic API host (a legacy anthropic row that gained Bedrock settings) is
-        not a Bedrock endpoint and is ignored.
+        `bedrock-runtime.<region>.amazonaws.com` base URL, then `default_region` (the
+        bridge's AWS_REGION / AWS_DEFAULT_REGION setting); empty models fall back to the
+        deployment defaults. A base URL on the Anthropic API host (a legacy anthropic row
+        that gained Bedrock settings) is not a Bedrock endpoint and is ignored.
         """
         if _host(base_url) == "api.anthropic.com":
             base_url = ""
-        region = (
-            settings.region
-            or _region_from_url(base_url)
-            or (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "")
-        )
+        region = settings.region or _region_from_url(base_url) or default_region
         return cls(
             region=region,
             model=settings.model or DEFAULT_MODEL,

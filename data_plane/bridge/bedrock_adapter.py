@@ -61,15 +61,20 @@ class BedrockUpstream:
         return UpstreamResponse(whole.status, _raw(whole.headers, whole.body), _once(whole.body))
 
 
-def load_factory() -> BedrockFactory | None:
-    """The factory over `data_plane.bedrock`, or None when that package is missing."""
+def load_factory(aws_region: str = "") -> BedrockFactory | None:
+    """The factory over `data_plane.bedrock`, or None when that package is missing.
+
+    `aws_region` (the bridge's AWS_REGION setting) is the region of a provider that
+    names none, neither in its settings nor in its base URL."""
     try:
         bedrock = importlib.import_module("data_plane.bedrock")
     except ImportError:
         return None
 
     def build(provider: provider_pb2.Provider, http: httpx.AsyncClient) -> AnthropicUpstream:
-        config = bedrock.BedrockConfig.from_settings(provider.base_url, provider.bedrock)
+        config = bedrock.BedrockConfig.from_settings(
+            provider.base_url, provider.bedrock, aws_region
+        )
         return BedrockUpstream(bedrock.BedrockClient(config, http))
 
     return build

@@ -87,7 +87,9 @@ class Bridge:
             allow_byok=settings.allow_byok,
             breaker=settings.breaker,
             http=self.http,
-            bedrock_factory=load_factory() if bedrock_factory == "auto" else bedrock_factory,
+            bedrock_factory=(
+                load_factory(settings.aws_region) if bedrock_factory == "auto" else bedrock_factory
+            ),
             on_key_transition=self.metrics.on_key_transition,
             on_breaker_change=self.metrics.on_breaker_change,
         )

@@ -18,7 +18,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
-# Reference §6's list, plus the unspecified address and multicast (never a TCP peer).
+# Reference §6's list, plus the unspecified address and multicast (never a TCP peer), the
+# deprecated IPv6 site-local range (RFC 3879: still routed inside some networks, and no
+# public address) and the discard-only prefix.
 BLOCKED: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(n)
     for n in (
@@ -36,10 +38,12 @@ BLOCKED: tuple[IPNetwork, ...] = tuple(
         "::/128",
         "::1/128",
         "64:ff9b::/96",
+        "100::/64",
         "64:ff9b:1::/48",
         "2002::/16",
         "fc00::/7",
         "fe80::/10",
+        "fec0::/10",
         "ff00::/8",
     )
 )

@@ -5,20 +5,45 @@ Every bad value is collected and reported at once as one `SettingsError`.
 
 from __future__ import annotations
 
-import ipaddress
 import resource
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from aibridge import coder_options
-from aibridge.client import read_config_service, read_config_service_tls
-from aibridge.envconfig import Reader, default_data_dir
+from aibridge.client import CONFIG_SERVICE as CONFIG_SERVICE_TARGET
+from aibridge.client import CONNECTION, config_service_tls
+from aibridge.coder_options import PROXY_REFUSED
+from aibridge.envconfig import (
+    DATA_DIR,
+    LOG_FORMAT,
+    LOG_LEVEL,
+    LOGGING,
+    PROXY_LISTEN,
+    XDG_DATA_HOME,
+    IPNetwork,
+    Schema,
+    Setting,
+    boolean,
+    cidr,
+    duration,
+    http_url,
+    integer,
+    items,
+    optional,
+    path,
+    port,
+    resolve_data_dir,
+)
 from aibridge.masking import Secret
-from data_plane.daemon import daemon_token, default_node_id
+from data_plane.daemon import (
+    DUMP_DIR,
+    NODE_ID,
+    SNAPSHOT_CACHE,
+    daemon_token,
+    default_node_id,
+    required_token,
+)
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # File descriptors kept for the process itself (pools, the config service, logs, files).
 FD_RESERVE = 128
 
@@ -32,79 +57,118 @@ def default_max_connections() -> int:
     return max(16, (soft - FD_RESERVE) // 2)
 
 
-# (ENV_NAME, help) for every setting: each one is also a flag (see cli.py).
-SETTINGS: list[tuple[str, str]] = [
-    (
-        "AIBRIDGE_CONFIG_SERVICE",
-        "config service host[:port] (default 127.0.0.1:7443; port 7443 if omitted)",
-    ),
-    ("AIBRIDGE_CONFIG_SERVICE_CA_FILE", "CA bundle to verify the config service (enables TLS)"),
-    ("AIBRIDGE_CONFIG_SERVICE_CERT_FILE", "client certificate for mTLS to the config service"),
-    ("AIBRIDGE_CONFIG_SERVICE_KEY_FILE", "client key for mTLS to the config service"),
-    ("AIBRIDGE_PROXY_TOKEN", "token of the proxy principal, presented to the config service"),
-    ("AIBRIDGE_PROXY_LISTEN", "proxy listen address host:port (default 127.0.0.1:8888)"),
-    ("AIBRIDGE_PROXY_CA_CERT_FILE", "MITM CA certificate (default: generated in the data dir)"),
-    ("AIBRIDGE_PROXY_CA_KEY_FILE", "MITM CA private key (default: generated in the data dir)"),
-    ("AIBRIDGE_PROXY_BRIDGE_URL", "the bridge daemon (default http://127.0.0.1:8080)"),
-    ("AIBRIDGE_PROXY_ALLOWED_PORTS", "ports CONNECT may reach (default 80,443)"),
-    ("AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS", "private/reserved ranges tunnels may reach"),
-    (
-        "AIBRIDGE_PROXY_POOLED_KEYS",
-        "true: intercepted requests use pooled keys; a client's own key is BYOK only with "
-        "X-AIBridge-Token (default false: any key that is not a gateway token is BYOK)",
-    ),
-    (
-        "AIBRIDGE_PROXY_MAX_CONNECTIONS",
-        "client connections held at once (default: (fd limit - 128) / 2); past it the one "
-        "longest waiting for a request is dropped, or the new one gets 503",
-    ),
-    (
-        "AIBRIDGE_PROXY_IDLE_TIMEOUT",
-        "drop a client silent this long: before or between requests, in a body, not reading, "
-        "or a tunnel nothing went through yet (default 60s)",
-    ),
-    (
-        "AIBRIDGE_PROXY_HEADER_TIMEOUT",
-        "a request head must be complete this long after its first byte (default 10s)",
-    ),
-    (
-        "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
-        "largest request head, request line and headers (default 65536; past it 431)",
-    ),
-    ("AIBRIDGE_DATA_DIR", "data directory (generated CA; default: a per-user directory)"),
-    ("AIBRIDGE_DUMP_DIR", "write redacted request/response dumps here (empty: off)"),
-    ("AIBRIDGE_SNAPSHOT_CACHE", "file (mode 0600) keeping the last good snapshot (empty: off)"),
-    ("AIBRIDGE_NODE_ID", "name of this instance for the config service (default host-pid)"),
-    ("AIBRIDGE_LOG_FORMAT", "json or console (default: json when not a terminal)"),
-    ("AIBRIDGE_LOG_LEVEL", "debug, info, warning, error (default info)"),
-]
+TOKEN = daemon_token("proxy")
+CA_CERT_FILE = Setting(
+    "AIBRIDGE_PROXY_CA_CERT_FILE",
+    "MITM CA certificate (default: generated in the data dir)",
+    optional(path),
+    coder="PROXY_CERT_FILE",
+)
+CA_KEY_FILE = Setting(
+    "AIBRIDGE_PROXY_CA_KEY_FILE",
+    "MITM CA private key (default: generated in the data dir)",
+    optional(path),
+    coder="PROXY_KEY_FILE",
+)
+BRIDGE_URL = Setting(
+    "AIBRIDGE_PROXY_BRIDGE_URL", "the bridge daemon", http_url, "http://127.0.0.1:8080"
+)
+ALLOWED_PORTS = Setting(
+    "AIBRIDGE_PROXY_ALLOWED_PORTS", "ports CONNECT may reach", items(port), "80,443"
+)
+ALLOWED_PRIVATE_CIDRS = Setting(
+    "AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS",
+    "private/reserved ranges tunnels may reach",
+    items(cidr),
+    coder="PROXY_ALLOWED_PRIVATE_CIDRS",
+)
+POOLED_KEYS = Setting(
+    "AIBRIDGE_PROXY_POOLED_KEYS",
+    "true: intercepted requests use pooled keys; a client's own key is BYOK only with "
+    "X-AIBridge-Token (false: any key that is not a gateway token is BYOK)",
+    boolean,
+    "false",
+)
+MAX_CONNECTIONS = Setting(
+    "AIBRIDGE_PROXY_MAX_CONNECTIONS",
+    "client connections held at once (default: (fd limit - 128) / 2); past it the one "
+    "longest waiting for a request is dropped, or the new one gets 503",
+    optional(integer(minimum=1)),
+)
+IDLE_TIMEOUT = Setting(
+    "AIBRIDGE_PROXY_IDLE_TIMEOUT",
+    "drop a client silent this long: before or between requests, in a body, not reading, "
+    "or a tunnel nothing went through yet",
+    duration,
+    "60s",
+)
+HEADER_TIMEOUT = Setting(
+    "AIBRIDGE_PROXY_HEADER_TIMEOUT",
+    "a request head must be complete this long after its first byte",
+    duration,
+    "10s",
+)
+MAX_HEADER_BYTES = Setting(
+    "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
+    "largest request head, request line and headers (past it 431)",
+    integer(minimum=1024),
+    "65536",
+)
+
+# Every setting of the proxy: each one is also a flag (see cli.py) unless another tool's.
+SETTINGS = (
+    CONNECTION
+    + Schema(
+        (
+            TOKEN,
+            replace(PROXY_LISTEN, coder="PROXY_LISTEN_ADDR"),
+            CA_CERT_FILE,
+            CA_KEY_FILE,
+            BRIDGE_URL,
+            ALLOWED_PORTS,
+            ALLOWED_PRIVATE_CIDRS,
+            POOLED_KEYS,
+            MAX_CONNECTIONS,
+            IDLE_TIMEOUT,
+            HEADER_TIMEOUT,
+            MAX_HEADER_BYTES,
+            DATA_DIR,
+            XDG_DATA_HOME,
+            replace(DUMP_DIR, coder="PROXY_DUMP_DIR"),
+            SNAPSHOT_CACHE,
+            NODE_ID,
+        ),
+        PROXY_REFUSED,
+    )
+    + LOGGING
+)
 
 
 @dataclass(frozen=True)
 class ProxySettings:
     proxy_token: Secret
-    config_service: str = "127.0.0.1:7443"
-    config_service_ca_file: Path | None = None
-    config_service_cert_file: Path | None = None
-    config_service_key_file: Path | None = None
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8888
-    ca_cert_file: Path | None = None  # None: <data_dir>/proxy-ca.pem, generated when absent
-    ca_key_file: Path | None = None
-    bridge_url: str = "http://127.0.0.1:8080"
-    allowed_ports: frozenset[int] = frozenset({80, 443})
-    allowed_private_cidrs: tuple[IPNetwork, ...] = ()
-    pooled_keys: bool = False
-    max_connections: int = field(default_factory=default_max_connections)
-    idle_timeout: float = 60.0
-    header_timeout: float = 10.0
-    max_header_bytes: int = 65536
-    data_dir: Path = field(default_factory=default_data_dir)
-    dump_dir: Path | None = None
-    snapshot_cache: Path | None = None
-    node_id: str = field(default_factory=default_node_id)
-    log_format: str = ""
-    log_level: str = "info"
+    data_dir: Path
+    config_service: str
+    config_service_ca_file: Path | None
+    config_service_cert_file: Path | None
+    config_service_key_file: Path | None
+    listen_host: str
+    listen_port: int
+    ca_cert_file: Path | None  # None: <data_dir>/proxy-ca.pem, generated when absent
+    ca_key_file: Path | None
+    bridge_url: str
+    allowed_ports: frozenset[int]
+    allowed_private_cidrs: tuple[IPNetwork, ...]
+    pooled_keys: bool
+    max_connections: int
+    idle_timeout: float
+    header_timeout: float
+    max_header_bytes: int
+    dump_dir: Path | None
+    snapshot_cache: Path | None
+    node_id: str
+    log_format: str
+    log_level: str
 
     @property
     def ca_paths(self) -> tuple[Path, Path]:
@@ -118,76 +182,38 @@ class ProxySettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ProxySettings:
-        r = Reader(environ, overrides, coder_options.PROXY)
-        token = daemon_token(r, "AIBRIDGE_PROXY_TOKEN", "proxy")
-        host, port = r.listen("AIBRIDGE_PROXY_LISTEN", "127.0.0.1:8888")
-        ca, cert, key = read_config_service_tls(r)
+        v = SETTINGS.load(environ, overrides)
+        token = required_token(v, TOKEN, "proxy")
+        ca, cert, key = config_service_tls(v)
         # The CA pair is given together (both must exist) or generated together.
-        ca_cert, ca_key = r.str("AIBRIDGE_PROXY_CA_CERT_FILE"), r.str("AIBRIDGE_PROXY_CA_KEY_FILE")
-        if bool(ca_cert) != bool(ca_key):
-            r.problems.append(
+        if (v[CA_CERT_FILE] is None) != (v[CA_KEY_FILE] is None):
+            v.problems.append(
                 "AIBRIDGE_PROXY_CA_CERT_FILE and AIBRIDGE_PROXY_CA_KEY_FILE must be set together"
             )
-        bridge_url = r.str("AIBRIDGE_PROXY_BRIDGE_URL", "http://127.0.0.1:8080").rstrip("/")
-        parts = urlsplit(bridge_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            r.problems.append(
-                f"AIBRIDGE_PROXY_BRIDGE_URL={bridge_url!r}: expected an http(s) URL of the bridge"
-            )
-        ports: set[int] = set()
-        for item in r.csv("AIBRIDGE_PROXY_ALLOWED_PORTS", "80,443"):
-            if item.isdigit() and 0 < int(item) < 65536:
-                ports.add(int(item))
-            else:
-                r.problems.append(f"AIBRIDGE_PROXY_ALLOWED_PORTS: {item!r} is not a port number")
-        cidrs: list[IPNetwork] = []
-        for item in r.csv("AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS"):
-            try:
-                cidrs.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                r.problems.append(f"AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS: {item!r} is not a CIDR")
-        pooled_keys = r.bool("AIBRIDGE_PROXY_POOLED_KEYS", False)
-        max_connections = r.int("AIBRIDGE_PROXY_MAX_CONNECTIONS", 0, minimum=1)
-        timeouts = {
-            name: r.duration(name, default)
-            for name, default in (
-                ("AIBRIDGE_PROXY_IDLE_TIMEOUT", cls.idle_timeout),
-                ("AIBRIDGE_PROXY_HEADER_TIMEOUT", cls.header_timeout),
-            )
-        }
-        for name, seconds in timeouts.items():
-            if seconds <= 0:
-                r.problems.append(f"{name}: must be more than 0")
-        max_header_bytes = r.int(
-            "AIBRIDGE_PROXY_MAX_HEADER_BYTES", cls.max_header_bytes, minimum=1024
-        )
-        log_format, log_level = r.log_settings()
-        data_dir = r.str("AIBRIDGE_DATA_DIR")
-        dump = r.str("AIBRIDGE_DUMP_DIR")
-        cache = r.str("AIBRIDGE_SNAPSHOT_CACHE")
-        r.check()
+        v.check()
+        host, listen_port = v[PROXY_LISTEN]
         return cls(
             proxy_token=Secret(token),
-            config_service=read_config_service(r),
+            data_dir=resolve_data_dir(v),
+            config_service=v[CONFIG_SERVICE_TARGET],
             config_service_ca_file=ca,
             config_service_cert_file=cert,
             config_service_key_file=key,
             listen_host=host,
-            listen_port=port,
-            ca_cert_file=Path(ca_cert).expanduser() if ca_cert else None,
-            ca_key_file=Path(ca_key).expanduser() if ca_key else None,
-            bridge_url=bridge_url,
-            allowed_ports=frozenset(ports),
-            allowed_private_cidrs=tuple(cidrs),
-            pooled_keys=pooled_keys,
-            max_connections=max_connections or default_max_connections(),
-            idle_timeout=timeouts["AIBRIDGE_PROXY_IDLE_TIMEOUT"],
-            header_timeout=timeouts["AIBRIDGE_PROXY_HEADER_TIMEOUT"],
-            max_header_bytes=max_header_bytes,
-            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
-            dump_dir=Path(dump).expanduser() if dump else None,
-            snapshot_cache=Path(cache).expanduser() if cache else None,
-            node_id=r.str("AIBRIDGE_NODE_ID") or default_node_id(),
-            log_format=log_format,
-            log_level=log_level,
+            listen_port=listen_port,
+            ca_cert_file=v[CA_CERT_FILE],
+            ca_key_file=v[CA_KEY_FILE],
+            bridge_url=v[BRIDGE_URL],
+            allowed_ports=frozenset(v[ALLOWED_PORTS]),
+            allowed_private_cidrs=v[ALLOWED_PRIVATE_CIDRS],
+            pooled_keys=v[POOLED_KEYS],
+            max_connections=v[MAX_CONNECTIONS] or default_max_connections(),
+            idle_timeout=v[IDLE_TIMEOUT],
+            header_timeout=v[HEADER_TIMEOUT],
+            max_header_bytes=v[MAX_HEADER_BYTES],
+            dump_dir=v[DUMP_DIR],
+            snapshot_cache=v[SNAPSHOT_CACHE],
+            node_id=v[NODE_ID] or default_node_id(),
+            log_format=v[LOG_FORMAT],
+            log_level=v[LOG_LEVEL],
         )

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from aibridge.cli import COMMANDS
+from aibridge.commands.subscribers import print_table
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.masking import sha256_hex
 from config_service.db.engine import make_engine
-from config_service.db.models import AuditEntry
+from config_service.db.models import AuditEntry, Principal, Token, utcnow
 from tests.fixtures.processes import AIBRIDGE, popen
 from tests.fixtures.services import (
     ADMIN_TOKEN,
@@ -422,3 +426,53 @@ def test_weak_bootstrap_token_stops_start_up(tmp_path: Path) -> None:
     assert len(lines) == 1 and "too weak" in lines[0]
     assert "openssl rand -base64 32" in lines[0]
     assert weak not in result.stderr
+
+
+HOSTILE_NAME = "mallory\n\x1b[31mroot\u202e"  # a row written before the service checked names
+
+
+def test_tokens_list_escapes_control_characters(
+    start_process: StartProcess, database_url: str
+) -> None:
+    """`tokens list` (API and --local) shows a stored principal name's newline, ESC and bidi override escaped, one row per token."""
+    proc = start_process()
+    engine = make_engine(database_url)
+    with Session(engine) as session, session.begin():
+        principal = Principal(name=HOSTILE_NAME, role="member", created_at=utcnow())
+        session.add(principal)
+        session.flush()
+        token = Token(
+            principal_id=principal.id,
+            token_hash=sha256_hex("hostile"),
+            hint="aib_host",
+            created_at=utcnow(),
+        )
+        session.add(token)
+        session.flush()
+        token_id = token.id
+    engine.dispose()
+    remote = {"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN}
+    for args, env in (([], remote), (["--local"], {"AIBRIDGE_DATABASE_URL": database_url})):
+        listed = run("tokens", "list", *args, env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert "\x1b" not in listed.stdout and "\u202e" not in listed.stdout
+        lines = listed.stdout.splitlines()
+        assert len(lines) == 1 + 4, lines  # header, three bootstrap tokens, the hostile one
+        (row,) = [line for line in lines if "mallory" in line]
+        assert "mallory\\n\\x1b[31mroot\\u202e" in row and row.startswith(token_id)
+
+
+def test_subscribers_table_escapes_server_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """`aibridge subscribers` prints a NACK's multi-line message and ESC sequences escaped, on one line each."""
+    subscriber = cs.Subscriber(
+        node_id="bridge-1",
+        version_rejected="7",
+        errors=[cs.ProviderError(provider_name="alpha", message="line one\nline two\x1b[2J")],
+        error_detail="Traceback\n  boom",
+    )
+    print_table([subscriber])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "  bridge-1: alpha: line one\\nline two\\x1b[2J\n" in out
+    assert "  bridge-1: Traceback\\n  boom\n" in out
+    assert len(out.splitlines()) == 2 + 2  # header and row, then the two detail lines

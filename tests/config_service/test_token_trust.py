@@ -74,6 +74,10 @@ async def test_data_plane_snapshots_carry_member_token_hashes_only(service: Serv
         "admin-admin-admin-admin-admin-admin",  # long but few distinct characters
         "x" * 64,
         "Zq3vR8kWp1Lm7tYb2Nc9",  # random, but only 20 characters
+        "abcdefghijklmnopqrstuvwxyz012345",  # 32 distinct characters, but a run
+        "0123456789abcdefghijklmnopqrstuvwxyz",
+        "ab" * 100,  # long, but one pattern repeated
+        "Zq3vR8kWp1Lm" * 4,
     ],
 )
 def test_weak_bootstrap_token_is_refused(variable: str, weak: str) -> None:

@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.envconfig import SettingsError
+from aibridge.limits import MAX_REPORT_TEXT
 from aibridge.masking import Secret
 from data_plane import snapshot_cache
 from data_plane.bridge.cli import main
@@ -221,6 +222,32 @@ async def test_a_cached_snapshot_with_a_malformed_version_is_ignored(tmp_path: P
     sub = Subscriber(config, apply)
     assert not await sub.load_cache()
     assert not calls and not sub.state.applied_version
+
+
+async def test_reports_stay_within_the_config_service_bounds(config_service: ConfigServer) -> None:
+    """An overlong exception or build error is clipped to the report's bounds, so the config service accepts the NACK/ACK."""
+    long = "x" * (MAX_REPORT_TEXT + 500)
+
+    async def apply(snap: cs.ProviderSnapshot) -> list[cs.ProviderError]:
+        if snap.version == "2":
+            raise RuntimeError(long)
+        return [cs.ProviderError(provider_name="alpha", message=long)]
+
+    sub = Subscriber(SubscriberConfig(config_service.target, Secret(BRIDGE_TOKEN), "n1"), apply)
+    task = asyncio.create_task(sub.run())
+    try:
+        await config_service.service.publish(snapshot("1", []))
+        ack = await config_service.service.wait_report("1")
+        await config_service.service.publish(snapshot("2", []))
+        nack = await config_service.service.wait_report("2")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert ack.errors[0].message == long[:MAX_REPORT_TEXT]
+    assert len(nack.error_detail) == MAX_REPORT_TEXT and nack.error_detail.startswith(
+        "RuntimeError"
+    )
 
 
 async def test_bad_token_keeps_retrying(config_service: ConfigServer) -> None:

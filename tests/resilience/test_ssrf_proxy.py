@@ -44,6 +44,14 @@ SPELLINGS = [
     "[::172.16.0.1]",
     "012.0.0.1",
     "3232235521",
+    # deprecated IPv6 site-local (the private range of old) and the discard-only prefix
+    "[fec0::1]",
+    "[fec0::ffff:10.0.0.1]",
+    "[100::1]",
+    # names the system resolver maps to loopback
+    "localhost",
+    "localhost.",
+    "127.0.0.1.",
 ]
 
 

@@ -131,14 +131,12 @@ def test_config_defaults_and_validation() -> None:
         BedrockConfig(region="evil.com/x")
 
 
-def test_config_from_snapshot_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Snapshot settings build a config: empty strings unset, region from URL or env."""
-    monkeypatch.delenv("AWS_REGION", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+def test_config_from_snapshot_settings() -> None:
+    """Snapshot settings build a config: empty strings unset, region from URL or the bridge's default."""
     settings = provider_pb2.BedrockSettings(
         access_key="AKIAFROMSNAPSHOT0001", access_key_secret="shh-secret-value-123"
     )
-    cfg = BedrockConfig.from_settings("", settings)
+    cfg = BedrockConfig.from_settings("", settings, "ap-south-1")
     assert cfg.region == "ap-south-1"
     assert cfg.base_url is None
     assert cfg.model.startswith("global.anthropic.claude-sonnet")
@@ -150,6 +148,5 @@ def test_config_from_snapshot_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     anthropic_row = provider_pb2.BedrockSettings(region="eu-west-1")
     cfg = BedrockConfig.from_settings("https://api.anthropic.com/", anthropic_row)
     assert cfg.endpoint == "https://bedrock-runtime.eu-west-1.amazonaws.com"
-    monkeypatch.delenv("AWS_DEFAULT_REGION")
     with pytest.raises(BedrockConfigError):
         BedrockConfig.from_settings("", provider_pb2.BedrockSettings(role_arn="arn:r"))
