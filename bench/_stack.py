@@ -27,9 +27,11 @@ from tests.fixtures.processes import Proc as Proc
 from tests.fixtures.processes import clean_env as clean_env
 from tests.fixtures.processes import start as start
 
-ADMIN = "bench-admin-token-0123456789abcdef"
-BRIDGE = "bench-bridge-token-0123456789abcdef"
-PROXY = "bench-proxy-token-0123456789abcdef"
+# Bootstrap tokens strong enough for the config service (32+ characters, 128+ bits); fixed,
+# so that the benchmark's child processes (multiprocessing "spawn") share them.
+ADMIN = "bench-admin-UxfhxGfCQUQF85vh3QhsLNif_88_hITm200N6oAgkxk"
+BRIDGE = "bench-bridge--pkL270rtiwvxeTw0AL6gpehlOiXN2L42NpTd9W9FYA"
+PROXY = "bench-proxy-5bnJi1wiCIuSPk8Zd5d7J42O8hYkZsutPMzUpN07o7g"
 UPSTREAM_KEY = "sk-bench-upstream-0123456789abcdef"
 PROVIDER = "fake"
 SSE_CHUNKS = 20

@@ -27,16 +27,13 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_seconds, percentile, rss_mb, table, write_result
-from _stack import Proc, start
+from _stack import ADMIN, BRIDGE, Proc, start
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
-
-ADMIN = "bench-admin-token-0123456789abcdef"
-BRIDGE = "bench-bridge-token-0123456789abcdef"
 
 
 def start_service(database_url: str, data_dir: str) -> tuple[Proc, str]:

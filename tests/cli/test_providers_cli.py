@@ -13,10 +13,9 @@ import pytest
 
 from aibridge.config.v1 import config_service_pb2 as cpb
 from aibridge.config.v1 import config_service_pb2_grpc as cpb_grpc
-from tests.fixtures.processes import Proc
+from tests.fixtures.processes import AIBRIDGE, Proc
 from tests.fixtures.services import (
     ADMIN_TOKEN,
-    AIBRIDGE,
     BRIDGE_TOKEN,
     PROXY_TOKEN,
     StartProcess,
