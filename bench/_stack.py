@@ -27,11 +27,11 @@ from tests.fixtures.processes import Proc as Proc
 from tests.fixtures.processes import clean_env as clean_env
 from tests.fixtures.processes import start as start
 
-# Bootstrap tokens strong enough for the config service (32+ characters, 128+ bits); fixed,
-# so that the benchmark's child processes (multiprocessing "spawn") share them.
-ADMIN = "bench-admin-UxfhxGfCQUQF85vh3QhsLNif_88_hITm200N6oAgkxk"
-BRIDGE = "bench-bridge--pkL270rtiwvxeTw0AL6gpehlOiXN2L42NpTd9W9FYA"
-PROXY = "bench-proxy-5bnJi1wiCIuSPk8Zd5d7J42O8hYkZsutPMzUpN07o7g"
+# Bench-only bootstrap tokens, random enough for the config service's strength rule; fixed, so
+# that the benchmark's child processes (multiprocessing "spawn") share them.
+ADMIN = "aib_bench_xWf2kg1YzfZc6NLmlMISZ_rq3PEClDv0dzhLpCM38DM"
+BRIDGE = "aib_bench_WV8kK5Ehc7z9l6Vg0c8j9fxSVhWJJBxx_8R6VDcdDwM"
+PROXY = "aib_bench_E_PA11G3IRgGmiWlddH7mwcJIlO0QdMlia7UQFS2YZo"
 UPSTREAM_KEY = "sk-bench-upstream-0123456789abcdef"
 PROVIDER = "fake"
 SSE_CHUNKS = 20
