@@ -1,5 +1,6 @@
 """Pieces the bridge benchmarks share: a fast fake upstream, a lean HTTP/1.1 client,
-and helpers that run the real daemons (`aibridge config-service`, `bridge`, `proxy`).
+and helpers that run the real daemons (`aibridge config-service`, `bridge`, `proxy`) with the
+test suite's launcher, tests/fixtures/processes.py.
 
 The fake upstream and the client are raw asyncio protocols over `httptools` (already
 installed with uvicorn[standard]) on uvloop, so that on a small machine as little CPU
@@ -10,21 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import cast
 
 import httptools
 
-AIBRIDGE = str(Path(sys.executable).parent / "aibridge")
-# Bench-only bootstrap tokens, random enough for the config service's strength rule.
+# The daemons are run by the suite's one launcher (standard library only).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.fixtures.processes import AIBRIDGE as AIBRIDGE
+from tests.fixtures.processes import Proc as Proc
+from tests.fixtures.processes import clean_env as clean_env
+from tests.fixtures.processes import start as start
+
+# Bench-only bootstrap tokens, random enough for the config service's strength rule; fixed, so
+# that the benchmark's child processes (multiprocessing "spawn") share them.
 ADMIN = "aib_bench_xWf2kg1YzfZc6NLmlMISZ_rq3PEClDv0dzhLpCM38DM"
 BRIDGE = "aib_bench_WV8kK5Ehc7z9l6Vg0c8j9fxSVhWJJBxx_8R6VDcdDwM"
 PROXY = "aib_bench_E_PA11G3IRgGmiWlddH7mwcJIlO0QdMlia7UQFS2YZo"
@@ -274,77 +278,6 @@ def free_port() -> int:
         return port
 
 
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIBRIDGE_", "CODER_"))}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Daemon:
-    """A child process whose stderr (JSON log lines) goes to a file we can search."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    started: float  # time.monotonic() just before Popen
-    _log: TextIO | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def records(self) -> Iterator[dict[str, Any]]:
-        with open(self.log_path) as f:
-            for line in f:
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    continue
-
-    def wait_for_log(self, event: str, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for record in self.records():
-                if record.get("event") == event:
-                    return record
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.01)
-        raise RuntimeError(f"{self.name}: no {event!r} log line; log:\n{self.tail()}")
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "".join(self.log_path.read_text().splitlines(keepends=True)[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        if self._log is not None:
-            self._log.close()
-
-
-def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Daemon:
-    log_path = log_dir / f"{name}.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed by Daemon.stop
-    started = time.monotonic()
-    popen = subprocess.Popen(
-        [AIBRIDGE, *args],
-        env=clean_env(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    return Daemon(name, popen, log_path, started, log)
-
-
 def config_service_env(data_dir: Path, grpc_port: int, upstream_port: int) -> dict[str, str]:
     return {
         "AIBRIDGE_DATA_DIR": str(data_dir),
@@ -360,15 +293,16 @@ def config_service_env(data_dir: Path, grpc_port: int, upstream_port: int) -> di
     }
 
 
-def start_config_service(data_dir: Path, upstream_port: int, log_dir: Path) -> tuple[Daemon, str]:
-    daemon = spawn(
+def start_config_service(data_dir: Path, upstream_port: int, log_dir: Path) -> tuple[Proc, str]:
+    daemon = start(
         "config-service",
         ["config-service"],
         config_service_env(data_dir, 0, upstream_port),
         log_dir,
+        ready="config service ready",
+        timeout=60,
     )
-    record = daemon.wait_for_log("config service ready")
-    return daemon, str(record["listen"])
+    return daemon, str(daemon.ready["listen"])
 
 
 def bridge_env(target: str, port: int, log_level: str = "info") -> dict[str, str]:
@@ -414,15 +348,3 @@ def wait_ready(port: int, timeout: float = 60, poll: float = 0.005) -> float:
         raise RuntimeError(f"port {port}: /readyz not 200 after {timeout}s")
 
     return asyncio.run(run())
-
-
-class Drain(threading.Thread):
-    """Read a pipe to the end so a child never blocks on it."""
-
-    def __init__(self, pipe: Any) -> None:
-        super().__init__(daemon=True)
-        self.pipe = pipe
-
-    def run(self) -> None:
-        for _ in self.pipe:
-            pass

@@ -43,13 +43,13 @@ from _stack import (
     SSE_CHUNKS,
     UPSTREAM_KEY,
     Conn,
-    Daemon,
+    Proc,
     bridge_env,
     create_gateway_token,
     free_port,
     request_bytes,
     serve_upstream,
-    spawn,
+    start,
     start_config_service,
     wait_ready,
 )
@@ -231,13 +231,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aibridge-bench-") as tmp_name:
         tmp = Path(tmp_name)
         upstream, up_port = _start_upstream(args.sse_gap_ms)
-        daemons: list[Daemon] = []
+        daemons: list[Proc] = []
         try:
             service, target = start_config_service(tmp / "data", up_port, tmp)
             daemons.append(service)
             token = create_gateway_token(target)
             bridge_port = free_port()
-            bridge = spawn(
+            bridge = start(
                 "bridge", ["bridge"], bridge_env(target, bridge_port, args.log_level), tmp
             )
             daemons.append(bridge)
@@ -259,7 +259,7 @@ def _run(
     bridge_port: int,
     token: str,
     upstream_pid: int,
-    bridge: Daemon,
+    bridge: Proc,
 ) -> dict[str, Any]:
     import uvloop
 

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_seconds, percentile, rss_mb, table, write_result
+from _stack import ADMIN, BRIDGE, Proc, start
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
@@ -37,54 +35,29 @@ from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
 
-ADMIN = "aib_bench_xWf2kg1YzfZc6NLmlMISZ_rq3PEClDv0dzhLpCM38DM"
-BRIDGE = "aib_bench_WV8kK5Ehc7z9l6Vg0c8j9fxSVhWJJBxx_8R6VDcdDwM"
 
-
-def _drain(proc: subprocess.Popen[str]) -> None:
-    assert proc.stderr is not None
-    with open(os.environ.get("BENCH_SERVICE_LOG", os.devnull), "w") as log:
-        for line in proc.stderr:
-            log.write(line)
-
-
-def start_service(database_url: str, data_dir: str) -> tuple[subprocess.Popen[str], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIBRIDGE_")}
-    env.update(
-        {
-            "AIBRIDGE_DATA_DIR": data_dir,
-            "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_ADMIN_TOKEN": ADMIN,
-            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE,
-            "AIBRIDGE_LOG_FORMAT": "json",
-            "AIBRIDGE_LOG_LEVEL": "warning",
-            "AIBRIDGE_OPENAI_KEY": "sk-bench-0123456789abcdefghij",
-        }
-    )
+def start_service(database_url: str, data_dir: str) -> tuple[Proc, str]:
+    env = {
+        "AIBRIDGE_DATA_DIR": data_dir,
+        "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
+        "AIBRIDGE_ADMIN_TOKEN": ADMIN,
+        "AIBRIDGE_BRIDGE_TOKEN": BRIDGE,
+        "AIBRIDGE_LOG_FORMAT": "json",
+        # info level for the ready line; the service logs little at info besides publishes.
+        "AIBRIDGE_LOG_LEVEL": "info",
+        "AIBRIDGE_OPENAI_KEY": "sk-bench-0123456789abcdefghij",
+    }
     if database_url:
         env["AIBRIDGE_DATABASE_URL"] = database_url
-    # info level only for the ready line; the service logs little at info besides publishes.
-    env["AIBRIDGE_LOG_LEVEL"] = "info"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aibridge.cli", "config-service"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start(
+        "config-service",
+        ["config-service"],
+        env,
+        Path(data_dir) / "logs",
+        ready="config service ready",
+        timeout=60,
     )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if '"config service ready"' in line:
-            target = json.loads(line)["listen"]
-            # Drain the rest so a full pipe never blocks the service (BENCH_SERVICE_LOG keeps it).
-            threading.Thread(target=_drain, args=(proc,), daemon=True).start()
-            return proc, target
-        if proc.poll() is not None:
-            break
-    raise SystemExit("config service did not start")
+    return proc, str(proc.ready["listen"])
 
 
 def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: Any) -> None:
@@ -211,8 +184,7 @@ def main() -> int:
                 w.join(30)
                 if w.is_alive():
                     w.kill()
-            service.terminate()
-            service.wait(15)
+            service.stop()
     from_send: list[float] = []
     from_ack: list[float] = []
     missing = 0

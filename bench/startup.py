@@ -34,12 +34,12 @@ from _common import table, write_result
 from _stack import (
     AIBRIDGE,
     PROXY,
-    Daemon,
+    Proc,
     bridge_env,
     clean_env,
     config_service_env,
     free_port,
-    spawn,
+    start,
     start_config_service,
     wait_ready,
 )
@@ -58,7 +58,7 @@ def _wait_port(port: int, deadline: float, alive: Callable[[], bool]) -> None:
     raise RuntimeError(f"port {port} not listening")
 
 
-def _wait_serving(port: int, daemon: Daemon, timeout: float = 60) -> float:
+def _wait_serving(port: int, daemon: Proc, timeout: float = 60) -> float:
     """Poll gRPC health until SERVING; returns time.monotonic() then."""
     deadline = time.monotonic() + timeout
     _wait_port(port, deadline, lambda: daemon.popen.poll() is None)
@@ -78,7 +78,7 @@ def _wait_serving(port: int, daemon: Daemon, timeout: float = 60) -> float:
 
 def config_service_run(data_dir: Path, log_dir: Path) -> float:
     port = free_port()
-    daemon = spawn(
+    daemon = start(
         "config-service", ["config-service"], config_service_env(data_dir, port, 9), log_dir
     )
     try:
@@ -90,7 +90,7 @@ def config_service_run(data_dir: Path, log_dir: Path) -> float:
 def http_daemon_run(
     name: str, args: list[str], env: dict[str, str], port: int, log_dir: Path
 ) -> float:
-    daemon = spawn(name, args, env, log_dir)
+    daemon = start(name, args, env, log_dir)
     try:
         try:
             return wait_ready(port, timeout=60) - daemon.started

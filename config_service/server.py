@@ -110,6 +110,7 @@ class RunningService:
         await self.server.stop(grace)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+            self.metrics_server.server_close()  # shutdown() stops serving; this frees the socket
         self.db.engine.dispose()
 
 

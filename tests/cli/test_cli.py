@@ -19,13 +19,12 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.masking import sha256_hex
 from config_service.db.engine import make_engine
 from config_service.db.models import AuditEntry, Principal, Token, utcnow
+from tests.fixtures.processes import AIBRIDGE, popen
 from tests.fixtures.services import (
     ADMIN_TOKEN,
-    AIBRIDGE,
     BRIDGE_TOKEN,
     PROXY_TOKEN,
     StartProcess,
-    spawn,
 )
 
 
@@ -189,7 +188,7 @@ def test_seed_conflict_fails_start_up_naming_the_provider(
     """A restart whose env drifted from the database exits non-zero naming the provider."""
     proc = start_process(AIBRIDGE_OPENAI_KEY="sk-aaaaaaaaaaaaaaaaaaaa")
     proc.stop()
-    popen = spawn(
+    child = popen(
         ["config-service"],
         {
             "AIBRIDGE_DATABASE_URL": database_url,
@@ -199,8 +198,8 @@ def test_seed_conflict_fails_start_up_naming_the_provider(
             "AIBRIDGE_OPENAI_BASE_URL": "https://elsewhere.example/v1/",
         },
     )
-    _, stderr = popen.communicate(timeout=60)
-    assert popen.returncode == 1
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 1
     assert "'openai'" in stderr and "aibridge providers update openai" in stderr
 
 
@@ -333,6 +332,8 @@ def test_snapshot_watch_into_a_closed_pipe_stops_quietly(start_process: StartPro
         if watch.poll() is None:
             watch.kill()
             watch.wait()
+        if watch.stderr is not None:
+            watch.stderr.close()
 
 
 @pytest.mark.parametrize(

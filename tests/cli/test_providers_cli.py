@@ -13,12 +13,11 @@ import pytest
 
 from aibridge.config.v1 import config_service_pb2 as cpb
 from aibridge.config.v1 import config_service_pb2_grpc as cpb_grpc
+from tests.fixtures.processes import AIBRIDGE, Proc
 from tests.fixtures.services import (
     ADMIN_TOKEN,
-    AIBRIDGE,
     BRIDGE_TOKEN,
     PROXY_TOKEN,
-    Process,
     StartProcess,
 )
 
@@ -32,7 +31,7 @@ SECRETS = (KEY_A, KEY_B, KEY_C, KEY_D, AWS_SECRET, AWS_KEY)
 
 
 def aibridge(
-    proc: Process | None,
+    proc: Proc | None,
     *args: str,
     token: str = ADMIN_TOKEN,
     env: dict[str, str] | None = None,
@@ -59,7 +58,7 @@ def aibridge(
 
 
 @pytest.fixture
-def proc(start_process: StartProcess) -> Process:
+def proc(start_process: StartProcess) -> Proc:
     return start_process()
 
 
@@ -68,7 +67,7 @@ def ok_json(result: subprocess.CompletedProcess[str]) -> object:
     return json.loads(result.stdout)
 
 
-def test_provider_lifecycle(proc: Process) -> None:
+def test_provider_lifecycle(proc: Proc) -> None:
     """Create, get, list, update, add/list/remove keys and delete a provider with the CLI; no secret is ever printed."""
     env = {"KEY_A": KEY_A, "KEY_B": KEY_B, "KEY_D": KEY_D}
     created = ok_json(
@@ -163,7 +162,7 @@ def test_provider_lifecycle(proc: Process) -> None:
     assert not any(secret in line for line in proc.lines for secret in SECRETS)
 
 
-def test_bedrock_provider_from_env_credentials(proc: Process) -> None:
+def test_bedrock_provider_from_env_credentials(proc: Proc) -> None:
     """A Bedrock provider takes its AWS credentials from named environment variables and shows only their hint."""
     created = ok_json(
         aibridge(
@@ -199,7 +198,7 @@ def test_bedrock_provider_from_env_credentials(proc: Process) -> None:
     assert "static (AKIA...0042)" in shown.stdout
 
 
-def test_concurrent_key_changes_all_survive(proc: Process) -> None:
+def test_concurrent_key_changes_all_survive(proc: Proc) -> None:
     """60 concurrent `keys add` / `keys remove` processes on 12 providers: every acknowledged change is in the final key sets."""
     removals: list[tuple[str, str]] = []
     for p in range(12):
@@ -247,7 +246,7 @@ def test_concurrent_key_changes_all_survive(proc: Process) -> None:
     assert all(len(ids) == 2 for ids in final.values()), final
 
 
-def test_rpc_errors_exit_1_with_a_clear_message(proc: Process) -> None:
+def test_rpc_errors_exit_1_with_a_clear_message(proc: Proc) -> None:
     """Refusals of the config service exit 1 and name the status and the problem."""
     assert aibridge(proc, "providers", "create", "dup", "--type", "copilot").returncode == 0
     dup = aibridge(proc, "providers", "create", "dup", "--type", "copilot")
@@ -272,7 +271,7 @@ def test_rpc_errors_exit_1_with_a_clear_message(proc: Process) -> None:
     assert "cannot reach the config service at 127.0.0.1:9" in down.stderr
 
 
-def test_usage_errors_exit_2(proc: Process) -> None:
+def test_usage_errors_exit_2(proc: Proc) -> None:
     """Missing flags, unset environment variables, an empty update or no key on stdin exit 2 without calling the service."""
     cases = [
         (["providers", "create", "x"], {}, None, "--type"),
@@ -303,7 +302,7 @@ def test_usage_errors_exit_2(proc: Process) -> None:
     assert ok_json(aibridge(proc, "providers", "list", "--json")) == []
 
 
-def test_subscribers_lists_open_streams(proc: Process) -> None:
+def test_subscribers_lists_open_streams(proc: Proc) -> None:
     """`aibridge subscribers` shows a connected watcher's node, role and versions, as a table and as JSON."""
     channel = grpc.insecure_channel(proc.target)
     stream = cpb_grpc.ConfigServiceStub(channel).WatchProviders(
@@ -335,7 +334,7 @@ def test_subscribers_lists_open_streams(proc: Process) -> None:
         channel.close()
 
 
-def test_update_says_disabled_when_it_disables(proc: Process) -> None:
+def test_update_says_disabled_when_it_disables(proc: Proc) -> None:
     """`providers update --disable` reports the provider disabled, and `--enable` enabled."""
     created = aibridge(proc, "providers", "create", "toggle", "--type", "openai", "--key", KEY_A)
     assert created.returncode == 0, created.stderr

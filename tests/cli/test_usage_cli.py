@@ -14,7 +14,8 @@ from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.recording import new_record_id
 from tests.cli.test_cli import run
-from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Process, StartProcess
+from tests.fixtures.processes import Proc
+from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, StartProcess
 
 
 def _record(
@@ -39,11 +40,11 @@ def _record(
 
 
 @pytest.fixture
-def proc(start_process: StartProcess) -> Process:
+def proc(start_process: StartProcess) -> Proc:
     return start_process()
 
 
-def _seed(proc: Process, records: list[usage_pb2.Interception]) -> None:
+def _seed(proc: Proc, records: list[usage_pb2.Interception]) -> None:
     with grpc.insecure_channel(proc.target) as channel:
         pb_grpc.UsageServiceStub(channel).RecordInterceptions(
             pb.RecordInterceptionsRequest(interceptions=records),
@@ -52,13 +53,13 @@ def _seed(proc: Process, records: list[usage_pb2.Interception]) -> None:
         )
 
 
-def _usage(proc: Process, *args: str) -> tuple[int, str, str]:
+def _usage(proc: Proc, *args: str) -> tuple[int, str, str]:
     env = {"AIBRIDGE_CONFIG_SERVICE": proc.target, "AIBRIDGE_TOKEN": ADMIN_TOKEN}
     result = run("usage", *args, env=env)
     return result.returncode, result.stdout, result.stderr
 
 
-def test_list_show_and_summary_answer_what_was_recorded(proc: Process) -> None:
+def test_list_show_and_summary_answer_what_was_recorded(proc: Proc) -> None:
     """list --since 7d --json, show ID and summary --by user,model report the recorded calls."""
     now = datetime.now(UTC)
     old = _record(now - timedelta(days=10), "p-1", "gpt-4o")
@@ -96,7 +97,7 @@ def test_list_show_and_summary_answer_what_was_recorded(proc: Process) -> None:
     assert out.splitlines()[-1].split()[:2] == ["TOTAL", "4"]
 
 
-def test_show_escapes_control_characters_of_a_prompt(proc: Process) -> None:
+def test_show_escapes_control_characters_of_a_prompt(proc: Proc) -> None:
     """A prompt holding an ANSI escape and a newline is printed escaped, never raw."""
     record = _record(datetime.now(UTC), "p-1", "gpt-4o", prompt="hi\x1b[2J\nthere")
     _seed(proc, [record])
@@ -114,7 +115,7 @@ def test_show_escapes_control_characters_of_a_prompt(proc: Process) -> None:
         ("list", "--limit", "0"),
     ],
 )
-def test_bad_flags_exit_2_with_a_message(proc: Process, args: tuple[str, ...]) -> None:
+def test_bad_flags_exit_2_with_a_message(proc: Proc, args: tuple[str, ...]) -> None:
     """An unparseable duration, an unknown --by dimension or a bad limit exit 2, saying why."""
     code, _, err = _usage(proc, *args)
     assert code == 2

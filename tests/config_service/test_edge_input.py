@@ -28,7 +28,7 @@ from config_service.rbac import Role
 from config_service.server import STATUS_FRESHNESS
 from config_service.store import subscriber_status
 from tests.fixtures.services import Service
-from tests.resilience.harness import eventually
+from tests.fixtures.waits import eventually
 
 PASTED_SECRET = "sk-live-pasted-by-mistake-0123456789"  # a valid provider name, too
 

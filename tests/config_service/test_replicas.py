@@ -21,7 +21,8 @@ from config_service.db.engine import make_engine
 from config_service.rbac import SYSTEM, Role
 from config_service.store import tokens
 from config_service.store.database import Database
-from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Process, StartProcess
+from tests.fixtures.processes import Proc
+from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, StartProcess
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 BRIDGE_MD = (("authorization", f"Bearer {BRIDGE_TOKEN}"),)
@@ -34,7 +35,7 @@ def postgres_only(database_url: str) -> str:
     return database_url
 
 
-def create_token(proc: Process, name: str) -> None:
+def create_token(proc: Proc, name: str) -> None:
     with grpc.insecure_channel(proc.target) as channel:
         tpb_grpc.TokenAdminServiceStub(channel).CreateToken(
             tpb.CreateTokenRequest(principal_name=name, role=token_pb2.ROLE_MEMBER),
@@ -43,7 +44,7 @@ def create_token(proc: Process, name: str) -> None:
         )
 
 
-def create_provider(proc: Process, name: str) -> None:
+def create_provider(proc: Proc, name: str) -> None:
     with grpc.insecure_channel(proc.target) as channel:
         pa_grpc.ProviderAdminServiceStub(channel).CreateProvider(
             pa.CreateProviderRequest(
@@ -56,7 +57,7 @@ def create_provider(proc: Process, name: str) -> None:
         )
 
 
-def version_of(proc: Process) -> str:
+def version_of(proc: Proc) -> str:
     with grpc.insecure_channel(proc.target) as channel:
         response = pb_grpc.ConfigServiceStub(channel).GetProviderSnapshot(
             pb.GetProviderSnapshotRequest(), metadata=BRIDGE_MD, timeout=10
@@ -67,7 +68,7 @@ def version_of(proc: Process) -> str:
 class Watcher:
     """A WatchProviders stream on one replica, read with a deadline."""
 
-    def __init__(self, proc: Process, metadata: tuple[tuple[str, str], ...] = BRIDGE_MD) -> None:
+    def __init__(self, proc: Proc, metadata: tuple[tuple[str, str], ...] = BRIDGE_MD) -> None:
         self.channel = grpc.insecure_channel(proc.target)
         self.stream = pb_grpc.ConfigServiceStub(self.channel).WatchProviders(
             pb.WatchProvidersRequest(node_id="replica-test"), metadata=metadata
@@ -193,7 +194,7 @@ def test_a_subscriber_can_resume_on_another_replica(
         stream.cancel()
 
 
-def list_subscribers(proc: Process) -> list[pb.Subscriber]:
+def list_subscribers(proc: Proc) -> list[pb.Subscriber]:
     with grpc.insecure_channel(proc.target) as channel:
         return list(
             pb_grpc.ConfigServiceStub(channel)

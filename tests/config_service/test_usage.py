@@ -26,7 +26,7 @@ from config_service.servicers.usage import batch_rows
 from config_service.settings import ConfigServiceSettings
 from config_service.store import tokens, usage
 from tests.fixtures.services import Service, StartService
-from tests.resilience.harness import eventually
+from tests.fixtures.waits import eventually
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 FULL_KEY = "sk-proj-usage-FULLKEY-0123456789abcdefghijklmnop"

@@ -18,7 +18,7 @@ from aibridge.masking import sha256_hex
 from config_service.rbac import SYSTEM, Role
 from config_service.store import tokens
 from tests.fixtures.services import BRIDGE_TOKEN, PROXY_TOKEN, Service, StartService
-from tests.resilience.harness import eventually
+from tests.fixtures.waits import eventually
 
 OPENAI_KEY = "sk-openai-PLAINTEXT-0123456789abcdef"
 ANTHROPIC_KEYS = ("sk-ant-FIRST-0123456789abcdefgh", "sk-ant-SECOND-0123456789abcdefgh")

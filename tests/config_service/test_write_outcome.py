@@ -23,7 +23,7 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from config_service.db.models import Provider
 from config_service.rbac import Role
 from tests.fixtures.services import Service, StartService
-from tests.resilience.harness import eventually
+from tests.fixtures.waits import eventually
 
 
 @pytest.fixture

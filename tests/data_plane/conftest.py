@@ -1,31 +1,27 @@
 """Fixtures for the data-plane tests: real servers on 127.0.0.1 port 0, nothing mocked.
 
 - `config_service`: a fake ConfigService (grpc.aio servicer) serving hand-built snapshots.
-- `upstream`: a fake OpenAI/Anthropic upstream (raw ASGI app under uvicorn).
+- `upstream`: the suite's fake OpenAI/Anthropic upstream (tests/fixtures/upstream.py).
 - `start_bridge`: starts real `Bridge`s following `config_service`; all stopped afterwards.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 from dp_fakes import (
     BRIDGE_TOKEN,
     ConfigServer,
     FakeConfigService,
-    FakeUpstream,
-    QuietServer,
     StartBridge,
     daemon_starter,
-    eventually,
     wait_for_version,
 )
 
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
+from tests.fixtures.upstream import FakeUpstream
 
 
 @pytest.fixture
@@ -38,25 +34,9 @@ async def config_service() -> AsyncIterator[ConfigServer]:
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
-    app = FakeUpstream()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        ws="none",
-        timeout_graceful_shutdown=1,
-    )
-    server = QuietServer(config)
-    sock = config.bind_socket()
-    app.port = sock.getsockname()[1]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await eventually(lambda: server.started)
-    yield app
-    server.should_exit = True
-    await task
+    server = await FakeUpstream().start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

@@ -1,18 +1,16 @@
-"""Fakes at the transport for the data-plane tests: a gRPC ConfigService servicer, an
-OpenAI/Anthropic-like upstream (raw ASGI under uvicorn), and snapshot builders."""
+"""Fakes at the transport for the data-plane tests: a gRPC ConfigService servicer and snapshot
+builders (the fake upstream is the suite's one, tests/fixtures/upstream.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
-import uvicorn
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
@@ -20,6 +18,8 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_pb2
 from aibridge.masking import sha256_hex
 from data_plane.bridge.server import Bridge
+from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.waits import eventually
 
 BRIDGE_TOKEN = "bridge-token-0123456789abcdef0123456789"
 MEMBER_TOKEN = "gw-member-0123456789abcdef0123456789abcdef"
@@ -115,12 +115,13 @@ class FakeConfigService(cs_grpc.ConfigServiceServicer):
         return cs.ReportStatusResponse()
 
     async def wait_report(self, version: str, within: float = 5.0) -> cs.ReportStatusRequest:
-        async with asyncio.timeout(within):
-            while True:
-                for report in self.reports:
-                    if report.version == version:
-                        return report
-                await asyncio.sleep(0.01)
+        def found() -> cs.ReportStatusRequest | None:
+            return next((r for r in self.reports if r.version == version), None)
+
+        await eventually(found, within)
+        report = found()
+        assert report is not None
+        return report
 
 
 @dataclass
@@ -143,189 +144,6 @@ class ConfigServer:
         if self.server is not None:
             await self.server.stop(grace=None)
             self.server = None
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
-    chunks: list[bytes] | None = None  # streamed one by one, `gap` seconds apart
-    gap: float = 0.0
-
-
-def _openai_reply(seen: Seen) -> Reply:
-    doc = seen.json() if seen.body else {}
-    if seen.path.endswith("/models"):
-        return Reply(
-            body=json.dumps(
-                {
-                    "object": "list",
-                    "data": [
-                        {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}
-                    ],
-                }
-            ).encode()
-        )
-    if doc.get("stream"):
-        chunk = {
-            "id": "c1",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": doc["model"],
-            "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}],
-        }
-        last = {
-            **chunk,
-            "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
-        }
-        return Reply(
-            headers={"content-type": "text/event-stream"},
-            chunks=[
-                f"data: {json.dumps(chunk)}\n\n".encode(),
-                f"data: {json.dumps(last)}\n\n".encode(),
-                b"data: [DONE]\n\n",
-            ],
-        )
-    return Reply(
-        body=json.dumps(
-            {
-                "id": "c1",
-                "object": "chat.completion",
-                "created": 0,
-                "model": doc.get("model", ""),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "Hello"},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
-            }
-        ).encode()
-    )
-
-
-def _anthropic_reply(seen: Seen) -> Reply:
-    doc = seen.json() if seen.body else {}
-    message = {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": doc.get("model"),
-        "content": [{"type": "text", "text": "Hello"}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 11, "output_tokens": 3},
-    }
-    if not doc.get("stream"):
-        return Reply(body=json.dumps(message).encode())
-
-    def event(name: str, data: dict[str, Any]) -> bytes:
-        return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-
-    start = {
-        **message,
-        "content": [],
-        "stop_reason": None,
-        "usage": {"input_tokens": 11, "output_tokens": 1},
-    }
-    return Reply(
-        headers={"content-type": "text/event-stream"},
-        chunks=[
-            event("message_start", {"type": "message_start", "message": start}),
-            event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
-            event(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": "Hello"},
-                },
-            ),
-            event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            event(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": 3},
-                },
-            ),
-            event("message_stop", {"type": "message_stop"}),
-        ],
-    )
-
-
-def default_reply(seen: Seen) -> Reply:
-    """An upstream that answers like OpenAI under /v1/... and like Anthropic for /v1/messages."""
-    if "/messages" in seen.path or seen.path.startswith("/anthropic"):
-        return _anthropic_reply(seen)
-    return _openai_reply(seen)
-
-
-class FakeUpstream:
-    def __init__(self) -> None:
-        self.seen: list[Seen] = []
-        self.responder: Callable[[Seen], Reply | Awaitable[Reply]] = default_reply
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        seen = Seen(
-            scope["method"],
-            scope["path"],
-            {k.decode(): v.decode() for k, v in scope["headers"]},
-            body,
-        )
-        self.seen.append(seen)
-        reply = self.responder(seen)
-        if not isinstance(reply, Reply):
-            reply = await reply
-        headers = [(k.encode(), v.encode()) for k, v in reply.headers.items()]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        for chunk in reply.chunks or [reply.body]:
-            if reply.gap:
-                await asyncio.sleep(reply.gap)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-
-
-class QuietServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
 
 
 StartBridge = Callable[..., Awaitable[Bridge]]
@@ -358,13 +176,6 @@ async def daemon_starter(
     yield start
     for daemon in started:
         await daemon.stop()
-
-
-async def eventually(condition: Callable[[], object], within: float = 5.0) -> None:
-    """Poll until `condition()` is true (state owned by another server has no event to await)."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - polling state we do not own
-            await asyncio.sleep(0.005)
 
 
 async def wait_for_version(bridge: Bridge, version: str) -> None:

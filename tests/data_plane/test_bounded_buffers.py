@@ -9,16 +9,15 @@ import pytest
 from dp_fakes import (
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
     StartBridge,
-    eventually,
     openai_provider,
     snapshot,
 )
 
 from data_plane import dump
 from data_plane.bridge.usage import MAX_SSE_LINE, UsageReader
+from tests.fixtures.upstream import FakeUpstream, Reply
+from tests.fixtures.waits import eventually
 
 
 def test_sse_usage_reader_drops_a_line_that_never_ends() -> None:

@@ -11,20 +11,20 @@ from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
     StartBridge,
     anthropic_provider,
-    eventually,
     openai_provider,
     provider,
     snapshot,
 )
+from structlog.testing import capture_logs
 
 from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.breaker import Breaker, BreakerState, Rejected
 from data_plane.bridge.settings import BreakerSettings
 from data_plane.dump import Dumper, Exchange, safe_component
+from tests.fixtures.upstream import FakeUpstream, Reply
+from tests.fixtures.waits import eventually
 
 MSG = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -109,7 +109,10 @@ async def test_breaker_through_the_bridge(
             'aibridged_circuit_breaker_state{model="claude-test",provider="anthropic",'
             'route="/v1/messages"} 1.0' in metrics
         )
-        await asyncio.sleep(0.35)
+        breakers = bridge.app.table.providers["anthropic"].breakers
+        assert breakers is not None
+        breaker = breakers.breakers["/v1/messages", "claude-test"]
+        await eventually(lambda: breaker.state is BreakerState.HALF_OPEN, within=5)
         upstream.responder = lambda seen: Reply(body=b"{}")
         assert (await http.post("/anthropic/v1/messages", json=MSG)).status_code == 200
         assert (await http.post("/anthropic/v1/messages", json=MSG)).status_code == 200
@@ -155,23 +158,41 @@ async def test_dump_redacts_and_stays_inside(tmp_path: Path) -> None:
     assert "abcdefghijklmnopqrstuvwxyz" not in files[1].read_text()
 
 
-async def test_dump_through_the_bridge(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, tmp_path: Path
-) -> None:
-    """An intercepted call is dumped under <dir>/<provider>/<model>/ without any secret."""
-    await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
-    bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(tmp_path))
+async def dumped_call(
+    config_service: ConfigServer,
+    start_bridge: StartBridge,
+    dumps: Path,
+    target: pb.Provider,
+    model: str,
+) -> tuple[httpx.Response, list[Path]]:
+    """One chat completion through a bridge dumping into `dumps`: its answer and the two files
+    dumped under <dumps>/openai/<model folder>/ (written once the client has its answer)."""
+    await config_service.service.publish(snapshot("1", [target]))
+    bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(dumps))
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         response = await http.post(
             "/openai/v1/chat/completions",
             headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-            json={"model": "org/gpt-test", "messages": []},
+            json={"model": model, "messages": []},
         )
+    folder = dumps / "openai" / model.replace("/", "-")
+
+    def written() -> list[Path]:  # a dump is a .partial file until it is renamed
+        return sorted(folder.glob("*.txt")) if folder.is_dir() else []
+
+    await eventually(lambda: len(written()) == 2, within=2)
+    return response, written()
+
+
+async def test_dump_through_the_bridge(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """An intercepted call is dumped under <dir>/<provider>/<model>/ without any secret."""
+    response, files = await dumped_call(
+        config_service, start_bridge, tmp_path, openai_provider(upstream), "org/gpt-test"
+    )
     assert response.status_code == 200
-    folder = tmp_path / "openai" / "org-gpt-test"
-    # Written once the client has its answer.
-    await eventually(lambda: folder.is_dir() and len(list(folder.iterdir())) == 2, within=2)
-    files = sorted(folder.iterdir())
+    assert [f.parent for f in files] == [tmp_path / "openai" / "org-gpt-test"] * 2
     text = "".join(f.read_text() for f in files)
     assert MEMBER_TOKEN not in text and KEY_A not in text
     assert '"model": "org/gpt-test"' in text and "HTTP/1.1 200" in text
@@ -185,22 +206,10 @@ async def test_dump_of_an_upstream_transport_error(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dead = provider("openai", pb.PROVIDER_TYPE_OPENAI, f"http://127.0.0.1:{port}/v1/", [KEY_A])
-    await config_service.service.publish(snapshot("1", [dead]))
-    bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(tmp_path))
-    async with httpx.AsyncClient(base_url=bridge.url) as http:
-        response = await http.post(
-            "/openai/v1/chat/completions",
-            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-            json={"model": "gpt-test", "messages": []},
-        )
+    response, (request, error) = await dumped_call(
+        config_service, start_bridge, tmp_path, dead, "gpt-test"
+    )
     assert response.status_code == 502
-    folder = tmp_path / "openai" / "gpt-test"
-
-    def written() -> list[Path]:  # a dump is a .partial file until it is renamed
-        return sorted(p for p in folder.glob("*.txt")) if folder.is_dir() else []
-
-    await eventually(lambda: len(written()) == 2, within=2)
-    request, error = written()
     assert request.name.endswith(".req.txt") and error.name.endswith(".req_error.txt")
     assert request.name.removesuffix(".req.txt") == error.name.removesuffix(".req_error.txt")
     assert error.read_text().startswith("ConnectError: ")
@@ -208,8 +217,14 @@ async def test_dump_of_an_upstream_transport_error(
 
 
 def test_dump_failure_only_warns(tmp_path: Path) -> None:
-    """A dump directory that cannot be written does not fail the request."""
+    """A dump directory that cannot be written does not fail the request: one warning says so."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
     dumper = Dumper(blocker)
-    asyncio.run(dumper.dump(Exchange("p", "m", "id", "GET", "/", [], b"")))
+    with capture_logs() as logs:
+        asyncio.run(dumper.dump(Exchange("p", "m", "req-1", "GET", "/", [], b"")))
+    (warning,) = [entry for entry in logs if entry["event"] == "api dump failed"]
+    assert warning["log_level"] == "warning"
+    assert (warning["provider"], warning["request_id"]) == ("p", "req-1")
+    assert str(blocker) in warning["error"]
+    assert blocker.read_text() == "x"

@@ -11,9 +11,6 @@ from dp_fakes import (
     MEMBER_TOKEN,
     OWNER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
-    Seen,
     StartBridge,
     anthropic_provider,
     gateway_tokens,
@@ -24,6 +21,7 @@ from dp_fakes import (
 
 from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.app import MAX_BODY
+from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -2,29 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anthropic
 import httpx
 import openai
+import pytest
 from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
     StartBridge,
     anthropic_provider,
     openai_provider,
     snapshot,
 )
 
+from tests.fixtures.upstream import FakeUpstream
 
-async def _bridge(
+
+@pytest.fixture
+async def url(
     config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
 ) -> str:
+    """A bridge serving an OpenAI and an Anthropic provider, both on the fake upstream."""
     await config_service.service.publish(
         snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
     )
     bridge = await start_bridge(wait_version="1")
     return bridge.url
+
+
+@pytest.fixture
+async def openai_client(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN, max_retries=0
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def anthropic_client(url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(
+        base_url=f"{url}/anthropic", api_key=MEMBER_TOKEN, max_retries=0
+    ) as client:
+        yield client
+
+
+async def metrics_of(url: str) -> str:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{url}/metrics")).text
 
 
 def _assert_pooled(upstream: FakeUpstream, header: str, expected: str) -> None:
@@ -34,66 +61,47 @@ def _assert_pooled(upstream: FakeUpstream, header: str, expected: str) -> None:
     assert "x-aibridge-token" not in seen.headers
 
 
-async def test_openai_blocking(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> None:
+async def test_openai_blocking(openai_client: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
     """A blocking chat completion reaches the upstream with the pooled key, never the token."""
-    url = await _bridge(config_service, upstream, start_bridge)
-    async with openai.AsyncOpenAI(
-        base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN, max_retries=0
-    ) as client:
-        reply = await client.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "hi"}]
-        )
+    reply = await openai_client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+    )
     assert reply.choices[0].message.content == "Hello"
     assert upstream.seen[-1].path == "/v1/chat/completions"
     _assert_pooled(upstream, "authorization", f"Bearer {KEY_A}")
 
 
 async def test_openai_streaming_counts_tokens(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+    openai_client: openai.AsyncOpenAI, upstream: FakeUpstream, url: str
 ) -> None:
     """A streamed chat completion arrives chunk by chunk and its usage is counted."""
-    url = await _bridge(config_service, upstream, start_bridge)
-    async with openai.AsyncOpenAI(
-        base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN, max_retries=0
-    ) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
-        )
-        text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    stream = await openai_client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert text == "Hello"
     _assert_pooled(upstream, "authorization", f"Bearer {KEY_A}")
-    async with httpx.AsyncClient() as http:
-        metrics = (await http.get(f"{url}/metrics")).text
+    metrics = await metrics_of(url)
     assert 'aibridged_tokens_total{model="gpt-test",provider="openai",type="output"} 2.0' in metrics
 
 
 async def test_openai_models_passthrough(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+    openai_client: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
     """Listing models is passed through to the upstream with the pooled key."""
-    url = await _bridge(config_service, upstream, start_bridge)
-    async with openai.AsyncOpenAI(
-        base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN, max_retries=0
-    ) as client:
-        models = [m.id async for m in client.models.list()]
+    models = [m.id async for m in openai_client.models.list()]
     assert models == ["gpt-test"]
     assert upstream.seen[-1].path == "/v1/models"
     _assert_pooled(upstream, "authorization", f"Bearer {KEY_A}")
 
 
 async def test_anthropic_blocking(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+    anthropic_client: anthropic.AsyncAnthropic, upstream: FakeUpstream
 ) -> None:
     """A blocking Anthropic message goes upstream with the pooled key as x-api-key only."""
-    url = await _bridge(config_service, upstream, start_bridge)
-    async with anthropic.AsyncAnthropic(
-        base_url=f"{url}/anthropic", api_key=MEMBER_TOKEN, max_retries=0
-    ) as client:
-        message = await client.messages.create(
-            model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-        )
+    message = await anthropic_client.messages.create(
+        model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    )
     assert message.content[0].text == "Hello"  # type: ignore[union-attr]
     assert upstream.seen[-1].path == "/v1/messages"
     _assert_pooled(upstream, "x-api-key", KEY_A)
@@ -101,24 +109,17 @@ async def test_anthropic_blocking(
 
 
 async def test_anthropic_streaming(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+    anthropic_client: anthropic.AsyncAnthropic, upstream: FakeUpstream, url: str
 ) -> None:
     """A streamed Anthropic message is relayed event by event and its usage is counted."""
-    url = await _bridge(config_service, upstream, start_bridge)
-    async with (
-        anthropic.AsyncAnthropic(
-            base_url=f"{url}/anthropic", api_key=MEMBER_TOKEN, max_retries=0
-        ) as client,
-        client.messages.stream(
-            model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-        ) as stream,
-    ):
+    async with anthropic_client.messages.stream(
+        model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         text = "".join([t async for t in stream.text_stream])
         final = await stream.get_final_message()
     assert text == "Hello"
     assert final.usage.output_tokens == 3
     _assert_pooled(upstream, "x-api-key", KEY_A)
-    async with httpx.AsyncClient() as http:
-        metrics = (await http.get(f"{url}/metrics")).text
+    metrics = await metrics_of(url)
     assert 'model="claude-test",provider="anthropic",type="input"} 11.0' in metrics
     assert 'model="claude-test",provider="anthropic",type="output"} 3.0' in metrics

@@ -8,18 +8,16 @@ from dp_fakes import (
     KEY_B,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
-    Seen,
     StartBridge,
     anthropic_provider,
-    eventually,
     openai_provider,
     snapshot,
     wait_for_version,
 )
 
 from data_plane.bridge.keypool import KeyPool, retry_after_seconds
+from tests.fixtures.upstream import FakeUpstream, Reply, Seen
+from tests.fixtures.waits import eventually
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}

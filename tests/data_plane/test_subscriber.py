@@ -13,9 +13,7 @@ from dp_fakes import (
     BRIDGE_TOKEN,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
     StartBridge,
-    eventually,
     openai_provider,
     provider,
     snapshot,
@@ -32,6 +30,8 @@ from data_plane import snapshot_cache
 from data_plane.bridge.cli import main
 from data_plane.bridge.settings import BridgeSettings
 from data_plane.subscriber import Subscriber, SubscriberConfig
+from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.waits import eventually
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}
@@ -250,7 +250,7 @@ async def test_bad_token_keeps_retrying(config_service: ConfigServer) -> None:
     await config_service.service.publish(snapshot("1", []))
     sub = Subscriber(SubscriberConfig(config_service.target, Secret("wrong"), "n1"), apply)
     task = asyncio.create_task(sub.run())
-    await asyncio.sleep(0.3)
+    await eventually(lambda: sub.state.reconnects >= 2, within=5)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -3,8 +3,7 @@ a fake upstream on a real socket, and the official SDKs unmodified but for base_
 
 from __future__ import annotations
 
-import os
-import time
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +22,15 @@ from aibridge.config.v1 import provider_admin_service_pb2_grpc as pa_grpc
 from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
-from tests.e2e.fakes import ACCESS_KEY, REGION, SECRET_KEY, ThreadServer, Upstream
+from tests.e2e.fakes import ACCESS_KEY, REGION, SECRET_KEY, Upstream
+from tests.fixtures import processes
 from tests.fixtures.services import (
     ADMIN_TOKEN,
     BRIDGE_TOKEN,
     StartProcess,
-    drain,
-    spawn,
-    wait_for_log,
 )
+from tests.fixtures.upstream import ThreadedUpstream
+from tests.fixtures.waits import eventually
 
 POOL = ("sk-pool-FIRST-0123456789abcdef", "sk-pool-SECOND-0123456789abcdef")
 ANT_KEY = "sk-ant-pool-0123456789abcdefgh"
@@ -51,29 +50,19 @@ class Stack:
 
 
 def wait_ready(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def ready() -> bool:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "bridge never became ready"
-        time.sleep(0.05)
+            return False
 
-
-def eventually(check: object, timeout: float = 10) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+    asyncio.run(eventually(ready, timeout))
 
 
 @pytest.fixture
 def stack(start_process: StartProcess, tmp_path: Path) -> Iterator[Stack]:
     upstream = Upstream()
-    server = ThreadServer(upstream).start()
+    server = ThreadedUpstream(upstream).start()
     base = f"http://127.0.0.1:{server.port}"
     proc = start_process(
         AIBRIDGE_ENCRYPTION_KEYS="MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
@@ -97,7 +86,8 @@ def stack(start_process: StartProcess, tmp_path: Path) -> Iterator[Stack]:
             ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
             metadata=ADMIN_MD,
         )
-    bridge = spawn(
+    bridge = processes.start(
+        "bridge",
         ["bridge"],
         {
             "AIBRIDGE_CONFIG_SERVICE": proc.target,
@@ -106,21 +96,25 @@ def stack(start_process: StartProcess, tmp_path: Path) -> Iterator[Stack]:
             "AIBRIDGE_LOG_FORMAT": "json",
             "AIBRIDGE_NODE_ID": "e2e-bridge",
             "AIBRIDGE_DUMP_DIR": str(tmp_path / "dumps"),
-            "PATH": os.environ.get("PATH", ""),
         },
+        tmp_path / "logs",
+        "bridge listening",
     )
     try:
-        record, lines = wait_for_log(bridge, "bridge listening")
-        drain(bridge, lines)
-        url = str(record["url"]).rstrip("/")
+        url = str(bridge.ready["url"]).rstrip("/")
         wait_ready(url)
         yield Stack(upstream, proc.target, url, made.secret, made.token.id)
     finally:
-        bridge.terminate()
-        bridge.wait(10)
-        if bridge.stderr is not None:
-            bridge.stderr.close()
+        bridge.stop()
         server.stop()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    """An HTTP client of the bridge with the member's gateway token."""
+    headers = {"authorization": f"Bearer {stack.token}"}
+    with httpx.Client(base_url=stack.bridge_url, headers=headers) as http:
+        yield http
 
 
 def gateway_token_never_upstream(stack: Stack) -> None:
@@ -149,36 +143,29 @@ def test_openai_sdk_blocking_and_streaming_use_the_pooled_key(stack: Stack) -> N
     gateway_token_never_upstream(stack)
 
 
+def anthropic_sdk_texts(stack: Stack, provider: str, model: str, stream_model: str) -> list[str]:
+    """What the official Anthropic SDK reads from `provider`: a blocking message, then a stream."""
+    messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hi"}]
+    with anthropic.Anthropic(
+        base_url=f"{stack.bridge_url}/{provider}", api_key=stack.token, max_retries=0
+    ) as client:
+        message = client.messages.create(model=model, max_tokens=10, messages=messages)
+        with client.messages.stream(model=stream_model, max_tokens=10, messages=messages) as stream:
+            return [message.content[0].text, "".join(stream.text_stream)]  # type: ignore[union-attr]
+
+
 def test_anthropic_sdk_blocking_and_streaming_use_the_pooled_key(stack: Stack) -> None:
     """The official Anthropic SDK gets correct blocking and streaming answers with the pooled x-api-key."""
-    client = anthropic.Anthropic(
-        base_url=f"{stack.bridge_url}/claude", api_key=stack.token, max_retries=0
-    )
-    message = client.messages.create(
-        model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-    )
-    assert message.content[0].text == "Hello from upstream"  # type: ignore[union-attr]
-    with client.messages.stream(
-        model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-    ) as stream:
-        assert "".join(stream.text_stream) == "Hello from upstream"
+    texts = anthropic_sdk_texts(stack, "claude", "claude-x", "claude-x")
+    assert texts == ["Hello from upstream"] * 2
     assert {s.headers.get("x-api-key") for s in stack.upstream.seen} == {ANT_KEY}
     gateway_token_never_upstream(stack)
 
 
 def test_bedrock_through_the_anthropic_sdk_is_sigv4_signed(stack: Stack) -> None:
     """Anthropic-format calls to a Bedrock provider reach InvokeModel(+stream) correctly signed and come back as Anthropic."""
-    client = anthropic.Anthropic(
-        base_url=f"{stack.bridge_url}/aws", api_key=stack.token, max_retries=0
-    )
-    message = client.messages.create(
-        model="claude-test-large", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-    )
-    assert message.content[0].text == "Hello from bedrock"  # type: ignore[union-attr]
-    with client.messages.stream(
-        model="claude-test-haiku", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-    ) as stream:
-        assert "".join(stream.text_stream) == "Hello from bedrock"
+    texts = anthropic_sdk_texts(stack, "aws", "claude-test-large", "claude-test-haiku")
+    assert texts == ["Hello from bedrock"] * 2
     fake = stack.upstream.bedrock
     assert not fake.rejected
     assert [r.action for r in fake.received] == ["invoke", "invoke-with-response-stream"]
@@ -186,12 +173,11 @@ def test_bedrock_through_the_anthropic_sdk_is_sigv4_signed(stack: Stack) -> None
     assert all(r.access_key == ACCESS_KEY for r in fake.received)
 
 
-def test_providers_created_disabled_and_deleted_while_traffic_flows(stack: Stack) -> None:
+def test_providers_created_disabled_and_deleted_while_traffic_flows(
+    stack: Stack, client: httpx.Client
+) -> None:
     """A provider created through the admin API serves at once; disabled it answers 503; deleted it is gone (404)."""
     upstream_base = f"http://127.0.0.1:{_upstream_port(stack)}/v1/"
-    client = httpx.Client(
-        base_url=stack.bridge_url, headers={"authorization": f"Bearer {stack.token}"}
-    )
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert client.post("/late/v1/chat/completions", json=body).status_code == 404
     with stack.admin() as channel:
@@ -205,8 +191,10 @@ def test_providers_created_disabled_and_deleted_while_traffic_flows(stack: Stack
             ),
             metadata=ADMIN_MD,
         )
-        eventually(
-            lambda: client.post("/late/v1/chat/completions", json=body).status_code == 200, 2
+        asyncio.run(
+            eventually(
+                lambda: client.post("/late/v1/chat/completions", json=body).status_code == 200, 2
+            )
         )
         admin.UpdateProvider(
             pa.UpdateProviderRequest(
@@ -214,13 +202,17 @@ def test_providers_created_disabled_and_deleted_while_traffic_flows(stack: Stack
             ),
             metadata=ADMIN_MD,
         )
-        eventually(
-            lambda: client.post("/late/v1/chat/completions", json=body).status_code == 503, 2
+        asyncio.run(
+            eventually(
+                lambda: client.post("/late/v1/chat/completions", json=body).status_code == 503, 2
+            )
         )
         assert "provider_disabled" in client.post("/late/v1/chat/completions", json=body).text
         admin.DeleteProvider(pa.DeleteProviderRequest(id_or_name="late"), metadata=ADMIN_MD)
-        eventually(
-            lambda: client.post("/late/v1/chat/completions", json=body).status_code == 404, 2
+        asyncio.run(
+            eventually(
+                lambda: client.post("/late/v1/chat/completions", json=body).status_code == 404, 2
+            )
         )
     # The other providers kept serving all along.
     assert client.post("/oai/v1/chat/completions", json=body).status_code == 200
@@ -235,18 +227,17 @@ def _upstream_port(stack: Stack) -> int:
     return int(httpx.URL(url).port or 0)
 
 
-def test_revoked_token_is_refused_on_the_next_request(stack: Stack) -> None:
+def test_revoked_token_is_refused_on_the_next_request(stack: Stack, client: httpx.Client) -> None:
     """Revoking the gateway token in the config service makes the bridge answer 401 right after."""
-    client = httpx.Client(
-        base_url=stack.bridge_url, headers={"authorization": f"Bearer {stack.token}"}
-    )
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert client.post("/oai/v1/chat/completions", json=body).status_code == 200
     with stack.admin() as channel:
         ta_grpc.TokenAdminServiceStub(channel).RevokeToken(
             ta.RevokeTokenRequest(id=stack.token_id), metadata=ADMIN_MD
         )
-    eventually(lambda: client.post("/oai/v1/chat/completions", json=body).status_code == 401, 2)
+    asyncio.run(
+        eventually(lambda: client.post("/oai/v1/chat/completions", json=body).status_code == 401, 2)
+    )
 
 
 def test_the_bridge_acknowledges_the_current_version(stack: Stack) -> None:
@@ -262,4 +253,4 @@ def test_the_bridge_acknowledges_the_current_version(stack: Stack) -> None:
             bridge = [s for s in subs if s.node_id == "e2e-bridge"]
             return bool(bridge) and bridge[0].version_acked == version == bridge[0].version_sent
 
-        eventually(acked, 5)
+        asyncio.run(eventually(acked, 5))

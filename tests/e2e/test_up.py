@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -21,8 +22,10 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.fakes import ThreadServer, Upstream
-from tests.fixtures.services import AIBRIDGE
+from tests.e2e.fakes import Upstream
+from tests.fixtures.processes import AIBRIDGE
+from tests.fixtures.upstream import ThreadedUpstream
+from tests.fixtures.waits import eventually
 
 UPSTREAM_KEY = "sk-up-upstream-0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-up-upstream-0123456789abcdef"
@@ -65,7 +68,7 @@ class Up:
 @pytest.fixture
 def upstream() -> Iterator[tuple[Upstream, int]]:
     app = Upstream()
-    server = ThreadServer(app).start()
+    server = ThreadedUpstream(app).start()
     yield app, server.port
     server.stop()
 
@@ -132,6 +135,10 @@ def stop(up: Up) -> None:
         up.popen.wait(10)
     for pid in up.children().values():
         os.kill(pid, signal.SIGKILL)
+    up.stderr_closed.wait(10)  # the reader thread got to the end of stderr
+    for pipe in (up.popen.stdout, up.popen.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def test_up_runs_the_stack_and_its_printed_settings_work(
@@ -186,10 +193,12 @@ def test_a_dead_child_stops_the_others_and_names_itself_in_the_exit_code(
         children = up.children()
         os.kill(children["bridge"], signal.SIGKILL)
         assert up.popen.wait(30) == 12
-        time.sleep(0.2)
-        for name in ("config-service", "proxy"):
+
+        def gone(name: str) -> bool:
             stat = Path(f"/proc/{children[name]}/stat")
-            assert not stat.exists() or stat.read_text().split()[2] == "Z"
+            return not stat.exists() or stat.read_text().split()[2] == "Z"
+
+        asyncio.run(eventually(lambda: gone("config-service") and gone("proxy"), 5))
     finally:
         stop(up)
 
@@ -204,6 +213,7 @@ def test_second_run_reuses_the_generated_secrets(
     secrets_before = (tmp_path / "data" / "dev-secrets.env").read_text()
     first.popen.send_signal(signal.SIGINT)
     assert first.popen.wait(30) == 0
+    stop(first)
     second = start_up(tmp_path / "data", port)
     try:
         assert second.exports["OPENAI_API_KEY"] == token
@@ -218,7 +228,7 @@ def test_second_run_reuses_the_generated_secrets(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     """One running `aibridge up`, for the tests that read what it printed or probe its ports."""
     app = Upstream()
-    server = ThreadServer(app).start()
+    server = ThreadedUpstream(app).start()
     up = start_up(tmp_path_factory.mktemp("stack") / "data", server.port)
     up.upstream = app
     yield up

@@ -1,5 +1,5 @@
-"""Fixtures of the resilience tests: real processes (killed at teardown, also on failure),
-a raw fake upstream, and databases (SQLite file; PostgreSQL schema when configured)."""
+"""Fixtures of the resilience tests (real processes: `procs` in tests/fixtures/services.py):
+the suite's fake upstream, and databases (SQLite file; PostgreSQL schema when configured)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.databases import postgres_schema, schema_url
-from tests.resilience.harness import Procs, RawUpstream
+from tests.fixtures.upstream import FakeUpstream
 
 
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    running = Procs(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[RawUpstream]:
-    server = await RawUpstream().start()
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    server = await FakeUpstream().start()
     try:
         yield server
     finally:

@@ -1,9 +1,8 @@
-"""Shared tools of the resilience tests: real processes, a raw fake upstream, a cuttable
-TCP proxy, a stream-guarantees recorder, admin helpers and secret scanners.
+"""Shared tools of the resilience tests: real processes, a cuttable TCP proxy, a stream-guarantees recorder, admin helpers and secret scanners.
 
 Everything here talks to real sockets; nothing is mocked. Processes are started with the
-same `spawn` as the rest of the suite and collected by `Procs`, which kills them all at
-teardown (also when a test fails).
+suite's one launcher (tests/fixtures/processes.py) and collected by `Procs`, which kills
+them all at teardown (also when a test fails).
 """
 
 from __future__ import annotations
@@ -11,14 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
-import signal
 import socket
-import subprocess
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +33,15 @@ from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.config.v1 import token_pb2
 from aibridge.rulebook import NAME_RE
+from tests.fixtures.processes import Proc
 from tests.fixtures.services import (
     ADMIN_TOKEN,
     BRIDGE_TOKEN,
     PROXY_TOKEN,
-    base_env,
-    spawn,
-    wait_for_log,
+    Procs,
 )
+from tests.fixtures.upstream import reset
+from tests.fixtures.waits import eventually
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 BRIDGE_MD = (("authorization", f"Bearer {BRIDGE_TOKEN}"),)
@@ -58,22 +54,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def eventually(
-    condition: Callable[[], object | Awaitable[object]], within: float = 10.0, every: float = 0.02
-) -> float:
-    """Poll until `condition()` is truthy; return how long it took."""
-    started = time.monotonic()
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > within:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(every)
-
-
 async def health_is(target: str, status: int, service: str = "") -> bool:
     """Whether the gRPC health service at `target` answers `status` for `service`."""
     async with grpc.aio.insecure_channel(target) as channel:
@@ -84,140 +64,6 @@ async def health_is(target: str, status: int, service: str = "") -> bool:
         except grpc.aio.AioRpcError:
             return False
     return bool(answer.status == status)
-
-
-# ------------------------------------------------------------------------------ processes
-
-
-@dataclass
-class Proc:
-    """A running `aibridge <command>` with its stderr (JSON log lines) collected."""
-
-    name: str
-    popen: subprocess.Popen[str]
-    lines: list[str]
-    ready: dict[str, Any]
-    reader: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in list(self.lines):
-            with contextlib.suppress(json.JSONDecodeError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    out.append(record)
-        return out
-
-    def events(self, event: str) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("event") == event]
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful anything."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-
-def _read_lines(popen: subprocess.Popen[str], lines: list[str]) -> None:
-    assert popen.stderr is not None
-    with contextlib.suppress(ValueError, OSError):
-        for line in popen.stderr:
-            lines.append(line)
-
-
-class Procs:
-    """Starts real daemons; `close()` (fixture teardown) kills every one still running."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.all: list[Proc] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str], ready: str) -> Proc:
-        popen = spawn(args, env)
-        try:
-            record, lines = wait_for_log(popen, ready, 30)
-        except AssertionError:
-            popen.kill()
-            popen.wait()
-            raise
-        proc = Proc(name, popen, lines, record)
-        proc.reader = threading.Thread(target=_read_lines, args=(popen, lines), daemon=True)
-        proc.reader.start()
-        self.all.append(proc)
-        return proc
-
-    def config_service(
-        self, database_url: str, port: int = 0, data_dir: str = "cs", **env: str
-    ) -> Proc:
-        full = base_env(database_url, self.tmp / data_dir)
-        full["AIBRIDGE_GRPC_LISTEN"] = f"127.0.0.1:{port}"
-        full.update(env)
-        proc = self.start("config-service", ["config-service"], full, "config service ready")
-        proc.ready["target"] = "127.0.0.1:" + str(proc.ready["listen"]).rsplit(":", 1)[1]
-        return proc
-
-    def bridge(self, target: str, node_id: str = "bridge-1", **env: str) -> Proc:
-        full = {
-            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
-            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_CONFIG_SERVICE": target,
-            "AIBRIDGE_NODE_ID": node_id,
-            "AIBRIDGE_LOG_FORMAT": "json",
-            **env,
-        }
-        return self.start("bridge", ["bridge"], full, "bridge listening")
-
-    def proxy(self, target: str, bridge_url: str, node_id: str = "proxy-1", **env: str) -> Proc:
-        full = {
-            "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
-            "AIBRIDGE_PROXY_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_CONFIG_SERVICE": target,
-            "AIBRIDGE_PROXY_BRIDGE_URL": bridge_url,
-            "AIBRIDGE_DATA_DIR": str(self.tmp / f"{node_id}-data"),
-            "AIBRIDGE_NODE_ID": node_id,
-            "AIBRIDGE_LOG_FORMAT": "json",
-            # The fake upstream listens on a loopback port: let plain tunnels reach it.
-            "AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS": "127.0.0.0/8",
-            **env,
-        }
-        return self.start("proxy", ["proxy"], full, "proxy ready")
-
-    def close(self) -> None:
-        for proc in self.all:
-            code = proc.popen.poll()
-            if code not in (None, -signal.SIGKILL):
-                # Shown by pytest when the test failed: why a daemon died on its own.
-                print(f"{proc.name} exited {code}; last log lines:\n{''.join(proc.lines[-20:])}")
-        # Daemons before the config service: its graceful stop waits for open streams.
-        for proc in sorted(self.all, key=lambda p: p.name == "config-service"):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        for proc in self.all:
-            with contextlib.suppress(Exception):
-                proc.kill()
-            if proc.reader is not None:
-                proc.reader.join(5)
-            if proc.popen.stderr is not None:
-                proc.popen.stderr.close()
 
 
 def bridge_url(proc: Proc) -> str:
@@ -236,137 +82,10 @@ async def bridge_ready(proc: Proc, version: str | int, within: float = 15.0) -> 
     try:
         await eventually(on_version, within)
     except AssertionError:
-        tail = "".join(proc.lines[-30:])
+        tail = proc.tail(30)
         raise AssertionError(
             f"bridge not on version {version} in {within}s; log:\n{tail}"
         ) from None
-
-
-# ------------------------------------------------------------------------- fake upstream
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else {}
-
-
-Handler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def http_response(status: int, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()) -> bytes:
-    head = [f"HTTP/1.1 {status} X"]
-    names = {k.lower() for k, _ in headers}
-    if "content-type" not in names:
-        head.append("content-type: application/json")
-    head += [f"{k}: {v}" for k, v in headers]
-    head.append(f"content-length: {len(body)}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-def chat_completion(model: str = "gpt-test") -> bytes:
-    return json.dumps(
-        {
-            "id": "c1",
-            "object": "chat.completion",
-            "created": 0,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "Hello"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
-        }
-    ).encode()
-
-
-async def ok_handler(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-    try:
-        doc = req.json()
-    except (ValueError, RecursionError):
-        doc = {}
-    model = doc.get("model", "") if isinstance(doc, dict) else ""
-    w.write(http_response(200, chat_completion(str(model))))
-    await w.drain()
-
-
-class RawUpstream:
-    """An HTTP/1.1 upstream on raw sockets, so a test can misbehave at will (stall,
-    reset mid-stream, storms); `handlers` maps the first path segment to a handler."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, Handler] = {}
-        self.default: Handler = ok_handler
-        self.seen: list[Request] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.open_connections = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> RawUpstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
-        self.open_connections += 1
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        k, v = line.split(":", 1)
-                        headers[k.strip().lower()] = v.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                req = Request(method, target, headers, body)
-                self.seen.append(req)
-                first = target.lstrip("/").split("/", 1)[0]
-                await self.handlers.get(first, self.default)(req, reader, writer)
-                if writer.is_closing():
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            return  # cancelled at stop(): end quietly (asyncio logs a cancelled handler)
-        finally:
-            self.open_connections -= 1
-            self._tasks.discard(task)  # type: ignore[arg-type]
-            with contextlib.suppress(Exception):
-                writer.close()
-
-
-def reset(writer: asyncio.StreamWriter) -> None:
-    """Abort the connection with a TCP RST (SO_LINGER 0), not a clean FIN."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    writer.transport.abort()
 
 
 # ------------------------------------------------------------------------ TCP fault proxy

@@ -34,12 +34,12 @@ from config_service.seed.apply import SeedConflict, apply
 from config_service.seed.env import SeedConfigError, parse_env
 from config_service.store.database import Database
 from config_service.store.records import load_record
+from tests.fixtures.upstream import FakeUpstream
 from tests.resilience.harness import (
     NAME_RE,
     Admin,
     Proc,
     Procs,
-    RawUpstream,
     bridge_ready,
     bridge_url,
     walk_files,
@@ -293,7 +293,7 @@ class FuzzStack:
     member: str
     dumps: Path
     root: Path
-    upstream: RawUpstream
+    upstream: FakeUpstream
 
     @property
     def port(self) -> int:
@@ -302,7 +302,7 @@ class FuzzStack:
 
 @pytest.fixture
 async def fuzz_stack(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str, tmp_path: Path
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> FuzzStack:
     service = await asyncio.to_thread(procs.config_service, sqlite_url)
     admin = Admin(service.ready["target"])

@@ -8,14 +8,20 @@ import httpx
 import pytest
 
 from aibridge.config.v1 import provider_pb2 as pb
-from tests.resilience.harness import Admin, Procs, RawUpstream, bridge_ready, bridge_url
+from tests.fixtures.upstream import FakeUpstream
+from tests.resilience.harness import (
+    Admin,
+    Procs,
+    bridge_ready,
+    bridge_url,
+)
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.mark.parametrize("variable", ["AIBRIDGE_ALLOW_BYOK", "CODER_AI_GATEWAY_ALLOW_BYOK"])
 async def test_byok_off_on_the_config_service_is_off_on_a_default_bridge(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str, variable: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str, variable: str
 ) -> None:
     """BYOK switched off on the config service alone (ours or Coder's name) is refused
     by a bridge that sets nothing, and a keyless provider says why."""

@@ -32,16 +32,14 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.envconfig import SettingsError
 from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures.services import BRIDGE_TOKEN
+from tests.fixtures.upstream import FakeUpstream, Seen
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Admin,
     Proc,
     Procs,
-    RawUpstream,
-    Request,
     bridge_ready,
     bridge_url,
-    eventually,
-    ok_handler,
 )
 
 SLOW_HEAD = b"POST /dos/v1/chat/completions HTTP/1.1\r\nhost: bridge\r\n"
@@ -76,7 +74,7 @@ class Stack:
 
 
 async def start_stack(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str, bridge_nofile: int, **env: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str, bridge_nofile: int, **env: str
 ) -> Stack:
     service = await asyncio.to_thread(procs.config_service, sqlite_url)
     admin = Admin(service.ready["target"])
@@ -184,7 +182,7 @@ async def healthy_client(stack: Stack, requests: int) -> list[int | str]:
 
 async def run_flood(
     procs: Procs,
-    upstream: RawUpstream,
+    upstream: FakeUpstream,
     sqlite_url: str,
     *,
     bridge_nofile: int,
@@ -248,7 +246,7 @@ async def run_flood(
 
 
 async def test_idle_and_slowloris_flood_leaves_healthy_clients_served(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Two thousand idle sockets and 200 slowloris clients, reopened as they are closed, against a bridge limited to 1,024 descriptors leave a healthy client (a new connection per request) ≥ 99 % successful and the bridge below its descriptor limit."""
     await run_flood(
@@ -258,7 +256,7 @@ async def test_idle_and_slowloris_flood_leaves_healthy_clients_served(
 
 @pytest.mark.slow
 async def test_twenty_thousand_idle_sockets_and_two_thousand_slowloris(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Twenty thousand idle sockets and 2,000 slowloris clients (from two attacker processes, each under its own descriptor limit) against a bridge at its default cap (half of 20,000 descriptors) leave a healthy client ≥ 99 % successful."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -275,7 +273,7 @@ async def test_twenty_thousand_idle_sockets_and_two_thousand_slowloris(
 
 
 async def test_slowloris_clients_are_cut_off_at_the_header_timeout(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Fifty clients sending a header line a second and never ending their headers each get a 408 and a close once the header timeout (1 s here) has passed, and silent sockets are closed too."""
     stack = await start_stack(
@@ -313,7 +311,7 @@ async def test_slowloris_clients_are_cut_off_at_the_header_timeout(
 
 
 async def test_heads_over_the_header_cap_get_431(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """A 60 KiB request head is served, a 70 KiB one gets a 431 in the generic error format and a close, and 3,000 small pipelined requests in one write (190 KiB) are all served."""
     stack = await start_stack(procs, upstream, sqlite_url, 1024)
@@ -349,7 +347,7 @@ async def test_heads_over_the_header_cap_get_431(
 
 
 async def test_header_bombs_do_not_grow_memory_nor_stall_the_bridge(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Eight clients each sending a 128 MiB header value are cut off, the bridge's RSS grows by less than 32 MiB and /healthz keeps answering within a second."""
     stack = await start_stack(procs, upstream, sqlite_url, 1024)
@@ -391,14 +389,14 @@ async def test_header_bombs_do_not_grow_memory_nor_stall_the_bridge(
 
 
 async def test_body_bombs_are_bounded_by_the_body_budget(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Forty authenticated 31 MiB uploads at once, to an upstream that holds them, get a 503 (provider's format, Retry-After) past the default 128 MiB body budget; the bridge's RSS grows by less than 320 MiB (2.5 x the budget; 3.6 GB before), and the admitted ones complete."""
     release = asyncio.Event()
 
-    async def holding(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def holding(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await release.wait()
-        await ok_handler(req, _r, w)
+        await upstream.answer(req, w)
 
     upstream.handlers["v1"] = holding
     stack = await start_stack(procs, upstream, sqlite_url, 1024)
@@ -454,7 +452,7 @@ async def test_body_bombs_are_bounded_by_the_body_budget(
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_answered_408(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """A body that stops short of its declared length is answered 408 (provider's format) once AIBRIDGE_BRIDGE_BODY_TIMEOUT passes, and the bytes it held are given back to the body budget."""
     stack = await start_stack(

@@ -32,14 +32,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.upstream import FakeUpstream, Seen
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Admin,
     Proc,
     Procs,
-    RawUpstream,
-    Request,
     bridge_url,
-    eventually,
     proxy_address,
     proxy_with_member,
 )
@@ -135,7 +134,7 @@ async def watch_fds(pid: int, until: float, peaks: list[int]) -> None:
 
 async def flood(
     procs: Procs,
-    upstream: RawUpstream,
+    upstream: FakeUpstream,
     database_url: str,
     proxy_fds: int,
     idle: int,
@@ -177,7 +176,7 @@ async def flood(
 
 
 async def test_idle_and_slowloris_flood_leaves_healthy_clients_served(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """2,000 idle and 200 slowloris connections against a proxy with 1,024 fds: healthy requests keep >= 99 % success."""
     await flood(procs, upstream, sqlite_url, proxy_fds=1024, idle=2000, slowloris=200, seconds=8)
@@ -185,7 +184,7 @@ async def test_idle_and_slowloris_flood_leaves_healthy_clients_served(
 
 @pytest.mark.slow
 async def test_full_scale_flood_leaves_healthy_clients_served(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """20,000 idle and 2,000 slowloris connections against a proxy with 4,096 fds: healthy requests keep >= 99 % success."""
     await flood(procs, upstream, sqlite_url, proxy_fds=4096, idle=20000, slowloris=2000, seconds=30)
@@ -206,12 +205,12 @@ async def test_header_bombs_leave_rss_bounded(procs: Procs, sqlite_url: str) -> 
 
 
 async def test_dumped_300_mib_response_leaves_rss_bounded(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str, tmp_path: Path
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> None:
     """A 300 MiB provider response through the proxy with dumps on reaches the client whole; the proxy keeps only the dump cap."""
     size = 300 * MIB
 
-    async def huge(_req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def huge(_req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.write(f"HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n".encode())
         piece = b"z" * MIB
         for _ in range(size // MIB):

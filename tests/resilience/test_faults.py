@@ -21,17 +21,17 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
 from tests.fixtures.databases import schema_url
+from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     PROXY_MD,
     Admin,
     Proc,
     Procs,
-    RawUpstream,
     StreamRecorder,
     TcpProxy,
     bridge_url,
     database_revision,
-    eventually,
     free_port,
     health_is,
 )
@@ -109,7 +109,7 @@ async def acked(admin: Admin, nodes: list[str], version: int, replica: str = "")
     return set(nodes) <= done
 
 
-async def seed_stack(admin: Admin, upstream: RawUpstream) -> str:
+async def seed_stack(admin: Admin, upstream: FakeUpstream) -> str:
     await admin.create_provider(
         "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
     )
@@ -121,7 +121,7 @@ def applied_versions(proc: Proc) -> list[int]:
 
 
 async def test_config_service_killed_under_traffic(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str, tmp_path: Path
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> None:
     """SIGKILL and restart of the config service under steady bridge traffic loses no request and the bridge and proxy are back on the current version within about a second."""
     port = free_port()
@@ -189,7 +189,7 @@ async def test_config_service_killed_under_traffic(
 
 
 async def test_bridge_restarted_while_config_service_down_serves_from_cache(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str, tmp_path: Path
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> None:
     """A bridge started while the config service is down serves its AIBRIDGE_SNAPSHOT_CACHE snapshot and resumes from it when the service returns."""
     port = free_port()
@@ -235,7 +235,7 @@ async def test_bridge_restarted_while_config_service_down_serves_from_cache(
 
 
 async def test_bridge_is_back_about_a_second_after_a_long_outage(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """After 8 s with the config service unreachable the bridge still retries about every second, and is on the new version about a second after the service is reachable again."""
     service = await asyncio.to_thread(procs.config_service, sqlite_url)
@@ -313,7 +313,7 @@ def principals_in(database_url: str) -> set[str]:
 
 
 async def test_database_unreachable(
-    procs: Procs, pg_schema: tuple[str, str], upstream: RawUpstream
+    procs: Procs, pg_schema: tuple[str, str], upstream: FakeUpstream
 ) -> None:
     """With PostgreSQL cut off, health goes NOT_SERVING, streams end UNAVAILABLE, writes fail fast with UNAVAILABLE, the bridge keeps its last snapshot, recovery is automatic and every acknowledged write survives."""
     base, schema = pg_schema
@@ -382,7 +382,7 @@ async def test_database_unreachable(
 
 
 async def test_replica_dies_subscriber_resumes_on_the_other(
-    procs: Procs, pg_url: str, upstream: RawUpstream
+    procs: Procs, pg_url: str, upstream: FakeUpstream
 ) -> None:
     """When the replica a bridge follows is killed, the bridge (through a failover TCP front) resumes on the other replica with known_version and no version goes backwards."""
     a = await asyncio.to_thread(procs.config_service, pg_url, 0, "a", AIBRIDGE_REPLICA_ID="a")
@@ -432,7 +432,7 @@ async def test_replica_dies_subscriber_resumes_on_the_other(
 
 
 async def test_bridge_moved_to_a_replica_cut_off_from_the_database_never_goes_back(
-    procs: Procs, pg_schema: tuple[str, str], upstream: RawUpstream
+    procs: Procs, pg_schema: tuple[str, str], upstream: FakeUpstream
 ) -> None:
     """A bridge moved from replica A onto replica B, whose database is cut off (B stuck at an older version), is refused there (UNAVAILABLE, B's health NOT_SERVING) and never applies the older version; once B reaches the database again the bridge resumes on B and moves forward."""
     base, schema = pg_schema
@@ -521,7 +521,7 @@ async def test_bridge_moved_to_a_replica_cut_off_from_the_database_never_goes_ba
 
 @pytest.mark.slow
 async def test_config_service_killed_repeatedly(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Ten kill/restart cycles with writes in between never fail a client request nor move a version backwards."""
     port = free_port()
@@ -558,7 +558,7 @@ async def test_config_service_killed_repeatedly(
 
 
 async def test_database_silently_partitioned(
-    procs: Procs, pg_schema: tuple[str, str], upstream: RawUpstream
+    procs: Procs, pg_schema: tuple[str, str], upstream: FakeUpstream
 ) -> None:
     """With PostgreSQL silently unreachable (packets swallowed, no reset), an admin write still fails with UNAVAILABLE within 10 s and the service recovers once the network is back."""
     base, schema = pg_schema

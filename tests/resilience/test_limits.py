@@ -20,16 +20,15 @@ import pytest
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
 from tests.fixtures.services import BRIDGE_TOKEN
+from tests.fixtures.upstream import FakeUpstream, Seen
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Admin,
     Procs,
-    RawUpstream,
-    Request,
     StreamRecorder,
     bridge_ready,
     bridge_url,
     database_revision,
-    eventually,
 )
 
 # ------------------------------------------------------------- a stuck HTTP/2 gRPC client
@@ -156,13 +155,13 @@ EVENTS = 1000  # ~65 MB in all
 
 
 async def test_slow_sse_reader_pushes_back_on_the_upstream(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """A client that stops reading a 65 MB SSE response makes the bridge stop reading the upstream (backpressure): the upstream cannot get more than a few MB ahead and the bridge's RSS stays flat."""
     written = 0
     finished = asyncio.Event()
 
-    async def firehose(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def firehose(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         nonlocal written
         w.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
@@ -254,7 +253,7 @@ async def test_many_stuck_subscribers(procs: Procs, sqlite_url: str) -> None:
 
 
 async def test_client_chosen_model_names_do_not_grow_state_without_bound(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Fifteen hundred requests with distinct model names leave at most 500 model label values in the bridge's /metrics."""
     service = await asyncio.to_thread(procs.config_service, sqlite_url)

@@ -21,13 +21,13 @@ from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
+from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     ADMIN_MD,
     BRIDGE_MD,
     Admin,
     Procs,
-    RawUpstream,
-    eventually,
     proxy_address,
     proxy_with_member,
 )
@@ -87,7 +87,7 @@ async def test_revocation_after_a_database_restore_takes_effect(
 
 
 async def test_one_member_cannot_hold_the_whole_body_budget(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Four connections of one member that declare 32 MiB bodies and send none do not lock every other client out of the bridge."""
     stack = await start_stack(procs, upstream, sqlite_url, 1024)
@@ -124,7 +124,7 @@ async def test_one_member_cannot_hold_the_whole_body_budget(
     "and no body deadline, unlike the bridge",
 )
 async def test_proxy_request_bodies_are_bounded_in_total(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Sixteen authenticated 31 MiB uploads held one byte short of complete grow the proxy's RSS by less than 256 MiB (a 128 MiB budget's worth and slack)."""
     proxy, token = await proxy_with_member(procs, sqlite_url)

@@ -30,18 +30,16 @@ from aibridge.config.v1 import usage_service_pb2_grpc as us_grpc
 from aibridge.recording import new_record_id
 from tests.fixtures.databases import schema_url
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN
+from tests.fixtures.upstream import FakeUpstream, Seen, http_response
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     PROXY_MD,
     Admin,
     Procs,
-    RawUpstream,
-    Request,
     bridge_ready,
     bridge_url,
     dump_database_text,
-    eventually,
     free_port,
-    http_response,
     scan,
     sqlite_files,
     walk_files,
@@ -116,11 +114,11 @@ async def _record_with_a_key_as_hint(target: str, key: str) -> dict[str, bytes]:
 
 
 async def test_no_secret_leaks_anywhere(
-    procs: Procs, upstream: RawUpstream, any_db: str, tmp_path: Path
+    procs: Procs, upstream: FakeUpstream, any_db: str, tmp_path: Path
 ) -> None:
     """No provider key, Bedrock secret, service token, wrong token or encryption key appears in any log, dump, error body, metrics page, proxy/auditor snapshot, admin or usage answer or database byte."""
 
-    async def by_key(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def by_key(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         auth = req.headers.get("authorization", "") + req.headers.get("x-api-key", "")
         if OPENAI_KEYS[0] in auth:  # the first pooled key is refused: failover to the second
             w.write(http_response(401, b'{"error":{"message":"invalid key"}}'))

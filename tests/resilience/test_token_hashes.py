@@ -17,7 +17,8 @@ from aibridge.config.v1 import token_pb2
 from aibridge.masking import sha256_hex
 from data_plane import snapshot_cache
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN
-from tests.resilience.harness import BRIDGE_MD, PROXY_MD, Admin, Procs, bridge_url, eventually
+from tests.fixtures.waits import eventually
+from tests.resilience.harness import BRIDGE_MD, PROXY_MD, Admin, Procs, bridge_url
 
 WORDS = [
     "admin", "administrator", "root", "password", "passw0rd", "secret", "token", "bridge",

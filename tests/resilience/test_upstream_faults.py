@@ -19,17 +19,14 @@ from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures.services import BRIDGE_TOKEN
+from tests.fixtures.upstream import FakeUpstream, Seen, http_response, reset
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Admin,
     Proc,
     Procs,
-    RawUpstream,
-    Request,
     bridge_ready,
     bridge_url,
-    eventually,
-    http_response,
-    reset,
 )
 
 KEYS = ["sk-upstream-fault-key-a-000000000000", "sk-upstream-fault-key-b-111111111111"]
@@ -42,7 +39,7 @@ class Stack:
     service: Proc
     bridge: Proc
     member: str
-    upstream: RawUpstream
+    upstream: FakeUpstream
 
     def client(self, timeout: float = 10) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -59,7 +56,7 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(procs: Procs, upstream: RawUpstream, sqlite_url: str) -> Stack:
+async def stack(procs: Procs, upstream: FakeUpstream, sqlite_url: str) -> Stack:
     service = await asyncio.to_thread(procs.config_service, sqlite_url)
     target = service.ready["target"]
     admin = Admin(target)
@@ -91,7 +88,7 @@ async def stack(procs: Procs, upstream: RawUpstream, sqlite_url: str) -> Stack:
 async def test_5xx_storm_trips_the_breaker(stack: Stack) -> None:
     """A storm of upstream 503s is passed through until the breaker trips, then answered 503 with Retry-After without reaching the upstream."""
 
-    async def unavailable(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def unavailable(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.write(http_response(503, b'{"error":{"message":"down"}}'))
         await w.drain()
 
@@ -110,7 +107,7 @@ async def test_5xx_storm_trips_the_breaker(stack: Stack) -> None:
 async def test_529_storm_trips_the_anthropic_breaker(stack: Stack) -> None:
     """Anthropic 529 (overloaded) answers trip the breaker too; the client then gets an Anthropic-format 503 with Retry-After."""
 
-    async def overloaded(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def overloaded(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         body = b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'
         w.write(http_response(529, body))
         await w.drain()
@@ -126,7 +123,7 @@ async def test_529_storm_trips_the_anthropic_breaker(stack: Stack) -> None:
 async def test_429_storm_exhausts_the_pool(stack: Stack) -> None:
     """When every key is rate limited the bridge answers 429 with the shortest Retry-After and stops calling the upstream until a key cools down."""
 
-    async def limited(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def limited(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         key = req.headers["authorization"].removeprefix("Bearer ")
         wait = "7" if key == KEYS[0] else "3"
         w.write(http_response(429, b'{"error":{"message":"slow down"}}', [("retry-after", wait)]))
@@ -147,7 +144,7 @@ async def test_429_storm_exhausts_the_pool(stack: Stack) -> None:
 async def test_401_storm_answers_502(stack: Stack) -> None:
     """When every pooled key is refused (401) the client gets 502, not the upstream's 401 nor a 500."""
 
-    async def denied(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def denied(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.write(http_response(401, b'{"error":{"message":"bad key"}}'))
         await w.drain()
 
@@ -163,7 +160,7 @@ async def test_connection_reset_before_and_during_the_response(stack: Stack) -> 
     """A reset before the response is a 502 with the provider's error body; a reset mid-stream cuts the client's stream after the bytes already relayed, never a retry nor a 500."""
     events = [b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'] * 3
 
-    async def resets(req: Request, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def resets(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         if not req.json().get("stream"):
             reset(w)
             return
@@ -204,7 +201,7 @@ async def test_stalled_upstream_and_client_timeout(stack: Stack) -> None:
     """A client that gives up on a stalled upstream frees the upstream connection and is recorded as 499; the bridge keeps serving."""
     stalled = asyncio.Event()
 
-    async def stall(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def stall(req: Seen, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         stalled.set()
         await reader.read()  # until the bridge hangs up
 
@@ -220,7 +217,7 @@ async def test_stalled_upstream_and_client_timeout(stack: Stack) -> None:
 
 
 async def test_upstream_timeout_is_504(
-    procs: Procs, upstream: RawUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """An upstream that does not answer within the bridge's read timeout is a 504 in the provider's format (the in-process bridge with a 1 s timeout stands in for the 600 s default)."""
     service = await asyncio.to_thread(procs.config_service, sqlite_url)
@@ -234,7 +231,7 @@ async def test_upstream_timeout_is_504(
     finally:
         await admin.close()
 
-    async def never(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def never(req: Seen, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await reader.read()
 
     upstream.handlers["slow"] = never

@@ -23,6 +23,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tests.fixtures.upstream import anthropic_message
+
 REGION = "us-east-1"
 ACCESS_KEY = "AKIAFAKEACCESSKEY123"
 SECRET_KEY = "fake/secret+key/0123456789abcdefghijKLMN"
@@ -258,16 +260,7 @@ def aws_error(status: int, error_type: str, message: str) -> httpx.Response:
 
 
 def message_json(text: str = "Hello world", model: str = "claude-sonnet-4-5") -> dict[str, Any]:
-    return {
-        "id": "msg_bdrk_02",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 10, "output_tokens": 3},
-    }
+    return anthropic_message(text, model, (10, 3), "msg_bdrk_02")
 
 
 def json_ok(body: dict[str, Any]) -> httpx.Response:

@@ -65,10 +65,14 @@ class SocketServer:
                 await asyncio.sleep(0.002)
             if self.stall_after is None:
                 writer.write(b"0\r\n\r\n")
-        await writer.drain()
-        if self.stall_after is not None and await reader.read() == b"":
-            self.client_gone.set()  # the client closed its end mid-stream
-        writer.close()
+        try:
+            await writer.drain()
+            if self.stall_after is not None and await reader.read() == b"":
+                self.client_gone.set()  # the client closed its end mid-stream
+        except ConnectionResetError:
+            self.client_gone.set()  # the client aborted its end mid-stream
+        finally:
+            writer.close()
 
 
 @pytest.fixture

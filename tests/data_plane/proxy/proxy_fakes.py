@@ -1,5 +1,5 @@
-"""Helpers for the proxy tests: an echo server to tunnel to, a hand-written CONNECT, and
-an SSL context trusting the proxy's CA."""
+"""Helpers for the proxy tests: an echo server to tunnel to, a hand-written CONNECT, an SSL
+context trusting the proxy's CA, and the providers of a bridge-and-proxy stack."""
 
 from __future__ import annotations
 
@@ -8,16 +8,32 @@ import base64
 import ssl
 from collections.abc import Awaitable, Callable
 
+from dp_fakes import KEY_A, anthropic_provider, provider
+
+from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.proxy.server import Proxy
+from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.waits import eventually
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 
 
+StartStack = Callable[..., Awaitable[Proxy]]
+
+
 async def wait_for_proxy_version(proxy: Proxy, version: str, within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        # The proxy has no "version changed" event to wait on; a short poll is enough here.
-        while proxy.shared is None or proxy.shared.table.version != version:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+    await eventually(
+        lambda: proxy.shared is not None and proxy.shared.table.version == version, within
+    )
+
+
+def providers(upstream: FakeUpstream) -> list[pb.Provider]:
+    """Two hostnames for one upstream: the proxy maps localhost to OpenAI, 127.0.0.1 to
+    Anthropic."""
+    openai = provider(
+        "openai", pb.PROVIDER_TYPE_OPENAI, f"http://localhost:{upstream.port}/v1/", [KEY_A]
+    )
+    return [openai, anthropic_provider(upstream)]  # http://127.0.0.1:<port>/
 
 
 def trust(proxy: Proxy) -> ssl.SSLContext:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from dp_fakes import AUDITOR_TOKEN, MEMBER_TOKEN, OWNER_TOKEN, ConfigServer, snapshot
+from dp_fakes import AUDITOR_TOKEN, MEMBER_TOKEN, OWNER_TOKEN, snapshot
 from proxy_fakes import Echo, StartProxy, raw_connect
 
 from data_plane.proxy.auth import Identity, authenticate, basic_password
@@ -44,15 +44,10 @@ def test_identity_repr_hides_the_token() -> None:
 
 @pytest.mark.parametrize("auth", [None, "u:wrong-token", f"u:{AUDITOR_TOKEN}", "no-colon"], ids=str)
 async def test_connect_without_valid_credentials_gets_407(
-    config_service: ConfigServer, start_proxy: StartProxy, echo: Echo, auth: str | None
+    auth: str | None, echo: Echo, start_tunnel_proxy: StartProxy
 ) -> None:
     """CONNECTs to tunnelled hosts without a usable token get 407 with a Basic challenge."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(
-        wait_version="1",
-        AIBRIDGE_PROXY_ALLOWED_PORTS=str(echo.port),
-        AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS="127.0.0.0/8",
-    )
+    proxy = await start_tunnel_proxy()
     status, head, _, writer = await raw_connect(proxy, f"127.0.0.1:{echo.port}", auth)
     writer.close()
     assert status == 407

@@ -15,8 +15,7 @@ import base64
 import contextlib
 import json
 import ssl
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,10 @@ import httpx
 import httpx2
 import openai
 import pytest
-from dp_fakes import KEY_A, KEY_B, FakeUpstream
+from dp_fakes import (
+    KEY_A,
+    KEY_B,
+)
 from proxy_fakes import Echo
 
 from aibridge import rulebook
@@ -38,15 +40,15 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
+from tests.fixtures.processes import Proc
 from tests.fixtures.services import (
     ADMIN_TOKEN,
-    BRIDGE_TOKEN,
     PROXY_TOKEN,
+    Procs,
     StartProcess,
-    drain,
-    spawn,
-    wait_for_log,
 )
+from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.waits import eventually
 
 ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 EXTRA_HOST = "10.255.255.1"  # private: refused as a tunnel, intercepted once a provider
@@ -60,7 +62,7 @@ class Stack:
     upstream: FakeUpstream
     ca: ssl.SSLContext
     database_url: str
-    proxy_log: list[str]
+    proxy_daemon: Proc
 
     def proxy_url(self) -> str:
         return f"http://dev:{self.member}@{self.proxy}"
@@ -80,35 +82,11 @@ async def echo2() -> AsyncIterator[Echo]:
 
 
 @pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for popen in started:
-        popen.terminate()
-    for popen in started:
-        try:
-            popen.wait(10)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait(5)
-
-
-def _daemon(
-    procs: list[subprocess.Popen[str]], args: list[str], env: dict[str, str], ready: str
-) -> tuple[dict[str, object], list[str]]:
-    popen = spawn(args, {"AIBRIDGE_LOG_FORMAT": "json", **env})
-    procs.append(popen)
-    record, lines = wait_for_log(popen, ready, timeout=20)
-    drain(popen, lines)
-    return record, lines
-
-
-@pytest.fixture
 async def stack(
     start_process: StartProcess,
     upstream: FakeUpstream,
     echo2: Echo,
-    procs: list[subprocess.Popen[str]],
+    procs: Procs,
     database_url: str,
     tmp_path: Path,
 ) -> Stack:
@@ -131,39 +109,21 @@ async def stack(
             ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
             metadata=ADMIN,
         )
-    common = {"AIBRIDGE_CONFIG_SERVICE": config.target}
-    bridge, _ = _daemon(
-        procs,
-        ["bridge"],
-        {
-            **common,
-            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
-            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_NODE_ID": "e2e-bridge",
-        },
-        "bridge listening",
+    bridge = procs.bridge(config.target, "e2e-bridge")
+    proxy = procs.proxy(
+        config.target,
+        str(bridge.ready["url"]),
+        "e2e-proxy",
+        AIBRIDGE_PROXY_ALLOWED_PORTS=f"80,443,{echo2.port}",
     )
-    proxy, proxy_log = _daemon(
-        procs,
-        ["proxy"],
-        {
-            **common,
-            "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
-            "AIBRIDGE_PROXY_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_PROXY_BRIDGE_URL": str(bridge["url"]),
-            "AIBRIDGE_PROXY_ALLOWED_PORTS": f"80,443,{echo2.port}",
-            "AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS": "127.0.0.0/8",
-            "AIBRIDGE_DATA_DIR": str(tmp_path / "proxy-data"),
-            "AIBRIDGE_NODE_ID": "e2e-proxy",
-        },
-        "proxy ready",
-    )
-    listen = str(proxy["listen"])
+    listen = str(proxy.ready["listen"])
     async with httpx.AsyncClient() as plain:
         pem = (await plain.get(f"http://{listen}/ca-cert.pem")).text
-        async with asyncio.timeout(10):
-            while (await plain.get(f"http://{listen}/readyz")).status_code != 200:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+
+        async def ready() -> bool:
+            return (await plain.get(f"http://{listen}/readyz")).status_code == 200
+
+        await eventually(ready, within=10)
     return Stack(
         config.target,
         listen,
@@ -171,7 +131,7 @@ async def stack(
         upstream,
         ssl.create_default_context(cadata=pem),
         database_url,
-        proxy_log,
+        proxy,
     )
 
 
@@ -217,7 +177,7 @@ async def test_sdks_reach_the_upstream_through_proxy_and_bridge(stack: Stack) ->
             assert "".join([t async for t in events.text_stream]) == "Hello"
         assert stack.upstream.seen[-1].headers["x-api-key"] == KEY_A
     _never_saw(stack, stack.member)
-    logged = "".join(stack.proxy_log)
+    logged = "".join(stack.proxy_daemon.lines)
     assert '"event": "provider request"' in logged
     assert stack.member not in logged and PROXY_TOKEN not in logged
 

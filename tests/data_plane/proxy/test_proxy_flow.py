@@ -13,40 +13,26 @@ from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
     ConfigServer,
-    FakeUpstream,
-    Reply,
-    Seen,
     StartBridge,
     anthropic_provider,
     provider,
     snapshot,
 )
-from proxy_fakes import Echo, StartProxy, raw_connect, trust, wait_for_proxy_version
+from proxy_fakes import (
+    Echo,
+    StartProxy,
+    StartStack,
+    providers,
+    raw_connect,
+    trust,
+    wait_for_proxy_version,
+)
 
 from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.proxy.server import Proxy
+from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 
 BYOK_KEY = "sk-users-own-key-000000000000000000000"
-
-
-def providers(upstream: FakeUpstream) -> list[pb.Provider]:
-    # Two hostnames for one upstream: the proxy maps each to a different provider.
-    openai = provider(
-        "openai", pb.PROVIDER_TYPE_OPENAI, f"http://localhost:{upstream.port}/v1/", [KEY_A]
-    )
-    return [openai, anthropic_provider(upstream)]  # http://127.0.0.1:<port>/
-
-
-async def stack(
-    config_service: ConfigServer,
-    upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
-    **env: str,
-) -> Proxy:
-    await config_service.service.publish(snapshot("1", providers(upstream)))
-    bridge = await start_bridge(wait_version="1")
-    return await start_proxy(wait_version="1", AIBRIDGE_PROXY_BRIDGE_URL=bridge.url, **env)
 
 
 def client(proxy: Proxy, token: str = MEMBER_TOKEN) -> httpx.AsyncClient:
@@ -61,13 +47,11 @@ def assert_pooled(seen: Seen) -> None:
 
 
 async def test_mitm_injects_pooled_key(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
+    start_stack: StartStack,
 ) -> None:
     """HTTPS to a provider host is terminated, sent to the bridge, and the pooled key used."""
-    proxy = await stack(config_service, upstream, start_bridge, start_proxy)
+    proxy = await start_stack()
     async with client(proxy) as http:
         for _ in range(3):  # keep-alive: several requests on one MITM'd connection
             reply = await http.post(
@@ -84,13 +68,11 @@ async def test_mitm_injects_pooled_key(
 
 
 async def test_byok_keeps_the_users_key(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
+    start_stack: StartStack,
 ) -> None:
     """A client's own provider key is passed through; the gateway token rides alongside."""
-    proxy = await stack(config_service, upstream, start_bridge, start_proxy)
+    proxy = await start_stack()
     async with client(proxy) as http:
         reply = await http.post(
             f"https://127.0.0.1:{upstream.port}/v1/messages",
@@ -104,16 +86,12 @@ async def test_byok_keeps_the_users_key(
 
 
 async def test_pooled_keys_setting_ignores_a_placeholder_key(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
+    start_stack: StartStack,
 ) -> None:
     """With AIBRIDGE_PROXY_POOLED_KEYS a tool's placeholder key gets the pooled key; a
     client's own key is BYOK only when it also sends X-AIBridge-Token."""
-    proxy = await stack(
-        config_service, upstream, start_bridge, start_proxy, AIBRIDGE_PROXY_POOLED_KEYS="true"
-    )
+    proxy = await start_stack(AIBRIDGE_PROXY_POOLED_KEYS="true")
     async with client(proxy) as http:
         placeholder = await http.post(
             f"https://localhost:{upstream.port}/v1/chat/completions",
@@ -156,13 +134,11 @@ async def test_pooled_keys_setting_leaves_copilot_tokens_alone(
 
 
 async def test_sse_streams_chunk_by_chunk(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
+    start_stack: StartStack,
 ) -> None:
     """SSE events reach the client as the upstream sends them, not at the end."""
-    proxy = await stack(config_service, upstream, start_bridge, start_proxy)
+    proxy = await start_stack()
     chunks = [b"data: 1\n\n", b"data: 2\n\n"]
 
     async def gated(seen: Seen) -> Reply:
@@ -184,13 +160,11 @@ async def test_sse_streams_chunk_by_chunk(
 
 
 async def test_plain_http_provider_request(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
+    start_stack: StartStack,
 ) -> None:
     """An absolute-form http:// request for a provider host goes to the bridge too."""
-    proxy = await stack(config_service, upstream, start_bridge, start_proxy)
+    proxy = await start_stack()
     async with client(proxy) as http:
         reply = await http.get(f"http://localhost:{upstream.port}/v1/models")
     assert reply.status_code == 200, reply.text
@@ -257,10 +231,11 @@ async def test_removed_provider_stops_being_intercepted(
     upstream: FakeUpstream,
     start_bridge: StartBridge,
     start_proxy: StartProxy,
+    start_stack: StartStack,
 ) -> None:
     """A snapshot without the provider makes open MITM connections reconnect (421) and
     the next CONNECT to that host is treated as any other host (here: private, 403)."""
-    proxy = await stack(config_service, upstream, start_bridge, start_proxy)
+    proxy = await start_stack()
     async with client(proxy) as http:
         url = f"https://localhost:{upstream.port}/v1/models"
         assert (await http.get(url)).status_code == 200
@@ -274,17 +249,13 @@ async def test_removed_provider_stops_being_intercepted(
 
 
 async def test_dumps_are_written_with_secrets_masked(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
+    start_stack: StartStack,
     tmp_path: Path,
 ) -> None:
     """With a dump directory, each provider request leaves a redacted request/response pair."""
     dumps = tmp_path / "dumps"
-    proxy = await stack(
-        config_service, upstream, start_bridge, start_proxy, AIBRIDGE_DUMP_DIR=str(dumps)
-    )
+    proxy = await start_stack(AIBRIDGE_DUMP_DIR=str(dumps))
     async with client(proxy) as http:
         reply = await http.post(
             f"https://localhost:{upstream.port}/v1/chat/completions",

@@ -14,12 +14,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dp_fakes import MEMBER_TOKEN, ConfigServer, FakeUpstream, Reply, StartBridge, snapshot
-from proxy_fakes import Echo, StartProxy, raw_connect, trust
+from dp_fakes import (
+    MEMBER_TOKEN,
+    ConfigServer,
+    StartBridge,
+    snapshot,
+)
+from proxy_fakes import Echo, StartProxy, StartStack, providers, raw_connect, trust
 
 from data_plane import dump
 from data_plane.proxy.server import Proxy
-from tests.resilience.harness import eventually
+from tests.fixtures.upstream import FakeUpstream, Reply
+from tests.fixtures.waits import eventually
 from tests.test_file_modes import mode
 
 
@@ -52,17 +58,10 @@ async def test_oversized_request_head_gets_431(
 
 
 async def test_oversized_head_inside_intercepted_tls_gets_431(
-    config_service: ConfigServer,
-    upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    start_proxy: StartProxy,
+    upstream: FakeUpstream, start_stack: StartStack
 ) -> None:
     """Inside a MITM'd TLS connection an oversized request head is answered 431 too."""
-    from tests.data_plane.proxy.test_proxy_flow import stack
-
-    proxy = await stack(
-        config_service, upstream, start_bridge, start_proxy, AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096"
-    )
+    proxy = await start_stack(AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096")
     status, _, reader, writer = await raw_connect(
         proxy, f"localhost:{upstream.port}", f"u:{MEMBER_TOKEN}"
     )
@@ -117,16 +116,10 @@ async def test_silent_connections_are_dropped_before_and_between_requests(
 
 
 async def test_tunnel_nothing_went_through_is_closed(
-    config_service: ConfigServer, start_proxy: StartProxy, echo: Echo
+    echo: Echo, start_tunnel_proxy: StartProxy
 ) -> None:
     """A CONNECT tunnel that carries no byte within the idle timeout is closed; one in use is not."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(
-        wait_version="1",
-        AIBRIDGE_PROXY_ALLOWED_PORTS=str(echo.port),
-        AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS="127.0.0.0/8",
-        AIBRIDGE_PROXY_IDLE_TIMEOUT="300ms",
-    )
+    proxy = await start_tunnel_proxy(AIBRIDGE_PROXY_IDLE_TIMEOUT="300ms")
     target, auth = f"127.0.0.1:{echo.port}", f"u:{MEMBER_TOKEN}"
     status, _, idle_reader, idle = await raw_connect(proxy, target, auth)
     assert status == 200
@@ -160,16 +153,10 @@ async def test_connection_cap_evicts_the_longest_waiting_connection(
 
 
 async def test_connection_cap_with_every_connection_busy_answers_503(
-    config_service: ConfigServer, start_proxy: StartProxy, echo: Echo
+    echo: Echo, start_tunnel_proxy: StartProxy
 ) -> None:
     """When every held connection is busy (tunnels), a new connection gets a quick 503 and is closed."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(
-        wait_version="1",
-        AIBRIDGE_PROXY_ALLOWED_PORTS=str(echo.port),
-        AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS="127.0.0.0/8",
-        AIBRIDGE_PROXY_MAX_CONNECTIONS="2",
-    )
+    proxy = await start_tunnel_proxy(AIBRIDGE_PROXY_MAX_CONNECTIONS="2")
     tunnels = [
         await raw_connect(proxy, f"127.0.0.1:{echo.port}", f"u:{MEMBER_TOKEN}") for _ in "ab"
     ]
@@ -196,8 +183,6 @@ async def test_proxy_dump_keeps_only_the_dump_cap(
     """A provider response larger than the dump cap reaches the client whole; the proxy's dump keeps the cap (0600)."""
     monkeypatch.setattr(dump, "MAX_DUMP_BODY", 5000)
     upstream.responder = lambda seen: Reply(chunks=[b"y" * 3000] * 10)
-    from tests.data_plane.proxy.test_proxy_flow import providers
-
     await config_service.service.publish(snapshot("1", providers(upstream)))
     bridge = await start_bridge(wait_version="1")
     dumps = tmp_path / "dumps"
