@@ -30,7 +30,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_seconds, table, write_result
-from _stack import BRIDGE, config_service_env, free_port, spawn
+from _stack import BRIDGE, config_service_env, free_port, start
 
 from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
@@ -63,9 +63,9 @@ def batches(records: int, size: int) -> list[bytes]:
     """Serialized RecordInterceptionsRequests holding `records` realistic records."""
     out: list[bytes] = []
     now = time.time_ns()
-    for start in range(0, records, size):
+    for first in range(0, records, size):
         request = pb.RecordInterceptionsRequest()
-        for n in range(start, min(start + size, records)):
+        for n in range(first, min(first + size, records)):
             record = request.interceptions.add(
                 id=new_record_id(now + n * 1000),
                 provider_name="openai",
@@ -127,9 +127,10 @@ def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str,
     env["AIBRIDGE_USAGE_RETENTION"] = "0"  # nothing pruned while measuring
     if database_url:
         env["AIBRIDGE_DATABASE_URL"] = database_url
-    service = spawn("config-service", ["config-service"], env, tmp)
+    service = start(
+        "config-service", ["config-service"], env, tmp, ready="config service ready", timeout=60
+    )
     try:
-        service.wait_for_log("config service ready")
         target = f"127.0.0.1:{port}"
         requests = batches(args.records, args.batch)
         cpu_before = cpu_seconds(service.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -32,8 +33,12 @@ class SocketServer:
     stall_after: int | None = None
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
+    handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)  # the fixture waits for every connection to be closed
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         method, target, _ = lines[0].split(" ", 2)
@@ -73,6 +78,8 @@ class SocketServer:
             self.client_gone.set()  # the client aborted its end mid-stream
         finally:
             writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
 
 @pytest.fixture
@@ -82,6 +89,8 @@ async def server() -> AsyncIterator[SocketServer]:
     srv.port = listener.sockets[0].getsockname()[1]
     async with listener:
         yield srv
+        # Each connection's transport is closed before the test's loop goes away.
+        await asyncio.wait_for(asyncio.gather(*srv.handlers, return_exceptions=True), 5)
 
 
 async def test_invoke_and_stream_over_a_socket(server: SocketServer) -> None:
