@@ -6,7 +6,7 @@
     │   ├── KeyPoolError            a key list cannot make a pool (empty, duplicate keys)
     │   └── CAError                 the proxy's CA files (the daemon refuses to start)
     ├── BedrockCredentialsError     no usable AWS credentials (an error answer to the client)
-    ├── BudgetFull                  the bridge holds too many request bodies at once (503)
+    ├── BudgetFull                  a daemon holds too many request bodies at once (503)
     ├── ClientError                 the client's request ends here
     │   ├── TooLarge                its head or body is over the limit (431 / 413)
     │   ├── BodyLate                its body did not arrive within the body timeout (408)

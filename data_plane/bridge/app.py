@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
 from aibridge.rulebook import Family
+from data_plane.body_budget import BodyBudget, Hold
 from data_plane.bridge.asgi import Message, Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.metrics import BridgeMetrics
@@ -55,40 +56,6 @@ _DROP_REQUEST = frozenset(
     }
 )
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
-
-
-class BodyBudget:
-    """Request body bytes held by all requests at once: at most `limit`, taken as they
-    arrive; a body must arrive whole within `timeout` seconds."""
-
-    __slots__ = ("held", "limit", "timeout")
-
-    def __init__(self, limit: int, timeout: float) -> None:
-        self.limit = limit
-        self.timeout = timeout
-        self.held = 0
-
-
-class _Hold:
-    """The part of the budget one request holds; `release()` gives it back."""
-
-    __slots__ = ("budget", "size")
-
-    def __init__(self, budget: BodyBudget) -> None:
-        self.budget = budget
-        self.size = 0
-
-    def grow_to(self, size: int) -> None:
-        extra = size - self.size
-        if extra > 0:
-            if self.budget.held + extra > self.budget.limit:
-                raise BudgetFull
-            self.budget.held += extra
-            self.size = size
-
-    def release(self) -> None:
-        self.budget.held -= self.size
-        self.size = 0
 
 
 class _Guard:
@@ -278,7 +245,7 @@ class BridgeApp:
             return await self._error(
                 send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
             )
-        hold = _Hold(self.body_budget)  # given back once the call is over
+        hold = Hold(self.body_budget)  # given back once the call is over
         try:
             body = await self._receive_body(receive, send, family, creds.content_length, hold)
             if body is None:
@@ -341,7 +308,7 @@ class BridgeApp:
         send: Send,
         family: Family,
         content_length: bytes | None,
-        hold: _Hold,
+        hold: Hold,
     ) -> bytes | None:
         """The request body, or None once an error went to the client (or it left)."""
         try:
@@ -387,7 +354,7 @@ class BridgeApp:
         return "bedrock" if provider.bedrock is not None else None
 
     @staticmethod
-    async def _read_body(receive: Receive, content_length: bytes | None, hold: _Hold) -> bytes:
+    async def _read_body(receive: Receive, content_length: bytes | None, hold: Hold) -> bytes:
         """The whole body, its size taken from the budget as it arrives (not as declared)."""
         if (
             content_length is not None

@@ -18,7 +18,8 @@ import uvicorn
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
 from aibridge.ports import bind_tcp
-from data_plane.bridge.app import BodyBudget, BridgeApp
+from data_plane.body_budget import BodyBudget
+from data_plane.bridge.app import BridgeApp
 from data_plane.bridge.bedrock_adapter import load_factory
 from data_plane.bridge.connections import ConnectionGuard
 from data_plane.bridge.metrics import BridgeMetrics

@@ -26,7 +26,16 @@ import h11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aibridge.logs import get_logger
-from data_plane.errors import Blocked, ClientGone, DialError, Silent, TooLarge
+from data_plane.body_budget import BodyBudget, Hold
+from data_plane.errors import (
+    Blocked,
+    BodyLate,
+    BudgetFull,
+    ClientGone,
+    DialError,
+    Silent,
+    TooLarge,
+)
 from data_plane.proxy.auth import REALM, Identity, authenticate
 from data_plane.proxy.context import Shared
 from data_plane.proxy.egress import url_host
@@ -63,7 +72,8 @@ class FrontDoor:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         s = shared.settings
-        self.limits = Limits(s.idle_timeout, s.header_timeout, s.max_header_bytes)
+        budget = BodyBudget(s.body_buffer_bytes, s.body_timeout)
+        self.limits = Limits(s.idle_timeout, s.header_timeout, s.max_header_bytes, budget)
         self.max_connections = s.max_connections
         self._connections: dict[asyncio.Task[object], asyncio.StreamWriter] = {}
         self._waiting = Waiting()
@@ -112,8 +122,9 @@ class FrontDoor:
             await stream.malformed(exc)
         except Silent:
             self.shared.metrics.connections_closed.labels("silent").inc()
-        except (ConnectionError, OSError, ClientGone, TooLarge):
-            pass  # the client left (or sent an oversized body to a refusal): just close
+        except (ConnectionError, OSError, ClientGone, TooLarge, BudgetFull, BodyLate):
+            pass  # the client left (or sent a body too large, too late, or past the budget
+            # to a refusal): just close
         finally:
             await stream.close()
 
@@ -215,11 +226,24 @@ class FrontDoor:
     async def _forward(
         self, stream: H11Stream, request: h11.Request, host: str, port: int, authority: str
     ) -> None:
-        shared = self.shared
+        hold = Hold(stream.limits.body_budget)  # given back once the request is over
         try:
-            body = await stream.read_body()
-        except TooLarge:
-            await stream.error(413, "request body too large", close=True)
+            await self._forward_held(stream, request, host, port, authority, hold)
+        finally:
+            hold.release()
+
+    async def _forward_held(
+        self,
+        stream: H11Stream,
+        request: h11.Request,
+        host: str,
+        port: int,
+        authority: str,
+        hold: Hold,
+    ) -> None:
+        shared = self.shared
+        body = await stream.read_body_or_refuse(None, hold)
+        if body is None:
             return
         if port not in shared.settings.allowed_ports:
             await self._refuse(stream, 403, "port", f"port {port} is not allowed")

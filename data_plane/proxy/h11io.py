@@ -3,11 +3,12 @@
 h11 does the parsing (and keep-alive, chunked encoding, CONNECT's protocol switch); this
 module only moves bytes between it and the streams, under the connection's `Limits`:
 a request head is at most `max_header_bytes` (h11 refuses more: 431) and must arrive
-within `header_timeout` of its first byte; a client silent for `idle_timeout` (before or
-between requests, in a body) or not reading for as long is dropped. While a connection
-waits for a request head it sits in the `Waiting` registry, from which the front door
-evicts the longest-waiting one when it is full. Used on the proxy's plain side and
-inside every MITM'd TLS connection.
+within `header_timeout` of its first byte; request bodies take their bytes from the
+proxy-wide `body_budget` as they arrive and must arrive whole within its timeout; a
+client silent for `idle_timeout` (before or between requests, in a body) or not reading
+for as long is dropped. While a connection waits for a request head it sits in the
+`Waiting` registry, from which the front door evicts the longest-waiting one when it is
+full. Used on the proxy's plain side and inside every MITM'd TLS connection.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from http import HTTPStatus
 
 import h11
 
-from data_plane.errors import ClientGone, Silent, TooLarge
+from data_plane.body_budget import BodyBudget, Hold
+from data_plane.errors import BodyLate, BudgetFull, ClientGone, Silent, TooLarge
 
 READ_SIZE = 65536
 MAX_BODY = 32 * 1024 * 1024  # the bridge's own limit; refuse early, without buffering more
@@ -33,6 +35,7 @@ class Limits:
     idle_timeout: float
     header_timeout: float
     max_header_bytes: int
+    body_budget: BodyBudget  # shared by every connection
 
 
 class Waiting:
@@ -121,23 +124,52 @@ class H11Stream:
             except TimeoutError:
                 raise Silent from None  # a client that stopped reading
 
-    async def read_body(self, declared: int | None = None) -> bytes:
-        """The whole request body (up to MAX_BODY), after the Request event."""
+    async def read_body(self, declared: int | None = None, hold: Hold | None = None) -> bytes:
+        """The whole request body (up to MAX_BODY), after the Request event; its bytes are
+        taken from the body budget as they arrive, into `hold` (the caller releases it once
+        done with the body; without one, held only while reading). BudgetFull past the
+        budget, BodyLate past its timeout."""
         if declared is not None and declared > MAX_BODY:
             raise TooLarge
+        own = hold is None
+        taken = Hold(self.limits.body_budget) if hold is None else hold
         chunks: list[bytes] = []
         size = 0
-        while True:
-            event = await self.next_event()
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > MAX_BODY:
-                    raise TooLarge
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
-            else:  # ConnectionClosed or PAUSED in the middle of a body
-                raise ClientGone
+        try:
+            async with asyncio.timeout(taken.budget.timeout):
+                while True:
+                    event = await self.next_event()
+                    if isinstance(event, h11.Data):
+                        size += len(event.data)
+                        if size > MAX_BODY:
+                            raise TooLarge
+                        taken.grow_to(size)
+                        chunks.append(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        return b"".join(chunks)
+                    else:  # ConnectionClosed or PAUSED in the middle of a body
+                        raise ClientGone
+        except TimeoutError:
+            raise BodyLate from None
+        finally:
+            if own:
+                taken.release()
+
+    async def read_body_or_refuse(self, declared: int | None, hold: Hold) -> bytes | None:
+        """`read_body`, or None once the client got 413 / 503 / 408 (or went away)."""
+        try:
+            return await self.read_body(declared, hold)
+        except TooLarge:
+            await self.error(413, "request body too large", close=True)
+        except BudgetFull:
+            message = "the proxy holds too many request bodies at the moment, retry shortly"
+            await self.error(503, message, headers=[("retry-after", "1")], close=True)
+        except BodyLate:
+            message = f"the request body did not arrive within {hold.budget.timeout:g}s"
+            await self.error(408, message, close=True)
+        except ClientGone:
+            pass
+        return None
 
     async def respond(
         self,

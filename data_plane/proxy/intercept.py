@@ -17,8 +17,8 @@ import uuid
 import h11
 
 from aibridge.logs import get_logger
+from data_plane.body_budget import Hold
 from data_plane.dump import Exchange
-from data_plane.errors import ClientGone, TooLarge
 from data_plane.proxy.auth import Identity
 from data_plane.proxy.context import Shared
 from data_plane.proxy.h11io import H11Stream, header
@@ -53,14 +53,27 @@ async def provider_request(
     shared: Shared, stream: H11Stream, request: h11.Request, route: Route, identity: Identity
 ) -> None:
     """Serve one provider request through the bridge; the body is still unread."""
+    hold = Hold(stream.limits.body_budget)  # given back once the request is over
+    try:
+        await _provider_request(shared, stream, request, route, identity, hold)
+    finally:
+        hold.release()
+
+
+async def _provider_request(
+    shared: Shared,
+    stream: H11Stream,
+    request: h11.Request,
+    route: Route,
+    identity: Identity,
+    hold: Hold,
+) -> None:
     request_id = uuid.uuid4().hex
     declared = header(request, b"content-length")
-    try:
-        body = await stream.read_body(int(declared) if declared and declared.isdigit() else None)
-    except TooLarge:
-        await stream.error(413, "request body too large", close=True)
-        return
-    except ClientGone:
+    body = await stream.read_body_or_refuse(
+        int(declared) if declared and declared.isdigit() else None, hold
+    )
+    if body is None:
         return
     table = shared.table
     path = origin_path(request.target)

@@ -114,6 +114,18 @@ MAX_HEADER_BYTES = Setting(
     integer(minimum=1024),
     "65536",
 )
+BODY_BUFFER_BYTES = Setting(
+    "AIBRIDGE_PROXY_BODY_BUFFER_BYTES",
+    "request body bytes held by all requests at once (134217728: 128 MiB; past it 503)",
+    integer(minimum=1),
+    str(128 * 1024 * 1024),
+)
+BODY_TIMEOUT = Setting(
+    "AIBRIDGE_PROXY_BODY_TIMEOUT",
+    "a request's body must arrive whole within this of its head (else 408)",
+    duration,
+    "30s",
+)
 
 # Every setting of the proxy: each one is also a flag (see cli.py) unless another tool's.
 SETTINGS = (
@@ -132,6 +144,8 @@ SETTINGS = (
             IDLE_TIMEOUT,
             HEADER_TIMEOUT,
             MAX_HEADER_BYTES,
+            BODY_BUFFER_BYTES,
+            BODY_TIMEOUT,
             DATA_DIR,
             XDG_DATA_HOME,
             replace(DUMP_DIR, coder="PROXY_DUMP_DIR"),
@@ -164,6 +178,8 @@ class ProxySettings:
     idle_timeout: float
     header_timeout: float
     max_header_bytes: int
+    body_buffer_bytes: int
+    body_timeout: float
     dump_dir: Path | None
     snapshot_cache: Path | None
     node_id: str
@@ -211,6 +227,8 @@ class ProxySettings:
             idle_timeout=v[IDLE_TIMEOUT],
             header_timeout=v[HEADER_TIMEOUT],
             max_header_bytes=v[MAX_HEADER_BYTES],
+            body_buffer_bytes=v[BODY_BUFFER_BYTES],
+            body_timeout=v[BODY_TIMEOUT],
             dump_dir=v[DUMP_DIR],
             snapshot_cache=v[SNAPSHOT_CACHE],
             node_id=v[NODE_ID] or default_node_id(),

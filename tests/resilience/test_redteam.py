@@ -118,11 +118,6 @@ async def test_one_member_cannot_hold_the_whole_body_budget(
             writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the proxy buffers every request body whole (32 MiB each) with no global budget "
-    "and no body deadline, unlike the bridge",
-)
 async def test_proxy_request_bodies_are_bounded_in_total(
     procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
