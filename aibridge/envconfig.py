@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
+import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -336,3 +338,8 @@ def resolve_data_dir(values: Values) -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support" / "aibridge"
     return (values[XDG_DATA_HOME] or Path.home() / ".local" / "share") / "aibridge"
+
+
+def process_id() -> str:
+    """`<host>-<pid>`: the default name of a replica or node that was given none."""
+    return f"{socket.gethostname()}-{os.getpid()}"

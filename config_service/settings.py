@@ -6,8 +6,6 @@ and raises one SettingsError listing every problem.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from aibridge.envconfig import (
     duration,
     integer,
     optional,
+    process_id,
     resolve_data_dir,
     seconds,
     text,
@@ -227,7 +226,7 @@ class ConfigServiceSettings:
             max_watch_streams_per_principal=v[MAX_WATCH_STREAMS],
             usage_retention=v[USAGE_RETENTION],
             usage_prune_interval=v[USAGE_PRUNE_INTERVAL],
-            replica_id=v[REPLICA_ID] or f"{socket.gethostname()}-{os.getpid()}",
+            replica_id=v[REPLICA_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
         )

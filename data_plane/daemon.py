@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -15,10 +14,6 @@ from aibridge.logs import configure
 from aibridge.ports import ListenError
 
 S = TypeVar("S")
-
-
-def default_node_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def daemon_token(role: str) -> Setting[str]:

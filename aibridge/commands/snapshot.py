@@ -8,8 +8,6 @@ no key material for the proxy token, plaintext keys only with the bridge token.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 
 import grpc
@@ -18,6 +16,7 @@ from google.protobuf.json_format import MessageToJson
 from aibridge.client import CLIENT, client_from_args, describe_rpc_error
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
+from aibridge.envconfig import process_id
 
 
 def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
@@ -41,7 +40,7 @@ def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
                 print(MessageToJson(response.snapshot, indent=2))
                 return 0
             request = pb.WatchProvidersRequest(
-                node_id=f"cli-{socket.gethostname()}-{os.getpid()}",
+                node_id=f"cli-{process_id()}",
                 known_version=args.known_version,
             )
             for item in stub.WatchProviders(request, metadata=client.metadata()):

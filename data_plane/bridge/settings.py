@@ -24,6 +24,7 @@ from aibridge.envconfig import (
     boolean,
     duration,
     integer,
+    process_id,
     text,
 )
 from aibridge.masking import Secret
@@ -32,7 +33,6 @@ from data_plane.daemon import (
     NODE_ID,
     SNAPSHOT_CACHE,
     daemon_token,
-    default_node_id,
     required_token,
 )
 
@@ -210,7 +210,7 @@ class BridgeSettings:
                 v[BREAKER_MAX_REQUESTS],
             ),
             snapshot_cache=v[SNAPSHOT_CACHE],
-            node_id=v[NODE_ID] or default_node_id(),
+            node_id=v[NODE_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
             aws_region=v[AWS_REGION] or v[AWS_DEFAULT_REGION],

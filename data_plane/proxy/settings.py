@@ -32,6 +32,7 @@ from aibridge.envconfig import (
     optional,
     path,
     port,
+    process_id,
     resolve_data_dir,
 )
 from aibridge.masking import Secret
@@ -40,7 +41,6 @@ from data_plane.daemon import (
     NODE_ID,
     SNAPSHOT_CACHE,
     daemon_token,
-    default_node_id,
     required_token,
 )
 
@@ -231,7 +231,7 @@ class ProxySettings:
             body_timeout=v[BODY_TIMEOUT],
             dump_dir=v[DUMP_DIR],
             snapshot_cache=v[SNAPSHOT_CACHE],
-            node_id=v[NODE_ID] or default_node_id(),
+            node_id=v[NODE_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
         )
