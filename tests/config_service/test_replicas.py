@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
@@ -23,6 +24,7 @@ from config_service.store import tokens
 from config_service.store.database import Database
 from tests.fixtures.processes import Proc
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, StartProcess
+from tests.fixtures.waits import eventually
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 BRIDGE_MD = (("authorization", f"Bearer {BRIDGE_TOKEN}"),)
@@ -80,6 +82,10 @@ class Watcher:
         deadline = time.monotonic() + timeout
         while not self.versions or self.versions[-1] != version:
             assert time.monotonic() < deadline, f"never saw {version}; saw {self.versions}"
+            # Past the version awaited, the stream would block on a version that never comes.
+            assert not self.versions or int(self.versions[-1]) < int(version), (
+                f"went past {version}; saw {self.versions}"
+            )
             self.last = next(self.stream).snapshot
             self.versions.append(self.last.version)
         return self.versions
@@ -151,17 +157,23 @@ def test_revocation_on_one_replica_ends_the_tokens_streams_on_the_other(
     """A bridge token revoked through replica A ends its open stream on replica B with UNAUTHENTICATED, before any further snapshot."""
     a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
     b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    before = version_of(a)
     # Bridge-role tokens are minted on the database itself (CreateToken refuses them).
     db = Database(make_engine(postgres_only), Cipher(()))
     try:
         view, secret = tokens.create_token(db, SYSTEM, "fleet", Role.BRIDGE)
     finally:
         db.engine.dispose()
-    # Both replicas have published the token's revision (each through its own NOTIFY).
-    deadline = time.monotonic() + 10
-    while (current := version_of(a)) != version_of(b):
-        assert time.monotonic() < deadline, "the replicas never agreed on a version"
-        time.sleep(0.05)
+    # Both replicas have published the token's revision (each through its own NOTIFY): the
+    # same version, and not the one from before the token (which both may still report).
+    seen: list[str] = []
+
+    def agreed_after_token() -> bool:
+        seen.append(version_of(a))
+        return seen[-1] != before and version_of(b) == seen[-1]
+
+    asyncio.run(eventually(agreed_after_token, within=10))
+    current = seen[-1]
     watcher = Watcher(b, (("authorization", f"Bearer {secret}"),))
     try:
         watcher.until(current)
