@@ -187,6 +187,15 @@ class BedrockSpec:
     def is_empty(self) -> bool:
         return not any(getattr(self, f) for f in BEDROCK_FIELDS)
 
+    @property
+    def has_static_credentials(self) -> bool:
+        return bool(self.access_key or self.access_key_secret)
+
+    @property
+    def is_configured(self) -> bool:
+        """Region, role or credentials set; model names alone never make a provider Bedrock."""
+        return bool(self.region or self.role_arn or self.has_static_credentials)
+
 
 BEDROCK_FIELDS = tuple(f.name for f in fields(BedrockSpec))
 BEDROCK_SECRETS = frozenset({"access_key", "access_key_secret"})

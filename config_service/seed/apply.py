@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from aibridge.rulebook import BedrockSpec
 from config_service.db.models import Provider, ProviderKey
 from config_service.rbac import SYSTEM
-from config_service.seed.env import BedrockSeed, ProviderSeed, SeedPlan
+from config_service.seed.env import SeedPlan
 from config_service.store.database import Database
 from config_service.store.providers import insert_provider
-from config_service.store.records import BedrockRecord, audit_view, load_record
+from config_service.store.records import audit_view, load_record
 
 # Arbitrary constant shared by every replica ("aibseed").
 SEED_LOCK_ID = 0x61696273656564
@@ -45,19 +46,16 @@ class SeedOutcome:
     keys_kept: tuple[str, ...] = ()  # sentences: env keys that differ were not applied
 
 
-def _keys_kept(seed: ProviderSeed) -> str:
-    name = seed.name
+def _keys_kept(name: str, source: str) -> str:
     return (
-        f"provider {name!r}: the key(s) in {seed.source} differ from the stored ones; the "
+        f"provider {name!r}: the key(s) in {source} differ from the stored ones; the "
         "stored keys are kept (seeding only creates missing providers). To rotate: "
         f"`aibridge providers keys add {name} --from-env VAR`, then `aibridge providers keys "
         f"remove {name} KEY_ID` (ids from `aibridge providers keys list {name}`)"
     )
 
 
-def _fingerprint(
-    ptype: str, base_url: str, bedrock: BedrockRecord | BedrockSeed | None
-) -> dict[str, str]:
+def _fingerprint(ptype: str, base_url: str, bedrock: BedrockSpec | None) -> dict[str, str]:
     """What drift is judged on: never credentials."""
     return {
         "type": ptype,
@@ -85,7 +83,7 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
         deleted = {r.name for r in rows if r.deleted}
         inserted: list[Provider] = []
         for seed in plan.providers:
-            desired_bedrock = seed.bedrock
+            source = plan.sources[seed.name]
             row = live.get(seed.name)
             if row is None and seed.name in deleted:
                 skipped.append(seed.name)
@@ -93,7 +91,7 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
             if row is not None:
                 current = load_record(row, [], db.cipher, decrypt_keys=False)
                 have = _fingerprint(current.type, current.base_url, current.bedrock)
-                want = _fingerprint(seed.type, seed.base_url, desired_bedrock)
+                want = _fingerprint(seed.type, seed.base_url, seed.bedrock)
                 if current.problems:
                     conflicts.append(
                         f"provider {seed.name!r}: its stored settings cannot be read "
@@ -101,22 +99,22 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
                     )
                 elif have != want:
                     diff = ", ".join(
-                        f"{k} {have[k]!r} in the database vs {want[k]!r} in {seed.source}"
+                        f"{k} {have[k]!r} in the database vs {want[k]!r} in {source}"
                         for k in have
                         if have[k] != want[k]
                     )
                     conflicts.append(
                         f"provider {seed.name!r} already exists in the database and differs "
                         f"from the environment ({diff}); update it with `aibridge providers "
-                        f"update {seed.name} ...` or remove the {seed.source} variables to "
+                        f"update {seed.name} ...` or remove the {source} variables to "
                         "stop seeding it"
                     )
                 else:
                     unchanged.append(seed.name)
-                    if seed.keys and _stored_keys(session, db, row) != {k.value for k in seed.keys}:
-                        keys_kept.append(_keys_kept(seed))
+                    if seed.keys and _stored_keys(session, db, row) != set(seed.keys):
+                        keys_kept.append(_keys_kept(seed.name, source))
                 continue
-            provider = insert_provider(db, session, seed.spec())
+            provider = insert_provider(db, session, seed)
             inserted.append(provider)
             created.append(seed.name)
         if conflicts:

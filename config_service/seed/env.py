@@ -42,12 +42,12 @@ Decisions where DESIGN §6 and the Coder reference are silent or differ:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aibridge.coder_options import CODER_PREFIXES
-from aibridge.masking import Secret
 from aibridge.rulebook import (
     BEDROCK_FIELDS,
     TYPES,
@@ -81,49 +81,13 @@ _INDEX_RE = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # no leading zeros: "01"
 
 
 @dataclass(frozen=True)
-class BedrockSeed:
-    region: str
-    model: str
-    small_fast_model: str
-    access_key: Secret | None
-    access_key_secret: Secret | None
-    role_arn: str = ""
-
-
-@dataclass(frozen=True)
-class ProviderSeed:
-    name: str
-    type: str
-    display_name: str
-    base_url: str
-    keys: tuple[Secret, ...]  # in env order; empty for bedrock/copilot
-    bedrock: BedrockSeed | None
-    source: str  # e.g. "AIBRIDGE_PROVIDER_0_*", for messages
-
-    def spec(self) -> ProviderSpec:
-        """The provider as the store inserts it (secrets unwrapped)."""
-        b = self.bedrock
-        bedrock = None
-        if b is not None:
-            bedrock = BedrockSpec(
-                region=b.region,
-                model=b.model,
-                small_fast_model=b.small_fast_model,
-                role_arn=b.role_arn,
-                access_key=b.access_key.value if b.access_key else "",
-                access_key_secret=b.access_key_secret.value if b.access_key_secret else "",
-            )
-        keys = tuple(k.value for k in self.keys)
-        return ProviderSpec(
-            self.name, self.type, self.display_name, self.base_url, True, keys, bedrock
-        )
-
-
-@dataclass(frozen=True)
 class SeedPlan:
-    providers: tuple[ProviderSeed, ...]  # sorted by name
+    # Validated and completed (defaults filled in), sorted by name: what the store inserts.
+    providers: tuple[ProviderSpec, ...]
     warnings: tuple[str, ...]  # sentences naming the variable, never a value
     note: str = ""  # how seeding works, logged at info: the README recommends these variables
+    # Provider name -> the variables it came from, for messages: "AIBRIDGE_PROVIDER_0_*".
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class SeedConfigError(Exception):
@@ -173,41 +137,29 @@ class _Parser:
         self.problems: list[str] = []
         self.warnings: list[str] = []
         self.legacy_names: dict[str, str] = {}  # provider name -> the legacy variable behind it
+        self.sources: dict[str, str] = {}  # provider name -> its variables, e.g. "..._0_*"
 
     def checked(
         self, spec: ProviderSpec, variables: Mapping[str, str], source: str
-    ) -> ProviderSeed | None:
-        """The seed of `spec` with its defaults, or None after reporting every problem the
-        rulebook finds, each as `VARIABLE: field message` (the admin API's field and
-        message, behind the variable that set the field)."""
+    ) -> ProviderSpec | None:
+        """`spec` with its defaults, or None after reporting every problem the rulebook
+        finds, each as `VARIABLE: field message` (the admin API's field and message, behind
+        the variable that set the field)."""
         problems = validate(spec)
-        for field, message in problems:
-            self.problems.append(f"{variables[field.partition('[')[0]]}: {field} {message}")
+        for field_name, message in problems:
+            self.problems.append(
+                f"{variables[field_name.partition('[')[0]]}: {field_name} {message}"
+            )
         if problems:
             return None
         done = complete(spec)
-        b = done.bedrock
-        settings = None
-        if b is not None:
-            settings = BedrockSeed(
-                region=b.region,
-                model=b.model,
-                small_fast_model=b.small_fast_model,
-                access_key=Secret(b.access_key) if b.access_key else None,
-                access_key_secret=Secret(b.access_key_secret) if b.access_key_secret else None,
-                role_arn=b.role_arn,
-            )
-        return ProviderSeed(
-            name=done.name,
-            type="bedrock" if b is not None else done.type,
-            display_name=done.display_name,
-            base_url=done.base_url,
-            keys=tuple(Secret(k) for k in done.keys),
-            bedrock=settings,
-            source=source,
-        )
+        if done.bedrock is not None:
+            # A Bedrock-backed seed is stored as type bedrock (as Coder seeds it).
+            done = replace(done, type="bedrock")
+        self.sources[done.name] = source
+        return done
 
-    def legacy_keyed(self, f: _Fields, name: str) -> ProviderSeed | None:
+    def legacy_keyed(self, f: _Fields, name: str) -> ProviderSpec | None:
         group = name.upper()
         self.legacy_names[name] = f.var(f"{group}_KEY")
         spec = ProviderSpec(
@@ -220,13 +172,13 @@ class _Parser:
         variables = f.variables(f"{group}_BASE_URL", f"{group}_KEY")
         return self.checked(spec, variables, f"{self.prefix}{group}_*")
 
-    def legacy(self) -> list[ProviderSeed]:
+    def legacy(self) -> list[ProviderSpec]:
         p = self.prefix
         for rest, (var, _) in self.vars.items():
             if rest not in _LEGACY_FIELDS and not rest.startswith("PROVIDER_"):
                 self.warnings.append(f"ignoring unknown provider variable {var} (check for typos)")
         f = _Fields(p, {k: v for k, v in self.vars.items() if k in _LEGACY_FIELDS})
-        seeds: list[ProviderSeed | None] = []
+        seeds: list[ProviderSpec | None] = []
         if f.get("OPENAI_KEY"):
             seeds.append(self.legacy_keyed(f, "openai"))
         elif f.get("OPENAI_BASE_URL"):
@@ -266,7 +218,7 @@ class _Parser:
                     )
         return [seed for seed in seeds if seed is not None]
 
-    def indexed(self) -> list[ProviderSeed]:
+    def indexed(self) -> list[ProviderSpec]:
         p = f"{self.prefix}PROVIDER_"
         entries: dict[int, dict[str, tuple[str, str]]] = {}
         for rest, (var, value) in self.vars.items():
@@ -297,7 +249,7 @@ class _Parser:
 
     def entry(
         self, var_prefix: str, items: dict[str, tuple[str, str]], sources: dict[str, str]
-    ) -> ProviderSeed | None:
+    ) -> ProviderSpec | None:
         src, before = f"{var_prefix}*", len(self.problems)
         for alias, field in _BEDROCK_ALIASES.items():
             if alias in items and field in items:
@@ -398,4 +350,4 @@ def parse_env(environ: Mapping[str, str]) -> SeedPlan:
         "is created at start-up; existing ones are changed with `aibridge providers`"
     )
     providers = tuple(sorted(seeds, key=lambda seed: seed.name))
-    return SeedPlan(providers=providers, warnings=tuple(parser.warnings), note=note)
+    return SeedPlan(providers, tuple(parser.warnings), note, parser.sources)

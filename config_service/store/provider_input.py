@@ -24,7 +24,6 @@ from aibridge.rulebook import (
     Problem,
 )
 from config_service.errors import InvalidArgument
-from config_service.store.records import BedrockRecord
 
 PATH_RE = re.compile(r"^[a-z_.]{1,40}\Z")
 
@@ -97,17 +96,13 @@ def check_paths(paths: Sequence[str]) -> set[str]:
 
 
 def merged_bedrock(
-    current: BedrockRecord | None, changes: ProviderChanges, paths: set[str]
+    current: BedrockSpec | None, changes: ProviderChanges, paths: set[str]
 ) -> BedrockSpec | None:
     """The Bedrock settings after applying the mask's bedrock paths to the current ones."""
     given = changes.bedrock or BedrockSpec()
     if "bedrock" in paths:
         return None if given.is_empty() else given
-    base = (
-        BedrockSpec(**{f: getattr(current, f) for f in BEDROCK_FIELDS})
-        if current is not None
-        else BedrockSpec()
-    )
+    base = current or BedrockSpec()
     updates = {f: getattr(given, f) for f in BEDROCK_FIELDS if f"bedrock.{f}" in paths}
     merged = replace(base, **updates)
     return None if merged.is_empty() else merged

@@ -33,7 +33,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aibridge.rulebook import (
-    BEDROCK_FIELDS,
     MAX_KEYS,
     TYPES,
     UUID_RE,
@@ -66,7 +65,6 @@ from config_service.store.provider_input import (
     refuse,
 )
 from config_service.store.records import (
-    BedrockRecord,
     ProviderRecord,
     audit_view,
     encode_settings,
@@ -206,17 +204,11 @@ def insert_provider(db: Database, session: Session, spec: ProviderSpec) -> Provi
         created_at=now,
         updated_at=now,
     )
-    row.settings, row.settings_key_id = encode_settings(
-        db.cipher, row.id, _bedrock_record(spec.bedrock)
-    )
+    row.settings, row.settings_key_id = encode_settings(db.cipher, row.id, spec.bedrock)
     session.add(row)
     session.flush()
     _add_keys(db, session, row.id, spec.keys, None)
     return row
-
-
-def _bedrock_record(spec: BedrockSpec | None) -> BedrockRecord | None:
-    return None if spec is None else BedrockRecord(**{f: getattr(spec, f) for f in BEDROCK_FIELDS})
 
 
 # The keys a write leaves in the pool: (kept keys, (field, secret) of each new key), given the
@@ -333,7 +325,7 @@ def _readable_secrets(db: Database, keys: Sequence[ProviderKey]) -> dict[str, st
 
 def _settings_after(
     row: Provider, before: ProviderRecord, changes: ProviderChanges, paths: set[str]
-) -> tuple[str, BedrockRecord | None]:
+) -> tuple[str, BedrockSpec | None]:
     """The base URL and Bedrock settings an update leaves, checked by the rulebook."""
     ptype = TYPES[row.type]
     if before.problems and "bedrock" not in paths and ptype.bedrock is not Bedrock.NEVER:
@@ -358,7 +350,7 @@ def _settings_after(
     refuse(bedrock_problems(ptype, bedrock_in, base_in))
     refuse(base_url_problems(ptype, base_in, bedrock_in))
     done = complete(ProviderSpec(row.name, row.type, base_url=base_in, bedrock=bedrock_in))
-    return done.base_url, _bedrock_record(done.bedrock)
+    return done.base_url, done.bedrock
 
 
 def _update(

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aibridge.masking import mask_secret
+from aibridge.rulebook import BEDROCK_FIELDS, BedrockSpec
 from config_service.crypto import Cipher, DecryptError
 from config_service.db.models import Provider, ProviderKey
 
@@ -32,48 +33,27 @@ def settings_aad(provider_id: str) -> str:
     return f"providers.settings:{provider_id}"
 
 
-@dataclass(frozen=True)
-class BedrockRecord:
-    region: str = ""
-    model: str = ""
-    small_fast_model: str = ""
-    role_arn: str = ""
-    access_key: str = field(default="", repr=False)
-    access_key_secret: str = field(default="", repr=False)
+def bedrock_to_json(bedrock: BedrockSpec) -> dict[str, Any]:
+    """The settings column's JSON document (encrypted as a whole)."""
+    return {
+        "_type": "bedrock",
+        "_version": SETTINGS_VERSION,
+        **{name: getattr(bedrock, name) for name in BEDROCK_FIELDS},
+    }
 
-    @property
-    def has_static_credentials(self) -> bool:
-        return bool(self.access_key or self.access_key_secret)
 
-    @property
-    def is_configured(self) -> bool:
-        """Region, role or credentials set; model names alone never make a provider Bedrock."""
-        return bool(self.region or self.role_arn or self.has_static_credentials)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "_type": "bedrock",
-            "_version": SETTINGS_VERSION,
-            "region": self.region,
-            "model": self.model,
-            "small_fast_model": self.small_fast_model,
-            "role_arn": self.role_arn,
-            "access_key": self.access_key,
-            "access_key_secret": self.access_key_secret,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> BedrockRecord:
-        if not isinstance(data, dict):
-            raise ValueError("settings are not a JSON object")
-        if data.get("_type") != "bedrock":
-            raise ValueError(f"unknown settings _type {data.get('_type')!r}")
-        if data.get("_version") != SETTINGS_VERSION:
-            raise ValueError(f"unsupported settings _version {data.get('_version')!r}")
-        values = {k: data.get(k, "") for k in cls.__dataclass_fields__}
-        if not all(isinstance(v, str) for v in values.values()):
-            raise ValueError("settings fields must be strings")
-        return cls(**values)
+def bedrock_from_json(data: Any) -> BedrockSpec:
+    """The Bedrock settings of a settings document; ValueError when it is not one."""
+    if not isinstance(data, dict):
+        raise ValueError("settings are not a JSON object")
+    if data.get("_type") != "bedrock":
+        raise ValueError(f"unknown settings _type {data.get('_type')!r}")
+    if data.get("_version") != SETTINGS_VERSION:
+        raise ValueError(f"unsupported settings _version {data.get('_version')!r}")
+    values = {name: data.get(name, "") for name in BEDROCK_FIELDS}
+    if not all(isinstance(v, str) for v in values.values()):
+        raise ValueError("settings fields must be strings")
+    return BedrockSpec(**values)
 
 
 @dataclass(frozen=True)
@@ -96,7 +76,7 @@ class ProviderRecord:
     created_at: datetime
     updated_at: datetime
     keys: tuple[KeyRecord, ...] = ()
-    bedrock: BedrockRecord | None = None
+    bedrock: BedrockSpec | None = None
     problems: tuple[str, ...] = ()
     etag: str = ""
 
@@ -117,12 +97,14 @@ def provider_etag(row: Provider, keys: list[ProviderKey]) -> str:
 
 
 def encode_settings(
-    cipher: Cipher, provider_id: str, bedrock: BedrockRecord | None
+    cipher: Cipher, provider_id: str, bedrock: BedrockSpec | None
 ) -> tuple[str | None, str | None]:
     """Settings column value and key id for a Bedrock record (None when no settings)."""
     if bedrock is None:
         return None, None
-    return cipher.encrypt(json.dumps(bedrock.to_json(), sort_keys=True), settings_aad(provider_id))
+    return cipher.encrypt(
+        json.dumps(bedrock_to_json(bedrock), sort_keys=True), settings_aad(provider_id)
+    )
 
 
 def encrypt_key(cipher: Cipher, key_id: str, secret: str) -> tuple[str, str | None, str]:
@@ -136,11 +118,11 @@ def load_record(
 ) -> ProviderRecord:
     """Decode a provider row and its keys (oldest first); decrypt keys when asked."""
     problems: list[str] = []
-    bedrock: BedrockRecord | None = None
+    bedrock: BedrockSpec | None = None
     if row.settings is not None:
         try:
             plain = cipher.decrypt(row.settings, row.settings_key_id, settings_aad(row.id))
-            bedrock = BedrockRecord.from_json(json.loads(plain))
+            bedrock = bedrock_from_json(json.loads(plain))
         except DecryptError as exc:
             problems.append(f"settings: {exc}")
         except ValueError as exc:

@@ -6,14 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aibridge.masking import Secret
 from aibridge.rulebook import (
     DEFAULT_BEDROCK_MODEL,
     DEFAULT_BEDROCK_SMALL_FAST_MODEL,
     TYPES,
+    ProviderSpec,
 )
 from config_service.seed.env import (
-    ProviderSeed,
     SeedConfigError,
     SeedPlan,
     parse_env,
@@ -59,7 +58,7 @@ def _plan(env: dict[str, str]) -> SeedPlan:
     return plan
 
 
-def _only(env: dict[str, str]) -> ProviderSeed:
+def _only(env: dict[str, str]) -> ProviderSpec:
     (provider,) = _plan(env).providers
     return provider
 
@@ -319,15 +318,17 @@ def test_indexes_are_ordered_numerically() -> None:
 
 def test_legacy_openai_key_seeds_openai_with_default_base_url() -> None:
     """A legacy OpenAI key seeds a provider named openai at the default base URL."""
-    assert _only({"AIBRIDGE_OPENAI_KEY": K1}) == ProviderSeed(
-        name="openai",
-        type="openai",
-        display_name="openai",
-        base_url=TYPES["openai"].default_base_url,
-        keys=(Secret(K1),),
-        bedrock=None,
-        source="AIBRIDGE_OPENAI_*",
+    plan = _plan({"AIBRIDGE_OPENAI_KEY": K1})
+    assert plan.providers == (
+        ProviderSpec(
+            name="openai",
+            type="openai",
+            display_name="openai",
+            base_url=TYPES["openai"].default_base_url,
+            keys=(K1,),
+        ),
     )
+    assert plan.sources == {"openai": "AIBRIDGE_OPENAI_*"}
 
 
 def test_legacy_openai_base_url_is_used() -> None:
@@ -353,7 +354,7 @@ def test_legacy_anthropic_key_seeds_anthropic() -> None:
         "anthropic",
         TYPES["anthropic"].default_base_url,
     )
-    assert provider.keys == (Secret(K1),)
+    assert provider.keys == (K1,)
 
 
 def test_bedrock_model_defaults_alone_do_not_make_bedrock() -> None:
@@ -376,8 +377,8 @@ def test_legacy_bedrock_seeds_anthropic_named_bedrock_provider() -> None:
     assert provider.bedrock is not None
     assert provider.bedrock.model == DEFAULT_BEDROCK_MODEL
     assert provider.bedrock.small_fast_model == DEFAULT_BEDROCK_SMALL_FAST_MODEL
-    assert provider.bedrock.access_key == Secret(AK)
-    assert provider.bedrock.access_key_secret == Secret(SK)
+    assert provider.bedrock.access_key == AK
+    assert provider.bedrock.access_key_secret == SK
 
 
 def test_bedrock_region_is_read_from_a_standard_base_url() -> None:
@@ -392,13 +393,14 @@ def test_bedrock_region_is_read_from_a_standard_base_url() -> None:
 def test_indexed_defaults() -> None:
     """NAME defaults to TYPE, display name to the name, and base URL to the type's default."""
     env = {f"{P}0_TYPE": "openai", f"{P}1_TYPE": "Anthropic", f"{P}2_TYPE": "copilot"}
-    providers = {p.name: p for p in _plan(env).providers}
+    plan = _plan(env)
+    providers = {p.name: p for p in plan.providers}
     assert {n: (p.type, p.display_name, p.base_url) for n, p in providers.items()} == {
         "anthropic": ("anthropic", "anthropic", TYPES["anthropic"].default_base_url),
         "copilot": ("copilot", "copilot", "https://api.individual.githubcopilot.com"),
         "openai": ("openai", "openai", TYPES["openai"].default_base_url),
     }
-    assert providers["openai"].source == f"{P}0_*"
+    assert plan.sources["openai"] == f"{P}0_*"
 
 
 def test_indexed_keys_are_trimmed_and_kept_in_order() -> None:
@@ -411,7 +413,7 @@ def test_indexed_keys_are_trimmed_and_kept_in_order() -> None:
         f"{P}0_KEYS": f" {K2} ,{K1},{K3} ",
     }
     provider = _only(env)
-    assert provider.keys == (Secret(K2), Secret(K1), Secret(K3))
+    assert provider.keys == (K2, K1, K3)
     assert (provider.display_name, provider.base_url) == ("Local LLM", "http://127.0.0.1:11434/v1/")
 
 
@@ -419,7 +421,7 @@ def test_indexed_keys_are_trimmed_and_kept_in_order() -> None:
 def test_key_is_split_on_commas_like_keys(var: str) -> None:
     """KEY and the legacy key variables accept several comma-separated keys, as KEYS does."""
     env = {var: f"{K1}, {K2}"} | ({f"{P}0_TYPE": "openai"} if "PROVIDER" in var else {})
-    assert _only(env).keys == (Secret(K1), Secret(K2))
+    assert _only(env).keys == (K1, K2)
 
 
 @pytest.mark.parametrize(
@@ -459,7 +461,7 @@ def test_anthropic_with_bedrock_fields_becomes_bedrock() -> None:
     assert provider.bedrock is not None
     assert provider.bedrock.model == "my-model"
     assert provider.bedrock.role_arn == "arn:aws:iam::123456789012:role/bedrock"
-    assert provider.bedrock.access_key == Secret(AK)
+    assert provider.bedrock.access_key == AK
 
 
 @pytest.mark.parametrize("prefix", ["CODER_AI_GATEWAY_", "CODER_AIBRIDGE_"])
@@ -468,7 +470,7 @@ def test_coder_prefixes_are_aliases(prefix: str) -> None:
     env = {f"{prefix}OPENAI_KEY": K1, f"{prefix}PROVIDER_0_TYPE": "anthropic"}
     env |= {"AIBRIDGE_DATA_DIR": "/tmp/x", "CODER_AI_GATEWAY_ENABLED": "true"}
     plan = _plan(env)
-    assert [(p.name, p.source) for p in plan.providers] == [
+    assert [(p.name, plan.sources[p.name]) for p in plan.providers] == [
         ("anthropic", f"{prefix}PROVIDER_0_*"),
         ("openai", f"{prefix}OPENAI_*"),
     ]
