@@ -36,7 +36,7 @@ UUID_RE = re.compile(
 )
 
 # Bedrock: AWS region names, IAM role ARNs, and the standard runtime host a region is read from.
-REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z", re.ASCII)
+REGION_RE = NAME_RE  # region names have the same shape (us-east-1)
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+\Z", re.ASCII)
 BEDROCK_HOST_RE = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
 DEFAULT_BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"

@@ -127,7 +127,16 @@ class Dumper:
         )
 
     def _write(self, ex: Exchange) -> None:
+        """The response and error files first, the request file last: whoever sees a
+        `.req.txt` (each file appears whole, by rename) sees the whole exchange."""
         req_path, resp_path, error_path = self.paths(ex)
+        if ex.response_headers is not None:
+            head = _headers(ex.response_headers, RESPONSE_SECRETS)
+            _write_atomically(
+                resp_path, f"HTTP/1.1 {ex.status}\r\n{head}\r\n".encode() + ex.response_body
+            )
+        if ex.error:
+            _write_atomically(error_path, ex.error.encode() + b"\n")
         body = _pretty(ex.request_body)
         headers = [(k, v) for k, v in ex.request_headers if k.lower() != "content-length"]
         headers.append(("content-length", str(len(body))))
@@ -137,13 +146,6 @@ class Dumper:
             + body
             + b"\n",
         )
-        if ex.response_headers is not None:
-            head = _headers(ex.response_headers, RESPONSE_SECRETS)
-            _write_atomically(
-                resp_path, f"HTTP/1.1 {ex.status}\r\n{head}\r\n".encode() + ex.response_body
-            )
-        if ex.error:
-            _write_atomically(error_path, ex.error.encode() + b"\n")
 
     async def dump(self, ex: Exchange) -> None:
         try:

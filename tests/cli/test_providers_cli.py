@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -20,6 +20,7 @@ from tests.fixtures.services import (
     PROXY_TOKEN,
     StartProcess,
 )
+from tests.fixtures.waits import eventually
 
 KEY_A = "sk-cli-ALPHA-7f3e9d1c5b2a48600a1b"
 KEY_B = "sk-cli-BRAVO-0c2d4e6f8a1b3c5d7e2c"
@@ -311,14 +312,15 @@ def test_subscribers_lists_open_streams(proc: Proc) -> None:
     )
     try:
         first = next(stream)
-        deadline = time.monotonic() + 10
-        while True:
-            table = aibridge(proc, "subscribers")
-            assert table.returncode == 0, table.stderr
-            if "cli-watcher" in table.stdout or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        header, *rows = table.stdout.splitlines()
+        tables: list[subprocess.CompletedProcess[str]] = []
+
+        def listed_watcher() -> bool:
+            tables.append(aibridge(proc, "subscribers"))
+            assert tables[-1].returncode == 0, tables[-1].stderr
+            return "cli-watcher" in tables[-1].stdout
+
+        asyncio.run(eventually(listed_watcher, 10, 0.2))
+        header, *rows = tables[-1].stdout.splitlines()
         assert header.split()[:4] == ["NODE", "ROLE", "PEER", "REPLICA"]
         (row,) = [r for r in rows if r.startswith("cli-watcher")]
         assert row.split()[1] == "bridge"

@@ -148,7 +148,7 @@ async def test_known_version_suppresses_the_initial_send(seeded: Service) -> Non
         metadata=seeded.md_for(Role.BRIDGE),
     )
     read = asyncio.ensure_future(call.read())
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # a window: nothing arrives in it
     assert not read.done()
     await create_member_token(seeded)
     response = await asyncio.wait_for(read, 10)

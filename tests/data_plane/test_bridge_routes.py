@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 from dp_fakes import (
     AUDITOR_TOKEN,
@@ -22,6 +20,7 @@ from dp_fakes import (
 from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.app import MAX_BODY
 from tests.fixtures.upstream import FakeUpstream, Reply, Seen
+from tests.fixtures.waits import eventually
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -224,12 +223,12 @@ async def test_provider_removed_while_streaming(
             await config_service.service.publish(snapshot("2", [anthropic_provider(upstream)]))
             rest = b"".join([c async for c in body])
         assert first + rest == b"data: {}\n\n" * 5 + b"data: [DONE]\n\n"
-        for _ in range(200):
+
+        async def openai_gone() -> bool:
             after = await http.post("/openai/v1/chat/completions", json=CHAT)
-            if after.status_code == 404:
-                break
-            await asyncio.sleep(0.01)
-        assert after.status_code == 404
+            return after.status_code == 404
+
+        await eventually(openai_gone)
 
 
 async def test_client_disconnect_cancels_upstream(
@@ -237,7 +236,6 @@ async def test_client_disconnect_cancels_upstream(
 ) -> None:
     """A client that goes away mid-stream makes the bridge drop the upstream request."""
     url = await _start(config_service, upstream, start_bridge)
-    upstream_done = asyncio.Event()
 
     async def endless(seen: Seen) -> Reply:
         return Reply(
@@ -251,12 +249,9 @@ async def test_client_disconnect_cancels_upstream(
             "POST", "/openai/v1/chat/completions", json={**CHAT, "stream": True}
         ) as response:
             await anext(response.aiter_raw())
-        # The bridge records the request as 499 (client closed) well before 200 chunks.
-        async with asyncio.timeout(1.5):
-            while True:
-                metrics = (await http.get("/metrics")).text
-                if 'status="499"' in metrics:
-                    upstream_done.set()
-                    break
-                await asyncio.sleep(0.02)
-    assert upstream_done.is_set()
+
+        async def recorded_as_499() -> bool:
+            return 'status="499"' in (await http.get("/metrics")).text
+
+        # The bridge records the request as 499 (client closed) well before 200 chunks (2 s).
+        await eventually(recorded_as_499, within=1.5)

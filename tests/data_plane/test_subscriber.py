@@ -264,8 +264,8 @@ async def test_config_service_restart(
     await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
     bridge = await start_bridge(wait_version="1")
     await config_service.stop()
+    await eventually(lambda: not bridge.subscriber.state.connected)  # it has seen the outage
     async with httpx.AsyncClient(base_url=bridge.url, headers=AUTH) as http:
-        await asyncio.sleep(0.2)
         assert (await http.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
         assert (await http.get("/readyz")).status_code == 200
         await config_service.service.publish(snapshot("2", [openai_provider(upstream, "o2")]))

@@ -33,6 +33,7 @@ from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.config.v1 import token_pb2
 from aibridge.rulebook import NAME_RE
+from data_plane.dump import safe_component
 from tests.fixtures.processes import Proc
 from tests.fixtures.services import (
     ADMIN_TOKEN,
@@ -266,7 +267,7 @@ class StreamRecorder:
             finally:
                 await channel.close()
             self.reconnects += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # pace: reconnect backoff, as a real client does
 
     async def wait_for(self, version: str, within: float = 10.0) -> float:
         """Until a snapshot at `version` or later arrived; returns the wait."""
@@ -389,6 +390,18 @@ def scan(haystacks: dict[str, bytes], needles: Iterable[str]) -> list[str]:
 
 def walk_files(root: Path) -> list[Path]:
     return [Path(d) / f for d, _, files in os.walk(root) for f in files]
+
+
+def dumps_written(bridge: Proc, dumps: Path, at_least: int) -> bool:
+    """At least `at_least` requests logged by the bridge, and each one's dump written whole:
+    the bridge logs a request, then dumps it, its `.req.txt` last."""
+    logged = [safe_component(str(r.get("request_id"))) for r in bridge.events("request")]
+    written = {
+        path.name.removesuffix(".req.txt").split("-", 1)[1]
+        for path in walk_files(dumps)
+        if path.name.endswith(".req.txt")
+    }
+    return len(logged) >= at_least and all(rid in written for rid in logged)
 
 
 async def proxy_with_member(

@@ -35,6 +35,7 @@ from config_service.seed.env import SeedConfigError, parse_env
 from config_service.store.database import Database
 from config_service.store.records import load_record
 from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     NAME_RE,
     Admin,
@@ -42,6 +43,7 @@ from tests.resilience.harness import (
     Procs,
     bridge_ready,
     bridge_url,
+    dumps_written,
     walk_files,
 )
 
@@ -585,7 +587,8 @@ async def test_pathological_but_small_requests(fuzz_stack: FuzzStack) -> None:
         statuses[path[:40]] = status_of(answer)
     assert all(s in ALLOWED for s in statuses.values()), statuses
     assert statuses["/fz/v1/models/x%00"] == 400
-    await asyncio.sleep(0.2)  # dumps are written after the response
+    # Each request the upstream saw is dumped after its response has been sent.
+    await eventually(lambda: dumps_written(stack.bridge, stack.dumps, len(stack.upstream.seen)))
     assert_bridge_healthy(stack)
     assert_no_escape(stack)
 

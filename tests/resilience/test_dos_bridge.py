@@ -176,7 +176,7 @@ async def healthy_client(stack: Stack, requests: int) -> list[int | str]:
                 outcomes.append(response.status_code)
             except httpx.HTTPError as exc:
                 outcomes.append(type(exc).__name__)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pace: a steady legitimate client
     return outcomes
 
 
@@ -211,7 +211,7 @@ async def run_flood(
         nonlocal peak_fds
         while True:
             peak_fds = max(peak_fds, stack.fds())
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # pace: a sampling interval
 
     sampler = asyncio.create_task(sample())
     counts: dict[str, int] = {}
@@ -291,7 +291,7 @@ async def test_slowloris_clients_are_cut_off_at_the_header_timeout(
 
     async def drip() -> None:
         while True:
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # pace: one header line per slow client now and then
             for _reader, writer in slow:
                 if not writer.is_closing():
                     with contextlib.suppress(ConnectionError):
@@ -379,7 +379,7 @@ async def test_header_bombs_do_not_grow_memory_nor_stall_the_bridge(
             assert (await http.get("/healthz")).status_code == 200
             slowest = max(slowest, time.monotonic() - started)
             peak = max(peak, stack.bridge.rss_kib())
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # pace: a sampling interval
     sent = await bombs
     grown_mib = (peak - baseline) / 1024
     print(f"header bombs: RSS +{grown_mib:.1f} MiB, /healthz slowest {slowest:.3f}s, sent {sent}")

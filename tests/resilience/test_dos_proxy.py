@@ -129,7 +129,7 @@ async def watch_fds(pid: int, until: float, peaks: list[int]) -> None:
     while time.monotonic() < until:
         with contextlib.suppress(OSError):
             peaks.append(open_fds(pid))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # pace: a sampling interval
 
 
 async def flood(

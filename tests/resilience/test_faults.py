@@ -69,7 +69,7 @@ class Traffic:
                         self.failures.append(f"{response.status_code} {response.text[:200]}")
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # pace: steady traffic, not a flood
 
     async def stop(self) -> None:
         assert self._task is not None
@@ -149,7 +149,7 @@ async def test_config_service_killed_under_traffic(
         await eventually(lambda: acked(admin, ["bridge-1", "proxy-1"], version), within=5)
 
         first.kill()
-        await asyncio.sleep(0.5)  # traffic keeps flowing with no config service
+        await asyncio.sleep(0.5)  # a window: traffic keeps flowing with no config service
         served_while_down = traffic.ok
         second = await asyncio.to_thread(procs.config_service, sqlite_url, port)
         restarted = time.monotonic()
@@ -254,7 +254,7 @@ async def test_bridge_is_back_about_a_second_after_a_long_outage(
         outage = time.monotonic()
         await admin.create_token("during-the-outage")
         version = await admin.version()
-        await asyncio.sleep(8.0)  # the outage lasts; the bridge keeps retrying
+        await asyncio.sleep(8.0)  # a window: the outage lasts; the bridge keeps retrying
         front.targets = [("127.0.0.1", int(target.rsplit(":", 1)[1]))]
         back = await eventually(lambda: on_version(bridge, version), within=15, every=0.01)
         attempts = [t for t in front.accepted if t > outage]
@@ -294,7 +294,7 @@ class Writer:
                 self.acked.append(name)
             except grpc.aio.AioRpcError as exc:
                 self.failed.append((exc.code().name, time.monotonic() - started))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pace: a steady writer
 
     async def stop(self) -> None:
         assert self._task is not None
@@ -538,7 +538,7 @@ async def test_config_service_killed_repeatedly(
             version = await admin.version()
             await eventually(lambda v=version: on_version(bridge, v), within=5)
             service.kill()
-            await asyncio.sleep(0.2 * (cycle % 3))
+            await asyncio.sleep(0.2 * (cycle % 3))  # a window: outages of varied length
             service = await asyncio.to_thread(procs.config_service, sqlite_url, port)
             await admin.close()
             admin = Admin(target)

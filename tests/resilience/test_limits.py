@@ -207,14 +207,14 @@ async def test_slow_sse_reader_pushes_back_on_the_upstream(
         # The client reads nothing: how far can the upstream get ahead?
         transport = writer.transport
         transport.pause_reading()
-        await asyncio.sleep(3)
+        await asyncio.sleep(3)  # a window: the client reads nothing this long
         ahead_mib = written / 2**20
         stalled_rss_mib = (bridge.rss_kib() - baseline) / 1024
         transport.resume_reading()
         # Now a slow reader: small reads with pauses, then drain the rest.
         for _ in range(20):
             await reader.read(65536)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # pace: a slow reader
         tail = b""
         started = time.monotonic()
         while not tail.endswith(b"\r\n0\r\n\r\n"):

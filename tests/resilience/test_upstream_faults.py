@@ -171,7 +171,7 @@ async def test_connection_reset_before_and_during_the_response(stack: Stack) -> 
         for event in events:
             w.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
             await w.drain()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # pace: events arrive apart
         reset(w)
 
     stack.upstream.handlers["reset"] = resets

@@ -145,12 +145,14 @@ class ChunkStream(httpx.AsyncByteStream):
         self.hang_after = hang_after
         self.closed = False
         self.sent = 0
+        self.hanging = False  # the reader is waiting for a chunk that never comes
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         import asyncio
 
         for i, chunk in enumerate(self.chunks):
             if self.hang_after is not None and i >= self.hang_after:
+                self.hanging = True
                 await asyncio.Event().wait()  # a model that is still thinking
             self.sent += 1
             yield chunk

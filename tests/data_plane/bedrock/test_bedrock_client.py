@@ -31,6 +31,7 @@ from bedrock_testkit import (
 
 from aibridge.masking import Secret
 from data_plane.bedrock import BedrockClient, BedrockStream
+from tests.fixtures.waits import eventually
 
 REQUEST: dict[str, Any] = {
     "model": "claude-sonnet-4-5-20250929",
@@ -247,7 +248,7 @@ async def test_consumer_stop_closes_upstream(fake: FakeBedrock, bedrock: Bedrock
 
     task = asyncio.create_task(consume())
     await asyncio.wait_for(two_events.wait(), 5)
-    await asyncio.sleep(0.01)  # the consumer is now parked waiting for the third chunk
+    await eventually(lambda: upstream2.hanging)  # the consumer waits for the third chunk
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -67,7 +67,7 @@ class SocketServer:
                     break
                 writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 await writer.drain()
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(0.002)  # pace: chunks arrive apart, as a model streams
             if self.stall_after is None:
                 writer.write(b"0\r\n\r\n")
         try:

@@ -238,19 +238,23 @@ async def _subscribers(target: str) -> dict[str, cs.Subscriber]:
 
 async def _both_acked(target: str, previous: str = "") -> tuple[str, cs.Subscriber]:
     """Wait until bridge and proxy acknowledged the same version (newer than previous)."""
-    async with asyncio.timeout(10):
-        while True:
-            subs = await _subscribers(target)
-            bridge, proxy = subs.get("e2e-bridge"), subs.get("e2e-proxy")
-            if (
-                bridge is not None
-                and proxy is not None
-                and proxy.version_acked
-                and proxy.version_acked == bridge.version_acked == proxy.version_sent
-                and proxy.version_acked != previous
-            ):
-                return proxy.version_acked, proxy
-            await asyncio.sleep(0.05)
+    found: list[cs.Subscriber] = []
+
+    async def agreed() -> bool:
+        subs = await _subscribers(target)
+        bridge, proxy = subs.get("e2e-bridge"), subs.get("e2e-proxy")
+        if (
+            bridge is not None
+            and proxy is not None
+            and proxy.version_acked
+            and proxy.version_acked == bridge.version_acked == proxy.version_sent
+            and proxy.version_acked != previous
+        ):
+            found.append(proxy)
+        return bool(found)
+
+    await eventually(agreed, within=10, every=0.05)
+    return found[0].version_acked, found[0]
 
 
 async def _connect_status(stack: Stack, host: str) -> int:

@@ -31,6 +31,7 @@ from proxy_fakes import (
 from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.proxy.server import Proxy
 from tests.fixtures.upstream import FakeUpstream, Reply, Seen
+from tests.fixtures.waits import eventually
 
 BYOK_KEY = "sk-users-own-key-000000000000000000000"
 
@@ -264,10 +265,7 @@ async def test_dumps_are_written_with_secrets_masked(
     assert reply.status_code == 200
     # The pair is written once the exchange has finished, just after the client's reply.
     folder = dumps / "openai" / "gpt-test"
-    for _ in range(100):
-        if len(list(folder.glob("*.txt"))) >= 2:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: list(folder.glob("*.req.txt")), within=5)  # written last
     (req,) = folder.glob("*.req.txt")
     resp = req.with_name(req.name.replace(".req.", ".resp."))
     text = req.read_text()

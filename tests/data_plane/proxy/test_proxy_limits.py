@@ -88,7 +88,7 @@ async def test_request_head_trickled_too_slowly_is_dropped(
             while True:  # one header byte at a time, well within the idle timeout each
                 writer.write(b"x")
                 await writer.drain()
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # pace: a trickle, each byte within the timeout
 
     sender = asyncio.create_task(trickle())
     try:
