@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from aibridge.rulebook import BedrockSpec
+from aibridge.rulebook import BedrockSpec, ProviderSpec
 from config_service.db.models import Provider, ProviderKey
 from config_service.rbac import SYSTEM
 from config_service.seed.env import SeedPlan
 from config_service.store.database import Database
 from config_service.store.providers import insert_provider
-from config_service.store.records import audit_view, load_record
+from config_service.store.records import ProviderRecord, audit_view, load_record
 
 # Arbitrary constant shared by every replica ("aibseed").
 SEED_LOCK_ID = 0x61696273656564
@@ -66,6 +66,29 @@ def _fingerprint(ptype: str, base_url: str, bedrock: BedrockSpec | None) -> dict
     }
 
 
+def _conflict(seed: ProviderSpec, source: str, current: ProviderRecord) -> str | None:
+    """Why a live row cannot stand for `seed` (unreadable, or drifted), or None."""
+    if current.problems:
+        return (
+            f"provider {seed.name!r}: its stored settings cannot be read "
+            f"({'; '.join(current.problems)}); fix AIBRIDGE_ENCRYPTION_KEYS"
+        )
+    have = _fingerprint(current.type, current.base_url, current.bedrock)
+    want = _fingerprint(seed.type, seed.base_url, seed.bedrock)
+    if have == want:
+        return None
+    diff = ", ".join(
+        f"{k} {have[k]!r} in the database vs {want[k]!r} in {source}"
+        for k in have
+        if have[k] != want[k]
+    )
+    return (
+        f"provider {seed.name!r} already exists in the database and differs from the "
+        f"environment ({diff}); update it with `aibridge providers update {seed.name} ...` "
+        f"or remove the {source} variables to stop seeding it"
+    )
+
+
 def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
     created: list[str] = []
     unchanged: list[str] = []
@@ -87,60 +110,42 @@ def apply(db: Database, plan: SeedPlan) -> SeedOutcome:
             row = live.get(seed.name)
             if row is None and seed.name in deleted:
                 skipped.append(seed.name)
-                continue
-            if row is not None:
-                current = load_record(row, [], db.cipher, decrypt_keys=False)
-                have = _fingerprint(current.type, current.base_url, current.bedrock)
-                want = _fingerprint(seed.type, seed.base_url, seed.bedrock)
-                if current.problems:
-                    conflicts.append(
-                        f"provider {seed.name!r}: its stored settings cannot be read "
-                        f"({'; '.join(current.problems)}); fix AIBRIDGE_ENCRYPTION_KEYS"
-                    )
-                elif have != want:
-                    diff = ", ".join(
-                        f"{k} {have[k]!r} in the database vs {want[k]!r} in {source}"
-                        for k in have
-                        if have[k] != want[k]
-                    )
-                    conflicts.append(
-                        f"provider {seed.name!r} already exists in the database and differs "
-                        f"from the environment ({diff}); update it with `aibridge providers "
-                        f"update {seed.name} ...` or remove the {source} variables to "
-                        "stop seeding it"
-                    )
-                else:
-                    unchanged.append(seed.name)
-                    if seed.keys and _stored_keys(session, db, row) != set(seed.keys):
-                        keys_kept.append(_keys_kept(seed.name, source))
-                continue
-            provider = insert_provider(db, session, seed)
-            inserted.append(provider)
-            created.append(seed.name)
+            elif row is None:
+                inserted.append(insert_provider(db, session, seed))
+                created.append(seed.name)
+            elif conflict := _conflict(seed, source, _settings_of(db, row)):
+                conflicts.append(conflict)
+            else:
+                unchanged.append(seed.name)
+                if seed.keys and _stored_keys(session, db, row) != set(seed.keys):
+                    keys_kept.append(_keys_kept(seed.name, source))
         if conflicts:
             raise SeedConflict(conflicts)
         if inserted:
-            revision = db.bump_revision(session)
-            for provider in inserted:
-                keys = (
-                    session.execute(
-                        select(ProviderKey).where(ProviderKey.provider_id == provider.id)
-                    )
-                    .scalars()
-                    .all()
-                )
-                record = load_record(provider, list(keys), db.cipher, decrypt_keys=False)
-                db.audit(
-                    session,
-                    SYSTEM,
-                    "provider.seed",
-                    "provider",
-                    provider.id,
-                    provider.name,
-                    revision,
-                    after=audit_view(record),
-                )
+            _audit_seeded(db, session, inserted)
     return SeedOutcome(tuple(created), tuple(unchanged), tuple(skipped), tuple(keys_kept))
+
+
+def _audit_seeded(db: Database, session: Session, inserted: list[Provider]) -> None:
+    """One revision for the whole seed, and an audit entry per provider it created."""
+    revision = db.bump_revision(session)
+    for provider in inserted:
+        keys = session.execute(select(ProviderKey).where(ProviderKey.provider_id == provider.id))
+        record = load_record(provider, list(keys.scalars().all()), db.cipher, decrypt_keys=False)
+        db.audit(
+            session,
+            SYSTEM,
+            "provider.seed",
+            "provider",
+            provider.id,
+            provider.name,
+            revision,
+            after=audit_view(record),
+        )
+
+
+def _settings_of(db: Database, row: Provider) -> ProviderRecord:
+    return load_record(row, [], db.cipher, decrypt_keys=False)
 
 
 def _stored_keys(session: Session, db: Database, row: Provider) -> set[str | None]:

@@ -251,32 +251,11 @@ class _Parser:
         self, var_prefix: str, items: dict[str, tuple[str, str]], sources: dict[str, str]
     ) -> ProviderSpec | None:
         src, before = f"{var_prefix}*", len(self.problems)
-        for alias, field in _BEDROCK_ALIASES.items():
-            if alias in items and field in items:
-                self.problems.append(
-                    f"{src}: set only one of {items[field][0]} and {items[alias][0]}"
-                )
-            elif alias in items and "," in items[alias][1]:
-                self.problems.append(
-                    f"{items[alias][0]}: only one Bedrock access key pair per provider is supported"
-                )
-            if alias in items:
-                items.setdefault(field, items.pop(alias))
+        self.unalias_bedrock(src, items)
         f = _Fields(var_prefix, items)
         ptype = f.get("TYPE").lower()
         name = f.get("NAME") or (ptype if ptype in TYPES else "")
-        if name in self.legacy_names:
-            self.problems.append(
-                f"{src}: provider name {name!r} conflicts with the legacy env var "
-                f"{self.legacy_names[name]}; remove one or the other"
-            )
-        elif name in sources:
-            self.problems.append(
-                f"{src}: duplicate NAME {name!r} (already used by {sources[name]}); "
-                f"set a distinct {f.var('NAME')}"
-            )
-        elif name:
-            sources[name] = src
+        self.claim_name(src, f, name, sources)
         key_fields = [field for field in ("KEY", "KEYS") if field in items]
         if len(key_fields) == 2:
             self.problems.append(f"{src}: set only one of {f.var('KEY')} and {f.var('KEYS')}")
@@ -300,6 +279,35 @@ class _Parser:
         )
         seed = self.checked(spec, f.variables(base_field, key_field), src)
         return seed if len(self.problems) == before else None
+
+    def unalias_bedrock(self, src: str, items: dict[str, tuple[str, str]]) -> None:
+        """Coder's plural BEDROCK_ACCESS_KEYS spellings become ours (one value each)."""
+        for alias, field in _BEDROCK_ALIASES.items():
+            if alias in items and field in items:
+                self.problems.append(
+                    f"{src}: set only one of {items[field][0]} and {items[alias][0]}"
+                )
+            elif alias in items and "," in items[alias][1]:
+                self.problems.append(
+                    f"{items[alias][0]}: only one Bedrock access key pair per provider is supported"
+                )
+            if alias in items:
+                items.setdefault(field, items.pop(alias))
+
+    def claim_name(self, src: str, f: _Fields, name: str, sources: dict[str, str]) -> None:
+        """`name` for the provider at `src`, unless a legacy variable or an earlier index has it."""
+        if name in self.legacy_names:
+            self.problems.append(
+                f"{src}: provider name {name!r} conflicts with the legacy env var "
+                f"{self.legacy_names[name]}; remove one or the other"
+            )
+        elif name in sources:
+            self.problems.append(
+                f"{src}: duplicate NAME {name!r} (already used by {sources[name]}); "
+                f"set a distinct {f.var('NAME')}"
+            )
+        elif name:
+            sources[name] = src
 
 
 def _split_keys(raw: str) -> tuple[str, ...]:
