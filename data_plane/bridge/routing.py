@@ -32,7 +32,7 @@ from data_plane.bridge.breaker import BreakerSet, BreakerState
 from data_plane.bridge.keypool import KeyPool
 from data_plane.bridge.providers import Provider
 from data_plane.bridge.settings import BreakerSettings
-from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, BedrockFactory
+from data_plane.bridge.upstream import BEDROCK_UNAVAILABLE, AnthropicUpstream, BedrockFactory
 from data_plane.errors import BuildError, KeyPoolError
 from data_plane.gateway_auth import TokenTable, token_table
 
@@ -102,55 +102,56 @@ def build_provider(
         return Provider(p.name, tname, family, p.base_url, p.status, p.status_reason)
     # ENABLED: the config service checked the base URL and the Bedrock settings
     # (`config_service.snapshots.views.evaluate`); only pools, breakers and clients are built.
-    base_url = p.base_url
     keys = tuple(k.secret for k in p.keys)
     if any(not k for k in keys):
         raise BuildError("keys carry no secret (is the bridge token of the bridge role?)")
-    bedrock = None
-    if family is Family.ANTHROPIC:
-        if p.HasField("bedrock"):
-            if ctx.bedrock_factory is None:
-                raise BuildError(BEDROCK_UNAVAILABLE)
-            try:
-                bedrock = ctx.bedrock_factory(p, ctx.http)
-            except ValueError as exc:
-                raise BuildError(f"bedrock: {exc}") from exc
-        elif not keys and not allow_byok:
-            raise BuildError(
-                "anthropic provider has no api keys, no bedrock credentials, "
-                "and BYOK is not enabled"
-            )
-    elif family is Family.OPENAI and not keys and not allow_byok:
+    bedrock = _bedrock(p, ctx) if family is Family.ANTHROPIC and p.HasField("bedrock") else None
+    if bedrock is None and family is not Family.COPILOT and not keys and not allow_byok:
+        # The snapshot allowed BYOK here; this bridge's own setting takes it away.
         raise BuildError(f"{tname} provider has no api keys configured and BYOK is not enabled")
-    pool = None
-    if keys and family is not Family.COPILOT:
-        if previous is not None and previous.pool is not None and previous.keys == keys:
-            pool = previous.pool
-        else:
-            try:
-                pool = KeyPool(p.name, keys, on_transition=ctx.on_key_transition)
-            except KeyPoolError as exc:
-                raise BuildError(f"key pool: {exc}") from exc
-    breakers = None
-    if ctx.breaker.enabled:
-        old = previous.breakers if previous is not None else None
-        if (
-            old is not None
-            and previous is not None
-            and previous.base_url == base_url
-            and old.settings == ctx.breaker
-        ):
-            breakers = old
-        else:
-            breakers = BreakerSet(
-                p.name,
-                ctx.breaker,
-                ptype.routes.failure_statuses,
-                on_change=ctx.on_breaker_change,
-            )
+    pool = _pool(p.name, keys, previous, ctx) if keys and family is not Family.COPILOT else None
+    breakers = _breakers(p, ptype.routes.failure_statuses, previous, ctx)
     return Provider(
-        p.name, tname, family, base_url, p.status, p.status_reason, keys, pool, breakers, bedrock
+        p.name, tname, family, p.base_url, p.status, p.status_reason, keys, pool, breakers, bedrock
     )
+
+
+def _bedrock(p: provider_pb2.Provider, ctx: BuildContext) -> AnthropicUpstream:
+    if ctx.bedrock_factory is None:
+        raise BuildError(BEDROCK_UNAVAILABLE)
+    try:
+        return ctx.bedrock_factory(p, ctx.http)
+    except ValueError as exc:
+        raise BuildError(f"bedrock: {exc}") from exc
+
+
+def _pool(
+    name: str, keys: tuple[str, ...], previous: Provider | None, ctx: BuildContext
+) -> KeyPool:
+    """The previous pool when the keys are the same (its cooldowns carry over), else a new one."""
+    if previous is not None and previous.pool is not None and previous.keys == keys:
+        return previous.pool
+    try:
+        return KeyPool(name, keys, on_transition=ctx.on_key_transition)
+    except KeyPoolError as exc:
+        raise BuildError(f"key pool: {exc}") from exc
+
+
+def _breakers(
+    p: provider_pb2.Provider,
+    failure_statuses: frozenset[int],
+    previous: Provider | None,
+    ctx: BuildContext,
+) -> BreakerSet | None:
+    """The previous breakers when the base URL and settings are the same (open ones stay
+    open), else new ones; None when breakers are off."""
+    if not ctx.breaker.enabled:
+        return None
+    same_upstream = previous is not None and previous.base_url == p.base_url
+    kept = previous.breakers if previous is not None and same_upstream else None
+    if kept is not None and kept.settings == ctx.breaker:
+        return kept
+    return BreakerSet(p.name, ctx.breaker, failure_statuses, on_change=ctx.on_breaker_change)
 
 
 def build_table(
