@@ -268,23 +268,12 @@ def banner(
     ca: ProxyCA | None,
     providers: list[tuple[str, int]],
 ) -> str:
-    from aibridge.config.v1 import provider_pb2
+    from aibridge.rulebook import BY_WIRE, Family
 
-    openai_like = [
-        n
-        for n, t in providers
-        if t
-        not in (
-            provider_pb2.PROVIDER_TYPE_ANTHROPIC,
-            provider_pb2.PROVIDER_TYPE_BEDROCK,
-            provider_pb2.PROVIDER_TYPE_COPILOT,
-        )
-    ]
-    anthropic_like = [
-        n
-        for n, t in providers
-        if t in (provider_pb2.PROVIDER_TYPE_ANTHROPIC, provider_pb2.PROVIDER_TYPE_BEDROCK)
-    ]
+    def speaking(family: Family) -> list[str]:
+        return [n for n, t in providers if t in BY_WIRE and BY_WIRE[t].family is family]
+
+    openai_like, anthropic_like = speaking(Family.OPENAI), speaking(Family.ANTHROPIC)
     openai = openai_like[0] if openai_like else "openai"
     anthropic = anthropic_like[0] if anthropic_like else "anthropic"
     cli = cli_path()

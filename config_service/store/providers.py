@@ -297,6 +297,15 @@ def _desired_keys(wanted: Sequence[KeyInput], row: Provider, keys: list[Provider
     return kept, new_secrets
 
 
+def _check_keys(db: Database, row: Provider, change: KeyChange, bedrock_backed: bool) -> None:
+    """The pool a write leaves obeys the rulebook: key count, no duplicate secrets."""
+    kept, new_secrets = change
+    count = len(kept) + len(new_secrets)
+    refuse(key_count_problems(TYPES[row.type], bedrock_backed, count))
+    if new_secrets:
+        refuse(duplicate_problems(new_secrets, _readable_secrets(db, kept)))
+
+
 def _replace_keys(
     db: Database, session: Session, row: Provider, keys: list[ProviderKey], change: KeyChange
 ) -> tuple[list[ProviderKey], list[ProviderKey]]:
@@ -379,12 +388,10 @@ def _update(
                 if settings_touched
                 else (row.base_url, before.bedrock)
             )
-            kept, new_secrets = plan(row, keys) if plan is not None else (list(keys), [])
-            count = len(kept) + len(new_secrets)
-            refuse(key_count_problems(TYPES[row.type], bedrock is not None, count))
-            if new_secrets:
-                refuse(duplicate_problems(new_secrets, _readable_secrets(db, kept)))
-            added, removed = _replace_keys(db, session, row, keys, (kept, new_secrets))
+            change = plan(row, keys) if plan is not None else (list(keys), [])
+            _check_keys(db, row, change, bedrock is not None)
+            kept = change[0]
+            added, removed = _replace_keys(db, session, row, keys, change)
             row.display_name = changes.display_name if "display_name" in paths else row.display_name
             row.enabled = changes.enabled if "enabled" in paths else row.enabled
             row.base_url = base_url

@@ -28,6 +28,8 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
+# Longer than 60 lines on purpose: a migration reads best as the one DDL sequence it runs,
+# table by table, and is never edited once released (a later revision changes the schema).
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     op.create_table(
