@@ -404,6 +404,33 @@ def dumps_written(bridge: Proc, dumps: Path, at_least: int) -> bool:
     return len(logged) >= at_least and all(rid in written for rid in logged)
 
 
+@dataclass(frozen=True)
+class Served:
+    """A config service started with providers and a member token."""
+
+    target: str
+    member: str  # the gateway token of the member "alice"
+    version: str  # the revision once all of them exist
+
+
+async def serve_providers(
+    procs: Procs, database_url: str, *providers: tuple[str, int, str, list[str]]
+) -> Served:
+    """A config service with each provider created ((name, type, base URL, keys), as
+    `Admin.create_provider` takes them) and a member token "alice"."""
+    service = await asyncio.to_thread(procs.config_service, database_url)
+    target = str(service.ready["target"])
+    admin = Admin(target)
+    try:
+        for args in providers:
+            await admin.create_provider(*args)
+        member = await admin.create_token("alice")
+        version = str(await admin.version())
+    finally:
+        await admin.close()
+    return Served(target, member, version)
+
+
 async def proxy_with_member(
     procs: Procs, database_url: str, bridge: str = "http://127.0.0.1:9", **env: str
 ) -> tuple[Proc, str]:

@@ -35,11 +35,11 @@ from tests.fixtures.services import BRIDGE_TOKEN
 from tests.fixtures.upstream import FakeUpstream, Seen
 from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
-    Admin,
     Proc,
     Procs,
     bridge_ready,
     bridge_url,
+    serve_providers,
 )
 
 SLOW_HEAD = b"POST /dos/v1/chat/completions HTTP/1.1\r\nhost: bridge\r\n"
@@ -76,21 +76,16 @@ class Stack:
 async def start_stack(
     procs: Procs, upstream: FakeUpstream, sqlite_url: str, bridge_nofile: int, **env: str
 ) -> Stack:
-    service = await asyncio.to_thread(procs.config_service, sqlite_url)
-    admin = Admin(service.ready["target"])
-    try:
-        await admin.create_provider(
-            "dos", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/v1/", ["sk-dos-000000000000000000"]
-        )
-        member = await admin.create_token("alice")
-        version = str(await admin.version())
-    finally:
-        await admin.close()
+    served = await serve_providers(
+        procs,
+        sqlite_url,
+        ("dos", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/v1/", ["sk-dos-000000000000000000"]),
+    )
     with nofile(bridge_nofile):  # inherited by the bridge only: spawned in this window
-        bridge = procs.bridge(service.ready["target"], "bridge-dos", **env)
-    await bridge_ready(bridge, version)
+        bridge = procs.bridge(served.target, "bridge-dos", **env)
+    await bridge_ready(bridge, served.version)
     host, port = bridge_url(bridge).removeprefix("http://").rsplit(":", 1)
-    return Stack(bridge, member, host, int(port))
+    return Stack(bridge, served.member, host, int(port))
 
 
 # ------------------------------------------------------------- the attacker, own process

@@ -29,6 +29,7 @@ from tests.resilience.harness import (
     bridge_ready,
     bridge_url,
     database_revision,
+    serve_providers,
 )
 
 # ------------------------------------------------------------- a stuck HTTP/2 gRPC client
@@ -176,22 +177,16 @@ async def test_slow_sse_reader_pushes_back_on_the_upstream(
         finished.set()
 
     upstream.handlers["firehose"] = firehose
-    service = await asyncio.to_thread(procs.config_service, sqlite_url)
-    admin = Admin(service.ready["target"])
-    try:
-        await admin.create_provider(
-            "firehose",
-            pb.PROVIDER_TYPE_OPENAI,
-            f"{upstream.url}/firehose/v1/",
-            ["sk-fire-0000000000000000"],
-        )
-        member = await admin.create_token("alice")
-        version = str(await admin.version())
-    finally:
-        await admin.close()
-    bridge = await asyncio.to_thread(procs.bridge, service.ready["target"], "bridge-slow")
+    firehose_keys = ["sk-fire-0000000000000000"]
+    served = await serve_providers(
+        procs,
+        sqlite_url,
+        ("firehose", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/firehose/v1/", firehose_keys),
+    )
+    member = served.member
+    bridge = await asyncio.to_thread(procs.bridge, served.target, "bridge-slow")
 
-    await bridge_ready(bridge, version)
+    await bridge_ready(bridge, served.version)
     baseline = bridge.rss_kib()
     host, port = bridge_url(bridge).removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port), limit=2**16)
@@ -256,19 +251,16 @@ async def test_client_chosen_model_names_do_not_grow_state_without_bound(
     procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Fifteen hundred requests with distinct model names leave at most 500 model label values in the bridge's /metrics."""
-    service = await asyncio.to_thread(procs.config_service, sqlite_url)
-    admin = Admin(service.ready["target"])
-    try:
-        await admin.create_provider(
-            "cardinal", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/v1/", ["sk-card-000000000000000"]
-        )
-        member = await admin.create_token("alice")
-        version = str(await admin.version())
-    finally:
-        await admin.close()
+    cardinal_keys = ["sk-card-000000000000000"]
+    served = await serve_providers(
+        procs,
+        sqlite_url,
+        ("cardinal", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/v1/", cardinal_keys),
+    )
+    member, version = served.member, served.version
     bridge = await asyncio.to_thread(
         procs.bridge,
-        service.ready["target"],
+        served.target,
         "bridge-cardinal",
         AIBRIDGE_CIRCUIT_BREAKER_ENABLED="true",
     )

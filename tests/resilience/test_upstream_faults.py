@@ -22,11 +22,11 @@ from tests.fixtures.services import BRIDGE_TOKEN
 from tests.fixtures.upstream import FakeUpstream, Seen, http_response, reset
 from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
-    Admin,
     Proc,
     Procs,
     bridge_ready,
     bridge_url,
+    serve_providers,
 )
 
 KEYS = ["sk-upstream-fault-key-a-000000000000", "sk-upstream-fault-key-b-111111111111"]
@@ -36,7 +36,6 @@ MESSAGES = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user
 
 @dataclass
 class Stack:
-    service: Proc
     bridge: Proc
     member: str
     upstream: FakeUpstream
@@ -57,21 +56,13 @@ class Stack:
 
 @pytest.fixture
 async def stack(procs: Procs, upstream: FakeUpstream, sqlite_url: str) -> Stack:
-    service = await asyncio.to_thread(procs.config_service, sqlite_url)
-    target = service.ready["target"]
-    admin = Admin(target)
-    try:
-        for name in ("storm", "limited", "reset", "stall", "denied"):
-            await admin.create_provider(
-                name, pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/{name}/v1/", KEYS
-            )
-        await admin.create_provider(
-            "overloaded", pb.PROVIDER_TYPE_ANTHROPIC, f"{upstream.url}/overloaded/", KEYS
-        )
-        member = await admin.create_token("alice")
-        version = await admin.version()
-    finally:
-        await admin.close()
+    openai = [
+        (name, pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/{name}/v1/", KEYS)
+        for name in ("storm", "limited", "reset", "stall", "denied")
+    ]
+    anthropic = ("overloaded", pb.PROVIDER_TYPE_ANTHROPIC, f"{upstream.url}/overloaded/", KEYS)
+    served = await serve_providers(procs, sqlite_url, *openai, anthropic)
+    target, member, version = served.target, served.member, served.version
     bridge = await asyncio.to_thread(
         procs.bridge,
         target,
@@ -82,7 +73,7 @@ async def stack(procs: Procs, upstream: FakeUpstream, sqlite_url: str) -> Stack:
     )
 
     await bridge_ready(bridge, version)
-    return Stack(service, bridge, member, upstream)
+    return Stack(bridge, member, upstream)
 
 
 async def test_5xx_storm_trips_the_breaker(stack: Stack) -> None:
@@ -220,16 +211,10 @@ async def test_upstream_timeout_is_504(
     procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """An upstream that does not answer within the bridge's read timeout is a 504 in the provider's format (the in-process bridge with a 1 s timeout stands in for the 600 s default)."""
-    service = await asyncio.to_thread(procs.config_service, sqlite_url)
-    admin = Admin(service.ready["target"])
-    try:
-        await admin.create_provider(
-            "slow", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/slow/v1/", KEYS
-        )
-        member = await admin.create_token("alice")
-        version = str(await admin.version())
-    finally:
-        await admin.close()
+    served = await serve_providers(
+        procs, sqlite_url, ("slow", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/slow/v1/", KEYS)
+    )
+    member, version = served.member, served.version
 
     async def never(req: Seen, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await reader.read()
@@ -239,7 +224,7 @@ async def test_upstream_timeout_is_504(
         {
             "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
             "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_CONFIG_SERVICE": service.ready["target"],
+            "AIBRIDGE_CONFIG_SERVICE": served.target,
         }
     )
     bridge = Bridge(settings, bedrock_factory=None)
