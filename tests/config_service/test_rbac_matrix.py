@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
@@ -42,141 +43,99 @@ async def watch(channel: grpc.aio.Channel, md: Any) -> Any:
     return response
 
 
-# rpc name -> (call, roles allowed by DESIGN §4)
-MATRIX: dict[str, tuple[Call, set[Role]]] = {
-    "WatchProviders": (watch, {O, A, B, P}),
-    "GetProviderSnapshot": (
-        lambda ch, md: cs_grpc.ConfigServiceStub(ch).GetProviderSnapshot(
-            cs.GetProviderSnapshotRequest(), metadata=md
-        ),
-        READ,
-    ),
-    "ReportStatus": (
-        lambda ch, md: cs_grpc.ConfigServiceStub(ch).ReportStatus(
-            cs.ReportStatusRequest(node_id="rbac", version="1", applied=True), metadata=md
-        ),
+def unary(stub: Callable[[grpc.aio.Channel], Any], rpc: str, request: Message) -> Call:
+    """A call of `rpc` ("CreateToken bridge": the CreateToken method) with `request`."""
+    return lambda ch, md: getattr(stub(ch), rpc.split()[0])(request, metadata=md)
+
+
+CONFIG, PROVIDERS = cs_grpc.ConfigServiceStub, pa_grpc.ProviderAdminServiceStub
+TOKENS, USAGE = ta_grpc.TokenAdminServiceStub, us_grpc.UsageServiceStub
+NO_ID = "00000000-0000-0000-0000-000000000000"
+# (rpc, its stub, a request, the roles DESIGN §4 allows)
+ROWS: list[tuple[str, Callable[[grpc.aio.Channel], Any], Message, set[Role]]] = [
+    ("GetProviderSnapshot", CONFIG, cs.GetProviderSnapshotRequest(), READ),
+    (
+        "ReportStatus",
+        CONFIG,
+        cs.ReportStatusRequest(node_id="rbac", version="1", applied=True),
         {B, P},
     ),
-    "ListSubscribers": (
-        lambda ch, md: cs_grpc.ConfigServiceStub(ch).ListSubscribers(
-            cs.ListSubscribersRequest(), metadata=md
-        ),
-        {O, A},
-    ),
-    "ListProviders": (
-        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).ListProviders(
-            pa.ListProvidersRequest(), metadata=md
-        ),
-        READ,
-    ),
-    "GetProvider": (
-        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).GetProvider(
-            pa.GetProviderRequest(id_or_name="openai"), metadata=md
-        ),
-        READ,
-    ),
-    "CreateProvider": (
-        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).CreateProvider(
-            pa.CreateProviderRequest(
-                name="made-by-rbac",
-                type=provider_pb2.PROVIDER_TYPE_OPENAI,
-                keys=["sk-rbac-0123456789abcdef"],
-            ),
-            metadata=md,
+    ("ListSubscribers", CONFIG, cs.ListSubscribersRequest(), {O, A}),
+    ("ListProviders", PROVIDERS, pa.ListProvidersRequest(), READ),
+    ("GetProvider", PROVIDERS, pa.GetProviderRequest(id_or_name="openai"), READ),
+    (
+        "CreateProvider",
+        PROVIDERS,
+        pa.CreateProviderRequest(
+            name="made-by-rbac",
+            type=provider_pb2.PROVIDER_TYPE_OPENAI,
+            keys=["sk-rbac-0123456789abcdef"],
         ),
         WRITE,
     ),
-    "UpdateProvider": (
-        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).UpdateProvider(
-            pa.UpdateProviderRequest(
-                id_or_name="openai",
-                display_name="OpenAI",
-                update_mask=FieldMask(paths=["display_name"]),
-            ),
-            metadata=md,
+    (
+        "UpdateProvider",
+        PROVIDERS,
+        pa.UpdateProviderRequest(
+            id_or_name="openai",
+            display_name="OpenAI",
+            update_mask=FieldMask(paths=["display_name"]),
         ),
         WRITE,
     ),
-    "DeleteProvider": (
-        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).DeleteProvider(
-            pa.DeleteProviderRequest(id_or_name="no-such-provider"), metadata=md
-        ),
+    ("DeleteProvider", PROVIDERS, pa.DeleteProviderRequest(id_or_name="no-such-provider"), WRITE),
+    (
+        "AddProviderKey",
+        PROVIDERS,
+        pa.AddProviderKeyRequest(id_or_name="openai", secret="sk-rbac-added-0123456789"),
         WRITE,
     ),
-    "AddProviderKey": (
-        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).AddProviderKey(
-            pa.AddProviderKeyRequest(id_or_name="openai", secret="sk-rbac-added-0123456789"),
-            metadata=md,
-        ),
+    (
+        "DeleteProviderKey",
+        PROVIDERS,
+        pa.DeleteProviderKeyRequest(id_or_name="openai", key_id=NO_ID),
         WRITE,
     ),
-    "DeleteProviderKey": (
-        lambda ch, md: pa_grpc.ProviderAdminServiceStub(ch).DeleteProviderKey(
-            pa.DeleteProviderKeyRequest(
-                id_or_name="openai", key_id="00000000-0000-0000-0000-000000000000"
-            ),
-            metadata=md,
-        ),
-        WRITE,
-    ),
-    "CreateToken": (
-        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
-            ta.CreateTokenRequest(principal_name="rbac-made", role=token_pb2.ROLE_MEMBER),
-            metadata=md,
-        ),
+    (
+        "CreateToken",
+        TOKENS,
+        ta.CreateTokenRequest(principal_name="rbac-made", role=token_pb2.ROLE_MEMBER),
         {O},
     ),
     # Daemon tokens read every plaintext key or follow every change: no caller mints them.
-    "CreateToken bridge": (
-        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
-            ta.CreateTokenRequest(principal_name="rbac-bridge", role=token_pb2.ROLE_BRIDGE),
-            metadata=md,
-        ),
+    (
+        "CreateToken bridge",
+        TOKENS,
+        ta.CreateTokenRequest(principal_name="rbac-bridge", role=token_pb2.ROLE_BRIDGE),
         set(),
     ),
-    "CreateToken proxy": (
-        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).CreateToken(
-            ta.CreateTokenRequest(principal_name="rbac-proxy", role=token_pb2.ROLE_PROXY),
-            metadata=md,
-        ),
+    (
+        "CreateToken proxy",
+        TOKENS,
+        ta.CreateTokenRequest(principal_name="rbac-proxy", role=token_pb2.ROLE_PROXY),
         set(),
     ),
-    "ListTokens": (
-        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).ListTokens(
-            ta.ListTokensRequest(), metadata=md
-        ),
-        {O},
-    ),
-    "RevokeToken": (
-        lambda ch, md: ta_grpc.TokenAdminServiceStub(ch).RevokeToken(
-            ta.RevokeTokenRequest(id="00000000-0000-0000-0000-000000000000"), metadata=md
-        ),
-        {O},
-    ),
-    "RecordInterceptions": (
-        lambda ch, md: us_grpc.UsageServiceStub(ch).RecordInterceptions(
-            us.RecordInterceptionsRequest(), metadata=md
-        ),
-        {B},
-    ),
-    "ListInterceptions": (
-        lambda ch, md: us_grpc.UsageServiceStub(ch).ListInterceptions(
-            us.ListInterceptionsRequest(), metadata=md
-        ),
+    ("ListTokens", TOKENS, ta.ListTokensRequest(), {O}),
+    ("RevokeToken", TOKENS, ta.RevokeTokenRequest(id=NO_ID), {O}),
+    ("RecordInterceptions", USAGE, us.RecordInterceptionsRequest(), {B}),
+    ("ListInterceptions", USAGE, us.ListInterceptionsRequest(), USAGE_READ),
+    (
+        "GetInterception",
+        USAGE,
+        us.GetInterceptionRequest(id="00000000-0000-7000-8000-000000000000"),
         USAGE_READ,
     ),
-    "GetInterception": (
-        lambda ch, md: us_grpc.UsageServiceStub(ch).GetInterception(
-            us.GetInterceptionRequest(id="00000000-0000-7000-8000-000000000000"), metadata=md
-        ),
+    (
+        "SummarizeUsage",
+        USAGE,
+        us.SummarizeUsageRequest(group_by=[us.USAGE_DIMENSION_PRINCIPAL]),
         USAGE_READ,
     ),
-    "SummarizeUsage": (
-        lambda ch, md: us_grpc.UsageServiceStub(ch).SummarizeUsage(
-            us.SummarizeUsageRequest(group_by=[us.USAGE_DIMENSION_PRINCIPAL]), metadata=md
-        ),
-        USAGE_READ,
-    ),
+]
+# rpc name -> (call, roles allowed by DESIGN §4)
+MATRIX: dict[str, tuple[Call, set[Role]]] = {
+    "WatchProviders": (watch, {O, A, B, P}),
+    **{rpc: (unary(stub, rpc, request), roles) for rpc, stub, request, roles in ROWS},
 }
 CALLERS: list[Role | None] = [O, A, M, B, P, None]
 
