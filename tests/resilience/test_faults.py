@@ -9,6 +9,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import grpc
 import httpx
@@ -43,19 +44,34 @@ POOL_KEY = "sk-resilience-pool-key-0000000000000000"
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
+class Loop:
+    """A coroutine `_run` in the background from `start` until `stop` (again: a no-op)."""
+
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> Self:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 @dataclass
-class Traffic:
+class Traffic(Loop):
     """A client loop through the bridge; every non-200 answer or error is kept."""
 
     url: str
     token: str
     ok: int = 0
     failures: list[str] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
-
-    def start(self) -> Traffic:
-        self._task = asyncio.ensure_future(self._run())
-        return self
 
     async def _run(self) -> None:
         headers = {"authorization": f"Bearer {self.token}"}
@@ -70,12 +86,6 @@ class Traffic:
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
                 await asyncio.sleep(0.005)  # pace: steady traffic, not a flood
-
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 async def readyz(proc: Proc) -> tuple[int, str]:
@@ -118,6 +128,23 @@ async def seed_stack(admin: Admin, upstream: FakeUpstream) -> str:
 
 def applied_versions(proc: Proc) -> list[int]:
     return [int(r["version"]) for r in proc.events("snapshot applied")]
+
+
+async def last_write(admin: Admin, bridge: Proc, replica: str = "") -> int:
+    """One more write through `admin`; returns its revision once the bridge has applied and
+    acknowledged it (to `replica`, if given)."""
+    await admin.create_token(f"last-write-{replica or 'any'}")
+    final = await admin.version()
+    await eventually(lambda: on_version(bridge, final), within=5)
+    await eventually(lambda: acked(admin, ["bridge-1"], final, replica), within=5)
+    return final
+
+
+def assert_only_forward(bridge: Proc, final: int) -> list[int]:
+    """The versions the bridge applied, each once, in order, ending at `final`."""
+    seen = applied_versions(bridge)
+    assert seen == sorted(set(seen)) and seen[-1] == final, seen
+    return seen
 
 
 async def test_config_service_killed_under_traffic(
@@ -164,8 +191,6 @@ async def test_config_service_killed_under_traffic(
         caught_up = time.monotonic() - restarted
         await eventually(lambda: acked(admin, ["bridge-1", "proxy-1"], new_version), within=5)
         await eventually(lambda: traffic.ok > served_while_down + 10)
-        await traffic.stop()
-        traffic = None
         final = database_revision(sqlite_url)
         assert final == new_version
         await bridge_rec.wait_for(str(final))
@@ -177,7 +202,7 @@ async def test_config_service_killed_under_traffic(
         await proxy_rec.stop()
         await admin.close()
     assert second.popen.poll() is None
-    assert traffic is None
+    assert traffic is not None and not traffic.failures, traffic and traffic.failures[:5]
     assert back < 1.5, f"subscribers took {back:.2f}s to resubscribe after the restart"
     assert caught_up < 2.0, f"bridge on the new version {caught_up:.2f}s after the restart"
     bridge_rec.check(final)
@@ -271,18 +296,13 @@ async def test_bridge_is_back_about_a_second_after_a_long_outage(
 
 
 @dataclass
-class Writer:
+class Writer(Loop):
     """Creates tokens in a loop; keeps the names acknowledged and how each failure looked."""
 
     admin: Admin
     acked: list[str] = field(default_factory=list)
     failed: list[tuple[str, float]] = field(default_factory=list)  # (code, seconds)
-    _task: asyncio.Task[None] | None = None
     _n: int = 0
-
-    def start(self) -> Writer:
-        self._task = asyncio.ensure_future(self._run())
-        return self
 
     async def _run(self) -> None:
         while True:
@@ -295,12 +315,6 @@ class Writer:
             except grpc.aio.AioRpcError as exc:
                 self.failed.append((exc.code().name, time.monotonic() - started))
             await asyncio.sleep(0.02)  # pace: a steady writer
-
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 def principals_in(database_url: str) -> set[str]:
@@ -405,14 +419,8 @@ async def test_replica_dies_subscriber_resumes_on_the_other(
         await eventually(lambda: acked(admin_a, ["bridge-1"], version))
         a.kill()
         await eventually(lambda: acked(admin_b, ["bridge-1"], version, "b"), within=10)
-        await admin_b.create_token("three")
-        final = await admin_b.version()
-        await eventually(lambda: on_version(bridge, final), within=5)
-        await eventually(lambda: acked(admin_b, ["bridge-1"], final, "b"), within=5)
+        final = await last_write(admin_b, bridge, "b")
         await recorder.wait_for(str(final))
-        await traffic.stop()
-        traffic_failures = traffic.failures
-        traffic = None
     finally:
         if traffic is not None:
             await traffic.stop()
@@ -421,10 +429,9 @@ async def test_replica_dies_subscriber_resumes_on_the_other(
         await admin_b.close()
         await front.close()
     assert final == await asyncio.to_thread(database_revision, pg_url)
-    assert not traffic_failures, traffic_failures[:5]
+    assert traffic is not None and not traffic.failures, traffic and traffic.failures[:5]
     recorder.check(final)
-    seen = applied_versions(bridge)
-    assert seen == sorted(set(seen)) and seen[-1] == final, seen
+    seen = assert_only_forward(bridge, final)
     # Resumed with known_version: the version it already had was not sent again.
     assert seen.count(version) == 1
     resumed = [r for r in bridge.events("following the config service")]
@@ -498,13 +505,7 @@ async def test_bridge_moved_to_a_replica_cut_off_from_the_database_never_goes_ba
         await eventually(lambda: health_is(b_target, SERVING), within=10)
         caught_up = await admin_a.version()
         await eventually(lambda: on_version(bridge, caught_up), within=10)
-        await admin_b.create_token("through-b")
-        final = await admin_b.version()
-        await eventually(lambda: on_version(bridge, final), within=5)
-        await eventually(lambda: acked(admin_b, ["bridge-1"], final), within=5)
-        await traffic.stop()
-        traffic_failures = traffic.failures
-        traffic = None
+        final = await last_write(admin_b, bridge)
     finally:
         if traffic is not None:
             await traffic.stop()
@@ -513,9 +514,8 @@ async def test_bridge_moved_to_a_replica_cut_off_from_the_database_never_goes_ba
         await front.close()
         await db_proxy.close()
     assert final == await asyncio.to_thread(database_revision, direct)
-    assert not traffic_failures, traffic_failures[:5]
-    seen = applied_versions(bridge)
-    assert seen == sorted(set(seen)) and seen[-1] == final, seen
+    assert traffic is not None and not traffic.failures, traffic and traffic.failures[:5]
+    seen = assert_only_forward(bridge, final)
     assert stale not in seen[seen.index(version) :], seen
 
 
@@ -545,10 +545,8 @@ async def test_config_service_killed_repeatedly(
         final = database_revision(sqlite_url)
         await eventually(lambda: acked(admin, ["bridge-1"], final), within=10)
         await recorder.wait_for(str(final))
-        await traffic.stop()
     finally:
-        with contextlib.suppress(AssertionError):
-            await traffic.stop()
+        await traffic.stop()
         await recorder.stop()
         await admin.close()
     assert not traffic.failures, traffic.failures[:5]
