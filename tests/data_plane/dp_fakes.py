@@ -23,6 +23,8 @@ from tests.fixtures.waits import eventually
 
 BRIDGE_TOKEN = "bridge-token-0123456789abcdef0123456789"
 MEMBER_TOKEN = "gw-member-0123456789abcdef0123456789abcdef"
+AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}  # a gateway user's headers
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 OWNER_TOKEN = "gw-owner-0123456789abcdef0123456789abcdef"
 AUDITOR_TOKEN = "gw-auditor-0123456789abcdef0123456789abcdef"
 KEY_A = "sk-pooled-key-a-000000000000000000000"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 from dp_fakes import (
     AUDITOR_TOKEN,
+    CHAT,
     KEY_A,
     MEMBER_TOKEN,
     OWNER_TOKEN,
@@ -21,8 +22,6 @@ from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.app import MAX_BODY
 from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 from tests.fixtures.waits import eventually
-
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def _start(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 from dp_fakes import (
+    AUTH,
+    CHAT,
     KEY_A,
     KEY_B,
     MEMBER_TOKEN,
@@ -18,9 +20,6 @@ from dp_fakes import (
 from data_plane.bridge.keypool import KeyPool, retry_after_seconds
 from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 from tests.fixtures.waits import eventually
-
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
-AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}
 
 
 class Clock:

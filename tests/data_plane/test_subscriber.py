@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from dp_fakes import (
+    AUTH,
     BRIDGE_TOKEN,
-    MEMBER_TOKEN,
+    CHAT,
     ConfigServer,
     StartBridge,
     openai_provider,
@@ -32,9 +34,6 @@ from data_plane.bridge.settings import BridgeSettings
 from data_plane.subscriber import Subscriber, SubscriberConfig
 from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
-
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
-AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}
 
 
 async def test_ack_lists_providers_left_out(
@@ -140,6 +139,28 @@ async def test_bedrock_provider_uses_the_factory(
     assert [e.message for e in report.errors] == ["bedrock support not available"]
 
 
+Apply = Callable[[cs.ProviderSnapshot], Awaitable[list[cs.ProviderError]]]
+
+
+async def reports_of(
+    config_service: ConfigServer, apply: Apply, *versions: str
+) -> tuple[Subscriber, list[cs.ReportStatusRequest]]:
+    """A subscriber applying with `apply` while each version is published in turn; the
+    report (ACK or NACK) of each."""
+    sub = Subscriber(SubscriberConfig(config_service.target, Secret(BRIDGE_TOKEN), "n1"), apply)
+    task = asyncio.create_task(sub.run())
+    reports = []
+    try:
+        for version in versions:
+            await config_service.service.publish(snapshot(version, []))
+            reports.append(await config_service.service.wait_report(version))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return sub, reports
+
+
 async def test_nack_when_apply_raises(config_service: ConfigServer) -> None:
     """A snapshot the daemon cannot apply is NACKed and the previous version kept."""
     calls: list[str] = []
@@ -150,17 +171,7 @@ async def test_nack_when_apply_raises(config_service: ConfigServer) -> None:
             raise RuntimeError("boom")
         return []
 
-    sub = Subscriber(SubscriberConfig(config_service.target, Secret(BRIDGE_TOKEN), "n1"), apply)
-    task = asyncio.create_task(sub.run())
-    try:
-        await config_service.service.publish(snapshot("1", []))
-        await config_service.service.wait_report("1")
-        await config_service.service.publish(snapshot("2", []))
-        nack = await config_service.service.wait_report("2")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    sub, (_, nack) = await reports_of(config_service, apply, "1", "2")
     assert not nack.applied and "boom" in nack.error_detail
     assert sub.state.applied_version == "1"
 
@@ -175,22 +186,10 @@ async def test_older_or_malformed_versions_are_refused_and_reported(
         calls.append(snap.version)
         return []
 
-    sub = Subscriber(SubscriberConfig(config_service.target, Secret(BRIDGE_TOKEN), "n1"), apply)
-    task = asyncio.create_task(sub.run())
     fake = config_service.service
-    try:
-        await fake.publish(snapshot("5", []))
-        await fake.wait_report("5")
-        await fake.publish(snapshot("4", []))
-        older = await fake.wait_report("4")
-        await fake.publish(snapshot("v6", []))
-        malformed = await fake.wait_report("v6")
-        await fake.publish(snapshot("10", []))
-        newer = await fake.wait_report("10")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    sub, (_, older, malformed, newer) = await reports_of(
+        config_service, apply, "5", "4", "v6", "10"
+    )
     assert not older.applied and "older than the applied version 5" in older.error_detail
     assert not malformed.applied and "malformed" in malformed.error_detail
     assert newer.applied
@@ -224,17 +223,7 @@ async def test_reports_stay_within_the_config_service_bounds(config_service: Con
             raise RuntimeError(long)
         return [cs.ProviderError(provider_name="alpha", message=long)]
 
-    sub = Subscriber(SubscriberConfig(config_service.target, Secret(BRIDGE_TOKEN), "n1"), apply)
-    task = asyncio.create_task(sub.run())
-    try:
-        await config_service.service.publish(snapshot("1", []))
-        ack = await config_service.service.wait_report("1")
-        await config_service.service.publish(snapshot("2", []))
-        nack = await config_service.service.wait_report("2")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    _, (ack, nack) = await reports_of(config_service, apply, "1", "2")
     assert ack.errors[0].message == long[:MAX_REPORT_TEXT]
     assert len(nack.error_detail) == MAX_REPORT_TEXT and nack.error_detail.startswith(
         "RuntimeError"
