@@ -114,18 +114,15 @@ def test_migrate_creates_and_then_reports_up_to_date(database_url: str) -> None:
     assert "up to date" in second.stderr
 
 
+def local_token(database_url: str, role: str, name: str) -> subprocess.CompletedProcess[str]:
+    """`aibridge tokens create --local` against the database at `database_url`."""
+    argv = ["tokens", "create", "--local", "--role", role, "--name", name]
+    return run(*argv, env={"AIBRIDGE_DATABASE_URL": database_url})
+
+
 def test_local_token_create_prints_only_the_secret_on_stdout(database_url: str) -> None:
     """`tokens create --local` prints the secret alone on stdout and the details on stderr."""
-    result = run(
-        "tokens",
-        "create",
-        "--local",
-        "--role",
-        "member",
-        "--name",
-        "alice",
-        env={"AIBRIDGE_DATABASE_URL": database_url},
-    )
+    result = local_token(database_url, "member", "alice")
     assert result.returncode == 0, result.stderr
     secret = result.stdout.strip()
     assert secret.startswith("aib_") and len(secret) >= 40 and "\n" not in secret
@@ -392,16 +389,7 @@ def test_owner_cannot_mint_a_bridge_token_through_the_cli(start_process: StartPr
 
 def test_local_bridge_token_is_audited_as_the_local_user(database_url: str) -> None:
     """`tokens create --local --role bridge` works and its audit row names the local user, not an API caller."""
-    result = run(
-        "tokens",
-        "create",
-        "--local",
-        "--role",
-        "bridge",
-        "--name",
-        "bridge-2",
-        env={"AIBRIDGE_DATABASE_URL": database_url},
-    )
+    result = local_token(database_url, "bridge", "bridge-2")
     assert result.returncode == 0, result.stderr
     engine = make_engine(database_url)
     try:

@@ -329,15 +329,20 @@ async def test_watch_streams_per_principal_are_capped(start_service: StartServic
         call.cancel()
 
 
+async def refused_watch(service: Service, known: str) -> grpc.aio.AioRpcError:
+    """The error that ends a bridge's watch claiming `known`."""
+    stub = pb_grpc.ConfigServiceStub(service.channel())
+    call = stub.WatchProviders(
+        pb.WatchProvidersRequest(node_id="n", known_version=known),
+        metadata=service.md_for(Role.BRIDGE),
+    )
+    return await ended_with(call)
+
+
 async def test_a_known_version_newer_than_the_database_is_refused(seeded: Service) -> None:
     """A subscriber claiming a version the database never reached gets FAILED_PRECONDITION, never the older snapshot."""
     ahead = str(seeded.running.hub.revision + 100)
-    stub = pb_grpc.ConfigServiceStub(seeded.channel())
-    call = stub.WatchProviders(
-        pb.WatchProvidersRequest(node_id="n", known_version=ahead),
-        metadata=seeded.md_for(Role.BRIDGE),
-    )
-    error = await ended_with(call)
+    error = await refused_watch(seeded, ahead)
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert ahead in (error.details() or "")
 
@@ -345,12 +350,7 @@ async def test_a_known_version_newer_than_the_database_is_refused(seeded: Servic
 @pytest.mark.parametrize("known", ["abc", "-1", "1e3", "٣", "9" * 40])
 async def test_a_malformed_known_version_is_invalid(seeded: Service, known: str) -> None:
     """A known_version that is not a decimal revision is INVALID_ARGUMENT naming the field."""
-    stub = pb_grpc.ConfigServiceStub(seeded.channel())
-    call = stub.WatchProviders(
-        pb.WatchProvidersRequest(node_id="n", known_version=known),
-        metadata=seeded.md_for(Role.BRIDGE),
-    )
-    error = await ended_with(call)
+    error = await refused_watch(seeded, known)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "known_version" in (error.details() or "")
 
