@@ -8,7 +8,7 @@ token: AIBRIDGE_TOKEN, falling back to AIBRIDGE_ADMIN_TOKEN.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +125,45 @@ class ClientSettings:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit 2."""
+
+
+def run_admin(
+    prog: str, args: argparse.Namespace, action: Callable[[ClientSettings, grpc.Channel], int]
+) -> int:
+    """An admin command's `action` on a channel to the config service; its exit code, or
+    2 for bad input (settings, `UsageError`) and 1 for a failed RPC, explained on stderr."""
+    import sys
+
+    client = client_from_args(args, prog)
+    if client is None:
+        return 2
+    try:
+        with client.channel() as channel:
+            return action(client, channel)
+    except UsageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"{prog}: {describe_rpc_error(exc, client.target)}", file=sys.stderr)
+        return 1
+
+
+def admin_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """An admin command's parser, its module docstring shown as written."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def admin_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--json` and the connection flags every admin (sub)command takes."""
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    CLIENT.add_flags(p)
+    return p
 
 
 def client_from_args(args: argparse.Namespace, prog: str) -> ClientSettings | None:

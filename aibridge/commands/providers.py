@@ -37,7 +37,7 @@ import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT, ClientSettings, client_from_args, describe_rpc_error
+from aibridge.client import ClientSettings, UsageError, admin_flags, admin_parser, run_admin
 from aibridge.config.v1 import provider_admin_service_pb2 as pb
 from aibridge.config.v1 import provider_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import provider_pb2
@@ -53,10 +53,6 @@ STATUS_NAMES = {
     provider_pb2.PROVIDER_STATUS_ERROR: "error",
 }
 BEDROCK_FLAGS = ("region", "model", "small_fast_model", "role_arn")
-
-
-class UsageError(Exception):
-    """Bad command-line input: exit 2."""
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -80,22 +76,14 @@ def _add_bedrock_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    CLIENT.add_flags(p)
-    return p
-
-
 def parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = admin_parser(prog, __doc__)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _common(sub.add_parser("list", help="list providers (disabled ones too)"))
-    get = _common(sub.add_parser("get", help="show one provider"))
+    admin_flags(sub.add_parser("list", help="list providers (disabled ones too)"))
+    get = admin_flags(sub.add_parser("get", help="show one provider"))
     get.add_argument("name", metavar="NAME", help="provider name or id")
 
-    create = _common(sub.add_parser("create", help="create a provider"))
+    create = admin_flags(sub.add_parser("create", help="create a provider"))
     create.add_argument("name", metavar="NAME")
     create.add_argument("--type", required=True, choices=sorted(TYPES))
     create.add_argument("--display-name", default="")
@@ -117,7 +105,7 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
     create.add_argument("--disabled", action="store_true", help="create it disabled")
     _add_bedrock_flags(create)
 
-    upd = _common(sub.add_parser("update", help="change a provider (only the flags given)"))
+    upd = admin_flags(sub.add_parser("update", help="change a provider (only the flags given)"))
     upd.add_argument("name", metavar="NAME", help="provider name or id")
     upd.add_argument("--display-name")
     upd.add_argument("--base-url", help="'' restores the type's default")
@@ -126,19 +114,19 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
     state.add_argument("--disable", dest="enabled", action="store_false")
     _add_bedrock_flags(upd)
 
-    delete = _common(sub.add_parser("delete", help="delete a provider (its name becomes free)"))
+    delete = admin_flags(sub.add_parser("delete", help="delete a provider (its name becomes free)"))
     delete.add_argument("name", metavar="NAME", help="provider name or id")
 
     keys = sub.add_parser("keys", help="list, add or remove a provider's API keys")
     keys_sub = keys.add_subparsers(dest="keys_action", required=True, metavar="ACTION")
-    klist = _common(keys_sub.add_parser("list", help="list key ids and masked hints"))
+    klist = admin_flags(keys_sub.add_parser("list", help="list key ids and masked hints"))
     klist.add_argument("name", metavar="NAME")
-    kadd = _common(
+    kadd = admin_flags(
         keys_sub.add_parser("add", help="add a key (read from standard input unless --from-env)")
     )
     kadd.add_argument("name", metavar="NAME")
     kadd.add_argument("--from-env", metavar="VAR", help="environment variable holding the key")
-    kremove = _common(keys_sub.add_parser("remove", help="remove a key by id"))
+    kremove = admin_flags(keys_sub.add_parser("remove", help="remove a key by id"))
     kremove.add_argument("name", metavar="NAME")
     kremove.add_argument("key_id", metavar="KEY_ID")
     return p
@@ -424,15 +412,8 @@ class Commands:
 
 def main(argv: list[str], prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
-    client = client_from_args(args, prog)
-    if client is None:
-        return 2
-    try:
-        with client.channel() as channel:
-            return Commands(pb_grpc.ProviderAdminServiceStub(channel), client, args).run()
-    except UsageError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as exc:
-        print(f"{prog}: {describe_rpc_error(exc, client.target)}", file=sys.stderr)
-        return 1
+
+    def run(client: ClientSettings, channel: grpc.Channel) -> int:
+        return Commands(pb_grpc.ProviderAdminServiceStub(channel), client, args).run()
+
+    return run_admin(prog, args, run)

@@ -7,22 +7,19 @@ no key material for the proxy token, plaintext keys only with the bridge token.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import grpc
 from google.protobuf.json_format import MessageToJson
 
-from aibridge.client import CLIENT, client_from_args, describe_rpc_error
+from aibridge.client import CLIENT, admin_parser, client_from_args, describe_rpc_error
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
 from aibridge.envconfig import process_id
 
 
 def main(argv: list[str], prog: str = "aibridge snapshot") -> int:
-    p = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = admin_parser(prog, __doc__)
     p.add_argument("--watch", action="store_true", help="stream every new snapshot")
     p.add_argument("--known-version", default="", help="with --watch: skip this version")
     CLIENT.add_flags(p)

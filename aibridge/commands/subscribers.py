@@ -8,7 +8,6 @@ Table by default, JSON with --json. Exit codes: 0 done, 1 RPC error, 2 usage.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT, client_from_args, describe_rpc_error
+from aibridge.client import ClientSettings, admin_flags, admin_parser, run_admin
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
@@ -87,31 +86,22 @@ def print_table(subscribers: Sequence[pb.Subscriber]) -> None:
 
 
 def main(argv: list[str], prog: str = PROG) -> int:
-    p = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    CLIENT.add_flags(p)
-    args = p.parse_args(argv)
-    client = client_from_args(args, prog)
-    if client is None:
-        return 2
-    with client.channel() as channel:
-        try:
-            response = pb_grpc.ConfigServiceStub(channel).ListSubscribers(
-                pb.ListSubscribersRequest(), metadata=client.metadata(), timeout=30
-            )
-        except grpc.RpcError as exc:
-            print(f"{prog}: {describe_rpc_error(exc, client.target)}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps([subscriber_dict(s) for s in response.subscribers], indent=2))
-    else:
-        print_table(response.subscribers)
-    if response.subscribers_left_off:
-        print(
-            f"{prog}: {response.subscribers_left_off} more subscribers left off"
-            " (the answer is bounded in size)",
-            file=sys.stderr,
+    args = admin_flags(admin_parser(prog, __doc__)).parse_args(argv)
+
+    def show(client: ClientSettings, channel: grpc.Channel) -> int:
+        response = pb_grpc.ConfigServiceStub(channel).ListSubscribers(
+            pb.ListSubscribersRequest(), metadata=client.metadata(), timeout=30
         )
-    return 0
+        if args.json:
+            print(json.dumps([subscriber_dict(s) for s in response.subscribers], indent=2))
+        else:
+            print_table(response.subscribers)
+        if response.subscribers_left_off:
+            print(
+                f"{prog}: {response.subscribers_left_off} more subscribers left off"
+                " (the answer is bounded in size)",
+                file=sys.stderr,
+            )
+        return 0
+
+    return run_admin(prog, args, show)

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from aibridge.client import CLIENT, client_from_args, describe_rpc_error
+from aibridge.client import ClientSettings, UsageError, admin_flags, admin_parser, run_admin
 from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
@@ -45,10 +45,6 @@ DIMENSIONS = {
 }
 DIMENSIONS["user"] = DIMENSIONS["principal"]
 CREDENTIAL_NAMES = enum_names(usage_pb2.CredentialKind, "CREDENTIAL_KIND_")
-
-
-class UsageError(Exception):
-    """Bad command-line input: exit 2."""
 
 
 def parse_when(value: str, now: datetime | None = None) -> datetime:
@@ -82,15 +78,11 @@ def _common(p: argparse.ArgumentParser, filters: bool = True) -> argparse.Argume
         p.add_argument("--model", default="", help="requested or served model")
         p.add_argument("--client", default="", help="client, e.g. claude-code, codex, other")
         p.add_argument("--outcome", choices=sorted(OUTCOMES))
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    CLIENT.add_flags(p)
-    return p
+    return admin_flags(p)
 
 
 def parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = admin_parser(prog, __doc__)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = _common(sub.add_parser("list", help="interception records, newest first"))
     listing.add_argument("--limit", type=int, default=100, help="at most N records (100)")
@@ -292,15 +284,8 @@ ACTIONS = {"list": _list, "show": _show, "summary": _summary}
 
 def main(argv: list[str], prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
-    client = client_from_args(args, prog)
-    if client is None:
-        return 2
-    with client.channel() as channel:
-        try:
-            return ACTIONS[args.action](pb_grpc.UsageServiceStub(channel), args, client.metadata())
-        except UsageError as exc:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return 2
-        except grpc.RpcError as exc:
-            print(f"{prog}: {describe_rpc_error(exc, client.target)}", file=sys.stderr)
-            return 1
+
+    def run(client: ClientSettings, channel: grpc.Channel) -> int:
+        return ACTIONS[args.action](pb_grpc.UsageServiceStub(channel), args, client.metadata())
+
+    return run_admin(prog, args, run)
