@@ -111,7 +111,7 @@ class RunningService:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()  # shutdown() stops serving; this frees the socket
-        self.db.engine.dispose()
+        await self.db.close()
 
 
 def _credentials(settings: ConfigServiceSettings) -> grpc.ServerCredentials | None:
@@ -204,6 +204,17 @@ def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]
             "in the database; set it (openssl rand -base64 32) for production"
         )
     db = Database(make_engine(settings.database_url), cipher)
+    try:
+        _migrate_seed_bootstrap(db, settings, environ)
+    except BaseException:
+        db.engine.dispose()  # a refused start-up (bad env, seed conflict) leaves nothing open
+        raise
+    return db
+
+
+def _migrate_seed_bootstrap(
+    db: Database, settings: ConfigServiceSettings, environ: Mapping[str, str]
+) -> None:
     before, after = migrate.upgrade(db.engine)
     if before != after:
         log.info("database migrated", from_revision=before, to_revision=after)
@@ -228,7 +239,6 @@ def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]
         },
     ):
         log.info(change)
-    return db
 
 
 # Replicas publish their subscribers when they change (at most once a second) and at

@@ -41,6 +41,8 @@ CALL_DEADLINE = 8.0
 # How much longer a caller waits for a COMMIT that started before its deadline: the answer
 # must say whether the change was saved, so it is waited for rather than abandoned.
 COMMIT_WAIT = 8.0
+# How long closing waits for database calls still running in their threads.
+CLOSE_WAIT = 5.0
 OUTCOME_UNKNOWN = "the change may or may not have been saved: read it back before retrying"
 
 # Also config_service.notify.CHANNEL (kept here so the store does not import asyncio code).
@@ -108,6 +110,16 @@ class Database:
         self.is_postgres = engine.dialect.name == "postgresql"
         # SQLite allows one writer; queue ours in-process rather than on the file lock.
         self._sqlite_write_lock = threading.Lock()
+        # Calls whose thread still runs (their caller may have given up or been cancelled).
+        self._running: set[asyncio.Future[Any]] = set()
+
+    async def close(self) -> None:
+        """Wait (up to CLOSE_WAIT) for the threads of calls still running, then close every
+        pooled connection. A thread outliving its cancelled caller would otherwise check its
+        connection back into a pool already disposed, leaving it open for the GC."""
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=CLOSE_WAIT)
+        self.engine.dispose()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -138,6 +150,8 @@ class Database:
         # (a COMMIT in flight is waited for), and a caller cancelled meanwhile leaves it be.
         work = asyncio.ensure_future(asyncio.to_thread(commit.run, partial(fn, *args, **kwargs)))
         work.add_done_callback(_retrieve)
+        self._running.add(work)
+        work.add_done_callback(self._running.discard)
         done, _ = await asyncio.wait({work}, timeout=self.deadline)
         if not done:
             if commit.abandon():
