@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -169,17 +170,7 @@ def create_provider(db: Database, subject: Subject, spec: ProviderSpec) -> Provi
             if _name_taken(session, spec.name):
                 raise AlreadyExists(f"provider {spec.name!r} already exists")
             record = _record(db, session, insert_provider(db, session, spec))
-            revision = db.bump_revision(session)
-            db.audit(
-                session,
-                subject,
-                "provider.create",
-                "provider",
-                record.id,
-                record.name,
-                revision,
-                after=audit_view(record),
-            )
+            _audited(db, session, subject, "provider.create", record, None, audit_view(record))
     except IntegrityError as exc:  # the live-name unique index: a concurrent create won
         raise AlreadyExists(f"provider {spec.name!r} already exists") from exc
     return record
@@ -407,18 +398,7 @@ def _update(
                     "removed": _key_hints(removed),
                     "kept": len(kept),
                 }
-            revision = db.bump_revision(session)
-            db.audit(
-                session,
-                subject,
-                action,
-                "provider",
-                row.id,
-                row.name,
-                revision,
-                before=audit_view(before),
-                after=after,
-            )
+            _audited(db, session, subject, action, record, audit_view(before), after)
     except IntegrityError as exc:  # a constraint raced us (the 5-key trigger)
         raise FailedPrecondition("the provider changed concurrently; retry") from exc
     return record
@@ -438,16 +418,19 @@ def delete_provider(db: Database, subject: Subject, id_or_name: str) -> Provider
         record = _record(db, session, row)
         after = audit_view(record)
         after["deleted"] = True
-        revision = db.bump_revision(session)
-        db.audit(
-            session,
-            subject,
-            "provider.delete",
-            "provider",
-            row.id,
-            row.name,
-            revision,
-            before=audit_view(before),
-            after=after,
-        )
+        _audited(db, session, subject, "provider.delete", record, audit_view(before), after)
     return record
+
+
+def _audited(
+    db: Database,
+    session: Session,
+    subject: Subject,
+    action: str,
+    record: ProviderRecord,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+) -> None:
+    """A provider write's new revision and its audit entry (masked views), in its transaction."""
+    revision = db.bump_revision(session)
+    db.audit(session, subject, action, "provider", record.id, record.name, revision, before, after)
