@@ -206,10 +206,10 @@ def check_seeded(db: Database, env: dict[str, str], created: tuple[str, ...]) ->
             assert len(keys) <= MAX_KEYS
             record = load_record(row, list(keys), db.cipher)
             assert not record.problems, record.problems
-            assert [k.secret for k in record.keys] == [s.value for s in plan[row.name].keys]
+            assert [k.secret for k in record.keys] == list(plan[row.name].keys)
             for key, stored in zip(plan[row.name].keys, keys, strict=True):
-                if len(key.value) >= 8:  # encrypted at rest: no plaintext in the row
-                    assert key.value not in stored.secret
+                if len(key) >= 8:  # encrypted at rest: no plaintext in the row
+                    assert key not in stored.secret
         audit = session.execute(text("SELECT after FROM audit_log")).scalars().all()
         assert len(audit) == len(created)
         # No key is among the audit log's values, unless the same text is a public value.
@@ -220,8 +220,8 @@ def check_seeded(db: Database, env: dict[str, str], created: tuple[str, ...]) ->
         public += [v for k, v in values if not any(w in k for w in ("key", "secret", "hint"))]
         for seed in plan.values():
             for key in seed.keys:
-                if len(key.value) >= 8 and not any(key.value in v for v in public):
-                    assert not any(key.value in v for _, v in values), key.value
+                if len(key) >= 8 and not any(key in v for v in public):
+                    assert not any(key in v for _, v in values), key
 
 
 def _strings(doc: object, field: str, out: list[tuple[str, str]]) -> None:
