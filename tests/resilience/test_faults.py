@@ -16,6 +16,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
@@ -326,16 +327,19 @@ def principals_in(database_url: str) -> set[str]:
         engine.dispose()
 
 
+async def cuttable_database(base: str) -> TcpProxy:
+    """A TCP front to the PostgreSQL server of `base` that a test can cut and restore."""
+    url = make_url(base)
+    return await TcpProxy([(url.host or "127.0.0.1", url.port or 5432)]).start()
+
+
 async def test_database_unreachable(
     procs: Procs, pg_schema: tuple[str, str], upstream: FakeUpstream
 ) -> None:
     """With PostgreSQL cut off, health goes NOT_SERVING, streams end UNAVAILABLE, writes fail fast with UNAVAILABLE, the bridge keeps its last snapshot, recovery is automatic and every acknowledged write survives."""
     base, schema = pg_schema
     direct = schema_url(base, schema)
-    database_host = create_engine(base).url
-    db_proxy = await TcpProxy(
-        [(database_host.host or "127.0.0.1", database_host.port or 5432)]
-    ).start()
+    db_proxy = await cuttable_database(base)
     via_proxy = schema_url(base, schema, db_proxy.port)
     service = await asyncio.to_thread(
         procs.config_service, via_proxy, 0, "cs", AIBRIDGE_RESYNC_INTERVAL="1s"
@@ -444,10 +448,7 @@ async def test_bridge_moved_to_a_replica_cut_off_from_the_database_never_goes_ba
     """A bridge moved from replica A onto replica B, whose database is cut off (B stuck at an older version), is refused there (UNAVAILABLE, B's health NOT_SERVING) and never applies the older version; once B reaches the database again the bridge resumes on B and moves forward."""
     base, schema = pg_schema
     direct = schema_url(base, schema)
-    database_host = create_engine(base).url
-    db_proxy = await TcpProxy(
-        [(database_host.host or "127.0.0.1", database_host.port or 5432)]
-    ).start()
+    db_proxy = await cuttable_database(base)
     a = await asyncio.to_thread(procs.config_service, direct, 0, "a", AIBRIDGE_REPLICA_ID="a")
     # A long resync interval: B learns of its cut only when a subscriber needs it.
     b = await asyncio.to_thread(
@@ -560,10 +561,7 @@ async def test_database_silently_partitioned(
 ) -> None:
     """With PostgreSQL silently unreachable (packets swallowed, no reset), an admin write still fails with UNAVAILABLE within 10 s and the service recovers once the network is back."""
     base, schema = pg_schema
-    database_host = create_engine(base).url
-    db_proxy = await TcpProxy(
-        [(database_host.host or "127.0.0.1", database_host.port or 5432)]
-    ).start()
+    db_proxy = await cuttable_database(base)
     service = await asyncio.to_thread(
         procs.config_service, schema_url(base, schema, db_proxy.port), 0, "cs"
     )
