@@ -303,11 +303,11 @@ class BridgeApp:
                 capture.route = "/" + rest
             return await self._error(send, *self._not_served(table, name, scope, creds))
         capture.provider(provider.name, provider.type)
+        sub = capture.route = "/" + rest
         family = provider.family
         unusable = _unusable(provider)
         if unusable is not None:
             return await self._error(send, family, 503, *unusable)
-        sub = capture.route = "/" + rest
         # A `.`/`..` segment (also sent as %2e%2e or across an encoded slash, which the
         # server has decoded by now) would be resolved by the HTTP client into another
         # upstream path, outside the routes served (and with a pooled key): refuse it.
