@@ -276,6 +276,9 @@ class BridgeApp:
                 return
             capture.principal = principal
         capture.secrets += creds.secrets
+        provider = table.providers.get(capture.provider_name)
+        if provider is not None:
+            capture.secrets += provider.keys
         try:
             record = capture.build()
         except Exception:  # a bug here must not turn a served request into an error
