@@ -299,13 +299,13 @@ class Forwarder:
         sse = "text/event-stream" in (response.header(b"content-type") or "")
         capture.relayed = True
         capture.streamed = sse
+        capture.served_model = response.served_model
         reader = None
         if call.intercepted:
             reader = capture.reader = ResponseReader(
                 sse, response.header(b"content-encoding"), capture.arguments
             )
-            if response.served_model:
-                reader.model = response.served_model
+
         dumped = None
         if exchange is not None:
             exchange.response_headers = [

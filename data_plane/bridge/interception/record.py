@@ -131,6 +131,7 @@ class Capture:
         "requested_model",
         "route",
         "secrets",
+        "served_model",
         "session_id",
         "started_ns",
         "status",
@@ -161,6 +162,7 @@ class Capture:
         self.relayed = False  # the answer is the upstream's, relayed
         self.broken = False  # the upstream's stream broke after it started
         self.reader: ResponseReader | None = None
+        self.served_model = ""  # what the upstream said aside (Bedrock: the model id invoked)
         self.prompt = ""
         self.streamed = False
         self.secrets: list[str] = []
@@ -216,7 +218,7 @@ class Capture:
             provider_type=self.provider_type,  # type: ignore[arg-type]
             route=one(self.route, recording.MAX_ROUTE),
             requested_model=one(self.requested_model, name),
-            served_model=one(reader.model, name) if reader is not None else "",
+            served_model=one(self.served_model or (reader.model if reader else ""), name),
             outcome=self.outcome(),  # type: ignore[arg-type]
             status_code=self.status,
             principal_id=line(principal.principal_id, MAX_ID) if principal else "",
