@@ -4,6 +4,7 @@ bridge to the fake upstream, handed to a list-backed sink."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import uuid
@@ -30,7 +31,15 @@ from dp_fakes import (
 
 from aibridge.config.v1 import provider_pb2, usage_pb2
 from aibridge.masking import mask_secret
-from tests.fixtures.upstream import FakeUpstream, Reply, Seen, anthropic_events, json_reply, sse
+from tests.fixtures.upstream import (
+    FakeUpstream,
+    Reply,
+    Seen,
+    anthropic_events,
+    json_reply,
+    reset,
+    sse,
+)
 from tests.fixtures.waits import eventually
 
 Outcome = usage_pb2.Outcome
@@ -484,3 +493,31 @@ async def test_client_leaving_mid_stream_is_cancelled(
     record = await records.one()
     assert (record.outcome, record.status_code) == (Outcome.OUTCOME_CANCELLED, 200)
     assert record.usage.input_tokens == 11  # message_start was read before the client left
+
+
+async def _break_mid_stream(
+    seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Start an Anthropic stream, then reset the connection before its end."""
+    events = sse([(e["type"], e) for e in anthropic_events(["a", "b"], "claude-test")])
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    for chunk in events[:2]:
+        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    await writer.drain()
+    reset(writer)
+
+
+async def test_stream_broken_by_the_upstream_is_an_upstream_error(
+    url: str, upstream: FakeUpstream, records: ListSink
+) -> None:
+    """An upstream that breaks its stream after it started: an upstream error, status 200."""
+    upstream.default = _break_mid_stream
+    body = body_for("/anthropic/v1/messages", True)
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        with contextlib.suppress(httpx.HTTPError):
+            await http.post("/anthropic/v1/messages", json=body, headers=AUTH)
+    record = await records.one()
+    assert (record.outcome, record.status_code) == (Outcome.OUTCOME_UPSTREAM_ERROR, 200)
+    assert record.usage.input_tokens == 11

@@ -25,7 +25,7 @@ from dp_fakes import (
 from aibridge import recording
 from aibridge.config.v1 import usage_pb2
 from config_service.servicers.usage import record_row
-from data_plane.bridge.interception.record import RequestIds
+from data_plane.bridge.interception.record import Capture, RequestIds
 from data_plane.bridge.interception.response import MAX_JSON_BODY, ResponseReader
 from tests.fixtures.upstream import FakeUpstream, Reply, Seen, json_reply
 
@@ -252,3 +252,16 @@ def test_remembered_proxy_ids_stay_bounded() -> None:
     for _ in range(RequestIds.MAX_RECENT + 100):
         ids.take(recording.new_record_id(now_ns).encode(), now_ns)
     assert len(ids._recent) <= RequestIds.MAX_RECENT
+
+
+def test_a_record_reads_what_a_relay_cut_short_left_unread() -> None:
+    """An answer relayed whole but not finished (the client left first) still gives its usage."""
+    capture = Capture(recording.new_record_id(), time.time_ns(), {})
+    capture.reader = ResponseReader(False, None)
+    capture.reader.feed(b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
+    record = capture.build()
+    assert (record.usage.input_tokens, record.usage.output_tokens, record.served_model) == (
+        3,
+        1,
+        "m",
+    )

@@ -202,6 +202,8 @@ class Capture:
         """The record, every string within its limit and clear of known secrets."""
         ended = max(time.time_ns() if ended_ns is None else ended_ns, self.started_ns)
         reader = self.reader
+        if reader is not None:
+            reader.finish()  # a relay cut short (the client left) did not
         secrets = self.secrets
         name = recording.MAX_NAME
         served = self.served_model or (reader.model if reader is not None else "")
