@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ async def _one(app: BridgeApp, scope: dict[str, Any], body: bytes) -> int:
     status = 0
     finished = asyncio.Event()
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         nonlocal sent
         if not sent:
             sent = True
@@ -108,7 +109,7 @@ async def _one(app: BridgeApp, scope: dict[str, Any], body: bytes) -> int:
         await finished.wait()
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
