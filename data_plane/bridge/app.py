@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aibridge.config.v1 import provider_pb2
 from aibridge.logs import get_logger
 from aibridge.rulebook import Family
+from aibridge.telemetry import TRACE_HEADERS, clean
 from data_plane.body_budget import BodyBudget, Hold
 from data_plane.bridge.asgi import Message, Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
@@ -34,6 +36,9 @@ from data_plane.bridge.transport import UpstreamTransport
 from data_plane.dump import Dumper
 from data_plane.errors import BodyLate, BudgetFull, ClientGone, TooLarge
 from data_plane.gateway_auth import Principal, lookup
+
+if TYPE_CHECKING:
+    from data_plane.bridge.tracing import BridgeTelemetry
 
 log = get_logger(__name__)
 
@@ -159,8 +164,13 @@ class BridgeApp:
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
         body_budget: BodyBudget,
+        telemetry: BridgeTelemetry | None = None,
     ) -> None:
         self.table: RoutingTable = EMPTY
+        # With telemetry on, a request's trace context is replaced by the attempt's own.
+        self.telemetry = telemetry
+        self._drop = _DROP_REQUEST | (TRACE_HEADERS if telemetry is not None else frozenset())
+        self._drop_pooled = self._drop | _CREDENTIALS
         self.body_budget = body_budget
         self.models = ModelLabels()
         self.http = http
@@ -250,7 +260,7 @@ class BridgeApp:
             body = await self._receive_body(receive, send, family, creds.content_length, hold)
             if body is None:
                 return None
-            drop = _DROP_REQUEST if caller.own_key else _DROP_REQUEST | _CREDENTIALS
+            drop = self._drop if caller.own_key else self._drop_pooled
             call = Call(
                 provider=provider,
                 path=sub,
@@ -265,6 +275,8 @@ class BridgeApp:
             )
             if intercepted:
                 self._inspect(call)
+            if self.telemetry is not None:
+                call.trace = self.telemetry.begin(call, scope["headers"])
             await self._guarded(call, receive, send)
         finally:
             hold.release()
@@ -389,9 +401,9 @@ class BridgeApp:
         if isinstance(doc, dict):
             model = doc.get("model")
             # A label, not the request's model: bounded per provider (see model_labels).
-            call.model = (
-                self.models.label(call.provider.name, model) if isinstance(model, str) else ""
-            )
+            if isinstance(model, str):
+                call.model = self.models.label(call.provider.name, model)
+                call.request_model = clean(model)
             call.stream = doc.get("stream") is True
 
     async def _guarded(self, call: Call, receive: Receive, send: Send) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -22,9 +23,12 @@ from data_plane.bridge.breaker import Rejected
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, origin_of
-from data_plane.bridge.upstream import UpstreamResponse
+from data_plane.bridge.upstream import AnthropicUpstream, UpstreamResponse
 from data_plane.bridge.usage import UsageReader
 from data_plane.dump import BodyCapture, Dumper, Exchange
+
+if TYPE_CHECKING:
+    from data_plane.bridge.tracing import CallSpan
 
 log = get_logger(__name__)
 
@@ -55,11 +59,17 @@ class Call:
     request_id: str
     principal_id: str
     model: str = ""  # bounded label of the requested model (metrics, breakers, dumps)
+    request_model: str = ""  # the requested model as sent (bounded in length)
     stream: bool = False
     status: int = 0
     key_hint: str = ""
     started: float = field(default_factory=time.perf_counter)
     response_started: bool = False  # set once a byte of the response went to the client
+    attempts: int = 0  # upstream requests sent (more than one: key failover)
+    outcome: str = ""  # set where the gateway itself decided the answer
+    response_model: str = ""  # the model the upstream says answered (bounded)
+    finish_reasons: tuple[str, ...] = ()
+    trace: CallSpan | None = None  # the call's span, when telemetry is on
 
     @property
     def route(self) -> str:
@@ -119,23 +129,48 @@ class Forwarder:
         else:  # let httpx percent-encode it
             target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
         t = self.http.timeout  # the client's settings rule, as for the Bedrock client
-        reply = await self.upstream.request(
-            route.origin,
-            call.method,
-            target,
-            headers,
-            call.body,
-            Timeouts(t.connect, t.read, t.write, t.pool),
-        )
-        return UpstreamResponse(reply.status, reply.headers, reply.chunks, reply.close)
+        call.attempts += 1
+        attempt = None
+        if call.trace is not None:
+            path = target.partition(b"?")[0].decode("latin-1")
+            attempt = call.trace.attempt(call, route.origin, path)
+            headers = [*headers, *attempt.headers]
+        try:
+            reply = await self.upstream.request(
+                route.origin,
+                call.method,
+                target,
+                headers,
+                call.body,
+                Timeouts(t.connect, t.read, t.write, t.pool),
+            )
+        except BaseException as exc:
+            if attempt is not None:
+                attempt.failed(exc)
+            raise
+        response = UpstreamResponse(reply.status, reply.headers, reply.chunks, reply.close)
+        return response if attempt is None else attempt.answered(response)
+
+    async def _send_bedrock(self, call: Call, bedrock: AnthropicUpstream) -> UpstreamResponse:
+        call.attempts += 1
+        attempt = None
+        if call.trace is not None:  # no traceparent: the request is SigV4-signed as it is
+            attempt = call.trace.attempt(call, None, call.path)
+        plain = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.headers}
+        try:
+            response = await bedrock.send(
+                path=call.path, body=call.body, headers=plain, stream=call.stream
+            )
+        except BaseException as exc:
+            if attempt is not None:
+                attempt.failed(exc)
+            raise
+        return response if attempt is None else attempt.answered(response)
 
     async def _upstream(self, call: Call, send: Send) -> UpstreamResponse | None:
         provider = call.provider
         if call.mode == "bedrock" and provider.bedrock is not None:
-            plain = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.headers}
-            return await provider.bedrock.send(
-                path=call.path, body=call.body, headers=plain, stream=call.stream
-            )
+            return await self._send_bedrock(call, provider.bedrock)
         if call.mode != "pool" or provider.pool is None:
             return await self._send_http(call, None)
         pool = provider.pool
@@ -164,6 +199,7 @@ class Forwarder:
         )
         code = "rate_limit_exceeded" if outcome.status == 429 else "key_pool_unavailable"
         call.status = outcome.status
+        call.outcome = "keys_rate_limited" if outcome.status == 429 else "keys_unauthorized"
         await respond(
             send,
             outcome.status,
@@ -184,6 +220,7 @@ class Forwarder:
             if isinstance(admitted, Rejected):
                 self.metrics.breaker_rejects.labels(provider.name, call.path, call.model).inc()
                 call.status = 503
+                call.outcome = "breaker_open"
                 await respond(
                     send,
                     503,
@@ -234,6 +271,7 @@ class Forwarder:
             return await self._stream(call, send, exchange, response)
         except httpx.HTTPError as exc:
             self.metrics.upstream_errors.labels(call.provider.name, call.route, "stream").inc()
+            call.outcome = "upstream_stream_broken"
             if exchange is not None:
                 exchange.error = f"{type(exc).__name__} after the response started: {exc}"
             log.warning(
@@ -257,6 +295,7 @@ class Forwarder:
             # The client's path or query cannot make an upstream URL (a control character
             # such as %00, or too long): the client's mistake, not a 500.
             call.status = 400
+            call.outcome = "invalid_request"
             message = "invalid request path or query"
             await respond(send, 400, error_body(provider.family, 400, message, "invalid_request"))
             return None
@@ -264,6 +303,7 @@ class Forwarder:
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
             self.metrics.upstream_errors.labels(provider.name, call.route, kind).inc()
             call.status = 504 if kind == "timeout" else 502
+            call.outcome = f"upstream_{kind}"
             log.warning(
                 "upstream request failed",
                 request_id=call.request_id,
@@ -309,9 +349,15 @@ class Forwarder:
         if exchange is not None and capture is not None:
             exchange.response_body = capture.body()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return reader.finish() if reader is not None else {}
+        if reader is None:
+            return {}
+        tokens = reader.finish()
+        call.response_model, call.finish_reasons = reader.model, tuple(reader.finish_reasons)
+        return tokens
 
     def _finish(self, call: Call, labels: tuple[str, str], tokens: dict[str, int]) -> None:
+        if call.trace is not None:
+            call.trace.finish(call, tokens)
         m = self.metrics
         elapsed = time.perf_counter() - call.started
         in_flight, duration = m.route_series(*labels)

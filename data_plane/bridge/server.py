@@ -18,6 +18,8 @@ import uvicorn
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
 from aibridge.ports import bind_tcp
+from aibridge.telemetry import Telemetry
+from aibridge.telemetry import start as start_telemetry
 from data_plane.body_budget import BodyBudget
 from data_plane.bridge.app import BridgeApp
 from data_plane.bridge.bedrock_adapter import load_factory
@@ -75,13 +77,22 @@ class Bridge:
         *,
         bedrock_factory: BedrockFactory | Literal["auto"] | None = "auto",
         handle_signals: bool = False,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = make_upstream()
         self.http = make_http_client(self.upstream)
         self.metrics = BridgeMetrics()
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
+        # `telemetry`: providers a test built; else as the OTEL_* settings say (None: off).
+        self.telemetry = telemetry or start_telemetry(settings.telemetry, settings.node_id)
+        tracing = None
+        if self.telemetry is not None:
+            from data_plane.bridge.tracing import BridgeTelemetry  # only when it is on
+
+            tracing = BridgeTelemetry(self.telemetry)
         self.app = BridgeApp(
+            telemetry=tracing,
             http=self.http,
             upstream=self.upstream,
             metrics=self.metrics,
@@ -174,6 +185,8 @@ class Bridge:
                 await task
         self._tasks.clear()
         await self.http.aclose()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown)
 
 
 async def serve(settings: BridgeSettings) -> None:

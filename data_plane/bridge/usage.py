@@ -1,13 +1,17 @@
 """Token usage read on the side of a response, without touching the relayed bytes.
 
-SSE: only `data:` lines that mention "usage" are parsed (OpenAI's final chunk or
-`response.completed`; Anthropic's `message_start` and `message_delta`, whose output
-count is cumulative, so later values replace earlier ones). JSON: the top-level usage.
+SSE: only `data:` lines that mention "usage" or a finish reason are parsed (OpenAI's
+final chunk or `response.completed`; Anthropic's `message_start` and `message_delta`,
+whose output count is cumulative, so later values replace earlier ones). JSON: the
+top-level usage. The same documents give the model that answered and the finish
+reasons (OpenAI's `finish_reason`s, Anthropic's `stop_reason`, the Responses API's
+status), read for telemetry and records.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any
 
@@ -30,25 +34,74 @@ def _ints(usage: dict[str, Any], out: dict[str, int]) -> None:
     put("cache_read", cached)
 
 
-def _from_event(doc: Any, out: dict[str, int]) -> None:
+MAX_NAME = 256  # characters of a model name or finish reason kept
+MAX_REASONS = 16  # distinct finish reasons kept (one per choice at most)
+
+
+def _name(value: Any) -> str | None:
+    return value[:MAX_NAME] if isinstance(value, str) and value else None
+
+
+class _Found:
+    """What the documents of one response said besides usage."""
+
+    __slots__ = ("model", "reasons")
+
+    def __init__(self) -> None:
+        self.model = ""
+        self.reasons: list[str] = []
+
+    def reason(self, value: Any) -> None:
+        name = _name(value)
+        if name is not None and name not in self.reasons and len(self.reasons) < MAX_REASONS:
+            self.reasons.append(name)
+
+
+def _from_event(doc: Any, out: dict[str, int], found: _Found) -> None:
     if not isinstance(doc, dict):
         return
-    for holder in (doc, doc.get("message"), doc.get("response")):
-        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
-            _ints(holder["usage"], out)
+    message, response = doc.get("message"), doc.get("response")
+    for holder in (doc, message, response):
+        if isinstance(holder, dict):
+            if isinstance(holder.get("usage"), dict):
+                _ints(holder["usage"], out)
+            model = _name(holder.get("model"))
+            if model is not None:
+                found.model = model
+            found.reason(holder.get("stop_reason"))
+    choices = doc.get("choices")
+    if isinstance(choices, list):
+        for choice in choices[:MAX_REASONS]:
+            if isinstance(choice, dict):
+                found.reason(choice.get("finish_reason"))
+    delta = doc.get("delta")
+    if isinstance(delta, dict):
+        found.reason(delta.get("stop_reason"))
+    if isinstance(response, dict) and response.get("status") in ("completed", "incomplete"):
+        found.reason(response.get("status"))
 
 
 # Longest partial SSE line kept while waiting for its newline.
 MAX_SSE_LINE = 1024 * 1024
 
 
+# A finish reason that is given (not null): most stream chunks carry `"finish_reason":null`.
+_REASON = re.compile(rb'"(?:finish|stop)_reason"\s*:\s*"')
+
+
+def _worth_reading(text: bytes) -> bool:
+    return b"usage" in text or _REASON.search(text) is not None
+
+
 class UsageReader:
-    """Feed it the response chunks; `tokens` holds what was found (input/output/...)."""
+    """Feed it the response chunks; `tokens` holds what was found (input/output/...),
+    `model` and `finish_reasons` what the response said of itself."""
 
     def __init__(self, sse: bool, content_encoding: str | None) -> None:
         self.sse = sse
         self.encoding = (content_encoding or "identity").lower()
         self.tokens: dict[str, int] = {}
+        self._found = _Found()
         self._buf = bytearray()
         self._overflow = False
 
@@ -68,14 +121,22 @@ class UsageReader:
             return
         lines = bytes(self._buf[: end + 1])
         del self._buf[: end + 1]
-        if b"usage" not in lines:
+        if not _worth_reading(lines):
             return
         for line in lines.splitlines():
-            if line.startswith(b"data:") and b"usage" in line:
+            if line.startswith(b"data:") and _worth_reading(line):
                 try:
-                    _from_event(json.loads(line[5:]), self.tokens)
+                    _from_event(json.loads(line[5:]), self.tokens, self._found)
                 except (ValueError, RecursionError):
                     continue
+
+    @property
+    def model(self) -> str:
+        return self._found.model
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return self._found.reasons
 
     def finish(self) -> dict[str, int]:
         if self.sse:
@@ -89,7 +150,7 @@ class UsageReader:
                 body = zlib.decompress(body, 47)  # 32+15: auto-detect gzip/zlib header
             elif self.encoding != "identity":
                 return self.tokens
-            _from_event(json.loads(body), self.tokens)
+            _from_event(json.loads(body), self.tokens, self._found)
         except (ValueError, RecursionError, zlib.error):
             pass
         return self.tokens
