@@ -2,11 +2,14 @@
 per snapshot sent on a watch stream. Imported only when telemetry is on.
 
 A change is one trace: the admin RPC's span (continuing a caller's `traceparent`) is
-current while the write is published, so the rebuild it triggers is its child; the
-rebuild's span context is kept with the snapshot it built, and every watch stream that
-sends that snapshot opens a short child span of it. Rebuilds not caused by a write here
-(NOTIFY from another replica, the periodic revision check) start their own trace.
-Attributes name methods, versions and nodes: never a request body, token or key.
+current while the write is published, so the rebuild it triggers is its child. On
+PostgreSQL the NOTIFY of that same commit may start the rebuild first: a rebuild with no
+current span is counted as the write's when one waits to publish (`writing`), which is
+why a rebuild's span is made once it is over (`rebuilt`). The rebuild's span context is
+kept with the snapshot it built, and every watch stream that sends that snapshot opens
+a short child span of it. Rebuilds no local write caused (another replica's NOTIFY, the
+periodic revision check) start their own trace. Attributes name methods, versions and
+nodes: never a request body, token or key.
 """
 
 from __future__ import annotations
@@ -17,27 +20,61 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry import context, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 from aibridge.telemetry import Telemetry
 
-Context = grpc.aio.ServicerContext[Any, Any]
+RpcContext = grpc.aio.ServicerContext[Any, Any]
 
 
 class ConfigTelemetry:
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
         self.tracer = telemetry.tracer("aibridge.config_service")
+        self._writers: list[Context] = []  # writes waiting to publish (oldest first)
 
     def interceptor(self) -> RpcSpans:
         return RpcSpans(self)
 
     @contextmanager
-    def rebuild(self) -> Iterator[Span]:
-        """The current span for one snapshot rebuild (a child of the current context)."""
-        with self.tracer.start_as_current_span("snapshot rebuild") as span:
-            yield span
+    def writing(self) -> Iterator[None]:
+        """While a committed write waits to publish: a rebuild started by anything else
+        (NOTIFY of that very commit, the revision check) is counted as the write's."""
+        current = context.get_current()
+        self._writers.append(current)
+        try:
+            yield
+        finally:
+            self._writers.remove(current)
+
+    def rebuilt(
+        self, started_ns: int, version: str, published: bool, previous: SpanContext | None
+    ) -> SpanContext | None:
+        """Record a rebuild that ran from `started_ns` until now; the span context of the
+        rebuild that built the current snapshot (this one when it `published`).
+
+        The span is made once the rebuild is over, so its parent can be the write it
+        served: the current span (the RPC's), else a write waiting to publish. A rebuild
+        that found nothing new links the one that built what it found.
+        """
+        parent = None
+        if not trace.get_current_span().get_span_context().is_valid and self._writers:
+            parent = self._writers[0]
+        links = [Link(previous)] if not published and previous is not None else None
+        span = self.tracer.start_span(
+            "snapshot rebuild",
+            context=parent,
+            start_time=started_ns,
+            links=links,
+            attributes={
+                "aibridge.snapshot.version": version,
+                "aibridge.snapshot.published": published,
+            },
+        )
+        span.end()
+        return span.get_span_context() if published else previous
 
     def send(self, built: SpanContext | None, node_id: str, scope: str, version: str) -> Span:
         """A span for one snapshot sent on a stream: a child of the rebuild that built it."""
@@ -54,8 +91,8 @@ class ConfigTelemetry:
         )
 
 
-def _status(context: Context) -> grpc.StatusCode:
-    code = context.code()
+def _status(rpc: RpcContext) -> grpc.StatusCode:
+    code = rpc.code()
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
 
@@ -88,8 +125,8 @@ class RpcSpans(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         inner = handler.unary_unary
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
-        async def call(request: Any, context: Context) -> Any:
-            metadata = context.invocation_metadata() or ()
+        async def call(request: Any, rpc: RpcContext) -> Any:
+            metadata = rpc.invocation_metadata() or ()
             carried = [
                 (str(key).encode(), value.encode("latin-1"))
                 for key, value in metadata
@@ -104,9 +141,9 @@ class RpcSpans(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 set_status_on_exception=False,
             ) as span:
                 try:
-                    return await inner(request, context)
+                    return await inner(request, rpc)
                 finally:
-                    code = _status(context)
+                    code = _status(rpc)
                     span.set_attribute("rpc.grpc.status_code", code.value[0])
                     if code is not grpc.StatusCode.OK:
                         span.set_attribute("error.type", code.name)

@@ -99,13 +99,11 @@ class SnapshotHub:
         """Reload from the database; publish when the revision moved forward."""
         if self.tracing is None:
             return await self._refresh()
-        with self.tracing.rebuild() as span:
-            published = await self._refresh()
-            span.set_attribute("aibridge.snapshot.version", self.version)
-            span.set_attribute("aibridge.snapshot.published", published)
-            if published:
-                self.built_by = span.get_span_context()
-            return published
+        started = time.time_ns()
+        published = await self._refresh()
+        # No await from here on: woken streams run after `built_by` names this rebuild.
+        self.built_by = self.tracing.rebuilt(started, self.version, published, self.built_by)
+        return published
 
     async def _refresh(self) -> bool:
         async with self._lock:
@@ -141,7 +139,11 @@ class SnapshotHub:
         reload fails the hub catches up through NOTIFY or the periodic revision check.
         """
         try:
-            await self.refresh()
+            if self.tracing is None:
+                await self.refresh()
+            else:
+                with self.tracing.writing():  # a rebuild meanwhile is this write's
+                    await self.refresh()
         except Exception as exc:
             log.warning(
                 "snapshot reload after a committed write failed; catching up by resync",
