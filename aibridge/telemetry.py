@@ -14,6 +14,7 @@ apart. W3C trace context (`traceparent`, `tracestate`) is the one propagation fo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ from aibridge.envconfig import (
     OTEL_TRACES_SAMPLER_ARG,
     Values,
 )
+from aibridge.logs import get_logger
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
     from opentelemetry.trace import Tracer, TracerProvider
 
+log = get_logger(__name__)
 # The W3C trace-context headers: read from a request, written on the next hop.
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 _SIGNAL_PATHS = {"traces": "/v1/traces", "metrics": "/v1/metrics"}
@@ -141,15 +144,28 @@ class Telemetry:
         self._propagator.inject(carrier, context)
         return [(key.encode(), value.encode("latin-1")) for key, value in carrier.items()]
 
-    def shutdown(self, timeout_ms: int = 5000) -> None:
-        """Flush and stop both providers (blocking; at most about `timeout_ms` each)."""
-        for provider in (self.tracer_provider, self.meter_provider):
-            flush = getattr(provider, "force_flush", None)
-            if flush is not None:
-                flush(timeout_ms)
-            stop = getattr(provider, "shutdown", None)
-            if stop is not None:
-                stop()
+    def shutdown(self, timeout_ms: int = 5000) -> bool:
+        """Flush what is buffered and stop both providers, waiting at most `timeout_ms`
+        (blocking); False when the export did not finish in time (a collector away: the
+        SDK would wait out its own timeouts and retries, up to 30 s, so it is left to
+        finish or die with the process on a daemon thread)."""
+
+        def stop() -> None:
+            for provider in (self.tracer_provider, self.meter_provider):
+                close = getattr(provider, "shutdown", None)
+                if close is not None:
+                    close()
+
+        worker = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_ms / 1000)
+        if worker.is_alive():
+            log.warning(
+                "telemetry not all exported at shutdown: is the OTLP collector reachable?",
+                waited_ms=timeout_ms,
+            )
+            return False
+        return True
 
 
 def _sampler(name: str, arg: float) -> Sampler:
