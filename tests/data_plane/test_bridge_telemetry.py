@@ -20,6 +20,7 @@ from dp_fakes import (
     KEY_B,
     MEMBER_TOKEN,
     ConfigServer,
+    StartBridge,
     anthropic_provider,
     openai_provider,
     snapshot,
@@ -258,3 +259,19 @@ async def test_a_model_name_with_a_lone_surrogate_is_exported_as_valid_text(
     assert isinstance(model, str)
     model.encode("utf-8")
     assert model.startswith("gpt-")
+
+
+async def test_with_telemetry_off_the_clients_traceparent_goes_upstream_untouched(
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    """Off, the bridge adds no trace context of its own: the client's traceparent reaches the upstream as it was sent."""
+    await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
+    bridge = await start_bridge(wait_version="1")
+    assert bridge.telemetry is None
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        await http.post(
+            "/openai/v1/chat/completions",
+            json=_chat(),
+            headers={"authorization": f"Bearer {MEMBER_TOKEN}", "traceparent": TRACEPARENT},
+        )
+    assert upstream.seen[-1].headers["traceparent"] == TRACEPARENT
