@@ -161,24 +161,28 @@ class CallSpan:
         span = self.span
         status = call.status or 499
         result = outcome(call)
-        span.set_attribute("http.response.status_code", status)
-        span.set_attribute("aibridge.attempts", call.attempts)
-        span.set_attribute("aibridge.outcome", result)
+        attributes: dict[str, AttributeValue] = {
+            "http.response.status_code": status,
+            "aibridge.attempts": call.attempts,
+            "aibridge.outcome": result,
+        }
         error = None if status < 500 and status != 499 else result
         if error is not None:
-            span.set_attribute("error.type", error)
+            attributes["error.type"] = error
             span.set_status(Status(StatusCode.ERROR))
         operation = self.operation
         if operation is not None:
             if call.response_model:
-                span.set_attribute("gen_ai.response.model", call.response_model)
+                attributes["gen_ai.response.model"] = call.response_model
             if call.finish_reasons:
-                span.set_attribute("gen_ai.response.finish_reasons", call.finish_reasons)
+                attributes["gen_ai.response.finish_reasons"] = call.finish_reasons
             for kind, attribute in (("input", "input_tokens"), ("output", "output_tokens")):
                 if kind in tokens:
-                    span.set_attribute(f"gen_ai.usage.{attribute}", tokens[kind])
-            self._metrics(call, operation, tokens, error)
+                    attributes[f"gen_ai.usage.{attribute}"] = tokens[kind]
+        span.set_attributes(attributes)  # one call: the SDK locks once
         span.end()
+        if operation is not None:
+            self._metrics(call, operation, tokens, error)
 
     def _metrics(
         self, call: Call, operation: str, tokens: dict[str, int], error: str | None
@@ -212,10 +216,13 @@ class Attempt:
     def answered(self, response: UpstreamResponse) -> UpstreamResponse:
         """The response, its release now also ending the attempt's span."""
         span = self.span
-        span.set_attribute("http.response.status_code", response.status)
         if response.status >= 500:
-            span.set_attribute("error.type", str(response.status))
+            span.set_attributes(
+                {"http.response.status_code": response.status, "error.type": str(response.status)}
+            )
             span.set_status(Status(StatusCode.ERROR))
+        else:
+            span.set_attribute("http.response.status_code", response.status)
         release = response.aclose
 
         async def aclose() -> None:
