@@ -214,8 +214,12 @@ def start(settings: TelemetrySettings, instance_id: str) -> Telemetry | None:
     )
     tracer_provider: TracerProvider = NoOpTracerProvider()
     if settings.traces_endpoint is not None:
+        # shutdown_on_exit off: `Telemetry.shutdown` is the one (bounded) way it stops; the
+        # SDK's own exit hook would block the process's exit on an unreachable collector.
         sdk_tracer = SDKTracerProvider(
-            resource=resource, sampler=_sampler(settings.sampler, settings.sampler_arg)
+            resource=resource,
+            sampler=_sampler(settings.sampler, settings.sampler_arg),
+            shutdown_on_exit=False,
         )
         exporter = _span_exporter(settings.traces_protocol, settings.traces_endpoint)
         sdk_tracer.add_span_processor(BatchSpanProcessor(exporter))
@@ -241,5 +245,7 @@ def start(settings: TelemetrySettings, instance_id: str) -> Telemetry | None:
             metric_exporter,
             export_interval_millis=settings.metric_interval_ms,
         )
-        meter_provider = SDKMeterProvider(resource=resource, metric_readers=[reader])
+        meter_provider = SDKMeterProvider(
+            resource=resource, metric_readers=[reader], shutdown_on_exit=False
+        )
     return Telemetry(tracer_provider, meter_provider)

@@ -26,7 +26,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +186,11 @@ def main() -> int:
             result = _run(
                 rounds, warmup, saturation, args.concurrency, up_port, ports, token, bridges
             )
-            time.sleep(1.5)  # the last batch and metric export reach the receiver
-            result["receiver"] = dict(
-                zip(("spans", "metric_exports"), receiver.counts(), strict=True)
-            )
+            for d in reversed(daemons):  # a bridge's shutdown flushes its last spans
+                d.stop()
+            daemons.clear()
+            spans, exports = receiver.counts()
+            result["receiver"] = {"spans": spans, "metric_exports": exports}
         finally:
             for d in reversed(daemons):
                 d.stop()

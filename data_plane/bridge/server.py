@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Generator
 from typing import Literal
@@ -34,6 +35,7 @@ from data_plane.follow import make_subscriber, start_following
 from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
 
 log = get_logger(__name__)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def make_upstream() -> UpstreamTransport:
@@ -61,11 +63,18 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        if self._handle_signals:
-            with super().capture_signals():
-                yield
-        else:
+        """SIGINT/SIGTERM start a graceful exit. Unlike uvicorn's own, the signal is not
+        raised again once the server stopped: that killed the process before
+        `Bridge.stop` ran (the telemetry's last spans were never flushed)."""
+        if not self._handle_signals:
             yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 class Bridge:

@@ -8,7 +8,9 @@ speaks HTTPS to it through CONNECT + MITM with the proxy CA, as in test_proxy_e2
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -239,3 +241,73 @@ async def test_admin_write_rebuild_and_sends_are_one_trace(stack: Stack) -> None
     version = rebuild.attributes["aibridge.snapshot.version"]
     assert {s.attributes["aibridge.snapshot.version"] for s in sends} == {version}
     _assert_no_secret(receiver.spans(), NEW_KEY, KEY, ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN)
+
+
+async def test_a_stopped_bridge_flushes_its_last_spans(
+    start_process: StartProcess, procs: Procs, upstream: FakeUpstream, receiver: Receiver
+) -> None:
+    """A bridge told to stop (SIGTERM) exports the spans still buffered before it exits, however long its export delay."""
+    config = start_process(
+        AIBRIDGE_PROVIDER_0_TYPE="openai",
+        AIBRIDGE_PROVIDER_0_KEY=KEY,
+        AIBRIDGE_PROVIDER_0_BASE_URL=f"{upstream.url}/v1/",
+    )
+    async with grpc.aio.insecure_channel(config.target) as channel:
+        created = await ta_grpc.TokenAdminServiceStub(channel).CreateToken(
+            ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
+            metadata=ADMIN,
+        )
+    env = {**otel_env(receiver.grpc_endpoint, "grpc"), "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    bridge = procs.bridge(config.target, "flushing-bridge", **env)
+    url = str(bridge.ready["url"])
+    async with httpx.AsyncClient(base_url=url) as http:
+
+        async def served() -> bool:
+            response = await http.post(
+                "/openai/v1/chat/completions",
+                json={"model": "gpt-test", "messages": []},
+                headers={"authorization": f"Bearer {created.secret}"},
+            )
+            return response.status_code == 200
+
+        await eventually(served)
+    assert not [s for s in receiver.spans() if s.service == "aibridge-bridge"]
+    await asyncio.to_thread(bridge.stop)  # the receiver answers on this loop meanwhile
+    assert bridge.popen.returncode == 0
+    assert any(s.name == "chat gpt-test" for s in receiver.spans())
+
+
+async def test_a_bridge_whose_collector_is_away_still_serves_and_stops(
+    start_process: StartProcess, procs: Procs, upstream: FakeUpstream
+) -> None:
+    """With the OTLP endpoint unreachable the bridge answers as usual, and a SIGTERM still ends it cleanly (its flush gives up) rather than by SIGKILL."""
+    config = start_process(
+        AIBRIDGE_PROVIDER_0_TYPE="openai",
+        AIBRIDGE_PROVIDER_0_KEY=KEY,
+        AIBRIDGE_PROVIDER_0_BASE_URL=f"{upstream.url}/v1/",
+    )
+    async with grpc.aio.insecure_channel(config.target) as channel:
+        created = await ta_grpc.TokenAdminServiceStub(channel).CreateToken(
+            ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
+            metadata=ADMIN,
+        )
+    gone = socket.socket()
+    gone.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        env = otel_env(f"http://127.0.0.1:{gone.getsockname()[1]}", "grpc")
+        bridge = procs.bridge(config.target, "lonely-bridge", **env)
+        async with httpx.AsyncClient(base_url=str(bridge.ready["url"])) as http:
+
+            async def served() -> bool:
+                response = await http.post(
+                    "/openai/v1/chat/completions",
+                    json={"model": "gpt-test", "messages": []},
+                    headers={"authorization": f"Bearer {created.secret}"},
+                )
+                return response.status_code == 200
+
+            await eventually(served)
+        await asyncio.to_thread(bridge.stop)
+        assert bridge.popen.returncode == 0
+    finally:
+        gone.close()
