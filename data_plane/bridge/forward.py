@@ -15,22 +15,25 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from aibridge.config.v1 import usage_pb2
 from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
 from aibridge.rulebook import Family
 from data_plane.bridge.asgi import Send, respond
 from data_plane.bridge.breaker import Rejected
+from data_plane.bridge.interception.record import Capture
+from data_plane.bridge.interception.response import ResponseReader
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, origin_of
 from data_plane.bridge.upstream import AnthropicUpstream, UpstreamResponse
-from data_plane.bridge.usage import UsageReader
 from data_plane.dump import BodyCapture, Dumper, Exchange
 
 if TYPE_CHECKING:
     from data_plane.bridge.tracing import CallSpan
 
 log = get_logger(__name__)
+Outcome = usage_pb2.Outcome
 
 _DROP_RESPONSE = frozenset(
     {
@@ -58,17 +61,13 @@ class Call:
     body: bytes
     request_id: str
     principal_id: str
+    capture: Capture  # what the interception record will say
     model: str = ""  # bounded label of the requested model (metrics, breakers, dumps)
     request_model: str = ""  # the requested model as sent (bounded in length)
     stream: bool = False
     status: int = 0
     key_hint: str = ""
     started: float = field(default_factory=time.perf_counter)
-    response_started: bool = False  # set once a byte of the response went to the client
-    attempts: int = 0  # upstream requests sent (more than one: key failover)
-    outcome: str = ""  # set where the gateway itself decided the answer
-    response_model: str = ""  # the model the upstream says answered (bounded)
-    finish_reasons: tuple[str, ...] = ()
     trace: CallSpan | None = None  # the call's span, when telemetry is on
 
     @property
@@ -129,7 +128,6 @@ class Forwarder:
         else:  # let httpx percent-encode it
             target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
         t = self.http.timeout  # the client's settings rule, as for the Bedrock client
-        call.attempts += 1
         attempt = None
         if call.trace is not None:
             path = target.partition(b"?")[0].decode("latin-1")
@@ -152,7 +150,7 @@ class Forwarder:
         return response if attempt is None else attempt.answered(response)
 
     async def _send_bedrock(self, call: Call, bedrock: AnthropicUpstream) -> UpstreamResponse:
-        call.attempts += 1
+        call.capture.attempts = 1
         attempt = None
         if call.trace is not None:  # no traceparent: the request is SigV4-signed as it is
             attempt = call.trace.attempt(call, None, call.path)
@@ -172,6 +170,7 @@ class Forwarder:
         if call.mode == "bedrock" and provider.bedrock is not None:
             return await self._send_bedrock(call, provider.bedrock)
         if call.mode != "pool" or provider.pool is None:
+            call.capture.attempts = 1
             return await self._send_http(call, None)
         pool = provider.pool
         tried = 0
@@ -179,6 +178,7 @@ class Forwarder:
             if tried:
                 self.metrics.failovers.labels(provider.name).inc()
             tried += 1
+            call.capture.attempts = tried
             response = await self._send_http(call, key)
             retry = {
                 n: v
@@ -188,7 +188,8 @@ class Forwarder:
             if pool.report(index, response.status, retry):
                 await response.aclose()
                 continue
-            call.key_hint = mask_secret(key)
+            call.key_hint = call.capture.credential_hint = mask_secret(key)
+            call.capture.secrets.append(key)
             return response
         outcome = pool.exhausted()
         self.metrics.key_exhaustions.labels(
@@ -199,7 +200,7 @@ class Forwarder:
         )
         code = "rate_limit_exceeded" if outcome.status == 429 else "key_pool_unavailable"
         call.status = outcome.status
-        call.outcome = "keys_rate_limited" if outcome.status == 429 else "keys_unauthorized"
+        call.capture.refused = Outcome.OUTCOME_REFUSED_POOL
         await respond(
             send,
             outcome.status,
@@ -220,7 +221,7 @@ class Forwarder:
             if isinstance(admitted, Rejected):
                 self.metrics.breaker_rejects.labels(provider.name, call.path, call.model).inc()
                 call.status = 503
-                call.outcome = "breaker_open"
+                call.capture.refused = Outcome.OUTCOME_REFUSED_BREAKER
                 await respond(
                     send,
                     503,
@@ -270,8 +271,8 @@ class Forwarder:
         try:
             return await self._stream(call, send, exchange, response)
         except httpx.HTTPError as exc:
+            call.capture.broken = True
             self.metrics.upstream_errors.labels(call.provider.name, call.route, "stream").inc()
-            call.outcome = "upstream_stream_broken"
             if exchange is not None:
                 exchange.error = f"{type(exc).__name__} after the response started: {exc}"
             log.warning(
@@ -295,7 +296,6 @@ class Forwarder:
             # The client's path or query cannot make an upstream URL (a control character
             # such as %00, or too long): the client's mistake, not a 500.
             call.status = 400
-            call.outcome = "invalid_request"
             message = "invalid request path or query"
             await respond(send, 400, error_body(provider.family, 400, message, "invalid_request"))
             return None
@@ -303,7 +303,6 @@ class Forwarder:
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
             self.metrics.upstream_errors.labels(provider.name, call.route, kind).inc()
             call.status = 504 if kind == "timeout" else 502
-            call.outcome = f"upstream_{kind}"
             log.warning(
                 "upstream request failed",
                 request_id=call.request_id,
@@ -323,41 +322,39 @@ class Forwarder:
     ) -> dict[str, int]:
         """Relay status, headers and the body chunk by chunk, as they arrive."""
         call.status = response.status
+        capture = call.capture
         headers = [(k, v) for k, v in response.headers if k.lower() not in _DROP_RESPONSE]
-        headers.append((b"x-aibridge-request-id", call.request_id.encode()))
-        content_type = response.header(b"content-type") or ""
-        reader = (
-            UsageReader("text/event-stream" in content_type, response.header(b"content-encoding"))
-            if call.intercepted
-            else None
-        )
-        capture = None
+        sse = "text/event-stream" in (response.header(b"content-type") or "")
+        capture.relayed = True  # from here on the answer is the upstream's
+        capture.streamed = sse
+        capture.served_model = response.served_model
+        reader = None
+        if call.intercepted:
+            reader = capture.reader = ResponseReader(
+                sse, response.header(b"content-encoding"), capture.arguments
+            )
+        dumped = None
         if exchange is not None:
             exchange.response_headers = [
                 (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
             ]
-            capture = BodyCapture()
+            dumped = BodyCapture()
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        call.response_started = True
         async for chunk in response.chunks:
             if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if reader is not None:
-                    reader.feed(chunk)
-                if capture is not None:
-                    capture.feed(chunk)
-        if exchange is not None and capture is not None:
-            exchange.response_body = capture.body()
+                try:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                finally:  # a chunk sent is read even when the client leaves meanwhile
+                    if reader is not None:
+                        reader.feed(chunk)
+                if dumped is not None:
+                    dumped.feed(chunk)
+        if exchange is not None and dumped is not None:
+            exchange.response_body = dumped.body()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if reader is None:
-            return {}
-        tokens = reader.finish()
-        call.response_model, call.finish_reasons = reader.model, tuple(reader.finish_reasons)
-        return tokens
+        return reader.finish().tokens if reader is not None else {}
 
     def _finish(self, call: Call, labels: tuple[str, str], tokens: dict[str, int]) -> None:
-        if call.trace is not None:
-            call.trace.finish(call, tokens)
         m = self.metrics
         elapsed = time.perf_counter() - call.started
         in_flight, duration = m.route_series(*labels)

@@ -25,6 +25,7 @@ from data_plane.body_budget import BodyBudget
 from data_plane.bridge.app import BridgeApp
 from data_plane.bridge.bedrock_adapter import load_factory
 from data_plane.bridge.connections import ConnectionGuard
+from data_plane.bridge.interception import RecordSink
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.routing import BuildContext, build_table
 from data_plane.bridge.settings import BridgeSettings
@@ -87,6 +88,7 @@ class Bridge:
         bedrock_factory: BedrockFactory | Literal["auto"] | None = "auto",
         handle_signals: bool = False,
         telemetry: Telemetry | None = None,
+        sink: RecordSink | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = make_upstream()
@@ -107,6 +109,8 @@ class Bridge:
             metrics=self.metrics,
             dumper=dumper,
             body_budget=BodyBudget(settings.body_buffer_bytes, settings.body_timeout),
+            sink=sink,
+            record_prompts=settings.record_prompts,
         )
         self.context = BuildContext(
             allow_byok=settings.allow_byok,

@@ -1,20 +1,21 @@
-"""OpenTelemetry of the bridge: a SERVER span per forwarded call, a CLIENT span per
+"""OpenTelemetry of the bridge: a SERVER span per provider request, a CLIENT span per
 upstream attempt, and the GenAI client metrics. Imported only when telemetry is on.
 
-The server span continues the client's W3C trace context (a proxy hop or an SDK that
-sends `traceparent`) and follows the OTel GenAI semantic conventions on the intercepted
-routes: `gen_ai.operation.name`, `gen_ai.provider.name` (and the older `gen_ai.system`),
-request and response model, token usage and finish reasons, beside the gateway's own
-`aibridge.*` attributes (provider, principal id, credential kind, attempts, outcome,
-and `aibridge.request_id`, the X-AIBridge-Request-Id the client is answered with). Each
-attempt's span context travels upstream as `traceparent`. Attributes are read from the
-call as the forwarder leaves it (the one reading of usage, `usage.py`): no prompt,
-completion, header value or key is ever put on a span.
+The span is one more observer of the interception's lifecycle: opened when its capture
+is made (continuing the client's W3C trace context: a proxy hop or an SDK that sends
+`traceparent`), its attributes read at the end from the interception record the bridge
+built (`interception/record.py`: provider, route, models, token usage, outcome,
+credential kind, attempts, principal; ids and strings already bounded and clear of
+secrets) and from the answer's reader (finish reasons). Intercepted routes follow the
+OTel GenAI semantic conventions (`gen_ai.operation.name`, `gen_ai.provider.name` and the
+older `gen_ai.system`, request and response model, `gen_ai.usage.*`, finish reasons);
+`aibridge.request_id` is the record's id, the X-AIBridge-Request-Id the client got.
+Each attempt's span context travels upstream as `traceparent`. No prompt, completion,
+header value or key is ever put on a span.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -23,12 +24,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from aibridge import recording
+from aibridge.config.v1 import usage_pb2
+from aibridge.rulebook import type_name
 from aibridge.telemetry import Telemetry
+from data_plane.bridge.model_labels import ModelLabels
 from data_plane.bridge.transport import Origin
 from data_plane.bridge.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
     from data_plane.bridge.forward import Call
+    from data_plane.bridge.interception.record import Capture
 
 # gen_ai.provider.name of each provider type (semconv well-known values where they exist).
 GENAI_PROVIDER = {
@@ -51,28 +57,22 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
                  16777216, 67108864)  # fmt: skip
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                     40.96, 81.92)  # fmt: skip
-
-
-def provider_system(call: Call) -> str:
-    """gen_ai.provider.name: Bedrock-served providers are aws.bedrock whatever their type."""
-    provider = call.provider
-    if call.mode == "bedrock":
-        return "aws.bedrock"
-    return GENAI_PROVIDER.get(provider.type, provider.type)
-
-
-def outcome(call: Call) -> str:
-    """What became of the call, in one word (the forwarder's own, else by status)."""
-    if call.outcome:
-        return call.outcome
-    status = call.status or 499
-    if status == 499:
-        return "client_gone"
-    return "ok" if status < 400 else "upstream_status"
+OUTCOMES = recording.enum_names(usage_pb2.Outcome, "OUTCOME_")
+CREDENTIALS = recording.enum_names(usage_pb2.CredentialKind, "CREDENTIAL_KIND_")
+# Outcomes that are the gateway's or the upstream's failure (the span's status is ERROR
+# for these when the status code is a 5xx too; a cancelled call is not an error).
+_FAILURES = frozenset(
+    {
+        usage_pb2.Outcome.OUTCOME_UPSTREAM_ERROR,
+        usage_pb2.Outcome.OUTCOME_GATEWAY_ERROR,
+        usage_pb2.Outcome.OUTCOME_REFUSED_BREAKER,
+        usage_pb2.Outcome.OUTCOME_REFUSED_POOL,
+    }
+)
 
 
 class BridgeTelemetry:
-    """The bridge's tracer and GenAI histograms; `begin` opens a call's span."""
+    """The bridge's tracer and GenAI histograms; `begin` opens a request's span."""
 
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
@@ -91,52 +91,37 @@ class BridgeTelemetry:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
 
-    def begin(self, call: Call, headers: Iterable[tuple[bytes, bytes]]) -> CallSpan:
-        """The call's SERVER span, a child of the trace context the request carries."""
-        operation = OPERATION.get(call.path) if call.intercepted else None
-        attributes: dict[str, AttributeValue] = {
-            "http.request.method": call.method,
-            "aibridge.provider.name": call.provider.name,
-            "aibridge.provider.type": call.provider.type,
-            "aibridge.route": call.route,
-            "aibridge.principal.id": call.principal_id,
-            "aibridge.credential.kind": call.mode,
-            "aibridge.request_id": call.request_id,
-        }
-        if operation is not None:
-            system = provider_system(call)
-            attributes["gen_ai.operation.name"] = operation
-            attributes["gen_ai.provider.name"] = system
-            attributes["gen_ai.system"] = system
-            if call.request_model:
-                attributes["gen_ai.request.model"] = call.request_model
-            name = f"{operation} {call.request_model}".rstrip()
-        else:
-            name = f"{call.method} {call.route}"
+    def begin(
+        self, capture: Capture, method: str, headers: Iterable[tuple[bytes, bytes]]
+    ) -> CallSpan:
+        """The request's SERVER span, a child of the trace context the request carries;
+        named and described once it is over (`CallSpan.finish`)."""
         span = self.tracer.start_span(
-            name,
+            method,
             context=self.telemetry.extract(headers),
             kind=SpanKind.SERVER,
-            attributes=attributes,
+            start_time=capture.started_ns,
+            attributes={"http.request.method": method, "aibridge.request_id": capture.id},
         )
-        return CallSpan(self, span, operation)
+        return CallSpan(self, span, method)
 
 
 class CallSpan:
-    """One call's span: `attempt` opens an upstream attempt, `finish` closes it all."""
+    """One request's span: `attempt` opens an upstream attempt, `finish` closes it all."""
 
-    __slots__ = ("_owner", "_started", "operation", "span")
+    __slots__ = ("_owner", "bedrock", "method", "span")
 
-    def __init__(self, owner: BridgeTelemetry, span: Span, operation: str | None) -> None:
+    def __init__(self, owner: BridgeTelemetry, span: Span, method: str) -> None:
         self._owner = owner
         self.span = span
-        self.operation = operation
-        self._started = time.perf_counter()
+        self.method = method
+        self.bedrock = False  # served through Bedrock (gen_ai.provider.name aws.bedrock)
 
     def attempt(self, call: Call, origin: Origin | None, path: str) -> Attempt:
         """A CLIENT span for one upstream request, and the headers that carry it on
-        (`origin` None: the provider's base URL names the server, as for Bedrock)."""
+        (`origin` None: Bedrock, named by the provider's base URL)."""
         if origin is None:
+            self.bedrock = True
             parts = urlsplit(call.provider.base_url)
             origin = (parts.scheme.encode() or b"https", parts.hostname or "bedrock", 443)
         scheme, host, port = origin
@@ -151,57 +136,90 @@ class CallSpan:
                 "server.port": port,
                 # Without the query: some providers take a key as a query parameter.
                 "url.full": f"{scheme.decode()}://{host}:{port}{path}",
-                "aibridge.attempt": call.attempts,
+                "aibridge.attempt": call.capture.attempts,
             },
         )
         return Attempt(span, owner.telemetry.inject(trace.set_span_in_context(span)))
 
-    def finish(self, call: Call, tokens: dict[str, int]) -> None:
-        """Set what the call came to on the span, end it, and record the GenAI metrics."""
+    def finish(
+        self,
+        capture: Capture,
+        record: usage_pb2.Interception | None,
+        models: ModelLabels,
+    ) -> None:
+        """Describe the request from its record (None: it could not be attributed to a
+        provider and a member, and only its status is known), end the span, and record
+        the GenAI metrics of an intercepted route."""
         span = self.span
-        status = call.status or 499
-        result = outcome(call)
+        if record is None:
+            status = capture.status
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_attribute("error.type", str(status))
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            return
+        status = record.status_code
+        outcome = OUTCOMES.get(record.outcome, "unspecified")
+        operation = OPERATION.get(record.route)
+        system = "aws.bedrock" if self.bedrock else _system(record.provider_type)
         attributes: dict[str, AttributeValue] = {
             "http.response.status_code": status,
-            "aibridge.attempts": call.attempts,
-            "aibridge.outcome": result,
+            "aibridge.provider.name": record.provider_name,
+            "aibridge.provider.type": type_name(record.provider_type),
+            "aibridge.route": record.route,
+            "aibridge.principal.id": record.principal_id,
+            "aibridge.credential.kind": CREDENTIALS.get(record.credential_kind, "none"),
+            "aibridge.attempts": record.attempts,
+            "aibridge.outcome": outcome,
+            "aibridge.streamed": record.streamed,
+            "aibridge.proxied": record.proxied,
         }
-        error = None if status < 500 and status != 499 else result
+        error = outcome if record.outcome in _FAILURES and status >= 500 else None
         if error is not None:
             attributes["error.type"] = error
             span.set_status(Status(StatusCode.ERROR))
-        operation = self.operation
+        usage = record.usage
         if operation is not None:
-            if call.response_model:
-                attributes["gen_ai.response.model"] = call.response_model
-            if call.finish_reasons:
-                attributes["gen_ai.response.finish_reasons"] = call.finish_reasons
-            for kind, attribute in (("input", "input_tokens"), ("output", "output_tokens")):
-                if kind in tokens:
-                    attributes[f"gen_ai.usage.{attribute}"] = tokens[kind]
+            attributes["gen_ai.operation.name"] = operation
+            attributes["gen_ai.provider.name"] = attributes["gen_ai.system"] = system
+            if record.requested_model:
+                attributes["gen_ai.request.model"] = record.requested_model
+            if record.served_model:
+                attributes["gen_ai.response.model"] = record.served_model
+            reader = capture.reader
+            if reader is not None and reader.finish_reasons:
+                attributes["gen_ai.response.finish_reasons"] = tuple(reader.finish_reasons)
+            if record.HasField("usage"):
+                attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+                attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+            span.update_name(f"{operation} {record.requested_model}".rstrip())
+        else:
+            span.update_name(f"{self.method} {record.provider_name}")
         span.set_attributes(attributes)  # one call: the SDK locks once
-        span.end()
-        if operation is not None:
-            self._metrics(call, operation, tokens, error)
-
-    def _metrics(
-        self, call: Call, operation: str, tokens: dict[str, int], error: str | None
-    ) -> None:
-        system = provider_system(call)
-        # The model label is the bounded one (model_labels): metric series stay few.
-        attributes: dict[str, AttributeValue] = {
+        ended = max(record.ended_at.ToNanoseconds(), capture.started_ns)
+        span.end(end_time=ended)
+        if operation is None:
+            return
+        # The model is the bounded label (model_labels): metric series stay few.
+        metric: dict[str, AttributeValue] = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": system,
-            "gen_ai.request.model": call.model,
-            "aibridge.provider.name": call.provider.name,
+            "gen_ai.request.model": models.label(record.provider_name, record.requested_model),
+            "aibridge.provider.name": record.provider_name,
         }
         if error is not None:
-            attributes["error.type"] = error
+            metric["error.type"] = error
         owner = self._owner
-        owner.duration.record(time.perf_counter() - self._started, attributes)
-        for kind in ("input", "output"):
-            if kind in tokens:
-                owner.token_usage.record(tokens[kind], {**attributes, "gen_ai.token.type": kind})
+        owner.duration.record((ended - capture.started_ns) / 1e9, metric)
+        if record.HasField("usage"):
+            for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+                owner.token_usage.record(count, {**metric, "gen_ai.token.type": kind})
+
+
+def _system(provider_type: int) -> str:
+    name = type_name(provider_type)
+    return GENAI_PROVIDER.get(name, name)
 
 
 class Attempt:

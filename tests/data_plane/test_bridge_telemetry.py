@@ -130,9 +130,9 @@ async def test_chat_call_is_one_server_span_with_genai_attributes(
     assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
     assert attributes["aibridge.provider.name"] == "openai"
     assert attributes["aibridge.principal.id"] == "p-0"
-    assert attributes["aibridge.credential.kind"] == "pool"
+    assert attributes["aibridge.credential.kind"] == "pooled"
     assert attributes["aibridge.attempts"] == 1
-    assert attributes["aibridge.outcome"] == "ok"
+    assert attributes["aibridge.outcome"] == "completed"
     assert attributes["http.response.status_code"] == 200
     assert attributes["aibridge.request_id"] == response.headers["x-aibridge-request-id"]
 

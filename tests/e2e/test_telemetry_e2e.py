@@ -171,8 +171,8 @@ async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> N
     assert attributes["gen_ai.usage.input_tokens"] == 7
     assert attributes["gen_ai.usage.output_tokens"] == 2
     assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
-    assert attributes["aibridge.credential.kind"] == "pool"
-    assert attributes["aibridge.outcome"] == "ok"
+    assert attributes["aibridge.credential.kind"] == "pooled"
+    assert attributes["aibridge.outcome"] == "completed"
     assert attributes["aibridge.attempts"] == 1
     assert attempt.attributes["http.response.status_code"] == 200
     # The upstream saw the attempt's context, in the trace the proxy started.

@@ -1,0 +1,276 @@
+"""One interception as the bridge sees it happen, and the record it becomes.
+
+`Capture` is made when a provider request arrives and filled in as it is served (the
+app: provider, route, principal, request facts; the forwarder: credential, attempts,
+refusals, the response reader); `bind` wraps the ASGI `send` so that every answer
+carries `X-AIBridge-Request-Id` and the status and first-byte time are seen whoever
+answers. `build` turns it into a `usage_pb2.Interception` once the request is over.
+
+Outcome, in order: refused by the breaker or the pool (set by the forwarder); an
+answer of the gateway's own (never relayed from the upstream): gateway error with its
+status, or cancelled when nothing was sent; a relayed answer: upstream error when its
+status is >= 400 or the stream broke or said it failed, completed when it was sent
+whole or reached its terminal event (a client that hangs up right after the last
+event, as Codex does, still had its whole answer), else cancelled.
+
+Every string is made fit for the config service before it leaves (`line`, `content`):
+cut to its limit in `aibridge.recording`, control and format characters replaced, no
+NUL, valid UTF-8; so one odd header never gets a batch refused. The secrets the bridge
+knows a request by (the gateway token presented, the client's own key, the pooled key
+used) are masked wherever they appear in the record's text.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from aibridge import recording
+from aibridge.config.v1 import usage_pb2
+from aibridge.masking import mask_secret
+from aibridge.rulebook import TYPES
+from data_plane.bridge.asgi import Message, Send
+from data_plane.bridge.interception.clients import detect, session_from_headers
+from data_plane.bridge.interception.response import ResponseReader
+
+if TYPE_CHECKING:
+    from data_plane.gateway_auth import Principal
+
+REQUEST_ID = b"x-aibridge-request-id"
+VIA = b"x-aibridge-via"  # "proxy": the request came through aibridgeproxyd
+MAX_ID = 36
+MAX_TOKEN_COUNT = 2**53
+_TOKEN_FIELDS = {kind.removesuffix("_tokens"): kind for kind in recording.TOKEN_KINDS}
+_REPLACEMENT = "\ufffd"
+_UUID7 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+Outcome = usage_pb2.Outcome
+
+
+def line(value: str, limit: int) -> str:
+    """A single-line field: at most `limit` characters, each printable."""
+    value = value[:limit]
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else _REPLACEMENT for c in value)
+
+
+def content(value: str, limit: int) -> str:
+    """Free text (a prompt, tool arguments): at most `limit` characters, no NUL, UTF-8."""
+    value = value[:limit].replace("\x00", _REPLACEMENT)
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
+        value = value.encode("utf-8", "replace").decode()
+    return value
+
+
+class RequestIds:
+    """Each request's id: a new UUIDv7, or the proxy's own when it sent one fit to keep.
+
+    The proxy's id is kept so its log line and the record share it. It must be a
+    canonical UUIDv7 minted within WINDOW of now and not already used: the bridge cannot
+    tell the proxy from a client that forges its headers, and records are idempotent by
+    id, so a replayed id would make the config service drop a record as a duplicate.
+    Ids kept are remembered for WINDOW (at most MAX_RECENT of them).
+    """
+
+    WINDOW_MS = 60_000
+    MAX_RECENT = 65_536
+
+    def __init__(self) -> None:
+        self._recent: OrderedDict[bytes, int] = OrderedDict()
+
+    def take(self, proposed: bytes | None, now_ns: int) -> str:
+        if proposed is not None and self._fit(proposed, now_ns // 1_000_000):
+            return proposed.decode()
+        return recording.new_record_id(now_ns)
+
+    def _fit(self, proposed: bytes, now_ms: int) -> bool:
+        if not _UUID7.match(proposed) or proposed in self._recent:
+            return False
+        minted = int(proposed[:8] + proposed[9:13], 16)
+        if abs(now_ms - minted) > self.WINDOW_MS:
+            return False
+        recent = self._recent
+        while recent and (
+            len(recent) >= self.MAX_RECENT or next(iter(recent.values())) < now_ms - self.WINDOW_MS
+        ):
+            recent.popitem(last=False)
+        recent[proposed] = now_ms
+        return True
+
+
+class Capture:
+    """What is known of one interception so far (see the module docstring)."""
+
+    __slots__ = (
+        "answered",
+        "arguments",
+        "attempts",
+        "broken",
+        "client",
+        "credential_hint",
+        "credential_kind",
+        "first_byte_ns",
+        "id",
+        "principal",
+        "prompt",
+        "provider_name",
+        "provider_type",
+        "proxied",
+        "reader",
+        "refused",
+        "relayed",
+        "requested_model",
+        "route",
+        "secrets",
+        "served_model",
+        "session_id",
+        "started_ns",
+        "status",
+        "streamed",
+        "user_agent",
+    )
+
+    def __init__(self, record_id: str, started_ns: int, headers: dict[bytes, bytes]) -> None:
+        self.id = record_id
+        self.started_ns = started_ns
+        self.proxied = headers.get(VIA) == b"proxy"
+        self.client = detect(headers)
+        self.user_agent = headers.get(b"user-agent", b"").decode("utf-8", "replace")
+        session = session_from_headers(headers)
+        self.session_id = session.decode("utf-8", "replace") if session else ""
+        self.first_byte_ns = 0
+        self.status = 0
+        self.answered = False  # the last byte of an answer was sent
+        self.provider_name = ""
+        self.provider_type = 0
+        self.route = ""
+        self.requested_model = ""
+        self.principal: Principal | None = None
+        self.credential_kind = 0
+        self.credential_hint = ""
+        self.attempts = 0
+        self.refused = 0  # OUTCOME_REFUSED_*: no upstream call was made
+        self.relayed = False  # the answer is the upstream's, relayed
+        self.broken = False  # the upstream's stream broke after it started
+        self.reader: ResponseReader | None = None
+        self.served_model = ""  # what the upstream said aside (Bedrock: the model id invoked)
+        self.prompt = ""
+        self.streamed = False
+        self.secrets: list[str] = []
+        self.arguments = False  # keep tool-call arguments (prompt recording is on)
+
+    def provider(self, name: str, type_name: str) -> None:
+        self.provider_name = name
+        known = TYPES.get(type_name)
+        self.provider_type = known.wire if known is not None else 0
+
+    def bind(self, send: Send) -> Send:
+        """`send` that stamps the request id on the answer and notes how it went."""
+        header = (REQUEST_ID, self.id.encode())
+
+        async def stamped(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.body":
+                if not self.first_byte_ns and message.get("body"):
+                    self.first_byte_ns = time.time_ns()
+                if not message.get("more_body", False):
+                    self.answered = True
+            elif kind == "http.response.start":
+                self.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        return stamped
+
+    def outcome(self) -> int:
+        if self.refused:
+            return self.refused
+        if not self.relayed:
+            return Outcome.OUTCOME_GATEWAY_ERROR if self.status else Outcome.OUTCOME_CANCELLED
+        reader = self.reader
+        if self.status >= 400 or self.broken or (reader is not None and reader.failed):
+            return Outcome.OUTCOME_UPSTREAM_ERROR
+        if self.answered or (reader is not None and reader.terminal):
+            return Outcome.OUTCOME_COMPLETED
+        return Outcome.OUTCOME_CANCELLED
+
+    def build(self, ended_ns: int | None = None) -> usage_pb2.Interception:
+        """The record, every string within its limit and clear of known secrets."""
+        ended = max(time.time_ns() if ended_ns is None else ended_ns, self.started_ns)
+        reader = self.reader
+        if reader is not None:
+            reader.finish()  # a relay cut short (the client left) did not
+        secrets = self.secrets
+        name = recording.MAX_NAME
+        served = self.served_model or (reader.model if reader is not None else "")
+        # What the client or the upstream chose: one scan for every known secret at once.
+        texts = [self.route, self.requested_model, served, self.user_agent, self.session_id]
+        blob = "\n".join(texts)
+        for secret in secrets:
+            if secret in blob:
+                texts = [_masked(text, secrets) for text in texts]
+                break
+        route, requested, served, user_agent, session = texts
+        principal = self.principal
+        # Provider name, principal and hint come from the snapshot (checked by the config
+        # service when they were made) and the client slug from `detect`: already fit.
+        record = usage_pb2.Interception(
+            id=self.id,
+            provider_name=self.provider_name,
+            provider_type=self.provider_type,  # type: ignore[arg-type]
+            route=line(route, recording.MAX_ROUTE),
+            requested_model=line(requested, name),
+            served_model=line(served, name),
+            outcome=self.outcome(),  # type: ignore[arg-type]
+            status_code=self.status,
+            client=self.client,
+            user_agent=line(user_agent, recording.MAX_USER_AGENT),
+            session_id=line(session, name),
+            credential_kind=self.credential_kind,  # type: ignore[arg-type]
+            credential_hint=self.credential_hint,
+            attempts=self.attempts,
+            proxied=self.proxied,
+            streamed=self.streamed,
+        )
+        if principal is not None:
+            record.principal_id = principal.principal_id
+            record.principal_name = principal.principal_name
+            record.token_id = principal.token_id
+        # Setting a submessage's fields is about twice as fast as constructing it.
+        stamp = record.started_at
+        stamp.seconds, stamp.nanos = divmod(self.started_ns, 1_000_000_000)
+        stamp = record.ended_at
+        stamp.seconds, stamp.nanos = divmod(max(ended, self.first_byte_ns), 1_000_000_000)
+        if self.first_byte_ns:
+            stamp = record.first_byte_at
+            stamp.seconds, stamp.nanos = divmod(self.first_byte_ns, 1_000_000_000)
+        if self.prompt:
+            record.prompt = _free(self.prompt, recording.MAX_PROMPT, secrets)
+        if reader is not None:
+            usage = record.usage
+            for kind, count in reader.tokens.items():
+                setattr(usage, _TOKEN_FIELDS[kind], min(max(count, 0), MAX_TOKEN_COUNT))
+            for tool, call_id, arguments in reader.tool_calls[: recording.MAX_TOOL_CALLS]:
+                record.tool_calls.add(
+                    name=line(_masked(tool, secrets), name),
+                    call_id=line(_masked(call_id, secrets), name),
+                    arguments=_free(arguments, recording.MAX_ARGUMENTS, secrets),
+                )
+        return record
+
+
+def _masked(value: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in value:
+            value = value.replace(secret, mask_secret(secret))
+    return value
+
+
+def _free(value: str, limit: int, secrets: list[str]) -> str:
+    """Free text cut near its limit (a secret across the cut still seen), then masked."""
+    longest = max(map(len, secrets), default=0)
+    return content(_masked(value[: limit + longest], secrets), limit)
