@@ -63,7 +63,6 @@ class Call:
     principal_id: str
     capture: Capture  # what the interception record will say
     model: str = ""  # bounded label of the requested model (metrics, breakers, dumps)
-    request_model: str = ""  # the requested model as sent (bounded in length)
     stream: bool = False
     status: int = 0
     key_hint: str = ""

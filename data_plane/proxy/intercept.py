@@ -106,6 +106,7 @@ async def _provider_request(
             path,
             route.provider,
             identity.principal.principal_id,
+            request_id,
             request.headers,
         )
         headers = [(k, v) for k, v in headers if k not in TRACE_HEADERS] + carried

@@ -43,6 +43,7 @@ class ProxyTelemetry:
         path: str,
         provider: str,
         principal_id: str,
+        request_id: str,
         headers: Iterable[tuple[bytes, bytes]],
     ) -> tuple[Span, list[tuple[bytes, bytes]]]:
         """A MITM request's span, linked to its session, and the headers carrying it on."""
@@ -58,6 +59,8 @@ class ProxyTelemetry:
                 "url.path": clean(path.partition("?")[0]),
                 "aibridge.provider.name": provider,
                 "aibridge.principal.id": principal_id,
+                # The bridge keeps it as its record's id (X-AIBridge-Request-Id).
+                "aibridge.request_id": request_id,
             },
         )
         return span, self.telemetry.inject(trace.set_span_in_context(span))

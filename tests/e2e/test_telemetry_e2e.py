@@ -162,6 +162,7 @@ async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> N
     connect = _one(receiver.spans(), service="aibridge-proxy", name="CONNECT")
     assert connect is not None and proxied.links == [(connect.trace_id, connect.span_id)]
     assert proxied.attributes["http.response.status_code"] == 200
+    assert proxied.attributes["aibridge.request_id"] == bridge.attributes["aibridge.request_id"]
     assert bridge.name == "chat gpt-test"
     attributes = bridge.attributes
     assert attributes["gen_ai.operation.name"] == "chat"
