@@ -126,7 +126,9 @@ class ConfigServicer:
                     if tracing is None:
                         yield entry.payload
                     else:
-                        span = tracing.send(self._hub.built_by, node_id, scope.value, entry.version)
+                        # The first send is the stream's own start, not a change's.
+                        built = self._hub.built_by if state.version_sent else None
+                        span = tracing.send(built, node_id, scope.value, entry.version)
                         try:
                             yield entry.payload
                         finally:
