@@ -17,7 +17,7 @@ not the bridge's. Phases, all from this one load generator:
 span and imports nothing of OpenTelemetry. On a shared 2-core machine read the
 differences between `off` and `on` measured in the same run.
 
-    python bench/otel.py [--requests 20000] [--concurrency 32]
+    python bench/otel.py [--requests 20000] [--concurrency 32] [--ratio 0.1]
 """
 
 from __future__ import annotations
@@ -148,6 +148,12 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=20_000, help="requests per bridge in all")
     p.add_argument("--concurrency", type=int, default=32, help="in-flight at saturation")
     p.add_argument("--rounds", type=int, default=None, help="latency rounds (default N/10)")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=None,
+        help="sample this share of traces (parentbased_traceidratio) instead of every one",
+    )
     p.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_receiver:
@@ -170,7 +176,8 @@ def main() -> int:
             otel = {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_TRACES_SAMPLER": "always_on" if args.ratio is None else "traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "1" if args.ratio is None else str(args.ratio),
                 "OTEL_METRIC_EXPORT_INTERVAL": "1000",
             }
             bridges = {}
@@ -191,6 +198,7 @@ def main() -> int:
             daemons.clear()
             spans, exports = receiver.counts()
             result["receiver"] = {"spans": spans, "metric_exports": exports}
+            result["sampled"] = 1.0 if args.ratio is None else args.ratio
         finally:
             for d in reversed(daemons):
                 d.stop()
@@ -305,7 +313,8 @@ def _report(r: dict[str, Any]) -> int:
         ]
     )
     rows.append(["errors at saturation", off_s["errors"], on_s["errors"], ""])
-    print(table(["metric", "OTel off", "OTel on (100 %)", "on - off"], rows))
+    on = f"OTel on ({r['sampled']:.0%} sampled)"
+    print(table(["metric", "OTel off", on, "on - off"], rows))
     received = r["receiver"]
     print(
         f"receiver: {received['spans']} spans, {received['metric_exports']} metric exports "
