@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from data_plane.bridge.tracing import CallSpan
 
 log = get_logger(__name__)
-Outcome = usage_pb2.Outcome
 
 _DROP_RESPONSE = frozenset(
     {
@@ -199,7 +198,7 @@ class Forwarder:
         )
         code = "rate_limit_exceeded" if outcome.status == 429 else "key_pool_unavailable"
         call.status = outcome.status
-        call.capture.refused = Outcome.OUTCOME_REFUSED_POOL
+        call.capture.refused = usage_pb2.OUTCOME_REFUSED_POOL
         await respond(
             send,
             outcome.status,
@@ -220,7 +219,7 @@ class Forwarder:
             if isinstance(admitted, Rejected):
                 self.metrics.breaker_rejects.labels(provider.name, call.path, call.model).inc()
                 call.status = 503
-                call.capture.refused = Outcome.OUTCOME_REFUSED_BREAKER
+                call.capture.refused = usage_pb2.OUTCOME_REFUSED_BREAKER
                 await respond(
                     send,
                     503,
