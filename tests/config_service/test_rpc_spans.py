@@ -5,7 +5,6 @@ as the server's error, and no token or key reaches a span."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -20,13 +19,6 @@ from tests.fixtures.waits import eventually
 
 KEY = "sk-rpc-span-key-0123456789abcdef"
 ERROR = 2  # OTLP status code
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = await Receiver().start()
-    yield found
-    await found.stop()
 
 
 async def test_rpc_spans_carry_the_status_answered(

@@ -58,13 +58,6 @@ class Stack:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = await Receiver().start()
-    yield found
-    await found.stop()
-
-
-@pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
     server = await FakeUpstream().start()
     yield server
