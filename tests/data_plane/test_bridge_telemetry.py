@@ -275,3 +275,29 @@ async def test_with_telemetry_off_the_clients_traceparent_goes_upstream_untouche
             headers={"authorization": f"Bearer {MEMBER_TOKEN}", "traceparent": TRACEPARENT},
         )
     assert upstream.seen[-1].headers["traceparent"] == TRACEPARENT
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "garbage",
+        "00-" + "0" * 32 + "-" + "0" * 16 + "-01",
+        "00-" + "a" * 8000,
+        "ff-" + "1" * 60,
+    ],
+)
+async def test_a_malformed_traceparent_starts_a_new_trace(
+    traced: Traced, upstream: FakeUpstream, traceparent: str
+) -> None:
+    """A traceparent that does not parse (or is all zeros, or huge) is ignored: the call is answered and its span starts a trace of its own."""
+    async with httpx.AsyncClient(base_url=traced.bridge.url) as http:
+        response = await http.post(
+            "/openai/v1/chat/completions",
+            json=_chat(),
+            headers={"authorization": f"Bearer {MEMBER_TOKEN}", "traceparent": traceparent},
+        )
+    assert response.status_code == 200
+    await eventually(lambda: len(traced.finished()) == 2)
+    server = traced.server_span()
+    assert server.parent is None
+    assert upstream.seen[-1].headers["traceparent"] != traceparent
