@@ -276,7 +276,10 @@ class BridgeApp:
         finally:
             record = self._record(capture, table, creds)
             if trace is not None:
-                trace.finish(capture, record, self.models)
+                try:
+                    trace.finish(capture, record, self.models)
+                except Exception:  # a bug here must not turn a served request into an error
+                    log.exception("ending the request's span failed", request_id=capture.id)
 
     def _record(
         self, capture: Capture, table: RoutingTable, creds: _Credentials
