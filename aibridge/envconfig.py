@@ -343,3 +343,142 @@ def resolve_data_dir(values: Values) -> Path:
 def process_id() -> str:
     """`<host>-<pid>`: the default name of a replica or node that was given none."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# --- OpenTelemetry: the standard OTEL_* variables (aibridge/telemetry.py) ---------------
+# Other tools' names (no flags). Off unless an OTLP endpoint is given; the SDK also reads
+# the OTEL_* variables not declared here (headers, certificates, timeouts, resource
+# attributes, the metric export interval) from the process environment itself.
+
+
+def otlp_endpoint(value: str) -> str:
+    """An OTLP endpoint: an absolute http(s) URL (gRPC too: http:// means plaintext)."""
+    try:
+        return http_url(value)
+    except ValueError:
+        raise ValueError("expected an http(s) URL such as http://127.0.0.1:4317") from None
+
+
+def ratio(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("expected a number from 0 to 1") from None
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("expected a number from 0 to 1")
+    return number
+
+
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+OTEL_SDK_DISABLED = Setting(
+    "OTEL_SDK_DISABLED",
+    "true: OpenTelemetry off even with an endpoint",
+    boolean,
+    "false",
+    flagged=False,
+)
+OTEL_ENDPOINT = Setting(
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTLP collector URL: switches OpenTelemetry traces and metrics on (empty: off); "
+    "over HTTP /v1/traces and /v1/metrics are appended",
+    optional(otlp_endpoint),
+    flagged=False,
+)
+OTEL_TRACES_ENDPOINT = Setting(
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTLP URL for traces alone, used as it is (default: from OTEL_EXPORTER_OTLP_ENDPOINT)",
+    optional(otlp_endpoint),
+    flagged=False,
+)
+OTEL_METRICS_ENDPOINT = Setting(
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTLP URL for metrics alone, used as it is (default: from OTEL_EXPORTER_OTLP_ENDPOINT)",
+    optional(otlp_endpoint),
+    flagged=False,
+)
+OTEL_PROTOCOL = Setting(
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTLP transport: grpc or http/protobuf",
+    choice(*OTLP_PROTOCOLS),
+    "http/protobuf",
+    flagged=False,
+)
+OTEL_TRACES_PROTOCOL = Setting(
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTLP transport of traces (default: OTEL_EXPORTER_OTLP_PROTOCOL)",
+    choice(*OTLP_PROTOCOLS),
+    flagged=False,
+)
+OTEL_METRICS_PROTOCOL = Setting(
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTLP transport of metrics (default: OTEL_EXPORTER_OTLP_PROTOCOL)",
+    choice(*OTLP_PROTOCOLS),
+    flagged=False,
+)
+OTEL_TRACES_EXPORTER = Setting(
+    "OTEL_TRACES_EXPORTER",
+    "otlp, or none: no traces",
+    choice("otlp", "none"),
+    "otlp",
+    flagged=False,
+)
+OTEL_METRICS_EXPORTER = Setting(
+    "OTEL_METRICS_EXPORTER",
+    "otlp, or none: no OTel metrics",
+    choice("otlp", "none"),
+    "otlp",
+    flagged=False,
+)
+OTEL_SERVICE_NAME = Setting(
+    "OTEL_SERVICE_NAME",
+    "service.name of this process's telemetry (default aibridge-bridge, aibridge-proxy, "
+    "aibridge-config-service)",
+    text,
+    flagged=False,
+)
+OTEL_TRACES_SAMPLER = Setting(
+    "OTEL_TRACES_SAMPLER",
+    "which traces are kept: " + ", ".join(SAMPLERS),
+    choice(*SAMPLERS),
+    "parentbased_always_on",
+    flagged=False,
+)
+OTEL_TRACES_SAMPLER_ARG = Setting(
+    "OTEL_TRACES_SAMPLER_ARG",
+    "the ratio of the traceidratio samplers, 0 to 1",
+    ratio,
+    "1.0",
+    flagged=False,
+)
+OTEL_METRIC_EXPORT_INTERVAL = Setting(
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "milliseconds between OTLP metric exports",
+    integer(minimum=1),
+    "60000",
+    flagged=False,
+)
+OTEL = Schema(
+    (
+        OTEL_SDK_DISABLED,
+        OTEL_ENDPOINT,
+        OTEL_TRACES_ENDPOINT,
+        OTEL_METRICS_ENDPOINT,
+        OTEL_PROTOCOL,
+        OTEL_TRACES_PROTOCOL,
+        OTEL_METRICS_PROTOCOL,
+        OTEL_TRACES_EXPORTER,
+        OTEL_METRICS_EXPORTER,
+        OTEL_SERVICE_NAME,
+        OTEL_TRACES_SAMPLER,
+        OTEL_TRACES_SAMPLER_ARG,
+        OTEL_METRIC_EXPORT_INTERVAL,
+    )
+)

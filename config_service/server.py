@@ -25,6 +25,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from aibridge.config.v1 import config_service_pb2
 from aibridge.logs import get_logger
 from aibridge.ports import ListenError, check_free
+from aibridge.telemetry import Telemetry
+from aibridge.telemetry import start as start_telemetry
 from config_service import notify
 from config_service.auth import Authenticator
 from config_service.crypto import Cipher
@@ -92,6 +94,7 @@ class RunningService:
     metrics_server: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopped: bool = False
+    telemetry: Telemetry | None = None
 
     @property
     def target(self) -> str:
@@ -112,6 +115,8 @@ class RunningService:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()  # shutdown() stops serving; this frees the socket
         await self.db.close()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown)
 
 
 def _credentials(settings: ConfigServiceSettings) -> grpc.ServerCredentials | None:
@@ -343,19 +348,30 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
         ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
     )
     # Bound first: a port that is taken fails before the database is migrated or seeded.
+    telemetry = start_telemetry(settings.telemetry, settings.replica_id)
+    tracing = None
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequests()]  # type: ignore[type-arg]
+    if telemetry is not None:
+        from config_service.tracing import ConfigTelemetry  # only when it is on
+
+        tracing = ConfigTelemetry(telemetry)
+        interceptors.insert(0, tracing.interceptor())
     server = grpc.aio.server(
         options=GRPC_OPTIONS,
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
-        interceptors=[MalformedRequests()],
+        interceptors=interceptors,
     )
-    credentials = _credentials(settings)
-    port = _add_port(server, settings, credentials)
     try:
+        credentials = _credentials(settings)
+        port = _add_port(server, settings, credentials)
         db = await asyncio.to_thread(prepare_database, settings, environ)
     except BaseException:
         await server.stop(None)
+        if telemetry is not None:
+            await asyncio.to_thread(telemetry.shutdown)
         raise
     hub = SnapshotHub(db, settings.allow_byok)
+    hub.tracing = tracing
     metrics = ConfigMetrics()
     hub.listeners.append(lambda _revision: metrics.build_seconds.observe(hub.last_build_seconds))
     await hub.refresh()
@@ -390,6 +406,7 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
+    running.telemetry = telemetry
     running.tasks.append(asyncio.create_task(_resync_loop(hub, settings.resync_interval, metrics)))
     running.tasks.append(asyncio.create_task(_follow_reachability(hub, health_servicer)))
     if settings.usage_retention > 0:

@@ -15,6 +15,7 @@ from aibridge.envconfig import (
     GRPC_LISTEN,
     LOG_FORMAT,
     LOG_LEVEL,
+    OTEL,
     XDG_DATA_HOME,
     Schema,
     Setting,
@@ -31,6 +32,7 @@ from aibridge.envconfig import (
 )
 from aibridge.envconfig import existing_file as file
 from aibridge.masking import Secret
+from aibridge.telemetry import TelemetrySettings
 from config_service.crypto import parse_keys
 from config_service.store.tokens import weak_token_problem
 
@@ -115,27 +117,30 @@ REPLICA_ID = Setting(
 )
 
 # Each is also a flag of `aibridge config-service` (flags win).
-SETTINGS = Schema(
-    (
-        DATA_DIR,
-        XDG_DATA_HOME,
-        DATABASE_URL,
-        GRPC_LISTEN,
-        TLS_CERT_FILE,
-        TLS_KEY_FILE,
-        TLS_CLIENT_CA_FILE,
-        *TOKENS.values(),
-        ENCRYPTION_KEYS,
-        ALLOW_BYOK,
-        METRICS_LISTEN,
-        RESYNC_INTERVAL,
-        MAX_WATCH_STREAMS,
-        USAGE_RETENTION,
-        USAGE_PRUNE_INTERVAL,
-        REPLICA_ID,
-        LOG_FORMAT,
-        LOG_LEVEL,
+SETTINGS = (
+    Schema(
+        (
+            DATA_DIR,
+            XDG_DATA_HOME,
+            DATABASE_URL,
+            GRPC_LISTEN,
+            TLS_CERT_FILE,
+            TLS_KEY_FILE,
+            TLS_CLIENT_CA_FILE,
+            *TOKENS.values(),
+            ENCRYPTION_KEYS,
+            ALLOW_BYOK,
+            METRICS_LISTEN,
+            RESYNC_INTERVAL,
+            MAX_WATCH_STREAMS,
+            USAGE_RETENTION,
+            USAGE_PRUNE_INTERVAL,
+            REPLICA_ID,
+            LOG_FORMAT,
+            LOG_LEVEL,
+        )
     )
+    + OTEL
 )
 
 
@@ -190,6 +195,7 @@ class ConfigServiceSettings:
     replica_id: str
     log_format: str
     log_level: str
+    telemetry: TelemetrySettings
 
     @property
     def grpc_target(self) -> str:
@@ -229,4 +235,5 @@ class ConfigServiceSettings:
             replica_id=v[REPLICA_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
+            telemetry=TelemetrySettings.of(v, "aibridge-config-service"),
         )

@@ -16,7 +16,7 @@ import pytest
 
 from tests.fixtures.databases import postgres_schema, schema_url
 
-pytest_plugins = ["tests.fixtures.services"]
+pytest_plugins = ["tests.fixtures.services", "tests.fixtures.otlp"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

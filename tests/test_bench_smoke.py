@@ -84,3 +84,16 @@ def test_usage_ingest(tmp_path: Path) -> None:
     assert doc["inserted"] == 2000
     assert doc["replay_inserted"] == 0
     assert doc["replay_duplicates"] == 2000
+
+
+@pytest.mark.timeout(150)
+def test_otel(tmp_path: Path) -> None:
+    doc = run("otel.py", ["--requests", "200"], tmp_path)
+    saturation, latency = doc["saturation"], doc["latency"]
+    assert isinstance(saturation, dict)
+    assert isinstance(latency, dict)
+    assert saturation["off"]["errors"] == saturation["on"]["errors"] == 0
+    assert {"off_added_p50_ms", "on_added_p50_ms"} <= set(latency["json"])
+    receiver = doc["receiver"]
+    assert isinstance(receiver, dict)
+    assert receiver["spans"] > 0

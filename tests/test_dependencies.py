@@ -10,7 +10,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Iterator
-from importlib.metadata import packages_distributions
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,15 +25,50 @@ def _distribution(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _packages(distribution: str) -> set[str]:
+    """What a distribution makes importable, as the outermost regular package or module
+    below any namespace package: `httpx`, `google.protobuf`, `opentelemetry.sdk`."""
+    try:
+        files = [f for f in metadata.files(distribution) or () if ".." not in f.parts]
+    except metadata.PackageNotFoundError:
+        return set()
+    paths = {f.as_posix() for f in files}
+    found: set[str] = set()
+    for file in files:
+        parts, name = file.parts[:-1], file.parts[-1]
+        if not name.endswith((".py", ".so", ".pyd")) or "__pycache__" in parts:
+            continue
+        if parts and parts[0].endswith((".dist-info", ".data", ".libs")):
+            continue
+        module = [*parts] if name == "__init__.py" else [*parts, name.split(".")[0]]
+        for depth in range(1, len(parts) + 1):
+            if "/".join(parts[:depth]) + "/__init__.py" in paths:
+                module = [*parts[:depth]]
+                break
+        if module and module[0].isidentifier():
+            found.add(".".join(module))
+    return found
+
+
 def _modules_of(requirements: list[str]) -> dict[str, str]:
-    """Top-level module -> the declared distribution that installs it."""
-    declared = {_distribution(r) for r in requirements}
+    """Importable package -> the declared distribution that installs it. A namespace
+    package several distributions share (opentelemetry) is split by their packages."""
     modules: dict[str, str] = {}
-    for module, distributions in packages_distributions().items():
-        for distribution in distributions:
-            if _distribution(distribution) in declared:
-                modules[module] = _distribution(distribution)
+    for requirement in requirements:
+        distribution = _distribution(requirement)
+        for package in _packages(distribution):
+            modules[package] = distribution
     return modules
+
+
+def _provider(name: str, modules: dict[str, str]) -> str | None:
+    """The declared distribution an imported module comes from (longest package prefix)."""
+    parts = name.split(".")
+    for depth in range(len(parts), 0, -1):
+        found = modules.get(".".join(parts[:depth]))
+        if found is not None:
+            return found
+    return None
 
 
 def _imports(*folders: str) -> Iterator[tuple[str, str, Path]]:
@@ -44,7 +79,8 @@ def _imports(*folders: str) -> Iterator[tuple[str, str, Path]]:
                 if isinstance(node, ast.Import):
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
+                    # module.name: `from opentelemetry import trace` is opentelemetry.trace
+                    names = [f"{node.module}.{alias.name}" for alias in node.names]
                 else:
                     continue
                 for name in names:
@@ -67,12 +103,14 @@ def test_package_imports_match_declared_dependencies() -> None:
     """Each third-party module the packages import is declared, and each declared one imported."""
     runtime = _modules_of(PROJECT["dependencies"])
     local = _local_modules()
-    imported = {top: path for _, top, path in _imports(*PACKAGES) if _third_party(top, local)}
-    undeclared = {top: str(path.relative_to(ROOT)) for top, path in imported.items()}
-    for top in runtime:
-        undeclared.pop(top, None)
+    imported = {name: path for name, top, path in _imports(*PACKAGES) if _third_party(top, local)}
+    undeclared = {
+        name: str(path.relative_to(ROOT))
+        for name, path in imported.items()
+        if _provider(name, runtime) is None
+    }
     unused = {_distribution(r) for r in PROJECT["dependencies"]} - {
-        runtime[top] for top in imported if top in runtime
+        _provider(name, runtime) for name in imported
     }
     assert undeclared == {}, f"imported but not declared in [project].dependencies: {undeclared}"
     assert unused == set(), f"declared in [project].dependencies but never imported: {unused}"
@@ -84,9 +122,9 @@ def test_test_imports_are_declared() -> None:
     declared = _modules_of(PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"])
     local = _local_modules(*folders)
     undeclared = {
-        top: str(path.relative_to(ROOT))
-        for _, top, path in _imports(*folders)
-        if _third_party(top, local) and top not in declared
+        name: str(path.relative_to(ROOT))
+        for name, top, path in _imports(*folders)
+        if _third_party(top, local) and _provider(name, declared) is None
     }
     assert undeclared == {}, f"imported but not declared (dev extra): {undeclared}"
 

@@ -122,7 +122,17 @@ class ConfigServicer:
                     trusted_at = self._hub.revision
                 if self._hub.revision > known:
                     entry = self._hub.entry(scope)
-                    yield entry.payload
+                    tracing = self._hub.tracing
+                    if tracing is None:
+                        yield entry.payload
+                    else:
+                        # The first send is the stream's own start, not a change's.
+                        built = self._hub.built_by if state.version_sent else None
+                        span = tracing.send(built, node_id, scope.value, entry.version)
+                        try:
+                            yield entry.payload
+                        finally:
+                            span.end()
                     known = self._hub.revision
                     state.version_sent = entry.version
                     sent.inc()

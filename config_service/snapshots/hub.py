@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aibridge.logs import get_logger
 from config_service.errors import ConfigError
@@ -26,6 +26,11 @@ from config_service.rbac import Scope, Subject
 from config_service.snapshots.snapshot import SnapshotEntry, build
 from config_service.snapshots.state import load_state
 from config_service.store.database import Database
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+    from config_service.tracing import ConfigTelemetry
 
 log = get_logger("aibridge.config.hub")
 T = TypeVar("T")
@@ -44,6 +49,8 @@ class SnapshotHub:
         self.reachable = True  # the last database contact succeeded
         self.last_build_seconds = 0.0
         self.listeners: list[Callable[[int], None]] = []
+        self.tracing: ConfigTelemetry | None = None  # spans, when telemetry is on
+        self.built_by: SpanContext | None = None  # the span of the current snapshot's rebuild
 
     @property
     def revision(self) -> int:
@@ -90,6 +97,15 @@ class SnapshotHub:
 
     async def refresh(self) -> bool:
         """Reload from the database; publish when the revision moved forward."""
+        if self.tracing is None:
+            return await self._refresh()
+        started = time.time_ns()
+        published = await self._refresh()
+        # No await from here on: woken streams run after `built_by` names this rebuild.
+        self.built_by = self.tracing.rebuilt(started, self.version, published, self.built_by)
+        return published
+
+    async def _refresh(self) -> bool:
         async with self._lock:
             started = time.perf_counter()
             state = await self._contact(self._db.call(load_state, self._db))
@@ -123,7 +139,11 @@ class SnapshotHub:
         reload fails the hub catches up through NOTIFY or the periodic revision check.
         """
         try:
-            await self.refresh()
+            if self.tracing is None:
+                await self.refresh()
+            else:
+                with self.tracing.writing():  # a rebuild meanwhile is this write's
+                    await self.refresh()
         except Exception as exc:
             log.warning(
                 "snapshot reload after a committed write failed; catching up by resync",

@@ -22,6 +22,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,6 +32,7 @@ from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
 from aibridge.recording import MAX_HINT
 from aibridge.rulebook import Family
+from aibridge.telemetry import TRACE_HEADERS
 from data_plane.body_budget import BodyBudget, Hold
 from data_plane.bridge.asgi import Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
@@ -47,6 +49,9 @@ from data_plane.bridge.transport import UpstreamTransport
 from data_plane.dump import Dumper
 from data_plane.errors import BodyLate, BudgetFull, ClientGone, TooLarge
 from data_plane.gateway_auth import Principal, lookup
+
+if TYPE_CHECKING:
+    from data_plane.bridge.tracing import BridgeTelemetry, CallSpan
 
 log = get_logger(__name__)
 
@@ -192,6 +197,7 @@ class BridgeApp:
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
         body_budget: BodyBudget,
+        telemetry: BridgeTelemetry | None = None,
         sink: RecordSink | None = None,
         record_prompts: bool = False,
     ) -> None:
@@ -199,6 +205,10 @@ class BridgeApp:
         self.sink = sink  # None: recording off
         self.record_prompts = record_prompts
         self.request_ids = RequestIds()
+        # With telemetry on, a request's trace context is replaced by the attempt's own.
+        self.telemetry = telemetry
+        self._drop = _DROP_REQUEST | (TRACE_HEADERS if telemetry is not None else frozenset())
+        self._drop_pooled = self._drop | _CREDENTIALS
         self.body_budget = body_budget
         self.models = ModelLabels()
         self.http = http
@@ -258,23 +268,37 @@ class BridgeApp:
         client = creds.client
         proposed = client.get(REQUEST_ID) if client.get(VIA) == b"proxy" else None
         capture = Capture(self.request_ids.take(proposed, started), started, client)
+        trace = None
+        if self.telemetry is not None:
+            trace = self.telemetry.begin(capture, scope["method"], scope["headers"])
         try:
-            await self._serve(scope, receive, capture.bind(send), table, creds, capture)
+            await self._serve(scope, receive, capture.bind(send), table, creds, capture, trace)
         finally:
-            self._record(capture, table, creds)
+            record = self._record(capture, table, creds)
+            if trace is not None:
+                try:
+                    trace.finish(capture, record, self.models)
+                except Exception:  # a bug here must not turn a served request into an error
+                    log.exception("ending the request's span failed", request_id=capture.id)
 
-    def _record(self, capture: Capture, table: RoutingTable, creds: _Credentials) -> None:
-        """Hand the finished interception to the sink, when it can be attributed."""
-        if self.sink is None:
-            return
+    def _record(
+        self, capture: Capture, table: RoutingTable, creds: _Credentials
+    ) -> usage_pb2.Interception | None:
+        """The finished interception's record, handed to the sink, when it can be
+        attributed; with telemetry on it is built for the span even without a sink."""
+        sink = self.sink
+        if sink is None and self.telemetry is None:
+            return None
         if not capture.provider_name:
-            self.metrics.unrecorded.labels("unknown_provider").inc()
-            return
+            if sink is not None:
+                self.metrics.unrecorded.labels("unknown_provider").inc()
+            return None
         if capture.principal is None:  # refused before (or while) authenticating
             principal = self._authenticate(table, creds.gateway_token)
             if not isinstance(principal, Principal) or not principal.may_use_gateway:
-                self.metrics.unrecorded.labels("unauthenticated").inc()
-                return
+                if sink is not None:
+                    self.metrics.unrecorded.labels("unauthenticated").inc()
+                return None
             capture.principal = principal
         capture.secrets += creds.secrets
         provider = table.providers.get(capture.provider_name)
@@ -284,8 +308,10 @@ class BridgeApp:
             record = capture.build()
         except Exception:  # a bug here must not turn a served request into an error
             log.exception("building an interception record failed", request_id=capture.id)
-            return
-        self.sink.submit(record)
+            return None
+        if sink is not None:
+            sink.submit(record)
+        return record
 
     async def _serve(
         self,
@@ -295,6 +321,7 @@ class BridgeApp:
         table: RoutingTable,
         creds: _Credentials,
         capture: Capture,
+        trace: CallSpan | None,
     ) -> None:
         method: str = scope["method"]
         path: str = scope["path"]
@@ -343,7 +370,7 @@ class BridgeApp:
             body = await self._receive_body(receive, send, family, creds.content_length, hold)
             if body is None:
                 return None
-            drop = _DROP_REQUEST if caller.own_key else _DROP_REQUEST | _CREDENTIALS
+            drop = self._drop if caller.own_key else self._drop_pooled
             call = Call(
                 provider=provider,
                 path=sub,
@@ -359,6 +386,7 @@ class BridgeApp:
             )
             if intercepted:
                 self._inspect(call)
+            call.trace = trace
             await self._guarded(call, receive, send)
         finally:
             hold.release()

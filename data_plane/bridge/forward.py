@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -25,8 +26,11 @@ from data_plane.bridge.interception.response import ResponseReader
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, origin_of
-from data_plane.bridge.upstream import UpstreamResponse
+from data_plane.bridge.upstream import AnthropicUpstream, UpstreamResponse
 from data_plane.dump import BodyCapture, Dumper, Exchange
+
+if TYPE_CHECKING:
+    from data_plane.bridge.tracing import CallSpan
 
 log = get_logger(__name__)
 
@@ -62,6 +66,7 @@ class Call:
     status: int = 0
     key_hint: str = ""
     started: float = field(default_factory=time.perf_counter)
+    trace: CallSpan | None = None  # the call's span, when telemetry is on
 
     @property
     def route(self) -> str:
@@ -121,24 +126,47 @@ class Forwarder:
         else:  # let httpx percent-encode it
             target = httpx.URL(provider.upstream_url(call.path, call.query)).raw_path
         t = self.http.timeout  # the client's settings rule, as for the Bedrock client
-        reply = await self.upstream.request(
-            route.origin,
-            call.method,
-            target,
-            headers,
-            call.body,
-            Timeouts(t.connect, t.read, t.write, t.pool),
-        )
-        return UpstreamResponse(reply.status, reply.headers, reply.chunks, reply.close)
+        attempt = None
+        if call.trace is not None:
+            path = target.partition(b"?")[0].decode("latin-1")
+            attempt = call.trace.attempt(call, route.origin, path)
+            headers = [*headers, *attempt.headers]
+        try:
+            reply = await self.upstream.request(
+                route.origin,
+                call.method,
+                target,
+                headers,
+                call.body,
+                Timeouts(t.connect, t.read, t.write, t.pool),
+            )
+        except BaseException as exc:
+            if attempt is not None:
+                attempt.failed(exc)
+            raise
+        response = UpstreamResponse(reply.status, reply.headers, reply.chunks, reply.close)
+        return response if attempt is None else attempt.answered(response)
+
+    async def _send_bedrock(self, call: Call, bedrock: AnthropicUpstream) -> UpstreamResponse:
+        call.capture.attempts = 1
+        attempt = None
+        if call.trace is not None:  # no traceparent: the request is SigV4-signed as it is
+            attempt = call.trace.attempt(call, None, call.path)
+        plain = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.headers}
+        try:
+            response = await bedrock.send(
+                path=call.path, body=call.body, headers=plain, stream=call.stream
+            )
+        except BaseException as exc:
+            if attempt is not None:
+                attempt.failed(exc)
+            raise
+        return response if attempt is None else attempt.answered(response)
 
     async def _upstream(self, call: Call, send: Send) -> UpstreamResponse | None:
         provider = call.provider
         if call.mode == "bedrock" and provider.bedrock is not None:
-            plain = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.headers}
-            call.capture.attempts = 1
-            return await provider.bedrock.send(
-                path=call.path, body=call.body, headers=plain, stream=call.stream
-            )
+            return await self._send_bedrock(call, provider.bedrock)
         if call.mode != "pool" or provider.pool is None:
             call.capture.attempts = 1
             return await self._send_http(call, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Generator
 from typing import Literal
@@ -18,6 +19,8 @@ import uvicorn
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
 from aibridge.ports import bind_tcp
+from aibridge.telemetry import Telemetry
+from aibridge.telemetry import start as start_telemetry
 from data_plane.body_budget import BodyBudget
 from data_plane.bridge.app import BridgeApp
 from data_plane.bridge.bedrock_adapter import load_factory
@@ -33,6 +36,7 @@ from data_plane.follow import make_subscriber, start_following
 from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
 
 log = get_logger(__name__)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def make_upstream() -> UpstreamTransport:
@@ -60,11 +64,18 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        if self._handle_signals:
-            with super().capture_signals():
-                yield
-        else:
+        """SIGINT/SIGTERM start a graceful exit. Unlike uvicorn's own, the signal is not
+        raised again once the server stopped: that killed the process before
+        `Bridge.stop` ran (the telemetry's last spans were never flushed)."""
+        if not self._handle_signals:
             yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 class Bridge:
@@ -76,6 +87,7 @@ class Bridge:
         *,
         bedrock_factory: BedrockFactory | Literal["auto"] | None = "auto",
         handle_signals: bool = False,
+        telemetry: Telemetry | None = None,
         sink: RecordSink | None = None,
     ) -> None:
         self.settings = settings
@@ -83,7 +95,15 @@ class Bridge:
         self.http = make_http_client(self.upstream)
         self.metrics = BridgeMetrics()
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
+        # `telemetry`: providers a test built; else as the OTEL_* settings say (None: off).
+        self.telemetry = telemetry or start_telemetry(settings.telemetry, settings.node_id)
+        tracing = None
+        if self.telemetry is not None:
+            from data_plane.bridge.tracing import BridgeTelemetry  # only when it is on
+
+            tracing = BridgeTelemetry(self.telemetry)
         self.app = BridgeApp(
+            telemetry=tracing,
             http=self.http,
             upstream=self.upstream,
             metrics=self.metrics,
@@ -178,6 +198,8 @@ class Bridge:
                 await task
         self._tasks.clear()
         await self.http.aclose()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown)
 
 
 async def serve(settings: BridgeSettings) -> None:

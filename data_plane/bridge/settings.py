@@ -18,6 +18,7 @@ from aibridge.envconfig import (
     LOG_FORMAT,
     LOG_LEVEL,
     LOGGING,
+    OTEL,
     Parse,
     Schema,
     Setting,
@@ -28,6 +29,7 @@ from aibridge.envconfig import (
     text,
 )
 from aibridge.masking import Secret
+from aibridge.telemetry import TelemetrySettings
 from data_plane.daemon import (
     DUMP_DIR,
     NODE_ID,
@@ -146,6 +148,7 @@ SETTINGS = (
         BRIDGE_REFUSED,
     )
     + LOGGING
+    + OTEL
 )
 
 
@@ -188,6 +191,7 @@ class BridgeSettings:
     log_format: str
     log_level: str
     aws_region: str  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
+    telemetry: TelemetrySettings
 
     @classmethod
     def from_env(
@@ -224,4 +228,5 @@ class BridgeSettings:
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
             aws_region=v[AWS_REGION] or v[AWS_DEFAULT_REGION],
+            telemetry=TelemetrySettings.of(v, "aibridge-bridge"),
         )

@@ -7,6 +7,7 @@ a handler reads it once per decision, so a swap never changes a decision half-wa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -17,6 +18,9 @@ from data_plane.proxy.egress import Egress
 from data_plane.proxy.metrics import ProxyMetrics
 from data_plane.proxy.routes import EMPTY, ProxyTable
 from data_plane.proxy.settings import ProxySettings
+
+if TYPE_CHECKING:
+    from data_plane.proxy.tracing import ProxyTelemetry
 
 
 def make_proxy_client(*, read_timeout: float = 600.0) -> httpx.AsyncClient:
@@ -40,3 +44,4 @@ class Shared:
     egress: Egress
     dumper: Dumper | None = None
     table: ProxyTable = EMPTY
+    tracing: ProxyTelemetry | None = None  # spans, when telemetry is on

@@ -180,7 +180,14 @@ class FrontDoor:
                 log.warning("client sent TLS data before the CONNECT reply", host=host)
                 return True
             shared.metrics.connect_sessions.labels("mitm").inc()
-            await serve_tls(shared, stream, ctx, host, identity)
+            if shared.tracing is None:
+                await serve_tls(shared, stream, ctx, host, identity)
+                return True
+            session = shared.tracing.connect(host, port, "mitm", identity.principal.principal_id)
+            try:
+                await serve_tls(shared, stream, ctx, host, identity, session)
+            finally:
+                session.end()
             return True
         if port not in shared.settings.allowed_ports:
             await self._refuse(stream, 403, "port", f"port {port} is not allowed")
@@ -196,9 +203,18 @@ class FrontDoor:
         await stream.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
         shared.metrics.connect_sessions.labels("tunnel").inc()
         early, _closed = stream.conn.trailing_data
-        up, down = await pipe(
-            (stream.reader, stream.writer), upstream, early, idle=self.limits.idle_timeout
+        tunnel_span = (
+            shared.tracing.connect(host, port, "tunnel", identity.principal.principal_id)
+            if shared.tracing is not None
+            else None
         )
+        try:
+            up, down = await pipe(
+                (stream.reader, stream.writer), upstream, early, idle=self.limits.idle_timeout
+            )
+        finally:
+            if tunnel_span is not None:
+                tunnel_span.end()
         log.debug("tunnel closed", host=host, port=port, bytes_up=up, bytes_down=down)
         return True
 

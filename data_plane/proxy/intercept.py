@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import ssl
 import time
+from typing import TYPE_CHECKING
 
 import h11
 
 from aibridge.logs import get_logger
 from aibridge.recording import new_record_id
+from aibridge.telemetry import TRACE_HEADERS
 from data_plane.body_budget import Hold
 from data_plane.dump import Exchange
 from data_plane.proxy.auth import Identity
@@ -24,6 +26,9 @@ from data_plane.proxy.context import Shared
 from data_plane.proxy.h11io import H11Stream, header
 from data_plane.proxy.relay import bridge_headers, relay
 from data_plane.proxy.routes import Route
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = get_logger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
@@ -50,12 +55,18 @@ def origin_path(target: bytes) -> str:
 
 
 async def provider_request(
-    shared: Shared, stream: H11Stream, request: h11.Request, route: Route, identity: Identity
+    shared: Shared,
+    stream: H11Stream,
+    request: h11.Request,
+    route: Route,
+    identity: Identity,
+    session: Span | None = None,
 ) -> None:
-    """Serve one provider request through the bridge; the body is still unread."""
+    """Serve one provider request through the bridge; the body is still unread.
+    `session`: the CONNECT's span, when telemetry is on."""
     hold = Hold(stream.limits.body_budget)  # given back once the request is over
     try:
-        await _provider_request(shared, stream, request, route, identity, hold)
+        await _provider_request(shared, stream, request, route, identity, hold, session)
     finally:
         hold.release()
 
@@ -67,6 +78,7 @@ async def _provider_request(
     route: Route,
     identity: Identity,
     hold: Hold,
+    session: Span | None,
 ) -> None:
     request_id = new_record_id()  # the bridge keeps it as the interception record's id
     declared = header(request, b"content-length")
@@ -86,12 +98,30 @@ async def _provider_request(
     metrics.mitm_requests.labels(route.provider).inc()
     metrics.inflight.inc()
     started = time.perf_counter()
+    tracing, span = shared.tracing, None
+    if tracing is not None:
+        span, carried = tracing.request(
+            session,
+            method.decode(),
+            path,
+            route.provider,
+            identity.principal.principal_id,
+            request_id,
+            request.headers,
+        )
+        headers = [(k, v) for k, v in headers if k not in TRACE_HEADERS] + carried
+    outcome = None
     try:
         outcome = await relay(
             stream, shared.bridge, method, url, headers, body, capture=shared.dumper is not None
         )
     finally:
         metrics.inflight.dec()
+        if tracing is not None and span is not None:
+            if outcome is None:  # cancelled: the proxy is stopping
+                tracing.answered(span, 0, "cancelled")
+            else:
+                tracing.answered(span, outcome.status, outcome.failed)
     metrics.mitm_responses.labels(route.provider, str(outcome.status)).inc()
     # The path without its query: some providers accept keys as query parameters.
     log.info(
@@ -123,7 +153,12 @@ async def _provider_request(
 
 
 async def serve_tls(
-    shared: Shared, plain: H11Stream, ctx: ssl.SSLContext, host: str, identity: Identity
+    shared: Shared,
+    plain: H11Stream,
+    ctx: ssl.SSLContext,
+    host: str,
+    identity: Identity,
+    session: Span | None = None,
 ) -> None:
     """Terminate the client's TLS for host and serve its requests until it leaves."""
     try:
@@ -150,6 +185,6 @@ async def serve_tls(
         if route is None:
             await stream.error(421, f"{host} is no longer intercepted; reconnect", close=True)
             return
-        await provider_request(shared, stream, event, route, identity)
+        await provider_request(shared, stream, event, route, identity, session)
         if not stream.next_cycle():
             return

@@ -15,6 +15,8 @@ import time
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
 from aibridge.ports import bind_tcp
+from aibridge.telemetry import Telemetry
+from aibridge.telemetry import start as start_telemetry
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.proxy.ca import CertificateAuthority, LeafCache
@@ -31,8 +33,16 @@ log = get_logger(__name__)
 class Proxy:
     """aibridgeproxyd in one object: `await start()`, `listen`, `await stop()`."""
 
-    def __init__(self, settings: ProxySettings, *, resolver: Resolver = system_resolve) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        resolver: Resolver = system_resolve,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.settings = settings
+        # `telemetry`: providers a test built; else as the OTEL_* settings say (None: off).
+        self.telemetry = telemetry or start_telemetry(settings.telemetry, settings.node_id)
         self._resolver = resolver
         self.metrics = ProxyMetrics()
         self.shared: Shared | None = None
@@ -89,6 +99,10 @@ class Proxy:
             egress=Egress(s.allowed_private_cidrs, self._resolver),
             dumper=Dumper(s.dump_dir) if s.dump_dir else None,
         )
+        if self.telemetry is not None:
+            from data_plane.proxy.tracing import ProxyTelemetry  # only when it is on
+
+            self.shared.tracing = ProxyTelemetry(self.telemetry)
         self._task = await start_following(self.subscriber)
         front = self._front = FrontDoor(self.shared)
         # A deep accept queue: a connection flood must not drop a healthy client's SYN
@@ -123,6 +137,8 @@ class Proxy:
         if self.shared is not None:
             await self.shared.bridge.aclose()
             await self.shared.origins.aclose()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown)
 
 
 async def serve(settings: ProxySettings) -> None:

@@ -18,6 +18,7 @@ from aibridge.envconfig import (
     LOG_FORMAT,
     LOG_LEVEL,
     LOGGING,
+    OTEL,
     PROXY_LISTEN,
     XDG_DATA_HOME,
     IPNetwork,
@@ -36,6 +37,7 @@ from aibridge.envconfig import (
     resolve_data_dir,
 )
 from aibridge.masking import Secret
+from aibridge.telemetry import TelemetrySettings
 from data_plane.daemon import (
     DUMP_DIR,
     NODE_ID,
@@ -155,6 +157,7 @@ SETTINGS = (
         PROXY_REFUSED,
     )
     + LOGGING
+    + OTEL
 )
 
 
@@ -185,6 +188,7 @@ class ProxySettings:
     node_id: str
     log_format: str
     log_level: str
+    telemetry: TelemetrySettings
 
     @property
     def ca_paths(self) -> tuple[Path, Path]:
@@ -234,4 +238,5 @@ class ProxySettings:
             node_id=v[NODE_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
+            telemetry=TelemetrySettings.of(v, "aibridge-proxy"),
         )

@@ -1,5 +1,7 @@
 """What an answer says about itself, read on the side while it is relayed: token usage,
-the model that served it, the tool calls the model made, and whether it reached its end.
+the model that served it, the tool calls the model made, why it finished (the telemetry's
+gen_ai.response.finish_reasons: chat `finish_reason`s, Anthropic's `stop_reason`, the
+Responses status), and whether it reached its end.
 
 Nothing here touches the relayed bytes, and nothing here raises: a malformed, compressed
 or huge answer simply yields less. Memory stays bounded per answer: a blocking JSON body
@@ -42,6 +44,7 @@ MAX_ARGUMENTS_TOTAL = 1024 * 1024  # characters of tool arguments kept per answe
 _MARKERS = (
     rb'usage" *: *\{|"tool_calls"|"tool_use"|"server_tool_use"|\[DONE\]'
     rb"|message_stop|response\.(?:completed|incomplete|failed)|^event: *error"
+    rb'|"(?:finish|stop)_reason" *: *"'
 )
 _WANTED = re.compile(_MARKERS, re.MULTILINE)
 _USAGE = re.compile(rb'usage" *: *\{')
@@ -51,6 +54,9 @@ _TERMINAL_TYPES = frozenset({"message_stop", "response.completed", "response.inc
 _FAILED_TYPES = frozenset({"response.failed", "error"})
 _RESPONSES_TOOLS = frozenset({"function_call", "custom_tool_call", "local_shell_call"})
 _ANTHROPIC_TOOLS = frozenset({"tool_use", "server_tool_use"})
+MAX_REASONS = 16  # distinct finish reasons kept (one per choice at most)
+MAX_REASON = 64  # characters of one
+_RESPONSE_ENDS = frozenset({"completed", "incomplete", "failed"})
 
 
 def _count(value: Any) -> int | None:
@@ -101,6 +107,7 @@ class ResponseReader:
         self.model = ""
         self.terminal = False  # the answer reached its end
         self.failed = False  # the answer says it failed (an error event, response.failed)
+        self.finish_reasons: list[str] = []  # distinct, in the order they came
         self._tools: dict[tuple[int, int] | str, _Tool] = {}
         self._argument_chars = 0
         self._buf = bytearray()
@@ -224,6 +231,8 @@ class ResponseReader:
             delta = doc.get("delta")
             if isinstance(delta, dict) and delta.get("type") == "input_json_delta":
                 self._argument(_block_key(doc.get("index")), delta.get("partial_json"))
+        elif kind == "message_delta" and isinstance(doc.get("delta"), dict):
+            self._reason(doc["delta"].get("stop_reason"))
         elif isinstance(doc.get("choices"), list):
             self._chat(doc["choices"], stream=True)
         self._holders(doc)
@@ -249,13 +258,27 @@ class ResponseReader:
             model = holder.get("model")
             if isinstance(model, str) and model:
                 self.model = model
-            if holder.get("object") == "response" and isinstance(holder.get("output"), list):
-                self._responses_output(holder["output"])
+            self._reason(holder.get("stop_reason"))
+            if holder.get("object") == "response":
+                if holder.get("status") in _RESPONSE_ENDS:
+                    details = holder.get("incomplete_details")
+                    why = details.get("reason") if isinstance(details, dict) else None
+                    self._reason(why or holder["status"])
+                if isinstance(holder.get("output"), list):
+                    self._responses_output(holder["output"])
+
+    def _reason(self, value: Any) -> None:
+        reasons = self.finish_reasons
+        if isinstance(value, str) and value and len(reasons) < MAX_REASONS:
+            value = value[:MAX_REASON]
+            if value not in reasons:
+                reasons.append(value)
 
     def _chat(self, choices: list[Any], *, stream: bool) -> None:
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
+            self._reason(choice.get("finish_reason"))
             message = choice.get("delta" if stream else "message")
             calls = message.get("tool_calls") if isinstance(message, dict) else None
             if not isinstance(calls, list):
