@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import sys
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +90,11 @@ class ConsoleSettings:
         return "https" if self.tls_cert else "http"
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        with super().capture_signals():
-            yield
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def serve(settings: ConsoleSettings) -> None:
@@ -111,7 +112,7 @@ async def serve(settings: ConsoleSettings) -> None:
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         timeout_graceful_shutdown=5,
     )
-    server = _Server(config)
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
@@ -119,6 +120,13 @@ async def serve(settings: ConsoleSettings) -> None:
             raise RuntimeError("HTTP server stopped during start-up")
         await asyncio.sleep(0.005)
     shown = address(settings.host, port)
+    if settings.tls_cert is None and not _loopback(settings.host):
+        log.warning(
+            "console served over plain HTTP on a non-loopback address: session cookies and "
+            "tokens cross the network unencrypted; set AIBRIDGE_CONSOLE_TLS_CERT_FILE and "
+            "_KEY_FILE, or listen on 127.0.0.1 behind a TLS proxy",
+            listen=shown,
+        )
     log.info(
         "console listening",
         listen=shown,

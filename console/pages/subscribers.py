@@ -22,6 +22,9 @@ class Row:
     state: str  # current, behind, rejected, pending
 
 
+MAX_ROWS = 1000  # rows rendered (every second); the rest are counted, out-of-date ones first
+
+
 def state_of(node: cs.Subscriber, current: str) -> str:
     if node.version_rejected and node.version_rejected == node.version_sent:
         return "rejected"
@@ -45,11 +48,14 @@ async def _load(ctx: Ctx) -> dict[str, Any]:
     current = snap.snapshot.version
     ordered = sorted(listed.subscribers, key=lambda s: (s.node_id, s.replica_id, s.peer))
     table = [Row(s, state_of(s, current)) for s in ordered]
+    out_of_date = sum(1 for r in table if r.state != "current")
+    if len(table) > MAX_ROWS:
+        table.sort(key=lambda r: r.state == "current")  # stable: by node within each group
     return {
-        "rows": table,
+        "rows": table[:MAX_ROWS],
         "version": current,
-        "left_off": listed.subscribers_left_off,
-        "out_of_date": sum(1 for r in table if r.state != "current"),
+        "left_off": listed.subscribers_left_off + max(0, len(table) - MAX_ROWS),
+        "out_of_date": out_of_date,
     }
 
 

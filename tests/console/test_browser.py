@@ -228,6 +228,7 @@ def test_an_owner_runs_the_stack_from_the_browser(
             outcome=usage_pb2.OUTCOME_COMPLETED if i else usage_pb2.OUTCOME_UPSTREAM_ERROR,
             status_code=200 if i else 502,
             principal_id=principal,
+            principal_name="sdk-user",
             client="openai-python",
             usage=usage_pb2.TokenUsage(input_tokens=12, output_tokens=30),
             tool_calls=[usage_pb2.ToolCall(name="read_file", call_id=f"c{i}", arguments="{}")],
