@@ -13,7 +13,7 @@ import secrets
 
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from console.api import SignedOut, Unavailable
-from console.app import Ctx, Refused, same_site
+from console.app import Ctx, Refused, log, same_site
 from console.format import ROLES
 from console.http import Response, Router, redirect
 from console.sessions import COOKIE, PRE_COOKIE, cookie_header
@@ -75,6 +75,8 @@ async def signin(ctx: Ctx) -> Response:
         return _form(
             ctx, 403, f"A {role} token is a daemon credential and cannot sign in to the console."
         )
+    if ctx.session is not None:  # a new sign-in never keeps the old session id
+        ctx.console.sessions.end(ctx.session.id)
     session = ctx.console.sessions.create(
         token, me.principal_id, me.principal_name, role, me.token_id
     )
@@ -83,8 +85,6 @@ async def signin(ctx: Ctx) -> Response:
     response = redirect("/")
     response.headers.append(("set-cookie", cookie_header(COOKIE, session.id, ttl, secure)))
     response.headers.append(("set-cookie", cookie_header(PRE_COOKIE, "", 0, secure)))
-    from console.app import log
-
     log.info("console sign-in", principal=me.principal_name, role=role)
     return response
 

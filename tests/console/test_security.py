@@ -12,7 +12,7 @@ from aibridge.config.v1 import usage_service_pb2 as us
 from aibridge.config.v1 import usage_service_pb2_grpc as us_grpc
 from aibridge.recording import new_record_id
 from config_service.rbac import Role
-from console.sessions import COOKIE
+from console.sessions import COOKIE, PRE_COOKIE
 from tests.console.conftest import PROVIDER_KEY, Browserless, csrf_of
 
 PAGES = (
@@ -216,3 +216,63 @@ async def test_a_huge_or_malformed_post_is_refused_cleanly(console: Browserless)
         "/providers", content=many, headers={"content-type": "application/x-www-form-urlencoded"}
     )
     assert answer.status_code == 400
+
+
+async def test_control_bytes_and_odd_ids_get_clear_answers_not_crashes(
+    console: Browserless,
+) -> None:
+    """NUL and control bytes in paths, filters, page tokens and form fields are answered 4xx or shown escaped."""
+    client = await console.signed_in(Role.OWNER)
+    csrf = await console.csrf(client)
+    for path, status in (
+        ("/providers/%00", 400),
+        ("/providers/no-such-provider", 404),
+        ("/usage/%00%1b", 400),
+        ("/usage/00000000-0000-7000-8000-000000000000", 404),
+        ("/tokens/x/revoke", 405),
+    ):
+        answer = await client.get(path)
+        assert answer.status_code == status, (path, answer.text[:300])
+    odd = await client.get("/usage", params={"provider": "a\x00b", "client": "\x1b[31m"})
+    assert odd.status_code == 200 and "\x1b" not in odd.text and "printable" in odd.text
+    bad_page = await client.get("/usage", params={"page": "\x00not-a-token"})
+    assert bad_page.status_code == 400
+    made = await client.post(
+        "/providers",
+        data={
+            "csrf": csrf,
+            "name": "ctl\x00name",
+            "type": "openai",
+            "display_name": "<script>alert(1)</script>\x1b",
+            "keys": "sk-ctl-0123456789abcdef",
+        },
+    )
+    assert made.status_code == 400
+    assert "<script>alert(1)</script>" not in made.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in made.text
+    revoked = await client.post("/tokens/%00/revoke", data={"csrf": csrf})
+    assert revoked.status_code in (400, 404)
+
+
+async def test_signing_out_or_in_again_retires_the_old_session_id(console: Browserless) -> None:
+    """After sign-out, or a new sign-in in the same browser, the previous session id opens nothing."""
+    client = await console.signed_in(Role.OWNER)
+    first = client.cookies[COOKIE]
+    assert (await client.get("/signin")).status_code == 303  # signed in: sent on
+    fresh_form = await console.client().get("/signin")
+    client.cookies.set(PRE_COOKIE, fresh_form.cookies[PRE_COOKIE], domain="console.test")
+    relogin = await client.post(
+        "/signin",
+        data={"csrf": csrf_of(fresh_form.text), "token": console.service.tokens[Role.AUDITOR]},
+    )
+    assert relogin.status_code == 303
+    assert console.app.sessions.get(first) is None
+    second = client.cookies[COOKIE]
+    assert second != first
+    csrf = await console.csrf(client)
+    out = await client.post("/signout", data={"csrf": csrf})
+    assert out.status_code == 303 and console.app.sessions.get(second) is None
+    for old in (first, second):
+        stale = console.client()
+        stale.cookies.set(COOKIE, old)
+        assert (await stale.get("/usage")).headers.get("location") == "/signin"
