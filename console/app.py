@@ -10,7 +10,7 @@ PERMISSION_DENIED, the sign-in page when the token is no longer accepted.
 
 from __future__ import annotations
 
-import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import jinja2
 
 from aibridge.logs import get_logger
-from console import format as fmt
-from console.api import Api, ApiError, SignedOut
+from console import filters
+from console.api import Api, ApiError, SignedOut, Stubs
 from console.http import (
     BadForm,
     BodyTooLarge,
@@ -30,6 +30,7 @@ from console.http import (
     Router,
     Scope,
     Send,
+    one,
     redirect,
 )
 from console.sessions import COOKIE, Session, SessionStore, cookie_header
@@ -107,7 +108,7 @@ class Ctx:
         return await self.console.api.call(self.me.token, method, request)
 
     @property
-    def stubs(self) -> Any:
+    def stubs(self) -> Stubs:
         return self.console.api.stubs
 
     def render(self, template: str, status: int = 200, **context: Any) -> Response:
@@ -126,7 +127,7 @@ class Console:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        fmt.install(self.templates)
+        filters.install(self.templates)
         self._static: dict[str, bytes] = {}
         from console.pages import auth, providers, subscribers, tokens, usage
 
@@ -167,14 +168,13 @@ class Console:
 
     async def handle(self, request: Request) -> Response:
         route, params, allowed = self.router.match(request.method, request.path)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        ctx = Ctx(self, request, session)
         if route is None:
             if allowed:
                 return self._plain(405, "method not allowed", [("allow", ", ".join(allowed))])
-            session = self.sessions.get(request.cookies.get(COOKIE))
-            return self.error_page(Ctx(self, request, session), 404, "No such page.")
+            return self.error_page(ctx, 404, "No such page.")
         request.params = params
-        session = self.sessions.get(request.cookies.get(COOKIE))
-        ctx = Ctx(self, request, session)
         try:
             if not route.public:
                 if session is None:
@@ -186,18 +186,21 @@ class Console:
             response = await route.handler(ctx)
         except Refused as exc:
             return self.error_page(ctx, exc.status, exc.message)
-        except SignedOut as exc:
+        except SignedOut:
             if session is not None:
                 self.sessions.end_token(session.token)
             log.info("console session ended: token refused", principal=ctx.session_name())
-            log.debug("token refused", reason=exc.message)
             response = redirect("/signin?expired=1")
-            response.headers.append(("set-cookie", cookie_header(COOKIE, "", 0, False)))
+            secure = request.scheme == "https"
+            response.headers.append(("set-cookie", cookie_header(COOKIE, "", 0, secure)))
             return response
         except ApiError as exc:
             return self.error_page(ctx, exc.status, exc.message)
-        except asyncio.CancelledError:
-            raise
+        except Exception as exc:
+            # A bug: logged with its traceback under a reference; the page shows only that.
+            ref = uuid.uuid4().hex[:12]
+            log.error("console page failed", ref=ref, path=request.path, exc_info=exc)
+            return self.error_page(ctx, 500, f"internal error (reference {ref})")
         response.headers += ctx.extra_headers
         return response
 
@@ -220,7 +223,7 @@ class Console:
         name = ctx.params["name"]
         suffix = name[name.rfind(".") :] if "." in name else ""
         folder = resources.files("console") / "static"
-        if suffix not in STATIC_TYPES or not folder.joinpath(name).is_file() or "/" in name:
+        if "/" in name or suffix not in STATIC_TYPES or not folder.joinpath(name).is_file():
             return self._plain(404, "not found")
         if name not in self._static:
             self._static[name] = folder.joinpath(name).read_bytes()
@@ -246,6 +249,6 @@ def check_post(ctx: Ctx) -> None:
     """Refuse a post without this session's CSRF token, or sent from another site."""
     if not same_site(ctx.request):
         raise Refused(403, "refused: the form was posted from another site")
-    given = ctx.form().get("csrf", [""])[0]
+    given = one(ctx.form(), "csrf")
     if not ctx.me.csrf_ok(given):
         raise Refused(403, "refused: the form's security token is missing or stale; reload it")

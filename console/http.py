@@ -82,6 +82,11 @@ class Request:
             raise BadForm(str(exc)) from None
 
 
+def one(form: dict[str, list[str]], name: str) -> str:
+    """The first value of a form field; empty when the field is absent."""
+    return form.get(name, [""])[0]
+
+
 def first_values(query: str) -> dict[str, str]:
     try:
         parsed = parse_qs(query, keep_blank_values=True, max_num_fields=MAX_FIELDS)

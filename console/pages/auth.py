@@ -14,8 +14,8 @@ import secrets
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from console.api import SignedOut, Unavailable
 from console.app import Ctx, Refused, log, same_site
-from console.format import ROLES
-from console.http import Response, Router, redirect
+from console.filters import ROLES
+from console.http import Response, Router, one, redirect
 from console.sessions import COOKIE, PRE_COOKIE, cookie_header
 
 CONSOLE_ROLES = ("owner", "auditor", "member")
@@ -51,14 +51,14 @@ async def signin_form(ctx: Ctx) -> Response:
 async def signin(ctx: Ctx) -> Response:
     form = ctx.form()
     expected = ctx.request.cookies.get(PRE_COOKIE, "")
-    given = form.get("csrf", [""])[0]
+    given = one(form, "csrf")
     if (
         not same_site(ctx.request)
         or not expected
         or not hmac.compare_digest(expected.encode(), given.encode())
     ):
         raise Refused(403, "refused: the sign-in form's security token is missing or stale")
-    token = form.get("token", [""])[0].strip()
+    token = one(form, "token").strip()
     if not token:
         return _form(ctx, 400, "Paste a gateway token.")
     if len(token) > MAX_TOKEN or not token.isprintable():

@@ -31,7 +31,7 @@ from aibridge.rulebook import (
 )
 from console.api import Conflict, FieldError
 from console.app import Ctx, Refused
-from console.http import Response, Router, redirect
+from console.http import Response, Router, one, redirect
 
 BEDROCK_TEXT = ("region", "model", "small_fast_model", "role_arn")
 BEDROCK_SECRET = ("access_key", "access_key_secret")
@@ -82,10 +82,6 @@ def register(router: Router[Ctx]) -> None:
 def provider_url(name: str, notice: str) -> str:
     """The provider's page; the name is quoted (it may come from the request path)."""
     return f"/providers/{quote(name, safe='')}?notice={notice}"
-
-
-def one(form: dict[str, list[str]], name: str) -> str:
-    return form.get(name, [""])[0]
 
 
 async def list_page(ctx: Ctx) -> Response:

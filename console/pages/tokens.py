@@ -10,7 +10,7 @@ from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_pb2
 from console.api import Conflict, FieldError
 from console.app import Ctx
-from console.http import Response, Router, redirect
+from console.http import Response, Router, one, redirect
 
 # Roles a console user may mint: daemon tokens are never minted over the API.
 MINTABLE = {
@@ -58,8 +58,8 @@ async def page(ctx: Ctx) -> Response:
 
 async def create(ctx: Ctx) -> Response:
     form = ctx.form()
-    name = form.get("principal_name", [""])[0].strip()
-    role = form.get("role", [""])[0]
+    name = one(form, "principal_name").strip()
+    role = one(form, "role")
     values = {"principal_name": name, "role": role}
     if role not in MINTABLE:
         return await _page(ctx, 400, error="role: choose member, auditor or owner", values=values)

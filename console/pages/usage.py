@@ -18,7 +18,7 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as us
 from aibridge.recording import CLIENT_RE, MAX_NAME
 from console.app import Ctx
-from console.format import OUTCOMES
+from console.filters import OUTCOMES
 from console.http import Response, Router
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
