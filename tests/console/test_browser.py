@@ -157,10 +157,11 @@ def bridge_records() -> bool:
 
 
 def test_an_owner_runs_the_stack_from_the_browser(
-    stack: dict[str, str], upstream: ThreadedUpstream, browser: Any, shots: Path
+    stack: dict[str, str], upstream: ThreadedUpstream, browser: Any, shots: Path, procs: Procs
 ) -> None:
     """Sign in, create a provider with a key, see the bridge acknowledge it, make SDK calls,
-    see usage, revoke the token and see the bridge refuse it; a member gets a 403 page."""
+    see usage, revoke the token and see the bridge refuse it, at desktop and phone width; no
+    process logs a key or token."""
     base = stack["console"]
     page, problems = _page(browser)
     page.goto(f"{base}/signin")
@@ -274,6 +275,10 @@ def test_an_owner_runs_the_stack_from_the_browser(
         assert _fits(phone), path
         phone.screenshot(path=str(shots / f"{name}.png"), full_page=True)
     assert not problems and not phone_problems, problems + phone_problems
+    for proc in procs.all:
+        logged = "".join(proc.lines)
+        for leak in (UPSTREAM_KEY, secret, ADMIN_TOKEN, BRIDGE_TOKEN):
+            assert leak not in logged, proc.name
 
 
 def test_a_member_gets_a_clear_403_and_only_its_own_usage(
