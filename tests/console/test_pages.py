@@ -290,3 +290,44 @@ async def test_the_console_says_when_the_config_service_is_away(console: Browser
     form = await fresh.get("/signin")
     answer = await fresh.post("/signin", data={"csrf": csrf_of(form.text), "token": "t" * 40})
     assert answer.status_code == 503
+
+
+async def test_a_bedrock_provider_takes_credentials_write_only(console: Browserless) -> None:
+    """Bedrock region and credentials are created from the form; the page shows the hint only, and half a credential pair is refused."""
+    access_key, secret = "AKIACONSOLETEST01234", "console/test/secret/0123456789abcdefghijkl"
+    client = await console.signed_in(Role.OWNER)
+    csrf = await console.csrf(client, "/providers/new")
+    made = await client.post(
+        "/providers",
+        data={
+            "csrf": csrf,
+            "name": "bedrock-a",
+            "type": "bedrock",
+            "bedrock.region": "us-east-1",
+            "bedrock.access_key": access_key,
+            "bedrock.access_key_secret": secret,
+        },
+    )
+    assert made.status_code == 303, made.text
+    page = await client.get("/providers/bedrock-a")
+    assert 'value="us-east-1"' in page.text and "stored (" in page.text
+    assert access_key not in page.text and secret not in page.text
+    etag = re.search(r'name="etag" value="([^"]+)"', page.text)
+    assert etag
+    half = await client.post(
+        "/providers/bedrock-a",
+        data={
+            "csrf": csrf,
+            "etag": etag.group(1),
+            "has_bedrock": "1",
+            "bedrock.region": "us-west-2",
+            "bedrock.access_key": "AKIAONLYHALF00000000",
+        },
+    )
+    assert half.status_code == 400 and "give both" in half.text
+    assert "AKIAONLYHALF00000000" not in half.text
+    bad_region = await client.post(
+        "/providers/bedrock-a",
+        data={"csrf": csrf, "etag": etag.group(1), "has_bedrock": "1", "bedrock.region": "Not A Region"},
+    )
+    assert bad_region.status_code == 400 and 'id="bedrock.region-error"' in bad_region.text
