@@ -113,7 +113,8 @@ def _page(browser: Any, width: int = 1280, height: int = 900) -> tuple[Any, list
 
 def _sign_in(page: Any, base: str, token: str) -> None:
     page.goto(f"{base}/signin")
-    assert page.evaluate("document.activeElement.id") == "token"  # focused: keyboard-ready
+    # The token field takes the focus by itself (autofocus): the keyboard alone signs in.
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'token'")
     page.keyboard.type(token)
     with page.expect_navigation():
         page.keyboard.press("Enter")

@@ -137,6 +137,7 @@ async def test_an_auditor_reads_providers_without_any_write_form(console: Browse
     page = await client.get("/providers/openai")
     assert page.status_code == 200
     assert "Add key" not in page.text and "Delete provider" not in page.text
+    assert re.search(r'name="display_name" value="[^"]*"[^>]* readonly', page.text)
     csrf = csrf_of(page.text)
     refused = await client.post("/providers/openai/state", data={"csrf": csrf, "enabled": "false"})
     assert refused.status_code == 403
@@ -328,6 +329,11 @@ async def test_a_bedrock_provider_takes_credentials_write_only(console: Browserl
     assert "AKIAONLYHALF00000000" not in half.text
     bad_region = await client.post(
         "/providers/bedrock-a",
-        data={"csrf": csrf, "etag": etag.group(1), "has_bedrock": "1", "bedrock.region": "Not A Region"},
+        data={
+            "csrf": csrf,
+            "etag": etag.group(1),
+            "has_bedrock": "1",
+            "bedrock.region": "Not A Region",
+        },
     )
     assert bad_region.status_code == 400 and 'id="bedrock.region-error"' in bad_region.text
