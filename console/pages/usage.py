@@ -33,7 +33,16 @@ FAILURE_CAUSES = (
 )
 OUTCOME_VALUES = {name: value for value, name in OUTCOMES.items()}
 PAGE_SIZE = 50
-FILTERS = ("window", "provider", "model", "user", "client", "outcome")
+FILTERS = ("window", "provider", "model", "user", "client", "outcome", "split")
+# What the over-time charts are split by: the query's `split`, and the summary dimension.
+SPLITS = {
+    "provider": us.USAGE_DIMENSION_PROVIDER,
+    "model": us.USAGE_DIMENSION_MODEL,
+    "user": us.USAGE_DIMENSION_PRINCIPAL,
+    "client": us.USAGE_DIMENSION_CLIENT,
+}
+GROUP_FIELD = {"provider": "provider_name", "model": "model", "client": "client"}
+MAX_SERIES = 8  # series drawn over time; the rest are added up as "(other)"
 
 
 def register(router: Router[Ctx]) -> None:
@@ -56,6 +65,10 @@ def read_filters(query: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     if given["client"] and not CLIENT_RE.match(given["client"]):
         problems.append("client: a client slug such as claude-code or openai-python")
         given["client"] = ""
+    if given["split"] not in SPLITS:
+        if given["split"]:
+            problems.append("split: choose " + ", ".join(SPLITS))
+        given["split"] = "provider"
     if given["outcome"] and given["outcome"] not in OUTCOME_VALUES:
         problems.append("outcome: " + ", ".join(OUTCOME_VALUES))
         given["outcome"] = ""
@@ -78,10 +91,22 @@ def tokens_of(counts: us.UsageCounts) -> int:
     return counts.usage.input_tokens + counts.usage.output_tokens
 
 
+def label_of(g: us.UsageGroup, split: str) -> str:
+    """How a group is named on the charts: the user's name (or id), else the dimension."""
+    if split == "user":
+        return g.principal_name or g.principal_id or "(none)"
+    return str(getattr(g, GROUP_FIELD[split])) or "(none)"
+
+
 def series(
-    response: us.SummarizeUsageResponse, start: datetime, step: timedelta, now: datetime
+    response: us.SummarizeUsageResponse,
+    split: str,
+    start: datetime,
+    step: timedelta,
+    now: datetime,
 ) -> dict[str, Any]:
-    """Requests and tokens per period and provider, every period present (zeros filled)."""
+    """Requests and tokens per period and `split` value, every period present (zeros filled);
+    past MAX_SERIES values, the smallest are added up as "(other)"."""
     periods: list[datetime] = []
     at = start.replace(minute=0, second=0, microsecond=0)
     if step >= timedelta(days=1):
@@ -90,13 +115,19 @@ def series(
         periods.append(at)
         at += step
     index = {p: i for i, p in enumerate(periods)}
-    providers: dict[str, dict[str, list[int]]] = {}
+    totals: dict[str, int] = {}
+    for g in response.groups:
+        name = label_of(g, split)
+        totals[name] = totals.get(name, 0) + g.counts.requests
+    kept = set(sorted(totals, key=lambda n: (-totals[n], n))[:MAX_SERIES])
+    lines: dict[str, dict[str, list[int]]] = {}
     for g in response.groups:
         when = g.period_start.ToDatetime(tzinfo=UTC)
         if when not in index:
             continue
-        row = providers.setdefault(
-            g.provider_name or "(none)",
+        name = label_of(g, split)
+        row = lines.setdefault(
+            name if name in kept else "(other)",
             {"requests": [0] * len(periods), "tokens": [0] * len(periods)},
         )
         row["requests"][index[when]] += g.counts.requests
@@ -104,18 +135,16 @@ def series(
     label = "%m-%d" if step >= timedelta(days=1) else "%m-%d %H:00"
     return {
         "labels": [p.strftime(label) for p in periods],
-        "providers": [{"name": name, **values} for name, values in sorted(providers.items())],
+        "series": [{"name": name, **values} for name, values in sorted(lines.items())],
     }
 
 
-def ranked(response: us.SummarizeUsageResponse, key: str) -> list[dict[str, Any]]:
+def ranked(response: us.SummarizeUsageResponse, split: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for g in response.groups:
-        label = g.principal_name or g.principal_id if key == "user" else getattr(g, key)
         rows.append(
             {
-                "label": label or "(none)",
-                "id": g.principal_id if key == "user" else getattr(g, key),
+                "label": label_of(g, split),
                 "requests": g.counts.requests,
                 "failures": g.counts.failures,
                 "tokens": tokens_of(g.counts),
@@ -147,7 +176,7 @@ async def page(ctx: Ctx) -> Response:
         filter=flt, page_size=PAGE_SIZE, page_token=ctx.request.query.get("page", "")[:512]
     )
     results = await asyncio.gather(
-        summary(period, us.USAGE_DIMENSION_PROVIDER),
+        summary(period, SPLITS[given["split"]]),
         summary(us.USAGE_DIMENSION_MODEL),
         summary(us.USAGE_DIMENSION_PRINCIPAL),
         summary(us.USAGE_DIMENSION_CLIENT),
@@ -161,14 +190,15 @@ async def page(ctx: Ctx) -> Response:
         for o, r in zip(FAILURE_CAUSES, results[6:], strict=True)
     ]
     charts = {
-        "over_time": series(over_time, now - WINDOWS[given["window"]], step, now),
+        "over_time": series(over_time, given["split"], now - WINDOWS[given["window"]], step, now),
         "by_model": ranked(by_model, "model"),
         "by_user": ranked(by_user, "user"),
         "by_client": ranked(by_client, "client"),
-        "by_provider": ranked(by_provider, "provider_name"),
+        "by_provider": ranked(by_provider, "provider"),
         "failures": causes,
     }
-    kept = {k: v for k, v in given.items() if v and not (k == "window" and v == DEFAULT_WINDOW)}
+    defaults = {"window": DEFAULT_WINDOW, "split": "provider"}
+    kept = {k: v for k, v in given.items() if v and defaults.get(k) != v}
     next_link = ""
     if listed.next_page_token:
         next_link = "/usage?" + urlencode({**kept, "page": listed.next_page_token})
@@ -177,6 +207,7 @@ async def page(ctx: Ctx) -> Response:
         filters=given,
         problems=problems,
         windows=list(WINDOWS),
+        splits=list(SPLITS),
         outcomes=list(OUTCOME_VALUES),
         total=over_time.total,
         charts=charts,

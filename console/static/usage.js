@@ -15,7 +15,7 @@
       type: "bar",
       data: {
         labels: data.over_time.labels,
-        datasets: data.over_time.providers.map(function (p, i) {
+        datasets: data.over_time.series.map(function (p, i) {
           return { label: p.name, data: p[key], backgroundColor: palette[i % palette.length] };
         })
       },

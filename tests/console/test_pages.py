@@ -222,10 +222,14 @@ async def test_usage_shows_charts_failures_records_and_a_detail_view(console: Br
     assert page.status_code == 200
     assert 'id="total-requests">2<' in page.text
     data = json.loads(re.search(r'id="chart-data">(.*?)</script>', page.text, re.S).group(1))  # type: ignore[union-attr]
-    assert sum(sum(p["requests"]) for p in data["over_time"]["providers"]) == 2
+    assert sum(sum(p["requests"]) for p in data["over_time"]["series"]) == 2
     assert {r["label"] for r in data["by_model"]} == {"gpt-4o", "gpt-4o-mini"}
     assert {r["label"]: r["requests"] for r in data["failures"]}["upstream_error"] == 1
     assert "/static/chart.umd.min.js" in page.text
+    by_model = await client.get("/usage", params={"split": "model", "window": "7d"})
+    split = json.loads(re.search(r'id="chart-data">(.*?)</script>', by_model.text, re.S).group(1))  # type: ignore[union-attr]
+    assert {s["name"] for s in split["over_time"]["series"]} == {"gpt-4o", "gpt-4o-mini"}
+    assert len(split["over_time"]["labels"]) in (7, 8)  # one per day of the window
     filtered = await client.get("/usage", params={"model": "gpt-4o-mini"})
     assert 'id="total-requests">1<' in filtered.text
     detail = await client.get(f"/usage/{records[0].id}")
@@ -337,3 +341,25 @@ async def test_a_bedrock_provider_takes_credentials_write_only(console: Browserl
         },
     )
     assert bad_region.status_code == 400 and 'id="bedrock.region-error"' in bad_region.text
+
+
+def test_the_over_time_series_keep_the_biggest_and_add_up_the_rest() -> None:
+    """Past eight series the smallest become "(other)", every period is present, and nothing is lost."""
+    from datetime import UTC, datetime, timedelta
+
+    from console.pages.usage import MAX_SERIES, series
+
+    now = datetime(2026, 1, 2, 12, 30, tzinfo=UTC)
+    response = us.SummarizeUsageResponse()
+    for i in range(MAX_SERIES + 3):
+        group = response.groups.add(model=f"m{i:02d}")
+        group.period_start.FromDatetime(datetime(2026, 1, 2, 10, tzinfo=UTC))
+        group.counts.requests = 100 - i
+        group.counts.usage.input_tokens = 1
+    drawn = series(response, "model", now - timedelta(hours=3), timedelta(hours=1), now)
+    assert drawn["labels"] == ["01-02 09:00", "01-02 10:00", "01-02 11:00", "01-02 12:00"]
+    names = [s["name"] for s in drawn["series"]]
+    assert len(names) == MAX_SERIES + 1 and "(other)" in names and "m10" not in names
+    assert sum(sum(s["requests"]) for s in drawn["series"]) == sum(
+        g.counts.requests for g in response.groups
+    )
