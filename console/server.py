@@ -20,7 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
-from aibridge.client import CONNECTION, ClientSettings, config_service_tls
+from aibridge.client import CONFIG_SERVICE, CONNECTION, ClientSettings, config_service_tls
 from aibridge.envconfig import (
     CONSOLE_LISTEN,
     CONSOLE_SESSION_TTL,
@@ -70,8 +70,6 @@ class ConsoleSettings:
             )
         v.check()
         host, port = v[CONSOLE_LISTEN]
-        from aibridge.client import CONFIG_SERVICE
-
         # No token here: every call is made with the signed-in user's own token.
         client = ClientSettings(v[CONFIG_SERVICE], ca, cert, key, token="")
         return cls(

@@ -62,7 +62,7 @@ def form_field(api_field: str) -> str | None:
         return "keys"
     if base in ("bedrock.access_key", "bedrock.access_key_secret"):
         return "bedrock.credentials"
-    if base in TEXT_FIELDS or base == "enabled":
+    if base in TEXT_FIELDS:
         return base
     return None
 
