@@ -1,10 +1,11 @@
-# One image for every AI Bridge process: `aibridge config-service|bridge|proxy|migrate|...`.
+# One image for every AI Bridge process: `aibridge config-service|bridge|proxy|console|migrate|...`.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY aibridge ./aibridge
 COPY config_service ./config_service
 COPY data_plane ./data_plane
+COPY console ./console
 RUN pip install --no-cache-dir --prefix=/install -c constraints.txt .
 
 FROM python:3.11-slim

@@ -25,7 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "usage": ("aibridge.commands.usage", "list, show and summarize interception records"),
     "bridge": ("data_plane.bridge.cli", "run the bridge daemon (aibridged)"),
     "proxy": ("data_plane.proxy.cli", "run the CONNECT proxy daemon (aibridgeproxyd)"),
-    "up": ("aibridge.commands.up", "run config service, bridge and proxy on this machine"),
+    "console": ("console.server", "run the web console (providers, subscribers, usage, tokens)"),
+    "up": (
+        "aibridge.commands.up",
+        "run config service, bridge, proxy and console on this machine",
+    ),
 }
 
 

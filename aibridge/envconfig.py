@@ -327,6 +327,28 @@ BRIDGE_LISTEN = Setting(
 PROXY_LISTEN = Setting(
     "AIBRIDGE_PROXY_LISTEN", "proxy listen address host:port", address, "127.0.0.1:8888"
 )
+CONSOLE_LISTEN = Setting(
+    "AIBRIDGE_CONSOLE_LISTEN",
+    "web console HTTP listen address host:port",
+    address,
+    "127.0.0.1:7080",
+)
+CONSOLE_SESSION_TTL = Setting(
+    "AIBRIDGE_CONSOLE_SESSION_TTL",
+    "how long a console sign-in lasts before the token must be given again",
+    duration,
+    "8h",
+)
+CONSOLE_TLS_CERT_FILE = Setting(
+    "AIBRIDGE_CONSOLE_TLS_CERT_FILE",
+    "PEM certificate to serve the console over HTTPS (session cookies are then Secure)",
+    optional(existing_file),
+)
+CONSOLE_TLS_KEY_FILE = Setting(
+    "AIBRIDGE_CONSOLE_TLS_KEY_FILE",
+    "PEM private key of AIBRIDGE_CONSOLE_TLS_CERT_FILE",
+    optional(existing_file),
+)
 LOGGING = Schema((LOG_FORMAT, LOG_LEVEL))
 
 

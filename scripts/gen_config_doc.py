@@ -14,6 +14,7 @@ from aibridge.commands.up import SETTINGS as UP
 from aibridge.envconfig import Schema, Setting
 from aibridge.rulebook import MAX_KEYS, NAME_PATTERN, TYPE_NAMES, TYPES, Bedrock
 from config_service.settings import SETTINGS as CONFIG_SERVICE
+from console.server import SETTINGS as CONSOLE
 from data_plane.bridge.settings import SETTINGS as BRIDGE
 from data_plane.proxy.settings import SETTINGS as PROXY
 
@@ -28,6 +29,11 @@ SECTIONS: list[tuple[str, str, Schema]] = [
     ("aibridge bridge", "The bridge daemon (aibridged).", BRIDGE),
     ("aibridge proxy", "The CONNECT proxy daemon (aibridgeproxyd).", PROXY),
     ("aibridge providers / tokens / snapshot / subscribers", "Admin commands over gRPC.", CLIENT),
+    (
+        "aibridge console",
+        "The web console (signed in with each user's own token; it holds none).",
+        CONSOLE,
+    ),
     ("aibridge up", "The whole stack on this machine (children also read the above).", UP),
 ]
 

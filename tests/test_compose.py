@@ -11,6 +11,7 @@ import yaml
 
 from aibridge.client import CLIENT
 from config_service.settings import SETTINGS as CONFIG_SERVICE
+from console.server import SETTINGS as CONSOLE
 from data_plane.bridge.settings import SETTINGS as BRIDGE
 from data_plane.proxy.settings import SETTINGS as PROXY
 
@@ -25,6 +26,7 @@ READ_BY = {
     },
     "bridge": {s.env for s in BRIDGE.settings},
     "proxy": {s.env for s in PROXY.settings},
+    "console": {s.env for s in CONSOLE.settings},
 }
 
 
@@ -34,12 +36,12 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def test_compose_runs_postgres_two_config_replicas_bridge_and_proxy() -> None:
-    """The stack has PostgreSQL, two config-service replicas, the bridge and the proxy."""
+def test_compose_runs_postgres_two_config_replicas_bridge_proxy_and_console() -> None:
+    """The stack has PostgreSQL, two config-service replicas, the bridge, the proxy and the console."""
     services = compose()["services"]
-    assert set(services) == {"postgres", "config-service", "bridge", "proxy"}
+    assert set(services) == {"postgres", "config-service", "bridge", "proxy", "console"}
     assert services["config-service"]["deploy"]["replicas"] == 2
-    for name in ("config-service", "bridge", "proxy"):
+    for name in ("config-service", "bridge", "proxy", "console"):
         assert services[name]["build"] == "."
         assert services[name]["command"][0] == name
 
@@ -63,9 +65,10 @@ def test_every_variable_set_is_one_the_code_reads() -> None:
 def test_secrets_come_from_interpolation_and_only_where_needed() -> None:
     """Tokens and keys are interpolated from .env, and the data plane never gets the admin token or keys."""
     services = compose()["services"]
-    for name in ("bridge", "proxy"):
+    for name in ("bridge", "proxy", "console"):
         env = services[name]["environment"]
         assert "AIBRIDGE_ADMIN_TOKEN" not in env and "AIBRIDGE_ENCRYPTION_KEYS" not in env
+    assert not [v for v in services["console"]["environment"].values() if "TOKEN" in str(v)]
     for value in services["config-service"]["environment"].values():
         if re.search(r"TOKEN|KEY", str(value)) and str(value).startswith("$"):
             assert str(value).startswith("${AIBRIDGE_")

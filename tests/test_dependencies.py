@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("aibridge", "config_service", "data_plane")
+PACKAGES = ("aibridge", "config_service", "data_plane", "console")
 GENERATED = re.compile(r"_pb2(_grpc)?\.py$")  # grpcio-tools' output imports grpc._utilities
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 

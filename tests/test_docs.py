@@ -43,7 +43,7 @@ def test_every_variable_the_docs_mention_exists_in_code() -> None:
     """Each AIBRIDGE_* variable named in README or docs is read somewhere in the code."""
     code = "\n".join(
         p.read_text()
-        for pkg in ("aibridge", "config_service", "data_plane")
+        for pkg in ("aibridge", "config_service", "data_plane", "console")
         for p in (ROOT / pkg).rglob("*.py")
     )
     docs = (ROOT / "README.md").read_text() + "".join(

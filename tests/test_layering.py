@@ -22,6 +22,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "aibridge": ("aibridge",),
     "config_service": ("aibridge", "config_service"),
     "data_plane": ("aibridge", "data_plane"),
+    # The web console is one more client of the gRPC API: never the database, never a daemon.
+    "console": ("aibridge", "console"),
 }
 FIRST_PARTY = tuple(ALLOWED)
 

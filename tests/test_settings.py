@@ -20,7 +20,7 @@ from data_plane.proxy.settings import SETTINGS as PROXY
 from data_plane.proxy.settings import ProxySettings
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("aibridge", "config_service", "data_plane")
+PACKAGES = ("aibridge", "config_service", "data_plane", "console")
 SCHEMAS: dict[str, Schema] = {
     "config-service": CONFIG_SERVICE,
     "bridge": BRIDGE,

@@ -1,12 +1,13 @@
 """`aibridge up`: the whole stack on this machine, on the embedded SQLite default.
 
-Runs the config service, the bridge and the proxy as three child processes with
-prefixed logs. On first run it generates what a dev setup needs into the data
+Runs the config service, the bridge, the proxy and the web console as four child
+processes with prefixed logs. On first run it generates what a dev setup needs into the data
 directory (mode 0600): the admin/bridge/proxy tokens, a gateway token for you, and
 the encryption key; later runs reuse them. Providers are seeded from the environment
 exactly as `aibridge config-service` does. Once all three are ready it prints the
-settings to paste into a shell. Ctrl-C stops all three; if one child dies the others
-are stopped and the exit code says which (11 config service, 12 bridge, 13 proxy).
+settings to paste into a shell and the console's URL. Ctrl-C stops them all; if one child
+dies the others are stopped and the exit code says which (11 config service, 12 bridge,
+13 proxy, 14 console).
 A port that is taken is reported before anything starts (exit 2), and "ready" means this
 run's own config service lists this run's own bridge and proxy as subscribers.
 """
@@ -40,6 +41,7 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.config.v1 import token_pb2
 from aibridge.envconfig import (
     BRIDGE_LISTEN,
+    CONSOLE_LISTEN,
     DATA_DIR,
     GRPC_LISTEN,
     PROXY_LISTEN,
@@ -49,12 +51,14 @@ from aibridge.envconfig import (
     resolve_data_dir,
 )
 from aibridge.files import write_private
-from aibridge.ports import ListenError, check_free
+from aibridge.ports import ListenError, address, check_free
 
-SETTINGS = Schema((DATA_DIR, XDG_DATA_HOME, GRPC_LISTEN, BRIDGE_LISTEN, PROXY_LISTEN))
+SETTINGS = Schema(
+    (DATA_DIR, XDG_DATA_HOME, GRPC_LISTEN, BRIDGE_LISTEN, PROXY_LISTEN, CONSOLE_LISTEN)
+)
 SECRETS_FILE = "dev-secrets.env"
 USER_PRINCIPAL = "dev-user"
-EXIT_CODES = {"config": 11, "bridge": 12, "proxy": 13}
+EXIT_CODES = {"config": 11, "bridge": 12, "proxy": 13, "console": 14}
 READY_TIMEOUT = 60.0
 
 
@@ -105,7 +109,7 @@ class Child:
 
     def _relay(self) -> None:
         assert self.popen.stdout is not None
-        prefix = f"[{self.name:<6}] "
+        prefix = f"[{self.name:<7}] "
         for line in self.popen.stdout:
             sys.stderr.write(prefix + line)
             sys.stderr.flush()
@@ -260,6 +264,7 @@ def codex_config(base_url: str) -> list[str]:
 
 
 def banner(
+    console_url: str,
     bridge_url: str,
     proxy_addr: str,
     grpc_target: str,
@@ -281,7 +286,9 @@ def banner(
     missing_anthropic = "" if anthropic_like else "  # no Anthropic provider yet"
     lines = [
         "",
-        "AI Bridge is up: config service, bridge and proxy are ready.",
+        "AI Bridge is up: config service, bridge, proxy and console are ready.",
+        "",
+        f"Web console: {console_url}  (sign in with the admin token of the secrets file below)",
         "",
         "# Paste into a shell to point the SDKs, Claude Code and Codex at the bridge:",
         f"export OPENAI_BASE_URL={bridge_url}/{openai}/v1{missing_openai}",
@@ -337,6 +344,7 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
     grpc_host, grpc_port = v[GRPC_LISTEN]
     bridge_host, bridge_port = v[BRIDGE_LISTEN]
     proxy_host, proxy_port = v[PROXY_LISTEN]
+    console_host, console_port = v[CONSOLE_LISTEN]
     try:
         v.check()
     except SettingsError as exc:
@@ -347,6 +355,7 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
         ("AIBRIDGE_GRPC_LISTEN", grpc_host, grpc_port),
         ("AIBRIDGE_BRIDGE_LISTEN", bridge_host, bridge_port),
         ("AIBRIDGE_PROXY_LISTEN", proxy_host, proxy_port),
+        ("AIBRIDGE_CONSOLE_LISTEN", console_host, console_port),
     ):
         try:
             check_free(setting, host, port)
@@ -362,6 +371,7 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
     grpc_target = f"{grpc_host}:{grpc_port}"
     bridge_url = f"http://{bridge_host}:{bridge_port}"
     proxy_url = f"http://{proxy_host}:{proxy_port}"
+    console_url = f"http://{address(console_host, console_port)}"
     env = dict(os.environ)
     env.setdefault("AIBRIDGE_LOG_FORMAT", "console")
     env.update({k: v for k, v in values.items() if k != "AIBRIDGE_USER_TOKEN"})
@@ -372,6 +382,7 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
             "AIBRIDGE_CONFIG_SERVICE": grpc_target,
             "AIBRIDGE_BRIDGE_LISTEN": f"{bridge_host}:{bridge_port}",
             "AIBRIDGE_PROXY_LISTEN": f"{proxy_host}:{proxy_port}",
+            "AIBRIDGE_CONSOLE_LISTEN": address(console_host, console_port),
             "AIBRIDGE_PROXY_BRIDGE_URL": bridge_url,
             "AIBRIDGE_REPLICA_ID": run_id,
         }
@@ -395,6 +406,12 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
                 children.append(Child(name, [name], {**env, "AIBRIDGE_NODE_ID": node_id}))
             _wait(children, lambda: stopping.is_set() or _http_ok(f"{bridge_url}/readyz"), "bridge")
             _wait(children, lambda: stopping.is_set() or _http_ok(f"{proxy_url}/readyz"), "proxy")
+            children.append(Child("console", ["console"], env))
+            _wait(
+                children,
+                lambda: stopping.is_set() or _http_ok(f"{console_url}/signin"),
+                "console",
+            )
         admin = values["AIBRIDGE_ADMIN_TOKEN"]
         ours = set(node_ids.values())
         _wait(
@@ -406,6 +423,7 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
             user_token = ensure_user_token(grpc_target, admin, values, data_dir)
             print(
                 banner(
+                    console_url,
                     bridge_url,
                     f"{proxy_host}:{proxy_port}",
                     grpc_target,

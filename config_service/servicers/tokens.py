@@ -1,4 +1,4 @@
-"""TokenAdminService: create (secret returned once), list, revoke."""
+"""TokenAdminService: create (secret returned once), list, revoke; who am I."""
 
 from __future__ import annotations
 
@@ -82,3 +82,16 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         view = await self._db.call(tokens.revoke_token, self._db, subject, request.id)
         await self._hub.publish_write()
         return pb.RevokeTokenResponse(token=token_proto(view))
+
+    @unary
+    async def WhoAmI(self, request: pb.WhoAmIRequest, context: Context) -> pb.WhoAmIResponse:
+        # Authentication is the whole check: every role may learn who its own token is.
+        subject = await self._auth.authenticate(context)
+        if subject.role is None:  # only the service itself has no role, and it never calls
+            raise AssertionError("a caller authenticated without a role")
+        return pb.WhoAmIResponse(
+            principal_id=subject.principal_id,
+            principal_name=subject.name,
+            role=ROLE_TO_PROTO[subject.role],
+            token_id=subject.token_id,
+        )

@@ -117,6 +117,8 @@ ROWS: list[tuple[str, Callable[[grpc.aio.Channel], Any], Message, set[Role]]] = 
     ),
     ("ListTokens", TOKENS, ta.ListTokensRequest(), {O}),
     ("RevokeToken", TOKENS, ta.RevokeTokenRequest(id=NO_ID), {O}),
+    # The console's sign-in: any valid token learns its own principal and role.
+    ("WhoAmI", TOKENS, ta.WhoAmIRequest(), {O, A, M, B, P}),
     ("RecordInterceptions", USAGE, us.RecordInterceptionsRequest(), {B}),
     ("ListInterceptions", USAGE, us.ListInterceptionsRequest(), USAGE_READ),
     (
@@ -228,3 +230,28 @@ async def test_every_role_reads_the_documented_part_of_the_records(svc: Service)
             assert content == (f"prompt of {caller.value}", "{}"), caller
         else:
             assert content == ("", ""), caller
+
+
+async def test_whoami_names_the_callers_own_principal_and_role(svc: Service) -> None:
+    """WhoAmI answers each role with its own principal, role and token id, and nothing for a revoked token."""
+    stub = ta_grpc.TokenAdminServiceStub(svc.channel())
+    wire = {O: token_pb2.ROLE_OWNER, A: token_pb2.ROLE_AUDITOR, M: token_pb2.ROLE_MEMBER}
+    wire |= {B: token_pb2.ROLE_BRIDGE, P: token_pb2.ROLE_PROXY}
+    for role, expected in wire.items():
+        subject = tokens.lookup(svc.running.db, sha256_hex(svc.tokens[role]))
+        assert subject is not None
+        me = await stub.WhoAmI(ta.WhoAmIRequest(), metadata=svc.md_for(role))
+        assert (me.principal_id, me.principal_name, me.role, me.token_id) == (
+            subject.principal_id,
+            subject.name,
+            expected,
+            subject.token_id,
+        )
+    made = await stub.CreateToken(
+        ta.CreateTokenRequest(principal_name="short-lived", role=token_pb2.ROLE_MEMBER),
+        metadata=svc.md_for(O),
+    )
+    await stub.RevokeToken(ta.RevokeTokenRequest(id=made.token.id), metadata=svc.md_for(O))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.WhoAmI(ta.WhoAmIRequest(), metadata=svc.md(made.secret))
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED

@@ -81,6 +81,7 @@ def up_env(data_dir: Path, upstream_port: int) -> dict[str, str]:
             "AIBRIDGE_GRPC_LISTEN": f"127.0.0.1:{free_port()}",
             "AIBRIDGE_BRIDGE_LISTEN": f"127.0.0.1:{free_port()}",
             "AIBRIDGE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+            "AIBRIDGE_CONSOLE_LISTEN": f"127.0.0.1:{free_port()}",
             "AIBRIDGE_PROVIDER_0_TYPE": "openai",
             "AIBRIDGE_PROVIDER_0_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1/",
             "AIBRIDGE_PROVIDER_0_KEY": UPSTREAM_KEY,
@@ -144,11 +145,14 @@ def stop(up: Up) -> None:
 def test_up_runs_the_stack_and_its_printed_settings_work(
     upstream: tuple[Upstream, int], tmp_path: Path
 ) -> None:
-    """The printed OPENAI_* settings stream a completion through the bridge; Ctrl-C stops all three, no traceback."""
+    """The printed OPENAI_* settings stream a completion through the bridge, the printed console URL answers; Ctrl-C stops all four, no traceback."""
     app, port = upstream
     up = start_up(tmp_path / "data", port)
     try:
-        assert set(up.children()) == {"config-service", "bridge", "proxy"}
+        assert set(up.children()) == {"config-service", "bridge", "proxy", "console"}
+        console_url = f"http://{up.env['AIBRIDGE_CONSOLE_LISTEN']}"
+        assert any(f"Web console: {console_url}" in line for line in up.stdout)
+        assert httpx.get(f"{console_url}/signin", timeout=5).status_code == 200
         client = openai.OpenAI(
             base_url=up.exports["OPENAI_BASE_URL"],
             api_key=up.exports["OPENAI_API_KEY"],
@@ -311,14 +315,19 @@ def test_a_second_up_on_the_same_ports_names_each_busy_port_and_starts_nothing(
     assert second.returncode == 2, second.stderr
     assert second.stdout == ""
     lines = second.stderr.splitlines()
-    settings = ("AIBRIDGE_GRPC_LISTEN", "AIBRIDGE_BRIDGE_LISTEN", "AIBRIDGE_PROXY_LISTEN")
+    settings = (
+        "AIBRIDGE_GRPC_LISTEN",
+        "AIBRIDGE_BRIDGE_LISTEN",
+        "AIBRIDGE_PROXY_LISTEN",
+        "AIBRIDGE_CONSOLE_LISTEN",
+    )
     assert lines == [
         f"aibridge up: cannot listen on {stack.env[s]} ({s}): address already in use; "
         f"stop what uses it or set {s} to another host:port"
         for s in settings
     ]
     assert stack.popen.poll() is None
-    assert set(stack.children()) == {"config-service", "bridge", "proxy"}
+    assert set(stack.children()) == {"config-service", "bridge", "proxy", "console"}
     assert (Path(stack.env["AIBRIDGE_DATA_DIR"]) / "dev-secrets.env").read_text() == secrets_before
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aibridge.config.v1 import token_pb2 as aibridge_dot_config_dot_v1_dot_token__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,aibridge/config/v1/token_admin_service.proto\x12\x12\x61ibridge.config.v1\x1a\x1e\x61ibridge/config/v1/token.proto\"T\n\x12\x43reateTokenRequest\x12\x16\n\x0eprincipal_name\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.aibridge.config.v1.Role\"O\n\x13\x43reateTokenResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.aibridge.config.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"?\n\x12ListTokensResponse\x12)\n\x06tokens\x18\x01 \x03(\x0b\x32\x19.aibridge.config.v1.Token\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"?\n\x13RevokeTokenResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.aibridge.config.v1.Token2\xb0\x02\n\x11TokenAdminService\x12^\n\x0b\x43reateToken\x12&.aibridge.config.v1.CreateTokenRequest\x1a\'.aibridge.config.v1.CreateTokenResponse\x12[\n\nListTokens\x12%.aibridge.config.v1.ListTokensRequest\x1a&.aibridge.config.v1.ListTokensResponse\x12^\n\x0bRevokeToken\x12&.aibridge.config.v1.RevokeTokenRequest\x1a\'.aibridge.config.v1.RevokeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,aibridge/config/v1/token_admin_service.proto\x12\x12\x61ibridge.config.v1\x1a\x1e\x61ibridge/config/v1/token.proto\"T\n\x12\x43reateTokenRequest\x12\x16\n\x0eprincipal_name\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.aibridge.config.v1.Role\"O\n\x13\x43reateTokenResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.aibridge.config.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"?\n\x12ListTokensResponse\x12)\n\x06tokens\x18\x01 \x03(\x0b\x32\x19.aibridge.config.v1.Token\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"?\n\x13RevokeTokenResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.aibridge.config.v1.Token\"\x0f\n\rWhoAmIRequest\"x\n\x0eWhoAmIResponse\x12\x14\n\x0cprincipal_id\x18\x01 \x01(\t\x12\x16\n\x0eprincipal_name\x18\x02 \x01(\t\x12&\n\x04role\x18\x03 \x01(\x0e\x32\x18.aibridge.config.v1.Role\x12\x10\n\x08token_id\x18\x04 \x01(\t2\x81\x03\n\x11TokenAdminService\x12^\n\x0b\x43reateToken\x12&.aibridge.config.v1.CreateTokenRequest\x1a\'.aibridge.config.v1.CreateTokenResponse\x12[\n\nListTokens\x12%.aibridge.config.v1.ListTokensRequest\x1a&.aibridge.config.v1.ListTokensResponse\x12^\n\x0bRevokeToken\x12&.aibridge.config.v1.RevokeTokenRequest\x1a\'.aibridge.config.v1.RevokeTokenResponse\x12O\n\x06WhoAmI\x12!.aibridge.config.v1.WhoAmIRequest\x1a\".aibridge.config.v1.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKETOKENREQUEST']._serialized_end=410
   _globals['_REVOKETOKENRESPONSE']._serialized_start=412
   _globals['_REVOKETOKENRESPONSE']._serialized_end=475
-  _globals['_TOKENADMINSERVICE']._serialized_start=478
-  _globals['_TOKENADMINSERVICE']._serialized_end=782
+  _globals['_WHOAMIREQUEST']._serialized_start=477
+  _globals['_WHOAMIREQUEST']._serialized_end=492
+  _globals['_WHOAMIRESPONSE']._serialized_start=494
+  _globals['_WHOAMIRESPONSE']._serialized_end=614
+  _globals['_TOKENADMINSERVICE']._serialized_start=617
+  _globals['_TOKENADMINSERVICE']._serialized_end=1002
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class TokenAdminServiceStub:
-    """Manages gateway and daemon tokens (owners only).
+    """Manages gateway and daemon tokens (owners only; WhoAmI: any valid token).
     """
 
     def __init__(self, channel):
@@ -50,10 +50,15 @@ class TokenAdminServiceStub:
                 request_serializer=aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/aibridge.config.v1.TokenAdminService/WhoAmI',
+                request_serializer=aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class TokenAdminServiceServicer:
-    """Manages gateway and daemon tokens (owners only).
+    """Manages gateway and daemon tokens (owners only; WhoAmI: any valid token).
     """
 
     def CreateToken(self, request, context):
@@ -71,6 +76,14 @@ class TokenAdminServiceServicer:
 
     def RevokeToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Who the caller's token belongs to: every role may ask (UNAUTHENTICATED for an
+        unknown or revoked token). A sign-in check that costs no database read.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -93,6 +106,11 @@ def add_TokenAdminServiceServicer_to_server(servicer, server):
                     request_deserializer=aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.RevokeTokenRequest.FromString,
                     response_serializer=aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.RevokeTokenResponse.SerializeToString,
             ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.WhoAmIRequest.FromString,
+                    response_serializer=aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.WhoAmIResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'aibridge.config.v1.TokenAdminService', rpc_method_handlers)
@@ -102,7 +120,7 @@ def add_TokenAdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TokenAdminService:
-    """Manages gateway and daemon tokens (owners only).
+    """Manages gateway and daemon tokens (owners only; WhoAmI: any valid token).
     """
 
     @staticmethod
@@ -176,6 +194,33 @@ class TokenAdminService:
             '/aibridge.config.v1.TokenAdminService/RevokeToken',
             aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.RevokeTokenRequest.SerializeToString,
             aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aibridge.config.v1.TokenAdminService/WhoAmI',
+            aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.WhoAmIRequest.SerializeToString,
+            aibridge_dot_config_dot_v1_dot_token__admin__service__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TokenAdminServiceStub:
-    """Manages gateway and daemon tokens (owners only)."""
+    """Manages gateway and daemon tokens (owners only; WhoAmI: any valid token)."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,19 +37,27 @@ class TokenAdminServiceStub:
     """Returns the secret once; only its SHA-256 is stored."""
     ListTokens: _grpc.UnaryUnaryMultiCallable[_token_admin_service_pb2.ListTokensRequest, _token_admin_service_pb2.ListTokensResponse]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_token_admin_service_pb2.RevokeTokenRequest, _token_admin_service_pb2.RevokeTokenResponse]
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_token_admin_service_pb2.WhoAmIRequest, _token_admin_service_pb2.WhoAmIResponse]
+    """Who the caller's token belongs to: every role may ask (UNAUTHENTICATED for an
+    unknown or revoked token). A sign-in check that costs no database read.
+    """
 
 @_typing.type_check_only
 class TokenAdminServiceAsyncStub(TokenAdminServiceStub):
-    """Manages gateway and daemon tokens (owners only)."""
+    """Manages gateway and daemon tokens (owners only; WhoAmI: any valid token)."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateToken: _aio.UnaryUnaryMultiCallable[_token_admin_service_pb2.CreateTokenRequest, _token_admin_service_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """Returns the secret once; only its SHA-256 is stored."""
     ListTokens: _aio.UnaryUnaryMultiCallable[_token_admin_service_pb2.ListTokensRequest, _token_admin_service_pb2.ListTokensResponse]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_token_admin_service_pb2.RevokeTokenRequest, _token_admin_service_pb2.RevokeTokenResponse]  # type: ignore[assignment]
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_token_admin_service_pb2.WhoAmIRequest, _token_admin_service_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """Who the caller's token belongs to: every role may ask (UNAUTHENTICATED for an
+    unknown or revoked token). A sign-in check that costs no database read.
+    """
 
 class TokenAdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Manages gateway and daemon tokens (owners only)."""
+    """Manages gateway and daemon tokens (owners only; WhoAmI: any valid token)."""
 
     @_abc_1.abstractmethod
     def CreateToken(
@@ -72,5 +80,15 @@ class TokenAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_admin_service_pb2.RevokeTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_token_admin_service_pb2.RevokeTokenResponse, _abc.Awaitable[_token_admin_service_pb2.RevokeTokenResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _token_admin_service_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_admin_service_pb2.WhoAmIResponse, _abc.Awaitable[_token_admin_service_pb2.WhoAmIResponse]]:
+        """Who the caller's token belongs to: every role may ask (UNAUTHENTICATED for an
+        unknown or revoked token). A sign-in check that costs no database read.
+        """
 
 def add_TokenAdminServiceServicer_to_server(servicer: TokenAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
