@@ -2,9 +2,9 @@
 
 Every place that writes data (the SQLite database, dumps, the proxy CA key, the snapshot
 cache, the recording spool, `aibridge up`'s secrets) goes through these, so no file holding
-keys, tokens or request bodies is readable by other users of the machine. Directories that already exist
-are left as they are (an operator may have set them up on purpose); the ones created here
-are private.
+keys, tokens or request bodies is readable by other users of the machine. Directories that
+already exist are left as they are (an operator may have set them up on purpose); the ones
+created here are private.
 """
 
 from __future__ import annotations

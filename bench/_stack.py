@@ -305,8 +305,9 @@ def start_config_service(data_dir: Path, upstream_port: int, log_dir: Path) -> t
     return daemon, str(daemon.ready["listen"])
 
 
-def bridge_env(target: str, port: int, log_level: str = "info") -> dict[str, str]:
+def bridge_env(target: str, port: int, data_dir: Path, log_level: str = "info") -> dict[str, str]:
     return {
+        "AIBRIDGE_DATA_DIR": str(data_dir),  # the recording spool, if one is needed
         "AIBRIDGE_CONFIG_SERVICE": target,
         "AIBRIDGE_BRIDGE_TOKEN": BRIDGE,
         "AIBRIDGE_BRIDGE_LISTEN": f"127.0.0.1:{port}",

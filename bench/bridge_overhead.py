@@ -238,7 +238,10 @@ def main() -> int:
             token = create_gateway_token(target)
             bridge_port = free_port()
             bridge = start(
-                "bridge", ["bridge"], bridge_env(target, bridge_port, args.log_level), tmp
+                "bridge",
+                ["bridge"],
+                bridge_env(target, bridge_port, tmp / "bridge", args.log_level),
+                tmp,
             )
             daemons.append(bridge)
             bridge.wait_for_log("bridge listening")

@@ -30,6 +30,7 @@ from data_plane.bridge.upstream import BedrockFactory
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
+from data_plane.recording.shipper import Shipper
 
 log = get_logger(__name__)
 
@@ -101,6 +102,8 @@ class Bridge:
         self.subscriber = make_subscriber(
             settings, settings.bridge_token, self.apply, self.metrics.follow
         )
+        # The records' way to the config service: on the subscriber's connection settings.
+        self.shipper = Shipper(settings.recording, self.subscriber.config, self.metrics.recording)
         self.guard = ConnectionGuard(settings.limits, self.metrics.connections_closed)
         config = uvicorn.Config(
             self.app,
@@ -143,9 +146,11 @@ class Bridge:
         sock = bind_tcp("AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port)
         self.port = sock.getsockname()[1]
         try:
+            await self.shipper.start()
             self._tasks.append(await start_following(self.subscriber))
         except BaseException:
             sock.close()
+            await self.shipper.close()
             raise
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="http"))
         while not self.server.started:
@@ -173,6 +178,8 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        # After the HTTP server: the requests it finished have submitted their records.
+        await self.shipper.close()
         await self.http.aclose()
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from dp_fakes import (
@@ -40,13 +41,15 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 
 @pytest.fixture
-async def start_bridge(config_service: ConfigServer) -> AsyncIterator[StartBridge]:
+async def start_bridge(config_service: ConfigServer, tmp_path: Path) -> AsyncIterator[StartBridge]:
     def build(index: int, env: dict[str, str]) -> Bridge:
         environ = {
             "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
             "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
             "AIBRIDGE_CONFIG_SERVICE": config_service.target,
             "AIBRIDGE_NODE_ID": f"test-bridge-{index}",
+            # Where a bridge spools records the fake config service cannot take.
+            "AIBRIDGE_DATA_DIR": str(tmp_path / f"bridge-{index}-data"),
             **env,
         }
         return Bridge(BridgeSettings.from_env(environ))
