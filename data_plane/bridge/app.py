@@ -8,24 +8,36 @@ where no provider says which (an unknown name, an unknown type), in the format t
 speaks.
 The routing table is read once per request, so a snapshot swap never changes the
 providers or tokens a request in flight sees.
+
+Every answer under /<provider>/ carries `X-AIBridge-Request-Id`. With a record sink, every
+answer to a caller whose gateway token authenticates (a member), once the provider is
+known, becomes one interception record (`interception/`), refusals included; requests
+to an unknown provider or without a valid member token have no principal to attribute
+them to and are only counted (`aibridged_unrecorded_requests_total`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aibridge.config.v1 import provider_pb2
+from aibridge.config.v1 import provider_pb2, usage_pb2
 from aibridge.logs import get_logger
+from aibridge.masking import mask_secret
 from aibridge.rulebook import Family
 from data_plane.body_budget import BodyBudget, Hold
-from data_plane.bridge.asgi import Message, Receive, Scope, Send, respond
+from data_plane.bridge.asgi import Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
+from data_plane.bridge.interception import RecordSink
+from data_plane.bridge.interception.clients import HEADERS as CLIENT_HEADERS
+from data_plane.bridge.interception.clients import session_from_metadata
+from data_plane.bridge.interception.record import REQUEST_ID, VIA, Capture, RequestIds
+from data_plane.bridge.interception.request import last_user_message
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.model_labels import ModelLabels
 from data_plane.bridge.providers import Provider, error_body
@@ -39,6 +51,7 @@ log = get_logger(__name__)
 
 MAX_BODY = 32 * 1024 * 1024
 PS = provider_pb2.ProviderStatus
+CK = usage_pb2.CredentialKind
 # Never forwarded upstream: hop-by-hop, recomputed by httpx, or the gateway's own.
 _DROP_REQUEST = frozenset(
     {
@@ -53,9 +66,12 @@ _DROP_REQUEST = frozenset(
         b"content-length",
         b"x-aibridge-token",
         b"proxy-authorization",
+        REQUEST_ID,
+        VIA,
     }
 )
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+_CLIENT_HEADERS = CLIENT_HEADERS | {REQUEST_ID, VIA}
 
 
 class _Guard:
@@ -93,16 +109,19 @@ def _bearer(value: bytes | None) -> bytes | None:
 
 @dataclass(slots=True)
 class _Credentials:
-    """The headers that say who a request is from, read in one pass."""
+    """The headers that say who a request is from (its credentials, the client, the
+    proxy's request id), read in one pass."""
 
     authorization: bytes | None
     api_key: bytes | None
     byok: bytes | None  # X-AIBridge-Token: the gateway token beside the client's own key
     content_length: bytes | None
+    client: dict[bytes, bytes] = field(default_factory=dict)  # what names the client
 
     @classmethod
     def of(cls, scope: Scope) -> _Credentials:
         authz = xkey = byok = clen = None
+        client: dict[bytes, bytes] = {}
         for key, value in scope["headers"]:
             if key == b"authorization":
                 authz = value
@@ -112,7 +131,20 @@ class _Credentials:
                 byok = value
             elif key == b"content-length":
                 clen = value
-        return cls(authz, xkey, byok, clen)
+            elif key in _CLIENT_HEADERS:
+                client[key] = value
+        return cls(authz, xkey, byok, clen, client)
+
+    @property
+    def own_key(self) -> bytes | None:
+        """The client's own upstream credential (meaningful with X-AIBridge-Token)."""
+        return _bearer(self.authorization) or self.api_key or self.authorization
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every credential the request carries, to keep out of its record."""
+        values = (self.authorization, _bearer(self.authorization), self.api_key, self.byok)
+        return [v.decode("utf-8", "replace") for v in values if v]
 
     @property
     def gateway_token(self) -> bytes | None:
@@ -159,8 +191,13 @@ class BridgeApp:
         metrics: BridgeMetrics | None = None,
         dumper: Dumper | None = None,
         body_budget: BodyBudget,
+        sink: RecordSink | None = None,
+        record_prompts: bool = False,
     ) -> None:
         self.table: RoutingTable = EMPTY
+        self.sink = sink  # None: recording off
+        self.record_prompts = record_prompts
+        self.request_ids = RequestIds()
         self.body_budget = body_budget
         self.models = ModelLabels()
         self.http = http
@@ -215,18 +252,62 @@ class BridgeApp:
 
     async def _provider_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         table = self.table
+        started = time.time_ns()
+        creds = _Credentials.of(scope)
+        client = creds.client
+        proposed = client.get(REQUEST_ID) if client.get(VIA) == b"proxy" else None
+        capture = Capture(self.request_ids.take(proposed, started), started, client)
+        try:
+            await self._serve(scope, receive, capture.bind(send), table, creds, capture)
+        finally:
+            self._record(capture, table, creds)
+
+    def _record(self, capture: Capture, table: RoutingTable, creds: _Credentials) -> None:
+        """Hand the finished interception to the sink, when it can be attributed."""
+        if self.sink is None:
+            return
+        if not capture.provider_name:
+            self.metrics.unrecorded.labels("unknown_provider").inc()
+            return
+        if capture.principal is None:  # refused before (or while) authenticating
+            principal = self._authenticate(table, creds.gateway_token)
+            if not isinstance(principal, Principal) or not principal.may_use_gateway:
+                self.metrics.unrecorded.labels("unauthenticated").inc()
+                return
+            capture.principal = principal
+        capture.secrets += creds.secrets
+        try:
+            record = capture.build()
+        except Exception:  # a bug here must not turn a served request into an error
+            log.exception("building an interception record failed", request_id=capture.id)
+            return
+        self.sink.submit(record)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        table: RoutingTable,
+        creds: _Credentials,
+        capture: Capture,
+    ) -> None:
         method: str = scope["method"]
         path: str = scope["path"]
         name, _, rest = path[1:].partition("/")
         provider = table.providers.get(name)
-        creds = _Credentials.of(scope)
         if provider is None:
+            unbuilt = table.failed.get(name)
+            if unbuilt is not None:
+                capture.provider(name, unbuilt.type)
+                capture.route = "/" + rest
             return await self._error(send, *self._not_served(table, name, scope, creds))
+        capture.provider(provider.name, provider.type)
         family = provider.family
         unusable = _unusable(provider)
         if unusable is not None:
             return await self._error(send, family, 503, *unusable)
-        sub = "/" + rest
+        sub = capture.route = "/" + rest
         # A `.`/`..` segment (also sent as %2e%2e or across an encoded slash, which the
         # server has decoded by now) would be resolved by the HTTP client into another
         # upstream path, outside the routes served (and with a pooled key): refuse it.
@@ -238,7 +319,14 @@ class BridgeApp:
         caller = self._identify(table, creds)
         if not isinstance(caller, _Caller):
             return await self._error(send, family, *caller)
+        capture.principal = caller.principal
         mode = self._mode(provider, caller.own_key)
+        if mode == "byok":
+            own = creds.own_key
+            capture.credential_kind = CK.CREDENTIAL_KIND_BYOK
+            capture.credential_hint = mask_secret(own.decode("utf-8", "replace")) if own else ""
+        elif mode is not None:
+            capture.credential_kind = CK.CREDENTIAL_KIND_POOLED
         if mode is None:
             return await self._error(send, family, 401, _no_credential(provider), "no_credential")
         if mode == "bedrock" and not intercepted:
@@ -260,8 +348,9 @@ class BridgeApp:
                 method=method,
                 headers=[(k, v) for k, v in scope["headers"] if k not in drop],
                 body=body,
-                request_id=os.urandom(8).hex(),
+                request_id=capture.id,
                 principal_id=caller.principal.principal_id,
+                capture=capture,
             )
             if intercepted:
                 self._inspect(call)
@@ -393,29 +482,33 @@ class BridgeApp:
                 self.models.label(call.provider.name, model) if isinstance(model, str) else ""
             )
             call.stream = doc.get("stream") is True
+            capture = call.capture
+            if isinstance(model, str):
+                capture.requested_model = model
+            if not capture.session_id:
+                capture.session_id = session_from_metadata(doc)
+            if self.record_prompts and self.sink is not None:
+                capture.prompt = last_user_message(doc)
+                capture.arguments = True
 
     async def _guarded(self, call: Call, receive: Receive, send: Send) -> None:
         """Run the call, cancelling it (and so the upstream request) if the client leaves."""
         task = asyncio.current_task()
         assert task is not None
         guard = _Guard()
+        capture = call.capture
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not guard.done:
+            # Once the response is complete the server reports a disconnect: not a client exit.
+            if not (guard.done or capture.answered):
                 guard.disconnected = True
                 task.cancel()
 
-        async def tracked_send(message: Message) -> None:
-            # Once the response is complete the server reports a disconnect: not a client exit.
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                guard.done = True
-            await send(message)
-
         watcher = asyncio.ensure_future(watch())
         try:
-            await self.forwarder.run(call, tracked_send)
+            await self.forwarder.run(call, send)
         except asyncio.CancelledError:
             if guard.disconnected and task.uncancel() == 0:
                 log.info(

@@ -55,10 +55,15 @@ class BedrockUpstream:
         if stream:
             result = await self.client.stream(doc, headers.items())
             return UpstreamResponse(
-                result.status, _raw(result.headers), aiter(result), result.aclose
+                result.status, _raw(result.headers), aiter(result), result.aclose, result.model_id
             )
         whole = await self.client.invoke(doc, headers.items())
-        return UpstreamResponse(whole.status, _raw(whole.headers, whole.body), _once(whole.body))
+        return UpstreamResponse(
+            whole.status,
+            _raw(whole.headers, whole.body),
+            _once(whole.body),
+            served_model=whole.model_id,
+        )
 
 
 def load_factory(aws_region: str = "") -> BedrockFactory | None:

@@ -14,19 +14,22 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from aibridge.config.v1 import usage_pb2
 from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
 from aibridge.rulebook import Family
 from data_plane.bridge.asgi import Send, respond
 from data_plane.bridge.breaker import Rejected
+from data_plane.bridge.interception.record import Capture
+from data_plane.bridge.interception.response import ResponseReader
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, origin_of
 from data_plane.bridge.upstream import UpstreamResponse
-from data_plane.bridge.usage import UsageReader
 from data_plane.dump import BodyCapture, Dumper, Exchange
 
 log = get_logger(__name__)
+Outcome = usage_pb2.Outcome
 
 _DROP_RESPONSE = frozenset(
     {
@@ -54,6 +57,7 @@ class Call:
     body: bytes
     request_id: str
     principal_id: str
+    capture: Capture  # what the interception record will say
     model: str = ""  # bounded label of the requested model (metrics, breakers, dumps)
     stream: bool = False
     status: int = 0
@@ -133,10 +137,12 @@ class Forwarder:
         provider = call.provider
         if call.mode == "bedrock" and provider.bedrock is not None:
             plain = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.headers}
+            call.capture.attempts = 1
             return await provider.bedrock.send(
                 path=call.path, body=call.body, headers=plain, stream=call.stream
             )
         if call.mode != "pool" or provider.pool is None:
+            call.capture.attempts = 1
             return await self._send_http(call, None)
         pool = provider.pool
         tried = 0
@@ -144,6 +150,7 @@ class Forwarder:
             if tried:
                 self.metrics.failovers.labels(provider.name).inc()
             tried += 1
+            call.capture.attempts = tried
             response = await self._send_http(call, key)
             retry = {
                 n: v
@@ -153,7 +160,8 @@ class Forwarder:
             if pool.report(index, response.status, retry):
                 await response.aclose()
                 continue
-            call.key_hint = mask_secret(key)
+            call.key_hint = call.capture.credential_hint = mask_secret(key)
+            call.capture.secrets.append(key)
             return response
         outcome = pool.exhausted()
         self.metrics.key_exhaustions.labels(
@@ -164,6 +172,7 @@ class Forwarder:
         )
         code = "rate_limit_exceeded" if outcome.status == 429 else "key_pool_unavailable"
         call.status = outcome.status
+        call.capture.refused = Outcome.OUTCOME_REFUSED_POOL
         await respond(
             send,
             outcome.status,
@@ -184,6 +193,7 @@ class Forwarder:
             if isinstance(admitted, Rejected):
                 self.metrics.breaker_rejects.labels(provider.name, call.path, call.model).inc()
                 call.status = 503
+                call.capture.refused = Outcome.OUTCOME_REFUSED_BREAKER
                 await respond(
                     send,
                     503,
@@ -233,6 +243,7 @@ class Forwarder:
         try:
             return await self._stream(call, send, exchange, response)
         except httpx.HTTPError as exc:
+            call.capture.broken = True
             self.metrics.upstream_errors.labels(call.provider.name, call.route, "stream").inc()
             if exchange is not None:
                 exchange.error = f"{type(exc).__name__} after the response started: {exc}"
@@ -283,33 +294,39 @@ class Forwarder:
     ) -> dict[str, int]:
         """Relay status, headers and the body chunk by chunk, as they arrive."""
         call.status = response.status
+        capture = call.capture
         headers = [(k, v) for k, v in response.headers if k.lower() not in _DROP_RESPONSE]
-        headers.append((b"x-aibridge-request-id", call.request_id.encode()))
-        content_type = response.header(b"content-type") or ""
-        reader = (
-            UsageReader("text/event-stream" in content_type, response.header(b"content-encoding"))
-            if call.intercepted
-            else None
-        )
-        capture = None
+        sse = "text/event-stream" in (response.header(b"content-type") or "")
+        capture.relayed = True
+        capture.streamed = sse
+        reader = None
+        if call.intercepted:
+            reader = capture.reader = ResponseReader(
+                sse, response.header(b"content-encoding"), capture.arguments
+            )
+            if response.served_model:
+                reader.model = response.served_model
+        dumped = None
         if exchange is not None:
             exchange.response_headers = [
                 (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
             ]
-            capture = BodyCapture()
+            dumped = BodyCapture()
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         call.response_started = True
         async for chunk in response.chunks:
             if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if reader is not None:
-                    reader.feed(chunk)
-                if capture is not None:
-                    capture.feed(chunk)
-        if exchange is not None and capture is not None:
-            exchange.response_body = capture.body()
+                try:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                finally:  # a chunk sent is read even when the client leaves meanwhile
+                    if reader is not None:
+                        reader.feed(chunk)
+                if dumped is not None:
+                    dumped.feed(chunk)
+        if exchange is not None and dumped is not None:
+            exchange.response_body = dumped.body()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return reader.finish() if reader is not None else {}
+        return reader.finish().tokens if reader is not None else {}
 
     def _finish(self, call: Call, labels: tuple[str, str], tokens: dict[str, int]) -> None:
         m = self.metrics

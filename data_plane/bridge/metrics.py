@@ -108,6 +108,13 @@ class BridgeMetrics:
             ["reason"],
             registry=r,
         )
+        self.unrecorded = Counter(
+            P + "unrecorded_requests",
+            "Provider requests answered without an interception record (recording on): "
+            "unknown provider, or no valid member token to attribute them to.",
+            ["reason"],
+            registry=r,
+        )
         self.follow = FollowMetrics(r, P)
         self.recording = RecordingMetrics(r, P)
 

@@ -22,6 +22,7 @@ from data_plane.body_budget import BodyBudget
 from data_plane.bridge.app import BridgeApp
 from data_plane.bridge.bedrock_adapter import load_factory
 from data_plane.bridge.connections import ConnectionGuard
+from data_plane.bridge.interception import RecordSink
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.routing import BuildContext, build_table
 from data_plane.bridge.settings import BridgeSettings
@@ -76,11 +77,22 @@ class Bridge:
         *,
         bedrock_factory: BedrockFactory | Literal["auto"] | None = "auto",
         handle_signals: bool = False,
+        sink: RecordSink | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = make_upstream()
         self.http = make_http_client(self.upstream)
         self.metrics = BridgeMetrics()
+        self.subscriber = make_subscriber(
+            settings, settings.bridge_token, self.apply, self.metrics.follow
+        )
+        # Records go to the config service on the subscriber's connection settings, unless
+        # the caller (a test) takes them itself.
+        self.shipper = (
+            Shipper(settings.recording, self.subscriber.config, self.metrics.recording)
+            if sink is None
+            else None
+        )
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
         self.app = BridgeApp(
             http=self.http,
@@ -88,6 +100,8 @@ class Bridge:
             metrics=self.metrics,
             dumper=dumper,
             body_budget=BodyBudget(settings.body_buffer_bytes, settings.body_timeout),
+            sink=sink if self.shipper is None else self.shipper,
+            record_prompts=settings.record_prompts,
         )
         self.context = BuildContext(
             allow_byok=settings.allow_byok,
@@ -99,11 +113,6 @@ class Bridge:
             on_key_transition=self.metrics.on_key_transition,
             on_breaker_change=self.metrics.on_breaker_change,
         )
-        self.subscriber = make_subscriber(
-            settings, settings.bridge_token, self.apply, self.metrics.follow
-        )
-        # The records' way to the config service: on the subscriber's connection settings.
-        self.shipper = Shipper(settings.recording, self.subscriber.config, self.metrics.recording)
         self.guard = ConnectionGuard(settings.limits, self.metrics.connections_closed)
         config = uvicorn.Config(
             self.app,
@@ -146,11 +155,13 @@ class Bridge:
         sock = bind_tcp("AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port)
         self.port = sock.getsockname()[1]
         try:
-            await self.shipper.start()
+            if self.shipper is not None:
+                await self.shipper.start()
             self._tasks.append(await start_following(self.subscriber))
         except BaseException:
             sock.close()
-            await self.shipper.close()
+            if self.shipper is not None:
+                await self.shipper.close()
             raise
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="http"))
         while not self.server.started:
@@ -179,7 +190,8 @@ class Bridge:
                 await task
         self._tasks.clear()
         # After the HTTP server: the requests it finished have submitted their records.
-        await self.shipper.close()
+        if self.shipper is not None:
+            await self.shipper.close()
         await self.http.aclose()
 
 

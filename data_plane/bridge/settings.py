@@ -143,6 +143,13 @@ BREAKER_TIMEOUT = _breaker(
 BREAKER_MAX_REQUESTS = _breaker(
     "AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS", "half-open probe requests", integer(minimum=1), "3"
 )
+RECORD_PROMPTS = Setting(
+    "AIBRIDGE_RECORD_PROMPTS",
+    "record each request's last user message and the model's tool-call arguments in its "
+    "interception record (readable by owner and auditor tokens only)",
+    boolean,
+    "false",
+)
 AWS_REGION = Setting(
     "AWS_REGION",
     "Bedrock region when neither the provider nor its base URL names one",
@@ -167,6 +174,7 @@ SETTINGS = (
             BODY_BUFFER_BYTES,
             BODY_TIMEOUT,
             DUMP_DIR,
+            RECORD_PROMPTS,
             BREAKER_ENABLED,
             BREAKER_FAILURE_THRESHOLD,
             BREAKER_INTERVAL,
@@ -222,6 +230,7 @@ class BridgeSettings:
     body_buffer_bytes: int
     body_timeout: float
     dump_dir: Path | None
+    record_prompts: bool
     breaker: BreakerSettings
     snapshot_cache: Path | None
     node_id: str
@@ -254,6 +263,7 @@ class BridgeSettings:
             body_buffer_bytes=v[BODY_BUFFER_BYTES],
             body_timeout=v[BODY_TIMEOUT],
             dump_dir=v[DUMP_DIR],
+            record_prompts=v[RECORD_PROMPTS],
             breaker=BreakerSettings(
                 v[BREAKER_ENABLED],
                 v[BREAKER_FAILURE_THRESHOLD],

@@ -33,6 +33,7 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     chunks: AsyncIterator[bytes]
     aclose: Callable[[], Awaitable[None]] = _no_close
+    served_model: str = ""  # the model that answered, when the upstream says so aside
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.headers:

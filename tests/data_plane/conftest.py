@@ -3,6 +3,7 @@
 - `config_service`: a fake ConfigService (grpc.aio servicer) serving hand-built snapshots.
 - `upstream`: the suite's fake OpenAI/Anthropic upstream (tests/fixtures/upstream.py).
 - `start_bridge`: starts real `Bridge`s following `config_service`; all stopped afterwards.
+- `start_recording_bridge`: the same, each handing its interception records to `records`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dp_fakes import (
     BRIDGE_TOKEN,
     ConfigServer,
     FakeConfigService,
+    ListSink,
     StartBridge,
     daemon_starter,
     wait_for_version,
@@ -40,19 +42,41 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
     await server.stop()
 
 
+def _settings(
+    config_service: ConfigServer, tmp_path: Path, index: int, env: dict[str, str]
+) -> BridgeSettings:
+    environ = {
+        "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+        "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
+        "AIBRIDGE_CONFIG_SERVICE": config_service.target,
+        "AIBRIDGE_NODE_ID": f"test-bridge-{index}",
+        # Where a bridge spools records the fake config service cannot take.
+        "AIBRIDGE_DATA_DIR": str(tmp_path / f"bridge-{index}-data"),
+        **env,
+    }
+    return BridgeSettings.from_env(environ)
+
+
 @pytest.fixture
 async def start_bridge(config_service: ConfigServer, tmp_path: Path) -> AsyncIterator[StartBridge]:
     def build(index: int, env: dict[str, str]) -> Bridge:
-        environ = {
-            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
-            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_CONFIG_SERVICE": config_service.target,
-            "AIBRIDGE_NODE_ID": f"test-bridge-{index}",
-            # Where a bridge spools records the fake config service cannot take.
-            "AIBRIDGE_DATA_DIR": str(tmp_path / f"bridge-{index}-data"),
-            **env,
-        }
-        return Bridge(BridgeSettings.from_env(environ))
+        return Bridge(_settings(config_service, tmp_path, index, env))
+
+    async with daemon_starter(build, wait_for_version) as start:
+        yield start
+
+
+@pytest.fixture
+def records() -> ListSink:
+    return ListSink()
+
+
+@pytest.fixture
+async def start_recording_bridge(
+    config_service: ConfigServer, records: ListSink, tmp_path: Path
+) -> AsyncIterator[StartBridge]:
+    def build(index: int, env: dict[str, str]) -> Bridge:
+        return Bridge(_settings(config_service, tmp_path, index, env), sink=records)
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start

@@ -15,7 +15,7 @@ import grpc.aio
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.config.v1 import provider_pb2 as pb
-from aibridge.config.v1 import token_pb2
+from aibridge.config.v1 import token_pb2, usage_pb2
 from aibridge.masking import sha256_hex
 from data_plane.bridge.server import Bridge
 from tests.fixtures.upstream import FakeUpstream
@@ -204,3 +204,19 @@ def anthropic_provider(
         [KEY_A] if keys is None else keys,
         **kw,
     )
+
+
+class ListSink:
+    """A record sink that keeps every interception record it is given, in order."""
+
+    def __init__(self) -> None:
+        self.records: list[usage_pb2.Interception] = []
+
+    def submit(self, record: usage_pb2.Interception) -> None:
+        self.records.append(record)
+
+    async def one(self, within: float = 5.0) -> usage_pb2.Interception:
+        """The only record, once it is there."""
+        await eventually(lambda: self.records, within)
+        assert len(self.records) == 1, self.records
+        return self.records[0]

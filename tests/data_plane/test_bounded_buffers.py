@@ -15,19 +15,19 @@ from dp_fakes import (
 )
 
 from data_plane import dump
-from data_plane.bridge.usage import MAX_SSE_LINE, UsageReader
+from data_plane.bridge.interception.response import MAX_SSE_LINE, ResponseReader
 from tests.fixtures.upstream import FakeUpstream, Reply
 from tests.fixtures.waits import eventually
 
 
 def test_sse_usage_reader_drops_a_line_that_never_ends() -> None:
     """An SSE stream without newlines does not grow the usage reader past one line's limit."""
-    reader = UsageReader(sse=True, content_encoding=None)
+    reader = ResponseReader(sse=True, content_encoding=None)
     for _ in range(50):
         reader.feed(b"x" * 100_000)
     assert len(reader._buf) <= MAX_SSE_LINE + 100_000
     reader.feed(b'\ndata: {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n')
-    assert reader.finish()["input"] == 3
+    assert reader.finish().tokens["input"] == 3
 
 
 async def test_dumped_response_body_is_capped(

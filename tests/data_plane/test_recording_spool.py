@@ -208,7 +208,7 @@ def test_a_file_that_is_not_a_spool_is_left_alone(tmp_path: Path) -> None:
     """A foreign file at the spool path is refused with what to do, and not modified."""
     path = tmp_path / "n.spool"
     path.write_bytes(b"this is somebody else's file\n")
-    with pytest.raises(SpoolError, match="not a recording spool.*AIBRIDGE_RECORDING_SPOOL"):
+    with pytest.raises(SpoolError, match=r"not a recording spool.*AIBRIDGE_RECORDING_SPOOL"):
         Spool(path, 1 << 20).open()
     assert path.read_bytes() == b"this is somebody else's file\n"
 
