@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Generator
 from typing import Literal
@@ -55,17 +56,16 @@ def make_http_client(upstream: UpstreamTransport) -> httpx.AsyncClient:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, handle_signals: bool) -> None:
-        super().__init__(config)
-        self._handle_signals = handle_signals
-
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        if self._handle_signals:
-            with super().capture_signals():
-                yield
-        else:
-            yield
+        # Signals are the Bridge's (`Bridge.start`): uvicorn's handler re-raises SIGTERM as
+        # soon as the server stops, which ends the process before the records are flushed.
+        yield
+
+    def on_signal(self) -> None:
+        """SIGINT/SIGTERM: stop serving (graceful); a second one stops at once."""
+        self.force_exit = self.should_exit
+        self.should_exit = True
 
 
 class Bridge:
@@ -126,7 +126,8 @@ class Bridge:
             server_header=False,
             timeout_graceful_shutdown=10,
         )
-        self.server = _Server(config, handle_signals)
+        self.server = _Server(config)
+        self._handle_signals = handle_signals
         self.port = settings.listen_port
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -163,6 +164,10 @@ class Bridge:
             if self.shipper is not None:
                 await self.shipper.close()
             raise
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.server.on_signal)
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="http"))
         while not self.server.started:
             if self._tasks[-1].done():
