@@ -234,7 +234,7 @@ def test_a_bridge_killed_with_sigkill_loses_at_most_its_last_flush_interval(
     bridge = stack.start_bridge(AIBRIDGE_RECORDING_FLUSH_INTERVAL="1s")
     traffic = Traffic(bridge_url(bridge), stack.member).start()
     try:
-        run_for(2 + random.uniform(0, 1))  # noqa: S311 - any phase of the flush interval
+        run_for(2 + random.uniform(0, 1))  # any phase of the flush interval
         killed_at = time.monotonic()
         bridge.kill()
     finally:
