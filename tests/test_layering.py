@@ -22,6 +22,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "aibridge": ("aibridge",),
     "config_service": ("aibridge", "config_service"),
     "data_plane": ("aibridge", "data_plane"),
+    # The record shipper rides on the subscriber's connection; it knows nothing of the bridge.
+    "data_plane.recording": ("aibridge", "data_plane.recording", "data_plane.subscriber"),
 }
 FIRST_PARTY = tuple(ALLOWED)
 

@@ -288,6 +288,26 @@ async def test_spooled_batches_are_replayed_in_order_once_the_service_is_back(
     await eventually(lambda: spool_path.stat().st_size < 100)
 
 
+async def test_the_bridge_token_never_reaches_the_spool_or_a_log_line(
+    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+) -> None:
+    """Through an outage and a replay, the spool file and the log lines hold no trace of the bridge token."""
+    servicer, target = scripted
+    servicer.mode = "away"
+    with capture_logs() as logs:
+        shipping = await started(Shipping(target, spool_path))
+        for i in range(20):
+            shipping.shipper.submit(record(i, principal_name="alice"))
+        await eventually(lambda: shipping.spooled() == 20)
+        spooled = await asyncio.to_thread(spool_path.read_bytes)
+        servicer.mode = "ok"
+        await eventually(lambda: len(servicer.ids) == 20, within=15)
+    assert b"alice" in spooled  # the records are there...
+    assert BRIDGE_TOKEN.encode() not in spooled  # ...the credential is not
+    assert logs
+    assert BRIDGE_TOKEN not in repr(logs)
+
+
 async def test_a_lost_answer_is_retried_and_the_service_sees_the_batch_twice(
     scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
 ) -> None:
