@@ -23,7 +23,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "config_service": ("aibridge", "config_service"),
     "data_plane": ("aibridge", "data_plane"),
     # The record shipper rides on the subscriber's connection; it knows nothing of the bridge.
-    "data_plane.recording": ("aibridge", "data_plane.recording", "data_plane.subscriber"),
+    "data_plane.recording": (
+        "aibridge",
+        "data_plane.recording",
+        "data_plane.subscriber",
+        "data_plane.errors",
+    ),
 }
 FIRST_PARTY = tuple(ALLOWED)
 

@@ -58,8 +58,9 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.logs import get_logger
 from aibridge.recording import MAX_BATCH
+from data_plane.errors import SpoolBusy, SpoolError
 from data_plane.recording.metrics import RecordingMetrics
-from data_plane.recording.spool import SUFFIX, Spool, SpoolBusy, SpoolError
+from data_plane.recording.spool import SUFFIX, Spool
 from data_plane.subscriber import SubscriberConfig, bearer, make_channel
 
 log = get_logger(__name__)

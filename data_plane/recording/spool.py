@@ -40,6 +40,7 @@ from pathlib import Path
 
 from aibridge.files import open_private, private_dir
 from aibridge.logs import get_logger
+from data_plane.errors import SpoolBusy, SpoolError
 
 log = get_logger(__name__)
 
@@ -51,14 +52,6 @@ FRAME = struct.Struct(">4sIII")
 MAX_FRAME = 16 * 1024 * 1024
 _CHUNK = 1024 * 1024
 SUFFIX = ".spool"
-
-
-class SpoolError(Exception):
-    """The spool cannot be used (the message says why and what to do)."""
-
-
-class SpoolBusy(SpoolError):
-    """Another process holds the spool's lock."""
 
 
 @dataclass(frozen=True)

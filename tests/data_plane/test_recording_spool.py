@@ -14,15 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from data_plane.recording.spool import (
-    FRAME,
-    HEADER,
-    Spool,
-    SpoolBusy,
-    SpoolError,
-    encode_frame,
-    spool_name,
-)
+from data_plane.errors import SpoolBusy, SpoolError
+from data_plane.recording.spool import FRAME, HEADER, Spool, encode_frame, spool_name
 
 BATCHES = st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 5000)), max_size=12)
 
