@@ -163,7 +163,8 @@ class Shipper:
     # ------------------------------------------------------------------ the sink
 
     def submit(self, record: usage_pb2.Interception) -> None:
-        """Queue `record` for shipping (request path: no I/O, no await, never raises)."""
+        """Queue `record` for shipping (request path, on the event loop's thread: no I/O,
+        no await, never raises)."""
         if self._closed:
             self._drop("closed", 1)
             return
@@ -246,6 +247,16 @@ class Shipper:
     # ------------------------------------------------------------------ the task
 
     async def _run(self) -> None:
+        """Ship until closing; a bug or an I/O error in one round is logged, not fatal (a
+        dead task would leave records to pile up in the queue)."""
+        while not self._closing:
+            try:
+                await self._ship_loop()
+            except Exception:
+                log.exception("record shipping failed; retrying", spool=str(self._own.path))
+                await self._idle(BACKOFF_MAX)
+
+    async def _ship_loop(self) -> None:
         delay = BACKOFF_INITIAL
         interval = self.settings.flush_interval
         replay_started: float | None = None
@@ -325,7 +336,11 @@ class Shipper:
             if exc.code() in _SPLIT:
                 return await self._split(payload, count, exc, deadline)
             self._metrics.batches["retried"].inc()
-            self._failed(exc)
+            self._failed(exc.code().name, exc.details() or "")
+            return False
+        except Exception as exc:  # grpc raises a few others (a closed channel: UsageError)
+            self._metrics.batches["retried"].inc()
+            self._failed(type(exc).__name__, str(exc))
             return False
         self._metrics.batches["shipped"].inc()
         self._metrics.inserted.inc(response.inserted)
@@ -498,14 +513,14 @@ class Shipper:
             self._metrics.dropped[reason].inc(count)
             self._drops.add(reason, count)
 
-    def _failed(self, exc: grpc.aio.AioRpcError) -> None:
+    def _failed(self, code: str, detail: str) -> None:
         if self._healthy:
             self._healthy = False
             self._last_failure_log = -WARN_EVERY
         self._log_failure(
             "config service is not taking records; spooling them",
-            code=exc.code().name,
-            detail=exc.details(),
+            code=code,
+            detail=detail,
             spool=str(self._own.path),
         )
 

@@ -409,6 +409,23 @@ async def test_a_spool_held_by_a_live_process_is_not_adopted(
     other.close()
 
 
+async def test_a_record_too_large_for_any_batch_is_dropped_and_the_others_shipped(
+    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+) -> None:
+    """A record bigger than a batch may be (4 MiB message limit) is counted as too_large; its neighbours are shipped."""
+    servicer, target = scripted
+    shipping = await started(Shipping(target, spool_path))
+    small = [record(i) for i in range(4)]
+    shipping.shipper.submit(small[0])
+    shipping.shipper.submit(small[1])
+    shipping.shipper.submit(record(9, prompt="\x00" + "p" * (4 << 20)))
+    shipping.shipper.submit(small[2])
+    shipping.shipper.submit(small[3])
+    await eventually(lambda: len(servicer.ids) == 4)
+    assert servicer.ids == [r.id for r in small]
+    assert shipping.metric("recording_records_dropped_total", reason="too_large") == 1
+
+
 async def test_a_record_submitted_after_close_is_counted_as_dropped(
     scripted: tuple[ScriptedUsage, str], spool_path: Path
 ) -> None:
