@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from typing import Any
 
 from aibridge.config.v1 import usage_pb2
@@ -42,4 +41,5 @@ def new_record_id(now_ns: int | None = None) -> str:
     value = (millis & (2**48 - 1)) << 80 | int.from_bytes(os.urandom(10)) & (2**80 - 1)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # what str(uuid.UUID(int=value)) says, at a third of the cost
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -305,6 +305,24 @@ def start_config_service(data_dir: Path, upstream_port: int, log_dir: Path) -> t
     return daemon, str(daemon.ready["listen"])
 
 
+def start_script(name: str, script: Path, env: dict[str, str], log_dir: Path) -> Proc:
+    """Like `start`, for a Python script of bench/ instead of `aibridge` (same clean
+    environment plus `env`, stderr into a log file in `log_dir`)."""
+    import subprocess
+
+    log_path = log_dir / f"{name}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed by Proc.stop
+    popen = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=clean_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )
+    return Proc(name, popen, log_path, log, time.monotonic(), {})
+
+
 def bridge_env(target: str, port: int, data_dir: Path, log_level: str = "info") -> dict[str, str]:
     return {
         "AIBRIDGE_DATA_DIR": str(data_dir),  # the recording spool, if one is needed

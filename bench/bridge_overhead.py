@@ -15,12 +15,19 @@ generator (a lean keep-alive HTTP/1.1 client on uvloop). Phases:
    second, CPU seconds of each process recorded;
 4. bridge RSS "after" (`--requests` bridge requests in all, default 100,000).
 
+With `--record`, a second bridge runs beside the first with interception recording on
+(bench/_recording_bridge.py: the real record building, handed to a sink that serializes
+and counts them; shipping is not part of it). It takes part in every phase: interleaved
+in the latency rounds, and at saturation the two bridges take turns in slices, so both
+see the same machine. Recording's cost = recording bridge - plain bridge (DESIGN §10 /
+§11: p50 +<= 0.05 ms, throughput -<= 3 %).
+
 DESIGN §10 bars: added p50 ≤ 1 ms, p99 ≤ 3 ms, added SSE TTFB ≤ 1 ms, ≥ 1,000 req/s
 per bridge process, RSS ≤ 150 MB and flat across 100,000 requests. On a shared 2-core
 machine the bridge, the upstream and this client compete for CPU: read the ratios and
 differences of one run, and "req/s per bridge CPU-second" for what one core can do.
 
-    python bench/bridge_overhead.py [--requests 100000] [--concurrency 64]
+    python bench/bridge_overhead.py [--requests 100000] [--concurrency 64] [--record]
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from _stack import (
     serve_upstream,
     start,
     start_config_service,
+    start_script,
     wait_ready,
 )
 
@@ -60,7 +68,10 @@ BARS = {
     "added_ttfb_ms": 1.0,
     "rps": 1000.0,
     "rss_mb": 150.0,
+    "recording_added_p50_ms": 0.05,
+    "recording_throughput_loss_pct": 3.0,
 }
+SLICES = 4  # saturation turns each bridge takes with --record
 
 
 def _body(stream: bool) -> bytes:
@@ -135,6 +146,17 @@ class Saturation:
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else float("nan")
+
+    def __add__(self, other: Saturation) -> Saturation:
+        cpu = {k: self.cpu.get(k, 0.0) + other.cpu.get(k, 0.0) for k in {*self.cpu, *other.cpu}}
+        return Saturation(
+            self.requests + other.requests,
+            self.seconds + other.seconds,
+            self.errors + other.errors,
+            self.latencies + other.latencies,
+            cpu,
+            self.rss + other.rss,
+        )
 
 
 async def _saturate(
@@ -221,6 +243,11 @@ def main() -> int:
     )
     p.add_argument("--sse-gap-ms", type=float, default=0.0, help="upstream pause between chunks")
     p.add_argument("--log-level", default="info", help="the bridge's AIBRIDGE_LOG_LEVEL")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="also run a bridge with interception recording on, and compare",
+    )
     p.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_upstream:
@@ -246,7 +273,32 @@ def main() -> int:
             daemons.append(bridge)
             bridge.wait_for_log("bridge listening")
             wait_ready(bridge_port)
-            result = _run(args, plan, up_port, bridge_port, token, upstream.pid, bridge)
+            recording = None
+            if args.record:
+                rec_port = free_port()
+                recording = start_script(
+                    "recording-bridge",
+                    Path(__file__).resolve().parent / "_recording_bridge.py",
+                    bridge_env(target, rec_port, args.log_level),
+                    tmp,
+                )
+                daemons.append(recording)
+                recording.wait_for_log("bridge listening")
+                wait_ready(rec_port)
+            result = _run(
+                args,
+                plan,
+                up_port,
+                (bridge_port, bridge),
+                (rec_port, recording) if recording is not None else None,
+                token,
+                upstream.pid,
+            )
+            if recording is not None:
+                recording.stop()
+                sunk = recording.events("bench sink")
+                result["recording"]["records"] = sunk[0]["records"] if sunk else None
+                result["recording"]["record_bytes"] = sunk[0]["bytes"] if sunk else None
         finally:
             for d in reversed(daemons):
                 d.stop()
@@ -259,12 +311,14 @@ def _run(
     args: argparse.Namespace,
     plan: dict[str, int],
     up_port: int,
-    bridge_port: int,
+    plain: tuple[int, Proc],
+    recording: tuple[int, Proc] | None,
     token: str,
     upstream_pid: int,
-    bridge: Proc,
 ) -> dict[str, Any]:
     import uvloop
+
+    bridge_port, bridge = plain
 
     common = {"content-type": "application/json", "accept": "application/json"}
     direct = Target(
@@ -281,22 +335,48 @@ def _run(
             for k in ("json", "sse")
         },
     )
-    through = Target(
-        "bridge",
-        bridge_port,
-        {
-            k: request_bytes(
-                "POST",
-                f"/{PROVIDER}/v1/chat/completions",
-                f"127.0.0.1:{bridge_port}",
-                {**common, "authorization": f"Bearer {token}"},
-                _body(k == "sse"),
-            )
-            for k in ("json", "sse")
-        },
-    )
+
+    def via(name: str, port: int) -> Target:
+        return Target(
+            name,
+            port,
+            {
+                k: request_bytes(
+                    "POST",
+                    f"/{PROVIDER}/v1/chat/completions",
+                    f"127.0.0.1:{port}",
+                    {**common, "authorization": f"Bearer {token}"},
+                    _body(k == "sse"),
+                )
+                for k in ("json", "sse")
+            },
+        )
+
+    through = via("bridge", bridge_port)
     pids = {"bridge": bridge.pid, "upstream": upstream_pid}
+    recorded = via("recording", recording[0]) if recording is not None else None
+    rec_pids = {"bridge": recording[1].pid, "upstream": upstream_pid} if recording else {}
     c = args.concurrency
+
+    async def saturate_both(kind: str, n: int) -> tuple[Saturation, Saturation | None]:
+        """`n` requests on the plain bridge (and as many on the recording one, the two
+        taking turns in SLICES slices)."""
+        if recorded is None:
+            return await _saturate(through, kind, n, c, pids, bridge.pid), None
+        plain_total = rec_total = None
+        for i in range(SLICES):
+            part = n // SLICES + (1 if i < n % SLICES else 0)
+            order = [(through, pids, bridge.pid), (recorded, rec_pids, rec_pids["bridge"])]
+            results = []
+            for target, its_pids, rss_pid in order if i % 2 == 0 else reversed(order):
+                results.append(
+                    (target.name, await _saturate(target, kind, part, c, its_pids, rss_pid))
+                )
+            got = dict(results)
+            plain_total = got["bridge"] if plain_total is None else plain_total + got["bridge"]
+            rec_total = got["recording"] if rec_total is None else rec_total + got["recording"]
+        assert plain_total is not None
+        return plain_total, rec_total
 
     async def run() -> dict[str, Any]:
         t_start = time.perf_counter()
@@ -304,10 +384,14 @@ def _run(
         await _saturate(direct, "json", plan["warmup"], 8, pids, None)
         if warm.errors:
             raise RuntimeError(f"warm-up: {warm.errors} errors; bridge log:\n{bridge.tail()}")
+        if recorded is not None:
+            await _saturate(recorded, "json", plan["warmup"], 8, rec_pids, None)
         rss_before = rss_mb(bridge.pid)
-        seq = await _sequential([direct, through], plan["rounds"])
-        sat_json = await _saturate(through, "json", plan["sat_json"], c, pids, bridge.pid)
-        sat_sse = await _saturate(through, "sse", plan["sat_sse"], c, pids, bridge.pid)
+        seq = await _sequential(
+            [direct, through, *([recorded] if recorded else [])], plan["rounds"]
+        )
+        sat_json, rec_json = await saturate_both("json", plan["sat_json"])
+        sat_sse, rec_sse = await saturate_both("sse", plan["sat_sse"])
         ref_n = min(20_000, max(plan["sat_json"] // 5, 1))
         ref = await _saturate(direct, "json", ref_n, c, pids, None)
         rss_after = rss_mb(bridge.pid)
@@ -318,6 +402,8 @@ def _run(
             "ref": ref,
             "rss_before": rss_before,
             "rss_after": rss_after,
+            "rec_json": rec_json,
+            "rec_sse": rec_sse,
             "elapsed": time.perf_counter() - t_start,
         }
 
@@ -361,7 +447,28 @@ def _run(
             else None,
         }
 
+    record: dict[str, Any] = {}
+    if recorded is not None:
+        for kind in ("json", "sse"):
+            off, on = seq[("bridge", kind)], seq[("recording", kind)]
+            record[kind] = {
+                "recording_ms": stats(on.total),
+                "added_p50_ms": stats(on.total)["p50"] - stats(off.total)["p50"],
+                "added_p99_ms": stats(on.total)["p99"] - stats(off.total)["p99"],
+                "added_ttfb_p50_ms": stats(on.ttfb)["p50"] - stats(off.ttfb)["p50"],
+                "paired_diff_ms": stats([y - x for x, y in zip(off.total, on.total, strict=True)]),
+            }
+            on_sat = sat(raw[f"rec_{kind}"])
+            off_sat = sat(sat_json if kind == "json" else sat_sse)
+            record[kind]["saturation"] = on_sat
+            record[kind]["throughput_loss_pct"] = 100 * (1 - on_sat["rps"] / off_sat["rps"])
+            per_cpu_on = on_sat["rps_per_bridge_cpu_second"]
+            per_cpu_off = off_sat["rps_per_bridge_cpu_second"]
+            record[kind]["per_cpu_loss_pct"] = (
+                100 * (1 - per_cpu_on / per_cpu_off) if per_cpu_on and per_cpu_off else None
+            )
     return {
+        "recording": record,
         "plan": plan,
         "concurrency": c,
         "sse_chunks": SSE_CHUNKS,
@@ -420,6 +527,30 @@ def _report(r: dict[str, Any]) -> int:
     row(f"bridge RSS after {r['bridge_requests']} req (MB)", rss["after"], 150)
     row("bridge RSS max sampled (MB)", rss["max_sampled"], 150)
     row("errors at saturation", sj["errors"] + ss["errors"], 0)
+    rec = r["recording"]
+    if rec:
+        for kind in ("json", "sse"):
+            k = rec[kind]
+            label = "JSON" if kind == "json" else "SSE whole stream"
+            row(f"recording on vs off: added p50, {label} (ms)", round(k["added_p50_ms"], 3), 0.05)
+            row(f"  paired difference p50, {label} (ms)", round(k["paired_diff_ms"]["p50"], 3))
+            row(f"  added p99, {label} (ms)", round(k["added_p99_ms"], 3))
+            row(f"  throughput loss, {label} (%)", round(k["throughput_loss_pct"], 2), 3)
+            row(
+                f"  per bridge CPU-second, {label}: on (req/s)",
+                k["saturation"]["rps_per_bridge_cpu_second"],
+            )
+            if k["per_cpu_loss_pct"] is not None:
+                row(
+                    f"  per bridge CPU-second loss, {label} (%)", round(k["per_cpu_loss_pct"], 2), 3
+                )
+        row("records built (counting sink)", rec.get("records"))
+        row(
+            "  mean serialized record (bytes)",
+            round(rec["record_bytes"] / rec["records"]) if rec.get("records") else None,
+        )
+        errors = rec["json"]["saturation"]["errors"] + rec["sse"]["saturation"]["errors"]
+        row("errors at saturation, recording bridge", errors, 0)
     print(table(["metric", "measured", "DESIGN §10 bar", "met"], rows))
     print(
         f"saturation CPU seconds (JSON): {sj['cpu_seconds']}; "

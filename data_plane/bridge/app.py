@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aibridge.config.v1 import provider_pb2, usage_pb2
 from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
+from aibridge.recording import MAX_HINT
 from aibridge.rulebook import Family
 from data_plane.body_budget import BodyBudget, Hold
 from data_plane.bridge.asgi import Receive, Scope, Send, respond
@@ -36,7 +37,7 @@ from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.interception import RecordSink
 from data_plane.bridge.interception.clients import HEADERS as CLIENT_HEADERS
 from data_plane.bridge.interception.clients import session_from_metadata
-from data_plane.bridge.interception.record import REQUEST_ID, VIA, Capture, RequestIds
+from data_plane.bridge.interception.record import REQUEST_ID, VIA, Capture, RequestIds, line
 from data_plane.bridge.interception.request import last_user_message
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.model_labels import ModelLabels
@@ -276,6 +277,9 @@ class BridgeApp:
                 return
             capture.principal = principal
         capture.secrets += creds.secrets
+        provider = table.providers.get(capture.provider_name)
+        if provider is not None:
+            capture.secrets += provider.keys
         try:
             record = capture.build()
         except Exception:  # a bug here must not turn a served request into an error
@@ -303,11 +307,11 @@ class BridgeApp:
                 capture.route = "/" + rest
             return await self._error(send, *self._not_served(table, name, scope, creds))
         capture.provider(provider.name, provider.type)
+        sub = capture.route = "/" + rest
         family = provider.family
         unusable = _unusable(provider)
         if unusable is not None:
             return await self._error(send, family, 503, *unusable)
-        sub = capture.route = "/" + rest
         # A `.`/`..` segment (also sent as %2e%2e or across an encoded slash, which the
         # server has decoded by now) would be resolved by the HTTP client into another
         # upstream path, outside the routes served (and with a pooled key): refuse it.
@@ -324,7 +328,8 @@ class BridgeApp:
         if mode == "byok":
             own = creds.own_key
             capture.credential_kind = CK.CREDENTIAL_KIND_BYOK
-            capture.credential_hint = mask_secret(own.decode("utf-8", "replace")) if own else ""
+            hint = mask_secret(own.decode("utf-8", "replace")) if own else ""
+            capture.credential_hint = line(hint, MAX_HINT)  # the client's bytes, any of them
         elif mode is not None:
             capture.credential_kind = CK.CREDENTIAL_KIND_POOLED
         if mode is None:

@@ -63,7 +63,6 @@ class Call:
     status: int = 0
     key_hint: str = ""
     started: float = field(default_factory=time.perf_counter)
-    response_started: bool = False  # set once a byte of the response went to the client
 
     @property
     def route(self) -> str:
@@ -297,15 +296,14 @@ class Forwarder:
         capture = call.capture
         headers = [(k, v) for k, v in response.headers if k.lower() not in _DROP_RESPONSE]
         sse = "text/event-stream" in (response.header(b"content-type") or "")
-        capture.relayed = True
+        capture.relayed = True  # from here on the answer is the upstream's
         capture.streamed = sse
+        capture.served_model = response.served_model
         reader = None
         if call.intercepted:
             reader = capture.reader = ResponseReader(
                 sse, response.header(b"content-encoding"), capture.arguments
             )
-            if response.served_model:
-                reader.model = response.served_model
         dumped = None
         if exchange is not None:
             exchange.response_headers = [
@@ -313,7 +311,6 @@ class Forwarder:
             ]
             dumped = BodyCapture()
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        call.response_started = True
         async for chunk in response.chunks:
             if chunk:
                 try:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import ssl
 import time
-import uuid
 
 import h11
 
 from aibridge.logs import get_logger
+from aibridge.recording import new_record_id
 from data_plane.body_budget import Hold
 from data_plane.dump import Exchange
 from data_plane.proxy.auth import Identity
@@ -68,7 +68,7 @@ async def _provider_request(
     identity: Identity,
     hold: Hold,
 ) -> None:
-    request_id = uuid.uuid4().hex
+    request_id = new_record_id()  # the bridge keeps it as the interception record's id
     declared = header(request, b"content-length")
     body = await stream.read_body_or_refuse(
         int(declared) if declared and declared.isdigit() else None, hold

@@ -40,7 +40,10 @@ HOP_BY_HOP = frozenset(
 # Recomputed by httpx from the buffered body and the URL.
 _RECOMPUTED = frozenset({b"host", b"content-length"})
 # Identity headers only the proxy may set: a client cannot choose whose token is used.
-_OURS = frozenset({b"x-aibridge-token", b"x-aibridge-request-id"})
+# The request id and the via marker tell the bridge the request came through the proxy
+# (its record is marked proxied and keeps the proxy's id; see the bridge's
+# interception/record.py for why a forged one only mislabels the forger's own records).
+_OURS = frozenset({b"x-aibridge-token", b"x-aibridge-request-id", b"x-aibridge-via"})
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -99,6 +102,7 @@ def bridge_headers(
         headers = [(k, v) for k, v in headers if k not in (b"authorization", b"x-api-key")]
         headers.append((b"authorization", b"Bearer " + token))
     headers.append((b"x-aibridge-request-id", request_id.encode()))
+    headers.append((b"x-aibridge-via", b"proxy"))
     return headers
 
 

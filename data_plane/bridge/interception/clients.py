@@ -59,8 +59,10 @@ def detect(headers: dict[bytes, bytes]) -> str:
     if lang is not None:
         vendor = ua.split(b"/", 1)[0].removeprefix(b"async")
         if vendor in (b"openai", b"anthropic"):
-            name = lang.strip().lower().decode("ascii", "replace")
-            name = "".join(c for c in name if c.isascii() and c.isalnum())[:32]
+            lang = lang.strip().lower()
+            if not (lang.isalnum() and len(lang) <= 32):  # bytes: ASCII letters and digits
+                lang = bytes(c for c in lang if chr(c).isalnum() and c < 128)[:32]
+            name = lang.decode()
             return f"{vendor.decode()}-{_LANGUAGES.get(name, name) or 'unknown'}"
     return "other"
 

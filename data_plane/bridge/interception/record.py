@@ -27,8 +27,6 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from aibridge import recording
 from aibridge.config.v1 import usage_pb2
 from aibridge.masking import mask_secret
@@ -44,6 +42,7 @@ REQUEST_ID = b"x-aibridge-request-id"
 VIA = b"x-aibridge-via"  # "proxy": the request came through aibridgeproxyd
 MAX_ID = 36
 MAX_TOKEN_COUNT = 2**53
+_TOKEN_FIELDS = {kind.removesuffix("_tokens"): kind for kind in recording.TOKEN_KINDS}
 _REPLACEMENT = "\ufffd"
 _UUID7 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 Outcome = usage_pb2.Outcome
@@ -65,10 +64,6 @@ def content(value: str, limit: int) -> str:
     except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
         value = value.encode("utf-8", "replace").decode()
     return value
-
-
-def _ts(ns: int) -> Timestamp:
-    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
 class RequestIds:
@@ -131,6 +126,7 @@ class Capture:
         "requested_model",
         "route",
         "secrets",
+        "served_model",
         "session_id",
         "started_ns",
         "status",
@@ -161,6 +157,7 @@ class Capture:
         self.relayed = False  # the answer is the upstream's, relayed
         self.broken = False  # the upstream's stream broke after it started
         self.reader: ResponseReader | None = None
+        self.served_model = ""  # what the upstream said aside (Bedrock: the model id invoked)
         self.prompt = ""
         self.streamed = False
         self.secrets: list[str] = []
@@ -203,59 +200,77 @@ class Capture:
 
     def build(self, ended_ns: int | None = None) -> usage_pb2.Interception:
         """The record, every string within its limit and clear of known secrets."""
-        ended = time.time_ns() if ended_ns is None else ended_ns
-        principal = self.principal
+        ended = max(time.time_ns() if ended_ns is None else ended_ns, self.started_ns)
         reader = self.reader
-        one, free = self._line, self._content
+        if reader is not None:
+            reader.finish()  # a relay cut short (the client left) did not
+        secrets = self.secrets
         name = recording.MAX_NAME
+        served = self.served_model or (reader.model if reader is not None else "")
+        # What the client or the upstream chose: one scan for every known secret at once.
+        texts = [self.route, self.requested_model, served, self.user_agent, self.session_id]
+        blob = "\n".join(texts)
+        for secret in secrets:
+            if secret in blob:
+                texts = [_masked(text, secrets) for text in texts]
+                break
+        route, requested, served, user_agent, session = texts
+        principal = self.principal
+        # Provider name, principal and hint come from the snapshot (checked by the config
+        # service when they were made) and the client slug from `detect`: already fit.
         record = usage_pb2.Interception(
             id=self.id,
-            started_at=_ts(self.started_ns),
-            ended_at=_ts(max(ended, self.started_ns, self.first_byte_ns)),
-            provider_name=line(self.provider_name, name),
+            provider_name=self.provider_name,
             provider_type=self.provider_type,  # type: ignore[arg-type]
-            route=one(self.route, recording.MAX_ROUTE),
-            requested_model=one(self.requested_model, name),
-            served_model=one(reader.model, name) if reader is not None else "",
+            route=line(route, recording.MAX_ROUTE),
+            requested_model=line(requested, name),
+            served_model=line(served, name),
             outcome=self.outcome(),  # type: ignore[arg-type]
             status_code=self.status,
-            principal_id=line(principal.principal_id, MAX_ID) if principal else "",
-            principal_name=line(principal.principal_name, name) if principal else "",
-            token_id=line(principal.token_id, MAX_ID) if principal else "",
             client=self.client,
-            user_agent=one(self.user_agent, recording.MAX_USER_AGENT),
-            session_id=one(self.session_id, name),
+            user_agent=line(user_agent, recording.MAX_USER_AGENT),
+            session_id=line(session, name),
             credential_kind=self.credential_kind,  # type: ignore[arg-type]
-            credential_hint=line(self.credential_hint, recording.MAX_HINT),
+            credential_hint=self.credential_hint,
             attempts=self.attempts,
-            prompt=free(self.prompt, recording.MAX_PROMPT),
             proxied=self.proxied,
             streamed=self.streamed,
         )
+        if principal is not None:
+            record.principal_id = principal.principal_id
+            record.principal_name = principal.principal_name
+            record.token_id = principal.token_id
+        # Setting a submessage's fields is about twice as fast as constructing it.
+        stamp = record.started_at
+        stamp.seconds, stamp.nanos = divmod(self.started_ns, 1_000_000_000)
+        stamp = record.ended_at
+        stamp.seconds, stamp.nanos = divmod(max(ended, self.first_byte_ns), 1_000_000_000)
         if self.first_byte_ns:
-            record.first_byte_at.CopyFrom(_ts(self.first_byte_ns))
+            stamp = record.first_byte_at
+            stamp.seconds, stamp.nanos = divmod(self.first_byte_ns, 1_000_000_000)
+        if self.prompt:
+            record.prompt = _free(self.prompt, recording.MAX_PROMPT, secrets)
         if reader is not None:
             usage = record.usage
             for kind, count in reader.tokens.items():
-                setattr(usage, f"{kind}_tokens", min(max(count, 0), MAX_TOKEN_COUNT))
+                setattr(usage, _TOKEN_FIELDS[kind], min(max(count, 0), MAX_TOKEN_COUNT))
             for tool, call_id, arguments in reader.tool_calls[: recording.MAX_TOOL_CALLS]:
                 record.tool_calls.add(
-                    name=one(tool, name),
-                    call_id=one(call_id, name),
-                    arguments=free(arguments, recording.MAX_ARGUMENTS),
+                    name=line(_masked(tool, secrets), name),
+                    call_id=line(_masked(call_id, secrets), name),
+                    arguments=_free(arguments, recording.MAX_ARGUMENTS, secrets),
                 )
         return record
 
-    def _line(self, value: str, limit: int) -> str:
-        return line(self._redact(value, limit), limit)
 
-    def _content(self, value: str, limit: int) -> str:
-        return content(self._redact(value, limit), limit)
+def _masked(value: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in value:
+            value = value.replace(secret, mask_secret(secret))
+    return value
 
-    def _redact(self, value: str, limit: int) -> str:
-        """`value` cut near `limit` (a secret across the cut still seen), secrets masked."""
-        value = value[: limit + max(map(len, self.secrets), default=0)]
-        for secret in self.secrets:
-            if secret and secret in value:
-                value = value.replace(secret, mask_secret(secret))
-        return value
+
+def _free(value: str, limit: int, secrets: list[str]) -> str:
+    """Free text cut near its limit (a secret across the cut still seen), then masked."""
+    longest = max(map(len, secrets), default=0)
+    return content(_masked(value[: limit + longest], secrets), limit)

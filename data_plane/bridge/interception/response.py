@@ -105,6 +105,7 @@ class ResponseReader:
         self._buf = bytearray()
         self._overflow = False
         self._first_data = True
+        self.finished = False
         self._wanted = _WANTED_ARGUMENTS if arguments else _WANTED
         # A compressed stream is relayed untouched and not inspected.
         self._off = sse and self.encoding != "identity"
@@ -115,7 +116,7 @@ class ResponseReader:
         return [(t.name, t.call_id, "".join(t.parts)) for t in self._tools.values()]
 
     def feed(self, chunk: bytes) -> None:
-        if self._off:
+        if self._off or self.finished:
             return
         if not self.sse:
             if not self._overflow:
@@ -141,16 +142,21 @@ class ResponseReader:
             self._off = True
 
     def finish(self) -> ResponseReader:
-        """Read what is still buffered (a blocking body, a last line without newline)."""
-        if self._off:
+        """Read what is still buffered (a blocking body, a last line without newline);
+        once: later calls change nothing."""
+        if self._off or self.finished:
             return self
         if self.sse:
             self.feed(b"\n")
+            self.finished = True
             return self
+        self.finished = True
         if self._overflow or not self._buf:
             return self
+        buffered = bytes(self._buf)
+        self._buf = bytearray()
         try:
-            body = self._decoded(bytes(self._buf))
+            body = self._decoded(buffered)
             if body is not None:
                 self._document(json.loads(body))
                 self.terminal = True

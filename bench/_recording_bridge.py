@@ -1,0 +1,57 @@
+"""`aibridge bridge` with interception recording on and a sink that only counts: what
+building the records costs the bridge, shipping left out (bench/bridge_overhead.py
+`--record`). Same settings, flags and logging as `aibridge bridge`; at exit it logs
+`bench sink` with the number of records and their serialized bytes (each record is
+serialized, as any shipper must)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aibridge.config.v1 import usage_pb2
+from aibridge.logs import get_logger
+from data_plane.bridge.server import Bridge
+from data_plane.bridge.settings import SETTINGS, BridgeSettings
+from data_plane.daemon import load_settings, run
+
+log = get_logger("bench.recording_bridge")
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.records = 0
+        self.bytes = 0
+
+    def submit(self, record: usage_pb2.Interception) -> None:
+        self.records += 1
+        self.bytes += len(record.SerializeToString())
+
+
+async def serve(settings: BridgeSettings) -> None:
+    sink = CountingSink()
+    # Signals handled here, not by uvicorn (which re-raises them once it has stopped, so
+    # nothing would run after it): stop, then report.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    bridge = Bridge(settings, sink=sink)
+    await bridge.start()
+    await stopping.wait()
+    await bridge.stop()
+    log.info("bench sink", records=sink.records, bytes=sink.bytes)
+
+
+def main() -> int:
+    prog = "bench recording bridge"
+    settings = load_settings(None, prog, __doc__ or "", SETTINGS, BridgeSettings.from_env)
+    return 2 if settings is None else run(prog, serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
