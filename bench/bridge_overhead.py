@@ -264,12 +264,10 @@ def main() -> int:
             daemons.append(service)
             token = create_gateway_token(target)
             bridge_port = free_port()
-            bridge = start(
-                "bridge",
-                ["bridge"],
-                bridge_env(target, bridge_port, tmp / "bridge", args.log_level),
-                tmp,
-            )
+            # The plain bridge records nothing (the baseline of --record's comparison).
+            plain = bridge_env(target, bridge_port, tmp / "bridge", args.log_level)
+            plain["AIBRIDGE_RECORDING"] = "false"
+            bridge = start("bridge", ["bridge"], plain, tmp)
             daemons.append(bridge)
             bridge.wait_for_log("bridge listening")
             wait_ready(bridge_port)
@@ -279,7 +277,7 @@ def main() -> int:
                 recording = start_script(
                     "recording-bridge",
                     Path(__file__).resolve().parent / "_recording_bridge.py",
-                    bridge_env(target, rec_port, args.log_level),
+                    bridge_env(target, rec_port, tmp / "recording-bridge", args.log_level),
                     tmp,
                 )
                 daemons.append(recording)

@@ -87,10 +87,10 @@ class Bridge:
             settings, settings.bridge_token, self.apply, self.metrics.follow
         )
         # Records go to the config service on the subscriber's connection settings, unless
-        # the caller (a test) takes them itself.
+        # the caller (a test) takes them itself or recording is off.
         self.shipper = (
             Shipper(settings.recording, self.subscriber.config, self.metrics.recording)
-            if sink is None
+            if sink is None and settings.recording_on
             else None
         )
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
@@ -174,6 +174,8 @@ class Bridge:
                 self._tasks[-1].result()  # raises what stopped uvicorn
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.005)
+        if self.shipper is None and self.app.sink is None:
+            log.warning("interception recording is off (AIBRIDGE_RECORDING=false)")
         log.info(
             "bridge listening",
             url=self.url,

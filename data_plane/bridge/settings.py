@@ -83,6 +83,13 @@ BODY_TIMEOUT = Setting(
     duration,
     "30s",
 )
+RECORDING = Setting(
+    "AIBRIDGE_RECORDING",
+    "false: build and ship no interception records at all (visibility off: for measuring "
+    "what recording costs; a warning says so at start)",
+    boolean,
+    "true",
+)
 RECORDING_QUEUE_SIZE = Setting(
     "AIBRIDGE_RECORDING_QUEUE_SIZE",
     "interception records held in memory for shipping; past it a record is dropped (counted "
@@ -182,6 +189,7 @@ SETTINGS = (
             BREAKER_MAX_REQUESTS,
             SNAPSHOT_CACHE,
             NODE_ID,
+            RECORDING,
             RECORDING_QUEUE_SIZE,
             RECORDING_FLUSH_INTERVAL,
             RECORDING_SPOOL,
@@ -234,6 +242,7 @@ class BridgeSettings:
     breaker: BreakerSettings
     snapshot_cache: Path | None
     node_id: str
+    recording_on: bool
     recording: ShipperSettings
     log_format: str
     log_level: str
@@ -273,6 +282,7 @@ class BridgeSettings:
             ),
             snapshot_cache=v[SNAPSHOT_CACHE],
             node_id=node_id,
+            recording_on=v[RECORDING],
             recording=ShipperSettings(
                 queue_size=v[RECORDING_QUEUE_SIZE],
                 flush_interval=v[RECORDING_FLUSH_INTERVAL],

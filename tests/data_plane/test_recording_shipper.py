@@ -436,3 +436,26 @@ async def test_a_record_submitted_after_close_is_counted_as_dropped(
     await shipping.shipper.close()
     shipping.shipper.submit(record())
     assert shipping.metric("recording_records_dropped_total", reason="closed") == 1
+
+
+async def test_a_bridge_ships_its_records_unless_recording_is_switched_off(tmp_path: Path) -> None:
+    """By default the bridge's record sink is the shipper; AIBRIDGE_RECORDING=false builds no records at all."""
+    from data_plane.bridge.server import Bridge
+    from data_plane.bridge.settings import BridgeSettings
+
+    env = {
+        "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+        "AIBRIDGE_DATA_DIR": str(tmp_path),
+        "AIBRIDGE_NODE_ID": "node/1",
+    }
+    on = Bridge(BridgeSettings.from_env(env), bedrock_factory=None)
+    assert on.shipper is not None
+    assert on.app.sink is on.shipper
+    assert on.settings.recording.spool_path == tmp_path / "spool" / "node%2f1.spool"
+    off = Bridge(
+        BridgeSettings.from_env({**env, "AIBRIDGE_RECORDING": "false"}), bedrock_factory=None
+    )
+    assert off.shipper is None
+    assert off.app.sink is None
+    for bridge in (on, off):
+        await bridge.http.aclose()
