@@ -473,6 +473,9 @@ class Shipper:
                 spool=str(alternative),
             )
             own = self._own = Spool(alternative, self.settings.spool_max_bytes)
+        if own.is_open:  # ours: a compaction cut short by a crash left its copy behind
+            for stale in own.path.parent.glob(f".{own.path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         adopted: list[Spool] = []
         directory = own.path.parent
         candidates = sorted(directory.glob("*" + SUFFIX)) if directory.is_dir() else []
