@@ -173,6 +173,12 @@ class Spool:
 
     def _recover(self, fd: int) -> Damage:
         size = os.fstat(fd).st_size
+        start = os.pread(fd, len(MAGIC), 0)
+        if not MAGIC.startswith(start) or (size >= HEADER.size and start != MAGIC):
+            raise SpoolError(
+                f"{self.path} is not a recording spool (unknown header); move it away or set "
+                "AIBRIDGE_RECORDING_SPOOL to another file"
+            )
         if size < HEADER.size:
             # New, or cut short while its header was written: nothing was ever spooled.
             os.ftruncate(fd, 0)
@@ -181,12 +187,7 @@ class Spool:
             self._fd, self.size, self.acked = fd, HEADER.size, HEADER.size
             self.pending_frames = self.pending_records = 0
             return Damage()
-        magic, acked, crc = HEADER.unpack(os.pread(fd, HEADER.size, 0))
-        if magic != MAGIC:
-            raise SpoolError(
-                f"{self.path} is not a recording spool (unknown header); move it away or set "
-                "AIBRIDGE_RECORDING_SPOOL to another file"
-            )
+        _, acked, crc = HEADER.unpack(os.pread(fd, HEADER.size, 0))
         header_reset = crc != zlib.crc32(struct.pack(">Q", acked)) or not (
             HEADER.size <= acked <= size
         )

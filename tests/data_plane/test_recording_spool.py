@@ -197,13 +197,25 @@ def test_a_spool_in_use_is_refused(tmp_path: Path) -> None:
     reopen(path).close()
 
 
-def test_a_file_that_is_not_a_spool_is_left_alone(tmp_path: Path) -> None:
-    """A foreign file at the spool path is refused with what to do, and not modified."""
+@pytest.mark.parametrize("content", [b"this is somebody else's file\n", b"short", b"\x00"])
+def test_a_file_that_is_not_a_spool_is_left_alone(tmp_path: Path, content: bytes) -> None:
+    """A foreign file at the spool path, long or shorter than a header, is refused with what to do, and not modified."""
     path = tmp_path / "n.spool"
-    path.write_bytes(b"this is somebody else's file\n")
+    path.write_bytes(content)
     with pytest.raises(SpoolError, match=r"not a recording spool.*AIBRIDGE_RECORDING_SPOOL"):
         Spool(path, 1 << 20).open()
-    assert path.read_bytes() == b"this is somebody else's file\n"
+    assert path.read_bytes() == content
+
+
+def test_a_header_cut_short_at_creation_starts_an_empty_spool(tmp_path: Path) -> None:
+    """A spool whose header write was cut short (a crash right after creating it) opens empty."""
+    path = tmp_path / "n.spool"
+    path.write_bytes(HEADER.pack(b"AIBSPL01", HEADER.size, 0)[:5])
+    spool = reopen(path)
+    assert spool.empty
+    assert spool.append(b"one", 1)
+    spool.close()
+    assert contents(reopen(path)) == [(b"one", 1)]
 
 
 def test_a_missing_spool_is_not_created_until_needed(tmp_path: Path) -> None:
