@@ -20,14 +20,16 @@ With `--record`, a second bridge runs beside the first with interception recordi
 and counts them; shipping is not part of it). It takes part in every phase: interleaved
 in the latency rounds, and at saturation the two bridges take turns in slices, so both
 see the same machine. Recording's cost = recording bridge - plain bridge (DESIGN §10 /
-§11: p50 +<= 0.05 ms, throughput -<= 3 %).
+§11: p50 +<= 0.05 ms, throughput -<= 3 %). With `--record --ship`, the second bridge is
+`aibridge bridge` as deployed instead: records built and shipped to the config service
+(data_plane/recording), the whole cost of recording.
 
 DESIGN §10 bars: added p50 ≤ 1 ms, p99 ≤ 3 ms, added SSE TTFB ≤ 1 ms, ≥ 1,000 req/s
 per bridge process, RSS ≤ 150 MB and flat across 100,000 requests. On a shared 2-core
 machine the bridge, the upstream and this client compete for CPU: read the ratios and
 differences of one run, and "req/s per bridge CPU-second" for what one core can do.
 
-    python bench/bridge_overhead.py [--requests 100000] [--concurrency 64] [--record]
+    python bench/bridge_overhead.py [--requests 100000] [--concurrency 64] [--record [--ship]]
 """
 
 from __future__ import annotations
@@ -248,6 +250,11 @@ def main() -> int:
         action="store_true",
         help="also run a bridge with interception recording on, and compare",
     )
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="with --record: the recording bridge ships its records to the config service",
+    )
     p.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_upstream:
@@ -274,11 +281,16 @@ def main() -> int:
             recording = None
             if args.record:
                 rec_port = free_port()
-                recording = start_script(
-                    "recording-bridge",
-                    Path(__file__).resolve().parent / "_recording_bridge.py",
-                    bridge_env(target, rec_port, tmp / "recording-bridge", args.log_level),
-                    tmp,
+                rec_env = bridge_env(target, rec_port, tmp / "recording-bridge", args.log_level)
+                recording = (
+                    start("recording-bridge", ["bridge"], rec_env, tmp)
+                    if args.ship
+                    else start_script(
+                        "recording-bridge",
+                        Path(__file__).resolve().parent / "_recording_bridge.py",
+                        rec_env,
+                        tmp,
+                    )
                 )
                 daemons.append(recording)
                 recording.wait_for_log("bridge listening")
