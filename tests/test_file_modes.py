@@ -102,3 +102,7 @@ def test_recording_spool_is_private(tmp_path: Path) -> None:
     assert spool.append(b"records", 1)
     spool.close()
     assert (mode(spool.path), mode(spool.path.parent)) == (0o600, 0o700)
+    spool.path.chmod(0o644)  # left readable by an older version, or by hand
+    assert spool.open() is not None
+    spool.close()
+    assert mode(spool.path) == 0o600

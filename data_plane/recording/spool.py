@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aibridge.files import open_private, private_dir
+from aibridge.files import FILE_MODE, open_private, private_dir
 from aibridge.logs import get_logger
 from data_plane.errors import SpoolBusy, SpoolError
 
@@ -166,6 +166,7 @@ class Spool:
             except FileNotFoundError:
                 same = False
             if same:
+                os.fchmod(fd, FILE_MODE)  # ours, and it holds records: private, as created
                 return fd
             os.close(fd)
             if not create:
@@ -266,7 +267,11 @@ class Spool:
         if found is None:
             # Damaged since it was opened (the disk, or someone else): recover as at start.
             fd, self._fd = self._fd, None
-            self._recover(fd)
+            try:
+                self._recover(fd)
+            except BaseException:
+                os.close(fd)
+                raise
             return self.peek()
         end, count = found
         payload = os.pread(self._fd, end - self.acked - FRAME.size, self.acked + FRAME.size)
