@@ -1,12 +1,14 @@
 """`aibridge bridge` with interception recording on and a sink that only counts: what
 building the records costs the bridge, shipping left out (bench/bridge_overhead.py
-`--record`). Same settings, flags and logging as `aibridge bridge`; at exit it logs
-`bench sink` with the number of records and their serialized bytes (each record is
-serialized, as any shipper must)."""
+`--record`). Same settings, flags and logging as `aibridge bridge`; `--off` (first
+argument): no sink, recording off, the same process otherwise. At exit it logs `bench
+sink` with the number of records and their serialized bytes (each record is serialized,
+as any shipper must)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -32,7 +34,7 @@ class CountingSink:
         self.bytes += len(record.SerializeToString())
 
 
-async def serve(settings: BridgeSettings) -> None:
+async def serve(settings: BridgeSettings, recording: bool) -> None:
     sink = CountingSink()
     # Signals handled here, not by uvicorn (which re-raises them once it has stopped, so
     # nothing would run after it): stop, then report.
@@ -40,7 +42,9 @@ async def serve(settings: BridgeSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    bridge = Bridge(settings, sink=sink)
+    if not recording:  # no sink alone would mean the shipper, as in `aibridge bridge`
+        settings = dataclasses.replace(settings, recording_on=False)
+    bridge = Bridge(settings, sink=sink if recording else None)
     await bridge.start()
     await stopping.wait()
     await bridge.stop()
@@ -49,8 +53,11 @@ async def serve(settings: BridgeSettings) -> None:
 
 def main() -> int:
     prog = "bench recording bridge"
-    settings = load_settings(None, prog, __doc__ or "", SETTINGS, BridgeSettings.from_env)
-    return 2 if settings is None else run(prog, serve(settings))
+    argv = sys.argv[1:]
+    recording = argv[:1] != ["--off"]
+    argv = argv[0 if recording else 1 :]
+    settings = load_settings(argv, prog, __doc__ or "", SETTINGS, BridgeSettings.from_env)
+    return 2 if settings is None else run(prog, serve(settings, recording))
 
 
 if __name__ == "__main__":

@@ -305,7 +305,9 @@ def start_config_service(data_dir: Path, upstream_port: int, log_dir: Path) -> t
     return daemon, str(daemon.ready["listen"])
 
 
-def start_script(name: str, script: Path, env: dict[str, str], log_dir: Path) -> Proc:
+def start_script(
+    name: str, script: Path, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = ()
+) -> Proc:
     """Like `start`, for a Python script of bench/ instead of `aibridge` (same clean
     environment plus `env`, stderr into a log file in `log_dir`)."""
     import subprocess
@@ -313,7 +315,7 @@ def start_script(name: str, script: Path, env: dict[str, str], log_dir: Path) ->
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed by Proc.stop
     popen = subprocess.Popen(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         env=clean_env(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

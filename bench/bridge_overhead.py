@@ -15,14 +15,15 @@ generator (a lean keep-alive HTTP/1.1 client on uvloop). Phases:
    second, CPU seconds of each process recorded;
 4. bridge RSS "after" (`--requests` bridge requests in all, default 100,000).
 
-With `--record`, a second bridge runs beside the first with interception recording on
-(bench/_recording_bridge.py: the real record building, handed to a sink that serializes
-and counts them; shipping is not part of it). It takes part in every phase: interleaved
-in the latency rounds, and at saturation the two bridges take turns in slices, so both
-see the same machine. Recording's cost = recording bridge - plain bridge (DESIGN §10 /
-§11: p50 +<= 0.05 ms, throughput -<= 3 %). With `--record --ship`, the second bridge is
-`aibridge bridge` as deployed instead: records built and shipped to the config service
-(data_plane/recording), the whole cost of recording.
+With `--record`, two bridges run from bench/_recording_bridge.py (`aibridge bridge` with a
+record sink that serializes and counts the records; shipping is not part of it), one with
+recording off (no sink), one on. Both take part in every phase: in the latency rounds the
+order of the targets rotates, and at saturation the two bridges take turns in slices, so
+both see the same machine. Recording's cost = recording bridge - plain bridge (DESIGN §10 /
+§11: p50 +<= 0.05 ms, throughput -<= 3 %).
+With `--record --ship`, the recording bridge is `aibridge bridge` as deployed instead:
+records built and shipped to the config service (data_plane/recording), the whole cost of
+recording.
 
 DESIGN §10 bars: added p50 ≤ 1 ms, p99 ≤ 3 ms, added SSE TTFB ≤ 1 ms, ≥ 1,000 req/s
 per bridge process, RSS ≤ 150 MB and flat across 100,000 requests. On a shared 2-core
@@ -118,13 +119,14 @@ def _check(result_status: int, size: int, kind: str, where: str) -> None:
 
 
 async def _sequential(targets: list[Target], rounds: int) -> dict[tuple[str, str], Samples]:
-    """`rounds` rounds of (json, sse) x (direct, bridge), order alternating per round."""
+    """`rounds` rounds of (json, sse) x targets, the order rotating each round (so each
+    target is as often first, second, ...; with two, alternating)."""
     conns = {t.name: Conn("127.0.0.1", t.port) for t in targets}
     samples = {(t.name, k): Samples() for t in targets for k in ("json", "sse")}
     try:
         for i in range(rounds):
             for kind in ("json", "sse"):
-                for t in targets if i % 2 == 0 else reversed(targets):
+                for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
                     r = await conns[t.name].request(t.raw[kind])
                     _check(r.status, r.size, kind, t.name)
                     s = samples[(t.name, kind)]
@@ -271,10 +273,16 @@ def main() -> int:
             daemons.append(service)
             token = create_gateway_token(target)
             bridge_port = free_port()
-            # The plain bridge records nothing (the baseline of --record's comparison).
-            plain = bridge_env(target, bridge_port, tmp / "bridge", args.log_level)
-            plain["AIBRIDGE_RECORDING"] = "false"
-            bridge = start("bridge", ["bridge"], plain, tmp)
+            env = bridge_env(target, bridge_port, tmp / "bridge", args.log_level)
+            env["AIBRIDGE_RECORDING"] = "false"  # the baseline records nothing
+            helper = Path(__file__).resolve().parent / "_recording_bridge.py"
+            # With --record both bridges run from the same script, one with recording off,
+            # so the only difference between them is recording.
+            bridge = (
+                start_script("bridge", helper, env, tmp, ("--off",))
+                if args.record
+                else start("bridge", ["bridge"], env, tmp)
+            )
             daemons.append(bridge)
             bridge.wait_for_log("bridge listening")
             wait_ready(bridge_port)
@@ -285,12 +293,7 @@ def main() -> int:
                 recording = (
                     start("recording-bridge", ["bridge"], rec_env, tmp)
                     if args.ship
-                    else start_script(
-                        "recording-bridge",
-                        Path(__file__).resolve().parent / "_recording_bridge.py",
-                        rec_env,
-                        tmp,
-                    )
+                    else start_script("recording-bridge", helper, rec_env, tmp)
                 )
                 daemons.append(recording)
                 recording.wait_for_log("bridge listening")

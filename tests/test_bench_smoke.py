@@ -51,6 +51,25 @@ def test_bridge_overhead(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
+def test_bridge_overhead_with_recording(tmp_path: Path) -> None:
+    """With --record a recording bridge runs beside the plain one and builds its records."""
+    doc = run("bridge_overhead.py", ["--requests", "200", "--record"], tmp_path)
+    recording = doc["recording"]
+    assert isinstance(recording, dict)
+    assert isinstance(recording["records"], int) and recording["records"] > 0
+    assert recording["json"]["saturation"]["errors"] == 0
+    assert "added_p50_ms" in recording["json"]
+
+
+@pytest.mark.timeout(150)
+def test_recording_cost(tmp_path: Path) -> None:
+    """The in-process recording cost benchmark builds one record per request with recording on."""
+    doc = run("recording_cost.py", ["--requests", "20", "--blocks", "1"], tmp_path)
+    assert doc["records"] == 20
+    assert "diff_us" in doc
+
+
+@pytest.mark.timeout(150)
 def test_startup(tmp_path: Path) -> None:
     doc = run("startup.py", ["--runs", "1"], tmp_path)
     results = doc["results"]

@@ -51,8 +51,7 @@ from data_plane.gateway_auth import Principal, lookup
 log = get_logger(__name__)
 
 MAX_BODY = 32 * 1024 * 1024
-PS = provider_pb2.ProviderStatus
-CK = usage_pb2.CredentialKind
+# Enum values by the module's constants: the enum wrapper's attribute lookup costs ~0.6 us.
 # Never forwarded upstream: hop-by-hop, recomputed by httpx, or the gateway's own.
 _DROP_REQUEST = frozenset(
     {
@@ -143,8 +142,9 @@ class _Credentials:
 
     @property
     def secrets(self) -> list[str]:
-        """Every credential the request carries, to keep out of its record."""
-        values = (self.authorization, _bearer(self.authorization), self.api_key, self.byok)
+        """The credentials the request carries (its gateway token; with BYOK its own key
+        too), to keep out of its record."""
+        values = (self.gateway_token, self.own_key) if self.byok else (self.gateway_token,)
         return [v.decode("utf-8", "replace") for v in values if v]
 
     @property
@@ -162,9 +162,9 @@ class _Caller:
 
 def _unusable(provider: Provider) -> tuple[str, str] | None:
     """Why a provider of the table cannot serve (message, code), or None when it can."""
-    if provider.status == PS.PROVIDER_STATUS_DISABLED:
+    if provider.status == provider_pb2.PROVIDER_STATUS_DISABLED:
         return f"provider_disabled: AI provider {provider.name!r} is disabled", "provider_disabled"
-    if provider.status != PS.PROVIDER_STATUS_ENABLED:
+    if provider.status != provider_pb2.PROVIDER_STATUS_ENABLED:
         reason = provider.status_reason or "misconfigured"
         message = f"provider_error: AI provider {provider.name!r} cannot be used: {reason}"
         return message, "provider_error"
@@ -327,11 +327,11 @@ class BridgeApp:
         mode = self._mode(provider, caller.own_key)
         if mode == "byok":
             own = creds.own_key
-            capture.credential_kind = CK.CREDENTIAL_KIND_BYOK
+            capture.credential_kind = usage_pb2.CREDENTIAL_KIND_BYOK
             hint = mask_secret(own.decode("utf-8", "replace")) if own else ""
             capture.credential_hint = line(hint, MAX_HINT)  # the client's bytes, any of them
         elif mode is not None:
-            capture.credential_kind = CK.CREDENTIAL_KIND_POOLED
+            capture.credential_kind = usage_pb2.CREDENTIAL_KIND_POOLED
         if mode is None:
             return await self._error(send, family, 401, _no_credential(provider), "no_credential")
         if mode == "bedrock" and not intercepted:

@@ -29,7 +29,6 @@ from data_plane.bridge.upstream import UpstreamResponse
 from data_plane.dump import BodyCapture, Dumper, Exchange
 
 log = get_logger(__name__)
-Outcome = usage_pb2.Outcome
 
 _DROP_RESPONSE = frozenset(
     {
@@ -171,7 +170,7 @@ class Forwarder:
         )
         code = "rate_limit_exceeded" if outcome.status == 429 else "key_pool_unavailable"
         call.status = outcome.status
-        call.capture.refused = Outcome.OUTCOME_REFUSED_POOL
+        call.capture.refused = usage_pb2.OUTCOME_REFUSED_POOL
         await respond(
             send,
             outcome.status,
@@ -192,7 +191,7 @@ class Forwarder:
             if isinstance(admitted, Rejected):
                 self.metrics.breaker_rejects.labels(provider.name, call.path, call.model).inc()
                 call.status = 503
-                call.capture.refused = Outcome.OUTCOME_REFUSED_BREAKER
+                call.capture.refused = usage_pb2.OUTCOME_REFUSED_BREAKER
                 await respond(
                     send,
                     503,

@@ -521,3 +521,29 @@ async def test_stream_broken_by_the_upstream_is_an_upstream_error(
     record = await records.one()
     assert (record.outcome, record.status_code) == (Outcome.OUTCOME_UPSTREAM_ERROR, 200)
     assert record.usage.input_tokens == 11
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(body=b'{"usage": {"prompt_tokens": 1'),
+        Reply(body=b"[" * 200_000),
+        Reply(
+            headers={"content-type": "text/event-stream"},
+            chunks=[b"data: " + b"x" * 3_000_000 + b"\n\n", b'data: {"usage": [}\n\n'],
+        ),
+    ],
+    ids=["truncated-json", "deep-json", "huge-sse-line"],
+)
+async def test_malformed_or_huge_answer_is_relayed_whole_and_recorded_without_usage(
+    url: str, upstream: FakeUpstream, records: ListSink, reply: Reply
+) -> None:
+    """An answer the reader cannot make sense of reaches the client byte for byte; its
+    record simply has no usage."""
+    upstream.responder = lambda seen: reply
+    answer = await post(url)
+    expected = reply.body if reply.chunks is None else b"".join(reply.chunks)
+    assert (answer.status_code, answer.content) == (200, expected)
+    record = await recorded(records, answer)
+    assert record.outcome == Outcome.OUTCOME_COMPLETED
+    assert tokens(record) == (0, 0, 0, 0, 0)

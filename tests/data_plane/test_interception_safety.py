@@ -240,7 +240,8 @@ def test_proxy_ids_are_kept_only_when_fresh_canonical_and_unused() -> None:
     assert ids.take(fresh, now_ns) != fresh.decode()  # replayed
     stale = _uuid7(now_ms - 2 * RequestIds.WINDOW_MS)
     assert ids.take(stale, now_ns) != stale.decode()
-    for bad in (b"not-an-id", fresh.upper(), b"0" * 36, fresh.replace(b"-7", b"-4", 1)):
+    version4 = fresh[:14] + b"4" + fresh[15:]
+    for bad in (b"not-an-id", fresh.upper(), b"0" * 36, version4, fresh + b"\n"):
         assert ids.take(bad, now_ns) != bad.decode()
     assert ids.take(None, now_ns) != fresh.decode()
 

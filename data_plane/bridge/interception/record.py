@@ -45,7 +45,6 @@ MAX_TOKEN_COUNT = 2**53
 _TOKEN_FIELDS = {kind.removesuffix("_tokens"): kind for kind in recording.TOKEN_KINDS}
 _REPLACEMENT = "\ufffd"
 _UUID7 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
-Outcome = usage_pb2.Outcome
 
 
 def line(value: str, limit: int) -> str:
@@ -186,17 +185,19 @@ class Capture:
 
         return stamped
 
+    # (The module's enum constants, not usage_pb2.Outcome.X: the enum wrapper's attribute
+    # lookup costs microseconds.)
     def outcome(self) -> int:
         if self.refused:
             return self.refused
         if not self.relayed:
-            return Outcome.OUTCOME_GATEWAY_ERROR if self.status else Outcome.OUTCOME_CANCELLED
+            return usage_pb2.OUTCOME_GATEWAY_ERROR if self.status else usage_pb2.OUTCOME_CANCELLED
         reader = self.reader
         if self.status >= 400 or self.broken or (reader is not None and reader.failed):
-            return Outcome.OUTCOME_UPSTREAM_ERROR
+            return usage_pb2.OUTCOME_UPSTREAM_ERROR
         if self.answered or (reader is not None and reader.terminal):
-            return Outcome.OUTCOME_COMPLETED
-        return Outcome.OUTCOME_CANCELLED
+            return usage_pb2.OUTCOME_COMPLETED
+        return usage_pb2.OUTCOME_CANCELLED
 
     def build(self, ended_ns: int | None = None) -> usage_pb2.Interception:
         """The record, every string within its limit and clear of known secrets."""
@@ -207,14 +208,28 @@ class Capture:
         secrets = self.secrets
         name = recording.MAX_NAME
         served = self.served_model or (reader.model if reader is not None else "")
-        # What the client or the upstream chose: one scan for every known secret at once.
-        texts = [self.route, self.requested_model, served, self.user_agent, self.session_id]
-        blob = "\n".join(texts)
+        # What the client or the upstream chose: one scan for every known secret at once,
+        # and one test of the common case, all of it short and printable.
+        route, requested, ua, session = (
+            self.route,
+            self.requested_model,
+            self.user_agent,
+            self.session_id,
+        )
+        blob = f"{route} {requested} {served} {ua} {session}"
         for secret in secrets:
             if secret in blob:
-                texts = [_masked(text, secrets) for text in texts]
+                route, requested, served, ua, session = (
+                    _masked(text, secrets) for text in (route, requested, served, ua, session)
+                )
+                blob = ""  # not known to fit any more
                 break
-        route, requested, served, user_agent, session = texts
+        if not (len(blob) <= name and blob.isprintable()):
+            route = line(route, recording.MAX_ROUTE)
+            requested = line(requested, name)
+            served = line(served, name)
+            ua = line(ua, recording.MAX_USER_AGENT)
+            session = line(session, name)
         principal = self.principal
         # Provider name, principal and hint come from the snapshot (checked by the config
         # service when they were made) and the client slug from `detect`: already fit.
@@ -222,24 +237,23 @@ class Capture:
             id=self.id,
             provider_name=self.provider_name,
             provider_type=self.provider_type,  # type: ignore[arg-type]
-            route=line(route, recording.MAX_ROUTE),
-            requested_model=line(requested, name),
-            served_model=line(served, name),
+            route=route,
+            requested_model=requested,
+            served_model=served,
             outcome=self.outcome(),  # type: ignore[arg-type]
             status_code=self.status,
+            principal_id=principal.principal_id if principal is not None else "",
+            principal_name=principal.principal_name if principal is not None else "",
+            token_id=principal.token_id if principal is not None else "",
             client=self.client,
-            user_agent=line(user_agent, recording.MAX_USER_AGENT),
-            session_id=line(session, name),
+            user_agent=ua,
+            session_id=session,
             credential_kind=self.credential_kind,  # type: ignore[arg-type]
             credential_hint=self.credential_hint,
             attempts=self.attempts,
             proxied=self.proxied,
             streamed=self.streamed,
         )
-        if principal is not None:
-            record.principal_id = principal.principal_id
-            record.principal_name = principal.principal_name
-            record.token_id = principal.token_id
         # Setting a submessage's fields is about twice as fast as constructing it.
         stamp = record.started_at
         stamp.seconds, stamp.nanos = divmod(self.started_ns, 1_000_000_000)
@@ -254,7 +268,7 @@ class Capture:
             usage = record.usage
             for kind, count in reader.tokens.items():
                 setattr(usage, _TOKEN_FIELDS[kind], min(max(count, 0), MAX_TOKEN_COUNT))
-            for tool, call_id, arguments in reader.tool_calls[: recording.MAX_TOOL_CALLS]:
+            for tool, call_id, arguments in reader.tool_calls:
                 record.tool_calls.add(
                     name=line(_masked(tool, secrets), name),
                     call_id=line(_masked(call_id, secrets), name),

@@ -44,6 +44,7 @@ _MARKERS = (
     rb"|message_stop|response\.(?:completed|incomplete|failed)|^event: *error"
 )
 _WANTED = re.compile(_MARKERS, re.MULTILINE)
+_USAGE = re.compile(rb'usage" *: *\{')
 _WANTED_ARGUMENTS = re.compile(_MARKERS + rb"|input_json_delta", re.MULTILINE)
 _MODEL = re.compile(rb'"model" *: *"([^"\\]{1,200})"')
 _TERMINAL_TYPES = frozenset({"message_stop", "response.completed", "response.incomplete"})
@@ -190,8 +191,16 @@ class ResponseReader:
                 if line[6:].strip() == b"error":
                     self.failed = True
                 continue
-            if not line.startswith(b"data:") or self._wanted.search(line) is None:
+            found = self._wanted.search(line) if line.startswith(b"data:") else None
+            if found is None:
                 continue
+            if (
+                found[0] == b'"tool_calls"'
+                and not self.arguments
+                and b'"name"' not in line
+                and _USAGE.search(line) is None
+            ):
+                continue  # a chat delta with more arguments only: nothing to keep
             payload = line[5:].strip()
             if payload == b"[DONE]":
                 self.terminal = True
