@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 # a batch may be, or it was submitted after the shipper closed.
 DROP_REASONS = ("queue_full", "spool_full", "rejected", "too_large", "closed")
 # What became of a batch: stored by the config service, an attempt that failed and will be
-# retried, written to the spool, or a spool frame dropped because it was damaged.
+# retried, or written to the spool. (A damaged spool frame is a warning with its bytes: how
+# many records it held cannot be known.)
 BATCH_RESULTS = ("shipped", "retried", "spooled")
 
 
