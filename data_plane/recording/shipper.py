@@ -24,10 +24,13 @@ memory for about one flush interval at most: that, plus the one batch in flight,
 SIGKILL can lose. (A batch that was in flight when it failed is spooled behind what was
 moved meanwhile; the records keep their times, which is what every reader orders by.)
 
-A batch the service refuses as invalid (INVALID_ARGUMENT) or too large
-(RESOURCE_EXHAUSTED) is split in halves until the records it refuses are alone; those are
-dropped (`rejected` / `too_large`), never retried forever. Past the spool's cap, or when
-the spool cannot be written, records are dropped (`spool_full`). Every drop is counted in
+A batch the service refuses as invalid (INVALID_ARGUMENT) is split in halves until the
+records it refuses are alone; those are dropped (`rejected`), never retried forever. A
+record too large for any batch is dropped when it is taken from the queue (`too_large`), so
+RESOURCE_EXHAUSTED can only be a limit of the service: retried like any other failure.
+Past the spool's cap records are dropped (`spool_full`); a spool that cannot be written
+keeps them in memory, within the queue size, and is tried again (at shutdown they count as
+`spool_full`). Every drop is counted in
 `aibridged_recording_records_dropped_total{reason}` and logged as a warning with the
 counts, at most one line per 10 s.
 
@@ -74,7 +77,6 @@ WARN_EVERY = 10.0
 # Records serialized between two yields to the event loop (a full batch takes ~10 ms).
 _SLICE = 256
 _METHOD = "/aibridge.config.v1.UsageService/RecordInterceptions"
-_SPLIT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,7 @@ class Shipper:
                 payload, metadata=self._metadata, timeout=deadline, wait_for_ready=False
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _SPLIT:
+            if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
                 return await self._split(payload, count, exc, deadline)
             self._metrics.batches["retried"].inc()
             self._failed(exc.code().name, exc.details() or "")
@@ -350,7 +352,6 @@ class Shipper:
     async def _split(
         self, payload: bytes, count: int, exc: grpc.aio.AioRpcError, deadline: float
     ) -> bool:
-        reason = "rejected" if exc.code() is grpc.StatusCode.INVALID_ARGUMENT else "too_large"
         try:
             records = list(pb.RecordInterceptionsRequest.FromString(payload).interceptions)
         except DecodeError:
@@ -362,7 +363,7 @@ class Shipper:
                 detail=exc.details(),
                 record_id=records[0].id if records else "",
             )
-            self._drop(reason, max(len(records), count))
+            self._drop("rejected", max(len(records), count))
             return True
         half = len(records) // 2
         for part in (records[:half], records[half:]):
