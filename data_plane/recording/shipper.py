@@ -152,7 +152,7 @@ class Shipper:
         self._closing = False
         self._closed = False
         self._healthy = True
-        self._last_failure_log = -WARN_EVERY
+        self._logged_at: dict[str, float] = {}  # failure event -> when it was last logged
         self._spilled_at = 0.0
         self._drops = _Warnings()
         self._task: asyncio.Task[None] | None = None
@@ -520,7 +520,7 @@ class Shipper:
     def _failed(self, code: str, detail: str) -> None:
         if self._healthy:
             self._healthy = False
-            self._last_failure_log = -WARN_EVERY
+            self._logged_at.clear()
         self._log_failure(
             "config service is not taking records; spooling them",
             code=code,
@@ -530,8 +530,8 @@ class Shipper:
 
     def _log_failure(self, event: str, **fields: Any) -> None:
         now = time.monotonic()
-        if now - self._last_failure_log >= WARN_EVERY:
-            self._last_failure_log = now
+        if now - self._logged_at.get(event, -WARN_EVERY) >= WARN_EVERY:
+            self._logged_at[event] = now
             log.warning(event, **fields)
 
     def _recovered(self) -> float:

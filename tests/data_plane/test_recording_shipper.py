@@ -459,3 +459,25 @@ async def test_a_bridge_ships_its_records_unless_recording_is_switched_off(tmp_p
     assert off.app.sink is None
     for bridge in (on, off):
         await bridge.http.aclose()
+
+
+async def test_records_are_kept_in_memory_while_the_spool_cannot_be_written(
+    scripted: tuple[ScriptedUsage, str], tmp_path: Path, started: Any
+) -> None:
+    """With the service away and the spool unwritable (its directory became a file), records stay queued and reach the service once it is back."""
+    servicer, target = scripted
+    servicer.mode = "away"
+    blocker = tmp_path / "spool"
+    with capture_logs() as logs:
+        shipping = await started(Shipping(target, blocker / "n1.spool"))
+        await asyncio.to_thread(blocker.write_text, "")  # the spool is made on first need
+        sent = [record(i) for i in range(5)]
+        for r in sent:
+            shipping.shipper.submit(r)
+        await eventually(
+            lambda: any(e["event"] == "recording spool cannot be written" for e in logs)
+        )
+    assert shipping.metric("recording_queue_depth") == 5
+    assert shipping.metric("recording_records_dropped_total", reason="spool_full") == 0
+    servicer.mode = "ok"
+    await eventually(lambda: sorted(servicer.ids) == sorted(r.id for r in sent), within=15)
