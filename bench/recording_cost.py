@@ -4,10 +4,11 @@ with recording on (a sink that serializes and counts) and off, in alternating bl
 
 On a shared machine the saturation figures of `bridge_overhead.py --record` swing by more
 than the few per cent recording costs; CPU seconds of this one process, A/B in
-alternating blocks of the same warm app, do not. The figure is the difference in CPU
-microseconds per request (on - off), and that difference as a share of what a request
-costs the whole bridge process (`--bridge-cpu-us`, from bridge_overhead.py's "per bridge
-CPU-second": 1e6 / that figure).
+alternating blocks of the same warm app, swing less. The figures are the difference in
+CPU microseconds per request (on - off) and that difference as a share of the app's own
+CPU per request in the same run: an upper bound for recording's share of the bridge
+process, which also spends CPU on the HTTP server side (DESIGN §10: throughput -<= 3 %).
+A loaded machine stretches both the same way, so the share is the figure to read.
 
     python bench/recording_cost.py [--requests 5000] [--blocks 6] [--stream]
 """
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +102,7 @@ async def _one(app: BridgeApp, scope: dict[str, Any], body: bytes) -> int:
     status = 0
     finished = asyncio.Event()
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         nonlocal sent
         if not sent:
             sent = True
@@ -108,7 +110,7 @@ async def _one(app: BridgeApp, scope: dict[str, Any], body: bytes) -> int:
         await finished.wait()
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
@@ -166,12 +168,6 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=5000, help="requests per block")
     p.add_argument("--blocks", type=int, default=6, help="blocks of each mode")
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
-    p.add_argument(
-        "--bridge-cpu-us",
-        type=float,
-        default=1e6 / 4000,
-        help="a request's CPU in the whole bridge process (default: 4,000 req per CPU-s)",
-    )
     args = p.parse_args()
     # The bridge logs every request (JSON, info), as deployed; here into a file nobody reads.
     logs = tempfile.TemporaryFile("w")  # noqa: SIM115 - open for the whole run
@@ -196,7 +192,7 @@ def main() -> int:
         logs.close()
     off, on = result["cpu_us"]["off"], result["cpu_us"]["on"]
     diff = statistics.median(on) - statistics.median(off)
-    share = 100 * diff / args.bridge_cpu_us
+    share = 100 * diff / statistics.median(off)
     rows = [
         [
             "app CPU per request, recording off (us, median of blocks)",
@@ -212,7 +208,7 @@ def main() -> int:
         ],
         ["recording's CPU per request (us)", round(diff, 2), "-", ""],
         [
-            f"  as a share of a bridge request ({args.bridge_cpu_us:.0f} us) (%)",
+            "  as a share of the app's CPU per request (%, upper bound for the bridge)",
             round(share, 2),
             f"<= {GOAL_PCT:g}",
             "yes" if share <= GOAL_PCT else "NO",
