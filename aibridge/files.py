@@ -1,10 +1,10 @@
 """Private data on disk: directories 0700, files 0600, whatever the umask.
 
 Every place that writes data (the SQLite database, dumps, the proxy CA key, the snapshot
-cache, `aibridge up`'s secrets) goes through these, so no file holding keys, tokens or
-request bodies is readable by other users of the machine. Directories that already exist
-are left as they are (an operator may have set them up on purpose); the ones created here
-are private.
+cache, the recording spool, `aibridge up`'s secrets) goes through these, so no file holding
+keys, tokens or request bodies is readable by other users of the machine. Directories that
+already exist are left as they are (an operator may have set them up on purpose); the ones
+created here are private.
 """
 
 from __future__ import annotations
@@ -32,14 +32,16 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def open_private(path: Path, flags: int = os.O_TRUNC) -> int:
+def open_private(path: Path, flags: int = os.O_TRUNC, *, read: bool = False) -> int:
     """Open `path` for writing (created 0600 in a private directory); a file descriptor.
 
-    `flags` adds to O_WRONLY | O_CREAT (O_TRUNC by default, O_EXCL to never overwrite).
-    An existing file is made 0600 too: it is ours, and about to hold private data.
+    `flags` adds to O_WRONLY | O_CREAT (O_TRUNC by default, O_EXCL to never overwrite);
+    with `read`, O_RDWR instead of O_WRONLY. An existing file is made 0600 too: it is
+    ours, and about to hold private data.
     """
     private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, FILE_MODE)
+    access = os.O_RDWR if read else os.O_WRONLY
+    fd = os.open(path, access | os.O_CREAT | flags, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
     except BaseException:

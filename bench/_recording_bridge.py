@@ -8,6 +8,7 @@ as any shipper must)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ async def serve(settings: BridgeSettings, recording: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if not recording:  # no sink alone would mean the shipper, as in `aibridge bridge`
+        settings = dataclasses.replace(settings, recording_on=False)
     bridge = Bridge(settings, sink=sink if recording else None)
     await bridge.start()
     await stopping.wait()

@@ -325,8 +325,9 @@ def start_script(
     return Proc(name, popen, log_path, log, time.monotonic(), {})
 
 
-def bridge_env(target: str, port: int, log_level: str = "info") -> dict[str, str]:
+def bridge_env(target: str, port: int, data_dir: Path, log_level: str = "info") -> dict[str, str]:
     return {
+        "AIBRIDGE_DATA_DIR": str(data_dir),  # the recording spool, if one is needed
         "AIBRIDGE_CONFIG_SERVICE": target,
         "AIBRIDGE_BRIDGE_TOKEN": BRIDGE,
         "AIBRIDGE_BRIDGE_LISTEN": f"127.0.0.1:{port}",

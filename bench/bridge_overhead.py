@@ -21,13 +21,16 @@ recording off (no sink), one on. Both take part in every phase: in the latency r
 order of the targets rotates, and at saturation the two bridges take turns in slices, so
 both see the same machine. Recording's cost = recording bridge - plain bridge (DESIGN §10 /
 §11: p50 +<= 0.05 ms, throughput -<= 3 %).
+With `--record --ship`, the recording bridge is `aibridge bridge` as deployed instead:
+records built and shipped to the config service (data_plane/recording), the whole cost of
+recording.
 
 DESIGN §10 bars: added p50 ≤ 1 ms, p99 ≤ 3 ms, added SSE TTFB ≤ 1 ms, ≥ 1,000 req/s
 per bridge process, RSS ≤ 150 MB and flat across 100,000 requests. On a shared 2-core
 machine the bridge, the upstream and this client compete for CPU: read the ratios and
 differences of one run, and "req/s per bridge CPU-second" for what one core can do.
 
-    python bench/bridge_overhead.py [--requests 100000] [--concurrency 64] [--record]
+    python bench/bridge_overhead.py [--requests 100000] [--concurrency 64] [--record [--ship]]
 """
 
 from __future__ import annotations
@@ -249,6 +252,11 @@ def main() -> int:
         action="store_true",
         help="also run a bridge with interception recording on, and compare",
     )
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="with --record: the recording bridge ships its records to the config service",
+    )
     p.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_upstream:
@@ -265,12 +273,13 @@ def main() -> int:
             daemons.append(service)
             token = create_gateway_token(target)
             bridge_port = free_port()
-            env = bridge_env(target, bridge_port, args.log_level)
+            env = bridge_env(target, bridge_port, tmp / "bridge", args.log_level)
+            env["AIBRIDGE_RECORDING"] = "false"  # the baseline records nothing
             helper = Path(__file__).resolve().parent / "_recording_bridge.py"
             # With --record both bridges run from the same script, one with recording off,
             # so the only difference between them is recording.
             bridge = (
-                start_script("bridge", helper, env, tmp, ["--off"])
+                start_script("bridge", helper, env, tmp, ("--off",))
                 if args.record
                 else start("bridge", ["bridge"], env, tmp)
             )
@@ -280,8 +289,11 @@ def main() -> int:
             recording = None
             if args.record:
                 rec_port = free_port()
-                recording = start_script(
-                    "recording-bridge", helper, bridge_env(target, rec_port, args.log_level), tmp
+                rec_env = bridge_env(target, rec_port, tmp / "recording-bridge", args.log_level)
+                recording = (
+                    start("recording-bridge", ["bridge"], rec_env, tmp)
+                    if args.ship
+                    else start_script("recording-bridge", helper, rec_env, tmp)
                 )
                 daemons.append(recording)
                 recording.wait_for_log("bridge listening")

@@ -145,7 +145,9 @@ def main() -> int:
             for _ in range(args.runs):
                 port = free_port()
                 bridge.append(
-                    http_daemon_run("bridge", ["bridge"], bridge_env(target, port), port, tmp)
+                    http_daemon_run(
+                        "bridge", ["bridge"], bridge_env(target, port, tmp / "bridge"), port, tmp
+                    )
                 )
             results["bridge"] = summary(bridge)
             ok, why = proxy_available()

@@ -9,6 +9,13 @@ the bridge token, as the bridge will. Requests are serialized before the clock s
 tool call; prompts are off (the default). Then the same batches once more: a replay must
 insert nothing. Reports records/s (wall clock) and per service CPU-second.
 
+Then the bridge's side, end to end: the bridge's record shipper (`data_plane.recording`,
+in this process, as aibridged runs it) is handed --records fresh records at once and ships
+them to the same service: records/s from the first submit to the last record stored. And
+its spool: the same count submitted with the service unreachable (records/s until all are
+in the spool file), then a new shipper pointed at the service replays that spool (records/s
+until all are stored).
+
     python bench/usage_ingest.py [--records 100000] [--batch 1000] [--concurrency 4]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
@@ -31,10 +38,15 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_seconds, table, write_result
 from _stack import BRIDGE, config_service_env, free_port, start
+from prometheus_client import CollectorRegistry
 
 from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
+from aibridge.masking import Secret
 from aibridge.recording import new_record_id
+from data_plane.recording.metrics import RecordingMetrics
+from data_plane.recording.shipper import Shipper, ShipperSettings
+from data_plane.subscriber import SubscriberConfig
 
 BAR = 10_000.0  # records/s per process on PostgreSQL
 METHOD = "/aibridge.config.v1.UsageService/RecordInterceptions"
@@ -121,6 +133,74 @@ async def send(target: str, requests: list[bytes], concurrency: int) -> tuple[fl
         return time.perf_counter() - started, inserted, duplicates
 
 
+class Shipping:
+    """One record shipper of the bridge, with its own metrics registry."""
+
+    def __init__(self, target: str, spool: Path, records: int) -> None:
+        self.registry = CollectorRegistry()
+        settings = ShipperSettings(
+            queue_size=records + 1,
+            flush_interval=1.0,
+            spool_path=spool,
+            spool_max_bytes=1 << 34,
+            timeout=30.0,
+        )
+        connection = SubscriberConfig(target=target, token=Secret(BRIDGE), node_id="bench")
+        self.shipper = Shipper(settings, connection, RecordingMetrics(self.registry, "b_"))
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value("b_recording_" + name, labels) or 0.0
+
+    async def until(self, name: str, count: int, **labels: str) -> float:
+        """Seconds until the metric reaches `count` (polled every 10 ms)."""
+        started = time.perf_counter()
+        while self.value(name, **labels) < count:  # noqa: ASYNC110 - a metric, no event to await
+            await asyncio.sleep(0.01)
+        return time.perf_counter() - started
+
+
+def records_of(requests: list[bytes]) -> list[usage_pb2.Interception]:
+    found: list[usage_pb2.Interception] = []
+    for raw in requests:
+        found.extend(pb.RecordInterceptionsRequest.FromString(raw).interceptions)
+    return found
+
+
+async def ship(target: str, records: int, batch: int, tmp: Path) -> dict[str, float]:
+    """Records/s through the bridge's shipper: direct, into the spool, replayed from it."""
+    direct = Shipping(target, tmp / "direct.spool", records)
+    await direct.shipper.start()
+    for record in records_of(batches(records, batch)):
+        direct.shipper.submit(record)
+    shipped = await direct.until("records_total", records, result="inserted")
+    await direct.shipper.close()
+
+    with socket_closed() as nowhere:
+        away = Shipping(nowhere, tmp / "away.spool", records)
+        await away.shipper.start()
+        for record in records_of(batches(records, batch)):
+            away.shipper.submit(record)
+        spooled = await away.until("spool_records", records)
+        await away.shipper.close()
+    back = Shipping(target, tmp / "away.spool", records)
+    started = time.perf_counter()
+    await back.shipper.start()
+    await back.until("records_total", records, result="inserted")
+    replayed = time.perf_counter() - started
+    await back.shipper.close()
+    return {
+        "ship_records_per_s": records / shipped,
+        "spool_records_per_s": records / spooled,
+        "spool_replay_records_per_s": records / replayed,
+    }
+
+
+@contextlib.contextmanager
+def socket_closed() -> Iterator[str]:
+    """A loopback address where nothing listens."""
+    yield f"127.0.0.1:{free_port()}"
+
+
 def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str, Any]:
     port = free_port()
     env = config_service_env(tmp / "data", port, free_port())
@@ -139,6 +219,7 @@ def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str,
         replay_seconds, replay_inserted, replay_duplicates = asyncio.run(
             send(target, requests, args.concurrency)
         )
+        shipping = asyncio.run(ship(target, args.records, args.batch, tmp))
     finally:
         service.stop()
     return {
@@ -151,6 +232,7 @@ def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str,
         "replay_inserted": replay_inserted,
         "replay_duplicates": replay_duplicates,
         "replay_records_per_s": args.records / replay_seconds,
+        **shipping,
     }
 
 
@@ -177,6 +259,12 @@ def main() -> int:
             f"{result['replay_inserted']} / {result['replay_duplicates']}",
         ],
         ["replay records/s", result["replay_records_per_s"]],
+        ["bridge shipper: submit -> stored, records/s", result["ship_records_per_s"]],
+        ["bridge shipper: service away, into the spool, records/s", result["spool_records_per_s"]],
+        [
+            "bridge shipper: spool replayed -> stored, records/s",
+            result["spool_replay_records_per_s"],
+        ],
     ]
     print(f"ingestion on {engine}, batches of {args.batch}, {args.concurrency} in flight")
     print(table(["figure", "value"], rows))

@@ -4,7 +4,9 @@
     ├── Unusable (ValueError)       configuration a daemon cannot use; the message says why
     │   ├── BuildError              a snapshot provider cannot be served (reported in the NACK)
     │   ├── KeyPoolError            a key list cannot make a pool (empty, duplicate keys)
-    │   └── CAError                 the proxy's CA files (the daemon refuses to start)
+    │   ├── CAError                 the proxy's CA files (the daemon refuses to start)
+    │   └── SpoolError              the recording spool file cannot be used (message: what to do)
+    │       └── SpoolBusy           another process holds its lock
     ├── BedrockCredentialsError     no usable AWS credentials (an error answer to the client)
     ├── BudgetFull                  a daemon holds too many request bodies at once (503)
     ├── ClientError                 the client's request ends here
@@ -40,6 +42,14 @@ class KeyPoolError(Unusable):
 
 
 class CAError(Unusable):
+    pass
+
+
+class SpoolError(Unusable):
+    pass
+
+
+class SpoolBusy(SpoolError):
     pass
 
 

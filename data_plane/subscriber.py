@@ -84,6 +84,11 @@ class SubscriberState:
     reconnects: int = 0
 
 
+def bearer(token: Secret) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents the daemon's token to the config service."""
+    return (("authorization", f"Bearer {token.value}"),)
+
+
 def make_channel(config: SubscriberConfig) -> grpc.aio.Channel:
     target = config.target.removeprefix("https://").removeprefix("http://")
     # Reconnect quickly after a config-service restart (gRPC's default starts at 1 s and
@@ -117,7 +122,7 @@ class Subscriber:
         self._apply = apply
         self._on_attempt = on_attempt
         self.state = SubscriberState()
-        self._metadata = (("authorization", f"Bearer {config.token.value}"),)
+        self._metadata = bearer(config.token)
         self.applied = asyncio.Event()  # set once any snapshot has been applied
 
     async def load_cache(self) -> bool:

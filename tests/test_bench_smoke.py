@@ -84,6 +84,7 @@ def test_usage_ingest(tmp_path: Path) -> None:
     assert doc["inserted"] == 2000
     assert doc["replay_inserted"] == 0
     assert doc["replay_duplicates"] == 2000
+    assert {"ship_records_per_s", "spool_records_per_s", "spool_replay_records_per_s"} <= set(doc)
 
 
 @pytest.mark.timeout(150)

@@ -20,6 +20,7 @@ from config_service.db.engine import make_engine
 from data_plane import snapshot_cache
 from data_plane.dump import Dumper, Exchange
 from data_plane.proxy.ca import CertificateAuthority
+from data_plane.recording.spool import Spool
 
 
 @pytest.fixture(autouse=True)
@@ -93,3 +94,15 @@ def test_snapshot_cache_and_up_secrets_are_private(tmp_path: Path) -> None:
     secrets = next((tmp_path / "up").iterdir())
     assert (mode(cache), mode(cache.parent)) == (0o600, 0o700)
     assert (mode(secrets), mode(secrets.parent)) == (0o600, 0o700)
+
+
+def test_recording_spool_is_private(tmp_path: Path) -> None:
+    """The recording spool (interception records: prompts when recorded) is 0600 in a 0700 directory."""
+    spool = Spool(tmp_path / "spool" / "node.spool", 1 << 20)
+    assert spool.append(b"records", 1)
+    spool.close()
+    assert (mode(spool.path), mode(spool.path.parent)) == (0o600, 0o700)
+    spool.path.chmod(0o644)  # left readable by an older version, or by hand
+    assert spool.open() is not None
+    spool.close()
+    assert mode(spool.path) == 0o600

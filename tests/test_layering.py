@@ -24,6 +24,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "data_plane": ("aibridge", "data_plane"),
     # The web console is one more client of the gRPC API: never the database, never a daemon.
     "console": ("aibridge", "console"),
+    # The record shipper rides on the subscriber's connection; it knows nothing of the bridge.
+    "data_plane.recording": (
+        "aibridge",
+        "data_plane.recording",
+        "data_plane.subscriber",
+        "data_plane.errors",
+    ),
 }
 FIRST_PARTY = tuple(ALLOWED)
 

@@ -18,5 +18,6 @@ def main(argv: list[str] | None = None, prog: str = "aibridge bridge") -> int:
     if settings is None:
         return 2
     from data_plane.bridge.server import serve
+    from data_plane.errors import SpoolError
 
-    return run(prog, serve(settings))
+    return run(prog, serve(settings), SpoolError)

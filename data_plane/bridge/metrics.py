@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from data_plane.bridge.breaker import BreakerState
 from data_plane.follow import FollowMetrics
+from data_plane.recording.metrics import RecordingMetrics
 
 if TYPE_CHECKING:
     from data_plane.bridge.routing import RoutingTable
@@ -115,6 +116,7 @@ class BridgeMetrics:
             registry=r,
         )
         self.follow = FollowMetrics(r, P)
+        self.recording = RecordingMetrics(r, P)
 
         # Label children of the per-request series, looked up once (labels() validates,
         # locks and allocates on every call).

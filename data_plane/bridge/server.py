@@ -34,9 +34,9 @@ from data_plane.bridge.upstream import BedrockFactory
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
+from data_plane.recording.shipper import Shipper
 
 log = get_logger(__name__)
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def make_upstream() -> UpstreamTransport:
@@ -58,24 +58,16 @@ def make_http_client(upstream: UpstreamTransport) -> httpx.AsyncClient:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, handle_signals: bool) -> None:
-        super().__init__(config)
-        self._handle_signals = handle_signals
-
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        """SIGINT/SIGTERM start a graceful exit. Unlike uvicorn's own, the signal is not
-        raised again once the server stopped: that killed the process before
-        `Bridge.stop` ran (the telemetry's last spans were never flushed)."""
-        if not self._handle_signals:
-            yield
-            return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+        # Signals are the Bridge's (`Bridge.start`): uvicorn's handler re-raises SIGTERM as
+        # soon as the server stops, which ends the process before the records are flushed.
+        yield
+
+    def on_signal(self) -> None:
+        """SIGINT/SIGTERM: stop serving (graceful); a second one stops at once."""
+        self.force_exit = self.should_exit
+        self.should_exit = True
 
 
 class Bridge:
@@ -94,6 +86,16 @@ class Bridge:
         self.upstream = make_upstream()
         self.http = make_http_client(self.upstream)
         self.metrics = BridgeMetrics()
+        self.subscriber = make_subscriber(
+            settings, settings.bridge_token, self.apply, self.metrics.follow
+        )
+        # Records go to the config service on the subscriber's connection settings, unless
+        # the caller (a test) takes them itself or recording is off.
+        self.shipper = (
+            Shipper(settings.recording, self.subscriber.config, self.metrics.recording)
+            if sink is None and settings.recording_on
+            else None
+        )
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
         # `telemetry`: providers a test built; else as the OTEL_* settings say (None: off).
         self.telemetry = telemetry or start_telemetry(settings.telemetry, settings.node_id)
@@ -109,7 +111,7 @@ class Bridge:
             metrics=self.metrics,
             dumper=dumper,
             body_budget=BodyBudget(settings.body_buffer_bytes, settings.body_timeout),
-            sink=sink,
+            sink=sink if self.shipper is None else self.shipper,
             record_prompts=settings.record_prompts,
         )
         self.context = BuildContext(
@@ -121,9 +123,6 @@ class Bridge:
             ),
             on_key_transition=self.metrics.on_key_transition,
             on_breaker_change=self.metrics.on_breaker_change,
-        )
-        self.subscriber = make_subscriber(
-            settings, settings.bridge_token, self.apply, self.metrics.follow
         )
         self.guard = ConnectionGuard(settings.limits, self.metrics.connections_closed)
         config = uvicorn.Config(
@@ -138,7 +137,8 @@ class Bridge:
             server_header=False,
             timeout_graceful_shutdown=10,
         )
-        self.server = _Server(config, handle_signals)
+        self.server = _Server(config)
+        self._handle_signals = handle_signals
         self.port = settings.listen_port
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -167,16 +167,26 @@ class Bridge:
         sock = bind_tcp("AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port)
         self.port = sock.getsockname()[1]
         try:
+            if self.shipper is not None:
+                await self.shipper.start()
             self._tasks.append(await start_following(self.subscriber))
         except BaseException:
             sock.close()
+            if self.shipper is not None:
+                await self.shipper.close()
             raise
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.server.on_signal)
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="http"))
         while not self.server.started:
             if self._tasks[-1].done():
                 self._tasks[-1].result()  # raises what stopped uvicorn
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.005)
+        if self.shipper is None and self.app.sink is None:
+            log.warning("interception recording is off (AIBRIDGE_RECORDING=false)")
         log.info(
             "bridge listening",
             url=self.url,
@@ -197,6 +207,9 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        # After the HTTP server: the requests it finished have submitted their records.
+        if self.shipper is not None:
+            await self.shipper.close()
         await self.http.aclose()
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.shutdown)

@@ -15,17 +15,22 @@ from aibridge.client import CONNECTION, config_service_tls
 from aibridge.coder_options import BRIDGE_REFUSED
 from aibridge.envconfig import (
     BRIDGE_LISTEN,
+    DATA_DIR,
     LOG_FORMAT,
     LOG_LEVEL,
     LOGGING,
     OTEL,
+    XDG_DATA_HOME,
     Parse,
     Schema,
     Setting,
     boolean,
     duration,
     integer,
+    optional,
+    path,
     process_id,
+    resolve_data_dir,
     text,
 )
 from aibridge.masking import Secret
@@ -37,6 +42,8 @@ from data_plane.daemon import (
     daemon_token,
     required_token,
 )
+from data_plane.recording.shipper import ShipperSettings
+from data_plane.recording.spool import spool_name
 
 T = TypeVar("T")
 TOKEN = daemon_token("bridge")
@@ -77,6 +84,48 @@ BODY_TIMEOUT = Setting(
     "a request's body must arrive whole within this of its headers (else 408)",
     duration,
     "30s",
+)
+RECORDING = Setting(
+    "AIBRIDGE_RECORDING",
+    "false: build and ship no interception records at all (visibility off: for measuring "
+    "what recording costs; a warning says so at start)",
+    boolean,
+    "true",
+)
+RECORDING_QUEUE_SIZE = Setting(
+    "AIBRIDGE_RECORDING_QUEUE_SIZE",
+    "interception records held in memory for shipping; past it a record is dropped (counted "
+    "and logged); from half of it on, records are moved to the spool while the config "
+    "service is slow",
+    integer(minimum=1),
+    "20000",
+)
+RECORDING_FLUSH_INTERVAL = Setting(
+    "AIBRIDGE_RECORDING_FLUSH_INTERVAL",
+    "records are shipped (or, with the config service away, spooled) at least this often: "
+    "about what a bridge killed with SIGKILL can lose",
+    duration,
+    "1s",
+)
+RECORDING_SPOOL = Setting(
+    "AIBRIDGE_RECORDING_SPOOL",
+    "file (mode 0600) keeping record batches the config service has not stored yet, "
+    "replayed in order (default: <data dir>/spool/<node id>.spool)",
+    optional(path),
+)
+RECORDING_SPOOL_MAX_BYTES = Setting(
+    "AIBRIDGE_RECORDING_SPOOL_MAX_BYTES",
+    "size cap of the spool file; past it records are dropped (counted and logged) "
+    "(1073741824: 1 GiB)",
+    integer(minimum=64 * 1024),
+    str(1024 * 1024 * 1024),
+)
+RECORDING_TIMEOUT = Setting(
+    "AIBRIDGE_RECORDING_TIMEOUT",
+    "deadline of one record batch to the config service (then it is spooled), and of "
+    "the flush of the queue at shutdown",
+    duration,
+    "5s",
 )
 
 
@@ -142,6 +191,14 @@ SETTINGS = (
             BREAKER_MAX_REQUESTS,
             SNAPSHOT_CACHE,
             NODE_ID,
+            RECORDING,
+            RECORDING_QUEUE_SIZE,
+            RECORDING_FLUSH_INTERVAL,
+            RECORDING_SPOOL,
+            RECORDING_SPOOL_MAX_BYTES,
+            RECORDING_TIMEOUT,
+            DATA_DIR,
+            XDG_DATA_HOME,
             AWS_REGION,
             AWS_DEFAULT_REGION,
         ),
@@ -188,6 +245,8 @@ class BridgeSettings:
     breaker: BreakerSettings
     snapshot_cache: Path | None
     node_id: str
+    recording_on: bool
+    recording: ShipperSettings
     log_format: str
     log_level: str
     aws_region: str  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
@@ -202,6 +261,8 @@ class BridgeSettings:
         ca, cert, key = config_service_tls(v)
         v.check()
         host, port = v[BRIDGE_LISTEN]
+        node_id = v[NODE_ID] or process_id()
+        spool = v[RECORDING_SPOOL] or resolve_data_dir(v) / "spool" / spool_name(node_id)
         return cls(
             bridge_token=Secret(token),
             config_service=v[CONFIG_SERVICE_TARGET],
@@ -224,7 +285,15 @@ class BridgeSettings:
                 v[BREAKER_MAX_REQUESTS],
             ),
             snapshot_cache=v[SNAPSHOT_CACHE],
-            node_id=v[NODE_ID] or process_id(),
+            node_id=node_id,
+            recording_on=v[RECORDING],
+            recording=ShipperSettings(
+                queue_size=v[RECORDING_QUEUE_SIZE],
+                flush_interval=v[RECORDING_FLUSH_INTERVAL],
+                spool_path=spool,
+                spool_max_bytes=v[RECORDING_SPOOL_MAX_BYTES],
+                timeout=v[RECORDING_TIMEOUT],
+            ),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
             aws_region=v[AWS_REGION] or v[AWS_DEFAULT_REGION],

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from dp_fakes import (
@@ -41,21 +42,25 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
     await server.stop()
 
 
-def _settings(config_service: ConfigServer, index: int, env: dict[str, str]) -> BridgeSettings:
+def _settings(
+    config_service: ConfigServer, tmp_path: Path, index: int, env: dict[str, str]
+) -> BridgeSettings:
     environ = {
         "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
         "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
         "AIBRIDGE_CONFIG_SERVICE": config_service.target,
         "AIBRIDGE_NODE_ID": f"test-bridge-{index}",
+        # Where a bridge spools records the fake config service cannot take.
+        "AIBRIDGE_DATA_DIR": str(tmp_path / f"bridge-{index}-data"),
         **env,
     }
     return BridgeSettings.from_env(environ)
 
 
 @pytest.fixture
-async def start_bridge(config_service: ConfigServer) -> AsyncIterator[StartBridge]:
+async def start_bridge(config_service: ConfigServer, tmp_path: Path) -> AsyncIterator[StartBridge]:
     def build(index: int, env: dict[str, str]) -> Bridge:
-        return Bridge(_settings(config_service, index, env))
+        return Bridge(_settings(config_service, tmp_path, index, env))
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start
@@ -68,10 +73,10 @@ def records() -> ListSink:
 
 @pytest.fixture
 async def start_recording_bridge(
-    config_service: ConfigServer, records: ListSink
+    config_service: ConfigServer, records: ListSink, tmp_path: Path
 ) -> AsyncIterator[StartBridge]:
     def build(index: int, env: dict[str, str]) -> Bridge:
-        return Bridge(_settings(config_service, index, env), sink=records)
+        return Bridge(_settings(config_service, tmp_path, index, env), sink=records)
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start

@@ -105,7 +105,7 @@ async def test_not_ready_when_no_enabled_provider_builds(
 
 
 async def test_bedrock_provider_uses_the_factory(
-    config_service: ConfigServer, upstream: FakeUpstream
+    config_service: ConfigServer, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """Without the Bedrock factory a Bedrock provider is reported 'bedrock support not available'."""
     from data_plane.bridge.server import Bridge
@@ -128,6 +128,7 @@ async def test_bedrock_provider_uses_the_factory(
             "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
             "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
             "AIBRIDGE_CONFIG_SERVICE": config_service.target,
+            "AIBRIDGE_DATA_DIR": str(tmp_path),
         }
     )
     bridge = Bridge(settings, bedrock_factory=None)

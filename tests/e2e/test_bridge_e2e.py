@@ -96,6 +96,7 @@ def stack(start_process: StartProcess, tmp_path: Path) -> Iterator[Stack]:
             "AIBRIDGE_LOG_FORMAT": "json",
             "AIBRIDGE_NODE_ID": "e2e-bridge",
             "AIBRIDGE_DUMP_DIR": str(tmp_path / "dumps"),
+            "AIBRIDGE_DATA_DIR": str(tmp_path / "bridge-data"),
         },
         tmp_path / "logs",
         "bridge listening",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -208,7 +209,7 @@ async def test_stalled_upstream_and_client_timeout(stack: Stack) -> None:
 
 
 async def test_upstream_timeout_is_504(
-    procs: Procs, upstream: FakeUpstream, sqlite_url: str
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> None:
     """An upstream that does not answer within the bridge's read timeout is a 504 in the provider's format (the in-process bridge with a 1 s timeout stands in for the 600 s default)."""
     served = await serve_providers(
@@ -225,6 +226,7 @@ async def test_upstream_timeout_is_504(
             "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
             "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
             "AIBRIDGE_CONFIG_SERVICE": served.target,
+            "AIBRIDGE_DATA_DIR": str(tmp_path / "bridge-data"),
         }
     )
     bridge = Bridge(settings, bedrock_factory=None)
