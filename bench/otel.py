@@ -182,7 +182,7 @@ def main() -> int:
             }
             bridges = {}
             for name, port in ports.items():
-                env = bridge_env(target, port)
+                env = bridge_env(target, port, tmp / f"bridge-{name}")
                 env["AIBRIDGE_NODE_ID"] = f"bench-otel-{name}"
                 if name == "on":
                     env.update(otel)
