@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,6 +110,58 @@ def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: An
     asyncio.run(run())
 
 
+def make_writes(target: str, count: int, pace: float, tag: str) -> list[tuple[int, int, int]]:
+    """`count` CreateToken writes one after another; (version, t_send_ns, t_ack_ns) each."""
+    writes: list[tuple[int, int, int]] = []
+    with grpc.insecure_channel(target) as channel:
+        tokens = ta_grpc.TokenAdminServiceStub(channel)
+        snap = cs_grpc.ConfigServiceStub(channel)
+        md = (("authorization", f"Bearer {ADMIN}"),)
+        for i in range(count):
+            t_send = time.monotonic_ns()
+            tokens.CreateToken(
+                ta.CreateTokenRequest(
+                    principal_name=f"bench-{tag}-{i}", role=token_pb2.ROLE_MEMBER
+                ),
+                metadata=md,
+                timeout=30,
+            )
+            t_ack = time.monotonic_ns()
+            version = int(
+                snap.GetProviderSnapshot(
+                    cs.GetProviderSnapshotRequest(), metadata=md
+                ).snapshot.version
+            )
+            writes.append((version, t_send, t_ack))
+            time.sleep(pace)  # let every stream drain before the next
+    time.sleep(1.0)
+    return writes
+
+
+def start_profiler(pid: int, path: str, native: bool) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("--profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+        return None
+    args = [py_spy, "record", "--pid", str(pid), "--format", "raw", "-o", path, "--rate", "250"]
+    if native:
+        args.append("--native")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # attached before the first write
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    proc.send_signal(2)  # SIGINT: py-spy writes the file and exits
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,6 +175,8 @@ def main() -> int:
     )
     p.add_argument("--writes", type=int, default=20)
     p.add_argument("--database-url", default="")
+    p.add_argument("--profile", default="", help="py-spy collapsed stacks of the fan-out here")
+    p.add_argument("--native", action="store_true", help="with --profile: C frames too")
     args = p.parse_args()
     n = args.subscribers
     channels = args.channels or max(1, n // 100)
@@ -138,6 +194,12 @@ def main() -> int:
             for c in per
         ]
         try:
+            pace = max(0.2, n / 20000)
+            # The writes alone (no subscriber): commit, rebuild and idle loops, same pacing.
+            cpu_idle0 = cpu_seconds(service.pid)
+            alone = make_writes(target, args.writes, pace, "alone")
+            cpu_alone = cpu_seconds(service.pid) - cpu_idle0
+            rss_idle = rss_mb(service.pid)
             started = time.monotonic()
             for w in workers:
                 w.start()
@@ -147,31 +209,15 @@ def main() -> int:
                 ready += r
                 failed += f
             connect_s = time.monotonic() - started
-            cpu0 = cpu_seconds(service.pid)
-            writes: list[tuple[int, int, int]] = []  # (version, t_send_ns, t_ack_ns)
-            with grpc.insecure_channel(target) as channel:
-                tokens = ta_grpc.TokenAdminServiceStub(channel)
-                snap = cs_grpc.ConfigServiceStub(channel)
-                md = (("authorization", f"Bearer {ADMIN}"),)
-                for i in range(args.writes):
-                    t_send = time.monotonic_ns()
-                    tokens.CreateToken(
-                        ta.CreateTokenRequest(
-                            principal_name=f"bench-{i}", role=token_pb2.ROLE_MEMBER
-                        ),
-                        metadata=md,
-                        timeout=30,
-                    )
-                    t_ack = time.monotonic_ns()
-                    version = int(
-                        snap.GetProviderSnapshot(
-                            cs.GetProviderSnapshotRequest(), metadata=md
-                        ).snapshot.version
-                    )
-                    writes.append((version, t_send, t_ack))
-                    time.sleep(max(0.2, n / 20000))  # let every stream drain before the next
             time.sleep(1.0)
+            rss_connected = rss_mb(service.pid)
+            profiler = (
+                start_profiler(service.pid, args.profile, args.native) if args.profile else None
+            )
+            cpu0 = cpu_seconds(service.pid)
+            writes = make_writes(target, args.writes, pace, "fanout")
             cpu = cpu_seconds(service.pid) - cpu0
+            stop_profiler(profiler)
             rss = rss_mb(service.pid)
             stop.set()
             arrivals: list[list[tuple[int, int]]] = []
@@ -216,7 +262,14 @@ def main() -> int:
             "max": max(from_ack, default=float("nan")),
         },
         "service_rss_mb": round(rss, 1),
-        "service_cpu_seconds_during_writes": round(cpu, 2),
+        "service_rss_idle_mb": round(rss_idle, 1),
+        "memory_per_stream_kb": round((rss_connected - rss_idle) * 1024 / max(1, ready), 1),
+        "service_cpu_seconds_during_writes": round(cpu, 3),
+        "service_cpu_seconds_writes_alone": round(cpu_alone, 3),
+        "cpu_per_stream_per_change_us": round(
+            (cpu - cpu_alone) * 1e6 / max(1, ready * len(writes)), 1
+        ),
+        "cpu_per_write_alone_ms": round(cpu_alone * 1e3 / max(1, len(alone)), 2),
         "database": "postgresql" if args.database_url else "sqlite",
     }
     print(
@@ -230,7 +283,9 @@ def main() -> int:
                 "max ms",
                 "p99 from ack",
                 "RSS MB",
+                "KB/stream",
                 "CPU s",
+                "µs/stream/change",
             ],
             [
                 [
@@ -242,7 +297,9 @@ def main() -> int:
                     result["from_send_ms"]["max"],
                     result["from_ack_ms"]["p99"],
                     rss,
+                    result["memory_per_stream_kb"],
                     cpu,
+                    result["cpu_per_stream_per_change_us"],
                 ]
             ],
         )
