@@ -37,8 +37,9 @@ CATEGORIES: list[tuple[str, Test]] = [
     ("getpid() (asyncio.Event.wait → get_running_loop)", lambda fr: fr[-1] == "getpid"),
     (
         "completion-queue wake-ups (poller thread write() + loop recv(1))",
-        lambda fr: (fr[-1] in {"write", "eventfd_write"} and "Thread.run" in fr)
-        or fr[-1] == "recv",
+        lambda fr: (
+            (fr[-1] in {"write", "eventfd_write"} and "Thread.run" in fr) or fr[-1] == "recv"
+        ),
     ),
     ("socket I/O of the streams (sendmsg/recvmsg)", lambda fr: fr[-1] in {"sendmsg", "recvmsg"}),
     (

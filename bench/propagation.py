@@ -215,8 +215,10 @@ def main() -> int:
                 start_profiler(service.pid, args.profile, args.native) if args.profile else None
             )
             cpu0 = cpu_seconds(service.pid)
+            clients0 = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None)
             writes = make_writes(target, args.writes, pace, "fanout")
             cpu = cpu_seconds(service.pid) - cpu0
+            clients_cpu = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None) - clients0
             stop_profiler(profiler)
             rss = rss_mb(service.pid)
             stop.set()
@@ -270,6 +272,10 @@ def main() -> int:
             (cpu - cpu_alone) * 1e6 / max(1, ready * len(writes)), 1
         ),
         "cpu_per_write_alone_ms": round(cpu_alone * 1e3 / max(1, len(alone)), 2),
+        # The subscribers share the machine: their CPU per stream per change, for the budget.
+        "subscriber_cpu_per_stream_per_change_us": round(
+            clients_cpu * 1e6 / max(1, ready * len(writes)), 1
+        ),
         "database": "postgresql" if args.database_url else "sqlite",
     }
     print(
