@@ -17,7 +17,7 @@ class ProviderIssue:
     message: str
 
 
-@dataclass
+@dataclass(slots=True)  # one per open stream: no per-instance __dict__
 class SubscriberState:
     stream_id: int
     node_id: str
