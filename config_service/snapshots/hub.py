@@ -146,6 +146,11 @@ class SnapshotHub:
             return await self.refresh()
         return False
 
+    @property
+    def waiting(self) -> int:
+        """How many are waiting for the next change (open streams, background loops)."""
+        return len(self._waiters)
+
     async def changed(self) -> None:
         """Return at the next published version or change of `reachable`."""
         loop = self._loop
