@@ -1,12 +1,22 @@
 """Propagation: admin write → every subscriber has the new snapshot (DESIGN §10).
 
-Starts one `aibridge config-service` process (SQLite, or --database-url), opens N
-WatchProviders streams multiplexed over C gRPC channels from separate subscriber
-processes, then makes W admin writes (CreateToken: it changes the snapshot) one after
-another. For each write and each subscriber: time from the moment the write was sent
-to the moment that subscriber read a snapshot with the new version (so this includes
-the commit itself), and from the write's acknowledgement (negative: the snapshot
-reached the subscriber before the admin's answer did; it is published first).
+Starts one `aibridge config-service` process (SQLite, or --database-url: PostgreSQL, in
+a fresh schema dropped afterwards), opens N WatchProviders streams multiplexed over C
+gRPC channels from separate subscriber processes, then makes W admin writes
+(CreateToken: it changes the snapshot) one after another. For each write and each
+subscriber: time from the moment the write was sent to the moment that subscriber read
+a snapshot with the new version (so this includes the commit itself), and from the
+write's acknowledgement (negative: the snapshot reached the subscriber before the
+admin's answer did; it is published first).
+
+The fan-out's cost is measured in the same run: the same W writes, paced the same way,
+are first made with no subscriber connected; the service's CPU for those (commit,
+rebuild, idle loops) is subtracted from its CPU for the writes with N streams open, and
+the rest over N * W is the CPU per stream per change (the subscribers' own CPU is
+reported beside it: they share the machine). Memory per stream: the service's RSS with
+the N streams open minus its RSS before they connected, over N. `--profile FILE`
+attaches py-spy (when installed) to the service for the writes with subscribers and
+writes its collapsed stacks (`--native`: C frames too) for bench/profile_shares.py.
 
     python bench/propagation.py --subscribers 1000 --writes 20
 """
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -28,7 +39,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, percentile, rss_mb, table, write_result
+from _common import cpu_seconds, fresh_schema, percentile, rss_mb, table, write_result
 from _stack import ADMIN, BRIDGE, Proc, start
 
 from aibridge.config.v1 import config_service_pb2 as cs
@@ -181,8 +192,10 @@ def main() -> int:
     n = args.subscribers
     channels = args.channels or max(1, n // 100)
     procs_n = args.processes or (2 if n >= 2000 else 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        service, target = start_service(args.database_url, tmp)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        # PostgreSQL: a fresh schema each run (dropped after), so runs compare alike.
+        url = stack.enter_context(fresh_schema(args.database_url)) if args.database_url else ""
+        service, target = start_service(url, tmp)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         stop = ctx.Event()
