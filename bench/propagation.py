@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_seconds, fresh_schema, percentile, rss_mb, table, write_result
@@ -118,7 +119,7 @@ def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: An
         for chan in chans:
             await chan.close()
 
-    asyncio.run(run())
+    uvloop.run(run())  # as the daemons run (uvicorn[standard] brings it)
 
 
 def make_writes(target: str, count: int, pace: float, tag: str) -> list[tuple[int, int, int]]:
