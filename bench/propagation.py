@@ -17,6 +17,7 @@ reported beside it: they share the machine). Memory per stream: the service's RS
 the N streams open minus its RSS before they connected, over N. `--profile FILE`
 attaches py-spy (when installed) to the service for the writes with subscribers and
 writes its collapsed stacks (`--native`: C frames too) for bench/profile_shares.py.
+`--ack`: every stream reports each snapshot it read (ReportStatus), as the daemons do.
 
     python bench/propagation.py --subscribers 1000 --writes 20
 """
@@ -74,8 +75,12 @@ def start_service(database_url: str, data_dir: str) -> tuple[Proc, str]:
     return proc, str(proc.ready["listen"])
 
 
-def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: Any) -> None:
-    """One process: `count` streams over `channels` channels; reports (version, t_ns) per stream."""
+def subscriber_main(
+    target: str, count: int, channels: int, ack: bool, queue: Any, stop: Any
+) -> None:
+    """One process: `count` streams over `channels` channels; reports (version, t_ns) per stream.
+
+    With `ack`, each stream reports every snapshot it read (ReportStatus), as a daemon does."""
 
     async def run() -> None:
         chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
@@ -88,13 +93,18 @@ def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: An
         async def follow(i: int) -> None:
             nonlocal failed, ready
             stub = cs_grpc.ConfigServiceStub(chans[i % channels])
-            call = stub.WatchProviders(
-                cs.WatchProvidersRequest(node_id=f"bench-{os.getpid()}-{i}"), metadata=md
-            )
+            node_id = f"bench-{os.getpid()}-{i}"
+            call = stub.WatchProviders(cs.WatchProvidersRequest(node_id=node_id), metadata=md)
             first = True
             try:
                 async for response in call:
-                    arrivals[i].append((int(response.snapshot.version), time.monotonic_ns()))
+                    version = response.snapshot.version
+                    arrivals[i].append((int(version), time.monotonic_ns()))
+                    if ack:
+                        report = cs.ReportStatusRequest(
+                            node_id=node_id, version=version, applied=True
+                        )
+                        await stub.ReportStatus(report, metadata=md, timeout=60)
                     if first:
                         ready += 1
                         first = False
@@ -187,6 +197,7 @@ def main() -> int:
     )
     p.add_argument("--writes", type=int, default=20)
     p.add_argument("--database-url", default="")
+    p.add_argument("--ack", action="store_true", help="subscribers report every snapshot")
     p.add_argument("--profile", default="", help="py-spy collapsed stacks of the fan-out here")
     p.add_argument("--native", action="store_true", help="with --profile: C frames too")
     args = p.parse_args()
@@ -203,7 +214,8 @@ def main() -> int:
         per = [n // procs_n + (1 if i < n % procs_n else 0) for i in range(procs_n)]
         workers = [
             ctx.Process(
-                target=subscriber_main, args=(target, c, max(1, channels // procs_n), queue, stop)
+                target=subscriber_main,
+                args=(target, c, max(1, channels // procs_n), args.ack, queue, stop),
             )
             for c in per
         ]
@@ -263,6 +275,7 @@ def main() -> int:
         "channels": channels,
         "processes": procs_n,
         "writes": args.writes,
+        "acks": args.ack,
         "connected": ready,
         "refused": failed,
         "missing_deliveries": missing,
