@@ -210,7 +210,11 @@ class ConfigServicer:
         found = self._registry.report(
             node_id, subject.principal_id, version, request.applied, issues, detail
         )
-        log.info(
+        # Every subscriber ACKs every snapshot: a clean ACK is a debug line (at info, 10,000
+        # subscribers wrote 10,000 lines per change); a NACK, errors or no matching stream
+        # stay at info. Who is on which version is in ListSubscribers and the metrics.
+        clean = request.applied and not issues and not detail and found
+        (log.debug if clean else log.info)(
             "subscriber report",
             node_id=node_id,
             version=version,
