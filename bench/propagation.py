@@ -30,6 +30,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -176,7 +177,7 @@ def start_profiler(pid: int, path: str, native: bool) -> subprocess.Popen[bytes]
 def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
-    proc.send_signal(2)  # SIGINT: py-spy writes the file and exits
+    proc.send_signal(signal.SIGINT)  # py-spy writes the file and exits
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
