@@ -14,7 +14,9 @@ that its replica was cut off (and ends), or that its token was revoked.
 The wake-up is the fan-out's hot path (one waiter per open stream, thousands): a waiter
 is one future made by the loop it runs on (no `asyncio.Event`, whose `wait` asks
 `get_running_loop`, a getpid() system call on Python 3.11, per waiter per change), kept
-in one dict that a change swaps for a fresh one and resolves in a single pass.
+in one dict that a change swaps for a fresh one and resolves in a single pass. Not one
+future shared by all: a task cancelled while awaiting a future cancels that future, so
+one closing stream would wake every other with CancelledError.
 """
 
 from __future__ import annotations
