@@ -1,12 +1,23 @@
 """Propagation: admin write → every subscriber has the new snapshot (DESIGN §10).
 
-Starts one `aibridge config-service` process (SQLite, or --database-url), opens N
-WatchProviders streams multiplexed over C gRPC channels from separate subscriber
-processes, then makes W admin writes (CreateToken: it changes the snapshot) one after
-another. For each write and each subscriber: time from the moment the write was sent
-to the moment that subscriber read a snapshot with the new version (so this includes
-the commit itself), and from the write's acknowledgement (negative: the snapshot
-reached the subscriber before the admin's answer did; it is published first).
+Starts one `aibridge config-service` process (SQLite, or --database-url: PostgreSQL, in
+a fresh schema dropped afterwards), opens N WatchProviders streams multiplexed over C
+gRPC channels from separate subscriber processes, then makes W admin writes
+(CreateToken: it changes the snapshot) one after another. For each write and each
+subscriber: time from the moment the write was sent to the moment that subscriber read
+a snapshot with the new version (so this includes the commit itself), and from the
+write's acknowledgement (negative: the snapshot reached the subscriber before the
+admin's answer did; it is published first).
+
+The fan-out's cost is measured in the same run: the same W writes, paced the same way,
+are first made with no subscriber connected; the service's CPU for those (commit,
+rebuild, idle loops) is subtracted from its CPU for the writes with N streams open, and
+the rest over N * W is the CPU per stream per change (the subscribers' own CPU is
+reported beside it: they share the machine). Memory per stream: the service's RSS with
+the N streams open minus its RSS before they connected, over N. `--profile FILE`
+attaches py-spy (when installed) to the service for the writes with subscribers and
+writes its collapsed stacks (`--native`: C frames too) for bench/profile_shares.py.
+`--ack`: every stream reports each snapshot it read (ReportStatus), as the daemons do.
 
     python bench/propagation.py --subscribers 1000 --writes 20
 """
@@ -15,8 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, percentile, rss_mb, table, write_result
+from _common import cpu_seconds, fresh_schema, percentile, rss_mb, table, write_result
 from _stack import ADMIN, BRIDGE, Proc, start
 
 from aibridge.config.v1 import config_service_pb2 as cs
@@ -60,8 +76,12 @@ def start_service(database_url: str, data_dir: str) -> tuple[Proc, str]:
     return proc, str(proc.ready["listen"])
 
 
-def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: Any) -> None:
-    """One process: `count` streams over `channels` channels; reports (version, t_ns) per stream."""
+def subscriber_main(
+    target: str, count: int, channels: int, ack: bool, queue: Any, stop: Any
+) -> None:
+    """One process: `count` streams over `channels` channels; reports (version, t_ns) per stream.
+
+    With `ack`, each stream reports every snapshot it read (ReportStatus), as a daemon does."""
 
     async def run() -> None:
         chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
@@ -74,13 +94,18 @@ def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: An
         async def follow(i: int) -> None:
             nonlocal failed, ready
             stub = cs_grpc.ConfigServiceStub(chans[i % channels])
-            call = stub.WatchProviders(
-                cs.WatchProvidersRequest(node_id=f"bench-{os.getpid()}-{i}"), metadata=md
-            )
+            node_id = f"bench-{os.getpid()}-{i}"
+            call = stub.WatchProviders(cs.WatchProvidersRequest(node_id=node_id), metadata=md)
             first = True
             try:
                 async for response in call:
-                    arrivals[i].append((int(response.snapshot.version), time.monotonic_ns()))
+                    version = response.snapshot.version
+                    arrivals[i].append((int(version), time.monotonic_ns()))
+                    if ack:
+                        report = cs.ReportStatusRequest(
+                            node_id=node_id, version=version, applied=True
+                        )
+                        await stub.ReportStatus(report, metadata=md, timeout=60)
                     if first:
                         ready += 1
                         first = False
@@ -105,7 +130,59 @@ def subscriber_main(target: str, count: int, channels: int, queue: Any, stop: An
         for chan in chans:
             await chan.close()
 
-    asyncio.run(run())
+    uvloop.run(run())  # as the daemons run (uvicorn[standard] brings it)
+
+
+def make_writes(target: str, count: int, pace: float, tag: str) -> list[tuple[int, int, int]]:
+    """`count` CreateToken writes one after another; (version, t_send_ns, t_ack_ns) each."""
+    writes: list[tuple[int, int, int]] = []
+    with grpc.insecure_channel(target) as channel:
+        tokens = ta_grpc.TokenAdminServiceStub(channel)
+        snap = cs_grpc.ConfigServiceStub(channel)
+        md = (("authorization", f"Bearer {ADMIN}"),)
+        for i in range(count):
+            t_send = time.monotonic_ns()
+            tokens.CreateToken(
+                ta.CreateTokenRequest(
+                    principal_name=f"bench-{tag}-{i}", role=token_pb2.ROLE_MEMBER
+                ),
+                metadata=md,
+                timeout=30,
+            )
+            t_ack = time.monotonic_ns()
+            version = int(
+                snap.GetProviderSnapshot(
+                    cs.GetProviderSnapshotRequest(), metadata=md
+                ).snapshot.version
+            )
+            writes.append((version, t_send, t_ack))
+            time.sleep(pace)  # let every stream drain before the next
+    time.sleep(1.0)
+    return writes
+
+
+def start_profiler(pid: int, path: str, native: bool) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("--profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+        return None
+    args = [py_spy, "record", "--pid", str(pid), "--format", "raw", "-o", path, "--rate", "250"]
+    if native:
+        args.append("--native")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # attached before the first write
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGINT)  # py-spy writes the file and exits
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> int:
@@ -121,23 +198,35 @@ def main() -> int:
     )
     p.add_argument("--writes", type=int, default=20)
     p.add_argument("--database-url", default="")
+    p.add_argument("--ack", action="store_true", help="subscribers report every snapshot")
+    p.add_argument("--profile", default="", help="py-spy collapsed stacks of the fan-out here")
+    p.add_argument("--native", action="store_true", help="with --profile: C frames too")
     args = p.parse_args()
     n = args.subscribers
     channels = args.channels or max(1, n // 100)
     procs_n = args.processes or (2 if n >= 2000 else 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        service, target = start_service(args.database_url, tmp)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        # PostgreSQL: a fresh schema each run (dropped after), so runs compare alike.
+        url = stack.enter_context(fresh_schema(args.database_url)) if args.database_url else ""
+        service, target = start_service(url, tmp)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         stop = ctx.Event()
         per = [n // procs_n + (1 if i < n % procs_n else 0) for i in range(procs_n)]
         workers = [
             ctx.Process(
-                target=subscriber_main, args=(target, c, max(1, channels // procs_n), queue, stop)
+                target=subscriber_main,
+                args=(target, c, max(1, channels // procs_n), args.ack, queue, stop),
             )
             for c in per
         ]
         try:
+            pace = max(0.2, n / 20000)
+            # The writes alone (no subscriber): commit, rebuild and idle loops, same pacing.
+            cpu_idle0 = cpu_seconds(service.pid)
+            alone = make_writes(target, args.writes, pace, "alone")
+            cpu_alone = cpu_seconds(service.pid) - cpu_idle0
+            rss_idle = rss_mb(service.pid)
             started = time.monotonic()
             for w in workers:
                 w.start()
@@ -147,31 +236,17 @@ def main() -> int:
                 ready += r
                 failed += f
             connect_s = time.monotonic() - started
-            cpu0 = cpu_seconds(service.pid)
-            writes: list[tuple[int, int, int]] = []  # (version, t_send_ns, t_ack_ns)
-            with grpc.insecure_channel(target) as channel:
-                tokens = ta_grpc.TokenAdminServiceStub(channel)
-                snap = cs_grpc.ConfigServiceStub(channel)
-                md = (("authorization", f"Bearer {ADMIN}"),)
-                for i in range(args.writes):
-                    t_send = time.monotonic_ns()
-                    tokens.CreateToken(
-                        ta.CreateTokenRequest(
-                            principal_name=f"bench-{i}", role=token_pb2.ROLE_MEMBER
-                        ),
-                        metadata=md,
-                        timeout=30,
-                    )
-                    t_ack = time.monotonic_ns()
-                    version = int(
-                        snap.GetProviderSnapshot(
-                            cs.GetProviderSnapshotRequest(), metadata=md
-                        ).snapshot.version
-                    )
-                    writes.append((version, t_send, t_ack))
-                    time.sleep(max(0.2, n / 20000))  # let every stream drain before the next
             time.sleep(1.0)
+            rss_connected = rss_mb(service.pid)
+            profiler = (
+                start_profiler(service.pid, args.profile, args.native) if args.profile else None
+            )
+            cpu0 = cpu_seconds(service.pid)
+            clients0 = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None)
+            writes = make_writes(target, args.writes, pace, "fanout")
             cpu = cpu_seconds(service.pid) - cpu0
+            clients_cpu = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None) - clients0
+            stop_profiler(profiler)
             rss = rss_mb(service.pid)
             stop.set()
             arrivals: list[list[tuple[int, int]]] = []
@@ -201,6 +276,7 @@ def main() -> int:
         "channels": channels,
         "processes": procs_n,
         "writes": args.writes,
+        "acks": args.ack,
         "connected": ready,
         "refused": failed,
         "missing_deliveries": missing,
@@ -216,7 +292,18 @@ def main() -> int:
             "max": max(from_ack, default=float("nan")),
         },
         "service_rss_mb": round(rss, 1),
-        "service_cpu_seconds_during_writes": round(cpu, 2),
+        "service_rss_idle_mb": round(rss_idle, 1),
+        "memory_per_stream_kb": round((rss_connected - rss_idle) * 1024 / max(1, ready), 1),
+        "service_cpu_seconds_during_writes": round(cpu, 3),
+        "service_cpu_seconds_writes_alone": round(cpu_alone, 3),
+        "cpu_per_stream_per_change_us": round(
+            (cpu - cpu_alone) * 1e6 / max(1, ready * len(writes)), 1
+        ),
+        "cpu_per_write_alone_ms": round(cpu_alone * 1e3 / max(1, len(alone)), 2),
+        # The subscribers share the machine: their CPU per stream per change, for the budget.
+        "subscriber_cpu_per_stream_per_change_us": round(
+            clients_cpu * 1e6 / max(1, ready * len(writes)), 1
+        ),
         "database": "postgresql" if args.database_url else "sqlite",
     }
     print(
@@ -230,7 +317,9 @@ def main() -> int:
                 "max ms",
                 "p99 from ack",
                 "RSS MB",
+                "KB/stream",
                 "CPU s",
+                "µs/stream/change",
             ],
             [
                 [
@@ -242,7 +331,9 @@ def main() -> int:
                     result["from_send_ms"]["max"],
                     result["from_ack_ms"]["p99"],
                     rss,
+                    result["memory_per_stream_kb"],
                     cpu,
+                    result["cpu_per_stream_per_change_us"],
                 ]
             ],
         )

@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, table, write_result
+from _common import cpu_seconds, fresh_schema, table, write_result
 from _stack import BRIDGE, config_service_env, free_port, start
 from prometheus_client import CollectorRegistry
 
@@ -50,25 +47,6 @@ from data_plane.subscriber import SubscriberConfig
 
 BAR = 10_000.0  # records/s per process on PostgreSQL
 METHOD = "/aibridge.config.v1.UsageService/RecordInterceptions"
-
-
-@contextlib.contextmanager
-def fresh_schema(base: str) -> Iterator[str]:
-    """A new PostgreSQL schema in `base` (dropped on exit); yields the URL that uses it."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    schema = f"bench_{secrets.token_hex(4)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def batches(records: int, size: int) -> list[bytes]:

@@ -17,7 +17,7 @@ class ProviderIssue:
     message: str
 
 
-@dataclass
+@dataclass(slots=True)  # one per open stream: no per-instance __dict__
 class SubscriberState:
     stream_id: int
     node_id: str
@@ -37,6 +37,10 @@ class SubscriberState:
 class SubscriberRegistry:
     def __init__(self) -> None:
         self._streams: dict[int, SubscriberState] = {}
+        # Streams by (principal, node id): every subscriber reports after every snapshot,
+        # so a report must find its streams without scanning all of them (N reports per
+        # change, each a scan of N streams, was O(N²) per change).
+        self._by_node: dict[tuple[str, str], dict[int, SubscriberState]] = {}
         self._ids = itertools.count(1)
         self._per_principal: Counter[str] = Counter()
         # Bumped on every change, so a publisher can tell whether there is news.
@@ -47,12 +51,18 @@ class SubscriberRegistry:
             next(self._ids), node_id, role, principal_id, peer, datetime.now(UTC)
         )
         self._streams[state.stream_id] = state
+        self._by_node.setdefault((principal_id, node_id), {})[state.stream_id] = state
         self._per_principal[principal_id] += 1
         self.changes += 1
         return state
 
     def remove(self, state: SubscriberState) -> None:
         if self._streams.pop(state.stream_id, None) is not None:
+            key = (state.principal_id, state.node_id)
+            same_node = self._by_node[key]
+            del same_node[state.stream_id]
+            if not same_node:
+                del self._by_node[key]
             self._per_principal[state.principal_id] -= 1
             if not self._per_principal[state.principal_id]:
                 del self._per_principal[state.principal_id]
@@ -81,17 +91,15 @@ class SubscriberRegistry:
         detail: str,
     ) -> bool:
         """Record an ACK/NACK on the caller's open streams with that node id."""
-        found = False
-        for state in self._streams.values():
-            if state.node_id == node_id and state.principal_id == principal_id:
-                found = True
-                if applied:
-                    state.version_acked = version
-                else:
-                    state.version_rejected = version
-                state.errors = errors[:MAX_KEPT_ERRORS]
-                state.errors_total = len(errors)
-                state.error_detail = detail
-                state.last_report_at = datetime.now(UTC)
+        streams = self._by_node.get((principal_id, node_id), {})
+        for state in streams.values():
+            if applied:
+                state.version_acked = version
+            else:
+                state.version_rejected = version
+            state.errors = errors[:MAX_KEPT_ERRORS]
+            state.errors_total = len(errors)
+            state.error_detail = detail
+            state.last_report_at = datetime.now(UTC)
         self.changes += 1
-        return found
+        return bool(streams)

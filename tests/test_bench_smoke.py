@@ -41,6 +41,14 @@ def test_propagation(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
+def test_grpc_floor(tmp_path: Path) -> None:
+    """The bare grpc.aio fan-out floor opens its streams and delivers every change."""
+    doc = run("grpc_floor.py", ["--subscribers", "2", "--changes", "2"], tmp_path)
+    assert doc["opened"] == 2
+    assert doc["missing_deliveries"] == 0
+
+
+@pytest.mark.timeout(150)
 def test_bridge_overhead(tmp_path: Path) -> None:
     doc = run("bridge_overhead.py", ["--requests", "200"], tmp_path)
     saturation, latency = doc["saturation"], doc["latency"]

@@ -10,6 +10,13 @@ The hub also knows whether it can vouch for its snapshot: every database contact
 makes records whether the database answered (`reachable`). A change of either the
 version or of reachability wakes every waiter, so an open stream notices at once
 that its replica was cut off (and ends), or that its token was revoked.
+
+The wake-up is the fan-out's hot path (one waiter per open stream, thousands): a waiter
+is one future made by the loop it runs on (no `asyncio.Event`, whose `wait` asks
+`get_running_loop`, a getpid() system call on Python 3.11, per waiter per change), kept
+in one dict that a change swaps for a fresh one and resolves in a single pass. Not one
+future shared by all: a task cancelled while awaiting a future cancels that future, so
+one closing stream would wake every other with CancelledError.
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ class SnapshotHub:
         self._entries: dict[Scope, SnapshotEntry] = {}
         self._subjects: dict[str, Subject] = {}  # by token SHA-256
         self._live: dict[str, Subject] = {}  # by token id
-        self._changed = asyncio.Event()
+        # Futures of everyone waiting for the next change; swapped out by each wake.
+        self._waiters: dict[asyncio.Future[None], None] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self.reachable = True  # the last database contact succeeded
         self.last_build_seconds = 0.0
@@ -72,8 +81,10 @@ class SnapshotHub:
         return self._live.get(token_id)
 
     def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _contact(self, call: Awaitable[T]) -> T:
         """A database call whose outcome says whether this replica can vouch for its snapshot."""
@@ -157,16 +168,29 @@ class SnapshotHub:
             return await self.refresh()
         return False
 
+    @property
+    def waiting(self) -> int:
+        """How many are waiting for the next change (open streams, background loops)."""
+        return len(self._waiters)
+
     async def changed(self) -> None:
         """Return at the next published version or change of `reachable`."""
-        await self._changed.wait()
+        loop = self._loop
+        if loop is None:  # bound to the loop of its first waiter, as asyncio's primitives are
+            loop = self._loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters[waiter] = None
+        try:
+            await waiter
+        finally:
+            # Gone already when a change woke it; still there when the waiter was cancelled.
+            self._waiters.pop(waiter, None)
 
     async def wait_unreachable(self) -> None:
         """Return once a database call failed."""
         while self.reachable:
             await self.changed()
 
-    async def wait_newer(self, revision: int) -> None:
-        """Return once the published revision passed `revision` or `reachable` turned false."""
-        while self._revision <= revision and self.reachable:
-            await self.changed()
+    def published(self, scope: Scope) -> tuple[int, SnapshotEntry]:
+        """The current revision and the snapshot of `scope` published with it, together."""
+        return self._revision, self._entries[scope]

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 
 from aibridge.limits import MAX_KEPT_ERRORS
 from config_service.db.models import Replica, SubscriberStatus, utcnow
@@ -37,23 +37,30 @@ def publish(db: Database, replica_id: str, states: list[SubscriberState]) -> Non
         else:
             replica.last_seen = utcnow()
         session.execute(delete(SubscriberStatus).where(SubscriberStatus.replica_id == replica_id))
-        session.add_all(
-            SubscriberStatus(
-                replica_id=replica_id,
-                stream_id=s.stream_id,
-                node_id=s.node_id,
-                role=s.role.value,
-                peer=s.peer[:200],
-                connected_since=s.connected_since,
-                version_sent=s.version_sent,
-                version_acked=s.version_acked,
-                version_rejected=s.version_rejected,
-                errors=json.dumps([e.__dict__ for e in s.errors[:MAX_KEPT_ERRORS]]),
-                errors_total=s.errors_total,
-                error_detail=s.error_detail,
-                last_report_at=s.last_report_at,
-            )
-            for s in states
+        if not states:
+            return
+        # One bulk INSERT of plain rows, not a unit of work over ORM objects: with every
+        # subscriber ACKing every change, thousands of rows are republished after each one.
+        session.execute(
+            insert(SubscriberStatus),
+            [
+                dict(
+                    replica_id=replica_id,
+                    stream_id=s.stream_id,
+                    node_id=s.node_id,
+                    role=s.role.value,
+                    peer=s.peer[:200],
+                    connected_since=s.connected_since,
+                    version_sent=s.version_sent,
+                    version_acked=s.version_acked,
+                    version_rejected=s.version_rejected,
+                    errors=json.dumps([e.__dict__ for e in s.errors[:MAX_KEPT_ERRORS]]),
+                    errors_total=s.errors_total,
+                    error_detail=s.error_detail,
+                    last_report_at=s.last_report_at,
+                )
+                for s in states
+            ],
         )
 
 

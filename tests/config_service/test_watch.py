@@ -15,7 +15,7 @@ from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from aibridge.masking import sha256_hex
-from config_service.rbac import SYSTEM, Role
+from config_service.rbac import SYSTEM, Role, Scope
 from config_service.store import tokens
 from tests.fixtures.services import BRIDGE_TOKEN, PROXY_TOKEN, Service, StartService
 from tests.fixtures.waits import eventually
@@ -362,3 +362,48 @@ async def test_known_versions_compare_as_numbers(seeded: Service) -> None:
         await create_member_token(seeded)
     snap = await first_snapshot(seeded, Role.BRIDGE, known="9")
     assert snap.version == seeded.running.hub.version
+
+
+async def test_a_change_published_while_a_write_waits_for_the_reader_is_sent_after_it(
+    seeded: Service,
+) -> None:
+    """A change published while a stream's write is held by flow control follows that write, never skipped."""
+    # A reader with a tiny HTTP/2 window: the first snapshot's write waits until it reads.
+    channel = grpc.aio.insecure_channel(
+        seeded.target, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    )
+    try:
+        for _ in range(3):  # a snapshot larger than the window
+            await create_member_token(seeded)
+        assert len(seeded.running.hub.entry(Scope.BRIDGE).payload) > 1024
+        call = pb_grpc.ConfigServiceStub(channel).WatchProviders(
+            pb.WatchProvidersRequest(node_id="slow"), metadata=seeded.md_for(Role.BRIDGE)
+        )
+        registry = seeded.running.registry
+        await eventually(lambda: [s.node_id for s in registry.all()] == ["slow"])
+        opened_at = int(seeded.running.hub.version)
+        await create_member_token(seeded)  # published while the first write is in flight
+        final = int(seeded.running.hub.version)
+        seen = []
+        while not seen or seen[-1] < final:
+            response = await asyncio.wait_for(call.read(), 5)
+            assert isinstance(response, pb.WatchProvidersResponse)
+            seen.append(int(response.snapshot.version))
+        assert seen == [opened_at, final]
+        call.cancel()
+    finally:
+        await channel.close()
+
+
+async def test_closed_streams_leave_no_waiter_behind(seeded: Service) -> None:
+    """Streams that close between two changes take their wake-up with them, so churn does not grow the hub."""
+    hub = seeded.running.hub
+    # Besides the streams, only the service's own loops wait on the hub: the revision
+    # check (between two of its checks) and the health follower.
+    own = 2
+    calls = await open_streams(seeded, BRIDGE_TOKEN, 20)
+    await eventually(lambda: hub.waiting >= 20)
+    for call in calls:
+        call.cancel()
+    await eventually(lambda: seeded.running.registry.count_by_role()[Role.BRIDGE] == 0)
+    await eventually(lambda: hub.waiting <= own)

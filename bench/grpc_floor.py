@@ -1,0 +1,198 @@
+"""The floor under propagation.py: what grpc.aio itself costs per stream per change.
+
+A bare grpc.aio server on uvloop (the config service's own server options, no auth, no
+database, no snapshot): N unary-stream calls, each a coroutine that writes one fixed
+pre-serialized payload, then awaits a future that a broadcast resolves. The same client
+shape as propagation.py (N streams over N/100 channels in a separate process). Measures
+the server's RSS per open stream and its CPU per stream per change, so the config
+service's figures can be read as a ratio to what any Python gRPC fan-out pays.
+
+    python bench/grpc_floor.py --subscribers 1000 --changes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import cpu_seconds, percentile, rss_mb, table, write_result
+
+from config_service.server import GC_YOUNG_THRESHOLD, GRPC_OPTIONS, MAX_CONCURRENT_RPCS
+
+METHOD = "/bench.Floor/Watch"
+
+
+def server_main(payload_size: int, ports: Any, control: Any, results: Any, tuned: bool) -> None:
+    payload = b"\n" + b"x" * payload_size
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        waiters: dict[asyncio.Future[None], None] = {}
+        opened = 0
+
+        async def watch(request: bytes, context: Any) -> None:
+            nonlocal opened
+            opened += 1
+            while True:
+                await context.write(payload)
+                waiter = loop.create_future()
+                waiters[waiter] = None
+                try:
+                    await waiter
+                finally:
+                    waiters.pop(waiter, None)
+
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Floor", {"Watch": grpc.unary_stream_rpc_method_handler(watch)}
+        )
+        server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        if tuned:  # as `aibridge config-service` does (config_service.server.tune_collector)
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        ports.put(port)
+        while (command := await loop.run_in_executor(None, control.get)) != "stop":
+            if command == "opened":
+                results.put(opened)
+            else:  # "change": wake every stream at once
+                woken = list(waiters)
+                waiters.clear()
+                for waiter in woken:
+                    waiter.set_result(None)
+                results.put(time.monotonic_ns())
+        await server.stop(0)
+
+    uvloop.run(run())
+
+
+def client_main(port: int, count: int, channels: int, queue: Any, expected: Any) -> None:
+    """`count` streams; once `expected` is set, reports when each stream has that many
+    changes (or after a minute: what is missing is counted, not waited for forever)."""
+
+    async def run() -> None:
+        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
+        arrivals: list[list[int]] = [[] for _ in range(count)]
+
+        async def follow(i: int) -> None:
+            call = chans[i % channels].unary_stream(METHOD)(b"")
+            async for _ in call:
+                arrivals[i].append(time.monotonic_ns())
+
+        tasks = [asyncio.create_task(follow(i)) for i in range(count)]
+        while sum(1 for a in arrivals if a) < count:  # noqa: ASYNC110 - counters, not an event
+            await asyncio.sleep(0.05)
+        queue.put("ready")
+        while expected.value < 0:  # noqa: ASYNC110 - a multiprocessing Value: not awaitable
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 60
+
+        def behind() -> bool:  # a stream's first arrival is its initial write, not a change
+            return any(len(a) <= expected.value for a in arrivals)
+
+        while time.monotonic() < deadline and behind():  # noqa: ASYNC110 - counters, not an event
+            await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        queue.put([a[1:] for a in arrivals])  # the first one is the initial write
+        for chan in chans:
+            await chan.close()
+
+    uvloop.run(run())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--subscribers", type=int, default=1000)
+    p.add_argument("--changes", type=int, default=20)
+    p.add_argument("--payload", type=int, default=2048, help="bytes per message")
+    p.add_argument("--untuned", action="store_true", help="Python's default collector settings")
+    args = p.parse_args()
+    n = args.subscribers
+    ctx = mp.get_context("spawn")
+    ports, control, results, queue = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue()
+    expected = ctx.Value("i", -1)
+    server = ctx.Process(
+        target=server_main, args=(args.payload, ports, control, results, not args.untuned)
+    )
+    server.start()
+    client = None
+    try:
+        port = ports.get(timeout=60)
+        time.sleep(0.5)
+        assert server.pid is not None
+        rss_idle = rss_mb(server.pid)
+        client = ctx.Process(target=client_main, args=(port, n, max(1, n // 100), queue, expected))
+        client.start()
+        queue.get(timeout=240)
+        time.sleep(1.0)
+        control.put("opened")
+        opened = results.get(timeout=30)
+        rss_open = rss_mb(server.pid)
+        pace = max(0.2, n / 20000)
+        cpu0 = cpu_seconds(server.pid)
+        sent: list[int] = []
+        for _ in range(args.changes):
+            control.put("change")
+            sent.append(results.get(timeout=30))
+            time.sleep(pace)
+        expected.value = len(sent)
+        arrivals: list[list[int]] = queue.get(timeout=120)
+        cpu = cpu_seconds(server.pid) - cpu0
+    finally:
+        expected.value = max(expected.value, 0)
+        control.put("stop")
+        for proc in (client, server):
+            if proc is not None:
+                proc.join(30)
+                if proc.is_alive():
+                    proc.kill()
+    delays = [(t - sent[i]) / 1e6 for stream in arrivals for i, t in enumerate(stream[: len(sent)])]
+    missing = n * len(sent) - len(delays)
+    result = {
+        "subscribers": n,
+        "opened": opened,
+        "changes": args.changes,
+        "payload_bytes": args.payload + 1,
+        "collector": "default" if args.untuned else "tuned",
+        "missing_deliveries": missing,
+        "from_change_ms": {"p50": percentile(delays, 50), "p99": percentile(delays, 99)},
+        "memory_per_stream_kb": round((rss_open - rss_idle) * 1024 / max(1, opened), 1),
+        "cpu_per_stream_per_change_us": round(cpu * 1e6 / max(1, opened * len(sent)), 1),
+    }
+    print(
+        table(
+            ["subscribers", "missing", "p50 ms", "p99 ms", "KB/stream", "µs/stream/change"],
+            [
+                [
+                    n,
+                    missing,
+                    result["from_change_ms"]["p50"],
+                    result["from_change_ms"]["p99"],
+                    result["memory_per_stream_kb"],
+                    result["cpu_per_stream_per_change_us"],
+                ]
+            ],
+        )
+    )
+    print(f"wrote {write_result(f'grpc-floor-{n}', result)}")
+    return 0 if missing == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
