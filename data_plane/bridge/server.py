@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Generator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import uvicorn
@@ -30,6 +30,9 @@ from data_plane.bridge.upstream import BedrockFactory
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
+
+if TYPE_CHECKING:
+    from data_plane.workers import Worker
 
 log = get_logger(__name__)
 
@@ -75,11 +78,13 @@ class Bridge:
         *,
         bedrock_factory: BedrockFactory | Literal["auto"] | None = "auto",
         handle_signals: bool = False,
+        worker: Worker | None = None,
     ) -> None:
         self.settings = settings
+        self.worker = worker
         self.upstream = make_upstream()
         self.http = make_http_client(self.upstream)
-        self.metrics = BridgeMetrics()
+        self.metrics = BridgeMetrics(worker.identity if worker else None)
         dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
         self.app = BridgeApp(
             http=self.http,
@@ -140,7 +145,9 @@ class Bridge:
     async def start(self) -> None:
         # Bound first: a port that is taken fails before anything else starts.
         s = self.settings
-        sock = bind_tcp("AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port)
+        sock = bind_tcp(
+            "AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port, reuse_port=bool(self.worker)
+        )
         self.port = sock.getsockname()[1]
         try:
             self._tasks.append(await start_following(self.subscriber))
@@ -160,6 +167,8 @@ class Bridge:
             config_service=self.settings.config_service,
             node_id=self.settings.node_id,
         )
+        if self.worker is not None:
+            self.worker.ready()
 
     async def wait(self) -> None:
         """Until the HTTP server stops (a signal when handle_signals is on)."""
@@ -176,9 +185,9 @@ class Bridge:
         await self.http.aclose()
 
 
-async def serve(settings: BridgeSettings) -> None:
-    """Run aibridged until SIGINT/SIGTERM."""
-    bridge = Bridge(settings, handle_signals=True)
+async def serve(settings: BridgeSettings, worker: Worker | None = None) -> None:
+    """Run aibridged (or one worker of it) until SIGINT/SIGTERM."""
+    bridge = Bridge(settings, handle_signals=True, worker=worker)
     await bridge.start()
     try:
         await bridge.wait()

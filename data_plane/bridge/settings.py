@@ -18,6 +18,7 @@ from aibridge.envconfig import (
     LOG_FORMAT,
     LOG_LEVEL,
     LOGGING,
+    WORKERS,
     Parse,
     Schema,
     Setting,
@@ -132,6 +133,7 @@ SETTINGS = (
             BREAKER_MAX_REQUESTS,
             SNAPSHOT_CACHE,
             NODE_ID,
+            WORKERS,
             AWS_REGION,
             AWS_DEFAULT_REGION,
         ),
@@ -179,6 +181,7 @@ class BridgeSettings:
     log_format: str
     log_level: str
     aws_region: str  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
+    workers: int = 1  # processes on the listen port (data_plane/workers.py)
 
     @classmethod
     def from_env(
@@ -213,5 +216,6 @@ class BridgeSettings:
             node_id=v[NODE_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
+            workers=v[WORKERS],
             aws_region=v[AWS_REGION] or v[AWS_DEFAULT_REGION],
         )

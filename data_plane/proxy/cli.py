@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from data_plane.daemon import load_settings, run
+from data_plane.daemon import Daemon, launch, load_settings
 from data_plane.proxy.settings import SETTINGS, ProxySettings
 
 
@@ -22,4 +22,4 @@ def main(argv: list[str] | None = None, prog: str = "aibridge proxy") -> int:
     from data_plane.errors import CAError
     from data_plane.proxy.server import serve
 
-    return run(prog, serve(settings), CAError)
+    return launch(Daemon(prog, serve, "AIBRIDGE_PROXY_LISTEN", (CAError,)), settings)

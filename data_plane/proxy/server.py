@@ -11,6 +11,7 @@ import contextlib
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
@@ -25,16 +26,26 @@ from data_plane.proxy.metrics import ProxyMetrics
 from data_plane.proxy.routes import build_table
 from data_plane.proxy.settings import ProxySettings
 
+if TYPE_CHECKING:
+    from data_plane.workers import Worker
+
 log = get_logger(__name__)
 
 
 class Proxy:
     """aibridgeproxyd in one object: `await start()`, `listen`, `await stop()`."""
 
-    def __init__(self, settings: ProxySettings, *, resolver: Resolver = system_resolve) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        resolver: Resolver = system_resolve,
+        worker: Worker | None = None,
+    ) -> None:
         self.settings = settings
         self._resolver = resolver
-        self.metrics = ProxyMetrics()
+        self.worker = worker
+        self.metrics = ProxyMetrics(worker.identity if worker else None)
         self.shared: Shared | None = None
         self.subscriber = make_subscriber(
             settings, settings.proxy_token, self.apply, self.metrics.follow
@@ -68,7 +79,9 @@ class Proxy:
     async def start(self) -> None:
         s = self.settings
         # Bound first: a port that is taken fails before anything else starts.
-        sock = bind_tcp("AIBRIDGE_PROXY_LISTEN", s.listen_host, s.listen_port)
+        sock = bind_tcp(
+            "AIBRIDGE_PROXY_LISTEN", s.listen_host, s.listen_port, reuse_port=bool(self.worker)
+        )
         try:
             await self._start(sock)
         except BaseException:
@@ -107,6 +120,8 @@ class Proxy:
             ca_cert_file=str(cert_path),
             max_connections=s.max_connections,
         )
+        if self.worker is not None:
+            self.worker.ready()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -125,9 +140,9 @@ class Proxy:
             await self.shared.origins.aclose()
 
 
-async def serve(settings: ProxySettings) -> None:
-    """Run aibridgeproxyd until SIGINT/SIGTERM."""
-    proxy = Proxy(settings)
+async def serve(settings: ProxySettings, worker: Worker | None = None) -> None:
+    """Run aibridgeproxyd (or one worker of it) until SIGINT/SIGTERM."""
+    proxy = Proxy(settings, worker=worker)
     await proxy.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

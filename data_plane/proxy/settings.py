@@ -19,6 +19,7 @@ from aibridge.envconfig import (
     LOG_LEVEL,
     LOGGING,
     PROXY_LISTEN,
+    WORKERS,
     XDG_DATA_HOME,
     IPNetwork,
     Schema,
@@ -151,6 +152,7 @@ SETTINGS = (
             replace(DUMP_DIR, coder="PROXY_DUMP_DIR"),
             SNAPSHOT_CACHE,
             NODE_ID,
+            WORKERS,
         ),
         PROXY_REFUSED,
     )
@@ -185,6 +187,7 @@ class ProxySettings:
     node_id: str
     log_format: str
     log_level: str
+    workers: int = 1  # processes on the listen port (data_plane/workers.py)
 
     @property
     def ca_paths(self) -> tuple[Path, Path]:
@@ -234,4 +237,5 @@ class ProxySettings:
             node_id=v[NODE_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
+            workers=v[WORKERS],
         )
