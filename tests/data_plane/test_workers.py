@@ -1,0 +1,342 @@
+"""`--workers N`: the bridge and the proxy as supervised worker processes on one port (real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aibridge.config.v1 import config_service_pb2 as cs
+from aibridge.config.v1 import provider_pb2 as pb
+from aibridge.config.v1 import token_admin_service_pb2 as tpb
+from aibridge.config.v1 import token_pb2
+from aibridge.envconfig import MAX_WORKERS, worker_count
+from tests.fixtures import processes
+from tests.fixtures.processes import Proc
+from tests.fixtures.services import BRIDGE_TOKEN, PROXY_TOKEN, Procs
+from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.waits import eventually
+from tests.resilience.harness import Admin
+
+POOL_KEY = "sk-workers-pool-key-000000000000000000"
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+_WORKER_INFO = re.compile(r'_worker_info\{pid="(\d+)",worker="(\d+)"\} 1\.0')
+_VERSION = re.compile(r'_snapshot_version_info\{pid="(\d+)",version="(\d+)"\} 1\.0')
+
+
+@pytest.fixture
+async def upstream() -> FakeUpstream:
+    server = await FakeUpstream().start()
+    try:
+        yield server  # type: ignore[misc]
+    finally:
+        await server.stop()
+
+
+def bridge_workers(procs: Procs, target: str, workers: int = 2, **env: str) -> Proc:
+    return procs.start(
+        "bridge",
+        ["bridge"],
+        {
+            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_CONFIG_SERVICE": target,
+            "AIBRIDGE_NODE_ID": "bridge-1",
+            "AIBRIDGE_LOG_FORMAT": "json",
+            "AIBRIDGE_WORKERS": str(workers),
+            **env,
+        },
+        "workers ready",
+    )
+
+
+def url(proc: Proc) -> str:
+    return f"http://{proc.ready['listen']}"
+
+
+async def scrape(base: str) -> str:
+    """/metrics on a fresh connection (so the kernel may pick any worker)."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(base + "/metrics")
+        assert response.status_code == 200
+        return response.text
+
+
+def serving_pid(page: str) -> int:
+    found = _WORKER_INFO.findall(page)
+    assert len(found) == 1, page
+    return int(found[0][0])
+
+
+def versions(page: str) -> dict[int, int]:
+    return {int(pid): int(version) for pid, version in _VERSION.findall(page)}
+
+
+async def pids_serving(base: str, wanted: set[int], within: float = 15) -> None:
+    """Until every pid in `wanted` has rendered a /metrics page (fresh connections)."""
+    seen: set[int] = set()
+
+    async def all_seen() -> bool:
+        seen.add(serving_pid(await scrape(base)))
+        return wanted <= seen
+
+    await eventually(all_seen, within)
+
+
+def worker_pids(proc: Proc) -> set[int]:
+    """The parent's live children (from /proc, no psutil)."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    try:
+        return {int(pid) for pid in children.read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def metrics_dir_of(pid: int) -> Path:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    for entry in environ:
+        if entry.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+            return Path(entry.split(b"=", 1)[1].decode())
+    raise AssertionError("worker has no PROMETHEUS_MULTIPROC_DIR")
+
+
+async def acked_by(admin: Admin, nodes: set[str], version: int) -> bool:
+    listed = await admin.config.ListSubscribers(
+        cs.ListSubscribersRequest(), metadata=admin.md, timeout=10
+    )
+    done = {s.node_id for s in listed.subscribers if s.version_acked == str(version)}
+    return nodes <= done
+
+
+async def chat(base: str, token: str) -> int:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        response = await http.post(
+            "/openai/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {token}"},
+        )
+        return response.status_code
+
+
+def test_worker_count_accepts_a_number_or_auto() -> None:
+    """AIBRIDGE_WORKERS is a count from 1 up, or `auto` for the cores this process may use."""
+    assert worker_count("3") == 3
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    for bad in ("0", "-1", "two", "", str(MAX_WORKERS + 1), "1\x00"):
+        with pytest.raises(ValueError, match=r"whole number|between"):
+            worker_count(bad)
+
+
+async def test_every_bridge_worker_serves_and_follows_the_same_version(
+    procs: Procs, upstream: FakeUpstream, database_url: str
+) -> None:
+    """With 2 workers both serve on the one port, each follows as <node>-w<i>, and an admin write reaches both (their /metrics merged)."""
+    service = await asyncio.to_thread(procs.config_service, database_url)
+    admin = Admin(service.ready["target"])
+    try:
+        await admin.create_provider(
+            "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
+        )
+        member = await admin.create_token("alice")
+        bridge = await asyncio.to_thread(bridge_workers, procs, service.ready["target"])
+        pids = set(bridge.ready["pids"])
+        assert len(pids) == 2 and pids == worker_pids(bridge)
+        await pids_serving(url(bridge), pids)
+        for _ in range(10):
+            assert await chat(url(bridge), member) == 200
+
+        await admin.create_token("bob")
+        version = await admin.version()
+        await eventually(lambda: acked_by(admin, {"bridge-1-w0", "bridge-1-w1"}, version), 15)
+
+        async def both_on_version() -> bool:
+            return versions(await scrape(url(bridge))) == dict.fromkeys(pids, version)
+
+        await eventually(both_on_version, 15)
+        # Counters are summed over the workers: 10 answered chats, whoever served them.
+        page = await scrape(url(bridge))
+        answered = re.findall(r'aibridged_requests_total\{[^}]*status="200"\} (\S+)', page)
+        assert sum(float(n) for n in answered) == 10, page
+    finally:
+        await admin.close()
+
+
+async def test_a_revoked_token_is_refused_by_every_bridge_worker(
+    procs: Procs, upstream: FakeUpstream, database_url: str
+) -> None:
+    """Once both workers ACK the version that revoked a token, no fresh connection (whichever worker takes it) accepts it."""
+    service = await asyncio.to_thread(procs.config_service, database_url)
+    admin = Admin(service.ready["target"])
+    try:
+        await admin.create_provider(
+            "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
+        )
+        created = await admin.tokens.CreateToken(
+            tpb.CreateTokenRequest(principal_name="mallory", role=token_pb2.ROLE_MEMBER),
+            metadata=admin.md,
+            timeout=10,
+        )
+        bridge = await asyncio.to_thread(bridge_workers, procs, service.ready["target"])
+        await pids_serving(url(bridge), set(bridge.ready["pids"]))
+        assert await chat(url(bridge), created.secret) == 200
+
+        await admin.tokens.RevokeToken(
+            tpb.RevokeTokenRequest(id=created.token.id), metadata=admin.md, timeout=10
+        )
+        version = await admin.version()
+        await eventually(lambda: acked_by(admin, {"bridge-1-w0", "bridge-1-w1"}, version), 15)
+        served_by: set[int] = set()
+        for _ in range(40):
+            assert await chat(url(bridge), created.secret) == 401
+            served_by.add(serving_pid(await scrape(url(bridge))))
+        assert served_by == set(bridge.ready["pids"])
+    finally:
+        await admin.close()
+
+
+async def test_a_killed_bridge_worker_is_replaced_and_sigterm_ends_all(
+    procs: Procs, upstream: FakeUpstream, database_url: str
+) -> None:
+    """A SIGKILLed worker is replaced (logged) while the port keeps serving; SIGTERM on the parent ends every worker and removes the metrics directory."""
+    service = await asyncio.to_thread(procs.config_service, database_url)
+    admin = Admin(service.ready["target"])
+    try:
+        await admin.create_provider(
+            "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
+        )
+        member = await admin.create_token("alice")
+    finally:
+        await admin.close()
+    bridge = await asyncio.to_thread(bridge_workers, procs, service.ready["target"])
+    first, second = bridge.ready["pids"]
+    metrics_dir = metrics_dir_of(first)
+    assert metrics_dir.is_dir() and (metrics_dir.stat().st_mode & 0o077) == 0
+
+    os.kill(first, signal.SIGKILL)
+    await eventually(lambda: bridge.events("worker exited; starting another"), 10)
+    exited = bridge.events("worker exited; starting another")[0]
+    assert exited["pid"] == first and exited["status"] == "killed by SIGKILL"
+
+    async def serving() -> bool:
+        return await chat(url(bridge), member) == 200
+
+    await eventually(serving, 10)  # the other worker has the port meanwhile
+    await eventually(lambda: len(worker_pids(bridge)) == 2 and first not in worker_pids(bridge), 15)
+    replacement = (worker_pids(bridge) - {second}).pop()
+    await eventually(
+        lambda: any(r["pid"] == replacement for r in bridge.events("worker ready")), 15
+    )
+    await pids_serving(url(bridge), {second, replacement})
+
+    workers = worker_pids(bridge)
+    bridge.popen.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(bridge.popen.wait, 20) == 0
+    assert not [pid for pid in workers if alive(pid)]
+    assert not metrics_dir.exists()
+
+
+async def test_workers_fail_fast_on_a_taken_port(tmp_path: Path) -> None:
+    """With --workers 2 a listen port held by another program is a one-line error and exit 2, no worker started."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = await asyncio.to_thread(
+            processes.popen,
+            ["bridge", "--workers", "2", "--bridge-listen", f"127.0.0.1:{port}"],
+            {"AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN, "AIBRIDGE_CONFIG_SERVICE": "127.0.0.1:9"},
+        )
+        _, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [
+        f"aibridge bridge: cannot listen on 127.0.0.1:{port} (AIBRIDGE_BRIDGE_LISTEN): "
+        "address already in use; stop what uses it or set AIBRIDGE_BRIDGE_LISTEN to another "
+        "host:port"
+    ]
+
+
+async def test_a_worker_start_up_error_ends_the_daemon_once(tmp_path: Path) -> None:
+    """A start-up error every worker would repeat (an unreadable proxy CA) ends the daemon with exit 2 and the error, not a restart loop."""
+    cert, key = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    cert.write_text("not a certificate")
+    key.write_text("not a key")
+    proc = await asyncio.to_thread(
+        processes.popen,
+        ["proxy", "--workers", "2"],
+        {
+            "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
+            "AIBRIDGE_PROXY_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_CONFIG_SERVICE": "127.0.0.1:9",
+            "AIBRIDGE_PROXY_CA_CERT_FILE": str(cert),
+            "AIBRIDGE_PROXY_CA_KEY_FILE": str(key),
+            "AIBRIDGE_DATA_DIR": str(tmp_path / "data"),
+            "AIBRIDGE_LOG_FORMAT": "json",
+        },
+    )
+    try:
+        _, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 2, err
+    assert "aibridge proxy:" in err and "Traceback" not in err
+    assert "starting another" not in err
+
+
+async def test_every_proxy_worker_serves_follows_and_is_replaced(
+    procs: Procs, database_url: str
+) -> None:
+    """With 2 proxy workers both serve /metrics on the one port, both apply the current version, and a SIGKILLed one is replaced."""
+    service = await asyncio.to_thread(procs.config_service, database_url)
+    admin = Admin(service.ready["target"])
+    try:
+        await admin.create_token("alice")
+        version = await admin.version()
+        proxy = await asyncio.to_thread(
+            procs.start,
+            "proxy",
+            ["proxy"],
+            {
+                "AIBRIDGE_PROXY_TOKEN": PROXY_TOKEN,
+                "AIBRIDGE_PROXY_LISTEN": "127.0.0.1:0",
+                "AIBRIDGE_CONFIG_SERVICE": service.ready["target"],
+                "AIBRIDGE_PROXY_BRIDGE_URL": "http://127.0.0.1:9",
+                "AIBRIDGE_DATA_DIR": str(procs.tmp / "proxy-data"),
+                "AIBRIDGE_NODE_ID": "proxy-1",
+                "AIBRIDGE_LOG_FORMAT": "json",
+                "AIBRIDGE_WORKERS": "2",
+            },
+            "workers ready",
+        )
+        pids = set(proxy.ready["pids"])
+        await pids_serving(url(proxy), pids)
+        await eventually(lambda: acked_by(admin, {"proxy-1-w0", "proxy-1-w1"}, version), 15)
+
+        async def both_on_version() -> bool:
+            return versions(await scrape(url(proxy))) == dict.fromkeys(pids, version)
+
+        await eventually(both_on_version, 15)
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        await eventually(
+            lambda: len(worker_pids(proxy)) == 2 and victim not in worker_pids(proxy), 15
+        )
+        replacement = (worker_pids(proxy) - pids).pop()
+        await pids_serving(url(proxy), (pids - {victim}) | {replacement})
+    finally:
+        await admin.close()
