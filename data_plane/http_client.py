@@ -8,7 +8,7 @@ parameter:
 - `trust_env`: whether HTTP(S)_PROXY / NO_PROXY apply. The bridge honours them; the
   proxy must not, since on a developer machine they may well point back at the proxy.
 - `transport`: the bridge's own `UpstreamTransport` (which applies the proxies itself,
-  see data_plane/bridge/transport/proxy.py), or httpx's pool when None.
+  see data_plane/transport/proxy.py), or httpx's pool when None.
 - `read_timeout`: 600 s by default.
 
 Neither stores cookies: the client is shared by every caller, so a jar would replay one

@@ -21,10 +21,10 @@ from data_plane.bridge.asgi import Send, respond
 from data_plane.bridge.breaker import Rejected
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
-from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, origin_of
 from data_plane.bridge.upstream import UpstreamResponse
 from data_plane.bridge.usage import UsageReader
 from data_plane.dump import BodyCapture, Dumper, Exchange
+from data_plane.transport import Origin, Timeouts, UpstreamTransport, origin_of
 
 log = get_logger(__name__)
 

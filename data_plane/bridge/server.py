@@ -25,11 +25,11 @@ from data_plane.bridge.connections import ConnectionGuard
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.routing import BuildContext, build_table
 from data_plane.bridge.settings import BridgeSettings
-from data_plane.bridge.transport import UpstreamTransport
 from data_plane.bridge.upstream import BedrockFactory
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
+from data_plane.transport import UpstreamTransport
 
 if TYPE_CHECKING:
     from data_plane.workers import Worker
