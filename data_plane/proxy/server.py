@@ -19,7 +19,7 @@ from aibridge.ports import bind_tcp
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.proxy.ca import CertificateAuthority, LeafCache
-from data_plane.proxy.context import Shared, make_proxy_client
+from data_plane.proxy.context import BridgeHop, Shared, make_proxy_transport
 from data_plane.proxy.egress import Egress, Resolver, system_resolve
 from data_plane.proxy.front import FrontDoor
 from data_plane.proxy.metrics import ProxyMetrics
@@ -97,8 +97,8 @@ class Proxy:
             metrics=self.metrics,
             leaves=LeafCache(ca),
             ca_pem=ca.pem,
-            bridge=make_proxy_client(),
-            origins=make_proxy_client(read_timeout=300.0),
+            bridge=BridgeHop.to(s.bridge_url),
+            origins=make_proxy_transport(read_timeout=300.0),
             egress=Egress(s.allowed_private_cidrs, self._resolver),
             dumper=Dumper(s.dump_dir) if s.dump_dir else None,
         )
@@ -136,7 +136,7 @@ class Proxy:
                 await self._task
             self._task = None
         if self.shared is not None:
-            await self.shared.bridge.aclose()
+            await self.shared.bridge.transport.aclose()
             await self.shared.origins.aclose()
 
 
