@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import os
 import re
 import signal
 import socket
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 
@@ -32,10 +36,10 @@ _VERSION = re.compile(r'_snapshot_version_info\{pid="(\d+)",version="(\d+)"\} 1\
 
 
 @pytest.fixture
-async def upstream() -> FakeUpstream:
+async def upstream() -> AsyncIterator[FakeUpstream]:
     server = await FakeUpstream().start()
     try:
-        yield server  # type: ignore[misc]
+        yield server
     finally:
         await server.stop()
 
@@ -133,6 +137,53 @@ async def chat(base: str, token: str) -> int:
         return response.status_code
 
 
+async def chat_and_worker(base: str, token: str) -> tuple[int, int]:
+    """A chat's status and the pid of the worker that answered it (/metrics on the same
+    keep-alive connection, so on the same worker)."""
+    limits = httpx.Limits(max_connections=1)
+    async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as http:
+        response = await http.post(
+            "/openai/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {token}"},
+        )
+        page = await http.get("/metrics")
+        return response.status_code, serving_pid(page.text)
+
+
+async def proxy_and_worker(port: int, token: str) -> tuple[int, int]:
+    """The status of an absolute-form request through the proxy with `token`, and the pid of
+    the worker that answered it (/metrics next on the same connection)."""
+    basic = b"Basic " + base64.b64encode(f"user:{token}".encode())
+    asks = (
+        (b"http://127.0.0.1:9/", [(b"host", b"127.0.0.1:9"), (b"proxy-authorization", basic)]),
+        (b"/metrics", [(b"host", b"proxy")]),
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    answers: list[tuple[int, bytes]] = []
+    try:
+        for target, headers in asks:
+            writer.write(conn.send(h11.Request(method="GET", target=target, headers=headers)))
+            writer.write(conn.send(h11.EndOfMessage()))
+            status, body = 0, b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            answers.append((status, body))
+            conn.start_next_cycle()
+    finally:
+        writer.close()
+    return answers[0][0], serving_pid(answers[1][1].decode())
+
+
 def test_worker_count_accepts_a_number_or_auto() -> None:
     """AIBRIDGE_WORKERS is a count from 1 up, or `auto` for the cores this process may use."""
     assert worker_count("3") == 3
@@ -200,11 +251,12 @@ async def test_a_revoked_token_is_refused_by_every_bridge_worker(
         )
         version = await admin.version()
         await eventually(lambda: acked_by(admin, {"bridge-1-w0", "bridge-1-w1"}, version), 15)
-        served_by: set[int] = set()
+        refused_by: set[int] = set()
         for _ in range(40):
-            assert await chat(url(bridge), created.secret) == 401
-            served_by.add(serving_pid(await scrape(url(bridge))))
-        assert served_by == set(bridge.ready["pids"])
+            status, pid = await chat_and_worker(url(bridge), created.secret)
+            assert status == 401
+            refused_by.add(pid)
+        assert refused_by == set(bridge.ready["pids"])
     finally:
         await admin.close()
 
@@ -298,10 +350,33 @@ async def test_a_worker_start_up_error_ends_the_daemon_once(tmp_path: Path) -> N
     assert "starting another" not in err
 
 
+async def refused_everywhere(admin: Admin, proxy: Proc, nodes: set[str]) -> None:
+    """A member token is accepted by every proxy worker; once every worker ACKs its
+    revocation, refused (407) by every one."""
+    created = await admin.tokens.CreateToken(
+        tpb.CreateTokenRequest(principal_name="mallory", role=token_pb2.ROLE_MEMBER),
+        metadata=admin.md,
+        timeout=10,
+    )
+    for expected in (403, 407):  # 403: port 9 is not allowed, so the token was accepted
+        if expected == 407:
+            await admin.tokens.RevokeToken(
+                tpb.RevokeTokenRequest(id=created.token.id), metadata=admin.md, timeout=10
+            )
+        version = await admin.version()
+        await eventually(functools.partial(acked_by, admin, nodes, version), 15)
+        answered_by: set[int] = set()
+        for _ in range(40):
+            status, pid = await proxy_and_worker(proxy.port, created.secret)
+            assert status == expected
+            answered_by.add(pid)
+        assert answered_by == set(proxy.ready["pids"])
+
+
 async def test_every_proxy_worker_serves_follows_and_is_replaced(
     procs: Procs, database_url: str
 ) -> None:
-    """With 2 proxy workers both serve /metrics on the one port, both apply the current version, and a SIGKILLed one is replaced."""
+    """With 2 proxy workers both serve on the one port, both apply the current version, both refuse a revoked token, and a SIGKILLed one is replaced."""
     service = await asyncio.to_thread(procs.config_service, database_url)
     admin = Admin(service.ready["target"])
     try:
@@ -331,6 +406,7 @@ async def test_every_proxy_worker_serves_follows_and_is_replaced(
             return versions(await scrape(url(proxy))) == dict.fromkeys(pids, version)
 
         await eventually(both_on_version, 15)
+        await refused_everywhere(admin, proxy, {"proxy-1-w0", "proxy-1-w1"})
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)
         await eventually(
