@@ -7,6 +7,7 @@ import base64
 import functools
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -416,3 +417,15 @@ async def test_every_proxy_worker_serves_follows_and_is_replaced(
         await pids_serving(url(proxy), (pids - {victim}) | {replacement})
     finally:
         await admin.close()
+
+
+async def test_workers_end_when_their_parent_is_killed(procs: Procs) -> None:
+    """SIGKILL on the supervising parent (no chance to pass anything on) still ends every worker."""
+    bridge = await asyncio.to_thread(bridge_workers, procs, "127.0.0.1:9")
+    workers = set(bridge.ready["pids"])
+    metrics_dir = metrics_dir_of(min(workers))
+    try:
+        bridge.kill()
+        await eventually(lambda: not any(alive(pid) for pid in workers), 10)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # the parent had no chance to
