@@ -184,25 +184,29 @@ class _Supervisor:
         """Run the worker of one slot, again and again, until the daemon stops."""
         delay = RESTART_MIN
         while not self.stopping.is_set():
-            process = await self._spawn(slot)
-            code = await process.wait()
-            self._forget(process.pid)
-            if self.stopping.is_set():
-                return
-            if code == 2 and not slot.ready and not self.announced:
-                # Its start-up failed (it printed why): every worker would fail the same way.
-                self.status = 2
-                self.stopping.set()
-                return
-            if time.monotonic() - slot.started >= STABLE_AFTER:
-                delay = RESTART_MIN
-            log.warning(
-                "worker exited; starting another",
-                worker=slot.index,
-                pid=process.pid,
-                status=describe_exit(code),
-                restart_in=delay,
-            )
+            try:
+                process = await self._spawn(slot)
+            except OSError as exc:  # out of processes or file descriptors: try again later
+                log.error("cannot start a worker", worker=slot.index, error=str(exc))
+            else:
+                code = await process.wait()
+                self._forget(process.pid)
+                if self.stopping.is_set():
+                    return
+                if code == 2 and not slot.ready and not self.announced:
+                    # Its start-up failed (it printed why): every worker would fail alike.
+                    self.status = 2
+                    self.stopping.set()
+                    return
+                if time.monotonic() - slot.started >= STABLE_AFTER:
+                    delay = RESTART_MIN
+                log.warning(
+                    "worker exited; starting another",
+                    worker=slot.index,
+                    pid=process.pid,
+                    status=describe_exit(code),
+                    restart_in=delay,
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
             delay = min(delay * 2, RESTART_MAX)
@@ -225,6 +229,9 @@ class _Supervisor:
                 pass_fds=(write_end,),
                 env=self.env,
             )
+        except BaseException:
+            os.close(read_end)
+            raise
         finally:
             os.close(write_end)
         slot.process, slot.started, slot.ready = process, time.monotonic(), False

@@ -279,6 +279,9 @@ async def test_a_killed_bridge_worker_is_replaced_and_sigterm_ends_all(
     first, second = bridge.ready["pids"]
     metrics_dir = metrics_dir_of(first)
     assert metrics_dir.is_dir() and (metrics_dir.stat().st_mode & 0o077) == 0
+    # Settings reach a worker over a pipe: its token is on no command line.
+    for pid in (bridge.pid, first, second):
+        assert BRIDGE_TOKEN.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
 
     os.kill(first, signal.SIGKILL)
     await eventually(lambda: bridge.events("worker exited; starting another"), 10)
@@ -301,6 +304,7 @@ async def test_a_killed_bridge_worker_is_replaced_and_sigterm_ends_all(
     assert await asyncio.to_thread(bridge.popen.wait, 20) == 0
     assert not [pid for pid in workers if alive(pid)]
     assert not metrics_dir.exists()
+    assert BRIDGE_TOKEN not in "".join(bridge.lines)  # parent's and workers' logs alike
 
 
 async def test_workers_fail_fast_on_a_taken_port(tmp_path: Path) -> None:
