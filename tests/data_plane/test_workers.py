@@ -112,6 +112,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 def metrics_dir_of(pid: int) -> Path:
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     for entry in environ:
@@ -281,7 +285,7 @@ async def test_a_killed_bridge_worker_is_replaced_and_sigterm_ends_all(
     assert metrics_dir.is_dir() and (metrics_dir.stat().st_mode & 0o077) == 0
     # Settings reach a worker over a pipe: its token is on no command line.
     for pid in (bridge.pid, first, second):
-        assert BRIDGE_TOKEN.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert BRIDGE_TOKEN.encode() not in cmdline(pid)
 
     os.kill(first, signal.SIGKILL)
     await eventually(lambda: bridge.events("worker exited; starting another"), 10)
