@@ -17,8 +17,14 @@ from data_plane.proxy.routes import EMPTY, ProxyTable
 from data_plane.proxy.settings import ProxySettings
 from data_plane.transport import DEFAULT_TIMEOUTS, Origin, UpstreamTransport, origin_of
 
+# The bridge (uvicorn) closes a connection idle for 5 s: the proxy stops reusing one
+# before that, so a request never races the bridge's close on a stale connection.
+BRIDGE_KEEPALIVE_EXPIRY = 4.0
 
-def make_proxy_transport(*, read_timeout: float = 600.0) -> UpstreamTransport:
+
+def make_proxy_transport(
+    *, read_timeout: float = 600.0, keepalive_expiry: float = KEEPALIVE_EXPIRY
+) -> UpstreamTransport:
     """A keep-alive pool that sends exactly the headers it is given (and keeps no cookies).
 
     trust_env is off: the proxy must never route its own traffic through HTTP(S)_PROXY,
@@ -27,7 +33,7 @@ def make_proxy_transport(*, read_timeout: float = 600.0) -> UpstreamTransport:
     return UpstreamTransport(
         max_connections=MAX_CONNECTIONS,
         max_keepalive=MAX_KEEPALIVE,
-        keepalive_expiry=KEEPALIVE_EXPIRY,
+        keepalive_expiry=keepalive_expiry,
         timeouts=DEFAULT_TIMEOUTS._replace(read=read_timeout),
         trust_env=False,
     )
@@ -44,7 +50,8 @@ class BridgeHop:
     @classmethod
     def to(cls, bridge_url: str) -> BridgeHop:
         origin, base = origin_of(bridge_url)
-        return cls(make_proxy_transport(), origin, base.rstrip(b"/"))
+        transport = make_proxy_transport(keepalive_expiry=BRIDGE_KEEPALIVE_EXPIRY)
+        return cls(transport, origin, base.rstrip(b"/"))
 
     def target(self, bridge_path: str) -> bytes:
         """The request target on the bridge of a `/<provider>/...` path."""
