@@ -348,7 +348,7 @@ PROXY_LISTEN = Setting(
 WORKERS = Setting(
     "AIBRIDGE_WORKERS",
     "worker processes serving the one listen port (SO_REUSEPORT), each following the config "
-    "service as node <node id>-w<i>; auto: one per core",
+    "service as its own node (the node id + -w0, -w1, ...); auto: one per core",
     worker_count,
     "1",
 )
