@@ -44,12 +44,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aibridge.logs import configure, get_logger
 from aibridge.ports import ListenError, address, bind_tcp
 from data_plane.daemon import Daemon, run
 from data_plane.worker_metrics import WorkerIdentity
+
+if TYPE_CHECKING:
+    from data_plane.subscriber import Subscriber
 
 log = get_logger(__name__)
 
@@ -57,6 +60,7 @@ RESTART_MIN = 0.25
 RESTART_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that lived this long resets the backoff
 DRAIN_TIMEOUT = 15.0  # uvicorn drains for 10 s; then a worker is killed
+FIRST_SNAPSHOT_WAIT = 5.0  # a worker listens once it has a snapshot, or after this
 _ENTRY = "from data_plane.workers import worker_main; raise SystemExit(worker_main())"
 _PR_SET_PDEATHSIG = 1
 
@@ -88,6 +92,19 @@ class Worker:
     identity: WorkerIdentity
     parent_pid: int
     ready_fd: int
+
+    async def first_snapshot(self, subscriber: Subscriber) -> None:
+        """Until the subscriber has applied a snapshot, FIRST_SNAPSHOT_WAIT at most.
+
+        Called between binding and listening: a worker listening earlier would answer 503
+        (no snapshot yet) on connections the kernel hands it while its siblings could
+        serve them. Past the wait it listens anyway, as a single daemon does (/readyz 503
+        until a snapshot arrives).
+        """
+        try:
+            await asyncio.wait_for(subscriber.applied.wait(), FIRST_SNAPSHOT_WAIT)
+        except TimeoutError:
+            log.warning("no snapshot yet; listening anyway", waited=FIRST_SNAPSHOT_WAIT)
 
     def ready(self) -> None:
         """Tell the parent this worker serves (called once, after it listens)."""

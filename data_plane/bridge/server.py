@@ -151,6 +151,8 @@ class Bridge:
         self.port = sock.getsockname()[1]
         try:
             self._tasks.append(await start_following(self.subscriber))
+            if self.worker is not None:
+                await self.worker.first_snapshot(self.subscriber)
         except BaseException:
             sock.close()
             raise

@@ -103,6 +103,8 @@ class Proxy:
             dumper=Dumper(s.dump_dir) if s.dump_dir else None,
         )
         self._task = await start_following(self.subscriber)
+        if self.worker is not None:
+            await self.worker.first_snapshot(self.subscriber)
         front = self._front = FrontDoor(self.shared)
         # A deep accept queue: a connection flood must not drop a healthy client's SYN
         # (the kernel caps it at net.core.somaxconn).
