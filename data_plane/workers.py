@@ -3,8 +3,9 @@
 The parent binds the listen address first, with SO_REUSEPORT, and never listens on it: it
 holds the port (a taken port fails before anything starts, and a restarted worker can
 always bind it again). It then starts N workers, each a fresh interpreter given its
-settings over a pipe, which bind the same port with SO_REUSEPORT and listen; the kernel
-spreads new connections over the listening workers.
+settings over a pipe, which bind the same port with SO_REUSEPORT and listen once they
+hold a snapshot (`Worker.first_snapshot`); the kernel spreads new connections over the
+listening workers.
 
 Each worker is a whole daemon: its own subscriber, following the config service as node
 `<node id>-w<i>` and reporting its own version (`aibridge subscribers` lists every
