@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import functools
@@ -440,3 +441,24 @@ async def test_workers_end_when_their_parent_is_killed(procs: Procs) -> None:
         await eventually(lambda: not any(alive(pid) for pid in workers), 10)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # the parent had no chance to
+
+
+def test_every_data_plane_gauge_says_how_workers_merge() -> None:
+    """Every Gauge of the data plane names its multiprocess_mode (prometheus-client's default
+    keeps a dead worker's series for ever): live counts `livesum`, per-worker state `liveall`."""
+    root = Path(__file__).resolve().parents[2] / "data_plane"
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Gauge"
+            ):
+                modes = [k.value for k in node.keywords if k.arg == "multiprocess_mode"]
+                if not modes or not isinstance(modes[0], ast.Constant):
+                    missing.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+                elif modes[0].value not in ("livesum", "liveall", "livemax", "livemin"):
+                    missing.append(
+                        f"{path.relative_to(root.parent)}:{node.lineno} {modes[0].value}"
+                    )
+    assert missing == []
