@@ -227,6 +227,9 @@ async def test_every_bridge_worker_serves_and_follows_the_same_version(
         await eventually(both_on_version, 15)
         # Counters are summed over the workers: 10 answered chats, whoever served them.
         page = await scrape(url(bridge))
+        # One version series per worker: the versions they left are gone, not shown as 0.
+        shown = [line for line in page.splitlines() if "_snapshot_version_info{" in line]
+        assert len(shown) == 2, shown
         answered = re.findall(r'aibridged_requests_total\{[^}]*status="200"\} (\S+)', page)
         assert sum(float(n) for n in answered) == 10, page
     finally:
