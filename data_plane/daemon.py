@@ -88,6 +88,9 @@ class Daemon:
     serve: Callable[[Any, Worker | None], Coroutine[Any, Any, None]]
     listen_setting: str
     fatal: tuple[type[Exception], ...] = ()
+    # With several workers, run once in the parent before any worker starts: what the
+    # workers would otherwise race to create (the proxy's CA).
+    prepare: Callable[[Any], None] | None = None
 
 
 def launch(daemon: Daemon, settings: Any) -> int:

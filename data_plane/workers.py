@@ -2,7 +2,8 @@
 
 The parent binds the listen address first, with SO_REUSEPORT, and never listens on it: it
 holds the port (a taken port fails before anything starts, and a restarted worker can
-always bind it again). It then starts N workers, each a fresh interpreter given its
+always bind it again). It runs the daemon's `prepare` (the proxy creates its CA there, so
+workers never race to generate two), then starts N workers, each a fresh interpreter given its
 settings over a pipe, which bind the same port with SO_REUSEPORT and listen once they
 hold a snapshot (`Worker.first_snapshot`); the kernel spreads new connections over the
 listening workers.
@@ -145,6 +146,13 @@ def supervise(daemon: Daemon, settings: S) -> int:
             daemon.listen_setting, settings.listen_host, settings.listen_port, reuse_port=True
         )
     except ListenError as exc:
+        print(f"{daemon.prog}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if daemon.prepare is not None:
+            daemon.prepare(settings)
+    except daemon.fatal as exc:
+        holder.close()
         print(f"{daemon.prog}: {exc}", file=sys.stderr)
         return 2
     metrics_dir = Path(tempfile.mkdtemp(prefix="aibridge-workers-"))  # mode 0700

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None, prog: str = "aibridge proxy") -> int:
     if settings is None:
         return 2
     from data_plane.errors import CAError
-    from data_plane.proxy.server import serve
+    from data_plane.proxy.server import ensure_ca, serve
 
-    return launch(Daemon(prog, serve, "AIBRIDGE_PROXY_LISTEN", (CAError,)), settings)
+    daemon = Daemon(prog, serve, "AIBRIDGE_PROXY_LISTEN", (CAError,), prepare=ensure_ca)
+    return launch(daemon, settings)

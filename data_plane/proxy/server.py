@@ -142,6 +142,12 @@ class Proxy:
             await self.shared.origins.aclose()
 
 
+def ensure_ca(settings: ProxySettings) -> None:
+    """The CA pair exists: generated here, once, when missing (the supervising parent
+    runs this before its workers start, so they never race to create two CAs)."""
+    CertificateAuthority.load_or_create(*settings.ca_paths)
+
+
 async def serve(settings: ProxySettings, worker: Worker | None = None) -> None:
     """Run aibridgeproxyd (or one worker of it) until SIGINT/SIGTERM."""
     proxy = Proxy(settings, worker=worker)

@@ -24,7 +24,11 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
 from aibridge.envconfig import MAX_WORKERS, worker_count
+from data_plane.bridge.settings import BridgeSettings
+from data_plane.daemon import Daemon
+from data_plane.workers import supervise
 from tests.fixtures import processes
+from tests.fixtures.daemons import Refused, refusing_serve
 from tests.fixtures.processes import Proc
 from tests.fixtures.services import BRIDGE_TOKEN, PROXY_TOKEN, Procs
 from tests.fixtures.upstream import FakeUpstream
@@ -157,14 +161,10 @@ async def chat_and_worker(base: str, token: str) -> tuple[int, int]:
         return response.status_code, serving_pid(page.text)
 
 
-async def proxy_and_worker(port: int, token: str) -> tuple[int, int]:
-    """The status of an absolute-form request through the proxy with `token`, and the pid of
-    the worker that answered it (/metrics next on the same connection)."""
-    basic = b"Basic " + base64.b64encode(f"user:{token}".encode())
-    asks = (
-        (b"http://127.0.0.1:9/", [(b"host", b"127.0.0.1:9"), (b"proxy-authorization", basic)]),
-        (b"/metrics", [(b"host", b"proxy")]),
-    )
+async def on_one_connection(
+    port: int, asks: list[tuple[bytes, list[tuple[bytes, bytes]]]]
+) -> list[tuple[int, bytes]]:
+    """GET each (target, headers) in turn on one keep-alive connection: (status, body) each."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     conn = h11.Connection(h11.CLIENT)
     answers: list[tuple[int, bytes]] = []
@@ -187,7 +187,30 @@ async def proxy_and_worker(port: int, token: str) -> tuple[int, int]:
             conn.start_next_cycle()
     finally:
         writer.close()
-    return answers[0][0], serving_pid(answers[1][1].decode())
+    return answers
+
+
+_METRICS = (b"/metrics", [(b"host", b"proxy")])
+
+
+async def proxy_and_worker(port: int, token: str) -> tuple[int, int]:
+    """The status of an absolute-form request through the proxy with `token`, and the pid of
+    the worker that answered it (/metrics next on the same connection)."""
+    basic = b"Basic " + base64.b64encode(f"user:{token}".encode())
+    headers = [(b"host", b"127.0.0.1:9"), (b"proxy-authorization", basic)]
+    (status, _), (_, page) = await on_one_connection(
+        port, [(b"http://127.0.0.1:9/", headers), _METRICS]
+    )
+    return status, serving_pid(page.decode())
+
+
+async def ca_and_worker(port: int) -> tuple[bytes, int]:
+    """The CA certificate a proxy worker hands out, and that worker's pid."""
+    (status, pem), (_, page) = await on_one_connection(
+        port, [(b"/ca-cert.pem", [(b"host", b"proxy")]), _METRICS]
+    )
+    assert status == 200
+    return pem, serving_pid(page.decode())
 
 
 def test_worker_count_accepts_a_number_or_auto() -> None:
@@ -338,8 +361,25 @@ async def test_workers_fail_fast_on_a_taken_port(tmp_path: Path) -> None:
     ]
 
 
-async def test_a_worker_start_up_error_ends_the_daemon_once(tmp_path: Path) -> None:
-    """A start-up error every worker would repeat (an unreadable proxy CA) ends the daemon with exit 2 and the error, not a restart loop."""
+def test_a_worker_start_up_error_ends_the_daemon_once(capfd: pytest.CaptureFixture[str]) -> None:
+    """Workers that fail their start-up (exit 2 after one line) before any was ready end the daemon with exit 2, with no restart loop."""
+    settings = BridgeSettings.from_env(
+        {
+            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
+            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
+            "AIBRIDGE_WORKERS": "2",
+            "AIBRIDGE_LOG_FORMAT": "json",
+        }
+    )
+    daemon = Daemon("test-daemon", refusing_serve, "AIBRIDGE_BRIDGE_LISTEN", (Refused,))
+    assert supervise(daemon, settings) == 2
+    err = capfd.readouterr().err
+    assert "test-daemon: worker 0 cannot start" in err or "worker 1 cannot start" in err
+    assert "Traceback" not in err and "starting another" not in err
+
+
+async def test_a_proxy_ca_error_ends_the_daemon_before_any_worker(tmp_path: Path) -> None:
+    """An unreadable proxy CA is one line and exit 2 from the parent, which checks (or creates) the CA before any worker starts."""
     cert, key = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
     cert.write_text("not a certificate")
     key.write_text("not a key")
@@ -392,7 +432,7 @@ async def refused_everywhere(admin: Admin, proxy: Proc, nodes: set[str]) -> None
 async def test_every_proxy_worker_serves_follows_and_is_replaced(
     procs: Procs, database_url: str
 ) -> None:
-    """With 2 proxy workers both serve on the one port, both apply the current version, both refuse a revoked token, and a SIGKILLed one is replaced."""
+    """With 2 proxy workers both serve on the one port with the one CA, both apply the current version, both refuse a revoked token, and a SIGKILLed one is replaced."""
     service = await asyncio.to_thread(procs.config_service, database_url)
     admin = Admin(service.ready["target"])
     try:
@@ -415,7 +455,10 @@ async def test_every_proxy_worker_serves_follows_and_is_replaced(
             "workers ready",
         )
         pids = set(proxy.ready["pids"])
-        await pids_serving(url(proxy), pids)
+        # One CA for all: created once by the parent (the data dir was empty), not per worker.
+        handed_out = [await ca_and_worker(proxy.port) for _ in range(30)]
+        assert len({pem for pem, _ in handed_out}) == 1
+        assert {pid for _, pid in handed_out} == pids
         await eventually(lambda: acked_by(admin, {"proxy-1-w0", "proxy-1-w1"}, version), 15)
 
         async def both_on_version() -> bool:
