@@ -122,6 +122,24 @@ def duration(value: str) -> float:
     return parsed
 
 
+def worker_count(value: str) -> int:
+    """A number of worker processes, 1 or more, or `auto`: one per core this process may use."""
+    if value.strip().lower() == "auto":
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("expected a whole number of processes or auto") from None
+    if not 1 <= number <= MAX_WORKERS:
+        raise ValueError(f"must be between 1 and {MAX_WORKERS} (or auto)")
+    return number
+
+
+MAX_WORKERS = 256
+
+
 def address(value: str) -> tuple[str, int]:
     """host:port (IPv6 as [::1]:port); port 0 picks a free port; ':port' means all."""
     host, sep, port = value.rpartition(":")
@@ -348,6 +366,13 @@ CONSOLE_TLS_KEY_FILE = Setting(
     "AIBRIDGE_CONSOLE_TLS_KEY_FILE",
     "PEM private key of AIBRIDGE_CONSOLE_TLS_CERT_FILE",
     optional(existing_file),
+)
+WORKERS = Setting(
+    "AIBRIDGE_WORKERS",
+    "worker processes serving the one listen port (SO_REUSEPORT), each following the config "
+    "service as its own node (the node id + -w0, -w1, ...); auto: one per core",
+    worker_count,
+    "1",
 )
 LOGGING = Schema((LOG_FORMAT, LOG_LEVEL))
 

@@ -25,12 +25,19 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def bind_tcp(setting: str, host: str, port: int) -> socket.socket:
-    """A TCP socket bound as the servers bind theirs (SO_REUSEADDR), not yet listening."""
+def bind_tcp(setting: str, host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound as the servers bind theirs (SO_REUSEADDR), not yet listening.
+
+    `reuse_port`: SO_REUSEPORT too, so the worker processes of one daemon can each bind
+    and listen on the same port (the kernel spreads connections over the listeners; it
+    lets only sockets of the same user join).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()

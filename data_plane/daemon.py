@@ -7,11 +7,15 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aibridge.envconfig import Schema, Setting, SettingsError, Values, optional, path, text
 from aibridge.logs import configure
 from aibridge.ports import ListenError
+
+if TYPE_CHECKING:
+    from data_plane.workers import Worker
 
 S = TypeVar("S")
 
@@ -72,6 +76,30 @@ def load_settings(
         return None
     configure(getattr(settings, "log_level", "info"), getattr(settings, "log_format", ""))
     return settings
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """How to run one daemon: its name, its `serve(settings, worker)` (worker None: the
+    only process), its listen setting and the exceptions that are start-up errors (a
+    message, never a traceback)."""
+
+    prog: str
+    serve: Callable[[Any, Worker | None], Coroutine[Any, Any, None]]
+    listen_setting: str
+    fatal: tuple[type[Exception], ...] = ()
+    # With several workers, run once in the parent before any worker starts: what the
+    # workers would otherwise race to create (the proxy's CA).
+    prepare: Callable[[Any], None] | None = None
+
+
+def launch(daemon: Daemon, settings: Any) -> int:
+    """Run the daemon in this process, or as `settings.workers` supervised workers."""
+    if settings.workers > 1:
+        from data_plane.workers import supervise
+
+        return supervise(daemon, settings)
+    return run(daemon.prog, daemon.serve(settings, None), *daemon.fatal)
 
 
 def run(prog: str, coro: Coroutine[Any, Any, None], *fatal: type[Exception]) -> int:

@@ -19,7 +19,7 @@
         └── DialError               not resolved or not reached (502, without detail)
 
 Transport failures towards an upstream are httpx's own exceptions (see
-data_plane/bridge/transport), so they are not repeated here.
+data_plane/transport), so they are not repeated here.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +25,11 @@ from data_plane.subscriber import ApplyFn, Subscriber, SubscriberConfig
 
 
 class FollowMetrics:
-    """The snapshot-following series of one daemon, in that daemon's registry."""
+    """The snapshot-following series of one daemon, in that daemon's registry.
+
+    With several workers each worker shows its own (multiprocess mode `liveall`: a pid
+    label per worker), so a scrape shows which worker is on which version.
+    """
 
     def __init__(
         self,
@@ -38,23 +43,29 @@ class FollowMetrics:
             "The applied snapshot version (value 1).",
             ["version"],
             registry=registry,
+            multiprocess_mode="liveall",
         )
         self.provider_info = Gauge(
             prefix + "provider_info",
             provider_help,
             ["provider_name", "provider_type", "status"],
             registry=registry,
+            multiprocess_mode="liveall",
         )
         self.last_reload = Gauge(
             prefix + "providers_last_reload_timestamp_seconds",
             "Last snapshot application attempt.",
             registry=registry,
+            multiprocess_mode="liveall",
         )
         self.last_reload_success = Gauge(
             prefix + "providers_last_reload_success_timestamp_seconds",
             "Last successful snapshot application.",
             registry=registry,
+            multiprocess_mode="liveall",
         )
+        self._version = ""
+        self._providers: set[tuple[str, str, str]] = set()
 
     def attempted(self, when: float) -> None:
         """A snapshot is about to be applied (the subscriber's `on_attempt`)."""
@@ -62,12 +73,25 @@ class FollowMetrics:
 
     def applied(self, version: str, providers: Iterable[tuple[str, str, str]], when: float) -> None:
         """A snapshot was applied; `providers` are its (name, type, status) triples."""
-        self.snapshot_version.clear()
-        self.snapshot_version.labels(version).set(1)
-        self.provider_info.clear()
-        for name, ptype, status in providers:
-            self.provider_info.labels(name, ptype, status).set(1)
+        _replace(self.snapshot_version, {(self._version,)} - {("",)}, {(version,)})
+        self._version = version
+        shown = set(providers)
+        _replace(self.provider_info, self._providers, shown)
+        self._providers = shown
         self.last_reload_success.set(when)
+
+
+Labels = AbstractSet[tuple[str, ...]]
+
+
+def _replace(gauge: Gauge, old: Labels, new: Labels) -> None:
+    """An info gauge's series become `new`: gone ones set to 0, then removed (a worker's
+    memory-mapped value outlives the removal; the merged scrape drops 0s of info gauges)."""
+    for labels in old - new:
+        gauge.labels(*labels).set(0)
+        gauge.remove(*labels)
+    for labels in new:
+        gauge.labels(*labels).set(1)
 
 
 class FollowSettings(Protocol):

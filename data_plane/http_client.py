@@ -1,17 +1,18 @@
-"""The pooled httpx client both daemons send their traffic with.
+"""The pool sizes both daemons use, and the httpx client for what needs httpx.
 
-Both want the same shape: large pools (2000 connections, 500 kept alive for 60 s), the
-same timeouts, no redirects followed, and exactly the headers the caller gives (httpx's
-default User-Agent, Accept and Accept-Encoding are dropped). What differs is a
-parameter:
+Pools: 2000 connections, 500 kept alive for 60 s (the bridge's upstream transport and
+the proxy's transports to the bridge and to origins, all `UpstreamTransport`s of
+data_plane/transport/). `make_client` is the httpx client on such a transport for code
+that speaks httpx (the bridge's Bedrock client): the same timeouts, no redirects
+followed, and exactly the headers the caller gives (httpx's default User-Agent, Accept
+and Accept-Encoding are dropped). Its parameters:
 
-- `trust_env`: whether HTTP(S)_PROXY / NO_PROXY apply. The bridge honours them; the
-  proxy must not, since on a developer machine they may well point back at the proxy.
-- `transport`: the bridge's own `UpstreamTransport` (which applies the proxies itself,
-  see data_plane/bridge/transport/proxy.py), or httpx's pool when None.
+- `trust_env`: whether HTTP(S)_PROXY / NO_PROXY apply (the bridge honours them; the
+  transport applies them itself, see data_plane/transport/proxy.py).
+- `transport`: the `UpstreamTransport`, or httpx's own pool when None.
 - `read_timeout`: 600 s by default.
 
-Neither stores cookies: the client is shared by every caller, so a jar would replay one
+It stores no cookies: the client is shared by every caller, so a jar would replay one
 user's `Set-Cookie` on another user's requests to the same origin.
 """
 

@@ -106,3 +106,24 @@ def test_otel(tmp_path: Path) -> None:
     receiver = doc["receiver"]
     assert isinstance(receiver, dict)
     assert receiver["spans"] > 0
+
+
+@pytest.mark.timeout(150)
+def test_proxy_path(tmp_path: Path) -> None:
+    """bench/proxy_path.py measures the proxy, the bridge alone and direct, without errors."""
+    doc = run("proxy_path.py", ["--requests", "200", "--rounds", "5"], tmp_path)
+    saturation, latency = doc["saturation"], doc["latency"]
+    assert isinstance(saturation, dict)
+    assert isinstance(latency, dict)
+    assert saturation["proxy"]["json"]["errors"] == 0
+    assert {"added_p50_ms", "hop_p50_ms", "added_ttfb_p50_ms"} <= set(latency["sse"]["proxy"])
+
+
+@pytest.mark.timeout(150)
+def test_workers(tmp_path: Path) -> None:
+    """bench/workers.py saturates a one-worker and a two-worker bridge, without errors."""
+    doc = run("workers.py", ["--requests", "300", "--rounds", "1"], tmp_path)
+    figures = doc["figures"]
+    assert isinstance(figures, dict)
+    assert figures["1"]["errors"] == figures["2"]["errors"] == 0
+    assert len(figures["2"]["per_worker_cpu_seconds"]) == 2

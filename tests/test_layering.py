@@ -33,6 +33,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     ),
 }
 FIRST_PARTY = tuple(ALLOWED)
+# Within the data plane the two daemons share code only through data_plane's own modules
+# (data_plane/transport/, follow.py, ...): neither imports the other's package.
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "data_plane.bridge": ("data_plane.proxy",),
+    "data_plane.proxy": ("data_plane.bridge",),
+}
 
 
 def _within(name: str, prefix: str) -> bool:
@@ -72,9 +78,11 @@ def violations(paths: list[Path]) -> list[str]:
     for path in paths:
         module = module_name(path)
         allowed = rule_for(module)
+        forbidden = [f for k, fs in FORBIDDEN.items() if _within(module, k) for f in fs]
         for line, name in imported(path):
             first_party = any(_within(name, p) for p in FIRST_PARTY)
-            if first_party and not any(_within(name, a) for a in allowed):
+            sideways = any(_within(name, f) for f in forbidden)
+            if first_party and (sideways or not any(_within(name, a) for a in allowed)):
                 problems.append(f"{path.relative_to(ROOT)}:{line}: {module} imports {name}")
     return problems
 
@@ -97,6 +105,8 @@ def test_every_module_imports_only_what_its_layer_allows() -> None:
         ("aibridge/commands/x.py", "def f():\n    from data_plane import daemon\n", "data_plane"),
         ("data_plane/bridge/x.py", "from config_service.views import evaluate\n", "config_service"),
         ("config_service/store/x.py", "import data_plane.families as f\n", "data_plane.families"),
+        ("data_plane/proxy/x.py", "from data_plane.bridge import app\n", "data_plane.bridge"),
+        ("data_plane/bridge/x.py", "from ..proxy.relay import relay\n", "data_plane.proxy.relay"),
     ],
 )
 def test_an_upward_or_sideways_import_is_reported(

@@ -385,6 +385,9 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
             "AIBRIDGE_CONSOLE_LISTEN": address(console_host, console_port),
             "AIBRIDGE_PROXY_BRIDGE_URL": bridge_url,
             "AIBRIDGE_REPLICA_ID": run_id,
+            # One process each: readiness is checked against these exact node ids (a
+            # worker would follow as <node id>-w<i>), and a laptop needs no more.
+            "AIBRIDGE_WORKERS": "1",
         }
     )
     env.pop("AIBRIDGE_DATABASE_URL", None)  # the embedded default: SQLite in the data dir

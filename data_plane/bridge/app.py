@@ -45,10 +45,10 @@ from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.model_labels import ModelLabels
 from data_plane.bridge.providers import Provider, error_body
 from data_plane.bridge.routing import EMPTY, RoutingTable
-from data_plane.bridge.transport import UpstreamTransport
 from data_plane.dump import Dumper
 from data_plane.errors import BodyLate, BudgetFull, ClientGone, TooLarge
 from data_plane.gateway_auth import Principal, lookup
+from data_plane.transport import UpstreamTransport
 
 if TYPE_CHECKING:
     from data_plane.bridge.tracing import BridgeTelemetry, CallSpan

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from data_plane.bridge.settings import SETTINGS, BridgeSettings
-from data_plane.daemon import load_settings, run
+from data_plane.daemon import Daemon, launch, load_settings
 
 
 def main(argv: list[str] | None = None, prog: str = "aibridge bridge") -> int:
@@ -20,4 +20,4 @@ def main(argv: list[str] | None = None, prog: str = "aibridge bridge") -> int:
     from data_plane.bridge.server import serve
     from data_plane.errors import SpoolError
 
-    return run(prog, serve(settings), SpoolError)
+    return launch(Daemon(prog, serve, "AIBRIDGE_BRIDGE_LISTEN", (SpoolError,)), settings)

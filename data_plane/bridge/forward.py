@@ -25,9 +25,9 @@ from data_plane.bridge.interception.record import Capture
 from data_plane.bridge.interception.response import ResponseReader
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.providers import Provider, error_body
-from data_plane.bridge.transport import Origin, Timeouts, UpstreamTransport, origin_of
 from data_plane.bridge.upstream import AnthropicUpstream, UpstreamResponse
 from data_plane.dump import BodyCapture, Dumper, Exchange
+from data_plane.transport import Origin, Timeouts, UpstreamTransport, origin_of
 
 if TYPE_CHECKING:
     from data_plane.bridge.tracing import CallSpan

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from data_plane.bridge.breaker import BreakerState
 from data_plane.follow import FollowMetrics
 from data_plane.recording.metrics import RecordingMetrics
+from data_plane.worker_metrics import WorkerIdentity, scrape_registry
 
 if TYPE_CHECKING:
     from data_plane.bridge.routing import RoutingTable
@@ -48,8 +49,12 @@ class _StateCollector(Collector):
 
 
 class BridgeMetrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+    """The bridge's series; `registry` is what /metrics renders: these series, or, in a
+    worker, every worker's (data_plane/worker_metrics.py)."""
+
+    def __init__(self, worker: WorkerIdentity | None = None) -> None:
+        r = CollectorRegistry()
+        self.registry = r if worker is None else scrape_registry(worker, P)
         self.requests = Counter(
             P + "requests",
             "Requests answered.",
@@ -57,7 +62,11 @@ class BridgeMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            P + "requests_in_flight", "Requests being served.", ["provider", "route"], registry=r
+            P + "requests_in_flight",
+            "Requests being served.",
+            ["provider", "route"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.duration = Histogram(
             P + "request_duration_seconds",

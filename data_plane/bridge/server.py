@@ -11,7 +11,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Generator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import uvicorn
@@ -29,12 +29,15 @@ from data_plane.bridge.interception import RecordSink
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.routing import BuildContext, build_table
 from data_plane.bridge.settings import BridgeSettings
-from data_plane.bridge.transport import UpstreamTransport
 from data_plane.bridge.upstream import BedrockFactory
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
 from data_plane.recording.shipper import Shipper
+from data_plane.transport import UpstreamTransport
+
+if TYPE_CHECKING:
+    from data_plane.workers import Worker
 
 log = get_logger(__name__)
 
@@ -81,11 +84,13 @@ class Bridge:
         handle_signals: bool = False,
         telemetry: Telemetry | None = None,
         sink: RecordSink | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.settings = settings
+        self.worker = worker
         self.upstream = make_upstream()
         self.http = make_http_client(self.upstream)
-        self.metrics = BridgeMetrics()
+        self.metrics = BridgeMetrics(worker.identity if worker else None)
         self.subscriber = make_subscriber(
             settings, settings.bridge_token, self.apply, self.metrics.follow
         )
@@ -164,12 +169,16 @@ class Bridge:
     async def start(self) -> None:
         # Bound first: a port that is taken fails before anything else starts.
         s = self.settings
-        sock = bind_tcp("AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port)
+        sock = bind_tcp(
+            "AIBRIDGE_BRIDGE_LISTEN", s.listen_host, s.listen_port, reuse_port=bool(self.worker)
+        )
         self.port = sock.getsockname()[1]
         try:
             if self.shipper is not None:
                 await self.shipper.start()
             self._tasks.append(await start_following(self.subscriber))
+            if self.worker is not None:
+                await self.worker.first_snapshot(self.subscriber)
         except BaseException:
             sock.close()
             if self.shipper is not None:
@@ -194,6 +203,8 @@ class Bridge:
             config_service=self.settings.config_service,
             node_id=self.settings.node_id,
         )
+        if self.worker is not None:
+            self.worker.ready()
 
     async def wait(self) -> None:
         """Until the HTTP server stops (a signal when handle_signals is on)."""
@@ -215,9 +226,9 @@ class Bridge:
             await asyncio.to_thread(self.telemetry.shutdown)
 
 
-async def serve(settings: BridgeSettings) -> None:
-    """Run aibridged until SIGINT/SIGTERM."""
-    bridge = Bridge(settings, handle_signals=True)
+async def serve(settings: BridgeSettings, worker: Worker | None = None) -> None:
+    """Run aibridged (or one worker of it) until SIGINT/SIGTERM."""
+    bridge = Bridge(settings, handle_signals=True, worker=worker)
     await bridge.start()
     try:
         await bridge.wait()

@@ -6,7 +6,7 @@ Every bad value is collected and reported at once as one `SettingsError`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +20,7 @@ from aibridge.envconfig import (
     LOG_LEVEL,
     LOGGING,
     OTEL,
+    WORKERS,
     XDG_DATA_HOME,
     Parse,
     Schema,
@@ -199,6 +200,7 @@ SETTINGS = (
             RECORDING_TIMEOUT,
             DATA_DIR,
             XDG_DATA_HOME,
+            WORKERS,
             AWS_REGION,
             AWS_DEFAULT_REGION,
         ),
@@ -251,6 +253,21 @@ class BridgeSettings:
     log_level: str
     aws_region: str  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
     telemetry: TelemetrySettings
+    workers: int = 1  # processes on the listen port (data_plane/workers.py)
+
+    def for_worker(self, suffix: str, port: int) -> BridgeSettings:
+        """As one worker runs them: its own node id and its own spool file (two processes
+        never append to one spool; the spool of a worker that is gone is adopted)."""
+        spool = self.recording.spool_path
+        return replace(
+            self,
+            listen_port=port,
+            node_id=self.node_id + suffix,
+            workers=1,
+            recording=replace(
+                self.recording, spool_path=spool.with_name(spool.stem + suffix + spool.suffix)
+            ),
+        )
 
     @classmethod
     def from_env(
@@ -296,6 +313,7 @@ class BridgeSettings:
             ),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
+            workers=v[WORKERS],
             aws_region=v[AWS_REGION] or v[AWS_DEFAULT_REGION],
             telemetry=TelemetrySettings.of(v, "aibridge-bridge"),
         )

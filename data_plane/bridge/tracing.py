@@ -29,8 +29,8 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.rulebook import type_name
 from aibridge.telemetry import Telemetry
 from data_plane.bridge.model_labels import ModelLabels
-from data_plane.bridge.transport import Origin
 from data_plane.bridge.upstream import UpstreamResponse
+from data_plane.transport import Origin
 
 if TYPE_CHECKING:
     from data_plane.bridge.forward import Call

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from data_plane.daemon import load_settings, run
+from data_plane.daemon import Daemon, launch, load_settings
 from data_plane.proxy.settings import SETTINGS, ProxySettings
 
 
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None, prog: str = "aibridge proxy") -> int:
     if settings is None:
         return 2
     from data_plane.errors import CAError
-    from data_plane.proxy.server import serve
+    from data_plane.proxy.server import ensure_ca, serve
 
-    return run(prog, serve(settings), CAError)
+    daemon = Daemon(prog, serve, "AIBRIDGE_PROXY_LISTEN", (CAError,), prepare=ensure_ca)
+    return launch(daemon, settings)

@@ -129,8 +129,3 @@ class Egress:
             except (OSError, TimeoutError):
                 continue
         raise DialError(f"cannot connect to {host}:{port}")
-
-
-def url_host(ip: str) -> str:
-    """An address as it goes in a URL authority (IPv6 in brackets)."""
-    return f"[{ip}]" if ":" in ip else ip

@@ -38,7 +38,6 @@ from data_plane.errors import (
 )
 from data_plane.proxy.auth import REALM, Identity, authenticate
 from data_plane.proxy.context import Shared
-from data_plane.proxy.egress import url_host
 from data_plane.proxy.h11io import H11Stream, Limits, Waiting, header
 from data_plane.proxy.intercept import provider_request, serve_tls
 from data_plane.proxy.relay import passable, relay
@@ -275,10 +274,18 @@ class FrontDoor:
         # Dial the checked address, not the name again; the origin still sees its Host.
         target = request.target.decode("latin-1")
         path = target[target.index("://") + 3 + len(authority) :] or "/"
-        url = f"http://{url_host(addresses[0])}:{port}{path}"
+        origin = (b"http", str(addresses[0]), port)
         headers = passable(list(request.headers), frozenset({b"host", b"content-length"}))
-        headers.insert(0, (b"host", authority.encode()))
-        outcome = await relay(stream, shared.origins, request.method, url, headers, body)
+        outcome = await relay(
+            stream,
+            shared.origins,
+            origin,
+            request.method,
+            path.encode("latin-1"),
+            headers,
+            body,
+            host=authority.encode(),
+        )
         shared.metrics.forwarded.labels(str(outcome.status)).inc()
 
     async def _local(self, stream: H11Stream, request: h11.Request) -> None:

@@ -89,7 +89,7 @@ async def _provider_request(
         return
     table = shared.table
     path = origin_path(request.target)
-    url = shared.settings.bridge_url + route.bridge_path(path)
+    on_bridge = route.bridge_path(path)
     # Copilot has no key pool: its users' own tokens are the only credential there is.
     pooled_keys = shared.settings.pooled_keys and route.provider_type != "copilot"
     headers = bridge_headers(request, identity, table, request_id, pooled_keys=pooled_keys)
@@ -112,8 +112,16 @@ async def _provider_request(
         headers = [(k, v) for k, v in headers if k not in TRACE_HEADERS] + carried
     outcome = None
     try:
+        hop = shared.bridge
         outcome = await relay(
-            stream, shared.bridge, method, url, headers, body, capture=shared.dumper is not None
+            stream,
+            hop.transport,
+            hop.origin,
+            method,
+            hop.target(on_bridge),
+            headers,
+            body,
+            capture=shared.dumper is not None,
         )
     finally:
         metrics.inflight.dec()
@@ -142,7 +150,7 @@ async def _provider_request(
                 model=_model(body),
                 request_id=request_id,
                 method=method.decode(),
-                target=url.removeprefix(shared.settings.bridge_url),
+                target=on_bridge,
                 request_headers=[(k.decode(), v.decode("latin-1")) for k, v in headers],
                 request_body=body,
                 status=outcome.status,

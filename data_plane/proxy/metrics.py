@@ -6,13 +6,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from data_plane.follow import FollowMetrics
 from data_plane.proxy.routes import ProxyTable
+from data_plane.worker_metrics import WorkerIdentity, scrape_registry
 
 P = "aibridgeproxyd_"
 
 
 class ProxyMetrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+    """The proxy's series; `registry` is what /metrics renders: these series, or, in a
+    worker, every worker's (data_plane/worker_metrics.py)."""
+
+    def __init__(self, worker: WorkerIdentity | None = None) -> None:
+        r = CollectorRegistry()
+        self.registry = r if worker is None else scrape_registry(worker, P)
         self.connect_sessions = Counter(
             P + "connect_sessions",
             "CONNECT sessions accepted, by what happened to them (mitm or tunnel).",
@@ -26,7 +31,10 @@ class ProxyMetrics:
             registry=r,
         )
         self.client_connections = Gauge(
-            P + "client_connections", "Client connections held now.", registry=r
+            P + "client_connections",
+            "Client connections held now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.connections_closed = Counter(
             P + "connections_closed",
@@ -45,7 +53,10 @@ class ProxyMetrics:
             registry=r,
         )
         self.inflight = Gauge(
-            P + "inflight_mitm_requests", "Provider requests being served.", registry=r
+            P + "inflight_mitm_requests",
+            "Provider requests being served.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.forwarded = Counter(
             P + "forwarded_requests",
@@ -60,7 +71,10 @@ class ProxyMetrics:
             "and whether their host is intercepted.",
         )
         self.intercepted_hosts = Gauge(
-            P + "intercepted_hosts", "Hosts whose TLS the proxy terminates.", registry=r
+            P + "intercepted_hosts",
+            "Hosts whose TLS the proxy terminates.",
+            registry=r,
+            multiprocess_mode="liveall",
         )
 
     def snapshot_applied(self, table: ProxyTable, when: float) -> None:

@@ -1,15 +1,18 @@
-"""Send one parsed client request on with httpx and stream the answer back through h11.
+"""Send one parsed client request on and stream the answer back through h11.
 
 Used for provider requests (to the bridge) and for plain `http://` forwards (to a checked
-origin address). Request bodies are buffered (they are bounded, and the bridge buffers
-them too); responses are relayed chunk by chunk as they arrive, undecoded, so SSE events
-reach the client as soon as the bridge flushes them. Without a Content-Length h11 sends
-the response chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
+origin address), both on the data plane's keep-alive transport (data_plane/transport/:
+an O(1) idle stack per origin, no httpx Request/Response on the way). Request bodies are
+buffered (they are bounded, and the bridge buffers them too); responses are relayed chunk
+by chunk as they arrive, undecoded, so SSE events reach the client as soon as the bridge
+flushes them. Without a Content-Length h11 sends the response chunked (HTTP/1.1) or
+close-delimited (HTTP/1.0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import h11
 import httpx
@@ -20,6 +23,7 @@ from data_plane.errors import Silent
 from data_plane.proxy.auth import Identity, is_gateway_token
 from data_plane.proxy.h11io import H11Stream
 from data_plane.proxy.routes import ProxyTable
+from data_plane.transport import Origin, UpstreamTransport
 
 log = get_logger(__name__)
 
@@ -117,20 +121,32 @@ class Outcome:
     broken: bool = False  # the client connection cannot be reused
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 async def relay(
     stream: H11Stream,
-    http: httpx.AsyncClient,
+    transport: UpstreamTransport,
+    origin: Origin,
     method: bytes,
-    url: str,
+    target: bytes,
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     *,
+    host: bytes | None = None,
     capture: bool = False,
 ) -> Outcome:
+    """`method target` to `origin` (Host: `host`, else the origin's), answered on `stream`.
+
+    `headers` carry neither Host nor Content-Length: the transport writes both.
+    """
     outcome = Outcome()
     try:
-        request = http.build_request(method.decode(), url, headers=headers, content=body)
-        response = await http.send(request, stream=True)
+        reply = await transport.request(origin, method.decode(), target, headers, body, host=host)
     except httpx.HTTPError as exc:
         # The type name only: the message may hold internal addresses.
         outcome.failed = type(exc).__name__
@@ -139,16 +155,14 @@ async def relay(
         return outcome
     captured = BodyCapture() if capture else None
     try:
-        outcome.status = response.status_code
-        outcome.headers = passable(list(response.headers.raw))
+        outcome.status = reply.status
+        outcome.headers = passable(reply.headers)
         await stream.send(
             h11.Response(
-                status_code=response.status_code,
-                headers=outcome.headers,
-                reason=response.reason_phrase.encode(),
+                status_code=reply.status, headers=outcome.headers, reason=_reason(reply.status)
             )
         )
-        async for chunk in response.aiter_raw():
+        async for chunk in reply.chunks:
             if captured is not None:
                 captured.feed(chunk)
             await stream.send(h11.Data(data=chunk))
@@ -160,7 +174,7 @@ async def relay(
     except (ConnectionError, OSError, h11.LocalProtocolError, Silent):
         outcome.broken = True  # the client left or stopped reading (or the target lied)
     finally:
-        await response.aclose()
+        await reply.close()
     if captured is not None:
         outcome.body = captured.body()
     return outcome

@@ -11,6 +11,7 @@ import contextlib
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
@@ -20,12 +21,15 @@ from aibridge.telemetry import start as start_telemetry
 from data_plane.dump import Dumper
 from data_plane.follow import make_subscriber, start_following
 from data_plane.proxy.ca import CertificateAuthority, LeafCache
-from data_plane.proxy.context import Shared, make_proxy_client
+from data_plane.proxy.context import BridgeHop, Shared, make_proxy_transport
 from data_plane.proxy.egress import Egress, Resolver, system_resolve
 from data_plane.proxy.front import FrontDoor
 from data_plane.proxy.metrics import ProxyMetrics
 from data_plane.proxy.routes import build_table
 from data_plane.proxy.settings import ProxySettings
+
+if TYPE_CHECKING:
+    from data_plane.workers import Worker
 
 log = get_logger(__name__)
 
@@ -39,12 +43,14 @@ class Proxy:
         *,
         resolver: Resolver = system_resolve,
         telemetry: Telemetry | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.settings = settings
         # `telemetry`: providers a test built; else as the OTEL_* settings say (None: off).
         self.telemetry = telemetry or start_telemetry(settings.telemetry, settings.node_id)
         self._resolver = resolver
-        self.metrics = ProxyMetrics()
+        self.worker = worker
+        self.metrics = ProxyMetrics(worker.identity if worker else None)
         self.shared: Shared | None = None
         self.subscriber = make_subscriber(
             settings, settings.proxy_token, self.apply, self.metrics.follow
@@ -78,7 +84,9 @@ class Proxy:
     async def start(self) -> None:
         s = self.settings
         # Bound first: a port that is taken fails before anything else starts.
-        sock = bind_tcp("AIBRIDGE_PROXY_LISTEN", s.listen_host, s.listen_port)
+        sock = bind_tcp(
+            "AIBRIDGE_PROXY_LISTEN", s.listen_host, s.listen_port, reuse_port=bool(self.worker)
+        )
         try:
             await self._start(sock)
         except BaseException:
@@ -94,8 +102,8 @@ class Proxy:
             metrics=self.metrics,
             leaves=LeafCache(ca),
             ca_pem=ca.pem,
-            bridge=make_proxy_client(),
-            origins=make_proxy_client(read_timeout=300.0),
+            bridge=BridgeHop.to(s.bridge_url),
+            origins=make_proxy_transport(read_timeout=300.0),
             egress=Egress(s.allowed_private_cidrs, self._resolver),
             dumper=Dumper(s.dump_dir) if s.dump_dir else None,
         )
@@ -104,6 +112,8 @@ class Proxy:
 
             self.shared.tracing = ProxyTelemetry(self.telemetry)
         self._task = await start_following(self.subscriber)
+        if self.worker is not None:
+            await self.worker.first_snapshot(self.subscriber)
         front = self._front = FrontDoor(self.shared)
         # A deep accept queue: a connection flood must not drop a healthy client's SYN
         # (the kernel caps it at net.core.somaxconn).
@@ -121,6 +131,8 @@ class Proxy:
             ca_cert_file=str(cert_path),
             max_connections=s.max_connections,
         )
+        if self.worker is not None:
+            self.worker.ready()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -135,15 +147,21 @@ class Proxy:
                 await self._task
             self._task = None
         if self.shared is not None:
-            await self.shared.bridge.aclose()
+            await self.shared.bridge.transport.aclose()
             await self.shared.origins.aclose()
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.shutdown)
 
 
-async def serve(settings: ProxySettings) -> None:
-    """Run aibridgeproxyd until SIGINT/SIGTERM."""
-    proxy = Proxy(settings)
+def ensure_ca(settings: ProxySettings) -> None:
+    """The CA pair exists: generated here, once, when missing (the supervising parent
+    runs this before its workers start, so they never race to create two CAs)."""
+    CertificateAuthority.load_or_create(*settings.ca_paths)
+
+
+async def serve(settings: ProxySettings, worker: Worker | None = None) -> None:
+    """Run aibridgeproxyd (or one worker of it) until SIGINT/SIGTERM."""
+    proxy = Proxy(settings, worker=worker)
     await proxy.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from aibridge.envconfig import (
     LOGGING,
     OTEL,
     PROXY_LISTEN,
+    WORKERS,
     XDG_DATA_HOME,
     IPNetwork,
     Schema,
@@ -153,6 +154,7 @@ SETTINGS = (
             replace(DUMP_DIR, coder="PROXY_DUMP_DIR"),
             SNAPSHOT_CACHE,
             NODE_ID,
+            WORKERS,
         ),
         PROXY_REFUSED,
     )
@@ -189,6 +191,11 @@ class ProxySettings:
     log_format: str
     log_level: str
     telemetry: TelemetrySettings
+    workers: int = 1  # processes on the listen port (data_plane/workers.py)
+
+    def for_worker(self, suffix: str, port: int) -> ProxySettings:
+        """As one worker runs them: its own node id."""
+        return replace(self, listen_port=port, node_id=self.node_id + suffix, workers=1)
 
     @property
     def ca_paths(self) -> tuple[Path, Path]:
@@ -239,4 +246,5 @@ class ProxySettings:
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
             telemetry=TelemetrySettings.of(v, "aibridge-proxy"),
+            workers=v[WORKERS],
         )

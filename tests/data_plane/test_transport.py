@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from data_plane.bridge.server import make_http_client, make_upstream
-from data_plane.bridge.transport import Timeouts, UpstreamTransport, origin_of
-from data_plane.bridge.transport.proxy import EnvProxies
+from data_plane.transport import Timeouts, UpstreamTransport, origin_of
+from data_plane.transport.proxy import EnvProxies
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
 

@@ -15,8 +15,8 @@ import h2.connection
 import h2.events
 import pytest
 
-from data_plane.bridge.transport import Timeouts, UpstreamTransport, origin_of
 from data_plane.http_client import make_client
+from data_plane.transport import Timeouts, UpstreamTransport, origin_of
 from tests.fixtures.certs import Pki, make_pki
 
 # (server, connection number, stream id, request headers, request body) -> None

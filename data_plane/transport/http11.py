@@ -14,7 +14,7 @@ from typing import cast
 import httptools
 import httpx
 
-from data_plane.bridge.transport.models import Headers, Origin, needs_length
+from data_plane.transport.models import Headers, Origin, needs_length
 
 _HIGH_WATER = 256 * 1024  # body bytes buffered before reading pauses
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from data_plane.bridge.transport.models import Origin
+from data_plane.transport.models import Origin
 
 
 @dataclass(frozen=True)

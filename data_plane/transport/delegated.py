@@ -10,7 +10,7 @@ from typing import cast
 
 import httpx
 
-from data_plane.bridge.transport.models import Headers, Origin, Reply, Timeouts, needs_length
+from data_plane.transport.models import Headers, Origin, Reply, Timeouts, needs_length
 
 
 async def via_httpx(

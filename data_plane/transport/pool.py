@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from data_plane.bridge.transport.connection import Connector
-from data_plane.bridge.transport.delegated import via_httpx
-from data_plane.bridge.transport.http2 import HTTP2Fallback
-from data_plane.bridge.transport.http11 import HTTP11Connection, ResponseBody, encode_head
-from data_plane.bridge.transport.models import (
+from data_plane.transport.connection import Connector
+from data_plane.transport.delegated import via_httpx
+from data_plane.transport.http2 import HTTP2Fallback
+from data_plane.transport.http11 import HTTP11Connection, ResponseBody, encode_head
+from data_plane.transport.models import (
     DEFAULT_TIMEOUTS,
     Headers,
     Origin,
@@ -34,7 +34,7 @@ from data_plane.bridge.transport.models import (
     origin_host,
     origin_of,
 )
-from data_plane.bridge.transport.proxy import EnvProxies
+from data_plane.transport.proxy import EnvProxies
 
 # Framing headers of an httpx Request that `request` writes itself.
 _FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding"))

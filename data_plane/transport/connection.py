@@ -12,8 +12,8 @@ import ssl
 
 import httpx
 
-from data_plane.bridge.transport.http11 import HTTP11Connection
-from data_plane.bridge.transport.models import Origin
+from data_plane.transport.http11 import HTTP11Connection
+from data_plane.transport.models import Origin
 
 _ALPN = ["h2", "http/1.1"]
 

@@ -21,7 +21,7 @@ Failures are httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout, WriteT
 ReadError, RemoteProtocolError, PoolTimeout), so callers see what httpx would raise.
 """
 
-from data_plane.bridge.transport.models import DEFAULT_TIMEOUTS, Origin, Reply, Timeouts, origin_of
-from data_plane.bridge.transport.pool import UpstreamTransport
+from data_plane.transport.models import DEFAULT_TIMEOUTS, Origin, Reply, Timeouts, origin_of
+from data_plane.transport.pool import UpstreamTransport
 
 __all__ = ["DEFAULT_TIMEOUTS", "Origin", "Reply", "Timeouts", "UpstreamTransport", "origin_of"]

@@ -14,8 +14,8 @@ from ssl import SSLContext
 
 import httpx
 
-from data_plane.bridge.transport.delegated import via_httpx
-from data_plane.bridge.transport.models import Headers, Origin, Reply, Timeouts
+from data_plane.transport.delegated import via_httpx
+from data_plane.transport.models import Headers, Origin, Reply, Timeouts
 
 # Connection-specific headers HTTP/2 forbids (RFC 9113 8.2.2); httpcore turns Host into
 # :authority. TE is allowed only as "trailers".

@@ -1,0 +1,323 @@
+"""`--workers N`: one daemon (bridge or proxy) as N processes on one port, supervised.
+
+The parent binds the listen address first, with SO_REUSEPORT, and never listens on it: it
+holds the port (a taken port fails before anything starts, and a restarted worker can
+always bind it again). It runs the daemon's `prepare` (the proxy creates its CA there, so
+workers never race to generate two), then starts N workers, each a fresh interpreter given its
+settings over a pipe, which bind the same port with SO_REUSEPORT and listen once they
+hold a snapshot (`Worker.first_snapshot`); the kernel spreads new connections over the
+listening workers.
+
+Each worker is a whole daemon: its own subscriber, following the config service as node
+`<node id>-w<i>` and reporting its own version (`aibridge subscribers` lists every
+worker). One subscriber in the parent, handing snapshots to the workers, was the other
+way; it was not taken because the workers would then need a second, private channel
+for snapshots (carrying plaintext keys in the bridge's case) whose delivery and
+ordering nobody reports: with a subscriber each, the config service sees which worker
+applied which version, a revoked token is gone from a worker exactly when that worker
+ACKs the version that dropped it, and a worker that cannot apply a snapshot NACKs it
+itself. The cost is one stream per worker at the config service (a few KB each).
+
+Metrics: the parent owns a private directory for prometheus-client's multiprocess
+files (see data_plane/worker_metrics.py), removed when it exits; /metrics on any worker
+shows every worker's series.
+
+Supervision: a worker that dies is started again after a backoff (0.25 s doubling to
+30 s; back to 0.25 s once a worker has lived a minute), each death logged with its exit
+status. A worker that fails its start-up (exit 2 after its one-line error) before any
+worker was ever ready ends the daemon with 2: starting it again would repeat the error.
+SIGTERM or SIGINT to the parent is passed on as SIGTERM to every worker, which drains as
+a single daemon does; the parent waits for them (SIGKILL after DRAIN_TIMEOUT), removes
+its directory and exits 0. Workers ask the kernel for SIGTERM when the parent dies
+(PR_SET_PDEATHSIG), so even a SIGKILLed parent leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import pickle
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+
+from aibridge.logs import configure, get_logger
+from aibridge.ports import ListenError, address, bind_tcp
+from data_plane.daemon import Daemon, run
+from data_plane.worker_metrics import WorkerIdentity
+
+if TYPE_CHECKING:
+    from data_plane.subscriber import Subscriber
+
+log = get_logger(__name__)
+
+RESTART_MIN = 0.25
+RESTART_MAX = 30.0
+STABLE_AFTER = 60.0  # a worker that lived this long resets the backoff
+DRAIN_TIMEOUT = 15.0  # uvicorn drains for 10 s; then a worker is killed
+FIRST_SNAPSHOT_WAIT = 5.0  # a worker listens once it has a snapshot, or after this
+_ENTRY = "from data_plane.workers import worker_main; raise SystemExit(worker_main())"
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerSettings(Protocol):
+    """What the supervisor changes in a daemon's settings for each worker."""
+
+    @property
+    def listen_host(self) -> str: ...
+    @property
+    def listen_port(self) -> int: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def log_format(self) -> str: ...
+    def for_worker(self, suffix: str, port: int) -> Self:
+        """These settings as one worker runs them: on the shared `port`, the node id (and
+        whatever else must be the worker's own) ending in `suffix`, one process."""
+        ...
+
+
+S = TypeVar("S", bound=WorkerSettings)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What a worker process knows of its place among the workers."""
+
+    identity: WorkerIdentity
+    parent_pid: int
+    ready_fd: int
+
+    async def first_snapshot(self, subscriber: Subscriber) -> None:
+        """Until the subscriber has applied a snapshot, FIRST_SNAPSHOT_WAIT at most.
+
+        Called between binding and listening: a worker listening earlier would answer 503
+        (no snapshot yet) on connections the kernel hands it while its siblings could
+        serve them. Past the wait it listens anyway, as a single daemon does (/readyz 503
+        until a snapshot arrives).
+        """
+        try:
+            await asyncio.wait_for(subscriber.applied.wait(), FIRST_SNAPSHOT_WAIT)
+        except TimeoutError:
+            log.warning("no snapshot yet; listening anyway", waited=FIRST_SNAPSHOT_WAIT)
+
+    def ready(self) -> None:
+        """Tell the parent this worker serves (called once, after it listens)."""
+        with contextlib.suppress(OSError):
+            os.write(self.ready_fd, b"r")
+            os.close(self.ready_fd)
+
+
+@dataclass(frozen=True)
+class _Job:
+    daemon: Daemon
+    settings: Any
+    worker: Worker
+
+
+def worker_main() -> int:
+    """A worker process: read its job from stdin, serve until SIGTERM."""
+    job: _Job = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent
+    _die_with_parent(job.worker.parent_pid)
+    configure(job.settings.log_level, job.settings.log_format)
+    daemon = job.daemon
+    return run(daemon.prog, daemon.serve(job.settings, job.worker), *daemon.fatal)
+
+
+def _die_with_parent(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        raise SystemExit(0)
+
+
+def supervise(daemon: Daemon, settings: S) -> int:
+    """Run `settings.workers` workers of `daemon` until SIGTERM/SIGINT; the exit status."""
+    try:
+        holder = bind_tcp(
+            daemon.listen_setting, settings.listen_host, settings.listen_port, reuse_port=True
+        )
+    except ListenError as exc:
+        print(f"{daemon.prog}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if daemon.prepare is not None:
+            daemon.prepare(settings)
+    except daemon.fatal as exc:
+        holder.close()
+        print(f"{daemon.prog}: {exc}", file=sys.stderr)
+        return 2
+    metrics_dir = Path(tempfile.mkdtemp(prefix="aibridge-workers-"))  # mode 0700
+    try:
+        supervisor = _Supervisor(daemon, settings, holder.getsockname()[1], metrics_dir)
+        return asyncio.run(supervisor.run())
+    finally:
+        holder.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def describe_exit(code: int) -> str:
+    """`exit 3` or `killed by SIGKILL`, from a returncode."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit {code}"
+
+
+@dataclass
+class _Slot:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    ready: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class _Supervisor:
+    def __init__(self, daemon: Daemon, settings: WorkerSettings, port: int, metrics: Path):
+        self.daemon = daemon
+        self.settings = settings
+        self.port = port
+        self.metrics = metrics
+        self.slots = [_Slot(i) for i in range(settings.workers)]
+        self.stopping = asyncio.Event()
+        self.status = 0
+        self.announced = False
+        # Handed on whole to each worker, with the metrics directory added.
+        self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        for slot in self.slots:
+            slot.task = asyncio.create_task(self._keep(slot))
+        await self.stopping.wait()
+        log.info("workers stopping", workers=len(self.slots))
+        await self._stop_all()
+        return self.status
+
+    async def _keep(self, slot: _Slot) -> None:
+        """Run the worker of one slot, again and again, until the daemon stops."""
+        delay = RESTART_MIN
+        while not self.stopping.is_set():
+            try:
+                process = await self._spawn(slot)
+            except OSError as exc:  # out of processes or file descriptors: try again later
+                log.error("cannot start a worker", worker=slot.index, error=str(exc))
+            else:
+                code = await process.wait()
+                self._forget(process.pid)
+                if self.stopping.is_set():
+                    return
+                if code == 2 and not slot.ready and not self.announced:
+                    # Its start-up failed (it printed why): every worker would fail alike.
+                    self.status = 2
+                    self.stopping.set()
+                    return
+                if time.monotonic() - slot.started >= STABLE_AFTER:
+                    delay = RESTART_MIN
+                log.warning(
+                    "worker exited; starting another",
+                    worker=slot.index,
+                    pid=process.pid,
+                    status=describe_exit(code),
+                    restart_in=delay,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            delay = min(delay * 2, RESTART_MAX)
+
+    async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
+        read_end, write_end = os.pipe()
+        worker = Worker(WorkerIdentity(slot.index, self.metrics), os.getpid(), write_end)
+        settings = self.settings.for_worker(f"-w{slot.index}", self.port)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _ENTRY,
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(write_end,),
+                env=self.env,
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        slot.process, slot.started, slot.ready = process, time.monotonic(), False
+        self._watch_ready(slot, process, read_end)
+        assert process.stdin is not None
+        process.stdin.write(pickle.dumps(_Job(self.daemon, settings, worker)))
+        with contextlib.suppress(ConnectionError):
+            await process.stdin.drain()
+        process.stdin.close()
+        if self.stopping.is_set():
+            process.terminate()
+        return process
+
+    def _watch_ready(self, slot: _Slot, process: asyncio.subprocess.Process, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            got = os.read(fd, 1)
+            os.close(fd)
+            if got and slot.process is process:
+                slot.ready = True
+                log.info("worker ready", worker=slot.index, pid=process.pid)
+                self._announce()
+
+        loop.add_reader(fd, readable)
+
+    def _announce(self) -> None:
+        if self.announced or not all(slot.ready for slot in self.slots):
+            return
+        self.announced = True
+        log.info(
+            "workers ready",
+            listen=address(self.settings.listen_host, self.port),
+            workers=len(self.slots),
+            pids=[slot.process.pid for slot in self.slots if slot.process is not None],
+            node_id=self.settings.node_id,
+        )
+
+    def _forget(self, pid: int) -> None:
+        """A worker is gone: its live gauges go with it (its counters stay counted)."""
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(pid, str(self.metrics))  # type: ignore[no-untyped-call]
+
+    def _live(self) -> list[asyncio.subprocess.Process]:
+        return [
+            slot.process
+            for slot in self.slots
+            if slot.process is not None and slot.process.returncode is None
+        ]
+
+    async def _stop_all(self) -> None:
+        for process in self._live():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        tasks = [slot.task for slot in self.slots if slot.task is not None]
+        _, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT)
+        if pending:
+            for process in self._live():
+                log.warning("worker did not drain in time; killed", pid=process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            await asyncio.wait(pending, timeout=5)
