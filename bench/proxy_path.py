@@ -123,7 +123,9 @@ def main() -> int:
             daemons.append(service)
             token = create_gateway_token(target)
             bridge_port = free_port()
-            bridge = start("bridge", ["bridge"], bridge_env(target, bridge_port), tmp)
+            bridge = start(
+                "bridge", ["bridge"], bridge_env(target, bridge_port, tmp / "bridge"), tmp
+            )
             daemons.append(bridge)
             bridge.wait_for_log("bridge listening")
             wait_ready(bridge_port)

@@ -48,7 +48,7 @@ from proxy_path import _start_upstream
 def _bridge(name: str, target: str, workers: int, tmp: Path) -> tuple[Proc, int, list[int]]:
     """A bridge with `workers` workers: (process, port, pids serving)."""
     port = free_port()
-    env = {**bridge_env(target, port), "AIBRIDGE_WORKERS": str(workers)}
+    env = {**bridge_env(target, port, tmp / name), "AIBRIDGE_WORKERS": str(workers)}
     env["AIBRIDGE_NODE_ID"] = f"bench-{name}"
     proc = start(name, ["bridge"], env, tmp, timeout=60)
     if workers == 1:

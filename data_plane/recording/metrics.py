@@ -24,16 +24,19 @@ class RecordingMetrics:
             prefix + "recording_queue_depth",
             "Interception records in memory, waiting to be shipped.",
             registry=registry,
+            multiprocess_mode="livesum",  # workers: the sum over the live ones
         )
         self.spool_bytes = Gauge(
             prefix + "recording_spool_bytes",
             "Bytes in the recording spool files (batches the config service has not stored).",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.spool_records = Gauge(
             prefix + "recording_spool_records",
             "Interception records in the recording spool, waiting to be replayed.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         batches = Counter(
             prefix + "recording_batches",

@@ -508,3 +508,16 @@ def test_every_data_plane_gauge_says_how_workers_merge() -> None:
                         f"{path.relative_to(root.parent)}:{node.lineno} {modes[0].value}"
                     )
     assert missing == []
+
+
+def test_each_bridge_worker_has_its_own_node_id_and_spool_file(tmp_path: Path) -> None:
+    """Two workers never share a node id or append to one recording spool, default or set."""
+    env = {"AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN, "AIBRIDGE_DATA_DIR": str(tmp_path)}
+    for extra in ({}, {"AIBRIDGE_RECORDING_SPOOL": str(tmp_path / "records.spool")}):
+        parent = BridgeSettings.from_env({**env, **extra, "AIBRIDGE_NODE_ID": "edge"})
+        workers = [parent.for_worker(f"-w{i}", 4000) for i in range(2)]
+        assert [w.node_id for w in workers] == ["edge-w0", "edge-w1"]
+        assert {w.listen_port for w in workers} == {4000} and {w.workers for w in workers} == {1}
+        spools = {w.recording.spool_path for w in workers}
+        assert len(spools) == 2 and parent.recording.spool_path not in spools
+        assert {p.parent for p in spools} == {parent.recording.spool_path.parent}
