@@ -69,11 +69,26 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="workers of the second bridge")
     p.add_argument("--rounds", type=int, default=2, help="runs per bridge, alternating")
     p.add_argument("--kind", choices=("json", "sse"), default="json")
+    p.add_argument(
+        "--load",
+        choices=("python", "c"),
+        default="python",
+        help="client and upstream: the bench's Python ones, or wrk + nginx (JSON only; "
+        "a few µs per request, so nearly every core is left to the bridge)",
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="--load c: seconds per run")
     args = p.parse_args()
+    if args.load == "c":
+        from _floor import available
+
+        if (missing := available()) is not None:
+            raise SystemExit(missing)
+        if args.kind != "json":
+            raise SystemExit("--load c measures JSON completions only")
 
     with tempfile.TemporaryDirectory(prefix="aibridge-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        upstream, up_port = _start_upstream()
+        upstream, up_port = _upstream(args.load, tmp)
         daemons: list[Proc] = []
         try:
             service, target = start_config_service(tmp / "data", up_port, tmp)
@@ -83,13 +98,76 @@ def main() -> int:
             for n in (1, args.workers):
                 bridges[n] = _bridge(f"bridge-{n}w", target, n, tmp)
                 daemons.append(bridges[n][0])
-            result = _run(args, token, upstream.pid, bridges)
+            run = _run_c if args.load == "c" else _run
+            result = run(args, token, upstream.pid, bridges, tmp)
         finally:
             for d in reversed(daemons):
                 d.stop()
-            upstream.terminate()
-            upstream.wait(10)
+            upstream.stop()
     return _report(result)
+
+
+class _Upstream:
+    """The Python fake upstream process, with the stop() of the nginx one."""
+
+    def __init__(self) -> None:
+        self.proc, self.port = _start_upstream()
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _upstream(load: str, tmp: Path) -> tuple[Any, int]:
+    if load == "c":
+        from _floor import NginxUpstream
+
+        nginx = NginxUpstream(tmp)
+        return nginx, nginx.port
+    python = _Upstream()
+    return python, python.port
+
+
+def _run_c(
+    args: argparse.Namespace,
+    token: str,
+    upstream_pid: int,
+    bridges: dict[int, tuple[Proc, int, list[int]]],
+    tmp: Path,
+) -> dict[str, Any]:
+    """Each bridge saturated in turn by wrk against the nginx upstream."""
+    from _common import cpu_seconds
+    from _floor import run_wrk
+
+    headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+    started = time.perf_counter()
+    runs: dict[int, list[Saturation]] = {n: [] for n in bridges}
+    wrk_latency: dict[int, list[tuple[float, float]]] = {n: [] for n in bridges}
+    for i in range(args.rounds + 1):  # round 0 warms every worker up and is not counted
+        order = list(bridges) if i % 2 == 0 else list(reversed(bridges))
+        for n in order:
+            proc, port, workers = bridges[n]
+            pids = {f"w{k}": pid for k, pid in enumerate(workers)}
+            if n > 1:
+                pids["parent"] = proc.pid
+            pids["upstream"] = upstream_pid
+            cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+            url = f"http://127.0.0.1:{port}/{PROVIDER}/v1/chat/completions"
+            seconds = 2.0 if i == 0 else args.seconds
+            w = run_wrk(url, headers, _body(False), args.concurrency, seconds, tmp)
+            cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
+            cpu["client"] = w.client_cpu
+            if i:
+                runs[n].append(Saturation(w.requests, w.seconds, w.errors, [], cpu, []))
+                wrk_latency[n].append((w.p50_ms, w.p99_ms))
+    result = _figures(args, runs, started)
+    for n, pairs in wrk_latency.items():  # wrk reports percentiles, not samples
+        result["figures"][str(n)]["latency_ms"] = {
+            "p50": round(sorted(p50 for p50, _ in pairs)[len(pairs) // 2], 2),
+            "p99": round(max(p99 for _, p99 in pairs), 2),
+        }
+    return result
 
 
 def _run(
@@ -97,6 +175,7 @@ def _run(
     token: str,
     upstream_pid: int,
     bridges: dict[int, tuple[Proc, int, list[int]]],
+    tmp: Path,
 ) -> dict[str, Any]:
     import uvloop
 
@@ -145,7 +224,12 @@ def _run(
         return runs
 
     started = time.perf_counter()
-    runs = uvloop.run(run())
+    return _figures(args, uvloop.run(run()), started)
+
+
+def _figures(
+    args: argparse.Namespace, runs: dict[int, list[Saturation]], started: float
+) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for n, sats in runs.items():
         requests = sum(s.requests for s in sats)
@@ -154,7 +238,7 @@ def _run(
             v for s in sats for k, v in s.cpu.items() if k.startswith("w") or k == "parent"
         )
         parent_cpu = sum(s.cpu.get("parent", 0.0) for s in sats)
-        latencies = [x * 1000 for s in sats for x in s.latencies]
+        latencies = [x * 1000 for s in sats for x in s.latencies] or [0.0]
         figures[str(n)] = {
             "workers": n,
             "requests": requests,
@@ -179,6 +263,7 @@ def _run(
     one, many = figures["1"], figures[str(args.workers)]
     return {
         "kind": args.kind,
+        "load": args.load,
         "concurrency": args.concurrency,
         "rounds": args.rounds,
         "workers": args.workers,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+TOOL_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin"
 
 
 def run(script: str, args: list[str], results: Path, timeout: float = 100) -> dict[str, object]:
@@ -127,3 +129,18 @@ def test_workers(tmp_path: Path) -> None:
     assert isinstance(figures, dict)
     assert figures["1"]["errors"] == figures["2"]["errors"] == 0
     assert len(figures["2"]["per_worker_cpu_seconds"]) == 2
+
+
+@pytest.mark.timeout(150)
+def test_workers_with_c_load(tmp_path: Path) -> None:
+    """bench/workers.py --load c drives both bridges with wrk against an nginx upstream."""
+    missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool, path=TOOL_PATH) is None]
+    if missing:
+        pytest.skip(
+            f"{' and '.join(missing)} not installed (Debian packages; .ci/run installs them)"
+        )
+    doc = run("workers.py", ["--load", "c", "--seconds", "1", "--rounds", "1"], tmp_path)
+    figures = doc["figures"]
+    assert isinstance(figures, dict)
+    assert figures["1"]["errors"] == figures["2"]["errors"] == 0
+    assert figures["2"]["requests"] > 0
