@@ -44,6 +44,7 @@ from tests.data_plane.bedrock.bedrock_testkit import (
     stream_ok,
 )
 from tests.e2e.fakes import ACCESS_KEY, REGION, SECRET_KEY, Upstream
+from tests.e2e.test_bridge_e2e import wait_ready
 from tests.fixtures.services import ADMIN_TOKEN, Procs
 from tests.fixtures.upstream import Reply, Seen, ThreadedUpstream, anthropic_message, json_reply
 from tests.fixtures.waits import eventually
@@ -360,16 +361,6 @@ def start_stack(procs: Procs, database_url: str, upstream: str) -> Matrix:
     }
     auditor = create_token(service.target, "audit", token_pb2.ROLE_AUDITOR).secret
     return Matrix(service.target, members, auditor)
-
-
-def wait_ready(url: str) -> None:
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    asyncio.run(eventually(ready, 20))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
