@@ -56,6 +56,7 @@ FAILING_KEY = "sk-pool-RATELIMITED-0123456789ab"  # the failover provider's firs
 SPARE_KEY = "sk-pool-SPARE-0123456789abcdefgh"
 TIGHT_KEY = "sk-pool-TIGHT-0123456789abcdefgh"  # the only key of its provider: 429
 BYOK_KEY = "sk-users-own-key-0000000000000000000"
+BYOK_ANT_KEY = "sk-ant-users-own-key-111111111111111"
 BROKEN_MODEL = "broken-model"  # the upstream answers 500
 SLOW_MODEL = "slow-model"  # the upstream streams slowly (the client hangs up)
 BEDROCK_MODEL = "claude-test-large"
@@ -166,6 +167,9 @@ EXPECTED = {
                              hint="(bedrock)"),
     "byok": Expect("bob", OAI, "completed", 200, "oai", CHAT, "gpt-x", shapes.CHAT_MODEL,
                    shapes.CHAT_TOKENS, False, CHAT_TOOL, "byok", mask_secret(BYOK_KEY)),
+    "byok-stream": Expect("bob", ANT, "completed", 200, "claude", MSGS, "claude-x",
+                          shapes.ANTHROPIC_MODEL, shapes.ANTHROPIC_TOKENS, True, ANTHROPIC_TOOL,
+                          "byok", mask_secret(BYOK_ANT_KEY)),
     "failover": Expect("alice", OAI, "completed", 200, "fo", CHAT, "gpt-x", shapes.CHAT_MODEL,
                        shapes.CHAT_TOKENS, False, CHAT_TOOL, hint=mask_secret(SPARE_KEY),
                        attempts=2),
@@ -250,7 +254,8 @@ def anthropic_calls(url: str, member: Member, provider: str, prefix: str) -> dic
 
 
 def key_calls(url: str, alice: Member, bob: Member) -> dict[str, str]:
-    """BYOK (bob's own key beside his gateway token), a failover, an exhausted pool twice."""
+    """BYOK (bob's own keys beside his gateway token, blocking through the OpenAI SDK and
+    streamed through the Anthropic one), a failover, an exhausted pool twice."""
     ids = {}
     with openai.OpenAI(
         base_url=f"{url}/oai/v1",
@@ -261,6 +266,17 @@ def key_calls(url: str, alice: Member, bob: Member) -> dict[str, str]:
         ids["byok"] = request_id(
             client.chat.completions.with_raw_response.create(model="gpt-x", messages=MESSAGES)
         )
+    with anthropic.Anthropic(
+        base_url=f"{url}/claude",
+        api_key=BYOK_ANT_KEY,
+        default_headers={"X-AIBridge-Token": bob.secret},
+        max_retries=0,
+    ) as own:
+        raw: Any = own.messages.with_raw_response.create(
+            model="claude-x", max_tokens=100, messages=MESSAGES, stream=True
+        )
+        assert [e.type for e in raw.parse()][-1] == "message_stop"
+        ids["byok-stream"] = request_id(raw)
     with openai.OpenAI(base_url=f"{url}/fo/v1", api_key=alice.secret, max_retries=0) as client:
         ids["failover"] = request_id(
             client.chat.completions.with_raw_response.create(model="gpt-x", messages=MESSAGES)
@@ -295,6 +311,7 @@ class Matrix:
     auditor: str
     ids: dict[str, str] = field(default_factory=dict)
     bedrock_model_ids: list[str] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)  # by the fake upstream
 
     def cli(self, *args: str, token: str = "") -> Any:
         """`aibridge usage <args> --json` as a subprocess: its parsed output."""
@@ -380,6 +397,7 @@ def matrix(
             wait_ready(url)
             drive(made, url)
             made.bedrock_model_ids = [r.model_id for r in fake.bedrock.received]
+            made.seen = fake.seen
             asyncio.run(eventually(lambda: set(made.ids.values()) <= made.stored(), 20, 0.2))
             yield made
         finally:
@@ -507,3 +525,14 @@ def test_a_member_lists_only_its_own_records(
     made = {matrix.ids[c] for c, e in EXPECTED.items() if e.member == name}
     assert {r["id"] for r in own} == made
     assert {r["id"] for r in listed.values() if r["principal_id"] == member.principal_id} == made
+
+
+def test_byok_calls_reach_the_upstream_with_the_users_own_keys_and_no_gateway_token(
+    matrix: Matrix,
+) -> None:
+    """The upstream saw each BYOK key once and never a gateway token."""
+    sent = [" ".join(seen.headers.values()) for seen in matrix.seen]
+    for key in (BYOK_KEY, BYOK_ANT_KEY):
+        assert sum(key in headers for headers in sent) == 1
+    secrets = [m.secret for m in matrix.members.values()]
+    assert not any(secret in headers for secret in secrets for headers in sent)
