@@ -418,6 +418,10 @@ def listed(matrix: Matrix) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in matrix.cli("list", "--limit", "1000")}
 
 
+PROVIDER_TYPES = {"oai": "openai", "fo": "openai", "tight": "openai", "claude": "anthropic"}
+PROVIDER_TYPES["aws"] = "bedrock"
+
+
 def expected_fields(matrix: Matrix, expect: Expect) -> dict[str, Any]:
     member = matrix.members[expect.member]
     served, hint = expect.served, expect.hint
@@ -434,6 +438,7 @@ def expected_fields(matrix: Matrix, expect: Expect) -> dict[str, Any]:
         "outcome": expect.outcome,
         "status_code": expect.status,
         "provider_name": expect.provider,
+        "provider_type": PROVIDER_TYPES[expect.provider],
         "route": expect.route,
         "requested_model": expect.requested,
         "served_model": served,
