@@ -62,6 +62,7 @@ SLOW_MODEL = "slow-model"  # the upstream streams slowly (the client hangs up)
 BEDROCK_MODEL = "claude-test-large"
 TOOL_RESULT_TOKENS = (30, 7, 0, 0, 0)
 NO_TOKENS = (0, 0, 0, 0, 0)
+STARTED_TOKENS = (12, 1, 10240, 2048, 0)  # an Anthropic message_start's, before any delta
 MESSAGES: Any = [{"role": "user", "content": "weather in Paris?"}]
 
 
@@ -94,7 +95,7 @@ class MatrixUpstream(Upstream):
         if doc.get("model") == BROKEN_MODEL:
             return json_reply({"error": {"message": "boom", "type": "server_error"}}, 500)
         if doc.get("model") == SLOW_MODEL:
-            slow = shapes.chat_stream()
+            slow = shapes.anthropic_stream() if "/messages" in seen.path else shapes.chat_stream()
             slow.gap = 0.5
             return slow
         if seen.path.endswith("/chat/completions"):
@@ -181,6 +182,8 @@ EXPECTED = {
                            NO_TOKENS, False),
     "disconnect": Expect("alice", "other", "cancelled", 200, "oai", CHAT, SLOW_MODEL,
                          shapes.CHAT_MODEL, NO_TOKENS, True, CHAT_TOOL),
+    "disconnect-sdk": Expect("bob", ANT, "cancelled", 200, "claude", MSGS, SLOW_MODEL,
+                             shapes.ANTHROPIC_MODEL, STARTED_TOKENS, True),
 }  # fmt: skip
 
 
@@ -289,16 +292,25 @@ def key_calls(url: str, alice: Member, bob: Member) -> dict[str, str]:
     return ids
 
 
-def disconnect(url: str, member: Member) -> dict[str, str]:
-    """A stream the client closes after its first chunk."""
+def disconnect(url: str, alice: Member, bob: Member) -> dict[str, str]:
+    """Streams the client closes after their first chunk (httpx) or event (Anthropic SDK)."""
     body = {"model": SLOW_MODEL, "messages": MESSAGES, "stream": True}
-    headers = {"authorization": f"Bearer {member.secret}"}
+    headers = {"authorization": f"Bearer {alice.secret}"}
     with (
         httpx.Client(base_url=url, headers=headers, timeout=10) as http,
         http.stream("POST", "/oai/v1/chat/completions", json=body) as answer,
     ):
         next(answer.iter_raw())
-        return {"disconnect": answer.headers["x-aibridge-request-id"]}
+        ids = {"disconnect": answer.headers["x-aibridge-request-id"]}
+    with anthropic.Anthropic(base_url=f"{url}/claude", api_key=bob.secret, max_retries=0) as client:
+        raw: Any = client.messages.with_raw_response.create(
+            model=SLOW_MODEL, max_tokens=100, messages=MESSAGES, stream=True
+        )
+        stream = raw.parse()
+        assert next(iter(stream)).type == "message_start"
+        stream.close()
+        ids["disconnect-sdk"] = request_id(raw)
+    return ids
 
 
 # --- the stack, the traffic and what the CLI says about it ------------------------------
@@ -367,7 +379,7 @@ def drive(matrix: Matrix, url: str) -> None:
     matrix.ids |= anthropic_calls(url, bob, "claude", "messages")
     matrix.ids |= anthropic_calls(url, bob, "aws", "bedrock")
     matrix.ids |= key_calls(url, alice, bob)
-    matrix.ids |= disconnect(url, alice)
+    matrix.ids |= disconnect(url, alice, bob)
     assert set(matrix.ids) == set(EXPECTED)
 
 
