@@ -260,21 +260,12 @@ def key_calls(url: str, alice: Member, bob: Member) -> dict[str, str]:
     """BYOK (bob's own keys beside his gateway token, blocking through the OpenAI SDK and
     streamed through the Anthropic one), a failover, an exhausted pool twice."""
     ids = {}
-    with openai.OpenAI(
-        base_url=f"{url}/oai/v1",
-        api_key=BYOK_KEY,
-        default_headers={"X-AIBridge-Token": bob.secret},
-        max_retries=0,
-    ) as client:
+    byok: Any = {"default_headers": {"X-AIBridge-Token": bob.secret}, "max_retries": 0}
+    with openai.OpenAI(base_url=f"{url}/oai/v1", api_key=BYOK_KEY, **byok) as client:
         ids["byok"] = request_id(
             client.chat.completions.with_raw_response.create(model="gpt-x", messages=MESSAGES)
         )
-    with anthropic.Anthropic(
-        base_url=f"{url}/claude",
-        api_key=BYOK_ANT_KEY,
-        default_headers={"X-AIBridge-Token": bob.secret},
-        max_retries=0,
-    ) as own:
+    with anthropic.Anthropic(base_url=f"{url}/claude", api_key=BYOK_ANT_KEY, **byok) as own:
         raw: Any = own.messages.with_raw_response.create(
             model="claude-x", max_tokens=100, messages=MESSAGES, stream=True
         )
