@@ -364,7 +364,7 @@ def provider_env(base: str) -> dict[str, str]:
 
 
 def drive(matrix: Matrix, url: str) -> None:
-    """Every call of the matrix; the request ids of the answers."""
+    """Every call of the matrix, keeping the request id of each answer in `matrix.ids`."""
     alice, bob = matrix.members["alice"], matrix.members["bob"]
     matrix.ids |= openai_calls(url, alice)
     matrix.ids |= anthropic_calls(url, bob, "claude", "messages")
@@ -399,6 +399,7 @@ def matrix(
             url = str(bridge.ready["url"]).rstrip("/")
             wait_ready(url)
             drive(made, url)
+            assert not fake.bedrock.rejected  # every Bedrock call correctly SigV4-signed
             made.bedrock_model_ids = [r.model_id for r in fake.bedrock.received]
             made.seen = fake.seen
             asyncio.run(eventually(lambda: set(made.ids.values()) <= made.stored(), 20, 0.2))
