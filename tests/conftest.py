@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,14 +42,22 @@ def _postgres_base(config: pytest.Config) -> str:
     return str(config.getoption("--database-url") or "")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'aibridge.db'}"
+@contextmanager
+def fresh_database(kind: str, config: pytest.Config, tmp: Path) -> Iterator[str]:
+    """A fresh, empty database of `kind`: a SQLite file in `tmp`, or a new PostgreSQL schema
+    dropped afterwards (skips when PostgreSQL is not configured)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'aibridge.db'}"
         return
-    base = _postgres_base(request.config)
+    base = _postgres_base(config)
     if not base:
         pytest.skip("PostgreSQL not configured (AIBRIDGE_TEST_DATABASE_URL)")
     with postgres_schema(base) as schema:
         yield schema_url(base, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema dropped afterwards."""
+    with fresh_database(request.param, request.config, tmp_path) as url:
+        yield url

@@ -31,6 +31,7 @@ from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.envconfig import seconds
 from aibridge.recording import TOKEN_KINDS, enum_names
+from aibridge.rulebook import type_name
 from aibridge.terminal import escape, table
 
 PROG = "aibridge usage"
@@ -124,6 +125,7 @@ def interception_dict(i: usage_pb2.Interception) -> dict[str, Any]:
     data = MessageToDict(
         i, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    data["provider_type"] = type_name(i.provider_type)
     data["outcome"] = OUTCOME_NAMES.get(i.outcome, "")
     data["credential_kind"] = CREDENTIAL_NAMES.get(i.credential_kind, "")
     data["usage"] = {kind: getattr(i.usage, kind) for kind in TOKEN_KINDS}

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from aibridge.config.v1 import provider_pb2
+from aibridge.masking import mask_secret
 from aibridge.rulebook import Family
 from data_plane.bridge.providers import error_body
 from data_plane.bridge.upstream import AnthropicUpstream, BedrockFactory, UpstreamResponse
@@ -39,6 +40,9 @@ class BedrockUpstream:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        config = client.config
+        static = config.access_key if config.has_static_credentials else None
+        self.credential_hint = mask_secret(static.value) if static is not None else ""
 
     async def send(
         self, *, path: str, body: bytes, headers: Mapping[str, str], stream: bool

@@ -149,6 +149,7 @@ class Forwarder:
 
     async def _send_bedrock(self, call: Call, bedrock: AnthropicUpstream) -> UpstreamResponse:
         call.capture.attempts = 1
+        call.key_hint = call.capture.credential_hint = bedrock.credential_hint
         attempt = None
         if call.trace is not None:  # no traceparent: the request is SigV4-signed as it is
             attempt = call.trace.attempt(call, None, call.path)

@@ -45,6 +45,9 @@ class UpstreamResponse:
 class AnthropicUpstream(Protocol):
     """An upstream that speaks the Anthropic Messages API on behalf of the bridge."""
 
+    # The masked hint of the provider's own credentials ("" when resolved at run time).
+    credential_hint: str
+
     async def send(
         self, *, path: str, body: bytes, headers: Mapping[str, str], stream: bool
     ) -> UpstreamResponse:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from bedrock_testkit import (
+    ACCESS_KEY,
     ENDPOINT,
     REGION,
     SONNET,
@@ -34,6 +35,7 @@ from dp_fakes import (
 
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import usage_pb2
+from aibridge.masking import mask_secret
 from data_plane.bedrock import BedrockClient
 from data_plane.bridge.bedrock_adapter import BedrockUpstream
 from data_plane.bridge.server import Bridge
@@ -87,7 +89,7 @@ async def url(
 async def test_blocking_bedrock_call_is_recorded(
     url: str, fake: FakeBedrock, records: ListSink
 ) -> None:
-    """A blocking Bedrock invoke: the model id invoked, its usage, a completed record."""
+    """A blocking Bedrock invoke: the model id invoked, its usage, the masked access key id, a completed record."""
     fake.respond = lambda got: json_ok(message_json())
     async with httpx.AsyncClient(base_url=url) as http:
         reply = await http.post(
@@ -103,6 +105,7 @@ async def test_blocking_bedrock_call_is_recorded(
     assert (record.usage.input_tokens, record.usage.output_tokens) == (10, 3)
     assert record.outcome == usage_pb2.OUTCOME_COMPLETED
     assert record.credential_kind == usage_pb2.CREDENTIAL_KIND_POOLED
+    assert record.credential_hint == mask_secret(ACCESS_KEY)
 
 
 async def test_streamed_bedrock_call_is_recorded(
