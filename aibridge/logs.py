@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -150,24 +150,31 @@ class AccessLog:
         return tuple(("{" if i == 0 else ", ") + json.dumps(k) + ": " for i, k in enumerate(keys))
 
     def info(self, **fields: Any) -> None:
-        out = _json_info
         if not _info_enabled:
             return
         keys = tuple(fields)
         if keys not in self._formats:
             self._formats[keys] = self._format(keys)
         prefixes = self._formats[keys]
-        if out is None or prefixes is None or not keys or get_contextvars():
+        out = _json_info
+        line = None
+        if out is not None and prefixes is not None and keys and not get_contextvars():
+            line = self._render(prefixes, fields.values())
+        if out is None or line is None:
             self._log.info(self._event, **fields)
-            return
+        else:
+            out.msg(line)
+
+    def _render(self, prefixes: tuple[str, ...], values: Iterable[Any]) -> str | None:
+        """The JSON line; None for a value of a type the format does not encode as
+        structlog's renderer would (it is left to structlog)."""
         parts = []
-        for prefix, value in zip(prefixes, fields.values(), strict=True):
+        for prefix, value in zip(prefixes, values, strict=True):
             encode = _ENCODERS.get(type(value))
             if encode is None:
-                if type(value) is not float or value - value != 0:  # not finite: structlog's
-                    self._log.info(self._event, **fields)
-                    return
+                if type(value) is not float or value - value != 0:  # not finite
+                    return None
                 encode = float.__repr__
             parts.append(prefix + encode(value))
         parts.append(self._tail + _CLOCK.now() + '"}')
-        out.msg("".join(parts))
+        return "".join(parts)
