@@ -131,7 +131,10 @@ def test_workers(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+@pytest.mark.skipif(
+    shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+    reason="nginx is not installed (apt-get install nginx)",
+)
 def test_nginx_floor(tmp_path: Path) -> None:
     """bench/nginx_floor.py measures direct, the bridge and nginx without errors, and leaves
     no nginx process running."""
