@@ -63,9 +63,9 @@ def _completion() -> bytes:
     ).encode()
 
 
-def _sse_events() -> list[bytes]:
+def _sse_events(chunks: int) -> list[bytes]:
     events = []
-    for i in range(SSE_CHUNKS - 1):
+    for i in range(chunks - 1):
         doc = {
             "id": "chatcmpl-bench0123456789",
             "object": "chat.completion.chunk",
@@ -97,15 +97,22 @@ _SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
     b"cache-control: no-cache\r\nx-request-id: req_bench\r\ntransfer-encoding: chunked\r\n\r\n"
 )
-_SSE_CHUNKS = [b"%x\r\n%s\r\n" % (len(e), e) for e in _sse_events()]
+
+
+def _sse_chunks(chunks: int) -> list[bytes]:
+    """The stream's events, each as one HTTP/1.1 chunk (`chunks` events before [DONE])."""
+    return [b"%x\r\n%s\r\n" % (len(e), e) for e in _sse_events(chunks)]
+
+
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 
 
 class _UpstreamProtocol(asyncio.Protocol):
     """OpenAI-shaped chat completions: JSON, or SSE when the body asks to stream."""
 
-    def __init__(self, gap: float) -> None:
+    def __init__(self, gap: float, chunks: list[bytes]) -> None:
         self.gap = gap
+        self.chunks = chunks
         self.url = b""
         self.body: list[bytes] = []
         self.transport: asyncio.Transport | None = None
@@ -139,8 +146,8 @@ class _UpstreamProtocol(asyncio.Protocol):
             self.transport.write(_JSON_RESPONSE)
 
     async def _stream(self, transport: asyncio.Transport) -> None:
-        transport.write(_SSE_HEAD + _SSE_CHUNKS[0])
-        for chunk in _SSE_CHUNKS[1:]:
+        transport.write(_SSE_HEAD + self.chunks[0])
+        for chunk in self.chunks[1:]:
             await asyncio.sleep(self.gap)
             if transport.is_closing():
                 return
@@ -148,14 +155,17 @@ class _UpstreamProtocol(asyncio.Protocol):
         transport.write(b"0\r\n\r\n")
 
 
-def serve_upstream(gap: float) -> None:
-    """Run the fake upstream on 127.0.0.1:0; print the port on stdout; serve forever."""
+def serve_upstream(gap: float, chunks: int = SSE_CHUNKS) -> None:
+    """Run the fake upstream on 127.0.0.1:0; print the port on stdout; serve forever.
+    Its SSE answers carry `chunks` events (the last one the usage), then [DONE]."""
     import uvloop
+
+    events = _sse_chunks(chunks)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _UpstreamProtocol(gap), "127.0.0.1", 0, backlog=1024
+            lambda: _UpstreamProtocol(gap, events), "127.0.0.1", 0, backlog=1024
         )
         print(server.sockets[0].getsockname()[1], flush=True)
         await server.serve_forever()

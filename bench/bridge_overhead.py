@@ -212,9 +212,11 @@ async def _saturate(
     return Saturation(n, seconds, errors, latencies, cpu, rss)
 
 
-def _start_upstream(gap_ms: float) -> tuple[subprocess.Popen[str], int]:
+def _start_upstream(gap_ms: float, chunks: int = SSE_CHUNKS) -> tuple[subprocess.Popen[str], int]:
+    """The fake upstream in its own process (this script with --serve-upstream); its port."""
+    args = ["--serve-upstream", "--sse-gap-ms", str(gap_ms), "--sse-chunks", str(chunks)]
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-upstream", "--sse-gap-ms", str(gap_ms)],
+        [sys.executable, __file__, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
@@ -258,9 +260,10 @@ def main() -> int:
         help="with --record: the recording bridge ships its records to the config service",
     )
     p.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sse-chunks", type=int, default=SSE_CHUNKS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_upstream:
-        serve_upstream(args.sse_gap_ms / 1000)
+        serve_upstream(args.sse_gap_ms / 1000, args.sse_chunks)
         return 0
     plan = _plan(args.requests, args.rounds)
 

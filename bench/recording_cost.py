@@ -39,6 +39,7 @@ from aibridge.logs import configure
 from aibridge.masking import sha256_hex
 from data_plane.body_budget import BodyBudget
 from data_plane.bridge.app import BridgeApp
+from data_plane.bridge.asgi import LOST, ConnectionLost
 from data_plane.bridge.routing import EMPTY, BuildContext, build_table
 from data_plane.bridge.server import make_http_client, make_upstream
 from data_plane.bridge.settings import BreakerSettings
@@ -117,7 +118,8 @@ async def _one(app: BridgeApp, scope: dict[str, Any], body: bytes) -> int:
         elif not message.get("more_body", False):
             finished.set()
 
-    await app(dict(scope), receive, send)
+    # A scope as the bridge's HTTP protocol makes it, with its connection-lost hook.
+    await app({**scope, "extensions": {LOST: ConnectionLost()}}, receive, send)
     return status
 
 

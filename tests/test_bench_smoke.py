@@ -144,3 +144,22 @@ def test_workers_with_c_load(tmp_path: Path) -> None:
     assert isinstance(figures, dict)
     assert figures["1"]["errors"] == figures["2"]["errors"] == 0
     assert figures["2"]["requests"] > 0
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(
+    shutil.which("nginx", path=TOOL_PATH) is None,
+    reason="nginx is not installed (a Debian package; .ci/run installs it)",
+)
+def test_nginx_floor(tmp_path: Path) -> None:
+    """bench/nginx_floor.py measures direct, the bridge and nginx without errors, and leaves
+    no nginx process running."""
+    doc = run("nginx_floor.py", ["--requests", "200", "--streams", "20", "--rounds", "5"], tmp_path)
+    figures = doc["figures"]
+    assert isinstance(figures, dict)
+    assert set(figures) == {"bridge", "nginx"}
+    assert figures["bridge"]["sse"]["errors"] == figures["nginx"]["json"]["errors"] == 0
+    assert "per_cpu_second" in doc["bridge_over_nginx"]["json"]  # type: ignore[index]
+    pids = doc["nginx_pids"]
+    assert isinstance(pids, list) and len(pids) == 2  # the master and its one worker
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]

@@ -34,7 +34,7 @@ from aibridge.recording import MAX_HINT
 from aibridge.rulebook import Family
 from aibridge.telemetry import TRACE_HEADERS
 from data_plane.body_budget import BodyBudget, Hold
-from data_plane.bridge.asgi import Receive, Scope, Send, respond
+from data_plane.bridge.asgi import LOST, ConnectionLost, Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.interception import RecordSink
 from data_plane.bridge.interception.clients import HEADERS as CLIENT_HEADERS
@@ -77,14 +77,6 @@ _DROP_REQUEST = frozenset(
 )
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 _CLIENT_HEADERS = CLIENT_HEADERS | {REQUEST_ID, VIA}
-
-
-class _Guard:
-    __slots__ = ("disconnected", "done")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.disconnected = False
 
 
 def _has_dot_segment(path: str) -> bool:
@@ -387,7 +379,7 @@ class BridgeApp:
             if intercepted:
                 self._inspect(call)
             call.trace = trace
-            await self._guarded(call, receive, send)
+            await self._guarded(call, scope, send)
         finally:
             hold.release()
 
@@ -524,31 +516,29 @@ class BridgeApp:
                 capture.prompt = last_user_message(doc)
                 capture.arguments = True
 
-    async def _guarded(self, call: Call, receive: Receive, send: Send) -> None:
+    async def _guarded(self, call: Call, scope: Scope, send: Send) -> None:
         """Run the call, cancelling it (and so the upstream request) if the client leaves."""
         task = asyncio.current_task()
         assert task is not None
-        guard = _Guard()
+        lost: ConnectionLost = scope["extensions"][LOST]
+        disconnected = False
         capture = call.capture
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            # Once the response is complete the server reports a disconnect: not a client exit.
-            if not (guard.done or capture.answered):
-                guard.disconnected = True
+        def on_lost() -> None:
+            nonlocal disconnected
+            if not capture.answered:  # a complete answer is not a client exit
+                disconnected = True
                 task.cancel()
 
-        watcher = asyncio.ensure_future(watch())
+        lost.callback = on_lost
         try:
             await self.forwarder.run(call, send)
         except asyncio.CancelledError:
-            if guard.disconnected and task.uncancel() == 0:
+            if disconnected and task.uncancel() == 0:
                 log.info(
                     "client disconnected", request_id=call.request_id, provider=call.provider.name
                 )
                 return
             raise
         finally:
-            guard.done = True
-            watcher.cancel()
+            lost.callback = None

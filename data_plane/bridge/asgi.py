@@ -11,6 +11,22 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+# A request's scope carries, from the bridge's HTTP protocol, a `ConnectionLost` under
+# `scope["extensions"][LOST]`.
+LOST = "aibridge.connection_lost"
+
+
+class ConnectionLost:
+    """The app's callback, run by the server if the client's connection closes before the
+    response is complete: disconnects are seen without a task per request waiting in
+    `receive()`."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], None] | None = None
+
+
 async def respond(
     send: Send,
     status: int,

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from data_plane.bridge.asgi import LOST, ConnectionLost
 from data_plane.bridge.providers import error_body
 from data_plane.bridge.settings import ConnectionLimits
 
@@ -109,6 +110,17 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.waiting.pop(self, None)
         super().connection_lost(exc)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            extensions: Any = cycle.scope["extensions"]  # ours: uvicorn types them as dicts
+            callback = extensions[LOST].callback
+            if callback is not None:
+                callback()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        extensions: Any = {LOST: ConnectionLost()}
+        self.scope["extensions"] = extensions
 
     def data_received(self, data: bytes) -> None:
         limit = self.guard.max_header_bytes

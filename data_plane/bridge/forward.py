@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from aibridge.config.v1 import usage_pb2
-from aibridge.logs import get_logger
+from aibridge.logs import AccessLog, get_logger
 from aibridge.masking import mask_secret
 from aibridge.rulebook import Family
 from data_plane.bridge.asgi import Send, respond
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from data_plane.bridge.tracing import CallSpan
 
 log = get_logger(__name__)
+_access = AccessLog(__name__, "request")  # one line per request
 
 _DROP_RESPONSE = frozenset(
     {
@@ -363,8 +364,7 @@ class Forwarder:
         for kind, count in tokens.items():
             if count:
                 m.tokens.labels(labels[0], call.model, kind).inc(count)
-        log.info(
-            "request",
+        _access.info(
             request_id=call.request_id,
             provider=labels[0],
             route=labels[1],

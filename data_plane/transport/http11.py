@@ -42,6 +42,10 @@ class HTTP11Connection(asyncio.Protocol):
         self.active = False
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        # The read timeout: one timer per connection, re-armed only when it fires early,
+        # not one per wait (an SSE stream waits once per chunk).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -149,15 +153,29 @@ class HTTP11Connection(asyncio.Protocol):
             self._waiter.set_result(None)
 
     async def wait(self, seconds: float | None) -> None:
-        """Until the next event (headers, body bytes, end, error)."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        """Until the next event (headers, body bytes, end, error), or `seconds` without one."""
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        if seconds is not None:
+            self._deadline = loop.time() + seconds
+            if self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._timed)
         try:
-            async with asyncio.timeout(seconds):
-                await self._waiter
-        except TimeoutError:
-            raise httpx.ReadTimeout("timed out waiting for the upstream") from None
+            await self._waiter
         finally:
             self._waiter = None
+
+    def _timed(self) -> None:
+        """The timer: the waiter's deadline has passed (it fails), or it moved (re-armed)."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waiting: the next wait arms it again
+        loop = waiter.get_loop()
+        if loop.time() >= self._deadline:
+            waiter.set_exception(httpx.ReadTimeout("timed out waiting for the upstream"))
+        else:
+            self._timer = loop.call_at(self._deadline, self._timed)
 
     async def send(self, head: bytes, body: bytes, seconds: float | None) -> None:
         assert self.transport is not None
@@ -195,6 +213,9 @@ class HTTP11Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 
