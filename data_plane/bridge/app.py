@@ -520,7 +520,9 @@ class BridgeApp:
         """Run the call, cancelling it (and so the upstream request) if the client leaves."""
         task = asyncio.current_task()
         assert task is not None
-        lost: ConnectionLost = scope["extensions"][LOST]
+        # The bridge's protocol always provides the hook; another ASGI server (a test
+        # client) gets none, and a client leaving is then seen only when a send fails.
+        lost: ConnectionLost = (scope.get("extensions") or {}).get(LOST) or ConnectionLost()
         disconnected = False
         capture = call.capture
 
