@@ -10,7 +10,18 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aibridge.envconfig import Schema, Setting, SettingsError, Values, optional, path, text
+from aibridge.envconfig import (
+    Schema,
+    Setting,
+    SettingsError,
+    Values,
+    duration,
+    integer,
+    optional,
+    path,
+    role_token,
+    text,
+)
 from aibridge.logs import configure
 from aibridge.ports import ListenError
 
@@ -22,12 +33,7 @@ S = TypeVar("S")
 
 def daemon_token(role: str) -> Setting[str]:
     """The daemon's own token for the config service (AIBRIDGE_<ROLE>_TOKEN)."""
-    return Setting(
-        f"AIBRIDGE_{role.upper()}_TOKEN",
-        f"token of the {role} principal, presented to the config service",
-        text,
-        secret=True,
-    )
+    return role_token(role, f"token of the {role} principal, presented to the config service")
 
 
 def required_token(v: Values, setting: Setting[str], role: str) -> str:
@@ -40,6 +46,36 @@ def required_token(v: Values, setting: Setting[str], role: str) -> str:
             f"or create one with `aibridge tokens create --local --role {role}`)"
         )
     return token
+
+
+def request_limits(
+    names: tuple[str, str, str, str], header_timeout_help: str
+) -> tuple[Setting[float], Setting[int], Setting[int], Setting[float]]:
+    """A daemon's request limits, named in full at the call (so grep finds them): head
+    timeout, head size, body bytes held at once, body timeout. Both daemons answer them
+    alike (431, 503, 408)."""
+    header_timeout, max_header_bytes, body_buffer_bytes, body_timeout = names
+    return (
+        Setting(header_timeout, header_timeout_help, duration, "10s"),
+        Setting(
+            max_header_bytes,
+            "largest request head, request line and headers (past it 431)",
+            integer(minimum=1024),
+            str(64 * 1024),
+        ),
+        Setting(
+            body_buffer_bytes,
+            "request body bytes held by all requests at once (134217728: 128 MiB; past it 503)",
+            integer(minimum=1),
+            str(128 * 1024 * 1024),
+        ),
+        Setting(
+            body_timeout,
+            "a request's body must arrive whole within this of its head (else 408)",
+            duration,
+            "30s",
+        ),
+    )
 
 
 DUMP_DIR = Setting(

@@ -41,6 +41,7 @@ from data_plane.daemon import (
     NODE_ID,
     SNAPSHOT_CACHE,
     daemon_token,
+    request_limits,
     required_token,
 )
 from data_plane.recording.shipper import ShipperSettings
@@ -62,29 +63,14 @@ MAX_CONNECTIONS = Setting(
     integer(minimum=0),
     "0",
 )
-HEADER_TIMEOUT = Setting(
-    "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
+HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = request_limits(
+    (
+        "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
+        "AIBRIDGE_BRIDGE_MAX_HEADER_BYTES",
+        "AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES",
+        "AIBRIDGE_BRIDGE_BODY_TIMEOUT",
+    ),
     "a request's headers must arrive within this of connecting or of the previous response",
-    duration,
-    "10s",
-)
-MAX_HEADER_BYTES = Setting(
-    "AIBRIDGE_BRIDGE_MAX_HEADER_BYTES",
-    "request line and headers at most",
-    integer(minimum=1024),
-    str(64 * 1024),
-)
-BODY_BUFFER_BYTES = Setting(
-    "AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES",
-    "request body bytes held by all requests at once (134217728: 128 MiB)",
-    integer(minimum=1),
-    str(128 * 1024 * 1024),
-)
-BODY_TIMEOUT = Setting(
-    "AIBRIDGE_BRIDGE_BODY_TIMEOUT",
-    "a request's body must arrive whole within this of its headers (else 408)",
-    duration,
-    "30s",
 )
 RECORDING = Setting(
     "AIBRIDGE_RECORDING",

@@ -44,6 +44,7 @@ from data_plane.daemon import (
     NODE_ID,
     SNAPSHOT_CACHE,
     daemon_token,
+    request_limits,
     required_token,
 )
 
@@ -105,29 +106,14 @@ IDLE_TIMEOUT = Setting(
     duration,
     "60s",
 )
-HEADER_TIMEOUT = Setting(
-    "AIBRIDGE_PROXY_HEADER_TIMEOUT",
+HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = request_limits(
+    (
+        "AIBRIDGE_PROXY_HEADER_TIMEOUT",
+        "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
+        "AIBRIDGE_PROXY_BODY_BUFFER_BYTES",
+        "AIBRIDGE_PROXY_BODY_TIMEOUT",
+    ),
     "a request head must be complete this long after its first byte",
-    duration,
-    "10s",
-)
-MAX_HEADER_BYTES = Setting(
-    "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
-    "largest request head, request line and headers (past it 431)",
-    integer(minimum=1024),
-    "65536",
-)
-BODY_BUFFER_BYTES = Setting(
-    "AIBRIDGE_PROXY_BODY_BUFFER_BYTES",
-    "request body bytes held by all requests at once (134217728: 128 MiB; past it 503)",
-    integer(minimum=1),
-    str(128 * 1024 * 1024),
-)
-BODY_TIMEOUT = Setting(
-    "AIBRIDGE_PROXY_BODY_TIMEOUT",
-    "a request's body must arrive whole within this of its head (else 408)",
-    duration,
-    "30s",
 )
 
 # Every setting of the proxy: each one is also a flag (see cli.py) unless another tool's.
