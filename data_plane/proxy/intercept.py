@@ -122,20 +122,32 @@ async def _provider_request(
         **({"failed": outcome.failed} if outcome.failed else {}),
     )
     if shared.dumper is not None:
-        await shared.dumper.dump(
-            Exchange(
-                provider=route.provider,
-                model=_model(body),
-                request_id=request_id,
-                method=method.decode(),
-                target=on_bridge,
-                request_headers=[(k.decode(), v.decode("latin-1")) for k, v in headers],
-                request_body=body,
-                status=outcome.status,
-                response_headers=[(k.decode(), v.decode("latin-1")) for k, v in outcome.headers],
-                response_body=outcome.body,
-            )
-        )
+        exchange = _exchange(route.provider, request_id, method, on_bridge, headers, body, outcome)
+        await shared.dumper.dump(exchange)
+
+
+def _exchange(
+    provider: str,
+    request_id: str,
+    method: bytes,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    outcome: Outcome,
+) -> Exchange:
+    """The dump of one provider request as it went to the bridge and came back."""
+    return Exchange(
+        provider=provider,
+        model=_model(body),
+        request_id=request_id,
+        method=method.decode(),
+        target=target,
+        request_headers=[(k.decode(), v.decode("latin-1")) for k, v in headers],
+        request_body=body,
+        status=outcome.status,
+        response_headers=[(k.decode(), v.decode("latin-1")) for k, v in outcome.headers],
+        response_body=outcome.body,
+    )
 
 
 async def _relay(
