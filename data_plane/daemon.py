@@ -8,8 +8,10 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
+from aibridge.client import CONFIG_SERVICE, config_service_tls
 from aibridge.envconfig import (
     Schema,
     Setting,
@@ -19,6 +21,7 @@ from aibridge.envconfig import (
     integer,
     optional,
     path,
+    process_id,
     role_token,
     text,
 )
@@ -92,6 +95,31 @@ SNAPSHOT_CACHE = Setting(
 NODE_ID = Setting(
     "AIBRIDGE_NODE_ID", "name of this instance for the config service (default host-pid)", text
 )
+
+
+class FollowFields(TypedDict):
+    """The fields of a daemon's settings that say how it follows the config service
+    (data_plane/follow.py's FollowSettings)."""
+
+    config_service: str
+    config_service_ca_file: Path | None
+    config_service_cert_file: Path | None
+    config_service_key_file: Path | None
+    snapshot_cache: Path | None
+    node_id: str
+
+
+def follow_fields(v: Values) -> FollowFields:
+    """Those fields from `v`; the TLS files' problems are added to `v.problems`."""
+    ca, cert, key = config_service_tls(v)
+    return FollowFields(
+        config_service=v[CONFIG_SERVICE],
+        config_service_ca_file=ca,
+        config_service_cert_file=cert,
+        config_service_key_file=key,
+        snapshot_cache=v[SNAPSHOT_CACHE],
+        node_id=v[NODE_ID] or process_id(),
+    )
 
 
 def load_settings(

@@ -10,8 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from aibridge.client import CONFIG_SERVICE as CONFIG_SERVICE_TARGET
-from aibridge.client import CONNECTION, config_service_tls
+from aibridge.client import CONNECTION
 from aibridge.coder_options import BRIDGE_REFUSED
 from aibridge.envconfig import (
     BRIDGE_LISTEN,
@@ -30,7 +29,6 @@ from aibridge.envconfig import (
     integer,
     optional,
     path,
-    process_id,
     resolve_data_dir,
     text,
 )
@@ -41,6 +39,7 @@ from data_plane.daemon import (
     NODE_ID,
     SNAPSHOT_CACHE,
     daemon_token,
+    follow_fields,
     request_limits,
     required_token,
 )
@@ -261,17 +260,14 @@ class BridgeSettings:
     ) -> BridgeSettings:
         v = SETTINGS.load(environ, overrides)
         token = required_token(v, TOKEN, "bridge")
-        ca, cert, key = config_service_tls(v)
+        follow = follow_fields(v)
         v.check()
         host, port = v[BRIDGE_LISTEN]
-        node_id = v[NODE_ID] or process_id()
-        spool = v[RECORDING_SPOOL] or resolve_data_dir(v) / "spool" / spool_name(node_id)
+        spool_file = spool_name(follow["node_id"])
+        spool = v[RECORDING_SPOOL] or resolve_data_dir(v) / "spool" / spool_file
         return cls(
             bridge_token=Secret(token),
-            config_service=v[CONFIG_SERVICE_TARGET],
-            config_service_ca_file=ca,
-            config_service_cert_file=cert,
-            config_service_key_file=key,
+            **follow,
             listen_host=host,
             listen_port=port,
             allow_byok=v[ALLOW_BYOK],
@@ -287,8 +283,6 @@ class BridgeSettings:
                 v[BREAKER_TIMEOUT],
                 v[BREAKER_MAX_REQUESTS],
             ),
-            snapshot_cache=v[SNAPSHOT_CACHE],
-            node_id=node_id,
             recording_on=v[RECORDING],
             recording=ShipperSettings(
                 queue_size=v[RECORDING_QUEUE_SIZE],

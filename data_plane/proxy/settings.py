@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from aibridge.client import CONFIG_SERVICE as CONFIG_SERVICE_TARGET
-from aibridge.client import CONNECTION, config_service_tls
+from aibridge.client import CONNECTION
 from aibridge.coder_options import PROXY_REFUSED
 from aibridge.envconfig import (
     DATA_DIR,
@@ -34,7 +33,6 @@ from aibridge.envconfig import (
     optional,
     path,
     port,
-    process_id,
     resolve_data_dir,
 )
 from aibridge.masking import Secret
@@ -44,6 +42,7 @@ from data_plane.daemon import (
     NODE_ID,
     SNAPSHOT_CACHE,
     daemon_token,
+    follow_fields,
     request_limits,
     required_token,
 )
@@ -197,7 +196,7 @@ class ProxySettings:
     ) -> ProxySettings:
         v = SETTINGS.load(environ, overrides)
         token = required_token(v, TOKEN, "proxy")
-        ca, cert, key = config_service_tls(v)
+        follow = follow_fields(v)
         # The CA pair is given together (both must exist) or generated together.
         if (v[CA_CERT_FILE] is None) != (v[CA_KEY_FILE] is None):
             v.problems.append(
@@ -208,10 +207,7 @@ class ProxySettings:
         return cls(
             proxy_token=Secret(token),
             data_dir=resolve_data_dir(v),
-            config_service=v[CONFIG_SERVICE_TARGET],
-            config_service_ca_file=ca,
-            config_service_cert_file=cert,
-            config_service_key_file=key,
+            **follow,
             listen_host=host,
             listen_port=listen_port,
             ca_cert_file=v[CA_CERT_FILE],
@@ -227,8 +223,6 @@ class ProxySettings:
             body_buffer_bytes=v[BODY_BUFFER_BYTES],
             body_timeout=v[BODY_TIMEOUT],
             dump_dir=v[DUMP_DIR],
-            snapshot_cache=v[SNAPSHOT_CACHE],
-            node_id=v[NODE_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
             telemetry=TelemetrySettings.of(v, "aibridge-proxy"),
