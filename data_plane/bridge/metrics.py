@@ -9,15 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from aibridge.series import Series
 from data_plane.bridge.breaker import BreakerState
 from data_plane.follow import FollowMetrics
 from data_plane.recording.metrics import RecordingMetrics
-from data_plane.worker_metrics import WorkerIdentity, scrape_registry
+from data_plane.worker_metrics import DaemonMetrics, WorkerIdentity
 
 if TYPE_CHECKING:
     from data_plane.bridge.routing import RoutingTable
@@ -50,14 +49,12 @@ class _StateCollector(Collector):
         yield breakers
 
 
-class BridgeMetrics:
-    """The bridge's series; `registry` is what /metrics renders: these series, or, in a
-    worker, every worker's (data_plane/worker_metrics.py)."""
+class BridgeMetrics(DaemonMetrics):
+    """The bridge's series (DaemonMetrics: which registry /metrics renders)."""
 
     def __init__(self, worker: WorkerIdentity | None = None) -> None:
-        r = CollectorRegistry()
-        self.registry = r if worker is None else scrape_registry(worker, P)
-        m = Series(r, P)
+        super().__init__(P, worker)
+        m = self.series
         prm, pr = ("provider", "route", "model"), ("provider", "route")
         self.requests = m.counter("requests", "Requests answered.", (*prm, "status"))
         self.in_flight = m.gauge("requests_in_flight", "Requests being served.", pr)
@@ -90,8 +87,8 @@ class BridgeMetrics:
             "unknown provider, or no valid member token to attribute them to.",
             ("reason",),
         )
-        self.follow = FollowMetrics(r, P)
-        self.recording = RecordingMetrics(r, P)
+        self.follow = FollowMetrics(m.registry, P)
+        self.recording = RecordingMetrics(m.registry, P)
 
         # Label children of the per-request series, looked up once (labels() validates,
         # locks and allocates on every call).

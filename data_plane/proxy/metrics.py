@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
-
-from aibridge.series import Series
 from data_plane.follow import FollowMetrics
 from data_plane.proxy.routes import ProxyTable
-from data_plane.worker_metrics import WorkerIdentity, scrape_registry
+from data_plane.worker_metrics import DaemonMetrics, WorkerIdentity
 
 P = "aibridgeproxyd_"
 
 
-class ProxyMetrics:
-    """The proxy's series; `registry` is what /metrics renders: these series, or, in a
-    worker, every worker's (data_plane/worker_metrics.py)."""
+class ProxyMetrics(DaemonMetrics):
+    """The proxy's series (DaemonMetrics: which registry /metrics renders)."""
 
     def __init__(self, worker: WorkerIdentity | None = None) -> None:
-        r = CollectorRegistry()
-        self.registry = r if worker is None else scrape_registry(worker, P)
-        m = Series(r, P)
+        super().__init__(P, worker)
+        m = self.series
         self.connect_sessions = m.counter(
             "connect_sessions",
             "CONNECT sessions accepted, by what happened to them (mitm or tunnel).",
@@ -52,7 +47,7 @@ class ProxyMetrics:
             ("code",),
         )
         self.follow = FollowMetrics(
-            r,
+            m.registry,
             P,
             provider_help="Providers of the applied snapshot "
             "and whether their host is intercepted.",
