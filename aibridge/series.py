@@ -25,6 +25,13 @@ class Series:
     def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
         return Counter(self.prefix + name, help, labels, registry=self.registry)
 
+    def counters(
+        self, name: str, help: str, label: str, values: Sequence[str]
+    ) -> dict[str, Counter]:
+        """A counter with one label, as its child for each of `values` (looked up once)."""
+        counter = self.counter(name, help, (label,))
+        return {value: counter.labels(value) for value in values}
+
     def gauge(
         self, name: str, help: str, labels: Sequence[str] = (), mode: GaugeMode = "livesum"
     ) -> Gauge:

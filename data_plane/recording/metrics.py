@@ -35,24 +35,24 @@ class RecordingMetrics:
             "recording_spool_records",
             "Interception records in the recording spool, waiting to be replayed.",
         )
-        batches = m.counter(
+        self.batches = m.counters(
             "recording_batches",
             "Record batches: shipped (stored by the config service), retried (an attempt "
             "failed), spooled (written to the spool file).",
-            ("result",),
+            "result",
+            BATCH_RESULTS,
         )
-        self.batches = {result: batches.labels(result) for result in BATCH_RESULTS}
-        records = m.counter(
+        records = m.counters(
             "recording_records",
             "Records the config service acknowledged: inserted, or duplicate (a replay).",
-            ("result",),
+            "result",
+            ("inserted", "duplicate"),
         )
-        self.inserted = records.labels("inserted")
-        self.duplicates = records.labels("duplicate")
-        dropped = m.counter(
+        self.inserted, self.duplicates = records["inserted"], records["duplicate"]
+        self.dropped = m.counters(
             "recording_records_dropped",
             "Records lost, by reason: queue_full, spool_full (at the cap or unwritable), "
             "rejected (refused by the config service), too_large, closed (after shutdown).",
-            ("reason",),
+            "reason",
+            DROP_REASONS,
         )
-        self.dropped = {reason: dropped.labels(reason) for reason in DROP_REASONS}
