@@ -104,9 +104,15 @@ class ClientSettings:
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ClientSettings:
         v = CLIENT.load(environ, overrides)
-        ca, cert, key = config_service_tls(v)
+        settings = cls.of(v, v[TOKEN] or v[ADMIN_TOKEN_FALLBACK])
         v.check()
-        return cls(v[CONFIG_SERVICE], ca, cert, key, v[TOKEN] or v[ADMIN_TOKEN_FALLBACK])
+        return settings
+
+    @classmethod
+    def of(cls, v: Values, token: str) -> ClientSettings:
+        """The config service's address and TLS files from `v` (their problems added to
+        `v.problems`: check `v` before using the result), with `token`."""
+        return cls(v[CONFIG_SERVICE], *config_service_tls(v), token)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         if self.ca_file is None:

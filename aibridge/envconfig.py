@@ -387,6 +387,11 @@ def resolve_data_dir(values: Values) -> Path:
     return (values[XDG_DATA_HOME] or Path.home() / ".local" / "share") / "aibridge"
 
 
+def role_token(role: str, help: str) -> Setting[str]:
+    """AIBRIDGE_<ROLE>_TOKEN, a secret: the token of the `role` principal."""
+    return Setting(f"AIBRIDGE_{role.upper()}_TOKEN", help, text, secret=True)
+
+
 def process_id() -> str:
     """`<host>-<pid>`: the default name of a replica or node that was given none."""
     return f"{socket.gethostname()}-{os.getpid()}"

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aibridge.series import Series
 from config_service.rbac import Role
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class _LiveCollector(Collector):
@@ -36,41 +39,28 @@ class _LiveCollector(Collector):
 class ConfigMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.snapshots_sent = Counter(
-            "aibridge_config_snapshots_sent",
-            "Snapshots sent on watch streams",
-            ["scope"],
-            registry=self.registry,
+        m = Series(self.registry, "aibridge_config_")
+        self.snapshots_sent = m.counter(
+            "snapshots_sent", "Snapshots sent on watch streams", ("scope",)
         )
-        self.build_seconds = Histogram(
-            "aibridge_config_snapshot_build_seconds",
-            "Time to load and serialize a snapshot",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=self.registry,
+        self.build_seconds = m.histogram(
+            "snapshot_build_seconds", "Time to load and serialize a snapshot", BUCKETS
         )
-        self.notification_lag = Histogram(
-            "aibridge_config_notification_lag_seconds",
+        self.notification_lag = m.histogram(
+            "notification_lag_seconds",
             "From a PostgreSQL notification to the new snapshot being published",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=self.registry,
+            BUCKETS,
         )
-        self.resyncs = Counter(
-            "aibridge_config_reloads",
-            "Snapshot reloads caused by other processes",
-            ["reason"],
-            registry=self.registry,
+        self.resyncs = m.counter(
+            "reloads", "Snapshot reloads caused by other processes", ("reason",)
         )
-
-        self.usage_records = Counter(
-            "aibridge_config_usage_records",
+        self.usage_records = m.counter(
+            "usage_records",
             "Interception records received from the bridge: inserted, or duplicate (a replay)",
-            ["result"],
-            registry=self.registry,
+            ("result",),
         )
-        self.usage_pruned = Counter(
-            "aibridge_config_usage_pruned",
-            "Interception records deleted by the retention",
-            registry=self.registry,
+        self.usage_pruned = m.counter(
+            "usage_pruned", "Interception records deleted by the retention"
         )
 
     def watch_live(

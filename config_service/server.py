@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -44,6 +44,9 @@ from config_service.snapshots.hub import SnapshotHub
 from config_service.store import subscriber_status, tokens, usage
 from config_service.store.database import Database
 from config_service.subscribers import SubscriberRegistry
+
+if TYPE_CHECKING:
+    from config_service.tracing import ConfigTelemetry
 
 log = get_logger("aibridge.config")
 
@@ -342,13 +345,10 @@ async def _follow_reachability(hub: SnapshotHub, health: HealthServicer) -> None
         await hub.changed()
 
 
-async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> RunningService:
-    # Database calls run in threads; a stalled database can hold some of them until the
-    # call deadline, so keep enough workers for the rest (the default is cores + 4).
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
-    )
-    # Bound first: a port that is taken fails before the database is migrated or seeded.
+def _grpc_server(
+    settings: ConfigServiceSettings,
+) -> tuple[grpc.aio.Server, Telemetry | None, ConfigTelemetry | None]:
+    """The gRPC server with its interceptors, and telemetry when it is on."""
     telemetry = start_telemetry(settings.telemetry, settings.replica_id)
     tracing = None
     interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequests()]  # type: ignore[type-arg]
@@ -362,15 +362,13 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         interceptors=interceptors,
     )
-    try:
-        credentials = _credentials(settings)
-        port = _add_port(server, settings, credentials)
-        db = await asyncio.to_thread(prepare_database, settings, environ)
-    except BaseException:
-        await server.stop(None)
-        if telemetry is not None:
-            await asyncio.to_thread(telemetry.shutdown)
-        raise
+    return server, telemetry, tracing
+
+
+async def _hub(
+    db: Database, settings: ConfigServiceSettings, tracing: ConfigTelemetry | None
+) -> tuple[SnapshotHub, ConfigMetrics, SubscriberRegistry]:
+    """The snapshot hub, built once, with the metrics that watch it and the subscribers."""
     hub = SnapshotHub(db, settings.allow_byok)
     hub.tracing = tracing
     metrics = ConfigMetrics()
@@ -378,6 +376,18 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     await hub.refresh()
     registry = SubscriberRegistry()
     metrics.watch_live(registry.count_by_role, lambda: hub.revision)
+    return hub, metrics, registry
+
+
+def _add_services(
+    server: grpc.aio.Server,
+    settings: ConfigServiceSettings,
+    db: Database,
+    hub: SnapshotHub,
+    registry: SubscriberRegistry,
+    metrics: ConfigMetrics,
+) -> Any:
+    """Register every servicer, health and reflection; returns the health servicer."""
     auth = Authenticator(hub, db)
     remote = None
     if db.is_postgres:
@@ -403,42 +413,70 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
-    await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
-    running.telemetry = telemetry
-    running.tasks.append(asyncio.create_task(_resync_loop(hub, settings.resync_interval, metrics)))
-    running.tasks.append(asyncio.create_task(_follow_reachability(hub, health_servicer)))
+    return health_servicer
+
+
+def _start_background(running: RunningService) -> None:
+    """The loops a running replica keeps: resync, reachability, pruning, NOTIFY, status."""
+    settings, db, hub, metrics = running.settings, running.db, running.hub, running.metrics
+    coroutines = [
+        _resync_loop(hub, settings.resync_interval, metrics),
+        _follow_reachability(hub, running.health),
+    ]
     if settings.usage_retention > 0:
-        running.tasks.append(
-            asyncio.create_task(
-                _prune_usage(db, settings.usage_retention, settings.usage_prune_interval, metrics)
-            )
+        coroutines.append(
+            _prune_usage(db, settings.usage_retention, settings.usage_prune_interval, metrics)
         )
     if db.is_postgres:
-        running.tasks.append(
-            asyncio.create_task(
-                notify.listen(settings.database_url, hub, metrics, settings.replica_id)
-            )
-        )
-        running.tasks.append(
-            asyncio.create_task(_publish_subscribers(db, registry, settings.replica_id))
-        )
-    if settings.metrics_listen is not None:
-        running.metrics_server, running.metrics_port = metrics.serve(*settings.metrics_listen)
+        coroutines.append(notify.listen(settings.database_url, hub, metrics, settings.replica_id))
+        coroutines.append(_publish_subscribers(db, running.registry, settings.replica_id))
+    running.tasks.extend(asyncio.create_task(c) for c in coroutines)
+
+
+def _log_ready(running: RunningService, tls: bool) -> None:
+    settings = running.settings
     log.info(
         "config service ready",
-        listen=f"{settings.grpc_host}:{port}",
-        tls=credentials is not None,
+        listen=f"{settings.grpc_host}:{running.port}",
+        tls=tls,
         mtls=settings.tls_client_ca_file is not None,
-        version=hub.version,
-        database=db.engine.dialect.name,
+        version=running.hub.version,
+        database=running.db.engine.dialect.name,
         metrics=f"{settings.metrics_listen[0]}:{running.metrics_port}"
         if settings.metrics_listen
         else "off",
         replica=settings.replica_id,
     )
+
+
+async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> RunningService:
+    # Database calls run in threads; a stalled database can hold some of them until the
+    # call deadline, so keep enough workers for the rest (the default is cores + 4).
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
+    )
+    # Bound first: a port that is taken fails before the database is migrated or seeded.
+    server, telemetry, tracing = _grpc_server(settings)
+    try:
+        credentials = _credentials(settings)
+        port = _add_port(server, settings, credentials)
+        db = await asyncio.to_thread(prepare_database, settings, environ)
+    except BaseException:
+        await server.stop(None)
+        if telemetry is not None:
+            await asyncio.to_thread(telemetry.shutdown)
+        raise
+    hub, metrics, registry = await _hub(db, settings, tracing)
+    health_servicer = _add_services(server, settings, db, hub, registry, metrics)
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
+    running.telemetry = telemetry
+    _start_background(running)
+    if settings.metrics_listen is not None:
+        running.metrics_server, running.metrics_port = metrics.serve(*settings.metrics_listen)
+    _log_ready(running, tls=credentials is not None)
     return running
 
 

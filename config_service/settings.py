@@ -27,6 +27,7 @@ from aibridge.envconfig import (
     optional,
     process_id,
     resolve_data_dir,
+    role_token,
     seconds,
     text,
 )
@@ -48,12 +49,7 @@ def database_url(value: str) -> str:
 
 
 def _token(role: str) -> Setting[str]:
-    return Setting(
-        f"AIBRIDGE_{role.upper()}_TOKEN",
-        f"bootstrap the {role} principal with this token (32+ random chars)",
-        text,
-        secret=True,
-    )
+    return role_token(role, f"bootstrap the {role} principal with this token (32+ random chars)")
 
 
 DATABASE_URL = Setting(

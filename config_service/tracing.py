@@ -14,7 +14,7 @@ nodes: never a request body, token or key.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +25,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 from aibridge.telemetry import Telemetry
+from config_service.servicers.edge import Method, OncePerMethod
 
 RpcContext = grpc.aio.ServicerContext[Any, Any]
 
@@ -96,33 +97,22 @@ def _status(rpc: RpcContext) -> grpc.StatusCode:
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
 
-class RpcSpans(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class RpcSpans(OncePerMethod):
     """A SERVER span around every unary RPC, current while its handler runs."""
 
     def __init__(self, owner: ConfigTelemetry) -> None:
+        super().__init__()
         self._owner = owner
-        self._wrapped: dict[str, Any] = {}  # a method's handler never changes
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = await continuation(handler_call_details)
-            # Streams (WatchProviders, health Watch) live for hours: their snapshots get
-            # spans of their own (`send`), not one span for the stream's lifetime.
-            if handler is None or handler.unary_unary is None:
-                return handler
-            wrapped = self._wrapped[method] = self._wrap(method, handler)
-        return wrapped
+    def wraps(self, handler: Method) -> bool:
+        # Streams (WatchProviders, health Watch) live for hours: their snapshots get
+        # spans of their own (`send`), not one span for the stream's lifetime.
+        return handler.unary_unary is not None
 
-    def _wrap(self, method: str, handler: Any) -> Any:
+    def wrap(self, method: str, handler: Method) -> Method:
         owner = self._owner
         service, _, name = method.lstrip("/").rpartition("/")
-        inner = handler.unary_unary
+        inner: Any = handler.unary_unary  # an async handler (grpc-stubs types the sync one)
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
         async def call(request: Any, rpc: RpcContext) -> Any:

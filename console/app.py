@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import jinja2
 
+from aibridge.asgi import lifespan
 from aibridge.logs import get_logger
 from console import filters
 from console.api import Api, ApiError, SignedOut, Stubs
@@ -139,7 +140,7 @@ class Console:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self.api.close)
             return
         if scope["type"] != "http":
             return
@@ -155,16 +156,6 @@ class Console:
         if not request.path.startswith("/static/"):
             response.headers.append(("cache-control", "no-store"))
         await response.send(send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.api.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def handle(self, request: Request) -> Response:
         route, params, allowed = self.router.match(request.method, request.path)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
-from aibridge.client import CONFIG_SERVICE, CONNECTION, ClientSettings, config_service_tls
+from aibridge.client import CONNECTION, ClientSettings
 from aibridge.envconfig import (
     CONSOLE_LISTEN,
     CONSOLE_SESSION_TTL,
@@ -61,7 +61,8 @@ class ConsoleSettings:
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ConsoleSettings:
         v = SETTINGS.load(environ, overrides)
-        ca, cert, key = config_service_tls(v)
+        # No token here: every call is made with the signed-in user's own token.
+        client = ClientSettings.of(v, token="")
         tls_cert, tls_key = v[CONSOLE_TLS_CERT_FILE], v[CONSOLE_TLS_KEY_FILE]
         if (tls_cert is None) != (tls_key is None):
             v.problems.append(
@@ -70,8 +71,6 @@ class ConsoleSettings:
             )
         v.check()
         host, port = v[CONSOLE_LISTEN]
-        # No token here: every call is made with the signed-in user's own token.
-        client = ClientSettings(v[CONFIG_SERVICE], ca, cert, key, token="")
         return cls(
             host,
             port,

@@ -8,9 +8,23 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
-from aibridge.envconfig import Schema, Setting, SettingsError, Values, optional, path, text
+from aibridge.client import CONFIG_SERVICE, config_service_tls
+from aibridge.envconfig import (
+    Schema,
+    Setting,
+    SettingsError,
+    Values,
+    duration,
+    integer,
+    optional,
+    path,
+    process_id,
+    role_token,
+    text,
+)
 from aibridge.logs import configure
 from aibridge.ports import ListenError
 
@@ -22,12 +36,7 @@ S = TypeVar("S")
 
 def daemon_token(role: str) -> Setting[str]:
     """The daemon's own token for the config service (AIBRIDGE_<ROLE>_TOKEN)."""
-    return Setting(
-        f"AIBRIDGE_{role.upper()}_TOKEN",
-        f"token of the {role} principal, presented to the config service",
-        text,
-        secret=True,
-    )
+    return role_token(role, f"token of the {role} principal, presented to the config service")
 
 
 def required_token(v: Values, setting: Setting[str], role: str) -> str:
@@ -40,6 +49,36 @@ def required_token(v: Values, setting: Setting[str], role: str) -> str:
             f"or create one with `aibridge tokens create --local --role {role}`)"
         )
     return token
+
+
+def request_limits(
+    names: tuple[str, str, str, str], header_timeout_help: str
+) -> tuple[Setting[float], Setting[int], Setting[int], Setting[float]]:
+    """A daemon's request limits, named in full at the call (so grep finds them): head
+    timeout, head size, body bytes held at once, body timeout. Both daemons answer them
+    alike (431, 503, 408)."""
+    header_timeout, max_header_bytes, body_buffer_bytes, body_timeout = names
+    return (
+        Setting(header_timeout, header_timeout_help, duration, "10s"),
+        Setting(
+            max_header_bytes,
+            "largest request head, request line and headers (past it 431)",
+            integer(minimum=1024),
+            str(64 * 1024),
+        ),
+        Setting(
+            body_buffer_bytes,
+            "request body bytes held by all requests at once (134217728: 128 MiB; past it 503)",
+            integer(minimum=1),
+            str(128 * 1024 * 1024),
+        ),
+        Setting(
+            body_timeout,
+            "a request's body must arrive whole within this of its head (else 408)",
+            duration,
+            "30s",
+        ),
+    )
 
 
 DUMP_DIR = Setting(
@@ -56,6 +95,31 @@ SNAPSHOT_CACHE = Setting(
 NODE_ID = Setting(
     "AIBRIDGE_NODE_ID", "name of this instance for the config service (default host-pid)", text
 )
+
+
+class FollowFields(TypedDict):
+    """The fields of a daemon's settings that say how it follows the config service
+    (data_plane/follow.py's FollowSettings)."""
+
+    config_service: str
+    config_service_ca_file: Path | None
+    config_service_cert_file: Path | None
+    config_service_key_file: Path | None
+    snapshot_cache: Path | None
+    node_id: str
+
+
+def follow_fields(v: Values) -> FollowFields:
+    """Those fields from `v`; the TLS files' problems are added to `v.problems`."""
+    ca, cert, key = config_service_tls(v)
+    return FollowFields(
+        config_service=v[CONFIG_SERVICE],
+        config_service_ca_file=ca,
+        config_service_cert_file=cert,
+        config_service_key_file=key,
+        snapshot_cache=v[SNAPSHOT_CACHE],
+        node_id=v[NODE_ID] or process_id(),
+    )
 
 
 def load_settings(

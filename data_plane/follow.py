@@ -21,6 +21,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Gauge
 
 from aibridge.masking import Secret
+from aibridge.series import Series
 from data_plane.subscriber import ApplyFn, Subscriber, SubscriberConfig
 
 
@@ -38,31 +39,28 @@ class FollowMetrics:
         *,
         provider_help: str = "Providers of the applied snapshot.",
     ) -> None:
-        self.snapshot_version = Gauge(
-            prefix + "snapshot_version_info",
+        m = Series(registry, prefix)
+        self.snapshot_version = m.gauge(
+            "snapshot_version_info",
             "The applied snapshot version (value 1).",
-            ["version"],
-            registry=registry,
-            multiprocess_mode="liveall",
+            ("version",),
+            mode="liveall",
         )
-        self.provider_info = Gauge(
-            prefix + "provider_info",
+        self.provider_info = m.gauge(
+            "provider_info",
             provider_help,
-            ["provider_name", "provider_type", "status"],
-            registry=registry,
-            multiprocess_mode="liveall",
+            ("provider_name", "provider_type", "status"),
+            mode="liveall",
         )
-        self.last_reload = Gauge(
-            prefix + "providers_last_reload_timestamp_seconds",
+        self.last_reload = m.gauge(
+            "providers_last_reload_timestamp_seconds",
             "Last snapshot application attempt.",
-            registry=registry,
-            multiprocess_mode="liveall",
+            mode="liveall",
         )
-        self.last_reload_success = Gauge(
-            prefix + "providers_last_reload_success_timestamp_seconds",
+        self.last_reload_success = m.gauge(
+            "providers_last_reload_success_timestamp_seconds",
             "Last successful snapshot application.",
-            registry=registry,
-            multiprocess_mode="liveall",
+            mode="liveall",
         )
         self._version = ""
         self._providers: set[tuple[str, str, str]] = set()

@@ -32,6 +32,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from aibridge.series import Series
+
 
 @dataclass(frozen=True)
 class WorkerIdentity:
@@ -65,6 +67,16 @@ class _Worker(Collector):
         )
         info.add_metric([str(self._index), str(os.getpid())], 1)
         yield info
+
+
+class DaemonMetrics:
+    """A daemon's series, declared through `series`; `registry` is what /metrics renders:
+    these series, or, in a worker, every worker's."""
+
+    def __init__(self, prefix: str, worker: WorkerIdentity | None) -> None:
+        own = CollectorRegistry()
+        self.registry = own if worker is None else scrape_registry(worker, prefix)
+        self.series = Series(own, prefix)
 
 
 def scrape_registry(worker: WorkerIdentity, prefix: str) -> CollectorRegistry:

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import certifi
@@ -48,10 +48,12 @@ from aibridge.envconfig import (
     XDG_DATA_HOME,
     Schema,
     SettingsError,
+    Values,
     resolve_data_dir,
 )
 from aibridge.files import write_private
 from aibridge.ports import ListenError, address, check_free
+from aibridge.rulebook import BY_WIRE, Family
 
 SETTINGS = Schema(
     (DATA_DIR, XDG_DATA_HOME, GRPC_LISTEN, BRIDGE_LISTEN, PROXY_LISTEN, CONSOLE_LISTEN)
@@ -263,55 +265,69 @@ def codex_config(base_url: str) -> list[str]:
     ]
 
 
-def banner(
-    console_url: str,
-    bridge_url: str,
-    proxy_addr: str,
-    grpc_target: str,
-    user_token: str,
-    secrets_file: Path,
-    ca: ProxyCA | None,
-    providers: list[tuple[str, int]],
-) -> str:
-    from aibridge.rulebook import BY_WIRE, Family
+@dataclass(frozen=True)
+class Stack:
+    """Where this run's four processes listen, as URLs and as the daemons' settings."""
 
-    def speaking(family: Family) -> list[str]:
-        return [n for n, t in providers if t in BY_WIRE and BY_WIRE[t].family is family]
+    grpc_target: str
+    bridge_listen: str
+    proxy_listen: str
+    console_listen: str
 
-    openai_like, anthropic_like = speaking(Family.OPENAI), speaking(Family.ANTHROPIC)
-    openai = openai_like[0] if openai_like else "openai"
-    anthropic = anthropic_like[0] if anthropic_like else "anthropic"
-    cli = cli_path()
-    missing_openai = "" if openai_like else "  # no OpenAI-style provider yet"
-    missing_anthropic = "" if anthropic_like else "  # no Anthropic provider yet"
-    lines = [
-        "",
-        "AI Bridge is up: config service, bridge, proxy and console are ready.",
-        "",
-        f"Web console: {console_url}  (sign in with the admin token of the secrets file below)",
-        "",
+    @property
+    def bridge_url(self) -> str:
+        return f"http://{self.bridge_listen}"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.proxy_listen}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.console_listen}"
+
+
+def _first_speaking(providers: list[tuple[str, int]], family: Family) -> str | None:
+    """The first provider that speaks `family`'s API, if any."""
+    for name, wire in providers:
+        if wire in BY_WIRE and BY_WIRE[wire].family is family:
+            return name
+    return None
+
+
+def _sdk_lines(
+    stack: Stack, user_token: str, openai: str | None, anthropic: str | None
+) -> list[str]:
+    """The exports that point the SDKs, Claude Code and the proxy users at this stack."""
+    missing_openai = "" if openai else "  # no OpenAI-style provider yet"
+    missing_anthropic = "" if anthropic else "  # no Anthropic provider yet"
+    return [
         "# Paste into a shell to point the SDKs, Claude Code and Codex at the bridge:",
-        f"export OPENAI_BASE_URL={bridge_url}/{openai}/v1{missing_openai}",
+        f"export OPENAI_BASE_URL={stack.bridge_url}/{openai or 'openai'}/v1{missing_openai}",
         f"export OPENAI_API_KEY={user_token}",
-        f"export ANTHROPIC_BASE_URL={bridge_url}/{anthropic}{missing_anthropic}",
+        f"export ANTHROPIC_BASE_URL={stack.bridge_url}/{anthropic or 'anthropic'}"
+        f"{missing_anthropic}",
         f"export ANTHROPIC_API_KEY={user_token}",
         "# Claude Code reads ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY as above.",
         "",
         "# Tools that cannot change their base URL: go through the proxy",
-        f"export HTTPS_PROXY=http://user:{user_token}@{proxy_addr}",
+        f"export HTTPS_PROXY=http://user:{user_token}@{stack.proxy_listen}",
     ]
-    if ca is not None:
-        lines += [
-            "# Trust the proxy's CA on top of the system roots (the bundle holds both):",
-            f"export SSL_CERT_FILE={ca.bundle}",
-            f"export REQUESTS_CA_BUNDLE={ca.bundle}",
-            f"export NODE_EXTRA_CA_CERTS={ca.cert}",
-        ]
-    lines += [
-        "# Node's built-in fetch ignores HTTPS_PROXY: give Node tools the base URLs above.",
-        "",
-        *codex_config(f"{bridge_url}/{openai}/v1"),
-        "",
+
+
+def _ca_lines(ca: ProxyCA | None) -> list[str]:
+    if ca is None:
+        return []
+    return [
+        "# Trust the proxy's CA on top of the system roots (the bundle holds both):",
+        f"export SSL_CERT_FILE={ca.bundle}",
+        f"export REQUESTS_CA_BUNDLE={ca.bundle}",
+        f"export NODE_EXTRA_CA_CERTS={ca.cert}",
+    ]
+
+
+def _admin_lines(grpc_target: str, secrets_file: Path, cli: str) -> list[str]:
+    return [
         "# Admin commands and snapshots (the admin token stays in the 0600 secrets file):",
         f"export AIBRIDGE_CONFIG_SERVICE={grpc_target}",
         f"export AIBRIDGE_TOKEN=$(sed -n 's/^AIBRIDGE_ADMIN_TOKEN=//p' {secrets_file})",
@@ -320,18 +336,192 @@ def banner(
         f'-d \'{{"node_id":"me"}}\' {grpc_target} '
         "aibridge.config.v1.ConfigService/WatchProviders",
     ]
-    if not providers:
-        lines += [
-            "",
-            "No provider is configured yet. Add one (the key is read from your env):",
-            "  (with AIBRIDGE_CONFIG_SERVICE and AIBRIDGE_TOKEN exported as above)",
-            f"    {cli} providers create openai --type openai --keys-from-env OPENAI_KEY",
-            "or start with AIBRIDGE_OPENAI_KEY / AIBRIDGE_ANTHROPIC_KEY set to seed them.",
-        ]
-    else:
-        lines += ["", "Providers: " + ", ".join(n for n, _ in providers)]
-    lines += ["Ctrl-C stops everything.", ""]
+
+
+def _provider_lines(providers: list[tuple[str, int]], cli: str) -> list[str]:
+    if providers:
+        return ["", "Providers: " + ", ".join(n for n, _ in providers)]
+    return [
+        "",
+        "No provider is configured yet. Add one (the key is read from your env):",
+        "  (with AIBRIDGE_CONFIG_SERVICE and AIBRIDGE_TOKEN exported as above)",
+        f"    {cli} providers create openai --type openai --keys-from-env OPENAI_KEY",
+        "or start with AIBRIDGE_OPENAI_KEY / AIBRIDGE_ANTHROPIC_KEY set to seed them.",
+    ]
+
+
+def banner(
+    stack: Stack,
+    user_token: str,
+    secrets_file: Path,
+    ca: ProxyCA | None,
+    providers: list[tuple[str, int]],
+) -> str:
+    cli = cli_path()
+    openai = _first_speaking(providers, Family.OPENAI)
+    anthropic = _first_speaking(providers, Family.ANTHROPIC)
+    lines = [
+        "",
+        "AI Bridge is up: config service, bridge, proxy and console are ready.",
+        "",
+        f"Web console: {stack.console_url}"
+        "  (sign in with the admin token of the secrets file below)",
+        "",
+        *_sdk_lines(stack, user_token, openai, anthropic),
+        *_ca_lines(ca),
+        "# Node's built-in fetch ignores HTTPS_PROXY: give Node tools the base URLs above.",
+        "",
+        *codex_config(f"{stack.bridge_url}/{openai or 'openai'}/v1"),
+        "",
+        *_admin_lines(stack.grpc_target, secrets_file, cli),
+        *_provider_lines(providers, cli),
+        "Ctrl-C stops everything.",
+        "",
+    ]
     return "\n".join(lines)
+
+
+LISTENS = (GRPC_LISTEN, BRIDGE_LISTEN, PROXY_LISTEN, CONSOLE_LISTEN)
+
+
+def _stack(v: Values) -> Stack:
+    grpc_host, grpc_port = v[GRPC_LISTEN]
+    bridge_host, bridge_port = v[BRIDGE_LISTEN]
+    proxy_host, proxy_port = v[PROXY_LISTEN]
+    return Stack(
+        grpc_target=f"{grpc_host}:{grpc_port}",
+        bridge_listen=f"{bridge_host}:{bridge_port}",
+        proxy_listen=f"{proxy_host}:{proxy_port}",
+        console_listen=address(*v[CONSOLE_LISTEN]),
+    )
+
+
+def _busy_ports(prog: str, v: Values) -> list[str]:
+    """One line for each listen address that another process holds already."""
+    busy = []
+    for setting in LISTENS:
+        try:
+            check_free(setting.env, *v[setting])
+        except ListenError as exc:
+            busy.append(f"{prog}: {exc}")
+    return busy
+
+
+def _child_env(
+    stack: Stack, values: Mapping[str, str], data_dir: Path, run_id: str
+) -> dict[str, str]:
+    """The environment every child starts with: this run's secrets, addresses and names."""
+    env = dict(os.environ)
+    env.setdefault("AIBRIDGE_LOG_FORMAT", "console")
+    env.update({k: v for k, v in values.items() if k != "AIBRIDGE_USER_TOKEN"})
+    env.update(
+        {
+            "AIBRIDGE_DATA_DIR": str(data_dir),
+            "AIBRIDGE_GRPC_LISTEN": stack.grpc_target,
+            "AIBRIDGE_CONFIG_SERVICE": stack.grpc_target,
+            "AIBRIDGE_BRIDGE_LISTEN": stack.bridge_listen,
+            "AIBRIDGE_PROXY_LISTEN": stack.proxy_listen,
+            "AIBRIDGE_CONSOLE_LISTEN": stack.console_listen,
+            "AIBRIDGE_PROXY_BRIDGE_URL": stack.bridge_url,
+            "AIBRIDGE_REPLICA_ID": run_id,
+            # One process each: readiness is checked against these exact node ids (a
+            # worker would follow as <node id>-w<i>), and a laptop needs no more.
+            "AIBRIDGE_WORKERS": "1",
+        }
+    )
+    env.pop("AIBRIDGE_DATABASE_URL", None)  # the embedded default: SQLite in the data dir
+    return env
+
+
+@dataclass
+class Run:
+    """One `aibridge up`: its stack, its own names, its children and its stop flag."""
+
+    stack: Stack
+    env: dict[str, str]
+    run_id: str
+    node_ids: dict[str, str]
+    children: list[Child] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def wait_for(self, check: Callable[[], bool], what: str) -> None:
+        _wait(self.children, lambda: self.stopping.is_set() or check(), what)
+
+    def start(self, admin_token: str) -> None:
+        """Start the children in order, each once the one before is ready."""
+        stack = self.stack
+        self.children.append(Child("config", ["config-service"], self.env))
+        self.wait_for(lambda: _grpc_serving(stack.grpc_target), "config service")
+        if not self.stopping.is_set():
+            for name, node_id in self.node_ids.items():
+                env = {**self.env, "AIBRIDGE_NODE_ID": node_id}
+                self.children.append(Child(name, [name], env))
+            self.wait_for(lambda: _http_ok(f"{stack.bridge_url}/readyz"), "bridge")
+            self.wait_for(lambda: _http_ok(f"{stack.proxy_url}/readyz"), "proxy")
+            self.children.append(Child("console", ["console"], self.env))
+            self.wait_for(lambda: _http_ok(f"{stack.console_url}/signin"), "console")
+        ours = set(self.node_ids.values())
+        self.wait_for(
+            lambda: own_stack(stack.grpc_target, admin_token, self.run_id, ours),
+            "this stack's own config service, bridge and proxy",
+        )
+
+    def supervise(self) -> None:
+        """Until a signal: raise ChildDied as soon as a child exits."""
+        while not self.stopping.wait(0.2):
+            for child in self.children:
+                if child.popen.poll() is not None:
+                    raise ChildDied(child)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        for child in reversed(self.children):
+            child.wait(10)
+
+
+def _announce(stack: Stack, values: dict[str, str], data_dir: Path) -> None:
+    """Print the banner, with a live user token, the proxy's CA and the providers."""
+    admin = values["AIBRIDGE_ADMIN_TOKEN"]
+    user_token = ensure_user_token(stack.grpc_target, admin, values, data_dir)
+    print(
+        banner(
+            stack,
+            user_token,
+            data_dir / SECRETS_FILE,
+            _fetch_ca(stack.proxy_url, data_dir),
+            provider_names(stack.grpc_target, admin),
+        ),
+        flush=True,
+    )
+
+
+def _run(prog: str, run: Run, values: dict[str, str], data_dir: Path) -> int:
+    """Start, announce and supervise the stack; the exit code says what stopped it."""
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        run.stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        run.start(values["AIBRIDGE_ADMIN_TOKEN"])
+        if not run.stopping.is_set():
+            _announce(run.stack, values, data_dir)
+        run.supervise()
+    except ChildDied as died:
+        print(
+            f"{prog}: {died.child.name} exited with code {died.child.popen.returncode}; "
+            "stopping the others",
+            file=sys.stderr,
+        )
+        return EXIT_CODES[died.child.name]
+    except (TimeoutError, grpc.RpcError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        run.stop()
+    return 0
 
 
 def main(argv: list[str], prog: str = "aibridge up") -> int:
@@ -341,119 +531,19 @@ def main(argv: list[str], prog: str = "aibridge up") -> int:
     SETTINGS.add_flags(parser)
     v = SETTINGS.load(os.environ, SETTINGS.given(parser.parse_args(argv)))
     data_dir = resolve_data_dir(v)
-    grpc_host, grpc_port = v[GRPC_LISTEN]
-    bridge_host, bridge_port = v[BRIDGE_LISTEN]
-    proxy_host, proxy_port = v[PROXY_LISTEN]
-    console_host, console_port = v[CONSOLE_LISTEN]
     try:
         v.check()
     except SettingsError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    busy = []
-    for setting, host, port in (
-        ("AIBRIDGE_GRPC_LISTEN", grpc_host, grpc_port),
-        ("AIBRIDGE_BRIDGE_LISTEN", bridge_host, bridge_port),
-        ("AIBRIDGE_PROXY_LISTEN", proxy_host, proxy_port),
-        ("AIBRIDGE_CONSOLE_LISTEN", console_host, console_port),
-    ):
-        try:
-            check_free(setting, host, port)
-        except ListenError as exc:
-            busy.append(f"{prog}: {exc}")
+    busy = _busy_ports(prog, v)
     if busy:
         print("\n".join(busy), file=sys.stderr)
         return 2
     values = load_secrets(data_dir)
+    stack = _stack(v)
     # This run's own names: readiness must be answered by this stack, not another one.
     run_id = f"up-{os.getpid()}-{secrets.token_hex(4)}"
     node_ids = {name: f"{run_id}-{name}" for name in ("bridge", "proxy")}
-    grpc_target = f"{grpc_host}:{grpc_port}"
-    bridge_url = f"http://{bridge_host}:{bridge_port}"
-    proxy_url = f"http://{proxy_host}:{proxy_port}"
-    console_url = f"http://{address(console_host, console_port)}"
-    env = dict(os.environ)
-    env.setdefault("AIBRIDGE_LOG_FORMAT", "console")
-    env.update({k: v for k, v in values.items() if k != "AIBRIDGE_USER_TOKEN"})
-    env.update(
-        {
-            "AIBRIDGE_DATA_DIR": str(data_dir),
-            "AIBRIDGE_GRPC_LISTEN": grpc_target,
-            "AIBRIDGE_CONFIG_SERVICE": grpc_target,
-            "AIBRIDGE_BRIDGE_LISTEN": f"{bridge_host}:{bridge_port}",
-            "AIBRIDGE_PROXY_LISTEN": f"{proxy_host}:{proxy_port}",
-            "AIBRIDGE_CONSOLE_LISTEN": address(console_host, console_port),
-            "AIBRIDGE_PROXY_BRIDGE_URL": bridge_url,
-            "AIBRIDGE_REPLICA_ID": run_id,
-            # One process each: readiness is checked against these exact node ids (a
-            # worker would follow as <node id>-w<i>), and a laptop needs no more.
-            "AIBRIDGE_WORKERS": "1",
-        }
-    )
-    env.pop("AIBRIDGE_DATABASE_URL", None)  # the embedded default: SQLite in the data dir
-    children: list[Child] = []
-    stopping = threading.Event()
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    code = 0
-    try:
-        config = Child("config", ["config-service"], env)
-        children.append(config)
-        _wait(children, lambda: stopping.is_set() or _grpc_serving(grpc_target), "config service")
-        if not stopping.is_set():
-            for name, node_id in node_ids.items():
-                children.append(Child(name, [name], {**env, "AIBRIDGE_NODE_ID": node_id}))
-            _wait(children, lambda: stopping.is_set() or _http_ok(f"{bridge_url}/readyz"), "bridge")
-            _wait(children, lambda: stopping.is_set() or _http_ok(f"{proxy_url}/readyz"), "proxy")
-            children.append(Child("console", ["console"], env))
-            _wait(
-                children,
-                lambda: stopping.is_set() or _http_ok(f"{console_url}/signin"),
-                "console",
-            )
-        admin = values["AIBRIDGE_ADMIN_TOKEN"]
-        ours = set(node_ids.values())
-        _wait(
-            children,
-            lambda: stopping.is_set() or own_stack(grpc_target, admin, run_id, ours),
-            "this stack's own config service, bridge and proxy",
-        )
-        if not stopping.is_set():
-            user_token = ensure_user_token(grpc_target, admin, values, data_dir)
-            print(
-                banner(
-                    console_url,
-                    bridge_url,
-                    f"{proxy_host}:{proxy_port}",
-                    grpc_target,
-                    user_token,
-                    data_dir / SECRETS_FILE,
-                    _fetch_ca(proxy_url, data_dir),
-                    provider_names(grpc_target, admin),
-                ),
-                flush=True,
-            )
-        while not stopping.wait(0.2):
-            for child in children:
-                if child.popen.poll() is not None:
-                    raise ChildDied(child)
-    except ChildDied as died:
-        print(
-            f"{prog}: {died.child.name} exited with code {died.child.popen.returncode}; "
-            "stopping the others",
-            file=sys.stderr,
-        )
-        code = EXIT_CODES[died.child.name]
-    except (TimeoutError, grpc.RpcError) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        for child in reversed(children):
-            child.stop()
-        for child in reversed(children):
-            child.wait(10)
-    return code
+    env = _child_env(stack, values, data_dir, run_id)
+    return _run(prog, Run(stack, env, run_id, node_ids), values, data_dir)

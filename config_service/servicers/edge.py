@@ -134,11 +134,12 @@ def _guard(method: str, handler: Any) -> Method:
     return factory(guarded, _tolerant(handler.request_deserializer), handler.response_serializer)
 
 
-class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Every RPC answers INVALID_ARGUMENT, not UNKNOWN, to a body that does not parse."""
+class OncePerMethod(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """An interceptor that wraps each method's handler once: a method's handler never
+    changes. `wraps` says which handlers it wraps; the others pass through as they are."""
 
     def __init__(self) -> None:
-        self._guarded: dict[str, Method] = {}  # a method's handler never changes
+        self._wrapped: dict[str, Method] = {}
 
     async def intercept_service(
         self,
@@ -146,10 +147,26 @@ class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Method:
         method = handler_call_details.method
-        guarded = self._guarded.get(method)
-        if guarded is None:
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
             handler = await continuation(handler_call_details)
-            if handler is None or handler.request_deserializer is None:
+            if handler is None or not self.wraps(handler):
                 return handler
-            guarded = self._guarded[method] = _guard(method, handler)
-        return guarded
+            wrapped = self._wrapped[method] = self.wrap(method, handler)
+        return wrapped
+
+    def wraps(self, handler: Method) -> bool:
+        raise NotImplementedError
+
+    def wrap(self, method: str, handler: Method) -> Method:
+        raise NotImplementedError
+
+
+class MalformedRequests(OncePerMethod):
+    """Every RPC answers INVALID_ARGUMENT, not UNKNOWN, to a body that does not parse."""
+
+    def wraps(self, handler: Method) -> bool:
+        return handler.request_deserializer is not None
+
+    def wrap(self, method: str, handler: Method) -> Method:
+        return _guard(method, handler)

@@ -154,12 +154,11 @@ def ranked(response: us.SummarizeUsageResponse, split: str) -> list[dict[str, An
     return rows[:20]
 
 
-async def page(ctx: Ctx) -> Response:
-    given, problems = read_filters(ctx.request.query)
-    now = datetime.now(UTC)
-    flt = to_filter(given, now)
-    step = timedelta(days=1) if WINDOWS[given["window"]] > timedelta(days=2) else timedelta(hours=1)
-    period = us.USAGE_DIMENSION_DAY if step >= timedelta(days=1) else us.USAGE_DIMENSION_HOUR
+async def _summaries(
+    ctx: Ctx, flt: us.InterceptionFilter, period: us.UsageDimension.ValueType, split: str
+) -> list[Any]:
+    """Over time, by model, user, client and provider, the page's listing, then one total
+    per failure cause: every call of the page at once."""
     stub = ctx.stubs.usage
 
     def summary(*by: us.UsageDimension.ValueType) -> Any:
@@ -175,15 +174,35 @@ async def page(ctx: Ctx) -> Response:
     listing = us.ListInterceptionsRequest(
         filter=flt, page_size=PAGE_SIZE, page_token=ctx.request.query.get("page", "")[:512]
     )
-    results = await asyncio.gather(
-        summary(period, SPLITS[given["split"]]),
-        summary(us.USAGE_DIMENSION_MODEL),
-        summary(us.USAGE_DIMENSION_PRINCIPAL),
-        summary(us.USAGE_DIMENSION_CLIENT),
-        summary(us.USAGE_DIMENSION_PROVIDER),
-        ctx.call(stub.ListInterceptions, listing),
-        *(failures(o) for o in FAILURE_CAUSES),
+    return list(
+        await asyncio.gather(
+            summary(period, SPLITS[split]),
+            summary(us.USAGE_DIMENSION_MODEL),
+            summary(us.USAGE_DIMENSION_PRINCIPAL),
+            summary(us.USAGE_DIMENSION_CLIENT),
+            summary(us.USAGE_DIMENSION_PROVIDER),
+            ctx.call(stub.ListInterceptions, listing),
+            *(failures(o) for o in FAILURE_CAUSES),
+        )
     )
+
+
+def _next_link(given: dict[str, str], token: str) -> str:
+    """The next page's URL with the filters that differ from the defaults; "" on the last."""
+    if not token:
+        return ""
+    defaults = {"window": DEFAULT_WINDOW, "split": "provider"}
+    kept = {k: v for k, v in given.items() if v and defaults.get(k) != v}
+    return "/usage?" + urlencode({**kept, "page": token})
+
+
+async def page(ctx: Ctx) -> Response:
+    given, problems = read_filters(ctx.request.query)
+    now = datetime.now(UTC)
+    flt = to_filter(given, now)
+    step = timedelta(days=1) if WINDOWS[given["window"]] > timedelta(days=2) else timedelta(hours=1)
+    period = us.USAGE_DIMENSION_DAY if step >= timedelta(days=1) else us.USAGE_DIMENSION_HOUR
+    results = await _summaries(ctx, flt, period, given["split"])
     over_time, by_model, by_user, by_client, by_provider, listed = results[:6]
     causes = [
         {"label": OUTCOMES[o], "requests": r.total.requests}
@@ -197,11 +216,6 @@ async def page(ctx: Ctx) -> Response:
         "by_provider": ranked(by_provider, "provider"),
         "failures": causes,
     }
-    defaults = {"window": DEFAULT_WINDOW, "split": "provider"}
-    kept = {k: v for k, v in given.items() if v and defaults.get(k) != v}
-    next_link = ""
-    if listed.next_page_token:
-        next_link = "/usage?" + urlencode({**kept, "page": listed.next_page_token})
     return ctx.render(
         "usage.html",
         filters=given,
@@ -212,7 +226,7 @@ async def page(ctx: Ctx) -> Response:
         total=over_time.total,
         charts=charts,
         records=listed.interceptions,
-        next_link=next_link,
+        next_link=_next_link(given, listed.next_page_token),
         first_page=not ctx.request.query.get("page"),
         member=ctx.me.role == "member",
     )

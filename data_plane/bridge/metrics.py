@@ -9,19 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from data_plane.bridge.breaker import BreakerState
 from data_plane.follow import FollowMetrics
 from data_plane.recording.metrics import RecordingMetrics
-from data_plane.worker_metrics import WorkerIdentity, scrape_registry
+from data_plane.worker_metrics import DaemonMetrics, WorkerIdentity
 
 if TYPE_CHECKING:
     from data_plane.bridge.routing import RoutingTable
 
 P = "aibridged_"
+DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2, 5, 15, 30, 60, 120, 300)
 
 
 class _StateCollector(Collector):
@@ -48,84 +49,46 @@ class _StateCollector(Collector):
         yield breakers
 
 
-class BridgeMetrics:
-    """The bridge's series; `registry` is what /metrics renders: these series, or, in a
-    worker, every worker's (data_plane/worker_metrics.py)."""
+class BridgeMetrics(DaemonMetrics):
+    """The bridge's series (DaemonMetrics: which registry /metrics renders)."""
 
     def __init__(self, worker: WorkerIdentity | None = None) -> None:
-        r = CollectorRegistry()
-        self.registry = r if worker is None else scrape_registry(worker, P)
-        self.requests = Counter(
-            P + "requests",
-            "Requests answered.",
-            ["provider", "route", "model", "status"],
-            registry=r,
+        super().__init__(P, worker)
+        m = self.series
+        prm, pr = ("provider", "route", "model"), ("provider", "route")
+        self.requests = m.counter("requests", "Requests answered.", (*prm, "status"))
+        self.in_flight = m.gauge("requests_in_flight", "Requests being served.", pr)
+        self.duration = m.histogram(
+            "request_duration_seconds", "Time to the end of the response.", DURATION_BUCKETS, pr
         )
-        self.in_flight = Gauge(
-            P + "requests_in_flight",
-            "Requests being served.",
-            ["provider", "route"],
-            registry=r,
-            multiprocess_mode="livesum",
+        self.upstream_errors = m.counter(
+            "upstream_errors", "Upstream transport failures.", (*pr, "kind")
         )
-        self.duration = Histogram(
-            P + "request_duration_seconds",
-            "Time to the end of the response.",
-            ["provider", "route"],
-            registry=r,
-            buckets=(0.005, 0.025, 0.1, 0.5, 2, 5, 15, 30, 60, 120, 300),
+        self.key_transitions = m.counter(
+            "key_pool_state_transitions", "Keys cooled down.", ("provider", "reason")
         )
-        self.upstream_errors = Counter(
-            P + "upstream_errors",
-            "Upstream transport failures.",
-            ["provider", "route", "kind"],
-            registry=r,
+        self.key_exhaustions = m.counter(
+            "key_pool_exhaustions", "Requests with no usable key.", ("provider", "outcome")
         )
-        self.key_transitions = Counter(
-            P + "key_pool_state_transitions",
-            "Keys cooled down.",
-            ["provider", "reason"],
-            registry=r,
+        self.failovers = m.counter(
+            "key_pool_failovers", "Requests retried on another key.", ("provider",)
         )
-        self.key_exhaustions = Counter(
-            P + "key_pool_exhaustions",
-            "Requests with no usable key.",
-            ["provider", "outcome"],
-            registry=r,
+        self.breaker_trips = m.counter("circuit_breaker_trips", "Breakers opened.", prm)
+        self.breaker_rejects = m.counter("circuit_breaker_rejects", "Requests refused open.", prm)
+        self.tokens = m.counter(
+            "tokens", "Tokens reported by upstreams.", ("provider", "model", "type")
         )
-        self.failovers = Counter(
-            P + "key_pool_failovers", "Requests retried on another key.", ["provider"], registry=r
+        self.connections_closed = m.counter(
+            "connections_closed", "Client connections closed by a connection limit.", ("reason",)
         )
-        self.breaker_trips = Counter(
-            P + "circuit_breaker_trips",
-            "Breakers opened.",
-            ["provider", "route", "model"],
-            registry=r,
-        )
-        self.breaker_rejects = Counter(
-            P + "circuit_breaker_rejects",
-            "Requests refused open.",
-            ["provider", "route", "model"],
-            registry=r,
-        )
-        self.tokens = Counter(
-            P + "tokens", "Tokens reported by upstreams.", ["provider", "model", "type"], registry=r
-        )
-        self.connections_closed = Counter(
-            P + "connections_closed",
-            "Client connections closed by a connection limit.",
-            ["reason"],
-            registry=r,
-        )
-        self.unrecorded = Counter(
-            P + "unrecorded_requests",
+        self.unrecorded = m.counter(
+            "unrecorded_requests",
             "Provider requests answered without an interception record (recording on): "
             "unknown provider, or no valid member token to attribute them to.",
-            ["reason"],
-            registry=r,
+            ("reason",),
         )
-        self.follow = FollowMetrics(r, P)
-        self.recording = RecordingMetrics(r, P)
+        self.follow = FollowMetrics(m.registry, P)
+        self.recording = RecordingMetrics(m.registry, P)
 
         # Label children of the per-request series, looked up once (labels() validates,
         # locks and allocates on every call).

@@ -10,8 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from aibridge.client import CONFIG_SERVICE as CONFIG_SERVICE_TARGET
-from aibridge.client import CONNECTION, config_service_tls
+from aibridge.client import CONNECTION
 from aibridge.coder_options import BRIDGE_REFUSED
 from aibridge.envconfig import (
     BRIDGE_LISTEN,
@@ -30,7 +29,6 @@ from aibridge.envconfig import (
     integer,
     optional,
     path,
-    process_id,
     resolve_data_dir,
     text,
 )
@@ -41,6 +39,8 @@ from data_plane.daemon import (
     NODE_ID,
     SNAPSHOT_CACHE,
     daemon_token,
+    follow_fields,
+    request_limits,
     required_token,
 )
 from data_plane.recording.shipper import ShipperSettings
@@ -62,29 +62,14 @@ MAX_CONNECTIONS = Setting(
     integer(minimum=0),
     "0",
 )
-HEADER_TIMEOUT = Setting(
-    "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
+HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = request_limits(
+    (
+        "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
+        "AIBRIDGE_BRIDGE_MAX_HEADER_BYTES",
+        "AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES",
+        "AIBRIDGE_BRIDGE_BODY_TIMEOUT",
+    ),
     "a request's headers must arrive within this of connecting or of the previous response",
-    duration,
-    "10s",
-)
-MAX_HEADER_BYTES = Setting(
-    "AIBRIDGE_BRIDGE_MAX_HEADER_BYTES",
-    "request line and headers at most",
-    integer(minimum=1024),
-    str(64 * 1024),
-)
-BODY_BUFFER_BYTES = Setting(
-    "AIBRIDGE_BRIDGE_BODY_BUFFER_BYTES",
-    "request body bytes held by all requests at once (134217728: 128 MiB)",
-    integer(minimum=1),
-    str(128 * 1024 * 1024),
-)
-BODY_TIMEOUT = Setting(
-    "AIBRIDGE_BRIDGE_BODY_TIMEOUT",
-    "a request's body must arrive whole within this of its headers (else 408)",
-    duration,
-    "30s",
 )
 RECORDING = Setting(
     "AIBRIDGE_RECORDING",
@@ -275,17 +260,14 @@ class BridgeSettings:
     ) -> BridgeSettings:
         v = SETTINGS.load(environ, overrides)
         token = required_token(v, TOKEN, "bridge")
-        ca, cert, key = config_service_tls(v)
+        follow = follow_fields(v)
         v.check()
         host, port = v[BRIDGE_LISTEN]
-        node_id = v[NODE_ID] or process_id()
-        spool = v[RECORDING_SPOOL] or resolve_data_dir(v) / "spool" / spool_name(node_id)
+        spool_file = spool_name(follow["node_id"])
+        spool = v[RECORDING_SPOOL] or resolve_data_dir(v) / "spool" / spool_file
         return cls(
             bridge_token=Secret(token),
-            config_service=v[CONFIG_SERVICE_TARGET],
-            config_service_ca_file=ca,
-            config_service_cert_file=cert,
-            config_service_key_file=key,
+            **follow,
             listen_host=host,
             listen_port=port,
             allow_byok=v[ALLOW_BYOK],
@@ -301,8 +283,6 @@ class BridgeSettings:
                 v[BREAKER_TIMEOUT],
                 v[BREAKER_MAX_REQUESTS],
             ),
-            snapshot_cache=v[SNAPSHOT_CACHE],
-            node_id=node_id,
             recording_on=v[RECORDING],
             recording=ShipperSettings(
                 queue_size=v[RECORDING_QUEUE_SIZE],

@@ -152,47 +152,19 @@ class CallSpan:
         the GenAI metrics of an intercepted route."""
         span = self.span
         if record is None:
-            status = capture.status
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                span.set_attribute("error.type", str(status))
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
+            self._finish_unattributed(capture.status)
             return
         status = record.status_code
         outcome = OUTCOMES.get(record.outcome, "unspecified")
         operation = OPERATION.get(record.route)
         system = "aws.bedrock" if self.bedrock else _system(record.provider_type)
-        attributes: dict[str, AttributeValue] = {
-            "http.response.status_code": status,
-            "aibridge.provider.name": record.provider_name,
-            "aibridge.provider.type": type_name(record.provider_type),
-            "aibridge.route": record.route,
-            "aibridge.principal.id": record.principal_id,
-            "aibridge.credential.kind": CREDENTIALS.get(record.credential_kind, "none"),
-            "aibridge.attempts": record.attempts,
-            "aibridge.outcome": outcome,
-            "aibridge.streamed": record.streamed,
-            "aibridge.proxied": record.proxied,
-        }
+        attributes = _record_attributes(record, outcome)
         error = outcome if record.outcome in _FAILURES and status >= 500 else None
         if error is not None:
             attributes["error.type"] = error
             span.set_status(Status(StatusCode.ERROR))
-        usage = record.usage
         if operation is not None:
-            attributes["gen_ai.operation.name"] = operation
-            attributes["gen_ai.provider.name"] = attributes["gen_ai.system"] = system
-            if record.requested_model:
-                attributes["gen_ai.request.model"] = record.requested_model
-            if record.served_model:
-                attributes["gen_ai.response.model"] = record.served_model
-            reader = capture.reader
-            if reader is not None and reader.finish_reasons:
-                attributes["gen_ai.response.finish_reasons"] = tuple(reader.finish_reasons)
-            if record.HasField("usage"):
-                attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
-                attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+            attributes.update(_genai_attributes(record, capture, operation, system))
             span.update_name(f"{operation} {record.requested_model}".rstrip())
         else:
             span.update_name(f"{self.method} {record.provider_name}")
@@ -210,11 +182,63 @@ class CallSpan:
         }
         if error is not None:
             metric["error.type"] = error
+        self._record_metrics(record, (ended - capture.started_ns) / 1e9, metric)
+
+    def _finish_unattributed(self, status: int) -> None:
+        span = self.span
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_attribute("error.type", str(status))
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def _record_metrics(
+        self, record: usage_pb2.Interception, seconds: float, metric: dict[str, AttributeValue]
+    ) -> None:
         owner = self._owner
-        owner.duration.record((ended - capture.started_ns) / 1e9, metric)
+        owner.duration.record(seconds, metric)
         if record.HasField("usage"):
+            usage = record.usage
             for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
                 owner.token_usage.record(count, {**metric, "gen_ai.token.type": kind})
+
+
+def _record_attributes(record: usage_pb2.Interception, outcome: str) -> dict[str, AttributeValue]:
+    """The span attributes every attributed request has."""
+    return {
+        "http.response.status_code": record.status_code,
+        "aibridge.provider.name": record.provider_name,
+        "aibridge.provider.type": type_name(record.provider_type),
+        "aibridge.route": record.route,
+        "aibridge.principal.id": record.principal_id,
+        "aibridge.credential.kind": CREDENTIALS.get(record.credential_kind, "none"),
+        "aibridge.attempts": record.attempts,
+        "aibridge.outcome": outcome,
+        "aibridge.streamed": record.streamed,
+        "aibridge.proxied": record.proxied,
+    }
+
+
+def _genai_attributes(
+    record: usage_pb2.Interception, capture: Capture, operation: str, system: str
+) -> dict[str, AttributeValue]:
+    """The GenAI semantic-convention attributes of an intercepted route."""
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": system,
+        "gen_ai.system": system,
+    }
+    if record.requested_model:
+        attributes["gen_ai.request.model"] = record.requested_model
+    if record.served_model:
+        attributes["gen_ai.response.model"] = record.served_model
+    reader = capture.reader
+    if reader is not None and reader.finish_reasons:
+        attributes["gen_ai.response.finish_reasons"] = tuple(reader.finish_reasons)
+    if record.HasField("usage"):
+        attributes["gen_ai.usage.input_tokens"] = record.usage.input_tokens
+        attributes["gen_ai.usage.output_tokens"] = record.usage.output_tokens
+    return attributes
 
 
 def _system(provider_type: int) -> str:

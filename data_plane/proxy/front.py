@@ -166,28 +166,37 @@ class FrontDoor:
         if identity is None:
             return False
         host, port = target
-        shared = self.shared
-        if shared.table.route(host) is not None:
-            # The leaf first, so the handshake can start as soon as the client sends.
-            ctx = await shared.leaves.context(host)
-            # Stop reading until start_tls takes over the socket: a ClientHello read into
-            # the plain stream's buffer meanwhile would be lost to the TLS layer.
-            cast(asyncio.Transport, stream.writer.transport).pause_reading()
-            await stream.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
-            early, _closed = stream.conn.trailing_data
-            if early:  # a ClientHello sent before our 200 cannot be fed to start_tls
-                log.warning("client sent TLS data before the CONNECT reply", host=host)
-                return True
-            shared.metrics.connect_sessions.labels("mitm").inc()
-            if shared.tracing is None:
-                await serve_tls(shared, stream, ctx, host, identity)
-                return True
-            session = shared.tracing.connect(host, port, "mitm", identity.principal.principal_id)
-            try:
-                await serve_tls(shared, stream, ctx, host, identity, session)
-            finally:
-                session.end()
+        if self.shared.table.route(host) is not None:
+            await self._mitm(stream, host, port, identity)
             return True
+        return await self._tunnel(stream, host, port, identity)
+
+    async def _mitm(self, stream: H11Stream, host: str, port: int, identity: Identity) -> None:
+        """Terminate the client's TLS to an intercepted host and serve its requests."""
+        shared = self.shared
+        # The leaf first, so the handshake can start as soon as the client sends.
+        ctx = await shared.leaves.context(host)
+        # Stop reading until start_tls takes over the socket: a ClientHello read into
+        # the plain stream's buffer meanwhile would be lost to the TLS layer.
+        cast(asyncio.Transport, stream.writer.transport).pause_reading()
+        await stream.send(h11.Response(status_code=200, headers=[], reason=b"OK"))
+        early, _closed = stream.conn.trailing_data
+        if early:  # a ClientHello sent before our 200 cannot be fed to start_tls
+            log.warning("client sent TLS data before the CONNECT reply", host=host)
+            return
+        shared.metrics.connect_sessions.labels("mitm").inc()
+        if shared.tracing is None:
+            await serve_tls(shared, stream, ctx, host, identity)
+            return
+        session = shared.tracing.connect(host, port, "mitm", identity.principal.principal_id)
+        try:
+            await serve_tls(shared, stream, ctx, host, identity, session)
+        finally:
+            session.end()
+
+    async def _tunnel(self, stream: H11Stream, host: str, port: int, identity: Identity) -> bool:
+        """Tunnel the connection to any other allowed destination; False when refused."""
+        shared = self.shared
         if port not in shared.settings.allowed_ports:
             await self._refuse(stream, 403, "port", f"port {port} is not allowed")
             return False

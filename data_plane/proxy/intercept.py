@@ -24,7 +24,7 @@ from data_plane.dump import Exchange
 from data_plane.proxy.auth import Identity
 from data_plane.proxy.context import Shared
 from data_plane.proxy.h11io import H11Stream, header
-from data_plane.proxy.relay import bridge_headers, relay
+from data_plane.proxy.relay import Outcome, bridge_headers, relay
 from data_plane.proxy.routes import Route
 
 if TYPE_CHECKING:
@@ -87,20 +87,17 @@ async def _provider_request(
     )
     if body is None:
         return
-    table = shared.table
     path = origin_path(request.target)
     on_bridge = route.bridge_path(path)
     # Copilot has no key pool: its users' own tokens are the only credential there is.
     pooled_keys = shared.settings.pooled_keys and route.provider_type != "copilot"
-    headers = bridge_headers(request, identity, table, request_id, pooled_keys=pooled_keys)
+    headers = bridge_headers(request, identity, shared.table, request_id, pooled_keys=pooled_keys)
     method = bytes(request.method)
-    metrics = shared.metrics
-    metrics.mitm_requests.labels(route.provider).inc()
-    metrics.inflight.inc()
+    shared.metrics.mitm_requests.labels(route.provider).inc()
     started = time.perf_counter()
-    tracing, span = shared.tracing, None
-    if tracing is not None:
-        span, carried = tracing.request(
+    span = None
+    if shared.tracing is not None:
+        span, carried = shared.tracing.request(
             session,
             method.decode(),
             path,
@@ -110,6 +107,60 @@ async def _provider_request(
             request.headers,
         )
         headers = [(k, v) for k, v in headers if k not in TRACE_HEADERS] + carried
+    outcome = await _relay(shared, stream, method, on_bridge, headers, body, span)
+    shared.metrics.mitm_responses.labels(route.provider, str(outcome.status)).inc()
+    # The path without its query: some providers accept keys as query parameters.
+    log.info(
+        "provider request",
+        request_id=request_id,
+        provider=route.provider,
+        principal=identity.principal.principal_name,
+        method=method.decode(),
+        path=path.partition("?")[0],
+        status=outcome.status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        **({"failed": outcome.failed} if outcome.failed else {}),
+    )
+    if shared.dumper is not None:
+        exchange = _exchange(route.provider, request_id, method, on_bridge, headers, body, outcome)
+        await shared.dumper.dump(exchange)
+
+
+def _exchange(
+    provider: str,
+    request_id: str,
+    method: bytes,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    outcome: Outcome,
+) -> Exchange:
+    """The dump of one provider request as it went to the bridge and came back."""
+    return Exchange(
+        provider=provider,
+        model=_model(body),
+        request_id=request_id,
+        method=method.decode(),
+        target=target,
+        request_headers=[(k.decode(), v.decode("latin-1")) for k, v in headers],
+        request_body=body,
+        status=outcome.status,
+        response_headers=[(k.decode(), v.decode("latin-1")) for k, v in outcome.headers],
+        response_body=outcome.body,
+    )
+
+
+async def _relay(
+    shared: Shared,
+    stream: H11Stream,
+    method: bytes,
+    on_bridge: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    span: Span | None,
+) -> Outcome:
+    """Relay the request to the bridge, counted in flight and its span answered."""
+    shared.metrics.inflight.inc()
     outcome = None
     try:
         hop = shared.bridge
@@ -124,40 +175,13 @@ async def _provider_request(
             capture=shared.dumper is not None,
         )
     finally:
-        metrics.inflight.dec()
-        if tracing is not None and span is not None:
+        shared.metrics.inflight.dec()
+        if shared.tracing is not None and span is not None:
             if outcome is None:  # cancelled: the proxy is stopping
-                tracing.answered(span, 0, "cancelled")
+                shared.tracing.answered(span, 0, "cancelled")
             else:
-                tracing.answered(span, outcome.status, outcome.failed)
-    metrics.mitm_responses.labels(route.provider, str(outcome.status)).inc()
-    # The path without its query: some providers accept keys as query parameters.
-    log.info(
-        "provider request",
-        request_id=request_id,
-        provider=route.provider,
-        principal=identity.principal.principal_name,
-        method=method.decode(),
-        path=path.partition("?")[0],
-        status=outcome.status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        **({"failed": outcome.failed} if outcome.failed else {}),
-    )
-    if shared.dumper is not None:
-        await shared.dumper.dump(
-            Exchange(
-                provider=route.provider,
-                model=_model(body),
-                request_id=request_id,
-                method=method.decode(),
-                target=on_bridge,
-                request_headers=[(k.decode(), v.decode("latin-1")) for k, v in headers],
-                request_body=body,
-                status=outcome.status,
-                response_headers=[(k.decode(), v.decode("latin-1")) for k, v in outcome.headers],
-                response_body=outcome.body,
-            )
-        )
+                shared.tracing.answered(span, outcome.status, outcome.failed)
+    return outcome
 
 
 async def serve_tls(

@@ -2,79 +2,58 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from data_plane.follow import FollowMetrics
 from data_plane.proxy.routes import ProxyTable
-from data_plane.worker_metrics import WorkerIdentity, scrape_registry
+from data_plane.worker_metrics import DaemonMetrics, WorkerIdentity
 
 P = "aibridgeproxyd_"
 
 
-class ProxyMetrics:
-    """The proxy's series; `registry` is what /metrics renders: these series, or, in a
-    worker, every worker's (data_plane/worker_metrics.py)."""
+class ProxyMetrics(DaemonMetrics):
+    """The proxy's series (DaemonMetrics: which registry /metrics renders)."""
 
     def __init__(self, worker: WorkerIdentity | None = None) -> None:
-        r = CollectorRegistry()
-        self.registry = r if worker is None else scrape_registry(worker, P)
-        self.connect_sessions = Counter(
-            P + "connect_sessions",
+        super().__init__(P, worker)
+        m = self.series
+        self.connect_sessions = m.counter(
+            "connect_sessions",
             "CONNECT sessions accepted, by what happened to them (mitm or tunnel).",
-            ["type"],
-            registry=r,
+            ("type",),
         )
-        self.refused = Counter(
-            P + "refused",
+        self.refused = m.counter(
+            "refused",
             "CONNECT or proxy requests refused (auth, port, private, dial, bad_request).",
-            ["reason"],
-            registry=r,
+            ("reason",),
         )
-        self.client_connections = Gauge(
-            P + "client_connections",
-            "Client connections held now.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.connections_closed = Counter(
-            P + "connections_closed",
+        self.client_connections = m.gauge("client_connections", "Client connections held now.")
+        self.connections_closed = m.counter(
+            "connections_closed",
             "Client connections the proxy dropped: silent (idle, slow head or not reading), "
             "evicted (longest-waiting, at the connection limit), over_capacity (503).",
-            ["reason"],
-            registry=r,
+            ("reason",),
         )
-        self.mitm_requests = Counter(
-            P + "mitm_requests", "Provider requests handed to the bridge.", ["provider"], registry=r
+        self.mitm_requests = m.counter(
+            "mitm_requests", "Provider requests handed to the bridge.", ("provider",)
         )
-        self.mitm_responses = Counter(
-            P + "mitm_responses",
+        self.mitm_responses = m.counter(
+            "mitm_responses",
             "Responses to provider requests, by status code.",
-            ["provider", "code"],
-            registry=r,
+            ("provider", "code"),
         )
-        self.inflight = Gauge(
-            P + "inflight_mitm_requests",
-            "Provider requests being served.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.forwarded = Counter(
-            P + "forwarded_requests",
+        self.inflight = m.gauge("inflight_mitm_requests", "Provider requests being served.")
+        self.forwarded = m.counter(
+            "forwarded_requests",
             "Plain http:// requests forwarded to other hosts, by status code.",
-            ["code"],
-            registry=r,
+            ("code",),
         )
         self.follow = FollowMetrics(
-            r,
+            m.registry,
             P,
             provider_help="Providers of the applied snapshot "
             "and whether their host is intercepted.",
         )
-        self.intercepted_hosts = Gauge(
-            P + "intercepted_hosts",
-            "Hosts whose TLS the proxy terminates.",
-            registry=r,
-            multiprocess_mode="liveall",
+        self.intercepted_hosts = m.gauge(
+            "intercepted_hosts", "Hosts whose TLS the proxy terminates.", mode="liveall"
         )
 
     def snapshot_applied(self, table: ProxyTable, when: float) -> None:

@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from aibridge.client import CONFIG_SERVICE as CONFIG_SERVICE_TARGET
-from aibridge.client import CONNECTION, config_service_tls
+from aibridge.client import CONNECTION
 from aibridge.coder_options import PROXY_REFUSED
 from aibridge.envconfig import (
     DATA_DIR,
@@ -34,7 +33,6 @@ from aibridge.envconfig import (
     optional,
     path,
     port,
-    process_id,
     resolve_data_dir,
 )
 from aibridge.masking import Secret
@@ -44,6 +42,8 @@ from data_plane.daemon import (
     NODE_ID,
     SNAPSHOT_CACHE,
     daemon_token,
+    follow_fields,
+    request_limits,
     required_token,
 )
 
@@ -105,29 +105,14 @@ IDLE_TIMEOUT = Setting(
     duration,
     "60s",
 )
-HEADER_TIMEOUT = Setting(
-    "AIBRIDGE_PROXY_HEADER_TIMEOUT",
+HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = request_limits(
+    (
+        "AIBRIDGE_PROXY_HEADER_TIMEOUT",
+        "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
+        "AIBRIDGE_PROXY_BODY_BUFFER_BYTES",
+        "AIBRIDGE_PROXY_BODY_TIMEOUT",
+    ),
     "a request head must be complete this long after its first byte",
-    duration,
-    "10s",
-)
-MAX_HEADER_BYTES = Setting(
-    "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
-    "largest request head, request line and headers (past it 431)",
-    integer(minimum=1024),
-    "65536",
-)
-BODY_BUFFER_BYTES = Setting(
-    "AIBRIDGE_PROXY_BODY_BUFFER_BYTES",
-    "request body bytes held by all requests at once (134217728: 128 MiB; past it 503)",
-    integer(minimum=1),
-    str(128 * 1024 * 1024),
-)
-BODY_TIMEOUT = Setting(
-    "AIBRIDGE_PROXY_BODY_TIMEOUT",
-    "a request's body must arrive whole within this of its head (else 408)",
-    duration,
-    "30s",
 )
 
 # Every setting of the proxy: each one is also a flag (see cli.py) unless another tool's.
@@ -211,7 +196,7 @@ class ProxySettings:
     ) -> ProxySettings:
         v = SETTINGS.load(environ, overrides)
         token = required_token(v, TOKEN, "proxy")
-        ca, cert, key = config_service_tls(v)
+        follow = follow_fields(v)
         # The CA pair is given together (both must exist) or generated together.
         if (v[CA_CERT_FILE] is None) != (v[CA_KEY_FILE] is None):
             v.problems.append(
@@ -222,10 +207,7 @@ class ProxySettings:
         return cls(
             proxy_token=Secret(token),
             data_dir=resolve_data_dir(v),
-            config_service=v[CONFIG_SERVICE_TARGET],
-            config_service_ca_file=ca,
-            config_service_cert_file=cert,
-            config_service_key_file=key,
+            **follow,
             listen_host=host,
             listen_port=listen_port,
             ca_cert_file=v[CA_CERT_FILE],
@@ -241,8 +223,6 @@ class ProxySettings:
             body_buffer_bytes=v[BODY_BUFFER_BYTES],
             body_timeout=v[BODY_TIMEOUT],
             dump_dir=v[DUMP_DIR],
-            snapshot_cache=v[SNAPSHOT_CACHE],
-            node_id=v[NODE_ID] or process_id(),
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
             telemetry=TelemetrySettings.of(v, "aibridge-proxy"),

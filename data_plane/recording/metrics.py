@@ -6,7 +6,9 @@ so the request path never touches a metric to record.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+
+from aibridge.series import Series
 
 # Why records were lost: the queue was full, the spool was at its cap (or could not be
 # written), the config service refused the record itself, the record alone is larger than
@@ -20,45 +22,37 @@ BATCH_RESULTS = ("shipped", "retried", "spooled")
 
 class RecordingMetrics:
     def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
-        self.queue_depth = Gauge(
-            prefix + "recording_queue_depth",
-            "Interception records in memory, waiting to be shipped.",
-            registry=registry,
-            multiprocess_mode="livesum",  # workers: the sum over the live ones
+        m = Series(registry, prefix)
+        # Gauges: `livesum`, with workers the sum over the live ones.
+        self.queue_depth = m.gauge(
+            "recording_queue_depth", "Interception records in memory, waiting to be shipped."
         )
-        self.spool_bytes = Gauge(
-            prefix + "recording_spool_bytes",
+        self.spool_bytes = m.gauge(
+            "recording_spool_bytes",
             "Bytes in the recording spool files (batches the config service has not stored).",
-            registry=registry,
-            multiprocess_mode="livesum",
         )
-        self.spool_records = Gauge(
-            prefix + "recording_spool_records",
+        self.spool_records = m.gauge(
+            "recording_spool_records",
             "Interception records in the recording spool, waiting to be replayed.",
-            registry=registry,
-            multiprocess_mode="livesum",
         )
-        batches = Counter(
-            prefix + "recording_batches",
+        self.batches = m.counters(
+            "recording_batches",
             "Record batches: shipped (stored by the config service), retried (an attempt "
             "failed), spooled (written to the spool file).",
-            ["result"],
-            registry=registry,
+            "result",
+            BATCH_RESULTS,
         )
-        self.batches = {result: batches.labels(result) for result in BATCH_RESULTS}
-        records = Counter(
-            prefix + "recording_records",
+        records = m.counters(
+            "recording_records",
             "Records the config service acknowledged: inserted, or duplicate (a replay).",
-            ["result"],
-            registry=registry,
+            "result",
+            ("inserted", "duplicate"),
         )
-        self.inserted = records.labels("inserted")
-        self.duplicates = records.labels("duplicate")
-        dropped = Counter(
-            prefix + "recording_records_dropped",
+        self.inserted, self.duplicates = records["inserted"], records["duplicate"]
+        self.dropped = m.counters(
+            "recording_records_dropped",
             "Records lost, by reason: queue_full, spool_full (at the cap or unwritable), "
             "rejected (refused by the config service), too_large, closed (after shutdown).",
-            ["reason"],
-            registry=registry,
+            "reason",
+            DROP_REASONS,
         )
-        self.dropped = {reason: dropped.labels(reason) for reason in DROP_REASONS}

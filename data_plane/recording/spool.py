@@ -174,12 +174,7 @@ class Spool:
 
     def _recover(self, fd: int) -> Damage:
         size = os.fstat(fd).st_size
-        start = os.pread(fd, len(MAGIC), 0)
-        if not MAGIC.startswith(start) or (size >= HEADER.size and start != MAGIC):
-            raise SpoolError(
-                f"{self.path} is not a recording spool (unknown header); move it away or set "
-                "AIBRIDGE_RECORDING_SPOOL to another file"
-            )
+        self._check_header(fd, size)
         if size < HEADER.size:
             # New, or cut short while its header was written: nothing was ever spooled.
             os.ftruncate(fd, 0)
@@ -194,48 +189,50 @@ class Spool:
         )
         if header_reset:
             acked = HEADER.size
-        frames: list[tuple[int, int, int]] = []  # (offset, end, count)
-        bad: list[tuple[int, int]] = []  # damaged byte ranges
-        pos = acked
-        while pos < size:
-            found = _valid_frame(fd, pos, size)
-            if found is not None:
-                frames.append((pos, found[0], found[1]))
-                pos = found[0]
-                continue
-            resync = _next_frame(fd, pos + 1, size)
-            bad.append((pos, resync))
-            pos = resync
+        frames, bad = _scan(fd, acked, size)
         torn = bad[-1][1] - bad[-1][0] if bad and bad[-1][1] == size else 0
-        corrupt = sum(end - start for start, end in bad) - torn
+        damage = Damage(torn, sum(end - start for start, end in bad) - torn, header_reset)
         self._fd = fd
-        if corrupt:
-            self._rewrite([(start, end) for start, end, _ in frames])
-        else:
-            end = frames[-1][1] if frames else acked
-            if torn:
-                os.ftruncate(fd, end)
-            if header_reset:
-                os.pwrite(fd, _header(acked), 0)
-            if torn or header_reset:
-                os.fsync(fd)
-            self.size, self.acked = end, acked
-            if not frames:
-                self._truncate()
+        self._keep(frames, acked, damage)
         self.pending_frames = len(frames)
         self.pending_records = sum(count for _, _, count in frames)
-        damage = Damage(torn, corrupt, header_reset)
-        if torn or corrupt or header_reset:
+        if torn or damage.corrupt_bytes or header_reset:
             log.warning(
                 "recording spool damaged; whole frames kept, the rest dropped",
                 path=str(self.path),
                 torn_bytes=torn,
-                corrupt_bytes=corrupt,
+                corrupt_bytes=damage.corrupt_bytes,
                 header_reset=header_reset,
                 frames=len(frames),
                 records=self.pending_records,
             )
         return damage
+
+    def _check_header(self, fd: int, size: int) -> None:
+        """Refuse a file that is not a spool (a header cut short is still ours)."""
+        start = os.pread(fd, len(MAGIC), 0)
+        if not MAGIC.startswith(start) or (size >= HEADER.size and start != MAGIC):
+            raise SpoolError(
+                f"{self.path} is not a recording spool (unknown header); move it away or set "
+                "AIBRIDGE_RECORDING_SPOOL to another file"
+            )
+
+    def _keep(self, frames: list[tuple[int, int, int]], acked: int, damage: Damage) -> None:
+        """Leave only the whole frames on disk: rewrite past corruption, else cut the tail."""
+        assert self._fd is not None
+        if damage.corrupt_bytes:
+            self._rewrite([(start, end) for start, end, _ in frames])
+            return
+        end = frames[-1][1] if frames else acked
+        if damage.torn_bytes:
+            os.ftruncate(self._fd, end)
+        if damage.header_reset:
+            os.pwrite(self._fd, _header(acked), 0)
+        if damage.torn_bytes or damage.header_reset:
+            os.fsync(self._fd)
+        self.size, self.acked = end, acked
+        if not frames:
+            self._truncate()
 
     # ------------------------------------------------------------------ frames
 
@@ -368,6 +365,22 @@ def _next_frame(fd: int, pos: int, size: int) -> int:
             at = chunk.find(FRAME_MAGIC, at + 1)
         pos += max(len(chunk) - len(FRAME_MAGIC) + 1, 1)
     return size
+
+
+def _scan(fd: int, pos: int, size: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """From `pos` to `size`: the whole frames as (offset, end, count), and the damaged ranges."""
+    frames: list[tuple[int, int, int]] = []
+    bad: list[tuple[int, int]] = []
+    while pos < size:
+        found = _valid_frame(fd, pos, size)
+        if found is not None:
+            frames.append((pos, found[0], found[1]))
+            pos = found[0]
+            continue
+        resync = _next_frame(fd, pos + 1, size)
+        bad.append((pos, resync))
+        pos = resync
+    return frames, bad
 
 
 def _fsync_dir(directory: Path) -> None:
