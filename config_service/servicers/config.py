@@ -185,19 +185,15 @@ class ConfigServicer:
                 "close streams it no longer needs"
             )
 
-    @unary
-    async def get_snapshot(self, request: pb.GetProviderSnapshotRequest, context: Context) -> bytes:
-        subject = await self._auth.authenticate(context)
-        authorize(subject, Action.READ_PROVIDERS)
+    @unary(Action.READ_PROVIDERS)
+    async def get_snapshot(self, request: pb.GetProviderSnapshotRequest, subject: Subject) -> bytes:
         self._vouch()
         return self._hub.entry(scope_for(subject)).payload
 
-    @unary
+    @unary(Action.REPORT_STATUS)
     async def report_status(
-        self, request: pb.ReportStatusRequest, context: Context
+        self, request: pb.ReportStatusRequest, subject: Subject
     ) -> pb.ReportStatusResponse:
-        subject = await self._auth.authenticate(context)
-        authorize(subject, Action.REPORT_STATUS)
         # Every field is checked here, before it is stored: a value the database cannot
         # hold (too long for its column, a NUL) would otherwise fail every later publish
         # of this replica's subscribers, and with it cluster-wide ListSubscribers.
@@ -234,12 +230,10 @@ class ConfigServicer:
         )
         return pb.ReportStatusResponse()
 
-    @unary
+    @unary(Action.LIST_SUBSCRIBERS)
     async def list_subscribers(
-        self, request: pb.ListSubscribersRequest, context: Context
+        self, request: pb.ListSubscribersRequest, subject: Subject
     ) -> pb.ListSubscribersResponse:
-        subject = await self._auth.authenticate(context)
-        authorize(subject, Action.LIST_SUBSCRIBERS)
         response = pb.ListSubscribersResponse()
         listed = [(self._replica_id, s) for s in self._registry.all()]
         if self._remote is not None:

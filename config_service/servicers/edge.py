@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from aibridge.logs import get_logger
 from config_service.errors import ConfigError, Unavailable
+from config_service.rbac import Action, Subject, authorize
 from config_service.store.database import is_connection_error
 
 log = get_logger("aibridge.config.grpc")
@@ -47,22 +48,33 @@ async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext[Any, A
         await context.abort(error.code, error.message)
 
 
-def unary(fn: Handler[R]) -> Handler[R]:
-    """Wrap a unary handler `(self, request, context)` with the error mapping."""
+def unary(action: Action | None = None) -> Callable[[Handler[R]], Handler[R]]:
+    """Make a unary handler `(self, request, subject)` a gRPC method `(self, request,
+    context)`: the caller is authenticated by the servicer's `_auth` (and, with `action`,
+    authorized for it) before the handler reads the request, and every error is mapped to
+    its status. Without `action` the store authorizes, scoped by the subject."""
 
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
-        try:
-            return await fn(self, request, context)
-        except ConfigError as exc:
-            await abort_for(exc, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await abort_for(exc, context)
-        raise AssertionError("unreachable: abort raises")
+    def wrap(fn: Handler[R]) -> Handler[R]:
+        @functools.wraps(fn)
+        async def wrapper(
+            self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> R:
+            try:
+                subject: Subject = await self._auth.authenticate(context)
+                if action is not None:
+                    authorize(subject, action)
+                return await fn(self, request, subject)
+            except ConfigError as exc:
+                await abort_for(exc, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await abort_for(exc, context)
+            raise AssertionError("unreachable: abort raises")
 
-    return wrapper
+        return wrapper
+
+    return wrap
 
 
 # ------------------------------------------------------------------ malformed request bodies

@@ -98,27 +98,24 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         scope = Scope.PROXY if subject.role is Role.PROXY else Scope.METADATA
         return views.render(record, scope, *views.evaluate(record, self._allow_byok))
 
-    @unary
+    @unary()
     async def ListProviders(
-        self, request: pb.ListProvidersRequest, context: Context
+        self, request: pb.ListProvidersRequest, subject: Subject
     ) -> pb.ListProvidersResponse:
-        subject = await self._auth.authenticate(context)
         records = await self._db.call(providers.list_providers, self._db, subject)
         return pb.ListProvidersResponse(providers=[self._render(r, subject) for r in records])
 
-    @unary
+    @unary()
     async def GetProvider(
-        self, request: pb.GetProviderRequest, context: Context
+        self, request: pb.GetProviderRequest, subject: Subject
     ) -> pb.GetProviderResponse:
-        subject = await self._auth.authenticate(context)
         record = await self._db.call(providers.get_provider, self._db, subject, request.id_or_name)
         return pb.GetProviderResponse(provider=self._render(record, subject))
 
-    @unary
+    @unary()
     async def CreateProvider(
-        self, request: pb.CreateProviderRequest, context: Context
+        self, request: pb.CreateProviderRequest, subject: Subject
     ) -> pb.CreateProviderResponse:
-        subject = await self._auth.authenticate(context)
         spec = new_provider(request)
         record = await self._db.call(providers.create_provider, self._db, subject, spec)
         log.info(
@@ -132,11 +129,10 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         await self._hub.publish_write()
         return pb.CreateProviderResponse(provider=self._render(record, subject))
 
-    @unary
+    @unary()
     async def UpdateProvider(
-        self, request: pb.UpdateProviderRequest, context: Context
+        self, request: pb.UpdateProviderRequest, subject: Subject
     ) -> pb.UpdateProviderResponse:
-        subject = await self._auth.authenticate(context)
         changes = provider_changes(request)
         record = await self._db.call(
             providers.update_provider, self._db, subject, request.id_or_name, changes
@@ -152,11 +148,10 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         await self._hub.publish_write()
         return pb.UpdateProviderResponse(provider=self._render(record, subject))
 
-    @unary
+    @unary()
     async def DeleteProvider(
-        self, request: pb.DeleteProviderRequest, context: Context
+        self, request: pb.DeleteProviderRequest, subject: Subject
     ) -> pb.DeleteProviderResponse:
-        subject = await self._auth.authenticate(context)
         record = await self._db.call(
             providers.delete_provider, self._db, subject, request.id_or_name
         )
@@ -166,11 +161,10 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         await self._hub.publish_write()
         return pb.DeleteProviderResponse()
 
-    @unary
+    @unary()
     async def AddProviderKey(
-        self, request: pb.AddProviderKeyRequest, context: Context
+        self, request: pb.AddProviderKeyRequest, subject: Subject
     ) -> pb.AddProviderKeyResponse:
-        subject = await self._auth.authenticate(context)
         record = await self._db.call(
             providers.add_provider_key,
             self._db,
@@ -192,11 +186,10 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         # A new key goes to the end of the pool (and only owners write: metadata scope).
         return pb.AddProviderKeyResponse(provider=provider, key=provider.keys[-1])
 
-    @unary
+    @unary()
     async def DeleteProviderKey(
-        self, request: pb.DeleteProviderKeyRequest, context: Context
+        self, request: pb.DeleteProviderKeyRequest, subject: Subject
     ) -> pb.DeleteProviderKeyResponse:
-        subject = await self._auth.authenticate(context)
         record = await self._db.call(
             providers.delete_provider_key,
             self._db,

@@ -12,7 +12,7 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as pb_grpc
 from aibridge.config.v1 import token_pb2
 from config_service.auth import Authenticator
 from config_service.errors import InvalidArgument
-from config_service.rbac import Role
+from config_service.rbac import Role, Subject
 from config_service.servicers.edge import unary
 from config_service.snapshots.hub import SnapshotHub
 from config_service.snapshots.snapshot import ROLE_TO_PROTO
@@ -54,11 +54,10 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         self._hub = hub
         self._auth = auth
 
-    @unary
+    @unary()
     async def CreateToken(
-        self, request: pb.CreateTokenRequest, context: Context
+        self, request: pb.CreateTokenRequest, subject: Subject
     ) -> pb.CreateTokenResponse:
-        subject = await self._auth.authenticate(context)
         role = role_from_proto(request.role)
         view, secret = await self._db.call(
             tokens.create_token, self._db, subject, request.principal_name, role
@@ -66,27 +65,24 @@ class TokenAdminServicer(pb_grpc.TokenAdminServiceServicer):
         await self._hub.publish_write()
         return pb.CreateTokenResponse(token=token_proto(view), secret=secret)
 
-    @unary
+    @unary()
     async def ListTokens(
-        self, request: pb.ListTokensRequest, context: Context
+        self, request: pb.ListTokensRequest, subject: Subject
     ) -> pb.ListTokensResponse:
-        subject = await self._auth.authenticate(context)
         views = await self._db.call(tokens.list_tokens, self._db, subject, request.include_revoked)
         return pb.ListTokensResponse(tokens=[token_proto(v) for v in views])
 
-    @unary
+    @unary()
     async def RevokeToken(
-        self, request: pb.RevokeTokenRequest, context: Context
+        self, request: pb.RevokeTokenRequest, subject: Subject
     ) -> pb.RevokeTokenResponse:
-        subject = await self._auth.authenticate(context)
         view = await self._db.call(tokens.revoke_token, self._db, subject, request.id)
         await self._hub.publish_write()
         return pb.RevokeTokenResponse(token=token_proto(view))
 
-    @unary
-    async def WhoAmI(self, request: pb.WhoAmIRequest, context: Context) -> pb.WhoAmIResponse:
+    @unary()
+    async def WhoAmI(self, request: pb.WhoAmIRequest, subject: Subject) -> pb.WhoAmIResponse:
         # Authentication is the whole check: every role may learn who its own token is.
-        subject = await self._auth.authenticate(context)
         if subject.role is None:  # only the service itself has no role, and it never calls
             raise AssertionError("a caller authenticated without a role")
         return pb.WhoAmIResponse(

@@ -26,7 +26,7 @@ from aibridge.rulebook import BY_WIRE, TYPES
 from config_service.auth import Authenticator
 from config_service.errors import InvalidArgument
 from config_service.metrics import ConfigMetrics
-from config_service.rbac import Action, authorize
+from config_service.rbac import Action, Subject
 from config_service.servicers.edge import unary
 from config_service.store import usage
 from config_service.store.database import Database
@@ -291,13 +291,10 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         self._inserted = metrics.usage_records.labels(result="inserted")
         self._duplicates = metrics.usage_records.labels(result="duplicate")
 
-    @unary
+    @unary(Action.WRITE_USAGE)
     async def RecordInterceptions(
-        self, request: pb.RecordInterceptionsRequest, context: Context
+        self, request: pb.RecordInterceptionsRequest, subject: Subject
     ) -> pb.RecordInterceptionsResponse:
-        subject = await self._auth.authenticate(context)
-        # Authorized before the batch is read: a caller who may not write learns nothing.
-        authorize(subject, Action.WRITE_USAGE)
         rows, calls, repeats = batch_rows(request)
         stored = await self._db.call(usage.record, self._db, subject, rows, calls)
         duplicates = stored.duplicates + repeats
@@ -305,11 +302,10 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         self._duplicates.inc(duplicates)
         return pb.RecordInterceptionsResponse(inserted=stored.inserted, duplicates=duplicates)
 
-    @unary
+    @unary()
     async def ListInterceptions(
-        self, request: pb.ListInterceptionsRequest, context: Context
+        self, request: pb.ListInterceptionsRequest, subject: Subject
     ) -> pb.ListInterceptionsResponse:
-        subject = await self._auth.authenticate(context)
         size = request.page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
@@ -326,20 +322,18 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             response.next_page_token = usage.Cursor(last["started_at"], last["id"]).encode()
         return response
 
-    @unary
+    @unary()
     async def GetInterception(
-        self, request: pb.GetInterceptionRequest, context: Context
+        self, request: pb.GetInterceptionRequest, subject: Subject
     ) -> pb.GetInterceptionResponse:
-        subject = await self._auth.authenticate(context)
         record_id = check_uuid("id", request.id, "a record id (UUID)")
         row, calls = await self._db.call(usage.get_interception, self._db, subject, record_id)
         return pb.GetInterceptionResponse(interception=interception_proto(row, calls))
 
-    @unary
+    @unary()
     async def SummarizeUsage(
-        self, request: pb.SummarizeUsageRequest, context: Context
+        self, request: pb.SummarizeUsageRequest, subject: Subject
     ) -> pb.SummarizeUsageResponse:
-        subject = await self._auth.authenticate(context)
         flt = usage_filter(request.filter)
         dimensions = group_by(request.group_by)
         groups, total = await self._db.call(usage.summarize, self._db, subject, flt, dimensions)
