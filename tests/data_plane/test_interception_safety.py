@@ -260,6 +260,7 @@ def test_a_record_reads_what_a_relay_cut_short_left_unread() -> None:
     capture = Capture(recording.new_record_id(), time.time_ns(), {})
     capture.reader = ResponseReader(False, None)
     capture.reader.feed(b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
+    capture.end()
     record = capture.build()
     assert (record.usage.input_tokens, record.usage.output_tokens, record.served_model) == (
         3,
