@@ -29,12 +29,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write_result
+from _recording_bridge import CountingSink
 from _stack import UPSTREAM_KEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
-from aibridge.config.v1 import token_pb2, usage_pb2
+from aibridge.config.v1 import token_pb2
 from aibridge.logs import configure
 from aibridge.masking import sha256_hex
 from data_plane.body_budget import BodyBudget
@@ -45,15 +46,6 @@ from data_plane.bridge.settings import BreakerSettings
 
 TOKEN = "aib_bench_member_0123456789abcdefghijklmnopqrstuvwxyzABCD"  # noqa: S105 - bench only
 GOAL_PCT = 3.0
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.records = 0
-
-    def submit(self, record: usage_pb2.Interception) -> None:
-        self.records += 1
-        record.SerializeToString()
 
 
 def _snapshot(port: int) -> cs.ProviderSnapshot:
@@ -156,6 +148,7 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
         for _ in range(args.requests):
             if await _one(app, scope, body) != 200:
                 raise SystemExit("a request failed")
+        sink.drain()
         cpu[mode].append((time.process_time() - t0) / args.requests * 1e6)
     await http.aclose()
     return {"cpu_us": cpu, "records": sink.records}

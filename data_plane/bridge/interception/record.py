@@ -219,7 +219,7 @@ class Capture:
         of known secrets."""
         texts = self._texts()
         record = self._described(texts)
-        self._happened(record)
+        record.MergeFrom(self._happened())
         return record
 
     def SerializeToString(self) -> bytes:  # what usage_pb2.Interception says
@@ -247,9 +247,7 @@ class Capture:
                 _DESCRIBED.clear()
             described = self._described(texts).SerializeToString()
             _DESCRIBED[key] = described
-        record = usage_pb2.Interception()
-        self._happened(record)
-        return described + record.SerializeToString()
+        return described + self._happened().SerializeToString()
 
     def _texts(self) -> tuple[str, str, str, str, str]:
         """Route, requested and served model, User-Agent and session: what the client or
@@ -297,13 +295,16 @@ class Capture:
             proxied=self.proxied,
         )
 
-    def _happened(self, record: usage_pb2.Interception) -> None:
-        """The fields of what happened: id, times, outcome, usage, tool calls, prompt."""
-        record.id = self.id
-        record.outcome = self.outcome()  # type: ignore[assignment]
-        record.status_code = self.status
-        record.attempts = self.attempts
-        record.streamed = self.streamed
+    def _happened(self) -> usage_pb2.Interception:
+        """A record of the fields of what happened: id, times, outcome, usage, tool calls,
+        prompt."""
+        record = usage_pb2.Interception(
+            id=self.id,
+            outcome=self.outcome(),  # type: ignore[arg-type]
+            status_code=self.status,
+            attempts=self.attempts,
+            streamed=self.streamed,
+        )
         # Setting a submessage's fields is about twice as fast as constructing it.
         stamp = record.started_at
         stamp.seconds, stamp.nanos = divmod(self.started_ns, 1_000_000_000)
@@ -317,7 +318,7 @@ class Capture:
             record.prompt = _free(self.prompt, recording.MAX_PROMPT, secrets)
         reader = self.reader
         if reader is None:
-            return
+            return record
         if reader.tokens:
             usage = record.usage
             for kind, count in reader.tokens.items():
@@ -329,6 +330,7 @@ class Capture:
                 call_id=line(_masked(call_id, secrets), name),
                 arguments=_free(arguments, recording.MAX_ARGUMENTS, secrets),
             )
+        return record
 
 
 def _masked(value: str, secrets: list[str]) -> str:
