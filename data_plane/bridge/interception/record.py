@@ -35,7 +35,6 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.masking import mask_secret
 from aibridge.rulebook import TYPES
 from data_plane.bridge.asgi import Message, Send
-from data_plane.bridge.interception import wire
 from data_plane.bridge.interception.clients import detect, session_from_headers
 from data_plane.bridge.interception.response import ResponseReader
 
@@ -218,12 +217,16 @@ class Capture:
     def build(self) -> usage_pb2.Interception:
         """The record (once `end` was called), every string within its limit and clear
         of known secrets."""
-        return usage_pb2.Interception.FromString(self.SerializeToString())
+        texts = self._texts()
+        record = self._described(texts)
+        record.MergeFrom(self._happened())
+        return record
 
     def SerializeToString(self) -> bytes:  # what usage_pb2.Interception says
-        """The record on the wire, made cheaply: the fields that describe the request
-        (provider, route, models, principal, client, credential: the same for many
-        requests) serialized once per distinct set, and those of what happened."""
+        """`build().SerializeToString()`, made cheaply from the fields that describe the
+        request (provider, route, models, principal, client, credential: the same for
+        many requests), serialized once per distinct set, and the fields of what happened.
+        A message's serialized fields concatenated parse as one message."""
         texts = self._texts()
         principal = self.principal
         key = (
@@ -244,7 +247,7 @@ class Capture:
                 _DESCRIBED.clear()
             described = self._described(texts).SerializeToString()
             _DESCRIBED[key] = described
-        return described + self._happened()
+        return described + self._happened().SerializeToString()
 
     def _texts(self) -> tuple[str, str, str, str, str]:
         """Route, requested and served model, User-Agent and session: what the client or
@@ -292,44 +295,36 @@ class Capture:
             proxied=self.proxied,
         )
 
-    def _happened(self) -> bytes:
-        """The fields of what happened: id, times, outcome, usage (written straight in the
-        wire format, see `wire`), and any tool calls and prompt."""
-        first = self.first_byte_ns
-        parts = [
-            wire.ascii_text(wire.ID, self.id),  # a UUIDv7 (RequestIds)
-            wire.timestamp(wire.STARTED_AT, self.started_ns),
-            wire.timestamp(wire.ENDED_AT, max(self.ended_ns, first)),
-            wire.number(wire.OUTCOME, self.outcome()),
-            wire.number(wire.STATUS_CODE, self.status),
-            wire.number(wire.ATTEMPTS, self.attempts),
-            wire.number(wire.STREAMED, self.streamed),
-        ]
-        if first:
-            parts.append(wire.timestamp(wire.FIRST_BYTE_AT, first))
-        reader = self.reader
-        tools = reader.tool_calls if reader is not None else []
-        if reader is not None and reader.tokens:
-            parts.append(
-                wire.usage(
-                    {
-                        _TOKEN_FIELDS[kind]: min(max(count, 0), MAX_TOKEN_COUNT)
-                        for kind, count in reader.tokens.items()
-                    }
-                )
-            )
-        if tools or self.prompt:
-            parts.append(self._contents(tools).SerializeToString())
-        return b"".join(parts)
-
-    def _contents(self, tools: list[tuple[str, str, str]]) -> usage_pb2.Interception:
-        """A record of the tool calls and the prompt, masked and cut to their limits."""
+    def _happened(self) -> usage_pb2.Interception:
+        """A record of the fields of what happened: id, times, outcome, usage, tool calls,
+        prompt."""
+        record = usage_pb2.Interception(
+            id=self.id,
+            outcome=self.outcome(),  # type: ignore[arg-type]
+            status_code=self.status,
+            attempts=self.attempts,
+            streamed=self.streamed,
+        )
+        # Setting a submessage's fields is about twice as fast as constructing it.
+        stamp = record.started_at
+        stamp.seconds, stamp.nanos = divmod(self.started_ns, 1_000_000_000)
+        stamp = record.ended_at
+        stamp.seconds, stamp.nanos = divmod(max(self.ended_ns, self.first_byte_ns), 1_000_000_000)
+        if self.first_byte_ns:
+            stamp = record.first_byte_at
+            stamp.seconds, stamp.nanos = divmod(self.first_byte_ns, 1_000_000_000)
         secrets = self.secrets
-        record = usage_pb2.Interception()
         if self.prompt:
             record.prompt = _free(self.prompt, recording.MAX_PROMPT, secrets)
+        reader = self.reader
+        if reader is None:
+            return record
+        if reader.tokens:
+            usage = record.usage
+            for kind, count in reader.tokens.items():
+                setattr(usage, _TOKEN_FIELDS[kind], min(max(count, 0), MAX_TOKEN_COUNT))
         name = recording.MAX_NAME
-        for tool, call_id, arguments in tools:
+        for tool, call_id, arguments in reader.tool_calls:
             record.tool_calls.add(
                 name=line(_masked(tool, secrets), name),
                 call_id=line(_masked(call_id, secrets), name),
