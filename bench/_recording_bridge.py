@@ -12,14 +12,17 @@ import dataclasses
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aibridge.logs import get_logger
-from data_plane.bridge.interception import Record
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import SETTINGS, BridgeSettings
 from data_plane.daemon import load_settings, run
+
+if TYPE_CHECKING:
+    from data_plane.bridge.interception import Record
 
 log = get_logger("bench.recording_bridge")
 

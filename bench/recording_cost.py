@@ -11,6 +11,12 @@ process, which also spends CPU on the HTTP server side (DESIGN §10: throughput 
 A loaded machine stretches both the same way, so the share is the figure to read.
 
     python bench/recording_cost.py [--requests 5000] [--blocks 6] [--stream]
+
+Instruction counts (repeatable where CPU time is not): the same requests with recording
+only on, then only off, each under callgrind; (on - off) / requests is recording's cost:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        python bench/recording_cost.py --only on --requests 1000 --blocks 1
 """
 
 from __future__ import annotations
@@ -141,8 +147,8 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(200):  # warm-up: connections, caches
         await _one(app, scope, body)
-    for block in range(args.blocks * 2):
-        mode = ("off", "on")[(block + block // 2) % 2]  # off on on off off on ...
+    for block in range(args.blocks * (1 if args.only else 2)):
+        mode = args.only or ("off", "on")[(block + block // 2) % 2]  # off on on off off on ...
         app.sink = sink if mode == "on" else None
         t0 = time.process_time()
         for _ in range(args.requests):
@@ -161,6 +167,11 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=5000, help="requests per block")
     p.add_argument("--blocks", type=int, default=6, help="blocks of each mode")
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
+    p.add_argument(
+        "--only",
+        choices=("on", "off"),
+        help="one mode only: two runs under callgrind give instructions per request",
+    )
     args = p.parse_args()
     # The bridge logs every request (JSON, info), as deployed; here into a file nobody reads.
     logs = tempfile.TemporaryFile("w")  # noqa: SIM115 - open for the whole run
@@ -183,6 +194,9 @@ def main() -> int:
         upstream.wait(10)
         sys.stderr = real_stderr
         logs.close()
+    if args.only:
+        print(f"{args.only}: {[round(x, 1) for x in result['cpu_us'][args.only]]} us")
+        return 0
     off, on = result["cpu_us"]["off"], result["cpu_us"]["on"]
     diff = statistics.median(on) - statistics.median(off)
     share = 100 * diff / statistics.median(off)
