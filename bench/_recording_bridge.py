@@ -3,7 +3,7 @@ building the records costs the bridge, shipping left out (bench/bridge_overhead.
 `--record`). Same settings, flags and logging as `aibridge bridge`; `--off` (first
 argument): no sink, recording off, the same process otherwise. At exit it logs `bench
 sink` with the number of records and their serialized bytes (each record is serialized,
-as any shipper must)."""
+as any shipper must, in batches off the request path)."""
 
 from __future__ import annotations
 
@@ -12,26 +12,41 @@ import dataclasses
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aibridge.config.v1 import usage_pb2
 from aibridge.logs import get_logger
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import SETTINGS, BridgeSettings
 from data_plane.daemon import load_settings, run
 
+if TYPE_CHECKING:
+    from data_plane.bridge.interception import Record
+
 log = get_logger("bench.recording_bridge")
 
 
 class CountingSink:
+    """Serializes the records it is given in batches, as the shipper does, and counts."""
+
+    BATCH = 256
+
     def __init__(self) -> None:
         self.records = 0
         self.bytes = 0
+        self._held: list[Record] = []
 
-    def submit(self, record: usage_pb2.Interception) -> None:
-        self.records += 1
-        self.bytes += len(record.SerializeToString())
+    def submit(self, record: Record) -> None:
+        self._held.append(record)
+        if len(self._held) >= self.BATCH:
+            self.drain()
+
+    def drain(self) -> None:
+        for record in self._held:
+            self.bytes += len(record.SerializeToString())
+        self.records += len(self._held)
+        self._held.clear()
 
 
 async def serve(settings: BridgeSettings, recording: bool) -> None:
@@ -48,6 +63,7 @@ async def serve(settings: BridgeSettings, recording: bool) -> None:
     await bridge.start()
     await stopping.wait()
     await bridge.stop()
+    sink.drain()
     log.info("bench sink", records=sink.records, bytes=sink.bytes)
 
 

@@ -11,6 +11,12 @@ process, which also spends CPU on the HTTP server side (DESIGN §10: throughput 
 A loaded machine stretches both the same way, so the share is the figure to read.
 
     python bench/recording_cost.py [--requests 5000] [--blocks 6] [--stream]
+
+Instruction counts (repeatable where CPU time is not): the same requests with recording
+only on, then only off, each under callgrind; (on - off) / requests is recording's cost:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        python bench/recording_cost.py --only on --requests 1000 --blocks 1
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write_result
+from _recording_bridge import CountingSink
 from _stack import UPSTREAM_KEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
-from aibridge.config.v1 import token_pb2, usage_pb2
+from aibridge.config.v1 import token_pb2
 from aibridge.logs import configure
 from aibridge.masking import sha256_hex
 from data_plane.body_budget import BodyBudget
@@ -46,15 +53,6 @@ from data_plane.bridge.settings import BreakerSettings
 
 TOKEN = "aib_bench_member_0123456789abcdefghijklmnopqrstuvwxyzABCD"  # noqa: S105 - bench only
 GOAL_PCT = 3.0
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.records = 0
-
-    def submit(self, record: usage_pb2.Interception) -> None:
-        self.records += 1
-        record.SerializeToString()
 
 
 def _snapshot(port: int) -> cs.ProviderSnapshot:
@@ -151,13 +149,14 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(200):  # warm-up: connections, caches
         await _one(app, scope, body)
-    for block in range(args.blocks * 2):
-        mode = ("off", "on")[(block + block // 2) % 2]  # off on on off off on ...
+    for block in range(args.blocks * (1 if args.only else 2)):
+        mode = args.only or ("off", "on")[(block + block // 2) % 2]  # off on on off off on ...
         app.sink = sink if mode == "on" else None
         t0 = time.process_time()
         for _ in range(args.requests):
             if await _one(app, scope, body) != 200:
                 raise SystemExit("a request failed")
+        sink.drain()
         cpu[mode].append((time.process_time() - t0) / args.requests * 1e6)
     await http.aclose()
     return {"cpu_us": cpu, "records": sink.records}
@@ -170,6 +169,11 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=5000, help="requests per block")
     p.add_argument("--blocks", type=int, default=6, help="blocks of each mode")
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
+    p.add_argument(
+        "--only",
+        choices=("on", "off"),
+        help="one mode only: two runs under callgrind give instructions per request",
+    )
     args = p.parse_args()
     # The bridge logs every request (JSON, info), as deployed; here into a file nobody reads.
     logs = tempfile.TemporaryFile("w")  # noqa: SIM115 - open for the whole run
@@ -192,6 +196,9 @@ def main() -> int:
         upstream.wait(10)
         sys.stderr = real_stderr
         logs.close()
+    if args.only:
+        print(f"{args.only}: {[round(x, 1) for x in result['cpu_us'][args.only]]} us")
+        return 0
     off, on = result["cpu_us"]["off"], result["cpu_us"]["on"]
     diff = statistics.median(on) - statistics.median(off)
     share = 100 * diff / statistics.median(off)

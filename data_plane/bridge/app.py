@@ -296,14 +296,16 @@ class BridgeApp:
         provider = table.providers.get(capture.provider_name)
         if provider is not None:
             capture.secrets += provider.keys
+        capture.end()
+        if sink is not None:
+            sink.submit(capture)  # serialized by the sink, off the request path
+        if self.telemetry is None:
+            return None
         try:
-            record = capture.build()
+            return capture.build()
         except Exception:  # a bug here must not turn a served request into an error
             log.exception("building an interception record failed", request_id=capture.id)
             return None
-        if sink is not None:
-            sink.submit(record)
-        return record
 
     async def _serve(
         self,

@@ -6,12 +6,13 @@
     await shipper.close()       # at shutdown: queue to the service, else to the spool
 
 `submit` appends to a bounded in-memory queue (past `queue_size` records the record is
-counted as dropped, `queue_full`). One task ships the queue in batches (every
-`flush_interval`, or at once when a batch is full: `aibridge.recording.MAX_BATCH` records
-or 3 MiB) over `UsageService.RecordInterceptions` with the bridge's token, on a channel
-made like the subscriber's (same TLS, same reconnect backoff). The config service stores
-a record at most once, by its id, so every retry below is harmless even when the answer
-to the first attempt was lost.
+counted as dropped, `queue_full`); a record is serialized only when a batch is made of it
+(the bridge submits its captures: the request path builds nothing). One task ships the
+queue in batches (every `flush_interval`, or at once when a batch is full:
+`aibridge.recording.MAX_BATCH` records or 3 MiB) over `UsageService.RecordInterceptions`
+with the bridge's token, on a channel made like the subscriber's (same TLS, same
+reconnect backoff). The config service stores a record at most once, by its id, so every
+retry below is harmless even when the answer to the first attempt was lost.
 
 When a batch fails (service unreachable, deadline passed, token refused...), it is
 appended to the spool file (`spool.py`: fsynced, 0600, capped) and the task retries with
@@ -57,10 +58,10 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.logs import get_logger
 from aibridge.recording import MAX_BATCH
+from data_plane.bridge.interception import Record
 from data_plane.errors import SpoolBusy, SpoolError
 from data_plane.recording.metrics import RecordingMetrics
 from data_plane.recording.spool import SUFFIX, Spool
@@ -134,7 +135,7 @@ class Shipper:
         self._connection = connection
         self._metadata = bearer(connection.token)
         self._metrics = metrics
-        self._queue: deque[usage_pb2.Interception] = deque()
+        self._queue: deque[Record] = deque()
         self._capacity = settings.queue_size
         self._high_water = max(1, settings.queue_size // 2)
         self._batch_trigger = min(MAX_BATCH, self._high_water)
@@ -164,7 +165,7 @@ class Shipper:
 
     # ------------------------------------------------------------------ the sink
 
-    def submit(self, record: usage_pb2.Interception) -> None:
+    def submit(self, record: Record) -> None:
         """Queue `record` for shipping (request path, on the event loop's thread: no I/O,
         no await, never raises)."""
         if self._closed:
@@ -389,7 +390,10 @@ class Shipper:
         size = 0
         queue = self._queue
         while queue and len(parts) < MAX_BATCH:
-            data = _field(queue[0].SerializeToString())
+            data = _serialized(queue[0])
+            if data is None:
+                queue.popleft()
+                continue
             if len(data) > BATCH_BYTES:
                 record = queue.popleft()
                 log.warning(
@@ -539,6 +543,15 @@ class Shipper:
             self._healthy = True
             log.info("config service takes records again")
         return BACKOFF_INITIAL
+
+
+def _serialized(record: Record) -> bytes | None:
+    """The record as a field of the batch; None (logged) when it cannot be made."""
+    try:
+        return _field(record.SerializeToString())
+    except Exception:  # a bug in one record's making must not stop the shipping
+        log.exception("building an interception record failed", request_id=record.id)
+        return None
 
 
 def _mtime(path: Path) -> float:

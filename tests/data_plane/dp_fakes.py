@@ -17,6 +17,7 @@ from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_pb2, usage_pb2
 from aibridge.masking import sha256_hex
+from data_plane.bridge.interception import Record
 from data_plane.bridge.server import Bridge
 from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
@@ -214,8 +215,8 @@ class ListSink:
     def __init__(self) -> None:
         self.records: list[usage_pb2.Interception] = []
 
-    def submit(self, record: usage_pb2.Interception) -> None:
-        self.records.append(record)
+    def submit(self, record: Record) -> None:
+        self.records.append(usage_pb2.Interception.FromString(record.SerializeToString()))
 
     async def one(self, within: float = 5.0) -> usage_pb2.Interception:
         """The only record, once it is there."""

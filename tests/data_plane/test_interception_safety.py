@@ -27,6 +27,7 @@ from aibridge.config.v1 import usage_pb2
 from config_service.servicers.usage import record_row
 from data_plane.bridge.interception.record import Capture, RequestIds
 from data_plane.bridge.interception.response import MAX_JSON_BODY, ResponseReader
+from data_plane.gateway_auth import Principal
 from tests.fixtures.upstream import FakeUpstream, Reply, Seen, json_reply
 
 BYOK_KEY = "sk-ant-users-own-key-0000000000000000000000"
@@ -260,9 +261,45 @@ def test_a_record_reads_what_a_relay_cut_short_left_unread() -> None:
     capture = Capture(recording.new_record_id(), time.time_ns(), {})
     capture.reader = ResponseReader(False, None)
     capture.reader.feed(b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
+    capture.end()
     record = capture.build()
     assert (record.usage.input_tokens, record.usage.output_tokens, record.served_model) == (
         3,
         1,
         "m",
     )
+
+
+def test_a_capture_serializes_to_its_built_record_whatever_it_holds() -> None:
+    """The wire record equals the built one, for captures that share their describing fields or not, with secrets to mask and odd strings."""
+    alice = Principal("0" * 64, "tok-a", "pr-a", "alice", 1)
+    bob = Principal("1" * 64, "tok-b", "pr-b", "bob", 1)
+    variants = [
+        {},
+        {"principal": bob},
+        {"route": f"/v1/{KEY_A}/x"},
+        {"user_agent": "ua\x00\u202e" + "u" * 600},
+        {"requested_model": "m" * 300, "session_id": "s1"},
+        {"credential_hint": "sk-…abcd", "credential_kind": usage_pb2.CREDENTIAL_KIND_BYOK},
+        {"prompt": f"say {KEY_A}", "attempts": 2, "status": 502, "streamed": True},
+        {},
+    ]
+    for variant in variants:
+        started = time.time_ns()
+        capture = Capture(recording.new_record_id(started), started, {b"user-agent": b"sdk/1"})
+        capture.provider("prov", "openai")
+        capture.route, capture.requested_model, capture.principal = "/v1/x", "gpt", alice
+        capture.relayed, capture.status, capture.first_byte_ns = True, 200, started + 5
+        capture.secrets = [KEY_A]
+        capture.reader = ResponseReader(False, None, arguments=True)
+        capture.reader.feed(
+            b'{"model":"gpt-1","usage":{"prompt_tokens":3,"completion_tokens":1},'
+            b'"choices":[{"message":{"tool_calls":[{"id":"c1","function":'
+            b'{"name":"f","arguments":"{}"}}]}}]}'
+        )
+        for name, value in variant.items():
+            setattr(capture, name, value)
+        capture.end(started + 10)
+        wire = usage_pb2.Interception.FromString(capture.SerializeToString())
+        assert wire == capture.build()
+        assert KEY_A not in str(wire)

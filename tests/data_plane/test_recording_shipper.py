@@ -426,6 +426,29 @@ async def test_a_record_too_large_for_any_batch_is_dropped_and_the_others_shippe
     assert shipping.metric("recording_records_dropped_total", reason="too_large") == 1
 
 
+class _Unserializable:
+    """A record whose making fails (a bug in it): the shipper must go on without it."""
+
+    id = "broken"
+
+    def SerializeToString(self) -> bytes:
+        raise RuntimeError("a bug in making the record")
+
+
+async def test_a_record_that_cannot_be_serialized_is_logged_and_the_others_shipped(
+    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+) -> None:
+    """A record that fails to serialize is left out (logged); the records around it are shipped."""
+    servicer, target = scripted
+    shipping = await started(Shipping(target, spool_path))
+    good = [record(i) for i in range(2)]
+    shipping.shipper.submit(good[0])
+    shipping.shipper.submit(_Unserializable())
+    shipping.shipper.submit(good[1])
+    await eventually(lambda: len(servicer.ids) == 2)
+    assert servicer.ids == [r.id for r in good]
+
+
 async def test_a_record_submitted_after_close_is_counted_as_dropped(
     scripted: tuple[ScriptedUsage, str], spool_path: Path
 ) -> None:

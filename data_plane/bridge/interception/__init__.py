@@ -10,12 +10,23 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from aibridge.config.v1 import usage_pb2
+
+class Record(Protocol):
+    """A finished interception record: a `usage_pb2.Interception`, or the bridge's
+    `record.Capture` of a request that is over (serialized only when asked)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def SerializeToString(self) -> bytes:  # usage_pb2.Interception's name
+        """The record on the wire (a serialized `usage_pb2.Interception`)."""
+        ...
 
 
 class RecordSink(Protocol):
     """Where finished interception records go."""
 
-    def submit(self, record: usage_pb2.Interception) -> None:
-        """Take one record; never blocks and never raises (the request path calls it)."""
+    def submit(self, record: Record) -> None:
+        """Take one record; never blocks and never raises (the request path calls it).
+        The record is serialized later, off the request path."""
         ...

@@ -4,7 +4,10 @@
 app: provider, route, principal, request facts; the forwarder: credential, attempts,
 refusals, the response reader); `bind` wraps the ASGI `send` so that every answer
 carries `X-AIBridge-Request-Id` and the status and first-byte time are seen whoever
-answers. `build` turns it into a `usage_pb2.Interception` once the request is over.
+answers. Once the request is over, `end` stamps its end and the capture is final:
+`SerializeToString` is its record on the wire, what the sink ships (at its own pace, off
+the request path), and `build` the same record as a `usage_pb2.Interception` (for the
+request's span).
 
 Outcome, in order: refused by the breaker or the pool (set by the forwarder); an
 answer of the gateway's own (never relayed from the upstream): gateway error with its
@@ -44,6 +47,9 @@ MAX_ID = 36
 MAX_TOKEN_COUNT = 2**53
 _TOKEN_FIELDS = {kind.removesuffix("_tokens"): kind for kind in recording.TOKEN_KINDS}
 _REPLACEMENT = "\ufffd"
+# Serialized describing fields (`Capture.SerializeToString`), by what they were made of.
+MAX_DESCRIBED = 4096
+_DESCRIBED: dict[tuple[object, ...], bytes] = {}
 _UUID7 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 
 
@@ -112,6 +118,7 @@ class Capture:
         "client",
         "credential_hint",
         "credential_kind",
+        "ended_ns",
         "first_byte_ns",
         "id",
         "principal",
@@ -142,6 +149,7 @@ class Capture:
         session = session_from_headers(headers)
         self.session_id = session.decode("utf-8", "replace") if session else ""
         self.first_byte_ns = 0
+        self.ended_ns = started_ns  # set by `end`
         self.status = 0
         self.answered = False  # the last byte of an answer was sent
         self.provider_name = ""
@@ -199,49 +207,86 @@ class Capture:
             return usage_pb2.OUTCOME_COMPLETED
         return usage_pb2.OUTCOME_CANCELLED
 
-    def build(self, ended_ns: int | None = None) -> usage_pb2.Interception:
-        """The record, every string within its limit and clear of known secrets."""
-        ended = max(time.time_ns() if ended_ns is None else ended_ns, self.started_ns)
-        reader = self.reader
-        if reader is not None:
-            reader.finish()  # a relay cut short (the client left) did not
-        secrets = self.secrets
-        name = recording.MAX_NAME
-        served = self.served_model or (reader.model if reader is not None else "")
-        # What the client or the upstream chose: one scan for every known secret at once,
-        # and one test of the common case, all of it short and printable.
-        route, requested, ua, session = (
-            self.route,
-            self.requested_model,
-            self.user_agent,
-            self.session_id,
-        )
-        blob = f"{route} {requested} {served} {ua} {session}"
-        for secret in secrets:
-            if secret in blob:
-                route, requested, served, ua, session = (
-                    _masked(text, secrets) for text in (route, requested, served, ua, session)
-                )
-                blob = ""  # not known to fit any more
-                break
-        if not (len(blob) <= name and blob.isprintable()):
-            route = line(route, recording.MAX_ROUTE)
-            requested = line(requested, name)
-            served = line(served, name)
-            ua = line(ua, recording.MAX_USER_AGENT)
-            session = line(session, name)
+    def end(self, ended_ns: int | None = None) -> None:
+        """The request is over: its end time, and what its reader still holds read (a
+        relay cut short, the client gone, did not finish it). Nothing changes after."""
+        self.ended_ns = max(time.time_ns() if ended_ns is None else ended_ns, self.started_ns)
+        if self.reader is not None:
+            self.reader.finish()
+
+    def build(self) -> usage_pb2.Interception:
+        """The record (once `end` was called), every string within its limit and clear
+        of known secrets."""
+        texts = self._texts()
+        record = self._described(texts)
+        record.MergeFrom(self._happened())
+        return record
+
+    def SerializeToString(self) -> bytes:  # what usage_pb2.Interception says
+        """`build().SerializeToString()`, made cheaply from the fields that describe the
+        request (provider, route, models, principal, client, credential: the same for
+        many requests), serialized once per distinct set, and the fields of what happened.
+        A message's serialized fields concatenated parse as one message."""
+        texts = self._texts()
         principal = self.principal
-        # Provider name, principal and hint come from the snapshot (checked by the config
-        # service when they were made) and the client slug from `detect`: already fit.
-        record = usage_pb2.Interception(
-            id=self.id,
+        key = (
+            self.provider_name,
+            self.provider_type,
+            texts,
+            None if principal is None else principal.token_id,
+            None if principal is None else principal.principal_id,
+            None if principal is None else principal.principal_name,
+            self.client,
+            self.credential_kind,
+            self.credential_hint,
+            self.proxied,
+        )
+        described = _DESCRIBED.get(key)
+        if described is None:
+            if len(_DESCRIBED) >= MAX_DESCRIBED:
+                _DESCRIBED.clear()
+            described = self._described(texts).SerializeToString()
+            _DESCRIBED[key] = described
+        return described + self._happened().SerializeToString()
+
+    def _texts(self) -> tuple[str, str, str, str, str]:
+        """Route, requested and served model, User-Agent and session: what the client or
+        the upstream chose, fit to keep; one scan for every known secret at once, and one
+        test of the common case, all of it short and printable."""
+        reader = self.reader
+        served = self.served_model or (reader.model if reader is not None else "")
+        texts = (self.route, self.requested_model, served, self.user_agent, self.session_id)
+        blob = " ".join(texts)
+        secrets = self.secrets
+        for secret in secrets:  # (a loop: `any` over a generator costs more)
+            if secret in blob:
+                texts = tuple(_masked(text, secrets) for text in texts)  # type: ignore[assignment]
+                break
+        else:
+            if len(blob) <= recording.MAX_NAME and blob.isprintable():
+                return texts
+        route, requested, served, ua, session = texts
+        name = recording.MAX_NAME
+        return (
+            line(route, recording.MAX_ROUTE),
+            line(requested, name),
+            line(served, name),
+            line(ua, recording.MAX_USER_AGENT),
+            line(session, name),
+        )
+
+    def _described(self, texts: tuple[str, str, str, str, str]) -> usage_pb2.Interception:
+        """A record of the fields that describe the request. Provider name, principal and
+        hint come from the snapshot (checked by the config service when they were made)
+        and the client slug from `detect`: already fit."""
+        route, requested, served, ua, session = texts
+        principal = self.principal
+        return usage_pb2.Interception(
             provider_name=self.provider_name,
             provider_type=self.provider_type,  # type: ignore[arg-type]
             route=route,
             requested_model=requested,
             served_model=served,
-            outcome=self.outcome(),  # type: ignore[arg-type]
-            status_code=self.status,
             principal_id=principal.principal_id if principal is not None else "",
             principal_name=principal.principal_name if principal is not None else "",
             token_id=principal.token_id if principal is not None else "",
@@ -250,30 +295,44 @@ class Capture:
             session_id=session,
             credential_kind=self.credential_kind,  # type: ignore[arg-type]
             credential_hint=self.credential_hint,
-            attempts=self.attempts,
             proxied=self.proxied,
+        )
+
+    def _happened(self) -> usage_pb2.Interception:
+        """A record of the fields of what happened: id, times, outcome, usage, tool calls,
+        prompt."""
+        record = usage_pb2.Interception(
+            id=self.id,
+            outcome=self.outcome(),  # type: ignore[arg-type]
+            status_code=self.status,
+            attempts=self.attempts,
             streamed=self.streamed,
         )
         # Setting a submessage's fields is about twice as fast as constructing it.
         stamp = record.started_at
         stamp.seconds, stamp.nanos = divmod(self.started_ns, 1_000_000_000)
         stamp = record.ended_at
-        stamp.seconds, stamp.nanos = divmod(max(ended, self.first_byte_ns), 1_000_000_000)
+        stamp.seconds, stamp.nanos = divmod(max(self.ended_ns, self.first_byte_ns), 1_000_000_000)
         if self.first_byte_ns:
             stamp = record.first_byte_at
             stamp.seconds, stamp.nanos = divmod(self.first_byte_ns, 1_000_000_000)
+        secrets = self.secrets
         if self.prompt:
             record.prompt = _free(self.prompt, recording.MAX_PROMPT, secrets)
-        if reader is not None:
+        reader = self.reader
+        if reader is None:
+            return record
+        if reader.tokens:
             usage = record.usage
             for kind, count in reader.tokens.items():
                 setattr(usage, _TOKEN_FIELDS[kind], min(max(count, 0), MAX_TOKEN_COUNT))
-            for tool, call_id, arguments in reader.tool_calls:
-                record.tool_calls.add(
-                    name=line(_masked(tool, secrets), name),
-                    call_id=line(_masked(call_id, secrets), name),
-                    arguments=_free(arguments, recording.MAX_ARGUMENTS, secrets),
-                )
+        name = recording.MAX_NAME
+        for tool, call_id, arguments in reader.tool_calls:
+            record.tool_calls.add(
+                name=line(_masked(tool, secrets), name),
+                call_id=line(_masked(call_id, secrets), name),
+                arguments=_free(arguments, recording.MAX_ARGUMENTS, secrets),
+            )
         return record
 
 
