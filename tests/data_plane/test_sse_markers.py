@@ -1,0 +1,62 @@
+"""The SSE reader's quick test for lines worth parsing answers exactly as its rule does."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from data_plane.bridge.interception.response import ARGUMENT_MARKER, MARKERS, worth_reading
+
+_RULE = re.compile(MARKERS, re.MULTILINE)
+_RULE_ARGUMENTS = re.compile(MARKERS + b"|" + ARGUMENT_MARKER, re.MULTILINE)
+
+# Pieces of every marker, near misses and filler, so generated blocks hit each branch.
+_PIECES = [
+    b'usage"',
+    b": ",
+    b":",
+    b" ",
+    b"{",
+    b'"tool_calls"',
+    b'"tool_use"',
+    b'"server_tool_use"',
+    b"[DONE]",
+    b"message_stop",
+    b"response.",
+    b"completed",
+    b"incomplete",
+    b"failed",
+    b"event:",
+    b"error",
+    b"\n",
+    b'"finish',
+    b'"stop',
+    b'_reason"',
+    b'"',
+    b"null",
+    b"input_json_delta",
+    b"data: ",
+    b"x",
+    b"tool_",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=14), st.booleans())
+def test_worth_reading_agrees_with_the_marker_rule(pieces: list[bytes], arguments: bool) -> None:
+    """For any block built of marker pieces, worth_reading answers as the marker regex does."""
+    lines = b"".join(pieces)
+    rule = _RULE_ARGUMENTS if arguments else _RULE
+    assert worth_reading(lines, arguments) is (rule.search(lines) is not None)
+
+
+def test_a_plain_chat_chunk_is_not_worth_reading() -> None:
+    """A chat completion delta with a null finish reason is skipped without a parse."""
+    chunk = (
+        b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+        b'"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
+    )
+    assert not worth_reading(chunk, False)
+    assert worth_reading(chunk.replace(b"null", b'"stop"'), False)
