@@ -10,11 +10,15 @@ as possible goes to anything but the bridge being measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -161,6 +165,22 @@ def serve_upstream(gap: float) -> None:
         await server.serve_forever()
 
     uvloop.run(run())
+
+
+def start_upstream(gap_ms: float = 0.0) -> tuple[subprocess.Popen[str], int]:
+    """The fake upstream in its own process (this module run as a script): (process, port)."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, str(gap_ms / 1000)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise SystemExit("fake upstream did not start")
+    return proc, int(line)
 
 
 # --- the client ----------------------------------------------------------------------
@@ -310,8 +330,6 @@ def start_script(
 ) -> Proc:
     """Like `start`, for a Python script of bench/ instead of `aibridge` (same clean
     environment plus `env`, stderr into a log file in `log_dir`)."""
-    import subprocess
-
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed by Proc.stop
     popen = subprocess.Popen(
@@ -369,3 +387,58 @@ def wait_ready(port: int, timeout: float = 60, poll: float = 0.005) -> float:
         raise RuntimeError(f"port {port}: /readyz not 200 after {timeout}s")
 
     return asyncio.run(run())
+
+
+def serve_bridge(proc: Proc, port: int) -> Proc:
+    """`proc`, a bridge on `port`, once it listens and answers /readyz."""
+    proc.wait_for_log("bridge listening")
+    wait_ready(port)
+    return proc
+
+
+@dataclass
+class Stack:
+    """What every bridge benchmark starts with: a temp dir, the fake upstream, a config
+    service seeded with it (provider `fake`) and a member gateway token."""
+
+    tmp: Path
+    up_port: int
+    upstream_pid: int
+    target: str  # the config service's gRPC target
+    token: str
+    daemons: list[Proc] = field(default_factory=list)
+
+    def add(self, proc: Proc) -> Proc:
+        """`proc`, stopped (last started, first stopped) when the stack ends."""
+        self.daemons.append(proc)
+        return proc
+
+    def stop_daemons(self) -> None:
+        for d in reversed(self.daemons):
+            d.stop()
+        self.daemons.clear()
+
+
+@contextlib.contextmanager
+def stack(gap_ms: float = 0.0, prefix: str = "aibridge-bench-") -> Iterator[Stack]:
+    """A `Stack` (the upstream pausing `gap_ms` between SSE chunks); all of it stopped and
+    removed on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_name:
+        tmp = Path(tmp_name)
+        upstream, up_port = start_upstream(gap_ms)
+        daemons: list[Proc] = []
+        try:
+            service, target = start_config_service(tmp / "data", up_port, tmp)
+            daemons.append(service)
+            token = create_gateway_token(target)
+            its = Stack(tmp, up_port, upstream.pid, target, token, daemons)
+            yield its
+        finally:
+            for d in reversed(daemons):
+                d.stop()
+            upstream.terminate()
+            upstream.wait(10)
+
+
+if __name__ == "__main__":  # the fake upstream: python bench/_stack.py GAP_SECONDS
+    serve_upstream(float(sys.argv[1]))

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write_result
-from _stack import UPSTREAM_KEY
+from _stack import UPSTREAM_KEY, start_upstream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aibridge.config.v1 import config_service_pb2 as cs
@@ -173,15 +172,8 @@ def main() -> int:
     logs = tempfile.TemporaryFile("w")  # noqa: SIM115 - open for the whole run
     real_stderr, sys.stderr = sys.stderr, logs
     configure("info", "json")
-    upstream = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("bridge_overhead.py")), "--serve-upstream"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    upstream, port = start_upstream()
     try:
-        assert upstream.stdout is not None
-        port = int(upstream.stdout.readline())
         import uvloop
 
         result = uvloop.run(_measure(args, port))

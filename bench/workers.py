@@ -23,26 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, table, write_result
-from _stack import (
-    PROVIDER,
-    Proc,
-    bridge_env,
-    create_gateway_token,
-    free_port,
-    request_bytes,
-    start,
-    start_config_service,
-    wait_ready,
-)
-from bridge_overhead import Saturation, Target, _body, _saturate
-from proxy_path import _start_upstream
+from _stack import Proc, bridge_env, free_port, stack, start, wait_ready
+from bridge_overhead import Saturation, Target, _saturate, bridge_target
 
 
 def _bridge(name: str, target: str, workers: int, tmp: Path) -> tuple[Proc, int, list[int]]:
@@ -71,24 +59,12 @@ def main() -> int:
     p.add_argument("--kind", choices=("json", "sse"), default="json")
     args = p.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="aibridge-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        upstream, up_port = _start_upstream()
-        daemons: list[Proc] = []
-        try:
-            service, target = start_config_service(tmp / "data", up_port, tmp)
-            daemons.append(service)
-            token = create_gateway_token(target)
-            bridges: dict[int, tuple[Proc, int, list[int]]] = {}
-            for n in (1, args.workers):
-                bridges[n] = _bridge(f"bridge-{n}w", target, n, tmp)
-                daemons.append(bridges[n][0])
-            result = _run(args, token, upstream.pid, bridges)
-        finally:
-            for d in reversed(daemons):
-                d.stop()
-            upstream.terminate()
-            upstream.wait(10)
+    with stack() as s:
+        bridges: dict[int, tuple[Proc, int, list[int]]] = {}
+        for n in (1, args.workers):
+            bridges[n] = _bridge(f"bridge-{n}w", s.target, n, s.tmp)
+            s.add(bridges[n][0])
+        result = _run(args, s.token, s.upstream_pid, bridges)
     return _report(result)
 
 
@@ -100,28 +76,8 @@ def _run(
 ) -> dict[str, Any]:
     import uvloop
 
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/json",
-        "authorization": f"Bearer {token}",
-    }
-
     def target_of(n: int) -> Target:
-        port = bridges[n][1]
-        return Target(
-            f"{n}w",
-            port,
-            {
-                k: request_bytes(
-                    "POST",
-                    f"/{PROVIDER}/v1/chat/completions",
-                    f"127.0.0.1:{port}",
-                    headers,
-                    _body(k == "sse"),
-                )
-                for k in ("json", "sse")
-            },
-        )
+        return bridge_target(f"{n}w", bridges[n][1], token)
 
     def pids_of(n: int) -> dict[str, int]:
         proc, _, workers = bridges[n]
