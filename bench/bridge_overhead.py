@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, percentile, rss_mb, table, write_result
+from _common import cpu_seconds, parser, percentile, publish, rss_mb
 from _stack import (
     PROVIDER,
     SSE_CHUNKS,
@@ -240,9 +240,7 @@ def _plan(total: int, rounds: int | None) -> dict[str, int]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=100_000, help="bridge requests in all")
     p.add_argument("--concurrency", type=int, default=64, help="in-flight at saturation")
     p.add_argument(
@@ -516,13 +514,11 @@ def _report(r: dict[str, Any]) -> int:
         )
         errors = rec["json"]["saturation"]["errors"] + rec["sse"]["saturation"]["errors"]
         row("errors at saturation, recording bridge", errors, 0)
-    print(table(["metric", "measured", "DESIGN §10 bar", "met"], rows))
-    print(
+    note = (
         f"saturation CPU seconds (JSON): {sj['cpu_seconds']}; "
         f"elapsed {r['elapsed_seconds']} s; bridge log level {r['bridge_log_level']}"
     )
-    path = write_result("bridge_overhead", r)
-    print(f"wrote {path}")
+    publish("bridge_overhead", r, (["metric", "measured", "DESIGN §10 bar", "met"], rows), note)
     return 1 if sj["errors"] or ss["errors"] else 0
 
 

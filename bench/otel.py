@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table, write_result
+from _common import parser, percentile, publish
 from _stack import Proc, bridge_env, free_port, serve_bridge, stack, start
 from bridge_overhead import _saturate, _sequential, bridge_target, direct_target
 
@@ -112,9 +112,7 @@ class Receiver:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=20_000, help="requests per bridge in all")
     p.add_argument("--concurrency", type=int, default=32, help="in-flight at saturation")
     p.add_argument("--rounds", type=int, default=None, help="latency rounds (default N/10)")
@@ -253,14 +251,12 @@ def _report(r: dict[str, Any]) -> int:
     )
     rows.append(["errors at saturation", off_s["errors"], on_s["errors"], ""])
     on = f"OTel on ({r['sampled']:.0%} sampled)"
-    print(table(["metric", "OTel off", on, "on - off"], rows))
     received = r["receiver"]
-    print(
+    note = (
         f"receiver: {received['spans']} spans, {received['metric_exports']} metric exports "
         f"for {r['bridge_requests']['on']} requests through the `on` bridge"
     )
-    path = write_result("otel", r)
-    print(f"wrote {path}")
+    publish("otel", r, (["metric", "OTel off", on, "on - off"], rows), note)
     return 1 if off_s["errors"] or on_s["errors"] else 0
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table, write_result
+from _common import parser, percentile, publish
 from _stack import PROXY, Proc, bridge_env, free_port, serve_bridge, stack, start, wait_ready
 from bridge_overhead import (
     Samples,
@@ -81,9 +81,7 @@ def _proxy(name: str, target: str, bridge_port: int, tmp: Path, tree: Path | Non
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=20_000, help="saturation requests per proxy")
     p.add_argument("--concurrency", type=int, default=64, help="in flight at saturation")
     p.add_argument("--rounds", type=int, default=1000, help="latency rounds")
@@ -277,9 +275,8 @@ def _report(r: dict[str, Any]) -> int:
             "-",
         ]
     )
-    print(table(["path", "metric", "measured", "DESIGN §10 bar"], rows))
-    print(f"elapsed {r['elapsed_seconds']} s")
-    print(f"wrote {write_result('proxy_path', r)}")
+    note = f"elapsed {r['elapsed_seconds']} s"
+    publish("proxy_path", r, (["path", "metric", "measured", "DESIGN §10 bar"], rows), note)
     return 1 if errors else 0
 
 

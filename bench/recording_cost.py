@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_result
+from _common import parser, table, write_result
 from _stack import UPSTREAM_KEY, start_upstream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -161,9 +161,7 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=5000, help="requests per block")
     p.add_argument("--blocks", type=int, default=6, help="blocks of each mode")
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")

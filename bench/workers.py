@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table, write_result
+from _common import parser, percentile, publish
 from _stack import Proc, bridge_env, free_port, stack, start, wait_ready
 from bridge_overhead import Saturation, Target, _saturate, bridge_target
 
@@ -49,9 +49,7 @@ def _bridge(name: str, target: str, workers: int, tmp: Path) -> tuple[Proc, int,
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=20_000, help="requests per saturation run")
     p.add_argument("--concurrency", type=int, default=64, help="in flight at saturation")
     p.add_argument("--workers", type=int, default=2, help="workers of the second bridge")
@@ -172,12 +170,11 @@ def _report(r: dict[str, Any]) -> int:
         ["per-worker CPU (s)", one["per_worker_cpu_seconds"], many["per_worker_cpu_seconds"], "-"]
     )
     rows.append(["errors", one["errors"], many["errors"], "-"])
-    print(table(["figure", "1 worker", f"{n} workers", "ratio"], rows))
-    print(
+    note = (
         f"{r['kind']}, c={r['concurrency']}, {r['rounds']} rounds each, {r['cpus']} CPUs; "
         f"bar: throughput ratio >= {r['bar']['rps_ratio']:g}; elapsed {r['elapsed_seconds']} s"
     )
-    print(f"wrote {write_result('workers', r)}")
+    publish("workers", r, (["figure", "1 worker", f"{n} workers", "ratio"], rows), note)
     return 1 if one["errors"] or many["errors"] else 0
 
 
