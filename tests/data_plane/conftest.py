@@ -24,20 +24,12 @@ from dp_fakes import (
 
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
-from tests.fixtures.upstream import FakeUpstream
 
 
 @pytest.fixture
 async def config_service() -> AsyncIterator[ConfigServer]:
     server = ConfigServer(FakeConfigService())
     await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    server = await FakeUpstream().start()
     yield server
     await server.stop()
 
