@@ -8,7 +8,6 @@ import contextlib
 import json
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -20,14 +19,11 @@ from dp_fakes import (
     KEY_B,
     MEMBER_TOKEN,
     OWNER_TOKEN,
-    ConfigServer,
     ListSink,
-    StartBridge,
-    anthropic_provider,
+    Serve,
     gateway_tokens,
     openai_provider,
     provider,
-    snapshot,
 )
 
 from aibridge.config.v1 import provider_pb2, usage_pb2
@@ -49,26 +45,12 @@ BYOK_KEY = "sk-users-own-key-000000000000000000000"
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
-Serve = Callable[..., Awaitable[str]]
-
-
 @pytest.fixture
-def serve(config_service: ConfigServer, start_recording_bridge: StartBridge) -> Serve:
-    """Factory: publish version "1" with these providers, start a recording bridge (with these
-    environment settings) on it; its URL."""
-
-    async def start(*providers: provider_pb2.Provider, **env: str) -> str:
-        await config_service.service.publish(snapshot("1", list(providers)))
-        bridge = await start_recording_bridge(wait_version="1", **env)
-        return bridge.url
-
-    return start
-
-
-@pytest.fixture
-async def url(serve: Serve, upstream: FakeUpstream) -> str:
+async def url(
+    serve_recording: Serve, both_providers: tuple[provider_pb2.Provider, provider_pb2.Provider]
+) -> str:
     """A recording bridge serving an OpenAI and an Anthropic provider on the fake upstream."""
-    return await serve(openai_provider(upstream), anthropic_provider(upstream))
+    return await serve_recording(*both_providers)
 
 
 async def test_blocking_chat_completion_is_recorded_with_who_what_and_tokens(
@@ -185,10 +167,11 @@ async def test_usage_model_and_tool_calls_are_read_from_each_api_shape(
 
 
 @pytest.fixture
-async def prompts_url(serve: Serve, upstream: FakeUpstream) -> str:
+async def prompts_url(
+    serve_recording: Serve, both_providers: tuple[provider_pb2.Provider, provider_pb2.Provider]
+) -> str:
     """A recording bridge with prompt recording on."""
-    providers = (openai_provider(upstream), anthropic_provider(upstream))
-    return await serve(*providers, AIBRIDGE_RECORD_PROMPTS="true")
+    return await serve_recording(*both_providers, AIBRIDGE_RECORD_PROMPTS="true")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -273,10 +256,10 @@ async def test_upstream_error_status_is_an_upstream_error(
 
 
 async def test_open_breaker_refusal_is_recorded_as_refused_by_the_breaker(
-    serve: Serve, upstream: FakeUpstream, records: ListSink
+    serve_recording: Serve, upstream: FakeUpstream, records: ListSink
 ) -> None:
     """Once the breaker is open, a refused request is recorded as refused by the breaker."""
-    bridge_url = await serve(
+    bridge_url = await serve_recording(
         openai_provider(upstream),
         AIBRIDGE_CIRCUIT_BREAKER_ENABLED="true",
         AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD="1",
@@ -299,11 +282,11 @@ async def test_open_breaker_refusal_is_recorded_as_refused_by_the_breaker(
 
 async def test_exhausted_pool_is_recorded_as_refused_by_the_pool(
     upstream: FakeUpstream,
-    serve: Serve,
+    serve_recording: Serve,
     records: ListSink,
 ) -> None:
     """Every key rate limited: the 429 the pool answers is recorded with both attempts."""
-    bridge_url = await serve(openai_provider(upstream, keys=[KEY_A, KEY_B]))
+    bridge_url = await serve_recording(openai_provider(upstream, keys=[KEY_A, KEY_B]))
     upstream.responder = lambda seen: Reply(
         429, json.dumps(KEY_B_REPLY).encode(), {"retry-after": "30"}
     )
@@ -319,11 +302,11 @@ async def test_exhausted_pool_is_recorded_as_refused_by_the_pool(
 
 async def test_failover_records_the_attempts_and_the_key_that_served(
     upstream: FakeUpstream,
-    serve: Serve,
+    serve_recording: Serve,
     records: ListSink,
 ) -> None:
     """A first key refused (401) and a second that serves: two attempts, the second's hint."""
-    bridge_url = await serve(openai_provider(upstream, keys=[KEY_A, KEY_B]))
+    bridge_url = await serve_recording(openai_provider(upstream, keys=[KEY_A, KEY_B]))
 
     def by_key(seen: Seen) -> Reply:
         if seen.headers["authorization"] == f"Bearer {KEY_A}":
@@ -336,7 +319,9 @@ async def test_failover_records_the_attempts_and_the_key_that_served(
     assert record.credential_hint == mask_secret(KEY_B)
 
 
-async def test_unreachable_upstream_is_a_gateway_error(serve: Serve, records: ListSink) -> None:
+async def test_unreachable_upstream_is_a_gateway_error(
+    serve_recording: Serve, records: ListSink
+) -> None:
     """An upstream nobody listens on: the bridge's 502 is recorded as a gateway error."""
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -344,7 +329,7 @@ async def test_unreachable_upstream_is_a_gateway_error(serve: Serve, records: Li
     gone = provider(
         "openai", provider_pb2.PROVIDER_TYPE_OPENAI, f"http://127.0.0.1:{port}/v1/", [KEY_A]
     )
-    bridge_url = await serve(gone)
+    bridge_url = await serve_recording(gone)
     record = await recorded(records, await post(bridge_url))
     assert (record.outcome, record.status_code, record.attempts) == (
         Outcome.OUTCOME_GATEWAY_ERROR,
@@ -355,12 +340,12 @@ async def test_unreachable_upstream_is_a_gateway_error(serve: Serve, records: Li
 
 async def test_refusals_before_the_upstream_are_gateway_errors_of_the_caller(
     upstream: FakeUpstream,
-    serve: Serve,
+    serve_recording: Serve,
     records: ListSink,
 ) -> None:
     """A disabled provider (503) and an unserved route (404) are recorded for their caller."""
     disabled = openai_provider(upstream, name="off", status=provider_pb2.PROVIDER_STATUS_DISABLED)
-    bridge_url = await serve(openai_provider(upstream), disabled)
+    bridge_url = await serve_recording(openai_provider(upstream), disabled)
     first = await post(bridge_url, "/off/v1/chat/completions")
     second = await post(bridge_url, "/openai/v1/nope")
     await eventually(lambda: len(records.records) == 2)
