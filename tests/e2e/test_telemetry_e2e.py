@@ -133,13 +133,12 @@ def _assert_no_secret(spans: list[Span], *secrets: str) -> None:
         assert secret not in text
 
 
-async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> None:
-    """An OpenAI SDK call through the proxy yields one trace: the proxy's request span, the bridge's GenAI span as its child and the upstream attempt below that, with the token counts; and the GenAI histograms are exported."""
-    port = stack.upstream.port
+async def sdk_chat_through_the_proxy(stack: Stack) -> str:
+    """An OpenAI SDK chat completion (the prompt PROMPT) through the proxy: its answer."""
     proxy_url = f"http://dev:{stack.member}@{stack.proxy}"
     async with httpx.AsyncClient(proxy=proxy_url, verify=stack.ca, timeout=10) as http:
         client = openai.AsyncOpenAI(
-            base_url=f"https://localhost:{port}/v1",
+            base_url=f"https://localhost:{stack.upstream.port}/v1",
             api_key=stack.member,
             http_client=http,
             max_retries=0,
@@ -147,33 +146,27 @@ async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> N
         reply = await client.chat.completions.create(
             model="gpt-test", messages=[{"role": "user", "content": PROMPT}]
         )
-    assert reply.choices[0].message.content == "Hello"
-    receiver = stack.receiver
+    return str(reply.choices[0].message.content)
 
-    def trace() -> tuple[Span, Span, Span] | None:
-        spans = receiver.spans()
-        proxied = _one(spans, service="aibridge-proxy", name="POST openai")
-        if proxied is None:
-            return None
-        bridge = _one(spans, service="aibridge-bridge", kind=SERVER, parent_id=proxied.span_id)
-        if bridge is None:
-            return None
-        attempt = _one(spans, service="aibridge-bridge", kind=CLIENT, parent_id=bridge.span_id)
-        return None if attempt is None else (proxied, bridge, attempt)
 
-    await eventually(trace)
-    found = trace()
-    assert found is not None
-    proxied, bridge, attempt = found
-    assert proxied.trace_id == bridge.trace_id == attempt.trace_id
-    # The CONNECT span ends with its session, once the client has closed it.
-    await eventually(lambda: _one(receiver.spans(), service="aibridge-proxy", name="CONNECT"))
-    connect = _one(receiver.spans(), service="aibridge-proxy", name="CONNECT")
-    assert connect is not None and proxied.links == [(connect.trace_id, connect.span_id)]
-    assert proxied.attributes["http.response.status_code"] == 200
-    assert proxied.attributes["aibridge.request_id"] == bridge.attributes["aibridge.request_id"]
-    assert bridge.name == "chat gpt-test"
-    attributes = bridge.attributes
+def proxied_trace(receiver: Receiver) -> tuple[Span, Span, Span] | None:
+    """(the proxy's request span, the bridge's call span below it, the attempt below that),
+    once the receiver has all three."""
+    spans = receiver.spans()
+    proxied = _one(spans, service="aibridge-proxy", name="POST openai")
+    if proxied is None:
+        return None
+    bridge = _one(spans, service="aibridge-bridge", kind=SERVER, parent_id=proxied.span_id)
+    if bridge is None:
+        return None
+    attempt = _one(spans, service="aibridge-bridge", kind=CLIENT, parent_id=bridge.span_id)
+    return None if attempt is None else (proxied, bridge, attempt)
+
+
+def assert_one_pooled_chat(call: Span) -> None:
+    """`call` is the bridge's GenAI span of one pooled, completed chat gpt-test (7 + 2 tokens)."""
+    assert call.name == "chat gpt-test"
+    attributes = call.attributes
     assert attributes["gen_ai.operation.name"] == "chat"
     assert attributes["gen_ai.provider.name"] == "openai"
     assert attributes["gen_ai.request.model"] == "gpt-test"
@@ -184,6 +177,24 @@ async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> N
     assert attributes["aibridge.credential.kind"] == "pooled"
     assert attributes["aibridge.outcome"] == "completed"
     assert attributes["aibridge.attempts"] == 1
+
+
+async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> None:
+    """An OpenAI SDK call through the proxy yields one trace: the proxy's request span, the bridge's GenAI span as its child and the upstream attempt below that, with the token counts; and the GenAI histograms are exported."""
+    assert await sdk_chat_through_the_proxy(stack) == "Hello"
+    receiver = stack.receiver
+    await eventually(lambda: proxied_trace(receiver))
+    found = proxied_trace(receiver)
+    assert found is not None
+    proxied, bridge, attempt = found
+    assert proxied.trace_id == bridge.trace_id == attempt.trace_id
+    # The CONNECT span ends with its session, once the client has closed it.
+    await eventually(lambda: _one(receiver.spans(), service="aibridge-proxy", name="CONNECT"))
+    connect = _one(receiver.spans(), service="aibridge-proxy", name="CONNECT")
+    assert connect is not None and proxied.links == [(connect.trace_id, connect.span_id)]
+    assert proxied.attributes["http.response.status_code"] == 200
+    assert proxied.attributes["aibridge.request_id"] == bridge.attributes["aibridge.request_id"]
+    assert_one_pooled_chat(bridge)
     assert attempt.attributes["http.response.status_code"] == 200
     # The upstream saw the attempt's context, in the trace the proxy started.
     assert stack.upstream.seen[-1].headers["traceparent"].split("-")[1:3] == [
