@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -17,6 +18,13 @@ from typing import Any
 RESULTS = Path(
     os.environ.get("AIBRIDGE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
 )
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line, its module docstring (`doc`) as the help text."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,6 +73,15 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def publish(
+    name: str, data: dict[str, Any], table_rows: tuple[list[str], list[list[Any]]], note: str
+) -> None:
+    """Print the table (headers, rows) and `note`; write `data` as the result file `name`."""
+    print(table(*table_rows))
+    print(note)
+    print(f"wrote {write_result(name, data)}")
 
 
 @contextlib.contextmanager

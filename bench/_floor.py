@@ -12,6 +12,7 @@ always reaped by the caller's `stop()`; CPU of each is read from its rusage at e
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _stack import _completion, free_port
+from _stack import _completion, free_port, http_get
 
 _PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin"  # nginx lives in sbin
 NGINX = shutil.which("nginx", path=_PATH)
@@ -44,78 +45,119 @@ def _cpu_of_exited(pid: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class NginxUpstream:
-    """nginx, one worker, answering every request with the bench's JSON completion."""
-
-    def __init__(self, tmp: Path) -> None:
-        assert NGINX is not None, available()
-        self.dir = tmp / "nginx-upstream"
-        self.dir.mkdir(parents=True)
-        self.port = free_port()
-        body = _completion().decode().replace("\\", "\\\\").replace("'", "\\'")
-        (self.dir / "nginx.conf").write_text(
-            f"""
+NGINX_CONF = """\
 worker_processes 1;
 daemon off;
-master_process off;
-pid {self.dir}/nginx.pid;
-error_log {self.dir}/error.log warn;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
-  client_body_temp_path {self.dir};
-  proxy_temp_path {self.dir};
-  fastcgi_temp_path {self.dir};
-  uwsgi_temp_path {self.dir};
-  scgi_temp_path {self.dir};
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  server {{
-    listen 127.0.0.1:{self.port} reuseport backlog=4096;
-    location / {{
-      client_body_buffer_size 64k;
-      default_type application/json;
-      return 200 '{body}';
-    }}
-  }}
-}}
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+{http}}}
 """
-        )
-        # master_process off: the one process answers and is the pid we measure.
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
+
+
+class Nginx:
+    """nginx in the foreground, one worker, on a config generated in `tmp` (`http`: the
+    http block's own part, formatted with tmp, port and `fields`); ready on return;
+    master and worker pids in `pids`."""
+
+    def __init__(self, binary: str, tmp: Path, http: str, **fields: object) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        conf = tmp / "nginx.conf"
+        block = http.format(tmp=tmp, port=self.port, **fields)
+        conf.write_text(NGINX_CONF.format(tmp=tmp, http=block))
+        self.popen = subprocess.Popen(
+            [binary, "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(conf)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_port(self.port, self.proc)
+        self.pids = {"nginx": self.popen.pid}
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def worker(self) -> int:
+        """The worker's pid: the process that answers (the master only supervises)."""
+        return next(pid for name, pid in self.pids.items() if name != "nginx")
+
+    def _wait_ready(self, timeout: float = 20) -> None:
+        """Until nginx answers (any status) and its worker is known."""
+
+        async def poll() -> None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.popen.poll() is not None:
+                    raise RuntimeError(f"nginx exited {self.popen.returncode}")
+                try:
+                    await http_get("127.0.0.1", self.port, "/")
+                    if self._worker():
+                        return
+                except (TimeoutError, OSError):
+                    pass
+                await asyncio.sleep(0.01)
+            raise RuntimeError(f"nginx not answering on {self.port} after {timeout}s")
+
+        asyncio.run(poll())
+
+    def _worker(self) -> bool:
+        pid = self.popen.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for i, child in enumerate(children):
+            self.pids[f"nginx-worker-{i}"] = int(child)
+        return bool(children)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        """SIGTERM (nginx's fast shutdown: the master stops its workers), then SIGKILL for
+        any of them still running after 10 s."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+        for name, pid in self.pids.items():
+            if name != "nginx" and Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    import socket
+# nginx as the fake upstream: every request answered with the bench's JSON completion.
+STATIC_COMPLETION = """\
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+"""
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited with {proc.returncode} before listening")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"nginx not listening on {port} after {timeout}s")
+
+class NginxUpstream:
+    """The bench upstream's JSON answers from nginx (the `_stack.Upstream` shape)."""
+
+    def __init__(self, tmp: Path) -> None:
+        assert NGINX is not None, available()
+        body = _completion().decode().replace("\\", "\\\\").replace("'", "\\'")
+        self.nginx = Nginx(NGINX, tmp / "nginx-upstream", STATIC_COMPLETION, body=body)
+        self.port = self.nginx.port
+        self.pid = self.nginx.worker
+
+    def stop(self) -> None:
+        self.nginx.stop()
 
 
 @dataclass
@@ -181,4 +223,4 @@ def run_wrk(
     return WrkRun(int(total.group(1)), elapsed, errors, _ms(lat["50"]), _ms(lat["99"]), cpu)
 
 
-__all__ = ["NginxUpstream", "WrkRun", "available", "run_wrk"]
+__all__ = ["Nginx", "NginxUpstream", "WrkRun", "available", "run_wrk"]

@@ -10,13 +10,17 @@ as possible goes to anything but the bridge being measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -173,6 +177,25 @@ def serve_upstream(gap: float, chunks: int = SSE_CHUNKS) -> None:
     uvloop.run(run())
 
 
+def start_upstream(
+    gap_ms: float = 0.0, chunks: int = SSE_CHUNKS
+) -> tuple[subprocess.Popen[str], int]:
+    """The fake upstream in its own process (this module run as a script): (process, port).
+    Its SSE answers carry `chunks` events."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, str(gap_ms / 1000), str(chunks)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise SystemExit("fake upstream did not start")
+    return proc, int(line)
+
+
 # --- the client ----------------------------------------------------------------------
 
 
@@ -320,8 +343,6 @@ def start_script(
 ) -> Proc:
     """Like `start`, for a Python script of bench/ instead of `aibridge` (same clean
     environment plus `env`, stderr into a log file in `log_dir`)."""
-    import subprocess
-
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed by Proc.stop
     popen = subprocess.Popen(
@@ -379,3 +400,83 @@ def wait_ready(port: int, timeout: float = 60, poll: float = 0.005) -> float:
         raise RuntimeError(f"port {port}: /readyz not 200 after {timeout}s")
 
     return asyncio.run(run())
+
+
+def serve_bridge(proc: Proc, port: int) -> Proc:
+    """`proc`, a bridge on `port`, once it listens and answers /readyz."""
+    proc.wait_for_log("bridge listening")
+    wait_ready(port)
+    return proc
+
+
+@dataclass
+class Stack:
+    """What every bridge benchmark starts with: a temp dir, the fake upstream, a config
+    service seeded with it (provider `fake`) and a member gateway token."""
+
+    tmp: Path
+    up_port: int
+    upstream_pid: int
+    target: str  # the config service's gRPC target
+    token: str
+    daemons: list[Proc] = field(default_factory=list)
+
+    def add(self, proc: Proc) -> Proc:
+        """`proc`, stopped (last started, first stopped) when the stack ends."""
+        self.daemons.append(proc)
+        return proc
+
+    def stop_daemons(self) -> None:
+        for d in reversed(self.daemons):
+            d.stop()
+        self.daemons.clear()
+
+
+class Upstream(Protocol):
+    """A running fake upstream: its port, the pid whose CPU is its cost, stop()."""
+
+    port: int
+    pid: int
+
+    def stop(self) -> None: ...
+
+
+class PythonUpstream:
+    """The bench's own fake upstream (`serve_upstream`) in its own process."""
+
+    def __init__(self, gap_ms: float = 0.0, chunks: int = SSE_CHUNKS) -> None:
+        self.proc, self.port = start_upstream(gap_ms, chunks)
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def stack(
+    gap_ms: float = 0.0,
+    prefix: str = "aibridge-bench-",
+    chunks: int = SSE_CHUNKS,
+    upstream: Callable[[Path], Upstream] | None = None,
+) -> Iterator[Stack]:
+    """A `Stack` on `upstream(tmp)` (default: the Python upstream pausing `gap_ms` between
+    its `chunks` SSE chunks); all of it stopped and removed on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_name:
+        tmp = Path(tmp_name)
+        up = upstream(tmp) if upstream is not None else PythonUpstream(gap_ms, chunks)
+        daemons: list[Proc] = []
+        try:
+            service, target = start_config_service(tmp / "data", up.port, tmp)
+            daemons.append(service)
+            token = create_gateway_token(target)
+            its = Stack(tmp, up.port, up.pid, target, token, daemons)
+            yield its
+        finally:
+            for d in reversed(daemons):
+                d.stop()
+            up.stop()
+
+
+if __name__ == "__main__":  # the fake upstream: python bench/_stack.py GAP_SECONDS CHUNKS
+    serve_upstream(float(sys.argv[1]), int(sys.argv[2]))

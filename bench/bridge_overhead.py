@@ -38,16 +38,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, percentile, rss_mb, table, write_result
+from _common import cpu_seconds, parser, percentile, publish, rss_mb
 from _stack import (
     PROVIDER,
     SSE_CHUNKS,
@@ -55,14 +53,12 @@ from _stack import (
     Conn,
     Proc,
     bridge_env,
-    create_gateway_token,
     free_port,
     request_bytes,
-    serve_upstream,
+    serve_bridge,
+    stack,
     start,
-    start_config_service,
     start_script,
-    wait_ready,
 )
 
 BARS = {
@@ -101,6 +97,28 @@ class Target:
     name: str
     port: int
     raw: dict[str, bytes]  # kind ("json" | "sse") -> request bytes
+
+
+def target(name: str, port: int, path: str, host: str, auth: dict[str, str]) -> Target:
+    """`name` on `port`: a chat completion to `path` (JSON and SSE) with the `auth` headers."""
+    headers = {"content-type": "application/json", "accept": "application/json", **auth}
+    return Target(
+        name,
+        port,
+        {k: request_bytes("POST", path, host, headers, _body(k == "sse")) for k in ("json", "sse")},
+    )
+
+
+def direct_target(up_port: int) -> Target:
+    """The fake upstream itself, with the upstream key."""
+    auth = {"authorization": f"Bearer {UPSTREAM_KEY}"}
+    return target("direct", up_port, "/v1/chat/completions", f"127.0.0.1:{up_port}", auth)
+
+
+def bridge_target(name: str, port: int, token: str) -> Target:
+    """A bridge on `port`, provider `fake`, with the gateway `token`."""
+    path, auth = f"/{PROVIDER}/v1/chat/completions", {"authorization": f"Bearer {token}"}
+    return target(name, port, path, f"127.0.0.1:{port}", auth)
 
 
 @dataclass
@@ -212,23 +230,6 @@ async def _saturate(
     return Saturation(n, seconds, errors, latencies, cpu, rss)
 
 
-def _start_upstream(gap_ms: float, chunks: int = SSE_CHUNKS) -> tuple[subprocess.Popen[str], int]:
-    """The fake upstream in its own process (this script with --serve-upstream); its port."""
-    args = ["--serve-upstream", "--sse-gap-ms", str(gap_ms), "--sse-chunks", str(chunks)]
-    proc = subprocess.Popen(
-        [sys.executable, __file__, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        raise SystemExit("fake upstream did not start")
-    return proc, int(line)
-
-
 def _plan(total: int, rounds: int | None) -> dict[str, int]:
     """Split the bridge's request budget between the phases."""
     warmup = min(500, max(10, total // 20))
@@ -239,9 +240,7 @@ def _plan(total: int, rounds: int | None) -> dict[str, int]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=100_000, help="bridge requests in all")
     p.add_argument("--concurrency", type=int, default=64, help="in-flight at saturation")
     p.add_argument(
@@ -259,67 +258,47 @@ def main() -> int:
         action="store_true",
         help="with --record: the recording bridge ships its records to the config service",
     )
-    p.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--sse-chunks", type=int, default=SSE_CHUNKS, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve_upstream:
-        serve_upstream(args.sse_gap_ms / 1000, args.sse_chunks)
-        return 0
     plan = _plan(args.requests, args.rounds)
 
-    with tempfile.TemporaryDirectory(prefix="aibridge-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        upstream, up_port = _start_upstream(args.sse_gap_ms)
-        daemons: list[Proc] = []
-        try:
-            service, target = start_config_service(tmp / "data", up_port, tmp)
-            daemons.append(service)
-            token = create_gateway_token(target)
-            bridge_port = free_port()
-            env = bridge_env(target, bridge_port, tmp / "bridge", args.log_level)
-            env["AIBRIDGE_RECORDING"] = "false"  # the baseline records nothing
-            helper = Path(__file__).resolve().parent / "_recording_bridge.py"
-            # With --record both bridges run from the same script, one with recording off,
-            # so the only difference between them is recording.
-            bridge = (
-                start_script("bridge", helper, env, tmp, ("--off",))
-                if args.record
-                else start("bridge", ["bridge"], env, tmp)
+    with stack(args.sse_gap_ms) as s:
+        tmp = s.tmp
+        bridge_port = free_port()
+        env = bridge_env(s.target, bridge_port, tmp / "bridge", args.log_level)
+        env["AIBRIDGE_RECORDING"] = "false"  # the baseline records nothing
+        helper = Path(__file__).resolve().parent / "_recording_bridge.py"
+        # With --record both bridges run from the same script, one with recording off,
+        # so the only difference between them is recording.
+        bridge = s.add(
+            start_script("bridge", helper, env, tmp, ("--off",))
+            if args.record
+            else start("bridge", ["bridge"], env, tmp)
+        )
+        serve_bridge(bridge, bridge_port)
+        recording = None
+        if args.record:
+            rec_port = free_port()
+            rec_env = bridge_env(s.target, rec_port, tmp / "recording-bridge", args.log_level)
+            recording = s.add(
+                start("recording-bridge", ["bridge"], rec_env, tmp)
+                if args.ship
+                else start_script("recording-bridge", helper, rec_env, tmp)
             )
-            daemons.append(bridge)
-            bridge.wait_for_log("bridge listening")
-            wait_ready(bridge_port)
-            recording = None
-            if args.record:
-                rec_port = free_port()
-                rec_env = bridge_env(target, rec_port, tmp / "recording-bridge", args.log_level)
-                recording = (
-                    start("recording-bridge", ["bridge"], rec_env, tmp)
-                    if args.ship
-                    else start_script("recording-bridge", helper, rec_env, tmp)
-                )
-                daemons.append(recording)
-                recording.wait_for_log("bridge listening")
-                wait_ready(rec_port)
-            result = _run(
-                args,
-                plan,
-                up_port,
-                (bridge_port, bridge),
-                (rec_port, recording) if recording is not None else None,
-                token,
-                upstream.pid,
-            )
-            if recording is not None:
-                recording.stop()
-                sunk = recording.events("bench sink")
-                result["recording"]["records"] = sunk[0]["records"] if sunk else None
-                result["recording"]["record_bytes"] = sunk[0]["bytes"] if sunk else None
-        finally:
-            for d in reversed(daemons):
-                d.stop()
-            upstream.terminate()
-            upstream.wait(10)
+            serve_bridge(recording, rec_port)
+        result = _run(
+            args,
+            plan,
+            s.up_port,
+            (bridge_port, bridge),
+            (rec_port, recording) if recording is not None else None,
+            s.token,
+            s.upstream_pid,
+        )
+        if recording is not None:
+            recording.stop()
+            sunk = recording.events("bench sink")
+            result["recording"]["records"] = sunk[0]["records"] if sunk else None
+            result["recording"]["record_bytes"] = sunk[0]["bytes"] if sunk else None
     return _report(result)
 
 
@@ -335,42 +314,10 @@ def _run(
     import uvloop
 
     bridge_port, bridge = plain
-
-    common = {"content-type": "application/json", "accept": "application/json"}
-    direct = Target(
-        "direct",
-        up_port,
-        {
-            k: request_bytes(
-                "POST",
-                "/v1/chat/completions",
-                f"127.0.0.1:{up_port}",
-                {**common, "authorization": f"Bearer {UPSTREAM_KEY}"},
-                _body(k == "sse"),
-            )
-            for k in ("json", "sse")
-        },
-    )
-
-    def via(name: str, port: int) -> Target:
-        return Target(
-            name,
-            port,
-            {
-                k: request_bytes(
-                    "POST",
-                    f"/{PROVIDER}/v1/chat/completions",
-                    f"127.0.0.1:{port}",
-                    {**common, "authorization": f"Bearer {token}"},
-                    _body(k == "sse"),
-                )
-                for k in ("json", "sse")
-            },
-        )
-
-    through = via("bridge", bridge_port)
+    direct = direct_target(up_port)
+    through = bridge_target("bridge", bridge_port, token)
     pids = {"bridge": bridge.pid, "upstream": upstream_pid}
-    recorded = via("recording", recording[0]) if recording is not None else None
+    recorded = bridge_target("recording", recording[0], token) if recording is not None else None
     rec_pids = {"bridge": recording[1].pid, "upstream": upstream_pid} if recording else {}
     c = args.concurrency
 
@@ -567,13 +514,11 @@ def _report(r: dict[str, Any]) -> int:
         )
         errors = rec["json"]["saturation"]["errors"] + rec["sse"]["saturation"]["errors"]
         row("errors at saturation, recording bridge", errors, 0)
-    print(table(["metric", "measured", "DESIGN §10 bar", "met"], rows))
-    print(
+    note = (
         f"saturation CPU seconds (JSON): {sj['cpu_seconds']}; "
         f"elapsed {r['elapsed_seconds']} s; bridge log level {r['bridge_log_level']}"
     )
-    path = write_result("bridge_overhead", r)
-    print(f"wrote {path}")
+    publish("bridge_overhead", r, (["metric", "measured", "DESIGN §10 bar", "met"], rows), note)
     return 1 if sj["errors"] or ss["errors"] else 0
 
 

@@ -12,7 +12,6 @@ service's figures can be read as a ratio to what any Python gRPC fan-out pays.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import multiprocessing as mp
@@ -26,7 +25,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import cpu_seconds, percentile, rss_mb, table, write_result
+from _common import cpu_seconds, parser, percentile, rss_mb, table, write_result
 
 from config_service.server import GC_YOUNG_THRESHOLD, GRPC_OPTIONS, MAX_CONCURRENT_RPCS
 
@@ -115,9 +114,7 @@ def client_main(port: int, count: int, channels: int, queue: Any, expected: Any)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--subscribers", type=int, default=1000)
     p.add_argument("--changes", type=int, default=20)
     p.add_argument("--payload", type=int, default=2048, help="bytes per message")

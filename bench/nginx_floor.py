@@ -21,49 +21,32 @@ its PYTHONPATH) on the same config service: the bridge before → after in the s
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, table, write_result
+from _floor import Nginx
 from _stack import (
     PROVIDER,
     UPSTREAM_KEY,
     Proc,
     bridge_env,
-    create_gateway_token,
     free_port,
-    http_get,
     request_bytes,
+    stack,
     start,
-    start_config_service,
     wait_ready,
 )
 from bridge_overhead import Samples, Saturation, Target, _body, _saturate, _sequential
-from bridge_overhead import _start_upstream as start_upstream
 from proxy_path import _export as export_tree
 
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
+# The gateway's part of the config; _floor.Nginx adds the process settings around it.
+REVERSE_PROXY = """\
     access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/nginx-body;
-    proxy_temp_path {tmp}/nginx-proxy;
-    fastcgi_temp_path {tmp}/nginx-fastcgi;
-    uwsgi_temp_path {tmp}/nginx-uwsgi;
-    scgi_temp_path {tmp}/nginx-scgi;
     upstream fake {{
         server 127.0.0.1:{upstream};
         keepalive 64;
@@ -79,63 +62,7 @@ http {{
             proxy_buffering off;
         }}
     }}
-}}
 """
-
-
-class Nginx:
-    """nginx in the foreground on a generated config in `tmp`; master and worker pids."""
-
-    def __init__(self, binary: str, tmp: Path, upstream_port: int) -> None:
-        self.port = free_port()
-        conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=self.port))
-        self.popen = subprocess.Popen(
-            [binary, "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.pids = {"nginx": self.popen.pid}
-
-    def wait_ready(self, timeout: float = 20) -> None:
-        """Until nginx answers (any status: the upstream 404s GET /) and its worker is known."""
-
-        async def poll() -> None:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.popen.poll() is not None:
-                    raise RuntimeError(f"nginx exited {self.popen.returncode}")
-                try:
-                    await http_get("127.0.0.1", self.port, "/")
-                    if self._worker():
-                        return
-                except (TimeoutError, OSError):
-                    pass
-                await asyncio.sleep(0.01)
-            raise RuntimeError(f"nginx not answering on {self.port} after {timeout}s")
-
-        asyncio.run(poll())
-
-    def _worker(self) -> bool:
-        pid = self.popen.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        for i, child in enumerate(children):
-            self.pids[f"nginx-worker-{i}"] = int(child)
-        return bool(children)
-
-    def stop(self) -> None:
-        """SIGTERM (nginx's fast shutdown: the master stops its workers), then SIGKILL for
-        any of them still running after 10 s."""
-        self.popen.terminate()
-        try:
-            self.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
-        for name, pid in self.pids.items():
-            if name != "nginx" and Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
 
 
 def _targets(up_port: int, gateways: dict[str, int], token: str) -> list[Target]:
@@ -262,15 +189,10 @@ def main() -> int:
     args = _parse()
     if not Path(args.nginx).exists():
         raise SystemExit(f"nginx not found at {args.nginx} (apt-get install nginx)")
-    with tempfile.TemporaryDirectory(prefix="aibridge-nginx-") as tmp_name:
-        tmp = Path(tmp_name)
-        upstream, up_port = start_upstream(0.0, args.sse_chunks)
-        daemons: list[Proc] = []
+    with stack(prefix="aibridge-nginx-", chunks=args.sse_chunks) as s:
+        tmp, up_port, target, token = s.tmp, s.up_port, s.target, s.token
         nginx: Nginx | None = None
         try:
-            service, target = start_config_service(tmp / "data", up_port, tmp)
-            daemons.append(service)
-            token = create_gateway_token(target)
             bridges: dict[str, Path | None] = {"bridge": None}
             if args.baseline:
                 bridges["baseline"] = export_tree(args.baseline, tmp / "baseline-tree")
@@ -278,10 +200,9 @@ def main() -> int:
             pids: dict[str, dict[str, int]] = {}
             for name, tree in bridges.items():
                 proc, ports[name] = _start_bridge(name, target, tmp, tree, args.log_level)
-                daemons.append(proc)
+                s.add(proc)
                 pids[name] = {"gateway": proc.pid}
-            nginx = Nginx(args.nginx, tmp, up_port)
-            nginx.wait_ready()
+            nginx = Nginx(args.nginx, tmp, REVERSE_PROXY, upstream=up_port)
             ports["nginx"] = nginx.port
             nginx_pids = list(nginx.pids.values())
             pids["nginx"] = nginx.pids
@@ -294,10 +215,6 @@ def main() -> int:
         finally:
             if nginx is not None:
                 nginx.stop()
-            for d in reversed(daemons):
-                d.stop()
-            upstream.terminate()
-            upstream.wait(10)
     result = {
         "requests": args.requests,
         "streams": args.streams,

@@ -25,25 +25,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table, write_result
-from _stack import (
-    PROVIDER,
-    UPSTREAM_KEY,
-    Proc,
-    bridge_env,
-    create_gateway_token,
-    free_port,
-    request_bytes,
-    start,
-    start_config_service,
-    wait_ready,
-)
-from bridge_overhead import Target, _body, _saturate, _sequential, _start_upstream
+from _common import parser, percentile, publish
+from _stack import Proc, bridge_env, free_port, serve_bridge, stack, start
+from bridge_overhead import _saturate, _sequential, bridge_target, direct_target
 
 
 def serve_receiver() -> None:
@@ -123,28 +111,8 @@ class Receiver:
             self.proc.wait(10)
 
 
-def _target(name: str, port: int, token: str) -> Target:
-    common = {"content-type": "application/json", "accept": "application/json"}
-    return Target(
-        name,
-        port,
-        {
-            k: request_bytes(
-                "POST",
-                f"/{PROVIDER}/v1/chat/completions",
-                f"127.0.0.1:{port}",
-                {**common, "authorization": f"Bearer {token}"},
-                _body(k == "sse"),
-            )
-            for k in ("json", "sse")
-        },
-    )
-
-
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=20_000, help="requests per bridge in all")
     p.add_argument("--concurrency", type=int, default=32, help="in-flight at saturation")
     p.add_argument("--rounds", type=int, default=None, help="latency rounds (default N/10)")
@@ -163,15 +131,9 @@ def main() -> int:
     warmup = max(10, min(500, args.requests // 20))
     saturation = max(10, args.requests - warmup - 2 * rounds)
 
-    with tempfile.TemporaryDirectory(prefix="aibridge-bench-otel-") as tmp_name:
-        tmp = Path(tmp_name)
-        upstream, up_port = _start_upstream(0.0)
+    with stack(prefix="aibridge-bench-otel-") as s:
         receiver = Receiver()
-        daemons: list[Proc] = []
         try:
-            service, target = start_config_service(tmp / "data", up_port, tmp)
-            daemons.append(service)
-            token = create_gateway_token(target)
             ports = {"off": free_port(), "on": free_port()}
             otel = {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
@@ -182,29 +144,21 @@ def main() -> int:
             }
             bridges = {}
             for name, port in ports.items():
-                env = bridge_env(target, port, tmp / f"bridge-{name}")
+                env = bridge_env(s.target, port, s.tmp / f"bridge-{name}")
                 env["AIBRIDGE_NODE_ID"] = f"bench-otel-{name}"
                 if name == "on":
                     env.update(otel)
-                bridges[name] = start("bridge", ["bridge"], env, tmp)
-                daemons.append(bridges[name])
-                bridges[name].wait_for_log("bridge listening")
-                wait_ready(port)
+                bridges[name] = serve_bridge(s.add(start("bridge", ["bridge"], env, s.tmp)), port)
             result = _run(
-                rounds, warmup, saturation, args.concurrency, up_port, ports, token, bridges
+                rounds, warmup, saturation, args.concurrency, s.up_port, ports, s.token, bridges
             )
-            for d in reversed(daemons):  # a bridge's shutdown flushes its last spans
-                d.stop()
-            daemons.clear()
+            s.stop_daemons()  # a bridge's shutdown flushes its last spans
             spans, exports = receiver.counts()
             result["receiver"] = {"spans": spans, "metric_exports": exports}
             result["sampled"] = 1.0 if args.ratio is None else args.ratio
         finally:
-            for d in reversed(daemons):
-                d.stop()
+            s.stop_daemons()
             receiver.stop()
-            upstream.terminate()
-            upstream.wait(10)
     return _report(result)
 
 
@@ -220,25 +174,8 @@ def _run(
 ) -> dict[str, Any]:
     import uvloop
 
-    direct = Target(
-        "direct",
-        up_port,
-        {
-            k: request_bytes(
-                "POST",
-                "/v1/chat/completions",
-                f"127.0.0.1:{up_port}",
-                {
-                    "content-type": "application/json",
-                    "accept": "application/json",
-                    "authorization": f"Bearer {UPSTREAM_KEY}",
-                },
-                _body(k == "sse"),
-            )
-            for k in ("json", "sse")
-        },
-    )
-    targets = {name: _target(name, port, token) for name, port in ports.items()}
+    direct = direct_target(up_port)
+    targets = {name: bridge_target(name, port, token) for name, port in ports.items()}
     pids = {name: proc.pid for name, proc in bridges.items()}
 
     async def run() -> dict[str, Any]:
@@ -314,14 +251,12 @@ def _report(r: dict[str, Any]) -> int:
     )
     rows.append(["errors at saturation", off_s["errors"], on_s["errors"], ""])
     on = f"OTel on ({r['sampled']:.0%} sampled)"
-    print(table(["metric", "OTel off", on, "on - off"], rows))
     received = r["receiver"]
-    print(
+    note = (
         f"receiver: {received['spans']} spans, {received['metric_exports']} metric exports "
         f"for {r['bridge_requests']['on']} requests through the `on` bridge"
     )
-    path = write_result("otel", r)
-    print(f"wrote {path}")
+    publish("otel", r, (["metric", "OTel off", on, "on - off"], rows), note)
     return 1 if off_s["errors"] or on_s["errors"] else 0
 
 

@@ -24,7 +24,6 @@ writes its collapsed stacks (`--native`: C frames too) for bench/profile_shares.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import multiprocessing as mp
@@ -42,7 +41,7 @@ import grpc
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, fresh_schema, percentile, rss_mb, table, write_result
+from _common import cpu_seconds, fresh_schema, parser, percentile, rss_mb, table, write_result
 from _stack import ADMIN, BRIDGE, Proc, start
 
 from aibridge.config.v1 import config_service_pb2 as cs
@@ -186,9 +185,7 @@ def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--subscribers", type=int, default=1000)
     p.add_argument(
         "--channels", type=int, default=0, help="total gRPC channels (default N/100, ≥1)"

@@ -28,46 +28,26 @@ import argparse
 import base64
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table, write_result
-from _stack import (
-    PROVIDER,
-    PROXY,
-    UPSTREAM_KEY,
-    Proc,
-    bridge_env,
-    create_gateway_token,
-    free_port,
-    request_bytes,
-    serve_upstream,
-    start,
-    start_config_service,
-    wait_ready,
+from _common import parser, percentile, publish
+from _stack import PROXY, Proc, bridge_env, free_port, serve_bridge, stack, start, wait_ready
+from bridge_overhead import (
+    Samples,
+    Saturation,
+    Target,
+    _saturate,
+    _sequential,
+    bridge_target,
+    direct_target,
+    target,
 )
-from bridge_overhead import Samples, Saturation, Target, _body, _saturate, _sequential
 
 ROOT = Path(__file__).resolve().parent.parent
 BARS = {"added_p50_ms": 2.0, "rps_per_proxy_cpu_second": 1000.0}
-
-
-def _start_upstream() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-upstream"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        raise SystemExit("fake upstream did not start")
-    return proc, int(line)
 
 
 def _export(rev: str, into: Path) -> Path:
@@ -101,86 +81,39 @@ def _proxy(name: str, target: str, bridge_port: int, tmp: Path, tree: Path | Non
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=20_000, help="saturation requests per proxy")
     p.add_argument("--concurrency", type=int, default=64, help="in flight at saturation")
     p.add_argument("--rounds", type=int, default=1000, help="latency rounds")
     p.add_argument("--baseline", default="", help="git revision whose proxy is measured too")
-    p.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve_upstream:
-        serve_upstream(0.0)
-        return 0
 
-    with tempfile.TemporaryDirectory(prefix="aibridge-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        upstream, up_port = _start_upstream()
-        daemons: list[Proc] = []
-        try:
-            service, target = start_config_service(tmp / "data", up_port, tmp)
-            daemons.append(service)
-            token = create_gateway_token(target)
-            bridge_port = free_port()
-            bridge = start(
-                "bridge", ["bridge"], bridge_env(target, bridge_port, tmp / "bridge"), tmp
-            )
-            daemons.append(bridge)
-            bridge.wait_for_log("bridge listening")
-            wait_ready(bridge_port)
-            proxies = {"proxy": _proxy("proxy", target, bridge_port, tmp, None)}
-            daemons.append(proxies["proxy"])
-            if args.baseline:
-                tree = _export(args.baseline, tmp / "baseline-tree")
-                proxies["proxy_before"] = _proxy("proxy-before", target, bridge_port, tmp, tree)
-                daemons.append(proxies["proxy_before"])
-            result = _run(args, up_port, bridge_port, token, upstream.pid, bridge, proxies)
-        finally:
-            for d in reversed(daemons):
-                d.stop()
-            upstream.terminate()
-            upstream.wait(10)
+    with stack() as s:
+        tmp = s.tmp
+        bridge_port = free_port()
+        env = bridge_env(s.target, bridge_port, tmp / "bridge")
+        bridge = serve_bridge(s.add(start("bridge", ["bridge"], env, tmp)), bridge_port)
+        proxies = {"proxy": s.add(_proxy("proxy", s.target, bridge_port, tmp, None))}
+        if args.baseline:
+            tree = _export(args.baseline, tmp / "baseline-tree")
+            before = _proxy("proxy-before", s.target, bridge_port, tmp, tree)
+            proxies["proxy_before"] = s.add(before)
+        result = _run(args, s.up_port, bridge_port, s.token, s.upstream_pid, bridge, proxies)
     return _report(result)
 
 
 def _targets(up_port: int, bridge_port: int, token: str, proxies: dict[str, Proc]) -> list[Target]:
-    common = {"content-type": "application/json", "accept": "application/json"}
     upstream_host = f"127.0.0.1:{up_port}"
-
-    def raw(path: str, host: str, auth: dict[str, str]) -> dict[str, bytes]:
-        return {
-            k: request_bytes("POST", path, host, {**common, **auth}, _body(k == "sse"))
-            for k in ("json", "sse")
-        }
-
     basic = base64.b64encode(f"bench:{token}".encode()).decode()
-    targets = [
-        Target(
-            "direct",
-            up_port,
-            raw("/v1/chat/completions", upstream_host, {"authorization": f"Bearer {UPSTREAM_KEY}"}),
-        ),
-        Target(
-            "bridge",
-            bridge_port,
-            raw(
-                f"/{PROVIDER}/v1/chat/completions",
-                f"127.0.0.1:{bridge_port}",
-                {"authorization": f"Bearer {token}"},
-            ),
-        ),
-    ]
+    targets = [direct_target(up_port), bridge_target("bridge", bridge_port, token)]
     for name, proc in proxies.items():
         targets.append(
-            Target(
+            target(
                 name,
                 int(proc.ready["port"]),
-                raw(
-                    f"http://{upstream_host}/v1/chat/completions",
-                    upstream_host,
-                    {"proxy-authorization": f"Basic {basic}"},
-                ),
+                f"http://{upstream_host}/v1/chat/completions",
+                upstream_host,
+                {"proxy-authorization": f"Basic {basic}"},
             )
         )
     return targets
@@ -342,9 +275,8 @@ def _report(r: dict[str, Any]) -> int:
             "-",
         ]
     )
-    print(table(["path", "metric", "measured", "DESIGN §10 bar"], rows))
-    print(f"elapsed {r['elapsed_seconds']} s")
-    print(f"wrote {write_result('proxy_path', r)}")
+    note = f"elapsed {r['elapsed_seconds']} s"
+    publish("proxy_path", r, (["path", "metric", "measured", "DESIGN §10 bar"], rows), note)
     return 1 if errors else 0
 
 

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_result
+from _common import parser, table, write_result
 from _recording_bridge import CountingSink
-from _stack import UPSTREAM_KEY
+from _stack import UPSTREAM_KEY, start_upstream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aibridge.config.v1 import config_service_pb2 as cs
@@ -163,9 +162,7 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=5000, help="requests per block")
     p.add_argument("--blocks", type=int, default=6, help="blocks of each mode")
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
@@ -179,15 +176,8 @@ def main() -> int:
     logs = tempfile.TemporaryFile("w")  # noqa: SIM115 - open for the whole run
     real_stderr, sys.stderr = sys.stderr, logs
     configure("info", "json")
-    upstream = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("bridge_overhead.py")), "--serve-upstream"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    upstream, port = start_upstream()
     try:
-        assert upstream.stdout is not None
-        port = int(upstream.stdout.readline())
         import uvloop
 
         result = uvloop.run(_measure(args, port))

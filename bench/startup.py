@@ -15,7 +15,6 @@ Readiness is polled every 5 ms, so figures include up to ~5 ms of polling slack.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_result
+from _common import parser, table, write_result
 from _stack import (
     AIBRIDGE,
     PROXY,
@@ -122,9 +121,7 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args()
     results: dict[str, Any] = {}

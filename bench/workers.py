@@ -23,26 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table, write_result
-from _stack import (
-    PROVIDER,
-    Proc,
-    bridge_env,
-    create_gateway_token,
-    free_port,
-    request_bytes,
-    start,
-    start_config_service,
-    wait_ready,
-)
-from bridge_overhead import Saturation, Target, _body, _saturate
-from proxy_path import _start_upstream
+from _common import parser, percentile, publish
+from _stack import PROVIDER, Proc, bridge_env, free_port, stack, start, wait_ready
+from bridge_overhead import Saturation, Target, _body, _saturate, bridge_target
 
 
 def _bridge(name: str, target: str, workers: int, tmp: Path) -> tuple[Proc, int, list[int]]:
@@ -61,9 +49,7 @@ def _bridge(name: str, target: str, workers: int, tmp: Path) -> tuple[Proc, int,
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--requests", type=int, default=20_000, help="requests per saturation run")
     p.add_argument("--concurrency", type=int, default=64, help="in flight at saturation")
     p.add_argument("--workers", type=int, default=2, help="workers of the second bridge")
@@ -86,47 +72,19 @@ def main() -> int:
         if args.kind != "json":
             raise SystemExit("--load c measures JSON completions only")
 
-    with tempfile.TemporaryDirectory(prefix="aibridge-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        upstream, up_port = _upstream(args.load, tmp)
-        daemons: list[Proc] = []
-        try:
-            service, target = start_config_service(tmp / "data", up_port, tmp)
-            daemons.append(service)
-            token = create_gateway_token(target)
-            bridges: dict[int, tuple[Proc, int, list[int]]] = {}
-            for n in (1, args.workers):
-                bridges[n] = _bridge(f"bridge-{n}w", target, n, tmp)
-                daemons.append(bridges[n][0])
-            run = _run_c if args.load == "c" else _run
-            result = run(args, token, upstream.pid, bridges, tmp)
-        finally:
-            for d in reversed(daemons):
-                d.stop()
-            upstream.stop()
-    return _report(result)
-
-
-class _Upstream:
-    """The Python fake upstream process, with the stop() of the nginx one."""
-
-    def __init__(self) -> None:
-        self.proc, self.port = _start_upstream()
-        self.pid = self.proc.pid
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def _upstream(load: str, tmp: Path) -> tuple[Any, int]:
-    if load == "c":
+    upstream = None
+    if args.load == "c":
         from _floor import NginxUpstream
 
-        nginx = NginxUpstream(tmp)
-        return nginx, nginx.port
-    python = _Upstream()
-    return python, python.port
+        upstream = NginxUpstream
+    with stack(upstream=upstream) as s:
+        bridges: dict[int, tuple[Proc, int, list[int]]] = {}
+        for n in (1, args.workers):
+            bridges[n] = _bridge(f"bridge-{n}w", s.target, n, s.tmp)
+            s.add(bridges[n][0])
+        run = _run_c if args.load == "c" else _run
+        result = run(args, s.token, s.upstream_pid, bridges, s.tmp)
+    return _report(result)
 
 
 def _run_c(
@@ -179,28 +137,8 @@ def _run(
 ) -> dict[str, Any]:
     import uvloop
 
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/json",
-        "authorization": f"Bearer {token}",
-    }
-
     def target_of(n: int) -> Target:
-        port = bridges[n][1]
-        return Target(
-            f"{n}w",
-            port,
-            {
-                k: request_bytes(
-                    "POST",
-                    f"/{PROVIDER}/v1/chat/completions",
-                    f"127.0.0.1:{port}",
-                    headers,
-                    _body(k == "sse"),
-                )
-                for k in ("json", "sse")
-            },
-        )
+        return bridge_target(f"{n}w", bridges[n][1], token)
 
     def pids_of(n: int) -> dict[str, int]:
         proc, _, workers = bridges[n]
@@ -301,12 +239,11 @@ def _report(r: dict[str, Any]) -> int:
         ["per-worker CPU (s)", one["per_worker_cpu_seconds"], many["per_worker_cpu_seconds"], "-"]
     )
     rows.append(["errors", one["errors"], many["errors"], "-"])
-    print(table(["figure", "1 worker", f"{n} workers", "ratio"], rows))
-    print(
+    note = (
         f"{r['kind']}, c={r['concurrency']}, {r['rounds']} rounds each, {r['cpus']} CPUs; "
         f"bar: throughput ratio >= {r['bar']['rps_ratio']:g}; elapsed {r['elapsed_seconds']} s"
     )
-    print(f"wrote {write_result('workers', r)}")
+    publish("workers", r, (["figure", "1 worker", f"{n} workers", "ratio"], rows), note)
     return 1 if one["errors"] or many["errors"] else 0
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: a fresh database per test on SQLite and (when configured) PostgreSQL,
-an in-process config service on port 0, and config-service subprocesses.
+an in-process config service on port 0, config-service subprocesses, and the suite's fake
+upstream.
 
 PostgreSQL: set AIBRIDGE_TEST_DATABASE_URL (or --database-url), e.g.
 postgresql+psycopg://postgres@127.0.0.1:5432/test; each test gets its own schema,
@@ -9,13 +10,14 @@ dropped afterwards. Without it the PostgreSQL variants are skipped.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.databases import postgres_schema, schema_url
+from tests.fixtures.upstream import FakeUpstream
 
 pytest_plugins = ["tests.fixtures.services", "tests.fixtures.otlp"]
 
@@ -61,3 +63,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     """A fresh, empty database: a SQLite file, or a new PostgreSQL schema dropped afterwards."""
     with fresh_database(request.param, request.config, tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    """The suite's one fake upstream (tests/fixtures/upstream.py), on port 0."""
+    server = await FakeUpstream().start()
+    try:
+        yield server
+    finally:
+        await server.stop()

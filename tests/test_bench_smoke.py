@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,14 @@ def run(script: str, args: list[str], results: Path, timeout: float = 100) -> di
     return doc
 
 
+def saturation_and_latency(doc: dict[str, object]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The "saturation" and "latency" sections of a bridge benchmark's result, both objects."""
+    saturation, latency = doc["saturation"], doc["latency"]
+    assert isinstance(saturation, dict)
+    assert isinstance(latency, dict)
+    return saturation, latency
+
+
 @pytest.mark.timeout(150)
 def test_propagation(tmp_path: Path) -> None:
     doc = run("propagation.py", ["--subscribers", "2", "--writes", "2"], tmp_path)
@@ -53,9 +62,7 @@ def test_grpc_floor(tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 def test_bridge_overhead(tmp_path: Path) -> None:
     doc = run("bridge_overhead.py", ["--requests", "200"], tmp_path)
-    saturation, latency = doc["saturation"], doc["latency"]
-    assert isinstance(saturation, dict)
-    assert isinstance(latency, dict)
+    saturation, latency = saturation_and_latency(doc)
     assert saturation["json"]["errors"] == 0
     assert {"added_p50_ms", "added_p99_ms", "added_ttfb_p50_ms"} <= set(latency["sse"])
 
@@ -100,9 +107,7 @@ def test_usage_ingest(tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 def test_otel(tmp_path: Path) -> None:
     doc = run("otel.py", ["--requests", "200"], tmp_path)
-    saturation, latency = doc["saturation"], doc["latency"]
-    assert isinstance(saturation, dict)
-    assert isinstance(latency, dict)
+    saturation, latency = saturation_and_latency(doc)
     assert saturation["off"]["errors"] == saturation["on"]["errors"] == 0
     assert {"off_added_p50_ms", "on_added_p50_ms"} <= set(latency["json"])
     receiver = doc["receiver"]
@@ -114,9 +119,7 @@ def test_otel(tmp_path: Path) -> None:
 def test_proxy_path(tmp_path: Path) -> None:
     """bench/proxy_path.py measures the proxy, the bridge alone and direct, without errors."""
     doc = run("proxy_path.py", ["--requests", "200", "--rounds", "5"], tmp_path)
-    saturation, latency = doc["saturation"], doc["latency"]
-    assert isinstance(saturation, dict)
-    assert isinstance(latency, dict)
+    saturation, latency = saturation_and_latency(doc)
     assert saturation["proxy"]["json"]["errors"] == 0
     assert {"added_p50_ms", "hop_p50_ms", "added_ttfb_p50_ms"} <= set(latency["sse"]["proxy"])
 

@@ -71,6 +71,15 @@ def ok_json(result: subprocess.CompletedProcess[str]) -> object:
 def test_provider_lifecycle(proc: Proc) -> None:
     """Create, get, list, update, add/list/remove keys and delete a provider with the CLI; no secret is ever printed."""
     env = {"KEY_A": KEY_A, "KEY_B": KEY_B, "KEY_D": KEY_D}
+    created_shown_and_listed(proc, env)
+    updated(proc)
+    keys_added_listed_and_removed(proc, env)
+    deleted(proc)
+    assert not any(secret in line for line in proc.lines for secret in SECRETS)
+
+
+def created_shown_and_listed(proc: Proc, env: dict[str, str]) -> None:
+    """`providers create` (keys from the environment), then `get` and `list` show it."""
     created = ok_json(
         aibridge(
             proc,
@@ -107,6 +116,9 @@ def test_provider_lifecycle(proc: Proc) -> None:
     assert header.split()[:4] == ["NAME", "TYPE", "STATUS", "KEYS"]
     assert row.split()[:4] == ["team-openai", "openai", "enabled", "2"]
 
+
+def updated(proc: Proc) -> None:
+    """`providers update` disables it and moves its base URL."""
     updated = ok_json(
         aibridge(
             proc,
@@ -123,6 +135,10 @@ def test_provider_lifecycle(proc: Proc) -> None:
     assert updated["status"] == "disabled"
     assert updated["base_url"] == "https://proxy.example.com/v1/"
 
+
+def keys_added_listed_and_removed(proc: Proc, env: dict[str, str]) -> None:
+    """`keys add` (stdin, then the environment), `keys list`, `keys remove` (twice: the second
+    finds no key)."""
     added = aibridge(proc, "providers", "keys", "add", "team-openai", stdin=KEY_C + "\n")
     assert added.returncode == 0, added.stderr
     assert "sk-c...373d" in added.stdout and "3 key(s)" in added.stdout
@@ -153,6 +169,9 @@ def test_provider_lifecycle(proc: Proc) -> None:
     assert missing.returncode == 1
     assert "has no key" in missing.stderr
 
+
+def deleted(proc: Proc) -> None:
+    """`providers delete`: then `get` finds nothing and `list` is empty."""
     deleted = aibridge(proc, "providers", "delete", "team-openai")
     assert deleted.returncode == 0, deleted.stderr
     gone = aibridge(proc, "providers", "get", "team-openai")
@@ -160,7 +179,6 @@ def test_provider_lifecycle(proc: Proc) -> None:
     assert "not found" in gone.stderr
     empty = aibridge(proc, "providers", "list", "--json")
     assert ok_json(empty) == []
-    assert not any(secret in line for line in proc.lines for secret in SECRETS)
 
 
 def test_bedrock_provider_from_env_credentials(proc: Proc) -> None:
@@ -199,9 +217,9 @@ def test_bedrock_provider_from_env_credentials(proc: Proc) -> None:
     assert "static (AKIA...0042)" in shown.stdout
 
 
-def test_concurrent_key_changes_all_survive(proc: Proc) -> None:
-    """60 concurrent `keys add` / `keys remove` processes on 12 providers: every acknowledged change is in the final key sets."""
-    removals: list[tuple[str, str]] = []
+def race_providers(proc: Proc) -> list[tuple[str, str]]:
+    """Providers race-0 .. race-11 with 3 keys each: (provider, key id) of every key."""
+    keys: list[tuple[str, str]] = []
     for p in range(12):
         created = ok_json(
             aibridge(
@@ -216,7 +234,20 @@ def test_concurrent_key_changes_all_survive(proc: Proc) -> None:
             )
         )
         assert isinstance(created, dict)
-        removals += [(f"race-{p}", k["id"]) for k in created["keys"]]
+        keys += [(f"race-{p}", k["id"]) for k in created["keys"]]
+    return keys
+
+
+def key_ids(proc: Proc, name: str) -> set[str]:
+    """The ids of provider `name`'s keys, from `keys list --json`."""
+    listed = ok_json(aibridge(proc, "providers", "keys", "list", name, "--json"))
+    assert isinstance(listed, list)
+    return {k["id"] for k in listed}
+
+
+def test_concurrent_key_changes_all_survive(proc: Proc) -> None:
+    """60 concurrent `keys add` / `keys remove` processes on 12 providers: every acknowledged change is in the final key sets."""
+    removals = race_providers(proc)
     # 3 removes and 2 adds per provider: the pool never needs more than its 5 keys.
     adds = [
         (f"race-{p}", f"sk-race-{p}-new{n}-0123456789abcdef") for p in range(12) for n in range(2)
@@ -234,11 +265,7 @@ def test_concurrent_key_changes_all_survive(proc: Proc) -> None:
         added = [(name, pool.submit(add, name, secret)) for name, secret in adds]
         removed = [(name, pool.submit(remove, name, key_id)) for name, key_id in removals]
         outcomes = [(name, f.result()) for name, f in added + removed]
-    final: dict[str, set[str]] = {}
-    for p in range(12):
-        listed = ok_json(aibridge(proc, "providers", "keys", "list", f"race-{p}", "--json"))
-        assert isinstance(listed, list)
-        final[f"race-{p}"] = {k["id"] for k in listed}
+    final = {f"race-{p}": key_ids(proc, f"race-{p}") for p in range(12)}
     lost_adds = [(n, f.result()[1]) for n, f in added if f.result()[1] not in (None, *final[n])]
     lost_removes = [(n, f.result()[1]) for n, f in removed if f.result()[1] in final[n]]
     assert not lost_adds and not lost_removes, (len(lost_adds), len(lost_removes))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -56,6 +57,14 @@ class Browserless:
         page = await client.get(path)
         assert page.status_code == 200, page.text
         return csrf_of(page.text)
+
+    async def create_provider(
+        self, client: httpx.AsyncClient, fields: dict[str, Any], csrf: str | None = None
+    ) -> httpx.Response:
+        """POST the new-provider form: `fields` and a CSRF token (`csrf`, else one read from
+        /providers/new)."""
+        token = csrf if csrf is not None else await self.csrf(client, "/providers/new")
+        return await client.post("/providers", data={"csrf": token, **fields})
 
 
 MakeConsole = Callable[..., Awaitable[Browserless]]

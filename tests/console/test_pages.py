@@ -37,11 +37,9 @@ async def test_creating_a_provider_shows_every_rulebook_problem_next_to_its_fiel
 ) -> None:
     """A bad create form is answered 400 with each problem beside its field, the key not refilled."""
     client = await console.signed_in(Role.OWNER)
-    csrf = await console.csrf(client, "/providers/new")
-    answer = await client.post(
-        "/providers",
-        data={
-            "csrf": csrf,
+    answer = await console.create_provider(
+        client,
+        {
             "name": "Bad Name",
             "type": "openai-compat",
             "base_url": "ftp://nowhere",
@@ -59,9 +57,8 @@ async def test_the_config_services_field_error_is_shown_beside_that_field(
 ) -> None:
     """A name the config service refuses (taken) comes back next to the name field."""
     client = await console.signed_in(Role.OWNER)
-    csrf = await console.csrf(client, "/providers/new")
-    answer = await client.post(
-        "/providers", data={"csrf": csrf, "name": "openai", "type": "openai", "keys": "sk-x" * 8}
+    answer = await console.create_provider(
+        client, {"name": "openai", "type": "openai", "keys": "sk-x" * 8}
     )
     assert answer.status_code == 409
     assert 'id="name-error"' in answer.text
@@ -75,15 +72,15 @@ async def test_an_owner_creates_edits_disables_rekeys_and_deletes_a_provider(
     stub = pa_grpc.ProviderAdminServiceStub(console.service.channel())
     md = console.service.md_for(Role.OWNER)
     csrf = await console.csrf(client, "/providers/new")
-    made = await client.post(
-        "/providers",
-        data={
-            "csrf": csrf,
+    made = await console.create_provider(
+        client,
+        {
             "name": "team-a",
             "type": "anthropic",
             "display_name": "Team A",
             "keys": ["sk-ant-first-key-0123456789abcdef", "", "sk-ant-second-key-0123456789abcd"],
         },
+        csrf,
     )
     assert made.status_code == 303 and made.headers["location"].startswith("/providers/team-a")
     got = (await stub.GetProvider(pa.GetProviderRequest(id_or_name="team-a"), metadata=md)).provider
@@ -302,16 +299,16 @@ async def test_a_bedrock_provider_takes_credentials_write_only(console: Browserl
     access_key, secret = "AKIACONSOLETEST01234", "console/test/secret/0123456789abcdefghijkl"
     client = await console.signed_in(Role.OWNER)
     csrf = await console.csrf(client, "/providers/new")
-    made = await client.post(
-        "/providers",
-        data={
-            "csrf": csrf,
+    made = await console.create_provider(
+        client,
+        {
             "name": "bedrock-a",
             "type": "bedrock",
             "bedrock.region": "us-east-1",
             "bedrock.access_key": access_key,
             "bedrock.access_key_secret": secret,
         },
+        csrf,
     )
     assert made.status_code == 303, made.text
     page = await client.get("/providers/bedrock-a")

@@ -237,15 +237,15 @@ async def test_control_bytes_and_odd_ids_get_clear_answers_not_crashes(
     assert odd.status_code == 200 and "\x1b" not in odd.text and "printable" in odd.text
     bad_page = await client.get("/usage", params={"page": "\x00not-a-token"})
     assert bad_page.status_code == 400
-    made = await client.post(
-        "/providers",
-        data={
-            "csrf": csrf,
+    made = await console.create_provider(
+        client,
+        {
             "name": "ctl\x00name",
             "type": "openai",
             "display_name": "<script>alert(1)</script>\x1b",
             "keys": "sk-ctl-0123456789abcdef",
         },
+        csrf,
     )
     assert made.status_code == 400
     assert "<script>alert(1)</script>" not in made.text

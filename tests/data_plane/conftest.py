@@ -4,6 +4,8 @@
 - `upstream`: the suite's fake OpenAI/Anthropic upstream (tests/fixtures/upstream.py).
 - `start_bridge`: starts real `Bridge`s following `config_service`; all stopped afterwards.
 - `start_recording_bridge`: the same, each handing its interception records to `records`.
+- `serve` / `serve_recording`: publish version "1" with given providers, start a bridge on it.
+- `both_providers`: an OpenAI and an Anthropic provider on the fake upstream.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from dp_fakes import (
     ConfigServer,
     FakeConfigService,
     ListSink,
+    Serve,
     StartBridge,
+    anthropic_provider,
     daemon_starter,
+    openai_provider,
+    snapshot,
     wait_for_version,
 )
 
+from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures.upstream import FakeUpstream
@@ -31,13 +38,6 @@ from tests.fixtures.upstream import FakeUpstream
 async def config_service() -> AsyncIterator[ConfigServer]:
     server = ConfigServer(FakeConfigService())
     await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    server = await FakeUpstream().start()
     yield server
     await server.stop()
 
@@ -80,3 +80,30 @@ async def start_recording_bridge(
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start
+
+
+def _serving(config_service: ConfigServer, start: StartBridge) -> Serve:
+    async def serve(*providers: pb.Provider, **env: str) -> str:
+        await config_service.service.publish(snapshot("1", list(providers)))
+        return (await start(wait_version="1", **env)).url
+
+    return serve
+
+
+@pytest.fixture
+def serve(config_service: ConfigServer, start_bridge: StartBridge) -> Serve:
+    """Factory: publish version "1" with these providers; a bridge on it (with these settings):
+    its URL."""
+    return _serving(config_service, start_bridge)
+
+
+@pytest.fixture
+def serve_recording(config_service: ConfigServer, start_recording_bridge: StartBridge) -> Serve:
+    """`serve` with a recording bridge (its records in `records`)."""
+    return _serving(config_service, start_recording_bridge)
+
+
+@pytest.fixture
+def both_providers(upstream: FakeUpstream) -> tuple[pb.Provider, pb.Provider]:
+    """Provider `openai` and provider `anthropic`, both on the fake upstream."""
+    return openai_provider(upstream), anthropic_provider(upstream)

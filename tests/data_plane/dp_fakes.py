@@ -150,6 +150,8 @@ class ConfigServer:
 
 
 StartBridge = Callable[..., Awaitable[Bridge]]
+# (*providers, **settings) -> the URL of a bridge serving them (data_plane/conftest.py `serve`)
+Serve = Callable[..., Awaitable[str]]
 
 
 class Daemon(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from dp_fakes import (
     AUDITOR_TOKEN,
     CHAT,
@@ -10,6 +11,7 @@ from dp_fakes import (
     MEMBER_TOKEN,
     OWNER_TOKEN,
     ConfigServer,
+    Serve,
     StartBridge,
     anthropic_provider,
     gateway_tokens,
@@ -24,13 +26,10 @@ from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 from tests.fixtures.waits import eventually
 
 
-async def _start(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, **env: str
-) -> str:
-    await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
-    )
-    return (await start_bridge(wait_version="1", **env)).url
+@pytest.fixture
+async def url(serve: Serve, both_providers: tuple[pb.Provider, pb.Provider]) -> str:
+    """A bridge serving an OpenAI and an Anthropic provider, both on the fake upstream."""
+    return await serve(*both_providers)
 
 
 async def test_readyz_before_and_after_snapshot(
@@ -51,11 +50,8 @@ async def test_readyz_before_and_after_snapshot(
     assert 'aibridged_key_pool_keys{provider="openai",state="valid"} 1.0' in metrics
 
 
-async def test_unknown_provider_and_route_are_404(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> None:
+async def test_unknown_provider_and_route_are_404(url: str, upstream: FakeUpstream) -> None:
     """Unknown providers answer 404 naming the providers there are (to gateway users only); unserved routes the path."""
-    url = await _start(config_service, upstream, start_bridge)
     async with httpx.AsyncClient(base_url=url) as http:
         nope = await http.post(
             "/nope/v1/chat/completions",
@@ -85,10 +81,9 @@ async def test_unknown_provider_and_route_are_404(
 
 
 async def test_unknown_provider_answers_in_the_clients_api_shape(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+    url: str, upstream: FakeUpstream
 ) -> None:
     """An Anthropic client with a base URL missing the provider segment gets Anthropic's 404."""
-    url = await _start(config_service, upstream, start_bridge)
     async with httpx.AsyncClient(base_url=url) as http:
         # Claude Code with ANTHROPIC_BASE_URL=<bridge> (no /anthropic): POST /v1/messages.
         lost = await http.post(
@@ -107,11 +102,8 @@ async def test_unknown_provider_answers_in_the_clients_api_shape(
     assert upstream.seen == []
 
 
-async def test_body_over_32_mib_is_413(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> None:
+async def test_body_over_32_mib_is_413(url: str, upstream: FakeUpstream) -> None:
     """A body over 32 MiB is refused with 413 and never reaches the upstream."""
-    url = await _start(config_service, upstream, start_bridge)
     async with httpx.AsyncClient(base_url=url) as http:
         big = await http.post(
             "/openai/v1/chat/completions",
@@ -133,11 +125,8 @@ async def test_body_over_32_mib_is_413(
     assert upstream.seen == []
 
 
-async def test_client_auth(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> None:
+async def test_client_auth(url: str, upstream: FakeUpstream) -> None:
     """Members get through (Bearer or X-Api-Key); owners, auditors and strangers get 401/403."""
-    url = await _start(config_service, upstream, start_bridge)
     path = "/openai/v1/chat/completions"
     async with httpx.AsyncClient(base_url=url) as http:
         assert (await http.post(path, json=CHAT)).status_code == 401
@@ -202,10 +191,9 @@ async def test_disabled_and_error_providers_answer_503(
 
 
 async def test_provider_removed_while_streaming(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+    config_service: ConfigServer, url: str, upstream: FakeUpstream
 ) -> None:
     """A stream in flight finishes on its table while a new snapshot removes its provider."""
-    url = await _start(config_service, upstream, start_bridge)
     slow = Reply(
         headers={"content-type": "text/event-stream"},
         chunks=[b"data: {}\n\n"] * 5 + [b"data: [DONE]\n\n"],
@@ -230,11 +218,8 @@ async def test_provider_removed_while_streaming(
         await eventually(openai_gone)
 
 
-async def test_client_disconnect_cancels_upstream(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> None:
+async def test_client_disconnect_cancels_upstream(url: str, upstream: FakeUpstream) -> None:
     """A client that goes away mid-stream makes the bridge drop the upstream request."""
-    url = await _start(config_service, upstream, start_bridge)
 
     async def endless(seen: Seen) -> Reply:
         return Reply(

@@ -11,26 +11,17 @@ import pytest
 from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
-    ConfigServer,
-    StartBridge,
-    anthropic_provider,
-    openai_provider,
-    snapshot,
+    Serve,
 )
 
+from aibridge.config.v1.provider_pb2 import Provider
 from tests.fixtures.upstream import FakeUpstream
 
 
 @pytest.fixture
-async def url(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> str:
+async def url(serve: Serve, both_providers: tuple[Provider, Provider]) -> str:
     """A bridge serving an OpenAI and an Anthropic provider, both on the fake upstream."""
-    await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
-    )
-    bridge = await start_bridge(wait_version="1")
-    return bridge.url
+    return await serve(*both_providers)
 
 
 @pytest.fixture

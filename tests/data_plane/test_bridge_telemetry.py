@@ -102,6 +102,16 @@ def _chat(stream: bool = False) -> dict[str, Any]:
     }
 
 
+async def chat(url: str, **headers: str) -> httpx.Response:
+    """A member's chat completion through the bridge at `url`, with these extra headers."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        return await http.post(
+            "/openai/v1/chat/completions",
+            json=_chat(),
+            headers={"authorization": f"Bearer {MEMBER_TOKEN}", **headers},
+        )
+
+
 def _attribute_text(spans: list[ReadableSpan]) -> str:
     return json.dumps([dict(s.attributes or {}) for s in spans] + [s.name for s in spans])
 
@@ -110,12 +120,7 @@ async def test_chat_call_is_one_server_span_with_genai_attributes(
     traced: Traced, upstream: FakeUpstream
 ) -> None:
     """A chat completion yields a SERVER span named for the operation and model, with the semconv attributes, the token counts and the request id the client was answered with."""
-    async with httpx.AsyncClient(base_url=traced.bridge.url) as http:
-        response = await http.post(
-            "/openai/v1/chat/completions",
-            json=_chat(),
-            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-        )
+    response = await chat(traced.bridge.url)
     assert response.status_code == 200
     await eventually(lambda: len(traced.finished()) == 2)
     span = traced.server_span()
@@ -141,12 +146,7 @@ async def test_traceparent_is_continued_and_the_attempt_carries_it_upstream(
     traced: Traced, upstream: FakeUpstream
 ) -> None:
     """The client's traceparent is the call span's parent, and the upstream receives the attempt span's own traceparent in its place."""
-    async with httpx.AsyncClient(base_url=traced.bridge.url) as http:
-        await http.post(
-            "/openai/v1/chat/completions",
-            json=_chat(),
-            headers={"authorization": f"Bearer {MEMBER_TOKEN}", "traceparent": TRACEPARENT},
-        )
+    await chat(traced.bridge.url, traceparent=TRACEPARENT)
     await eventually(lambda: len(traced.finished()) == 2)
     server = traced.server_span()
     (attempt,) = traced.attempts()
@@ -170,12 +170,7 @@ async def test_failover_is_one_attempt_span_per_key(traced: Traced, upstream: Fa
         return upstream.default_reply(seen)
 
     upstream.responder = reply
-    async with httpx.AsyncClient(base_url=traced.bridge.url) as http:
-        response = await http.post(
-            "/openai/v1/chat/completions",
-            json=_chat(),
-            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-        )
+    response = await chat(traced.bridge.url)
     assert response.status_code == 200
     await eventually(lambda: len(traced.finished()) == 3)
     attempts = sorted(traced.attempts(), key=lambda s: s.start_time or 0)
@@ -205,12 +200,7 @@ async def test_anthropic_stream_reads_usage_model_and_stop_reason(
 
 async def test_genai_histograms_use_the_semconv_buckets(traced: Traced) -> None:
     """gen_ai.client.token.usage (per token type) and gen_ai.client.operation.duration are recorded with the conventions' bucket boundaries."""
-    async with httpx.AsyncClient(base_url=traced.bridge.url) as http:
-        await http.post(
-            "/openai/v1/chat/completions",
-            json=_chat(),
-            headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-        )
+    await chat(traced.bridge.url)
     data = traced.metrics.get_metrics_data()
     assert data is not None
     found = {
@@ -268,12 +258,7 @@ async def test_with_telemetry_off_the_clients_traceparent_goes_upstream_untouche
     await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
     bridge = await start_bridge(wait_version="1")
     assert bridge.telemetry is None
-    async with httpx.AsyncClient(base_url=bridge.url) as http:
-        await http.post(
-            "/openai/v1/chat/completions",
-            json=_chat(),
-            headers={"authorization": f"Bearer {MEMBER_TOKEN}", "traceparent": TRACEPARENT},
-        )
+    await chat(bridge.url, traceparent=TRACEPARENT)
     assert upstream.seen[-1].headers["traceparent"] == TRACEPARENT
 
 
@@ -290,12 +275,7 @@ async def test_a_malformed_traceparent_starts_a_new_trace(
     traced: Traced, upstream: FakeUpstream, traceparent: str
 ) -> None:
     """A traceparent that does not parse (or is all zeros, or huge) is ignored: the call is answered and its span starts a trace of its own."""
-    async with httpx.AsyncClient(base_url=traced.bridge.url) as http:
-        response = await http.post(
-            "/openai/v1/chat/completions",
-            json=_chat(),
-            headers={"authorization": f"Bearer {MEMBER_TOKEN}", "traceparent": traceparent},
-        )
+    response = await chat(traced.bridge.url, traceparent=traceparent)
     assert response.status_code == 200
     await eventually(lambda: len(traced.finished()) == 2)
     server = traced.server_span()

@@ -7,17 +7,13 @@ import httpx
 import pytest
 from dp_fakes import (
     MEMBER_TOKEN,
-    ConfigServer,
     ListSink,
-    StartBridge,
-    anthropic_provider,
-    openai_provider,
-    snapshot,
+    Serve,
 )
 
+from aibridge.config.v1.provider_pb2 import Provider
 from aibridge.recording import CLIENT_RE, MAX_CLIENT
 from data_plane.bridge.interception.clients import detect, session_from_metadata
-from tests.fixtures.upstream import FakeUpstream
 
 CLAUDE_CODE_UA = "claude-cli/2.0.14 (external, cli)"
 CODEX_UA = "codex_cli_rs/0.46.0 (Mac OS 15.6.1; arm64) iTerm.app/3.6.1"
@@ -87,13 +83,9 @@ def test_claude_code_session_is_read_from_metadata_user_id(user_id: object, sess
 
 
 @pytest.fixture
-async def url(
-    config_service: ConfigServer, upstream: FakeUpstream, start_recording_bridge: StartBridge
-) -> str:
-    await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
-    )
-    return (await start_recording_bridge(wait_version="1")).url
+async def url(serve_recording: Serve, both_providers: tuple[Provider, Provider]) -> str:
+    """A recording bridge serving an OpenAI and an Anthropic provider on the fake upstream."""
+    return await serve_recording(*both_providers)
 
 
 async def test_anthropic_sdk_is_recorded_as_anthropic_python(url: str, records: ListSink) -> None:

@@ -19,14 +19,11 @@ from dp_fakes import (
     KEY_B,
     MEMBER_TOKEN,
     OWNER_TOKEN,
-    ConfigServer,
     ListSink,
-    StartBridge,
-    anthropic_provider,
+    Serve,
     gateway_tokens,
     openai_provider,
     provider,
-    snapshot,
 )
 
 from aibridge.config.v1 import provider_pb2, usage_pb2
@@ -50,14 +47,10 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 @pytest.fixture
 async def url(
-    config_service: ConfigServer, upstream: FakeUpstream, start_recording_bridge: StartBridge
+    serve_recording: Serve, both_providers: tuple[provider_pb2.Provider, provider_pb2.Provider]
 ) -> str:
     """A recording bridge serving an OpenAI and an Anthropic provider on the fake upstream."""
-    await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
-    )
-    bridge = await start_recording_bridge(wait_version="1")
-    return bridge.url
+    return await serve_recording(*both_providers)
 
 
 async def test_blocking_chat_completion_is_recorded_with_who_what_and_tokens(
@@ -175,14 +168,10 @@ async def test_usage_model_and_tool_calls_are_read_from_each_api_shape(
 
 @pytest.fixture
 async def prompts_url(
-    config_service: ConfigServer, upstream: FakeUpstream, start_recording_bridge: StartBridge
+    serve_recording: Serve, both_providers: tuple[provider_pb2.Provider, provider_pb2.Provider]
 ) -> str:
     """A recording bridge with prompt recording on."""
-    await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
-    )
-    bridge = await start_recording_bridge(wait_version="1", AIBRIDGE_RECORD_PROMPTS="true")
-    return bridge.url
+    return await serve_recording(*both_providers, AIBRIDGE_RECORD_PROMPTS="true")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -267,21 +256,17 @@ async def test_upstream_error_status_is_an_upstream_error(
 
 
 async def test_open_breaker_refusal_is_recorded_as_refused_by_the_breaker(
-    config_service: ConfigServer,
-    upstream: FakeUpstream,
-    start_recording_bridge: StartBridge,
-    records: ListSink,
+    serve_recording: Serve, upstream: FakeUpstream, records: ListSink
 ) -> None:
     """Once the breaker is open, a refused request is recorded as refused by the breaker."""
-    await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
-    bridge = await start_recording_bridge(
-        wait_version="1",
+    bridge_url = await serve_recording(
+        openai_provider(upstream),
         AIBRIDGE_CIRCUIT_BREAKER_ENABLED="true",
         AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD="1",
     )
     upstream.responder = lambda seen: json_reply({"error": {"message": "overloaded"}}, 503)
-    await post(bridge.url)
-    answer = await post(bridge.url)
+    await post(bridge_url)
+    answer = await post(bridge_url)
     assert answer.status_code == 503
     await eventually(lambda: len(records.records) == 2)
     first, second = records.records
@@ -296,20 +281,16 @@ async def test_open_breaker_refusal_is_recorded_as_refused_by_the_breaker(
 
 
 async def test_exhausted_pool_is_recorded_as_refused_by_the_pool(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_recording_bridge: StartBridge,
+    serve_recording: Serve,
     records: ListSink,
 ) -> None:
     """Every key rate limited: the 429 the pool answers is recorded with both attempts."""
-    await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream, keys=[KEY_A, KEY_B])])
-    )
-    bridge = await start_recording_bridge(wait_version="1")
+    bridge_url = await serve_recording(openai_provider(upstream, keys=[KEY_A, KEY_B]))
     upstream.responder = lambda seen: Reply(
         429, json.dumps(KEY_B_REPLY).encode(), {"retry-after": "30"}
     )
-    answer = await post(bridge.url)
+    answer = await post(bridge_url)
     assert answer.status_code == 429
     record = await recorded(records, answer)
     assert (record.outcome, record.status_code, record.attempts) == (
@@ -320,16 +301,12 @@ async def test_exhausted_pool_is_recorded_as_refused_by_the_pool(
 
 
 async def test_failover_records_the_attempts_and_the_key_that_served(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_recording_bridge: StartBridge,
+    serve_recording: Serve,
     records: ListSink,
 ) -> None:
     """A first key refused (401) and a second that serves: two attempts, the second's hint."""
-    await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream, keys=[KEY_A, KEY_B])])
-    )
-    bridge = await start_recording_bridge(wait_version="1")
+    bridge_url = await serve_recording(openai_provider(upstream, keys=[KEY_A, KEY_B]))
 
     def by_key(seen: Seen) -> Reply:
         if seen.headers["authorization"] == f"Bearer {KEY_A}":
@@ -337,13 +314,13 @@ async def test_failover_records_the_attempts_and_the_key_that_served(
         return upstream.default_reply(seen)
 
     upstream.responder = by_key
-    record = await recorded(records, await post(bridge.url))
+    record = await recorded(records, await post(bridge_url))
     assert (record.outcome, record.attempts) == (Outcome.OUTCOME_COMPLETED, 2)
     assert record.credential_hint == mask_secret(KEY_B)
 
 
 async def test_unreachable_upstream_is_a_gateway_error(
-    config_service: ConfigServer, start_recording_bridge: StartBridge, records: ListSink
+    serve_recording: Serve, records: ListSink
 ) -> None:
     """An upstream nobody listens on: the bridge's 502 is recorded as a gateway error."""
     with socket.socket() as closed:
@@ -352,9 +329,8 @@ async def test_unreachable_upstream_is_a_gateway_error(
     gone = provider(
         "openai", provider_pb2.PROVIDER_TYPE_OPENAI, f"http://127.0.0.1:{port}/v1/", [KEY_A]
     )
-    await config_service.service.publish(snapshot("1", [gone]))
-    bridge = await start_recording_bridge(wait_version="1")
-    record = await recorded(records, await post(bridge.url))
+    bridge_url = await serve_recording(gone)
+    record = await recorded(records, await post(bridge_url))
     assert (record.outcome, record.status_code, record.attempts) == (
         Outcome.OUTCOME_GATEWAY_ERROR,
         502,
@@ -363,17 +339,15 @@ async def test_unreachable_upstream_is_a_gateway_error(
 
 
 async def test_refusals_before_the_upstream_are_gateway_errors_of_the_caller(
-    config_service: ConfigServer,
     upstream: FakeUpstream,
-    start_recording_bridge: StartBridge,
+    serve_recording: Serve,
     records: ListSink,
 ) -> None:
     """A disabled provider (503) and an unserved route (404) are recorded for their caller."""
     disabled = openai_provider(upstream, name="off", status=provider_pb2.PROVIDER_STATUS_DISABLED)
-    await config_service.service.publish(snapshot("1", [openai_provider(upstream), disabled]))
-    bridge = await start_recording_bridge(wait_version="1")
-    first = await post(bridge.url, "/off/v1/chat/completions")
-    second = await post(bridge.url, "/openai/v1/nope")
+    bridge_url = await serve_recording(openai_provider(upstream), disabled)
+    first = await post(bridge_url, "/off/v1/chat/completions")
+    second = await post(bridge_url, "/openai/v1/nope")
     await eventually(lambda: len(records.records) == 2)
     assert [
         (r.provider_name, r.route, r.outcome, r.status_code, r.principal_name)

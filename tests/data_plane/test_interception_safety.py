@@ -14,16 +14,13 @@ import pytest
 from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
-    ConfigServer,
     ListSink,
-    StartBridge,
-    anthropic_provider,
-    openai_provider,
-    snapshot,
+    Serve,
 )
 
 from aibridge import recording
 from aibridge.config.v1 import usage_pb2
+from aibridge.config.v1.provider_pb2 import Provider
 from config_service.servicers.usage import record_row
 from data_plane.bridge.interception.record import Capture, RequestIds
 from data_plane.bridge.interception.response import MAX_JSON_BODY, ResponseReader
@@ -35,15 +32,9 @@ SECRETS = (MEMBER_TOKEN, KEY_A, BYOK_KEY)
 
 
 @pytest.fixture
-async def url(
-    config_service: ConfigServer, upstream: FakeUpstream, start_recording_bridge: StartBridge
-) -> str:
+async def url(serve_recording: Serve, both_providers: tuple[Provider, Provider]) -> str:
     """A recording bridge with prompt recording on (the most the records can hold)."""
-    await config_service.service.publish(
-        snapshot("1", [openai_provider(upstream), anthropic_provider(upstream)])
-    )
-    bridge = await start_recording_bridge(wait_version="1", AIBRIDGE_RECORD_PROMPTS="true")
-    return bridge.url
+    return await serve_recording(*both_providers, AIBRIDGE_RECORD_PROMPTS="true")
 
 
 def echo_secrets(seen: Seen) -> Reply:

@@ -10,6 +10,7 @@ from dp_fakes import (
     KEY_B,
     MEMBER_TOKEN,
     ConfigServer,
+    Serve,
     StartBridge,
     anthropic_provider,
     openai_provider,
@@ -17,6 +18,7 @@ from dp_fakes import (
     wait_for_version,
 )
 
+from aibridge.config.v1.provider_pb2 import Provider
 from data_plane.bridge.keypool import KeyPool, retry_after_seconds
 from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 from tests.fixtures.waits import eventually
@@ -71,34 +73,21 @@ def test_exhaustion_outcomes() -> None:
     assert unauthorized.exhausted().status == 502
 
 
-async def _bridge(
-    config_service: ConfigServer,
-    upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    version: str = "1",
-    **env: str,
-) -> str:
-    await config_service.service.publish(
-        snapshot(
-            version,
-            [
-                openai_provider(upstream, keys=[KEY_A, KEY_B]),
-                anthropic_provider(upstream, keys=[KEY_A, KEY_B]),
-            ],
-        )
+def _two_keys(upstream: FakeUpstream) -> tuple[Provider, Provider]:
+    """Provider `openai` and provider `anthropic`, each with keys A and B in its pool."""
+    return (
+        openai_provider(upstream, keys=[KEY_A, KEY_B]),
+        anthropic_provider(upstream, keys=[KEY_A, KEY_B]),
     )
-    return (await start_bridge(wait_version=version, **env)).url
 
 
 def _key_of(seen: Seen) -> str:
     return seen.headers.get("x-api-key") or seen.headers["authorization"].removeprefix("Bearer ")
 
 
-async def test_failover_on_429_and_401(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> None:
+async def test_failover_on_429_and_401(serve: Serve, upstream: FakeUpstream) -> None:
     """A 429 or 401 on the first key moves the request to the next key; the client sees 200."""
-    url = await _bridge(config_service, upstream, start_bridge)
+    url = await serve(*_two_keys(upstream))
 
     def reply(seen: Seen) -> Reply:
         if _key_of(seen) == KEY_A:
@@ -122,11 +111,9 @@ async def test_failover_on_429_and_401(
     assert 'aibridged_key_pool_keys{provider="anthropic",state="unauthorized"} 1.0' in metrics
 
 
-async def test_exhausted_pool_429_then_502(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> None:
+async def test_exhausted_pool_429_then_502(serve: Serve, upstream: FakeUpstream) -> None:
     """Every key rate limited → 429 with Retry-After; every key unauthorized → 502."""
-    url = await _bridge(config_service, upstream, start_bridge)
+    url = await serve(*_two_keys(upstream))
 
     def reply(seen: Seen) -> Reply:
         if seen.path == "/v1/chat/completions":
@@ -147,10 +134,10 @@ async def test_exhausted_pool_429_then_502(
 
 
 async def test_byok_passes_key_through_without_failover(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
+    serve: Serve, upstream: FakeUpstream
 ) -> None:
     """BYOK sends the client's own key untouched, never the gateway token, and never fails over."""
-    url = await _bridge(config_service, upstream, start_bridge)
+    url = await serve(*_two_keys(upstream))
     upstream.responder = lambda seen: Reply(status=429, body=b'{"e":1}')
     headers = {"x-aibridge-token": MEMBER_TOKEN, "authorization": "Bearer sk-my-own"}
     async with httpx.AsyncClient(base_url=url, headers=headers) as http:
@@ -162,11 +149,9 @@ async def test_byok_passes_key_through_without_failover(
     assert "x-aibridge-token" not in upstream.seen[0].headers
 
 
-async def test_byok_refused_when_disabled(
-    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
-) -> None:
+async def test_byok_refused_when_disabled(serve: Serve, upstream: FakeUpstream) -> None:
     """With AIBRIDGE_ALLOW_BYOK=false a BYOK request is refused with 403."""
-    url = await _bridge(config_service, upstream, start_bridge, AIBRIDGE_ALLOW_BYOK="false")
+    url = await serve(*_two_keys(upstream), AIBRIDGE_ALLOW_BYOK="false")
     headers = {"x-aibridge-token": MEMBER_TOKEN, "x-api-key": "sk-ant-mine"}
     async with httpx.AsyncClient(base_url=url, headers=headers) as http:
         response = await http.post("/anthropic/v1/messages", json=CHAT)

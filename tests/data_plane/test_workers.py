@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import h11
@@ -39,15 +38,6 @@ POOL_KEY = "sk-workers-pool-key-000000000000000000"
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 _WORKER_INFO = re.compile(r'_worker_info\{pid="(\d+)",worker="(\d+)"\} 1\.0')
 _VERSION = re.compile(r'_snapshot_version_info\{pid="(\d+)",version="(\d+)"\} 1\.0')
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    server = await FakeUpstream().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def bridge_workers(procs: Procs, target: str, workers: int = 2, **env: str) -> Proc:
@@ -213,6 +203,21 @@ async def ca_and_worker(port: int) -> tuple[bytes, int]:
     return pem, serving_pid(page.decode())
 
 
+async def seeded(procs: Procs, upstream: FakeUpstream, database_url: str) -> tuple[Proc, Admin]:
+    """A config service (subprocess) with provider `openai` on the fake upstream, and its admin
+    client (the caller closes it)."""
+    service = await asyncio.to_thread(procs.config_service, database_url)
+    admin = Admin(service.ready["target"])
+    try:
+        await admin.create_provider(
+            "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
+        )
+    except BaseException:
+        await admin.close()
+        raise
+    return service, admin
+
+
 def test_worker_count_accepts_a_number_or_auto() -> None:
     """AIBRIDGE_WORKERS is a count from 1 up, or `auto` for the cores this process may use."""
     assert worker_count("3") == 3
@@ -226,12 +231,8 @@ async def test_every_bridge_worker_serves_and_follows_the_same_version(
     procs: Procs, upstream: FakeUpstream, database_url: str
 ) -> None:
     """With 2 workers both serve on the one port, each follows as <node>-w<i>, and an admin write reaches both (their /metrics merged)."""
-    service = await asyncio.to_thread(procs.config_service, database_url)
-    admin = Admin(service.ready["target"])
+    service, admin = await seeded(procs, upstream, database_url)
     try:
-        await admin.create_provider(
-            "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
-        )
         member = await admin.create_token("alice")
         bridge = await asyncio.to_thread(bridge_workers, procs, service.ready["target"])
         pids = set(bridge.ready["pids"])
@@ -263,12 +264,8 @@ async def test_a_revoked_token_is_refused_by_every_bridge_worker(
     procs: Procs, upstream: FakeUpstream, database_url: str
 ) -> None:
     """Once both workers ACK the version that revoked a token, no fresh connection (whichever worker takes it) accepts it."""
-    service = await asyncio.to_thread(procs.config_service, database_url)
-    admin = Admin(service.ready["target"])
+    service, admin = await seeded(procs, upstream, database_url)
     try:
-        await admin.create_provider(
-            "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
-        )
         created = await admin.tokens.CreateToken(
             tpb.CreateTokenRequest(principal_name="mallory", role=token_pb2.ROLE_MEMBER),
             metadata=admin.md,
@@ -297,12 +294,8 @@ async def test_a_killed_bridge_worker_is_replaced_and_sigterm_ends_all(
     procs: Procs, upstream: FakeUpstream, database_url: str
 ) -> None:
     """A SIGKILLed worker is replaced (logged) while the port keeps serving; SIGTERM on the parent ends every worker and removes the metrics directory."""
-    service = await asyncio.to_thread(procs.config_service, database_url)
-    admin = Admin(service.ready["target"])
+    service, admin = await seeded(procs, upstream, database_url)
     try:
-        await admin.create_provider(
-            "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
-        )
         member = await admin.create_token("alice")
     finally:
         await admin.close()

@@ -10,6 +10,7 @@ SIGKILL loses at most the records of its last flush interval: measured and print
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import threading
@@ -179,21 +180,29 @@ def run_for(seconds: float) -> None:
     time.sleep(seconds)
 
 
-@pytest.mark.parametrize("outage", [5, pytest.param(60, marks=pytest.mark.slow)])
-def test_every_answer_is_stored_once_after_the_config_service_was_killed(
-    stack: Stack, outage: float
-) -> None:
-    """The config service is SIGKILLed for a while under traffic, then restarted: every answered request is stored exactly once."""
+@contextlib.contextmanager
+def service_killed_under_traffic(stack: Stack, away: float) -> Iterator[tuple[Proc, Traffic]]:
+    """A bridge under traffic whose config service is SIGKILLed, `away` seconds after the kill;
+    the traffic stops when the block ends."""
     bridge = stack.start_bridge()
     traffic = Traffic(bridge_url(bridge), stack.member).start()
     try:
         run_for(1)
         stack.service.kill()
-        run_for(outage)
-        stack.start_service()
-        run_for(1)
+        run_for(away)
+        yield bridge, traffic
     finally:
         traffic.stop()
+
+
+@pytest.mark.parametrize("outage", [5, pytest.param(60, marks=pytest.mark.slow)])
+def test_every_answer_is_stored_once_after_the_config_service_was_killed(
+    stack: Stack, outage: float
+) -> None:
+    """The config service is SIGKILLed for a while under traffic, then restarted: every answered request is stored exactly once."""
+    with service_killed_under_traffic(stack, outage) as (bridge, traffic):
+        stack.start_service()
+        run_for(1)
     answered_during = len(traffic.answered)
     ids = stack.all_stored(traffic.answered)
     assert len(ids) == len(set(ids))
@@ -206,14 +215,8 @@ def test_a_bridge_stopped_while_the_service_is_away_replays_its_spool_after_rest
     stack: Stack, outage: float
 ) -> None:
     """SIGTERM to the bridge while the config service is down spools its queue; restarted after the service is back, it stores every answered request once."""
-    bridge = stack.start_bridge()
-    traffic = Traffic(bridge_url(bridge), stack.member).start()
-    try:
-        run_for(1)
-        stack.service.kill()
-        run_for(outage / 2)
-    finally:
-        traffic.stop()
+    with service_killed_under_traffic(stack, outage / 2) as (bridge, traffic):
+        pass
     bridge.stop()
     assert bridge.popen.returncode == 0
     assert bridge.events(

@@ -12,7 +12,6 @@ import asyncio
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -26,6 +25,7 @@ from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from tests.fixtures.otlp import Receiver, Span
+from tests.fixtures.processes import Proc
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, PROXY_TOKEN, Procs, StartProcess
 from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
@@ -58,28 +58,13 @@ class Stack:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    server = await FakeUpstream().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def stack(
     start_process: StartProcess, procs: Procs, upstream: FakeUpstream, receiver: Receiver
 ) -> Stack:
     grpc_env = otel_env(receiver.grpc_endpoint, "grpc")
-    config = start_process(
-        AIBRIDGE_PROVIDER_0_TYPE="openai",
-        AIBRIDGE_PROVIDER_0_KEY=KEY,
-        AIBRIDGE_PROVIDER_0_BASE_URL=f"http://localhost:{upstream.port}/v1/",
-        **grpc_env,
+    config, secret = await seeded(
+        start_process, f"http://localhost:{upstream.port}/v1/", **grpc_env
     )
-    async with grpc.aio.insecure_channel(config.target) as channel:
-        created = await ta_grpc.TokenAdminServiceStub(channel).CreateToken(
-            ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
-            metadata=ADMIN,
-        )
     bridge = procs.bridge(config.target, "otel-bridge", **grpc_env)
     proxy = procs.proxy(
         config.target,
@@ -98,11 +83,42 @@ async def stack(
     return Stack(
         config.target,
         listen,
-        created.secret,
+        secret,
         upstream,
         ssl.create_default_context(cadata=pem),
         receiver,
     )
+
+
+async def seeded(start_process: StartProcess, base_url: str, **env: str) -> tuple[Proc, str]:
+    """A config service with provider `openai` at `base_url` (and `env`), and a member token."""
+    config = start_process(
+        AIBRIDGE_PROVIDER_0_TYPE="openai",
+        AIBRIDGE_PROVIDER_0_KEY=KEY,
+        AIBRIDGE_PROVIDER_0_BASE_URL=base_url,
+        **env,
+    )
+    async with grpc.aio.insecure_channel(config.target) as channel:
+        created = await ta_grpc.TokenAdminServiceStub(channel).CreateToken(
+            ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
+            metadata=ADMIN,
+        )
+    return config, str(created.secret)
+
+
+async def serves_a_chat(url: str, secret: str) -> None:
+    """Wait until the bridge at `url` answers a chat completion with 200."""
+    async with httpx.AsyncClient(base_url=url) as http:
+
+        async def served() -> bool:
+            response = await http.post(
+                "/openai/v1/chat/completions",
+                json={"model": "gpt-test", "messages": []},
+                headers={"authorization": f"Bearer {secret}"},
+            )
+            return response.status_code == 200
+
+        await eventually(served)
 
 
 def _one(spans: list[Span], **match: object) -> Span | None:
@@ -117,13 +133,12 @@ def _assert_no_secret(spans: list[Span], *secrets: str) -> None:
         assert secret not in text
 
 
-async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> None:
-    """An OpenAI SDK call through the proxy yields one trace: the proxy's request span, the bridge's GenAI span as its child and the upstream attempt below that, with the token counts; and the GenAI histograms are exported."""
-    port = stack.upstream.port
+async def sdk_chat_through_the_proxy(stack: Stack) -> str:
+    """An OpenAI SDK chat completion (the prompt PROMPT) through the proxy: its answer."""
     proxy_url = f"http://dev:{stack.member}@{stack.proxy}"
     async with httpx.AsyncClient(proxy=proxy_url, verify=stack.ca, timeout=10) as http:
         client = openai.AsyncOpenAI(
-            base_url=f"https://localhost:{port}/v1",
+            base_url=f"https://localhost:{stack.upstream.port}/v1",
             api_key=stack.member,
             http_client=http,
             max_retries=0,
@@ -131,33 +146,27 @@ async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> N
         reply = await client.chat.completions.create(
             model="gpt-test", messages=[{"role": "user", "content": PROMPT}]
         )
-    assert reply.choices[0].message.content == "Hello"
-    receiver = stack.receiver
+    return str(reply.choices[0].message.content)
 
-    def trace() -> tuple[Span, Span, Span] | None:
-        spans = receiver.spans()
-        proxied = _one(spans, service="aibridge-proxy", name="POST openai")
-        if proxied is None:
-            return None
-        bridge = _one(spans, service="aibridge-bridge", kind=SERVER, parent_id=proxied.span_id)
-        if bridge is None:
-            return None
-        attempt = _one(spans, service="aibridge-bridge", kind=CLIENT, parent_id=bridge.span_id)
-        return None if attempt is None else (proxied, bridge, attempt)
 
-    await eventually(trace)
-    found = trace()
-    assert found is not None
-    proxied, bridge, attempt = found
-    assert proxied.trace_id == bridge.trace_id == attempt.trace_id
-    # The CONNECT span ends with its session, once the client has closed it.
-    await eventually(lambda: _one(receiver.spans(), service="aibridge-proxy", name="CONNECT"))
-    connect = _one(receiver.spans(), service="aibridge-proxy", name="CONNECT")
-    assert connect is not None and proxied.links == [(connect.trace_id, connect.span_id)]
-    assert proxied.attributes["http.response.status_code"] == 200
-    assert proxied.attributes["aibridge.request_id"] == bridge.attributes["aibridge.request_id"]
-    assert bridge.name == "chat gpt-test"
-    attributes = bridge.attributes
+def proxied_trace(receiver: Receiver) -> tuple[Span, Span, Span] | None:
+    """(the proxy's request span, the bridge's call span below it, the attempt below that),
+    once the receiver has all three."""
+    spans = receiver.spans()
+    proxied = _one(spans, service="aibridge-proxy", name="POST openai")
+    if proxied is None:
+        return None
+    bridge = _one(spans, service="aibridge-bridge", kind=SERVER, parent_id=proxied.span_id)
+    if bridge is None:
+        return None
+    attempt = _one(spans, service="aibridge-bridge", kind=CLIENT, parent_id=bridge.span_id)
+    return None if attempt is None else (proxied, bridge, attempt)
+
+
+def assert_one_pooled_chat(call: Span) -> None:
+    """`call` is the bridge's GenAI span of one pooled, completed chat gpt-test (7 + 2 tokens)."""
+    assert call.name == "chat gpt-test"
+    attributes = call.attributes
     assert attributes["gen_ai.operation.name"] == "chat"
     assert attributes["gen_ai.provider.name"] == "openai"
     assert attributes["gen_ai.request.model"] == "gpt-test"
@@ -168,6 +177,24 @@ async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> N
     assert attributes["aibridge.credential.kind"] == "pooled"
     assert attributes["aibridge.outcome"] == "completed"
     assert attributes["aibridge.attempts"] == 1
+
+
+async def test_sdk_call_through_proxy_and_bridge_is_one_trace(stack: Stack) -> None:
+    """An OpenAI SDK call through the proxy yields one trace: the proxy's request span, the bridge's GenAI span as its child and the upstream attempt below that, with the token counts; and the GenAI histograms are exported."""
+    assert await sdk_chat_through_the_proxy(stack) == "Hello"
+    receiver = stack.receiver
+    await eventually(lambda: proxied_trace(receiver))
+    found = proxied_trace(receiver)
+    assert found is not None
+    proxied, bridge, attempt = found
+    assert proxied.trace_id == bridge.trace_id == attempt.trace_id
+    # The CONNECT span ends with its session, once the client has closed it.
+    await eventually(lambda: _one(receiver.spans(), service="aibridge-proxy", name="CONNECT"))
+    connect = _one(receiver.spans(), service="aibridge-proxy", name="CONNECT")
+    assert connect is not None and proxied.links == [(connect.trace_id, connect.span_id)]
+    assert proxied.attributes["http.response.status_code"] == 200
+    assert proxied.attributes["aibridge.request_id"] == bridge.attributes["aibridge.request_id"]
+    assert_one_pooled_chat(bridge)
     assert attempt.attributes["http.response.status_code"] == 200
     # The upstream saw the attempt's context, in the trace the proxy started.
     assert stack.upstream.seen[-1].headers["traceparent"].split("-")[1:3] == [
@@ -241,30 +268,10 @@ async def test_a_stopped_bridge_flushes_its_last_spans(
     start_process: StartProcess, procs: Procs, upstream: FakeUpstream, receiver: Receiver
 ) -> None:
     """A bridge told to stop (SIGTERM) exports the spans still buffered before it exits, however long its export delay."""
-    config = start_process(
-        AIBRIDGE_PROVIDER_0_TYPE="openai",
-        AIBRIDGE_PROVIDER_0_KEY=KEY,
-        AIBRIDGE_PROVIDER_0_BASE_URL=f"{upstream.url}/v1/",
-    )
-    async with grpc.aio.insecure_channel(config.target) as channel:
-        created = await ta_grpc.TokenAdminServiceStub(channel).CreateToken(
-            ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
-            metadata=ADMIN,
-        )
+    config, secret = await seeded(start_process, f"{upstream.url}/v1/")
     env = {**otel_env(receiver.grpc_endpoint, "grpc"), "OTEL_BSP_SCHEDULE_DELAY": "600000"}
     bridge = procs.bridge(config.target, "flushing-bridge", **env)
-    url = str(bridge.ready["url"])
-    async with httpx.AsyncClient(base_url=url) as http:
-
-        async def served() -> bool:
-            response = await http.post(
-                "/openai/v1/chat/completions",
-                json={"model": "gpt-test", "messages": []},
-                headers={"authorization": f"Bearer {created.secret}"},
-            )
-            return response.status_code == 200
-
-        await eventually(served)
+    await serves_a_chat(str(bridge.ready["url"]), secret)
     assert not [s for s in receiver.spans() if s.service == "aibridge-bridge"]
     await asyncio.to_thread(bridge.stop)  # the receiver answers on this loop meanwhile
     assert bridge.popen.returncode == 0
@@ -275,32 +282,13 @@ async def test_a_bridge_whose_collector_is_away_still_serves_and_stops(
     start_process: StartProcess, procs: Procs, upstream: FakeUpstream
 ) -> None:
     """With the OTLP endpoint unreachable the bridge answers as usual, and a SIGTERM still ends it cleanly (its flush gives up) rather than by SIGKILL."""
-    config = start_process(
-        AIBRIDGE_PROVIDER_0_TYPE="openai",
-        AIBRIDGE_PROVIDER_0_KEY=KEY,
-        AIBRIDGE_PROVIDER_0_BASE_URL=f"{upstream.url}/v1/",
-    )
-    async with grpc.aio.insecure_channel(config.target) as channel:
-        created = await ta_grpc.TokenAdminServiceStub(channel).CreateToken(
-            ta.CreateTokenRequest(principal_name="dev", role=token_pb2.ROLE_MEMBER),
-            metadata=ADMIN,
-        )
+    config, secret = await seeded(start_process, f"{upstream.url}/v1/")
     gone = socket.socket()
     gone.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
     try:
         env = otel_env(f"http://127.0.0.1:{gone.getsockname()[1]}", "grpc")
         bridge = procs.bridge(config.target, "lonely-bridge", **env)
-        async with httpx.AsyncClient(base_url=str(bridge.ready["url"])) as http:
-
-            async def served() -> bool:
-                response = await http.post(
-                    "/openai/v1/chat/completions",
-                    json={"model": "gpt-test", "messages": []},
-                    headers={"authorization": f"Bearer {created.secret}"},
-                )
-                return response.status_code == 200
-
-            await eventually(served)
+        await serves_a_chat(str(bridge.ready["url"]), secret)
         await asyncio.to_thread(bridge.stop)
         assert bridge.popen.returncode == 0
     finally:

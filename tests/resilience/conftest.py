@@ -1,24 +1,15 @@
-"""Fixtures of the resilience tests (real processes: `procs` in tests/fixtures/services.py):
-the suite's fake upstream, and databases (SQLite file; PostgreSQL schema when configured)."""
+"""Fixtures of the resilience tests (real processes: `procs` in tests/fixtures/services.py;
+the fake upstream `upstream` in tests/conftest.py): databases (SQLite file; PostgreSQL schema
+when configured)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.databases import postgres_schema, schema_url
-from tests.fixtures.upstream import FakeUpstream
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    server = await FakeUpstream().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

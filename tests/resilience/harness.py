@@ -182,6 +182,27 @@ class TcpProxy:
 # ------------------------------------------------------------- stream guarantees checker
 
 
+def _provider_problems(p: pb.Provider, scope: int, where: str) -> list[str]:
+    """Problems with one provider of a snapshot of `scope`: name, id, status, key material."""
+    problems = []
+    if not NAME_RE.match(p.name) or not p.id:
+        problems.append(f"{where}: provider {p.name!r} lacks a valid name or id")
+    if p.status == pb.PROVIDER_STATUS_UNSPECIFIED:
+        problems.append(f"{where}: provider {p.name!r} has no status")
+    if p.status == pb.PROVIDER_STATUS_ERROR and not p.status_reason:
+        problems.append(f"{where}: provider {p.name!r} is ERROR without a reason")
+    secrets = [k.secret for k in p.keys if k.secret]
+    bedrock_secret = p.bedrock.access_key_secret if p.HasField("bedrock") else ""
+    if scope != cs.SNAPSHOT_SCOPE_BRIDGE and (secrets or bedrock_secret):
+        problems.append(f"{where}: key material outside the bridge scope in {p.name!r}")
+    if scope == cs.SNAPSHOT_SCOPE_PROXY and (p.keys or (p.bedrock.access_key_hint)):
+        problems.append(f"{where}: the proxy scope carries keys or hints for {p.name!r}")
+    unusable = p.status != pb.PROVIDER_STATUS_ENABLED
+    if scope == cs.SNAPSHOT_SCOPE_BRIDGE and unusable and (secrets or bedrock_secret):
+        problems.append(f"{where}: unusable provider {p.name!r} carries secrets")
+    return problems
+
+
 def check_snapshot(snap: cs.ProviderSnapshot, scope: int) -> list[str]:
     """Problems with one snapshot: whole, sorted, unique, statused, scoped."""
     problems = []
@@ -196,21 +217,7 @@ def check_snapshot(snap: cs.ProviderSnapshot, scope: int) -> list[str]:
     if len(set(names)) != len(names):
         problems.append(f"{where}: duplicate provider names: {names}")
     for p in snap.providers:
-        if not NAME_RE.match(p.name) or not p.id:
-            problems.append(f"{where}: provider {p.name!r} lacks a valid name or id")
-        if p.status == pb.PROVIDER_STATUS_UNSPECIFIED:
-            problems.append(f"{where}: provider {p.name!r} has no status")
-        if p.status == pb.PROVIDER_STATUS_ERROR and not p.status_reason:
-            problems.append(f"{where}: provider {p.name!r} is ERROR without a reason")
-        secrets = [k.secret for k in p.keys if k.secret]
-        bedrock_secret = p.bedrock.access_key_secret if p.HasField("bedrock") else ""
-        if scope != cs.SNAPSHOT_SCOPE_BRIDGE and (secrets or bedrock_secret):
-            problems.append(f"{where}: key material outside the bridge scope in {p.name!r}")
-        if scope == cs.SNAPSHOT_SCOPE_PROXY and (p.keys or (p.bedrock.access_key_hint)):
-            problems.append(f"{where}: the proxy scope carries keys or hints for {p.name!r}")
-        unusable = p.status != pb.PROVIDER_STATUS_ENABLED
-        if scope == cs.SNAPSHOT_SCOPE_BRIDGE and unusable and (secrets or bedrock_secret):
-            problems.append(f"{where}: unusable provider {p.name!r} carries secrets")
+        problems += _provider_problems(p, scope, where)
     if scope == cs.SNAPSHOT_SCOPE_METADATA and snap.gateway_tokens:
         problems.append(f"{where}: gateway tokens in the metadata scope")
     return problems

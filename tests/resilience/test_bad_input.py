@@ -12,7 +12,7 @@ import json
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from posixpath import normpath
@@ -23,9 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from aibridge.config.v1 import provider_pb2 as pb
-from aibridge.rulebook import MAX_KEYS, MAX_NAME_LENGTH
+from aibridge.rulebook import MAX_KEYS, MAX_NAME_LENGTH, ProviderSpec
 from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
@@ -188,40 +189,54 @@ def check_seeded(db: Database, env: dict[str, str], created: tuple[str, ...]) ->
     """The database invariants after a seed: names, uniqueness, key limits, pool order, audit."""
     plan = {p.name: p for p in parse_env(env).providers}
     with db.read() as session:
-        rows = session.execute(select(Provider)).scalars().all()
-        live = [r.name for r in rows if not r.deleted]
-        assert sorted(live) == sorted(created)
-        assert len(set(live)) == len(live)
-        for row in rows:
-            assert NAME_RE.match(row.name) and len(row.name) <= MAX_NAME_LENGTH
-            keys = (
-                session.execute(
-                    select(ProviderKey)
-                    .where(ProviderKey.provider_id == row.id)
-                    .order_by(ProviderKey.created_at, ProviderKey.id)
-                )
-                .scalars()
-                .all()
-            )
-            assert len(keys) <= MAX_KEYS
-            record = load_record(row, list(keys), db.cipher)
-            assert not record.problems, record.problems
-            assert [k.secret for k in record.keys] == list(plan[row.name].keys)
-            for key, stored in zip(plan[row.name].keys, keys, strict=True):
-                if len(key) >= 8:  # encrypted at rest: no plaintext in the row
-                    assert key not in stored.secret
+        _check_provider_rows(db, session, plan, created)
         audit = session.execute(text("SELECT after FROM audit_log")).scalars().all()
         assert len(audit) == len(created)
-        # No key is among the audit log's values, unless the same text is a public value.
-        values: list[tuple[str, str]] = []
-        for entry in audit:
-            _strings(json.loads(entry or "null"), "", values)
-        public = [v for k, v in env.items() if not k.upper().endswith(("KEY", "KEYS"))]
-        public += [v for k, v in values if not any(w in k for w in ("key", "secret", "hint"))]
-        for seed in plan.values():
-            for key in seed.keys:
-                if len(key) >= 8 and not any(key in v for v in public):
-                    assert not any(key in v for _, v in values), key
+        _check_no_key_in_audit(audit, env, plan)
+
+
+def _check_provider_rows(
+    db: Database, session: Session, plan: dict[str, ProviderSpec], created: tuple[str, ...]
+) -> None:
+    """The live providers are `created`, each name valid and unique, each pool within the key
+    limit, decrypting to the seed's keys in order, none in plaintext."""
+    rows = session.execute(select(Provider)).scalars().all()
+    live = [r.name for r in rows if not r.deleted]
+    assert sorted(live) == sorted(created)
+    assert len(set(live)) == len(live)
+    for row in rows:
+        assert NAME_RE.match(row.name) and len(row.name) <= MAX_NAME_LENGTH
+        keys = (
+            session.execute(
+                select(ProviderKey)
+                .where(ProviderKey.provider_id == row.id)
+                .order_by(ProviderKey.created_at, ProviderKey.id)
+            )
+            .scalars()
+            .all()
+        )
+        assert len(keys) <= MAX_KEYS
+        record = load_record(row, list(keys), db.cipher)
+        assert not record.problems, record.problems
+        assert [k.secret for k in record.keys] == list(plan[row.name].keys)
+        for key, stored in zip(plan[row.name].keys, keys, strict=True):
+            if len(key) >= 8:  # encrypted at rest: no plaintext in the row
+                assert key not in stored.secret
+
+
+def _check_no_key_in_audit(
+    audit: Sequence[str | None], env: dict[str, str], plan: dict[str, ProviderSpec]
+) -> None:
+    """No key is among the audit log's values, unless the same text is a public value."""
+    values: list[tuple[str, str]] = []
+    for entry in audit:
+        _strings(json.loads(entry or "null"), "", values)
+    public = [v for k, v in env.items() if not k.upper().endswith(("KEY", "KEYS"))]
+    public += [v for k, v in values if not any(w in k for w in ("key", "secret", "hint"))]
+    for seed in plan.values():
+        for key in seed.keys:
+            if len(key) >= 8 and not any(key in v for v in public):
+                assert not any(key in v for _, v in values), key
 
 
 def _strings(doc: object, field: str, out: list[tuple[str, str]]) -> None:

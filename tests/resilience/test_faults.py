@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -148,6 +149,29 @@ def assert_only_forward(bridge: Proc, final: int) -> list[int]:
     return seen
 
 
+async def end_run(traffic: Traffic | None, *closing: Callable[[], Awaitable[object]]) -> None:
+    """Stop the traffic (if it started), then each of `closing`, in order."""
+    if traffic is not None:
+        await traffic.stop()
+    for close in closing:
+        await close()
+
+
+def assert_served(traffic: Traffic | None) -> None:
+    """The traffic ran and no request of it failed."""
+    assert traffic is not None and not traffic.failures, traffic and traffic.failures[:5]
+
+
+async def assert_ended_forward(
+    bridge: Proc, final: int, database_url: str, traffic: Traffic | None
+) -> list[int]:
+    """`final` is the database's revision, the traffic served, and the bridge only moved
+    forward to `final`: the versions it applied."""
+    assert final == await asyncio.to_thread(database_revision, database_url)
+    assert_served(traffic)
+    return assert_only_forward(bridge, final)
+
+
 async def test_config_service_killed_under_traffic(
     procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -197,13 +221,9 @@ async def test_config_service_killed_under_traffic(
         await bridge_rec.wait_for(str(final))
         await proxy_rec.wait_for(str(final))
     finally:
-        if traffic is not None:
-            await traffic.stop()
-        await bridge_rec.stop()
-        await proxy_rec.stop()
-        await admin.close()
+        await end_run(traffic, bridge_rec.stop, proxy_rec.stop, admin.close)
     assert second.popen.poll() is None
-    assert traffic is not None and not traffic.failures, traffic and traffic.failures[:5]
+    assert_served(traffic)
     assert back < 1.5, f"subscribers took {back:.2f}s to resubscribe after the restart"
     assert caught_up < 2.0, f"bridge on the new version {caught_up:.2f}s after the restart"
     bridge_rec.check(final)
@@ -426,16 +446,9 @@ async def test_replica_dies_subscriber_resumes_on_the_other(
         final = await last_write(admin_b, bridge, "b")
         await recorder.wait_for(str(final))
     finally:
-        if traffic is not None:
-            await traffic.stop()
-        await recorder.stop()
-        await admin_a.close()
-        await admin_b.close()
-        await front.close()
-    assert final == await asyncio.to_thread(database_revision, pg_url)
-    assert traffic is not None and not traffic.failures, traffic and traffic.failures[:5]
+        await end_run(traffic, recorder.stop, admin_a.close, admin_b.close, front.close)
+    seen = await assert_ended_forward(bridge, final, pg_url, traffic)
     recorder.check(final)
-    seen = assert_only_forward(bridge, final)
     # Resumed with known_version: the version it already had was not sent again.
     assert seen.count(version) == 1
     resumed = [r for r in bridge.events("following the config service")]
@@ -508,15 +521,8 @@ async def test_bridge_moved_to_a_replica_cut_off_from_the_database_never_goes_ba
         await eventually(lambda: on_version(bridge, caught_up), within=10)
         final = await last_write(admin_b, bridge)
     finally:
-        if traffic is not None:
-            await traffic.stop()
-        await admin_a.close()
-        await admin_b.close()
-        await front.close()
-        await db_proxy.close()
-    assert final == await asyncio.to_thread(database_revision, direct)
-    assert traffic is not None and not traffic.failures, traffic and traffic.failures[:5]
-    seen = assert_only_forward(bridge, final)
+        await end_run(traffic, admin_a.close, admin_b.close, front.close, db_proxy.close)
+    seen = await assert_ended_forward(bridge, final, direct, traffic)
     assert stale not in seen[seen.index(version) :], seen
 
 
