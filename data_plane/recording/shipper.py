@@ -61,9 +61,9 @@ from google.protobuf.message import DecodeError
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.logs import get_logger
 from aibridge.recording import MAX_BATCH
-from data_plane.bridge.interception import Record
 from data_plane.errors import SpoolBusy, SpoolError
 from data_plane.recording.metrics import RecordingMetrics
+from data_plane.recording.record import Record
 from data_plane.recording.spool import SUFFIX, Spool
 from data_plane.subscriber import SubscriberConfig, bearer, make_channel
 

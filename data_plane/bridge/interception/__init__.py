@@ -10,17 +10,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from data_plane.recording.record import Record
 
-class Record(Protocol):
-    """A finished interception record: a `usage_pb2.Interception`, or the bridge's
-    `record.Capture` of a request that is over (serialized only when asked)."""
-
-    @property
-    def id(self) -> str: ...
-
-    def SerializeToString(self) -> bytes:  # usage_pb2.Interception's name
-        """The record on the wire (a serialized `usage_pb2.Interception`)."""
-        ...
+__all__ = ["Record", "RecordSink"]
 
 
 class RecordSink(Protocol):
