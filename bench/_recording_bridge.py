@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aibridge.collector import tune_collector
 from aibridge.logs import get_logger
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import SETTINGS, BridgeSettings
@@ -61,6 +62,7 @@ async def serve(settings: BridgeSettings, recording: bool) -> None:
         settings = dataclasses.replace(settings, recording_on=False)
     bridge = Bridge(settings, sink=sink if recording else None)
     await bridge.start()
+    tune_collector()  # as `aibridge bridge` does
     await stopping.wait()
     await bridge.stop()
     sink.drain()

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import cpu_seconds, parser, percentile, rss_mb, table, write_result
 
-from config_service.server import GC_YOUNG_THRESHOLD, GRPC_OPTIONS, MAX_CONCURRENT_RPCS
+from aibridge.collector import YOUNG_THRESHOLD
+from config_service.server import GRPC_OPTIONS, MAX_CONCURRENT_RPCS
 
 METHOD = "/bench.Floor/Watch"
 
@@ -59,10 +60,10 @@ def server_main(payload_size: int, ports: Any, control: Any, results: Any, tuned
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        if tuned:  # as `aibridge config-service` does (config_service.server.tune_collector)
+        if tuned:  # as `aibridge config-service` does (aibridge.collector.tune_collector)
             gc.collect()
             gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+            gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         ports.put(port)
         while (command := await loop.run_in_executor(None, control.get)) != "stop":
             if command == "opened":

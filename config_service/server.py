@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from aibridge.collector import tune_collector
 from aibridge.config.v1 import config_service_pb2
 from aibridge.logs import get_logger
 from aibridge.ports import ListenError, check_free
@@ -478,29 +478,6 @@ async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
         running.metrics_server, running.metrics_port = metrics.serve(*settings.metrics_listen)
     _log_ready(running, tls=credentials is not None)
     return running
-
-
-# The collector's first generation runs once GC_YOUNG_THRESHOLD more container objects
-# are alive than at its last run (Python's default: 700). A change to N streams holds a
-# few objects per stream in flight at once (futures, loop handles, grpc operations) that
-# reference counting frees a moment later; at the default a change to 10,000 streams ran
-# the collector dozens of times over those live objects, 10-20 % of the fan-out's CPU
-# (at 50,000 still about one 20-60 ms collection per change). Above the in-flight peak of
-# 10,000 streams, a change runs none; cyclic garbage is still collected, in larger rounds.
-GC_YOUNG_THRESHOLD = 200_000
-
-
-def tune_collector() -> None:
-    """Freeze what start-up made, collect the young generation less often.
-
-    Called once the service is up: modules, descriptors, the settings and the first
-    snapshot are moved out of the collector's reach (gc.freeze), so a full collection
-    scans only what was made while serving. Process-wide, so only the process entry
-    point calls it, never the in-process `start` that tests use."""
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def serve(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import httpx
 import uvicorn
 
+from aibridge.collector import tune_collector
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
 from aibridge.ports import bind_tcp
@@ -230,6 +231,7 @@ async def serve(settings: BridgeSettings, worker: Worker | None = None) -> None:
     """Run aibridged (or one worker of it) until SIGINT/SIGTERM."""
     bridge = Bridge(settings, handle_signals=True, worker=worker)
     await bridge.start()
+    tune_collector()
     try:
         await bridge.wait()
     finally:

@@ -13,6 +13,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from aibridge.collector import tune_collector
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.logs import get_logger
 from aibridge.ports import bind_tcp
@@ -163,6 +164,7 @@ async def serve(settings: ProxySettings, worker: Worker | None = None) -> None:
     """Run aibridgeproxyd (or one worker of it) until SIGINT/SIGTERM."""
     proxy = Proxy(settings, worker=worker)
     await proxy.start()
+    tune_collector()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
