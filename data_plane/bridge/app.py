@@ -157,6 +157,16 @@ class _Caller:
     own_key: bool  # the client brings its own upstream credential (BYOK)
 
 
+@dataclass(slots=True)
+class _Route:
+    """Where a call goes: its provider, the path under it, how it is handled."""
+
+    provider: Provider
+    path: str
+    intercepted: bool  # an intercepted route (else passthrough)
+    mode: str  # the credential mode (`_mode`)
+
+
 def _unusable(provider: Provider) -> tuple[str, str] | None:
     """Why a provider of the table cannot serve (message, code), or None when it can."""
     if provider.status == provider_pb2.PROVIDER_STATUS_DISABLED:
@@ -345,6 +355,21 @@ class BridgeApp:
         if not isinstance(caller, _Caller):
             return await self._error(send, family, *caller)
         capture.principal = caller.principal
+        mode = self._credential(provider, caller, creds, capture)
+        if mode is None:
+            return await self._error(send, family, 401, _no_credential(provider), "no_credential")
+        if mode == "bedrock" and not intercepted:
+            return await self._error(
+                send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
+            )
+        route = _Route(provider, sub, intercepted, mode)
+        await self._forward(scope, receive, send, route, caller, creds, capture, trace)
+
+    def _credential(
+        self, provider: Provider, caller: _Caller, creds: _Credentials, capture: Capture
+    ) -> str | None:
+        """The call's credential mode (None: the caller has none this provider takes),
+        noted in the capture with the masked hint of a client's own key."""
         mode = self._mode(provider, caller.own_key)
         if mode == "byok":
             own = creds.own_key
@@ -353,32 +378,41 @@ class BridgeApp:
             capture.credential_hint = line(hint, MAX_HINT)  # the client's bytes, any of them
         elif mode is not None:
             capture.credential_kind = usage_pb2.CREDENTIAL_KIND_POOLED
-        if mode is None:
-            return await self._error(send, family, 401, _no_credential(provider), "no_credential")
-        if mode == "bedrock" and not intercepted:
-            return await self._error(
-                send, family, 404, f"route not supported: {method} {path}", "route_not_supported"
-            )
+        return mode
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: _Route,
+        caller: _Caller,
+        creds: _Credentials,
+        capture: Capture,
+        trace: CallSpan | None,
+    ) -> None:
+        """Read the body (within the bodies' budget) and forward the call upstream."""
         hold = Hold(self.body_budget)  # given back once the call is over
         try:
+            family = route.provider.family
             body = await self._receive_body(receive, send, family, creds.content_length, hold)
             if body is None:
                 return None
             drop = self._drop if caller.own_key else self._drop_pooled
             call = Call(
-                provider=provider,
-                path=sub,
+                provider=route.provider,
+                path=route.path,
                 query=scope.get("query_string", b""),
-                intercepted=intercepted,
-                mode=mode,
-                method=method,
+                intercepted=route.intercepted,
+                mode=route.mode,
+                method=scope["method"],
                 headers=[(k, v) for k, v in scope["headers"] if k not in drop],
                 body=body,
                 request_id=capture.id,
                 principal_id=caller.principal.principal_id,
                 capture=capture,
             )
-            if intercepted:
+            if route.intercepted:
                 self._inspect(call)
             call.trace = trace
             await self._guarded(call, scope, send)

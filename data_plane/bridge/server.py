@@ -102,24 +102,9 @@ class Bridge:
             if sink is None and settings.recording_on
             else None
         )
-        dumper = Dumper(settings.dump_dir) if settings.dump_dir else None
         # `telemetry`: providers a test built; else as the OTEL_* settings say (None: off).
         self.telemetry = telemetry or start_telemetry(settings.telemetry, settings.node_id)
-        tracing = None
-        if self.telemetry is not None:
-            from data_plane.bridge.tracing import BridgeTelemetry  # only when it is on
-
-            tracing = BridgeTelemetry(self.telemetry)
-        self.app = BridgeApp(
-            telemetry=tracing,
-            http=self.http,
-            upstream=self.upstream,
-            metrics=self.metrics,
-            dumper=dumper,
-            body_budget=BodyBudget(settings.body_buffer_bytes, settings.body_timeout),
-            sink=sink if self.shipper is None else self.shipper,
-            record_prompts=settings.record_prompts,
-        )
+        self.app = self._app(sink if self.shipper is None else self.shipper)
         self.context = BuildContext(
             allow_byok=settings.allow_byok,
             breaker=settings.breaker,
@@ -131,10 +116,36 @@ class Bridge:
             on_breaker_change=self.metrics.on_breaker_change,
         )
         self.guard = ConnectionGuard(settings.limits, self.metrics.connections_closed)
-        config = uvicorn.Config(
+        self.server = _Server(self._server_config())
+        self._handle_signals = handle_signals
+        self.port = settings.listen_port
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _app(self, sink: RecordSink | None) -> BridgeApp:
+        """The ASGI app, with its tracing when telemetry is on."""
+        settings = self.settings
+        tracing = None
+        if self.telemetry is not None:
+            from data_plane.bridge.tracing import BridgeTelemetry  # only when it is on
+
+            tracing = BridgeTelemetry(self.telemetry)
+        return BridgeApp(
+            telemetry=tracing,
+            http=self.http,
+            upstream=self.upstream,
+            metrics=self.metrics,
+            dumper=Dumper(settings.dump_dir) if settings.dump_dir else None,
+            body_budget=BodyBudget(settings.body_buffer_bytes, settings.body_timeout),
+            sink=sink,
+            record_prompts=settings.record_prompts,
+        )
+
+    def _server_config(self) -> uvicorn.Config:
+        """uvicorn serving the app through the bridge's own guarded protocol."""
+        return uvicorn.Config(
             self.app,
-            host=settings.listen_host,
-            port=settings.listen_port,
+            host=self.settings.listen_host,
+            port=self.settings.listen_port,
             http=self.guard.protocol(),
             ws="none",
             lifespan="off",
@@ -143,10 +154,6 @@ class Bridge:
             server_header=False,
             timeout_graceful_shutdown=10,
         )
-        self.server = _Server(config)
-        self._handle_signals = handle_signals
-        self.port = settings.listen_port
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def apply(self, snapshot: cs.ProviderSnapshot) -> list[cs.ProviderError]:
         """Build the snapshot's routing table and swap it in (one assignment)."""
