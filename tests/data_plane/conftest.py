@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -42,25 +42,34 @@ async def config_service() -> AsyncIterator[ConfigServer]:
     await server.stop()
 
 
-def _settings(
-    config_service: ConfigServer, tmp_path: Path, index: int, env: dict[str, str]
-) -> BridgeSettings:
-    environ = {
+BridgeSettingsFor = Callable[[int, dict[str, str]], BridgeSettings]
+
+
+@pytest.fixture
+def bridge_settings(config_service: ConfigServer, tmp_path: Path) -> BridgeSettingsFor:
+    """Settings of the index-th test bridge on the fake config service, `env` on top."""
+
+    def settings(index: int, env: dict[str, str]) -> BridgeSettings:
+        return BridgeSettings.from_env(_environ(config_service, tmp_path, index) | env)
+
+    return settings
+
+
+def _environ(config_service: ConfigServer, tmp_path: Path, index: int) -> dict[str, str]:
+    return {
         "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
         "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
         "AIBRIDGE_CONFIG_SERVICE": config_service.target,
         "AIBRIDGE_NODE_ID": f"test-bridge-{index}",
         # Where a bridge spools records the fake config service cannot take.
         "AIBRIDGE_DATA_DIR": str(tmp_path / f"bridge-{index}-data"),
-        **env,
     }
-    return BridgeSettings.from_env(environ)
 
 
 @pytest.fixture
-async def start_bridge(config_service: ConfigServer, tmp_path: Path) -> AsyncIterator[StartBridge]:
+async def start_bridge(bridge_settings: BridgeSettingsFor) -> AsyncIterator[StartBridge]:
     def build(index: int, env: dict[str, str]) -> Bridge:
-        return Bridge(_settings(config_service, tmp_path, index, env))
+        return Bridge(bridge_settings(index, env))
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start
@@ -73,10 +82,10 @@ def records() -> ListSink:
 
 @pytest.fixture
 async def start_recording_bridge(
-    config_service: ConfigServer, records: ListSink, tmp_path: Path
+    bridge_settings: BridgeSettingsFor, records: ListSink
 ) -> AsyncIterator[StartBridge]:
     def build(index: int, env: dict[str, str]) -> Bridge:
-        return Bridge(_settings(config_service, tmp_path, index, env), sink=records)
+        return Bridge(bridge_settings(index, env), sink=records)
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start

@@ -3,7 +3,7 @@ invoked as served model, usage from the translated answer, blocking and streamed
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -22,7 +22,6 @@ from bedrock_testkit import (
     stream_ok,
 )
 from dp_fakes import (
-    BRIDGE_TOKEN,
     MEMBER_TOKEN,
     ConfigServer,
     ListSink,
@@ -50,13 +49,11 @@ REQUEST = {
 
 
 @pytest.fixture
-def fake() -> FakeBedrock:
-    return FakeBedrock()
-
-
-@pytest.fixture
 async def url(
-    config_service: ConfigServer, fake: FakeBedrock, records: ListSink
+    config_service: ConfigServer,
+    fake: FakeBedrock,
+    records: ListSink,
+    bridge_settings: Callable[[int, dict[str, str]], BridgeSettings],
 ) -> AsyncIterator[str]:
     """A recording bridge whose Bedrock provider reaches the fake Bedrock Runtime."""
     aws = httpx.AsyncClient(transport=fake.transport())
@@ -65,15 +62,7 @@ async def url(
         return BedrockUpstream(BedrockClient(static_config(), aws))
 
     def build(index: int, env: dict[str, str]) -> Bridge:
-        settings = BridgeSettings.from_env(
-            {
-                "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
-                "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-                "AIBRIDGE_CONFIG_SERVICE": config_service.target,
-                **env,
-            }
-        )
-        return Bridge(settings, bedrock_factory=factory, sink=records)
+        return Bridge(bridge_settings(index, env), bedrock_factory=factory, sink=records)
 
     bedrock = provider(
         "bedrock", pb.PROVIDER_TYPE_BEDROCK, ENDPOINT, bedrock=pb.BedrockSettings(region=REGION)
