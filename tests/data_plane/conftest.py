@@ -29,9 +29,10 @@ from dp_fakes import (
 )
 
 from aibridge.config.v1 import provider_pb2 as pb
+from data_plane import dump
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
-from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.upstream import FakeUpstream, Reply
 
 
 @pytest.fixture
@@ -73,6 +74,13 @@ async def start_bridge(bridge_settings: BridgeSettingsFor) -> AsyncIterator[Star
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start
+
+
+@pytest.fixture
+def oversized_reply(upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dump cap lowered to 5000 bytes, and the upstream answering 30000 bytes of "y"."""
+    monkeypatch.setattr(dump, "MAX_DUMP_BODY", 5000)
+    upstream.responder = lambda seen: Reply(chunks=[b"y" * 3000] * 10)
 
 
 @pytest.fixture

@@ -18,13 +18,14 @@ from dp_fakes import (
     MEMBER_TOKEN,
     ConfigServer,
     StartBridge,
+    dumped_body,
+    first_dumped_response,
     snapshot,
 )
 from proxy_fakes import Echo, StartProxy, StartStack, providers, raw_connect, trust
 
-from data_plane import dump
 from data_plane.proxy.server import Proxy
-from tests.fixtures.upstream import FakeUpstream, Reply
+from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
 from tests.test_file_modes import mode
 
@@ -172,17 +173,15 @@ async def test_connection_cap_with_every_connection_busy_answers_503(
         tunnel.close()
 
 
+@pytest.mark.usefixtures("oversized_reply")
 async def test_proxy_dump_keeps_only_the_dump_cap(
     config_service: ConfigServer,
     upstream: FakeUpstream,
     start_bridge: StartBridge,
     start_proxy: StartProxy,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A provider response larger than the dump cap reaches the client whole; the proxy's dump keeps the cap (0600)."""
-    monkeypatch.setattr(dump, "MAX_DUMP_BODY", 5000)
-    upstream.responder = lambda seen: Reply(chunks=[b"y" * 3000] * 10)
     await config_service.service.publish(snapshot("1", providers(upstream)))
     bridge = await start_bridge(wait_version="1")
     dumps = tmp_path / "dumps"
@@ -195,8 +194,6 @@ async def test_proxy_dump_keeps_only_the_dump_cap(
             json={"model": "m", "messages": []},
         )
     assert len(reply.content) == 30_000
-    found: list[Path] = []
-    await eventually(lambda: found.extend(dumps.rglob("*.resp.txt")) or found, within=5)
-    body = found[0].read_bytes().split(b"\r\n\r\n", 1)[1]
-    assert body == b"y" * 5000 + b"\n[... 25000 more bytes not dumped]\n"
-    assert mode(found[0]) == 0o600
+    dumped = await first_dumped_response(dumps, within=5)
+    assert dumped_body(dumped) == b"y" * 5000 + b"\n[... 25000 more bytes not dumped]\n"
+    assert mode(dumped) == 0o600
