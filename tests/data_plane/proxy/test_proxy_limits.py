@@ -44,12 +44,9 @@ def sample(proxy: Proxy, name: str, **labels: str) -> float:
     return value or 0.0
 
 
-async def test_oversized_request_head_gets_431(
-    config_service: ConfigServer, start_proxy: StartProxy
-) -> None:
+async def test_oversized_request_head_gets_431(start_bare_proxy: StartProxy) -> None:
     """A request head over AIBRIDGE_PROXY_MAX_HEADER_BYTES is answered 431 and the connection closed."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(wait_version="1", AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096")
+    proxy = await start_bare_proxy(AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096")
     reader, writer = await dial(proxy)
     writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 8192 + b"\r\n\r\n")
     answer = await closed_by_proxy(reader)
@@ -75,12 +72,9 @@ async def test_oversized_head_inside_intercepted_tls_gets_431(
     assert upstream.seen == []
 
 
-async def test_request_head_trickled_too_slowly_is_dropped(
-    config_service: ConfigServer, start_proxy: StartProxy
-) -> None:
+async def test_request_head_trickled_too_slowly_is_dropped(start_bare_proxy: StartProxy) -> None:
     """A client sending its head byte by byte (slowloris) is dropped at the header deadline."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(wait_version="1", AIBRIDGE_PROXY_HEADER_TIMEOUT="300ms")
+    proxy = await start_bare_proxy(AIBRIDGE_PROXY_HEADER_TIMEOUT="300ms")
     reader, writer = await dial(proxy)
 
     async def trickle() -> None:
@@ -101,11 +95,10 @@ async def test_request_head_trickled_too_slowly_is_dropped(
 
 
 async def test_silent_connections_are_dropped_before_and_between_requests(
-    config_service: ConfigServer, start_proxy: StartProxy
+    start_bare_proxy: StartProxy,
 ) -> None:
     """A connection that sends nothing, or nothing after a request, is closed after the idle timeout."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(wait_version="1", AIBRIDGE_PROXY_IDLE_TIMEOUT="300ms")
+    proxy = await start_bare_proxy(AIBRIDGE_PROXY_IDLE_TIMEOUT="300ms")
     fresh_reader, fresh = await dial(proxy)
     used_reader, used = await dial(proxy)
     used.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -135,11 +128,10 @@ async def test_tunnel_nothing_went_through_is_closed(
 
 
 async def test_connection_cap_evicts_the_longest_waiting_connection(
-    config_service: ConfigServer, start_proxy: StartProxy
+    start_bare_proxy: StartProxy,
 ) -> None:
     """At the cap a new client is served and the connection waiting longest for a request is closed."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(wait_version="1", AIBRIDGE_PROXY_MAX_CONNECTIONS="3")
+    proxy = await start_bare_proxy(AIBRIDGE_PROXY_MAX_CONNECTIONS="3")
     idle = [await dial(proxy) for _ in range(3)]
     await eventually(lambda: sample(proxy, "client_connections") == 3)
     async with httpx.AsyncClient(base_url=f"http://{proxy.listen}", timeout=5) as http:
