@@ -218,6 +218,16 @@ def dumped_body(dump_file: Path) -> bytes:
     return dump_file.read_bytes().split(b"\r\n\r\n", 1)[1]
 
 
+class ManualClock:
+    """A monotonic clock that moves only when a test sets `now` (no sleeping for time to pass)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class ListSink:
     """A record sink that keeps every interception record it is given, in order."""
 
