@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from dp_fakes import (
     BRIDGE_TOKEN,
+    BridgeSettingsFor,
     ConfigServer,
     FakeConfigService,
     ListSink,
@@ -41,9 +42,6 @@ async def config_service() -> AsyncIterator[ConfigServer]:
     await server.start()
     yield server
     await server.stop()
-
-
-BridgeSettingsFor = Callable[[int, dict[str, str]], BridgeSettings]
 
 
 @pytest.fixture

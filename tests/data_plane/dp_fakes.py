@@ -20,6 +20,7 @@ from aibridge.config.v1 import token_pb2, usage_pb2
 from aibridge.masking import sha256_hex
 from data_plane.bridge.interception import Record
 from data_plane.bridge.server import Bridge
+from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
 
@@ -216,6 +217,10 @@ async def first_dumped_response(folder: Path, within: float) -> Path:
 
 def dumped_body(dump_file: Path) -> bytes:
     return dump_file.read_bytes().split(b"\r\n\r\n", 1)[1]
+
+
+# The `bridge_settings` fixture: settings of the index-th test bridge, `env` on top.
+BridgeSettingsFor = Callable[[int, dict[str, str]], BridgeSettings]
 
 
 class ManualClock:

@@ -3,7 +3,7 @@ invoked as served model, usage from the translated answer, blocking and streamed
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,6 +23,7 @@ from bedrock_testkit import (
 )
 from dp_fakes import (
     MEMBER_TOKEN,
+    BridgeSettingsFor,
     ConfigServer,
     ListSink,
     StartBridge,
@@ -38,7 +39,6 @@ from aibridge.masking import mask_secret
 from data_plane.bedrock import BedrockClient
 from data_plane.bridge.bedrock_adapter import BedrockUpstream
 from data_plane.bridge.server import Bridge
-from data_plane.bridge.settings import BridgeSettings
 from data_plane.bridge.upstream import AnthropicUpstream
 
 REQUEST = {
@@ -53,7 +53,7 @@ async def url(
     config_service: ConfigServer,
     fake: FakeBedrock,
     records: ListSink,
-    bridge_settings: Callable[[int, dict[str, str]], BridgeSettings],
+    bridge_settings: BridgeSettingsFor,
 ) -> AsyncIterator[str]:
     """A recording bridge whose Bedrock provider reaches the fake Bedrock Runtime."""
     aws = httpx.AsyncClient(transport=fake.transport())
