@@ -73,13 +73,8 @@ async def test_reflection_lists_the_services(service: Service, version: str) -> 
     names = await list_services(
         service.channel(), f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
     )
-    assert {
-        "aibridge.config.v1.ConfigService",
-        "aibridge.config.v1.ProviderAdminService",
-        "aibridge.config.v1.TokenAdminService",
-        "aibridge.config.v1.UsageService",
-        "grpc.health.v1.Health",
-    } <= names
+    ours = ["ConfigService", "ProviderAdminService", "TokenAdminService", "UsageService"]
+    assert {f"aibridge.config.v1.{name}" for name in ours} | {"grpc.health.v1.Health"} <= names
 
 
 async def test_reflection_describes_the_snapshot_message(service: Service) -> None:

@@ -51,6 +51,13 @@ def owner(service: Service) -> tuple[tuple[str, str], ...]:
     return service.md_for(Role.OWNER)
 
 
+def with_aws_keys(region: str, **extra: str) -> pb.BedrockSettingsInput:
+    """Bedrock settings in `region` with the test's AWS access key pair."""
+    return pb.BedrockSettingsInput(
+        region=region, access_key=AWS_KEY, access_key_secret=AWS_SECRET, **extra
+    )
+
+
 def mask(*paths: str) -> FieldMask:
     return FieldMask(paths=list(paths))
 
@@ -167,14 +174,7 @@ async def test_list_includes_disabled_sorted_by_name(service: Service) -> None:
 
 async def test_bedrock_defaults_and_write_only_credentials(service: Service) -> None:
     """A Bedrock provider gets default models and a regional base URL; its credentials are never echoed."""
-    created = await create(
-        service,
-        name="aws",
-        type=BEDROCK,
-        bedrock=pb.BedrockSettingsInput(
-            region="eu-west-1", access_key=AWS_KEY, access_key_secret=AWS_SECRET
-        ),
-    )
+    created = await create(service, name="aws", type=BEDROCK, bedrock=with_aws_keys("eu-west-1"))
     assert created.base_url == "https://bedrock-runtime.eu-west-1.amazonaws.com"
     assert created.bedrock.model == "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
     assert created.bedrock.small_fast_model == "global.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -623,53 +623,24 @@ async def test_key_operations_refuse_clearly(service: Service) -> None:
     api, md = stub(service), owner(service)
     full = await create(service, name="full-pool", keys=[K1, K2, K3, K4, K5])
     await create(service, name="copilot", type=COPILOT)
+
+    def add(name: str, secret: str) -> Any:
+        return api.AddProviderKey(
+            pb.AddProviderKeyRequest(id_or_name=name, secret=secret), metadata=md
+        )
+
+    def delete(key_id: str, etag: str = "") -> Any:
+        request = pb.DeleteProviderKeyRequest(id_or_name="full-pool", key_id=key_id, etag=etag)
+        return api.DeleteProviderKey(request, metadata=md)
+
+    code = grpc.StatusCode
     cases: list[tuple[Any, grpc.StatusCode, str]] = [
-        (
-            api.AddProviderKey(
-                pb.AddProviderKeyRequest(id_or_name="full-pool", secret=K6), metadata=md
-            ),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "already has 5 keys",
-        ),
-        (
-            api.DeleteProviderKey(
-                pb.DeleteProviderKeyRequest(id_or_name="full-pool", key_id=str(uuid.uuid4())),
-                metadata=md,
-            ),
-            grpc.StatusCode.NOT_FOUND,
-            "has no key",
-        ),
-        (
-            api.DeleteProviderKey(
-                pb.DeleteProviderKeyRequest(id_or_name="full-pool", key_id=K1), metadata=md
-            ),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "key_id: must be a key id",
-        ),
-        (
-            api.DeleteProviderKey(
-                pb.DeleteProviderKeyRequest(
-                    id_or_name="full-pool", key_id=full.keys[0].id, etag="stale"
-                ),
-                metadata=md,
-            ),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "etag: ",
-        ),
-        (
-            api.AddProviderKey(
-                pb.AddProviderKeyRequest(id_or_name="copilot", secret=K6), metadata=md
-            ),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "takes no API keys",
-        ),
-        (
-            api.AddProviderKey(
-                pb.AddProviderKeyRequest(id_or_name="copilot", secret=""), metadata=md
-            ),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "secret: is empty",
-        ),
+        (add("full-pool", K6), code.FAILED_PRECONDITION, "already has 5 keys"),
+        (delete(str(uuid.uuid4())), code.NOT_FOUND, "has no key"),
+        (delete(K1), code.INVALID_ARGUMENT, "key_id: must be a key id"),
+        (delete(full.keys[0].id, etag="stale"), code.FAILED_PRECONDITION, "etag: "),
+        (add("copilot", K6), code.INVALID_ARGUMENT, "takes no API keys"),
+        (add("copilot", ""), code.INVALID_ARGUMENT, "secret: is empty"),
     ]
     for call, code, text in cases:
         err = await rpc_error(call)
@@ -708,14 +679,8 @@ async def test_update_scalar_fields(service: Service) -> None:
 
 async def test_update_bedrock_field_keeps_the_rest(service: Service) -> None:
     """Updating bedrock.region keeps the credentials and models, and a derived base URL follows the region."""
-    await create(
-        service,
-        name="aws",
-        type=BEDROCK,
-        bedrock=pb.BedrockSettingsInput(
-            region="us-east-1", model="m-big", access_key=AWS_KEY, access_key_secret=AWS_SECRET
-        ),
-    )
+    bedrock = with_aws_keys("us-east-1", model="m-big")
+    await create(service, name="aws", type=BEDROCK, bedrock=bedrock)
     updated = await update(
         service, "aws", ["bedrock.region"], bedrock=pb.BedrockSettingsInput(region="eu-central-1")
     )
@@ -847,15 +812,10 @@ async def test_no_plaintext_in_responses_audit_logs_or_errors(service: Service) 
     with capture_logs() as logs:
         created = await create(service, name="leak", keys=[K1, K2])
         seen.append(created.SerializeToString())
-        aws = await create(
-            service,
-            name="aws",
-            type=BEDROCK,
-            bedrock=pb.BedrockSettingsInput(
-                region="us-east-1", access_key=AWS_KEY, access_key_secret=AWS_SECRET
-            ),
+        bedrock = await create(
+            service, name="aws", type=BEDROCK, bedrock=with_aws_keys("us-east-1")
         )
-        seen.append(aws.SerializeToString())
+        seen.append(bedrock.SerializeToString())
         updated = await update(service, "leak", ["keys"], keys=[key(secret=K3), key(secret=K4)])
         seen.append(updated.SerializeToString())
         for role in (Role.OWNER, Role.AUDITOR, Role.BRIDGE, Role.PROXY):

@@ -95,12 +95,26 @@ class Watcher:
         self.channel.close()
 
 
+def replicas(start_process: StartProcess, *ids: str, **env: str) -> list[Proc]:
+    """One config service process per replica id, each with `env`."""
+    return [start_process(AIBRIDGE_REPLICA_ID=i, **env) for i in ids]
+
+
+# A resync only every minute: a change reaches another replica by NOTIFY, not by resync.
+NOTIFY_ONLY = {"AIBRIDGE_RESYNC_INTERVAL": "60s"}
+
+
+def last_provider_names(watcher: Watcher) -> set[str]:
+    """The provider names of the last snapshot the watcher saw."""
+    assert watcher.last is not None
+    return {p.name for p in watcher.last.providers}
+
+
 def test_write_on_one_replica_reaches_subscribers_of_the_other(
     postgres_only: str, start_process: StartProcess
 ) -> None:
     """A provider created through replica A is on a stream of replica B, with the version both report."""
-    a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
-    b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    a, b = replicas(start_process, "replica-a", "replica-b", **NOTIFY_ONLY)
     watcher = Watcher(b)
     try:
         watcher.until(version_of(b))
@@ -109,8 +123,7 @@ def test_write_on_one_replica_reaches_subscribers_of_the_other(
         new_version = version_of(a)
         watcher.until(new_version, timeout=2)
         assert time.monotonic() - started < 2
-        assert watcher.last is not None
-        assert "made-on-a" in {p.name for p in watcher.last.providers}
+        assert "made-on-a" in last_provider_names(watcher)
         assert version_of(b) == new_version
     finally:
         watcher.close()
@@ -120,10 +133,9 @@ def test_replica_resyncs_after_losing_its_database_connection(
     postgres_only: str, start_process: StartProcess
 ) -> None:
     """Killing replica B's listener connection loses no change: B re-listens and resyncs."""
-    a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
     # A name of this test's own: other runs on the same server have their replica-b too.
     replica_b = f"replica-b-{secrets.token_hex(4)}"
-    b = start_process(AIBRIDGE_REPLICA_ID=replica_b, AIBRIDGE_RESYNC_INTERVAL="60s")
+    a, b = replicas(start_process, "replica-a", replica_b, **NOTIFY_ONLY)
     watcher = Watcher(b)
     admin = create_engine(postgres_only.split("?")[0], isolation_level="AUTOCOMMIT")
     try:
@@ -144,8 +156,7 @@ def test_replica_resyncs_after_losing_its_database_connection(
         seen = watcher.until(final, timeout=5)
         assert [int(v) for v in seen] == sorted(int(v) for v in seen)
         assert version_of(b) == final
-        assert watcher.last is not None
-        assert "while-b-was-deaf" in {p.name for p in watcher.last.providers}
+        assert "while-b-was-deaf" in last_provider_names(watcher)
     finally:
         watcher.close()
         admin.dispose()
@@ -155,8 +166,7 @@ def test_revocation_on_one_replica_ends_the_tokens_streams_on_the_other(
     postgres_only: str, start_process: StartProcess
 ) -> None:
     """A bridge token revoked through replica A ends its open stream on replica B with UNAUTHENTICATED, before any further snapshot."""
-    a = start_process(AIBRIDGE_REPLICA_ID="replica-a", AIBRIDGE_RESYNC_INTERVAL="60s")
-    b = start_process(AIBRIDGE_REPLICA_ID="replica-b", AIBRIDGE_RESYNC_INTERVAL="60s")
+    a, b = replicas(start_process, "replica-a", "replica-b", **NOTIFY_ONLY)
     before = version_of(a)
     # Bridge-role tokens are minted on the database itself (CreateToken refuses them).
     db = Database(make_engine(postgres_only), Cipher(()))
@@ -192,8 +202,7 @@ def test_a_subscriber_can_resume_on_another_replica(
     postgres_only: str, start_process: StartProcess
 ) -> None:
     """Both replicas serve the same version for the same state, so known_version carries over."""
-    a = start_process(AIBRIDGE_REPLICA_ID="replica-a")
-    b = start_process(AIBRIDGE_REPLICA_ID="replica-b")
+    a, b = replicas(start_process, "replica-a", "replica-b")
     current = version_of(a)
     assert version_of(b) == current
     with grpc.insecure_channel(b.target) as channel:
@@ -219,8 +228,7 @@ def test_list_subscribers_shows_the_whole_cluster(
     postgres_only: str, start_process: StartProcess
 ) -> None:
     """A stream held by replica B, with its acknowledged version, is listed by replica A too."""
-    a = start_process(AIBRIDGE_REPLICA_ID="replica-a")
-    b = start_process(AIBRIDGE_REPLICA_ID="replica-b")
+    a, b = replicas(start_process, "replica-a", "replica-b")
     watcher = Watcher(b)
     try:
         version = version_of(b)

@@ -27,6 +27,10 @@ SK = "aws-secret-LEAKCHECK-8888kkkk"
 _SECRET_SUFFIXES = ("KEY", "KEYS", "SECRET", "SECRETS", "KYE")
 
 P = "AIBRIDGE_PROVIDER_"
+_LEGACY_BEDROCK_CREDENTIALS = {
+    "AIBRIDGE_BEDROCK_ACCESS_KEY": AK,
+    "AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET": SK,
+}
 
 
 def _secret_values(env: dict[str, str]) -> list[str]:
@@ -58,116 +62,41 @@ def _plan(env: dict[str, str]) -> SeedPlan:
     return plan
 
 
+def _idx(**fields: str) -> dict[str, str]:
+    """Indexed provider 0's variables, by field name."""
+    return {f"{P}0_{field}": value for field, value in fields.items()}
+
+
 def _only(env: dict[str, str]) -> ProviderSpec:
     (provider,) = _plan(env).providers
     return provider
 
 
+# One case a line, so the table reads as a table.
+# fmt: off
 ERROR_CASES = [
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}2_TYPE": "anthropic"},
-        ["AIBRIDGE_PROVIDER_1_*", "contiguous"],
-        id="skipped-index",
-    ),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}2_TYPE": "anthropic"}, ["AIBRIDGE_PROVIDER_1_*", "contiguous"], id="skipped-index"),
     pytest.param({f"{P}X_TYPE": "openai"}, [f"{P}X_TYPE", "whole number"], id="non-numeric"),
     pytest.param({f"{P}-1_TYPE": "openai"}, [f"{P}-1_TYPE", "whole number"], id="negative"),
     pytest.param({f"{P}01_TYPE": "openai"}, [f"{P}01_TYPE", "leading zeros"], id="leading-zero"),
-    pytest.param(
-        {f"{P}0_KEY": K1}, [f"{P}0_TYPE: type is required: one of openai"], id="missing-type"
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "gemini"},
-        [f"{P}0_TYPE: type must be one of openai, anthropic, bedrock", "copilot"],
-        id="unknown-type",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_NAME": "My_OpenAI"},
-        [f"{P}0_NAME: name must match ^[a-z0-9]+(-[a-z0-9]+)*$"],
-        id="invalid-name",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_NAME": "x", f"{P}1_TYPE": "anthropic", f"{P}1_NAME": "x"},
-        [f"{P}1_*", "duplicate NAME 'x'", f"{P}0_*"],
-        id="duplicate-name",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}1_TYPE": "openai"},
-        [f"{P}1_*", "duplicate NAME 'openai'", f"{P}1_NAME"],
-        id="duplicate-default-name",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_KEY": K1, f"{P}0_KEYS": K2},
-        ["set only one of", f"{P}0_KEY ", f"{P}0_KEYS"],
-        id="key-and-keys",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_KEYS": ",".join(f"{K1}{i}" for i in range(6))},
-        [f"{P}0_KEYS: keys at most 5 keys per provider, got 6"],
-        id="too-many-keys",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_KEYS": f"{K1},,{K2}"},
-        [f"{P}0_KEYS: keys[1] is empty"],
-        id="empty-key",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_KEYS": f"{K1},{K2}, {K1}"},
-        [f"{P}0_KEYS: keys[2] duplicate key (same as keys[0])"],
-        id="duplicate-key",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_BEDROCK_REGION": "us-east-1"},
-        [f"{P}0_BEDROCK_*: bedrock Bedrock settings", "anthropic and bedrock, not openai"],
-        id="bedrock-on-openai",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "anthropic", f"{P}0_KEY": K1, f"{P}0_BEDROCK_REGION": "us-east-1"},
-        [f"{P}0_KEY: keys a Bedrock-backed provider takes no API keys"],
-        id="key-with-bedrock",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "bedrock", f"{P}0_KEY": K1},
-        [f"{P}0_KEY: keys type bedrock takes no API keys", "AWS credentials"],
-        id="key-on-bedrock",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "copilot", f"{P}0_KEYS": K1},
-        [f"{P}0_KEYS: keys type copilot takes no API keys", "each user's own token"],
-        id="key-on-copilot",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "bedrock"},
-        [f"{P}0_BEDROCK_REGION: bedrock.region is required for a Bedrock provider"],
-        id="bedrock-without-fields",
-    ),
-    pytest.param(
-        {
-            f"{P}0_TYPE": "bedrock",
-            f"{P}0_BEDROCK_REGION": "us-east-1",
-            f"{P}0_BEDROCK_ACCESS_KEY": AK,
-        },
-        [f"{P}0_BEDROCK_ACCESS_KEY_SECRET: bedrock.access_key_secret is required with"],
-        id="access-key-without-secret",
-    ),
-    pytest.param(
-        {
-            f"{P}0_TYPE": "bedrock",
-            f"{P}0_BEDROCK_REGION": "us-east-1",
-            f"{P}0_BEDROCK_ACCESS_KEY_SECRET": SK,
-        },
-        [f"{P}0_BEDROCK_ACCESS_KEY: bedrock.access_key is required with"],
-        id="secret-without-access-key",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": "api.openai.com/v1"},
-        [f"{P}0_BASE_URL: base_url must be an absolute http(s) URL"],
-        id="relative-base-url",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": "ftp://example.com/"},
-        [f"{P}0_BASE_URL: base_url must be an absolute http(s) URL"],
-        id="non-http-base-url",
-    ),
+    pytest.param({f"{P}0_KEY": K1}, [f"{P}0_TYPE: type is required: one of openai"], id="missing-type"),
+    pytest.param({f"{P}0_TYPE": "gemini"}, [f"{P}0_TYPE: type must be one of openai, anthropic, bedrock", "copilot"], id="unknown-type"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_NAME": "My_OpenAI"}, [f"{P}0_NAME: name must match ^[a-z0-9]+(-[a-z0-9]+)*$"], id="invalid-name"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_NAME": "x", f"{P}1_TYPE": "anthropic", f"{P}1_NAME": "x"}, [f"{P}1_*", "duplicate NAME 'x'", f"{P}0_*"], id="duplicate-name"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}1_TYPE": "openai"}, [f"{P}1_*", "duplicate NAME 'openai'", f"{P}1_NAME"], id="duplicate-default-name"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_KEY": K1, f"{P}0_KEYS": K2}, ["set only one of", f"{P}0_KEY ", f"{P}0_KEYS"], id="key-and-keys"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_KEYS": ",".join(f"{K1}{i}" for i in range(6))}, [f"{P}0_KEYS: keys at most 5 keys per provider, got 6"], id="too-many-keys"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_KEYS": f"{K1},,{K2}"}, [f"{P}0_KEYS: keys[1] is empty"], id="empty-key"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_KEYS": f"{K1},{K2}, {K1}"}, [f"{P}0_KEYS: keys[2] duplicate key (same as keys[0])"], id="duplicate-key"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_BEDROCK_REGION": "us-east-1"}, [f"{P}0_BEDROCK_*: bedrock Bedrock settings", "anthropic and bedrock, not openai"], id="bedrock-on-openai"),
+    pytest.param({f"{P}0_TYPE": "anthropic", f"{P}0_KEY": K1, f"{P}0_BEDROCK_REGION": "us-east-1"}, [f"{P}0_KEY: keys a Bedrock-backed provider takes no API keys"], id="key-with-bedrock"),
+    pytest.param({f"{P}0_TYPE": "bedrock", f"{P}0_KEY": K1}, [f"{P}0_KEY: keys type bedrock takes no API keys", "AWS credentials"], id="key-on-bedrock"),
+    pytest.param({f"{P}0_TYPE": "copilot", f"{P}0_KEYS": K1}, [f"{P}0_KEYS: keys type copilot takes no API keys", "each user's own token"], id="key-on-copilot"),
+    pytest.param({f"{P}0_TYPE": "bedrock"}, [f"{P}0_BEDROCK_REGION: bedrock.region is required for a Bedrock provider"], id="bedrock-without-fields"),
+    pytest.param(_idx(TYPE="bedrock", BEDROCK_REGION="us-east-1", BEDROCK_ACCESS_KEY=AK), [f"{P}0_BEDROCK_ACCESS_KEY_SECRET: bedrock.access_key_secret is required with"], id="access-key-without-secret"),
+    pytest.param(_idx(TYPE="bedrock", BEDROCK_REGION="us-east-1", BEDROCK_ACCESS_KEY_SECRET=SK), [f"{P}0_BEDROCK_ACCESS_KEY: bedrock.access_key is required with"], id="secret-without-access-key"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": "api.openai.com/v1"}, [f"{P}0_BASE_URL: base_url must be an absolute http(s) URL"], id="relative-base-url"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": "ftp://example.com/"}, [f"{P}0_BASE_URL: base_url must be an absolute http(s) URL"], id="non-http-base-url"),
     *(
         pytest.param(
             {f"{P}0_TYPE": "openai", f"{P}0_BASE_URL": url},
@@ -176,98 +105,21 @@ ERROR_CASES = [
         )
         for i, url in enumerate(["http://[::1", "https://h:99999/", "https:///v1", "http://a b/"])
     ),
-    pytest.param(
-        {"AIBRIDGE_OPENAI_KEY": K1, f"{P}0_TYPE": "openai"},
-        [f"{P}0_*", "'openai' conflicts with the legacy env var AIBRIDGE_OPENAI_KEY", "remove one"],
-        id="conflicts-with-legacy-openai",
-    ),
-    pytest.param(
-        {"AIBRIDGE_BEDROCK_REGION": "eu-west-1", f"{P}0_TYPE": "anthropic", f"{P}0_KEY": K1},
-        ["'anthropic' conflicts with the legacy env var AIBRIDGE_BEDROCK_*"],
-        id="conflicts-with-legacy-bedrock",
-    ),
-    pytest.param(
-        {"AIBRIDGE_ANTHROPIC_KEY": K1, "AIBRIDGE_BEDROCK_REGION": "us-east-1"},
-        ["AIBRIDGE_ANTHROPIC_KEY and AIBRIDGE_BEDROCK_*", "mutually exclusive"],
-        id="legacy-anthropic-and-bedrock-region",
-    ),
-    pytest.param(
-        {
-            "AIBRIDGE_ANTHROPIC_KEY": K1,
-            "AIBRIDGE_BEDROCK_ACCESS_KEY": AK,
-            "AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET": SK,
-        },
-        ["mutually exclusive", "AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET"],
-        id="legacy-anthropic-and-bedrock-credentials",
-    ),
-    pytest.param(
-        {"AIBRIDGE_BEDROCK_REGION": "us-east-1", "AIBRIDGE_BEDROCK_ACCESS_KEY": AK},
-        ["AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET: bedrock.access_key_secret is required with"],
-        id="legacy-bedrock-half-credentials",
-    ),
-    pytest.param(
-        {"AIBRIDGE_OPENAI_KEY": K1, "AIBRIDGE_OPENAI_BASE_URL": "not a url"},
-        ["AIBRIDGE_OPENAI_BASE_URL: base_url must be an absolute http(s) URL"],
-        id="legacy-bad-base-url",
-    ),
-    pytest.param(
-        {"AIBRIDGE_ANTHROPIC_KEY": f"{K1},{K1}"},
-        ["AIBRIDGE_ANTHROPIC_KEY: keys[1] duplicate key (same as keys[0])"],
-        id="legacy-duplicate-key",
-    ),
-    pytest.param(
-        {"AIBRIDGE_OPENAI_KEY": K1, "CODER_AI_GATEWAY_PROVIDER_0_TYPE": "anthropic"},
-        ["cannot mix", "AIBRIDGE_*", "CODER_AI_GATEWAY_*", "consolidate onto one prefix"],
-        id="mixed-prefixes-legacy-and-indexed",
-    ),
-    pytest.param(
-        {"CODER_AIBRIDGE_PROVIDER_0_TYPE": "openai", "CODER_AI_GATEWAY_PROVIDER_1_TYPE": "x"},
-        ["cannot mix", "CODER_AI_GATEWAY_*", "CODER_AIBRIDGE_*"],
-        id="mixed-coder-prefixes",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "openai", f"{P}0_type": "anthropic"},
-        [f"{P}0_TYPE and {P}0_type", "case-insensitively"],
-        id="same-field-twice",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "bedrock", f"{P}0_BEDROCK_BASE_URL": "https://bedrock.corp.example/"},
-        [f"{P}0_BEDROCK_REGION: bedrock.region is required", "signed"],
-        id="bedrock-base-url-without-region",
-    ),
-    pytest.param(
-        {f"{P}0_TYPE": "bedrock", f"{P}0_BEDROCK_REGION": "Virginia"},
-        [f"{P}0_BEDROCK_REGION: bedrock.region is not an AWS region"],
-        id="bad-region",
-    ),
-    pytest.param(
-        {
-            f"{P}0_TYPE": "bedrock",
-            f"{P}0_BEDROCK_REGION": "us-east-1",
-            f"{P}0_BEDROCK_ROLE_ARN": "x",
-        },
-        [f"{P}0_BEDROCK_ROLE_ARN: bedrock.role_arn must be an IAM role ARN"],
-        id="bad-role-arn",
-    ),
-    pytest.param(
-        {
-            f"{P}0_TYPE": "bedrock",
-            f"{P}0_BEDROCK_REGION": "us-east-1",
-            f"{P}0_BASE_URL": "https://example.com/",
-        },
-        [f"{P}0_BASE_URL is not used by a Bedrock provider", f"{P}0_BEDROCK_BASE_URL"],
-        id="base-url-on-bedrock",
-    ),
-    pytest.param(
-        {
-            f"{P}0_TYPE": "bedrock",
-            f"{P}0_BEDROCK_REGION": "us-east-1",
-            f"{P}0_BEDROCK_ACCESS_KEYS": f"{AK},{AK}2",
-            f"{P}0_BEDROCK_ACCESS_KEY_SECRETS": f"{SK},{SK}2",
-        },
-        ["only one Bedrock access key pair"],
-        id="several-bedrock-key-pairs",
-    ),
+    pytest.param({"AIBRIDGE_OPENAI_KEY": K1, f"{P}0_TYPE": "openai"}, [f"{P}0_*", "'openai' conflicts with the legacy env var AIBRIDGE_OPENAI_KEY", "remove one"], id="conflicts-with-legacy-openai"),
+    pytest.param({"AIBRIDGE_BEDROCK_REGION": "eu-west-1", f"{P}0_TYPE": "anthropic", f"{P}0_KEY": K1}, ["'anthropic' conflicts with the legacy env var AIBRIDGE_BEDROCK_*"], id="conflicts-with-legacy-bedrock"),
+    pytest.param({"AIBRIDGE_ANTHROPIC_KEY": K1, "AIBRIDGE_BEDROCK_REGION": "us-east-1"}, ["AIBRIDGE_ANTHROPIC_KEY and AIBRIDGE_BEDROCK_*", "mutually exclusive"], id="legacy-anthropic-and-bedrock-region"),
+    pytest.param({"AIBRIDGE_ANTHROPIC_KEY": K1} | _LEGACY_BEDROCK_CREDENTIALS, ["mutually exclusive", "AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET"], id="legacy-anthropic-and-bedrock-credentials"),
+    pytest.param({"AIBRIDGE_BEDROCK_REGION": "us-east-1", "AIBRIDGE_BEDROCK_ACCESS_KEY": AK}, ["AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET: bedrock.access_key_secret is required with"], id="legacy-bedrock-half-credentials"),
+    pytest.param({"AIBRIDGE_OPENAI_KEY": K1, "AIBRIDGE_OPENAI_BASE_URL": "not a url"}, ["AIBRIDGE_OPENAI_BASE_URL: base_url must be an absolute http(s) URL"], id="legacy-bad-base-url"),
+    pytest.param({"AIBRIDGE_ANTHROPIC_KEY": f"{K1},{K1}"}, ["AIBRIDGE_ANTHROPIC_KEY: keys[1] duplicate key (same as keys[0])"], id="legacy-duplicate-key"),
+    pytest.param({"AIBRIDGE_OPENAI_KEY": K1, "CODER_AI_GATEWAY_PROVIDER_0_TYPE": "anthropic"}, ["cannot mix", "AIBRIDGE_*", "CODER_AI_GATEWAY_*", "consolidate onto one prefix"], id="mixed-prefixes-legacy-and-indexed"),
+    pytest.param({"CODER_AIBRIDGE_PROVIDER_0_TYPE": "openai", "CODER_AI_GATEWAY_PROVIDER_1_TYPE": "x"}, ["cannot mix", "CODER_AI_GATEWAY_*", "CODER_AIBRIDGE_*"], id="mixed-coder-prefixes"),
+    pytest.param({f"{P}0_TYPE": "openai", f"{P}0_type": "anthropic"}, [f"{P}0_TYPE and {P}0_type", "case-insensitively"], id="same-field-twice"),
+    pytest.param({f"{P}0_TYPE": "bedrock", f"{P}0_BEDROCK_BASE_URL": "https://bedrock.corp.example/"}, [f"{P}0_BEDROCK_REGION: bedrock.region is required", "signed"], id="bedrock-base-url-without-region"),
+    pytest.param({f"{P}0_TYPE": "bedrock", f"{P}0_BEDROCK_REGION": "Virginia"}, [f"{P}0_BEDROCK_REGION: bedrock.region is not an AWS region"], id="bad-region"),
+    pytest.param(_idx(TYPE="bedrock", BEDROCK_REGION="us-east-1", BEDROCK_ROLE_ARN="x"), [f"{P}0_BEDROCK_ROLE_ARN: bedrock.role_arn must be an IAM role ARN"], id="bad-role-arn"),
+    pytest.param(_idx(TYPE="bedrock", BEDROCK_REGION="us-east-1", BASE_URL="https://example.com/"), [f"{P}0_BASE_URL is not used by a Bedrock provider", f"{P}0_BEDROCK_BASE_URL"], id="base-url-on-bedrock"),
+    pytest.param(_idx(TYPE="bedrock", BEDROCK_REGION="us-east-1", BEDROCK_ACCESS_KEYS=f"{AK},{AK}2", BEDROCK_ACCESS_KEY_SECRETS=f"{SK},{SK}2"), ["only one Bedrock access key pair"], id="several-bedrock-key-pairs"),
     *(
         pytest.param(
             {f"{P}0_TYPE": ptype, f"{P}0_KEY": K1},
@@ -277,6 +129,7 @@ ERROR_CASES = [
         for ptype in ("azure", "google", "openai-compat", "openrouter", "vercel")
     ),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("env", "fragments"), ERROR_CASES)
@@ -366,12 +219,7 @@ def test_bedrock_model_defaults_alone_do_not_make_bedrock() -> None:
 
 def test_legacy_bedrock_seeds_anthropic_named_bedrock_provider() -> None:
     """Legacy Bedrock region and credentials seed a bedrock provider named anthropic."""
-    env = {
-        "AIBRIDGE_BEDROCK_REGION": "eu-west-1",
-        "AIBRIDGE_BEDROCK_ACCESS_KEY": AK,
-        "AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET": SK,
-    }
-    provider = _only(env)
+    provider = _only({"AIBRIDGE_BEDROCK_REGION": "eu-west-1"} | _LEGACY_BEDROCK_CREDENTIALS)
     assert (provider.name, provider.type, provider.keys) == ("anthropic", "bedrock", ())
     assert provider.base_url == "https://bedrock-runtime.eu-west-1.amazonaws.com"
     assert provider.bedrock is not None
@@ -405,13 +253,8 @@ def test_indexed_defaults() -> None:
 
 def test_indexed_keys_are_trimmed_and_kept_in_order() -> None:
     """KEYS is split on commas, trimmed, and kept in env order; display name and base URL apply."""
-    env = {
-        f"{P}0_TYPE": "openai-compat",
-        f"{P}0_NAME": "local-llm",
-        f"{P}0_DISPLAY_NAME": "Local LLM",
-        f"{P}0_BASE_URL": "http://127.0.0.1:11434/v1/",
-        f"{P}0_KEYS": f" {K2} ,{K1},{K3} ",
-    }
+    env = _idx(TYPE="openai-compat", NAME="local-llm", DISPLAY_NAME="Local LLM")
+    env |= _idx(BASE_URL="http://127.0.0.1:11434/v1/", KEYS=f" {K2} ,{K1},{K3} ")
     provider = _only(env)
     assert provider.keys == (K2, K1, K3)
     assert (provider.display_name, provider.base_url) == ("Local LLM", "http://127.0.0.1:11434/v1/")
@@ -448,15 +291,16 @@ def test_field_names_are_case_insensitive() -> None:
 
 def test_anthropic_with_bedrock_fields_becomes_bedrock() -> None:
     """An anthropic provider with Bedrock fields is a Bedrock provider with its settings."""
-    env = {
-        f"{P}0_TYPE": "anthropic",
-        f"{P}0_BEDROCK_REGION": "us-west-2",
-        f"{P}0_BEDROCK_MODEL": "my-model",
-        f"{P}0_BEDROCK_ROLE_ARN": "arn:aws:iam::123456789012:role/bedrock",
-        f"{P}0_BEDROCK_ACCESS_KEYS": AK,
-        f"{P}0_BEDROCK_ACCESS_KEY_SECRETS": SK,
-    }
-    provider = _only(env)
+    provider = _only(
+        _idx(
+            TYPE="anthropic",
+            BEDROCK_REGION="us-west-2",
+            BEDROCK_MODEL="my-model",
+            BEDROCK_ROLE_ARN="arn:aws:iam::123456789012:role/bedrock",
+            BEDROCK_ACCESS_KEYS=AK,
+            BEDROCK_ACCESS_KEY_SECRETS=SK,
+        )
+    )
     assert (provider.name, provider.type, provider.keys) == ("anthropic", "bedrock", ())
     assert provider.bedrock is not None
     assert provider.bedrock.model == "my-model"

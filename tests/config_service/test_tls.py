@@ -50,32 +50,30 @@ async def get_snapshot(
         return response.snapshot
 
 
-async def test_tls_serves_clients_that_trust_the_ca(
-    start_service: StartService, tmp_path: Path
-) -> None:
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "pki")
+
+
+async def test_tls_serves_clients_that_trust_the_ca(start_service: StartService, pki: Pki) -> None:
     """With a certificate and key set, the port speaks TLS to clients that trust its CA."""
-    pki = make_pki(tmp_path / "pki")
     service = await tls_service(start_service, pki)
     snapshot = await get_snapshot(service, client_credentials(pki.ca_cert))
     assert snapshot.version
 
 
 async def test_tls_refuses_a_client_that_does_not_trust_the_ca(
-    start_service: StartService, tmp_path: Path
+    start_service: StartService, pki: Pki
 ) -> None:
     """A client verifying against another CA cannot connect."""
-    pki = make_pki(tmp_path / "pki")
     service = await tls_service(start_service, pki)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await get_snapshot(service, client_credentials(pki.other_ca_cert))
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
-async def test_mtls_requires_a_client_certificate(
-    start_service: StartService, tmp_path: Path
-) -> None:
+async def test_mtls_requires_a_client_certificate(start_service: StartService, pki: Pki) -> None:
     """With a client CA set, a client without a certificate is refused and one with a certificate is served."""
-    pki = make_pki(tmp_path / "pki")
     service = await tls_service(start_service, pki, mtls=True)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await get_snapshot(service, client_credentials(pki.ca_cert))
@@ -85,9 +83,8 @@ async def test_mtls_requires_a_client_certificate(
     assert snapshot.version
 
 
-async def test_mtls_still_requires_a_token(start_service: StartService, tmp_path: Path) -> None:
+async def test_mtls_still_requires_a_token(start_service: StartService, pki: Pki) -> None:
     """A valid client certificate alone does not authenticate: the bearer token is still required."""
-    pki = make_pki(tmp_path / "pki")
     service = await tls_service(start_service, pki, mtls=True)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await get_snapshot(

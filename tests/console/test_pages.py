@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
+
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
 from aibridge.config.v1 import provider_admin_service_pb2 as pa
@@ -64,6 +66,13 @@ async def test_the_config_services_field_error_is_shown_beside_that_field(
     assert 'id="name-error"' in answer.text
 
 
+def etag_of(page: httpx.Response) -> str:
+    """The etag a provider page's edit form carries."""
+    found = re.search(r'name="etag" value="([^"]+)"', page.text)
+    assert found
+    return found.group(1)
+
+
 async def test_an_owner_creates_edits_disables_rekeys_and_deletes_a_provider(
     console: Browserless,
 ) -> None:
@@ -87,16 +96,15 @@ async def test_an_owner_creates_edits_disables_rekeys_and_deletes_a_provider(
     assert (got.display_name, got.key_count) == ("Team A", 2)
 
     detail = await client.get("/providers/team-a")
-    etag = re.search(r'name="etag" value="([^"]+)"', detail.text)
-    assert etag
+    etag = etag_of(detail)
     saved = await client.post(
         "/providers/team-a",
-        data={"csrf": csrf, "etag": etag.group(1), "display_name": "Team A2", "base_url": ""},
+        data={"csrf": csrf, "etag": etag, "display_name": "Team A2", "base_url": ""},
     )
     assert saved.status_code == 303
     stale = await client.post(
         "/providers/team-a",
-        data={"csrf": csrf, "etag": etag.group(1), "display_name": "Lost", "base_url": ""},
+        data={"csrf": csrf, "etag": etag, "display_name": "Lost", "base_url": ""},
     )
     assert stale.status_code == 409 and "changed" in stale.text.lower()
 
@@ -299,43 +307,22 @@ async def test_a_bedrock_provider_takes_credentials_write_only(console: Browserl
     access_key, secret = "AKIACONSOLETEST01234", "console/test/secret/0123456789abcdefghijkl"
     client = await console.signed_in(Role.OWNER)
     csrf = await console.csrf(client, "/providers/new")
-    made = await console.create_provider(
-        client,
-        {
-            "name": "bedrock-a",
-            "type": "bedrock",
-            "bedrock.region": "us-east-1",
-            "bedrock.access_key": access_key,
-            "bedrock.access_key_secret": secret,
-        },
-        csrf,
-    )
+    form = {"name": "bedrock-a", "type": "bedrock", "bedrock.region": "us-east-1"}
+    form |= {"bedrock.access_key": access_key, "bedrock.access_key_secret": secret}
+    made = await console.create_provider(client, form, csrf)
     assert made.status_code == 303, made.text
     page = await client.get("/providers/bedrock-a")
     assert 'value="us-east-1"' in page.text and "stored (" in page.text
     assert access_key not in page.text and secret not in page.text
-    etag = re.search(r'name="etag" value="([^"]+)"', page.text)
-    assert etag
+    edit = {"csrf": csrf, "etag": etag_of(page), "has_bedrock": "1"}
     half = await client.post(
         "/providers/bedrock-a",
-        data={
-            "csrf": csrf,
-            "etag": etag.group(1),
-            "has_bedrock": "1",
-            "bedrock.region": "us-west-2",
-            "bedrock.access_key": "AKIAONLYHALF00000000",
-        },
+        data=edit | {"bedrock.region": "us-west-2", "bedrock.access_key": "AKIAONLYHALF00000000"},
     )
     assert half.status_code == 400 and "give both" in half.text
     assert "AKIAONLYHALF00000000" not in half.text
     bad_region = await client.post(
-        "/providers/bedrock-a",
-        data={
-            "csrf": csrf,
-            "etag": etag.group(1),
-            "has_bedrock": "1",
-            "bedrock.region": "Not A Region",
-        },
+        "/providers/bedrock-a", data=edit | {"bedrock.region": "Not A Region"}
     )
     assert bad_region.status_code == 400 and 'id="bedrock.region-error"' in bad_region.text
 

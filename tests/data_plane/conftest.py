@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from dp_fakes import (
     BRIDGE_TOKEN,
+    BridgeSettingsFor,
     ConfigServer,
     FakeConfigService,
     ListSink,
@@ -29,9 +30,10 @@ from dp_fakes import (
 )
 
 from aibridge.config.v1 import provider_pb2 as pb
+from data_plane import dump
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
-from tests.fixtures.upstream import FakeUpstream
+from tests.fixtures.upstream import FakeUpstream, Reply
 
 
 @pytest.fixture
@@ -42,28 +44,41 @@ async def config_service() -> AsyncIterator[ConfigServer]:
     await server.stop()
 
 
-def _settings(
-    config_service: ConfigServer, tmp_path: Path, index: int, env: dict[str, str]
-) -> BridgeSettings:
-    environ = {
+@pytest.fixture
+def bridge_settings(config_service: ConfigServer, tmp_path: Path) -> BridgeSettingsFor:
+    """Settings of the index-th test bridge on the fake config service, `env` on top."""
+
+    def settings(index: int, env: dict[str, str]) -> BridgeSettings:
+        return BridgeSettings.from_env(_environ(config_service, tmp_path, index) | env)
+
+    return settings
+
+
+def _environ(config_service: ConfigServer, tmp_path: Path, index: int) -> dict[str, str]:
+    return {
         "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
         "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
         "AIBRIDGE_CONFIG_SERVICE": config_service.target,
         "AIBRIDGE_NODE_ID": f"test-bridge-{index}",
         # Where a bridge spools records the fake config service cannot take.
         "AIBRIDGE_DATA_DIR": str(tmp_path / f"bridge-{index}-data"),
-        **env,
     }
-    return BridgeSettings.from_env(environ)
 
 
 @pytest.fixture
-async def start_bridge(config_service: ConfigServer, tmp_path: Path) -> AsyncIterator[StartBridge]:
+async def start_bridge(bridge_settings: BridgeSettingsFor) -> AsyncIterator[StartBridge]:
     def build(index: int, env: dict[str, str]) -> Bridge:
-        return Bridge(_settings(config_service, tmp_path, index, env))
+        return Bridge(bridge_settings(index, env))
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start
+
+
+@pytest.fixture
+def oversized_reply(upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dump cap lowered to 5000 bytes, and the upstream answering 30000 bytes of "y"."""
+    monkeypatch.setattr(dump, "MAX_DUMP_BODY", 5000)
+    upstream.responder = lambda seen: Reply(chunks=[b"y" * 3000] * 10)
 
 
 @pytest.fixture
@@ -73,10 +88,10 @@ def records() -> ListSink:
 
 @pytest.fixture
 async def start_recording_bridge(
-    config_service: ConfigServer, records: ListSink, tmp_path: Path
+    bridge_settings: BridgeSettingsFor, records: ListSink
 ) -> AsyncIterator[StartBridge]:
     def build(index: int, env: dict[str, str]) -> Bridge:
-        return Bridge(_settings(config_service, tmp_path, index, env), sink=records)
+        return Bridge(bridge_settings(index, env), sink=records)
 
     async with daemon_starter(build, wait_for_version) as start:
         yield start

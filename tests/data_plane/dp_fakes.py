@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -19,6 +20,7 @@ from aibridge.config.v1 import token_pb2, usage_pb2
 from aibridge.masking import sha256_hex
 from data_plane.bridge.interception import Record
 from data_plane.bridge.server import Bridge
+from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
 
@@ -190,25 +192,45 @@ async def wait_for_version(bridge: Bridge, version: str) -> None:
 def openai_provider(
     upstream: FakeUpstream, name: str = "openai", keys: list[str] | None = None, **kw: Any
 ) -> pb.Provider:
-    return provider(
-        name,
-        pb.PROVIDER_TYPE_OPENAI,
-        upstream.url + "/v1/",
-        [KEY_A] if keys is None else keys,
-        **kw,
-    )
+    return _on_upstream(name, pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", keys, kw)
 
 
 def anthropic_provider(
     upstream: FakeUpstream, name: str = "anthropic", keys: list[str] | None = None, **kw: Any
 ) -> pb.Provider:
-    return provider(
-        name,
-        pb.PROVIDER_TYPE_ANTHROPIC,
-        upstream.url + "/",
-        [KEY_A] if keys is None else keys,
-        **kw,
-    )
+    return _on_upstream(name, pb.PROVIDER_TYPE_ANTHROPIC, upstream.url + "/", keys, kw)
+
+
+def _on_upstream(
+    name: str, ptype: int, base_url: str, keys: list[str] | None, kw: dict[str, Any]
+) -> pb.Provider:
+    """A provider on the fake upstream, with key KEY_A unless `keys` are given."""
+    return provider(name, ptype, base_url, [KEY_A] if keys is None else keys, **kw)
+
+
+async def first_dumped_response(folder: Path, within: float) -> Path:
+    """The first response dump written under `folder`, once there is one."""
+    found: list[Path] = []
+    await eventually(lambda: found.extend(folder.rglob("*.resp.txt")) or found, within=within)
+    return found[0]
+
+
+def dumped_body(dump_file: Path) -> bytes:
+    return dump_file.read_bytes().split(b"\r\n\r\n", 1)[1]
+
+
+# The `bridge_settings` fixture: settings of the index-th test bridge, `env` on top.
+BridgeSettingsFor = Callable[[int, dict[str, str]], BridgeSettings]
+
+
+class ManualClock:
+    """A monotonic clock that moves only when a test sets `now` (no sleeping for time to pass)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class ListSink:

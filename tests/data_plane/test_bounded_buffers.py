@@ -10,14 +10,14 @@ from dp_fakes import (
     MEMBER_TOKEN,
     ConfigServer,
     StartBridge,
+    dumped_body,
+    first_dumped_response,
     openai_provider,
     snapshot,
 )
 
-from data_plane import dump
 from data_plane.bridge.interception.response import MAX_SSE_LINE, ResponseReader
-from tests.fixtures.upstream import FakeUpstream, Reply
-from tests.fixtures.waits import eventually
+from tests.fixtures.upstream import FakeUpstream
 
 
 def test_sse_usage_reader_drops_a_line_that_never_ends() -> None:
@@ -30,16 +30,11 @@ def test_sse_usage_reader_drops_a_line_that_never_ends() -> None:
     assert reader.finish().tokens["input"] == 3
 
 
+@pytest.mark.usefixtures("oversized_reply")
 async def test_dumped_response_body_is_capped(
-    config_service: ConfigServer,
-    upstream: FakeUpstream,
-    start_bridge: StartBridge,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge, tmp_path: Path
 ) -> None:
     """A response larger than the dump cap reaches the client whole but is dumped only up to the cap."""
-    monkeypatch.setattr(dump, "MAX_DUMP_BODY", 5000)
-    upstream.responder = lambda seen: Reply(chunks=[b"y" * 3000] * 10)
     await config_service.service.publish(snapshot("1", [openai_provider(upstream)]))
     bridge = await start_bridge(wait_version="1", AIBRIDGE_DUMP_DIR=str(tmp_path))
     async with httpx.AsyncClient(base_url=bridge.url) as http:
@@ -49,9 +44,7 @@ async def test_dumped_response_body_is_capped(
             headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
         )
     assert len(reply.content) == 30_000
-    dumps: list[Path] = []
-    await eventually(lambda: dumps.extend(tmp_path.rglob("*.resp.txt")) or dumps, within=2)
-    body = dumps[0].read_bytes().split(b"\r\n\r\n", 1)[1]
+    body = dumped_body(await first_dumped_response(tmp_path, within=2))
     assert body.startswith(b"y" * 5000)
     assert body[5000:5001] == b"\n"
     assert b"25000 more bytes not dumped" in body

@@ -11,6 +11,7 @@ from dp_fakes import (
     KEY_A,
     MEMBER_TOKEN,
     ConfigServer,
+    ManualClock,
     StartBridge,
     anthropic_provider,
     openai_provider,
@@ -29,17 +30,9 @@ from tests.fixtures.waits import eventually
 MSG = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_breaker_opens_half_opens_and_closes() -> None:
     """N failures open the breaker; after the timeout bounded probes close it again."""
-    clock = Clock()
+    clock = ManualClock()
     breaker = Breaker("p:/v1/messages:m", BreakerSettings(True, 2, 10.0, 5.0, 2), clock)
     for _ in range(2):
         gen = breaker.allow()
@@ -60,7 +53,7 @@ def test_breaker_opens_half_opens_and_closes() -> None:
 
 def test_breaker_failure_while_half_open_reopens() -> None:
     """A failed probe re-opens the breaker; successes in between reset the closed count."""
-    clock = Clock()
+    clock = ManualClock()
     breaker = Breaker("b", BreakerSettings(True, 2, 10.0, 1.0, 1), clock)
     for failure in (True, False, True):
         gen = breaker.allow()

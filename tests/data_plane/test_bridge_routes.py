@@ -169,17 +169,9 @@ async def test_disabled_and_error_providers_answer_503(
     config_service: ConfigServer, upstream: FakeUpstream, start_bridge: StartBridge
 ) -> None:
     """A disabled provider answers 503 provider_disabled; an ERROR one 503 with its reason."""
-    await config_service.service.publish(
-        snapshot(
-            "1",
-            [
-                openai_provider(upstream, status=pb.PROVIDER_STATUS_DISABLED),
-                anthropic_provider(
-                    upstream, status=pb.PROVIDER_STATUS_ERROR, reason="cannot decrypt"
-                ),
-            ],
-        )
-    )
+    disabled = openai_provider(upstream, status=pb.PROVIDER_STATUS_DISABLED)
+    broken = anthropic_provider(upstream, status=pb.PROVIDER_STATUS_ERROR, reason="cannot decrypt")
+    await config_service.service.publish(snapshot("1", [disabled, broken]))
     bridge = await start_bridge(wait_version="1")
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         off = await http.post("/openai/v1/chat/completions", json=CHAT)

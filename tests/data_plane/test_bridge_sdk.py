@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anthropic
 import httpx
@@ -24,19 +25,20 @@ async def url(serve: Serve, both_providers: tuple[Provider, Provider]) -> str:
     return await serve(*both_providers)
 
 
+def sdk_options(base_url: str) -> dict[str, Any]:
+    """An SDK client's options: the bridge route, the member's token, no retries of its own."""
+    return {"base_url": base_url, "api_key": MEMBER_TOKEN, "max_retries": 0}
+
+
 @pytest.fixture
 async def openai_client(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{url}/openai/v1", api_key=MEMBER_TOKEN, max_retries=0
-    ) as client:
+    async with openai.AsyncOpenAI(**sdk_options(f"{url}/openai/v1")) as client:
         yield client
 
 
 @pytest.fixture
 async def anthropic_client(url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    async with anthropic.AsyncAnthropic(
-        base_url=f"{url}/anthropic", api_key=MEMBER_TOKEN, max_retries=0
-    ) as client:
+    async with anthropic.AsyncAnthropic(**sdk_options(f"{url}/anthropic")) as client:
         yield client
 
 

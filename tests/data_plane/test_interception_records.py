@@ -146,15 +146,20 @@ def body_for(path: str, stream: bool, model: str = "the-requested-model") -> dic
     return doc
 
 
+async def send_shape(url: str, upstream: FakeUpstream, shape: str) -> httpx.Response:
+    """The request of API shape `shape` to the bridge at `url`, the upstream answering in kind."""
+    path, stream, reply = SHAPES[shape]
+    upstream.responder = lambda seen: reply()
+    async with httpx.AsyncClient(base_url=url) as http:
+        return await http.post(path, json=body_for(path, stream), headers=AUTH)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_usage_model_and_tool_calls_are_read_from_each_api_shape(
     url: str, upstream: FakeUpstream, records: ListSink, shape: str
 ) -> None:
     """Each API shape, blocking and streamed, yields its tokens, served model and tool calls."""
-    path, stream, reply = SHAPES[shape]
-    upstream.responder = lambda seen: reply()
-    async with httpx.AsyncClient(base_url=url) as http:
-        answer = await http.post(path, json=body_for(path, stream), headers=AUTH)
+    answer = await send_shape(url, upstream, shape)
     assert answer.status_code == 200
     record = await records.one()
     served, expected_tokens, tool = EXPECTED[shape.split("-")[0]]
@@ -162,7 +167,7 @@ async def test_usage_model_and_tool_calls_are_read_from_each_api_shape(
     assert record.requested_model == "the-requested-model"
     assert record.served_model == served
     assert tokens(record) == expected_tokens
-    assert record.streamed is stream
+    assert record.streamed is SHAPES[shape][1]
     assert [(t.name, t.call_id, t.arguments) for t in record.tool_calls] == [(*tool, "")]
 
 
@@ -179,10 +184,7 @@ async def test_prompt_recording_adds_the_last_user_message_and_tool_arguments(
     prompts_url: str, upstream: FakeUpstream, records: ListSink, shape: str
 ) -> None:
     """With AIBRIDGE_RECORD_PROMPTS the record holds the prompt and each tool call's arguments."""
-    path, stream, reply = SHAPES[shape]
-    upstream.responder = lambda seen: reply()
-    async with httpx.AsyncClient(base_url=prompts_url) as http:
-        await http.post(path, json=body_for(path, stream), headers=AUTH)
+    await send_shape(prompts_url, upstream, shape)
     record = await records.one()
     assert record.prompt == "weather in Paris?"
     expected = (

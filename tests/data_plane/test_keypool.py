@@ -10,6 +10,7 @@ from dp_fakes import (
     KEY_B,
     MEMBER_TOKEN,
     ConfigServer,
+    ManualClock,
     Serve,
     StartBridge,
     anthropic_provider,
@@ -24,20 +25,12 @@ from tests.fixtures.upstream import FakeUpstream, Reply, Seen
 from tests.fixtures.waits import eventually
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_cooldowns_follow_retry_headers() -> None:
     """429 cools for retry-after-ms, else Retry-After, else 60 s; 401 for 60 s."""
     assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert retry_after_seconds({"retry-after": "9"}) == 9.0
     assert retry_after_seconds({}) is None
-    clock = Clock()
+    clock = ManualClock(1000.0)
     pool = KeyPool("p", ["a", "b", "c"], clock=clock)
     assert pool.report(0, 429, {"retry-after": "5"})
     assert pool.report(1, 401, {})
@@ -51,7 +44,7 @@ def test_cooldowns_follow_retry_headers() -> None:
 
 def test_later_cooldown_never_shortens() -> None:
     """A shorter cooldown reported later leaves a longer one in place."""
-    clock = Clock()
+    clock = ManualClock(1000.0)
     pool = KeyPool("p", ["a"], clock=clock)
     pool.report(0, 429, {"retry-after": "120"})
     pool.report(0, 429, {"retry-after": "1"})
@@ -62,7 +55,7 @@ def test_later_cooldown_never_shortens() -> None:
 
 def test_exhaustion_outcomes() -> None:
     """Exhausted: 429 with the shortest rate-limit wait, or 502 when every key failed auth."""
-    clock = Clock()
+    clock = ManualClock(1000.0)
     limited = KeyPool("p", ["a", "b"], clock=clock)
     limited.report(0, 429, {"retry-after": "30"})
     limited.report(1, 429, {"retry-after-ms": "2500"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,11 @@ class Shipping:
         self.settings = ShipperSettings(**values)
         config = SubscriberConfig(target=target, token=Secret(BRIDGE_TOKEN), node_id="n1")
         self.shipper = Shipper(self.settings, config, RecordingMetrics(self.registry, P))
+
+    def submit(self, *records: Any) -> None:
+        """Hands each record to the shipper, in order."""
+        for r in records:
+            self.shipper.submit(r)
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(P + name, labels) or 0.0
@@ -173,6 +178,26 @@ async def scripted() -> AsyncIterator[tuple[ScriptedUsage, str]]:
     await server.stop(grace=None)
 
 
+Ship = Callable[..., Awaitable[Shipping]]
+
+
+@pytest.fixture
+def servicer(scripted: tuple[ScriptedUsage, str]) -> ScriptedUsage:
+    return scripted[0]
+
+
+@pytest.fixture
+def ship(scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any) -> Ship:
+    """Starts a shipper to the scripted service, which first answers as `service` says."""
+
+    async def start(service: str = "ok", spool: Path = spool_path, **settings: Any) -> Shipping:
+        servicer, target = scripted
+        servicer.mode = service
+        return await started(Shipping(target, spool, **settings))
+
+    return start
+
+
 # ---------------------------------------------------------------------------- real service
 
 
@@ -182,8 +207,7 @@ async def test_submitted_records_are_stored_once_with_the_bridge_token(
     """Every submitted record is stored exactly once, and nothing touches the disk."""
     shipping = await started(Shipping(service.target, spool_path))
     sent = [record(i) for i in range(120)]
-    for r in sent:
-        shipping.shipper.submit(r)
+    shipping.submit(*sent)
     await eventually(lambda: shipping.metric("recording_records_total", result="inserted") == 120)
     assert sorted(r.id for r in await stored(service)) == sorted(r.id for r in sent)
     assert not await asyncio.to_thread(spool_path.exists)
@@ -215,8 +239,7 @@ async def test_records_closed_while_the_service_is_away_are_replayed_at_the_next
     away = Shipping(closed_port(), spool_path)
     await away.shipper.start()
     sent = [record(i) for i in range(300)]
-    for r in sent:
-        away.shipper.submit(r)
+    away.submit(*sent)
     with capture_logs() as logs:
         await away.shipper.close()
     assert any(e["event"].startswith("records spooled at shutdown") for e in logs)
@@ -233,8 +256,7 @@ async def test_close_ships_the_queue_when_the_service_answers(
     shipping = Shipping(service.target, spool_path, flush_interval=60)
     await shipping.shipper.start()
     sent = [record(i) for i in range(40)]
-    for r in sent:
-        shipping.shipper.submit(r)
+    shipping.submit(*sent)
     await shipping.shipper.close()
     assert len(await stored(service)) == 40
     assert not await asyncio.to_thread(spool_path.exists)
@@ -246,11 +268,7 @@ async def test_a_refused_record_is_dropped_and_the_rest_of_its_batch_stored(
     """The record the service refuses (INVALID_ARGUMENT) is split out, dropped and counted; the others are stored."""
     shipping = await started(Shipping(service.target, spool_path))
     good = [record(i) for i in range(9)]
-    for r in good[:4]:
-        shipping.shipper.submit(r)
-    shipping.shipper.submit(record(99, route="x" * 300))
-    for r in good[4:]:
-        shipping.shipper.submit(r)
+    shipping.submit(*good[:4], record(99, route="x" * 300), *good[4:])
     with capture_logs() as logs:
         await eventually(
             lambda: shipping.metric("recording_records_dropped_total", reason="rejected") == 1
@@ -265,12 +283,10 @@ async def test_a_refused_record_is_dropped_and_the_rest_of_its_batch_stored(
 
 
 async def test_spooled_batches_are_replayed_in_order_once_the_service_is_back(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship, spool_path: Path
 ) -> None:
     """Records submitted while the service is away reach it, once the service is back, in the order they were submitted."""
-    servicer, target = scripted
-    servicer.mode = "away"
-    shipping = await started(Shipping(target, spool_path))
+    shipping = await ship(service="away")
     sent: list[str] = []
     for burst in range(4):
         for i in range(25):
@@ -289,13 +305,11 @@ async def test_spooled_batches_are_replayed_in_order_once_the_service_is_back(
 
 
 async def test_the_bridge_token_never_reaches_the_spool_or_a_log_line(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship, spool_path: Path
 ) -> None:
     """Through an outage and a replay, the spool file and the log lines hold no trace of the bridge token."""
-    servicer, target = scripted
-    servicer.mode = "away"
     with capture_logs() as logs:
-        shipping = await started(Shipping(target, spool_path))
+        shipping = await ship(service="away")
         for i in range(20):
             shipping.shipper.submit(record(i, principal_name="alice"))
         await eventually(lambda: shipping.spooled() == 20)
@@ -309,26 +323,19 @@ async def test_the_bridge_token_never_reaches_the_spool_or_a_log_line(
 
 
 async def test_a_lost_answer_is_retried_and_the_service_sees_the_batch_twice(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship
 ) -> None:
     """A batch whose answer was lost is sent again (the service drops the repeat by id)."""
-    servicer, target = scripted
-    servicer.mode = "lose"
-    shipping = await started(Shipping(target, spool_path))
+    shipping = await ship(service="lose")
     sent = [record(i) for i in range(3)]
-    for r in sent:
-        shipping.shipper.submit(r)
+    shipping.submit(*sent)
     await eventually(lambda: len(servicer.batches) == 2, within=15)
     assert servicer.batches[0] == servicer.batches[1] == [r.id for r in sent]
 
 
-async def test_a_slow_service_gets_the_queue_moved_to_the_spool(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
-) -> None:
+async def test_a_slow_service_gets_the_queue_moved_to_the_spool(ship: Ship) -> None:
     """While an attempt hangs past the flush interval, newer records are spooled rather than kept in memory."""
-    servicer, target = scripted
-    servicer.mode = "slow"
-    shipping = await started(Shipping(target, spool_path, timeout=2.0))
+    shipping = await ship(service="slow", timeout=2.0)
     shipping.shipper.submit(record(0))
     await eventually(lambda: shipping.metric("recording_queue_depth") == 0)
     for i in range(1, 11):
@@ -338,11 +345,10 @@ async def test_a_slow_service_gets_the_queue_moved_to_the_spool(
 
 
 async def test_records_past_the_queue_size_are_counted_and_warned_about(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship
 ) -> None:
     """A full queue drops the record it cannot hold, counts it and says so in a warning."""
-    servicer, target = scripted
-    shipping = await started(Shipping(target, spool_path, queue_size=10, flush_interval=30))
+    shipping = await ship(queue_size=10, flush_interval=30)
     with capture_logs() as logs:
         for i in range(25):
             shipping.shipper.submit(record(i))
@@ -354,12 +360,10 @@ async def test_records_past_the_queue_size_are_counted_and_warned_about(
 
 
 async def test_records_past_the_spool_cap_are_counted_as_dropped(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    ship: Ship, spool_path: Path
 ) -> None:
     """With the service away and the spool at its cap, records are dropped, counted and warned about."""
-    servicer, target = scripted
-    servicer.mode = "away"
-    shipping = await started(Shipping(target, spool_path, spool_max_bytes=4096))
+    shipping = await ship(service="away", spool_max_bytes=4096)
     with capture_logs() as logs:
         for burst in range(40):
             for i in range(5):
@@ -378,16 +382,15 @@ async def test_records_past_the_spool_cap_are_counted_as_dropped(
 
 
 async def test_a_dead_bridges_spool_is_adopted_replayed_and_removed(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship, spool_path: Path
 ) -> None:
     """A spool left in the directory by another node (no process holds it) is replayed before this node's records, then deleted."""
-    servicer, target = scripted
     orphan_path = spool_path.with_name(spool_name("host-4242"))
     orphan = Spool(orphan_path, 1 << 20)
     old = [record(i) for i in range(3)]
     orphan.append(pb.RecordInterceptionsRequest(interceptions=old).SerializeToString(), 3)
     orphan.close()
-    shipping = await started(Shipping(target, spool_path))
+    shipping = await ship()
     new = record(7)
     shipping.shipper.submit(new)
     await eventually(lambda: len(servicer.ids) == 4)
@@ -396,13 +399,12 @@ async def test_a_dead_bridges_spool_is_adopted_replayed_and_removed(
 
 
 async def test_a_spool_held_by_a_live_process_is_not_adopted(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship, spool_path: Path
 ) -> None:
     """Another node's spool that its process still holds is left to it."""
-    servicer, target = scripted
     other = Spool(spool_path.with_name(spool_name("alive")), 1 << 20)
     other.append(pb.RecordInterceptionsRequest(interceptions=[record()]).SerializeToString(), 1)
-    shipping = await started(Shipping(target, spool_path))
+    shipping = await ship()
     shipping.shipper.submit(record(1))
     await eventually(lambda: len(servicer.ids) == 1)
     assert other.pending_frames == 1
@@ -410,17 +412,13 @@ async def test_a_spool_held_by_a_live_process_is_not_adopted(
 
 
 async def test_a_record_too_large_for_any_batch_is_dropped_and_the_others_shipped(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship
 ) -> None:
     """A record bigger than a batch may be (4 MiB message limit) is counted as too_large; its neighbours are shipped."""
-    servicer, target = scripted
-    shipping = await started(Shipping(target, spool_path))
+    shipping = await ship()
     small = [record(i) for i in range(4)]
-    shipping.shipper.submit(small[0])
-    shipping.shipper.submit(small[1])
-    shipping.shipper.submit(record(9, prompt="\x00" + "p" * (4 << 20)))
-    shipping.shipper.submit(small[2])
-    shipping.shipper.submit(small[3])
+    huge = record(9, prompt="\x00" + "p" * (4 << 20))
+    shipping.submit(*small[:2], huge, *small[2:])
     await eventually(lambda: len(servicer.ids) == 4)
     assert servicer.ids == [r.id for r in small]
     assert shipping.metric("recording_records_dropped_total", reason="too_large") == 1
@@ -436,15 +434,12 @@ class _Unserializable:
 
 
 async def test_a_record_that_cannot_be_serialized_is_logged_and_the_others_shipped(
-    scripted: tuple[ScriptedUsage, str], spool_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship
 ) -> None:
     """A record that fails to serialize is left out (logged); the records around it are shipped."""
-    servicer, target = scripted
-    shipping = await started(Shipping(target, spool_path))
+    shipping = await ship()
     good = [record(i) for i in range(2)]
-    shipping.shipper.submit(good[0])
-    shipping.shipper.submit(_Unserializable())
-    shipping.shipper.submit(good[1])
+    shipping.submit(good[0], _Unserializable(), good[1])
     await eventually(lambda: len(servicer.ids) == 2)
     assert servicer.ids == [r.id for r in good]
 
@@ -485,18 +480,15 @@ async def test_a_bridge_ships_its_records_unless_recording_is_switched_off(tmp_p
 
 
 async def test_records_are_kept_in_memory_while_the_spool_cannot_be_written(
-    scripted: tuple[ScriptedUsage, str], tmp_path: Path, started: Any
+    servicer: ScriptedUsage, ship: Ship, tmp_path: Path
 ) -> None:
     """With the service away and the spool unwritable (its directory became a file), records stay queued and reach the service once it is back."""
-    servicer, target = scripted
-    servicer.mode = "away"
     blocker = tmp_path / "spool"
     with capture_logs() as logs:
-        shipping = await started(Shipping(target, blocker / "n1.spool"))
+        shipping = await ship(service="away", spool=blocker / "n1.spool")
         await asyncio.to_thread(blocker.write_text, "")  # the spool is made on first need
         sent = [record(i) for i in range(5)]
-        for r in sent:
-            shipping.shipper.submit(r)
+        shipping.submit(*sent)
         await eventually(
             lambda: any(e["event"] == "recording spool cannot be written" for e in logs)
         )

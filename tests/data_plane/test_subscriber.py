@@ -14,6 +14,7 @@ from dp_fakes import (
     AUTH,
     BRIDGE_TOKEN,
     CHAT,
+    BridgeSettingsFor,
     ConfigServer,
     StartBridge,
     openai_provider,
@@ -105,33 +106,15 @@ async def test_not_ready_when_no_enabled_provider_builds(
 
 
 async def test_bedrock_provider_uses_the_factory(
-    config_service: ConfigServer, upstream: FakeUpstream, tmp_path: Path
+    config_service: ConfigServer, bridge_settings: BridgeSettingsFor
 ) -> None:
     """Without the Bedrock factory a Bedrock provider is reported 'bedrock support not available'."""
     from data_plane.bridge.server import Bridge
 
-    await config_service.service.publish(
-        snapshot(
-            "1",
-            [
-                provider(
-                    "bedrock",
-                    pb.PROVIDER_TYPE_BEDROCK,
-                    "",
-                    bedrock=pb.BedrockSettings(region="us-east-1"),
-                )
-            ],
-        )
-    )
-    settings = BridgeSettings.from_env(
-        {
-            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
-            "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_CONFIG_SERVICE": config_service.target,
-            "AIBRIDGE_DATA_DIR": str(tmp_path),
-        }
-    )
-    bridge = Bridge(settings, bedrock_factory=None)
+    region = pb.BedrockSettings(region="us-east-1")
+    bedrock = provider("bedrock", pb.PROVIDER_TYPE_BEDROCK, "", bedrock=region)
+    await config_service.service.publish(snapshot("1", [bedrock]))
+    bridge = Bridge(bridge_settings(0, {}), bedrock_factory=None)
     await bridge.start()
     try:
         report = await config_service.service.wait_report("1")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import h11
@@ -203,19 +204,36 @@ async def ca_and_worker(port: int) -> tuple[bytes, int]:
     return pem, serving_pid(page.decode())
 
 
-async def seeded(procs: Procs, upstream: FakeUpstream, database_url: str) -> tuple[Proc, Admin]:
+Seeded = tuple[Proc, Admin]
+
+
+@pytest.fixture
+async def seeded(procs: Procs, upstream: FakeUpstream, database_url: str) -> AsyncIterator[Seeded]:
     """A config service (subprocess) with provider `openai` on the fake upstream, and its admin
-    client (the caller closes it)."""
+    client (closed at the end)."""
     service = await asyncio.to_thread(procs.config_service, database_url)
     admin = Admin(service.ready["target"])
     try:
         await admin.create_provider(
             "openai", pb.PROVIDER_TYPE_OPENAI, upstream.url + "/v1/", [POOL_KEY]
         )
-    except BaseException:
+        yield service, admin
+    finally:
         await admin.close()
-        raise
-    return service, admin
+
+
+async def workers_and_member(procs: Procs, seeded: Seeded) -> tuple[Proc, str]:
+    """Two bridge workers on the seeded service, and a member token made before they start."""
+    service, admin = seeded
+    member = await admin.create_token("alice")
+    return await asyncio.to_thread(bridge_workers, procs, service.ready["target"]), member
+
+
+async def acked_by_both_bridge_workers(admin: Admin) -> int:
+    """The current version, once both bridge workers have acknowledged it."""
+    version = await admin.version()
+    await eventually(lambda: acked_by(admin, {"bridge-1-w0", "bridge-1-w1"}, version), 15)
+    return version
 
 
 def test_worker_count_accepts_a_number_or_auto() -> None:
@@ -228,78 +246,64 @@ def test_worker_count_accepts_a_number_or_auto() -> None:
 
 
 async def test_every_bridge_worker_serves_and_follows_the_same_version(
-    procs: Procs, upstream: FakeUpstream, database_url: str
+    procs: Procs, seeded: Seeded
 ) -> None:
     """With 2 workers both serve on the one port, each follows as <node>-w<i>, and an admin write reaches both (their /metrics merged)."""
-    service, admin = await seeded(procs, upstream, database_url)
-    try:
-        member = await admin.create_token("alice")
-        bridge = await asyncio.to_thread(bridge_workers, procs, service.ready["target"])
-        pids = set(bridge.ready["pids"])
-        assert len(pids) == 2 and pids == worker_pids(bridge)
-        await pids_serving(url(bridge), pids)
-        for _ in range(10):
-            assert await chat(url(bridge), member) == 200
+    bridge, member = await workers_and_member(procs, seeded)
+    _, admin = seeded
+    pids = set(bridge.ready["pids"])
+    assert len(pids) == 2 and pids == worker_pids(bridge)
+    await pids_serving(url(bridge), pids)
+    for _ in range(10):
+        assert await chat(url(bridge), member) == 200
 
-        await admin.create_token("bob")
-        version = await admin.version()
-        await eventually(lambda: acked_by(admin, {"bridge-1-w0", "bridge-1-w1"}, version), 15)
+    await admin.create_token("bob")
+    version = await acked_by_both_bridge_workers(admin)
 
-        async def both_on_version() -> bool:
-            return versions(await scrape(url(bridge))) == dict.fromkeys(pids, version)
+    async def both_on_version() -> bool:
+        return versions(await scrape(url(bridge))) == dict.fromkeys(pids, version)
 
-        await eventually(both_on_version, 15)
-        # Counters are summed over the workers: 10 answered chats, whoever served them.
-        page = await scrape(url(bridge))
-        # One version series per worker: the versions they left are gone, not shown as 0.
-        shown = [line for line in page.splitlines() if "_snapshot_version_info{" in line]
-        assert len(shown) == 2, shown
-        answered = re.findall(r'aibridged_requests_total\{[^}]*status="200"\} (\S+)', page)
-        assert sum(float(n) for n in answered) == 10, page
-    finally:
-        await admin.close()
+    await eventually(both_on_version, 15)
+    # Counters are summed over the workers: 10 answered chats, whoever served them.
+    page = await scrape(url(bridge))
+    # One version series per worker: the versions they left are gone, not shown as 0.
+    shown = [line for line in page.splitlines() if "_snapshot_version_info{" in line]
+    assert len(shown) == 2, shown
+    answered = re.findall(r'aibridged_requests_total\{[^}]*status="200"\} (\S+)', page)
+    assert sum(float(n) for n in answered) == 10, page
 
 
 async def test_a_revoked_token_is_refused_by_every_bridge_worker(
-    procs: Procs, upstream: FakeUpstream, database_url: str
+    procs: Procs, seeded: Seeded
 ) -> None:
     """Once both workers ACK the version that revoked a token, no fresh connection (whichever worker takes it) accepts it."""
-    service, admin = await seeded(procs, upstream, database_url)
-    try:
-        created = await admin.tokens.CreateToken(
-            tpb.CreateTokenRequest(principal_name="mallory", role=token_pb2.ROLE_MEMBER),
-            metadata=admin.md,
-            timeout=10,
-        )
-        bridge = await asyncio.to_thread(bridge_workers, procs, service.ready["target"])
-        await pids_serving(url(bridge), set(bridge.ready["pids"]))
-        assert await chat(url(bridge), created.secret) == 200
+    service, admin = seeded
+    created = await admin.tokens.CreateToken(
+        tpb.CreateTokenRequest(principal_name="mallory", role=token_pb2.ROLE_MEMBER),
+        metadata=admin.md,
+        timeout=10,
+    )
+    bridge = await asyncio.to_thread(bridge_workers, procs, service.ready["target"])
+    await pids_serving(url(bridge), set(bridge.ready["pids"]))
+    assert await chat(url(bridge), created.secret) == 200
 
-        await admin.tokens.RevokeToken(
-            tpb.RevokeTokenRequest(id=created.token.id), metadata=admin.md, timeout=10
-        )
-        version = await admin.version()
-        await eventually(lambda: acked_by(admin, {"bridge-1-w0", "bridge-1-w1"}, version), 15)
-        refused_by: set[int] = set()
-        for _ in range(40):
-            status, pid = await chat_and_worker(url(bridge), created.secret)
-            assert status == 401
-            refused_by.add(pid)
-        assert refused_by == set(bridge.ready["pids"])
-    finally:
-        await admin.close()
+    await admin.tokens.RevokeToken(
+        tpb.RevokeTokenRequest(id=created.token.id), metadata=admin.md, timeout=10
+    )
+    await acked_by_both_bridge_workers(admin)
+    refused_by: set[int] = set()
+    for _ in range(40):
+        status, pid = await chat_and_worker(url(bridge), created.secret)
+        assert status == 401
+        refused_by.add(pid)
+    assert refused_by == set(bridge.ready["pids"])
 
 
 async def test_a_killed_bridge_worker_is_replaced_and_sigterm_ends_all(
-    procs: Procs, upstream: FakeUpstream, database_url: str
+    procs: Procs, seeded: Seeded
 ) -> None:
     """A SIGKILLed worker is replaced (logged) while the port keeps serving; SIGTERM on the parent ends every worker and removes the metrics directory."""
-    service, admin = await seeded(procs, upstream, database_url)
-    try:
-        member = await admin.create_token("alice")
-    finally:
-        await admin.close()
-    bridge = await asyncio.to_thread(bridge_workers, procs, service.ready["target"])
+    bridge, member = await workers_and_member(procs, seeded)
     first, second = bridge.ready["pids"]
     metrics_dir = metrics_dir_of(first)
     assert metrics_dir.is_dir() and (metrics_dir.stat().st_mode & 0o077) == 0

@@ -142,69 +142,66 @@ def stop(up: Up) -> None:
             pipe.close()
 
 
+@pytest.fixture
+def up(upstream: tuple[Upstream, int], tmp_path: Path) -> Iterator[Up]:
+    """`aibridge up` on this test's data dir and the fake upstream, stopped at the end."""
+    started = start_up(tmp_path / "data", upstream[1])
+    yield started
+    stop(started)
+
+
 def test_up_runs_the_stack_and_its_printed_settings_work(
-    upstream: tuple[Upstream, int], tmp_path: Path
+    upstream: tuple[Upstream, int], up: Up, tmp_path: Path
 ) -> None:
     """The printed OPENAI_* settings stream a completion through the bridge, the printed console URL answers; Ctrl-C stops all four, no traceback."""
-    app, port = upstream
-    up = start_up(tmp_path / "data", port)
-    try:
-        assert set(up.children()) == {"config-service", "bridge", "proxy", "console"}
-        console_url = f"http://{up.env['AIBRIDGE_CONSOLE_LISTEN']}"
-        assert any(f"Web console: {console_url}" in line for line in up.stdout)
-        assert httpx.get(f"{console_url}/signin", timeout=5).status_code == 200
-        client = openai.OpenAI(
-            base_url=up.exports["OPENAI_BASE_URL"],
-            api_key=up.exports["OPENAI_API_KEY"],
-            max_retries=0,
-        )
-        stream = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
-        )
+    app, _ = upstream
+    assert set(up.children()) == {"config-service", "bridge", "proxy", "console"}
+    console_url = f"http://{up.env['AIBRIDGE_CONSOLE_LISTEN']}"
+    assert any(f"Web console: {console_url}" in line for line in up.stdout)
+    assert httpx.get(f"{console_url}/signin", timeout=5).status_code == 200
+    client = openai.OpenAI(
+        base_url=up.exports["OPENAI_BASE_URL"],
+        api_key=up.exports["OPENAI_API_KEY"],
+        max_retries=0,
+    )
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        == "Hello from upstream"
+    )
+    assert {s.headers["authorization"] for s in app.seen} == {f"Bearer {UPSTREAM_KEY}"}
+    ca = Path(up.exports["SSL_CERT_FILE"])
+    assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    secrets_file = tmp_path / "data" / "dev-secrets.env"
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    children = up.children()
+    up.popen.send_signal(signal.SIGINT)
+    assert up.popen.wait(30) == 0
+    for pid in children.values():
         assert (
-            "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-            == "Hello from upstream"
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
         )
-        assert {s.headers["authorization"] for s in app.seen} == {f"Bearer {UPSTREAM_KEY}"}
-        ca = Path(up.exports["SSL_CERT_FILE"])
-        assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----")
-        secrets_file = tmp_path / "data" / "dev-secrets.env"
-        assert secrets_file.stat().st_mode & 0o777 == 0o600
-        children = up.children()
-        up.popen.send_signal(signal.SIGINT)
-        assert up.popen.wait(30) == 0
-        for pid in children.values():
-            assert (
-                not Path(f"/proc/{pid}").exists()
-                or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
-            )
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(up.exports["OPENAI_BASE_URL"], timeout=1)
-        # The children's shutdown logs no traceback (grpc's cancelled RPC tasks were one).
-        assert up.stderr_closed.wait(10)
-        assert not [line for line in up.stderr if "Traceback" in line or "CancelledError" in line]
-    finally:
-        stop(up)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(up.exports["OPENAI_BASE_URL"], timeout=1)
+    # The children's shutdown logs no traceback (grpc's cancelled RPC tasks were one).
+    assert up.stderr_closed.wait(10)
+    assert not [line for line in up.stderr if "Traceback" in line or "CancelledError" in line]
 
 
-def test_a_dead_child_stops_the_others_and_names_itself_in_the_exit_code(
-    upstream: tuple[Upstream, int], tmp_path: Path
-) -> None:
+def test_a_dead_child_stops_the_others_and_names_itself_in_the_exit_code(up: Up) -> None:
     """When the bridge dies, up stops config service and proxy and exits with code 12."""
-    _, port = upstream
-    up = start_up(tmp_path / "data", port)
-    try:
-        children = up.children()
-        os.kill(children["bridge"], signal.SIGKILL)
-        assert up.popen.wait(30) == 12
+    children = up.children()
+    os.kill(children["bridge"], signal.SIGKILL)
+    assert up.popen.wait(30) == 12
 
-        def gone(name: str) -> bool:
-            stat = Path(f"/proc/{children[name]}/stat")
-            return not stat.exists() or stat.read_text().split()[2] == "Z"
+    def gone(name: str) -> bool:
+        stat = Path(f"/proc/{children[name]}/stat")
+        return not stat.exists() or stat.read_text().split()[2] == "Z"
 
-        asyncio.run(eventually(lambda: gone("config-service") and gone("proxy"), 5))
-    finally:
-        stop(up)
+    asyncio.run(eventually(lambda: gone("config-service") and gone("proxy"), 5))
 
 
 def test_second_run_reuses_the_generated_secrets(

@@ -41,7 +41,7 @@ from tests.fixtures.services import (
     PROXY_TOKEN,
     Procs,
 )
-from tests.fixtures.upstream import reset
+from tests.fixtures.upstream import cancel_all, listening, reset
 from tests.fixtures.waits import eventually
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -112,8 +112,7 @@ class TcpProxy:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> TcpProxy:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.server, self.port = await listening(self._handle, "127.0.0.1", self.port)
         return self
 
     async def cut(self) -> None:
@@ -125,9 +124,7 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 reset(writer)
         self._pairs.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
 
     async def restore(self) -> None:
         self.blackholed = False

@@ -239,6 +239,13 @@ def _check_no_key_in_audit(
                 assert not any(key in v for _, v in values), key
 
 
+# Each example seeds a database: no deadline, and the fixture is shared by the examples.
+SEED_ENV_RUNS = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
 def _strings(doc: object, field: str, out: list[tuple[str, str]]) -> None:
     """Every string value of a JSON document with the (lower-case) name of its field."""
     if isinstance(doc, str):
@@ -251,11 +258,7 @@ def _strings(doc: object, field: str, out: list[tuple[str, str]]) -> None:
             _strings(value, field, out)
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(SEED_ENV_RUNS, max_examples=200)
 @given(env=seed_envs())
 def test_generated_seed_envs_apply_cleanly(template_db: Path, env: dict[str, str]) -> None:
     """Any generated environment either fails with SeedConfigError listing problems, or seeds a fresh database consistently and idempotently; no other exception."""
@@ -286,11 +289,7 @@ def test_generated_seed_envs_apply_cleanly(template_db: Path, env: dict[str, str
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=3000,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(SEED_ENV_RUNS, max_examples=3000)
 @given(env=seed_envs())
 def test_generated_seed_envs_apply_cleanly_long(template_db: Path, env: dict[str, str]) -> None:
     """The long run of test_generated_seed_envs_apply_cleanly."""

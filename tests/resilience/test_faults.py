@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import NamedTuple, Self
 
 import grpc
 import httpx
@@ -172,19 +172,28 @@ async def assert_ended_forward(
     return assert_only_forward(bridge, final)
 
 
+async def restartable_config_service(procs: Procs, database_url: str) -> tuple[Proc, int, str]:
+    """A config service on a free port a restart can take again: the process, port and target."""
+    port = free_port()
+    service = await asyncio.to_thread(procs.config_service, database_url, port)
+    return service, port, service.ready["target"]
+
+
+async def cached_bridge(procs: Procs, target: str, cache: Path) -> Proc:
+    """bridge-1 subscribed to `target`, keeping its snapshot cache at `cache`."""
+    return await asyncio.to_thread(
+        procs.bridge, target, "bridge-1", AIBRIDGE_SNAPSHOT_CACHE=str(cache)
+    )
+
+
 async def test_config_service_killed_under_traffic(
     procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> None:
     """SIGKILL and restart of the config service under steady bridge traffic loses no request and the bridge and proxy are back on the current version within about a second."""
-    port = free_port()
-    first = await asyncio.to_thread(procs.config_service, sqlite_url, port)
-    target = first.ready["target"]
+    first, port, target = await restartable_config_service(procs, sqlite_url)
     admin = Admin(target)
     member = await seed_stack(admin, upstream)
-    cache = tmp_path / "bridge-cache.pb"
-    bridge = await asyncio.to_thread(
-        procs.bridge, target, "bridge-1", AIBRIDGE_SNAPSHOT_CACHE=str(cache)
-    )
+    bridge = await cached_bridge(procs, target, tmp_path / "bridge-cache.pb")
     proxy = await asyncio.to_thread(procs.proxy, target, bridge_url(bridge), "proxy-1")
     bridge_rec = StreamRecorder(target, node_id="rec-bridge").start()
     proxy_rec = StreamRecorder(
@@ -238,9 +247,7 @@ async def test_bridge_restarted_while_config_service_down_serves_from_cache(
     procs: Procs, upstream: FakeUpstream, sqlite_url: str, tmp_path: Path
 ) -> None:
     """A bridge started while the config service is down serves its AIBRIDGE_SNAPSHOT_CACHE snapshot and resumes from it when the service returns."""
-    port = free_port()
-    first = await asyncio.to_thread(procs.config_service, sqlite_url, port)
-    target = first.ready["target"]
+    first, port, target = await restartable_config_service(procs, sqlite_url)
     admin = Admin(target)
     try:
         member = await seed_stack(admin, upstream)
@@ -248,17 +255,13 @@ async def test_bridge_restarted_while_config_service_down_serves_from_cache(
     finally:
         await admin.close()
     cache = tmp_path / "bridge-cache.pb"
-    bridge = await asyncio.to_thread(
-        procs.bridge, target, "bridge-1", AIBRIDGE_SNAPSHOT_CACHE=str(cache)
-    )
+    bridge = await cached_bridge(procs, target, cache)
     await eventually(lambda: on_version(bridge, version))
     await eventually(cache.exists)
     first.kill()
     bridge.kill()
 
-    again = await asyncio.to_thread(
-        procs.bridge, target, "bridge-1", AIBRIDGE_SNAPSHOT_CACHE=str(cache)
-    )
+    again = await cached_bridge(procs, target, cache)
     assert await readyz(again) == (200, str(version))
     headers = {"authorization": f"Bearer {member}"}
     async with httpx.AsyncClient(base_url=bridge_url(again), headers=headers) as http:
@@ -347,20 +350,28 @@ def principals_in(database_url: str) -> set[str]:
         engine.dispose()
 
 
-async def cuttable_database(base: str) -> TcpProxy:
-    """A TCP front to the PostgreSQL server of `base` that a test can cut and restore."""
+class CuttableDatabase(NamedTuple):
+    """A test schema's URL, a TCP front to its server that a test can cut and restore, and
+    the schema's URL through that front."""
+
+    direct: str
+    front: TcpProxy
+    via_front: str
+
+
+async def cuttable_database(pg_schema: tuple[str, str]) -> CuttableDatabase:
+    """The test schema reachable directly and through a front that can be cut."""
+    base, schema = pg_schema
     url = make_url(base)
-    return await TcpProxy([(url.host or "127.0.0.1", url.port or 5432)]).start()
+    front = await TcpProxy([(url.host or "127.0.0.1", url.port or 5432)]).start()
+    return CuttableDatabase(schema_url(base, schema), front, schema_url(base, schema, front.port))
 
 
 async def test_database_unreachable(
     procs: Procs, pg_schema: tuple[str, str], upstream: FakeUpstream
 ) -> None:
     """With PostgreSQL cut off, health goes NOT_SERVING, streams end UNAVAILABLE, writes fail fast with UNAVAILABLE, the bridge keeps its last snapshot, recovery is automatic and every acknowledged write survives."""
-    base, schema = pg_schema
-    direct = schema_url(base, schema)
-    db_proxy = await cuttable_database(base)
-    via_proxy = schema_url(base, schema, db_proxy.port)
+    direct, db_proxy, via_proxy = await cuttable_database(pg_schema)
     service = await asyncio.to_thread(
         procs.config_service, via_proxy, 0, "cs", AIBRIDGE_RESYNC_INTERVAL="1s"
     )
@@ -459,14 +470,12 @@ async def test_bridge_moved_to_a_replica_cut_off_from_the_database_never_goes_ba
     procs: Procs, pg_schema: tuple[str, str], upstream: FakeUpstream
 ) -> None:
     """A bridge moved from replica A onto replica B, whose database is cut off (B stuck at an older version), is refused there (UNAVAILABLE, B's health NOT_SERVING) and never applies the older version; once B reaches the database again the bridge resumes on B and moves forward."""
-    base, schema = pg_schema
-    direct = schema_url(base, schema)
-    db_proxy = await cuttable_database(base)
+    direct, db_proxy, via_proxy = await cuttable_database(pg_schema)
     a = await asyncio.to_thread(procs.config_service, direct, 0, "a", AIBRIDGE_REPLICA_ID="a")
     # A long resync interval: B learns of its cut only when a subscriber needs it.
     b = await asyncio.to_thread(
         procs.config_service,
-        schema_url(base, schema, db_proxy.port),
+        via_proxy,
         0,
         "b",
         AIBRIDGE_REPLICA_ID="b",
@@ -531,9 +540,7 @@ async def test_config_service_killed_repeatedly(
     procs: Procs, upstream: FakeUpstream, sqlite_url: str
 ) -> None:
     """Ten kill/restart cycles with writes in between never fail a client request nor move a version backwards."""
-    port = free_port()
-    service = await asyncio.to_thread(procs.config_service, sqlite_url, port)
-    target = service.ready["target"]
+    service, port, target = await restartable_config_service(procs, sqlite_url)
     admin = Admin(target)
     member = await seed_stack(admin, upstream)
     bridge = await asyncio.to_thread(procs.bridge, target, "bridge-1")
@@ -566,11 +573,8 @@ async def test_database_silently_partitioned(
     procs: Procs, pg_schema: tuple[str, str], upstream: FakeUpstream
 ) -> None:
     """With PostgreSQL silently unreachable (packets swallowed, no reset), an admin write still fails with UNAVAILABLE within 10 s and the service recovers once the network is back."""
-    base, schema = pg_schema
-    db_proxy = await cuttable_database(base)
-    service = await asyncio.to_thread(
-        procs.config_service, schema_url(base, schema, db_proxy.port), 0, "cs"
-    )
+    _, db_proxy, via_proxy = await cuttable_database(pg_schema)
+    service = await asyncio.to_thread(procs.config_service, via_proxy, 0, "cs")
     admin = Admin(service.ready["target"])
     recorder = StreamRecorder(service.ready["target"]).start()
     try:

@@ -20,7 +20,7 @@ from aibridge.config.v1 import provider_pb2 as pb
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures.services import BRIDGE_TOKEN
-from tests.fixtures.upstream import FakeUpstream, Seen, http_response, reset
+from tests.fixtures.upstream import FakeUpstream, Handler, Seen, http_response, reset
 from tests.fixtures.waits import eventually
 from tests.resilience.harness import (
     Proc,
@@ -35,6 +35,16 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGES = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
 
 
+def answering(status: int, body: bytes) -> Handler:
+    """An upstream handler that answers every request with `status` and `body`."""
+
+    async def answer(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(http_response(status, body))
+        await w.drain()
+
+    return answer
+
+
 @dataclass
 class Stack:
     bridge: Proc
@@ -47,6 +57,14 @@ class Stack:
             headers={"authorization": f"Bearer {self.member}"},
             timeout=timeout,
         )
+
+    async def storm(
+        self, name: str, handler: Handler, path: str, body: object, times: int
+    ) -> list[httpx.Response]:
+        """`times` requests to provider `name` at `path`, its upstream answering with `handler`."""
+        self.upstream.handlers[name] = handler
+        async with self.client() as http:
+            return [await http.post(f"/{name}{path}", json=body) for _ in range(times)]
 
     def no_500s(self) -> None:
         errors = [r for r in self.bridge.records() if r.get("level") in ("error", "critical")]
@@ -79,14 +97,8 @@ async def stack(procs: Procs, upstream: FakeUpstream, sqlite_url: str) -> Stack:
 
 async def test_5xx_storm_trips_the_breaker(stack: Stack) -> None:
     """A storm of upstream 503s is passed through until the breaker trips, then answered 503 with Retry-After without reaching the upstream."""
-
-    async def unavailable(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.write(http_response(503, b'{"error":{"message":"down"}}'))
-        await w.drain()
-
-    stack.upstream.handlers["storm"] = unavailable
-    async with stack.client() as http:
-        answers = [await http.post("/storm/v1/chat/completions", json=CHAT) for _ in range(20)]
+    unavailable = answering(503, b'{"error":{"message":"down"}}')
+    answers = await stack.storm("storm", unavailable, "/v1/chat/completions", CHAT, 20)
     statuses = [a.status_code for a in answers]
     assert statuses == [503] * 20
     assert len([s for s in stack.upstream.seen if s.path.startswith("/storm")]) == 3
@@ -98,15 +110,10 @@ async def test_5xx_storm_trips_the_breaker(stack: Stack) -> None:
 
 async def test_529_storm_trips_the_anthropic_breaker(stack: Stack) -> None:
     """Anthropic 529 (overloaded) answers trip the breaker too; the client then gets an Anthropic-format 503 with Retry-After."""
-
-    async def overloaded(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        body = b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'
-        w.write(http_response(529, body))
-        await w.drain()
-
-    stack.upstream.handlers["overloaded"] = overloaded
-    async with stack.client() as http:
-        answers = [await http.post("/overloaded/v1/messages", json=MESSAGES) for _ in range(8)]
+    overloaded = answering(
+        529, b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'
+    )
+    answers = await stack.storm("overloaded", overloaded, "/v1/messages", MESSAGES, 8)
     assert [a.status_code for a in answers] == [529] * 3 + [503] * 5
     assert answers[-1].json()["type"] == "error" and "retry-after" in answers[-1].headers
     stack.no_500s()
@@ -121,9 +128,7 @@ async def test_429_storm_exhausts_the_pool(stack: Stack) -> None:
         w.write(http_response(429, b'{"error":{"message":"slow down"}}', [("retry-after", wait)]))
         await w.drain()
 
-    stack.upstream.handlers["limited"] = limited
-    async with stack.client() as http:
-        answers = [await http.post("/limited/v1/chat/completions", json=CHAT) for _ in range(30)]
+    answers = await stack.storm("limited", limited, "/v1/chat/completions", CHAT, 30)
     assert {a.status_code for a in answers} == {429}
     assert all(1 <= int(a.headers["retry-after"]) <= 3 for a in answers), [
         a.headers.get("retry-after") for a in answers
@@ -135,14 +140,8 @@ async def test_429_storm_exhausts_the_pool(stack: Stack) -> None:
 
 async def test_401_storm_answers_502(stack: Stack) -> None:
     """When every pooled key is refused (401) the client gets 502, not the upstream's 401 nor a 500."""
-
-    async def denied(req: Seen, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.write(http_response(401, b'{"error":{"message":"bad key"}}'))
-        await w.drain()
-
-    stack.upstream.handlers["denied"] = denied
-    async with stack.client() as http:
-        answers = [await http.post("/denied/v1/chat/completions", json=CHAT) for _ in range(5)]
+    denied = answering(401, b'{"error":{"message":"bad key"}}')
+    answers = await stack.storm("denied", denied, "/v1/chat/completions", CHAT, 5)
     assert [a.status_code for a in answers] == [502] * 5
     assert answers[0].json()["error"]["code"] == "key_pool_unavailable"
     stack.no_500s()

@@ -41,11 +41,6 @@ REQUEST: dict[str, Any] = {
 
 
 @pytest.fixture
-def fake() -> FakeBedrock:
-    return FakeBedrock()
-
-
-@pytest.fixture
 async def http(fake: FakeBedrock) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=fake.transport()) as client:
         yield client

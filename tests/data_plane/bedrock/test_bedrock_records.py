@@ -22,8 +22,8 @@ from bedrock_testkit import (
     stream_ok,
 )
 from dp_fakes import (
-    BRIDGE_TOKEN,
     MEMBER_TOKEN,
+    BridgeSettingsFor,
     ConfigServer,
     ListSink,
     StartBridge,
@@ -39,7 +39,6 @@ from aibridge.masking import mask_secret
 from data_plane.bedrock import BedrockClient
 from data_plane.bridge.bedrock_adapter import BedrockUpstream
 from data_plane.bridge.server import Bridge
-from data_plane.bridge.settings import BridgeSettings
 from data_plane.bridge.upstream import AnthropicUpstream
 
 REQUEST = {
@@ -50,13 +49,11 @@ REQUEST = {
 
 
 @pytest.fixture
-def fake() -> FakeBedrock:
-    return FakeBedrock()
-
-
-@pytest.fixture
 async def url(
-    config_service: ConfigServer, fake: FakeBedrock, records: ListSink
+    config_service: ConfigServer,
+    fake: FakeBedrock,
+    records: ListSink,
+    bridge_settings: BridgeSettingsFor,
 ) -> AsyncIterator[str]:
     """A recording bridge whose Bedrock provider reaches the fake Bedrock Runtime."""
     aws = httpx.AsyncClient(transport=fake.transport())
@@ -65,15 +62,7 @@ async def url(
         return BedrockUpstream(BedrockClient(static_config(), aws))
 
     def build(index: int, env: dict[str, str]) -> Bridge:
-        settings = BridgeSettings.from_env(
-            {
-                "AIBRIDGE_BRIDGE_TOKEN": BRIDGE_TOKEN,
-                "AIBRIDGE_BRIDGE_LISTEN": "127.0.0.1:0",
-                "AIBRIDGE_CONFIG_SERVICE": config_service.target,
-                **env,
-            }
-        )
-        return Bridge(settings, bedrock_factory=factory, sink=records)
+        return Bridge(bridge_settings(index, env), bedrock_factory=factory, sink=records)
 
     bedrock = provider(
         "bedrock", pb.PROVIDER_TYPE_BEDROCK, ENDPOINT, bedrock=pb.BedrockSettings(region=REGION)

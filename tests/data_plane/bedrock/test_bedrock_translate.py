@@ -71,6 +71,11 @@ def test_body_translation_keeps_client_version_and_merges_betas() -> None:
     assert out == {"anthropic_version": "custom", "anthropic_beta": ["a", "b"], "max_tokens": 1}
 
 
+# AWS error types as they come: with a documentation URL after a colon, and namespace-qualified.
+_WITH_DOC_URL = "ValidationException:http://internal.amazon.com/coral/"
+_QUALIFIED = "com.amazon.coral.service#MissingAuthenticationTokenException"
+
+
 def test_beta_flags_from_headers() -> None:
     """anthropic-beta is read case-insensitively, comma-split, from repeated headers too."""
     headers = [("Anthropic-Beta", "x-1, y-2"), ("anthropic-beta", "z-3"), ("x-api-key", "k")]
@@ -83,20 +88,12 @@ def test_beta_flags_from_headers() -> None:
     [
         ("ThrottlingException", 429, ("rate_limit_error", 429)),
         ("ServiceQuotaExceededException", 400, ("rate_limit_error", 429)),
-        (
-            "ValidationException:http://internal.amazon.com/coral/",
-            400,
-            ("invalid_request_error", 400),
-        ),
+        (_WITH_DOC_URL, 400, ("invalid_request_error", 400)),
         ("AccessDeniedException", 403, ("permission_error", 403)),
         ("UnrecognizedClientException", 403, ("authentication_error", 401)),
         ("InvalidSignatureException", 403, ("authentication_error", 401)),
         ("ExpiredTokenException", 403, ("authentication_error", 401)),
-        (
-            "com.amazon.coral.service#MissingAuthenticationTokenException",
-            403,
-            ("authentication_error", 401),
-        ),
+        (_QUALIFIED, 403, ("authentication_error", 401)),
         ("ResourceNotFoundException", 404, ("not_found_error", 404)),
         ("ModelNotReadyException", 429, ("overloaded_error", 529)),
         ("ServiceUnavailableException", 503, ("overloaded_error", 503)),

@@ -61,16 +61,23 @@ def start_stack(
 
 
 @pytest.fixture
-def start_tunnel_proxy(
-    config_service: ConfigServer, start_proxy: StartProxy, echo: Echo
-) -> StartProxy:
+def start_bare_proxy(config_service: ConfigServer, start_proxy: StartProxy) -> StartProxy:
+    """`await start_bare_proxy(**env)`: a proxy with no providers, on version 1."""
+
+    async def start(**env: str) -> Proxy:
+        await config_service.service.publish(snapshot("1", []))
+        return await start_proxy(wait_version="1", **env)
+
+    return start
+
+
+@pytest.fixture
+def start_tunnel_proxy(start_bare_proxy: StartProxy, echo: Echo) -> StartProxy:
     """`await start_tunnel_proxy(**env)`: a proxy with no providers that may tunnel to `echo`
     (its port allowed, loopback allowed), on version 1."""
 
     async def start(**env: str) -> Proxy:
-        await config_service.service.publish(snapshot("1", []))
-        return await start_proxy(
-            wait_version="1",
+        return await start_bare_proxy(
             AIBRIDGE_PROXY_ALLOWED_PORTS=str(echo.port),
             AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS="127.0.0.0/8",
             **env,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -42,24 +44,48 @@ def client(proxy: Proxy, token: str = MEMBER_TOKEN) -> httpx.AsyncClient:
     )
 
 
+@asynccontextmanager
+async def through_stack(
+    start_stack: StartStack, **env: str
+) -> AsyncIterator[tuple[Proxy, httpx.AsyncClient]]:
+    """A started stack's proxy and a member's client through it."""
+    proxy = await start_stack(**env)
+    async with client(proxy) as http:
+        yield proxy, http
+
+
+async def post_chat(
+    http: httpx.AsyncClient,
+    upstream: FakeUpstream,
+    path: str = "/v1/chat/completions",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """An OpenAI chat request to the upstream's port through the proxy."""
+    body = {"model": "gpt-test", "messages": []}
+    return await http.post(f"https://localhost:{upstream.port}{path}", json=body, headers=headers)
+
+
+async def post_messages(
+    http: httpx.AsyncClient, upstream: FakeUpstream, headers: dict[str, str]
+) -> httpx.Response:
+    """An Anthropic messages request to the upstream's port (by IP) through the proxy."""
+    body = {"model": "claude-test", "max_tokens": 5, "messages": []}
+    return await http.post(
+        f"https://127.0.0.1:{upstream.port}/v1/messages", json=body, headers=headers
+    )
+
+
 def assert_pooled(seen: Seen) -> None:
     assert seen.headers["authorization"] == f"Bearer {KEY_A}"
     assert MEMBER_TOKEN not in json.dumps(seen.headers)
 
 
-async def test_mitm_injects_pooled_key(
-    upstream: FakeUpstream,
-    start_stack: StartStack,
-) -> None:
+async def test_mitm_injects_pooled_key(upstream: FakeUpstream, start_stack: StartStack) -> None:
     """HTTPS to a provider host is terminated, sent to the bridge, and the pooled key used."""
-    proxy = await start_stack()
-    async with client(proxy) as http:
+    async with through_stack(start_stack) as (proxy, http):
         for _ in range(3):  # keep-alive: several requests on one MITM'd connection
-            reply = await http.post(
-                f"https://localhost:{upstream.port}/v1/chat/completions?x=1",
-                json={"model": "gpt-test", "messages": []},
-                headers={"authorization": f"Bearer {MEMBER_TOKEN}"},
-            )
+            auth = {"authorization": f"Bearer {MEMBER_TOKEN}"}
+            reply = await post_chat(http, upstream, "/v1/chat/completions?x=1", auth)
             assert reply.status_code == 200, reply.text
             assert reply.json()["choices"][0]["message"]["content"] == "Hello"
     assert upstream.seen[-1].path == "/v1/chat/completions"
@@ -68,18 +94,10 @@ async def test_mitm_injects_pooled_key(
     assert proxy.shared is not None and proxy.shared.leaves.issued == 1
 
 
-async def test_byok_keeps_the_users_key(
-    upstream: FakeUpstream,
-    start_stack: StartStack,
-) -> None:
+async def test_byok_keeps_the_users_key(upstream: FakeUpstream, start_stack: StartStack) -> None:
     """A client's own provider key is passed through; the gateway token rides alongside."""
-    proxy = await start_stack()
-    async with client(proxy) as http:
-        reply = await http.post(
-            f"https://127.0.0.1:{upstream.port}/v1/messages",
-            json={"model": "claude-test", "max_tokens": 5, "messages": []},
-            headers={"x-api-key": BYOK_KEY},
-        )
+    async with through_stack(start_stack) as (_, http):
+        reply = await post_messages(http, upstream, {"x-api-key": BYOK_KEY})
     assert reply.status_code == 200, reply.text
     seen = upstream.seen[-1]
     assert seen.headers["x-api-key"] == BYOK_KEY
@@ -87,25 +105,17 @@ async def test_byok_keeps_the_users_key(
 
 
 async def test_pooled_keys_setting_ignores_a_placeholder_key(
-    upstream: FakeUpstream,
-    start_stack: StartStack,
+    upstream: FakeUpstream, start_stack: StartStack
 ) -> None:
     """With AIBRIDGE_PROXY_POOLED_KEYS a tool's placeholder key gets the pooled key; a
     client's own key is BYOK only when it also sends X-AIBridge-Token."""
-    proxy = await start_stack(AIBRIDGE_PROXY_POOLED_KEYS="true")
-    async with client(proxy) as http:
-        placeholder = await http.post(
-            f"https://localhost:{upstream.port}/v1/chat/completions",
-            json={"model": "gpt-test", "messages": []},
-            headers={"authorization": "Bearer sk-placeholder-the-tool-ships-with"},
-        )
+    async with through_stack(start_stack, AIBRIDGE_PROXY_POOLED_KEYS="true") as (_, http):
+        tool_key = {"authorization": "Bearer sk-placeholder-the-tool-ships-with"}
+        placeholder = await post_chat(http, upstream, headers=tool_key)
         assert placeholder.status_code == 200, placeholder.text
         assert_pooled(upstream.seen[-1])
-        byok = await http.post(
-            f"https://127.0.0.1:{upstream.port}/v1/messages",
-            json={"model": "claude-test", "max_tokens": 5, "messages": []},
-            headers={"x-api-key": BYOK_KEY, "x-aibridge-token": MEMBER_TOKEN},
-        )
+        byok_headers = {"x-api-key": BYOK_KEY, "x-aibridge-token": MEMBER_TOKEN}
+        byok = await post_messages(http, upstream, byok_headers)
     assert byok.status_code == 200, byok.text
     assert upstream.seen[-1].headers["x-api-key"] == BYOK_KEY
     assert "sk-placeholder" not in json.dumps([seen.headers for seen in upstream.seen])
@@ -125,19 +135,13 @@ async def test_pooled_keys_setting_leaves_copilot_tokens_alone(
         wait_version="1", AIBRIDGE_PROXY_BRIDGE_URL=bridge.url, AIBRIDGE_PROXY_POOLED_KEYS="true"
     )
     async with client(proxy) as http:
-        reply = await http.post(
-            f"https://localhost:{upstream.port}/chat/completions",
-            json={"model": "gpt-test", "messages": []},
-            headers={"authorization": "Bearer ghu_users-copilot-token"},
-        )
+        user_token = {"authorization": "Bearer ghu_users-copilot-token"}
+        reply = await post_chat(http, upstream, "/chat/completions", user_token)
     assert reply.status_code == 200, reply.text
     assert upstream.seen[-1].headers["authorization"] == "Bearer ghu_users-copilot-token"
 
 
-async def test_sse_streams_chunk_by_chunk(
-    upstream: FakeUpstream,
-    start_stack: StartStack,
-) -> None:
+async def test_sse_streams_chunk_by_chunk(upstream: FakeUpstream, start_stack: StartStack) -> None:
     """SSE events reach the client as the upstream sends them, not at the end."""
     proxy = await start_stack()
     chunks = [b"data: 1\n\n", b"data: 2\n\n"]
@@ -160,13 +164,9 @@ async def test_sse_streams_chunk_by_chunk(
     assert arrivals[-1][0] - arrivals[0][0] > 0.2
 
 
-async def test_plain_http_provider_request(
-    upstream: FakeUpstream,
-    start_stack: StartStack,
-) -> None:
+async def test_plain_http_provider_request(upstream: FakeUpstream, start_stack: StartStack) -> None:
     """An absolute-form http:// request for a provider host goes to the bridge too."""
-    proxy = await start_stack()
-    async with client(proxy) as http:
+    async with through_stack(start_stack) as (_, http):
         reply = await http.get(f"http://localhost:{upstream.port}/v1/models")
     assert reply.status_code == 200, reply.text
     assert reply.json()["data"][0]["id"] == "gpt-test"
@@ -236,8 +236,7 @@ async def test_removed_provider_stops_being_intercepted(
 ) -> None:
     """A snapshot without the provider makes open MITM connections reconnect (421) and
     the next CONNECT to that host is treated as any other host (here: private, 403)."""
-    proxy = await start_stack()
-    async with client(proxy) as http:
+    async with through_stack(start_stack) as (proxy, http):
         url = f"https://localhost:{upstream.port}/v1/models"
         assert (await http.get(url)).status_code == 200
         await config_service.service.publish(snapshot("2", [anthropic_provider(upstream)]))
@@ -250,18 +249,12 @@ async def test_removed_provider_stops_being_intercepted(
 
 
 async def test_dumps_are_written_with_secrets_masked(
-    upstream: FakeUpstream,
-    start_stack: StartStack,
-    tmp_path: Path,
+    upstream: FakeUpstream, start_stack: StartStack, tmp_path: Path
 ) -> None:
     """With a dump directory, each provider request leaves a redacted request/response pair."""
     dumps = tmp_path / "dumps"
-    proxy = await start_stack(AIBRIDGE_DUMP_DIR=str(dumps))
-    async with client(proxy) as http:
-        reply = await http.post(
-            f"https://localhost:{upstream.port}/v1/chat/completions",
-            json={"model": "gpt-test", "messages": []},
-        )
+    async with through_stack(start_stack, AIBRIDGE_DUMP_DIR=str(dumps)) as (_, http):
+        reply = await post_chat(http, upstream)
     assert reply.status_code == 200
     # The pair is written once the exchange has finished, just after the client's reply.
     folder = dumps / "openai" / "gpt-test"

@@ -18,13 +18,14 @@ from dp_fakes import (
     MEMBER_TOKEN,
     ConfigServer,
     StartBridge,
+    dumped_body,
+    first_dumped_response,
     snapshot,
 )
 from proxy_fakes import Echo, StartProxy, StartStack, providers, raw_connect, trust
 
-from data_plane import dump
 from data_plane.proxy.server import Proxy
-from tests.fixtures.upstream import FakeUpstream, Reply
+from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
 from tests.test_file_modes import mode
 
@@ -43,12 +44,9 @@ def sample(proxy: Proxy, name: str, **labels: str) -> float:
     return value or 0.0
 
 
-async def test_oversized_request_head_gets_431(
-    config_service: ConfigServer, start_proxy: StartProxy
-) -> None:
+async def test_oversized_request_head_gets_431(start_bare_proxy: StartProxy) -> None:
     """A request head over AIBRIDGE_PROXY_MAX_HEADER_BYTES is answered 431 and the connection closed."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(wait_version="1", AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096")
+    proxy = await start_bare_proxy(AIBRIDGE_PROXY_MAX_HEADER_BYTES="4096")
     reader, writer = await dial(proxy)
     writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 8192 + b"\r\n\r\n")
     answer = await closed_by_proxy(reader)
@@ -74,12 +72,9 @@ async def test_oversized_head_inside_intercepted_tls_gets_431(
     assert upstream.seen == []
 
 
-async def test_request_head_trickled_too_slowly_is_dropped(
-    config_service: ConfigServer, start_proxy: StartProxy
-) -> None:
+async def test_request_head_trickled_too_slowly_is_dropped(start_bare_proxy: StartProxy) -> None:
     """A client sending its head byte by byte (slowloris) is dropped at the header deadline."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(wait_version="1", AIBRIDGE_PROXY_HEADER_TIMEOUT="300ms")
+    proxy = await start_bare_proxy(AIBRIDGE_PROXY_HEADER_TIMEOUT="300ms")
     reader, writer = await dial(proxy)
 
     async def trickle() -> None:
@@ -100,11 +95,10 @@ async def test_request_head_trickled_too_slowly_is_dropped(
 
 
 async def test_silent_connections_are_dropped_before_and_between_requests(
-    config_service: ConfigServer, start_proxy: StartProxy
+    start_bare_proxy: StartProxy,
 ) -> None:
     """A connection that sends nothing, or nothing after a request, is closed after the idle timeout."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(wait_version="1", AIBRIDGE_PROXY_IDLE_TIMEOUT="300ms")
+    proxy = await start_bare_proxy(AIBRIDGE_PROXY_IDLE_TIMEOUT="300ms")
     fresh_reader, fresh = await dial(proxy)
     used_reader, used = await dial(proxy)
     used.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -134,11 +128,10 @@ async def test_tunnel_nothing_went_through_is_closed(
 
 
 async def test_connection_cap_evicts_the_longest_waiting_connection(
-    config_service: ConfigServer, start_proxy: StartProxy
+    start_bare_proxy: StartProxy,
 ) -> None:
     """At the cap a new client is served and the connection waiting longest for a request is closed."""
-    await config_service.service.publish(snapshot("1", []))
-    proxy = await start_proxy(wait_version="1", AIBRIDGE_PROXY_MAX_CONNECTIONS="3")
+    proxy = await start_bare_proxy(AIBRIDGE_PROXY_MAX_CONNECTIONS="3")
     idle = [await dial(proxy) for _ in range(3)]
     await eventually(lambda: sample(proxy, "client_connections") == 3)
     async with httpx.AsyncClient(base_url=f"http://{proxy.listen}", timeout=5) as http:
@@ -172,17 +165,15 @@ async def test_connection_cap_with_every_connection_busy_answers_503(
         tunnel.close()
 
 
+@pytest.mark.usefixtures("oversized_reply")
 async def test_proxy_dump_keeps_only_the_dump_cap(
     config_service: ConfigServer,
     upstream: FakeUpstream,
     start_bridge: StartBridge,
     start_proxy: StartProxy,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A provider response larger than the dump cap reaches the client whole; the proxy's dump keeps the cap (0600)."""
-    monkeypatch.setattr(dump, "MAX_DUMP_BODY", 5000)
-    upstream.responder = lambda seen: Reply(chunks=[b"y" * 3000] * 10)
     await config_service.service.publish(snapshot("1", providers(upstream)))
     bridge = await start_bridge(wait_version="1")
     dumps = tmp_path / "dumps"
@@ -195,8 +186,6 @@ async def test_proxy_dump_keeps_only_the_dump_cap(
             json={"model": "m", "messages": []},
         )
     assert len(reply.content) == 30_000
-    found: list[Path] = []
-    await eventually(lambda: found.extend(dumps.rglob("*.resp.txt")) or found, within=5)
-    body = found[0].read_bytes().split(b"\r\n\r\n", 1)[1]
-    assert body == b"y" * 5000 + b"\n[... 25000 more bytes not dumped]\n"
-    assert mode(found[0]) == 0o600
+    dumped = await first_dumped_response(dumps, within=5)
+    assert dumped_body(dumped) == b"y" * 5000 + b"\n[... 25000 more bytes not dumped]\n"
+    assert mode(dumped) == 0o600

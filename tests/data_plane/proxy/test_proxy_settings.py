@@ -45,12 +45,8 @@ def test_connection_limits_default_to_the_fd_limit_and_can_be_set() -> None:
 
 def test_bad_connection_limits_are_reported() -> None:
     """A zero cap, a non-positive timeout and a tiny header cap are each named."""
-    limits = {
-        "AIBRIDGE_PROXY_MAX_CONNECTIONS": "0",
-        "AIBRIDGE_PROXY_IDLE_TIMEOUT": "0s",
-        "AIBRIDGE_PROXY_HEADER_TIMEOUT": "soon",
-        "AIBRIDGE_PROXY_MAX_HEADER_BYTES": "10",
-    }
+    limits = {"AIBRIDGE_PROXY_MAX_CONNECTIONS": "0", "AIBRIDGE_PROXY_IDLE_TIMEOUT": "0s"}
+    limits |= {"AIBRIDGE_PROXY_HEADER_TIMEOUT": "soon", "AIBRIDGE_PROXY_MAX_HEADER_BYTES": "10"}
     refusal(ProxySettings.from_env, {"AIBRIDGE_PROXY_TOKEN": "t", **limits}, *limits)
 
 
@@ -76,13 +72,9 @@ def test_values_and_flags_win() -> None:
 
 def test_every_problem_at_once() -> None:
     """Several bad values are all listed in one error."""
-    env = {
-        "AIBRIDGE_PROXY_LISTEN": "nope",
-        "AIBRIDGE_PROXY_ALLOWED_PORTS": "443,http",
-        "AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS": "10.0.0.0/33",
-        "AIBRIDGE_PROXY_BRIDGE_URL": "ftp://x",
-        "AIBRIDGE_PROXY_CA_CERT_FILE": "/tmp/ca.pem",
-    }
+    env = {"AIBRIDGE_PROXY_LISTEN": "nope", "AIBRIDGE_PROXY_ALLOWED_PORTS": "443,http"}
+    env |= {"AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS": "10.0.0.0/33"}
+    env |= {"AIBRIDGE_PROXY_BRIDGE_URL": "ftp://x", "AIBRIDGE_PROXY_CA_CERT_FILE": "/tmp/ca.pem"}
     error = refusal(
         ProxySettings.from_env,
         env,
