@@ -44,6 +44,29 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+# A CA signs certificates and revocation lists, nothing else.
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def private_pem(key: SigningKey) -> bytes:
+    """The unencrypted PKCS#8 PEM of a private key."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 @dataclass(frozen=True)
 class CertificateAuthority:
     cert: x509.Certificate
@@ -85,30 +108,12 @@ class CertificateAuthority:
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(CA_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         # O_EXCL: never overwrite a CA someone else just created (or an operator's file).
-        write_private(key_path, key_pem, os.O_EXCL)
+        write_private(key_path, private_pem(key), os.O_EXCL)
         write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), os.O_EXCL)
         log.info("generated the proxy CA", cert_file=str(cert_path), key_file=str(key_path))
         return cls(cert, key)
@@ -140,12 +145,7 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return cert.public_bytes(serialization.Encoding.PEM) + key_pem, expires.timestamp()
+        return cert.public_bytes(serialization.Encoding.PEM) + private_pem(key), expires.timestamp()
 
 
 def server_context(bundle: bytes) -> ssl.SSLContext:
