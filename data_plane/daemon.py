@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from aibridge.client import CONFIG_SERVICE, config_service_tls
 from aibridge.envconfig import (
+    LOG_FORMAT,
+    LOG_LEVEL,
+    WORKERS,
     Schema,
     Setting,
     SettingsError,
@@ -27,6 +30,7 @@ from aibridge.envconfig import (
 )
 from aibridge.logs import configure
 from aibridge.ports import ListenError
+from aibridge.telemetry import TelemetrySettings
 
 if TYPE_CHECKING:
     from data_plane.workers import Worker
@@ -119,6 +123,26 @@ def follow_fields(v: Values) -> FollowFields:
         config_service_key_file=key,
         snapshot_cache=v[SNAPSHOT_CACHE],
         node_id=v[NODE_ID] or process_id(),
+    )
+
+
+class ProcessFields(TypedDict):
+    """The fields of a daemon's settings that say how its process runs: its logs, its
+    telemetry and its worker processes."""
+
+    log_format: str
+    log_level: str
+    telemetry: TelemetrySettings
+    workers: int
+
+
+def process_fields(v: Values, service: str) -> ProcessFields:
+    """Those fields from `v`; `service` is the telemetry's default service.name."""
+    return ProcessFields(
+        log_format=v[LOG_FORMAT],
+        log_level=v[LOG_LEVEL],
+        telemetry=TelemetrySettings.of(v, service),
+        workers=v[WORKERS],
     )
 
 

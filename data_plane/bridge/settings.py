@@ -15,8 +15,6 @@ from aibridge.coder_options import BRIDGE_REFUSED
 from aibridge.envconfig import (
     BRIDGE_LISTEN,
     DATA_DIR,
-    LOG_FORMAT,
-    LOG_LEVEL,
     LOGGING,
     OTEL,
     WORKERS,
@@ -34,20 +32,12 @@ from aibridge.envconfig import (
 )
 from aibridge.masking import Secret
 from aibridge.telemetry import TelemetrySettings
-from data_plane.daemon import (
-    DUMP_DIR,
-    NODE_ID,
-    SNAPSHOT_CACHE,
-    daemon_token,
-    follow_fields,
-    request_limits,
-    required_token,
-)
+from data_plane import daemon
 from data_plane.recording.shipper import ShipperSettings
 from data_plane.recording.spool import spool_name
 
 T = TypeVar("T")
-TOKEN = daemon_token("bridge")
+TOKEN = daemon.daemon_token("bridge")
 ALLOW_BYOK = Setting(
     "AIBRIDGE_ALLOW_BYOK",
     "false: refuse clients' own provider keys on this bridge even where the config "
@@ -62,7 +52,7 @@ MAX_CONNECTIONS = Setting(
     integer(minimum=0),
     "0",
 )
-HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = request_limits(
+HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = daemon.request_limits(
     (
         "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
         "AIBRIDGE_BRIDGE_MAX_HEADER_BYTES",
@@ -168,15 +158,15 @@ SETTINGS = (
             MAX_HEADER_BYTES,
             BODY_BUFFER_BYTES,
             BODY_TIMEOUT,
-            DUMP_DIR,
+            daemon.DUMP_DIR,
             RECORD_PROMPTS,
             BREAKER_ENABLED,
             BREAKER_FAILURE_THRESHOLD,
             BREAKER_INTERVAL,
             BREAKER_TIMEOUT,
             BREAKER_MAX_REQUESTS,
-            SNAPSHOT_CACHE,
-            NODE_ID,
+            daemon.SNAPSHOT_CACHE,
+            daemon.NODE_ID,
             RECORDING,
             RECORDING_QUEUE_SIZE,
             RECORDING_FLUSH_INTERVAL,
@@ -259,8 +249,8 @@ class BridgeSettings:
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> BridgeSettings:
         v = SETTINGS.load(environ, overrides)
-        token = required_token(v, TOKEN, "bridge")
-        follow = follow_fields(v)
+        token = daemon.required_token(v, TOKEN, "bridge")
+        follow = daemon.follow_fields(v)
         v.check()
         host, port = v[BRIDGE_LISTEN]
         spool_file = spool_name(follow["node_id"])
@@ -274,7 +264,7 @@ class BridgeSettings:
             limits=ConnectionLimits(v[MAX_CONNECTIONS], v[HEADER_TIMEOUT], v[MAX_HEADER_BYTES]),
             body_buffer_bytes=v[BODY_BUFFER_BYTES],
             body_timeout=v[BODY_TIMEOUT],
-            dump_dir=v[DUMP_DIR],
+            dump_dir=v[daemon.DUMP_DIR],
             record_prompts=v[RECORD_PROMPTS],
             breaker=BreakerSettings(
                 v[BREAKER_ENABLED],
@@ -291,9 +281,6 @@ class BridgeSettings:
                 spool_max_bytes=v[RECORDING_SPOOL_MAX_BYTES],
                 timeout=v[RECORDING_TIMEOUT],
             ),
-            log_format=v[LOG_FORMAT],
-            log_level=v[LOG_LEVEL],
-            workers=v[WORKERS],
             aws_region=v[AWS_REGION] or v[AWS_DEFAULT_REGION],
-            telemetry=TelemetrySettings.of(v, "aibridge-bridge"),
+            **daemon.process_fields(v, "aibridge-bridge"),
         )

@@ -14,8 +14,6 @@ from aibridge.client import CONNECTION
 from aibridge.coder_options import PROXY_REFUSED
 from aibridge.envconfig import (
     DATA_DIR,
-    LOG_FORMAT,
-    LOG_LEVEL,
     LOGGING,
     OTEL,
     PROXY_LISTEN,
@@ -37,15 +35,7 @@ from aibridge.envconfig import (
 )
 from aibridge.masking import Secret
 from aibridge.telemetry import TelemetrySettings
-from data_plane.daemon import (
-    DUMP_DIR,
-    NODE_ID,
-    SNAPSHOT_CACHE,
-    daemon_token,
-    follow_fields,
-    request_limits,
-    required_token,
-)
+from data_plane import daemon
 
 # File descriptors kept for the process itself (pools, the config service, logs, files).
 FD_RESERVE = 128
@@ -60,7 +50,7 @@ def default_max_connections() -> int:
     return max(16, (soft - FD_RESERVE) // 2)
 
 
-TOKEN = daemon_token("proxy")
+TOKEN = daemon.daemon_token("proxy")
 CA_CERT_FILE = Setting(
     "AIBRIDGE_PROXY_CA_CERT_FILE",
     "MITM CA certificate (default: generated in the data dir)",
@@ -105,7 +95,7 @@ IDLE_TIMEOUT = Setting(
     duration,
     "60s",
 )
-HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = request_limits(
+HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = daemon.request_limits(
     (
         "AIBRIDGE_PROXY_HEADER_TIMEOUT",
         "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
@@ -136,9 +126,9 @@ SETTINGS = (
             BODY_TIMEOUT,
             DATA_DIR,
             XDG_DATA_HOME,
-            replace(DUMP_DIR, coder="PROXY_DUMP_DIR"),
-            SNAPSHOT_CACHE,
-            NODE_ID,
+            replace(daemon.DUMP_DIR, coder="PROXY_DUMP_DIR"),
+            daemon.SNAPSHOT_CACHE,
+            daemon.NODE_ID,
             WORKERS,
         ),
         PROXY_REFUSED,
@@ -195,8 +185,8 @@ class ProxySettings:
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ProxySettings:
         v = SETTINGS.load(environ, overrides)
-        token = required_token(v, TOKEN, "proxy")
-        follow = follow_fields(v)
+        token = daemon.required_token(v, TOKEN, "proxy")
+        follow = daemon.follow_fields(v)
         # The CA pair is given together (both must exist) or generated together.
         if (v[CA_CERT_FILE] is None) != (v[CA_KEY_FILE] is None):
             v.problems.append(
@@ -222,9 +212,6 @@ class ProxySettings:
             max_header_bytes=v[MAX_HEADER_BYTES],
             body_buffer_bytes=v[BODY_BUFFER_BYTES],
             body_timeout=v[BODY_TIMEOUT],
-            dump_dir=v[DUMP_DIR],
-            log_format=v[LOG_FORMAT],
-            log_level=v[LOG_LEVEL],
-            telemetry=TelemetrySettings.of(v, "aibridge-proxy"),
-            workers=v[WORKERS],
+            dump_dir=v[daemon.DUMP_DIR],
+            **daemon.process_fields(v, "aibridge-proxy"),
         )
