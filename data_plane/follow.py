@@ -7,16 +7,18 @@
 `make_subscriber(settings, token, apply, metrics)` builds the daemon's `Subscriber` from
 its settings (config service address, TLS/mTLS files, snapshot cache, node id), and
 `start_following(subscriber)` serves the cached snapshot, if any, then follows the stream
-in a task named "subscriber" (cancel it to stop).
+in a task named "subscriber" (cancel it to stop). `snapshot_applied(...)` records a table
+swapped in: in the daemon's metrics and as one "snapshot applied" log line.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sized
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -132,3 +134,27 @@ async def start_following(subscriber: Subscriber) -> asyncio.Task[None]:
     """Apply the cached snapshot (if any), then follow the stream in a new task."""
     await subscriber.load_cache()
     return asyncio.create_task(subscriber.run(), name="subscriber")
+
+
+class Table(Protocol):
+    """What both daemons' tables of an applied snapshot have."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def tokens(self) -> Sized: ...
+
+
+T = TypeVar("T", bound=Table)
+T_contra = TypeVar("T_contra", bound=Table, contravariant=True)
+
+
+class SnapshotMetrics(Protocol[T_contra]):
+    def snapshot_applied(self, table: T_contra, when: float) -> None: ...
+
+
+def snapshot_applied(log: Any, metrics: SnapshotMetrics[T], table: T, **counts: object) -> None:
+    """`table` was swapped in: the daemon's metrics say so, and one line logs its version,
+    its gateway tokens and the daemon's own `counts`."""
+    metrics.snapshot_applied(table, time.time())
+    log.info("snapshot applied", version=table.version, tokens=len(table.tokens), **counts)
