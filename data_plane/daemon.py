@@ -126,6 +126,19 @@ def follow_fields(v: Values) -> FollowFields:
     )
 
 
+def read(
+    schema: Schema,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, str] | None,
+    token: Setting[str],
+    role: str,
+) -> tuple[Values, str, FollowFields]:
+    """A daemon's settings read (flags win), its token (a problem when missing) and the
+    fields of how it follows the config service."""
+    v = schema.load(environ, overrides)
+    return v, required_token(v, token, role), follow_fields(v)
+
+
 class ProcessFields(TypedDict):
     """The fields of a daemon's settings that say how its process runs: its logs, its
     telemetry and its worker processes."""
@@ -144,6 +157,25 @@ def process_fields(v: Values, service: str) -> ProcessFields:
         telemetry=TelemetrySettings.of(v, service),
         workers=v[WORKERS],
     )
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """The fields every daemon's settings have: where it listens, how it follows the config
+    service (`FollowFields`) and how its process runs (`ProcessFields`)."""
+
+    listen_host: str
+    listen_port: int
+    config_service: str
+    config_service_ca_file: Path | None
+    config_service_cert_file: Path | None
+    config_service_key_file: Path | None
+    snapshot_cache: Path | None
+    node_id: str
+    log_format: str
+    log_level: str
+    telemetry: TelemetrySettings
+    workers: int  # processes on the listen port (data_plane/workers.py)
 
 
 def load_settings(

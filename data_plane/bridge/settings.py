@@ -31,7 +31,6 @@ from aibridge.envconfig import (
     text,
 )
 from aibridge.masking import Secret
-from aibridge.telemetry import TelemetrySettings
 from data_plane import daemon
 from data_plane.recording.shipper import ShipperSettings
 from data_plane.recording.spool import spool_name
@@ -205,14 +204,8 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True)
-class BridgeSettings:
+class BridgeSettings(daemon.DaemonSettings):
     bridge_token: Secret
-    config_service: str
-    config_service_ca_file: Path | None
-    config_service_cert_file: Path | None
-    config_service_key_file: Path | None
-    listen_host: str
-    listen_port: int
     allow_byok: bool
     limits: ConnectionLimits
     body_buffer_bytes: int
@@ -220,15 +213,9 @@ class BridgeSettings:
     dump_dir: Path | None
     record_prompts: bool
     breaker: BreakerSettings
-    snapshot_cache: Path | None
-    node_id: str
     recording_on: bool
     recording: ShipperSettings
-    log_format: str
-    log_level: str
     aws_region: str  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
-    telemetry: TelemetrySettings
-    workers: int = 1  # processes on the listen port (data_plane/workers.py)
 
     def for_worker(self, suffix: str, port: int) -> BridgeSettings:
         """As one worker runs them: its own node id and its own spool file (two processes
@@ -248,9 +235,7 @@ class BridgeSettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> BridgeSettings:
-        v = SETTINGS.load(environ, overrides)
-        token = daemon.required_token(v, TOKEN, "bridge")
-        follow = daemon.follow_fields(v)
+        v, token, follow = daemon.read(SETTINGS, environ, overrides, TOKEN, "bridge")
         v.check()
         host, port = v[BRIDGE_LISTEN]
         spool_file = spool_name(follow["node_id"])

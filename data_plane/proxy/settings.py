@@ -34,7 +34,6 @@ from aibridge.envconfig import (
     resolve_data_dir,
 )
 from aibridge.masking import Secret
-from aibridge.telemetry import TelemetrySettings
 from data_plane import daemon
 
 # File descriptors kept for the process itself (pools, the config service, logs, files).
@@ -139,15 +138,9 @@ SETTINGS = (
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class ProxySettings(daemon.DaemonSettings):
     proxy_token: Secret
     data_dir: Path
-    config_service: str
-    config_service_ca_file: Path | None
-    config_service_cert_file: Path | None
-    config_service_key_file: Path | None
-    listen_host: str
-    listen_port: int
     ca_cert_file: Path | None  # None: <data_dir>/proxy-ca.pem, generated when absent
     ca_key_file: Path | None
     bridge_url: str
@@ -161,12 +154,6 @@ class ProxySettings:
     body_buffer_bytes: int
     body_timeout: float
     dump_dir: Path | None
-    snapshot_cache: Path | None
-    node_id: str
-    log_format: str
-    log_level: str
-    telemetry: TelemetrySettings
-    workers: int = 1  # processes on the listen port (data_plane/workers.py)
 
     def for_worker(self, suffix: str, port: int) -> ProxySettings:
         """As one worker runs them: its own node id."""
@@ -184,9 +171,7 @@ class ProxySettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ProxySettings:
-        v = SETTINGS.load(environ, overrides)
-        token = daemon.required_token(v, TOKEN, "proxy")
-        follow = daemon.follow_fields(v)
+        v, token, follow = daemon.read(SETTINGS, environ, overrides, TOKEN, "proxy")
         # The CA pair is given together (both must exist) or generated together.
         if (v[CA_CERT_FILE] is None) != (v[CA_KEY_FILE] is None):
             v.problems.append(
