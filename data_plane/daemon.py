@@ -7,9 +7,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar
 
 from aibridge.client import CONFIG_SERVICE, config_service_tls
 from aibridge.envconfig import (
@@ -103,7 +103,7 @@ NODE_ID = Setting(
 
 class FollowFields(TypedDict):
     """The fields of a daemon's settings that say how it follows the config service
-    (data_plane/follow.py's FollowSettings)."""
+    (DaemonSettings)."""
 
     config_service: str
     config_service_ca_file: Path | None
@@ -176,6 +176,11 @@ class DaemonSettings:
     log_level: str
     telemetry: TelemetrySettings
     workers: int  # processes on the listen port (data_plane/workers.py)
+
+    def for_worker(self, suffix: str, port: int) -> Self:
+        """These settings as one worker runs them: on the shared `port`, the node id (and
+        whatever else must be the worker's own) ending in `suffix`, one process."""
+        return replace(self, listen_port=port, node_id=self.node_id + suffix, workers=1)
 
 
 def load_settings(

@@ -17,13 +17,13 @@ import asyncio
 import time
 from collections.abc import Iterable, Sized
 from collections.abc import Set as AbstractSet
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from aibridge.masking import Secret
 from aibridge.series import Series
+from data_plane.daemon import DaemonSettings
 from data_plane.subscriber import ApplyFn, Subscriber, SubscriberConfig
 
 
@@ -94,25 +94,8 @@ def _replace(gauge: Gauge, old: Labels, new: Labels) -> None:
         gauge.labels(*labels).set(1)
 
 
-class FollowSettings(Protocol):
-    """The settings both daemons have for following the config service."""
-
-    @property
-    def config_service(self) -> str: ...
-    @property
-    def config_service_ca_file(self) -> Path | None: ...
-    @property
-    def config_service_cert_file(self) -> Path | None: ...
-    @property
-    def config_service_key_file(self) -> Path | None: ...
-    @property
-    def snapshot_cache(self) -> Path | None: ...
-    @property
-    def node_id(self) -> str: ...
-
-
 def make_subscriber(
-    settings: FollowSettings, token: Secret, apply: ApplyFn, metrics: FollowMetrics
+    settings: DaemonSettings, token: Secret, apply: ApplyFn, metrics: FollowMetrics
 ) -> Subscriber:
     """The daemon's subscriber; every apply attempt is recorded in `metrics`."""
     return Subscriber(

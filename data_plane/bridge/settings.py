@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from aibridge.client import CONNECTION
 from aibridge.coder_options import BRIDGE_REFUSED
@@ -217,19 +217,14 @@ class BridgeSettings(daemon.DaemonSettings):
     recording: ShipperSettings
     aws_region: str  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
 
-    def for_worker(self, suffix: str, port: int) -> BridgeSettings:
+    def for_worker(self, suffix: str, port: int) -> Self:
         """As one worker runs them: its own node id and its own spool file (two processes
         never append to one spool; the spool of a worker that is gone is adopted)."""
         spool = self.recording.spool_path
-        return replace(
-            self,
-            listen_port=port,
-            node_id=self.node_id + suffix,
-            workers=1,
-            recording=replace(
-                self.recording, spool_path=spool.with_name(spool.stem + suffix + spool.suffix)
-            ),
+        own = replace(
+            self.recording, spool_path=spool.with_name(spool.stem + suffix + spool.suffix)
         )
+        return replace(super().for_worker(suffix, port), recording=own)
 
     @classmethod
     def from_env(

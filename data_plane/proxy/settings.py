@@ -155,10 +155,6 @@ class ProxySettings(daemon.DaemonSettings):
     body_timeout: float
     dump_dir: Path | None
 
-    def for_worker(self, suffix: str, port: int) -> ProxySettings:
-        """As one worker runs them: its own node id."""
-        return replace(self, listen_port=port, node_id=self.node_id + suffix, workers=1)
-
     @property
     def ca_paths(self) -> tuple[Path, Path]:
         """Where the CA certificate and key are read from (or generated into)."""
