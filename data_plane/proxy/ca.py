@@ -37,6 +37,8 @@ CA_DAYS = 3650
 LEAF_DAYS = 30
 RENEW_BEFORE = 86400.0  # seconds
 MAX_LEAVES = 1024
+# Certificates start an hour back: a client whose clock is a little behind accepts them.
+HOUR = datetime.timedelta(hours=1)
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
@@ -56,6 +58,26 @@ CA_KEY_USAGE = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
+
+
+def builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: SigningKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> x509.CertificateBuilder:
+    """A certificate of `key` for `subject`, signed by `issuer`, valid from `not_before`
+    to `not_after`, with a random serial number; extensions are the caller's."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
 
 
 def private_pem(key: SigningKey) -> bytes:
@@ -100,13 +122,7 @@ class CertificateAuthority:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
         now = _now()
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            builder(name, name, key, now - HOUR, now + datetime.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(CA_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
@@ -130,13 +146,7 @@ class CertificateAuthority:
         now = _now()
         expires = now + datetime.timedelta(days=LEAF_DAYS)
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(expires)
+            builder(subject, self.cert.subject, key, now - HOUR, expires)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName([san]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
