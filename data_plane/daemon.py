@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from aibridge.client import CONFIG_SERVICE, config_service_tls
 from aibridge.envconfig import (
@@ -101,22 +101,15 @@ NODE_ID = Setting(
 )
 
 
-class FollowFields(TypedDict):
-    """The fields of a daemon's settings that say how it follows the config service
-    (DaemonSettings)."""
-
-    config_service: str
-    config_service_ca_file: Path | None
-    config_service_cert_file: Path | None
-    config_service_key_file: Path | None
-    snapshot_cache: Path | None
-    node_id: str
+# Keyword arguments for some of DaemonSettings' fields, by field name.
+Fields = dict[str, Any]
 
 
-def follow_fields(v: Values) -> FollowFields:
-    """Those fields from `v`; the TLS files' problems are added to `v.problems`."""
+def follow_fields(v: Values) -> Fields:
+    """The fields that say how the daemon follows the config service; the TLS files'
+    problems are added to `v.problems`."""
     ca, cert, key = config_service_tls(v)
-    return FollowFields(
+    return dict(
         config_service=v[CONFIG_SERVICE],
         config_service_ca_file=ca,
         config_service_cert_file=cert,
@@ -132,26 +125,17 @@ def read(
     overrides: Mapping[str, str] | None,
     token: Setting[str],
     role: str,
-) -> tuple[Values, str, FollowFields]:
+) -> tuple[Values, str, Fields]:
     """A daemon's settings read (flags win), its token (a problem when missing) and the
     fields of how it follows the config service."""
     v = schema.load(environ, overrides)
     return v, required_token(v, token, role), follow_fields(v)
 
 
-class ProcessFields(TypedDict):
-    """The fields of a daemon's settings that say how its process runs: its logs, its
-    telemetry and its worker processes."""
-
-    log_format: str
-    log_level: str
-    telemetry: TelemetrySettings
-    workers: int
-
-
-def process_fields(v: Values, service: str) -> ProcessFields:
-    """Those fields from `v`; `service` is the telemetry's default service.name."""
-    return ProcessFields(
+def process_fields(v: Values, service: str) -> Fields:
+    """The fields that say how the process runs: its logs, its telemetry and its workers;
+    `service` is the telemetry's default service.name."""
+    return dict(
         log_format=v[LOG_FORMAT],
         log_level=v[LOG_LEVEL],
         telemetry=TelemetrySettings.of(v, service),
@@ -162,7 +146,7 @@ def process_fields(v: Values, service: str) -> ProcessFields:
 @dataclass(frozen=True)
 class DaemonSettings:
     """The fields every daemon's settings have: where it listens, how it follows the config
-    service (`FollowFields`) and how its process runs (`ProcessFields`)."""
+    service (`follow_fields`) and how its process runs (`process_fields`)."""
 
     listen_host: str
     listen_port: int
