@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _stack import _completion, free_port, http_get
+from _stack import _completion, free_port, http_get, terminate
 
 _PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin"  # nginx lives in sbin
 NGINX = shutil.which("nginx", path=_PATH)
@@ -119,13 +119,7 @@ class Nginx:
     def stop(self) -> None:
         """SIGTERM (nginx's fast shutdown: the master stops its workers), then SIGKILL for
         any of them still running after 10 s."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-        try:
-            self.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
+        terminate(self.popen)
         for name, pid in self.pids.items():
             if name != "nginx" and Path(f"/proc/{pid}").exists():
                 os.kill(pid, signal.SIGKILL)

@@ -30,6 +30,7 @@ from tests.fixtures.processes import AIBRIDGE as AIBRIDGE
 from tests.fixtures.processes import Proc as Proc
 from tests.fixtures.processes import clean_env as clean_env
 from tests.fixtures.processes import start as start
+from tests.fixtures.processes import terminate as terminate
 
 # Bench-only bootstrap tokens, random enough for the config service's strength rule; fixed, so
 # that the benchmark's child processes (multiprocessing "spawn") share them.

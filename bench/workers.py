@@ -29,8 +29,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import parser, percentile, publish
-from _stack import PROVIDER, Proc, bridge_env, free_port, stack, start, wait_ready
+from _stack import PROVIDER, Proc, Stack, bridge_env, free_port, stack, start, wait_ready
 from bridge_overhead import Saturation, Target, _body, _saturate, bridge_target
+
+# Bridge by worker count: (process, port, pids serving).
+Bridges = dict[int, tuple[Proc, int, list[int]]]
 
 
 def _bridge(name: str, target: str, workers: int, tmp: Path) -> tuple[Proc, int, list[int]]:
@@ -46,6 +49,16 @@ def _bridge(name: str, target: str, workers: int, tmp: Path) -> tuple[Proc, int,
         pids = [int(p) for p in proc.wait_for_log("workers ready", 60)["pids"]]
     wait_ready(port)
     return proc, port, pids
+
+
+def _pids(bridges: Bridges, n: int, upstream_pid: int) -> dict[str, int]:
+    """The processes whose CPU a run of bridge `n` counts: its workers, its supervising
+    parent (with several workers) and the upstream."""
+    proc, _, workers = bridges[n]
+    pids = {f"w{i}": pid for i, pid in enumerate(workers)}
+    if n > 1:
+        pids["parent"] = proc.pid
+    return {**pids, "upstream": upstream_pid}
 
 
 def main() -> int:
@@ -78,42 +91,33 @@ def main() -> int:
 
         upstream = NginxUpstream
     with stack(upstream=upstream) as s:
-        bridges: dict[int, tuple[Proc, int, list[int]]] = {}
+        bridges: Bridges = {}
         for n in (1, args.workers):
             bridges[n] = _bridge(f"bridge-{n}w", s.target, n, s.tmp)
             s.add(bridges[n][0])
         run = _run_c if args.load == "c" else _run
-        result = run(args, s.token, s.upstream_pid, bridges, s.tmp)
+        result = run(args, s, bridges)
     return _report(result)
 
 
-def _run_c(
-    args: argparse.Namespace,
-    token: str,
-    upstream_pid: int,
-    bridges: dict[int, tuple[Proc, int, list[int]]],
-    tmp: Path,
-) -> dict[str, Any]:
+def _run_c(args: argparse.Namespace, s: Stack, bridges: Bridges) -> dict[str, Any]:
     """Each bridge saturated in turn by wrk against the nginx upstream."""
     from _common import cpu_seconds
     from _floor import run_wrk
 
-    headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {s.token}"}
     started = time.perf_counter()
     runs: dict[int, list[Saturation]] = {n: [] for n in bridges}
     wrk_latency: dict[int, list[tuple[float, float]]] = {n: [] for n in bridges}
     for i in range(args.rounds + 1):  # round 0 warms every worker up and is not counted
         order = list(bridges) if i % 2 == 0 else list(reversed(bridges))
         for n in order:
-            proc, port, workers = bridges[n]
-            pids = {f"w{k}": pid for k, pid in enumerate(workers)}
-            if n > 1:
-                pids["parent"] = proc.pid
-            pids["upstream"] = upstream_pid
+            pids = _pids(bridges, n, s.upstream_pid)
             cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+            port = bridges[n][1]
             url = f"http://127.0.0.1:{port}/{PROVIDER}/v1/chat/completions"
             seconds = 2.0 if i == 0 else args.seconds
-            w = run_wrk(url, headers, _body(False), args.concurrency, seconds, tmp)
+            w = run_wrk(url, headers, _body(False), args.concurrency, seconds, s.tmp)
             cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
             cpu["client"] = w.client_cpu
             if i:
@@ -128,24 +132,11 @@ def _run_c(
     return result
 
 
-def _run(
-    args: argparse.Namespace,
-    token: str,
-    upstream_pid: int,
-    bridges: dict[int, tuple[Proc, int, list[int]]],
-    tmp: Path,
-) -> dict[str, Any]:
+def _run(args: argparse.Namespace, s: Stack, bridges: Bridges) -> dict[str, Any]:
     import uvloop
 
     def target_of(n: int) -> Target:
-        return bridge_target(f"{n}w", bridges[n][1], token)
-
-    def pids_of(n: int) -> dict[str, int]:
-        proc, _, workers = bridges[n]
-        pids = {f"w{i}": pid for i, pid in enumerate(workers)}
-        if n > 1:
-            pids["parent"] = proc.pid
-        return {**pids, "upstream": upstream_pid}
+        return bridge_target(f"{n}w", bridges[n][1], s.token)
 
     async def run() -> dict[int, list[Saturation]]:
         runs: dict[int, list[Saturation]] = {n: [] for n in bridges}
@@ -154,10 +145,10 @@ def _run(
         for i in range(args.rounds):
             order = list(bridges) if i % 2 == 0 else list(reversed(bridges))
             for n in order:
+                pids = _pids(bridges, n, s.upstream_pid)
+                target = target_of(n)
                 runs[n].append(
-                    await _saturate(
-                        target_of(n), args.kind, args.requests, args.concurrency, pids_of(n), None
-                    )
+                    await _saturate(target, args.kind, args.requests, args.concurrency, pids, None)
                 )
         return runs
 

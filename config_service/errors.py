@@ -21,42 +21,38 @@ import grpc
 class ConfigError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
+    def __init_subclass__(cls, code: grpc.StatusCode) -> None:
+        """Each subclass names its status code: `class NotFound(ConfigError, code=...)`."""
+        super().__init_subclass__()
+        cls.code = code
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class InvalidArgument(ConfigError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
+class InvalidArgument(ConfigError, code=grpc.StatusCode.INVALID_ARGUMENT):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
 
 
-class NotFound(ConfigError):
-    code = grpc.StatusCode.NOT_FOUND
+class NotFound(ConfigError, code=grpc.StatusCode.NOT_FOUND): ...
 
 
-class AlreadyExists(ConfigError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+class AlreadyExists(ConfigError, code=grpc.StatusCode.ALREADY_EXISTS): ...
 
 
-class FailedPrecondition(ConfigError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+class FailedPrecondition(ConfigError, code=grpc.StatusCode.FAILED_PRECONDITION): ...
 
 
-class Unauthenticated(ConfigError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+class Unauthenticated(ConfigError, code=grpc.StatusCode.UNAUTHENTICATED): ...
 
 
-class PermissionDenied(ConfigError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+class PermissionDenied(ConfigError, code=grpc.StatusCode.PERMISSION_DENIED): ...
 
 
-class ResourceExhausted(ConfigError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class ResourceExhausted(ConfigError, code=grpc.StatusCode.RESOURCE_EXHAUSTED): ...
 
 
-class Unavailable(ConfigError):
-    code = grpc.StatusCode.UNAVAILABLE
+class Unavailable(ConfigError, code=grpc.StatusCode.UNAVAILABLE): ...

@@ -30,39 +30,35 @@ class ApiError(Exception):
 
     status = 502
 
+    def __init_subclass__(cls, status: int) -> None:
+        """Each subclass names its HTTP status: `class NotFound(ApiError, status=404)`."""
+        super().__init_subclass__()
+        cls.status = status
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class SignedOut(ApiError):
+class SignedOut(ApiError, status=401):
     """UNAUTHENTICATED: the token is unknown or revoked; the session ends."""
 
-    status = 401
+
+class Forbidden(ApiError, status=403): ...
 
 
-class Forbidden(ApiError):
-    status = 403
+class NotFound(ApiError, status=404): ...
 
 
-class NotFound(ApiError):
-    status = 404
-
-
-class Conflict(ApiError):
+class Conflict(ApiError, status=409):
     """ALREADY_EXISTS or FAILED_PRECONDITION: the form is shown again with the message."""
 
-    status = 409
+
+class Unavailable(ApiError, status=503): ...
 
 
-class Unavailable(ApiError):
-    status = 503
-
-
-class FieldError(ApiError):
+class FieldError(ApiError, status=400):
     """INVALID_ARGUMENT: `field` is the request field the config service named."""
-
-    status = 400
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}" if field else message)

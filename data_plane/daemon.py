@@ -7,12 +7,15 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from aibridge.client import CONFIG_SERVICE, config_service_tls
 from aibridge.envconfig import (
+    LOG_FORMAT,
+    LOG_LEVEL,
+    WORKERS,
     Schema,
     Setting,
     SettingsError,
@@ -27,6 +30,7 @@ from aibridge.envconfig import (
 )
 from aibridge.logs import configure
 from aibridge.ports import ListenError
+from aibridge.telemetry import TelemetrySettings
 
 if TYPE_CHECKING:
     from data_plane.workers import Worker
@@ -97,22 +101,15 @@ NODE_ID = Setting(
 )
 
 
-class FollowFields(TypedDict):
-    """The fields of a daemon's settings that say how it follows the config service
-    (data_plane/follow.py's FollowSettings)."""
-
-    config_service: str
-    config_service_ca_file: Path | None
-    config_service_cert_file: Path | None
-    config_service_key_file: Path | None
-    snapshot_cache: Path | None
-    node_id: str
+# Keyword arguments for some of DaemonSettings' fields, by field name.
+Fields = dict[str, Any]
 
 
-def follow_fields(v: Values) -> FollowFields:
-    """Those fields from `v`; the TLS files' problems are added to `v.problems`."""
+def follow_fields(v: Values) -> Fields:
+    """The fields that say how the daemon follows the config service; the TLS files'
+    problems are added to `v.problems`."""
     ca, cert, key = config_service_tls(v)
-    return FollowFields(
+    return dict(
         config_service=v[CONFIG_SERVICE],
         config_service_ca_file=ca,
         config_service_cert_file=cert,
@@ -120,6 +117,54 @@ def follow_fields(v: Values) -> FollowFields:
         snapshot_cache=v[SNAPSHOT_CACHE],
         node_id=v[NODE_ID] or process_id(),
     )
+
+
+def read(
+    schema: Schema,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, str] | None,
+    token: Setting[str],
+    role: str,
+) -> tuple[Values, str, Fields]:
+    """A daemon's settings read (flags win), its token (a problem when missing) and the
+    fields of how it follows the config service."""
+    v = schema.load(environ, overrides)
+    return v, required_token(v, token, role), follow_fields(v)
+
+
+def process_fields(v: Values, service: str) -> Fields:
+    """The fields that say how the process runs: its logs, its telemetry and its workers;
+    `service` is the telemetry's default service.name."""
+    return dict(
+        log_format=v[LOG_FORMAT],
+        log_level=v[LOG_LEVEL],
+        telemetry=TelemetrySettings.of(v, service),
+        workers=v[WORKERS],
+    )
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """The fields every daemon's settings have: where it listens, how it follows the config
+    service (`follow_fields`) and how its process runs (`process_fields`)."""
+
+    listen_host: str
+    listen_port: int
+    config_service: str
+    config_service_ca_file: Path | None
+    config_service_cert_file: Path | None
+    config_service_key_file: Path | None
+    snapshot_cache: Path | None
+    node_id: str
+    log_format: str
+    log_level: str
+    telemetry: TelemetrySettings
+    workers: int  # processes on the listen port (data_plane/workers.py)
+
+    def for_worker(self, suffix: str, port: int) -> Self:
+        """These settings as one worker runs them: on the shared `port`, the node id (and
+        whatever else must be the worker's own) ending in `suffix`, one process."""
+        return replace(self, listen_port=port, node_id=self.node_id + suffix, workers=1)
 
 
 def load_settings(

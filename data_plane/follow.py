@@ -7,21 +7,23 @@
 `make_subscriber(settings, token, apply, metrics)` builds the daemon's `Subscriber` from
 its settings (config service address, TLS/mTLS files, snapshot cache, node id), and
 `start_following(subscriber)` serves the cached snapshot, if any, then follows the stream
-in a task named "subscriber" (cancel it to stop).
+in a task named "subscriber" (cancel it to stop). `snapshot_applied(...)` records a table
+swapped in: in the daemon's metrics and as one "snapshot applied" log line.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sized
 from collections.abc import Set as AbstractSet
-from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from aibridge.masking import Secret
 from aibridge.series import Series
+from data_plane.daemon import DaemonSettings
 from data_plane.subscriber import ApplyFn, Subscriber, SubscriberConfig
 
 
@@ -92,25 +94,8 @@ def _replace(gauge: Gauge, old: Labels, new: Labels) -> None:
         gauge.labels(*labels).set(1)
 
 
-class FollowSettings(Protocol):
-    """The settings both daemons have for following the config service."""
-
-    @property
-    def config_service(self) -> str: ...
-    @property
-    def config_service_ca_file(self) -> Path | None: ...
-    @property
-    def config_service_cert_file(self) -> Path | None: ...
-    @property
-    def config_service_key_file(self) -> Path | None: ...
-    @property
-    def snapshot_cache(self) -> Path | None: ...
-    @property
-    def node_id(self) -> str: ...
-
-
 def make_subscriber(
-    settings: FollowSettings, token: Secret, apply: ApplyFn, metrics: FollowMetrics
+    settings: DaemonSettings, token: Secret, apply: ApplyFn, metrics: FollowMetrics
 ) -> Subscriber:
     """The daemon's subscriber; every apply attempt is recorded in `metrics`."""
     return Subscriber(
@@ -132,3 +117,27 @@ async def start_following(subscriber: Subscriber) -> asyncio.Task[None]:
     """Apply the cached snapshot (if any), then follow the stream in a new task."""
     await subscriber.load_cache()
     return asyncio.create_task(subscriber.run(), name="subscriber")
+
+
+class Table(Protocol):
+    """What both daemons' tables of an applied snapshot have."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def tokens(self) -> Sized: ...
+
+
+T = TypeVar("T", bound=Table)
+T_contra = TypeVar("T_contra", bound=Table, contravariant=True)
+
+
+class SnapshotMetrics(Protocol[T_contra]):
+    def snapshot_applied(self, table: T_contra, when: float) -> None: ...
+
+
+def snapshot_applied(log: Any, metrics: SnapshotMetrics[T], table: T, **counts: object) -> None:
+    """`table` was swapped in: the daemon's metrics say so, and one line logs its version,
+    its gateway tokens and the daemon's own `counts`."""
+    metrics.snapshot_applied(table, time.time())
+    log.info("snapshot applied", version=table.version, tokens=len(table.tokens), **counts)

@@ -46,11 +46,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aibridge.logs import configure, get_logger
 from aibridge.ports import ListenError, address, bind_tcp
-from data_plane.daemon import Daemon, run
+from data_plane.daemon import Daemon, DaemonSettings, run
 from data_plane.worker_metrics import WorkerIdentity
 
 if TYPE_CHECKING:
@@ -67,28 +67,7 @@ _ENTRY = "from data_plane.workers import worker_main; raise SystemExit(worker_ma
 _PR_SET_PDEATHSIG = 1
 
 
-class WorkerSettings(Protocol):
-    """What the supervisor changes in a daemon's settings for each worker."""
-
-    @property
-    def listen_host(self) -> str: ...
-    @property
-    def listen_port(self) -> int: ...
-    @property
-    def node_id(self) -> str: ...
-    @property
-    def workers(self) -> int: ...
-    @property
-    def log_level(self) -> str: ...
-    @property
-    def log_format(self) -> str: ...
-    def for_worker(self, suffix: str, port: int) -> Self:
-        """These settings as one worker runs them: on the shared `port`, the node id (and
-        whatever else must be the worker's own) ending in `suffix`, one process."""
-        ...
-
-
-S = TypeVar("S", bound=WorkerSettings)
+S = TypeVar("S", bound=DaemonSettings)
 
 
 @dataclass(frozen=True)
@@ -187,7 +166,7 @@ class _Slot:
 
 
 class _Supervisor:
-    def __init__(self, daemon: Daemon, settings: WorkerSettings, port: int, metrics: Path):
+    def __init__(self, daemon: Daemon, settings: DaemonSettings, port: int, metrics: Path):
         self.daemon = daemon
         self.settings = settings
         self.port = port

@@ -8,6 +8,7 @@ import sys
 
 from aibridge import logs
 from aibridge.envconfig import DATA_DIR, LOG_FORMAT, LOG_LEVEL, XDG_DATA_HOME, Schema, SettingsError
+from config_service.errors import ConfigError
 from config_service.seed.env import SeedConfigError, parse_env
 from config_service.settings import DATABASE_URL, SETTINGS, ConfigServiceSettings
 
@@ -15,6 +16,17 @@ from config_service.settings import DATABASE_URL, SETTINGS, ConfigServiceSetting
 DATABASE_SETTINGS = SETTINGS.only(
     *(s.env for s in (DATA_DIR, XDG_DATA_HOME, DATABASE_URL, LOG_FORMAT, LOG_LEVEL))
 )
+
+
+def failed(prog: str, exc: Exception) -> int:
+    """Print one line for an error a command ends on; the exit code: 1 when the config
+    service refused (a `ConfigError`), 2 for what the user must fix first (bad settings,
+    a port that cannot be bound)."""
+    if isinstance(exc, ConfigError):
+        print(f"{prog}: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"{prog}: {exc}", file=sys.stderr)
+    return 2
 
 
 def parser(prog: str, description: str, schema: Schema = SETTINGS) -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from config_service.commands.common import DATABASE_SETTINGS, load, parser
+from config_service.commands.common import DATABASE_SETTINGS, failed, load, parser
 from config_service.crypto import Cipher
 from config_service.db import migrate
 from config_service.db.engine import make_engine
@@ -29,8 +29,7 @@ def main(argv: list[str], prog: str = "aibridge rotate-keys") -> int:
         migrate.upgrade(db.engine)
         result = rotate(db)
     except ConfigError as exc:
-        print(f"aibridge rotate-keys: {exc.message}", file=sys.stderr)
-        return 1
+        return failed("aibridge rotate-keys", exc)
     finally:
         db.engine.dispose()
     print(

@@ -9,7 +9,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from aibridge.ports import ListenError
-from config_service.commands.common import load, parser
+from config_service.commands.common import failed, load, parser
 from config_service.errors import ConfigError
 from config_service.seed.apply import SeedConflict
 from config_service.seed.env import SeedConfigError
@@ -44,11 +44,9 @@ def main(argv: list[str], prog: str = "aibridge config-service") -> int:
             print(f"  - {problem}", file=sys.stderr)
         return 1
     except ConfigError as exc:
-        print(f"aibridge: {exc.message}", file=sys.stderr)
-        return 1
+        return failed("aibridge", exc)
     except ListenError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
+        return failed(prog, exc)
     except KeyboardInterrupt:
         pass
     return 0

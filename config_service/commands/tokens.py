@@ -221,12 +221,10 @@ def _remote(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str], prog: str = "aibridge tokens") -> int:
+    from config_service.commands.common import failed
+
     args = _parser(prog).parse_args(argv)
     try:
         return _local(args) if args.local else _remote(args)
-    except SettingsError as exc:
-        print(f"aibridge tokens: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(f"aibridge tokens: {exc.message}", file=sys.stderr)
-        return 1
+    except (SettingsError, ConfigError) as exc:
+        return failed("aibridge tokens", exc)

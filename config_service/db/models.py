@@ -22,7 +22,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column, relationship
 
 from aibridge.rulebook import MAX_KEYS, MAX_NAME_LENGTH, NAME_PATTERN, TYPE_NAMES
 
@@ -89,6 +89,18 @@ UUIDPk = Annotated[str, mapped_column(String(36), primary_key=True, default=new_
 Timestamp = Annotated[datetime, mapped_column(UTCDateTime(), nullable=False, default=utcnow)]
 
 
+def owned_by(parent: str, length: int = 36, *, key: bool = False) -> MappedColumn[Any]:
+    """The id of the row this one belongs to (`parent`: "table.column"), gone with it; `key`:
+    the first part of this row's primary key, else an indexed column."""
+    fk = ForeignKey(parent, ondelete="CASCADE")
+    return mapped_column(String(length), fk, primary_key=key, index=not key)
+
+
+def ordinal(kind: type[Integer]) -> MappedColumn[Any]:
+    """The second part of a child row's primary key: a number given, not generated."""
+    return mapped_column(kind, primary_key=True, autoincrement=False)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -131,9 +143,7 @@ class ProviderKey(Base):
     __tablename__ = "provider_keys"
 
     id: Mapped[UUIDPk]
-    provider_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("providers.id", ondelete="CASCADE"), index=True
-    )
+    provider_id: Mapped[str] = owned_by("providers.id")
     secret: Mapped[str] = mapped_column(Text)
     secret_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Masked form kept beside the secret so non-bridge reads never decrypt.
@@ -158,9 +168,7 @@ class Token(Base):
     __tablename__ = "tokens"
 
     id: Mapped[UUIDPk]
-    principal_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("principals.id", ondelete="CASCADE"), index=True
-    )
+    principal_id: Mapped[str] = owned_by("principals.id")
     # Lower-case hex SHA-256 of the secret; the secret itself is never stored.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hint: Mapped[str] = mapped_column(String(16), default="")
@@ -211,10 +219,8 @@ class SubscriberStatus(Base):
 
     __tablename__ = "subscriber_status"
 
-    replica_id: Mapped[str] = mapped_column(
-        String(200), ForeignKey("replicas.replica_id", ondelete="CASCADE"), primary_key=True
-    )
-    stream_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    replica_id: Mapped[str] = owned_by("replicas.replica_id", 200, key=True)
+    stream_id: Mapped[int] = ordinal(BigInteger)
     node_id: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))
     peer: Mapped[str] = mapped_column(String(200))
@@ -276,10 +282,8 @@ class InterceptionToolCall(Base):
 
     __tablename__ = "interception_tool_calls"
 
-    interception_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("interceptions.id", ondelete="CASCADE"), primary_key=True
-    )
-    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    interception_id: Mapped[str] = owned_by("interceptions.id", key=True)
+    position: Mapped[int] = ordinal(Integer)
     name: Mapped[str] = mapped_column(String(200))
     call_id: Mapped[str] = mapped_column(String(200))
     arguments: Mapped[str] = mapped_column(Text)

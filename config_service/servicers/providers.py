@@ -98,6 +98,21 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         scope = Scope.PROXY if subject.role is Role.PROXY else Scope.METADATA
         return views.render(record, scope, *views.evaluate(record, self._allow_byok))
 
+    async def _written(
+        self, event: str, record: ProviderRecord, subject: Subject, **extra: object
+    ) -> None:
+        """A write is done: one log line (the provider, `extra`, its key count, the actor),
+        then the subscribers are told."""
+        log.info(
+            event,
+            provider=record.name,
+            provider_id=record.id,
+            **extra,
+            keys=len(record.keys),
+            actor=subject.name,
+        )
+        await self._hub.publish_write()
+
     @unary()
     async def ListProviders(
         self, request: pb.ListProvidersRequest, subject: Subject
@@ -118,15 +133,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
     ) -> pb.CreateProviderResponse:
         spec = new_provider(request)
         record = await self._db.call(providers.create_provider, self._db, subject, spec)
-        log.info(
-            "provider created",
-            provider=record.name,
-            provider_id=record.id,
-            type=record.type,
-            keys=len(record.keys),
-            actor=subject.name,
-        )
-        await self._hub.publish_write()
+        await self._written("provider created", record, subject, type=record.type)
         return pb.CreateProviderResponse(provider=self._render(record, subject))
 
     @unary()
@@ -137,15 +144,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
         record = await self._db.call(
             providers.update_provider, self._db, subject, request.id_or_name, changes
         )
-        log.info(
-            "provider updated",
-            provider=record.name,
-            provider_id=record.id,
-            fields=sorted(set(changes.paths)),
-            keys=len(record.keys),
-            actor=subject.name,
-        )
-        await self._hub.publish_write()
+        await self._written("provider updated", record, subject, fields=sorted(set(changes.paths)))
         return pb.UpdateProviderResponse(provider=self._render(record, subject))
 
     @unary()
@@ -173,15 +172,7 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
             request.secret,
             request.etag,
         )
-        log.info(
-            "provider key added",
-            provider=record.name,
-            provider_id=record.id,
-            key_id=record.keys[-1].id,
-            keys=len(record.keys),
-            actor=subject.name,
-        )
-        await self._hub.publish_write()
+        await self._written("provider key added", record, subject, key_id=record.keys[-1].id)
         provider = self._render(record, subject)
         # A new key goes to the end of the pool (and only owners write: metadata scope).
         return pb.AddProviderKeyResponse(provider=provider, key=provider.keys[-1])
@@ -198,13 +189,5 @@ class ProviderAdminServicer(pb_grpc.ProviderAdminServiceServicer):
             request.key_id,
             request.etag,
         )
-        log.info(
-            "provider key deleted",
-            provider=record.name,
-            provider_id=record.id,
-            key_id=request.key_id,
-            keys=len(record.keys),
-            actor=subject.name,
-        )
-        await self._hub.publish_write()
+        await self._written("provider key deleted", record, subject, key_id=request.key_id)
         return pb.DeleteProviderKeyResponse(provider=self._render(record, subject))

@@ -64,11 +64,9 @@ class BedrockClient:
     async def invoke(self, body: Mapping[str, Any], headers: Headers = ()) -> UpstreamResult:
         """InvokeModel: one Anthropic message (or Anthropic error) back."""
         model_id = self.model_id(body.get("model"))
-        try:
-            request = await self._request(model_id, "invoke", body, headers)
-        except BedrockCredentialsError as exc:
-            err = _credentials_error(exc)
-            return UpstreamResult(502, dict(JSON_HEADERS), dumps(err), model_id)
+        request = await self._request(model_id, "invoke", body, headers)
+        if not isinstance(request, httpx.Request):
+            return UpstreamResult(502, dict(JSON_HEADERS), dumps(request), model_id)
         response = await self._http.send(request)
         metrics = {
             key: int(response.headers[name])
@@ -87,12 +85,10 @@ class BedrockClient:
     async def stream(self, body: Mapping[str, Any], headers: Headers = ()) -> BedrockStream:
         """InvokeModelWithResponseStream: returns once the upstream status is known."""
         model_id = self.model_id(body.get("model"))
-        try:
-            request = await self._request(model_id, "invoke-with-response-stream", body, headers)
-        except BedrockCredentialsError as exc:
-            err = _credentials_error(exc)
+        request = await self._request(model_id, "invoke-with-response-stream", body, headers)
+        if not isinstance(request, httpx.Request):
             return BedrockStream(
-                status=502, headers=dict(JSON_HEADERS), model_id=model_id, error=err
+                status=502, headers=dict(JSON_HEADERS), model_id=model_id, error=request
             )
         response = await self._http.send(request, stream=True)
         if response.status_code != 200:
@@ -116,11 +112,16 @@ class BedrockClient:
 
     async def _request(
         self, model_id: str, action: str, body: Mapping[str, Any], headers: Headers
-    ) -> httpx.Request:
+    ) -> httpx.Request | dict[str, Any]:
+        """The signed request; the Anthropic error body (for a 502) when no credentials can
+        be had."""
         payload = dumps(bedrock_body(body, beta_flags(headers)))
         url = f"{self.config.endpoint}/model/{quote(model_id, safe='')}/{action}"
         accept = "application/json" if action == "invoke" else "application/vnd.amazon.eventstream"
-        credentials = await self._credentials.get()
+        try:
+            credentials = await self._credentials.get()
+        except BedrockCredentialsError as exc:
+            return error_body("api_error", f"Bedrock credentials unavailable: {exc}")
         signed = sign_headers(
             method="POST",
             url=url,
@@ -148,7 +149,3 @@ def _upstream_error(response: httpx.Response) -> tuple[int, dict[str, Any]]:
     error_type, status = map_error(aws_type, response.status_code)
     default = f"Bedrock returned HTTP {response.status_code}"
     return status, error_body(error_type, error_message(response.content, default))
-
-
-def _credentials_error(exc: BedrockCredentialsError) -> dict[str, Any]:
-    return error_body("api_error", f"Bedrock credentials unavailable: {exc}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from aibridge.logs import get_logger
@@ -120,30 +120,23 @@ class Breaker:
             self._failures = 0
 
 
+@dataclass(eq=False)
 class BreakerSet:
     """The lazily created breakers of one provider, keyed by (route, model)."""
 
-    def __init__(
-        self,
-        provider: str,
-        settings: BreakerSettings,
-        failure_statuses: frozenset[int],
-        clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[str, BreakerState], None] | None = None,
-    ) -> None:
-        self.provider = provider
-        self.settings = settings
-        self.failure_statuses = failure_statuses
-        self._clock = clock
-        self._on_change = on_change
-        self.breakers: dict[tuple[str, str], Breaker] = {}
+    provider: str
+    settings: BreakerSettings
+    failure_statuses: frozenset[int]
+    clock: Callable[[], float] = time.monotonic
+    on_change: Callable[[str, BreakerState], None] | None = None
+    breakers: dict[tuple[str, str], Breaker] = field(default_factory=dict)
 
     def get(self, route: str, model: str) -> Breaker:
         key = (route, model)
         breaker = self.breakers.get(key)
         if breaker is None:
             breaker = Breaker(
-                f"{self.provider}:{route}:{model}", self.settings, self._clock, self._on_change
+                f"{self.provider}:{route}:{model}", self.settings, self.clock, self.on_change
             )
             self.breakers[key] = breaker
         return breaker

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Literal
 
@@ -32,7 +31,7 @@ from data_plane.bridge.routing import BuildContext, build_table
 from data_plane.bridge.settings import BridgeSettings
 from data_plane.bridge.upstream import BedrockFactory
 from data_plane.dump import Dumper
-from data_plane.follow import make_subscriber, start_following
+from data_plane.follow import make_subscriber, snapshot_applied, start_following
 from data_plane.http_client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, MAX_KEEPALIVE, make_client
 from data_plane.recording.shipper import Shipper
 from data_plane.transport import UpstreamTransport
@@ -159,13 +158,8 @@ class Bridge:
         """Build the snapshot's routing table and swap it in (one assignment)."""
         table, errors = build_table(snapshot, self.app.table, self.context)
         self.app.table = table
-        self.metrics.snapshot_applied(table, time.time())
-        log.info(
-            "snapshot applied",
-            version=table.version,
-            providers=len(table.providers),
-            tokens=len(table.tokens),
-            failed=len(errors),
+        snapshot_applied(
+            log, self.metrics, table, providers=len(table.providers), failed=len(errors)
         )
         return errors
 

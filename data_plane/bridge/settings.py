@@ -8,15 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from aibridge.client import CONNECTION
 from aibridge.coder_options import BRIDGE_REFUSED
 from aibridge.envconfig import (
     BRIDGE_LISTEN,
     DATA_DIR,
-    LOG_FORMAT,
-    LOG_LEVEL,
     LOGGING,
     OTEL,
     WORKERS,
@@ -33,21 +31,12 @@ from aibridge.envconfig import (
     text,
 )
 from aibridge.masking import Secret
-from aibridge.telemetry import TelemetrySettings
-from data_plane.daemon import (
-    DUMP_DIR,
-    NODE_ID,
-    SNAPSHOT_CACHE,
-    daemon_token,
-    follow_fields,
-    request_limits,
-    required_token,
-)
+from data_plane import daemon
 from data_plane.recording.shipper import ShipperSettings
 from data_plane.recording.spool import spool_name
 
 T = TypeVar("T")
-TOKEN = daemon_token("bridge")
+TOKEN = daemon.daemon_token("bridge")
 ALLOW_BYOK = Setting(
     "AIBRIDGE_ALLOW_BYOK",
     "false: refuse clients' own provider keys on this bridge even where the config "
@@ -62,7 +51,7 @@ MAX_CONNECTIONS = Setting(
     integer(minimum=0),
     "0",
 )
-HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = request_limits(
+HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = daemon.request_limits(
     (
         "AIBRIDGE_BRIDGE_HEADER_TIMEOUT",
         "AIBRIDGE_BRIDGE_MAX_HEADER_BYTES",
@@ -168,15 +157,15 @@ SETTINGS = (
             MAX_HEADER_BYTES,
             BODY_BUFFER_BYTES,
             BODY_TIMEOUT,
-            DUMP_DIR,
+            daemon.DUMP_DIR,
             RECORD_PROMPTS,
             BREAKER_ENABLED,
             BREAKER_FAILURE_THRESHOLD,
             BREAKER_INTERVAL,
             BREAKER_TIMEOUT,
             BREAKER_MAX_REQUESTS,
-            SNAPSHOT_CACHE,
-            NODE_ID,
+            daemon.SNAPSHOT_CACHE,
+            daemon.NODE_ID,
             RECORDING,
             RECORDING_QUEUE_SIZE,
             RECORDING_FLUSH_INTERVAL,
@@ -215,14 +204,8 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True)
-class BridgeSettings:
+class BridgeSettings(daemon.DaemonSettings):
     bridge_token: Secret
-    config_service: str
-    config_service_ca_file: Path | None
-    config_service_cert_file: Path | None
-    config_service_key_file: Path | None
-    listen_host: str
-    listen_port: int
     allow_byok: bool
     limits: ConnectionLimits
     body_buffer_bytes: int
@@ -230,37 +213,24 @@ class BridgeSettings:
     dump_dir: Path | None
     record_prompts: bool
     breaker: BreakerSettings
-    snapshot_cache: Path | None
-    node_id: str
     recording_on: bool
     recording: ShipperSettings
-    log_format: str
-    log_level: str
     aws_region: str  # Bedrock's fallback region (AWS_REGION, AWS_DEFAULT_REGION)
-    telemetry: TelemetrySettings
-    workers: int = 1  # processes on the listen port (data_plane/workers.py)
 
-    def for_worker(self, suffix: str, port: int) -> BridgeSettings:
+    def for_worker(self, suffix: str, port: int) -> Self:
         """As one worker runs them: its own node id and its own spool file (two processes
         never append to one spool; the spool of a worker that is gone is adopted)."""
         spool = self.recording.spool_path
-        return replace(
-            self,
-            listen_port=port,
-            node_id=self.node_id + suffix,
-            workers=1,
-            recording=replace(
-                self.recording, spool_path=spool.with_name(spool.stem + suffix + spool.suffix)
-            ),
+        own = replace(
+            self.recording, spool_path=spool.with_name(spool.stem + suffix + spool.suffix)
         )
+        return replace(super().for_worker(suffix, port), recording=own)
 
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> BridgeSettings:
-        v = SETTINGS.load(environ, overrides)
-        token = required_token(v, TOKEN, "bridge")
-        follow = follow_fields(v)
+        v, token, follow = daemon.read(SETTINGS, environ, overrides, TOKEN, "bridge")
         v.check()
         host, port = v[BRIDGE_LISTEN]
         spool_file = spool_name(follow["node_id"])
@@ -274,7 +244,7 @@ class BridgeSettings:
             limits=ConnectionLimits(v[MAX_CONNECTIONS], v[HEADER_TIMEOUT], v[MAX_HEADER_BYTES]),
             body_buffer_bytes=v[BODY_BUFFER_BYTES],
             body_timeout=v[BODY_TIMEOUT],
-            dump_dir=v[DUMP_DIR],
+            dump_dir=v[daemon.DUMP_DIR],
             record_prompts=v[RECORD_PROMPTS],
             breaker=BreakerSettings(
                 v[BREAKER_ENABLED],
@@ -291,9 +261,6 @@ class BridgeSettings:
                 spool_max_bytes=v[RECORDING_SPOOL_MAX_BYTES],
                 timeout=v[RECORDING_TIMEOUT],
             ),
-            log_format=v[LOG_FORMAT],
-            log_level=v[LOG_LEVEL],
-            workers=v[WORKERS],
             aws_region=v[AWS_REGION] or v[AWS_DEFAULT_REGION],
-            telemetry=TelemetrySettings.of(v, "aibridge-bridge"),
+            **daemon.process_fields(v, "aibridge-bridge"),
         )

@@ -37,11 +37,56 @@ CA_DAYS = 3650
 LEAF_DAYS = 30
 RENEW_BEFORE = 86400.0  # seconds
 MAX_LEAVES = 1024
+# Certificates start an hour back: a client whose clock is a little behind accepts them.
+HOUR = datetime.timedelta(hours=1)
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+# A CA signs certificates and revocation lists, nothing else.
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: SigningKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> x509.CertificateBuilder:
+    """A certificate of `key` for `subject`, signed by `issuer`, valid from `not_before`
+    to `not_after`, with a random serial number; extensions are the caller's."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+
+
+def private_pem(key: SigningKey) -> bytes:
+    """The unencrypted PKCS#8 PEM of a private key."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 @dataclass(frozen=True)
@@ -77,38 +122,14 @@ class CertificateAuthority:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
         now = _now()
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            builder(name, name, key, now - HOUR, now + datetime.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(CA_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         # O_EXCL: never overwrite a CA someone else just created (or an operator's file).
-        write_private(key_path, key_pem, os.O_EXCL)
+        write_private(key_path, private_pem(key), os.O_EXCL)
         write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), os.O_EXCL)
         log.info("generated the proxy CA", cert_file=str(cert_path), key_file=str(key_path))
         return cls(cert, key)
@@ -125,13 +146,7 @@ class CertificateAuthority:
         now = _now()
         expires = now + datetime.timedelta(days=LEAF_DAYS)
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(expires)
+            builder(subject, self.cert.subject, key, now - HOUR, expires)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName([san]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
@@ -140,12 +155,7 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return cert.public_bytes(serialization.Encoding.PEM) + key_pem, expires.timestamp()
+        return cert.public_bytes(serialization.Encoding.PEM) + private_pem(key), expires.timestamp()
 
 
 def server_context(bundle: bytes) -> ssl.SSLContext:

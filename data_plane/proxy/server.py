@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import signal
 import socket
-import time
 from typing import TYPE_CHECKING
 
 from aibridge.collector import tune_collector
@@ -20,7 +19,7 @@ from aibridge.ports import bind_tcp
 from aibridge.telemetry import Telemetry
 from aibridge.telemetry import start as start_telemetry
 from data_plane.dump import Dumper
-from data_plane.follow import make_subscriber, start_following
+from data_plane.follow import make_subscriber, snapshot_applied, start_following
 from data_plane.proxy.ca import CertificateAuthority, LeafCache
 from data_plane.proxy.context import BridgeHop, Shared, make_proxy_transport
 from data_plane.proxy.egress import Egress, Resolver, system_resolve
@@ -72,13 +71,8 @@ class Proxy:
         assert self.shared is not None, "start() first"
         table, errors = build_table(snapshot)
         self.shared.table = table
-        self.metrics.snapshot_applied(table, time.time())
-        log.info(
-            "snapshot applied",
-            version=table.version,
-            intercepted_hosts=sorted(table.hosts),
-            tokens=len(table.tokens),
-            excluded=len(errors),
+        snapshot_applied(
+            log, self.metrics, table, intercepted_hosts=sorted(table.hosts), excluded=len(errors)
         )
         return errors
 

@@ -14,8 +14,6 @@ from aibridge.client import CONNECTION
 from aibridge.coder_options import PROXY_REFUSED
 from aibridge.envconfig import (
     DATA_DIR,
-    LOG_FORMAT,
-    LOG_LEVEL,
     LOGGING,
     OTEL,
     PROXY_LISTEN,
@@ -36,16 +34,7 @@ from aibridge.envconfig import (
     resolve_data_dir,
 )
 from aibridge.masking import Secret
-from aibridge.telemetry import TelemetrySettings
-from data_plane.daemon import (
-    DUMP_DIR,
-    NODE_ID,
-    SNAPSHOT_CACHE,
-    daemon_token,
-    follow_fields,
-    request_limits,
-    required_token,
-)
+from data_plane import daemon
 
 # File descriptors kept for the process itself (pools, the config service, logs, files).
 FD_RESERVE = 128
@@ -60,7 +49,7 @@ def default_max_connections() -> int:
     return max(16, (soft - FD_RESERVE) // 2)
 
 
-TOKEN = daemon_token("proxy")
+TOKEN = daemon.daemon_token("proxy")
 CA_CERT_FILE = Setting(
     "AIBRIDGE_PROXY_CA_CERT_FILE",
     "MITM CA certificate (default: generated in the data dir)",
@@ -105,7 +94,7 @@ IDLE_TIMEOUT = Setting(
     duration,
     "60s",
 )
-HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = request_limits(
+HEADER_TIMEOUT, MAX_HEADER_BYTES, BODY_BUFFER_BYTES, BODY_TIMEOUT = daemon.request_limits(
     (
         "AIBRIDGE_PROXY_HEADER_TIMEOUT",
         "AIBRIDGE_PROXY_MAX_HEADER_BYTES",
@@ -136,9 +125,9 @@ SETTINGS = (
             BODY_TIMEOUT,
             DATA_DIR,
             XDG_DATA_HOME,
-            replace(DUMP_DIR, coder="PROXY_DUMP_DIR"),
-            SNAPSHOT_CACHE,
-            NODE_ID,
+            replace(daemon.DUMP_DIR, coder="PROXY_DUMP_DIR"),
+            daemon.SNAPSHOT_CACHE,
+            daemon.NODE_ID,
             WORKERS,
         ),
         PROXY_REFUSED,
@@ -149,15 +138,9 @@ SETTINGS = (
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class ProxySettings(daemon.DaemonSettings):
     proxy_token: Secret
     data_dir: Path
-    config_service: str
-    config_service_ca_file: Path | None
-    config_service_cert_file: Path | None
-    config_service_key_file: Path | None
-    listen_host: str
-    listen_port: int
     ca_cert_file: Path | None  # None: <data_dir>/proxy-ca.pem, generated when absent
     ca_key_file: Path | None
     bridge_url: str
@@ -171,16 +154,6 @@ class ProxySettings:
     body_buffer_bytes: int
     body_timeout: float
     dump_dir: Path | None
-    snapshot_cache: Path | None
-    node_id: str
-    log_format: str
-    log_level: str
-    telemetry: TelemetrySettings
-    workers: int = 1  # processes on the listen port (data_plane/workers.py)
-
-    def for_worker(self, suffix: str, port: int) -> ProxySettings:
-        """As one worker runs them: its own node id."""
-        return replace(self, listen_port=port, node_id=self.node_id + suffix, workers=1)
 
     @property
     def ca_paths(self) -> tuple[Path, Path]:
@@ -194,9 +167,7 @@ class ProxySettings:
     def from_env(
         cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
     ) -> ProxySettings:
-        v = SETTINGS.load(environ, overrides)
-        token = required_token(v, TOKEN, "proxy")
-        follow = follow_fields(v)
+        v, token, follow = daemon.read(SETTINGS, environ, overrides, TOKEN, "proxy")
         # The CA pair is given together (both must exist) or generated together.
         if (v[CA_CERT_FILE] is None) != (v[CA_KEY_FILE] is None):
             v.problems.append(
@@ -222,9 +193,6 @@ class ProxySettings:
             max_header_bytes=v[MAX_HEADER_BYTES],
             body_buffer_bytes=v[BODY_BUFFER_BYTES],
             body_timeout=v[BODY_TIMEOUT],
-            dump_dir=v[DUMP_DIR],
-            log_format=v[LOG_FORMAT],
-            log_level=v[LOG_LEVEL],
-            telemetry=TelemetrySettings.of(v, "aibridge-proxy"),
-            workers=v[WORKERS],
+            dump_dir=v[daemon.DUMP_DIR],
+            **daemon.process_fields(v, "aibridge-proxy"),
         )

@@ -6,24 +6,27 @@ and origins behind an environment proxy (see proxy.py).
 
 from __future__ import annotations
 
-from typing import cast
+from typing import NamedTuple, cast
 
 import httpx
 
 from data_plane.transport.models import Headers, Origin, Reply, Timeouts, needs_length
 
 
-async def via_httpx(
-    transport: httpx.AsyncBaseTransport,
-    origin: Origin,
-    method: str,
-    target: bytes,
-    headers: Headers,
-    body: bytes,
-    timeouts: Timeouts,
-) -> Reply:
-    """Send the request (`headers` already hold Host) through `transport`."""
-    scheme, host, port = origin
+class Delegated(NamedTuple):
+    """A request the pool hands on: `headers` already hold Host."""
+
+    origin: Origin
+    method: str
+    target: bytes
+    headers: Headers
+    body: bytes
+    timeouts: Timeouts
+
+
+async def via_httpx(transport: httpx.AsyncBaseTransport, delegated: Delegated) -> Reply:
+    """Send the request through `transport`."""
+    (scheme, host, port), method, target, headers, body, timeouts = delegated
     url = httpx.URL(scheme=scheme.decode(), host=host, port=port, raw_path=target)
     request = httpx.Request(method, url, headers=headers)
     if needs_length(method, body):

@@ -14,8 +14,8 @@ from ssl import SSLContext
 
 import httpx
 
-from data_plane.transport.delegated import via_httpx
-from data_plane.transport.models import Headers, Origin, Reply, Timeouts
+from data_plane.transport.delegated import Delegated, via_httpx
+from data_plane.transport.models import Origin, Reply
 
 # Connection-specific headers HTTP/2 forbids (RFC 9113 8.2.2); httpcore turns Host into
 # :authority. TE is allowed only as "trailers".
@@ -44,21 +44,13 @@ class HTTP2Fallback:
     def remember(self, origin: Origin) -> None:
         self._origins.add(origin)
 
-    async def send(
-        self,
-        origin: Origin,
-        method: str,
-        target: bytes,
-        headers: Headers,
-        body: bytes,
-        timeouts: Timeouts,
-    ) -> Reply:
+    async def send(self, delegated: Delegated) -> Reply:
         if self._transport is None:
             self._transport = httpx.AsyncHTTPTransport(
                 verify=self._ssl_context(), http2=True, limits=self._limits
             )
-        allowed = [(k, v) for k, v in headers if _allowed(k, v)]
-        return await via_httpx(self._transport, origin, method, target, allowed, body, timeouts)
+        allowed = [(k, v) for k, v in delegated.headers if _allowed(k, v)]
+        return await via_httpx(self._transport, delegated._replace(headers=allowed))
 
     async def aclose(self) -> None:
         if self._transport is not None:

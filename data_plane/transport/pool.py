@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from data_plane.transport.connection import Connector
-from data_plane.transport.delegated import via_httpx
+from data_plane.transport.delegated import Delegated, via_httpx
 from data_plane.transport.http2 import HTTP2Fallback
 from data_plane.transport.http11 import HTTP11Connection, ResponseBody, encode_head
 from data_plane.transport.models import (
@@ -97,10 +97,10 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                 stream = ResponseBody(conn, timeouts.read, self.release)
                 return Reply(conn.status, conn.headers, aiter(stream), stream.aclose)
             self._http2.remember(origin)
-        with_host = [(b"host", host), *headers]
+        delegated = Delegated(origin, method, target, [(b"host", host), *headers], body, timeouts)
         if proxy is not None:
-            return await via_httpx(proxy, origin, method, target, with_host, body, timeouts)
-        return await self._http2.send(origin, method, target, with_host, body, timeouts)
+            return await via_httpx(proxy, delegated)
+        return await self._http2.send(delegated)
 
     async def _exchange(
         self, origin: Origin, method: str, head: bytes, body: bytes, timeouts: Timeouts
