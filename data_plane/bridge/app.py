@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from aibridge.asgi import lifespan
 from aibridge.config.v1 import provider_pb2, usage_pb2
 from aibridge.logs import get_logger
 from aibridge.masking import mask_secret
@@ -221,7 +222,7 @@ class BridgeApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await self._lifespan(receive, send)
+                await lifespan(receive, send)
             return
         path: str = scope["path"]
         if path == "/healthz":
@@ -242,15 +243,6 @@ class BridgeApp:
             )
         else:
             await self._provider_request(scope, receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def _error(
         self,
