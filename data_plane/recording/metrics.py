@@ -13,7 +13,7 @@ from aibridge.series import Series
 # Why records were lost: the queue was full, the spool was at its cap (or could not be
 # written), the config service refused the record itself, the record alone is larger than
 # a batch may be, or it was submitted after the shipper closed.
-DROP_REASONS = ("queue_full", "spool_full", "rejected", "too_large", "closed")
+DROP_REASONS = ("queue_full", "spool_full", "rejected", "too_large", "unbuildable", "closed")
 # What became of a batch: stored by the config service, an attempt that failed and will be
 # retried, or written to the spool. (A damaged spool frame is a warning with its bytes: how
 # many records it held cannot be known.)

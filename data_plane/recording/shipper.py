@@ -393,6 +393,7 @@ class Shipper:
             data = _serialized(queue[0])
             if data is None:
                 queue.popleft()
+                self._drop("unbuildable", 1)
                 continue
             if len(data) > BATCH_BYTES:
                 record = queue.popleft()
@@ -546,7 +547,8 @@ class Shipper:
 
 
 def _serialized(record: Record) -> bytes | None:
-    """The record as a field of the batch; None (logged) when it cannot be made."""
+    """The record as a field of the batch; None (logged; the caller counts it as dropped)
+    when it cannot be made."""
     try:
         return _field(record.SerializeToString())
     except Exception:  # a bug in one record's making must not stop the shipping

@@ -436,12 +436,13 @@ class _Unserializable:
 async def test_a_record_that_cannot_be_serialized_is_logged_and_the_others_shipped(
     servicer: ScriptedUsage, ship: Ship
 ) -> None:
-    """A record that fails to serialize is left out (logged); the records around it are shipped."""
+    """A record that fails to serialize is left out, logged and counted as dropped; the records around it are shipped."""
     shipping = await ship()
     good = [record(i) for i in range(2)]
     shipping.submit(good[0], _Unserializable(), good[1])
     await eventually(lambda: len(servicer.ids) == 2)
     assert servicer.ids == [r.id for r in good]
+    assert shipping.metric("recording_records_dropped_total", reason="unbuildable") == 1
 
 
 async def test_a_record_submitted_after_close_is_counted_as_dropped(
