@@ -3,7 +3,7 @@
 Every process declares its series through a `Series(registry, prefix)`, so the registry,
 the prefix and the multiprocess mode of a gauge are written once rather than per series.
 Gauges default to `livesum` (a count summed over a daemon's live workers); per-worker state
-passes `mode="liveall"` (data_plane/worker_metrics.py says how workers merge).
+passes `mode="liveall"` (aibridge/worker_metrics.py says how workers merge).
 """
 
 from __future__ import annotations

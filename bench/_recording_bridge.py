@@ -18,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aibridge.collector import tune_collector
 from aibridge.logs import get_logger
+from aibridge.workers import run
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import SETTINGS, BridgeSettings
-from data_plane.daemon import load_settings, run
+from data_plane.daemon import load_settings
 
 if TYPE_CHECKING:
     from data_plane.bridge.interception import Record

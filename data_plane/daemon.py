@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from aibridge.client import CONFIG_SERVICE, config_service_tls
 from aibridge.envconfig import (
@@ -29,11 +28,7 @@ from aibridge.envconfig import (
     text,
 )
 from aibridge.logs import configure
-from aibridge.ports import ListenError
 from aibridge.telemetry import TelemetrySettings
-
-if TYPE_CHECKING:
-    from data_plane.workers import Worker
 
 S = TypeVar("S")
 
@@ -159,7 +154,12 @@ class DaemonSettings:
     log_format: str
     log_level: str
     telemetry: TelemetrySettings
-    workers: int  # processes on the listen port (data_plane/workers.py)
+    workers: int  # processes on the listen port (aibridge/workers.py)
+
+    @property
+    def instance(self) -> str:
+        """The name the supervisor logs this daemon by: its node id."""
+        return self.node_id
 
     def for_worker(self, suffix: str, port: int) -> Self:
         """These settings as one worker runs them: on the shared `port`, the node id (and
@@ -185,45 +185,3 @@ def load_settings(
         return None
     configure(getattr(settings, "log_level", "info"), getattr(settings, "log_format", ""))
     return settings
-
-
-@dataclass(frozen=True)
-class Daemon:
-    """How to run one daemon: its name, its `serve(settings, worker)` (worker None: the
-    only process), its listen setting and the exceptions that are start-up errors (a
-    message, never a traceback)."""
-
-    prog: str
-    serve: Callable[[Any, Worker | None], Coroutine[Any, Any, None]]
-    listen_setting: str
-    fatal: tuple[type[Exception], ...] = ()
-    # With several workers, run once in the parent before any worker starts: what the
-    # workers would otherwise race to create (the proxy's CA).
-    prepare: Callable[[Any], None] | None = None
-
-
-def launch(daemon: Daemon, settings: Any) -> int:
-    """Run the daemon in this process, or as `settings.workers` supervised workers."""
-    if settings.workers > 1:
-        from data_plane.workers import supervise
-
-        return supervise(daemon, settings)
-    return run(daemon.prog, daemon.serve(settings, None), *daemon.fatal)
-
-
-def run(prog: str, coro: Coroutine[Any, Any, None], *fatal: type[Exception]) -> int:
-    """Serve on uvloop until SIGINT/SIGTERM: 0, or 2 after one line for a start-up error.
-
-    A port that cannot be bound (`ListenError`) and the exceptions in `fatal` are
-    start-up errors the user can fix: their message is printed, never a traceback.
-    """
-    import uvloop
-
-    startup_errors: tuple[type[Exception], ...] = (ListenError, *fatal)
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            uvloop.run(coro)
-    except startup_errors as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    return 0

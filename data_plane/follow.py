@@ -9,6 +9,17 @@ its settings (config service address, TLS/mTLS files, snapshot cache, node id), 
 `start_following(subscriber)` serves the cached snapshot, if any, then follows the stream
 in a task named "subscriber" (cancel it to stop). `snapshot_applied(...)` records a table
 swapped in: in the daemon's metrics and as one "snapshot applied" log line.
+
+With `--workers N` (aibridge/workers.py) each worker is a whole daemon: its own
+subscriber, following the config service as node `<node id>-w<i>` and reporting its own
+version (`aibridge subscribers` lists every worker). One subscriber in the parent, handing
+snapshots to the workers, was the other way; it was not taken because the workers would
+then need a second, private channel for snapshots (carrying plaintext keys in the
+bridge's case) whose delivery and ordering nobody reports: with a subscriber each, the
+config service sees which worker applied which version, a revoked token is gone from a
+worker exactly when that worker ACKs the version that dropped it, and a worker that
+cannot apply a snapshot NACKs it itself. The cost is one stream per worker at the config
+service (a few KB each).
 """
 
 from __future__ import annotations

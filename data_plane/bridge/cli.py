@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from aibridge.workers import Daemon, launch
 from data_plane.bridge.settings import SETTINGS, BridgeSettings
-from data_plane.daemon import Daemon, launch, load_settings
+from data_plane.daemon import load_settings
 
 
 def main(argv: list[str] | None = None, prog: str = "aibridge bridge") -> int:

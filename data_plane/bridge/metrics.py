@@ -13,10 +13,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from aibridge.worker_metrics import DaemonMetrics, WorkerIdentity
 from data_plane.bridge.breaker import BreakerState
 from data_plane.follow import FollowMetrics
 from data_plane.recording.metrics import RecordingMetrics
-from data_plane.worker_metrics import DaemonMetrics, WorkerIdentity
 
 if TYPE_CHECKING:
     from data_plane.bridge.routing import RoutingTable

@@ -37,7 +37,7 @@ from data_plane.recording.shipper import Shipper
 from data_plane.transport import UpstreamTransport
 
 if TYPE_CHECKING:
-    from data_plane.workers import Worker
+    from aibridge.workers import Worker
 
 log = get_logger(__name__)
 
@@ -180,7 +180,7 @@ class Bridge:
                 await self.shipper.start()
             self._tasks.append(await start_following(self.subscriber))
             if self.worker is not None:
-                await self.worker.first_snapshot(self.subscriber)
+                await self.worker.first_snapshot(self.subscriber.applied)
         except BaseException:
             sock.close()
             if self.shipper is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from data_plane.daemon import Daemon, launch, load_settings
+from aibridge.workers import Daemon, launch
+from data_plane.daemon import load_settings
 from data_plane.proxy.settings import SETTINGS, ProxySettings
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from aibridge.worker_metrics import DaemonMetrics, WorkerIdentity
 from data_plane.follow import FollowMetrics
 from data_plane.proxy.routes import ProxyTable
-from data_plane.worker_metrics import DaemonMetrics, WorkerIdentity
 
 P = "aibridgeproxyd_"
 

@@ -29,7 +29,7 @@ from data_plane.proxy.routes import build_table
 from data_plane.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
-    from data_plane.workers import Worker
+    from aibridge.workers import Worker
 
 log = get_logger(__name__)
 
@@ -108,7 +108,7 @@ class Proxy:
             self.shared.tracing = ProxyTelemetry(self.telemetry)
         self._task = await start_following(self.subscriber)
         if self.worker is not None:
-            await self.worker.first_snapshot(self.subscriber)
+            await self.worker.first_snapshot(self.subscriber.applied)
         front = self._front = FrontDoor(self.shared)
         # A deep accept queue: a connection flood must not drop a healthy client's SYN
         # (the kernel caps it at net.core.somaxconn).

@@ -24,9 +24,8 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
 from aibridge.envconfig import MAX_WORKERS, worker_count
+from aibridge.workers import Daemon, supervise
 from data_plane.bridge.settings import BridgeSettings
-from data_plane.daemon import Daemon
-from data_plane.workers import supervise
 from tests.fixtures import processes
 from tests.fixtures.daemons import Refused, refusing_serve
 from tests.fixtures.processes import Proc

@@ -1,25 +1,22 @@
-"""`--workers N`: one daemon (bridge or proxy) as N processes on one port, supervised.
+"""`--workers N`: one daemon as N processes on one port, supervised.
 
-The parent binds the listen address first, with SO_REUSEPORT, and never listens on it: it
-holds the port (a taken port fails before anything starts, and a restarted worker can
-always bind it again). It runs the daemon's `prepare` (the proxy creates its CA there, so
-workers never race to generate two), then starts N workers, each a fresh interpreter given its
-settings over a pipe, which bind the same port with SO_REUSEPORT and listen once they
-hold a snapshot (`Worker.first_snapshot`); the kernel spreads new connections over the
-listening workers.
+The bridge, the proxy and the config service all run this way (each describes itself as a
+`Daemon`). The parent binds the listen address first, with SO_REUSEPORT, and never listens
+on it: it holds the port (a taken port fails before anything starts, and a restarted
+worker can always bind it again). It runs the daemon's `prepare` (the proxy creates its
+CA there; the config service migrates and seeds its database), so workers never race to
+do it twice, then starts N workers, each a fresh interpreter given its settings over a
+pipe, which bind the same port with SO_REUSEPORT and listen once they are ready to serve
+(the data plane: once they hold a snapshot, `Worker.first_snapshot`); the kernel spreads
+new connections over the listening workers.
 
-Each worker is a whole daemon: its own subscriber, following the config service as node
-`<node id>-w<i>` and reporting its own version (`aibridge subscribers` lists every
-worker). One subscriber in the parent, handing snapshots to the workers, was the other
-way; it was not taken because the workers would then need a second, private channel
-for snapshots (carrying plaintext keys in the bridge's case) whose delivery and
-ordering nobody reports: with a subscriber each, the config service sees which worker
-applied which version, a revoked token is gone from a worker exactly when that worker
-ACKs the version that dropped it, and a worker that cannot apply a snapshot NACKs it
-itself. The cost is one stream per worker at the config service (a few KB each).
+Each worker is a whole daemon under its own name: `settings.for_worker("-w<i>", port)`
+gives it (the data plane's node id, the config service's replica id, + `-w0`, `-w1`, ...).
+Why each data-plane worker follows the config service itself, and how config-service
+workers stay in step, is said in data_plane/follow.py and config_service/local_signal.py.
 
 Metrics: the parent owns a private directory for prometheus-client's multiprocess
-files (see data_plane/worker_metrics.py), removed when it exits; /metrics on any worker
+files (see aibridge/worker_metrics.py), removed when it exits; /metrics on any worker
 shows every worker's series.
 
 Supervision: a worker that dies is started again after a backoff (0.25 s doubling to
@@ -44,17 +41,14 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from aibridge.logs import configure, get_logger
 from aibridge.ports import ListenError, address, bind_tcp
-from data_plane.daemon import Daemon, DaemonSettings, run
-from data_plane.worker_metrics import WorkerIdentity
-
-if TYPE_CHECKING:
-    from data_plane.subscriber import Subscriber
+from aibridge.worker_metrics import WorkerIdentity
 
 log = get_logger(__name__)
 
@@ -63,11 +57,73 @@ RESTART_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that lived this long resets the backoff
 DRAIN_TIMEOUT = 15.0  # uvicorn drains for 10 s; then a worker is killed
 FIRST_SNAPSHOT_WAIT = 5.0  # a worker listens once it has a snapshot, or after this
-_ENTRY = "from data_plane.workers import worker_main; raise SystemExit(worker_main())"
+_ENTRY = "from aibridge.workers import worker_main; raise SystemExit(worker_main())"
 _PR_SET_PDEATHSIG = 1
 
 
-S = TypeVar("S", bound=DaemonSettings)
+class Supervised(Protocol):
+    """What the supervisor reads of a daemon's settings."""
+
+    @property
+    def workers(self) -> int: ...  # processes on the listen port
+    @property
+    def listen_host(self) -> str: ...
+    @property
+    def listen_port(self) -> int: ...
+    @property
+    def instance(self) -> str: ...  # the name it reports itself by (node or replica id)
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def log_format(self) -> str: ...
+
+    def for_worker(self, suffix: str, port: int) -> Self:
+        """These settings as one worker runs them: on the shared `port`, its own name
+        ending in `suffix`, one process."""
+        ...
+
+
+S = TypeVar("S", bound=Supervised)
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """How to run one daemon: its name, its `serve(settings, worker)` (worker None: the
+    only process), its listen setting and the exceptions that are start-up errors (a
+    message, never a traceback)."""
+
+    prog: str
+    serve: Callable[[Any, Worker | None], Coroutine[Any, Any, None]]
+    listen_setting: str
+    fatal: tuple[type[Exception], ...] = ()
+    # With several workers, run once in the parent before any worker starts: what the
+    # workers would otherwise race to create (the proxy's CA, the config service's schema).
+    prepare: Callable[[Any], None] | None = None
+
+
+def launch(daemon: Daemon, settings: Supervised) -> int:
+    """Run the daemon in this process, or as `settings.workers` supervised workers."""
+    if settings.workers > 1:
+        return supervise(daemon, settings)
+    return run(daemon.prog, daemon.serve(settings, None), *daemon.fatal)
+
+
+def run(prog: str, coro: Coroutine[Any, Any, None], *fatal: type[Exception]) -> int:
+    """Serve on uvloop until SIGINT/SIGTERM: 0, or 2 after one line for a start-up error.
+
+    A port that cannot be bound (`ListenError`) and the exceptions in `fatal` are
+    start-up errors the user can fix: their message is printed, never a traceback.
+    """
+    import uvloop
+
+    startup_errors: tuple[type[Exception], ...] = (ListenError, *fatal)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(coro)
+    except startup_errors as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 @dataclass(frozen=True)
@@ -78,8 +134,8 @@ class Worker:
     parent_pid: int
     ready_fd: int
 
-    async def first_snapshot(self, subscriber: Subscriber) -> None:
-        """Until the subscriber has applied a snapshot, FIRST_SNAPSHOT_WAIT at most.
+    async def first_snapshot(self, applied: asyncio.Event) -> None:
+        """Until the subscriber has applied a snapshot (`applied`), FIRST_SNAPSHOT_WAIT at most.
 
         Called between binding and listening: a worker listening earlier would answer 503
         (no snapshot yet) on connections the kernel hands it while its siblings could
@@ -87,7 +143,7 @@ class Worker:
         until a snapshot arrives).
         """
         try:
-            await asyncio.wait_for(subscriber.applied.wait(), FIRST_SNAPSHOT_WAIT)
+            await asyncio.wait_for(applied.wait(), FIRST_SNAPSHOT_WAIT)
         except TimeoutError:
             log.warning("no snapshot yet; listening anyway", waited=FIRST_SNAPSHOT_WAIT)
 
@@ -166,7 +222,7 @@ class _Slot:
 
 
 class _Supervisor:
-    def __init__(self, daemon: Daemon, settings: DaemonSettings, port: int, metrics: Path):
+    def __init__(self, daemon: Daemon, settings: Supervised, port: int, metrics: Path):
         self.daemon = daemon
         self.settings = settings
         self.port = port
@@ -272,7 +328,7 @@ class _Supervisor:
             listen=address(self.settings.listen_host, self.port),
             workers=len(self.slots),
             pids=[slot.process.pid for slot in self.slots if slot.process is not None],
-            node_id=self.settings.node_id,
+            instance=self.settings.instance,
         )
 
     def _forget(self, pid: int) -> None:

@@ -1,6 +1,6 @@
 """The /metrics of a daemon run as several workers: every worker's series, merged.
 
-prometheus-client's multiprocess mode. The supervising parent (data_plane/workers.py)
+prometheus-client's multiprocess mode. The supervising parent (aibridge/workers.py)
 owns a private directory and starts each worker with PROMETHEUS_MULTIPROC_DIR naming it,
 so prometheus-client keeps every value of the worker in memory-mapped files there. A
 scrape, on any worker, reads all of them: counters and histograms are summed over the
