@@ -369,8 +369,8 @@ CONSOLE_TLS_KEY_FILE = Setting(
 )
 WORKERS = Setting(
     "AIBRIDGE_WORKERS",
-    "worker processes serving the one listen port (SO_REUSEPORT), each following the config "
-    "service as its own node (the node id + -w0, -w1, ...); auto: one per core",
+    "worker processes serving the one listen port (SO_REUSEPORT), each under its own name "
+    "(the node id, or the config service's replica id, + -w0, -w1, ...); auto: one per core",
     worker_count,
     "1",
 )

@@ -45,6 +45,7 @@ def bind_tcp(setting: str, host: str, port: int, *, reuse_port: bool = False) ->
     return sock
 
 
-def check_free(setting: str, host: str, port: int) -> None:
-    """Raise `ListenError` unless `host:port` could be listened on right now."""
-    bind_tcp(setting, host, port).close()
+def check_free(setting: str, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Raise `ListenError` unless `host:port` could be listened on right now (`reuse_port`:
+    alongside the SO_REUSEPORT sockets of the same daemon's other workers)."""
+    bind_tcp(setting, host, port, reuse_port=reuse_port).close()

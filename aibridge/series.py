@@ -14,7 +14,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-GaugeMode = Literal["livesum", "liveall"]
+GaugeMode = Literal["livesum", "liveall", "livemax"]
 
 
 @dataclass(frozen=True)

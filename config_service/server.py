@@ -3,12 +3,20 @@
 `start(settings, environ)` returns a running service (tests use it in-process on
 port 0); `serve(settings, environ)` runs until SIGINT/SIGTERM and stops gracefully:
 health goes NOT_SERVING first, then the server stops with a grace period.
+
+With `--workers N` (aibridge/workers.py) the parent runs `prepare` once (migrate, seed,
+bootstrap) and each worker runs `serve_worker`: a whole replica (its own hub, registry,
+replica id `<id>-w<i>`, health and reflection) on the shared port (SO_REUSEPORT), that
+neither migrates nor seeds. Workers keep in step as replicas do: PostgreSQL's NOTIFY, or
+on SQLite the local change signal (local_signal.py); each publishes its streams to the
+shared subscriber table (on SQLite too), so ListSubscribers on any worker lists all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Mapping
@@ -28,7 +36,8 @@ from aibridge.logs import get_logger
 from aibridge.ports import ListenError, check_free
 from aibridge.telemetry import Telemetry
 from aibridge.telemetry import start as start_telemetry
-from config_service import notify
+from aibridge.workers import Worker
+from config_service import local_signal, notify
 from config_service.auth import Authenticator
 from config_service.crypto import Cipher
 from config_service.db import migrate
@@ -79,9 +88,14 @@ GRPC_OPTIONS = [
     # the default limits (1000 soft / 3000 hard) core cancels them outright.
     ("grpc.server.max_pending_requests", 100_000),
     ("grpc.server.max_pending_requests_hard_limit", 100_000),
-    ("grpc.so_reuseport", 0),
 ]
 MAX_CONCURRENT_RPCS = 50_000
+
+
+def grpc_options(reuse_port: bool) -> list[tuple[str, int]]:
+    """The server's options; `reuse_port` for a worker sharing the port with its siblings
+    (a single process refuses a port another process holds)."""
+    return [*GRPC_OPTIONS, ("grpc.so_reuseport", int(reuse_port))]
 
 
 @dataclass
@@ -99,6 +113,7 @@ class RunningService:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopped: bool = False
     telemetry: Telemetry | None = None
+    signal: local_signal.LocalSignal | None = None
 
     @property
     def target(self) -> str:
@@ -119,6 +134,8 @@ class RunningService:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()  # shutdown() stops serving; this frees the socket
         await self.db.close()
+        if self.signal is not None:
+            self.signal.close()
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.shutdown)
 
@@ -138,11 +155,12 @@ def _add_port(
     server: grpc.aio.Server,
     settings: ConfigServiceSettings,
     credentials: grpc.ServerCredentials | None,
+    reuse_port: bool,
 ) -> int:
     """Bind the gRPC port; `ListenError` (one line, naming the setting) when it cannot be."""
     host, port = settings.grpc_host, settings.grpc_port
     # Probed first for the reason (grpc-core only says "failed to bind", after a log line).
-    check_free(LISTEN_SETTING, host, port)
+    check_free(LISTEN_SETTING, host, port, reuse_port=reuse_port)
     address = settings.grpc_target
     try:
         if credentials is not None:
@@ -204,15 +222,19 @@ def _add_reflection(server: grpc.aio.Server) -> None:
     )
 
 
+def open_database(settings: ConfigServiceSettings) -> Database:
+    """The database, as it is (a worker's: the parent prepared it)."""
+    return Database(make_engine(settings.database_url), Cipher(settings.encryption_keys))
+
+
 def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> Database:
     """Migrate, seed from the environment and bootstrap tokens (blocking; run in a thread)."""
-    cipher = Cipher(settings.encryption_keys)
-    if not cipher.enabled:
+    if not settings.encryption_keys:
         log.warning(
             "AIBRIDGE_ENCRYPTION_KEYS is not set: provider secrets are stored UNENCRYPTED "
             "in the database; set it (openssl rand -base64 32) for production"
         )
-    db = Database(make_engine(settings.database_url), cipher)
+    db = open_database(settings)
     try:
         _migrate_seed_bootstrap(db, settings, environ)
     except BaseException:
@@ -346,7 +368,7 @@ async def _follow_reachability(hub: SnapshotHub, health: HealthServicer) -> None
 
 
 def _grpc_server(
-    settings: ConfigServiceSettings,
+    settings: ConfigServiceSettings, reuse_port: bool
 ) -> tuple[grpc.aio.Server, Telemetry | None, ConfigTelemetry | None]:
     """The gRPC server with its interceptors, and telemetry when it is on."""
     telemetry = start_telemetry(settings.telemetry, settings.replica_id)
@@ -358,7 +380,7 @@ def _grpc_server(
         tracing = ConfigTelemetry(telemetry)
         interceptors.insert(0, tracing.interceptor())
     server = grpc.aio.server(
-        options=GRPC_OPTIONS,
+        options=grpc_options(reuse_port),
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         interceptors=interceptors,
     )
@@ -366,12 +388,15 @@ def _grpc_server(
 
 
 async def _hub(
-    db: Database, settings: ConfigServiceSettings, tracing: ConfigTelemetry | None
+    db: Database,
+    settings: ConfigServiceSettings,
+    tracing: ConfigTelemetry | None,
+    worker: Worker | None,
 ) -> tuple[SnapshotHub, ConfigMetrics, SubscriberRegistry]:
     """The snapshot hub, built once, with the metrics that watch it and the subscribers."""
     hub = SnapshotHub(db, settings.allow_byok)
     hub.tracing = tracing
-    metrics = ConfigMetrics()
+    metrics = ConfigMetrics(worker.identity if worker is not None else None)
     hub.listeners.append(lambda _revision: metrics.build_seconds.observe(hub.last_build_seconds))
     await hub.refresh()
     registry = SubscriberRegistry()
@@ -386,11 +411,12 @@ def _add_services(
     hub: SnapshotHub,
     registry: SubscriberRegistry,
     metrics: ConfigMetrics,
+    worker: Worker | None,
 ) -> Any:
     """Register every servicer, health and reflection; returns the health servicer."""
     auth = Authenticator(hub, db)
     remote = None
-    if db.is_postgres:
+    if _shares_status(db, worker):
 
         async def remote() -> list[subscriber_status.RemoteSubscriber]:
             return await db.call(
@@ -416,8 +442,15 @@ def _add_services(
     return health_servicer
 
 
-def _start_background(running: RunningService) -> None:
-    """The loops a running replica keeps: resync, reachability, pruning, NOTIFY, status."""
+def _shares_status(db: Database, worker: Worker | None) -> bool:
+    """Whether this replica publishes its streams to, and lists, the shared subscriber
+    table: on PostgreSQL (replicas), and on SQLite when it is one of several workers."""
+    return db.is_postgres or worker is not None
+
+
+def _start_background(running: RunningService, worker: Worker | None) -> None:
+    """The loops a running replica keeps: resync, reachability, pruning, NOTIFY or the
+    SQLite signal, status."""
     settings, db, hub, metrics = running.settings, running.db, running.hub, running.metrics
     coroutines = [
         _resync_loop(hub, settings.resync_interval, metrics),
@@ -429,7 +462,14 @@ def _start_background(running: RunningService) -> None:
         )
     if db.is_postgres:
         coroutines.append(notify.listen(settings.database_url, hub, metrics, settings.replica_id))
+    elif (group := local_signal.group_of(settings.database_url)) and local_signal.available():
+        running.signal = signal = local_signal.LocalSignal(group)
+        hub.after_write.append(signal.announce)
+        coroutines.append(signal.listen(hub, metrics))
+    if _shares_status(db, worker):
         coroutines.append(_publish_subscribers(db, running.registry, settings.replica_id))
+        if worker is not None:
+            coroutines.append(_count_subscribers(running.registry, hub, metrics))
     running.tasks.extend(asyncio.create_task(c) for c in coroutines)
 
 
@@ -449,40 +489,53 @@ def _log_ready(running: RunningService, tls: bool) -> None:
     )
 
 
-async def start(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> RunningService:
+async def start(
+    settings: ConfigServiceSettings, environ: Mapping[str, str], worker: Worker | None = None
+) -> RunningService:
+    """A running replica: the whole service, or (`worker`) one of several on one port, on
+    a database the parent prepared."""
     # Database calls run in threads; a stalled database can hold some of them until the
     # call deadline, so keep enough workers for the rest (the default is cores + 4).
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
     )
     # Bound first: a port that is taken fails before the database is migrated or seeded.
-    server, telemetry, tracing = _grpc_server(settings)
+    server, telemetry, tracing = _grpc_server(settings, reuse_port=worker is not None)
     try:
         credentials = _credentials(settings)
-        port = _add_port(server, settings, credentials)
-        db = await asyncio.to_thread(prepare_database, settings, environ)
+        port = _add_port(server, settings, credentials, reuse_port=worker is not None)
+        if worker is None:
+            db = await asyncio.to_thread(prepare_database, settings, environ)
+        else:
+            db = open_database(settings)
     except BaseException:
         await server.stop(None)
         if telemetry is not None:
             await asyncio.to_thread(telemetry.shutdown)
         raise
-    hub, metrics, registry = await _hub(db, settings, tracing)
-    health_servicer = _add_services(server, settings, db, hub, registry, metrics)
+    hub, metrics, registry = await _hub(db, settings, tracing, worker)
+    health_servicer = _add_services(server, settings, db, hub, registry, metrics, worker)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
     running.telemetry = telemetry
-    _start_background(running)
+    _start_background(running, worker)
     if settings.metrics_listen is not None:
-        running.metrics_server, running.metrics_port = metrics.serve(*settings.metrics_listen)
+        running.metrics_server, running.metrics_port = metrics.serve(
+            *settings.metrics_listen, reuse_port=worker is not None
+        )
     _log_ready(running, tls=credentials is not None)
     return running
 
 
-async def serve(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> None:
-    running = await start(settings, environ)
+async def serve(
+    settings: ConfigServiceSettings, environ: Mapping[str, str], worker: Worker | None = None
+) -> None:
+    running = await start(settings, environ, worker)
     tune_collector()
+    if worker is not None:
+        worker.ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -491,6 +544,38 @@ async def serve(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> 
     log.info("shutting down: health NOT_SERVING, draining")
     await running.stop(grace=5.0)
     await _let_rpc_tasks_finish()
+
+
+class StartupRefused(Exception):
+    """Seeding refused the environment (its message lists why), in a supervising parent."""
+
+
+def prepare(settings: ConfigServiceSettings) -> None:
+    """`--workers N`: migrate, seed and bootstrap once, in the parent, before any worker."""
+    from config_service.seed.apply import SeedConflict
+    from config_service.seed.env import SeedConfigError
+
+    try:
+        prepare_database(settings, os.environ).engine.dispose()
+    except (SeedConflict, SeedConfigError) as exc:
+        problems = "\n".join(f"  - {problem}" for problem in exc.problems)
+        raise StartupRefused(
+            f"seeding providers from the environment failed:\n{problems}"
+        ) from None
+
+
+async def serve_worker(settings: ConfigServiceSettings, worker: Worker | None) -> None:
+    """One worker of `aibridge config-service --workers N` (the parent ran `prepare`)."""
+    await serve(settings, os.environ, worker)
+
+
+async def _count_subscribers(
+    registry: SubscriberRegistry, hub: SnapshotHub, metrics: ConfigMetrics
+) -> None:
+    """A worker's open streams and revision into the merged gauges, every second."""
+    while True:
+        metrics.set_live(registry.count_by_role(), hub.revision)
+        await asyncio.sleep(1.0)
 
 
 async def _let_rpc_tasks_finish() -> None:

@@ -7,8 +7,9 @@ and raises one SettingsError listing every problem.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Self
 
 from aibridge.envconfig import (
     DATA_DIR,
@@ -16,6 +17,7 @@ from aibridge.envconfig import (
     LOG_FORMAT,
     LOG_LEVEL,
     OTEL,
+    WORKERS,
     XDG_DATA_HOME,
     Schema,
     Setting,
@@ -132,6 +134,7 @@ SETTINGS = (
             USAGE_RETENTION,
             USAGE_PRUNE_INTERVAL,
             REPLICA_ID,
+            WORKERS,
             LOG_FORMAT,
             LOG_LEVEL,
         )
@@ -192,6 +195,25 @@ class ConfigServiceSettings:
     log_format: str
     log_level: str
     telemetry: TelemetrySettings
+    workers: int = 1  # serving processes on the gRPC port (aibridge/workers.py)
+
+    # What the supervisor (aibridge/workers.py) reads: where it listens, and its name.
+    @property
+    def listen_host(self) -> str:
+        return self.grpc_host
+
+    @property
+    def listen_port(self) -> int:
+        return self.grpc_port
+
+    @property
+    def instance(self) -> str:
+        return self.replica_id
+
+    def for_worker(self, suffix: str, port: int) -> Self:
+        """These settings as one worker runs them: on the shared `port`, replica id + `suffix`,
+        one process."""
+        return replace(self, grpc_port=port, replica_id=self.replica_id + suffix, workers=1)
 
     @property
     def grpc_target(self) -> str:
@@ -232,4 +254,5 @@ class ConfigServiceSettings:
             log_format=v[LOG_FORMAT],
             log_level=v[LOG_LEVEL],
             telemetry=TelemetrySettings.of(v, "aibridge-config-service"),
+            workers=v[WORKERS],
         )

@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from aibridge.ports import ListenError
+from aibridge.workers import Daemon, supervise
 from config_service.commands.common import failed, load, parser
 from config_service.errors import ConfigError
 from config_service.seed.apply import SeedConflict
@@ -34,10 +35,21 @@ def main(argv: list[str], prog: str = "aibridge config-service") -> int:
     settings = load(args, validate_seed=True)
     if settings is None:
         return 2
-    from config_service.server import serve
+    from config_service import server
 
+    if settings.workers > 1:
+        return supervise(
+            Daemon(
+                prog,
+                server.serve_worker,
+                server.LISTEN_SETTING,
+                fatal=(ConfigError, server.StartupRefused),
+                prepare=server.prepare,
+            ),
+            settings,
+        )
     try:
-        run(serve(settings, os.environ))
+        run(server.serve(settings, os.environ))
     except (SeedConflict, SeedConfigError) as exc:
         print("aibridge: seeding providers from the environment failed:", file=sys.stderr)
         for problem in exc.problems:

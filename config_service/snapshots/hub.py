@@ -58,6 +58,9 @@ class SnapshotHub:
         self.reachable = True  # the last database contact succeeded
         self.last_build_seconds = 0.0
         self.listeners: list[Callable[[int], None]] = []
+        # Called with the revision after a write through this process is published (the
+        # SQLite change signal tells the other processes on the file: local_signal.py).
+        self.after_write: list[Callable[[int], None]] = []
         self.tracing: ConfigTelemetry | None = None  # spans, when telemetry is on
         self.built_by: SpanContext | None = None  # the span of the current snapshot's rebuild
 
@@ -160,6 +163,9 @@ class SnapshotHub:
                 "snapshot reload after a committed write failed; catching up by resync",
                 error=exc.message if isinstance(exc, ConfigError) else type(exc).__name__,
             )
+            return
+        for hook in self.after_write:
+            hook(self._revision)
 
     async def refresh_if_behind(self) -> bool:
         """Cheap check of the committed revision; full reload only when it moved."""
