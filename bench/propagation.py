@@ -18,6 +18,11 @@ the N streams open minus its RSS before they connected, over N. `--profile FILE`
 attaches py-spy (when installed) to the service for the writes with subscribers and
 writes its collapsed stacks (`--native`: C frames too) for bench/profile_shares.py.
 `--ack`: every stream reports each snapshot it read (ReportStatus), as the daemons do.
+`--workers N`: the service as `aibridge config-service --workers N`; its CPU and memory
+are summed over the supervising parent and its workers, and each worker's CPU is shown
+(the writes go through one connection, so through one worker; the others learn of them
+by the change signal). Every subscriber channel is its own TCP connection (a local
+subchannel pool), so the kernel can spread the connections over the workers.
 
     python bench/propagation.py --subscribers 1000 --writes 20
 """
@@ -51,7 +56,8 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
 
 
-def start_service(database_url: str, data_dir: str) -> tuple[Proc, str]:
+def start_service(database_url: str, data_dir: str, workers: int) -> tuple[Proc, str, list[int]]:
+    """The service, its target and the pids whose CPU and memory are its own."""
     env = {
         "AIBRIDGE_DATA_DIR": data_dir,
         "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
@@ -64,15 +70,21 @@ def start_service(database_url: str, data_dir: str) -> tuple[Proc, str]:
     }
     if database_url:
         env["AIBRIDGE_DATABASE_URL"] = database_url
+    if workers > 1:
+        env["AIBRIDGE_WORKERS"] = str(workers)
     proc = start(
         "config-service",
         ["config-service"],
         env,
         Path(data_dir) / "logs",
-        ready="config service ready",
+        ready="workers ready" if workers > 1 else "config service ready",
         timeout=60,
     )
-    return proc, str(proc.ready["listen"])
+    return proc, str(proc.ready["listen"]), [proc.pid, *proc.ready.get("pids", [])]
+
+
+# Each channel its own TCP connection (grpc-core shares one between channels otherwise).
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def subscriber_main(
@@ -83,7 +95,7 @@ def subscriber_main(
     With `ack`, each stream reports every snapshot it read (ReportStatus), as a daemon does."""
 
     async def run() -> None:
-        chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+        chans = [grpc.aio.insecure_channel(target, CHANNEL_OPTIONS) for _ in range(channels)]
         arrivals: list[list[tuple[int, int]]] = [[] for _ in range(count)]
         failed = 0
         ready = 0
@@ -130,6 +142,10 @@ def subscriber_main(
             await chan.close()
 
     uvloop.run(run())  # as the daemons run (uvicorn[standard] brings it)
+
+
+def cpus(pids: list[int]) -> list[float]:
+    return [cpu_seconds(pid) for pid in pids]
 
 
 def make_writes(target: str, count: int, pace: float, tag: str) -> list[tuple[int, int, int]]:
@@ -195,6 +211,7 @@ def main() -> int:
     )
     p.add_argument("--writes", type=int, default=20)
     p.add_argument("--database-url", default="")
+    p.add_argument("--workers", type=int, default=1, help="config-service worker processes")
     p.add_argument("--ack", action="store_true", help="subscribers report every snapshot")
     p.add_argument("--profile", default="", help="py-spy collapsed stacks of the fan-out here")
     p.add_argument("--native", action="store_true", help="with --profile: C frames too")
@@ -205,7 +222,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         # PostgreSQL: a fresh schema each run (dropped after), so runs compare alike.
         url = stack.enter_context(fresh_schema(args.database_url)) if args.database_url else ""
-        service, target = start_service(url, tmp)
+        service, target, pids = start_service(url, tmp, args.workers)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         stop = ctx.Event()
@@ -220,10 +237,10 @@ def main() -> int:
         try:
             pace = max(0.2, n / 20000)
             # The writes alone (no subscriber): commit, rebuild and idle loops, same pacing.
-            cpu_idle0 = cpu_seconds(service.pid)
+            cpu_idle0 = cpus(pids)
             alone = make_writes(target, args.writes, pace, "alone")
-            cpu_alone = cpu_seconds(service.pid) - cpu_idle0
-            rss_idle = rss_mb(service.pid)
+            cpu_alone = [b - a for a, b in zip(cpu_idle0, cpus(pids), strict=True)]
+            rss_idle = sum(rss_mb(pid) for pid in pids)
             started = time.monotonic()
             for w in workers:
                 w.start()
@@ -234,17 +251,16 @@ def main() -> int:
                 failed += f
             connect_s = time.monotonic() - started
             time.sleep(1.0)
-            rss_connected = rss_mb(service.pid)
-            profiler = (
-                start_profiler(service.pid, args.profile, args.native) if args.profile else None
-            )
-            cpu0 = cpu_seconds(service.pid)
+            rss_connected = sum(rss_mb(pid) for pid in pids)
+            profiler = start_profiler(pids[-1], args.profile, args.native) if args.profile else None
+            cpu0 = cpus(pids)
             clients0 = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None)
             writes = make_writes(target, args.writes, pace, "fanout")
-            cpu = cpu_seconds(service.pid) - cpu0
+            per_process = [b - a for a, b in zip(cpu0, cpus(pids), strict=True)]
+            cpu = sum(per_process)
             clients_cpu = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None) - clients0
             stop_profiler(profiler)
-            rss = rss_mb(service.pid)
+            rss = sum(rss_mb(pid) for pid in pids)
             stop.set()
             arrivals: list[list[tuple[int, int]]] = []
             for _ in workers:
@@ -292,16 +308,22 @@ def main() -> int:
         "service_rss_idle_mb": round(rss_idle, 1),
         "memory_per_stream_kb": round((rss_connected - rss_idle) * 1024 / max(1, ready), 1),
         "service_cpu_seconds_during_writes": round(cpu, 3),
-        "service_cpu_seconds_writes_alone": round(cpu_alone, 3),
+        "service_cpu_seconds_writes_alone": round(sum(cpu_alone), 3),
         "cpu_per_stream_per_change_us": round(
-            (cpu - cpu_alone) * 1e6 / max(1, ready * len(writes)), 1
+            (cpu - sum(cpu_alone)) * 1e6 / max(1, ready * len(writes)), 1
         ),
-        "cpu_per_write_alone_ms": round(cpu_alone * 1e3 / max(1, len(alone)), 2),
+        "cpu_per_write_alone_ms": round(sum(cpu_alone) * 1e3 / max(1, len(alone)), 2),
         # The subscribers share the machine: their CPU per stream per change, for the budget.
         "subscriber_cpu_per_stream_per_change_us": round(
             clients_cpu * 1e6 / max(1, ready * len(writes)), 1
         ),
         "database": "postgresql" if args.database_url else "sqlite",
+        "workers": args.workers,
+        # Parent first (it only supervises), then each worker: CPU for the writes with the
+        # streams open, minus the same writes alone.
+        "cpu_per_process_seconds": [
+            round(c - a, 3) for c, a in zip(per_process, cpu_alone, strict=True)
+        ],
     }
     print(
         table(
@@ -335,6 +357,8 @@ def main() -> int:
             ],
         )
     )
+    if args.workers > 1:
+        print(f"fan-out CPU per process (parent, workers): {result['cpu_per_process_seconds']} s")
     path = write_result(f"propagation-{n}", result)
     print(f"wrote {path}")
     return 0 if failed == 0 and missing == 0 else 1
