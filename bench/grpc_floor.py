@@ -7,6 +7,9 @@ shape as propagation.py (N streams over N/100 channels in a separate process). M
 the server's RSS per open stream and its CPU per stream per change, so the config
 service's figures can be read as a ratio to what any Python gRPC fan-out pays.
 
+`--option NAME=INT` (repeatable) adds or overrides a server channel argument, to measure
+what one does to the per-stream figures.
+
     python bench/grpc_floor.py --subscribers 1000 --changes 20
 """
 
@@ -28,12 +31,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import cpu_seconds, parser, percentile, rss_mb, table, write_result
 
 from aibridge.collector import YOUNG_THRESHOLD
-from config_service.server import GRPC_OPTIONS, MAX_CONCURRENT_RPCS
+from config_service.server import MAX_CONCURRENT_RPCS, grpc_options
 
 METHOD = "/bench.Floor/Watch"
 
 
-def server_main(payload_size: int, ports: Any, control: Any, results: Any, tuned: bool) -> None:
+def server_main(
+    payload_size: int,
+    ports: Any,
+    control: Any,
+    results: Any,
+    tuned: bool,
+    options: list[tuple[str, int]],
+) -> None:
     payload = b"\n" + b"x" * payload_size
 
     async def run() -> None:
@@ -56,7 +66,9 @@ def server_main(payload_size: int, ports: Any, control: Any, results: Any, tuned
         handler = grpc.method_handlers_generic_handler(
             "bench.Floor", {"Watch": grpc.unary_stream_rpc_method_handler(watch)}
         )
-        server = grpc.aio.server(options=GRPC_OPTIONS, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+        given = dict(options)
+        merged = [(k, v) for k, v in grpc_options(False) if k not in given] + options
+        server = grpc.aio.server(options=merged, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -84,7 +96,10 @@ def client_main(port: int, count: int, channels: int, queue: Any, expected: Any)
     changes (or after a minute: what is missing is counted, not waited for forever)."""
 
     async def run() -> None:
-        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
+        chans = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", [("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(channels)
+        ]
         arrivals: list[list[int]] = [[] for _ in range(count)]
 
         async def follow(i: int) -> None:
@@ -120,13 +135,16 @@ def main() -> int:
     p.add_argument("--changes", type=int, default=20)
     p.add_argument("--payload", type=int, default=2048, help="bytes per message")
     p.add_argument("--untuned", action="store_true", help="Python's default collector settings")
+    p.add_argument("--option", action="append", default=[], help="NAME=INT server argument")
     args = p.parse_args()
+    options = [(k, int(v)) for k, _, v in (o.partition("=") for o in args.option)]
     n = args.subscribers
     ctx = mp.get_context("spawn")
     ports, control, results, queue = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue()
     expected = ctx.Value("i", -1)
     server = ctx.Process(
-        target=server_main, args=(args.payload, ports, control, results, not args.untuned)
+        target=server_main,
+        args=(args.payload, ports, control, results, not args.untuned, options),
     )
     server.start()
     client = None
@@ -168,6 +186,7 @@ def main() -> int:
         "changes": args.changes,
         "payload_bytes": args.payload + 1,
         "collector": "default" if args.untuned else "tuned",
+        "options": dict(options),
         "missing_deliveries": missing,
         "from_change_ms": {"p50": percentile(delays, 50), "p99": percentile(delays, 99)},
         "memory_per_stream_kb": round((rss_open - rss_idle) * 1024 / max(1, opened), 1),
