@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -29,6 +31,7 @@ from config_service.store.database import Database
 from tests.fixtures.processes import Proc
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Procs, base_env
 from tests.fixtures.waits import eventually
+from tests.resilience.harness import free_port
 
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 BRIDGE_MD = (("authorization", f"Bearer {BRIDGE_TOKEN}"),)
@@ -221,3 +224,27 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_every_process(
     for pid in (second, third):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_metrics_on_any_worker_count_every_workers_streams(
+    database_url: str, procs_and_conns: tuple[Procs, list[Conn]]
+) -> None:
+    """/metrics on the shared port, whichever worker answers, sums the bridge streams of both and names the worker that rendered it."""
+    procs, conns = procs_and_conns
+    port = free_port()
+    proc = workers(procs, database_url, AIBRIDGE_METRICS_LISTEN=f"127.0.0.1:{port}")
+    on_both_workers(proc, conns)
+    rendered_by: set[str] = set()
+
+    def both_counted() -> bool:
+        # A fresh connection per scrape, so the kernel may hand it to either worker.
+        page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        rendered_by.update(re.findall(r'aibridge_config_worker_info\{pid="(\d+)"', page))
+        return f'aibridge_config_subscribers{{role="bridge"}} {float(len(conns))}' in page
+
+    asyncio.run(eventually(both_counted, within=10))
+    for _ in range(20):
+        if len(rendered_by) == 2:
+            break
+        both_counted()
+    assert rendered_by == {str(pid) for pid in proc.ready["pids"]}
