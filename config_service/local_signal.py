@@ -4,7 +4,8 @@ PostgreSQL has LISTEN/NOTIFY between replicas (notify.py); SQLite has nothing of
 kind, so the processes on one database file (the workers of `aibridge config-service
 --workers N`, or services started by hand on one file) tell each other of a commit with a
 datagram. Each binds a Unix datagram socket in Linux's abstract namespace named after the
-database file and its pid, `aibridge-sqlite-<16 hex of the file's SHA-256 path>-<pid>`.
+database file and its pid, `aibridge-sqlite-<16 hex of the path's SHA-256>-<pid>-<random>`
+(the random part for several services in one process, as tests run them).
 After a write through it commits and its own snapshot is rebuilt, a process sends the new
 revision to every other socket of its file listed in /proc/net/unix. A receiver reloads
 its snapshot when the revision is ahead of its own: the payload is a hint, as NOTIFY's
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import secrets
 import socket
 import sys
 import time
@@ -67,7 +69,7 @@ class LocalSignal:
 
     def __init__(self, group: str) -> None:
         self._group = group
-        self.name = f"{group}{os.getpid()}"
+        self.name = f"{group}{os.getpid()}-{secrets.token_hex(4)}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._sock.bind("\0" + self.name)

@@ -28,6 +28,7 @@ from config_service.db.engine import make_engine
 from config_service.rbac import SYSTEM, Role
 from config_service.store import tokens
 from config_service.store.database import Database
+from tests.fixtures import processes
 from tests.fixtures.processes import Proc
 from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Procs, base_env
 from tests.fixtures.waits import eventually
@@ -248,3 +249,21 @@ def test_metrics_on_any_worker_count_every_workers_streams(
             break
         both_counted()
     assert rendered_by == {str(pid) for pid in proc.ready["pids"]}
+
+
+def test_a_seeding_conflict_ends_the_workers_parent_before_any_worker_starts(
+    database_url: str, procs: Procs
+) -> None:
+    """The parent seeds once: a provider whose env base URL differs from the database is listed and ends the command with 2, no worker started."""
+    env = base_env(database_url, procs.tmp / "cs") | {
+        "AIBRIDGE_OPENAI_KEY": "sk-workers-seed-0123456789abcdef",
+        "AIBRIDGE_OPENAI_BASE_URL": "https://one.example/v1/",
+    }
+    procs.start("config-service", ["config-service"], env, "config service ready").stop()
+    env |= {"AIBRIDGE_OPENAI_BASE_URL": "https://two.example/v1/", "AIBRIDGE_WORKERS": "2"}
+    proc = processes.popen(["config-service"], env)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert "seeding providers from the environment failed" in stderr
+    assert "openai" in stderr
+    assert "worker ready" not in stderr
