@@ -229,12 +229,12 @@ def open_database(settings: ConfigServiceSettings) -> Database:
 
 def prepare_database(settings: ConfigServiceSettings, environ: Mapping[str, str]) -> Database:
     """Migrate, seed from the environment and bootstrap tokens (blocking; run in a thread)."""
-    if not settings.encryption_keys:
+    db = open_database(settings)
+    if not db.cipher.enabled:
         log.warning(
             "AIBRIDGE_ENCRYPTION_KEYS is not set: provider secrets are stored UNENCRYPTED "
             "in the database; set it (openssl rand -base64 32) for production"
         )
-    db = open_database(settings)
     try:
         _migrate_seed_bootstrap(db, settings, environ)
     except BaseException:
