@@ -15,8 +15,11 @@ caught by the periodic revision check (AIBRIDGE_RESYNC_INTERVAL), as a missed NO
 Why a datagram and not the periodic check at a short interval: a check is a read
 transaction per process per interval whether anything changed or not, and it adds half
 the interval on average (the whole interval at worst) to a change made through another
-worker: the 50 ms p99 bar would need a check every few ms in every worker. A datagram
-costs nothing while nothing changes and arrives in microseconds.
+worker: the 50 ms p99 bar would need a check every few ms in every worker. Measured
+(2026-12-03, SQLite): a revision check as the resync loop makes it costs ≈290 µs of CPU,
+so a 10 ms interval is ≈3 % of a core per worker, always, for up to 10 ms of added delay;
+`announce` costs ≈32 µs per write (reading /proc/net/unix and one datagram per peer),
+and nothing while nothing changes.
 
 Why the abstract namespace: no file to create or leave behind (a killed process's name
 goes with its socket), and no path-length limit (a socket path is at most 107 bytes; a
