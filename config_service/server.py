@@ -463,9 +463,13 @@ def _start_background(running: RunningService, worker: Worker | None) -> None:
     if db.is_postgres:
         coroutines.append(notify.listen(settings.database_url, hub, metrics, settings.replica_id))
     elif (group := local_signal.group_of(settings.database_url)) and local_signal.available():
-        running.signal = signal = local_signal.LocalSignal(group)
-        hub.after_write.append(signal.announce)
-        coroutines.append(signal.listen(hub, metrics))
+        try:
+            running.signal = change_signal = local_signal.LocalSignal(group)
+        except OSError as exc:  # then the periodic revision check alone
+            log.warning("no change signal between processes on this database", error=str(exc))
+        else:
+            hub.after_write.append(change_signal.announce)
+            coroutines.append(change_signal.listen(hub, metrics))
     if _shares_status(db, worker):
         coroutines.append(_publish_subscribers(db, running.registry, settings.replica_id))
         if worker is not None:
