@@ -235,3 +235,33 @@ async def test_a_restore_made_while_the_config_service_was_down_reaches_the_brid
 
 async def _served(stack: Stack, token: str, status: int) -> bool:
     return await stack.answer(token) == status
+
+
+async def test_a_restore_reaches_a_bridge_on_another_replica_at_once(
+    procs: Procs, pg_url: str, upstream: FakeUpstream
+) -> None:
+    """On PostgreSQL, a revocation made through one replica after a restore reaches a bridge following another replica by notification, without waiting for the periodic resync."""
+    backup = PostgresBackup(pg_url)
+    try:
+        first = await asyncio.to_thread(procs.config_service, pg_url)
+        admin = Admin(str(first.ready["target"]))
+        try:
+            await admin.create_provider(
+                "up", pb.PROVIDER_TYPE_OPENAI, f"{upstream.url}/v1/", ["sk-up-0000000000000000000"]
+            )
+            member = await admin.create_token("alice")
+            second = await asyncio.to_thread(
+                procs.config_service, pg_url, data_dir="cs2", AIBRIDGE_RESYNC_INTERVAL="120s"
+            )
+            bridge = await asyncio.to_thread(procs.bridge, str(second.ready["target"]), "b-2")
+            stack = Stack(procs, pg_url, 0, second, bridge, upstream)
+            await eventually(lambda: _served(stack, member, 200), within=10)
+            await asyncio.to_thread(backup.take)
+            await _move_past_the_backup(stack, admin)
+            await asyncio.to_thread(backup.restore)
+            await _revoke(admin, "alice")
+            await eventually(lambda: _served(stack, member, 401), within=5)
+        finally:
+            await admin.close()
+    finally:
+        backup.close()
