@@ -7,6 +7,8 @@ back to the database so tokens created by another process work at once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
 
 from aibridge.masking import sha256_hex
@@ -16,9 +18,11 @@ from config_service.snapshots.hub import SnapshotHub
 from config_service.store import tokens
 from config_service.store.database import Database
 
+Metadata = Iterable[tuple[str, str | bytes]]
 
-def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str:
-    for key, value in context.invocation_metadata() or ():
+
+def bearer_token(metadata: Metadata) -> str:
+    for key, value in metadata:
         if key == "authorization":
             raw = value.decode() if isinstance(value, bytes) else value
             scheme, _, token = raw.strip().partition(" ")
@@ -34,7 +38,11 @@ class Authenticator:
         self._db = db
 
     async def authenticate(self, context: grpc.aio.ServicerContext[object, object]) -> Subject:
-        digest = sha256_hex(bearer_token(context))
+        return await self.authenticate_metadata(context.invocation_metadata() or ())
+
+    async def authenticate_metadata(self, metadata: Metadata) -> Subject:
+        """The subject of the call's `authorization` metadata (read before its message)."""
+        digest = sha256_hex(bearer_token(metadata))
         subject = self._hub.subject_for(digest)
         if subject is None:
             subject = await self._db.call(tokens.lookup, self._db, digest)

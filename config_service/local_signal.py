@@ -8,7 +8,7 @@ database file and its pid, `aibridge-sqlite-<16 hex of the path's SHA-256>-<pid>
 (the random part for several services in one process, as tests run them).
 After a write through it commits and its own snapshot is rebuilt, a process sends the new
 revision to every other socket of its file listed in /proc/net/unix. A receiver reloads
-its snapshot when the revision is ahead of its own: the payload is a hint, as NOTIFY's
+its snapshot when the revision differs from its own: the payload is a hint, as NOTIFY's
 is, never data. A datagram lost (a receiver's buffer full, a process starting up) is
 caught by the periodic revision check (AIBRIDGE_RESYNC_INTERVAL), as a missed NOTIFY is.
 
@@ -101,7 +101,7 @@ class LocalSignal:
                 continue
 
     async def listen(self, hub: SnapshotHub, metrics: ConfigMetrics) -> None:
-        """Run forever: on each datagram ahead of the hub's revision, reload."""
+        """Run forever: on each datagram announcing a revision other than the hub's, reload."""
         loop = asyncio.get_running_loop()
         arrived = asyncio.Event()
         loop.add_reader(self._sock.fileno(), arrived.set)
@@ -111,7 +111,9 @@ class LocalSignal:
                 arrived.clear()
                 received = time.perf_counter()
                 revision = self._drain()
-                if revision > hub.revision:
+                # Not only a higher one: after a restore, or a new history started by
+                # another worker, the revision announced may be below ours (as with NOTIFY).
+                if revision != hub.revision:
                     try:
                         published = await hub.refresh()
                     except Exception as exc:  # the periodic check retries

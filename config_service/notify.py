@@ -62,7 +62,9 @@ async def listen(
                         revision = int(notify.payload)
                     except ValueError:
                         revision = hub.revision + 1
-                    if revision > hub.revision and await hub.refresh():
+                    # Not only a higher one: after a restore, or a new history started by
+                    # another replica, the revision notified may be below ours.
+                    if revision != hub.revision and await hub.refresh():
                         metrics.resyncs.labels(reason="notify").inc()
                         metrics.notification_lag.observe(time.perf_counter() - received)
         except asyncio.CancelledError:

@@ -47,7 +47,7 @@ from config_service.rbac import Role
 from config_service.seed import apply as seed_apply
 from config_service.seed.env import parse_env
 from config_service.servicers.config import ConfigServicer
-from config_service.servicers.edge import MalformedRequests
+from config_service.servicers.edge import AuthenticateFirst, MalformedRequests
 from config_service.settings import ConfigServiceSettings
 from config_service.snapshots.hub import SnapshotHub
 from config_service.store import subscriber_status, tokens, usage
@@ -368,12 +368,12 @@ async def _follow_reachability(hub: SnapshotHub, health: HealthServicer) -> None
 
 
 def _grpc_server(
-    settings: ConfigServiceSettings, reuse_port: bool
+    settings: ConfigServiceSettings, edge: AuthenticateFirst, reuse_port: bool
 ) -> tuple[grpc.aio.Server, Telemetry | None, ConfigTelemetry | None]:
     """The gRPC server with its interceptors, and telemetry when it is on."""
     telemetry = start_telemetry(settings.telemetry, settings.replica_id)
     tracing = None
-    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequests()]  # type: ignore[type-arg]
+    interceptors: list[grpc.aio.ServerInterceptor] = [edge, MalformedRequests()]  # type: ignore[type-arg]
     if telemetry is not None:
         from config_service.tracing import ConfigTelemetry  # only when it is on
 
@@ -412,9 +412,11 @@ def _add_services(
     registry: SubscriberRegistry,
     metrics: ConfigMetrics,
     worker: Worker | None,
+    edge: AuthenticateFirst,
 ) -> Any:
     """Register every servicer, health and reflection; returns the health servicer."""
     auth = Authenticator(hub, db)
+    edge.auth = auth  # from now on, calls are refused before their body is read
     remote = None
     if _shares_status(db, worker):
 
@@ -504,7 +506,8 @@ async def start(
         ThreadPoolExecutor(max_workers=64, thread_name_prefix="aibridge-db")
     )
     # Bound first: a port that is taken fails before the database is migrated or seeded.
-    server, telemetry, tracing = _grpc_server(settings, reuse_port=worker is not None)
+    edge = AuthenticateFirst()
+    server, telemetry, tracing = _grpc_server(settings, edge, reuse_port=worker is not None)
     try:
         credentials = _credentials(settings)
         port = _add_port(server, settings, credentials, reuse_port=worker is not None)
@@ -518,7 +521,7 @@ async def start(
             await asyncio.to_thread(telemetry.shutdown)
         raise
     hub, metrics, registry = await _hub(db, settings, tracing, worker)
-    health_servicer = _add_services(server, settings, db, hub, registry, metrics, worker)
+    health_servicer = _add_services(server, settings, db, hub, registry, metrics, worker, edge)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -10,10 +10,13 @@ config service is away. The gRPC channel's own reconnect backoff is capped at 1 
 the two never stack to seconds of lag after an outage. With a cache file, the last good
 snapshot survives a restart too (`load_cache()` before `run()`).
 
-Versions never go backwards for a daemon, whatever the server sends (a stale replica, a
-reconnect elsewhere): a snapshot older than the applied one, or with a malformed version,
-is refused, reported (NACK) and the stream dropped, so the next attempt can land on a
-replica that is up to date.
+Versions never go backwards for a daemon within the database's history, whatever the
+server sends (a stale replica, a reconnect elsewhere): a snapshot older than the applied
+one of the same history, or with a malformed version, is refused, reported (NACK) and
+the stream dropped, so the next attempt can land on a replica that is up to date. A
+snapshot of another history (the database was restored from an older backup, and the
+config service started a new history) is taken whatever its version: the restored
+state is the truth now, revocations made since included.
 
     sub = Subscriber(SubscriberConfig(target=..., token=Secret(...), node_id=...), apply)
     await sub.load_cache()
@@ -75,6 +78,7 @@ class SubscriberState:
     """What /readyz and the metrics show about the subscription."""
 
     applied_version: str = ""
+    applied_history: str = ""
     snapshot: cs.ProviderSnapshot | None = None
     connected: bool = False
     from_cache: bool = False
@@ -133,7 +137,7 @@ class Subscriber:
         snapshot = await asyncio.to_thread(snapshot_cache.load, path)
         if snapshot is None:
             return False
-        refusal = self._refusal(snapshot.version)
+        refusal = self._refusal(snapshot)
         if refusal is not None:
             log.warning("cached snapshot ignored", path=str(path), reason=refusal)
             return False
@@ -162,7 +166,9 @@ class Subscriber:
             while True:
                 try:
                     request = cs.WatchProvidersRequest(
-                        node_id=self.config.node_id, known_version=self.state.applied_version
+                        node_id=self.config.node_id,
+                        known_version=self.state.applied_version,
+                        known_history=self.state.applied_history,
                     )
                     # wait_for_ready: while the channel is reconnecting (its own 50 ms..1 s
                     # backoff) the call waits for it instead of failing at once; failing
@@ -203,18 +209,28 @@ class Subscriber:
                 delay = min(delay * 2, cap)
 
     def _applied(self, snapshot: cs.ProviderSnapshot) -> None:
+        if self.state.applied_version and snapshot.history != self.state.applied_history:
+            log.warning(
+                "the config service's database is in a new history (restored from a "
+                "backup?): its snapshot replaces ours, whatever the versions",
+                version=snapshot.version,
+                previous_version=self.state.applied_version,
+            )
         self.state.applied_version = snapshot.version
+        self.state.applied_history = snapshot.history
         self.state.snapshot = snapshot
         self.state.last_success = time.time()
         self.applied.set()
 
-    def _refusal(self, version: str) -> str | None:
-        """Why a snapshot at `version` must not be applied; None when it may be."""
+    def _refusal(self, snapshot: cs.ProviderSnapshot) -> str | None:
+        """Why `snapshot` must not be applied; None when it may be."""
+        version = snapshot.version
         revision = parse_version(version)
         if revision is None:
             return f"malformed snapshot version {version[:40]!r}: not a decimal revision"
         applied = parse_version(self.state.applied_version)
-        if applied is not None and revision < applied:
+        same_history = snapshot.history == self.state.applied_history
+        if applied is not None and same_history and revision < applied:
             return (
                 f"snapshot version {revision} is older than the applied version {applied}; "
                 "versions never go backwards"
@@ -225,7 +241,7 @@ class Subscriber:
         self, stub: cs_grpc.ConfigServiceAsyncStub, snapshot: cs.ProviderSnapshot
     ) -> bool:
         """Apply one snapshot and report it; False when the stream must be dropped."""
-        refusal = self._refusal(snapshot.version)
+        refusal = self._refusal(snapshot)
         if refusal is not None:
             self.state.last_error = refusal
             log.error(

@@ -21,7 +21,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # Arbitrary constant shared by every replica: "aibridge" in ASCII, truncated.
 MIGRATE_LOCK_ID = 0x616962726964
 # The newest migration; tests/config_service/test_migrations.py checks it is Alembic's head.
-HEAD = "0004"
+HEAD = "0005"
 
 
 def _config() -> Config:

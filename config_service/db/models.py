@@ -179,12 +179,14 @@ class Token(Base):
 
 
 class Revision(Base):
-    """One row: the revision counter, bumped in the same transaction as every change."""
+    """One row: the revision counter, bumped in the same transaction as every change, and
+    the history it counts in (a random id, replaced when the revision went backwards)."""
 
     __tablename__ = "revision"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    history: Mapped[str] = mapped_column(String(32))
     updated_at: Mapped[Timestamp]
 
 

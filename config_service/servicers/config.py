@@ -39,7 +39,7 @@ from config_service.errors import (
 from config_service.metrics import ConfigMetrics
 from config_service.rbac import Action, Subject, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
-from config_service.snapshots.hub import SnapshotHub
+from config_service.snapshots.hub import NOWHERE, Position, SnapshotHub
 from config_service.snapshots.snapshot import ROLE_TO_PROTO
 from config_service.store.subscriber_status import RemoteSubscriber
 from config_service.subscribers import ProviderIssue, SubscriberRegistry
@@ -100,7 +100,7 @@ class ConfigServicer:
             subject = await self._auth.authenticate(context)
             authorize(subject, Action.WATCH_SNAPSHOT)
             node_id = _node_id(request.node_id) or context.peer()
-            known = await self._resume_at(request.known_version)
+            known = await self._resume_at(request.known_version, request.known_history)
             self._admit(subject)
         except Exception as exc:
             await abort_for(exc, context)
@@ -109,21 +109,23 @@ class ConfigServicer:
         scope = scope_for(subject)
         hub = self._hub
         state = self._registry.add(node_id, subject.role, subject.principal_id, context.peer())
-        if known == hub.revision:
+        if known == hub.position:
             # A resume (restart, other replica) with the current version: nothing is sent,
             # so no ACK follows; the subscriber already applied it, say so in ListSubscribers.
             state.version_sent = state.version_acked = request.known_version
         sent = self._metrics.snapshots_sent.labels(scope=scope.value)
-        trusted_at = hub.revision
+        trusted_at = hub.position
         try:
             while True:
                 self._vouch()
-                revision, entry = hub.published(scope)
-                if revision != trusted_at:
+                position, entry = hub.published(scope)
+                if position != trusted_at:
                     # The token index moved with the snapshot: one dict lookup per stream.
                     _still_valid(subject, hub.live_subject(subject.token_id))
-                    trusted_at = revision
-                if revision > known:
+                    trusted_at = position
+                # The hub moves forward within a history or on to a new one: any other
+                # position than the subscriber's is newer to it.
+                if position != known:
                     tracing = hub.tracing
                     if tracing is None:
                         await context.write(entry.payload)
@@ -137,7 +139,7 @@ class ConfigServicer:
                             span.end()
                     # What was sent, not what the hub holds now: a change published while
                     # the write was in flight is sent on the next turn, never skipped.
-                    known = revision
+                    known = position
                     state.version_sent = entry.version
                     sent.inc()
                     continue
@@ -153,28 +155,42 @@ class ConfigServicer:
         if not self._hub.reachable:
             raise Unavailable(_CUT_OFF)
 
-    async def _resume_at(self, known_version: str) -> int:
-        """The revision a subscriber resumes from (-1: none); never one newer than ours."""
+    async def _resume_at(self, known_version: str, known_history: str) -> Position:
+        """Where a subscriber resumes from (NOWHERE: none); never ahead of the database.
+
+        Without `known_history` (a daemon older than histories) the version is taken to be
+        of the current history. A version of the current history beyond the database's
+        revision means the database went back (restored from an older backup while no
+        replica watched): a new history starts, and the subscriber is sent its snapshot.
+        """
         if not known_version:
-            return -1
+            return NOWHERE
         known = parse_version(known_version)
         if known is None:
             raise InvalidArgument("known_version", "must be empty or a snapshot version")
+        known_history = check_text("known_history", known_history, MAX_VERSION)
         self._vouch()
-        if known > self._hub.revision:
-            # The subscriber saw a newer revision elsewhere: catch up before answering,
-            # never send it an older snapshot.
-            try:
-                await self._hub.refresh_if_behind()
-            except Unavailable as exc:
-                raise Unavailable(_CUT_OFF) from exc
-        if known > self._hub.revision:
-            raise FailedPrecondition(
-                f"known_version {known} is newer than this service's database revision "
-                f"{self._hub.revision} (was the database restored or replaced?); the "
-                "subscriber keeps its snapshot: restart it without its snapshot cache to follow"
-            )
-        return known
+        hub = self._hub
+        try:
+            if known_history != hub.history or known > hub.revision:
+                # The subscriber saw a newer revision, or another history, elsewhere: catch
+                # up before answering, never send it an older snapshot of its history.
+                await hub.refresh_if_behind()
+            if known_history == hub.history and known > hub.revision:
+                await hub.diverged(known_history, known)
+        except Unavailable as exc:
+            raise Unavailable(_CUT_OFF) from exc
+        if not known_history:
+            if known > hub.revision:
+                raise FailedPrecondition(
+                    f"known_version {known} is newer than this service's database revision "
+                    f"{hub.revision} (was the database restored or replaced?); the "
+                    "subscriber keeps its snapshot: restart it without its snapshot cache "
+                    "to follow, or upgrade it (a subscriber that sends known_history takes "
+                    "the restored database's snapshot)"
+                )
+            return Position(hub.history, known)
+        return Position(known_history, known)
 
     def _admit(self, subject: Subject) -> None:
         held = self._registry.count_for(subject.principal_id)

@@ -4,7 +4,9 @@ A watch stream is a version and a wait: send the current snapshot, wait until th
 version changes, send again. The hub is refreshed after every write through this
 process (at once; if that reload fails the write is still answered as saved), on
 PostgreSQL NOTIFY from other replicas, and by a periodic revision check as a safety
-net. Versions only move forward.
+net. Versions only move forward within the database's history (`Position`): when the
+revision went backwards (the database restored from an older backup) the hub starts a
+new history in the database and publishes its state, which every subscriber takes.
 
 The hub also knows whether it can vouch for its snapshot: every database contact it
 makes records whether the database answered (`reachable`). A change of either the
@@ -25,13 +27,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from aibridge.logs import get_logger
 from config_service.errors import ConfigError
 from config_service.rbac import Scope, Subject
 from config_service.snapshots.snapshot import SnapshotEntry, build
-from config_service.snapshots.state import load_state
+from config_service.snapshots.state import State, load_state
 from config_service.store.database import Database
 
 if TYPE_CHECKING:
@@ -43,11 +45,24 @@ log = get_logger("aibridge.config.hub")
 T = TypeVar("T")
 
 
+class Position(NamedTuple):
+    """Where a snapshot stands: the database's history and the revision within it.
+
+    Ordered only within one history; a position of another history is another lineage.
+    """
+
+    history: str
+    revision: int
+
+
+NOWHERE = Position("", -1)  # before any snapshot
+
+
 class SnapshotHub:
     def __init__(self, db: Database, allow_byok: bool) -> None:
         self._db = db
         self._allow_byok = allow_byok
-        self._revision = -1
+        self._position = NOWHERE
         self._entries: dict[Scope, SnapshotEntry] = {}
         self._subjects: dict[str, Subject] = {}  # by token SHA-256
         self._live: dict[str, Subject] = {}  # by token id
@@ -66,11 +81,19 @@ class SnapshotHub:
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self._position.revision
+
+    @property
+    def history(self) -> str:
+        return self._position.history
+
+    @property
+    def position(self) -> Position:
+        return self._position
 
     @property
     def version(self) -> str:
-        return str(self._revision)
+        return str(self._position.revision)
 
     def entry(self, scope: Scope) -> SnapshotEntry:
         return self._entries[scope]
@@ -110,7 +133,8 @@ class SnapshotHub:
         return result
 
     async def refresh(self) -> bool:
-        """Reload from the database; publish when the revision moved forward."""
+        """Reload from the database; publish when the revision moved forward, or the
+        database is in another history."""
         if self.tracing is None:
             return await self._refresh()
         started = time.time_ns()
@@ -123,8 +147,20 @@ class SnapshotHub:
         async with self._lock:
             started = time.perf_counter()
             state = await self._contact(self._db.call(load_state, self._db))
-            if state.revision <= self._revision:
+            history, revision = self._position
+            if state.history == history and state.revision < revision:
+                state = await self._went_back(state.history, state.revision)
+            if state.history == history and state.revision <= revision:
                 return False
+            if history and state.history != history:
+                log.warning(
+                    "the database is in a new history: its state is published to every "
+                    "subscriber, whatever their version",
+                    history=state.history,
+                    previous_history=history,
+                    previous_version=self.version,
+                    version=str(state.revision),
+                )
             entries = build(state, self._allow_byok, datetime.now(UTC))
             subjects = [
                 (t.sha256, Subject(t.principal_id, t.principal_name, t.role, t.token_id))
@@ -133,7 +169,7 @@ class SnapshotHub:
             self._subjects = dict(subjects)
             self._live = {subject.token_id: subject for _, subject in subjects}
             self._entries = entries
-            self._revision = state.revision
+            self._position = Position(state.history, state.revision)
             self.last_build_seconds = time.perf_counter() - started
             self._wake()
         log.info(
@@ -143,8 +179,29 @@ class SnapshotHub:
             build_ms=round(self.last_build_seconds * 1000, 2),
         )
         for listener in self.listeners:
-            listener(self._revision)
+            listener(self.revision)
         return True
+
+    async def _went_back(self, history: str, revision: int) -> State:
+        """The database's revision is below one seen of its history: it was restored from
+        an older backup (or replaced). Start a new history (one replica wins) and load it."""
+        log.warning(
+            "the database revision went backwards (restored from an older backup?): "
+            "starting a new snapshot history so every subscriber takes the restored state",
+            history=history,
+            revision=revision,
+            seen_revision=max(revision, self.revision),
+        )
+        await self._contact(self._db.call(self._db.start_new_history, history))
+        return await self._contact(self._db.call(load_state, self._db))
+
+    async def diverged(self, history: str, revision: int) -> None:
+        """A subscriber applied `revision` of `history`, beyond what the database holds of
+        it: start a new history (unless the database is in another one already) and
+        publish it. For a restore made while no replica was running."""
+        async with self._lock:
+            await self._went_back(history, revision)
+        await self.refresh()
 
     async def publish_write(self) -> None:
         """Publish a write that has committed, before its caller is answered.
@@ -165,12 +222,13 @@ class SnapshotHub:
             )
             return
         for hook in self.after_write:
-            hook(self._revision)
+            hook(self.revision)
 
     async def refresh_if_behind(self) -> bool:
-        """Cheap check of the committed revision; full reload only when it moved."""
-        revision = await self._contact(self._db.call(self._db.revision))
-        if revision > self._revision:
+        """Cheap check of the committed position; full reload only when it moved (either
+        way: a revision below ours is a restore, which `refresh` turns into a history)."""
+        position = await self._contact(self._db.call(self._db.position))
+        if position != self.position:
             return await self.refresh()
         return False
 
@@ -197,6 +255,6 @@ class SnapshotHub:
         while self.reachable:
             await self.changed()
 
-    def published(self, scope: Scope) -> tuple[int, SnapshotEntry]:
-        """The current revision and the snapshot of `scope` published with it, together."""
-        return self._revision, self._entries[scope]
+    def published(self, scope: Scope) -> tuple[Position, SnapshotEntry]:
+        """The current position and the snapshot of `scope` published with it, together."""
+        return self._position, self._entries[scope]

@@ -64,6 +64,7 @@ def build(state: State, allow_byok: bool, now: datetime) -> dict[Scope, Snapshot
             generated_at=generated_at,
             scope=SCOPE_TO_PROTO[scope],
             allow_byok=allow_byok,
+            history=state.history,
         )
         for record, (status, reason) in zip(state.providers, statuses, strict=True):
             snapshot.providers.append(render(record, scope, status, reason))

@@ -27,6 +27,7 @@ class TokenEntry:
 
 @dataclass(frozen=True)
 class State:
+    history: str  # the database's history the revision counts in
     revision: int
     providers: tuple[ProviderRecord, ...]  # live rows, sorted by name
     tokens: tuple[TokenEntry, ...]  # every live token, all roles
@@ -34,7 +35,7 @@ class State:
 
 def load_state(db: Database) -> State:
     with db.read() as session:
-        revision = int(session.execute(select(Revision.revision)).scalar_one())
+        history, revision = session.execute(select(Revision.history, Revision.revision)).one()
         rows, keys = live_providers(session)
         # Secrets of disabled rows are never decrypted: no scope may see them.
         providers = tuple(
@@ -49,4 +50,4 @@ def load_state(db: Database) -> State:
                 key=lambda entry: entry.token_id,
             )
         )
-    return State(revision=revision, providers=providers, tokens=tokens)
+    return State(history=str(history), revision=int(revision), providers=providers, tokens=tokens)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from config_service.crypto import Cipher
 from config_service.db.engine import SQLITE_BEGIN_OPTION
 from config_service.db.models import AuditEntry, Revision, utcnow
 from config_service.errors import Unavailable
-from config_service.rbac import Subject
+from config_service.rbac import SYSTEM, Subject
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -205,9 +206,43 @@ class Database:
                 lock.release()
 
     def revision(self) -> int:
-        """The committed revision (one cheap query: the resync safety net polls it)."""
+        """The committed revision."""
         with self.read() as session:
             return int(session.execute(select(Revision.revision)).scalar_one())
+
+    def position(self) -> tuple[str, int]:
+        """The committed (history, revision): one cheap query, the resync safety net polls it."""
+        with self.read() as session:
+            history, revision = session.execute(select(Revision.history, Revision.revision)).one()
+            return str(history), int(revision)
+
+    def start_new_history(self, seen: str) -> str | None:
+        """Replace history `seen` by a new random one, bumping the revision in the same
+        transaction; None when it is `seen` no longer (another replica replaced it first).
+
+        Called when the revision of `seen` went backwards (the database was restored from
+        an older backup): versions of the new history are a new lineage, which every
+        subscriber takes whatever its number, so nothing it saw before the restore survives.
+        """
+        with self.write() as session:  # PostgreSQL: the revision row is locked first
+            current = str(session.execute(select(Revision.history)).scalar_one())
+            if current != seen:
+                return None
+            history = secrets.token_hex(8)
+            session.execute(update(Revision).where(Revision.id == 1).values(history=history))
+            revision = self.bump_revision(session)
+            self.audit(
+                session,
+                SYSTEM,
+                "history.start",
+                "database",
+                "revision",
+                history,
+                revision,
+                before={"history": seen},
+                after={"history": history},
+            )
+        return history
 
     @staticmethod
     def revision_in(session: Session) -> int:

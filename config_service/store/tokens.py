@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import secrets
 import zlib
 from collections.abc import Sequence
@@ -61,26 +62,101 @@ def _spread_bits(symbols: Sequence[object]) -> float:
     return len(symbols) * math.log2(distinct) if distinct > 1 else 0.0
 
 
+# A word: a lowercase run of 3+ letters with a vowel, optionally capitalized (so a camel-
+# cased phrase splits into its words). A random string rarely holds long ones.
+_WORD = re.compile(r"[A-Z]?[a-z]{2,}")
+_VOWEL = re.compile(r"[aeiouy]")
+_WORD_LETTER_BITS = 2.0  # English text carries less; a diceware word about 3 per letter
+
+
+def _alphabet_bits(value: str) -> float:
+    """log2 of the alphabet the value draws from: the character classes it uses."""
+    size = (
+        26 * any(c.islower() for c in value)
+        + 26 * any(c.isupper() for c in value)
+        + 10 * any(c.isdigit() for c in value)
+        + 33 * any(not c.isalnum() for c in value)
+    )
+    return math.log2(max(size, 2))
+
+
+def _passphrase_bits(value: str) -> float:
+    """The bits of `value` read as words between other characters: a word counts 2 bits
+    per letter (plus one when capitalized), a word seen before only log2 of the words
+    before it, a separator seen before nothing, any other character the bits of the
+    value's alphabet."""
+    per_char = _alphabet_bits(value)
+    words: list[str] = []
+    separators: set[str] = set()
+    bits = 0.0
+
+    def others(chunk: str) -> float:
+        total = 0.0
+        for ch in chunk:
+            if ch.isalnum() or ch not in separators:
+                total += per_char
+                if not ch.isalnum():
+                    separators.add(ch)
+        return total
+
+    position = 0
+    for match in _WORD.finditer(value):
+        bits += others(value[position : match.start()])
+        position = match.end()
+        word = match.group()
+        if not _VOWEL.search(word.lower()):
+            bits += per_char * len(word)  # not a word: as random as its letters
+            continue
+        if word.lower() in words:
+            bits += math.log2(len(set(words)) + 1)
+        else:
+            bits += _WORD_LETTER_BITS * len(word) + (0.0 if word.islower() else 1.0)
+        words.append(word.lower())
+    return bits + others(value[position:])
+
+
+def token_strength(value: str) -> tuple[float, str]:
+    """The estimated bits of a chosen token and the estimate that gave them (the least).
+
+    None of the estimates overstates a random string: length x log2(distinct characters);
+    the same over the steps between neighbouring characters (a run such as
+    `abcdefghijklmnopqrstuvwxyz012345` has few distinct steps); the bits of its
+    zlib-compressed form (a repeated pattern such as `abab...` compresses to almost
+    nothing); and the value read as a passphrase (words at 2 bits a letter, a repeated
+    word almost nothing), so `correct horse battery staple ...` counts what a word-list
+    attack needs, not what its length suggests.
+    """
+    steps = [ord(b) - ord(a) for a, b in itertools.pairwise(value)]
+    compressed = 8 * (len(zlib.compress(value.encode(), 9)) - len(zlib.compress(b"", 9)))
+    estimates = {
+        "distinct characters": _spread_bits(value),
+        "a run of neighbouring characters": _spread_bits(steps),
+        "a repeated pattern": float(compressed),
+        "dictionary words": _passphrase_bits(value),
+    }
+    weakest = min(estimates, key=estimates.__getitem__)
+    return estimates[weakest], weakest
+
+
 def weak_token_problem(name: str, value: str) -> str | None:
     """Why a chosen token is too weak to stand in for a generated one, or None.
 
-    Its strength is the least of three estimates, none of which overstates a random
-    string: length x log2(distinct characters); the same over the steps between
-    neighbouring characters (a run such as `abcdefghijklmnopqrstuvwxyz012345` has few
-    distinct steps); and the bits of its zlib-compressed form (a repeated pattern such as
-    `abab...` compresses to almost nothing). At least 128 bits and 32 characters are
-    required. Words a dictionary would guess are not detected.
+    The one strength rule for operator-chosen tokens: at least MIN_TOKEN_LENGTH characters
+    and MIN_TOKEN_BITS bits by `token_strength`. The message names the variable, the
+    length, the bits and the estimate that found them; never the value.
     """
-    distinct = len(set(value))
-    steps = [ord(b) - ord(a) for a, b in itertools.pairwise(value)]
-    compressed = 8 * (len(zlib.compress(value.encode(), 9)) - len(zlib.compress(b"", 9)))
-    bits = min(_spread_bits(value), _spread_bits(steps), float(compressed))
+    bits, weakest = token_strength(value)
     if len(value) >= MIN_TOKEN_LENGTH and bits >= MIN_TOKEN_BITS:
         return None
+    reason = (
+        f"only {len(value)} characters"
+        if len(value) < MIN_TOKEN_LENGTH
+        else f"about {bits:.0f} bits, counted as {weakest}"
+    )
     return (
-        f"{name}: too weak ({len(value)} characters, {distinct} distinct, about {bits:.0f} "
-        f"bits; at least {MIN_TOKEN_LENGTH} characters and {MIN_TOKEN_BITS} bits are "
-        "required): generate one with `openssl rand -base64 32`"
+        f"{name}: too weak ({reason}; at least {MIN_TOKEN_LENGTH} characters and "
+        f"{MIN_TOKEN_BITS} bits are required, and words, runs and repeats count little): "
+        "generate one with `openssl rand -base64 32`"
     )
 
 

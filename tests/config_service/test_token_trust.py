@@ -18,7 +18,12 @@ from aibridge.envconfig import SettingsError
 from aibridge.masking import sha256_hex
 from config_service.rbac import Role
 from config_service.settings import ConfigServiceSettings
-from config_service.store.tokens import new_token_secret, weak_token_problem
+from config_service.store.tokens import (
+    MIN_TOKEN_BITS,
+    new_token_secret,
+    token_strength,
+    weak_token_problem,
+)
 from tests.fixtures.services import Service
 
 
@@ -78,6 +83,12 @@ async def test_data_plane_snapshots_carry_member_token_hashes_only(service: Serv
         "0123456789abcdefghijklmnopqrstuvwxyz",
         "ab" * 100,  # long, but one pattern repeated
         "Zq3vR8kWp1Lm" * 4,
+        # Passphrases: long and varied, but a word list guesses them word by word.
+        "correct horse battery staple purple monkey dishwasher",
+        "my-super-secret-admin-token-2024-production-cluster",
+        "CorrectHorseBatteryStaplePurpleMonkeyDishwasherRainbow",
+        "the quick brown fox jumps over the lazy dog",
+        "staple battery horse correct staple battery horse correct",
     ],
 )
 def test_weak_bootstrap_token_is_refused(variable: str, weak: str) -> None:
@@ -98,3 +109,23 @@ def test_generated_tokens_are_strong_enough() -> None:
         os.urandom(32).hex(),
     ):
         assert weak_token_problem("T", value) is None
+
+
+def test_a_passphrase_is_refused_as_dictionary_words() -> None:
+    """A passphrase of common words is refused, the message naming the dictionary-word estimate and not the phrase."""
+    phrase = "correct horse battery staple purple monkey dishwasher"
+    problem = weak_token_problem("AIBRIDGE_ADMIN_TOKEN", phrase)
+    assert problem is not None and "dictionary words" in problem
+    assert not any(word in problem for word in phrase.split())
+
+
+def test_random_tokens_are_never_taken_for_words() -> None:
+    """Thousands of generated tokens of each recipe pass, with a margin over the bits required."""
+    recipes = (
+        new_token_secret,
+        lambda: base64.b64encode(os.urandom(32)).decode(),
+        lambda: os.urandom(32).hex(),
+    )
+    for recipe in recipes:
+        weakest = min(token_strength(recipe())[0] for _ in range(3000))
+        assert weakest >= MIN_TOKEN_BITS + 8, weakest

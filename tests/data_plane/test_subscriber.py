@@ -182,6 +182,37 @@ async def test_older_or_malformed_versions_are_refused_and_reported(
     assert [w.known_version for w in fake.watches[1:3]] == ["5", "5"]
 
 
+async def test_a_lower_version_of_another_history_is_taken(config_service: ConfigServer) -> None:
+    """A snapshot of another database history (a restore) is applied whatever its version; a lower one of that history is then refused, and resumes claim it."""
+    calls: list[str] = []
+
+    async def apply(snap: cs.ProviderSnapshot) -> list[cs.ProviderError]:
+        calls.append(f"{snap.history}:{snap.version}")
+        return []
+
+    fake = config_service.service
+    sub = Subscriber(SubscriberConfig(config_service.target, Secret(BRIDGE_TOKEN), "n1"), apply)
+    task = asyncio.create_task(sub.run())
+    reports = []
+    try:
+        for history, version in (("old", "9"), ("new", "4"), ("new", "3")):
+            published = snapshot(version, [])
+            published.history = history
+            await fake.publish(published)
+            reports.append(await fake.wait_report(version))
+        await eventually(lambda: len(fake.watches) >= 2, within=5)  # resumed after the refusal
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    taken, restored, older = reports
+    assert taken.applied and restored.applied
+    assert not older.applied and "older than the applied version 4" in older.error_detail
+    assert calls == ["old:9", "new:4"]
+    assert (sub.state.applied_history, sub.state.applied_version) == ("new", "4")
+    assert (fake.watches[1].known_history, fake.watches[1].known_version) == ("new", "4")
+
+
 async def test_a_cached_snapshot_with_a_malformed_version_is_ignored(tmp_path: Path) -> None:
     """A snapshot cache whose version is not a revision is not applied."""
     cache = tmp_path / "snapshot.bin"

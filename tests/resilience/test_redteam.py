@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import httpx
-import pytest
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import provider_pb2 as pb
@@ -40,11 +39,6 @@ def _copy_database(source: Path, target: Path) -> None:
         src.backup(dst)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the hub ignores a database whose revision is below its own: revocations after a "
-    "restore take effect only once the revision passes the old high-water mark",
-)
 async def test_revocation_after_a_database_restore_takes_effect(
     procs: Procs, tmp_path: Path
 ) -> None:

@@ -27,37 +27,37 @@ from aibridge.config.v1 import token_pb2 as aibridge_dot_config_dot_v1_dot_token
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'aibridge/config/v1/config_service.proto\x12\x12\x61ibridge.config.v1\x1a!aibridge/config/v1/provider.proto\x1a\x1e\x61ibridge/config/v1/token.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x02\n\x10ProviderSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x30\n\x0cgenerated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\tproviders\x18\x03 \x03(\x0b\x32\x1c.aibridge.config.v1.Provider\x12\x38\n\x0egateway_tokens\x18\x04 \x03(\x0b\x32 .aibridge.config.v1.GatewayToken\x12\x30\n\x05scope\x18\x05 \x01(\x0e\x32!.aibridge.config.v1.SnapshotScope\x12\x17\n\nallow_byok\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\r\n\x0b_allow_byok\"?\n\x15WatchProvidersRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\t\"P\n\x16WatchProvidersResponse\x12\x36\n\x08snapshot\x18\x01 \x01(\x0b\x32$.aibridge.config.v1.ProviderSnapshot\"\x1c\n\x1aGetProviderSnapshotRequest\"U\n\x1bGetProviderSnapshotResponse\x12\x36\n\x08snapshot\x18\x01 \x01(\x0b\x32$.aibridge.config.v1.ProviderSnapshot\"7\n\rProviderError\x12\x15\n\rprovider_name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x91\x01\n\x13ReportStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\x12\x31\n\x06\x65rrors\x18\x04 \x03(\x0b\x32!.aibridge.config.v1.ProviderError\x12\x14\n\x0c\x65rror_detail\x18\x05 \x01(\t\"\x16\n\x14ReportStatusResponse\"\x18\n\x16ListSubscribersRequest\"\xf6\x02\n\nSubscriber\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.aibridge.config.v1.Role\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cversion_sent\x18\x05 \x01(\t\x12\x15\n\rversion_acked\x18\x06 \x01(\t\x12\x18\n\x10version_rejected\x18\x07 \x01(\t\x12\x31\n\x06\x65rrors\x18\x08 \x03(\x0b\x32!.aibridge.config.v1.ProviderError\x12\x14\n\x0c\x65rror_detail\x18\t \x01(\t\x12\x32\n\x0elast_report_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nreplica_id\x18\x0b \x01(\t\x12\x14\n\x0c\x65rrors_total\x18\x0c \x01(\r\"l\n\x17ListSubscribersResponse\x12\x33\n\x0bsubscribers\x18\x01 \x03(\x0b\x32\x1e.aibridge.config.v1.Subscriber\x12\x1c\n\x14subscribers_left_off\x18\x02 \x01(\r*\x81\x01\n\rSnapshotScope\x12\x1e\n\x1aSNAPSHOT_SCOPE_UNSPECIFIED\x10\x00\x12\x19\n\x15SNAPSHOT_SCOPE_BRIDGE\x10\x01\x12\x18\n\x14SNAPSHOT_SCOPE_PROXY\x10\x02\x12\x1b\n\x17SNAPSHOT_SCOPE_METADATA\x10\x03\x32\xc1\x03\n\rConfigService\x12i\n\x0eWatchProviders\x12).aibridge.config.v1.WatchProvidersRequest\x1a*.aibridge.config.v1.WatchProvidersResponse0\x01\x12v\n\x13GetProviderSnapshot\x12..aibridge.config.v1.GetProviderSnapshotRequest\x1a/.aibridge.config.v1.GetProviderSnapshotResponse\x12\x61\n\x0cReportStatus\x12\'.aibridge.config.v1.ReportStatusRequest\x1a(.aibridge.config.v1.ReportStatusResponse\x12j\n\x0fListSubscribers\x12*.aibridge.config.v1.ListSubscribersRequest\x1a+.aibridge.config.v1.ListSubscribersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'aibridge/config/v1/config_service.proto\x12\x12\x61ibridge.config.v1\x1a!aibridge/config/v1/provider.proto\x1a\x1e\x61ibridge/config/v1/token.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x02\n\x10ProviderSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x30\n\x0cgenerated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\tproviders\x18\x03 \x03(\x0b\x32\x1c.aibridge.config.v1.Provider\x12\x38\n\x0egateway_tokens\x18\x04 \x03(\x0b\x32 .aibridge.config.v1.GatewayToken\x12\x30\n\x05scope\x18\x05 \x01(\x0e\x32!.aibridge.config.v1.SnapshotScope\x12\x17\n\nallow_byok\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07history\x18\x07 \x01(\tB\r\n\x0b_allow_byok\"V\n\x15WatchProvidersRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\t\x12\x15\n\rknown_history\x18\x03 \x01(\t\"P\n\x16WatchProvidersResponse\x12\x36\n\x08snapshot\x18\x01 \x01(\x0b\x32$.aibridge.config.v1.ProviderSnapshot\"\x1c\n\x1aGetProviderSnapshotRequest\"U\n\x1bGetProviderSnapshotResponse\x12\x36\n\x08snapshot\x18\x01 \x01(\x0b\x32$.aibridge.config.v1.ProviderSnapshot\"7\n\rProviderError\x12\x15\n\rprovider_name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x91\x01\n\x13ReportStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\x12\x31\n\x06\x65rrors\x18\x04 \x03(\x0b\x32!.aibridge.config.v1.ProviderError\x12\x14\n\x0c\x65rror_detail\x18\x05 \x01(\t\"\x16\n\x14ReportStatusResponse\"\x18\n\x16ListSubscribersRequest\"\xf6\x02\n\nSubscriber\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.aibridge.config.v1.Role\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cversion_sent\x18\x05 \x01(\t\x12\x15\n\rversion_acked\x18\x06 \x01(\t\x12\x18\n\x10version_rejected\x18\x07 \x01(\t\x12\x31\n\x06\x65rrors\x18\x08 \x03(\x0b\x32!.aibridge.config.v1.ProviderError\x12\x14\n\x0c\x65rror_detail\x18\t \x01(\t\x12\x32\n\x0elast_report_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nreplica_id\x18\x0b \x01(\t\x12\x14\n\x0c\x65rrors_total\x18\x0c \x01(\r\"l\n\x17ListSubscribersResponse\x12\x33\n\x0bsubscribers\x18\x01 \x03(\x0b\x32\x1e.aibridge.config.v1.Subscriber\x12\x1c\n\x14subscribers_left_off\x18\x02 \x01(\r*\x81\x01\n\rSnapshotScope\x12\x1e\n\x1aSNAPSHOT_SCOPE_UNSPECIFIED\x10\x00\x12\x19\n\x15SNAPSHOT_SCOPE_BRIDGE\x10\x01\x12\x18\n\x14SNAPSHOT_SCOPE_PROXY\x10\x02\x12\x1b\n\x17SNAPSHOT_SCOPE_METADATA\x10\x03\x32\xc1\x03\n\rConfigService\x12i\n\x0eWatchProviders\x12).aibridge.config.v1.WatchProvidersRequest\x1a*.aibridge.config.v1.WatchProvidersResponse0\x01\x12v\n\x13GetProviderSnapshot\x12..aibridge.config.v1.GetProviderSnapshotRequest\x1a/.aibridge.config.v1.GetProviderSnapshotResponse\x12\x61\n\x0cReportStatus\x12\'.aibridge.config.v1.ReportStatusRequest\x1a(.aibridge.config.v1.ReportStatusResponse\x12j\n\x0fListSubscribers\x12*.aibridge.config.v1.ListSubscribersRequest\x1a+.aibridge.config.v1.ListSubscribersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aibridge.config.v1.config_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SNAPSHOTSCOPE']._serialized_start=1455
-  _globals['_SNAPSHOTSCOPE']._serialized_end=1584
+  _globals['_SNAPSHOTSCOPE']._serialized_start=1495
+  _globals['_SNAPSHOTSCOPE']._serialized_end=1624
   _globals['_PROVIDERSNAPSHOT']._serialized_start=164
-  _globals['_PROVIDERSNAPSHOT']._serialized_end=446
-  _globals['_WATCHPROVIDERSREQUEST']._serialized_start=448
-  _globals['_WATCHPROVIDERSREQUEST']._serialized_end=511
-  _globals['_WATCHPROVIDERSRESPONSE']._serialized_start=513
-  _globals['_WATCHPROVIDERSRESPONSE']._serialized_end=593
-  _globals['_GETPROVIDERSNAPSHOTREQUEST']._serialized_start=595
-  _globals['_GETPROVIDERSNAPSHOTREQUEST']._serialized_end=623
-  _globals['_GETPROVIDERSNAPSHOTRESPONSE']._serialized_start=625
-  _globals['_GETPROVIDERSNAPSHOTRESPONSE']._serialized_end=710
-  _globals['_PROVIDERERROR']._serialized_start=712
-  _globals['_PROVIDERERROR']._serialized_end=767
-  _globals['_REPORTSTATUSREQUEST']._serialized_start=770
-  _globals['_REPORTSTATUSREQUEST']._serialized_end=915
-  _globals['_REPORTSTATUSRESPONSE']._serialized_start=917
-  _globals['_REPORTSTATUSRESPONSE']._serialized_end=939
-  _globals['_LISTSUBSCRIBERSREQUEST']._serialized_start=941
-  _globals['_LISTSUBSCRIBERSREQUEST']._serialized_end=965
-  _globals['_SUBSCRIBER']._serialized_start=968
-  _globals['_SUBSCRIBER']._serialized_end=1342
-  _globals['_LISTSUBSCRIBERSRESPONSE']._serialized_start=1344
-  _globals['_LISTSUBSCRIBERSRESPONSE']._serialized_end=1452
-  _globals['_CONFIGSERVICE']._serialized_start=1587
-  _globals['_CONFIGSERVICE']._serialized_end=2036
+  _globals['_PROVIDERSNAPSHOT']._serialized_end=463
+  _globals['_WATCHPROVIDERSREQUEST']._serialized_start=465
+  _globals['_WATCHPROVIDERSREQUEST']._serialized_end=551
+  _globals['_WATCHPROVIDERSRESPONSE']._serialized_start=553
+  _globals['_WATCHPROVIDERSRESPONSE']._serialized_end=633
+  _globals['_GETPROVIDERSNAPSHOTREQUEST']._serialized_start=635
+  _globals['_GETPROVIDERSNAPSHOTREQUEST']._serialized_end=663
+  _globals['_GETPROVIDERSNAPSHOTRESPONSE']._serialized_start=665
+  _globals['_GETPROVIDERSNAPSHOTRESPONSE']._serialized_end=750
+  _globals['_PROVIDERERROR']._serialized_start=752
+  _globals['_PROVIDERERROR']._serialized_end=807
+  _globals['_REPORTSTATUSREQUEST']._serialized_start=810
+  _globals['_REPORTSTATUSREQUEST']._serialized_end=955
+  _globals['_REPORTSTATUSRESPONSE']._serialized_start=957
+  _globals['_REPORTSTATUSRESPONSE']._serialized_end=979
+  _globals['_LISTSUBSCRIBERSREQUEST']._serialized_start=981
+  _globals['_LISTSUBSCRIBERSREQUEST']._serialized_end=1005
+  _globals['_SUBSCRIBER']._serialized_start=1008
+  _globals['_SUBSCRIBER']._serialized_end=1382
+  _globals['_LISTSUBSCRIBERSRESPONSE']._serialized_start=1384
+  _globals['_LISTSUBSCRIBERSRESPONSE']._serialized_end=1492
+  _globals['_CONFIGSERVICE']._serialized_start=1627
+  _globals['_CONFIGSERVICE']._serialized_end=2076
 # @@protoc_insertion_point(module_scope)

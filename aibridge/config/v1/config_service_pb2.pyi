@@ -60,6 +60,7 @@ class ProviderSnapshot(_message.Message):
     GATEWAY_TOKENS_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
     ALLOW_BYOK_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Equals the database revision: every replica serving the same state
     serves the same version. Opaque to clients: compare for equality.
@@ -69,6 +70,14 @@ class ProviderSnapshot(_message.Message):
     """Whether clients may bring their own provider keys (BYOK): the config
     service's AIBRIDGE_ALLOW_BYOK, decided once for the deployment. Unset
     (a config service older than this field): the data plane allows BYOK.
+    """
+    history: _builtins.str
+    """The database's history this version counts in: a random id written when
+    the database is created and replaced when the config service finds the
+    revision went backwards (a restore from an older backup). Versions are
+    ordered within one history; a snapshot of another history is a different
+    lineage, taken whatever its version. Empty from a service older than this
+    field.
     """
     @_builtins.property
     def generated_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -89,10 +98,11 @@ class ProviderSnapshot(_message.Message):
         gateway_tokens: _abc.Iterable[_token_pb2.GatewayToken] | None = ...,
         scope: Global___SnapshotScope.ValueType = ...,
         allow_byok: _builtins.bool | None = ...,
+        history: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_byok", b"_allow_byok", "allow_byok", b"allow_byok", "generated_at", b"generated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_byok", b"_allow_byok", "allow_byok", b"allow_byok", "gateway_tokens", b"gateway_tokens", "generated_at", b"generated_at", "providers", b"providers", "scope", b"scope", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_byok", b"_allow_byok", "allow_byok", b"allow_byok", "gateway_tokens", b"gateway_tokens", "generated_at", b"generated_at", "history", b"history", "providers", b"providers", "scope", b"scope", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__allow_byok: _TypeAlias = _typing.Literal["allow_byok"]  # noqa: Y015
     _WhichOneofArgType__allow_byok: _TypeAlias = _typing.Literal["_allow_byok", b"_allow_byok"]  # noqa: Y015
@@ -106,21 +116,27 @@ class WatchProvidersRequest(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     KNOWN_VERSION_FIELD_NUMBER: _builtins.int
+    KNOWN_HISTORY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Who is watching: a stable name per daemon instance (e.g. host name)."""
     known_version: _builtins.str
     """The last version the client applied (a decimal revision); empty on
     first start.
     """
+    known_history: _builtins.str
+    """The history of that version (ProviderSnapshot.history); empty on first
+    start. A subscriber of another history is sent the current snapshot.
+    """
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         known_version: _builtins.str = ...,
+        known_history: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_version", b"known_version", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_history", b"known_history", "known_version", b"known_version", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
