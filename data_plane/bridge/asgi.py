@@ -16,6 +16,11 @@ Send = Callable[[Message], Awaitable[None]]
 LOST = "aibridge.connection_lost"
 
 
+# ... and, once the whole request body is in the server's buffer (so `receive()` returns
+# without waiting), True under `scope["extensions"][BODY_IN]`.
+BODY_IN = "aibridge.body_in"
+
+
 class ConnectionLost:
     """The app's callback, run by the server if the client's connection closes before the
     response is complete: disconnects are seen without a task per request waiting in
