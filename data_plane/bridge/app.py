@@ -550,11 +550,11 @@ class BridgeApp:
 
     async def _guarded(self, call: Call, scope: Scope, send: Send) -> None:
         """Run the call, cancelling it (and so the upstream request) if the client leaves."""
-        task = asyncio.current_task()
-        assert task is not None
         # The bridge's protocol always provides the hook; another ASGI server (a test
         # client) gets none, and a client leaving is then seen only when a send fails.
         lost: ConnectionLost = (scope.get("extensions") or {}).get(LOST) or ConnectionLost()
+        task = asyncio.current_task(lost.loop)
+        assert task is not None
         disconnected = False
         capture = call.capture
 

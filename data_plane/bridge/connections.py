@@ -119,7 +119,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        extensions: Any = {LOST: ConnectionLost()}
+        extensions: Any = {LOST: ConnectionLost(self.loop)}
         self.scope["extensions"] = extensions
 
     def data_received(self, data: bytes) -> None:
