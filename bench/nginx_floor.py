@@ -14,6 +14,7 @@ gateway sees the same machine). Gateway CPU is read from /proc (nginx: master an
 
 `--baseline REV` adds a bridge running the code of git revision REV (`git archive`, first on
 its PYTHONPATH) on the same config service: the bridge before → after in the same run.
+`--profile DIR`: py-spy on each bridge during its first JSON saturation slice.
 
     python bench/nginx_floor.py [--requests 20000] [--concurrency 64] [--sse-chunks 50]
 """
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,9 +106,29 @@ async def _measure(
         for i in range(args.slices):
             part = n // args.slices
             for t in gateways[i % len(gateways) :] + gateways[: i % len(gateways)]:
+                spy = None
+                if args.profile and kind == "json" and i == 0 and t.name != "nginx":
+                    spy = _py_spy(pids[t.name]["gateway"], Path(args.profile) / f"{t.name}.txt")
                 got = await _saturate(t, kind, part, args.concurrency, pids[t.name], None)
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+                    spy.wait(60)
                 sat[(t.name, kind)] = sat[(t.name, kind)] + got if (t.name, kind) in sat else got
     return {"seq": seq, "sat": sat}
+
+
+def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (next to this Python, else on PATH) sampling `pid` into `out` until SIGINT:
+    collapsed stacks with C frames, for `profile_shares.py --bridge`."""
+    exe = Path(sys.executable).with_name("py-spy")
+    spy = str(exe) if exe.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy (.venv/bin/pip install py-spy)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [spy, "record", "-r", "499", "--native", "-f", "raw", "-o", str(out), "-p", str(pid)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the load starts
+    return proc
 
 
 def _stats(seconds: list[float]) -> dict[str, float]:
@@ -182,6 +205,12 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--log-level", default="info", help="the bridge's AIBRIDGE_LOG_LEVEL")
     p.add_argument("--baseline", default="", help="git revision whose bridge is measured too")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="a directory: py-spy on each bridge during its first JSON saturation slice "
+        "(<dir>/bridge.txt, <dir>/baseline.txt; read with profile_shares.py --bridge)",
+    )
     return p.parse_args()
 
 

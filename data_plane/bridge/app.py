@@ -35,7 +35,15 @@ from aibridge.recording import MAX_HINT
 from aibridge.rulebook import Family
 from aibridge.telemetry import TRACE_HEADERS
 from data_plane.body_budget import BodyBudget, Hold
-from data_plane.bridge.asgi import LOST, ConnectionLost, Receive, Scope, Send, respond
+from data_plane.bridge.asgi import (
+    BODY_IN,
+    LOST,
+    ConnectionLost,
+    Receive,
+    Scope,
+    Send,
+    respond,
+)
 from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.interception import RecordSink
 from data_plane.bridge.interception.clients import HEADERS as CLIENT_HEADERS
@@ -387,7 +395,10 @@ class BridgeApp:
         hold = Hold(self.body_budget)  # given back once the call is over
         try:
             family = route.provider.family
-            body = await self._receive_body(receive, send, family, creds.content_length, hold)
+            body_in = bool((scope.get("extensions") or {}).get(BODY_IN))
+            body = await self._receive_body(
+                receive, send, family, creds.content_length, hold, body_in
+            )
             if body is None:
                 return None
             drop = self._drop if caller.own_key else self._drop_pooled
@@ -451,10 +462,11 @@ class BridgeApp:
         family: Family,
         content_length: bytes | None,
         hold: Hold,
+        body_in: bool,
     ) -> bytes | None:
         """The request body, or None once an error went to the client (or it left)."""
         try:
-            return await self._read_body(receive, content_length, hold)
+            return await self._read_body(receive, content_length, hold, body_in)
         except TooLarge:
             message = f"request body exceeds {MAX_BODY} bytes"
             await self._error(send, family, 413, message, "request_too_large")
@@ -496,30 +508,22 @@ class BridgeApp:
         return "bedrock" if provider.bedrock is not None else None
 
     @staticmethod
-    async def _read_body(receive: Receive, content_length: bytes | None, hold: Hold) -> bytes:
-        """The whole body, its size taken from the budget as it arrives (not as declared)."""
+    async def _read_body(
+        receive: Receive, content_length: bytes | None, hold: Hold, body_in: bool
+    ) -> bytes:
+        """The whole body, its size taken from the budget as it arrives (not as declared),
+        within the body timeout unless the server has it all already (`body_in`)."""
         if (
             content_length is not None
             and content_length.isdigit()
             and int(content_length) > MAX_BODY
         ):
             raise TooLarge
-        chunks: list[bytes] = []
-        size = 0
+        if body_in:  # nothing to wait for: no timer armed and cancelled per request
+            return await _body_chunks(receive, hold)
         try:
             async with asyncio.timeout(hold.budget.timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientGone
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        raise TooLarge
-                    hold.grow_to(size)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(chunks)
+                return await _body_chunks(receive, hold)
         except TimeoutError:
             raise BodyLate from None
 
@@ -546,11 +550,11 @@ class BridgeApp:
 
     async def _guarded(self, call: Call, scope: Scope, send: Send) -> None:
         """Run the call, cancelling it (and so the upstream request) if the client leaves."""
-        task = asyncio.current_task()
-        assert task is not None
         # The bridge's protocol always provides the hook; another ASGI server (a test
         # client) gets none, and a client leaving is then seen only when a send fails.
         lost: ConnectionLost = (scope.get("extensions") or {}).get(LOST) or ConnectionLost()
+        task = asyncio.current_task(lost.loop)
+        assert task is not None
         disconnected = False
         capture = call.capture
 
@@ -572,3 +576,21 @@ class BridgeApp:
             raise
         finally:
             lost.callback = None
+
+
+async def _body_chunks(receive: Receive, hold: Hold) -> bytes:
+    """The body's messages from `receive()`, joined; each chunk counted in `hold`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise TooLarge
+        hold.grow_to(size)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

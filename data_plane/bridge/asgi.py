@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -16,15 +17,23 @@ Send = Callable[[Message], Awaitable[None]]
 LOST = "aibridge.connection_lost"
 
 
+# ... and, once the whole request body is in the server's buffer (so `receive()` returns
+# without waiting), True under `scope["extensions"][BODY_IN]`.
+BODY_IN = "aibridge.body_in"
+
+
 class ConnectionLost:
     """The app's callback, run by the server if the client's connection closes before the
     response is complete: disconnects are seen without a task per request waiting in
     `receive()`."""
 
-    __slots__ = ("callback",)
+    __slots__ = ("callback", "loop")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.callback: Callable[[], None] | None = None
+        # The connection's loop: `asyncio.current_task(loop)` without looking the running
+        # loop up (on Python 3.11 that is a getpid() system call per request).
+        self.loop = loop
 
 
 async def respond(

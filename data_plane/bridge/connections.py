@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from data_plane.bridge.asgi import LOST, ConnectionLost
+from data_plane.bridge.asgi import BODY_IN, LOST, ConnectionLost
 from data_plane.bridge.providers import error_body
 from data_plane.bridge.settings import ConnectionLimits
 
@@ -119,7 +119,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        extensions: Any = {LOST: ConnectionLost()}
+        extensions: Any = {LOST: ConnectionLost(self.loop)}
         self.scope["extensions"] = extensions
 
     def data_received(self, data: bytes) -> None:
@@ -147,6 +147,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        extensions: Any = self.scope["extensions"]  # ours (on_message_begin)
+        extensions[BODY_IN] = True
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

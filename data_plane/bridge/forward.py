@@ -180,11 +180,15 @@ class Forwarder:
             tried += 1
             call.capture.attempts = tried
             response = await self._send_http(call, key)
-            retry = {
-                n: v
-                for n in ("retry-after", "retry-after-ms")
-                if (v := response.header(n.encode())) is not None
-            }
+            retry = (  # the pool reads a retry hint of a 429 only
+                {
+                    n: v
+                    for n in ("retry-after", "retry-after-ms")
+                    if (v := response.header(n.encode())) is not None
+                }
+                if response.status == 429
+                else {}
+            )
             if pool.report(index, response.status, retry):
                 await response.aclose()
                 continue
@@ -363,7 +367,7 @@ class Forwarder:
         m.request_counter(labels[0], labels[1], call.model, call.status or 499).inc()
         for kind, count in tokens.items():
             if count:
-                m.tokens.labels(labels[0], call.model, kind).inc(count)
+                m.token_counter(labels[0], call.model, kind).inc(count)
         _access.info(
             request_id=call.request_id,
             provider=labels[0],

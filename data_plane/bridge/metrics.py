@@ -94,6 +94,7 @@ class BridgeMetrics(DaemonMetrics):
         # locks and allocates on every call).
         self._route_children: dict[tuple[str, str], tuple[Gauge, Histogram]] = {}
         self._request_children: dict[tuple[str, str, str, int], Counter] = {}
+        self._token_children: dict[tuple[str, str, str], Counter] = {}
 
     def route_series(self, provider: str, route: str) -> tuple[Gauge, Histogram]:
         """In-flight gauge and duration histogram of one (provider, route)."""
@@ -113,6 +114,13 @@ class BridgeMetrics(DaemonMetrics):
             child = self._request_children[key] = self.requests.labels(
                 provider, route, model, str(status)
             )
+        return child
+
+    def token_counter(self, provider: str, model: str, kind: str) -> Counter:
+        key = (provider, model, kind)
+        child = self._token_children.get(key)
+        if child is None:
+            child = self._token_children[key] = self.tokens.labels(provider, model, kind)
         return child
 
     def watch_table(self, table: Callable[[], RoutingTable]) -> None:

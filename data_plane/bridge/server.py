@@ -149,6 +149,9 @@ class Bridge:
             ws="none",
             lifespan="off",
             access_log=False,
+            # The bridge reads no client address or scheme: no X-Forwarded-* rewriting
+            # middleware between the protocol and the app.
+            proxy_headers=False,
             log_config=None,
             server_header=False,
             timeout_graceful_shutdown=10,

@@ -7,6 +7,7 @@ connection closed at once and the caller is told (the origin moves to http2.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 
@@ -41,7 +42,7 @@ class Connector:
         try:
             async with asyncio.timeout(seconds):
                 _, conn = await loop.create_connection(
-                    HTTP11Connection,
+                    functools.partial(HTTP11Connection, loop),
                     host,
                     port,
                     ssl=self.ssl_context() if tls else None,

@@ -33,8 +33,11 @@ def encode_head(method: str, target: bytes, host: bytes, headers: Headers, body:
 class HTTP11Connection(asyncio.Protocol):
     """One upstream connection; one exchange at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.transport: asyncio.Transport | None = None
+        # Kept: looking the running loop up costs a getpid() system call on Python 3.11,
+        # and `wait` runs once per response head and per chunk of a stream.
+        self.loop = loop
         self.origin: Origin = (b"", "", 0)  # set by whoever opened it
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -81,7 +84,7 @@ class HTTP11Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._drained is None or self._drained.done():
-            self._drained = asyncio.get_running_loop().create_future()
+            self._drained = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -154,7 +157,7 @@ class HTTP11Connection(asyncio.Protocol):
 
     async def wait(self, seconds: float | None) -> None:
         """Until the next event (headers, body bytes, end, error), or `seconds` without one."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._waiter = loop.create_future()
         if seconds is not None:
             self._deadline = loop.time() + seconds

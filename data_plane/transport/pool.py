@@ -110,11 +110,14 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         `release`."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
-        try:
-            async with asyncio.timeout(timeouts.pool):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no upstream connection available") from None
+        if self._slots.locked():  # wait for a slot, within the pool timeout
+            try:
+                async with asyncio.timeout(timeouts.pool):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no upstream connection available") from None
+        else:  # a slot is free: taken at once, no timer armed and cancelled per request
+            await self._slots.acquire()
         conn: HTTP11Connection | None = None
         try:
             conn = await self._acquire(origin, timeouts.connect)

@@ -190,6 +190,29 @@ async def test_abandoned_response_closes_its_connection(transport: UpstreamTrans
             assert (await call(transport, other.url))[0] == 200
 
 
+async def test_request_past_the_connection_cap_waits_for_a_slot_within_the_pool_timeout() -> None:
+    """With every connection busy a request waits for one to be given back, and fails with
+    PoolTimeout when none is given back within the pool timeout."""
+    t = UpstreamTransport(
+        max_connections=1, timeouts=Timeouts(connect=2.0, read=2.0, write=2.0, pool=0.2)
+    )
+    try:
+        async with Scripted(reply(OK)) as server:
+            origin, prefix = origin_of(server.url)
+            _, _, chunks, close, _ = await t.request(origin, "POST", prefix, [], b"{}")
+            with pytest.raises(httpx.PoolTimeout):
+                await call(t, server.url)
+            waiting = asyncio.ensure_future(call(t, server.url))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            assert b"".join([c async for c in chunks]) == b"{}"
+            await close()  # the slot is given back: the waiting request takes it
+            assert (await waiting)[::2] == (200, b"{}")
+            assert (await call(t, server.url))[::2] == (200, b"{}")  # a free slot at once
+    finally:
+        await t.aclose()
+
+
 async def test_through_the_httpx_client() -> None:
     client = make_http_client(make_upstream())
     try:

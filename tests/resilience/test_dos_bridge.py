@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import multiprocessing
 import os
 import resource
@@ -480,6 +481,33 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408(
             json={"model": "gpt-test", "messages": [{"role": "user", "content": padding}]},
         )
     assert answer.status_code == 200, answer.text
+
+
+async def test_a_body_arriving_in_pieces_after_its_headers_is_forwarded_whole(
+    procs: Procs, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    """A body that arrives after its headers, in pieces, within AIBRIDGE_BRIDGE_BODY_TIMEOUT is waited for and reaches the upstream whole."""
+    stack = await start_stack(procs, upstream, sqlite_url, 1024, AIBRIDGE_BRIDGE_BODY_TIMEOUT="5s")
+    body = json.dumps(
+        {"model": "gpt-test", "messages": [{"role": "user", "content": "x" * 3000}]}
+    ).encode()
+    reader, writer = await asyncio.open_connection(stack.host, stack.port)
+    try:
+        writer.write(
+            b"POST /dos/v1/chat/completions HTTP/1.1\r\nhost: bridge\r\n"
+            + f"authorization: Bearer {stack.member}\r\n".encode()
+            + f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        )
+        for piece in (body[:1000], body[1000:2000], body[2000:]):
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(piece)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+    finally:
+        writer.close()
+    assert upstream.seen[-1].body == body
 
 
 def test_bad_connection_limits_are_each_reported() -> None:
