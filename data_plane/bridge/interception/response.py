@@ -81,6 +81,32 @@ def worth_reading(lines: bytes, arguments: bool) -> bool:
     return False
 
 
+# Literals of which every line the reader acts on holds one (with the `_REASON` matches):
+# the lines around them are the only ones given the per-line rule.
+_LITERALS = (b'usage"', b"tool_", b"[DONE]", b"message_stop", b"response.", b"error")
+
+
+def marked_lines(lines: bytes, arguments: bool) -> list[bytes]:
+    """The lines of `lines` (whole lines) that may match MARKERS or be an error event, in
+    order: every line holding one of the markers' literals. A block worth reading is
+    mostly lines that are not (the deltas around a usage or tool-call event); each of
+    those would cost a regex search of its own."""
+    hits: list[int] = []
+    for literal in (*_LITERALS, ARGUMENT_MARKER) if arguments else _LITERALS:
+        at = lines.find(literal)
+        while at >= 0:
+            hits.append(at)
+            at = lines.find(literal, at + len(literal))
+    hits += [found.start() for found in _REASON.finditer(lines)]
+    starts = sorted({lines.rfind(b"\n", 0, at) + 1 for at in hits})
+    out: list[bytes] = []
+    for start in starts:
+        end = lines.find(b"\n", start)
+        # Between two newlines: a lone CR may still end lines inside.
+        out += lines[start : end if end >= 0 else len(lines)].splitlines()
+    return out
+
+
 _MODEL = re.compile(rb'"model" *: *"([^"\\]{1,200})"')
 _TERMINAL_TYPES = frozenset({"message_stop", "response.completed", "response.incomplete"})
 _FAILED_TYPES = frozenset({"response.failed", "error"})
@@ -163,14 +189,17 @@ class ResponseReader:
                 self._buf += chunk
                 self._overflow = len(self._buf) > MAX_JSON_BODY
             return
-        self._buf += chunk
-        end = self._buf.rfind(b"\n")
-        if end < 0:
-            if len(self._buf) > MAX_SSE_LINE:
-                self._buf.clear()  # no line end in sight: not an SSE line worth reading
-            return
-        lines = bytes(self._buf[: end + 1])
-        del self._buf[: end + 1]
+        if not self._buf and chunk.endswith(b"\n"):
+            lines = chunk  # whole lines, the usual case: no copy through the buffer
+        else:
+            self._buf += chunk
+            end = self._buf.rfind(b"\n")
+            if end < 0:
+                if len(self._buf) > MAX_SSE_LINE:
+                    self._buf.clear()  # no line end in sight: not an SSE line worth reading
+                return
+            lines = bytes(self._buf[: end + 1])
+            del self._buf[: end + 1]
         if self._first_data and not self.model:
             self._first_model(lines)
         if not worth_reading(lines, self.arguments):
@@ -225,7 +254,7 @@ class ResponseReader:
             self.model = found.group(1).decode("utf-8", "replace")
 
     def _lines(self, lines: bytes) -> None:
-        for line in lines.splitlines():
+        for line in marked_lines(lines, self.arguments):
             if line.startswith(b"event:"):
                 if line[6:].strip() == b"error":
                     self.failed = True
