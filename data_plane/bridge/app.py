@@ -35,7 +35,7 @@ from aibridge.recording import MAX_HINT
 from aibridge.rulebook import Family
 from aibridge.telemetry import TRACE_HEADERS
 from data_plane.body_budget import BodyBudget, Hold
-from data_plane.bridge.asgi import LOST, ConnectionLost, Receive, Scope, Send, respond
+from data_plane.bridge.asgi import BODY, LOST, ConnectionLost, Receive, Scope, Send, respond
 from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.interception import RecordSink
 from data_plane.bridge.interception.clients import HEADERS as CLIENT_HEADERS
@@ -550,7 +550,9 @@ class BridgeApp:
         assert task is not None
         # The bridge's protocol always provides the hook; another ASGI server (a test
         # client) gets none, and a client leaving is then seen only when a send fails.
-        lost: ConnectionLost = (scope.get("extensions") or {}).get(LOST) or ConnectionLost()
+        extensions = scope.get("extensions") or {}
+        lost: ConnectionLost = extensions.get(LOST) or ConnectionLost()
+        call.direct_body = extensions.get(BODY)
         disconnected = False
         capture = call.capture
 
