@@ -46,6 +46,9 @@ class HTTP11Connection(asyncio.Protocol):
         # not one per wait (an SSE stream waits once per chunk).
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # Looked up once: asyncio.get_running_loop() is a getpid() system call on 3.11,
+        # and an SSE stream waits once per chunk.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -154,7 +157,9 @@ class HTTP11Connection(asyncio.Protocol):
 
     async def wait(self, seconds: float | None) -> None:
         """Until the next event (headers, body bytes, end, error), or `seconds` without one."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         if seconds is not None:
             self._deadline = loop.time() + seconds
