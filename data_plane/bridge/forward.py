@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -146,7 +147,9 @@ class Forwarder:
             if attempt is not None:
                 attempt.failed(exc)
             raise
-        response = UpstreamResponse(reply.status, reply.headers, reply.chunks, reply.close)
+        response = UpstreamResponse(
+            reply.status, reply.headers, reply.chunks, reply.close, relay=reply.relay
+        )
         return response if attempt is None else attempt.answered(response)
 
     async def _send_bedrock(self, call: Call, bedrock: AnthropicUpstream) -> UpstreamResponse:
@@ -370,10 +373,13 @@ class Forwarder:
         """The body through the server's direct writer: each upstream read (however many
         events it holds) is one write to the client, with none of `send`'s per-message
         work; the first byte is stamped once. Past the client's high-water mark no more is
-        read from the upstream until the client drained its buffer."""
-        async for chunk in response.chunks:
+        read from the upstream until the client drained its buffer. When the upstream
+        connection offers `relay`, the pieces go from its read callback to the client with
+        no task step per read."""
+
+        def piece(chunk: bytes) -> Awaitable[None] | None:
             if not chunk:
-                continue
+                return None
             if not capture.first_byte_ns:
                 capture.first_byte_ns = time.time_ns()
             drain = direct.write(chunk)
@@ -381,6 +387,13 @@ class Forwarder:
                 reader.feed(chunk)
             if dumped is not None:
                 dumped.feed(chunk)
+            return drain
+
+        if response.relay is not None:
+            await response.relay(piece)
+            return
+        async for chunk in response.chunks:
+            drain = piece(chunk)
             if drain is not None:
                 await drain
 
