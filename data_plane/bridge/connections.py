@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import weakref
 from collections.abc import Awaitable
 from typing import Any, ClassVar
 
@@ -100,25 +101,28 @@ class ConnectionGuard:
 
 class ChunkWriter:
     """`asgi.DirectBody` for one uvicorn request cycle (HTTP/1.1 chunked framing, as its
-    `send` writes a body message)."""
+    `send` writes a body message). It holds the cycle weakly: the cycle's scope holds the
+    writer, and a reference cycle per request would leave every request's scope and cycle
+    to the garbage collector."""
 
     __slots__ = ("_cycle",)
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)
 
     def usable(self) -> bool:
-        c = self._cycle
+        c = self._cycle()
         return (
-            c.response_started
+            c is not None
+            and c.response_started
             and not c.response_complete
             and c.chunked_encoding is True
             and c.scope["method"] != "HEAD"
         )
 
     def write(self, body: bytes) -> Awaitable[None] | None:
-        c = self._cycle
-        if c.disconnected:
+        c = self._cycle()
+        if c is None or c.disconnected:
             return None  # as uvicorn's send: the bytes of a gone client are dropped
         c.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
         return c.flow.drain() if c.flow.write_paused else None
