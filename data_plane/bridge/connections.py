@@ -122,8 +122,10 @@ class ChunkWriter:
 
     def write(self, body: bytes) -> Awaitable[None] | None:
         c = self._cycle()
-        if c is None or c.disconnected:
-            return None  # as uvicorn's send: the bytes of a gone client are dropped
+        if c is None or c.disconnected or c.transport.is_closing():
+            # As uvicorn's send: the bytes of a gone client are dropped (and it may run in
+            # the upstream connection's read callback, where a write error must not land).
+            return None
         c.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
         return c.flow.drain() if c.flow.write_paused else None
 
