@@ -17,6 +17,7 @@ its PYTHONPATH) on the same config service: the bridge before → after in the s
 `--profile DIR`: py-spy on each bridge during its first JSON saturation slice.
 
     python bench/nginx_floor.py [--requests 20000] [--concurrency 64] [--sse-chunks 50]
+                                [--sse-gap-ms 0]
 """
 
 from __future__ import annotations
@@ -200,6 +201,13 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=2_000, help="SSE streams per gateway")
     p.add_argument("--concurrency", type=int, default=64, help="in flight at saturation")
     p.add_argument("--sse-chunks", type=int, default=50, help="chunks per SSE stream")
+    p.add_argument(
+        "--sse-gap-ms",
+        type=float,
+        default=0.0,
+        help="upstream pause between SSE chunks (0: back to back, so a gateway's read "
+        "often holds many; > 0: one event per read, as a model's tokens arrive)",
+    )
     p.add_argument("--rounds", type=int, default=500, help="sequential latency rounds")
     p.add_argument("--slices", type=int, default=2, help="saturation turns per gateway")
     p.add_argument("--log-level", default="info", help="the bridge's AIBRIDGE_LOG_LEVEL")
@@ -218,7 +226,7 @@ def main() -> int:
     args = _parse()
     if not Path(args.nginx).exists():
         raise SystemExit(f"nginx not found at {args.nginx} (apt-get install nginx)")
-    with stack(prefix="aibridge-nginx-", chunks=args.sse_chunks) as s:
+    with stack(args.sse_gap_ms, prefix="aibridge-nginx-", chunks=args.sse_chunks) as s:
         tmp, up_port, target, token = s.tmp, s.up_port, s.target, s.token
         nginx: Nginx | None = None
         try:
@@ -249,6 +257,7 @@ def main() -> int:
         "streams": args.streams,
         "concurrency": args.concurrency,
         "sse_chunks": args.sse_chunks,
+        "sse_gap_ms": args.sse_gap_ms,
         "baseline": args.baseline,
         "bridge_log_level": args.log_level,
         "figures": figures,

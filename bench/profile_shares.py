@@ -84,7 +84,10 @@ BRIDGE: list[tuple[str, Callable[[list[str], list[str]], bool]]] = [
     ),
     (
         "socket writes to the client (uvicorn send → write)",
-        lambda fr, raw: _ends_in_write(fr) and "RequestResponseCycle.send" in fr,
+        lambda fr, raw: (
+            _ends_in_write(fr)
+            and ("RequestResponseCycle.send" in fr or any(f.startswith("ChunkWriter.") for f in fr))
+        ),
     ),
     (
         "socket writes to the upstream (transport → writev)",
@@ -95,6 +98,14 @@ BRIDGE: list[tuple[str, Callable[[list[str], list[str]], bool]]] = [
         lambda fr, raw: any("data_plane/transport/" in f for f in raw),
     ),
     ("uvicorn send, the rest (framing)", lambda fr, raw: "RequestResponseCycle.send" in fr),
+    (
+        "SSE relay straight to the client (ChunkWriter)",
+        lambda fr, raw: any(f.startswith("ChunkWriter.") for f in fr),
+    ),
+    (
+        "SSE reader (interception/response.py)",
+        lambda fr, raw: any("data_plane/bridge/interception/response.py" in f for f in raw),
+    ),
     (
         "interception record (capture, build, sink, shipper)",
         lambda fr, raw: any(

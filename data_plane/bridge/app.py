@@ -36,6 +36,7 @@ from aibridge.rulebook import Family
 from aibridge.telemetry import TRACE_HEADERS
 from data_plane.body_budget import BodyBudget, Hold
 from data_plane.bridge.asgi import (
+    BODY,
     BODY_IN,
     LOST,
     ConnectionLost,
@@ -552,9 +553,11 @@ class BridgeApp:
         """Run the call, cancelling it (and so the upstream request) if the client leaves."""
         # The bridge's protocol always provides the hook; another ASGI server (a test
         # client) gets none, and a client leaving is then seen only when a send fails.
-        lost: ConnectionLost = (scope.get("extensions") or {}).get(LOST) or ConnectionLost()
+        extensions = scope.get("extensions") or {}
+        lost: ConnectionLost = extensions.get(LOST) or ConnectionLost()
         task = asyncio.current_task(lost.loop)
         assert task is not None
+        call.direct_body = extensions.get(BODY)
         disconnected = False
         capture = call.capture
 

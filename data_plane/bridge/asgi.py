@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -20,6 +20,27 @@ LOST = "aibridge.connection_lost"
 # ... and, once the whole request body is in the server's buffer (so `receive()` returns
 # without waiting), True under `scope["extensions"][BODY_IN]`.
 BODY_IN = "aibridge.body_in"
+
+
+# And, once the response's cycle exists, a `DirectBody` under `scope["extensions"][BODY]`.
+BODY = "aibridge.direct_body"
+
+
+class DirectBody(Protocol):
+    """A started response's body written straight to the client's connection, bypassing
+    the server's per-message ASGI `send` (the relay of a stream writes once per upstream
+    read). The response's start and its end still go through `send`."""
+
+    def usable(self) -> bool:
+        """Whether the response is started, not complete, and framed by the server as
+        chunks (so that `write` may frame each piece as one)."""
+        ...
+
+    def write(self, body: bytes) -> Awaitable[None] | None:
+        """Write `body` (not empty) as one piece of the response; the wait for the client
+        to drain its buffer when that is over its high-water mark (await it before
+        producing more), else None. Nothing is written once the client is gone."""
+        ...
 
 
 class ConnectionLost:

@@ -16,6 +16,13 @@ nothing stops idle sockets from using up the process's file descriptors. Here, w
 - a request line and headers over `max_header_bytes` get a 431 and a close; the parser is
   never fed more of a head than that (it would buffer a huge header value whole).
 
+Each request's scope also carries a `ChunkWriter` (`asgi.BODY`): the relay of a streamed
+answer writes its body pieces with it, straight to the socket in uvicorn's chunked framing,
+instead of through uvicorn's `send` per piece (its checks were most of a relayed chunk's
+cost in our code). It keeps uvicorn's backpressure: past the transport's high-water mark the
+writer hands back uvicorn's own drain wait, and the relay reads no more from the upstream
+until the client has taken the bytes.
+
 The refusals are written straight to the socket in the generic (OpenAI) error format: no
 request was parsed, so there is no provider to answer for.
 """
@@ -24,12 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import weakref
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 
 from prometheus_client import Counter
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
-from data_plane.bridge.asgi import BODY_IN, LOST, ConnectionLost
+from data_plane.bridge.asgi import BODY, BODY_IN, LOST, ConnectionLost
 from data_plane.bridge.providers import error_body
 from data_plane.bridge.settings import ConnectionLimits
 
@@ -84,6 +97,37 @@ class ConnectionGuard:
         self._sweeper = (
             loop.call_later(self._sweep_every, self._sweep, loop) if self.waiting else None
         )
+
+
+class ChunkWriter:
+    """`asgi.DirectBody` for one uvicorn request cycle (HTTP/1.1 chunked framing, as its
+    `send` writes a body message). It holds the cycle weakly: the cycle's scope holds the
+    writer, and a reference cycle per request would leave every request's scope and cycle
+    to the garbage collector."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = weakref.ref(cycle)
+
+    def usable(self) -> bool:
+        c = self._cycle()
+        return (
+            c is not None
+            and c.response_started
+            and not c.response_complete
+            and c.chunked_encoding is True
+            and c.scope["method"] != "HEAD"
+        )
+
+    def write(self, body: bytes) -> Awaitable[None] | None:
+        c = self._cycle()
+        if c is None or c.disconnected or c.transport.is_closing():
+            # As uvicorn's send: the bytes of a gone client are dropped (and it may run in
+            # the upstream connection's read callback, where a write error must not land).
+            return None
+        c.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        return c.flow.drain() if c.flow.write_paused else None
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -144,6 +188,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self.guard.waiting.pop(self, None)
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade
+            extensions: Any = self.scope["extensions"]
+            extensions[BODY] = ChunkWriter(cycle)
 
     def on_message_complete(self) -> None:
         self._in_head = True

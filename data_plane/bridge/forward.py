@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.logs import AccessLog, get_logger
 from aibridge.masking import mask_secret
 from aibridge.rulebook import Family
-from data_plane.bridge.asgi import Send, respond
+from data_plane.bridge.asgi import DirectBody, Send, respond
 from data_plane.bridge.breaker import Rejected
 from data_plane.bridge.interception.record import Capture
 from data_plane.bridge.interception.response import ResponseReader
@@ -68,6 +69,7 @@ class Call:
     key_hint: str = ""
     started: float = field(default_factory=time.perf_counter)
     trace: CallSpan | None = None  # the call's span, when telemetry is on
+    direct_body: DirectBody | None = None  # the server's direct body writer, if it has one
 
     @property
     def route(self) -> str:
@@ -145,7 +147,9 @@ class Forwarder:
             if attempt is not None:
                 attempt.failed(exc)
             raise
-        response = UpstreamResponse(reply.status, reply.headers, reply.chunks, reply.close)
+        response = UpstreamResponse(
+            reply.status, reply.headers, reply.chunks, reply.close, relay=reply.relay
+        )
         return response if attempt is None else attempt.answered(response)
 
     async def _send_bedrock(self, call: Call, bedrock: AnthropicUpstream) -> UpstreamResponse:
@@ -344,19 +348,58 @@ class Forwarder:
             ]
             dumped = BodyCapture()
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        async for chunk in response.chunks:
-            if chunk:
-                try:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                finally:  # a chunk sent is read even when the client leaves meanwhile
-                    if reader is not None:
-                        reader.feed(chunk)
-                if dumped is not None:
-                    dumped.feed(chunk)
+        direct = call.direct_body
+        if direct is not None and direct.usable():
+            await self._relay_direct(capture, direct, response, reader, dumped)
+        else:
+            async for chunk in response.chunks:
+                if chunk:
+                    try:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    finally:  # a chunk sent is read even when the client leaves meanwhile
+                        if reader is not None:
+                            reader.feed(chunk)
+                    if dumped is not None:
+                        dumped.feed(chunk)
         if exchange is not None and dumped is not None:
             exchange.response_body = dumped.body()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return reader.finish().tokens if reader is not None else {}
+
+    @staticmethod
+    async def _relay_direct(
+        capture: Capture,
+        direct: DirectBody,
+        response: UpstreamResponse,
+        reader: ResponseReader | None,
+        dumped: BodyCapture | None,
+    ) -> None:
+        """The body through the server's direct writer: each upstream read (however many
+        events it holds) is one write to the client, with none of `send`'s per-message
+        work; the first byte is stamped once. Past the client's high-water mark no more is
+        read from the upstream until the client drained its buffer. When the upstream
+        connection offers `relay`, the pieces go from its read callback to the client with
+        no task step per read."""
+
+        def piece(chunk: bytes) -> Awaitable[None] | None:
+            if not chunk:
+                return None
+            if not capture.first_byte_ns:
+                capture.first_byte_ns = time.time_ns()
+            drain = direct.write(chunk)
+            if reader is not None:
+                reader.feed(chunk)
+            if dumped is not None:
+                dumped.feed(chunk)
+            return drain
+
+        if response.relay is not None:
+            await response.relay(piece)
+            return
+        async for chunk in response.chunks:
+            drain = piece(chunk)
+            if drain is not None:
+                await drain
 
     def _finish(self, call: Call, labels: tuple[str, str], tokens: dict[str, int]) -> None:
         m = self.metrics

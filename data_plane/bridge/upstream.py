@@ -17,6 +17,7 @@ from typing import Protocol
 import httpx
 
 from aibridge.config.v1 import provider_pb2
+from data_plane.transport.models import Sink
 
 BEDROCK_UNAVAILABLE = "bedrock support not available"
 
@@ -34,6 +35,8 @@ class UpstreamResponse:
     chunks: AsyncIterator[bytes]
     aclose: Callable[[], Awaitable[None]] = _no_close
     served_model: str = ""  # the model that answered, when the upstream says so aside
+    # The body handed to a sink from the connection's read callback instead (Reply.relay).
+    relay: Callable[[Sink], Awaitable[None]] | None = None
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.headers:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import httptools
 import httpx
 
-from data_plane.transport.models import Headers, Origin, needs_length
+from data_plane.transport.models import Headers, Origin, Sink, needs_length
 
 _HIGH_WATER = 256 * 1024  # body bytes buffered before reading pauses
 
@@ -65,6 +65,9 @@ class HTTP11Connection(asyncio.Protocol):
         self.buffered = 0
         self.paused = False
         self.error: httpx.TransportError | None = None
+        self.sink: Sink | None = None  # takes the body in the read callback (`relay`)
+        self.sink_timeout: float | None = None
+        self.held: Awaitable[None] | None = None  # the sink is full until this is over
 
     # asyncio.Protocol
 
@@ -100,9 +103,21 @@ class HTTP11Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
-        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+        sink = self.sink
+        if sink is not None and self.held is None and self.chunks:
+            self._flush(sink)
+        elif self.buffered > _HIGH_WATER:
+            self._pause()
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
             self.paused = True
             self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
 
     # httptools callbacks
 
@@ -130,9 +145,22 @@ class HTTP11Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if not self.head:
-            self.chunks.append(body)
-            self.buffered += len(body)
+        if self.head:
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.sink is None:
+            self._wake()
+        # else: the pieces of this read go to the sink as one, once it is parsed
+
+    def _flush(self, sink: Sink) -> None:
+        """What one read brought, handed to the sink in one piece."""
+        if self.sink_timeout is not None:
+            self._deadline = self.loop.time() + self.sink_timeout  # the read timeout
+        held = sink(self.take())
+        if held is not None:  # the consumer is full: read no more until it is not
+            self.held = held
+            self._pause()
             self._wake()
 
     def on_message_complete(self) -> None:
@@ -206,9 +234,8 @@ class HTTP11Connection(asyncio.Protocol):
         data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks.clear()
         self.buffered = 0
-        if self.paused and self.transport is not None and not self.closed:
-            self.paused = False
-            self.transport.resume_reading()
+        if self.held is None:
+            self._resume()
         return data
 
     def reusable(self) -> bool:
@@ -258,6 +285,33 @@ class ResponseBody(httpx.AsyncByteStream):
                 raise conn.error
             else:
                 await conn.wait(self._timeout)
+
+    async def relay(self, sink: Sink) -> None:
+        """The body handed to `sink` piece by piece (`models.Reply.relay`): what is already
+        buffered first, then each piece from the read callback as it is parsed; while a
+        wait `sink` returned is not over, reading pauses and pieces are buffered."""
+        conn = self._conn
+        conn.sink_timeout = self._timeout
+        conn.sink = sink
+        try:
+            while True:
+                held = conn.held
+                if held is not None:
+                    await held
+                    conn.held = None
+                    if not conn.chunks:
+                        conn._resume()
+                elif conn.chunks:
+                    conn._flush(sink)
+                elif conn.complete:
+                    return
+                elif conn.error is not None:
+                    raise conn.error
+                else:
+                    await conn.wait(self._timeout)
+        finally:
+            conn.sink = None
+            conn.held = None
 
     async def aclose(self) -> None:
         release, self._release = self._release, None

@@ -21,15 +21,26 @@ class Timeouts(NamedTuple):
 DEFAULT_TIMEOUTS = Timeouts(connect=10.0, read=600.0, write=60.0, pool=30.0)
 
 
+# Takes one piece of a body; returns a wait when its consumer is full (nothing more is
+# read from the upstream until it is over), else None. It must not raise.
+Sink = Callable[[bytes], Awaitable[None] | None]
+
+
 class Reply(NamedTuple):
     """An upstream's answer: status, raw headers, body chunks as they arrive, and a close
-    that hands the connection back (call it once the body is read or abandoned)."""
+    that hands the connection back (call it once the body is read or abandoned).
+
+    `relay`, when the connection offers it, is the other way to take the body (one or the
+    other, not both): every piece handed to a `Sink` from the connection's own read
+    callback, no task woken per read; it returns at the body's end and raises as the
+    chunks would."""
 
     status: int
     headers: Headers
     chunks: AsyncIterator[bytes]
     close: Callable[[], Awaitable[None]]
     http_version: bytes = b"HTTP/1.1"
+    relay: Callable[[Sink], Awaitable[None]] | None = None
 
 
 def _default_port(scheme: bytes) -> int:

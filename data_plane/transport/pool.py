@@ -95,7 +95,9 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             conn = await self._exchange(origin, method, head, body, timeouts)
             if conn is not None:
                 stream = ResponseBody(conn, timeouts.read, self.release)
-                return Reply(conn.status, conn.headers, aiter(stream), stream.aclose)
+                return Reply(
+                    conn.status, conn.headers, aiter(stream), stream.aclose, relay=stream.relay
+                )
             self._http2.remember(origin)
         delegated = Delegated(origin, method, target, [(b"host", host), *headers], body, timeouts)
         if proxy is not None:

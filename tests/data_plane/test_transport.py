@@ -81,7 +81,7 @@ async def call(
     t: UpstreamTransport, url: str, method: str = "POST", body: bytes = b"{}", target: bytes = b""
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     origin, prefix = origin_of(url)
-    status, headers, chunks, close, _ = await t.request(
+    status, headers, chunks, close, *_ = await t.request(
         origin, method, target or prefix + b"/chat/completions", [(b"x-test", b"1")], body
     )
     try:
@@ -126,7 +126,7 @@ async def test_chunked_body_relayed_as_it_arrives(transport: UpstreamTransport) 
 
     async with Scripted(handler) as server:
         origin, prefix = origin_of(server.url)
-        status, _, chunks, close, _ = await transport.request(origin, "POST", prefix, [], b"{}")
+        status, _, chunks, close, *_ = await transport.request(origin, "POST", prefix, [], b"{}")
         assert status == 200
         assert await anext(chunks) == b"data:"  # before the rest was even written
         gate.set()
@@ -183,7 +183,7 @@ async def test_abandoned_response_closes_its_connection(transport: UpstreamTrans
 
     async with Scripted(handler) as server:
         origin, prefix = origin_of(server.url)
-        _, _, chunks, close, _ = await transport.request(origin, "POST", prefix, [], b"{}")
+        _, _, chunks, close, *_ = await transport.request(origin, "POST", prefix, [], b"{}")
         assert await anext(chunks) == b"a"
         await close()  # mid-body: the connection cannot be reused
         async with Scripted(reply(OK)) as other:
@@ -306,3 +306,69 @@ def test_malformed_proxy_url_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> 
     _proxy_env(monkeypatch, "ftp://proxy.test:21", "")
     with pytest.raises(ValueError, match="proxy"):
         make_upstream()
+
+
+async def test_relay_hands_each_read_to_the_sink_as_one_piece_and_reuses_the_connection(
+    transport: UpstreamTransport,
+) -> None:
+    """Through `relay`, the chunks of one upstream write reach the sink as one piece, later
+    writes as later pieces, and the connection serves the next request."""
+    script = asyncio.Queue[bytes]()
+    answered = 0
+
+    async def handler(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _req: bytes) -> bool:
+        nonlocal answered
+        answered += 1
+        if answered > 1:
+            w.write(OK)
+            return True
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        while part := await script.get():
+            w.write(part)
+            await w.drain()
+        w.write(b"0\r\n\r\n")
+        return True
+
+    async with Scripted(handler) as server:
+        origin, prefix = origin_of(server.url)
+        reply_ = await transport.request(origin, "POST", prefix, [], b"{}")
+        assert reply_.relay is not None
+        pieces: list[bytes] = []
+
+        def sink(piece: bytes) -> None:
+            pieces.append(piece)
+            if len(pieces) == 1:
+                script.put_nowait(b"1\r\nd\r\n")
+                script.put_nowait(b"")
+
+        script.put_nowait(b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n")
+        try:
+            await reply_.relay(sink)
+        finally:
+            await reply_.close()
+        assert pieces == [b"abc", b"d"]
+        assert (await call(transport, server.url))[::2] == (200, b"{}")
+        assert server.connections == 1
+
+
+async def test_relay_times_out_on_a_stream_gone_silent(transport: UpstreamTransport) -> None:
+    """A stream that stops sending for longer than the read timeout fails the relay with a
+    ReadTimeout, after the pieces that came."""
+
+    async def handler(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _req: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+        await w.drain()
+        await asyncio.sleep(5)
+        return False
+
+    async with Scripted(handler) as server:
+        origin, prefix = origin_of(server.url)
+        reply_ = await transport.request(origin, "POST", prefix, [], b"{}")
+        assert reply_.relay is not None
+        pieces: list[bytes] = []
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                await reply_.relay(lambda piece: pieces.append(piece))
+        finally:
+            await reply_.close()
+        assert pieces == [b"a"]

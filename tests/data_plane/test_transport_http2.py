@@ -145,7 +145,7 @@ async def transport(pki: Pki) -> AsyncIterator[UpstreamTransport]:
 
 async def call(t: UpstreamTransport, url: str, body: bytes = b"{}") -> tuple[int, bytes]:
     origin, prefix = origin_of(url)
-    status, _headers, chunks, close, _ = await t.request(
+    status, _headers, chunks, close, *_ = await t.request(
         origin, "POST", prefix + b"/chat/completions", [(b"x-test", b"1")], body
     )
     try:
@@ -190,7 +190,7 @@ async def test_h2_body_chunks_arrive_as_sent(pki: Pki, transport: UpstreamTransp
 
     async with H2Server(server_context(pki, ["h2"]), stream) as server:
         origin, prefix = origin_of(server.url)
-        status, headers, chunks, close, _ = await transport.request(
+        status, headers, chunks, close, *_ = await transport.request(
             origin, "POST", prefix + b"/chat/completions", [], b"{}"
         )
         try:
@@ -225,7 +225,7 @@ async def test_concurrent_h2_requests_share_one_connection(
 
     async with H2Server(server_context(pki, ["h2", "http/1.1"]), barrier) as server:
         origin, prefix = origin_of(server.url)
-        status, _, chunks, close, _ = await transport.request(
+        status, _, chunks, close, *_ = await transport.request(
             origin, "GET", prefix + b"/models", [], b""
         )
         assert status == 200 and [c async for c in chunks]
