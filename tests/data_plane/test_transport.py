@@ -199,7 +199,7 @@ async def test_request_past_the_connection_cap_waits_for_a_slot_within_the_pool_
     try:
         async with Scripted(reply(OK)) as server:
             origin, prefix = origin_of(server.url)
-            _, _, chunks, close, _ = await t.request(origin, "POST", prefix, [], b"{}")
+            _, _, chunks, close, *_ = await t.request(origin, "POST", prefix, [], b"{}")
             with pytest.raises(httpx.PoolTimeout):
                 await call(t, server.url)
             waiting = asyncio.ensure_future(call(t, server.url))
