@@ -110,14 +110,14 @@ def columns(rows: list[Values]) -> pb.InterceptionColumns:
     for i, description in enumerate(distinct):
         distinct[description] = i
     which = list(map(distinct.__getitem__, descriptions))
-    strings: dict[str, int] = {}
+    strings: dict[object, int] = {}
     for name, position in _TEXTS.items():
         indexes = [strings.setdefault(d[position], len(strings)) for d in distinct]
         getattr(out, name).extend(map(indexes.__getitem__, which))
     for name, position in _SCALARS.items():
         values = [d[position] for d in distinct]
         getattr(out, name).extend(map(values.__getitem__, which))
-    out.strings.extend(strings)
+    out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
     for name, column in zip(_HAPPENED, happened, strict=True):
         getattr(out, name).extend(column)
     for name, column in zip(TOKEN_COLUMNS, zip(*tokens, strict=True), strict=True):
@@ -223,7 +223,7 @@ def message_values(record: usage_pb2.Interception) -> Values:
         record.status_code,
         record.attempts,
         record.streamed,
-        tokens if any(tokens) else NO_TOKENS,  # type: ignore[arg-type]
+        tokens if any(tokens) else NO_TOKENS,
         tuple((c.name, c.call_id, c.arguments) for c in record.tool_calls),
         record.prompt,
     )

@@ -20,8 +20,8 @@ from dp_fakes import (
 
 from aibridge import recording
 from aibridge.config.v1 import usage_pb2
-from aibridge.config.v1.provider_pb2 import Provider
 from aibridge.config.v1 import usage_service_pb2 as pb
+from aibridge.config.v1.provider_pb2 import Provider
 from config_service.servicers.usage import batch_rows, record_row
 from data_plane.bridge.interception.record import Capture, RequestIds
 from data_plane.bridge.interception.response import MAX_JSON_BODY, ResponseReader
