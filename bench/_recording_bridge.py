@@ -2,8 +2,8 @@
 building the records costs the bridge, shipping left out (bench/bridge_overhead.py
 `--record`). Same settings, flags and logging as `aibridge bridge`; `--off` (first
 argument): no sink, recording off, the same process otherwise. At exit it logs `bench
-sink` with the number of records and their serialized bytes (each record is serialized,
-as any shipper must, in batches off the request path)."""
+sink` with the number of records and their encoded bytes (the records are encoded as the
+shipper does, in columnar batches off the request path)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from aibridge.logs import get_logger
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import SETTINGS, BridgeSettings
 from data_plane.daemon import load_settings, run
+from data_plane.recording.batch import Batch
 
 if TYPE_CHECKING:
     from data_plane.bridge.interception import Record
@@ -29,7 +30,7 @@ log = get_logger("bench.recording_bridge")
 
 
 class CountingSink:
-    """Serializes the records it is given in batches, as the shipper does, and counts."""
+    """Encodes the records it is given in batches, as the shipper does, and counts."""
 
     BATCH = 256
 
@@ -44,8 +45,12 @@ class CountingSink:
             self.drain()
 
     def drain(self) -> None:
+        batch = Batch()
         for record in self._held:
-            self.bytes += len(record.SerializeToString())
+            values = record.values()
+            batch.append(values, batch.cost(values))
+        if batch:
+            self.bytes += len(batch.encode())
         self.records += len(self._held)
         self._held.clear()
 

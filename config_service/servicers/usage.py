@@ -205,13 +205,36 @@ def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[
     return unique, tool_rows, given - len(unique)
 
 
-_RECORD_COLUMNS = tuple(
-    f.name
-    for f in pb.InterceptionColumns.DESCRIPTOR.fields
-    if f.name != "strings" and not f.name.startswith(("tool_call_", "prompt"))
+# The columns of InterceptionColumns with one value per description, then per record.
+_DESCRIPTION_COLUMNS = (
+    "provider_name",
+    "provider_type",
+    "route",
+    "requested_model",
+    "served_model",
+    "principal_id",
+    "principal_name",
+    "token_id",
+    "client",
+    "user_agent",
+    "session_id",
+    "credential_kind",
+    "credential_hint",
+    "proxied",
 )
-# The text columns of InterceptionColumns (indexes into its string table), and the
-# check of each distinct value.
+_RECORD_COLUMNS = (
+    "id",
+    "description",
+    "started_at",
+    "first_byte_at",
+    "ended_at",
+    "outcome",
+    "status_code",
+    "attempts",
+    "streamed",
+    *TOKEN_KINDS,
+)
+# The text columns of a description (indexes into the string table): their checks.
 _TEXT_COLUMNS: dict[str, Any] = {
     "provider_name": lambda f, v: check_text(f, v, recording.MAX_NAME),
     "route": lambda f, v: check_text(f, v, recording.MAX_ROUTE),
@@ -231,7 +254,8 @@ _MAX_NS = 253_402_300_799 * 1_000_000_000
 
 
 def _distinct(field: str, column: Any, check: Any) -> list[Any]:
-    """`check(field[i], value)` of each distinct value of `column`, once, per record."""
+    """`check(value)` of each distinct value of `column`, once, per record; InvalidArgument
+    naming the first record with a refused value (`field[i]`)."""
     values = list(column)
     checked: dict[Any, Any] = {}
     for value in dict.fromkeys(values):
@@ -248,97 +272,121 @@ def _stamp(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value // 1000)
 
 
-def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Row]]]:
-    """The records of a columnar batch as table rows and tool-call rows (by record
-    index); InvalidArgument
-    naming a bad value (`columns.route[3]`). Each distinct text, enum and count is checked
-    once, so a batch costs about one row dict per record."""
-    n = len(c.id)
-    for name in _RECORD_COLUMNS:
-        if len(getattr(c, name)) != n:
-            raise InvalidArgument(
-                f"columns.{name}", f"must have one value per record ({n}, as columns.id)"
-            )
-    strings = list(c.strings)
-    size = len(strings)
+def _first_byte(value: int) -> datetime | None:
+    return None if value == 0 else _stamp(value)
 
-    def text(name: str, check: Any) -> list[Any]:
-        def one(index: int) -> Any:
-            if index >= size:
-                raise InvalidArgument("", f"is not an index of columns.strings (0-{size - 1})")
-            return check(f"columns.{name}", strings[index])
 
-        return _distinct(f"columns.{name}", getattr(c, name), one)
+def _provider_type(value: int) -> str:
+    known = BY_WIRE.get(value) if value else None
+    if value and known is None:
+        raise InvalidArgument("", "is not a known provider type")
+    return known.name if known is not None else ""
 
-    def provider_type(value: int) -> str:
-        known = BY_WIRE.get(value) if value else None
-        if value and known is None:
-            raise InvalidArgument("", "is not a known provider type")
-        return known.name if known is not None else ""
 
-    def status(value: int) -> int:
-        if value and not 100 <= value <= 599:
-            raise InvalidArgument("", "must be an HTTP status (100-599) or 0")
+def _status(value: int) -> int:
+    if value and not 100 <= value <= 599:
+        raise InvalidArgument("", "must be an HTTP status (100-599) or 0")
+    return value
+
+
+def _bounded(maximum: int) -> Any:
+    def check(value: int) -> int:
+        if not 0 <= value <= maximum:
+            raise InvalidArgument("", f"must be between 0 and {maximum}")
         return value
 
-    def bounded(maximum: int) -> Any:
-        def check(value: int) -> int:
-            if not 0 <= value <= maximum:
-                raise InvalidArgument("", f"must be between 0 and {maximum}")
-            return value
+    return check
 
-        return check
 
-    def first_byte(value: int) -> datetime | None:
-        return None if value == 0 else _stamp(value)
+def _lengths(c: pb.InterceptionColumns, names: tuple[str, ...], n: int, of: str) -> None:
+    for name in names:
+        if len(getattr(c, name)) != n:
+            raise InvalidArgument(f"columns.{name}", f"must have one value per {of} ({n})")
 
-    ids = [
-        check_uuid(f"columns.id[{i}]", v, "a UUID (UUIDv7) record id") for i, v in enumerate(c.id)
-    ]
-    columns: dict[str, list[Any]] = {
-        name: text(name, check) for name, check in _TEXT_COLUMNS.items()
-    }
-    started = _distinct("columns.started_at", c.started_at, _stamp)
-    ended = _distinct("columns.ended_at", c.ended_at, _stamp)
-    firsts = _distinct("columns.first_byte_at", c.first_byte_at, first_byte)
-    for i, (s, f, e) in enumerate(zip(started, firsts, ended, strict=True)):
-        if e < s or (f is not None and not s <= f <= e):
-            raise InvalidArgument(
-                f"columns.ended_at[{i}]", "times must be started <= first byte <= ended"
-            )
-    columns["provider_type"] = _distinct("columns.provider_type", c.provider_type, provider_type)
-    columns["outcome"] = _distinct(
-        "columns.outcome", c.outcome, lambda v: _enum("", v, OUTCOMES, required=True)
-    )
+
+def _descriptions(c: pb.InterceptionColumns) -> list[Row]:
+    """Each description of a columnar batch as the part of a row it gives, checked."""
+    d = len(c.provider_name)
+    _lengths(c, _DESCRIPTION_COLUMNS, d, "description (as columns.provider_name)")
+    strings = c.strings
+    size = len(strings)
+    columns: dict[str, list[Any]] = {}
+    for name, check in _TEXT_COLUMNS.items():
+        f = f"columns.{name}"
+
+        def one(index: int, f: str = f, check: Any = check) -> Any:
+            if index >= size:
+                raise InvalidArgument("", f"is not an index of columns.strings (0-{size - 1})")
+            return check(f, strings[index])
+
+        columns[name] = _distinct(f, getattr(c, name), one)
+    columns["provider_type"] = _distinct("columns.provider_type", c.provider_type, _provider_type)
     columns["credential_kind"] = _distinct(
         "columns.credential_kind",
         c.credential_kind,
         lambda v: _enum("", v, CREDENTIALS, required=False),
     )
-    columns["status_code"] = _distinct("columns.status_code", c.status_code, status)
-    columns["attempts"] = _distinct("columns.attempts", c.attempts, bounded(MAX_ATTEMPTS))
-    for kind in TOKEN_KINDS:
-        columns[kind] = _distinct(f"columns.{kind}", getattr(c, kind), bounded(MAX_TOKENS))
     columns["proxied"] = list(c.proxied)
-    columns["streamed"] = list(c.streamed)
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Row]]]:
+    """The records of a columnar batch as table rows and tool-call rows (by record
+    index); InvalidArgument naming a bad value (`columns.route[3]`). Each description,
+    and each distinct enum, count and time, is checked once: a batch costs about one row
+    dict per record."""
+    n = len(c.id)
+    _lengths(c, _RECORD_COLUMNS, n, "record (as columns.id)")
+    descriptions = _descriptions(c)
+    d = len(descriptions)
+    for i, index in enumerate(c.description):
+        if index >= d:
+            raise InvalidArgument(
+                f"columns.description[{i}]", f"is not an index of the descriptions (0-{d - 1})"
+            )
+    ids = [
+        check_uuid(f"columns.id[{i}]", v, "a UUID (UUIDv7) record id") for i, v in enumerate(c.id)
+    ]
+    started = _distinct("columns.started_at", c.started_at, _stamp)
+    ended = _distinct("columns.ended_at", c.ended_at, _stamp)
+    firsts = _distinct("columns.first_byte_at", c.first_byte_at, _first_byte)
+    for i, (s, f, e) in enumerate(zip(started, firsts, ended, strict=True)):
+        if e < s or (f is not None and not s <= f <= e):
+            raise InvalidArgument(
+                f"columns.ended_at[{i}]", "times must be started <= first byte <= ended"
+            )
+    columns: dict[str, list[Any]] = {
+        "id": ids,
+        "started_at": started,
+        "first_byte_at": firsts,
+        "ended_at": ended,
+        "outcome": _distinct(
+            "columns.outcome", c.outcome, lambda v: _enum("", v, OUTCOMES, required=True)
+        ),
+        "status_code": _distinct("columns.status_code", c.status_code, _status),
+        "attempts": _distinct("columns.attempts", c.attempts, _bounded(MAX_ATTEMPTS)),
+        "streamed": list(c.streamed),
+    }
+    for kind in TOKEN_KINDS:
+        columns[kind] = _distinct(f"columns.{kind}", getattr(c, kind), _bounded(MAX_TOKENS))
+    if len(c.prompt_record) != len(c.prompt):
+        raise InvalidArgument("columns.prompt", "must have one value per prompt_record")
     prompts = [""] * n
     last = -1
-    for j, (index, prompt) in enumerate(zip(c.prompt_record, c.prompt, strict=False)):
+    for j, (index, prompt) in enumerate(zip(c.prompt_record, c.prompt, strict=True)):
         if not last < index < n:
             raise InvalidArgument(f"columns.prompt_record[{j}]", "must be ascending record indexes")
         last = index
         prompts[index] = _content(f"columns.prompt[{j}]", prompt, recording.MAX_PROMPT)
-    if len(c.prompt_record) != len(c.prompt):
-        raise InvalidArgument("columns.prompt", "must have one value per prompt_record")
     columns["prompt"] = prompts
     calls, counts = _column_calls(c, ids)
     columns["tool_call_count"] = counts
-    columns["id"] = ids
-    columns["started_at"] = started
-    columns["first_byte_at"] = firsts
-    columns["ended_at"] = ended
     names = list(columns)
-    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    rows = [
+        {**descriptions[index], **dict(zip(names, values, strict=True))}
+        for index, *values in zip(c.description, *columns.values(), strict=True)
+    ]
     return rows, calls
 
 

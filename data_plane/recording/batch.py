@@ -8,9 +8,10 @@
 A record gives its values as one tuple (`Record.values`: the describing part, the same
 tuple object for every request described alike, then what happened); adding it to a batch
 appends that tuple. `encode` turns the rows into columns, each extended once from a list
-(in C): the describing texts become a per-batch string table and indexes, tool calls and
-prompts side columns. So the per-record work on the bridge is a tuple and an append,
-whatever the number of fields. `Batch.size` is an upper bound of the encoded size, kept as
+(in C): each distinct description once (description columns, its texts as indexes into a
+per-batch string table) and an index per record, tool calls and prompts side columns.
+So the per-record work on the bridge is a tuple and an append, whatever the number of
+fields. `Batch.size` is an upper bound of the encoded size, kept as
 records are added, so a batch is cut before it passes the shipper's byte cap.
 
 `split` halves a payload of either form (columns, or the records one by one that older
@@ -29,21 +30,24 @@ from data_plane.recording.record import NO_TOKENS, Description, Values
 # each), enums, ints and bools (up to 10 each), five token counts (up to 10 each),
 # each column's tag and length amortized over the batch.
 _FIXED = 2 + 36 + 30 + 45 + 40 + 50
-# Positions in `Description` of the texts, the enums and the flag.
-_TEXTS = {
-    "provider_name": 0,
-    "route": 2,
-    "requested_model": 3,
-    "served_model": 4,
-    "principal_id": 5,
-    "principal_name": 6,
-    "token_id": 7,
-    "client": 8,
-    "user_agent": 9,
-    "session_id": 10,
-    "credential_hint": 12,
-}
-_SCALARS = {"provider_type": 1, "credential_kind": 11, "proxied": 13}
+# The description columns, in the order of `Description`'s values.
+DESCRIPTION_COLUMNS = (
+    "provider_name",
+    "provider_type",
+    "route",
+    "requested_model",
+    "served_model",
+    "principal_id",
+    "principal_name",
+    "token_id",
+    "client",
+    "user_agent",
+    "session_id",
+    "credential_kind",
+    "credential_hint",
+    "proxied",
+)
+_SCALARS = frozenset(("provider_type", "credential_kind", "proxied"))
 _HAPPENED = (
     "id",
     "started_at",
@@ -56,11 +60,8 @@ _HAPPENED = (
 )
 # The token counts, in TokenUsage's order (the order of `Values`' counts).
 TOKEN_COLUMNS = tuple(f.name for f in usage_pb2.TokenUsage.DESCRIPTOR.fields)
-_COLUMNS = pb.InterceptionColumns.DESCRIPTOR.fields_by_name
 # Every column with one value per record.
-RECORD_COLUMNS = tuple(
-    name for name in _COLUMNS if name != "strings" and not name.startswith(("tool_call_", "prompt"))
-)
+RECORD_COLUMNS = (*_HAPPENED, "description", *TOKEN_COLUMNS)
 
 
 class Batch:
@@ -109,14 +110,13 @@ def columns(rows: list[Values]) -> pb.InterceptionColumns:
     distinct: dict[Description, int] = dict.fromkeys(descriptions, 0)
     for i, description in enumerate(distinct):
         distinct[description] = i
-    which = list(map(distinct.__getitem__, descriptions))
+    out.description.extend(map(distinct.__getitem__, descriptions))
     strings: dict[object, int] = {}
-    for name, position in _TEXTS.items():
-        indexes = [strings.setdefault(d[position], len(strings)) for d in distinct]
-        getattr(out, name).extend(map(indexes.__getitem__, which))
-    for name, position in _SCALARS.items():
-        values = [d[position] for d in distinct]
-        getattr(out, name).extend(map(values.__getitem__, which))
+    for name, values in zip(DESCRIPTION_COLUMNS, zip(*distinct, strict=True), strict=True):
+        if name in _SCALARS:
+            getattr(out, name).extend(values)
+        else:
+            getattr(out, name).extend([strings.setdefault(v, len(strings)) for v in values])
     out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
     for name, column in zip(_HAPPENED, happened, strict=True):
         getattr(out, name).extend(column)
@@ -159,11 +159,21 @@ def split(payload: bytes) -> tuple[list[bytes], list[str]]:
 
 
 def slice_columns(cols: pb.InterceptionColumns, lo: int, hi: int) -> pb.InterceptionColumns:
-    """Records lo..hi of `cols` (the string table kept whole)."""
+    """Records lo..hi of `cols`, with the descriptions they use (the string table whole:
+    the service checks only the texts a description names)."""
     out = pb.InterceptionColumns()
     out.strings.extend(cols.strings)
+    used = dict.fromkeys(cols.description[lo:hi], 0)
+    for i, index in enumerate(used):
+        used[index] = i
+    for name in DESCRIPTION_COLUMNS:
+        column = getattr(cols, name)
+        getattr(out, name).extend(column[index] for index in used)
     for name in RECORD_COLUMNS:
-        getattr(out, name).extend(getattr(cols, name)[lo:hi])
+        values = getattr(cols, name)[lo:hi]
+        getattr(out, name).extend(
+            map(used.__getitem__, values) if name == "description" else values
+        )
     for i, record in enumerate(cols.tool_call_record):
         if lo <= record < hi:
             out.tool_call_record.append(record - lo)

@@ -401,7 +401,8 @@ async def test_a_bad_column_value_refuses_the_batch_naming_it(
     ("field", "damage"),
     [
         ("columns.route", lambda c: c.route.append(0)),
-        ("columns.route[1]", lambda c: c.route.__setitem__(1, 999)),
+        ("columns.route[0]", lambda c: c.route.__setitem__(0, 999)),
+        ("columns.description[1]", lambda c: c.description.__setitem__(1, 5)),
         ("columns.started_at[1]", lambda c: c.started_at.__setitem__(1, 0)),
         (
             "columns.tool_call_record[0]",
@@ -418,7 +419,7 @@ async def test_a_bad_column_value_refuses_the_batch_naming_it(
 async def test_a_malformed_columnar_batch_is_refused_naming_the_column(
     u: Usage, field: str, damage: Any
 ) -> None:
-    """Columns of unequal length, an index outside the string table, a missing time or a side column naming no record refuse the batch."""
+    """Columns of unequal length, an index outside the string table or the descriptions, a missing time or a side column naming no record refuse the batch."""
     request = as_columns([make(u.member_id), make(u.member_id)])
     damage(request.columns)
     with pytest.raises(grpc.aio.AioRpcError) as refused:

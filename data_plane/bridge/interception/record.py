@@ -47,8 +47,9 @@ REQUEST_ID = b"x-aibridge-request-id"
 VIA = b"x-aibridge-via"  # "proxy": the request came through aibridgeproxyd
 MAX_ID = 36
 MAX_TOKEN_COUNT = 2**53
-# The reader's names of the token counts, in TokenUsage's order.
+# The reader's names of the token counts, in TokenUsage's order (as `_tokens` reads them).
 _TOKEN_KINDS = tuple(kind.removesuffix("_tokens") for kind in recording.TOKEN_KINDS)
+assert _TOKEN_KINDS == ("input", "output", "cache_read", "cache_write", "reasoning")
 _REPLACEMENT = "\ufffd"
 # Descriptions (`Capture.values`), by what they were made of (secrets included).
 MAX_DESCRIBED = 4096
@@ -341,7 +342,16 @@ class Capture:
 def _tokens(counts: dict[str, int]) -> Tokens:
     """The reader's token counts in TokenUsage's order, each within 0..MAX_TOKEN_COUNT."""
     get = counts.get
-    return tuple(min(max(get(kind, 0), 0), MAX_TOKEN_COUNT) for kind in _TOKEN_KINDS)  # type: ignore[return-value]
+    tokens: Tokens = (
+        get("input", 0),
+        get("output", 0),
+        get("cache_read", 0),
+        get("cache_write", 0),
+        get("reasoning", 0),
+    )
+    if min(tokens) < 0 or max(tokens) > MAX_TOKEN_COUNT:
+        return tuple(min(max(t, 0), MAX_TOKEN_COUNT) for t in tokens)  # type: ignore[return-value]
+    return tokens
 
 
 def interception(values: Values) -> usage_pb2.Interception:
