@@ -5,12 +5,17 @@ Starts the bench stack (fake upstream, config service, gateway token), then `aib
 bridge` under `valgrind --tool=callgrind --trace-children=no` twice, in turn: recording
 off (`AIBRIDGE_RECORDING=false`) and on (shipping every record to the stack's config
 service, as deployed). For each: --warmup requests, counters zeroed (`callgrind_control
---zero`), --requests sequential requests from this process (outside valgrind), a wait of
-three flush intervals so the shipper ships all of them, then the counters dumped:
-instructions per request = Ir / requests. Recording's cost = on - off; its share = that
+--zero`), --requests sequential requests from this process (outside valgrind), a wait
+past the flush interval so the shipper ships all of them, then the counters dumped:
+instructions per request = Ir / requests. The flush interval (--flush, default 20 s) is
+long enough that the measured requests make one batch: under valgrind a request takes
+~50 x longer, so a deployed bridge's 1 s interval would cut batches ~50 x smaller than
+at the rates they are meant for (thousands of records per batch at 1,000+ req/s), and
+the per-call cost of shipping would count ~50 x too much. Recording's cost = on - off; its share = that
 over on. Instruction counts hold steady on a loaded machine, where CPU time does not.
 
-    python bench/bridge_instructions.py [--requests 1000] [--warmup 200] [--stream]
+    python bench/bridge_instructions.py [--requests 1000] [--warmup 200] [--flush 20]
+        [--stream]
 """
 
 from __future__ import annotations
@@ -26,8 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write_result
 from _stack import AIBRIDGE, Conn, Proc, bridge_env, clean_env, free_port, stack, wait_ready
 from bridge_overhead import bridge_target
-
-FLUSH = 0.2  # the bridges' AIBRIDGE_RECORDING_FLUSH_INTERVAL here (seconds)
 
 
 async def _send(port: int, raw: bytes, n: int) -> None:
@@ -57,7 +60,7 @@ def measure(args: argparse.Namespace, recording: bool, s: object, tmp: Path) -> 
     port = free_port()
     name = "on" if recording else "off"
     env = bridge_env(s.target, port, tmp / f"bridge-{name}")  # type: ignore[attr-defined]
-    env["AIBRIDGE_RECORDING_FLUSH_INTERVAL"] = f"{FLUSH}s"
+    env["AIBRIDGE_RECORDING_FLUSH_INTERVAL"] = f"{args.flush}s"
     if not recording:
         env["AIBRIDGE_RECORDING"] = "false"
     out = tmp / f"callgrind-{name}.out"
@@ -85,10 +88,10 @@ def measure(args: argparse.Namespace, recording: bool, s: object, tmp: Path) -> 
         wait_ready(port, 600)
         raw = bridge_target(name, port, s.token).raw["sse" if args.stream else "json"]  # type: ignore[attr-defined]
         asyncio.run(_send(port, raw, args.warmup))
-        time.sleep(3 * FLUSH * 20)  # valgrind runs the shipper ~20x slower too
+        time.sleep(args.flush + 5)  # the warm-up's records shipped
         _callgrind_control("--zero", popen.pid)
         asyncio.run(_send(port, raw, args.requests))
-        time.sleep(3 * FLUSH * 20)
+        time.sleep(args.flush + 5)
         _callgrind_control("--dump", popen.pid)
         return _dumped_ir(out) / args.requests
     finally:
@@ -100,6 +103,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
+    p.add_argument("--flush", type=float, default=20.0, help="recording flush interval (s)")
     args = p.parse_args()
     with stack(prefix="aibridge-bench-instr-") as s:
         off = measure(args, False, s, s.tmp)
@@ -114,7 +118,13 @@ def main() -> int:
     print(table(["figure", "value"], rows))
     path = write_result(
         "bridge_instructions",
-        {"requests": args.requests, "stream": args.stream, "off": off, "on": on},
+        {
+            "requests": args.requests,
+            "flush": args.flush,
+            "stream": args.stream,
+            "off": off,
+            "on": on,
+        },
     )
     print(f"wrote {path}")
     return 0
