@@ -12,7 +12,8 @@ long enough that the measured requests make one batch: under valgrind a request 
 ~50 x longer, so a deployed bridge's 1 s interval would cut batches ~50 x smaller than
 at the rates they are meant for (thousands of records per batch at 1,000+ req/s), and
 the per-call cost of shipping would count ~50 x too much. Recording's cost = on - off;
-its share = that over on. Instruction counts hold steady on a loaded machine, where CPU time does not.
+its share = that over on. Instruction counts hold steady on a loaded machine, where CPU
+time does not.
 
     python bench/bridge_instructions.py [--requests 1000] [--warmup 200] [--flush 20]
         [--stream]
