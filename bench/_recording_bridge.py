@@ -2,8 +2,8 @@
 building the records costs the bridge, shipping left out (bench/bridge_overhead.py
 `--record`). Same settings, flags and logging as `aibridge bridge`; `--off` (first
 argument): no sink, recording off, the same process otherwise. At exit it logs `bench
-sink` with the number of records and their serialized bytes (each record is serialized,
-as any shipper must, in batches off the request path)."""
+sink` with the number of records and their encoded bytes (the records are encoded as the
+shipper does, in columnar batches off the request path)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from aibridge.workers import run
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import SETTINGS, BridgeSettings
 from data_plane.daemon import load_settings
+from data_plane.recording.batch import Batch
 
 if TYPE_CHECKING:
     from data_plane.bridge.interception import Record
@@ -30,7 +31,7 @@ log = get_logger("bench.recording_bridge")
 
 
 class CountingSink:
-    """Serializes the records it is given in batches, as the shipper does, and counts."""
+    """Encodes the records it is given in batches, as the shipper does, and counts."""
 
     BATCH = 256
 
@@ -45,8 +46,12 @@ class CountingSink:
             self.drain()
 
     def drain(self) -> None:
+        batch = Batch()
         for record in self._held:
-            self.bytes += len(record.SerializeToString())
+            values = record.values()
+            batch.append(values, batch.cost(values))
+        if batch:
+            self.bytes += len(batch.encode())
         self.records += len(self._held)
         self._held.clear()
 

@@ -1,6 +1,7 @@
 """Recording's CPU cost per request, in process: the bridge's ASGI app driven directly
 (no HTTP server, no client sockets), the fake upstream in its own process, the same app
-with recording on (a sink that serializes and counts) and off, in alternating blocks.
+with recording on (a sink that encodes columnar batches and counts) and off, in alternating
+blocks.
 
 On a shared machine the saturation figures of `bridge_overhead.py --record` swing by more
 than the few per cent recording costs; CPU seconds of this one process, A/B in

@@ -17,7 +17,7 @@ in the spool file), then a new shipper pointed at the service replays that spool
 until all are stored).
 
     python bench/usage_ingest.py [--records 100000] [--batch 1000] [--concurrency 4]
-        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--form columns|rows]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.masking import Secret
 from aibridge.recording import new_record_id
+from data_plane.recording.batch import Message, columns, message_values
 from data_plane.recording.metrics import RecordingMetrics
 from data_plane.recording.shipper import Shipper, ShipperSettings
 from data_plane.subscriber import SubscriberConfig
@@ -51,8 +52,9 @@ BAR = 10_000.0  # records/s per process on PostgreSQL
 METHOD = "/aibridge.config.v1.UsageService/RecordInterceptions"
 
 
-def batches(records: int, size: int) -> list[bytes]:
-    """Serialized RecordInterceptionsRequests holding `records` realistic records."""
+def batches(records: int, size: int, form: str = "columns") -> list[bytes]:
+    """Serialized RecordInterceptionsRequests holding `records` realistic records, as
+    columns (what the bridge sends) or records one by one (older spools, other clients)."""
     out: list[bytes] = []
     now = time.time_ns()
     for first in range(0, records, size):
@@ -85,6 +87,9 @@ def batches(records: int, size: int) -> list[bytes]:
             record.ended_at.FromNanoseconds(now + n * 1000 + 2_000_000_000)
             if n % 10 == 0:
                 record.tool_calls.add(name="Bash", call_id=f"toolu_{n}")
+        if form == "columns":
+            values = [message_values(r) for r in request.interceptions]
+            request = pb.RecordInterceptionsRequest(columns=columns(values))
         out.append(request.SerializeToString())
     return out
 
@@ -139,10 +144,10 @@ class Shipping:
         return time.perf_counter() - started
 
 
-def records_of(requests: list[bytes]) -> list[usage_pb2.Interception]:
-    found: list[usage_pb2.Interception] = []
+def records_of(requests: list[bytes]) -> list[Message]:
+    found: list[Message] = []
     for raw in requests:
-        found.extend(pb.RecordInterceptionsRequest.FromString(raw).interceptions)
+        found.extend(map(Message, pb.RecordInterceptionsRequest.FromString(raw).interceptions))
     return found
 
 
@@ -150,7 +155,7 @@ async def ship(target: str, records: int, batch: int, tmp: Path) -> dict[str, fl
     """Records/s through the bridge's shipper: direct, into the spool, replayed from it."""
     direct = Shipping(target, tmp / "direct.spool", records)
     await direct.shipper.start()
-    for record in records_of(batches(records, batch)):
+    for record in records_of(batches(records, batch, "rows")):
         direct.shipper.submit(record)
     shipped = await direct.until("records_total", records, result="inserted")
     await direct.shipper.close()
@@ -158,7 +163,7 @@ async def ship(target: str, records: int, batch: int, tmp: Path) -> dict[str, fl
     with socket_closed() as nowhere:
         away = Shipping(nowhere, tmp / "away.spool", records)
         await away.shipper.start()
-        for record in records_of(batches(records, batch)):
+        for record in records_of(batches(records, batch, "rows")):
             away.shipper.submit(record)
         spooled = await away.until("spool_records", records)
         await away.shipper.close()
@@ -192,7 +197,7 @@ def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str,
     )
     try:
         target = f"127.0.0.1:{port}"
-        requests = batches(args.records, args.batch)
+        requests = batches(args.records, args.batch, args.form)
         cpu_before = cpu_seconds(service.pid)
         seconds, inserted, _ = asyncio.run(send(target, requests, args.concurrency))
         cpu = cpu_seconds(service.pid) - cpu_before
@@ -222,6 +227,12 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--database-url", default="", help="PostgreSQL base URL (else SQLite)")
+    p.add_argument(
+        "--form",
+        choices=("columns", "rows"),
+        default="columns",
+        help="batches as the bridge sends them (columns) or records one by one (rows)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="aibridge-bench-usage-") as tmp:
         if args.database_url:
@@ -246,14 +257,22 @@ def main() -> int:
             result["spool_replay_records_per_s"],
         ],
     ]
-    print(f"ingestion on {engine}, batches of {args.batch}, {args.concurrency} in flight")
+    print(
+        f"ingestion on {engine}, {args.form}, batches of {args.batch}, {args.concurrency} in flight"
+    )
     print(table(["figure", "value"], rows))
     if engine == "postgresql":
         met = "met" if result["records_per_s"] >= BAR else "NOT met"
         print(f"bar: >= {BAR:,.0f} records/s per process: {met}")
     path = write_result(
         f"usage_ingest_{engine}",
-        {"engine": engine, "batch": args.batch, "concurrency": args.concurrency, **result},
+        {
+            "engine": engine,
+            "form": args.form,
+            "batch": args.batch,
+            "concurrency": args.concurrency,
+            **result,
+        },
     )
     print(f"wrote {path}")
     ok = result["inserted"] == args.records and result["replay_inserted"] == 0

@@ -35,6 +35,7 @@ class InvalidArgument(ConfigError, code=grpc.StatusCode.INVALID_ARGUMENT):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message
 
 
 class NotFound(ConfigError, code=grpc.StatusCode.NOT_FOUND): ...

@@ -10,7 +10,7 @@ before it is stored: a secret never reaches the table. Access is decided in the 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -175,20 +175,255 @@ def record_row(field: str, r: usage_pb2.Interception) -> tuple[Row, list[Row]]:
 
 
 def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[Row], int]:
-    """(rows, tool-call rows, repeats): a record repeated within the batch counts once."""
-    if len(request.interceptions) > recording.MAX_BATCH:
+    """(rows, tool-call rows, repeats) of both forms, the records one by one first: a
+    record repeated within the batch counts once."""
+    given = len(request.interceptions) + len(request.columns.id)
+    if given > recording.MAX_BATCH:
         raise InvalidArgument("interceptions", f"at most {recording.MAX_BATCH} records per batch")
     rows: list[Row] = []
-    calls: list[Row] = []
-    seen: set[str] = set()
+    calls: dict[int, list[Row]] = {}  # by the record's position in `rows`
     for i, record in enumerate(request.interceptions):
         row, tool_rows = record_row(f"interceptions[{i}]", record)
+        if tool_rows:
+            calls[len(rows)] = tool_rows
+        rows.append(row)
+    if request.HasField("columns"):
+        more, more_calls = column_rows(request.columns)
+        base = len(rows)
+        calls.update((base + i, tool_rows) for i, tool_rows in more_calls.items())
+        rows.extend(more)
+    seen: set[str] = set()
+    unique: list[Row] = []
+    tool_rows = []
+    for i, row in enumerate(rows):
         if row["id"] in seen:
             continue
         seen.add(row["id"])
-        rows.append(row)
-        calls.extend(tool_rows)
-    return rows, calls, len(request.interceptions) - len(rows)
+        unique.append(row)
+        if i in calls:
+            tool_rows.extend(calls[i])
+    return unique, tool_rows, given - len(unique)
+
+
+# The columns of InterceptionColumns with one value per description, then per record.
+_DESCRIPTION_COLUMNS = (
+    "provider_name",
+    "provider_type",
+    "route",
+    "requested_model",
+    "served_model",
+    "principal_id",
+    "principal_name",
+    "token_id",
+    "client",
+    "user_agent",
+    "session_id",
+    "credential_kind",
+    "credential_hint",
+    "proxied",
+)
+_RECORD_COLUMNS = (
+    "id",
+    "description",
+    "started_at",
+    "first_byte_at",
+    "ended_at",
+    "outcome",
+    "status_code",
+    "attempts",
+    "streamed",
+    *TOKEN_KINDS,
+)
+# The text columns of a description (indexes into the string table): their checks.
+_TEXT_COLUMNS: dict[str, Any] = {
+    "provider_name": lambda f, v: check_text(f, v, recording.MAX_NAME),
+    "route": lambda f, v: check_text(f, v, recording.MAX_ROUTE),
+    "requested_model": lambda f, v: check_text(f, v, recording.MAX_NAME),
+    "served_model": lambda f, v: check_text(f, v, recording.MAX_NAME),
+    "principal_id": lambda f, v: check_text(f, v, 36),
+    "principal_name": lambda f, v: check_text(f, v, recording.MAX_NAME),
+    "token_id": lambda f, v: check_text(f, v, 36),
+    "client": _client,
+    "user_agent": lambda f, v: check_text(f, v, recording.MAX_USER_AGENT),
+    "session_id": lambda f, v: check_text(f, v, recording.MAX_NAME),
+    "credential_hint": credential_hint,
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Nanoseconds since the epoch of 9999-12-31T23:59:59Z: what a Timestamp may say, too.
+_MAX_NS = 253_402_300_799 * 1_000_000_000
+
+
+def _distinct(field: str, column: Any, check: Any) -> list[Any]:
+    """`check(value)` of each distinct value of `column`, once, per record; InvalidArgument
+    naming the first record with a refused value (`field[i]`)."""
+    values = list(column)
+    checked: dict[Any, Any] = {}
+    for value in dict.fromkeys(values):
+        try:
+            checked[value] = check(value)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{field}[{values.index(value)}]", exc.detail) from None
+    return list(map(checked.__getitem__, values))
+
+
+def _stamp(value: int) -> datetime:
+    if not 0 < value <= _MAX_NS:
+        raise InvalidArgument("", "is not a valid timestamp (nanoseconds since the epoch)")
+    return _EPOCH + timedelta(microseconds=value // 1000)
+
+
+def _first_byte(value: int) -> datetime | None:
+    return None if value == 0 else _stamp(value)
+
+
+def _provider_type(value: int) -> str:
+    known = BY_WIRE.get(value) if value else None
+    if value and known is None:
+        raise InvalidArgument("", "is not a known provider type")
+    return known.name if known is not None else ""
+
+
+def _status(value: int) -> int:
+    if value and not 100 <= value <= 599:
+        raise InvalidArgument("", "must be an HTTP status (100-599) or 0")
+    return value
+
+
+def _bounded(maximum: int) -> Any:
+    def check(value: int) -> int:
+        if not 0 <= value <= maximum:
+            raise InvalidArgument("", f"must be between 0 and {maximum}")
+        return value
+
+    return check
+
+
+def _lengths(c: pb.InterceptionColumns, names: tuple[str, ...], n: int, of: str) -> None:
+    for name in names:
+        if len(getattr(c, name)) != n:
+            raise InvalidArgument(f"columns.{name}", f"must have one value per {of} ({n})")
+
+
+def _descriptions(c: pb.InterceptionColumns) -> list[Row]:
+    """Each description of a columnar batch as the part of a row it gives, checked."""
+    d = len(c.provider_name)
+    _lengths(c, _DESCRIPTION_COLUMNS, d, "description (as columns.provider_name)")
+    strings = c.strings
+    size = len(strings)
+    columns: dict[str, list[Any]] = {}
+    for name, check in _TEXT_COLUMNS.items():
+        f = f"columns.{name}"
+
+        def one(index: int, f: str = f, check: Any = check) -> Any:
+            if index >= size:
+                raise InvalidArgument("", f"is not an index of columns.strings (0-{size - 1})")
+            return check(f, strings[index])
+
+        columns[name] = _distinct(f, getattr(c, name), one)
+    columns["provider_type"] = _distinct("columns.provider_type", c.provider_type, _provider_type)
+    columns["credential_kind"] = _distinct(
+        "columns.credential_kind",
+        c.credential_kind,
+        lambda v: _enum("", v, CREDENTIALS, required=False),
+    )
+    columns["proxied"] = list(c.proxied)
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Row]]]:
+    """The records of a columnar batch as table rows and tool-call rows (by record
+    index); InvalidArgument naming a bad value (`columns.route[3]`). Each description,
+    and each distinct enum, count and time, is checked once: a batch costs about one row
+    dict per record."""
+    n = len(c.id)
+    _lengths(c, _RECORD_COLUMNS, n, "record (as columns.id)")
+    descriptions = _descriptions(c)
+    d = len(descriptions)
+    for i, index in enumerate(c.description):
+        if index >= d:
+            raise InvalidArgument(
+                f"columns.description[{i}]", f"is not an index of the descriptions (0-{d - 1})"
+            )
+    ids = [
+        check_uuid(f"columns.id[{i}]", v, "a UUID (UUIDv7) record id") for i, v in enumerate(c.id)
+    ]
+    started = _distinct("columns.started_at", c.started_at, _stamp)
+    ended = _distinct("columns.ended_at", c.ended_at, _stamp)
+    firsts = _distinct("columns.first_byte_at", c.first_byte_at, _first_byte)
+    for i, (s, f, e) in enumerate(zip(started, firsts, ended, strict=True)):
+        if e < s or (f is not None and not s <= f <= e):
+            raise InvalidArgument(
+                f"columns.ended_at[{i}]", "times must be started <= first byte <= ended"
+            )
+    columns: dict[str, list[Any]] = {
+        "id": ids,
+        "started_at": started,
+        "first_byte_at": firsts,
+        "ended_at": ended,
+        "outcome": _distinct(
+            "columns.outcome", c.outcome, lambda v: _enum("", v, OUTCOMES, required=True)
+        ),
+        "status_code": _distinct("columns.status_code", c.status_code, _status),
+        "attempts": _distinct("columns.attempts", c.attempts, _bounded(MAX_ATTEMPTS)),
+        "streamed": list(c.streamed),
+    }
+    for kind in TOKEN_KINDS:
+        columns[kind] = _distinct(f"columns.{kind}", getattr(c, kind), _bounded(MAX_TOKENS))
+    if len(c.prompt_record) != len(c.prompt):
+        raise InvalidArgument("columns.prompt", "must have one value per prompt_record")
+    prompts = [""] * n
+    last = -1
+    for j, (index, prompt) in enumerate(zip(c.prompt_record, c.prompt, strict=True)):
+        if not last < index < n:
+            raise InvalidArgument(f"columns.prompt_record[{j}]", "must be ascending record indexes")
+        last = index
+        prompts[index] = _content(f"columns.prompt[{j}]", prompt, recording.MAX_PROMPT)
+    columns["prompt"] = prompts
+    calls, counts = _column_calls(c, ids)
+    columns["tool_call_count"] = counts
+    names = list(columns)
+    rows = [
+        {**descriptions[index], **dict(zip(names, values, strict=True))}
+        for index, *values in zip(c.description, *columns.values(), strict=True)
+    ]
+    return rows, calls
+
+
+def _column_calls(
+    c: pb.InterceptionColumns, ids: list[str]
+) -> tuple[dict[int, list[Row]], list[int]]:
+    """The tool-call rows of a columnar batch by record index, and each record's count."""
+    n = len(ids)
+    side = (c.tool_call_name, c.tool_call_id, c.tool_call_arguments)
+    if any(len(col) != len(c.tool_call_record) for col in side):
+        raise InvalidArgument("columns.tool_call_name", "must have one value per tool_call_record")
+    counts = [0] * n
+    calls: dict[int, list[Row]] = {}
+    last = 0
+    for j, (index, name, call_id, arguments) in enumerate(
+        zip(c.tool_call_record, *side, strict=True)
+    ):
+        f = f"columns.tool_call_record[{j}]"
+        if not last <= index < n:
+            raise InvalidArgument(f, "must be ascending record indexes")
+        last = index
+        position = counts[index]
+        if position >= recording.MAX_TOOL_CALLS:
+            raise InvalidArgument(f, f"at most {recording.MAX_TOOL_CALLS} tool calls per record")
+        counts[index] = position + 1
+        calls.setdefault(index, []).append(
+            {
+                "interception_id": ids[index],
+                "position": position,
+                "name": check_text(f"columns.tool_call_name[{j}]", name, recording.MAX_NAME),
+                "call_id": check_text(f"columns.tool_call_id[{j}]", call_id, recording.MAX_NAME),
+                "arguments": _content(
+                    f"columns.tool_call_arguments[{j}]", arguments, recording.MAX_ARGUMENTS
+                ),
+            }
+        )
+    return calls, counts
 
 
 def usage_filter(f: pb.InterceptionFilter) -> usage.UsageFilter:

@@ -309,7 +309,7 @@ class BridgeApp:
             capture.secrets += provider.keys
         capture.end()
         if sink is not None:
-            sink.submit(capture)  # serialized by the sink, off the request path
+            sink.submit(capture)  # encoded by the sink in its batches, off the request path
         if self.telemetry is None:
             return None
         try:

@@ -1,19 +1,37 @@
-"""What the record shipper takes: anything that says its id and serializes itself as a
-`usage_pb2.Interception` (the bridge's finished capture, or the message itself). Defined
-here, beside the shipper, so that the shipper knows nothing of the bridge."""
+"""What the record shipper takes: anything that says its id and gives its values as one
+tuple (`Values`), which `batch.Batch` turns into columns. Defined here, beside the
+shipper, so that the shipper knows nothing of the bridge (whose finished capture is one).
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+# What describes a request, the same for many of them (one tuple object per distinct
+# set: the batch encodes each once): provider name, provider type (ProviderType),
+# route, requested model, served model, principal id, principal name, token id,
+# client, user agent, session id, credential kind (CredentialKind), credential hint,
+# proxied. Every text fit to keep (within its limit, printable, secrets masked).
+Description = tuple[str, int, str, str, str, str, str, str, str, str, str, int, str, bool]
+# Input, output, cache read, cache write and reasoning tokens (TokenUsage's order).
+Tokens = tuple[int, int, int, int, int]
+NO_TOKENS: Tokens = (0, 0, 0, 0, 0)
+# (name, call id, arguments) of one tool call, fit to keep.
+ToolCall = tuple[str, str, str]
+# description, id, started, first byte and ended (nanoseconds since the epoch, first
+# byte 0 when none), outcome (Outcome), status code, attempts, streamed, tokens, tool
+# calls, prompt ("" when none).
+Values = tuple[
+    Description, str, int, int, int, int, int, int, bool, Tokens, tuple[ToolCall, ...], str
+]
+
 
 class Record(Protocol):
-    """A finished interception record: a `usage_pb2.Interception`, or the bridge's
-    `record.Capture` of a request that is over (serialized only when asked)."""
+    """A finished interception record (made into values only when a batch is made)."""
 
     @property
     def id(self) -> str: ...
 
-    def SerializeToString(self) -> bytes:  # usage_pb2.Interception's name
-        """The record on the wire (a serialized `usage_pb2.Interception`)."""
+    def values(self) -> Values:
+        """The record's values; what it raises makes the record unbuildable (dropped)."""
         ...

@@ -6,8 +6,9 @@
     await shipper.close()       # at shutdown: queue to the service, else to the spool
 
 `submit` appends to a bounded in-memory queue (past `queue_size` records the record is
-counted as dropped, `queue_full`); a record is serialized only when a batch is made of it
-(the bridge submits its captures: the request path builds nothing). One task ships the
+counted as dropped, `queue_full`); a record gives its values only when a batch is made of
+it (the bridge submits its captures: the request path builds nothing), and a batch is
+encoded as columns (`batch.py`: one C call per column, no message per record). One task ships the
 queue in batches (every `flush_interval`, or at once when a batch is full:
 `aibridge.recording.MAX_BATCH` records or 3 MiB) over `UsageService.RecordInterceptions`
 with the bridge's token, on a channel made like the subscriber's (same TLS, same
@@ -56,12 +57,12 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf.message import DecodeError
 
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.logs import get_logger
 from aibridge.recording import MAX_BATCH
 from data_plane.errors import SpoolBusy, SpoolError
+from data_plane.recording.batch import Batch, columns, split
 from data_plane.recording.metrics import RecordingMetrics
 from data_plane.recording.record import Record
 from data_plane.recording.spool import SUFFIX, Spool
@@ -75,7 +76,7 @@ BACKOFF_MAX = 5.0
 # Under the config service's 4 MiB receive limit, with room for the framing.
 BATCH_BYTES = 3 * 1024 * 1024
 WARN_EVERY = 10.0
-# Records serialized between two yields to the event loop (a full batch takes ~10 ms).
+# Records taken between two yields to the event loop.
 _SLICE = 256
 _METHOD = "/aibridge.config.v1.UsageService/RecordInterceptions"
 
@@ -87,17 +88,6 @@ class ShipperSettings:
     spool_path: Path
     spool_max_bytes: int
     timeout: float  # deadline of one batch, and of the flush at shutdown
-
-
-def _field(data: bytes) -> bytes:
-    """`data` as field 1 (interceptions) of a RecordInterceptionsRequest on the wire."""
-    n = len(data)
-    head = bytearray(b"\x0a")
-    while n >= 0x80:
-        head.append(n & 0x7F | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + data
 
 
 class _Warnings:
@@ -353,23 +343,18 @@ class Shipper:
     async def _split(
         self, payload: bytes, count: int, exc: grpc.aio.AioRpcError, deadline: float
     ) -> bool:
-        try:
-            records = list(pb.RecordInterceptionsRequest.FromString(payload).interceptions)
-        except DecodeError:
-            records = []
-        if len(records) <= 1:
+        parts, ids = split(payload)
+        if not parts:
             log.warning(
                 "config service refused an interception record",
                 code=exc.code().name,
                 detail=exc.details(),
-                record_id=records[0].id if records else "",
+                record_id=ids[0] if ids else "",
             )
-            self._drop("rejected", max(len(records), count))
+            self._drop("rejected", max(len(ids), count))
             return True
-        half = len(records) // 2
-        for part in (records[:half], records[half:]):
-            data = b"".join(_field(r.SerializeToString()) for r in part)
-            if not await self._ship(data, len(part), deadline):
+        for part in parts:
+            if not await self._ship(part, 0, deadline):
                 return False
         return True
 
@@ -385,33 +370,56 @@ class Shipper:
             await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
 
     async def _take(self) -> None:
-        """Move one batch from the queue to the unsent batches (serialized for the wire)."""
-        parts: list[bytes] = []
-        size = 0
+        """Move one batch from the queue to the unsent batches (encoded for the wire)."""
+        batch = Batch()
         queue = self._queue
-        while queue and len(parts) < MAX_BATCH:
-            data = _serialized(queue[0])
-            if data is None:
+        while queue and len(batch) < MAX_BATCH:
+            record = queue[0]
+            try:
+                values = record.values()
+            except Exception:  # a bug in one record's making must not stop the shipping
                 queue.popleft()
+                log.exception("building an interception record failed", request_id=record.id)
                 self._drop("unbuildable", 1)
                 continue
-            if len(data) > BATCH_BYTES:
-                record = queue.popleft()
+            cost = batch.cost(values)
+            if cost > BATCH_BYTES:
+                queue.popleft()
                 log.warning(
-                    "interception record too large to ship", record_id=record.id, bytes=len(data)
+                    "interception record too large to ship", record_id=record.id, bytes=cost
                 )
                 self._drop("too_large", 1)
                 continue
-            if size + len(data) > BATCH_BYTES:
+            if batch.size + cost > BATCH_BYTES:
                 break
             queue.popleft()
-            parts.append(data)
-            size += len(data)
-            if len(parts) % _SLICE == 0:
+            batch.append(values, cost)
+            if len(batch) % _SLICE == 0:
                 await asyncio.sleep(0)
-        if parts:
-            self._unsent.append((b"".join(parts), len(parts)))
-            self._unsent_records += len(parts)
+        if batch:
+            try:
+                payload = batch.encode()
+            except Exception:  # a value of a wrong type: find the records that cannot go
+                payload = self._encode_each(batch)
+            count = len(batch)
+            if payload:
+                self._unsent.append((payload, count))
+                self._unsent_records += count
+
+    def _encode_each(self, batch: Batch) -> bytes:
+        """The batch without the records whose values cannot be encoded (dropped,
+        `unbuildable`)."""
+        kept = Batch()
+        for values in batch.rows:
+            try:
+                columns([values])
+            except Exception:
+                log.exception("encoding an interception record failed", request_id=values[1])
+                self._drop("unbuildable", 1)
+                continue
+            kept.append(values, 0)
+        batch.rows[:] = kept.rows
+        return kept.encode() if kept else b""
 
     def _hold_front(self, batch: tuple[bytes, int]) -> None:
         self._unsent.appendleft(batch)
@@ -544,16 +552,6 @@ class Shipper:
             self._healthy = True
             log.info("config service takes records again")
         return BACKOFF_INITIAL
-
-
-def _serialized(record: Record) -> bytes | None:
-    """The record as a field of the batch; None (logged; the caller counts it as dropped)
-    when it cannot be made."""
-    try:
-        return _field(record.SerializeToString())
-    except Exception:  # a bug in one record's making must not stop the shipping
-        log.exception("building an interception record failed", request_id=record.id)
-        return None
 
 
 def _mtime(path: Path) -> float:

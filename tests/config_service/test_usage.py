@@ -25,6 +25,7 @@ from config_service.rbac import Role
 from config_service.servicers.usage import batch_rows
 from config_service.settings import ConfigServiceSettings
 from config_service.store import tokens, usage
+from data_plane.recording.batch import columns, message_values
 from tests.fixtures.services import Service, StartService
 from tests.fixtures.waits import eventually
 
@@ -95,10 +96,10 @@ class Usage:
     async def record(
         self, records: Sequence[usage_pb2.Interception]
     ) -> pb.RecordInterceptionsResponse:
-        return await self.stub.RecordInterceptions(
-            pb.RecordInterceptionsRequest(interceptions=records),
-            metadata=self.svc.md_for(Role.BRIDGE),
-        )
+        return await self.send(pb.RecordInterceptionsRequest(interceptions=records))
+
+    async def send(self, request: pb.RecordInterceptionsRequest) -> pb.RecordInterceptionsResponse:
+        return await self.stub.RecordInterceptions(request, metadata=self.svc.md_for(Role.BRIDGE))
 
     async def list_all(
         self, role: Role = Role.OWNER, page_size: int = 100, **filters: Any
@@ -336,6 +337,93 @@ async def test_a_bad_field_refuses_the_batch_naming_it(
             setattr(bad, name, value)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await u.record([make(u.member_id), bad])
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith(field + ":"), refused.value.details()
+    assert count_rows(u.svc, Interception) == 0
+
+
+def as_columns(records: Sequence[usage_pb2.Interception]) -> pb.RecordInterceptionsRequest:
+    """`records` as the bridge sends them: one columnar batch."""
+    return pb.RecordInterceptionsRequest(columns=columns([message_values(r) for r in records]))
+
+
+async def test_a_columnar_batch_stores_what_the_same_records_one_by_one_store(u: Usage) -> None:
+    """Records sent as columns read back exactly as the same records sent one by one, tool calls and prompt included."""
+    calls = [usage_pb2.ToolCall(name="f", call_id="c1", arguments="{}")]
+    pairs = [
+        (
+            make(u.member_id, prompt="hi", tool_calls=calls),
+            make(u.member_id, prompt="hi", tool_calls=calls),
+        ),
+        (make(u.member_id, credential_hint=FULL_KEY), make(u.member_id, credential_hint=FULL_KEY)),
+        (make(u.member_id, first_byte_at=ts(NOW)), make(u.member_id, first_byte_at=ts(NOW))),
+    ]
+    await u.record([a for a, _ in pairs])
+    answer = await u.send(as_columns([b for _, b in pairs] + [pairs[0][1]]))
+    assert (answer.inserted, answer.duplicates) == (3, 1)
+    for a, b in pairs:
+        got_a, got_b = await u.get(a.id), await u.get(b.id)
+        got_b.id = got_a.id
+        assert got_b == got_a
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("columns.id[1]", {"id": "not-a-uuid"}),
+        ("columns.prompt[0]", {"prompt": "a\x00b"}),
+        ("columns.route[1]", {"route": "/v1/\x1b[31m"}),
+        ("columns.requested_model[1]", {"requested_model": "m" * 201}),
+        ("columns.client[1]", {"client": "Claude Code"}),
+        ("columns.outcome[1]", {"outcome": usage_pb2.OUTCOME_UNSPECIFIED}),
+        ("columns.tool_call_name[0]", {"tool_calls": [usage_pb2.ToolCall(name="a\nb")]}),
+        ("columns.status_code[1]", {"status_code": 1000}),
+    ],
+)
+async def test_a_bad_column_value_refuses_the_batch_naming_it(
+    u: Usage, field: str, change: dict[str, Any]
+) -> None:
+    """One bad value in a columnar batch refuses it whole with INVALID_ARGUMENT naming the column and record."""
+    bad = make(u.member_id)
+    for name, value in change.items():
+        if isinstance(value, list):
+            getattr(bad, name).extend(value)
+        else:
+            setattr(bad, name, value)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await u.send(as_columns([make(u.member_id), bad]))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith(field + ":"), refused.value.details()
+    assert count_rows(u.svc, Interception) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "damage"),
+    [
+        ("columns.route", lambda c: c.route.append(0)),
+        ("columns.route[0]", lambda c: c.route.__setitem__(0, 999)),
+        ("columns.description[1]", lambda c: c.description.__setitem__(1, 5)),
+        ("columns.started_at[1]", lambda c: c.started_at.__setitem__(1, 0)),
+        (
+            "columns.tool_call_record[0]",
+            lambda c: (
+                c.tool_call_record.append(7),
+                c.tool_call_name.append("f"),
+                c.tool_call_id.append(""),
+                c.tool_call_arguments.append(""),
+            ),
+        ),
+        ("columns.tool_call_name", lambda c: c.tool_call_record.append(0)),
+    ],
+)
+async def test_a_malformed_columnar_batch_is_refused_naming_the_column(
+    u: Usage, field: str, damage: Any
+) -> None:
+    """Columns of unequal length, an index outside the string table or the descriptions, a missing time or a side column naming no record refuse the batch."""
+    request = as_columns([make(u.member_id), make(u.member_id)])
+    damage(request.columns)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await u.send(request)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert (refused.value.details() or "").startswith(field + ":"), refused.value.details()
     assert count_rows(u.svc, Interception) == 0

@@ -19,8 +19,10 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_pb2, usage_pb2
 from aibridge.masking import sha256_hex
 from data_plane.bridge.interception import Record
+from data_plane.bridge.interception.record import interception
 from data_plane.bridge.server import Bridge
 from data_plane.bridge.settings import BridgeSettings
+from data_plane.recording.batch import Batch
 from tests.fixtures.upstream import FakeUpstream
 from tests.fixtures.waits import eventually
 
@@ -240,7 +242,12 @@ class ListSink:
         self.records: list[usage_pb2.Interception] = []
 
     def submit(self, record: Record) -> None:
-        self.records.append(usage_pb2.Interception.FromString(record.SerializeToString()))
+        """Keeps the record as the bridge made it, once its values encode as a batch."""
+        values = record.values()
+        batch = Batch()
+        batch.append(values, batch.cost(values))
+        batch.encode()
+        self.records.append(interception(values))
 
     async def one(self, within: float = 5.0) -> usage_pb2.Interception:
         """The only record, once it is there."""

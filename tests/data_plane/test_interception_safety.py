@@ -20,11 +20,13 @@ from dp_fakes import (
 
 from aibridge import recording
 from aibridge.config.v1 import usage_pb2
+from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1.provider_pb2 import Provider
-from config_service.servicers.usage import record_row
+from config_service.servicers.usage import batch_rows, record_row
 from data_plane.bridge.interception.record import Capture, RequestIds
 from data_plane.bridge.interception.response import MAX_JSON_BODY, ResponseReader
 from data_plane.gateway_auth import Principal
+from data_plane.recording.batch import Batch
 from tests.fixtures.upstream import FakeUpstream, Reply, Seen, json_reply
 
 BYOK_KEY = "sk-ant-users-own-key-0000000000000000000000"
@@ -262,7 +264,7 @@ def test_a_record_reads_what_a_relay_cut_short_left_unread() -> None:
 
 
 def test_a_capture_serializes_to_its_built_record_whatever_it_holds() -> None:
-    """The wire record equals the built one, for captures that share their describing fields or not, with secrets to mask and odd strings."""
+    """The columnar wire record stores the same rows as the built one, for captures that share their describing fields or not, with secrets to mask and odd strings."""
     alice = Principal("0" * 64, "tok-a", "pr-a", "alice", 1)
     bob = Principal("1" * 64, "tok-b", "pr-b", "bob", 1)
     variants = [
@@ -291,6 +293,11 @@ def test_a_capture_serializes_to_its_built_record_whatever_it_holds() -> None:
         for name, value in variant.items():
             setattr(capture, name, value)
         capture.end(started + 10)
-        wire = usage_pb2.Interception.FromString(capture.SerializeToString())
-        assert wire == capture.build()
+        values = capture.values()
+        batch = Batch()
+        batch.append(values, batch.cost(values))
+        wire = pb.RecordInterceptionsRequest.FromString(batch.encode())
+        rows, calls, _ = batch_rows(wire)
+        row, tool_rows = record_row("r", capture.build())
+        assert (rows, calls) == ([row], tool_rows)
         assert KEY_A not in str(wire)

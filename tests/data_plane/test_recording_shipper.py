@@ -28,6 +28,7 @@ from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.masking import Secret
 from aibridge.recording import new_record_id
 from config_service.rbac import Role
+from data_plane.recording.batch import Batch, Message, message_values
 from data_plane.recording.metrics import RecordingMetrics
 from data_plane.recording.shipper import Shipper, ShipperSettings
 from data_plane.recording.spool import Spool, spool_name
@@ -85,7 +86,7 @@ class Shipping:
     def submit(self, *records: Any) -> None:
         """Hands each record to the shipper, in order."""
         for r in records:
-            self.shipper.submit(r)
+            self.shipper.submit(Message(r) if isinstance(r, usage_pb2.Interception) else r)
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(P + name, labels) or 0.0
@@ -153,7 +154,7 @@ class ScriptedUsage(pb_grpc.UsageServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "database unavailable")
         if self.mode == "slow":
             await asyncio.sleep(30)
-        ids = [r.id for r in request.interceptions]
+        ids = [r.id for r in request.interceptions] + list(request.columns.id)
         bad = [i for i, rid in enumerate(ids) if rid in self.refuse]
         if bad:
             await context.abort(
@@ -232,6 +233,35 @@ async def test_a_replayed_batch_is_stored_once(
     assert shipping.spooled() == 0
 
 
+async def test_a_spool_written_by_the_row_form_replays_beside_columnar_frames(
+    service: Service, spool_path: Path, started: Any
+) -> None:
+    """A spool frame of records one by one (what bridges before the columnar batch wrote) is replayed and stored whole, in order with a columnar frame behind it."""
+    old = [
+        record(i, prompt=f"p{i}", tool_calls=[usage_pb2.ToolCall(name="f", call_id=f"c{i}")])
+        for i in range(3)
+    ]
+    new = [record(10 + i) for i in range(4)]
+    batch = Batch()
+    for r in new:
+        values = message_values(r)
+        batch.append(values, batch.cost(values))
+    spool = Spool(spool_path, 1 << 20)
+    assert spool.append(pb.RecordInterceptionsRequest(interceptions=old).SerializeToString(), 3)
+    assert spool.append(batch.encode(), 4)
+    spool.close()
+    shipping = await started(Shipping(service.target, spool_path))
+    await eventually(lambda: shipping.metric("recording_records_total", result="inserted") == 7)
+    found = {r.id: r for r in await stored(service)}
+    assert sorted(found) == sorted(r.id for r in old + new)
+    for r in old + new:
+        assert (found[r.id].requested_model, found[r.id].tool_call_count) == (
+            r.requested_model,
+            len(r.tool_calls),
+        )
+    assert shipping.spooled() == 0
+
+
 async def test_records_closed_while_the_service_is_away_are_replayed_at_the_next_start(
     service: Service, spool_path: Path, started: Any
 ) -> None:
@@ -292,7 +322,7 @@ async def test_spooled_batches_are_replayed_in_order_once_the_service_is_back(
         for i in range(25):
             r = record(burst * 100 + i)
             sent.append(r.id)
-            shipping.shipper.submit(r)
+            shipping.submit(r)
         await eventually(lambda: shipping.spooled() == len(sent))
     assert servicer.ids == []
     servicer.mode = "ok"
@@ -311,7 +341,7 @@ async def test_the_bridge_token_never_reaches_the_spool_or_a_log_line(
     with capture_logs() as logs:
         shipping = await ship(service="away")
         for i in range(20):
-            shipping.shipper.submit(record(i, principal_name="alice"))
+            shipping.submit(record(i, principal_name="alice"))
         await eventually(lambda: shipping.spooled() == 20)
         spooled = await asyncio.to_thread(spool_path.read_bytes)
         servicer.mode = "ok"
@@ -336,10 +366,10 @@ async def test_a_lost_answer_is_retried_and_the_service_sees_the_batch_twice(
 async def test_a_slow_service_gets_the_queue_moved_to_the_spool(ship: Ship) -> None:
     """While an attempt hangs past the flush interval, newer records are spooled rather than kept in memory."""
     shipping = await ship(service="slow", timeout=2.0)
-    shipping.shipper.submit(record(0))
+    shipping.submit(record(0))
     await eventually(lambda: shipping.metric("recording_queue_depth") == 0)
     for i in range(1, 11):
-        shipping.shipper.submit(record(i))
+        shipping.submit(record(i))
     await eventually(lambda: shipping.spooled() == 10)
     assert shipping.metric("recording_queue_depth") == 0
 
@@ -351,7 +381,7 @@ async def test_records_past_the_queue_size_are_counted_and_warned_about(
     shipping = await ship(queue_size=10, flush_interval=30)
     with capture_logs() as logs:
         for i in range(25):
-            shipping.shipper.submit(record(i))
+            shipping.submit(record(i))
     assert shipping.metric("recording_records_dropped_total", reason="queue_full") == 15
     (warning,) = [e for e in logs if e["event"] == "interception records dropped"]
     assert warning["dropped"] == {"queue_full": 1}  # the first drop is told at once
@@ -367,7 +397,7 @@ async def test_records_past_the_spool_cap_are_counted_as_dropped(
     with capture_logs() as logs:
         for burst in range(40):
             for i in range(5):
-                shipping.shipper.submit(record(burst * 5 + i))
+                shipping.submit(record(burst * 5 + i))
             await eventually(lambda: shipping.metric("recording_queue_depth") == 0)
         await eventually(
             lambda: (
@@ -392,7 +422,7 @@ async def test_a_dead_bridges_spool_is_adopted_replayed_and_removed(
     orphan.close()
     shipping = await ship()
     new = record(7)
-    shipping.shipper.submit(new)
+    shipping.submit(new)
     await eventually(lambda: len(servicer.ids) == 4)
     assert servicer.ids == [r.id for r in old] + [new.id]
     await eventually(lambda: not orphan_path.exists())
@@ -405,7 +435,7 @@ async def test_a_spool_held_by_a_live_process_is_not_adopted(
     other = Spool(spool_path.with_name(spool_name("alive")), 1 << 20)
     other.append(pb.RecordInterceptionsRequest(interceptions=[record()]).SerializeToString(), 1)
     shipping = await ship()
-    shipping.shipper.submit(record(1))
+    shipping.submit(record(1))
     await eventually(lambda: len(servicer.ids) == 1)
     assert other.pending_frames == 1
     other.close()
@@ -429,8 +459,18 @@ class _Unserializable:
 
     id = "broken"
 
-    def SerializeToString(self) -> bytes:
+    def values(self) -> Any:
         raise RuntimeError("a bug in making the record")
+
+
+class _Unencodable:
+    """A record whose values are made but cannot be encoded (a text that is not a str)."""
+
+    id = "odd"
+
+    def values(self) -> Any:
+        values = message_values(record())
+        return (values[0], 12345, *values[2:])
 
 
 async def test_a_record_that_cannot_be_serialized_is_logged_and_the_others_shipped(
@@ -445,6 +485,18 @@ async def test_a_record_that_cannot_be_serialized_is_logged_and_the_others_shipp
     assert shipping.metric("recording_records_dropped_total", reason="unbuildable") == 1
 
 
+async def test_a_batch_with_a_record_that_fails_to_encode_drops_only_that_record(
+    servicer: ScriptedUsage, ship: Ship
+) -> None:
+    """A record whose values do not encode as columns is dropped as unbuildable; the rest of its batch is shipped."""
+    shipping = await ship()
+    good = [record(i) for i in range(3)]
+    shipping.submit(good[0], _Unencodable(), good[1], good[2])
+    await eventually(lambda: len(servicer.ids) == 3)
+    assert servicer.ids == [r.id for r in good]
+    assert shipping.metric("recording_records_dropped_total", reason="unbuildable") == 1
+
+
 async def test_a_record_submitted_after_close_is_counted_as_dropped(
     scripted: tuple[ScriptedUsage, str], spool_path: Path
 ) -> None:
@@ -453,7 +505,7 @@ async def test_a_record_submitted_after_close_is_counted_as_dropped(
     shipping = Shipping(target, spool_path)
     await shipping.shipper.start()
     await shipping.shipper.close()
-    shipping.shipper.submit(record())
+    shipping.submit(record())
     assert shipping.metric("recording_records_dropped_total", reason="closed") == 1
 
 

@@ -22,41 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from aibridge.config.v1 import provider_pb2 as aibridge_dot_config_dot_v1_dot_provider__pb2
 from aibridge.config.v1 import usage_pb2 as aibridge_dot_config_dot_v1_dot_usage__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&aibridge/config/v1/usage_service.proto\x12\x12\x61ibridge.config.v1\x1a\x1e\x61ibridge/config/v1/usage.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n\x1aRecordInterceptionsRequest\x12\x37\n\rinterceptions\x18\x01 \x03(\x0b\x32 .aibridge.config.v1.Interception\"C\n\x1bRecordInterceptionsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\xec\x01\n\x12InterceptionFilter\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cprincipal_id\x18\x03 \x01(\t\x12\x15\n\rprovider_name\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06\x63lient\x18\x06 \x01(\t\x12,\n\x07outcome\x18\x07 \x01(\x0e\x32\x1b.aibridge.config.v1.Outcome\"y\n\x18ListInterceptionsRequest\x12\x36\n\x06\x66ilter\x18\x01 \x01(\x0b\x32&.aibridge.config.v1.InterceptionFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x19ListInterceptionsResponse\x12\x37\n\rinterceptions\x18\x01 \x03(\x0b\x32 .aibridge.config.v1.Interception\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x16GetInterceptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"Q\n\x17GetInterceptionResponse\x12\x36\n\x0cinterception\x18\x01 \x01(\x0b\x32 .aibridge.config.v1.Interception\"\x85\x01\n\x15SummarizeUsageRequest\x12\x36\n\x06\x66ilter\x18\x01 \x01(\x0b\x32&.aibridge.config.v1.InterceptionFilter\x12\x34\n\x08group_by\x18\x02 \x03(\x0e\x32\".aibridge.config.v1.UsageDimension\"s\n\x0bUsageCounts\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x02 \x01(\x03\x12\x11\n\tcancelled\x18\x03 \x01(\x03\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.aibridge.config.v1.TokenUsage\"\xd3\x01\n\nUsageGroup\x12\x14\n\x0cprincipal_id\x18\x01 \x01(\t\x12\x16\n\x0eprincipal_name\x18\x02 \x01(\t\x12\x15\n\rprovider_name\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06\x63lient\x18\x05 \x01(\t\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06\x63ounts\x18\x07 \x01(\x0b\x32\x1f.aibridge.config.v1.UsageCounts\"x\n\x16SummarizeUsageResponse\x12.\n\x06groups\x18\x01 \x03(\x0b\x32\x1e.aibridge.config.v1.UsageGroup\x12.\n\x05total\x18\x02 \x01(\x0b\x32\x1f.aibridge.config.v1.UsageCounts*\xd8\x01\n\x0eUsageDimension\x12\x1f\n\x1bUSAGE_DIMENSION_UNSPECIFIED\x10\x00\x12\x1d\n\x19USAGE_DIMENSION_PRINCIPAL\x10\x01\x12\x1c\n\x18USAGE_DIMENSION_PROVIDER\x10\x02\x12\x19\n\x15USAGE_DIMENSION_MODEL\x10\x03\x12\x1a\n\x16USAGE_DIMENSION_CLIENT\x10\x04\x12\x17\n\x13USAGE_DIMENSION_DAY\x10\x05\x12\x18\n\x14USAGE_DIMENSION_HOUR\x10\x06\x32\xcd\x03\n\x0cUsageService\x12v\n\x13RecordInterceptions\x12..aibridge.config.v1.RecordInterceptionsRequest\x1a/.aibridge.config.v1.RecordInterceptionsResponse\x12p\n\x11ListInterceptions\x12,.aibridge.config.v1.ListInterceptionsRequest\x1a-.aibridge.config.v1.ListInterceptionsResponse\x12j\n\x0fGetInterception\x12*.aibridge.config.v1.GetInterceptionRequest\x1a+.aibridge.config.v1.GetInterceptionResponse\x12g\n\x0eSummarizeUsage\x12).aibridge.config.v1.SummarizeUsageRequest\x1a*.aibridge.config.v1.SummarizeUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&aibridge/config/v1/usage_service.proto\x12\x12\x61ibridge.config.v1\x1a!aibridge/config/v1/provider.proto\x1a\x1e\x61ibridge/config/v1/usage.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n\x1aRecordInterceptionsRequest\x12\x37\n\rinterceptions\x18\x01 \x03(\x0b\x32 .aibridge.config.v1.Interception\x12\x38\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\'.aibridge.config.v1.InterceptionColumns\"\xe2\x06\n\x13InterceptionColumns\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12\x15\n\rprovider_name\x18\x02 \x03(\r\x12\x37\n\rprovider_type\x18\x03 \x03(\x0e\x32 .aibridge.config.v1.ProviderType\x12\r\n\x05route\x18\x04 \x03(\r\x12\x17\n\x0frequested_model\x18\x05 \x03(\r\x12\x14\n\x0cserved_model\x18\x06 \x03(\r\x12\x14\n\x0cprincipal_id\x18\x07 \x03(\r\x12\x16\n\x0eprincipal_name\x18\x08 \x03(\r\x12\x10\n\x08token_id\x18\t \x03(\r\x12\x0e\n\x06\x63lient\x18\n \x03(\r\x12\x12\n\nuser_agent\x18\x0b \x03(\r\x12\x12\n\nsession_id\x18\x0c \x03(\r\x12;\n\x0f\x63redential_kind\x18\r \x03(\x0e\x32\".aibridge.config.v1.CredentialKind\x12\x17\n\x0f\x63redential_hint\x18\x0e \x03(\r\x12\x0f\n\x07proxied\x18\x0f \x03(\x08\x12\n\n\x02id\x18\x10 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x11 \x03(\r\x12\x12\n\nstarted_at\x18\x12 \x03(\x03\x12\x15\n\rfirst_byte_at\x18\x13 \x03(\x03\x12\x10\n\x08\x65nded_at\x18\x14 \x03(\x03\x12,\n\x07outcome\x18\x15 \x03(\x0e\x32\x1b.aibridge.config.v1.Outcome\x12\x13\n\x0bstatus_code\x18\x16 \x03(\x05\x12\x10\n\x08\x61ttempts\x18\x17 \x03(\x05\x12\x10\n\x08streamed\x18\x18 \x03(\x08\x12\x14\n\x0cinput_tokens\x18\x19 \x03(\x03\x12\x15\n\routput_tokens\x18\x1a \x03(\x03\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\x1b \x03(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x1c \x03(\x03\x12\x18\n\x10reasoning_tokens\x18\x1d \x03(\x03\x12\x18\n\x10tool_call_record\x18\x1e \x03(\r\x12\x16\n\x0etool_call_name\x18\x1f \x03(\t\x12\x14\n\x0ctool_call_id\x18  \x03(\t\x12\x1b\n\x13tool_call_arguments\x18! \x03(\t\x12\x15\n\rprompt_record\x18\" \x03(\r\x12\x0e\n\x06prompt\x18# \x03(\t\"C\n\x1bRecordInterceptionsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\xec\x01\n\x12InterceptionFilter\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cprincipal_id\x18\x03 \x01(\t\x12\x15\n\rprovider_name\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06\x63lient\x18\x06 \x01(\t\x12,\n\x07outcome\x18\x07 \x01(\x0e\x32\x1b.aibridge.config.v1.Outcome\"y\n\x18ListInterceptionsRequest\x12\x36\n\x06\x66ilter\x18\x01 \x01(\x0b\x32&.aibridge.config.v1.InterceptionFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x19ListInterceptionsResponse\x12\x37\n\rinterceptions\x18\x01 \x03(\x0b\x32 .aibridge.config.v1.Interception\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x16GetInterceptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"Q\n\x17GetInterceptionResponse\x12\x36\n\x0cinterception\x18\x01 \x01(\x0b\x32 .aibridge.config.v1.Interception\"\x85\x01\n\x15SummarizeUsageRequest\x12\x36\n\x06\x66ilter\x18\x01 \x01(\x0b\x32&.aibridge.config.v1.InterceptionFilter\x12\x34\n\x08group_by\x18\x02 \x03(\x0e\x32\".aibridge.config.v1.UsageDimension\"s\n\x0bUsageCounts\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x02 \x01(\x03\x12\x11\n\tcancelled\x18\x03 \x01(\x03\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.aibridge.config.v1.TokenUsage\"\xd3\x01\n\nUsageGroup\x12\x14\n\x0cprincipal_id\x18\x01 \x01(\t\x12\x16\n\x0eprincipal_name\x18\x02 \x01(\t\x12\x15\n\rprovider_name\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06\x63lient\x18\x05 \x01(\t\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06\x63ounts\x18\x07 \x01(\x0b\x32\x1f.aibridge.config.v1.UsageCounts\"x\n\x16SummarizeUsageResponse\x12.\n\x06groups\x18\x01 \x03(\x0b\x32\x1e.aibridge.config.v1.UsageGroup\x12.\n\x05total\x18\x02 \x01(\x0b\x32\x1f.aibridge.config.v1.UsageCounts*\xd8\x01\n\x0eUsageDimension\x12\x1f\n\x1bUSAGE_DIMENSION_UNSPECIFIED\x10\x00\x12\x1d\n\x19USAGE_DIMENSION_PRINCIPAL\x10\x01\x12\x1c\n\x18USAGE_DIMENSION_PROVIDER\x10\x02\x12\x19\n\x15USAGE_DIMENSION_MODEL\x10\x03\x12\x1a\n\x16USAGE_DIMENSION_CLIENT\x10\x04\x12\x17\n\x13USAGE_DIMENSION_DAY\x10\x05\x12\x18\n\x14USAGE_DIMENSION_HOUR\x10\x06\x32\xcd\x03\n\x0cUsageService\x12v\n\x13RecordInterceptions\x12..aibridge.config.v1.RecordInterceptionsRequest\x1a/.aibridge.config.v1.RecordInterceptionsResponse\x12p\n\x11ListInterceptions\x12,.aibridge.config.v1.ListInterceptionsRequest\x1a-.aibridge.config.v1.ListInterceptionsResponse\x12j\n\x0fGetInterception\x12*.aibridge.config.v1.GetInterceptionRequest\x1a+.aibridge.config.v1.GetInterceptionResponse\x12g\n\x0eSummarizeUsage\x12).aibridge.config.v1.SummarizeUsageRequest\x1a*.aibridge.config.v1.SummarizeUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aibridge.config.v1.usage_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGEDIMENSION']._serialized_start=1467
-  _globals['_USAGEDIMENSION']._serialized_end=1683
-  _globals['_RECORDINTERCEPTIONSREQUEST']._serialized_start=127
-  _globals['_RECORDINTERCEPTIONSREQUEST']._serialized_end=212
-  _globals['_RECORDINTERCEPTIONSRESPONSE']._serialized_start=214
-  _globals['_RECORDINTERCEPTIONSRESPONSE']._serialized_end=281
-  _globals['_INTERCEPTIONFILTER']._serialized_start=284
-  _globals['_INTERCEPTIONFILTER']._serialized_end=520
-  _globals['_LISTINTERCEPTIONSREQUEST']._serialized_start=522
-  _globals['_LISTINTERCEPTIONSREQUEST']._serialized_end=643
-  _globals['_LISTINTERCEPTIONSRESPONSE']._serialized_start=645
-  _globals['_LISTINTERCEPTIONSRESPONSE']._serialized_end=754
-  _globals['_GETINTERCEPTIONREQUEST']._serialized_start=756
-  _globals['_GETINTERCEPTIONREQUEST']._serialized_end=792
-  _globals['_GETINTERCEPTIONRESPONSE']._serialized_start=794
-  _globals['_GETINTERCEPTIONRESPONSE']._serialized_end=875
-  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_start=878
-  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_end=1011
-  _globals['_USAGECOUNTS']._serialized_start=1013
-  _globals['_USAGECOUNTS']._serialized_end=1128
-  _globals['_USAGEGROUP']._serialized_start=1131
-  _globals['_USAGEGROUP']._serialized_end=1342
-  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_start=1344
-  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_end=1464
-  _globals['_USAGESERVICE']._serialized_start=1686
-  _globals['_USAGESERVICE']._serialized_end=2147
+  _globals['_USAGEDIMENSION']._serialized_start=2430
+  _globals['_USAGEDIMENSION']._serialized_end=2646
+  _globals['_RECORDINTERCEPTIONSREQUEST']._serialized_start=163
+  _globals['_RECORDINTERCEPTIONSREQUEST']._serialized_end=306
+  _globals['_INTERCEPTIONCOLUMNS']._serialized_start=309
+  _globals['_INTERCEPTIONCOLUMNS']._serialized_end=1175
+  _globals['_RECORDINTERCEPTIONSRESPONSE']._serialized_start=1177
+  _globals['_RECORDINTERCEPTIONSRESPONSE']._serialized_end=1244
+  _globals['_INTERCEPTIONFILTER']._serialized_start=1247
+  _globals['_INTERCEPTIONFILTER']._serialized_end=1483
+  _globals['_LISTINTERCEPTIONSREQUEST']._serialized_start=1485
+  _globals['_LISTINTERCEPTIONSREQUEST']._serialized_end=1606
+  _globals['_LISTINTERCEPTIONSRESPONSE']._serialized_start=1608
+  _globals['_LISTINTERCEPTIONSRESPONSE']._serialized_end=1717
+  _globals['_GETINTERCEPTIONREQUEST']._serialized_start=1719
+  _globals['_GETINTERCEPTIONREQUEST']._serialized_end=1755
+  _globals['_GETINTERCEPTIONRESPONSE']._serialized_start=1757
+  _globals['_GETINTERCEPTIONRESPONSE']._serialized_end=1838
+  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_start=1841
+  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_end=1974
+  _globals['_USAGECOUNTS']._serialized_start=1976
+  _globals['_USAGECOUNTS']._serialized_end=2091
+  _globals['_USAGEGROUP']._serialized_start=2094
+  _globals['_USAGEGROUP']._serialized_end=2305
+  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_start=2307
+  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_end=2427
+  _globals['_USAGESERVICE']._serialized_start=2649
+  _globals['_USAGESERVICE']._serialized_end=3110
 # @@protoc_insertion_point(module_scope)

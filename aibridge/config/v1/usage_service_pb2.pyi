@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from aibridge.config.v1 import provider_pb2 as _provider_pb2
 from aibridge.config.v1 import usage_pb2 as _usage_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -56,22 +57,207 @@ class RecordInterceptionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INTERCEPTIONS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def interceptions(self) -> _containers.RepeatedCompositeFieldContainer[_usage_pb2.Interception]:
-        """At most 5,000 records (and the 4 MiB message limit)."""
+        """At most 5,000 records in all (and the 4 MiB message limit): these, then those of
+        columns. The bridge sends columns; records one by one stay accepted (older spools,
+        other clients).
+        """
 
+    @_builtins.property
+    def columns(self) -> Global___InterceptionColumns: ...
     def __init__(
         self,
         *,
         interceptions: _abc.Iterable[_usage_pb2.Interception] | None = ...,
+        columns: Global___InterceptionColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interceptions", b"interceptions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "interceptions", b"interceptions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordInterceptionsRequest: _TypeAlias = RecordInterceptionsRequest  # noqa: Y015
+
+@_typing.final
+class InterceptionColumns(_message.Message):
+    """A batch of records as columns, each encoded once per batch: record i is the i-th
+    value of every record column (all of them as long as id). The fields mean what
+    Interception's of the same name mean. What describes a request (provider, route,
+    models, principal, client, credential: the same for many records) is given once per
+    distinct set, as the description columns (all of them as long as provider_name,
+    their texts indexes into the string table), and each record names its set by index.
+    A time is nanoseconds since the Unix epoch (0: unset; only first_byte_at may be).
+    Tool calls and prompts (rare) are side columns naming their record by its index.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRINGS_FIELD_NUMBER: _builtins.int
+    PROVIDER_NAME_FIELD_NUMBER: _builtins.int
+    PROVIDER_TYPE_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    REQUESTED_MODEL_FIELD_NUMBER: _builtins.int
+    SERVED_MODEL_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_NAME_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    USER_AGENT_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_KIND_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_HINT_FIELD_NUMBER: _builtins.int
+    PROXIED_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FIRST_BYTE_AT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    STREAMED_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_READ_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_RECORD_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_NAME_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ARGUMENTS_FIELD_NUMBER: _builtins.int
+    PROMPT_RECORD_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def strings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The describing texts of the batch, each once."""
+
+    @_builtins.property
+    def provider_name(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per description (texts: indexes into strings)."""
+
+    @_builtins.property
+    def provider_type(self) -> _containers.RepeatedScalarFieldContainer[_provider_pb2.ProviderType.ValueType]: ...
+    @_builtins.property
+    def route(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def requested_model(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def served_model(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def principal_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def principal_name(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def token_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def client(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def user_agent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def session_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def credential_kind(self) -> _containers.RepeatedScalarFieldContainer[_usage_pb2.CredentialKind.ValueType]: ...
+    @_builtins.property
+    def credential_hint(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def proxied(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    @_builtins.property
+    def id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per record."""
+
+    @_builtins.property
+    def description(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The record's description: an index into the description columns."""
+
+    @_builtins.property
+    def started_at(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def first_byte_at(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def ended_at(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def outcome(self) -> _containers.RepeatedScalarFieldContainer[_usage_pb2.Outcome.ValueType]: ...
+    @_builtins.property
+    def status_code(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def streamed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    @_builtins.property
+    def input_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def output_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def cache_read_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def cache_write_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def reasoning_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def tool_call_record(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """One entry per tool call, records in ascending order, a record's calls in order."""
+
+    @_builtins.property
+    def tool_call_name(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def tool_call_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def tool_call_arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def prompt_record(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """One entry per record that has a prompt, in ascending order."""
+
+    @_builtins.property
+    def prompt(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        strings: _abc.Iterable[_builtins.str] | None = ...,
+        provider_name: _abc.Iterable[_builtins.int] | None = ...,
+        provider_type: _abc.Iterable[_provider_pb2.ProviderType.ValueType] | None = ...,
+        route: _abc.Iterable[_builtins.int] | None = ...,
+        requested_model: _abc.Iterable[_builtins.int] | None = ...,
+        served_model: _abc.Iterable[_builtins.int] | None = ...,
+        principal_id: _abc.Iterable[_builtins.int] | None = ...,
+        principal_name: _abc.Iterable[_builtins.int] | None = ...,
+        token_id: _abc.Iterable[_builtins.int] | None = ...,
+        client: _abc.Iterable[_builtins.int] | None = ...,
+        user_agent: _abc.Iterable[_builtins.int] | None = ...,
+        session_id: _abc.Iterable[_builtins.int] | None = ...,
+        credential_kind: _abc.Iterable[_usage_pb2.CredentialKind.ValueType] | None = ...,
+        credential_hint: _abc.Iterable[_builtins.int] | None = ...,
+        proxied: _abc.Iterable[_builtins.bool] | None = ...,
+        id: _abc.Iterable[_builtins.str] | None = ...,
+        description: _abc.Iterable[_builtins.int] | None = ...,
+        started_at: _abc.Iterable[_builtins.int] | None = ...,
+        first_byte_at: _abc.Iterable[_builtins.int] | None = ...,
+        ended_at: _abc.Iterable[_builtins.int] | None = ...,
+        outcome: _abc.Iterable[_usage_pb2.Outcome.ValueType] | None = ...,
+        status_code: _abc.Iterable[_builtins.int] | None = ...,
+        attempts: _abc.Iterable[_builtins.int] | None = ...,
+        streamed: _abc.Iterable[_builtins.bool] | None = ...,
+        input_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        output_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        cache_read_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        cache_write_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        reasoning_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        tool_call_record: _abc.Iterable[_builtins.int] | None = ...,
+        tool_call_name: _abc.Iterable[_builtins.str] | None = ...,
+        tool_call_id: _abc.Iterable[_builtins.str] | None = ...,
+        tool_call_arguments: _abc.Iterable[_builtins.str] | None = ...,
+        prompt_record: _abc.Iterable[_builtins.int] | None = ...,
+        prompt: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "client", b"client", "credential_hint", b"credential_hint", "credential_kind", b"credential_kind", "description", b"description", "ended_at", b"ended_at", "first_byte_at", b"first_byte_at", "id", b"id", "input_tokens", b"input_tokens", "outcome", b"outcome", "output_tokens", b"output_tokens", "principal_id", b"principal_id", "principal_name", b"principal_name", "prompt", b"prompt", "prompt_record", b"prompt_record", "provider_name", b"provider_name", "provider_type", b"provider_type", "proxied", b"proxied", "reasoning_tokens", b"reasoning_tokens", "requested_model", b"requested_model", "route", b"route", "served_model", b"served_model", "session_id", b"session_id", "started_at", b"started_at", "status_code", b"status_code", "streamed", b"streamed", "strings", b"strings", "token_id", b"token_id", "tool_call_arguments", b"tool_call_arguments", "tool_call_id", b"tool_call_id", "tool_call_name", b"tool_call_name", "tool_call_record", b"tool_call_record", "user_agent", b"user_agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InterceptionColumns: _TypeAlias = InterceptionColumns  # noqa: Y015
 
 @_typing.final
 class RecordInterceptionsResponse(_message.Message):

@@ -20,5 +20,5 @@ class RecordSink(Protocol):
 
     def submit(self, record: Record) -> None:
         """Take one record; never blocks and never raises (the request path calls it).
-        The record is serialized later, off the request path."""
+        The record is encoded later (in a columnar batch), off the request path."""
         ...

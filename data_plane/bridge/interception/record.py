@@ -5,8 +5,9 @@ app: provider, route, principal, request facts; the forwarder: credential, attem
 refusals, the response reader); `bind` wraps the ASGI `send` so that every answer
 carries `X-AIBridge-Request-Id` and the status and first-byte time are seen whoever
 answers. Once the request is over, `end` stamps its end and the capture is final:
-`SerializeToString` is its record on the wire, what the sink ships (at its own pace, off
-the request path), and `build` the same record as a `usage_pb2.Interception` (for the
+`values` is its record as the sink takes it (one tuple: the describing part cached per
+distinct set, then what happened; the sink encodes its batches at its own pace, off the
+request path), and `build` the same record as a `usage_pb2.Interception` (for the
 request's span).
 
 Outcome, in order: refused by the breaker or the pool (set by the forwarder); an
@@ -37,6 +38,7 @@ from aibridge.rulebook import TYPES
 from data_plane.bridge.asgi import Message, Send
 from data_plane.bridge.interception.clients import detect, session_from_headers
 from data_plane.bridge.interception.response import ResponseReader
+from data_plane.recording.record import NO_TOKENS, Description, Tokens, ToolCall, Values
 
 if TYPE_CHECKING:
     from data_plane.gateway_auth import Principal
@@ -45,11 +47,13 @@ REQUEST_ID = b"x-aibridge-request-id"
 VIA = b"x-aibridge-via"  # "proxy": the request came through aibridgeproxyd
 MAX_ID = 36
 MAX_TOKEN_COUNT = 2**53
-_TOKEN_FIELDS = {kind.removesuffix("_tokens"): kind for kind in recording.TOKEN_KINDS}
+# The reader's names of the token counts, in TokenUsage's order (as `_tokens` reads them).
+_TOKEN_KINDS = tuple(kind.removesuffix("_tokens") for kind in recording.TOKEN_KINDS)
+assert _TOKEN_KINDS == ("input", "output", "cache_read", "cache_write", "reasoning")
 _REPLACEMENT = "\ufffd"
-# Serialized describing fields (`Capture.SerializeToString`), by what they were made of.
+# Descriptions (`Capture.values`), by what they were made of (secrets included).
 MAX_DESCRIBED = 4096
-_DESCRIBED: dict[tuple[object, ...], bytes] = {}
+_DESCRIBED: dict[tuple[object, ...], Description] = {}
 _UUID7 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 
 
@@ -215,24 +219,25 @@ class Capture:
             self.reader.finish()
 
     def build(self) -> usage_pb2.Interception:
-        """The record (once `end` was called), every string within its limit and clear
-        of known secrets."""
-        texts = self._texts()
-        record = self._described(texts)
-        record.MergeFrom(self._happened())
-        return record
+        """The record (once `end` was called) as a `usage_pb2.Interception`: what
+        `values` says (for the request's span)."""
+        return interception(self.values())
 
-    def SerializeToString(self) -> bytes:  # what usage_pb2.Interception says
-        """`build().SerializeToString()`, made cheaply from the fields that describe the
-        request (provider, route, models, principal, client, credential: the same for
-        many requests), serialized once per distinct set, and the fields of what happened.
-        A message's serialized fields concatenated parse as one message."""
-        texts = self._texts()
+    def values(self) -> Values:
+        """The record as the shipper's batch takes it (once `end` was called): the
+        description, one tuple per distinct set of what describes a request (made fit to
+        keep once per set, cached: a dict lookup per request), then what happened."""
+        reader = self.reader
+        served = self.served_model or (reader.model if reader is not None else "")
         principal = self.principal
         key = (
             self.provider_name,
             self.provider_type,
-            texts,
+            self.route,
+            self.requested_model,
+            served,
+            self.user_agent,
+            self.session_id,
             None if principal is None else principal.token_id,
             None if principal is None else principal.principal_id,
             None if principal is None else principal.principal_name,
@@ -240,14 +245,72 @@ class Capture:
             self.credential_kind,
             self.credential_hint,
             self.proxied,
+            *self.secrets,
         )
-        described = _DESCRIBED.get(key)
-        if described is None:
+        description = _DESCRIBED.get(key)
+        if description is None:
             if len(_DESCRIBED) >= MAX_DESCRIBED:
                 _DESCRIBED.clear()
-            described = self._described(texts).SerializeToString()
-            _DESCRIBED[key] = described
-        return described + self._happened().SerializeToString()
+            description = _DESCRIBED[key] = self._description(self._texts())
+        prompt = self.prompt
+        if prompt:
+            prompt = _free(prompt, recording.MAX_PROMPT, self.secrets)
+        tokens = NO_TOKENS
+        calls: tuple[ToolCall, ...] = ()
+        if reader is not None:
+            if reader.tokens:
+                tokens = _tokens(reader.tokens)
+            if reader.tool_calls:
+                calls = self._tool_calls(reader)
+        return (
+            description,
+            self.id,
+            self.started_ns,
+            self.first_byte_ns,
+            max(self.ended_ns, self.first_byte_ns),
+            self.outcome(),
+            self.status,
+            self.attempts,
+            self.streamed,
+            tokens,
+            calls,
+            prompt,
+        )
+
+    def _description(self, texts: tuple[str, str, str, str, str]) -> Description:
+        """What describes the request, its texts fit (`_texts`). Provider name, principal
+        and hint come from the snapshot (checked by the config service when they were
+        made) and the client slug from `detect`: already fit."""
+        route, requested, served, ua, session = texts
+        principal = self.principal
+        return (
+            self.provider_name,
+            self.provider_type,
+            route,
+            requested,
+            served,
+            principal.principal_id if principal is not None else "",
+            principal.principal_name if principal is not None else "",
+            principal.token_id if principal is not None else "",
+            self.client,
+            ua,
+            session,
+            self.credential_kind,
+            self.credential_hint,
+            self.proxied,
+        )
+
+    def _tool_calls(self, reader: ResponseReader) -> tuple[ToolCall, ...]:
+        secrets = self.secrets
+        name = recording.MAX_NAME
+        return tuple(
+            (
+                line(_masked(tool, secrets), name),
+                line(_masked(call_id, secrets), name),
+                _free(arguments, recording.MAX_ARGUMENTS, secrets),
+            )
+            for tool, call_id, arguments in reader.tool_calls
+        )
 
     def _texts(self) -> tuple[str, str, str, str, str]:
         """Route, requested and served model, User-Agent and session: what the client or
@@ -275,65 +338,62 @@ class Capture:
             line(session, name),
         )
 
-    def _described(self, texts: tuple[str, str, str, str, str]) -> usage_pb2.Interception:
-        """A record of the fields that describe the request. Provider name, principal and
-        hint come from the snapshot (checked by the config service when they were made)
-        and the client slug from `detect`: already fit."""
-        route, requested, served, ua, session = texts
-        principal = self.principal
-        return usage_pb2.Interception(
-            provider_name=self.provider_name,
-            provider_type=self.provider_type,  # type: ignore[arg-type]
-            route=route,
-            requested_model=requested,
-            served_model=served,
-            principal_id=principal.principal_id if principal is not None else "",
-            principal_name=principal.principal_name if principal is not None else "",
-            token_id=principal.token_id if principal is not None else "",
-            client=self.client,
-            user_agent=ua,
-            session_id=session,
-            credential_kind=self.credential_kind,  # type: ignore[arg-type]
-            credential_hint=self.credential_hint,
-            proxied=self.proxied,
-        )
 
-    def _happened(self) -> usage_pb2.Interception:
-        """A record of the fields of what happened: id, times, outcome, usage, tool calls,
-        prompt."""
-        record = usage_pb2.Interception(
-            id=self.id,
-            outcome=self.outcome(),  # type: ignore[arg-type]
-            status_code=self.status,
-            attempts=self.attempts,
-            streamed=self.streamed,
-        )
-        # Setting a submessage's fields is about twice as fast as constructing it.
-        stamp = record.started_at
-        stamp.seconds, stamp.nanos = divmod(self.started_ns, 1_000_000_000)
-        stamp = record.ended_at
-        stamp.seconds, stamp.nanos = divmod(max(self.ended_ns, self.first_byte_ns), 1_000_000_000)
-        if self.first_byte_ns:
-            stamp = record.first_byte_at
-            stamp.seconds, stamp.nanos = divmod(self.first_byte_ns, 1_000_000_000)
-        secrets = self.secrets
-        if self.prompt:
-            record.prompt = _free(self.prompt, recording.MAX_PROMPT, secrets)
-        reader = self.reader
-        if reader is None:
-            return record
-        if reader.tokens:
-            usage = record.usage
-            for kind, count in reader.tokens.items():
-                setattr(usage, _TOKEN_FIELDS[kind], min(max(count, 0), MAX_TOKEN_COUNT))
-        name = recording.MAX_NAME
-        for tool, call_id, arguments in reader.tool_calls:
-            record.tool_calls.add(
-                name=line(_masked(tool, secrets), name),
-                call_id=line(_masked(call_id, secrets), name),
-                arguments=_free(arguments, recording.MAX_ARGUMENTS, secrets),
-            )
-        return record
+def _tokens(counts: dict[str, int]) -> Tokens:
+    """The reader's token counts in TokenUsage's order, each within 0..MAX_TOKEN_COUNT."""
+    get = counts.get
+    tokens: Tokens = (
+        get("input", 0),
+        get("output", 0),
+        get("cache_read", 0),
+        get("cache_write", 0),
+        get("reasoning", 0),
+    )
+    if min(tokens) < 0 or max(tokens) > MAX_TOKEN_COUNT:
+        return tuple(min(max(t, 0), MAX_TOKEN_COUNT) for t in tokens)  # type: ignore[return-value]
+    return tokens
+
+
+def interception(values: Values) -> usage_pb2.Interception:
+    """`values` as a `usage_pb2.Interception`."""
+    d, record_id, started, first_byte, ended, outcome, status, attempts, streamed = values[:9]
+    tokens, calls, prompt = values[9:]
+    record = usage_pb2.Interception(
+        id=record_id,
+        provider_name=d[0],
+        provider_type=d[1],  # type: ignore[arg-type]
+        route=d[2],
+        requested_model=d[3],
+        served_model=d[4],
+        principal_id=d[5],
+        principal_name=d[6],
+        token_id=d[7],
+        client=d[8],
+        user_agent=d[9],
+        session_id=d[10],
+        credential_kind=d[11],  # type: ignore[arg-type]
+        credential_hint=d[12],
+        proxied=d[13],
+        outcome=outcome,  # type: ignore[arg-type]
+        status_code=status,
+        attempts=attempts,
+        streamed=streamed,
+        prompt=prompt,
+    )
+    for name, stamp in (
+        ("started_at", started),
+        ("first_byte_at", first_byte),
+        ("ended_at", ended),
+    ):
+        if stamp:
+            ts = getattr(record, name)
+            ts.seconds, ts.nanos = divmod(stamp, 1_000_000_000)
+    if tokens != NO_TOKENS:
+        for kind, count in zip(recording.TOKEN_KINDS, tokens, strict=True):
+            setattr(record.usage, kind, count)
+    for name, call_id, arguments in calls:
+        record.tool_calls.add(name=name, call_id=call_id, arguments=arguments)
+    return record
 
 
 def _masked(value: str, secrets: list[str]) -> str:

@@ -1,0 +1,135 @@
+"""Recording's instructions per request in the whole `aibridge bridge` process, the record
+shipper included (DESIGN §10: recording's cost -<= 3 %).
+
+Starts the bench stack (fake upstream, config service, gateway token), then `aibridge
+bridge` under `valgrind --tool=callgrind --trace-children=no` twice, in turn: recording
+off (`AIBRIDGE_RECORDING=false`) and on (shipping every record to the stack's config
+service, as deployed). For each: --warmup requests, counters zeroed (`callgrind_control
+--zero`), --requests sequential requests from this process (outside valgrind), a wait
+past the flush interval so the shipper ships all of them, then the counters dumped:
+instructions per request = Ir / requests. The flush interval (--flush, default 20 s) is
+long enough that the measured requests make one batch: under valgrind a request takes
+~50 x longer, so a deployed bridge's 1 s interval would cut batches ~50 x smaller than
+at the rates they are meant for (thousands of records per batch at 1,000+ req/s), and
+the per-call cost of shipping would count ~50 x too much. Recording's cost = on - off;
+its share = that over on. Instruction counts hold steady on a loaded machine, where CPU
+time does not.
+
+    python bench/bridge_instructions.py [--requests 1000] [--warmup 200] [--flush 20]
+        [--stream]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write_result
+from _stack import AIBRIDGE, Conn, Proc, bridge_env, clean_env, free_port, stack, wait_ready
+from bridge_overhead import bridge_target
+
+
+async def _send(port: int, raw: bytes, n: int) -> None:
+    conn = Conn("127.0.0.1", port)
+    try:
+        for _ in range(n):
+            if (await conn.request(raw)).status != 200:
+                raise SystemExit("a request through the bridge failed")
+    finally:
+        conn.close()
+
+
+def _callgrind_control(option: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+
+def _dumped_ir(out: Path) -> int:
+    """Ir of the newest dump of `out` (callgrind names dumps `<out>.<n>`)."""
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: p.stat().st_mtime)
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise SystemExit(f"no totals in {dumps[-1]}")
+
+
+def measure(args: argparse.Namespace, recording: bool, s: object, tmp: Path) -> float:
+    port = free_port()
+    name = "on" if recording else "off"
+    env = bridge_env(s.target, port, tmp / f"bridge-{name}")  # type: ignore[attr-defined]
+    env["AIBRIDGE_RECORDING_FLUSH_INTERVAL"] = f"{args.flush}s"
+    if not recording:
+        env["AIBRIDGE_RECORDING"] = "false"
+    out = tmp / f"callgrind-{name}.out"
+    log_path = tmp / f"bridge-{name}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed by Proc.stop
+    popen = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--trace-children=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            AIBRIDGE,
+            "bridge",
+        ],
+        env=clean_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )
+    proc = Proc(f"bridge-{name}", popen, log_path, log, time.monotonic(), {})
+    try:
+        proc.wait_for_log("bridge listening", 600)
+        wait_ready(port, 600)
+        raw = bridge_target(name, port, s.token).raw["sse" if args.stream else "json"]  # type: ignore[attr-defined]
+        asyncio.run(_send(port, raw, args.warmup))
+        time.sleep(args.flush + 5)  # the warm-up's records shipped
+        _callgrind_control("--zero", popen.pid)
+        asyncio.run(_send(port, raw, args.requests))
+        time.sleep(args.flush + 5)
+        _callgrind_control("--dump", popen.pid)
+        return _dumped_ir(out) / args.requests
+    finally:
+        proc.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
+    p.add_argument("--flush", type=float, default=20.0, help="recording flush interval (s)")
+    args = p.parse_args()
+    with stack(prefix="aibridge-bench-instr-") as s:
+        off = measure(args, False, s, s.tmp)
+        on = measure(args, True, s, s.tmp)
+    cost = on - off
+    rows = [
+        ["bridge instructions per request, recording off", round(off)],
+        ["bridge instructions per request, recording on (shipping)", round(on)],
+        ["recording's instructions per request", round(cost)],
+        ["recording's share of the bridge's instructions (%)", round(100 * cost / on, 2)],
+    ]
+    print(table(["figure", "value"], rows))
+    path = write_result(
+        "bridge_instructions",
+        {
+            "requests": args.requests,
+            "flush": args.flush,
+            "stream": args.stream,
+            "off": off,
+            "on": on,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""A batch of interception records as they go on the wire: `InterceptionColumns`.
+
+    batch = Batch()
+    values = record.values()              # what raises here: the record is unbuildable
+    batch.append(values, batch.cost(values))
+    payload = batch.encode()              # a serialized RecordInterceptionsRequest
+
+A record gives its values as one tuple (`Record.values`: the describing part, the same
+tuple object for every request described alike, then what happened); adding it to a batch
+appends that tuple. `encode` turns the rows into columns, each extended once from a list
+(in C): each distinct description once (description columns, its texts as indexes into a
+per-batch string table) and an index per record, tool calls and prompts side columns.
+So the per-record work on the bridge is a tuple and an append, whatever the number of
+fields. `Batch.size` is an upper bound of the encoded size, kept as
+records are added, so a batch is cut before it passes the shipper's byte cap.
+
+`split` halves a payload of either form (columns, or the records one by one that older
+spools hold), to isolate the records a service refuses.
+"""
+
+from __future__ import annotations
+
+from itertools import compress
+
+from aibridge.config.v1 import usage_pb2
+from aibridge.config.v1 import usage_service_pb2 as pb
+from data_plane.recording.record import NO_TOKENS, Description, Values
+
+# Per record, beyond its texts: id (2 + 36), three times (3 x 10), nine indexes (up to 5
+# each), enums, ints and bools (up to 10 each), five token counts (up to 10 each),
+# each column's tag and length amortized over the batch.
+_FIXED = 2 + 36 + 30 + 45 + 40 + 50
+# The description columns, in the order of `Description`'s values.
+DESCRIPTION_COLUMNS = (
+    "provider_name",
+    "provider_type",
+    "route",
+    "requested_model",
+    "served_model",
+    "principal_id",
+    "principal_name",
+    "token_id",
+    "client",
+    "user_agent",
+    "session_id",
+    "credential_kind",
+    "credential_hint",
+    "proxied",
+)
+_SCALARS = frozenset(("provider_type", "credential_kind", "proxied"))
+_HAPPENED = (
+    "id",
+    "started_at",
+    "first_byte_at",
+    "ended_at",
+    "outcome",
+    "status_code",
+    "attempts",
+    "streamed",
+)
+# The token counts, in TokenUsage's order (the order of `Values`' counts).
+TOKEN_COLUMNS = tuple(f.name for f in usage_pb2.TokenUsage.DESCRIPTOR.fields)
+# Every column with one value per record.
+RECORD_COLUMNS = (*_HAPPENED, "description", *TOKEN_COLUMNS)
+
+
+class Batch:
+    """Records on their way to one RecordInterceptions call (see the module docstring)."""
+
+    __slots__ = ("_described", "rows", "size")
+
+    def __init__(self) -> None:
+        self.rows: list[Values] = []
+        self.size = 8
+        self._described: set[Description] = set()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def cost(self, values: Values) -> int:
+        """An upper bound of the bytes `values` adds to the batch."""
+        size = _FIXED
+        description = values[0]
+        if description not in self._described:
+            size += sum(len(t.encode()) + 6 for t in description if isinstance(t, str))
+        if values[10]:
+            size += sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in values[10])
+        if values[11]:
+            size += len(values[11].encode()) + 12
+        return size
+
+    def append(self, values: Values, cost: int) -> None:
+        """Add a record's values, `cost` being `self.cost(values)`."""
+        self.rows.append(values)
+        self._described.add(values[0])
+        self.size += cost
+
+    def encode(self) -> bytes:
+        """The batch as a serialized RecordInterceptionsRequest."""
+        return pb.RecordInterceptionsRequest(columns=columns(self.rows)).SerializeToString()
+
+
+def columns(rows: list[Values]) -> pb.InterceptionColumns:
+    """`rows` as columns: one `extend` per column, the texts through the string table."""
+    out = pb.InterceptionColumns()
+    if not rows:
+        return out
+    (descriptions, *happened, tokens, tool_calls, prompts) = zip(*rows, strict=True)
+    # Each distinct description once, its position among them per record.
+    distinct: dict[Description, int] = dict.fromkeys(descriptions, 0)
+    for i, description in enumerate(distinct):
+        distinct[description] = i
+    out.description.extend(map(distinct.__getitem__, descriptions))
+    strings: dict[object, int] = {}
+    for name, values in zip(DESCRIPTION_COLUMNS, zip(*distinct, strict=True), strict=True):
+        if name in _SCALARS:
+            getattr(out, name).extend(values)
+        else:
+            getattr(out, name).extend([strings.setdefault(v, len(strings)) for v in values])
+    out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
+    for name, column in zip(_HAPPENED, happened, strict=True):
+        getattr(out, name).extend(column)
+    for name, column in zip(TOKEN_COLUMNS, zip(*tokens, strict=True), strict=True):
+        getattr(out, name).extend(column)
+    n = len(rows)
+    for i in compress(range(n), tool_calls):
+        for name, call_id, arguments in tool_calls[i]:
+            out.tool_call_record.append(i)
+            out.tool_call_name.append(name)
+            out.tool_call_id.append(call_id)
+            out.tool_call_arguments.append(arguments)
+    with_prompt = list(compress(range(n), prompts))
+    out.prompt_record.extend(with_prompt)
+    out.prompt.extend(prompts[i] for i in with_prompt)
+    return out
+
+
+def split(payload: bytes) -> tuple[list[bytes], list[str]]:
+    """A payload (either form) halved, as payloads; ([], its record ids) when it holds one
+    record or none, or cannot be read."""
+    try:
+        request = pb.RecordInterceptionsRequest.FromString(payload)
+    except Exception:  # DecodeError: nothing to split
+        return [], []
+    rows = list(request.interceptions)
+    cols = request.columns
+    total = len(rows) + len(cols.id)
+    if total <= 1:
+        return [], [r.id for r in rows] + list(cols.id)
+    half = total // 2
+    parts: list[bytes] = []
+    for lo, hi in ((0, half), (half, total)):
+        part = pb.RecordInterceptionsRequest(interceptions=rows[lo:hi])
+        a, b = max(lo - len(rows), 0), max(hi - len(rows), 0)
+        if b > a:
+            part.columns.CopyFrom(slice_columns(cols, a, b))
+        parts.append(part.SerializeToString())
+    return parts, []
+
+
+def slice_columns(cols: pb.InterceptionColumns, lo: int, hi: int) -> pb.InterceptionColumns:
+    """Records lo..hi of `cols`, with the descriptions they use (the string table whole:
+    the service checks only the texts a description names)."""
+    out = pb.InterceptionColumns()
+    out.strings.extend(cols.strings)
+    used = dict.fromkeys(cols.description[lo:hi], 0)
+    for i, index in enumerate(used):
+        used[index] = i
+    for name in DESCRIPTION_COLUMNS:
+        column = getattr(cols, name)
+        getattr(out, name).extend(column[index] for index in used)
+    for name in RECORD_COLUMNS:
+        values = getattr(cols, name)[lo:hi]
+        getattr(out, name).extend(
+            map(used.__getitem__, values) if name == "description" else values
+        )
+    for i, record in enumerate(cols.tool_call_record):
+        if lo <= record < hi:
+            out.tool_call_record.append(record - lo)
+            out.tool_call_name.append(cols.tool_call_name[i])
+            out.tool_call_id.append(cols.tool_call_id[i])
+            out.tool_call_arguments.append(cols.tool_call_arguments[i])
+    for i, record in enumerate(cols.prompt_record):
+        if lo <= record < hi:
+            out.prompt_record.append(record - lo)
+            out.prompt.append(cols.prompt[i])
+    return out
+
+
+class Message:
+    """A record given as a `usage_pb2.Interception` (a client of the shipper that has one)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: usage_pb2.Interception) -> None:
+        self.message = message
+
+    @property
+    def id(self) -> str:
+        return self.message.id
+
+    def values(self) -> Values:
+        return message_values(self.message)
+
+
+def message_values(record: usage_pb2.Interception) -> Values:
+    """The values of a record given as a message."""
+    description: Description = (
+        record.provider_name,
+        record.provider_type,
+        record.route,
+        record.requested_model,
+        record.served_model,
+        record.principal_id,
+        record.principal_name,
+        record.token_id,
+        record.client,
+        record.user_agent,
+        record.session_id,
+        record.credential_kind,
+        record.credential_hint,
+        record.proxied,
+    )
+    u = record.usage
+    tokens = tuple(getattr(u, name) for name in TOKEN_COLUMNS)
+    return (
+        description,
+        record.id,
+        _ns(record, "started_at"),
+        _ns(record, "first_byte_at"),
+        _ns(record, "ended_at"),
+        record.outcome,
+        record.status_code,
+        record.attempts,
+        record.streamed,
+        tokens if any(tokens) else NO_TOKENS,
+        tuple((c.name, c.call_id, c.arguments) for c in record.tool_calls),
+        record.prompt,
+    )
+
+
+def _ns(record: usage_pb2.Interception, name: str) -> int:
+    if not record.HasField(name):  # type: ignore[arg-type]
+        return 0
+    ts = getattr(record, name)
+    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
