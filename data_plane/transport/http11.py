@@ -105,7 +105,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
         sink = self.sink
         if sink is not None and self.held is None and self.chunks:
-            self._flush(sink)
+            self.flush_to(sink)
         elif self.buffered > _HIGH_WATER:
             self._pause()
 
@@ -114,7 +114,7 @@ class HTTP11Connection(asyncio.Protocol):
             self.paused = True
             self.transport.pause_reading()
 
-    def _resume(self) -> None:
+    def resume(self) -> None:
         if self.paused and self.transport is not None and not self.closed:
             self.paused = False
             self.transport.resume_reading()
@@ -153,7 +153,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._wake()
         # else: the pieces of this read go to the sink as one, once it is parsed
 
-    def _flush(self, sink: Sink) -> None:
+    def flush_to(self, sink: Sink) -> None:
         """What one read brought, handed to the sink in one piece."""
         if self.sink_timeout is not None:
             self._deadline = self.loop.time() + self.sink_timeout  # the read timeout
@@ -235,7 +235,7 @@ class HTTP11Connection(asyncio.Protocol):
         self.chunks.clear()
         self.buffered = 0
         if self.held is None:
-            self._resume()
+            self.resume()
         return data
 
     def reusable(self) -> bool:
@@ -300,9 +300,9 @@ class ResponseBody(httpx.AsyncByteStream):
                     await held
                     conn.held = None
                     if not conn.chunks:
-                        conn._resume()
+                        conn.resume()
                 elif conn.chunks:
-                    conn._flush(sink)
+                    conn.flush_to(sink)
                 elif conn.complete:
                     return
                 elif conn.error is not None:
