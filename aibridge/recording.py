@@ -28,6 +28,36 @@ MAX_CLIENT = 64
 # The five token counts, as TokenUsage (and the interceptions table) name them.
 TOKEN_KINDS = tuple(f.name for f in usage_pb2.TokenUsage.DESCRIPTOR.fields)
 
+# The columns of a columnar batch (`InterceptionColumns`), as the bridge writes them and the
+# config service reads them: one value per distinct description, then one per record.
+DESCRIPTION_COLUMNS = (
+    "provider_name",
+    "provider_type",
+    "route",
+    "requested_model",
+    "served_model",
+    "principal_id",
+    "principal_name",
+    "token_id",
+    "client",
+    "user_agent",
+    "session_id",
+    "credential_kind",
+    "credential_hint",
+    "proxied",
+)
+HAPPENED_COLUMNS = (
+    "id",
+    "started_at",
+    "first_byte_at",
+    "ended_at",
+    "outcome",
+    "status_code",
+    "attempts",
+    "streamed",
+)
+RECORD_COLUMNS = (*HAPPENED_COLUMNS, "description", *TOKEN_KINDS)
+
 
 def enum_names(enum: Any, prefix: str) -> dict[int, str]:
     """A proto enum's values by lower-case name without the prefix (OUTCOME_CANCELLED ->

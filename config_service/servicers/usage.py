@@ -205,35 +205,6 @@ def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[
     return unique, tool_rows, given - len(unique)
 
 
-# The columns of InterceptionColumns with one value per description, then per record.
-_DESCRIPTION_COLUMNS = (
-    "provider_name",
-    "provider_type",
-    "route",
-    "requested_model",
-    "served_model",
-    "principal_id",
-    "principal_name",
-    "token_id",
-    "client",
-    "user_agent",
-    "session_id",
-    "credential_kind",
-    "credential_hint",
-    "proxied",
-)
-_RECORD_COLUMNS = (
-    "id",
-    "description",
-    "started_at",
-    "first_byte_at",
-    "ended_at",
-    "outcome",
-    "status_code",
-    "attempts",
-    "streamed",
-    *TOKEN_KINDS,
-)
 # The text columns of a description (indexes into the string table): their checks.
 _TEXT_COLUMNS: dict[str, Any] = {
     "provider_name": lambda f, v: check_text(f, v, recording.MAX_NAME),
@@ -307,7 +278,7 @@ def _lengths(c: pb.InterceptionColumns, names: tuple[str, ...], n: int, of: str)
 def _descriptions(c: pb.InterceptionColumns) -> list[Row]:
     """Each description of a columnar batch as the part of a row it gives, checked."""
     d = len(c.provider_name)
-    _lengths(c, _DESCRIPTION_COLUMNS, d, "description (as columns.provider_name)")
+    _lengths(c, recording.DESCRIPTION_COLUMNS, d, "description (as columns.provider_name)")
     strings = c.strings
     size = len(strings)
     columns: dict[str, list[Any]] = {}
@@ -337,7 +308,7 @@ def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Ro
     and each distinct enum, count and time, is checked once: a batch costs about one row
     dict per record."""
     n = len(c.id)
-    _lengths(c, _RECORD_COLUMNS, n, "record (as columns.id)")
+    _lengths(c, recording.RECORD_COLUMNS, n, "record (as columns.id)")
     descriptions = _descriptions(c)
     d = len(descriptions)
     for i, index in enumerate(c.description):

@@ -24,6 +24,12 @@ from itertools import compress
 
 from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
+from aibridge.recording import (
+    DESCRIPTION_COLUMNS,
+    HAPPENED_COLUMNS,
+    RECORD_COLUMNS,
+    TOKEN_KINDS,
+)
 from data_plane.recording.record import NO_TOKENS, Description, Values
 
 # Per record, beyond its texts: id (2 + 36), three times (3 x 10), nine indexes (up to 5
@@ -31,37 +37,7 @@ from data_plane.recording.record import NO_TOKENS, Description, Values
 # each column's tag and length amortized over the batch.
 _FIXED = 2 + 36 + 30 + 45 + 40 + 50
 # The description columns, in the order of `Description`'s values.
-DESCRIPTION_COLUMNS = (
-    "provider_name",
-    "provider_type",
-    "route",
-    "requested_model",
-    "served_model",
-    "principal_id",
-    "principal_name",
-    "token_id",
-    "client",
-    "user_agent",
-    "session_id",
-    "credential_kind",
-    "credential_hint",
-    "proxied",
-)
 _SCALARS = frozenset(("provider_type", "credential_kind", "proxied"))
-_HAPPENED = (
-    "id",
-    "started_at",
-    "first_byte_at",
-    "ended_at",
-    "outcome",
-    "status_code",
-    "attempts",
-    "streamed",
-)
-# The token counts, in TokenUsage's order (the order of `Values`' counts).
-TOKEN_COLUMNS = tuple(f.name for f in usage_pb2.TokenUsage.DESCRIPTOR.fields)
-# Every column with one value per record.
-RECORD_COLUMNS = (*_HAPPENED, "description", *TOKEN_COLUMNS)
 
 
 class Batch:
@@ -118,9 +94,9 @@ def columns(rows: list[Values]) -> pb.InterceptionColumns:
         else:
             getattr(out, name).extend([strings.setdefault(v, len(strings)) for v in values])
     out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
-    for name, column in zip(_HAPPENED, happened, strict=True):
+    for name, column in zip(HAPPENED_COLUMNS, happened, strict=True):
         getattr(out, name).extend(column)
-    for name, column in zip(TOKEN_COLUMNS, zip(*tokens, strict=True), strict=True):
+    for name, column in zip(TOKEN_KINDS, zip(*tokens, strict=True), strict=True):
         getattr(out, name).extend(column)
     n = len(rows)
     for i in compress(range(n), tool_calls):
@@ -222,7 +198,7 @@ def message_values(record: usage_pb2.Interception) -> Values:
         record.proxied,
     )
     u = record.usage
-    tokens = tuple(getattr(u, name) for name in TOKEN_COLUMNS)
+    tokens = tuple(getattr(u, name) for name in TOKEN_KINDS)
     return (
         description,
         record.id,
