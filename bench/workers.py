@@ -36,10 +36,14 @@ from bridge_overhead import Saturation, Target, _body, _saturate, bridge_target
 Bridges = dict[int, tuple[Proc, int, list[int]]]
 
 
-def _bridge(name: str, target: str, workers: int, tmp: Path) -> tuple[Proc, int, list[int]]:
+def _bridge(
+    name: str, target: str, workers: int, tmp: Path, record: bool
+) -> tuple[Proc, int, list[int]]:
     """A bridge with `workers` workers: (process, port, pids serving)."""
     port = free_port()
     env = {**bridge_env(target, port, tmp / name), "AIBRIDGE_WORKERS": str(workers)}
+    if not record:
+        env["AIBRIDGE_RECORDING"] = "false"
     env["AIBRIDGE_NODE_ID"] = f"bench-{name}"
     proc = start(name, ["bridge"], env, tmp, timeout=60)
     if workers == 1:
@@ -76,6 +80,12 @@ def main() -> int:
         "a few µs per request, so nearly every core is left to the bridge)",
     )
     p.add_argument("--seconds", type=float, default=10.0, help="--load c: seconds per run")
+    p.add_argument(
+        "--no-record",
+        action="store_true",
+        help="recording off in both bridges: the config service's ingestion (~0.25 cores "
+        "at these rates) off the two cores the workers share with the load",
+    )
     args = p.parse_args()
     if args.load == "c":
         from _floor import available
@@ -93,7 +103,7 @@ def main() -> int:
     with stack(upstream=upstream) as s:
         bridges: Bridges = {}
         for n in (1, args.workers):
-            bridges[n] = _bridge(f"bridge-{n}w", s.target, n, s.tmp)
+            bridges[n] = _bridge(f"bridge-{n}w", s.target, n, s.tmp, not args.no_record)
             s.add(bridges[n][0])
         run = _run_c if args.load == "c" else _run
         result = run(args, s, bridges)
