@@ -9,6 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,6 +27,7 @@ from tests.fixtures.services import (
     PROXY_TOKEN,
     StartProcess,
 )
+from tests.resilience.harness import free_port
 
 
 def run(
@@ -464,3 +466,21 @@ def test_subscribers_table_escapes_server_text(capsys: pytest.CaptureFixture[str
     assert "  bridge-1: alpha: line one\\nline two\\x1b[2J\n" in out
     assert "  bridge-1: Traceback\\n  boom\n" in out
     assert len(out.splitlines()) == 2 + 2  # header and row, then the two detail lines
+
+
+def test_an_inherited_prometheus_multiproc_dir_is_not_a_single_daemons(
+    start_process: StartProcess, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR from the environment (missing, or someone else's) neither stops a single daemon nor receives its metric files: that mode is the workers'."""
+    elsewhere = tmp_path / "someone-elses"
+    for inherited in (tmp_path / "missing", elsewhere):
+        port = free_port()
+        proc = start_process(
+            PROMETHEUS_MULTIPROC_DIR=str(inherited), AIBRIDGE_METRICS_LISTEN=f"127.0.0.1:{port}"
+        )
+        page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "aibridge_config_revision" in page
+        proc.stop()
+        elsewhere.mkdir(exist_ok=True)
+    assert not (tmp_path / "missing").exists()
+    assert not list(elsewhere.iterdir())
