@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"aibridge: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # prometheus-client's multiprocess mode is the workers' (aibridge/workers.py names
+    # their directory): one inherited from the environment would put a single daemon's
+    # series in files there, or stop it when the directory is missing. Read at import.
+    for variable in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        os.environ.pop(variable, None)
     module = importlib.import_module(COMMANDS[name][0])
     try:
         result: int = module.main(rest, prog=f"aibridge {name}")

@@ -57,6 +57,18 @@ def _escape_controls(
     return event
 
 
+class _UndecodableMetadata(logging.Filter):
+    """grpcio logs each metadata value a peer sent that is not UTF-8 at ERROR, raw and with
+    a traceback: a token with one bad byte would reach the log, once per call of anyone.
+    Dropped: the call is answered all the same (the value is then an unknown token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid encoding on")
+
+
+_UNDECODABLE = _UndecodableMetadata()
+
+
 def configure(level: str = "info", fmt: str = "") -> None:
     """Configure structlog and stdlib logging once per process.
 
@@ -92,6 +104,7 @@ def configure(level: str = "info", fmt: str = "") -> None:
     )
     # Libraries that use stdlib logging (alembic, uvicorn) go to stderr at the same level.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_UNDECODABLE)
 
 
 def get_logger(name: str) -> Any:

@@ -17,7 +17,10 @@ workers stay in step, is said in data_plane/follow.py and config_service/local_s
 
 Metrics: the parent owns a private directory for prometheus-client's multiprocess
 files (see aibridge/worker_metrics.py), removed when it exits; /metrics on any worker
-shows every worker's series.
+shows every worker's series. The parent holds a lock on a file in it while it lives: a
+parent that could not remove its directory (SIGKILL) leaves one nobody locks, which the
+next parent of the same user removes (a lock, not a pid: pids are reused, and differ
+between pid namespaces sharing one /tmp).
 
 Supervision: a worker that dies is started again after a backoff (0.25 s doubling to
 30 s; back to 0.25 s once a worker has lived a minute), each death logged with its exit
@@ -34,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import pickle
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -57,6 +62,8 @@ RESTART_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that lived this long resets the backoff
 DRAIN_TIMEOUT = 15.0  # uvicorn drains for 10 s; then a worker is killed
 FIRST_SNAPSHOT_WAIT = 5.0  # a worker listens once it has a snapshot, or after this
+METRICS_PREFIX = "aibridge-workers-"
+_METRICS_LOCK = ".lock"
 _ENTRY = "from aibridge.workers import worker_main; raise SystemExit(worker_main())"
 _PR_SET_PDEATHSIG = 1
 
@@ -194,13 +201,44 @@ def supervise(daemon: Daemon, settings: S) -> int:
         holder.close()
         print(f"{daemon.prog}: {exc}", file=sys.stderr)
         return 2
-    metrics_dir = Path(tempfile.mkdtemp(prefix="aibridge-workers-"))  # mode 0700
+    _remove_abandoned_metrics()
+    metrics_dir = Path(tempfile.mkdtemp(prefix=METRICS_PREFIX))  # mode 0700
+    # Locked before it has the name a sweeping parent opens; held while this one lives.
+    lock = os.open(metrics_dir / "lock.new", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.rename(metrics_dir / "lock.new", metrics_dir / _METRICS_LOCK)
     try:
         supervisor = _Supervisor(daemon, settings, holder.getsockname()[1], metrics_dir)
         return asyncio.run(supervisor.run())
     finally:
         holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.close(lock)
+
+
+def _remove_abandoned_metrics() -> None:
+    """Remove the metrics directories of this user's parents that died without removing
+    theirs: a directory whose lock file nobody holds. Another user's, a symlink, one
+    without a lock file (it is being made, or not ours) are left alone."""
+    try:
+        candidates = list(Path(tempfile.gettempdir()).glob(METRICS_PREFIX + "*"))
+    except OSError:
+        return
+    for path in candidates:
+        try:
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            fd = os.open(path / _METRICS_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its parent lives
+            os.close(fd)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
 
 
 def describe_exit(code: int) -> str:

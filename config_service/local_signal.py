@@ -21,6 +21,12 @@ so a 10 ms interval is ≈3 % of a core per worker, always, for up to 10 ms of a
 `announce` costs ≈32 µs per write (reading /proc/net/unix and one datagram per peer),
 and nothing while nothing changes.
 
+Who may signal: the abstract namespace has no file permissions, so any local process can
+send to these sockets. A datagram counts only when the kernel's credentials on it
+(SO_PASSCRED) name this process's user, and only when it carries a revision: anything
+else is dropped, with a warning at most once a minute (no reload, no log flood). Whoever
+runs as the service's user can write the database file anyway.
+
 Why the abstract namespace: no file to create or leave behind (a killed process's name
 goes with its socket), and no path-length limit (a socket path is at most 107 bytes; a
 data directory can be longer). It is Linux's: elsewhere `available()` is False and the
@@ -35,6 +41,7 @@ import hashlib
 import os
 import secrets
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -49,6 +56,8 @@ log = get_logger("aibridge.config.signal")
 
 PREFIX = "aibridge-sqlite-"
 _UNIX_SOCKETS = Path("/proc/net/unix")
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_REFUSED_LOG_EVERY = 60.0  # seconds between warnings of datagrams dropped
 
 
 def available() -> bool:
@@ -75,7 +84,11 @@ class LocalSignal:
         self.name = f"{group}{os.getpid()}-{secrets.token_hex(4)}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock.bind("\0" + self.name)
+        self._uid = os.geteuid()
+        self._refused = 0
+        self._refused_logged = -_REFUSED_LOG_EVERY
 
     def close(self) -> None:
         self._sock.close()
@@ -113,7 +126,7 @@ class LocalSignal:
                 revision = self._drain()
                 # Not only a higher one: after a restore, or a new history started by
                 # another worker, the revision announced may be below ours (as with NOTIFY).
-                if revision != hub.revision:
+                if revision is not None and revision != hub.revision:
                     try:
                         published = await hub.refresh()
                     except Exception as exc:  # the periodic check retries
@@ -125,13 +138,46 @@ class LocalSignal:
         finally:
             loop.remove_reader(self._sock.fileno())
 
-    def _drain(self) -> int:
-        """The highest revision among the datagrams waiting (-1 when none parses)."""
-        highest = -1
+    def _drain(self) -> int | None:
+        """The highest revision among the datagrams waiting from this process's user (None
+        when none is); the others are counted and dropped."""
+        highest: int | None = None
         while True:
             try:
-                data = self._sock.recv(64)
+                data, ancillary, flags, _addr = self._sock.recvmsg(
+                    64, socket.CMSG_SPACE(_UCRED.size)
+                )
             except (BlockingIOError, InterruptedError):
+                self._log_refused()
                 return highest
-            with contextlib.suppress(ValueError):
-                highest = max(highest, int(data))
+            ours = self._uid in _senders(ancillary) and not flags & socket.MSG_TRUNC
+            revision = _revision(data) if ours else None
+            if revision is None:
+                self._refused += 1
+            else:
+                highest = revision if highest is None else max(highest, revision)
+
+    def _log_refused(self) -> None:
+        now = time.monotonic()
+        if self._refused and now - self._refused_logged >= _REFUSED_LOG_EVERY:
+            log.warning(
+                "change signals dropped: not from this service's user, or no revision",
+                dropped=self._refused,
+            )
+            self._refused, self._refused_logged = 0, now
+
+
+def _senders(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The sender's user id as the kernel attached it (SCM_CREDENTIALS), as a list."""
+    return [
+        _UCRED.unpack(data[: _UCRED.size])[1]
+        for level, kind, data in ancillary
+        if level == socket.SOL_SOCKET
+        and kind == socket.SCM_CREDENTIALS
+        and len(data) >= _UCRED.size
+    ]
+
+
+def _revision(data: bytes) -> int | None:
+    """The revision a datagram announces: decimal digits only (None for anything else)."""
+    return int(data) if 0 < len(data) <= 20 and data.isdigit() else None

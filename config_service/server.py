@@ -48,7 +48,7 @@ from config_service.seed import apply as seed_apply
 from config_service.seed.env import parse_env
 from config_service.servicers.config import ConfigServicer
 from config_service.servicers.edge import AuthenticateFirst, MalformedRequests
-from config_service.settings import ConfigServiceSettings
+from config_service.settings import METRICS_LISTEN, ConfigServiceSettings
 from config_service.snapshots.hub import SnapshotHub
 from config_service.store import subscriber_status, tokens, usage
 from config_service.store.database import Database
@@ -511,6 +511,8 @@ async def start(
     try:
         credentials = _credentials(settings)
         port = _add_port(server, settings, credentials, reuse_port=worker is not None)
+        if settings.metrics_listen is not None:  # served once ready; a taken one fails now
+            check_free(METRICS_LISTEN.env, *settings.metrics_listen, reuse_port=worker is not None)
         if worker is None:
             db = await asyncio.to_thread(prepare_database, settings, environ)
         else:

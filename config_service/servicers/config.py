@@ -37,9 +37,9 @@ from config_service.errors import (
     Unavailable,
 )
 from config_service.metrics import ConfigMetrics
-from config_service.rbac import Action, Subject, authorize, scope_for
+from config_service.rbac import Action, Role, Subject, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
-from config_service.snapshots.hub import NOWHERE, Position, SnapshotHub
+from config_service.snapshots.hub import DIVERGE_EVERY, NOWHERE, Position, SnapshotHub
 from config_service.snapshots.snapshot import ROLE_TO_PROTO
 from config_service.store.subscriber_status import RemoteSubscriber
 from config_service.subscribers import ProviderIssue, SubscriberRegistry
@@ -49,6 +49,7 @@ log = get_logger("aibridge.config.watch")
 SERVICE = "aibridge.config.v1.ConfigService"
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_DAEMONS = frozenset({Role.BRIDGE, Role.PROXY})  # the watchers that keep what they applied
 _CUT_OFF = (
     "this config-service replica cannot reach its database, so its snapshot may be "
     "stale; retry (another replica will answer)"
@@ -100,7 +101,9 @@ class ConfigServicer:
             subject = await self._auth.authenticate(context)
             authorize(subject, Action.WATCH_SNAPSHOT)
             node_id = _node_id(request.node_id) or context.peer()
-            known = await self._resume_at(request.known_version, request.known_history)
+            known = await self._resume_at(
+                request.known_version, request.known_history, subject.role
+            )
             self._admit(subject)
         except Exception as exc:
             await abort_for(exc, context)
@@ -155,13 +158,17 @@ class ConfigServicer:
         if not self._hub.reachable:
             raise Unavailable(_CUT_OFF)
 
-    async def _resume_at(self, known_version: str, known_history: str) -> Position:
+    async def _resume_at(
+        self, known_version: str, known_history: str, role: Role | None
+    ) -> Position:
         """Where a subscriber resumes from (NOWHERE: none); never ahead of the database.
 
         Without `known_history` (a daemon older than histories) the version is taken to be
         of the current history. A version of the current history beyond the database's
-        revision means the database went back (restored from an older backup while no
-        replica watched): a new history starts, and the subscriber is sent its snapshot.
+        revision, from a daemon (which keeps the snapshot it applied), means the database
+        went back (restored from an older backup while no replica watched): a new history
+        starts, at most one a minute (UNAVAILABLE meanwhile: the daemon retries), and the
+        subscriber is sent its snapshot. Anyone else claiming so is sent the current one.
         """
         if not known_version:
             return NOWHERE
@@ -176,10 +183,15 @@ class ConfigServicer:
                 # The subscriber saw a newer revision, or another history, elsewhere: catch
                 # up before answering, never send it an older snapshot of its history.
                 await hub.refresh_if_behind()
-            if known_history == hub.history and known > hub.revision:
-                await hub.diverged(known_history, known)
+            restored = role in _DAEMONS and known_history == hub.history and known > hub.revision
+            too_soon = restored and not await hub.diverged(known_history, known)
         except Unavailable as exc:
             raise Unavailable(_CUT_OFF) from exc
+        if too_soon:
+            raise Unavailable(
+                "a new snapshot history was started on this replica less than "
+                f"{DIVERGE_EVERY:.0f} s ago; retry"
+            )
         if not known_history:
             if known > hub.revision:
                 raise FailedPrecondition(

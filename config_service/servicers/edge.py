@@ -15,6 +15,12 @@ window, which grpc-core's BDP probing grows (measured: 0.5 to 1.4 MiB of peak me
 refused 4 MiB call, the most when an unknown token is looked up in the database, against
 7.5 MiB when the body was read and parsed; about 13 KiB with `grpc.http2.bdp_probe` off),
 held until the stream is reset.
+
+Health and reflection answer anyone, so their streams (Health/Watch, ServerReflectionInfo)
+are the only ones a caller without a token can hold open: at most MAX_OPEN_STREAMS at a
+time per process, past which they are answered RESOURCE_EXHAUSTED. Without the cap an
+anonymous client could hold all of the server's concurrent RPCs (MAX_CONCURRENT_RPCS) and
+keep every daemon from watching.
 """
 
 from __future__ import annotations
@@ -201,6 +207,7 @@ class MalformedRequests(OncePerMethod):
 
 # Answered to anyone, token or not: health checks and server reflection.
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+MAX_OPEN_STREAMS = 1000  # of those, streams open at once (a monitor holds a few)
 
 
 def _refusal(code: grpc.StatusCode, message: str) -> Method:
@@ -219,6 +226,14 @@ def _behavior(handler: Method) -> Any:
     )
 
 
+def _replace(handler: Method, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Method:
+    """The same kind of handler, with the same (de)serializers, of `wrap(its behaviour)`."""
+    factory = _FACTORIES[bool(handler.request_streaming), bool(handler.response_streaming)]
+    return factory(
+        wrap(_behavior(handler)), handler.request_deserializer, handler.response_serializer
+    )
+
+
 class AuthenticateFirst(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Every call but health and reflection is authenticated from its metadata, and its
     role checked against the method's declared action, before its message is read.
@@ -230,6 +245,8 @@ class AuthenticateFirst(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         self.auth: Authenticator | None = None
+        self.open_streams = 0  # health and reflection streams open now
+        self._counted: dict[str, Method] = {}
 
     async def intercept_service(
         self,
@@ -237,7 +254,9 @@ class AuthenticateFirst(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Method:
         method = handler_call_details.method
-        if self.auth is None or method.startswith(_OPEN_PREFIXES):
+        if method.startswith(_OPEN_PREFIXES):
+            return await self._open(method, continuation, handler_call_details)
+        if self.auth is None:
             return await continuation(handler_call_details)
         try:
             subject = await self.auth.authenticate_metadata(
@@ -258,3 +277,47 @@ class AuthenticateFirst(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except ConfigError as exc:
                 return _refusal(exc.code, exc.message)
         return handler
+
+    async def _open(
+        self,
+        method: str,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Method]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Method:
+        """A health or reflection method; its streams counted, within MAX_OPEN_STREAMS."""
+        counted = self._counted.get(method)
+        if counted is None:
+            handler = await continuation(handler_call_details)
+            if handler is None or not handler.response_streaming:
+                return handler
+            counted = self._counted[method] = _replace(handler, self._count)
+        if self.open_streams >= MAX_OPEN_STREAMS:
+            return _refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{MAX_OPEN_STREAMS} health and reflection streams are open on this "
+                "config-service process, the most it holds; retry later",
+            )
+        return counted
+
+    def _count(self, inner: Callable[..., Any]) -> Callable[..., Any]:
+        """`inner` (a streaming behaviour) counted in `open_streams` while it runs."""
+        if inspect.isasyncgenfunction(inner):
+
+            async def generate(request: Any, context: Context) -> AsyncIterator[Any]:
+                self.open_streams += 1
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                finally:
+                    self.open_streams -= 1
+
+            return generate
+
+        async def call(request: Any, context: Context) -> Any:
+            self.open_streams += 1
+            try:
+                return await inner(request, context)
+            finally:
+                self.open_streams -= 1
+
+        return call

@@ -269,6 +269,10 @@ def _bounded(maximum: int) -> Any:
     return check
 
 
+def _range(size: int) -> str:
+    return f"0-{size - 1}" if size else "there are none"
+
+
 def _lengths(c: pb.InterceptionColumns, names: tuple[str, ...], n: int, of: str) -> None:
     for name in names:
         if len(getattr(c, name)) != n:
@@ -278,6 +282,8 @@ def _lengths(c: pb.InterceptionColumns, names: tuple[str, ...], n: int, of: str)
 def _descriptions(c: pb.InterceptionColumns) -> list[Row]:
     """Each description of a columnar batch as the part of a row it gives, checked."""
     d = len(c.provider_name)
+    if d > len(c.id):  # the bridge writes one per distinct description of its records
+        raise InvalidArgument("columns.provider_name", "at most one description per record")
     _lengths(c, recording.DESCRIPTION_COLUMNS, d, "description (as columns.provider_name)")
     strings = c.strings
     size = len(strings)
@@ -287,7 +293,7 @@ def _descriptions(c: pb.InterceptionColumns) -> list[Row]:
 
         def one(index: int, f: str = f, check: Any = check) -> Any:
             if index >= size:
-                raise InvalidArgument("", f"is not an index of columns.strings (0-{size - 1})")
+                raise InvalidArgument("", f"is not an index of columns.strings ({_range(size)})")
             return check(f, strings[index])
 
         columns[name] = _distinct(f, getattr(c, name), one)
@@ -314,7 +320,7 @@ def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Ro
     for i, index in enumerate(c.description):
         if index >= d:
             raise InvalidArgument(
-                f"columns.description[{i}]", f"is not an index of the descriptions (0-{d - 1})"
+                f"columns.description[{i}]", f"is not an index of the descriptions ({_range(d)})"
             )
     ids = [
         check_uuid(f"columns.id[{i}]", v, "a UUID (UUIDv7) record id") for i, v in enumerate(c.id)

@@ -56,6 +56,9 @@ class Position(NamedTuple):
 
 
 NOWHERE = Position("", -1)  # before any snapshot
+# A subscriber's claim (a version beyond the database) starts at most one history per this
+# many seconds on one replica: each is a write and a full resend to every subscriber.
+DIVERGE_EVERY = 60.0
 
 
 class SnapshotHub:
@@ -70,6 +73,7 @@ class SnapshotHub:
         self._waiters: dict[asyncio.Future[None], None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        self._diverged_at = -DIVERGE_EVERY  # time.monotonic() of the last `diverged`
         self.reachable = True  # the last database contact succeeded
         self.last_build_seconds = 0.0
         self.listeners: list[Callable[[int], None]] = []
@@ -195,13 +199,19 @@ class SnapshotHub:
         await self._contact(self._db.call(self._db.start_new_history, history))
         return await self._contact(self._db.call(load_state, self._db))
 
-    async def diverged(self, history: str, revision: int) -> None:
+    async def diverged(self, history: str, revision: int) -> bool:
         """A subscriber applied `revision` of `history`, beyond what the database holds of
         it: start a new history (unless the database is in another one already) and
-        publish it. For a restore made while no replica was running."""
+        publish it. For a restore made while no replica was running. False, and nothing
+        done, when this replica started one less than DIVERGE_EVERY seconds ago."""
         async with self._lock:
+            now = time.monotonic()
+            if now - self._diverged_at < DIVERGE_EVERY:
+                return False
+            self._diverged_at = now
             await self._went_back(history, revision)
         await self.refresh()
+        return True
 
     async def publish_write(self) -> None:
         """Publish a write that has committed, before its caller is answered.

@@ -9,6 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,6 +27,7 @@ from tests.fixtures.services import (
     PROXY_TOKEN,
     StartProcess,
 )
+from tests.resilience.harness import free_port
 
 
 def run(
@@ -204,6 +206,7 @@ def test_seed_conflict_fails_start_up_naming_the_provider(
     ("command", "setting"),
     [
         ("config-service", "AIBRIDGE_GRPC_LISTEN"),
+        ("config-service", "AIBRIDGE_METRICS_LISTEN"),
         ("bridge", "AIBRIDGE_BRIDGE_LISTEN"),
         ("proxy", "AIBRIDGE_PROXY_LISTEN"),
     ],
@@ -219,6 +222,7 @@ def test_a_taken_port_is_one_line_naming_it_and_its_setting(
         result = run(
             command,
             env={
+                "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
                 setting: address,
                 "AIBRIDGE_DATA_DIR": str(tmp_path / "data"),
                 "AIBRIDGE_CONFIG_SERVICE": "127.0.0.1:1",
@@ -464,3 +468,48 @@ def test_subscribers_table_escapes_server_text(capsys: pytest.CaptureFixture[str
     assert "  bridge-1: alpha: line one\\nline two\\x1b[2J\n" in out
     assert "  bridge-1: Traceback\\n  boom\n" in out
     assert len(out.splitlines()) == 2 + 2  # header and row, then the two detail lines
+
+
+def test_an_inherited_prometheus_multiproc_dir_is_not_a_single_daemons(
+    start_process: StartProcess, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR from the environment (missing, or someone else's) neither stops a single daemon nor receives its metric files: that mode is the workers'."""
+    elsewhere = tmp_path / "someone-elses"
+    for inherited in (tmp_path / "missing", elsewhere):
+        port = free_port()
+        proc = start_process(
+            PROMETHEUS_MULTIPROC_DIR=str(inherited), AIBRIDGE_METRICS_LISTEN=f"127.0.0.1:{port}"
+        )
+        page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "aibridge_config_revision" in page
+        proc.stop()
+        elsewhere.mkdir(exist_ok=True)
+    assert not (tmp_path / "missing").exists()
+    assert not list(elsewhere.iterdir())
+
+
+def test_config_service_workers_on_a_taken_metrics_port_stop_with_its_line(tmp_path: Path) -> None:
+    """`config-service --workers 2` whose metrics port is taken ends with 2 and the one line naming it, no traceback and no worker restarted for ever."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        result = run(
+            "config-service",
+            env={
+                "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
+                "AIBRIDGE_METRICS_LISTEN": address,
+                "AIBRIDGE_WORKERS": "2",
+                "AIBRIDGE_DATA_DIR": str(tmp_path / "data"),
+                "AIBRIDGE_ADMIN_TOKEN": ADMIN_TOKEN,
+                "AIBRIDGE_LOG_FORMAT": "json",
+            },
+        )
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = (
+        f"aibridge config-service: cannot listen on {address} (AIBRIDGE_METRICS_LISTEN): "
+        "address already in use; stop what uses it or set AIBRIDGE_METRICS_LISTEN to another "
+        "host:port"
+    )
+    assert line in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr

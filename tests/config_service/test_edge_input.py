@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
-from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
@@ -26,6 +26,7 @@ from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from config_service.rbac import Role
 from config_service.server import STATUS_FRESHNESS
+from config_service.servicers.edge import MAX_OPEN_STREAMS
 from config_service.store import subscriber_status
 from tests.fixtures.services import Service
 from tests.fixtures.waits import eventually
@@ -386,3 +387,46 @@ async def test_malformed_body_is_invalid_argument_for_every_rpc(service: Service
     watch = await watching(service, "after-malformed")
     await eventually(lambda: len(service.running.registry.all()) == 1)
     watch.cancel()
+
+
+# ------------------------------------------------------------------------------ open streams
+
+
+async def test_anonymous_health_and_reflection_streams_are_capped(service: Service) -> None:
+    """Health Watch and reflection streams, which need no token, are refused RESOURCE_EXHAUSTED past MAX_OPEN_STREAMS open at once (so no anonymous client holds every RPC the server takes); Check, a daemon's watch and a stream opened after one closes still work."""
+    channel = service.channel()
+    health = health_pb2_grpc.HealthStub(channel)
+    held = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(MAX_OPEN_STREAMS)]
+    for call in held:
+        assert (await call.read()).status == health_pb2.HealthCheckResponse.SERVING
+    refused = [
+        health.Watch(health_pb2.HealthCheckRequest()),
+        reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        ),
+    ]
+    for call in refused:
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await call.read()
+        assert ended.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    check = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    watch = cs_grpc.ConfigServiceStub(channel).WatchProviders(
+        cs.WatchProvidersRequest(node_id="daemon"), metadata=service.md_for(Role.BRIDGE)
+    )
+    assert (await asyncio.wait_for(watch.read(), 10)).snapshot.version
+    watch.cancel()
+    held.pop().cancel()
+
+    async def reopened() -> bool:
+        call = health.Watch(health_pb2.HealthCheckRequest())
+        try:
+            return (await call.read()).status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError:
+            return False
+        finally:
+            call.cancel()
+
+    await eventually(reopened, within=10)
+    for call in held:
+        call.cancel()

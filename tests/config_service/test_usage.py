@@ -14,6 +14,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select, text
 
+from aibridge import recording
 from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
@@ -397,6 +398,13 @@ async def test_a_bad_column_value_refuses_the_batch_naming_it(
     assert count_rows(u.svc, Interception) == 0
 
 
+def more_descriptions_than_records(c: pb.InterceptionColumns, extra: int) -> None:
+    """Descriptions no record uses: each costs a check and a row of the service's CPU."""
+    for name in recording.DESCRIPTION_COLUMNS:
+        column = getattr(c, name)
+        column.extend([column[0]] * extra)
+
+
 @pytest.mark.parametrize(
     ("field", "damage"),
     [
@@ -414,12 +422,13 @@ async def test_a_bad_column_value_refuses_the_batch_naming_it(
             ),
         ),
         ("columns.tool_call_name", lambda c: c.tool_call_record.append(0)),
+        ("columns.provider_name", lambda c: more_descriptions_than_records(c, 1000)),
     ],
 )
 async def test_a_malformed_columnar_batch_is_refused_naming_the_column(
     u: Usage, field: str, damage: Any
 ) -> None:
-    """Columns of unequal length, an index outside the string table or the descriptions, a missing time or a side column naming no record refuse the batch."""
+    """Columns of unequal length, an index outside the string table or the descriptions, a missing time, a side column naming no record or more descriptions than records refuse the batch."""
     request = as_columns([make(u.member_id), make(u.member_id)])
     damage(request.columns)
     with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -407,3 +407,45 @@ async def test_closed_streams_leave_no_waiter_behind(seeded: Service) -> None:
         call.cancel()
     await eventually(lambda: seeded.running.registry.count_by_role()[Role.BRIDGE] == 0)
     await eventually(lambda: hub.waiting <= own)
+
+
+async def watch_claiming(
+    service: Service, role: Role, history: str, version: int
+) -> pb.ProviderSnapshot | grpc.aio.AioRpcError:
+    """The first snapshot (or the error) a watch claiming `version` of `history` gets."""
+    stub = pb_grpc.ConfigServiceStub(service.channel())
+    call = stub.WatchProviders(
+        pb.WatchProvidersRequest(
+            node_id="claimer", known_version=str(version), known_history=history
+        ),
+        metadata=service.md_for(role),
+    )
+    try:
+        response = await asyncio.wait_for(call.read(), 10)
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    call.cancel()
+    assert isinstance(response, pb.WatchProvidersResponse)
+    return response.snapshot
+
+
+async def test_claims_beyond_the_database_start_at_most_one_history_a_minute(
+    seeded: Service,
+) -> None:
+    """A version beyond the database claimed of its history starts a new history when a daemon (bridge, proxy) claims it, once a minute at most (then UNAVAILABLE), and never for an auditor or owner: no watcher can make the service rewrite its history and resend every snapshot at will."""
+    hub = seeded.running.hub
+    first = hub.history
+    for role in (Role.AUDITOR, Role.OWNER):
+        answer = await watch_claiming(seeded, role, first, hub.revision + 100)
+        assert isinstance(answer, pb.ProviderSnapshot)
+        assert answer.history == first
+    assert hub.history == first
+    answer = await watch_claiming(seeded, Role.PROXY, first, hub.revision + 100)
+    assert isinstance(answer, pb.ProviderSnapshot)
+    assert answer.history == hub.history != first  # the restore this claim is for
+    second = hub.history
+    for _ in range(3):
+        answer = await watch_claiming(seeded, Role.BRIDGE, second, hub.revision + 100)
+        assert isinstance(answer, grpc.aio.AioRpcError)
+        assert answer.code() is grpc.StatusCode.UNAVAILABLE
+    assert hub.history == second

@@ -8,7 +8,6 @@ import base64
 import functools
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from aibridge.config.v1 import provider_pb2 as pb
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_pb2
 from aibridge.envconfig import MAX_WORKERS, worker_count
-from aibridge.workers import Daemon, supervise
+from aibridge.workers import METRICS_PREFIX, Daemon, supervise
 from data_plane.bridge.settings import BridgeSettings
 from tests.fixtures import processes
 from tests.fixtures.daemons import Refused, refusing_serve
@@ -473,16 +472,32 @@ async def test_every_proxy_worker_serves_follows_and_is_replaced(
         await admin.close()
 
 
-async def test_workers_end_when_their_parent_is_killed(procs: Procs) -> None:
-    """SIGKILL on the supervising parent (no chance to pass anything on) still ends every worker."""
-    bridge = await asyncio.to_thread(bridge_workers, procs, "127.0.0.1:9")
+async def test_workers_end_when_their_parent_is_killed(procs: Procs, tmp_path: Path) -> None:
+    """SIGKILL on the supervising parent (no chance to pass anything on) still ends every
+    worker; the next parent removes the metrics directory it left, not another user's nor a
+    symlink."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    theirs, link = tmp / f"{METRICS_PREFIX}theirs", tmp / f"{METRICS_PREFIX}link"
+    theirs.mkdir()
+    (theirs / ".lock").touch()
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+    link.symlink_to(theirs)
+    env = {"TMPDIR": str(tmp)}
+    bridge = await asyncio.to_thread(bridge_workers, procs, "127.0.0.1:9", **env)
     workers = set(bridge.ready["pids"])
     metrics_dir = metrics_dir_of(min(workers))
-    try:
-        bridge.kill()
-        await eventually(lambda: not any(alive(pid) for pid in workers), 10)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)  # the parent had no chance to
+    assert metrics_dir.parent == tmp
+    bridge.kill()
+    await eventually(lambda: not any(alive(pid) for pid in workers), 10)
+    assert metrics_dir.is_dir()
+    second = await asyncio.to_thread(bridge_workers, procs, "127.0.0.1:9", **env)
+    assert not metrics_dir.exists()
+    assert metrics_dir_of(min(second.ready["pids"])).is_dir()
+    if os.geteuid() == 0:
+        assert theirs.is_dir()
+    assert link.is_symlink()
 
 
 def test_every_data_plane_gauge_says_how_workers_merge() -> None:
