@@ -20,6 +20,7 @@ spools hold), to isolate the records a service refuses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import compress
 
 from aibridge.config.v1 import usage_pb2
@@ -48,7 +49,9 @@ class Batch:
     def __init__(self) -> None:
         self.rows: list[Values] = []
         self.size = 8
-        self._described: set[Description] = set()
+        # The descriptions the batch holds, by identity (the rows keep them alive): a
+        # description is one object per distinct set, so no tuple of 14 is hashed.
+        self._described: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,47 +60,65 @@ class Batch:
         """An upper bound of the bytes `values` adds to the batch."""
         size = _FIXED
         description = values[0]
-        if description not in self._described:
+        if id(description) not in self._described:
             size += sum(len(t.encode()) + 6 for t in description if isinstance(t, str))
-        if values[10]:
-            size += sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in values[10])
-        if values[11]:
-            size += len(values[11].encode()) + 12
+        calls = values[10]
+        if calls:
+            size += sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in calls)
+        prompt = values[11]
+        if prompt:
+            size += len(prompt.encode()) + 12
         return size
 
     def append(self, values: Values, cost: int) -> None:
         """Add a record's values, `cost` being `self.cost(values)`."""
         self.rows.append(values)
-        self._described.add(values[0])
+        self._described.add(id(values[0]))
         self.size += cost
 
     def encode(self) -> bytes:
         """The batch as a serialized RecordInterceptionsRequest."""
-        return pb.RecordInterceptionsRequest(columns=columns(self.rows)).SerializeToString()
+        request = pb.RecordInterceptionsRequest()
+        columns(self.rows, request.columns)  # filled in place: no copy of the columns
+        return request.SerializeToString()
 
 
-def columns(rows: list[Values]) -> pb.InterceptionColumns:
-    """`rows` as columns: one `extend` per column, the texts through the string table."""
-    out = pb.InterceptionColumns()
+def columns(
+    rows: list[Values], out: pb.InterceptionColumns | None = None
+) -> pb.InterceptionColumns:
+    """`rows` as columns (into `out`, else a new message): one `extend` per column, the
+    texts through the string table."""
+    if out is None:
+        out = pb.InterceptionColumns()
     if not rows:
         return out
     (descriptions, *happened, tokens, tool_calls, prompts) = zip(*rows, strict=True)
-    # Each distinct description once, its position among them per record.
-    distinct: dict[Description, int] = dict.fromkeys(descriptions, 0)
-    for i, description in enumerate(distinct):
-        distinct[description] = i
-    out.description.extend(map(distinct.__getitem__, descriptions))
+    # Each distinct description once (by identity: equal ones made apart, as after the
+    # bridge's cache was cleared, are merely written twice), its position per record.
+    identities = list(map(id, descriptions))
+    distinct = dict(zip(identities, descriptions, strict=True))
+    position = dict(zip(distinct, range(len(distinct)), strict=True))
+    indexes = list(map(position.__getitem__, identities))
+    out.MergeFromString(_packed(out, "description", indexes))
     strings: dict[object, int] = {}
-    for name, values in zip(DESCRIPTION_COLUMNS, zip(*distinct, strict=True), strict=True):
+    described = zip(*distinct.values(), strict=True)
+    for name, values in zip(DESCRIPTION_COLUMNS, described, strict=True):
         if name in _SCALARS:
             getattr(out, name).extend(values)
         else:
             getattr(out, name).extend([strings.setdefault(v, len(strings)) for v in values])
     out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
-    for name, column in zip(HAPPENED_COLUMNS, happened, strict=True):
-        getattr(out, name).extend(column)
-    for name, column in zip(TOKEN_KINDS, zip(*tokens, strict=True), strict=True):
-        getattr(out, name).extend(column)
+    ids, *numbers = happened
+    out.id.extend(ids)
+    packed = [
+        _packed(out, name, column)
+        for names, values in (
+            (HAPPENED_COLUMNS[1:], numbers),
+            (TOKEN_KINDS, zip(*tokens, strict=True)),
+        )
+        for name, column in zip(names, values, strict=True)
+    ]
+    out.MergeFromString(b"".join(packed))
     n = len(rows)
     for i in compress(range(n), tool_calls):
         for name, call_id, arguments in tool_calls[i]:
@@ -109,6 +130,39 @@ def columns(rows: list[Values]) -> pb.InterceptionColumns:
     out.prompt_record.extend(with_prompt)
     out.prompt.extend(prompts[i] for i in with_prompt)
     return out
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Each column's tag as a packed field (wire type 2) of InterceptionColumns.
+_TAGS = {f.name: _varint(f.number << 3 | 2) for f in pb.InterceptionColumns.DESCRIPTOR.fields}
+
+
+def _packed(out: pb.InterceptionColumns, name: str, column: Sequence[int]) -> bytes:
+    """A column of varint values (ints, enums, bools) as its packed field on the wire,
+    for `MergeFromString`, when C can write it: every value the same (status 200,
+    attempts 1, a count of 0: one varint repeated), or every value within 0..127 (each
+    its own varint byte: `bytes(column)`). Else extended into `out` value by value (upb
+    spends ~400 instructions per value there; parsing the packed bytes costs a few) and
+    b"" returned."""
+    if not column:
+        return b""
+    first = column[0]
+    if first >= 0 and column.count(first) == len(column):
+        payload = _varint(first) * len(column)
+    elif min(column) >= 0 and max(column) < 0x80:
+        payload = bytes(column)
+    else:
+        getattr(out, name).extend(column)
+        return b""
+    return _TAGS[name] + _varint(len(payload)) + payload
 
 
 def split(payload: bytes) -> tuple[list[bytes], list[str]]:

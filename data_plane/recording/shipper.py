@@ -161,12 +161,13 @@ class Shipper:
         if self._closed:
             self._drop("closed", 1)
             return
-        queued = len(self._queue)
-        if queued + self._unsent_records >= self._capacity:
+        queue = self._queue
+        queued = len(queue) + 1
+        if queued + self._unsent_records > self._capacity:
             self._drop("queue_full", 1)
             return
-        self._queue.append(record)
-        if queued + 1 in (self._batch_trigger, self._high_water):
+        queue.append(record)
+        if queued == self._batch_trigger or queued == self._high_water:
             self._wake.set()
 
     # ------------------------------------------------------------------ life cycle
@@ -373,7 +374,8 @@ class Shipper:
         """Move one batch from the queue to the unsent batches (encoded for the wire)."""
         batch = Batch()
         queue = self._queue
-        while queue and len(batch) < MAX_BATCH:
+        taken = 0
+        while queue and taken < MAX_BATCH:
             record = queue[0]
             try:
                 values = record.values()
@@ -394,7 +396,8 @@ class Shipper:
                 break
             queue.popleft()
             batch.append(values, cost)
-            if len(batch) % _SLICE == 0:
+            taken += 1
+            if taken % _SLICE == 0:
                 await asyncio.sleep(0)
         if batch:
             try:
