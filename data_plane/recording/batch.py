@@ -2,7 +2,7 @@
 
     batch = Batch()
     values = record.values()              # what raises here: the record is unbuildable
-    batch.append(values, batch.cost(values))
+    batch.add(values, limit)              # 0: added; else the bytes it would add
     payload = batch.encode()              # a serialized RecordInterceptionsRequest
 
 A record gives its values as one tuple (`Record.values`: the describing part, the same
@@ -69,6 +69,18 @@ class Batch:
         if prompt:
             size += len(prompt.encode()) + 12
         return size
+
+    def add(self, values: Values, limit: int) -> int:
+        """Add a record's values unless the batch would pass `limit` bytes with them: 0
+        when added, else what they would add (`cost`). One call per record where the
+        shipper takes them."""
+        cost = self.cost(values)
+        if self.size + cost > limit:
+            return cost
+        self.rows.append(values)
+        self._described.add(id(values[0]))
+        self.size += cost
+        return 0
 
     def append(self, values: Values, cost: int) -> None:
         """Add a record's values, `cost` being `self.cost(values)`."""

@@ -384,7 +384,7 @@ class Shipper:
                 log.exception("building an interception record failed", request_id=record.id)
                 self._drop("unbuildable", 1)
                 continue
-            cost = batch.cost(values)
+            cost = batch.add(values, BATCH_BYTES)  # 0: added
             if cost > BATCH_BYTES:
                 queue.popleft()
                 log.warning(
@@ -392,10 +392,9 @@ class Shipper:
                 )
                 self._drop("too_large", 1)
                 continue
-            if batch.size + cost > BATCH_BYTES:
+            if cost:
                 break
             queue.popleft()
-            batch.append(values, cost)
             taken += 1
             if taken % _SLICE == 0:
                 await asyncio.sleep(0)
