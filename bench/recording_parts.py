@@ -142,7 +142,7 @@ async def _phases(args: argparse.Namespace, port: int, mark: Callable[[str], Non
     mark("values")
     batch = Batch()
     for values in rows:
-        batch.add(values, 1 << 30)
+        batch.add(values)
     mark("batch")
     batch.encode()
     mark("encode")

@@ -7,12 +7,14 @@
 
 A record gives its values as one tuple (`Record.values`: the describing part, the same
 tuple object for every request described alike, then what happened); adding it to a batch
-appends that tuple. `encode` turns the rows into columns, each extended once from a list
-(in C): each distinct description once (description columns, its texts as indexes into a
-per-batch string table) and an index per record, tool calls and prompts side columns.
-So the per-record work on the bridge is a tuple and an append, whatever the number of
-fields. `Batch.size` is an upper bound of the encoded size, kept as
-records are added, so a batch is cut before it passes the shipper's byte cap.
+appends that tuple. `encode` turns the rows into columns, each written once (in C): each
+distinct description once (description columns, its texts as indexes into a per-batch
+string table) and an index per record, tool calls and prompts side columns; a column whose
+values are all equal or all within 0..127 (outcome, status, attempts, flags, most counts,
+the description index) as packed bytes parsed by upb, the others `extend`ed. So the
+per-record work on the bridge is a tuple and an append, whatever the number of fields.
+`Batch.size` is an upper bound of the encoded size, kept as records are added, so a batch
+is cut before it passes the shipper's byte cap.
 
 `split` halves a payload of either form (columns, or the records one by one that older
 spools hold), to isolate the records a service refuses.
@@ -20,6 +22,7 @@ spools hold), to isolate the records a service refuses.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from itertools import compress
 
@@ -37,6 +40,7 @@ from data_plane.recording.record import NO_TOKENS, Description, Values
 # each), enums, ints and bools (up to 10 each), five token counts (up to 10 each),
 # each column's tag and length amortized over the batch.
 _FIXED = 2 + 36 + 30 + 45 + 40 + 50
+assert HAPPENED_COLUMNS[:4] == ("id", "started_at", "first_byte_at", "ended_at")  # `columns`
 # The description columns, in the order of `Description`'s values.
 _SCALARS = frozenset(("provider_type", "credential_kind", "proxied"))
 
@@ -56,37 +60,28 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def cost(self, values: Values) -> int:
-        """An upper bound of the bytes `values` adds to the batch."""
-        size = _FIXED
+    def add(self, values: Values, limit: int = sys.maxsize) -> int:
+        """Add a record's values unless the batch would pass `limit` bytes with them: 0
+        when added, else what they would add (an upper bound of their bytes). One call per
+        record where the shipper takes them."""
+        cost = _FIXED
         description = values[0]
-        if id(description) not in self._described:
-            size += sum(len(t.encode()) + 6 for t in description if isinstance(t, str))
+        new = id(description) not in self._described
+        if new:
+            cost += sum(len(t.encode()) + 6 for t in description if isinstance(t, str))
         calls = values[10]
         if calls:
-            size += sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in calls)
+            cost += sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in calls)
         prompt = values[11]
         if prompt:
-            size += len(prompt.encode()) + 12
-        return size
-
-    def add(self, values: Values, limit: int) -> int:
-        """Add a record's values unless the batch would pass `limit` bytes with them: 0
-        when added, else what they would add (`cost`). One call per record where the
-        shipper takes them."""
-        cost = self.cost(values)
+            cost += len(prompt.encode()) + 12
         if self.size + cost > limit:
             return cost
         self.rows.append(values)
-        self._described.add(id(values[0]))
+        if new:
+            self._described.add(id(description))
         self.size += cost
         return 0
-
-    def append(self, values: Values, cost: int) -> None:
-        """Add a record's values, `cost` being `self.cost(values)`."""
-        self.rows.append(values)
-        self._described.add(id(values[0]))
-        self.size += cost
 
     def encode(self) -> bytes:
         """The batch as a serialized RecordInterceptionsRequest."""
@@ -107,11 +102,17 @@ def columns(
     (descriptions, *happened, tokens, tool_calls, prompts) = zip(*rows, strict=True)
     # Each distinct description once (by identity: equal ones made apart, as after the
     # bridge's cache was cleared, are merely written twice), its position per record.
-    identities = list(map(id, descriptions))
-    distinct = dict(zip(identities, descriptions, strict=True))
-    position = dict(zip(distinct, range(len(distinct)), strict=True))
-    indexes = list(map(position.__getitem__, identities))
-    out.MergeFromString(_packed(out, "description", indexes))
+    n = len(rows)
+    first = descriptions[0]
+    if descriptions.count(first) == n:  # one description (a C pass, by identity first)
+        distinct: dict[int, Description] = {id(first): first}
+        out.MergeFromString(_TAGS["description"] + _varint(n) + bytes(n))
+    else:
+        identities = list(map(id, descriptions))
+        distinct = dict(zip(identities, descriptions, strict=True))
+        position = dict(zip(distinct, range(len(distinct)), strict=True))
+        indexes = list(map(position.__getitem__, identities))
+        out.MergeFromString(_packed(out, "description", indexes))
     strings: dict[object, int] = {}
     described = zip(*distinct.values(), strict=True)
     for name, values in zip(DESCRIPTION_COLUMNS, described, strict=True):
@@ -120,18 +121,20 @@ def columns(
         else:
             getattr(out, name).extend([strings.setdefault(v, len(strings)) for v in values])
     out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
-    ids, *numbers = happened
+    ids, started, first_byte, ended, *numbers = happened
     out.id.extend(ids)
+    out.started_at.extend(started)  # times: never equal nor small enough to pack
+    out.first_byte_at.extend(first_byte)
+    out.ended_at.extend(ended)
     packed = [
         _packed(out, name, column)
         for names, values in (
-            (HAPPENED_COLUMNS[1:], numbers),
+            (HAPPENED_COLUMNS[4:], numbers),
             (TOKEN_KINDS, zip(*tokens, strict=True)),
         )
         for name, column in zip(names, values, strict=True)
     ]
     out.MergeFromString(b"".join(packed))
-    n = len(rows)
     for i in compress(range(n), tool_calls):
         for name, call_id, arguments in tool_calls[i]:
             out.tool_call_record.append(i)

@@ -419,7 +419,7 @@ class Shipper:
                 log.exception("encoding an interception record failed", request_id=values[1])
                 self._drop("unbuildable", 1)
                 continue
-            kept.append(values, 0)
+            kept.add(values)
         batch.rows[:] = kept.rows
         return kept.encode() if kept else b""
 

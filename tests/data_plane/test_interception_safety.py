@@ -295,7 +295,7 @@ def test_a_capture_serializes_to_its_built_record_whatever_it_holds() -> None:
         capture.end(started + 10)
         values = capture.values()
         batch = Batch()
-        batch.append(values, batch.cost(values))
+        batch.add(values)
         wire = pb.RecordInterceptionsRequest.FromString(batch.encode())
         rows, calls, _ = batch_rows(wire)
         row, tool_rows = record_row("r", capture.build())
