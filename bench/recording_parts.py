@@ -38,18 +38,11 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write_result
-from _stack import start_upstream
-from recording_cost import TOKEN, _body, _one, _snapshot
+from recording_cost import _one, against_upstream, bench_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aibridge.collector import tune_collector
-from aibridge.logs import configure
 from aibridge.masking import Secret
-from data_plane.body_budget import BodyBudget
-from data_plane.bridge.app import BridgeApp
-from data_plane.bridge.routing import EMPTY, BuildContext, build_table
-from data_plane.bridge.server import make_http_client, make_upstream
-from data_plane.bridge.settings import BreakerSettings
 from data_plane.recording.batch import Batch
 from data_plane.recording.metrics import RecordingMetrics
 from data_plane.recording.shipper import Shipper, ShipperSettings
@@ -80,29 +73,7 @@ class _Discard:
 
 
 async def _phases(args: argparse.Namespace, port: int, mark: Callable[[str], None]) -> int:
-    upstream = make_upstream()
-    http = make_http_client(upstream)
-    app = BridgeApp(http=http, upstream=upstream, body_budget=BodyBudget(128 * 1024 * 1024, 30.0))
-    context = BuildContext(
-        allow_byok=True, breaker=BreakerSettings(False, 5, 10.0, 30.0, 3), http=http
-    )
-    app.table, _ = build_table(_snapshot(port), EMPTY, context)
-    body = _body(args.stream)
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/fake/v1/chat/completions",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1:8080"),
-            (b"content-type", b"application/json"),
-            (b"authorization", b"Bearer " + TOKEN.encode()),
-            (b"user-agent", b"OpenAI/Python 1.99.9"),
-            (b"x-stainless-lang", b"python"),
-            (b"x-stainless-package-version", b"1.99.9"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
+    app, http, scope, body = bench_app(port, args.stream)
     tmp = Path(tempfile.mkdtemp(prefix="aibridge-bench-parts-"))
     settings = ShipperSettings(args.requests * 2, 1.0, tmp / "x.spool", 1 << 20, 5.0)
     connection = SubscriberConfig("127.0.0.1:1", Secret("bench"), "bench")
@@ -151,9 +122,6 @@ async def _phases(args: argparse.Namespace, port: int, mark: Callable[[str], Non
 
 
 def inner(args: argparse.Namespace) -> int:
-    logs = tempfile.TemporaryFile("w")  # noqa: SIM115 - the bridge's log lines, unread
-    real_stderr, sys.stderr = sys.stderr, logs
-    configure("info", "json")
     if args.no_callgrind:
         times: dict[str, int] = {}
         last = [time.perf_counter_ns()]
@@ -164,16 +132,7 @@ def inner(args: argparse.Namespace) -> int:
             last[0] = now
     else:
         mark = _helper(Path(args.tmp))
-    upstream, port = start_upstream()
-    try:
-        import uvloop
-
-        uvloop.run(_phases(args, port, mark))
-    finally:
-        upstream.terminate()
-        upstream.wait(10)
-        sys.stderr = real_stderr
-        logs.close()
+    against_upstream(lambda port: _phases(args, port, mark))
     if args.no_callgrind:
         print(" ".join(f"{k}={v}" for k, v in times.items()))
     return 0
