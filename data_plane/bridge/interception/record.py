@@ -23,8 +23,9 @@ NUL, valid UTF-8; so one odd header never gets a batch refused. The secrets the 
 knows a request by (the gateway token presented, the client's own key, the provider's
 pooled keys) are masked wherever they appear in the record's text. They are gathered only
 when a text is made fit (a description not seen before, a prompt, tool calls): the
-description cache is keyed by what determines them instead (the principal's token hash,
-the provider's keys, with BYOK the client's own key).
+description cache is keyed by what determines them instead (the principal the gateway
+token was found as, the provider's keys; the credentials themselves when the client
+presented its own key beside the gateway token).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ MAX_ID = 36
 # The reader's names of the token counts, in TokenUsage's order (as `values` reads them).
 _TOKEN_KINDS = tuple(kind.removesuffix("_tokens") for kind in recording.TOKEN_KINDS)
 assert _TOKEN_KINDS == ("input", "output", "cache_read", "cache_write", "reasoning")
-_BYOK = usage_pb2.CREDENTIAL_KIND_BYOK
 _REPLACEMENT = "\ufffd"
 # Descriptions (`Capture.values`), by what they were made of (and what determines the
 # secrets masked in them).
@@ -81,6 +81,8 @@ def content(value: str, limit: int) -> str:
 
 class Presented(Protocol):
     """The credentials a request carried (the app's parsed headers)."""
+
+    byok: bytes | None  # X-AIBridge-Token: the gateway token beside the client's own key
 
     @property
     def secrets(self) -> list[str]:
@@ -258,8 +260,9 @@ class Capture:
         presented = self.presented
         # The secrets masked in a description are determined by its key: the gateway
         # token by the principal it was found as (an object per token and snapshot, held
-        # by the key: compared by identity) when presented, the pooled keys by the
-        # provider's, the client's own key (BYOK) given as such.
+        # by the key: compared by identity), the pooled keys by the provider's; with
+        # X-AIBridge-Token (the client's own key beside it, whether or not it came to be
+        # used) or no principal, the credentials presented themselves.
         key = (
             self.provider_name,
             self.provider_type,
@@ -276,7 +279,11 @@ class Capture:
             self.credential_hint,
             self.proxied,
             *self.secrets,
-            *(presented.secrets if presented is not None and self.credential_kind == _BYOK else ()),
+            *(
+                presented.secrets
+                if presented is not None and (presented.byok is not None or principal is None)
+                else ()
+            ),
         )
         description = _DESCRIBED.get(key)
         if description is None:
