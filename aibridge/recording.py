@@ -18,6 +18,7 @@ MAX_ROUTE = 200
 MAX_USER_AGENT = 512
 MAX_HINT = 32
 MAX_TOOL_CALLS = 128
+MAX_TOKEN_COUNT = 2**53  # far above any real count; keeps sums within BIGINT
 MAX_PROMPT = 64 * 1024  # characters of the last user message
 MAX_ARGUMENTS = 64 * 1024  # characters of one tool call's JSON arguments
 # The detected client: claude-code, codex, cursor, openai-python, ... or other.

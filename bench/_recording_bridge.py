@@ -49,7 +49,7 @@ class CountingSink:
         batch = Batch()
         for record in self._held:
             values = record.values()
-            batch.append(values, batch.cost(values))
+            batch.add(values)
         if batch:
             self.bytes += len(batch.encode())
         self.records += len(self._held)

@@ -29,9 +29,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import parser, table, write_result
@@ -53,6 +53,7 @@ from data_plane.bridge.settings import BreakerSettings
 
 TOKEN = "aib_bench_member_0123456789abcdefghijklmnopqrstuvwxyzABCD"  # noqa: S105 - bench only
 GOAL_PCT = 3.0
+T = TypeVar("T")
 
 
 def _snapshot(port: int) -> cs.ProviderSnapshot:
@@ -121,7 +122,9 @@ async def _one(app: BridgeApp, scope: dict[str, Any], body: bytes) -> int:
     return status
 
 
-async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
+def bench_app(port: int, stream: bool) -> tuple[BridgeApp, Any, dict[str, Any], bytes]:
+    """The bridge's app on the bench snapshot (its upstream at `port`), its HTTP client,
+    and the scope and body of the bench's request (JSON, or SSE with `stream`)."""
     upstream = make_upstream()
     http = make_http_client(upstream)
     app = BridgeApp(http=http, upstream=upstream, body_budget=BodyBudget(128 * 1024 * 1024, 30.0))
@@ -129,7 +132,7 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
         allow_byok=True, breaker=BreakerSettings(False, 5, 10.0, 30.0, 3), http=http
     )
     app.table, _ = build_table(_snapshot(port), EMPTY, context)
-    body = _body(args.stream)
+    body = _body(stream)
     scope = {
         "type": "http",
         "method": "POST",
@@ -145,6 +148,11 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
             (b"content-length", str(len(body)).encode()),
         ],
     }
+    return app, http, scope, body
+
+
+async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
+    app, http, scope, body = bench_app(port, args.stream)
     sink = CountingSink()
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(200):  # warm-up: connections, caches
@@ -162,6 +170,24 @@ async def _measure(args: argparse.Namespace, port: int) -> dict[str, Any]:
     return {"cpu_us": cpu, "records": sink.records}
 
 
+def against_upstream(run: Callable[[int], Coroutine[Any, Any, T]]) -> T:
+    """`run(port)` on uvloop, the bench upstream listening at `port` meanwhile. The bridge
+    logs every request (JSON, info), as deployed; here into a file nobody reads."""
+    logs = tempfile.TemporaryFile("w")  # noqa: SIM115 - open for the whole run
+    real_stderr, sys.stderr = sys.stderr, logs
+    configure("info", "json")
+    upstream, port = start_upstream()
+    try:
+        import uvloop
+
+        return uvloop.run(run(port))
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+        sys.stderr = real_stderr
+        logs.close()
+
+
 def main() -> int:
     p = parser(__doc__)
     p.add_argument("--requests", type=int, default=5000, help="requests per block")
@@ -173,20 +199,7 @@ def main() -> int:
         help="one mode only: two runs under callgrind give instructions per request",
     )
     args = p.parse_args()
-    # The bridge logs every request (JSON, info), as deployed; here into a file nobody reads.
-    logs = tempfile.TemporaryFile("w")  # noqa: SIM115 - open for the whole run
-    real_stderr, sys.stderr = sys.stderr, logs
-    configure("info", "json")
-    upstream, port = start_upstream()
-    try:
-        import uvloop
-
-        result = uvloop.run(_measure(args, port))
-    finally:
-        upstream.terminate()
-        upstream.wait(10)
-        sys.stderr = real_stderr
-        logs.close()
+    result = against_upstream(lambda port: _measure(args, port))
     if args.only:
         print(f"{args.only}: {[round(x, 1) for x in result['cpu_us'][args.only]]} us")
         return 0

@@ -21,7 +21,7 @@ from aibridge.config.v1 import token_pb2
 GATEWAY_ROLES = frozenset({token_pb2.ROLE_MEMBER})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per token and snapshot: hashed by identity
 class Principal:
     sha256: str
     token_id: str

@@ -86,6 +86,20 @@ def test_recording_cost(tmp_path: Path) -> None:
     assert "diff_us" in doc
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None or shutil.which("cc") is None,
+    reason="needs valgrind (callgrind.h) and a C compiler",
+)
+def test_recording_parts(tmp_path: Path) -> None:
+    """The part-by-part count of recording's instructions runs under callgrind and counts every phase."""
+    doc = run("recording_parts.py", ["--requests", "20"], tmp_path, timeout=220)
+    per = doc["per_request"]
+    assert isinstance(per, dict)
+    assert {"off", "on", "take", "values", "batch", "encode"} <= set(per)
+    assert all(isinstance(v, float) and v > 0 for v in per.values())
+
+
 @pytest.mark.timeout(150)
 def test_startup(tmp_path: Path) -> None:
     doc = run("startup.py", ["--runs", "1"], tmp_path)

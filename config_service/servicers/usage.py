@@ -21,7 +21,7 @@ from aibridge.config.v1 import provider_pb2, usage_pb2, usage_service_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.masking import mask_secret
-from aibridge.recording import TOKEN_KINDS, enum_names
+from aibridge.recording import MAX_TOKEN_COUNT, TOKEN_KINDS, enum_names
 from aibridge.rulebook import BY_WIRE, TYPES
 from config_service.auth import Authenticator
 from config_service.errors import InvalidArgument
@@ -38,7 +38,6 @@ Row = dict[str, Any]
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_ATTEMPTS = 1000
-MAX_TOKENS = 2**53  # far above any real count; keeps sums within BIGINT
 # What mask_secret produces: up to 4 characters, "...", up to 4 characters (or nothing).
 _MASKED = re.compile(r"^(?:[^.]{0,4}\.\.\.[^.]{0,4})?\Z")
 
@@ -165,7 +164,10 @@ def record_row(field: str, r: usage_pb2.Interception) -> tuple[Row, list[Row]]:
         ),
         "credential_hint": credential_hint(f + "credential_hint", r.credential_hint),
         "attempts": _count(f + "attempts", r.attempts, MAX_ATTEMPTS),
-        **{kind: _count(f"{f}usage.{kind}", getattr(u, kind), MAX_TOKENS) for kind in TOKEN_KINDS},
+        **{
+            kind: _count(f"{f}usage.{kind}", getattr(u, kind), MAX_TOKEN_COUNT)
+            for kind in TOKEN_KINDS
+        },
         "prompt": _content(f + "prompt", r.prompt, recording.MAX_PROMPT),
         "proxied": r.proxied,
         "streamed": r.streamed,
@@ -346,7 +348,7 @@ def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Ro
         "streamed": list(c.streamed),
     }
     for kind in TOKEN_KINDS:
-        columns[kind] = _distinct(f"columns.{kind}", getattr(c, kind), _bounded(MAX_TOKENS))
+        columns[kind] = _distinct(f"columns.{kind}", getattr(c, kind), _bounded(MAX_TOKEN_COUNT))
     if len(c.prompt_record) != len(c.prompt):
         raise InvalidArgument("columns.prompt", "must have one value per prompt_record")
     prompts = [""] * n

@@ -303,10 +303,7 @@ class BridgeApp:
                     self.metrics.unrecorded.labels("unauthenticated").inc()
                 return None
             capture.principal = principal
-        capture.secrets += creds.secrets
-        provider = table.providers.get(capture.provider_name)
-        if provider is not None:
-            capture.secrets += provider.keys
+        capture.presented = creds  # its secrets read only where a text is made fit
         capture.end()
         if sink is not None:
             sink.submit(capture)  # encoded by the sink in its batches, off the request path
@@ -338,7 +335,7 @@ class BridgeApp:
                 capture.provider(name, unbuilt.type)
                 capture.route = "/" + rest
             return await self._error(send, *self._not_served(table, name, scope, creds))
-        capture.provider(provider.name, provider.type)
+        capture.provider(provider.name, provider.type, provider.keys)
         sub = capture.route = "/" + rest
         family = provider.family
         unusable = _unusable(provider)

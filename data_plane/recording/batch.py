@@ -2,17 +2,19 @@
 
     batch = Batch()
     values = record.values()              # what raises here: the record is unbuildable
-    batch.append(values, batch.cost(values))
+    batch.add(values, limit)              # 0: added; else the bytes it would add
     payload = batch.encode()              # a serialized RecordInterceptionsRequest
 
 A record gives its values as one tuple (`Record.values`: the describing part, the same
 tuple object for every request described alike, then what happened); adding it to a batch
-appends that tuple. `encode` turns the rows into columns, each extended once from a list
-(in C): each distinct description once (description columns, its texts as indexes into a
-per-batch string table) and an index per record, tool calls and prompts side columns.
-So the per-record work on the bridge is a tuple and an append, whatever the number of
-fields. `Batch.size` is an upper bound of the encoded size, kept as
-records are added, so a batch is cut before it passes the shipper's byte cap.
+appends that tuple. `encode` turns the rows into columns, each written once (in C): each
+distinct description once (description columns, its texts as indexes into a per-batch
+string table) and an index per record, tool calls and prompts side columns; a column whose
+values are all equal or all within 0..127 (outcome, status, attempts, flags, most counts,
+the description index) as packed bytes parsed by upb, the others `extend`ed. So the
+per-record work on the bridge is a tuple and an append, whatever the number of fields.
+`Batch.size` is an upper bound of the encoded size, kept as records are added, so a batch
+is cut before it passes the shipper's byte cap.
 
 `split` halves a payload of either form (columns, or the records one by one that older
 spools hold), to isolate the records a service refuses.
@@ -20,6 +22,8 @@ spools hold), to isolate the records a service refuses.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from itertools import compress
 
 from aibridge.config.v1 import usage_pb2
@@ -36,6 +40,7 @@ from data_plane.recording.record import NO_TOKENS, Description, Values
 # each), enums, ints and bools (up to 10 each), five token counts (up to 10 each),
 # each column's tag and length amortized over the batch.
 _FIXED = 2 + 36 + 30 + 45 + 40 + 50
+assert HAPPENED_COLUMNS[:4] == ("id", "started_at", "first_byte_at", "ended_at")  # `columns`
 # The description columns, in the order of `Description`'s values.
 _SCALARS = frozenset(("provider_type", "credential_kind", "proxied"))
 
@@ -48,57 +53,88 @@ class Batch:
     def __init__(self) -> None:
         self.rows: list[Values] = []
         self.size = 8
-        self._described: set[Description] = set()
+        # The descriptions the batch holds, by identity (the rows keep them alive): a
+        # description is one object per distinct set, so no tuple of 14 is hashed.
+        self._described: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def cost(self, values: Values) -> int:
-        """An upper bound of the bytes `values` adds to the batch."""
-        size = _FIXED
+    def add(self, values: Values, limit: int = sys.maxsize) -> int:
+        """Add a record's values unless the batch would pass `limit` bytes with them: 0
+        when added, else what they would add (an upper bound of their bytes). One call per
+        record where the shipper takes them."""
+        cost = _FIXED
         description = values[0]
-        if description not in self._described:
-            size += sum(len(t.encode()) + 6 for t in description if isinstance(t, str))
-        if values[10]:
-            size += sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in values[10])
-        if values[11]:
-            size += len(values[11].encode()) + 12
-        return size
-
-    def append(self, values: Values, cost: int) -> None:
-        """Add a record's values, `cost` being `self.cost(values)`."""
+        new = id(description) not in self._described
+        if new:
+            cost += sum(len(t.encode()) + 6 for t in description if isinstance(t, str))
+        calls = values[10]
+        if calls:
+            cost += sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in calls)
+        prompt = values[11]
+        if prompt:
+            cost += len(prompt.encode()) + 12
+        if self.size + cost > limit:
+            return cost
         self.rows.append(values)
-        self._described.add(values[0])
+        if new:
+            self._described.add(id(description))
         self.size += cost
+        return 0
 
     def encode(self) -> bytes:
         """The batch as a serialized RecordInterceptionsRequest."""
-        return pb.RecordInterceptionsRequest(columns=columns(self.rows)).SerializeToString()
+        request = pb.RecordInterceptionsRequest()
+        columns(self.rows, request.columns)  # filled in place: no copy of the columns
+        return request.SerializeToString()
 
 
-def columns(rows: list[Values]) -> pb.InterceptionColumns:
-    """`rows` as columns: one `extend` per column, the texts through the string table."""
-    out = pb.InterceptionColumns()
+def columns(
+    rows: list[Values], out: pb.InterceptionColumns | None = None
+) -> pb.InterceptionColumns:
+    """`rows` as columns (into `out`, else a new message): one `extend` per column, the
+    texts through the string table."""
+    if out is None:
+        out = pb.InterceptionColumns()
     if not rows:
         return out
     (descriptions, *happened, tokens, tool_calls, prompts) = zip(*rows, strict=True)
-    # Each distinct description once, its position among them per record.
-    distinct: dict[Description, int] = dict.fromkeys(descriptions, 0)
-    for i, description in enumerate(distinct):
-        distinct[description] = i
-    out.description.extend(map(distinct.__getitem__, descriptions))
+    # Each distinct description once (by identity: equal ones made apart, as after the
+    # bridge's cache was cleared, are merely written twice), its position per record.
+    n = len(rows)
+    first = descriptions[0]
+    if descriptions.count(first) == n:  # one description (a C pass, by identity first)
+        distinct: dict[int, Description] = {id(first): first}
+        out.MergeFromString(_TAGS["description"] + _varint(n) + bytes(n))
+    else:
+        identities = list(map(id, descriptions))
+        distinct = dict(zip(identities, descriptions, strict=True))
+        position = dict(zip(distinct, range(len(distinct)), strict=True))
+        indexes = list(map(position.__getitem__, identities))
+        out.MergeFromString(_packed(out, "description", indexes))
     strings: dict[object, int] = {}
-    for name, values in zip(DESCRIPTION_COLUMNS, zip(*distinct, strict=True), strict=True):
+    described = zip(*distinct.values(), strict=True)
+    for name, values in zip(DESCRIPTION_COLUMNS, described, strict=True):
         if name in _SCALARS:
             getattr(out, name).extend(values)
         else:
             getattr(out, name).extend([strings.setdefault(v, len(strings)) for v in values])
     out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
-    for name, column in zip(HAPPENED_COLUMNS, happened, strict=True):
-        getattr(out, name).extend(column)
-    for name, column in zip(TOKEN_KINDS, zip(*tokens, strict=True), strict=True):
-        getattr(out, name).extend(column)
-    n = len(rows)
+    ids, started, first_byte, ended, *numbers = happened
+    out.id.extend(ids)
+    out.started_at.extend(started)  # times: never equal nor small enough to pack
+    out.first_byte_at.extend(first_byte)
+    out.ended_at.extend(ended)
+    packed = [
+        _packed(out, name, column)
+        for names, values in (
+            (HAPPENED_COLUMNS[4:], numbers),
+            (TOKEN_KINDS, zip(*tokens, strict=True)),
+        )
+        for name, column in zip(names, values, strict=True)
+    ]
+    out.MergeFromString(b"".join(packed))
     for i in compress(range(n), tool_calls):
         for name, call_id, arguments in tool_calls[i]:
             out.tool_call_record.append(i)
@@ -109,6 +145,39 @@ def columns(rows: list[Values]) -> pb.InterceptionColumns:
     out.prompt_record.extend(with_prompt)
     out.prompt.extend(prompts[i] for i in with_prompt)
     return out
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Each column's tag as a packed field (wire type 2) of InterceptionColumns.
+_TAGS = {f.name: _varint(f.number << 3 | 2) for f in pb.InterceptionColumns.DESCRIPTOR.fields}
+
+
+def _packed(out: pb.InterceptionColumns, name: str, column: Sequence[int]) -> bytes:
+    """A column of varint values (ints, enums, bools) as its packed field on the wire,
+    for `MergeFromString`, when C can write it: every value the same (status 200,
+    attempts 1, a count of 0: one varint repeated), or every value within 0..127 (each
+    its own varint byte: `bytes(column)`). Else extended into `out` value by value (upb
+    spends ~400 instructions per value there; parsing the packed bytes costs a few) and
+    b"" returned."""
+    if not column:
+        return b""
+    first = column[0]
+    if first >= 0 and column.count(first) == len(column):
+        payload = _varint(first) * len(column)
+    elif min(column) >= 0 and max(column) < 0x80:
+        payload = bytes(column)
+    else:
+        getattr(out, name).extend(column)
+        return b""
+    return _TAGS[name] + _varint(len(payload)) + payload
 
 
 def split(payload: bytes) -> tuple[list[bytes], list[str]]:

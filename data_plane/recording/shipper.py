@@ -161,12 +161,13 @@ class Shipper:
         if self._closed:
             self._drop("closed", 1)
             return
-        queued = len(self._queue)
-        if queued + self._unsent_records >= self._capacity:
+        queue = self._queue
+        queued = len(queue) + 1
+        if queued + self._unsent_records > self._capacity:
             self._drop("queue_full", 1)
             return
-        self._queue.append(record)
-        if queued + 1 in (self._batch_trigger, self._high_water):
+        queue.append(record)
+        if queued == self._batch_trigger or queued == self._high_water:
             self._wake.set()
 
     # ------------------------------------------------------------------ life cycle
@@ -373,7 +374,8 @@ class Shipper:
         """Move one batch from the queue to the unsent batches (encoded for the wire)."""
         batch = Batch()
         queue = self._queue
-        while queue and len(batch) < MAX_BATCH:
+        taken = 0
+        while queue and taken < MAX_BATCH:
             record = queue[0]
             try:
                 values = record.values()
@@ -382,7 +384,7 @@ class Shipper:
                 log.exception("building an interception record failed", request_id=record.id)
                 self._drop("unbuildable", 1)
                 continue
-            cost = batch.cost(values)
+            cost = batch.add(values, BATCH_BYTES)  # 0: added
             if cost > BATCH_BYTES:
                 queue.popleft()
                 log.warning(
@@ -390,11 +392,11 @@ class Shipper:
                 )
                 self._drop("too_large", 1)
                 continue
-            if batch.size + cost > BATCH_BYTES:
+            if cost:
                 break
             queue.popleft()
-            batch.append(values, cost)
-            if len(batch) % _SLICE == 0:
+            taken += 1
+            if taken % _SLICE == 0:
                 await asyncio.sleep(0)
         if batch:
             try:
@@ -417,7 +419,7 @@ class Shipper:
                 log.exception("encoding an interception record failed", request_id=values[1])
                 self._drop("unbuildable", 1)
                 continue
-            kept.append(values, 0)
+            kept.add(values)
         batch.rows[:] = kept.rows
         return kept.encode() if kept else b""
 

@@ -245,7 +245,7 @@ class ListSink:
         """Keeps the record as the bridge made it, once its values encode as a batch."""
         values = record.values()
         batch = Batch()
-        batch.append(values, batch.cost(values))
+        batch.add(values)
         batch.encode()
         self.records.append(interception(values))
 

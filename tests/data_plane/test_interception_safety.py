@@ -119,6 +119,23 @@ async def test_no_secret_reaches_a_record_from_any_header_or_body_field(
     }
 
 
+async def test_a_clients_own_key_is_masked_even_where_an_earlier_record_had_its_text(
+    url: str, records: ListSink
+) -> None:
+    """A client's own key sent beside the gateway token is masked in its record even when the request is refused before the key is used and an earlier request (without that key) sent the same text."""
+    headers = {"user-agent": f"sdk {BYOK_KEY}"}
+    pooled = {"authorization": f"Bearer {MEMBER_TOKEN}"}
+    own = {"authorization": f"Bearer {BYOK_KEY}", "x-aibridge-token": MEMBER_TOKEN}
+    async with httpx.AsyncClient(base_url=url) as http:
+        for credentials in (pooled, own):
+            answer = await http.get("/openai/v1/not-a-route", headers=headers | credentials)
+            assert answer.status_code == 404
+    first, second = records.records
+    assert BYOK_KEY in first.user_agent  # not a secret of that request
+    assert BYOK_KEY not in str(second)
+    assert second.credential_kind == usage_pb2.CREDENTIAL_KIND_UNSPECIFIED
+
+
 ODD = "a\x00b\x1b[31mc\u202ed\ud800e\n\tf\x7f"
 
 
@@ -295,7 +312,7 @@ def test_a_capture_serializes_to_its_built_record_whatever_it_holds() -> None:
         capture.end(started + 10)
         values = capture.values()
         batch = Batch()
-        batch.append(values, batch.cost(values))
+        batch.add(values)
         wire = pb.RecordInterceptionsRequest.FromString(batch.encode())
         rows, calls, _ = batch_rows(wire)
         row, tool_rows = record_row("r", capture.build())

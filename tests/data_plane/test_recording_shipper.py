@@ -245,7 +245,7 @@ async def test_a_spool_written_by_the_row_form_replays_beside_columnar_frames(
     batch = Batch()
     for r in new:
         values = message_values(r)
-        batch.append(values, batch.cost(values))
+        batch.add(values)
     spool = Spool(spool_path, 1 << 20)
     assert spool.append(pb.RecordInterceptionsRequest(interceptions=old).SerializeToString(), 3)
     assert spool.append(batch.encode(), 4)

@@ -20,8 +20,12 @@ event, as Codex does, still had its whole answer), else cancelled.
 Every string is made fit for the config service before it leaves (`line`, `content`):
 cut to its limit in `aibridge.recording`, control and format characters replaced, no
 NUL, valid UTF-8; so one odd header never gets a batch refused. The secrets the bridge
-knows a request by (the gateway token presented, the client's own key, the pooled key
-used) are masked wherever they appear in the record's text.
+knows a request by (the gateway token presented, the client's own key, the provider's
+pooled keys) are masked wherever they appear in the record's text. They are gathered only
+when a text is made fit (a description not seen before, a prompt, tool calls): the
+description cache is keyed by what determines them instead (the principal the gateway
+token was found as, the provider's keys; the credentials themselves when the client
+presented its own key beside the gateway token).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aibridge import recording
 from aibridge.config.v1 import usage_pb2
@@ -38,7 +42,7 @@ from aibridge.rulebook import TYPES
 from data_plane.bridge.asgi import Message, Send
 from data_plane.bridge.interception.clients import detect, session_from_headers
 from data_plane.bridge.interception.response import ResponseReader
-from data_plane.recording.record import NO_TOKENS, Description, Tokens, ToolCall, Values
+from data_plane.recording.record import NO_TOKENS, Description, ToolCall, Values
 
 if TYPE_CHECKING:
     from data_plane.gateway_auth import Principal
@@ -46,12 +50,12 @@ if TYPE_CHECKING:
 REQUEST_ID = b"x-aibridge-request-id"
 VIA = b"x-aibridge-via"  # "proxy": the request came through aibridgeproxyd
 MAX_ID = 36
-MAX_TOKEN_COUNT = 2**53
-# The reader's names of the token counts, in TokenUsage's order (as `_tokens` reads them).
+# The reader's names of the token counts, in TokenUsage's order (as `values` reads them).
 _TOKEN_KINDS = tuple(kind.removesuffix("_tokens") for kind in recording.TOKEN_KINDS)
 assert _TOKEN_KINDS == ("input", "output", "cache_read", "cache_write", "reasoning")
 _REPLACEMENT = "\ufffd"
-# Descriptions (`Capture.values`), by what they were made of (secrets included).
+# Descriptions (`Capture.values`), by what they were made of (and what determines the
+# secrets masked in them).
 MAX_DESCRIBED = 4096
 _DESCRIBED: dict[tuple[object, ...], Description] = {}
 _UUID7 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
@@ -73,6 +77,17 @@ def content(value: str, limit: int) -> str:
     except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
         value = value.encode("utf-8", "replace").decode()
     return value
+
+
+class Presented(Protocol):
+    """The credentials a request carried (the app's parsed headers)."""
+
+    byok: bytes | None  # X-AIBridge-Token: the gateway token beside the client's own key
+
+    @property
+    def secrets(self) -> list[str]:
+        """Its gateway token; with BYOK the client's own key too."""
+        ...
 
 
 class RequestIds:
@@ -125,6 +140,8 @@ class Capture:
         "ended_ns",
         "first_byte_ns",
         "id",
+        "keys",
+        "presented",
         "principal",
         "prompt",
         "provider_name",
@@ -171,13 +188,20 @@ class Capture:
         self.served_model = ""  # what the upstream said aside (Bedrock: the model id invoked)
         self.prompt = ""
         self.streamed = False
+        # Secrets noted while serving (the pooled key used); with the credentials presented
+        # (`presented`, set once the request is over) and the provider's keys (`keys`):
+        # every secret kept out of the record (`_secrets`).
         self.secrets: list[str] = []
+        self.presented: Presented | None = None
+        self.keys: tuple[str, ...] = ()
         self.arguments = False  # keep tool-call arguments (prompt recording is on)
 
-    def provider(self, name: str, type_name: str) -> None:
+    def provider(self, name: str, type_name: str, keys: tuple[str, ...] = ()) -> None:
+        """The provider served (its pooled keys: secrets to keep out of the record)."""
         self.provider_name = name
         known = TYPES.get(type_name)
         self.provider_type = known.wire if known is not None else 0
+        self.keys = keys
 
     def bind(self, send: Send) -> Send:
         """`send` that stamps the request id on the answer and notes how it went."""
@@ -214,9 +238,12 @@ class Capture:
     def end(self, ended_ns: int | None = None) -> None:
         """The request is over: its end time, and what its reader still holds read (a
         relay cut short, the client gone, did not finish it). Nothing changes after."""
-        self.ended_ns = max(time.time_ns() if ended_ns is None else ended_ns, self.started_ns)
-        if self.reader is not None:
-            self.reader.finish()
+        ended = time.time_ns() if ended_ns is None else ended_ns
+        # (conditionals, not max(): a builtin call costs ~1k instructions per request)
+        self.ended_ns = ended if ended >= self.started_ns else self.started_ns
+        reader = self.reader
+        if reader is not None and not reader.finished:
+            reader.finish()
 
     def build(self) -> usage_pb2.Interception:
         """The record (once `end` was called) as a `usage_pb2.Interception`: what
@@ -230,44 +257,65 @@ class Capture:
         reader = self.reader
         served = self.served_model or (reader.model if reader is not None else "")
         principal = self.principal
+        presented = self.presented
+        # The secrets masked in a description are determined by its key: the gateway
+        # token by the principal it was found as (an object per token and snapshot, held
+        # by the key: compared by identity), the pooled keys by the provider's; with
+        # X-AIBridge-Token (the client's own key beside it, whether or not it came to be
+        # used) or no principal, the credentials presented themselves.
         key = (
             self.provider_name,
             self.provider_type,
+            self.keys,
             self.route,
             self.requested_model,
             served,
             self.user_agent,
             self.session_id,
-            None if principal is None else principal.token_id,
-            None if principal is None else principal.principal_id,
-            None if principal is None else principal.principal_name,
+            principal,
+            presented is None,
             self.client,
             self.credential_kind,
             self.credential_hint,
             self.proxied,
             *self.secrets,
+            *(
+                presented.secrets
+                if presented is not None and (presented.byok is not None or principal is None)
+                else ()
+            ),
         )
         description = _DESCRIBED.get(key)
         if description is None:
             if len(_DESCRIBED) >= MAX_DESCRIBED:
                 _DESCRIBED.clear()
-            description = _DESCRIBED[key] = self._description(self._texts())
+            texts = self._texts(served, self._secrets())
+            description = _DESCRIBED[key] = self._description(texts)
         prompt = self.prompt
         if prompt:
-            prompt = _free(prompt, recording.MAX_PROMPT, self.secrets)
+            prompt = _free(prompt, recording.MAX_PROMPT, self._secrets())
         tokens = NO_TOKENS
         calls: tuple[ToolCall, ...] = ()
         if reader is not None:
-            if reader.tokens:
-                tokens = _tokens(reader.tokens)
-            if reader.tool_calls:
+            counts = reader.tokens  # each within 0..MAX_TOKEN_COUNT (the reader's rule)
+            if counts:
+                get = counts.get
+                tokens = (
+                    get("input", 0),
+                    get("output", 0),
+                    get("cache_read", 0),
+                    get("cache_write", 0),
+                    get("reasoning", 0),
+                )
+            if reader.tools:
                 calls = self._tool_calls(reader)
+        first_byte, ended = self.first_byte_ns, self.ended_ns
         return (
             description,
             self.id,
             self.started_ns,
-            self.first_byte_ns,
-            max(self.ended_ns, self.first_byte_ns),
+            first_byte,
+            ended if ended >= first_byte else first_byte,
             self.outcome(),
             self.status,
             self.attempts,
@@ -276,6 +324,12 @@ class Capture:
             calls,
             prompt,
         )
+
+    def _secrets(self) -> list[str]:
+        """Every secret the record must not hold: those noted while serving, the
+        credentials presented, the provider's pooled keys."""
+        presented = self.presented
+        return [*self.secrets, *(presented.secrets if presented is not None else ()), *self.keys]
 
     def _description(self, texts: tuple[str, str, str, str, str]) -> Description:
         """What describes the request, its texts fit (`_texts`). Provider name, principal
@@ -301,7 +355,7 @@ class Capture:
         )
 
     def _tool_calls(self, reader: ResponseReader) -> tuple[ToolCall, ...]:
-        secrets = self.secrets
+        secrets = self._secrets()
         name = recording.MAX_NAME
         return tuple(
             (
@@ -312,15 +366,12 @@ class Capture:
             for tool, call_id, arguments in reader.tool_calls
         )
 
-    def _texts(self) -> tuple[str, str, str, str, str]:
+    def _texts(self, served: str, secrets: list[str]) -> tuple[str, str, str, str, str]:
         """Route, requested and served model, User-Agent and session: what the client or
         the upstream chose, fit to keep; one scan for every known secret at once, and one
         test of the common case, all of it short and printable."""
-        reader = self.reader
-        served = self.served_model or (reader.model if reader is not None else "")
         texts = (self.route, self.requested_model, served, self.user_agent, self.session_id)
         blob = " ".join(texts)
-        secrets = self.secrets
         for secret in secrets:  # (a loop: `any` over a generator costs more)
             if secret in blob:
                 texts = tuple(_masked(text, secrets) for text in texts)  # type: ignore[assignment]
@@ -337,21 +388,6 @@ class Capture:
             line(ua, recording.MAX_USER_AGENT),
             line(session, name),
         )
-
-
-def _tokens(counts: dict[str, int]) -> Tokens:
-    """The reader's token counts in TokenUsage's order, each within 0..MAX_TOKEN_COUNT."""
-    get = counts.get
-    tokens: Tokens = (
-        get("input", 0),
-        get("output", 0),
-        get("cache_read", 0),
-        get("cache_write", 0),
-        get("reasoning", 0),
-    )
-    if min(tokens) < 0 or max(tokens) > MAX_TOKEN_COUNT:
-        return tuple(min(max(t, 0), MAX_TOKEN_COUNT) for t in tokens)  # type: ignore[return-value]
-    return tokens
 
 
 def interception(values: Values) -> usage_pb2.Interception:

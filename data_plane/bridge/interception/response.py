@@ -98,12 +98,13 @@ def _count(value: Any) -> int | None:
 
 
 def _usage(usage: dict[str, Any], out: dict[str, int]) -> None:
-    """Token counts of an OpenAI or Anthropic usage object, by TokenUsage's kind names."""
+    """Token counts of an OpenAI or Anthropic usage object, by TokenUsage's kind names,
+    each within 0..MAX_TOKEN_COUNT."""
 
     def put(kind: str, value: Any) -> None:
         count = _count(value)
         if count is not None:
-            out[kind] = count
+            out[kind] = min(count, recording.MAX_TOKEN_COUNT) if count > 0 else 0
 
     put("input", usage.get("prompt_tokens", usage.get("input_tokens")))
     put("output", usage.get("completion_tokens", usage.get("output_tokens")))
@@ -142,7 +143,7 @@ class ResponseReader:
         self.terminal = False  # the answer reached its end
         self.failed = False  # the answer says it failed (an error event, response.failed)
         self.finish_reasons: list[str] = []  # distinct, in the order they came
-        self._tools: dict[tuple[int, int] | str, _Tool] = {}
+        self.tools: dict[tuple[int, int] | str, _Tool] = {}
         self._argument_chars = 0
         self._buf = bytearray()
         self._overflow = False
@@ -155,7 +156,7 @@ class ResponseReader:
     @property
     def tool_calls(self) -> list[tuple[str, str, str]]:
         """(name, call id, JSON arguments) of each tool call, in the order they began."""
-        return [(t.name, t.call_id, "".join(t.parts)) for t in self._tools.values()]
+        return [(t.name, t.call_id, "".join(t.parts)) for t in self.tools.values()]
 
     def feed(self, chunk: bytes) -> None:
         if self._off or self.finished:
@@ -329,7 +330,7 @@ class ResponseReader:
                 function = function if isinstance(function, dict) else {}
                 index = _count(call.get("index")) if stream else position
                 key = (number, index if index is not None else position)
-                if key not in self._tools:
+                if key not in self.tools:
                     self._new(key, function.get("name"), call.get("id"))
                 self._argument(key, function.get("arguments"))
 
@@ -347,8 +348,8 @@ class ResponseReader:
             if not isinstance(item, dict) or item.get("type") not in _RESPONSES_TOOLS:
                 continue
             call_id = item.get("call_id")
-            key = call_id if isinstance(call_id, str) and call_id else f"#{len(self._tools)}"
-            if key in self._tools:
+            key = call_id if isinstance(call_id, str) and call_id else f"#{len(self.tools)}"
+            if key in self.tools:
                 continue  # the same output seen twice (an output_item event, then completed)
             name = item.get("name") or ("local_shell" if item["type"] == "local_shell_call" else "")
             self._new(key, name, call_id)
@@ -358,16 +359,16 @@ class ResponseReader:
             self._argument(key, arguments)
 
     def _new(self, key: tuple[int, int] | str, name: Any, call_id: Any) -> None:
-        if key in self._tools or len(self._tools) >= recording.MAX_TOOL_CALLS:
+        if key in self.tools or len(self.tools) >= recording.MAX_TOOL_CALLS:
             return
-        self._tools[key] = _Tool(
+        self.tools[key] = _Tool(
             name if isinstance(name, str) else "", call_id if isinstance(call_id, str) else ""
         )
 
     def _argument(self, key: tuple[int, int] | str, text: Any) -> None:
         if not self.arguments or not isinstance(text, str) or not text:
             return
-        tool = self._tools.get(key)
+        tool = self.tools.get(key)
         if tool is None:
             return
         room = min(
