@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aibridge.cli import COMMANDS
+from aibridge.cli import COMMANDS, prepare_environment
 from aibridge.commands.subscribers import print_table
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.masking import sha256_hex
@@ -61,6 +61,19 @@ def test_every_command_has_help(command: str) -> None:
     result = run(*args)
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+def test_the_config_service_gets_grpcs_ph2_server_transport_unless_the_operator_chose() -> None:
+    """Only `config-service` gets GRPC_EXPERIMENTS=ph2_server, and an operator's value is kept."""
+    chosen: dict[str, str] = {}
+    prepare_environment("config-service", chosen)
+    assert chosen == {"GRPC_EXPERIMENTS": "ph2_server"}
+    operator = {"GRPC_EXPERIMENTS": "-ph2_server"}
+    prepare_environment("config-service", operator)
+    assert operator == {"GRPC_EXPERIMENTS": "-ph2_server"}
+    other: dict[str, str] = {}
+    prepare_environment("bridge", other)
+    assert other == {}
 
 
 def test_unknown_command_fails_with_usage() -> None:
