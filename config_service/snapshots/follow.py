@@ -81,7 +81,6 @@ class Follower:
                 self.ended.set_exception(exc)
             return
         if isinstance(waiting, asyncio.Future):
-            waiting._asyncio_future_blocking = False  # as a task would, before waiting on it
             waiting.add_done_callback(self._step)
         else:  # a bare yield (asyncio.sleep(0)): go on at the next loop turn
             self._loop.call_soon(self._step)
