@@ -10,6 +10,19 @@ service's figures can be read as a ratio to what any Python gRPC fan-out pays.
 `--option NAME=INT` (repeatable) adds or overrides a server channel argument, to measure
 what one does to the per-stream figures.
 
+Levers (branch fancpu), each changing the server only: `--env NAME=VALUE` (repeatable)
+sets an environment variable in the server process alone before grpc starts
+(`GRPC_EXPERIMENTS`, `GRPC_POLL_STRATEGY`, `GRPC_ENABLE_FORK_SUPPORT`); `--handler`
+the stream's shape (`write`: a coroutine awaiting `context.write` in a loop, the service's
+shape; `generator`: an async generator yielding the payload; `broadcast`: the handler
+only parks its context and one task per change starts every stream's write together;
+`drive`: the same without a task per write, each write's coroutine stepped by hand);
+`--sync`: the threaded `grpc.server`, one generator per stream on a pool thread;
+`--loop asyncio`: Python's default event loop instead of uvloop; `--switch-interval S`:
+`sys.setswitchinterval` (the GIL hand-off between grpc.aio's poller thread and the loop);
+`--gc-off`: the collector disabled outright (the tuned collector's ceiling). The
+subscriber process's CPU per stream per change is reported beside the server's.
+
     python bench/grpc_floor.py --subscribers 1000 --changes 20
 """
 
@@ -18,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,8 +57,16 @@ def server_main(
     results: Any,
     tuned: bool,
     options: list[tuple[str, int]],
+    lever: dict[str, Any] | None = None,
 ) -> None:
     payload = b"\n" + b"x" * payload_size
+    lever = lever or {}
+    if lever.get("switch_interval"):
+        sys.setswitchinterval(lever["switch_interval"])
+    if lever.get("sync"):
+        sync_server_main(payload, ports, control, results, tuned, options, lever)
+        return
+    shape = lever.get("handler", "write")
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -63,8 +85,77 @@ def server_main(
                 finally:
                     waiters.pop(waiter, None)
 
+        async def watch_generator(request: bytes, context: Any) -> Any:
+            nonlocal opened
+            opened += 1
+            while True:
+                yield payload
+                waiter = loop.create_future()
+                waiters[waiter] = None
+                try:
+                    await waiter
+                finally:
+                    waiters.pop(waiter, None)
+
+        parked: dict[Any, None] = {}
+        in_flight: dict[Any, Any] = {}  # a write in flight (drive: None = another one due)
+
+        async def watch_parked(request: bytes, context: Any) -> None:
+            nonlocal opened
+            opened += 1
+            await context.write(payload)
+            parked[context] = None
+            done = loop.create_future()
+            try:
+                await done  # until the call ends; the broadcast writes for it
+            finally:
+                parked.pop(context, None)
+
+        def broadcast() -> None:
+            """One write per parked stream, all started at once (one in flight per call:
+            a stream whose last write is still in flight gets this one after it)."""
+            for context in list(parked):
+                previous = in_flight.get(context)
+                if previous is not None and not previous.done():
+                    previous.add_done_callback(
+                        lambda _f, c=context: in_flight.__setitem__(
+                            c, asyncio.ensure_future(c.write(payload))
+                        )
+                    )
+                else:
+                    in_flight[context] = asyncio.ensure_future(context.write(payload))
+
+        def drive(context: Any) -> None:
+            """Start context.write without a task: step its coroutine by hand; it yields
+            the future grpc resolves when the batch completes, and a callback finishes it
+            (a stream whose write is in flight gets the next one after it)."""
+            if context in in_flight:
+                in_flight[context] = None  # once the current write completes
+                return
+            step(context, context.write(payload))
+
+        def step(context: Any, coro: Any) -> None:
+            try:
+                future = coro.send(None)
+            except StopIteration:
+                if in_flight.pop(context, 0) is None:
+                    step(context, context.write(payload))
+                return
+            except BaseException:
+                in_flight.pop(context, None)
+                return
+            in_flight.setdefault(context, future)
+            future._asyncio_future_blocking = False
+            future.add_done_callback(lambda _f: step(context, coro))
+
+        handlers = {
+            "write": watch,
+            "generator": watch_generator,
+            "broadcast": watch_parked,
+            "drive": watch_parked,
+        }
         handler = grpc.method_handlers_generic_handler(
-            "bench.Floor", {"Watch": grpc.unary_stream_rpc_method_handler(watch)}
+            "bench.Floor", {"Watch": grpc.unary_stream_rpc_method_handler(handlers[shape])}
         )
         given = dict(options)
         merged = [(k, v) for k, v in grpc_options(False) if k not in given] + options
@@ -72,14 +163,19 @@ def server_main(
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        if tuned:  # as `aibridge config-service` does (aibridge.collector.tune_collector)
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        tune(tuned, lever)
         ports.put(port)
         while (command := await loop.run_in_executor(None, control.get)) != "stop":
             if command == "opened":
                 results.put(opened)
+            elif shape == "broadcast":
+                broadcast()
+                results.put(time.monotonic_ns())
+            elif shape == "drive":  # the writes start here, not in later loop turns
+                started = time.monotonic_ns()
+                for context in list(parked):
+                    drive(context)
+                results.put(started)
             else:  # "change": wake every stream at once
                 woken = list(waiters)
                 waiters.clear()
@@ -88,7 +184,79 @@ def server_main(
                 results.put(time.monotonic_ns())
         await server.stop(0)
 
-    uvloop.run(run())
+    if lever.get("loop") == "asyncio":
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
+
+
+def tune(tuned: bool, lever: dict[str, Any]) -> None:
+    if tuned:  # as `aibridge config-service` does (aibridge.collector.tune_collector)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    if lever.get("gc_off"):
+        gc.disable()
+
+
+def sync_server_main(
+    payload: bytes,
+    ports: Any,
+    control: Any,
+    results: Any,
+    tuned: bool,
+    options: list[tuple[str, int]],
+    lever: dict[str, Any],
+) -> None:
+    """The threaded server: one pool thread per open stream, a generator each, woken by
+    one condition per change."""
+    import threading
+    from concurrent import futures
+
+    changed = threading.Condition()
+    generation = 0
+    opened = 0
+    stopping = False
+
+    def watch(request: bytes, context: Any) -> Any:
+        nonlocal opened
+        with changed:
+            opened += 1
+        seen = generation
+        yield payload
+        while True:
+            with changed:
+                while generation == seen and not stopping:
+                    changed.wait()
+                if stopping:
+                    return
+                seen = generation
+            yield payload
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Floor", {"Watch": grpc.unary_stream_rpc_method_handler(watch)}
+    )
+    given = dict(options)
+    merged = [(k, v) for k, v in grpc_options(False) if k not in given] + options
+    pool = futures.ThreadPoolExecutor(max_workers=lever["threads"])
+    server = grpc.server(pool, options=merged, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    tune(tuned, lever)
+    ports.put(port)
+    while (command := control.get()) != "stop":
+        if command == "opened":
+            results.put(opened)
+        else:
+            with changed:
+                generation += 1
+                changed.notify_all()
+            results.put(time.monotonic_ns())
+    with changed:
+        stopping = True
+        changed.notify_all()
+    server.stop(0)
 
 
 def client_main(port: int, count: int, channels: int, queue: Any, expected: Any) -> None:
@@ -136,17 +304,43 @@ def main() -> int:
     p.add_argument("--payload", type=int, default=2048, help="bytes per message")
     p.add_argument("--untuned", action="store_true", help="Python's default collector settings")
     p.add_argument("--option", action="append", default=[], help="NAME=INT server argument")
+    p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server only")
+    p.add_argument(
+        "--handler", choices=["write", "generator", "broadcast", "drive"], default="write"
+    )
+    p.add_argument("--sync", action="store_true", help="threaded grpc.server, a thread a stream")
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    p.add_argument("--switch-interval", type=float, default=0.0, help="sys.setswitchinterval")
+    p.add_argument("--gc-off", action="store_true", help="gc.disable() once serving")
     args = p.parse_args()
     options = [(k, int(v)) for k, _, v in (o.partition("=") for o in args.option)]
+    env = dict(e.partition("=")[::2] for e in args.env)
+    lever = {
+        "handler": args.handler,
+        "sync": args.sync,
+        "threads": args.subscribers + 16,
+        "loop": args.loop,
+        "switch_interval": args.switch_interval,
+        "gc_off": args.gc_off,
+    }
     n = args.subscribers
     ctx = mp.get_context("spawn")
     ports, control, results, queue = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue()
     expected = ctx.Value("i", -1)
     server = ctx.Process(
         target=server_main,
-        args=(args.payload, ports, control, results, not args.untuned, options),
+        args=(args.payload, ports, control, results, not args.untuned, options, lever),
     )
-    server.start()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the spawned server inherits it; the client does not
+    try:
+        server.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     client = None
     try:
         port = ports.get(timeout=60)
@@ -162,6 +356,8 @@ def main() -> int:
         rss_open = rss_mb(server.pid)
         pace = max(0.2, n / 20000)
         cpu0 = cpu_seconds(server.pid)
+        assert client.pid is not None
+        client_cpu0 = cpu_seconds(client.pid)
         sent: list[int] = []
         for _ in range(args.changes):
             control.put("change")
@@ -170,6 +366,7 @@ def main() -> int:
         expected.value = len(sent)
         arrivals: list[list[int]] = queue.get(timeout=120)
         cpu = cpu_seconds(server.pid) - cpu0
+        client_cpu = cpu_seconds(client.pid) - client_cpu0
     finally:
         expected.value = max(expected.value, 0)
         control.put("stop")
@@ -191,6 +388,11 @@ def main() -> int:
         "from_change_ms": {"p50": percentile(delays, 50), "p99": percentile(delays, 99)},
         "memory_per_stream_kb": round((rss_open - rss_idle) * 1024 / max(1, opened), 1),
         "cpu_per_stream_per_change_us": round(cpu * 1e6 / max(1, opened * len(sent)), 1),
+        "env": env,
+        "lever": {k: v for k, v in lever.items() if k != "threads"},
+        "subscriber_cpu_per_stream_per_change_us": round(
+            client_cpu * 1e6 / max(1, opened * len(sent)), 1
+        ),
     }
     print(
         table(
@@ -206,6 +408,10 @@ def main() -> int:
                 ]
             ],
         )
+    )
+    print(
+        f"subscribers' CPU: {result['subscriber_cpu_per_stream_per_change_us']} µs/stream/change;"
+        f" lever {result['lever']} env {env}"
     )
     print(f"wrote {write_result(f'grpc-floor-{n}', result)}")
     return 0 if missing == 0 else 1

@@ -23,6 +23,11 @@ are summed over the supervising parent and its workers, and each worker's CPU is
 (the writes go through one connection, so through one worker; the others learn of them
 by the change signal). Every subscriber channel is its own TCP connection (a local
 subchannel pool), so the kernel can spread the connections over the workers.
+`--lean`: cheaper subscribers (they share the machine with the service): each keeps a
+response's bytes as grpc hands them over (a whole message) and reads only the snapshot's
+version from the protobuf wire format (`snapshot_version`: field 1 of the response, then
+field 1 of the snapshot; the nested length must match the message), instead of decoding
+the whole snapshot. What the service sends is unchanged.
 
     python bench/propagation.py --subscribers 1000 --writes 20
 """
@@ -83,12 +88,58 @@ def start_service(database_url: str, data_dir: str, workers: int) -> tuple[Proc,
     return proc, str(proc.ready["listen"]), [proc.pid, *proc.ready.get("pids", [])]
 
 
+WATCH_METHOD = "/aibridge.config.v1.ConfigService/WatchProviders"
 # Each channel its own TCP connection (grpc-core shares one between channels otherwise).
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _field(data: bytes, start: int, end: int, number: int) -> tuple[int, int]:
+    """(start, end) of length-delimited field `number` in data[start:end]; ValueError if absent."""
+    at = start
+    while at < end:
+        key, at = _varint(data, at)
+        kind = key & 7
+        if kind == 2:
+            size, at = _varint(data, at)
+            if key >> 3 == number:
+                if at + size > end:
+                    raise ValueError("truncated field")
+                return at, at + size
+            at += size
+        elif kind == 0:
+            _, at = _varint(data, at)
+        elif kind == 1:
+            at += 8
+        elif kind == 5:
+            at += 4
+        else:
+            raise ValueError(f"wire type {kind}")
+    raise ValueError(f"field {number} absent")
+
+
+def snapshot_version(message: bytes) -> str:
+    """A WatchProvidersResponse's snapshot.version, read from its bytes without decoding
+    the rest; the snapshot field must span the message to its end (a whole message)."""
+    start, end = _field(message, 0, len(message), 1)  # snapshot = 1
+    if end != len(message):
+        raise ValueError("the snapshot is not the whole message")
+    v_start, v_end = _field(message, start, end, 1)  # version = 1
+    return message[v_start:v_end].decode()
+
+
 def subscriber_main(
-    target: str, count: int, channels: int, ack: bool, queue: Any, stop: Any
+    target: str, count: int, channels: int, ack: bool, queue: Any, stop: Any, lean: bool = False
 ) -> None:
     """One process: `count` streams over `channels` channels; reports (version, t_ns) per stream.
 
@@ -106,11 +157,20 @@ def subscriber_main(
             nonlocal failed, ready
             stub = cs_grpc.ConfigServiceStub(chans[i % channels])
             node_id = f"bench-{os.getpid()}-{i}"
-            call = stub.WatchProviders(cs.WatchProvidersRequest(node_id=node_id), metadata=md)
+            request = cs.WatchProvidersRequest(node_id=node_id)
+            if lean:  # the response's bytes as they arrived; only its version read
+                watch = chans[i % channels].unary_stream(
+                    WATCH_METHOD,
+                    request_serializer=cs.WatchProvidersRequest.SerializeToString,
+                    response_deserializer=None,
+                )
+                call = watch(request, metadata=md)
+            else:
+                call = stub.WatchProviders(request, metadata=md)
             first = True
             try:
                 async for response in call:
-                    version = response.snapshot.version
+                    version = snapshot_version(response) if lean else response.snapshot.version
                     arrivals[i].append((int(version), time.monotonic_ns()))
                     if ack:
                         report = cs.ReportStatusRequest(
@@ -213,6 +273,7 @@ def main() -> int:
     p.add_argument("--database-url", default="")
     p.add_argument("--workers", type=int, default=1, help="config-service worker processes")
     p.add_argument("--ack", action="store_true", help="subscribers report every snapshot")
+    p.add_argument("--lean", action="store_true", help="subscribers read only the version")
     p.add_argument("--profile", default="", help="py-spy collapsed stacks of the fan-out here")
     p.add_argument("--native", action="store_true", help="with --profile: C frames too")
     args = p.parse_args()
@@ -230,7 +291,7 @@ def main() -> int:
         workers = [
             ctx.Process(
                 target=subscriber_main,
-                args=(target, c, max(1, channels // procs_n), args.ack, queue, stop),
+                args=(target, c, max(1, channels // procs_n), args.ack, queue, stop, args.lean),
             )
             for c in per
         ]
@@ -290,6 +351,7 @@ def main() -> int:
         "processes": procs_n,
         "writes": args.writes,
         "acks": args.ack,
+        "lean_subscribers": args.lean,
         "connected": ready,
         "refused": failed,
         "missing_deliveries": missing,
