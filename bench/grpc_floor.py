@@ -10,6 +10,13 @@ service's figures can be read as a ratio to what any Python gRPC fan-out pays.
 `--option NAME=INT` (repeatable) adds or overrides a server channel argument, to measure
 what one does to the per-stream figures.
 
+Memory per stream (branch fanmem): `--attribute` splits it into Python objects
+(tracemalloc, the top allocation sites and object types per stream), native heap (glibc's
+bytes in use beyond Python's) and the allocator (RSS beyond both): `bench/_memory.py`.
+`--trim` calls `malloc_trim(0)` once the streams are open and measures again.
+`--server-env NAME=VALUE` (repeatable) sets an environment variable for the server process
+only (`MALLOC_ARENA_MAX=1`, `PYTHONMALLOC=malloc`, `GRPC_EXPERIMENTS=...`).
+
     python bench/grpc_floor.py --subscribers 1000 --changes 20
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +37,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import cpu_seconds, parser, percentile, rss_mb, table, write_result
+from _memory import census, malloc_trim, per_stream
 
 from aibridge.collector import YOUNG_THRESHOLD
 from config_service.server import MAX_CONCURRENT_RPCS, grpc_options
@@ -43,8 +52,13 @@ def server_main(
     results: Any,
     tuned: bool,
     options: list[tuple[str, int]],
+    attribute: bool = False,
 ) -> None:
     payload = b"\n" + b"x" * payload_size
+    if attribute:
+        import tracemalloc
+
+        tracemalloc.start()
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -76,10 +90,16 @@ def server_main(
             gc.collect()
             gc.freeze()
             gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        idle = census(attribute)
         ports.put(port)
         while (command := await loop.run_in_executor(None, control.get)) != "stop":
             if command == "opened":
                 results.put(opened)
+            elif command == "census":  # the growth since idle, per open stream
+                results.put(per_stream(idle, census(attribute), max(1, opened)))
+            elif command == "trim":
+                malloc_trim()
+                results.put(per_stream(idle, census(False), max(1, opened)))
             else:  # "change": wake every stream at once
                 woken = list(waiters)
                 waiters.clear()
@@ -136,7 +156,11 @@ def main() -> int:
     p.add_argument("--payload", type=int, default=2048, help="bytes per message")
     p.add_argument("--untuned", action="store_true", help="Python's default collector settings")
     p.add_argument("--option", action="append", default=[], help="NAME=INT server argument")
+    p.add_argument("--attribute", action="store_true", help="Python / native / allocator split")
+    p.add_argument("--trim", action="store_true", help="malloc_trim(0) with the streams open")
+    p.add_argument("--server-env", action="append", default=[], help="NAME=VALUE for the server")
     args = p.parse_args()
+    server_env = dict(e.partition("=")[::2] for e in args.server_env)
     options = [(k, int(v)) for k, _, v in (o.partition("=") for o in args.option)]
     n = args.subscribers
     ctx = mp.get_context("spawn")
@@ -144,9 +168,17 @@ def main() -> int:
     expected = ctx.Value("i", -1)
     server = ctx.Process(
         target=server_main,
-        args=(args.payload, ports, control, results, not args.untuned, options),
+        args=(args.payload, ports, control, results, not args.untuned, options, args.attribute),
     )
+    saved = {k: os.environ.get(k) for k in server_env}
+    os.environ.update(server_env)  # a spawned process reads it at start: the server only
     server.start()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
+    memory: dict[str, Any] = {}
     client = None
     try:
         port = ports.get(timeout=60)
@@ -160,6 +192,12 @@ def main() -> int:
         control.put("opened")
         opened = results.get(timeout=30)
         rss_open = rss_mb(server.pid)
+        if args.attribute or args.trim:
+            control.put("census")
+            memory["open"] = results.get(timeout=60)
+        if args.trim:
+            control.put("trim")
+            memory["trimmed"] = results.get(timeout=60)
         pace = max(0.2, n / 20000)
         cpu0 = cpu_seconds(server.pid)
         sent: list[int] = []
@@ -192,6 +230,18 @@ def main() -> int:
         "memory_per_stream_kb": round((rss_open - rss_idle) * 1024 / max(1, opened), 1),
         "cpu_per_stream_per_change_us": round(cpu * 1e6 / max(1, opened * len(sent)), 1),
     }
+    if server_env:
+        result["server_env"] = server_env
+    if memory:
+        result["memory"] = memory
+        for name, part in memory.items():
+            print(f"{name}: KB per stream {part['kb_per_stream']}")
+            for site in part.get("sites_bytes_per_stream", []):
+                print(f"  {site[1]:6d} B  {site[2]:5.2f} blocks  {site[0]}")
+            for kind, (count, size) in part.get("objects_per_stream", {}).items():
+                print(f"  {count:5.2f} × {kind} ({size} B)")
+            if "gc_objects_bytes_per_stream" in part:
+                print(f"  gc-tracked objects: {part['gc_objects_bytes_per_stream']} B per stream")
     print(
         table(
             ["subscribers", "missing", "p50 ms", "p99 ms", "KB/stream", "µs/stream/change"],
