@@ -8,12 +8,17 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from aibridge.ports import ListenError
-from aibridge.workers import Daemon, supervise
-from config_service.commands.common import failed, load, parser
-from config_service.errors import ConfigError
-from config_service.seed.apply import SeedConflict
-from config_service.seed.env import SeedConfigError
+from config_service import grpc_experiments
+
+# Before the imports below: they import grpc, and grpc-core reads its experiments then.
+grpc_experiments.enable(os.environ)
+
+from aibridge.ports import ListenError  # noqa: E402
+from aibridge.workers import Daemon, supervise  # noqa: E402
+from config_service.commands.common import failed, load, parser  # noqa: E402
+from config_service.errors import ConfigError  # noqa: E402
+from config_service.seed.apply import SeedConflict  # noqa: E402
+from config_service.seed.env import SeedConfigError  # noqa: E402
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
