@@ -26,7 +26,7 @@ from typing import Any
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 - the ctypes layout
+    _fields_ = [
         (name, ctypes.c_size_t)
         for name in (
             "arena",

@@ -239,7 +239,7 @@ def main() -> int:
             for site in part.get("sites_bytes_per_stream", []):
                 print(f"  {site[1]:6d} B  {site[2]:5.2f} blocks  {site[0]}")
             for kind, (count, size) in part.get("objects_per_stream", {}).items():
-                print(f"  {count:5.2f} × {kind} ({size} B)")
+                print(f"  {count:5.2f} x {kind} ({size} B)")
             if "gc_objects_bytes_per_stream" in part:
                 print(f"  gc-tracked objects: {part['gc_objects_bytes_per_stream']} B per stream")
     print(

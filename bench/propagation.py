@@ -391,7 +391,7 @@ def main() -> int:
         result["attribution"] = attribution
         print(f"KB per stream {attribution['kb_per_stream']}")
         for kind, (count, size) in attribution["objects_per_stream"].items():
-            print(f"  {count:5.2f} × {kind} ({size} B)")
+            print(f"  {count:5.2f} x {kind} ({size} B)")
         print(f"  gc-tracked objects: {attribution['gc_objects_bytes_per_stream']} B per stream")
         for site, size, blocks in attribution["sites_bytes_per_stream"]:
             print(f"  {size:6d} B  {blocks:5.2f} blocks  {site}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _memory import census, per_stream  # noqa: E402
+from _memory import census, per_stream
 
 tracemalloc.start()
 _idle: list[dict[str, Any]] = []
