@@ -19,10 +19,13 @@ import collections
 import ctypes
 import ctypes.util
 import gc
+import os
 import sys
 import tempfile
 import tracemalloc
 from typing import Any
+
+from _common import rss_mb
 
 
 class _MallInfo2(ctypes.Structure):
@@ -48,19 +51,11 @@ _libc.mallinfo2.restype = _MallInfo2
 _libc.malloc_trim.argtypes = [ctypes.c_size_t]
 
 
-def rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def heap() -> dict[str, int]:
     """RSS, glibc's heap in use / free, and (while tracing) Python's traced bytes."""
     info = _libc.mallinfo2()
     return {
-        "rss": rss_kb() * 1024,
+        "rss": round(rss_mb(os.getpid()) * 1024 * 1024),
         "malloc_in_use": info.uordblks + info.hblkhd,
         "malloc_free": info.fordblks,
         "python": tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0,

@@ -14,6 +14,7 @@ Memory per stream (branch fanmem): `--attribute` splits it into Python objects
 (tracemalloc, the top allocation sites and object types per stream), native heap (glibc's
 bytes in use beyond Python's) and the allocator (RSS beyond both): `bench/_memory.py`.
 `--trim` calls `malloc_trim(0)` once the streams are open and measures again.
+`--ack`: each stream makes one unary call per change (as a daemon's ReportStatus).
 `--server-env NAME=VALUE` (repeatable) sets an environment variable for the server process
 only (`MALLOC_ARENA_MAX=1`, `PYTHONMALLOC=malloc`, `GRPC_EXPERIMENTS=...`).
 
@@ -43,6 +44,7 @@ from aibridge.collector import YOUNG_THRESHOLD
 from config_service.server import MAX_CONCURRENT_RPCS, grpc_options
 
 METHOD = "/bench.Floor/Watch"
+ACK_METHOD = "/bench.Floor/Ack"  # --ack: a unary call per stream per change, as daemons report
 
 
 def server_main(
@@ -77,8 +79,15 @@ def server_main(
                 finally:
                     waiters.pop(waiter, None)
 
+        async def ack(request: bytes, context: Any) -> bytes:
+            return b""
+
         handler = grpc.method_handlers_generic_handler(
-            "bench.Floor", {"Watch": grpc.unary_stream_rpc_method_handler(watch)}
+            "bench.Floor",
+            {
+                "Watch": grpc.unary_stream_rpc_method_handler(watch),
+                "Ack": grpc.unary_unary_rpc_method_handler(ack),
+            },
         )
         given = dict(options)
         merged = [(k, v) for k, v in grpc_options(False) if k not in given] + options
@@ -111,7 +120,9 @@ def server_main(
     uvloop.run(run())
 
 
-def client_main(port: int, count: int, channels: int, queue: Any, expected: Any) -> None:
+def client_main(
+    port: int, count: int, channels: int, queue: Any, expected: Any, ack: bool = False
+) -> None:
     """`count` streams; once `expected` is set, reports when each stream has that many
     changes (or after a minute: what is missing is counted, not waited for forever)."""
 
@@ -124,8 +135,11 @@ def client_main(port: int, count: int, channels: int, queue: Any, expected: Any)
 
         async def follow(i: int) -> None:
             call = chans[i % channels].unary_stream(METHOD)(b"")
+            report = chans[i % channels].unary_unary(ACK_METHOD)
             async for _ in call:
                 arrivals[i].append(time.monotonic_ns())
+                if ack and len(arrivals[i]) > 1:  # a change's, not the initial write's
+                    await report(b"")
 
         tasks = [asyncio.create_task(follow(i)) for i in range(count)]
         while sum(1 for a in arrivals if a) < count:  # noqa: ASYNC110 - counters, not an event
@@ -156,6 +170,7 @@ def main() -> int:
     p.add_argument("--payload", type=int, default=2048, help="bytes per message")
     p.add_argument("--untuned", action="store_true", help="Python's default collector settings")
     p.add_argument("--option", action="append", default=[], help="NAME=INT server argument")
+    p.add_argument("--ack", action="store_true", help="each stream: one unary call per change")
     p.add_argument("--attribute", action="store_true", help="Python / native / allocator split")
     p.add_argument("--trim", action="store_true", help="malloc_trim(0) with the streams open")
     p.add_argument("--server-env", action="append", default=[], help="NAME=VALUE for the server")
@@ -185,7 +200,9 @@ def main() -> int:
         time.sleep(0.5)
         assert server.pid is not None
         rss_idle = rss_mb(server.pid)
-        client = ctx.Process(target=client_main, args=(port, n, max(1, n // 100), queue, expected))
+        client = ctx.Process(
+            target=client_main, args=(port, n, max(1, n // 100), queue, expected, args.ack)
+        )
         client.start()
         queue.get(timeout=240)
         time.sleep(1.0)
