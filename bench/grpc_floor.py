@@ -23,6 +23,13 @@ only parks its context and one task per change starts every stream's write toget
 `--gc-off`: the collector disabled outright (the tuned collector's ceiling). The
 subscriber process's CPU per stream per change is reported beside the server's.
 
+Memory per stream (branch fanmem): `--attribute` splits it into Python objects
+(tracemalloc, the top allocation sites and object types per stream), native heap (glibc's
+bytes in use beyond Python's) and the allocator (RSS beyond both): `bench/_memory.py`.
+`--trim` calls `malloc_trim(0)` once the streams are open and measures again.
+`--ack`: each stream makes one unary call per change (as a daemon's ReportStatus).
+`--server-env` is `--env` by its other name (`MALLOC_ARENA_MAX=1`, `PYTHONMALLOC=malloc`).
+
     python bench/grpc_floor.py --subscribers 1000 --changes 20
 """
 
@@ -43,11 +50,13 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import cpu_seconds, parser, percentile, rss_mb, table, write_result
+from _memory import census, malloc_trim, per_stream
 
 from aibridge.collector import YOUNG_THRESHOLD
 from config_service.server import MAX_CONCURRENT_RPCS, grpc_options
 
 METHOD = "/bench.Floor/Watch"
+ACK_METHOD = "/bench.Floor/Ack"  # --ack: a unary call per stream per change, as daemons report
 
 
 def server_main(
@@ -58,8 +67,13 @@ def server_main(
     tuned: bool,
     options: list[tuple[str, int]],
     lever: dict[str, Any] | None = None,
+    attribute: bool = False,
 ) -> None:
     payload = b"\n" + b"x" * payload_size
+    if attribute:
+        import tracemalloc
+
+        tracemalloc.start()
     lever = lever or {}
     if lever.get("switch_interval"):
         sys.setswitchinterval(lever["switch_interval"])
@@ -148,6 +162,9 @@ def server_main(
             future._asyncio_future_blocking = False
             future.add_done_callback(lambda _f: step(context, coro))
 
+        async def ack(request: bytes, context: Any) -> bytes:
+            return b""
+
         handlers = {
             "write": watch,
             "generator": watch_generator,
@@ -155,7 +172,11 @@ def server_main(
             "drive": watch_parked,
         }
         handler = grpc.method_handlers_generic_handler(
-            "bench.Floor", {"Watch": grpc.unary_stream_rpc_method_handler(handlers[shape])}
+            "bench.Floor",
+            {
+                "Watch": grpc.unary_stream_rpc_method_handler(handlers[shape]),
+                "Ack": grpc.unary_unary_rpc_method_handler(ack),
+            },
         )
         given = dict(options)
         merged = [(k, v) for k, v in grpc_options(False) if k not in given] + options
@@ -164,10 +185,16 @@ def server_main(
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         tune(tuned, lever)
+        idle = census(attribute)
         ports.put(port)
         while (command := await loop.run_in_executor(None, control.get)) != "stop":
             if command == "opened":
                 results.put(opened)
+            elif command == "census":  # the growth since idle, per open stream
+                results.put(per_stream(idle, census(attribute), max(1, opened)))
+            elif command == "trim":
+                malloc_trim()
+                results.put(per_stream(idle, census(False), max(1, opened)))
             elif shape == "broadcast":
                 broadcast()
                 results.put(time.monotonic_ns())
@@ -259,7 +286,9 @@ def sync_server_main(
     server.stop(0)
 
 
-def client_main(port: int, count: int, channels: int, queue: Any, expected: Any) -> None:
+def client_main(
+    port: int, count: int, channels: int, queue: Any, expected: Any, ack: bool = False
+) -> None:
     """`count` streams; once `expected` is set, reports when each stream has that many
     changes (or after a minute: what is missing is counted, not waited for forever)."""
 
@@ -272,8 +301,11 @@ def client_main(port: int, count: int, channels: int, queue: Any, expected: Any)
 
         async def follow(i: int) -> None:
             call = chans[i % channels].unary_stream(METHOD)(b"")
+            report = chans[i % channels].unary_unary(ACK_METHOD)
             async for _ in call:
                 arrivals[i].append(time.monotonic_ns())
+                if ack and len(arrivals[i]) > 1:  # a change's, not the initial write's
+                    await report(b"")
 
         tasks = [asyncio.create_task(follow(i)) for i in range(count)]
         while sum(1 for a in arrivals if a) < count:  # noqa: ASYNC110 - counters, not an event
@@ -304,7 +336,9 @@ def main() -> int:
     p.add_argument("--payload", type=int, default=2048, help="bytes per message")
     p.add_argument("--untuned", action="store_true", help="Python's default collector settings")
     p.add_argument("--option", action="append", default=[], help="NAME=INT server argument")
-    p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server only")
+    p.add_argument(
+        "--env", "--server-env", action="append", default=[], help="NAME=VALUE for the server"
+    )
     p.add_argument(
         "--handler", choices=["write", "generator", "broadcast", "drive"], default="write"
     )
@@ -312,6 +346,9 @@ def main() -> int:
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     p.add_argument("--switch-interval", type=float, default=0.0, help="sys.setswitchinterval")
     p.add_argument("--gc-off", action="store_true", help="gc.disable() once serving")
+    p.add_argument("--ack", action="store_true", help="each stream: one unary call per change")
+    p.add_argument("--attribute", action="store_true", help="Python / native / allocator split")
+    p.add_argument("--trim", action="store_true", help="malloc_trim(0) with the streams open")
     args = p.parse_args()
     options = [(k, int(v)) for k, _, v in (o.partition("=") for o in args.option)]
     env = dict(e.partition("=")[::2] for e in args.env)
@@ -329,7 +366,16 @@ def main() -> int:
     expected = ctx.Value("i", -1)
     server = ctx.Process(
         target=server_main,
-        args=(args.payload, ports, control, results, not args.untuned, options, lever),
+        args=(
+            args.payload,
+            ports,
+            control,
+            results,
+            not args.untuned,
+            options,
+            lever,
+            args.attribute,
+        ),
     )
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the spawned server inherits it; the client does not
@@ -341,19 +387,28 @@ def main() -> int:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    memory: dict[str, Any] = {}
     client = None
     try:
         port = ports.get(timeout=60)
         time.sleep(0.5)
         assert server.pid is not None
         rss_idle = rss_mb(server.pid)
-        client = ctx.Process(target=client_main, args=(port, n, max(1, n // 100), queue, expected))
+        client = ctx.Process(
+            target=client_main, args=(port, n, max(1, n // 100), queue, expected, args.ack)
+        )
         client.start()
         queue.get(timeout=240)
         time.sleep(1.0)
         control.put("opened")
         opened = results.get(timeout=30)
         rss_open = rss_mb(server.pid)
+        if args.attribute or args.trim:
+            control.put("census")
+            memory["open"] = results.get(timeout=60)
+        if args.trim:
+            control.put("trim")
+            memory["trimmed"] = results.get(timeout=60)
         pace = max(0.2, n / 20000)
         cpu0 = cpu_seconds(server.pid)
         assert client.pid is not None
@@ -394,6 +449,16 @@ def main() -> int:
             client_cpu * 1e6 / max(1, opened * len(sent)), 1
         ),
     }
+    if memory:
+        result["memory"] = memory
+        for name, part in memory.items():
+            print(f"{name}: KB per stream {part['kb_per_stream']}")
+            for site in part.get("sites_bytes_per_stream", []):
+                print(f"  {site[1]:6d} B  {site[2]:5.2f} blocks  {site[0]}")
+            for kind, (count, size) in part.get("objects_per_stream", {}).items():
+                print(f"  {count:5.2f} x {kind} ({size} B)")
+            if "gc_objects_bytes_per_stream" in part:
+                print(f"  gc-tracked objects: {part['gc_objects_bytes_per_stream']} B per stream")
     print(
         table(
             ["subscribers", "missing", "p50 ms", "p99 ms", "KB/stream", "µs/stream/change"],

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -61,9 +62,13 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
 
 
-def start_service(database_url: str, data_dir: str, workers: int) -> tuple[Proc, str, list[int]]:
-    """The service, its target and the pids whose CPU and memory are its own."""
+def start_service(
+    database_url: str, data_dir: str, workers: int, extra: dict[str, str] | None = None
+) -> tuple[Proc, str, list[int]]:
+    """The service, its target and the pids whose CPU and memory are its own (`extra`: more
+    environment for it)."""
     env = {
+        **(extra or {}),
         "AIBRIDGE_DATA_DIR": data_dir,
         "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
         "AIBRIDGE_ADMIN_TOKEN": ADMIN,
@@ -86,6 +91,14 @@ def start_service(database_url: str, data_dir: str, workers: int) -> tuple[Proc,
         timeout=60,
     )
     return proc, str(proc.ready["listen"]), [proc.pid, *proc.ready.get("pids", [])]
+
+
+def take_census(pid: int, written: Path) -> None:
+    """Signal the service's census hook (bench/_census) and wait for its file."""
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 120
+    while not written.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 WATCH_METHOD = "/aibridge.config.v1.ConfigService/WatchProviders"
@@ -276,14 +289,25 @@ def main() -> int:
     p.add_argument("--lean", action="store_true", help="subscribers read only the version")
     p.add_argument("--profile", default="", help="py-spy collapsed stacks of the fan-out here")
     p.add_argument("--native", action="store_true", help="with --profile: C frames too")
+    p.add_argument("--service-env", action="append", default=[], help="NAME=VALUE for the service")
+    p.add_argument(
+        "--attribute",
+        action="store_true",
+        help="one process: the service's Python objects per stream (tracemalloc, types)",
+    )
     args = p.parse_args()
+    service_env = dict(e.partition("=")[::2] for e in args.service_env)
     n = args.subscribers
     channels = args.channels or max(1, n // 100)
     procs_n = args.processes or (2 if n >= 2000 else 1)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         # PostgreSQL: a fresh schema each run (dropped after), so runs compare alike.
         url = stack.enter_context(fresh_schema(args.database_url)) if args.database_url else ""
-        service, target, pids = start_service(url, tmp, args.workers)
+        census_out = Path(tmp) / "census.json"
+        if args.attribute:  # bench/_census/sitecustomize.py, loaded by the service
+            service_env["PYTHONPATH"] = str(Path(__file__).resolve().parent / "_census")
+            service_env["BENCH_CENSUS_OUT"] = str(census_out)
+        service, target, pids = start_service(url, tmp, args.workers, service_env)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         stop = ctx.Event()
@@ -302,6 +326,8 @@ def main() -> int:
             alone = make_writes(target, args.writes, pace, "alone")
             cpu_alone = [b - a for a, b in zip(cpu_idle0, cpus(pids), strict=True)]
             rss_idle = sum(rss_mb(pid) for pid in pids)
+            if args.attribute:
+                take_census(pids[-1], census_out.with_suffix(".idle"))
             started = time.monotonic()
             for w in workers:
                 w.start()
@@ -313,6 +339,10 @@ def main() -> int:
             connect_s = time.monotonic() - started
             time.sleep(1.0)
             rss_connected = sum(rss_mb(pid) for pid in pids)
+            if args.attribute:
+                census_out.with_suffix(".count").write_text(str(ready))
+                take_census(pids[-1], census_out)
+                attribution = json.loads(census_out.read_text())
             profiler = start_profiler(pids[-1], args.profile, args.native) if args.profile else None
             cpu0 = cpus(pids)
             clients0 = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None)
@@ -419,6 +449,14 @@ def main() -> int:
             ],
         )
     )
+    if args.attribute:
+        result["attribution"] = attribution
+        print(f"KB per stream {attribution['kb_per_stream']}")
+        for kind, (count, size) in attribution["objects_per_stream"].items():
+            print(f"  {count:5.2f} x {kind} ({size} B)")
+        print(f"  gc-tracked objects: {attribution['gc_objects_bytes_per_stream']} B per stream")
+        for site, size, blocks in attribution["sites_bytes_per_stream"]:
+            print(f"  {size:6d} B  {blocks:5.2f} blocks  {site}")
     if args.workers > 1:
         print(f"fan-out CPU per process (parent, workers): {result['cpu_per_process_seconds']} s")
     path = write_result(f"propagation-{n}", result)
