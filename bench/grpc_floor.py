@@ -87,29 +87,27 @@ def server_main(
         waiters: dict[asyncio.Future[None], None] = {}
         opened = 0
 
+        async def next_change() -> None:
+            waiter = loop.create_future()
+            waiters[waiter] = None
+            try:
+                await waiter
+            finally:
+                waiters.pop(waiter, None)
+
         async def watch(request: bytes, context: Any) -> None:
             nonlocal opened
             opened += 1
             while True:
                 await context.write(payload)
-                waiter = loop.create_future()
-                waiters[waiter] = None
-                try:
-                    await waiter
-                finally:
-                    waiters.pop(waiter, None)
+                await next_change()
 
         async def watch_generator(request: bytes, context: Any) -> Any:
             nonlocal opened
             opened += 1
             while True:
                 yield payload
-                waiter = loop.create_future()
-                waiters[waiter] = None
-                try:
-                    await waiter
-                finally:
-                    waiters.pop(waiter, None)
+                await next_change()
 
         parked: dict[Any, None] = {}
         in_flight: dict[Any, Any] = {}  # a write in flight (drive: None = another one due)
