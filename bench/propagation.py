@@ -28,6 +28,12 @@ response's bytes as grpc hands them over (a whole message) and reads only the sn
 version from the protobuf wire format (`snapshot_version`: field 1 of the response, then
 field 1 of the snapshot; the nested length must match the message), instead of decoding
 the whole snapshot. What the service sends is unchanged.
+`--c-subscribers`: the subscribers are bench/_subscribers.c (compiled at run time with gcc
+against Debian's libnghttp2; bench/_c_subscribers.py), one epoll process by default
+(`--processes`) opening the N streams over the same N/100 HTTP/2 connections, reading the
+version from the wire as `--lean` does, for a few µs of CPU per stream per change: the
+service's figures without a load generator as costly as the service beside it on the
+same cores. A stream refused or ended by the server is counted, as are malformed messages.
 
     python bench/propagation.py --subscribers 1000 --writes 20
 """
@@ -52,6 +58,7 @@ import grpc
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _c_subscribers
 from _common import cpu_seconds, fresh_schema, parser, percentile, rss_mb, table, write_result
 from _stack import ADMIN, BRIDGE, Proc, start
 
@@ -287,6 +294,11 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1, help="config-service worker processes")
     p.add_argument("--ack", action="store_true", help="subscribers report every snapshot")
     p.add_argument("--lean", action="store_true", help="subscribers read only the version")
+    p.add_argument(
+        "--c-subscribers",
+        action="store_true",
+        help="subscribers in C (bench/_subscribers.c, libnghttp2; one process by default)",
+    )
     p.add_argument("--profile", default="", help="py-spy collapsed stacks of the fan-out here")
     p.add_argument("--native", action="store_true", help="with --profile: C frames too")
     p.add_argument("--service-env", action="append", default=[], help="NAME=VALUE for the service")
@@ -299,7 +311,9 @@ def main() -> int:
     service_env = dict(e.partition("=")[::2] for e in args.service_env)
     n = args.subscribers
     channels = args.channels or max(1, n // 100)
-    procs_n = args.processes or (2 if n >= 2000 else 1)
+    if args.c_subscribers and args.ack:
+        p.error("--c-subscribers do not report (--ack): the Python subscribers do")
+    procs_n = args.processes or (2 if n >= 2000 and not args.c_subscribers else 1)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         # PostgreSQL: a fresh schema each run (dropped after), so runs compare alike.
         url = stack.enter_context(fresh_schema(args.database_url)) if args.database_url else ""
@@ -312,13 +326,17 @@ def main() -> int:
         queue = ctx.Queue()
         stop = ctx.Event()
         per = [n // procs_n + (1 if i < n % procs_n else 0) for i in range(procs_n)]
+        per_connections = max(1, channels // procs_n)
         workers = [
             ctx.Process(
                 target=subscriber_main,
-                args=(target, c, max(1, channels // procs_n), args.ack, queue, stop, args.lean),
+                args=(target, c, per_connections, args.ack, queue, stop, args.lean),
             )
             for c in per
         ]
+        c_exe = _c_subscribers.compile_program(Path(tmp)) if args.c_subscribers else None
+        c_procs: list[_c_subscribers.Process] = []
+        c_outcomes: list[_c_subscribers.Outcome] = []
         try:
             pace = max(0.2, n / 20000)
             # The writes alone (no subscriber): commit, rebuild and idle loops, same pacing.
@@ -329,13 +347,22 @@ def main() -> int:
             if args.attribute:
                 take_census(pids[-1], census_out.with_suffix(".idle"))
             started = time.monotonic()
-            for w in workers:
-                w.start()
             ready = failed = 0
-            for _ in workers:
-                _, r, f = queue.get(timeout=240)
-                ready += r
-                failed += f
+            if c_exe is not None:
+                c_procs = _c_subscribers.start(c_exe, target, BRIDGE, per, per_connections)
+                for c_proc in c_procs:
+                    r, f = c_proc.ready()
+                    ready += r
+                    failed += f
+                subscriber_pids = [c_proc.pid for c_proc in c_procs]
+            else:
+                for w in workers:
+                    w.start()
+                for _ in workers:
+                    _, r, f = queue.get(timeout=240)
+                    ready += r
+                    failed += f
+                subscriber_pids = [w.pid for w in workers if w.pid is not None]
             connect_s = time.monotonic() - started
             time.sleep(1.0)
             rss_connected = sum(rss_mb(pid) for pid in pids)
@@ -345,21 +372,30 @@ def main() -> int:
                 attribution = json.loads(census_out.read_text())
             profiler = start_profiler(pids[-1], args.profile, args.native) if args.profile else None
             cpu0 = cpus(pids)
-            clients0 = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None)
+            clients0 = sum(cpu_seconds(pid) for pid in subscriber_pids)
             writes = make_writes(target, args.writes, pace, "fanout")
             per_process = [b - a for a, b in zip(cpu0, cpus(pids), strict=True)]
             cpu = sum(per_process)
-            clients_cpu = sum(cpu_seconds(w.pid) for w in workers if w.pid is not None) - clients0
+            clients_cpu = sum(cpu_seconds(pid) for pid in subscriber_pids) - clients0
             stop_profiler(profiler)
             rss = sum(rss_mb(pid) for pid in pids)
             stop.set()
             arrivals: list[list[tuple[int, int]]] = []
-            for _ in workers:
-                _, a, _ = queue.get(timeout=120)
-                arrivals += a
+            if c_procs:
+                c_outcomes = [c_proc.stop() for c_proc in c_procs]
+                for outcome in c_outcomes:
+                    arrivals += outcome.arrivals
+            else:
+                for _ in workers:
+                    _, a, _ = queue.get(timeout=120)
+                    arrivals += a
         finally:
             stop.set()
+            for c_proc in c_procs:
+                c_proc.close()
             for w in workers:
+                if w.pid is None:
+                    continue
                 w.join(30)
                 if w.is_alive():
                     w.kill()
@@ -375,8 +411,29 @@ def main() -> int:
                 continue
             from_send.append((t - t_send) / 1e6)
             from_ack.append((t - t_ack) / 1e6)
+    # What the streams saw: the distinct sequences of versions (one when all saw the same).
+    sequences: dict[tuple[int, ...], int] = {}
+    for stream in arrivals:
+        seen = tuple(v for v, _ in stream)
+        sequences[seen] = sequences.get(seen, 0) + 1
+    common = max(sequences, key=lambda seq: sequences[seq], default=())
+    # The C subscribers' own account: refusals by grpc-status, streams ended later, bad bytes.
+    refusals: dict[str, int] = {}
+    ended_after_first = bad_messages = connections_lost = 0
+    for outcome in c_outcomes:
+        bad_messages += outcome.bad_messages
+        connections_lost += outcome.connections_lost
+        for end in outcome.ended:
+            if end.before_first:
+                key = f"grpc-status {end.grpc_status}, HTTP/2 error {end.h2_error}"
+                refusals[key] = refusals.get(key, 0) + 1
+            else:
+                ended_after_first += 1
+    if refusals:
+        print(f"C subscribers: refused {refusals}", file=sys.stderr)
     result = {
         "subscribers": n,
+        "subscriber_kind": "c" if args.c_subscribers else "python",
         "channels": channels,
         "processes": procs_n,
         "writes": args.writes,
@@ -385,6 +442,11 @@ def main() -> int:
         "connected": ready,
         "refused": failed,
         "missing_deliveries": missing,
+        "versions_seen": {
+            "distinct_sequences": len(sequences),
+            "streams_with_the_common_one": sequences.get(common, 0),
+            "common_sequence": list(common),
+        },
         "connect_seconds": round(connect_s, 2),
         "from_send_ms": {
             "p50": percentile(from_send, 50),
@@ -409,6 +471,7 @@ def main() -> int:
         "subscriber_cpu_per_stream_per_change_us": round(
             clients_cpu * 1e6 / max(1, ready * len(writes)), 1
         ),
+        "subscriber_cpu_seconds_during_writes": round(clients_cpu, 3),
         "database": "postgresql" if args.database_url else "sqlite",
         "workers": args.workers,
         # Parent first (it only supervises), then each worker: CPU for the writes with the
@@ -449,6 +512,19 @@ def main() -> int:
             ],
         )
     )
+    if args.c_subscribers:
+        result["c_subscribers"] = {
+            "refusals": refusals,
+            "ended_after_first_snapshot": ended_after_first,
+            "bad_messages": bad_messages,
+            "connections_lost": connections_lost,
+            "messages": sum(o.messages for o in c_outcomes),
+            "bytes": sum(o.bytes_in for o in c_outcomes),
+        }
+    print(
+        f"CPU during the writes: service {cpu:.3f} s, subscribers {clients_cpu:.3f} s "
+        f"({result['subscriber_cpu_per_stream_per_change_us']} µs/stream/change)"
+    )
     if args.attribute:
         result["attribution"] = attribution
         print(f"KB per stream {attribution['kb_per_stream']}")
@@ -461,7 +537,8 @@ def main() -> int:
         print(f"fan-out CPU per process (parent, workers): {result['cpu_per_process_seconds']} s")
     path = write_result(f"propagation-{n}", result)
     print(f"wrote {path}")
-    return 0 if failed == 0 and missing == 0 else 1
+    clean = failed == missing == ended_after_first == bad_messages == 0
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":
