@@ -8,12 +8,24 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from aibridge.config.v1 import config_service_pb2 as cs
+
+# bench/_c_subscribers: builds and drives bench/_subscribers.c.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import _c_subscribers
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+C_SUBSCRIBERS_MISSING = _c_subscribers.missing()
 TOOL_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin"
 
 
@@ -49,6 +61,97 @@ def test_propagation(tmp_path: Path) -> None:
     doc = run("propagation.py", ["--subscribers", "2", "--writes", "2"], tmp_path)
     assert doc["refused"] == 0
     assert doc["missing_deliveries"] == 0
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(C_SUBSCRIBERS_MISSING is not None, reason=str(C_SUBSCRIBERS_MISSING))
+def test_propagation_with_c_subscribers(tmp_path: Path) -> None:
+    """With --c-subscribers every C stream sees every change and the subscribers' CPU is reported."""
+    doc = run(
+        "propagation.py", ["--subscribers", "4", "--writes", "2", "--c-subscribers"], tmp_path
+    )
+    assert doc["subscriber_kind"] == "c"
+    assert doc["connected"] == 4
+    assert doc["refused"] == doc["missing_deliveries"] == 0
+    assert doc["versions_seen"]["distinct_sequences"] == 1
+    assert len(doc["versions_seen"]["common_sequence"]) == 3  # the first snapshot and 2 writes
+    c = doc["c_subscribers"]
+    assert c["bad_messages"] == c["ended_after_first_snapshot"] == c["connections_lost"] == 0
+    assert "subscriber_cpu_seconds_during_writes" in doc
+
+
+TOKEN = "aib_test_c_subscribers_token"
+
+
+def response(version: str) -> bytes:
+    return cs.WatchProvidersResponse(
+        snapshot=cs.ProviderSnapshot(version=version)
+    ).SerializeToString()
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[str]:
+    """A WatchProviders server on port 0 scripted per stream (the node id's last number):
+    0 sends version 5 and stays open, 1 is refused before any message, 2 sends version 5
+    and ends, 3 sends bytes that are no response and ends; stream 0 answers only once the
+    others are over, so all of it is on the wire before the client says it is ready."""
+    done = [threading.Event() for _ in range(4)]
+
+    def watch(request: cs.WatchProvidersRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        stream = int(request.node_id.rsplit("-", 1)[1])
+        context.add_callback(done[stream].set)
+        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {TOKEN}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
+        if stream == 1:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "refused")
+        if stream == 0:
+            for other in done[1:]:
+                other.wait(30)
+            yield response("5")
+            done[0].wait(30)  # until the client goes
+            return
+        yield response("5") if stream == 2 else b"\x0a\x03\x0a\x01"  # truncated snapshot
+
+    handler = grpc.method_handlers_generic_handler(
+        "aibridge.config.v1.ConfigService",
+        {
+            "WatchProviders": grpc.unary_stream_rpc_method_handler(
+                watch, request_deserializer=cs.WatchProvidersRequest.FromString
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(C_SUBSCRIBERS_MISSING is not None, reason=str(C_SUBSCRIBERS_MISSING))
+def test_c_subscribers_count_refused_ended_and_malformed_streams(
+    scripted_server: str, tmp_path: Path
+) -> None:
+    """The C subscribers count a stream refused before its first snapshot, one ended after it
+    and a malformed message, and record each snapshot's version as it arrived."""
+    exe = _c_subscribers.compile_program(tmp_path)
+    (proc,) = _c_subscribers.start(exe, scripted_server, TOKEN, [4], connections=1)
+    try:
+        assert proc.ready() == (2, 2)
+        outcome = proc.stop()
+    finally:
+        proc.close()
+    assert [[v for v, _ in stream] for stream in outcome.arrivals] == [[5], [], [5], []]
+    ended = {e.stream: (e.before_first, e.grpc_status) for e in outcome.ended}
+    assert ended == {
+        1: (True, grpc.StatusCode.PERMISSION_DENIED.value[0]),
+        2: (False, 0),
+        3: (True, 0),
+    }
+    assert outcome.bad_messages == 1
+    assert outcome.messages == 3
 
 
 @pytest.mark.timeout(150)
