@@ -224,6 +224,28 @@ def subscriber_main(
     uvloop.run(run())  # as the daemons run (uvicorn[standard] brings it)
 
 
+def connections_per_process(pids: list[int], port: int) -> list[int]:
+    """Established TCP connections on the service's `port` that each process holds (which
+    worker the kernel gave each subscriber connection)."""
+    established: set[str] = set()  # socket inodes
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table_path) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    established.add(fields[9])
+    counts = []
+    for pid in pids:
+        held = 0
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    held += link.startswith("socket:[") and link[8:-1] in established
+        counts.append(held)
+    return counts
+
+
 def cpus(pids: list[int]) -> list[float]:
     return [cpu_seconds(pid) for pid in pids]
 
@@ -366,6 +388,7 @@ def main() -> int:
             connect_s = time.monotonic() - started
             time.sleep(1.0)
             rss_connected = sum(rss_mb(pid) for pid in pids)
+            held = connections_per_process(pids, int(target.rsplit(":", 1)[1]))
             if args.attribute:
                 census_out.with_suffix(".count").write_text(str(ready))
                 take_census(pids[-1], census_out)
@@ -403,14 +426,23 @@ def main() -> int:
     from_send: list[float] = []
     from_ack: list[float] = []
     missing = 0
+    # Per write, from its sending: its answer, the first and the last stream to hold it.
+    phases: dict[str, list[float]] = {"ack": [], "first": [], "last": [], "spread": []}
     for version, t_send, t_ack in writes:
+        got: list[int] = []
         for stream in arrivals:
             t = next((t for v, t in stream if v >= version), None)
             if t is None:
                 missing += 1
                 continue
+            got.append(t)
             from_send.append((t - t_send) / 1e6)
             from_ack.append((t - t_ack) / 1e6)
+        if got:
+            phases["ack"].append((t_ack - t_send) / 1e6)
+            phases["first"].append((min(got) - t_send) / 1e6)
+            phases["last"].append((max(got) - t_send) / 1e6)
+            phases["spread"].append((max(got) - min(got)) / 1e6)
     # What the streams saw: the distinct sequences of versions (one when all saw the same).
     sequences: dict[tuple[int, ...], int] = {}
     for stream in arrivals:
@@ -453,6 +485,9 @@ def main() -> int:
             "p99": percentile(from_send, 99),
             "max": max(from_send, default=float("nan")),
         },
+        # Medians over the writes: the answer, the first and the last stream, last - first.
+        "per_write_median_ms": {k: round(percentile(v, 50), 1) for k, v in phases.items()},
+        "per_write_last_ms": [round(v, 1) for v in phases["last"]],  # in the writes' order
         "from_ack_ms": {
             "p50": percentile(from_ack, 50),
             "p99": percentile(from_ack, 99),
@@ -476,6 +511,8 @@ def main() -> int:
         "workers": args.workers,
         # Parent first (it only supervises), then each worker: CPU for the writes with the
         # streams open, minus the same writes alone.
+        # The subscribers' connections each process holds (parent first), after connecting.
+        "connections_per_process": held,
         "cpu_per_process_seconds": [
             round(c - a, 3) for c, a in zip(per_process, cpu_alone, strict=True)
         ],
@@ -522,6 +559,10 @@ def main() -> int:
             "bytes": sum(o.bytes_in for o in c_outcomes),
         }
     print(
+        "per write (median, ms from the send): ack {ack}, first stream {first}, "
+        "last stream {last}, spread {spread}".format(**result["per_write_median_ms"])
+    )
+    print(
         f"CPU during the writes: service {cpu:.3f} s, subscribers {clients_cpu:.3f} s "
         f"({result['subscriber_cpu_per_stream_per_change_us']} µs/stream/change)"
     )
@@ -535,6 +576,7 @@ def main() -> int:
             print(f"  {size:6d} B  {blocks:5.2f} blocks  {site}")
     if args.workers > 1:
         print(f"fan-out CPU per process (parent, workers): {result['cpu_per_process_seconds']} s")
+        print(f"subscriber connections per process (parent, workers): {held}")
     path = write_result(f"propagation-{n}", result)
     print(f"wrote {path}")
     clean = failed == missing == ended_after_first == bad_messages == 0
