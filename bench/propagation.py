@@ -34,6 +34,9 @@ against Debian's libnghttp2; bench/_c_subscribers.py), one epoll process by defa
 version from the wire as `--lean` does, for a few µs of CPU per stream per change: the
 service's figures without a load generator as costly as the service beside it on the
 same cores. A stream refused or ended by the server is counted, as are malformed messages.
+Every run also reports the distinct sequences of versions the streams saw (one when all saw
+the same), per write the medians of its answer, first and last stream (the fan-out's span),
+and with `--workers` how many subscriber connections each worker holds.
 
     python bench/propagation.py --subscribers 1000 --writes 20
 """
