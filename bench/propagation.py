@@ -346,6 +346,8 @@ def main() -> int:
         if args.attribute:  # bench/_census/sitecustomize.py, loaded by the service
             service_env["PYTHONPATH"] = str(Path(__file__).resolve().parent / "_census")
             service_env["BENCH_CENSUS_OUT"] = str(census_out)
+        # Built before the service starts: a missing compiler or library stops the run here.
+        c_exe = _c_subscribers.compile_program(Path(tmp)) if args.c_subscribers else None
         service, target, pids = start_service(url, tmp, args.workers, service_env)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -359,7 +361,6 @@ def main() -> int:
             )
             for c in per
         ]
-        c_exe = _c_subscribers.compile_program(Path(tmp)) if args.c_subscribers else None
         c_procs: list[_c_subscribers.Process] = []
         c_outcomes: list[_c_subscribers.Outcome] = []
         try:
@@ -514,11 +515,11 @@ def main() -> int:
         "workers": args.workers,
         # Parent first (it only supervises), then each worker: CPU for the writes with the
         # streams open, minus the same writes alone.
-        # The subscribers' connections each process holds (parent first), after connecting.
-        "connections_per_process": held,
         "cpu_per_process_seconds": [
             round(c - a, 3) for c, a in zip(per_process, cpu_alone, strict=True)
         ],
+        # The subscribers' connections each process holds (parent first), after connecting.
+        "connections_per_process": held,
     }
     print(
         table(
