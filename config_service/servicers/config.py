@@ -2,13 +2,15 @@
 
 Snapshot responses are the hub's pre-serialized bytes (the handlers have no response
 serializer, so grpc sends the bytes as they are), so a change costs one serialization
-per scope, not one per subscriber. WatchProviders writes with `context.write` from a
-coroutine rather than yielding from an async generator: per stream per change that is
-one write and one wake-up of its task, with no generator frames in between.
+per scope, not one per subscriber. WatchProviders sends through a Follower
+(snapshots/follow.py): at a change the hub pokes it and it starts `context.write` itself,
+so per stream per change there is one write and one loop callback, and the stream's task
+only waits for the stream's end.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +41,7 @@ from config_service.errors import (
 from config_service.metrics import ConfigMetrics
 from config_service.rbac import Action, Role, Subject, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
+from config_service.snapshots.follow import Follower
 from config_service.snapshots.hub import DIVERGE_EVERY, NOWHERE, Position, SnapshotHub
 from config_service.snapshots.snapshot import ROLE_TO_PROTO
 from config_service.store.subscriber_status import RemoteSubscriber
@@ -118,39 +121,53 @@ class ConfigServicer:
             state.version_sent = state.version_acked = request.known_version
         sent = self._metrics.snapshots_sent.labels(scope=scope.value)
         trusted_at = hub.position
+        sending: tuple[Position, str] = (known, "")
+        span: Any = None
+
+        def look() -> bytes | None:
+            """What the stream is sent now (None: it is up to date); raises to end it."""
+            nonlocal trusted_at, sending, span
+            self._vouch()
+            position, entry = hub.published(scope)
+            if position != trusted_at:
+                # The token index moved with the snapshot: one dict lookup per stream.
+                _still_valid(subject, hub.live_subject(subject.token_id))
+                trusted_at = position
+            # The hub moves forward within a history or on to a new one: any other
+            # position than the subscriber's is newer to it.
+            if position == known:
+                return None
+            sending = (position, entry.version)
+            tracing = hub.tracing
+            if tracing is not None:
+                # The first send is the stream's own start, not a change's.
+                built = hub.built_by if state.version_sent else None
+                span = tracing.send(built, node_id, scope.value, entry.version)
+            return entry.payload
+
+        def written() -> None:
+            nonlocal known, span
+            # What was sent, not what the hub holds now: a change published while the
+            # write was in flight is looked at once it completes, never skipped.
+            known, state.version_sent = sending
+            sent.inc()
+            if span is not None:
+                span.end()
+                span = None
+
+        follower = Follower(asyncio.get_running_loop(), look, context.write, written)
+        hub.follow(follower)
         try:
-            while True:
-                self._vouch()
-                position, entry = hub.published(scope)
-                if position != trusted_at:
-                    # The token index moved with the snapshot: one dict lookup per stream.
-                    _still_valid(subject, hub.live_subject(subject.token_id))
-                    trusted_at = position
-                # The hub moves forward within a history or on to a new one: any other
-                # position than the subscriber's is newer to it.
-                if position != known:
-                    tracing = hub.tracing
-                    if tracing is None:
-                        await context.write(entry.payload)
-                    else:
-                        # The first send is the stream's own start, not a change's.
-                        built = hub.built_by if state.version_sent else None
-                        span = tracing.send(built, node_id, scope.value, entry.version)
-                        try:
-                            await context.write(entry.payload)
-                        finally:
-                            span.end()
-                    # What was sent, not what the hub holds now: a change published while
-                    # the write was in flight is sent on the next turn, never skipped.
-                    known = position
-                    state.version_sent = entry.version
-                    sent.inc()
-                    continue
-                await hub.changed()  # no await since the check above: no change missed
+            follower.poke()  # the stream's first send; the hub pokes it at each change
+            await follower.ended
         except ConfigError as exc:
             log.info("watch stream ended", node_id=node_id, code=exc.code.name, reason=exc.message)
             await abort_for(exc, context)
         finally:
+            hub.unfollow(follower)
+            follower.close()
+            if span is not None:
+                span.end()
             self._registry.remove(state)
 
     def _vouch(self) -> None:

@@ -39,6 +39,7 @@ from config_service.store.database import Database
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
+    from config_service.snapshots.follow import Follower
     from config_service.tracing import ConfigTelemetry
 
 log = get_logger("aibridge.config.hub")
@@ -71,6 +72,8 @@ class SnapshotHub:
         self._live: dict[str, Subject] = {}  # by token id
         # Futures of everyone waiting for the next change; swapped out by each wake.
         self._waiters: dict[asyncio.Future[None], None] = {}
+        # The open watch streams, poked at each change (snapshots/follow.py).
+        self._followers: dict[Follower, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._diverged_at = -DIVERGE_EVERY  # time.monotonic() of the last `diverged`
@@ -115,6 +118,19 @@ class SnapshotHub:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if self._followers:  # in one callback, once the publishing code has run on
+            asyncio.get_running_loop().call_soon(self._poke)
+
+    def _poke(self) -> None:
+        for follower in list(self._followers):
+            follower.poke()
+
+    def follow(self, follower: Follower) -> None:
+        """Poke `follower` at each published version or change of `reachable`."""
+        self._followers[follower] = None
+
+    def unfollow(self, follower: Follower) -> None:
+        self._followers.pop(follower, None)
 
     async def _contact(self, call: Awaitable[T]) -> T:
         """A database call whose outcome says whether this replica can vouch for its snapshot."""
@@ -245,7 +261,7 @@ class SnapshotHub:
     @property
     def waiting(self) -> int:
         """How many are waiting for the next change (open streams, background loops)."""
-        return len(self._waiters)
+        return len(self._waiters) + len(self._followers)
 
     async def changed(self) -> None:
         """Return at the next published version or change of `reachable`."""
