@@ -16,7 +16,9 @@ small C helper compiled at run time), so each phase is counted apart in one run:
   next and every run does the same work;
 - `idle`: a few seconds with nothing happening, without streams and with them: the
   service's background (timers, keepalives) per second, taken out of the phases above by
-  their wall time (under valgrind a fan-out takes seconds).
+  their wall time (under valgrind a fan-out takes seconds). Each busy phase ends with
+  `--settle` seconds of waiting, so the last writes' completions (which the service
+  handles after the subscribers have the bytes) are counted in it, not in the next.
 
 Instructions per stream per change = (fanout - alone - idle corrections) / (N * W).
 The service runs with the periodic revision check off (an hour: a safety net, not the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import re
@@ -62,6 +65,7 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
+FLOOR_CHANGE = "/bench.Floor/Change"
 HOOK = Path(__file__).resolve().parent / "_callgrind"
 _HELPER = r"""
 #include <valgrind/callgrind.h>
@@ -89,7 +93,15 @@ def _export(rev: str, into: Path) -> Path:
 class Service:
     """`aibridge config-service` under callgrind, its counters dumped phase by phase."""
 
-    def __init__(self, tmp: Path, database_url: str, tree: Path | None, extra: dict[str, str]):
+    def __init__(
+        self,
+        tmp: Path,
+        database_url: str,
+        tree: Path | None,
+        extra: dict[str, str],
+        calls: bool = False,
+        floor: int = 0,
+    ):
         self._tmp = tmp
         self._label = tmp / "label"
         self.out = tmp / "cg"
@@ -111,17 +123,20 @@ class Service:
         }
         if database_url:
             env["AIBRIDGE_DATABASE_URL"] = database_url
-        command = [
+        valgrind = [
             "valgrind",
             "--tool=callgrind",
             f"--callgrind-out-file={self.out / 'callgrind.out'}",
             "--dump-instr=no",
             "--dump-line=no",
             f"--log-file={tmp / 'valgrind.log'}",
-            sys.executable,
-            AIBRIDGE,
-            "config-service",
         ]
+        if calls:
+            env["BENCH_CG_CALLS"] = "1"
+        served = (
+            [str(HOOK / "floor_server.py"), str(floor)] if floor else [AIBRIDGE, "config-service"]
+        )
+        command = [*([] if calls else valgrind), sys.executable, *served]
         log_path = tmp / "service.log"
         log = open(log_path, "w")  # noqa: SIM115 - closed by Proc.stop
         popen = subprocess.Popen(
@@ -166,6 +181,11 @@ class Service:
                 found[trigger.group(1).strip()] = int(total.group(1))
         return found
 
+    def calls(self, label: str) -> dict[str, int]:
+        """With `calls`: the Python-level calls counted in phase `label`."""
+        counts: dict[str, int] = json.loads(Path(f"{self._label}.{label}.calls.json").read_text())
+        return counts
+
     def stop(self) -> None:
         self.proc.stop()
 
@@ -179,12 +199,12 @@ def subscriber_main(
     async def run() -> None:
         chans = [grpc.aio.insecure_channel(target, CHANNEL_OPTIONS) for _ in range(channels)]
         latest = [0] * count
-        messages = 0
+        messages = size = 0
         ready = failed = 0
         md = (("authorization", f"Bearer {BRIDGE}"),)
 
         async def follow(i: int) -> None:
-            nonlocal ready, failed, messages
+            nonlocal ready, failed, messages, size
             watch = chans[i % channels].unary_stream(
                 WATCH_METHOD,
                 request_serializer=cs.WatchProvidersRequest.SerializeToString,
@@ -195,6 +215,7 @@ def subscriber_main(
                 async for response in call:
                     latest[i] = int(snapshot_version(response))
                     messages += 1
+                    size = len(response)
                     if not seen[i]:
                         seen[i] = True
                         ready += 1
@@ -216,15 +237,20 @@ def subscriber_main(
             await asyncio.sleep(0.005)
         for task in tasks:
             task.cancel()
-        queue.put(("messages", index, messages))
+        queue.put(("messages", index, messages, size))
         for chan in chans:
             await chan.close()
 
     uvloop.run(run())
 
 
-def write(channel: grpc.Channel, tag: str) -> int:
-    """One CreateToken (a change to every scope's snapshot); the version it made."""
+def write(channel: grpc.Channel, tag: str, floor: bool = False) -> int:
+    """One CreateToken (a change to every scope's snapshot); the version it made. On the
+    floor server: its Change call."""
+    if floor:
+        change = channel.unary_unary(FLOOR_CHANGE)
+        answer = cs.GetProviderSnapshotResponse.FromString(change(b"", timeout=300))
+        return int(answer.snapshot.version)
     md = (("authorization", f"Bearer {ADMIN}"),)
     ta_grpc.TokenAdminServiceStub(channel).CreateToken(
         ta.CreateTokenRequest(principal_name=tag, role=token_pb2.ROLE_MEMBER),
@@ -237,6 +263,20 @@ def write(channel: grpc.Channel, tag: str) -> int:
     return int(snapshot.snapshot.version)
 
 
+def print_calls(service: Service, per: int, top: int) -> int:
+    """The Python-level calls of the fan-out per stream per change: calls in `fanout`
+    minus the mean of the `alone` phases, over streams x changes."""
+    fanout, alone1, alone2 = (service.calls(k) for k in ("fanout", "alone1", "alone2"))
+    rows = sorted(
+        ((n - (alone1.get(k, 0) + alone2.get(k, 0)) / 2) / per, k) for k, n in fanout.items()
+    )
+    total = sum(c for c, _ in rows)
+    print(f"Python-level calls per stream per change: {total:.1f}")
+    for count, key in reversed(rows[-top:]):
+        print(f"{count:8.3f}  {key}")
+    return 0
+
+
 def main() -> int:
     p = parser(__doc__)
     p.add_argument("--subscribers", type=int, default=1000)
@@ -244,11 +284,32 @@ def main() -> int:
     p.add_argument("--processes", type=int, default=1, help="subscriber processes")
     p.add_argument("--changes", type=int, default=10)
     p.add_argument("--idle", type=float, default=5.0, help="seconds of each idle phase")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds each busy phase waits at its end (the last writes' completions)",
+    )
     p.add_argument("--database-url", default="")
     p.add_argument("--source", default="", help="git revision of the service's code")
     p.add_argument("--service-env", action="append", default=[], help="NAME=VALUE")
     p.add_argument("--keep", default="", help="keep the callgrind files in this directory")
     p.add_argument("--label", default="", help="a name for this run in the result file")
+    p.add_argument(
+        "--floor",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="the bare grpc.aio floor (bench/_callgrind/floor_server.py) instead of the "
+        "service, writing messages of BYTES",
+    )
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="no valgrind: count Python-level calls per phase; print the TOP per stream per change",
+    )
     args = p.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed")
@@ -260,7 +321,8 @@ def main() -> int:
         tmp = Path(tmp_name)
         url = stack.enter_context(fresh_schema(args.database_url)) if args.database_url else ""
         tree = _export(args.source, tmp / "tree") if args.source else None
-        service = Service(tmp, url, tree, extra)
+        service = Service(tmp, url, tree, extra, calls=bool(args.calls), floor=args.floor)
+        floor = bool(args.floor)
         stack.callback(service.stop)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -281,11 +343,12 @@ def main() -> int:
 
         with grpc.insecure_channel(service.target) as channel:
             for i in range(3):  # warm-up: first calls, caches
-                write(channel, f"warm-{i}")
+                write(channel, f"warm-{i}", floor)
             service.dump("warm")
             started = time.monotonic()
             for i in range(w):
-                write(channel, f"alone1-{i}")
+                write(channel, f"alone1-{i}", floor)
+            time.sleep(args.settle)
             timed("alone1", started)
             started = time.monotonic()
             time.sleep(args.idle)
@@ -297,26 +360,28 @@ def main() -> int:
             for _ in subscribers:
                 _, _, r, f = queue.get(timeout=1200)
                 ready, failed = ready + r, failed + f
+            time.sleep(args.settle)
             timed("connect", started)
             if failed:
                 stop.set()
                 raise SystemExit(f"{failed} of {n} streams refused")
             started = time.monotonic()
             for i in range(w):
-                version = write(channel, f"fanout-{i}")
+                version = write(channel, f"fanout-{i}", floor)
                 goal.value = version
                 for _ in subscribers:
                     kind, *_ = queue.get(timeout=1200)
                     assert kind == "reached"
+            time.sleep(args.settle)
             timed("fanout", started)
             started = time.monotonic()
             time.sleep(args.idle)
             timed("idle1", started)
             started = time.monotonic()
             stop.set()
-            messages = 0
+            messages = size = 0
             for _ in subscribers:
-                kind, _, count = queue.get(timeout=300)
+                kind, _, count, size = queue.get(timeout=300)
                 messages += count
             for s in subscribers:
                 s.join(60)
@@ -324,8 +389,11 @@ def main() -> int:
             timed("disconnect", started)
             started = time.monotonic()
             for i in range(w):
-                write(channel, f"alone2-{i}")
+                write(channel, f"alone2-{i}", floor)
+            time.sleep(args.settle)
             timed("alone2", started)
+        if args.calls:
+            return print_calls(service, ready * w, args.calls)
         counts = service.counts()
         if args.keep:
             keep = Path(args.keep)
@@ -343,12 +411,13 @@ def main() -> int:
     corrected = (counts["fanout"] - rate1 * seconds["fanout"] - (alone - rate0 * alone_s)) / (n * w)
     result = {
         "label": args.label,
-        "source": args.source or "worktree",
+        "source": "floor" if args.floor else (args.source or "worktree"),
         "service_env": extra,
         "subscribers": ready,
         "changes": w,
         "channels": channels,
         "messages": messages,
+        "message_bytes": size,
         "instructions": counts,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "idle_instructions_per_second": {"no_streams": round(rate0), "streams": round(rate1)},
@@ -368,6 +437,7 @@ def main() -> int:
                 "idle Ir/s (0, N)",
                 "fanout s",
                 "Ir/stream connect",
+                "message B",
             ],
             [
                 [
@@ -379,13 +449,15 @@ def main() -> int:
                     f"{rate0:.0f}, {rate1:.0f}",
                     round(seconds["fanout"], 1),
                     result["instructions_per_stream_connect"],
+                    size,
                 ]
             ],
         )
     )
     if messages != n * (w + 1):
         print(f"note: {messages} messages, {n * (w + 1)} expected (one per stream per version)")
-    print(f"wrote {write_result(f'fanout-instructions-{n}', result)}")
+    name = "floor" if args.floor else "service"
+    print(f"wrote {write_result(f'fanout-instructions-{name}-{n}', result)}")
     return 0
 
 
