@@ -25,7 +25,10 @@ The service runs with the periodic revision check off (an hour: a safety net, no
 fan-out's work). `--source REV`: the service's code from git revision REV (`git archive`,
 first on its PYTHONPATH), for before → after; `--service-env NAME=VALUE`: e.g.
 `GRPC_EXPERIMENTS=ph2_server`. `--keep DIR`: keep the callgrind files (one per phase) for
-`callgrind_annotate`.
+`callgrind_annotate`. `--ack`: every stream reports every snapshot it read (ReportStatus,
+as the daemons do) before it counts as holding it, so the fan-out phase holds the ACKs
+too. `--syscalls`: no valgrind; `strace -c` on every thread of the service during the
+fan-out phase: its system calls per stream per change, by name.
 
     python bench/fanout_instructions.py --subscribers 1000 --changes 10 [--source REV]
 
@@ -100,6 +103,7 @@ class Service:
         tree: Path | None,
         extra: dict[str, str],
         calls: bool = False,
+        plain: bool = False,
         floor: int = 0,
     ):
         self._tmp = tmp
@@ -136,7 +140,7 @@ class Service:
         served = (
             [str(HOOK / "floor_server.py"), str(floor)] if floor else [AIBRIDGE, "config-service"]
         )
-        command = [*([] if calls else valgrind), sys.executable, *served]
+        command = [*([] if calls or plain else valgrind), sys.executable, *served]
         log_path = tmp / "service.log"
         log = open(log_path, "w")  # noqa: SIM115 - closed by Proc.stop
         popen = subprocess.Popen(
@@ -191,10 +195,18 @@ class Service:
 
 
 def subscriber_main(
-    target: str, count: int, channels: int, index: int, queue: Any, goal: Any, stop: Any
+    target: str,
+    count: int,
+    channels: int,
+    index: int,
+    queue: Any,
+    goal: Any,
+    stop: Any,
+    ack: bool = False,
 ) -> None:
     """`count` lean streams over `channels` channels; reports ("reached", index, version)
-    once every stream holds the version in `goal`, and its message count at the end."""
+    once every stream holds the version in `goal`, and its message count at the end.
+    With `ack`, each stream reports every snapshot (ReportStatus) before it holds it."""
 
     async def run() -> None:
         chans = [grpc.aio.insecure_channel(target, CHANNEL_OPTIONS) for _ in range(channels)]
@@ -210,10 +222,18 @@ def subscriber_main(
                 request_serializer=cs.WatchProvidersRequest.SerializeToString,
                 response_deserializer=None,
             )
-            call = watch(cs.WatchProvidersRequest(node_id=f"cg-{index}-{i}"), metadata=md)
+            node_id = f"cg-{index}-{i}"
+            call = watch(cs.WatchProvidersRequest(node_id=node_id), metadata=md)
+            report = cs_grpc.ConfigServiceStub(chans[i % channels]).ReportStatus
             try:
                 async for response in call:
-                    latest[i] = int(snapshot_version(response))
+                    version = snapshot_version(response)
+                    if ack:
+                        status = cs.ReportStatusRequest(
+                            node_id=node_id, version=version, applied=True
+                        )
+                        await report(status, metadata=md, timeout=600)
+                    latest[i] = int(version)
                     messages += 1
                     size = len(response)
                     if not seen[i]:
@@ -263,6 +283,41 @@ def write(channel: grpc.Channel, tag: str, floor: bool = False) -> int:
     return int(snapshot.snapshot.version)
 
 
+def strace(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """`strace -c` attached to every thread of `pid` (and any it starts) until stopped."""
+    threads = ",".join(os.listdir(f"/proc/{pid}/task"))
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-c", "-o", str(out), "-p", threads],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # attached before the first write
+    return tracer
+
+
+def stop_strace(tracer: subprocess.Popen[bytes], out: Path) -> dict[str, int]:
+    """Stop `tracer`; the system calls it counted, by name."""
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(60)
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+            counts[fields[-1]] = int(fields[3])
+    return counts
+
+
+def print_syscalls(counts: dict[str, int], per: int) -> int:
+    """The fan-out phase's system calls per stream per change (strace attached only then:
+    the writes' own calls are in it, a few per change)."""
+    total = sum(counts.values())
+    print(f"system calls per stream per change: {total / per:.3f}")
+    for name, count in sorted(counts.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"{count / per:8.3f}  {name}")
+    return 0
+
+
 def print_calls(service: Service, per: int, top: int) -> int:
     """The Python-level calls of the fan-out per stream per change: calls in `fanout`
     minus the mean of the `alone` phases, over streams x changes."""
@@ -303,6 +358,12 @@ def main() -> int:
         help="the bare grpc.aio floor (bench/_callgrind/floor_server.py) instead of the "
         "service, writing messages of BYTES",
     )
+    p.add_argument("--ack", action="store_true", help="every stream reports every snapshot")
+    p.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="no valgrind: the service's system calls in the fan-out (strace -c, every thread)",
+    )
     p.add_argument(
         "--calls",
         type=int,
@@ -311,6 +372,8 @@ def main() -> int:
         help="no valgrind: count Python-level calls per phase; print the TOP per stream per change",
     )
     args = p.parse_args()
+    if args.floor and args.ack:
+        raise SystemExit("--ack is the service's ReportStatus: not with --floor")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed")
     n, w = args.subscribers, args.changes
@@ -321,7 +384,15 @@ def main() -> int:
         tmp = Path(tmp_name)
         url = stack.enter_context(fresh_schema(args.database_url)) if args.database_url else ""
         tree = _export(args.source, tmp / "tree") if args.source else None
-        service = Service(tmp, url, tree, extra, calls=bool(args.calls), floor=args.floor)
+        service = Service(
+            tmp,
+            url,
+            tree,
+            extra,
+            calls=bool(args.calls),
+            plain=args.syscalls,
+            floor=args.floor,
+        )
         floor = bool(args.floor)
         stack.callback(service.stop)
         ctx = mp.get_context("spawn")
@@ -332,7 +403,16 @@ def main() -> int:
         subscribers = [
             ctx.Process(
                 target=subscriber_main,
-                args=(service.target, c, max(1, channels // args.processes), i, queue, goal, stop),
+                args=(
+                    service.target,
+                    c,
+                    max(1, channels // args.processes),
+                    i,
+                    queue,
+                    goal,
+                    stop,
+                    args.ack,
+                ),
             )
             for i, c in enumerate(per)
         ]
@@ -365,6 +445,7 @@ def main() -> int:
             if failed:
                 stop.set()
                 raise SystemExit(f"{failed} of {n} streams refused")
+            tracer = strace(service.proc.pid, tmp / "strace.txt") if args.syscalls else None
             started = time.monotonic()
             for i in range(w):
                 version = write(channel, f"fanout-{i}", floor)
@@ -374,6 +455,8 @@ def main() -> int:
                     assert kind == "reached"
             time.sleep(args.settle)
             timed("fanout", started)
+            if tracer is not None:
+                syscalls = stop_strace(tracer, tmp / "strace.txt")
             started = time.monotonic()
             time.sleep(args.idle)
             timed("idle1", started)
@@ -394,6 +477,8 @@ def main() -> int:
             timed("alone2", started)
         if args.calls:
             return print_calls(service, ready * w, args.calls)
+        if args.syscalls:
+            return print_syscalls(syscalls, ready * w)
         counts = service.counts()
         if args.keep:
             keep = Path(args.keep)
@@ -413,6 +498,7 @@ def main() -> int:
         "label": args.label,
         "source": "floor" if args.floor else (args.source or "worktree"),
         "service_env": extra,
+        "acks": args.ack,
         "subscribers": ready,
         "changes": w,
         "channels": channels,
