@@ -7,11 +7,11 @@ starts the write by stepping `context.write`'s coroutine by hand: the first step
 grpc's batch and yields the future grpc resolves when it completes, and a callback on
 that future finishes the write. Per stream per change that is one loop callback instead
 of two task turns (the wake-up and the write's completion) and the waiter future between
-them (bench/README.md: "Fan-out levers (branch fancpu)" on the bare grpc.aio floor, and
-"fanv" for the service under callgrind: 57.9-58.4k -> 52.7-53.4k instructions per stream
-per change against the task-per-stream loop). One write in flight per stream, as grpc.aio
-allows: an offer made while it is in flight is kept (the latest wins) and sent once it
-completes, never skipped.
+them (bench/README.md: "Fan-out levers (branch fancpu)" on the bare grpc.aio floor; "Fan-out
+by instruction count (branch fanv)" for the service under callgrind, 58.1k -> 53.0k
+instructions per stream per change against a task per stream). One write in flight per
+stream, as grpc.aio allows: an offer made while it is in flight is kept (the latest wins)
+and sent once it completes, never skipped.
 
 A follower holds only slots (no closures, no per-instance dict): it is one of the few
 Python objects a stream keeps for its whole life.
