@@ -41,7 +41,7 @@ from config_service.errors import (
 from config_service.metrics import ConfigMetrics
 from config_service.rbac import Action, Role, Scope, Subject, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
-from config_service.snapshots.follow import Count, Follower, TracedFollower
+from config_service.snapshots.follow import Count, Follower, Trace
 from config_service.snapshots.hub import DIVERGE_EVERY, NOWHERE, Position, SnapshotHub
 from config_service.snapshots.snapshot import ROLE_TO_PROTO
 from config_service.store.subscriber_status import RemoteSubscriber
@@ -139,14 +139,10 @@ class ConfigServicer:
         if sent is None:
             sent = self._sent[scope] = self._metrics.snapshots_sent.labels(scope=scope.value)
         loop = asyncio.get_running_loop()
-        follower: Follower
-        if hub.tracing is None:
-            follower = Follower(loop, context.write, known, state, sent)
-        else:
-            built_by = self._built_by
-            follower = TracedFollower(
-                loop, context.write, known, state, sent, hub.tracing, built_by, node_id, scope.value
-            )
+        trace = None
+        if hub.tracing is not None:
+            trace = Trace(hub.tracing, self._built_by, node_id, scope.value)
+        follower = Follower(loop, context.write, known, state, sent, trace)
         # Its token is checked at each later position once for all its streams (_fan_out).
         trust = self._trust.get((subject.token_id, subject.role))
         if trust is None:
@@ -169,8 +165,8 @@ class ConfigServicer:
             if not trust.followers and self._trust.get((subject.token_id, subject.role)) is trust:
                 del self._trust[subject.token_id, subject.role]
             follower.close()
-            if isinstance(follower, TracedFollower):
-                follower.end_span()
+            if trace is not None:
+                trace.end()
             self._registry.remove(state)
 
     @property

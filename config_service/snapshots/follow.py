@@ -55,6 +55,7 @@ class Follower:
         "ended",
         "known",
         "state",
+        "trace",
     )
 
     def __init__(
@@ -64,12 +65,15 @@ class Follower:
         known: Position,
         state: SubscriberState,
         sent: Count,
+        trace: Trace | None = None,
     ) -> None:
         # known: the position the subscriber holds; state: its ListSubscribers entry
-        # (version_sent set as each write completes); sent: counts a write started later.
+        # (version_sent set as each write completes); sent: counts a write started later;
+        # trace: the sends' spans, when telemetry is on.
         self.ended: asyncio.Future[None] = loop.create_future()
         self.known = known
         self.state = state
+        self.trace = trace
         self._loop = loop
         self._write = write
         self._sent = sent
@@ -104,14 +108,19 @@ class Follower:
             writing.close()
 
     def _start(self, position: Position, entry: SnapshotEntry) -> None:
+        if self.trace is not None:
+            self.trace.start(not self.state.version_sent, entry.version)
         self._sending = (position, entry)
         self._writing = self._write(entry.payload)
         self._step()
 
     def _wrote(self, position: Position, entry: SnapshotEntry) -> None:
         """A write completed: what was sent, not what the hub holds now."""
+        self._sending = None
         self.known = position
         self.state.version_sent = entry.version
+        if self.trace is not None:
+            self.trace.end()
 
     def _step(self, _done: object = None) -> None:
         writing = self._writing
@@ -140,41 +149,26 @@ class Follower:
             self._loop.call_soon(self._step)
 
 
-class TracedFollower(Follower):
-    """A follower whose every send is a span (a child of the rebuild that built it)."""
+class Trace:
+    """A stream's send spans (telemetry on): each send a span, a child of the rebuild
+    that built its snapshot (the first send is the stream's own start: no parent)."""
 
-    __slots__ = ("_built_by", "_node_id", "_scope", "_tracing", "span")
+    __slots__ = ("built_by", "node_id", "scope", "span", "tracing")
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        write: Write,
-        known: Position,
-        state: SubscriberState,
-        sent: Count,
-        tracing: ConfigTelemetry,
-        built_by: Callable[[], Any],
-        node_id: str,
-        scope: str,
+        self, tracing: ConfigTelemetry, built_by: Callable[[], Any], node_id: str, scope: str
     ) -> None:
-        super().__init__(loop, write, known, state, sent)
-        self._tracing = tracing
-        self._built_by = built_by
-        self._node_id = node_id
-        self._scope = scope
+        self.tracing = tracing
+        self.built_by = built_by  # the span context of the current snapshot's rebuild
+        self.node_id = node_id
+        self.scope = scope
         self.span: Span | None = None
 
-    def _start(self, position: Position, entry: SnapshotEntry) -> None:
-        # The first send is the stream's own start, not a change's.
-        built = self._built_by() if self.state.version_sent else None
-        self.span = self._tracing.send(built, self._node_id, self._scope, entry.version)
-        super()._start(position, entry)
+    def start(self, first: bool, version: str) -> None:
+        built = None if first else self.built_by()
+        self.span = self.tracing.send(built, self.node_id, self.scope, version)
 
-    def _wrote(self, position: Position, entry: SnapshotEntry) -> None:
-        super()._wrote(position, entry)
-        self.end_span()
-
-    def end_span(self) -> None:
+    def end(self) -> None:
         span, self.span = self.span, None
         if span is not None:
             span.end()
