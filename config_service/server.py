@@ -114,6 +114,7 @@ class RunningService:
     stopped: bool = False
     telemetry: Telemetry | None = None
     signal: local_signal.LocalSignal | None = None
+    config: ConfigServicer | None = None  # WatchProviders' streams (tests look at them)
 
     @property
     def target(self) -> str:
@@ -413,8 +414,9 @@ def _add_services(
     metrics: ConfigMetrics,
     worker: Worker | None,
     edge: AuthenticateFirst,
-) -> Any:
-    """Register every servicer, health and reflection; returns the health servicer."""
+) -> tuple[Any, ConfigServicer]:
+    """Register every servicer, health and reflection; returns the health servicer and
+    the config servicer."""
     auth = Authenticator(hub, db)
     edge.auth = auth  # from now on, calls are refused before their body is read
     remote = None
@@ -441,7 +443,7 @@ def _add_services(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
-    return health_servicer
+    return health_servicer, config
 
 
 def _shares_status(db: Database, worker: Worker | None) -> bool:
@@ -523,11 +525,14 @@ async def start(
             await asyncio.to_thread(telemetry.shutdown)
         raise
     hub, metrics, registry = await _hub(db, settings, tracing, worker)
-    health_servicer = _add_services(server, settings, db, hub, registry, metrics, worker, edge)
+    health_servicer, config = _add_services(
+        server, settings, db, hub, registry, metrics, worker, edge
+    )
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningService(settings, server, port, db, hub, health_servicer, registry, metrics)
+    running.config = config
     running.telemetry = telemetry
     _start_background(running, worker)
     if settings.metrics_listen is not None:

@@ -203,6 +203,23 @@ def test_recording_parts(tmp_path: Path) -> None:
     assert all(isinstance(v, float) and v > 0 for v in per.values())
 
 
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None or shutil.which("cc") is None,
+    reason="needs valgrind (callgrind.h) and a C compiler",
+)
+def test_fanout_instructions(tmp_path: Path) -> None:
+    """The config service's instructions per stream per change are counted under callgrind, every stream getting every change."""
+    args = ["--subscribers", "20", "--changes", "2", "--idle", "0.5", "--settle", "0.5"]
+    doc = run("fanout_instructions.py", args, tmp_path, timeout=220)
+    assert doc["subscribers"] == 20
+    assert doc["messages"] == 20 * 3  # the first snapshot and one per change
+    counted = doc["instructions"]
+    assert isinstance(counted, dict)
+    assert {"alone1", "fanout", "alone2", "idle0", "idle1"} <= set(counted)
+    per = doc["instructions_per_stream_per_change"]
+    assert isinstance(per, int) and per > 0
+
+
 @pytest.mark.timeout(150)
 def test_startup(tmp_path: Path) -> None:
     doc = run("startup.py", ["--runs", "1"], tmp_path)

@@ -39,9 +39,9 @@ from config_service.errors import (
     Unavailable,
 )
 from config_service.metrics import ConfigMetrics
-from config_service.rbac import Action, Role, Subject, authorize, scope_for
+from config_service.rbac import Action, Role, Scope, Subject, authorize, scope_for
 from config_service.servicers.edge import abort_for, unary
-from config_service.snapshots.follow import Follower
+from config_service.snapshots.follow import Count, Follower, Trace
 from config_service.snapshots.hub import DIVERGE_EVERY, NOWHERE, Position, SnapshotHub
 from config_service.snapshots.snapshot import ROLE_TO_PROTO
 from config_service.store.subscriber_status import RemoteSubscriber
@@ -66,12 +66,23 @@ def _ts(value: Any) -> Timestamp:
     return ts
 
 
-def _still_valid(subject: Subject, live: Subject | None) -> None:
+def _still_valid(role: Role, live: Subject | None) -> None:
     """A stream's token must still be live with the role it opened the stream with."""
     if live is None:
         raise Unauthenticated("the token was revoked; this stream is closed")
-    if live.role != subject.role:
+    if live.role != role:
         raise Unauthenticated("the token's role changed; this stream is closed, reconnect")
+
+
+class _Trust:
+    """The open streams of one token (and the role they opened with), and the position at
+    which that token was last found live: checked once per change for all of them."""
+
+    __slots__ = ("followers", "trusted_at")
+
+    def __init__(self, trusted_at: Position) -> None:
+        self.trusted_at = trusted_at
+        self.followers: dict[Follower, None] = {}
 
 
 def _node_id(value: str, field: str = "node_id") -> str:
@@ -98,6 +109,11 @@ class ConfigServicer:
         self._auth = auth
         self._registry = registry
         self._replica_id = replica_id
+        # The open watch streams by scope (offered each change's snapshot) and by token.
+        self._audience: dict[Scope, dict[Follower, None]] = {}
+        self._trust: dict[tuple[str, Role], _Trust] = {}
+        self._sent: dict[Scope, Count] = {}  # snapshots_sent's child per scope
+        hub.on_change(self._fan_out)
 
     async def watch(self, request: pb.WatchProvidersRequest, context: Context) -> None:
         try:
@@ -119,56 +135,77 @@ class ConfigServicer:
             # A resume (restart, other replica) with the current version: nothing is sent,
             # so no ACK follows; the subscriber already applied it, say so in ListSubscribers.
             state.version_sent = state.version_acked = request.known_version
-        sent = self._metrics.snapshots_sent.labels(scope=scope.value)
-        trusted_at = hub.position
-        sending: tuple[Position, str] = (known, "")
-        span: Any = None
-
-        def look() -> bytes | None:
-            """What the stream is sent now (None: it is up to date); raises to end it."""
-            nonlocal trusted_at, sending, span
-            self._vouch()
-            position, entry = hub.published(scope)
-            if position != trusted_at:
-                # The token index moved with the snapshot: one dict lookup per stream.
-                _still_valid(subject, hub.live_subject(subject.token_id))
-                trusted_at = position
-            # The hub moves forward within a history or on to a new one: any other
-            # position than the subscriber's is newer to it.
-            if position == known:
-                return None
-            sending = (position, entry.version)
-            tracing = hub.tracing
-            if tracing is not None:
-                # The first send is the stream's own start, not a change's.
-                built = hub.built_by if state.version_sent else None
-                span = tracing.send(built, node_id, scope.value, entry.version)
-            return entry.payload
-
-        def written() -> None:
-            nonlocal known, span
-            # What was sent, not what the hub holds now: a change published while the
-            # write was in flight is looked at once it completes, never skipped.
-            known, state.version_sent = sending
-            sent.inc()
-            if span is not None:
-                span.end()
-                span = None
-
-        follower = Follower(asyncio.get_running_loop(), look, context.write, written)
-        hub.follow(follower)
+        sent = self._sent.get(scope)
+        if sent is None:
+            sent = self._sent[scope] = self._metrics.snapshots_sent.labels(scope=scope.value)
+        loop = asyncio.get_running_loop()
+        trace = None
+        if hub.tracing is not None:
+            trace = Trace(hub.tracing, self._built_by, node_id, scope.value)
+        follower = Follower(loop, context.write, known, state, sent, trace)
+        # Its token is checked at each later position once for all its streams (_fan_out).
+        trust = self._trust.get((subject.token_id, subject.role))
+        if trust is None:
+            trust = self._trust[subject.token_id, subject.role] = _Trust(hub.position)
+        trust.followers[follower] = None
+        audience = self._audience.setdefault(scope, {})
+        audience[follower] = None
         try:
-            follower.poke()  # the stream's first send; the hub pokes it at each change
+            self._vouch()
+            # The stream's first send; each change offers it the scope's snapshot.
+            if follower.offer(*hub.published(scope)):
+                sent.inc()
             await follower.ended
         except ConfigError as exc:
             log.info("watch stream ended", node_id=node_id, code=exc.code.name, reason=exc.message)
             await abort_for(exc, context)
         finally:
-            hub.unfollow(follower)
+            del audience[follower]
+            del trust.followers[follower]
+            if not trust.followers and self._trust.get((subject.token_id, subject.role)) is trust:
+                del self._trust[subject.token_id, subject.role]
             follower.close()
-            if span is not None:
-                span.end()
+            if trace is not None:
+                trace.end()
             self._registry.remove(state)
+
+    @property
+    def watching(self) -> tuple[int, int]:
+        """Open watch streams on this replica, and the tokens they are held under."""
+        return sum(len(a) for a in self._audience.values()), len(self._trust)
+
+    def _built_by(self) -> Any:
+        return self._hub.built_by
+
+    def _fan_out(self) -> None:
+        """A change: what holds for every stream checked once, then every stream offered its
+        scope's snapshot (one call per stream; the same bytes to every stream of a scope)."""
+        hub = self._hub
+        if not hub.reachable:
+            for audience in self._audience.values():
+                for follower in audience:
+                    follower.end(Unavailable(_CUT_OFF))
+            return
+        position = hub.position
+        for (token_id, role), trust in self._trust.items():
+            if trust.trusted_at != position:
+                # The token index moved with the snapshot: one lookup per token, not stream.
+                live = hub.live_subject(token_id)
+                if live is None or live.role != role:
+                    for follower in trust.followers:
+                        try:
+                            _still_valid(role, live)
+                        except ConfigError as exc:
+                            follower.end(exc)
+                    continue
+                trust.trusted_at = position
+        for scope, audience in self._audience.items():
+            _, entry = hub.published(scope)
+            started = 0
+            for follower in list(audience):
+                started += follower.offer(position, entry)
+            if started:
+                self._sent[scope].inc(started)
 
     def _vouch(self) -> None:
         """Refuse to serve a snapshot this replica cannot vouch for (database unreachable)."""

@@ -10,15 +10,16 @@ new history in the database and publishes its state, which every subscriber take
 
 The hub also knows whether it can vouch for its snapshot: every database contact it
 makes records whether the database answered (`reachable`). A change of either the
-version or of reachability wakes every waiter, so an open stream notices at once
-that its replica was cut off (and ends), or that its token was revoked.
+version or of reachability calls the `on_change` callbacks once (the watch streams'
+fan-out: servicers/config.py), so an open stream notices at once that its replica was
+cut off (and ends), or that its token was revoked; and it wakes every `changed()`
+waiter (background loops).
 
-The wake-up is the fan-out's hot path (one waiter per open stream, thousands): a waiter
-is one future made by the loop it runs on (no `asyncio.Event`, whose `wait` asks
-`get_running_loop`, a getpid() system call on Python 3.11, per waiter per change), kept
-in one dict that a change swaps for a fresh one and resolves in a single pass. Not one
-future shared by all: a task cancelled while awaiting a future cancels that future, so
-one closing stream would wake every other with CancelledError.
+A waiter is one future made by the loop it runs on (no `asyncio.Event`, whose `wait`
+asks `get_running_loop`, a getpid() system call on Python 3.11, per waiter per change),
+kept in one dict that a change swaps for a fresh one and resolves in a single pass. Not
+one future shared by all: a task cancelled while awaiting a future cancels that future,
+so one closing waiter would wake every other with CancelledError.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from config_service.store.database import Database
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
-    from config_service.snapshots.follow import Follower
     from config_service.tracing import ConfigTelemetry
 
 log = get_logger("aibridge.config.hub")
@@ -72,8 +72,8 @@ class SnapshotHub:
         self._live: dict[str, Subject] = {}  # by token id
         # Futures of everyone waiting for the next change; swapped out by each wake.
         self._waiters: dict[asyncio.Future[None], None] = {}
-        # The open watch streams, poked at each change (snapshots/follow.py).
-        self._followers: dict[Follower, None] = {}
+        # Called once per change, in one loop callback: the watch streams' fan-out.
+        self._on_change: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._diverged_at = -DIVERGE_EVERY  # time.monotonic() of the last `diverged`
@@ -118,19 +118,17 @@ class SnapshotHub:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        if self._followers:  # in one callback, once the publishing code has run on
-            asyncio.get_running_loop().call_soon(self._poke)
+        if self._on_change:  # in one callback, once the publishing code has run on
+            asyncio.get_running_loop().call_soon(self._changed)
 
-    def _poke(self) -> None:
-        for follower in list(self._followers):
-            follower.poke()
+    def _changed(self) -> None:
+        for callback in self._on_change:
+            callback()
 
-    def follow(self, follower: Follower) -> None:
-        """Poke `follower` at each published version or change of `reachable`."""
-        self._followers[follower] = None
-
-    def unfollow(self, follower: Follower) -> None:
-        self._followers.pop(follower, None)
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once at each published version or change of `reachable` (in a
+        loop callback of its own, after the publishing code ran on)."""
+        self._on_change.append(callback)
 
     async def _contact(self, call: Awaitable[T]) -> T:
         """A database call whose outcome says whether this replica can vouch for its snapshot."""
@@ -260,8 +258,8 @@ class SnapshotHub:
 
     @property
     def waiting(self) -> int:
-        """How many are waiting for the next change (open streams, background loops)."""
-        return len(self._waiters) + len(self._followers)
+        """How many wait in `changed()` for the next change (background loops)."""
+        return len(self._waiters)
 
     async def changed(self) -> None:
         """Return at the next published version or change of `reachable`."""

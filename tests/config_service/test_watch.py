@@ -396,17 +396,21 @@ async def test_a_change_published_while_a_write_waits_for_the_reader_is_sent_aft
 
 
 async def test_closed_streams_leave_no_waiter_behind(seeded: Service) -> None:
-    """Streams that close between two changes take their wake-up with them, so churn does not grow the hub."""
+    """Streams that close between two changes take what they registered with them (the servicer's stream and token sets, no hub waiter), so churn grows nothing."""
     hub = seeded.running.hub
-    # Besides the streams, only the service's own loops wait on the hub: the revision
-    # check (between two of its checks) and the health follower.
+    config = seeded.running.config
+    assert config is not None
+    # Only the service's own loops wait on the hub: the revision check (between two of
+    # its checks) and the health follower; the streams are the servicer's fan-out's.
     own = 2
     calls = await open_streams(seeded, BRIDGE_TOKEN, 20)
-    await eventually(lambda: hub.waiting >= 20)
+    await eventually(lambda: config.watching == (20, 1))
+    assert hub.waiting <= own
     for call in calls:
         call.cancel()
     await eventually(lambda: seeded.running.registry.count_by_role()[Role.BRIDGE] == 0)
-    await eventually(lambda: hub.waiting <= own)
+    await eventually(lambda: config.watching == (0, 0))
+    assert hub.waiting <= own
 
 
 async def watch_claiming(
