@@ -6,7 +6,7 @@ does), warm, then in turn: --requests requests with recording off, the same numb
 recording on (every finished capture submitted to a real `Shipper`'s queue, as deployed,
 nothing shipped), then the shipper's work on what was queued, part by part: `_take` as
 it is (values, size bound, append, encode: one batch), and over the same captures alone
-`Capture.values()`, `Batch.add` (its cost and append), and `Batch.encode()`. Callgrind's
+`Capture.values()`, `Batch.extend` (its size bound and append), and `Batch.encode()`. Callgrind's
 counters are dumped between the phases (a client request from a small C helper compiled
 at run time), so each phase's instructions are counted apart, in one run:
 
@@ -112,8 +112,7 @@ async def _phases(args: argparse.Namespace, port: int, mark: Callable[[str], Non
     rows = [c.values() for c in captures]
     mark("values")
     batch = Batch()
-    for values in rows:
-        batch.add(values)
+    batch.extend(rows)
     mark("batch")
     batch.encode()
     mark("encode")
@@ -193,7 +192,7 @@ def main() -> int:
         ],
         ["shipper `_take` per record (values, add, encode)", round(per["take"])],
         ["  Capture.values()", round(per["values"])],
-        ["  Batch.add (cost, append)", round(per["batch"])],
+        ["  Batch.extend (size bound, append)", round(per["batch"])],
         ["  Batch.encode (per record)", round(per["encode"])],
         ["request path + `_take`", round(request_path + per["take"])],
     ]

@@ -197,7 +197,7 @@ class Forwarder:
                 await response.aclose()
                 continue
             call.key_hint = call.capture.credential_hint = mask_secret(key)
-            call.capture.secrets.append(key)
+            call.capture.secrets += (key,)
             return response
         outcome = pool.exhausted()
         self.metrics.key_exhaustions.labels(

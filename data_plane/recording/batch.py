@@ -34,7 +34,7 @@ from aibridge.recording import (
     RECORD_COLUMNS,
     TOKEN_KINDS,
 )
-from data_plane.recording.record import NO_TOKENS, Description, Values
+from data_plane.recording.record import NO_TOKENS, Description, ToolCall, Values
 
 # Per record, beyond its texts: id (2 + 36), three times (3 x 10), nine indexes (up to 5
 # each), enums, ints and bools (up to 10 each), five token counts (up to 10 each),
@@ -62,16 +62,15 @@ class Batch:
 
     def add(self, values: Values, limit: int = sys.maxsize) -> int:
         """Add a record's values unless the batch would pass `limit` bytes with them: 0
-        when added, else what they would add (an upper bound of their bytes). One call per
-        record where the shipper takes them."""
+        when added, else what they would add (an upper bound of their bytes)."""
         cost = _FIXED
         description = values[0]
         new = id(description) not in self._described
         if new:
-            cost += sum(len(t.encode()) + 6 for t in description if isinstance(t, str))
+            cost += _described_cost(description)
         calls = values[10]
         if calls:
-            cost += sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in calls)
+            cost += _calls_cost(calls)
         prompt = values[11]
         if prompt:
             cost += len(prompt.encode()) + 12
@@ -82,6 +81,33 @@ class Batch:
             self._described.add(id(description))
         self.size += cost
         return 0
+
+    def extend(self, rows: list[Values], limit: int = sys.maxsize) -> int:
+        """Add records' values from the first on while the batch stays within `limit`
+        bytes: how many were added. All of them at once (C passes over the rows: no
+        Python per record) when they fit, as they do unless prompts or tool calls are
+        large; else one by one (`add`) up to the first that does not fit."""
+        n = len(rows)
+        if not n:
+            return 0
+        descriptions, *_, calls, prompts = zip(*rows, strict=True)
+        described = self._described
+        distinct = dict(zip(map(id, descriptions), descriptions, strict=True))
+        new = [d for i, d in distinct.items() if i not in described]
+        cost = _FIXED * n + sum(map(_described_cost, new))
+        if any(calls):
+            cost += sum(map(_calls_cost, filter(None, calls)))
+        if any(prompts):
+            cost += sum(len(p.encode()) + 12 for p in prompts if p)
+        if self.size + cost <= limit:
+            self.rows.extend(rows)
+            described.update(map(id, new))
+            self.size += cost
+            return n
+        for i, values in enumerate(rows):
+            if self.add(values, limit):
+                return i
+        return n
 
     def encode(self) -> bytes:
         """The batch as a serialized RecordInterceptionsRequest."""
@@ -145,6 +171,16 @@ def columns(
     out.prompt_record.extend(with_prompt)
     out.prompt.extend(prompts[i] for i in with_prompt)
     return out
+
+
+def _described_cost(description: Description) -> int:
+    """An upper bound of the bytes a description adds to a batch (its texts in the
+    string table, its values in the description columns)."""
+    return sum(len(t.encode()) + 6 for t in description if isinstance(t, str))
+
+
+def _calls_cost(calls: tuple[ToolCall, ...]) -> int:
+    return sum(len(f"{n}{c}{a}".encode()) + 30 for n, c, a in calls)
 
 
 def _varint(value: int) -> bytes:

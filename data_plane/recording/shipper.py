@@ -52,6 +52,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -371,33 +372,28 @@ class Shipper:
             await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
 
     async def _take(self) -> None:
-        """Move one batch from the queue to the unsent batches (encoded for the wire)."""
-        batch = Batch()
+        """Move one batch from the queue to the unsent batches (encoded for the wire).
+
+        The records are read where they are (a copy of the first MAX_BATCH), made into
+        values in slices (a yield to the event loop between two), and removed from the
+        queue only once the batch is made, with no await in between: a task cancelled
+        meanwhile (at shutdown) leaves them queued."""
         queue = self._queue
-        taken = 0
-        while queue and taken < MAX_BATCH:
-            record = queue[0]
-            try:
-                values = record.values()
-            except Exception:  # a bug in one record's making must not stop the shipping
-                queue.popleft()
-                log.exception("building an interception record failed", request_id=record.id)
-                self._drop("unbuildable", 1)
-                continue
-            cost = batch.add(values, BATCH_BYTES)  # 0: added
-            if cost > BATCH_BYTES:
-                queue.popleft()
-                log.warning(
-                    "interception record too large to ship", record_id=record.id, bytes=cost
-                )
-                self._drop("too_large", 1)
-                continue
-            if cost:
+        records = list(islice(queue, MAX_BATCH))
+        batch = Batch()
+        consumed = 0  # records from the front of the queue that are done with
+        for lo in range(0, len(records), _SLICE):
+            part = records[lo : lo + _SLICE]
+            done, full = self._fill(batch, part)
+            consumed += done
+            if full:
                 break
-            queue.popleft()
-            taken += 1
-            if taken % _SLICE == 0:
+            if lo + _SLICE < len(records):
                 await asyncio.sleep(0)
+        if consumed == len(queue):
+            queue.clear()
+        else:
+            self._queue = deque(islice(queue, consumed, None))
         if batch:
             try:
                 payload = batch.encode()
@@ -407,6 +403,40 @@ class Shipper:
             if payload:
                 self._unsent.append((payload, count))
                 self._unsent_records += count
+
+    def _fill(self, batch: Batch, records: list[Record]) -> tuple[int, bool]:
+        """Add `records` to `batch`: how many of them are done with (added or dropped),
+        and whether the batch is full. All at once when none fails and they fit, as
+        they do unless prompts or tool calls are large; else one by one."""
+        try:
+            rows = [record.values() for record in records]
+        except Exception:  # a bug in one record's making must not stop the shipping
+            return self._fill_each(batch, records, 0)
+        added = batch.extend(rows, BATCH_BYTES)
+        if added == len(rows):
+            return added, False
+        return self._fill_each(batch, records, added)
+
+    def _fill_each(self, batch: Batch, records: list[Record], start: int) -> tuple[int, bool]:
+        for i in range(start, len(records)):
+            record = records[i]
+            try:
+                values = record.values()
+            except Exception:
+                log.exception("building an interception record failed", request_id=record.id)
+                self._drop("unbuildable", 1)
+                continue
+            cost = batch.add(values, BATCH_BYTES)  # 0: added
+            if not cost:
+                continue
+            if Batch().add(values, BATCH_BYTES):  # too large for any batch
+                log.warning(
+                    "interception record too large to ship", record_id=record.id, bytes=cost
+                )
+                self._drop("too_large", 1)
+                continue
+            return i, True
+        return len(records), False
 
     def _encode_each(self, batch: Batch) -> bytes:
         """The batch without the records whose values cannot be encoded (dropped,
