@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aibridge.config.v1 import usage_pb2
@@ -74,3 +75,33 @@ def new_record_id(now_ns: int | None = None) -> str:
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
     h = f"{value:032x}"  # what str(uuid.UUID(int=value)) says, at a third of the cost
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# Columns a columnar batch may give fixed-width instead (`<name>_fixed` of
+# InterceptionColumns, in `fixed_columns`: written in one copy each), and the ids as bytes
+# (`id_bytes`, 16 per record).
+FIXED_COLUMNS = ("started_at", "first_byte_at", "ended_at", "status_code", *TOKEN_KINDS)
+UUID_BYTES = 16
+
+
+def ids_to_bytes(ids: Sequence[str]) -> bytes | None:
+    """Record ids (canonical UUID text) as their bytes, 16 each, in C passes; None when
+    one is not a UUID in the canonical 8-4-4-4-12 form."""
+    n = len(ids)
+    joined = "".join(ids)
+    if len(joined) != 36 * n or any(joined[at::36].count("-") != n for at in (8, 13, 18, 23)):
+        return None
+    try:
+        return bytes.fromhex(joined.replace("-", ""))
+    except ValueError:
+        return None
+
+
+def ids_from_bytes(raw: bytes) -> list[str]:
+    """Record ids given as bytes (16 each) as canonical lower-case UUID text."""
+    h = raw.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-"
+        f"{h[i + 20 : i + 32]}"
+        for i in range(0, len(h), 2 * UUID_BYTES)
+    ]

@@ -15,7 +15,10 @@ at run time), so each phase's instructions are counted apart, in one run:
   and the collector's rounds are not here: `bridge_instructions.py` counts them, with the
   HTTP server, as the rest).
 
-    python bench/recording_parts.py [--requests 1000] [--stream]
+    python bench/recording_parts.py [--requests 1000] [--stream] [--form fixed|columns]
+
+`--form`: the batch's encoding, `fixed_columns` (default: what the bridge sends a config
+service that reads them) or `columns` (to one from before them).
 
 Needs valgrind (callgrind.h) and a C compiler; `--no-callgrind`: the same phases timed
 with `time.perf_counter_ns` (noisy on a shared machine).
@@ -78,6 +81,7 @@ async def _phases(args: argparse.Namespace, port: int, mark: Callable[[str], Non
     settings = ShipperSettings(args.requests * 2, 1.0, tmp / "x.spool", 1 << 20, 5.0)
     connection = SubscriberConfig("127.0.0.1:1", Secret("bench"), "bench")
     shipper = Shipper(settings, connection, RecordingMetrics(CollectorRegistry(), "bench"))
+    shipper._fixed = args.form == "fixed"  # as after an answer of a service that reads them
     app.sink = shipper
     for _ in range(200):  # warm-up: connections, caches (the description cached)
         await _one(app, scope, body)
@@ -114,7 +118,7 @@ async def _phases(args: argparse.Namespace, port: int, mark: Callable[[str], Non
     batch = Batch()
     batch.extend(rows)
     mark("batch")
-    batch.encode()
+    batch.encode(args.form == "fixed")
     mark("encode")
     await http.aclose()
     return len(captures)
@@ -156,6 +160,12 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
     p.add_argument("--no-callgrind", action="store_true", help="time the phases instead")
+    p.add_argument(
+        "--form",
+        choices=("fixed", "columns"),
+        default="fixed",
+        help="batch encoding: fixed_columns (to a service that reads them) or columns",
+    )
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -173,6 +183,7 @@ def main() -> int:
             "--inner",
             f"--tmp={tmp}",
             f"--requests={args.requests}",
+            f"--form={args.form}",
             *(["--stream"] if args.stream else []),
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -199,7 +210,13 @@ def main() -> int:
     print(table(["instructions per request", "Ir"], rows))
     path = write_result(
         "recording_parts" + ("_sse" if args.stream else ""),
-        {"requests": n, "stream": args.stream, "per_request": per, "request_path": request_path},
+        {
+            "requests": n,
+            "stream": args.stream,
+            "form": args.form,
+            "per_request": per,
+            "request_path": request_path,
+        },
     )
     print(f"wrote {path}")
     return 0

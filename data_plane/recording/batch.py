@@ -23,6 +23,7 @@ spools hold), to isolate the records a service refuses.
 from __future__ import annotations
 
 import sys
+from array import array
 from collections.abc import Sequence
 from itertools import compress
 
@@ -30,9 +31,12 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.recording import (
     DESCRIPTION_COLUMNS,
+    FIXED_COLUMNS,
     HAPPENED_COLUMNS,
     RECORD_COLUMNS,
     TOKEN_KINDS,
+    ids_from_bytes,
+    ids_to_bytes,
 )
 from data_plane.recording.record import NO_TOKENS, Description, ToolCall, Values
 
@@ -109,8 +113,18 @@ class Batch:
                 return i
         return n
 
-    def encode(self) -> bytes:
-        """The batch as a serialized RecordInterceptionsRequest."""
+    def encode(self, fixed: bool = False) -> bytes:
+        """The batch as a serialized RecordInterceptionsRequest: `columns`, or with
+        `fixed` (for a service that reads them) `fixed_columns`."""
+        if fixed and self.rows:
+            try:
+                out = pb.InterceptionColumns()
+                raw = _fill(self.rows, out, fixed=True)
+            except (ValueError, OverflowError, TypeError):
+                pass  # a value beyond a fixed width (or of a wrong type): as `columns`
+            else:
+                body = out.SerializeToString() + raw
+                return _FIXED_REQUEST + _varint(len(body)) + body
         request = pb.RecordInterceptionsRequest()
         columns(self.rows, request.columns)  # filled in place: no copy of the columns
         return request.SerializeToString()
@@ -123,8 +137,16 @@ def columns(
     texts through the string table."""
     if out is None:
         out = pb.InterceptionColumns()
-    if not rows:
-        return out
+    if rows:
+        _fill(rows, out, fixed=False)
+    return out
+
+
+def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> bytes:
+    """`rows` as columns into `out`; with `fixed`, the ids, times and the counts that are
+    neither all equal nor all small returned instead as the serialized fixed-width
+    fields (`array(...).tobytes()`: one copy per column, where upb's `extend` costs ~400
+    instructions per value), to be appended to `out`'s serialized bytes."""
     (descriptions, *happened, tokens, tool_calls, prompts) = zip(*rows, strict=True)
     # Each distinct description once (by identity: equal ones made apart, as after the
     # bridge's cache was cleared, are merely written twice), its position per record.
@@ -148,12 +170,24 @@ def columns(
             getattr(out, name).extend([strings.setdefault(v, len(strings)) for v in values])
     out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
     ids, started, first_byte, ended, *numbers = happened
-    out.id.extend(ids)
-    out.started_at.extend(started)  # times: never equal nor small enough to pack
-    out.first_byte_at.extend(first_byte)
-    out.ended_at.extend(ended)
+    raw: list[bytes] = []
+    id_bytes = ids_to_bytes(ids) if fixed else None
+    if id_bytes is not None:
+        raw += (_TAGS["id_bytes"], _varint(len(id_bytes)), id_bytes)
+    else:
+        out.id.extend(ids)
+    if fixed:  # times: never equal nor small enough to pack
+        raw += (
+            _fixed("started_at", started),
+            _fixed("first_byte_at", first_byte),
+            _fixed("ended_at", ended),
+        )
+    else:
+        out.started_at.extend(started)
+        out.first_byte_at.extend(first_byte)
+        out.ended_at.extend(ended)
     packed = [
-        _packed(out, name, column)
+        _packed(out, name, column, raw if fixed else None)
         for names, values in (
             (HAPPENED_COLUMNS[4:], numbers),
             (TOKEN_KINDS, zip(*tokens, strict=True)),
@@ -170,7 +204,7 @@ def columns(
     with_prompt = list(compress(range(n), prompts))
     out.prompt_record.extend(with_prompt)
     out.prompt.extend(prompts[i] for i in with_prompt)
-    return out
+    return b"".join(raw)
 
 
 def _described_cost(description: Description) -> int:
@@ -194,15 +228,50 @@ def _varint(value: int) -> bytes:
 
 # Each column's tag as a packed field (wire type 2) of InterceptionColumns.
 _TAGS = {f.name: _varint(f.number << 3 | 2) for f in pb.InterceptionColumns.DESCRIPTOR.fields}
+# RecordInterceptionsRequest.fixed_columns's tag (a payload of the fixed form starts with it).
+_FIXED_REQUEST = _varint(
+    pb.RecordInterceptionsRequest.DESCRIPTOR.fields_by_name["fixed_columns"].number << 3 | 2
+)
 
 
-def _packed(out: pb.InterceptionColumns, name: str, column: Sequence[int]) -> bytes:
+def is_fixed(payload: bytes) -> bool:
+    """Whether a payload of `Batch.encode` is of the fixed form (`fixed_columns`)."""
+    return payload.startswith(_FIXED_REQUEST)
+
+
+def unfix(payload: bytes) -> bytes:
+    """A payload of the fixed form as the same records in `columns` (for a service from
+    before `fixed_columns`, which ignores them); any other payload as it is."""
+    request = pb.RecordInterceptionsRequest.FromString(payload)
+    if not request.HasField("fixed_columns") or request.HasField("columns"):
+        return payload  # (a payload of `Batch.encode` has one form)
+    plain = request.columns
+    plain.CopyFrom(request.fixed_columns)
+    request.ClearField("fixed_columns")
+    if plain.id_bytes:
+        plain.id.extend(ids_from_bytes(plain.id_bytes))
+        plain.ClearField("id_bytes")
+    for name in FIXED_COLUMNS:
+        fixed = getattr(plain, name + "_fixed")
+        if len(fixed):
+            getattr(plain, name).extend(fixed)
+            plain.ClearField(name + "_fixed")  # type: ignore[arg-type]
+    return request.SerializeToString()
+
+
+def _packed(
+    out: pb.InterceptionColumns,
+    name: str,
+    column: Sequence[int],
+    raw: list[bytes] | None = None,
+) -> bytes:
     """A column of varint values (ints, enums, bools) as its packed field on the wire,
     for `MergeFromString`, when C can write it: every value the same (status 200,
     attempts 1, a count of 0: one varint repeated), or every value within 0..127 (each
-    its own varint byte: `bytes(column)`). Else extended into `out` value by value (upb
-    spends ~400 instructions per value there; parsing the packed bytes costs a few) and
-    b"" returned."""
+    its own varint byte: `bytes(column)`). Else, given `raw` and when the column has a
+    fixed-width form, that form appended to `raw`; else extended into `out` value by
+    value (upb spends ~400 instructions per value there; parsing the packed bytes costs
+    a few). b"" returned in both."""
     if not column:
         return b""
     first = column[0]
@@ -210,17 +279,37 @@ def _packed(out: pb.InterceptionColumns, name: str, column: Sequence[int]) -> by
         payload = _varint(first) * len(column)
     elif min(column) >= 0 and max(column) < 0x80:
         payload = bytes(column)
+    elif raw is not None and name in FIXED_COLUMNS:
+        raw.append(_fixed(name, column))
+        return b""
     else:
         getattr(out, name).extend(column)
         return b""
     return _TAGS[name] + _varint(len(payload)) + payload
 
 
+# The fixed-width fields' array types (fixed32: status codes; fixed64: the rest).
+_WIDTH = {name: "I" if name == "status_code" else "Q" for name in FIXED_COLUMNS}
+assert array("I").itemsize == 4
+assert array("Q").itemsize == 8
+_SWAP = sys.byteorder != "little"  # the wire's fixed-width values are little-endian
+
+
+def _fixed(name: str, column: Sequence[int]) -> bytes:
+    """`column` as its packed fixed-width field (`<name>_fixed`) on the wire: one copy.
+    OverflowError for a value outside the width (negative, or past it)."""
+    values = array(_WIDTH[name], column)
+    if _SWAP:
+        values.byteswap()
+    payload = values.tobytes()
+    return _TAGS[name + "_fixed"] + _varint(len(payload)) + payload
+
+
 def split(payload: bytes) -> tuple[list[bytes], list[str]]:
     """A payload (either form) halved, as payloads; ([], its record ids) when it holds one
     record or none, or cannot be read."""
     try:
-        request = pb.RecordInterceptionsRequest.FromString(payload)
+        request = pb.RecordInterceptionsRequest.FromString(unfix(payload))
     except Exception:  # DecodeError: nothing to split
         return [], []
     rows = list(request.interceptions)

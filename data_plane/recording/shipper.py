@@ -63,7 +63,7 @@ from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.logs import get_logger
 from aibridge.recording import MAX_BATCH
 from data_plane.errors import SpoolBusy, SpoolError
-from data_plane.recording.batch import Batch, columns, split
+from data_plane.recording.batch import Batch, columns, is_fixed, split, unfix
 from data_plane.recording.metrics import RecordingMetrics
 from data_plane.recording.record import Record
 from data_plane.recording.spool import SUFFIX, Spool
@@ -150,6 +150,9 @@ class Shipper:
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
+        # The service's last answer said it reads fixed_columns: batches are encoded so
+        # (see `_ship` for an answer that says otherwise).
+        self._fixed = False
         metrics.queue_depth.set_function(lambda: len(self._queue) + self._unsent_records)
         metrics.spool_bytes.set_function(lambda: sum(s.size for s in self._spools if s.is_open))
         metrics.spool_records.set_function(lambda: sum(s.pending_records for s in self._spools))
@@ -337,6 +340,16 @@ class Shipper:
             self._metrics.batches["retried"].inc()
             self._failed(type(exc).__name__, str(exc))
             return False
+        if response.reads_fixed_columns != self._fixed:
+            self._fixed = response.reads_fixed_columns
+            log.info(
+                "record batch form set by the config service's answer",
+                form="fixed_columns" if self._fixed else "columns",
+            )
+        if not self._fixed and is_fixed(payload):
+            # A service from before fixed_columns ignored them (0 records stored): the same
+            # records again, as columns (a rolling upgrade, replicas of both kinds).
+            return await self._ship(unfix(payload), count, deadline)
         self._metrics.batches["shipped"].inc()
         self._metrics.inserted.inc(response.inserted)
         self._metrics.duplicates.inc(response.duplicates)
@@ -396,7 +409,7 @@ class Shipper:
             self._queue = deque(islice(queue, consumed, None))
         if batch:
             try:
-                payload = batch.encode()
+                payload = batch.encode(self._fixed)
             except Exception:  # a value of a wrong type: find the records that cannot go
                 payload = self._encode_each(batch)
             count = len(batch)
@@ -451,7 +464,7 @@ class Shipper:
                 continue
             kept.add(values)
         batch.rows[:] = kept.rows
-        return kept.encode() if kept else b""
+        return kept.encode(self._fixed) if kept else b""
 
     def _hold_front(self, batch: tuple[bytes, int]) -> None:
         self._unsent.appendleft(batch)
