@@ -78,30 +78,27 @@ def new_record_id(now_ns: int | None = None) -> str:
 
 
 # Columns a columnar batch may give fixed-width instead (`<name>_fixed` of
-# InterceptionColumns, in `fixed_columns`: written in one copy each), and the ids as bytes
-# (`id_bytes`, 16 per record).
+# InterceptionColumns, in `fixed_columns`: written in one copy each), and the ids as one
+# text (`id_text`, ID_LENGTH characters per record).
 FIXED_COLUMNS = ("started_at", "first_byte_at", "ended_at", "status_code", *TOKEN_KINDS)
-UUID_BYTES = 16
+ID_LENGTH = 36
 
 
-def ids_to_bytes(ids: Sequence[str]) -> bytes | None:
-    """Record ids (canonical UUID text) as their bytes, 16 each, in C passes; None when
-    one is not a UUID in the canonical 8-4-4-4-12 form."""
-    n = len(ids)
+def ids_to_text(ids: Sequence[str]) -> bytes | None:
+    """Record ids as one ASCII text, ID_LENGTH characters each, in C passes; None when
+    one is not of that length or not ASCII (then they go one by one)."""
     joined = "".join(ids)
-    if len(joined) != 36 * n or any(joined[at::36].count("-") != n for at in (8, 13, 18, 23)):
+    if len(joined) != ID_LENGTH * len(ids) or max(map(len, ids), default=0) != ID_LENGTH:
         return None
     try:
-        return bytes.fromhex(joined.replace("-", ""))
-    except ValueError:
+        return joined.encode("ascii")
+    except UnicodeEncodeError:
         return None
 
 
-def ids_from_bytes(raw: bytes) -> list[str]:
-    """Record ids given as bytes (16 each) as canonical lower-case UUID text."""
-    h = raw.hex()
-    return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-"
-        f"{h[i + 20 : i + 32]}"
-        for i in range(0, len(h), 2 * UUID_BYTES)
-    ]
+def ids_from_text(raw: bytes) -> list[str]:
+    """Record ids given as one text (`ids_to_text`); ValueError when it is not one."""
+    if len(raw) % ID_LENGTH:
+        raise ValueError(f"must be {ID_LENGTH} characters per record")
+    text = raw.decode("ascii")  # UnicodeDecodeError is a ValueError
+    return [text[i : i + ID_LENGTH] for i in range(0, len(text), ID_LENGTH)]

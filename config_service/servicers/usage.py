@@ -23,11 +23,11 @@ from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.masking import mask_secret
 from aibridge.recording import (
     FIXED_COLUMNS,
+    ID_LENGTH,
     MAX_TOKEN_COUNT,
     TOKEN_KINDS,
-    UUID_BYTES,
     enum_names,
-    ids_from_bytes,
+    ids_from_text,
 )
 from aibridge.rulebook import BY_WIRE, TYPES
 from config_service.auth import Authenticator
@@ -323,14 +323,14 @@ def _descriptions(c: pb.InterceptionColumns) -> list[Row]:
 
 
 def record_count(c: pb.InterceptionColumns, field: str) -> int:
-    """How many records a columnar batch holds: its ids, as text or as bytes."""
-    if not c.id_bytes:
+    """How many records a columnar batch holds: its ids, one by one or as one text."""
+    if not c.id_text:
         return len(c.id)
     if c.id:
-        raise InvalidArgument(f"{field}.id_bytes", "the ids are given twice (and as id)")
-    if len(c.id_bytes) % UUID_BYTES:
-        raise InvalidArgument(f"{field}.id_bytes", f"must be {UUID_BYTES} bytes per record")
-    return len(c.id_bytes) // UUID_BYTES
+        raise InvalidArgument(f"{field}.id_text", "the ids are given twice (and as id)")
+    if len(c.id_text) % ID_LENGTH:
+        raise InvalidArgument(f"{field}.id_text", f"must be {ID_LENGTH} characters per record")
+    return len(c.id_text) // ID_LENGTH
 
 
 def _column(c: pb.InterceptionColumns, name: str) -> Any:
@@ -346,8 +346,13 @@ def _column(c: pb.InterceptionColumns, name: str) -> Any:
 
 
 def _ids(c: pb.InterceptionColumns) -> list[str]:
-    """The record ids, from text or bytes."""
-    return ids_from_bytes(c.id_bytes) if c.id_bytes else list(c.id)
+    """The record ids, one by one or from one text."""
+    if not c.id_text:
+        return list(c.id)
+    try:
+        return ids_from_text(c.id_text)
+    except ValueError:
+        raise InvalidArgument("columns.id_text", "must be ASCII record ids") from None
 
 
 def column_rows(

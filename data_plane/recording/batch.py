@@ -26,6 +26,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 from itertools import compress
+from operator import itemgetter
 
 from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
@@ -35,8 +36,8 @@ from aibridge.recording import (
     HAPPENED_COLUMNS,
     RECORD_COLUMNS,
     TOKEN_KINDS,
-    ids_from_bytes,
-    ids_to_bytes,
+    ids_from_text,
+    ids_to_text,
 )
 from data_plane.recording.record import NO_TOKENS, Description, ToolCall, Values
 
@@ -94,15 +95,19 @@ class Batch:
         n = len(rows)
         if not n:
             return 0
-        descriptions, *_, calls, prompts = zip(*rows, strict=True)
+        descriptions = list(map(_DESCRIPTION, rows))
         described = self._described
-        distinct = dict(zip(map(id, descriptions), descriptions, strict=True))
-        new = [d for i, d in distinct.items() if i not in described]
+        first = descriptions[0]
+        if descriptions.count(first) == n:  # one description (a C pass, by identity first)
+            new = [] if id(first) in described else [first]
+        else:
+            distinct = dict(zip(map(id, descriptions), descriptions, strict=True))
+            new = [d for i, d in distinct.items() if i not in described]
         cost = _FIXED * n + sum(map(_described_cost, new))
-        if any(calls):
-            cost += sum(map(_calls_cost, filter(None, calls)))
-        if any(prompts):
-            cost += sum(len(p.encode()) + 12 for p in prompts if p)
+        if any(map(_CALLS, rows)):
+            cost += sum(map(_calls_cost, filter(None, map(_CALLS, rows))))
+        if any(map(_PROMPT, rows)):
+            cost += sum(len(p.encode()) + 12 for p in map(_PROMPT, rows) if p)
         if self.size + cost <= limit:
             self.rows.extend(rows)
             described.update(map(id, new))
@@ -143,10 +148,13 @@ def columns(
 
 
 def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> bytes:
-    """`rows` as columns into `out`; with `fixed`, the ids, times and the counts that are
-    neither all equal nor all small returned instead as the serialized fixed-width
-    fields (`array(...).tobytes()`: one copy per column, where upb's `extend` costs ~400
-    instructions per value), to be appended to `out`'s serialized bytes."""
+    """`rows` as columns into `out`; with `fixed`, the per-record columns returned
+    instead, serialized, to be appended to `out`'s serialized bytes: the ids as one text,
+    the times and the counts that are neither all equal nor all small fixed-width
+    (`array(...).tobytes()`: one copy per column, where upb's `extend` costs ~400
+    instructions per value), the packed varint columns as made (not parsed by upb to be
+    written again)."""
+    raw: list[bytes] = []
     (descriptions, *happened, tokens, tool_calls, prompts) = zip(*rows, strict=True)
     # Each distinct description once (by identity: equal ones made apart, as after the
     # bridge's cache was cleared, are merely written twice), its position per record.
@@ -154,13 +162,17 @@ def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> bytes
     first = descriptions[0]
     if descriptions.count(first) == n:  # one description (a C pass, by identity first)
         distinct: dict[int, Description] = {id(first): first}
-        out.MergeFromString(_TAGS["description"] + _varint(n) + bytes(n))
+        index = _TAGS["description"] + _varint(n) + bytes(n)
     else:
         identities = list(map(id, descriptions))
         distinct = dict(zip(identities, descriptions, strict=True))
         position = dict(zip(distinct, range(len(distinct)), strict=True))
         indexes = list(map(position.__getitem__, identities))
-        out.MergeFromString(_packed(out, "description", indexes))
+        index = _packed(out, "description", indexes)
+    if fixed:
+        raw.append(index)
+    else:
+        out.MergeFromString(index)
     strings: dict[object, int] = {}
     described = zip(*distinct.values(), strict=True)
     for name, values in zip(DESCRIPTION_COLUMNS, described, strict=True):
@@ -170,10 +182,9 @@ def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> bytes
             getattr(out, name).extend([strings.setdefault(v, len(strings)) for v in values])
     out.strings.extend(strings)  # type: ignore[arg-type]  # the texts of `Description`
     ids, started, first_byte, ended, *numbers = happened
-    raw: list[bytes] = []
-    id_bytes = ids_to_bytes(ids) if fixed else None
-    if id_bytes is not None:
-        raw += (_TAGS["id_bytes"], _varint(len(id_bytes)), id_bytes)
+    id_text = ids_to_text(ids) if fixed else None
+    if id_text is not None:
+        raw += (_TAGS["id_text"], _varint(len(id_text)), id_text)
     else:
         out.id.extend(ids)
     if fixed:  # times: never equal nor small enough to pack
@@ -194,17 +205,25 @@ def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> bytes
         )
         for name, column in zip(names, values, strict=True)
     ]
-    out.MergeFromString(b"".join(packed))
-    for i in compress(range(n), tool_calls):
-        for name, call_id, arguments in tool_calls[i]:
-            out.tool_call_record.append(i)
-            out.tool_call_name.append(name)
-            out.tool_call_id.append(call_id)
-            out.tool_call_arguments.append(arguments)
-    with_prompt = list(compress(range(n), prompts))
-    out.prompt_record.extend(with_prompt)
-    out.prompt.extend(prompts[i] for i in with_prompt)
+    if fixed:
+        raw += packed
+    else:
+        out.MergeFromString(b"".join(packed))
+    if any(tool_calls):
+        for i in compress(range(n), tool_calls):
+            for name, call_id, arguments in tool_calls[i]:
+                out.tool_call_record.append(i)
+                out.tool_call_name.append(name)
+                out.tool_call_id.append(call_id)
+                out.tool_call_arguments.append(arguments)
+    if any(prompts):
+        with_prompt = list(compress(range(n), prompts))
+        out.prompt_record.extend(with_prompt)
+        out.prompt.extend(prompts[i] for i in with_prompt)
     return b"".join(raw)
+
+
+_DESCRIPTION, _CALLS, _PROMPT = itemgetter(0), itemgetter(10), itemgetter(11)  # of `Values`
 
 
 def _described_cost(description: Description) -> int:
@@ -248,9 +267,9 @@ def unfix(payload: bytes) -> bytes:
     plain = request.columns
     plain.CopyFrom(request.fixed_columns)
     request.ClearField("fixed_columns")
-    if plain.id_bytes:
-        plain.id.extend(ids_from_bytes(plain.id_bytes))
-        plain.ClearField("id_bytes")
+    if plain.id_text:
+        plain.id.extend(ids_from_text(plain.id_text))
+        plain.ClearField("id_text")
     for name in FIXED_COLUMNS:
         fixed = getattr(plain, name + "_fixed")
         if len(fixed):
