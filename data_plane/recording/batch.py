@@ -308,9 +308,11 @@ def _packed(
 
 
 # The fixed-width fields' array types (fixed32: status codes; fixed64: the rest).
-_WIDTH = {name: "I" if name == "status_code" else "Q" for name in FIXED_COLUMNS}
+# ("L" where it is 8 bytes: its conversion is ~40 % cheaper than "Q"'s)
+_U64 = "L" if array("L").itemsize == 8 else "Q"
+_WIDTH = {name: "I" if name == "status_code" else _U64 for name in FIXED_COLUMNS}
 assert array("I").itemsize == 4
-assert array("Q").itemsize == 8
+assert array(_U64).itemsize == 8
 _SWAP = sys.byteorder != "little"  # the wire's fixed-width values are little-endian
 
 
