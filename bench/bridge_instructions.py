@@ -13,10 +13,11 @@ long enough that the measured requests make one batch: under valgrind a request 
 at the rates they are meant for (thousands of records per batch at 1,000+ req/s), and
 the per-call cost of shipping would count ~50 x too much. Recording's cost = on - off;
 its share = that over on. Instruction counts hold steady on a loaded machine, where CPU
-time does not.
+time does not. Both runs have one PYTHONHASHSEED (`--hash-seed`, default 0), so their
+dicts and sets are laid out alike.
 
     python bench/bridge_instructions.py [--requests 1000] [--warmup 200] [--flush 20]
-        [--stream]
+        [--stream] [--hash-seed 0]
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def measure(args: argparse.Namespace, recording: bool, s: object, tmp: Path) -> 
     name = "on" if recording else "off"
     env = bridge_env(s.target, port, tmp / f"bridge-{name}")  # type: ignore[attr-defined]
     env["AIBRIDGE_RECORDING_FLUSH_INTERVAL"] = f"{args.flush}s"
+    if args.hash_seed != "random":  # one seed for both runs: dict and set layouts alike
+        env["PYTHONHASHSEED"] = args.hash_seed
     if not recording:
         env["AIBRIDGE_RECORDING"] = "false"
     out = tmp / f"callgrind-{name}.out"
@@ -105,6 +108,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
     p.add_argument("--flush", type=float, default=20.0, help="recording flush interval (s)")
+    p.add_argument(
+        "--hash-seed", default="0", help="the bridge's PYTHONHASHSEED ('random': its own each run)"
+    )
     args = p.parse_args()
     with stack(prefix="aibridge-bench-instr-") as s:
         off = measure(args, False, s, s.tmp)
@@ -123,6 +129,7 @@ def main() -> int:
             "requests": args.requests,
             "flush": args.flush,
             "stream": args.stream,
+            "hash_seed": args.hash_seed,
             "off": off,
             "on": on,
         },
