@@ -1,23 +1,27 @@
 """A batch of interception records as they go on the wire: `InterceptionColumns`.
 
     batch = Batch()
-    values = record.values()              # what raises here: the record is unbuildable
-    batch.add(values, limit)              # 0: added; else the bytes it would add
-    payload = batch.encode()              # a serialized RecordInterceptionsRequest
+    batch.extend(rows, limit)             # how many of `rows` (record values) were added
+    batch.add(values, limit)              # one: 0 when added; else the bytes it would add
+    payload = batch.encode(fixed)         # a serialized RecordInterceptionsRequest
 
 A record gives its values as one tuple (`Record.values`: the describing part, the same
-tuple object for every request described alike, then what happened); adding it to a batch
-appends that tuple. `encode` turns the rows into columns, each written once (in C): each
-distinct description once (description columns, its texts as indexes into a per-batch
-string table) and an index per record, tool calls and prompts side columns; a column whose
-values are all equal or all within 0..127 (outcome, status, attempts, flags, most counts,
-the description index) as packed bytes parsed by upb, the others `extend`ed. So the
-per-record work on the bridge is a tuple and an append, whatever the number of fields.
-`Batch.size` is an upper bound of the encoded size, kept as records are added, so a batch
-is cut before it passes the shipper's byte cap.
+tuple object for every request described alike, then what happened); adding records to a
+batch appends those tuples (`extend`: C passes over them, the size bound included, unless
+their prompts or tool calls are large). `encode` turns the rows into columns, each written
+once (in C): each distinct description once (description columns, its texts as indexes
+into a per-batch string table) and an index per record, tool calls and prompts side
+columns; a column whose values are all equal or all within 0..127 (outcome, status,
+attempts, flags, most counts, the description index) as packed bytes. The rest: with
+`fixed` (`fixed_columns`, for a config service that said it reads them) the ids as one text
+and the times and other counts fixed-width, one copy each; else (`columns`) `extend`ed into
+upb value by value. So the per-record work on the bridge is a tuple, whatever the number
+of fields. `Batch.size` is an upper bound of the encoded size, kept as records are added,
+so a batch is cut before it passes the shipper's byte cap.
 
-`split` halves a payload of either form (columns, or the records one by one that older
-spools hold), to isolate the records a service refuses.
+`split` halves a payload of any form (columns, fixed columns, or the records one by one that
+older spools hold), to isolate the records a service refuses; `unfix` turns a payload of
+fixed columns into the same records as columns (for a service from before them).
 """
 
 from __future__ import annotations
