@@ -128,12 +128,13 @@ class Batch:
         if fixed and self.rows:
             try:
                 out = pb.InterceptionColumns()
-                raw = _fill(self.rows, out, fixed=True)
+                raw = _fill(self.rows, out, fixed=True)  # the serialized fields, in pieces
             except (ValueError, OverflowError, TypeError):
                 pass  # a value beyond a fixed width (or of a wrong type): as `columns`
             else:
-                body = out.SerializeToString() + raw
-                return _FIXED_REQUEST + _varint(len(body)) + body
+                head = out.SerializeToString()
+                size = len(head) + sum(map(len, raw))
+                return b"".join((_FIXED_REQUEST, _varint(size), head, *raw))  # one copy
         request = pb.RecordInterceptionsRequest()
         columns(self.rows, request.columns)  # filled in place: no copy of the columns
         return request.SerializeToString()
@@ -151,10 +152,10 @@ def columns(
     return out
 
 
-def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> bytes:
+def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> list[bytes]:
     """`rows` as columns into `out`; with `fixed`, the per-record columns returned
-    instead, serialized, to be appended to `out`'s serialized bytes: the ids as one text,
-    the times and the counts that are neither all equal nor all small fixed-width
+    instead, serialized (in pieces), to be appended to `out`'s serialized bytes: the ids
+    as one text, the times and the counts that are neither all equal nor all small fixed-width
     (`array(...).tobytes()`: one copy per column, where upb's `extend` costs ~400
     instructions per value), the packed varint columns as made (not parsed by upb to be
     written again)."""
@@ -192,11 +193,9 @@ def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> bytes
     else:
         out.id.extend(ids)
     if fixed:  # times: never equal nor small enough to pack
-        raw += (
-            _fixed("started_at", started),
-            _fixed("first_byte_at", first_byte),
-            _fixed("ended_at", ended),
-        )
+        raw += _fixed("started_at", started)
+        raw += _fixed("first_byte_at", first_byte)
+        raw += _fixed("ended_at", ended)
     else:
         out.started_at.extend(started)
         out.first_byte_at.extend(first_byte)
@@ -224,7 +223,7 @@ def _fill(rows: list[Values], out: pb.InterceptionColumns, fixed: bool) -> bytes
         with_prompt = list(compress(range(n), prompts))
         out.prompt_record.extend(with_prompt)
         out.prompt.extend(prompts[i] for i in with_prompt)
-    return b"".join(raw)
+    return raw
 
 
 _DESCRIPTION, _CALLS, _PROMPT = itemgetter(0), itemgetter(10), itemgetter(11)  # of `Values`
@@ -303,7 +302,7 @@ def _packed(
     elif min(column) >= 0 and max(column) < 0x80:
         payload = bytes(column)
     elif raw is not None and name in FIXED_COLUMNS:
-        raw.append(_fixed(name, column))
+        raw += _fixed(name, column)
         return b""
     else:
         getattr(out, name).extend(column)
@@ -320,14 +319,15 @@ assert array(_U64).itemsize == 8
 _SWAP = sys.byteorder != "little"  # the wire's fixed-width values are little-endian
 
 
-def _fixed(name: str, column: Sequence[int]) -> bytes:
-    """`column` as its packed fixed-width field (`<name>_fixed`) on the wire: one copy.
-    OverflowError for a value outside the width (negative, or past it)."""
+def _fixed(name: str, column: Sequence[int]) -> tuple[bytes, bytes, bytes]:
+    """`column` as its packed fixed-width field (`<name>_fixed`) on the wire, in pieces
+    (tag, length, values: one copy). OverflowError for a value outside the width
+    (negative, or past it)."""
     values = array(_WIDTH[name], column)
     if _SWAP:
         values.byteswap()
     payload = values.tobytes()
-    return _TAGS[name + "_fixed"] + _varint(len(payload)) + payload
+    return _TAGS[name + "_fixed"], _varint(len(payload)), payload
 
 
 def split(payload: bytes) -> tuple[list[bytes], list[str]]:

@@ -192,9 +192,10 @@ class Capture:
         self.served_model = ""  # what the upstream said aside (Bedrock: the model id invoked)
         self.prompt = ""
         self.streamed = False
-        # Secrets noted while serving (the pooled key used); with the credentials presented
-        # (`presented`, set once the request is over) and the provider's keys (`keys`):
-        # every secret kept out of the record (`_secrets`).
+        # Secrets noted while serving beyond the provider's keys (none today: the pooled
+        # key used is one of `keys`); with the credentials presented (`presented`, set once
+        # the request is over) and the provider's keys (`keys`): every secret kept out of
+        # the record (`_secrets`).
         self.secrets: tuple[str, ...] = ()
         self.presented: Presented | None = None
         self.keys: tuple[str, ...] = ()
