@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aibridge.config.v1 import usage_pb2
@@ -74,3 +75,30 @@ def new_record_id(now_ns: int | None = None) -> str:
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
     h = f"{value:032x}"  # what str(uuid.UUID(int=value)) says, at a third of the cost
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# Columns a columnar batch may give fixed-width instead (`<name>_fixed` of
+# InterceptionColumns, in `fixed_columns`: written in one copy each), and the ids as one
+# text (`id_text`, ID_LENGTH characters per record).
+FIXED_COLUMNS = ("started_at", "first_byte_at", "ended_at", "status_code", *TOKEN_KINDS)
+ID_LENGTH = 36
+
+
+def ids_to_text(ids: Sequence[str]) -> bytes | None:
+    """Record ids as one ASCII text, ID_LENGTH characters each, in C passes; None when
+    one is not of that length or not ASCII (then they go one by one)."""
+    joined = "".join(ids)
+    if len(joined) != ID_LENGTH * len(ids) or max(map(len, ids), default=0) != ID_LENGTH:
+        return None
+    try:
+        return joined.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+
+
+def ids_from_text(raw: bytes) -> list[str]:
+    """Record ids given as one text (`ids_to_text`); ValueError when it is not one."""
+    if len(raw) % ID_LENGTH:
+        raise ValueError(f"must be {ID_LENGTH} characters per record")
+    text = raw.decode("ascii")  # UnicodeDecodeError is a ValueError
+    return [text[i : i + ID_LENGTH] for i in range(0, len(text), ID_LENGTH)]

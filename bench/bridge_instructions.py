@@ -13,10 +13,19 @@ long enough that the measured requests make one batch: under valgrind a request 
 at the rates they are meant for (thousands of records per batch at 1,000+ req/s), and
 the per-call cost of shipping would count ~50 x too much. Recording's cost = on - off;
 its share = that over on. Instruction counts hold steady on a loaded machine, where CPU
-time does not.
+time does not. Both runs have one PYTHONHASHSEED (`--hash-seed`, default 0), so their
+dicts and sets are laid out alike.
+
+The counted window also holds the process's idle background (event-loop timers, gRPC
+pollers: ~250 k instructions a second), and valgrind's pace, which the machine's load
+sets, decides how many seconds of it: ±2-3 k per request between runs, and more for the
+slower of the two runs. So after the dump each run counts --idle seconds (default 10) of
+idle, and the rows "without the idle background" subtract that rate times the seconds
+counted: what the requests themselves cost. (Recording's own idle rate, a second gRPC
+channel, is in the idle row: a few instructions per request at a deployed bridge's rates.)
 
     python bench/bridge_instructions.py [--requests 1000] [--warmup 200] [--flush 20]
-        [--stream]
+        [--stream] [--hash-seed 0]
 """
 
 from __future__ import annotations
@@ -57,11 +66,16 @@ def _dumped_ir(out: Path) -> int:
     raise SystemExit(f"no totals in {dumps[-1]}")
 
 
-def measure(args: argparse.Namespace, recording: bool, s: object, tmp: Path) -> float:
+def measure(
+    args: argparse.Namespace, recording: bool, s: object, tmp: Path
+) -> tuple[float, float, float]:
+    """(Ir per request, the idle Ir per second after, the seconds counted)."""
     port = free_port()
     name = "on" if recording else "off"
     env = bridge_env(s.target, port, tmp / f"bridge-{name}")  # type: ignore[attr-defined]
     env["AIBRIDGE_RECORDING_FLUSH_INTERVAL"] = f"{args.flush}s"
+    if args.hash_seed != "random":  # one seed for both runs: dict and set layouts alike
+        env["PYTHONHASHSEED"] = args.hash_seed
     if not recording:
         env["AIBRIDGE_RECORDING"] = "false"
     out = tmp / f"callgrind-{name}.out"
@@ -91,10 +105,19 @@ def measure(args: argparse.Namespace, recording: bool, s: object, tmp: Path) -> 
         asyncio.run(_send(port, raw, args.warmup))
         time.sleep(args.flush + 5)  # the warm-up's records shipped
         _callgrind_control("--zero", popen.pid)
+        t0 = time.monotonic()
         asyncio.run(_send(port, raw, args.requests))
         time.sleep(args.flush + 5)
         _callgrind_control("--dump", popen.pid)
-        return _dumped_ir(out) / args.requests
+        elapsed = time.monotonic() - t0
+        counted = _dumped_ir(out)
+        # The idle background (timers, pollers): its Ir per second, to subtract.
+        _callgrind_control("--zero", popen.pid)
+        t1 = time.monotonic()
+        time.sleep(args.idle)
+        _callgrind_control("--dump", popen.pid)
+        idle = _dumped_ir(out) / (time.monotonic() - t1)
+        return counted / args.requests, idle, elapsed
     finally:
         proc.stop()
 
@@ -105,16 +128,33 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
     p.add_argument("--flush", type=float, default=20.0, help="recording flush interval (s)")
+    p.add_argument(
+        "--idle", type=float, default=10.0, help="seconds of idle counted after (background)"
+    )
+    p.add_argument(
+        "--hash-seed", default="0", help="the bridge's PYTHONHASHSEED ('random': its own each run)"
+    )
     args = p.parse_args()
     with stack(prefix="aibridge-bench-instr-") as s:
-        off = measure(args, False, s, s.tmp)
-        on = measure(args, True, s, s.tmp)
+        off, off_idle, off_seconds = measure(args, False, s, s.tmp)
+        on, on_idle, on_seconds = measure(args, True, s, s.tmp)
     cost = on - off
+    # Without each run's idle background (its idle Ir/s x the seconds counted): what the
+    # requests themselves cost, whatever valgrind's pace on a loaded machine.
+    off_work = off - off_idle * off_seconds / args.requests
+    on_work = on - on_idle * on_seconds / args.requests
+    work = on_work - off_work
     rows = [
         ["bridge instructions per request, recording off", round(off)],
         ["bridge instructions per request, recording on (shipping)", round(on)],
         ["recording's instructions per request", round(cost)],
         ["recording's share of the bridge's instructions (%)", round(100 * cost / on, 2)],
+        ["idle instructions per second, off / on", f"{off_idle:.0f} / {on_idle:.0f}"],
+        ["seconds counted, off / on", f"{off_seconds:.1f} / {on_seconds:.1f}"],
+        ["per request without the idle background, off", round(off_work)],
+        ["per request without the idle background, on", round(on_work)],
+        ["recording's instructions per request, idle background subtracted", round(work)],
+        ["  its share (%)", round(100 * work / on_work, 2)],
     ]
     print(table(["figure", "value"], rows))
     path = write_result(
@@ -123,8 +163,12 @@ def main() -> int:
             "requests": args.requests,
             "flush": args.flush,
             "stream": args.stream,
+            "hash_seed": args.hash_seed,
             "off": off,
             "on": on,
+            "idle_per_second": {"off": off_idle, "on": on_idle},
+            "seconds": {"off": off_seconds, "on": on_seconds},
+            "work": {"off": off_work, "on": on_work},
         },
     )
     print(f"wrote {path}")

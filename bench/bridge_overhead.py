@@ -20,7 +20,11 @@ record sink that serializes and counts the records; shipping is not part of it),
 recording off (no sink), one on. Both take part in every phase: in the latency rounds the
 order of the targets rotates, and at saturation the two bridges take turns in slices, so
 both see the same machine. Recording's cost = recording bridge - plain bridge (DESIGN §10 /
-§11: p50 +<= 0.05 ms, throughput -<= 3 %).
+§11: p50 +<= 0.05 ms, throughput -<= 3 %). Both bridges run with one PYTHONHASHSEED
+(`--hash-seed`, default 0: a hash seed of its own per process is a bias of its own, in
+dict and set layouts), and the saturation turns are `--slices` (default 12) per kind,
+alternating which bridge goes first; besides the loss over all slices, the per-slice
+losses are reported as median and range (min-max), so noise can be told from cost.
 With `--record --ship`, the recording bridge is `aibridge bridge` as deployed instead:
 records built and shipped to the config service (data_plane/recording), the whole cost of
 recording.
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -70,7 +75,8 @@ BARS = {
     "recording_added_p50_ms": 0.05,
     "recording_throughput_loss_pct": 3.0,
 }
-SLICES = 4  # saturation turns each bridge takes with --record
+SLICES = 12  # saturation turns each bridge takes with --record (--slices)
+HASH_SEED = "0"  # both bridges' PYTHONHASHSEED with --record (--hash-seed)
 
 
 def _body(stream: bool) -> bytes:
@@ -258,6 +264,14 @@ def main() -> int:
         action="store_true",
         help="with --record: the recording bridge ships its records to the config service",
     )
+    p.add_argument(
+        "--slices", type=int, default=SLICES, help="with --record: saturation turns per bridge"
+    )
+    p.add_argument(
+        "--hash-seed",
+        default=HASH_SEED,
+        help="with --record: both bridges' PYTHONHASHSEED ('random': each its own)",
+    )
     args = p.parse_args()
     plan = _plan(args.requests, args.rounds)
 
@@ -266,6 +280,8 @@ def main() -> int:
         bridge_port = free_port()
         env = bridge_env(s.target, bridge_port, tmp / "bridge", args.log_level)
         env["AIBRIDGE_RECORDING"] = "false"  # the baseline records nothing
+        if args.record and args.hash_seed != "random":
+            env["PYTHONHASHSEED"] = args.hash_seed
         helper = Path(__file__).resolve().parent / "_recording_bridge.py"
         # With --record both bridges run from the same script, one with recording off,
         # so the only difference between them is recording.
@@ -279,6 +295,8 @@ def main() -> int:
         if args.record:
             rec_port = free_port()
             rec_env = bridge_env(s.target, rec_port, tmp / "recording-bridge", args.log_level)
+            if args.hash_seed != "random":
+                rec_env["PYTHONHASHSEED"] = args.hash_seed
             recording = s.add(
                 start("recording-bridge", ["bridge"], rec_env, tmp)
                 if args.ship
@@ -321,14 +339,17 @@ def _run(
     rec_pids = {"bridge": recording[1].pid, "upstream": upstream_pid} if recording else {}
     c = args.concurrency
 
+    slices: dict[str, list[tuple[Saturation, Saturation]]] = {"json": [], "sse": []}
+
     async def saturate_both(kind: str, n: int) -> tuple[Saturation, Saturation | None]:
         """`n` requests on the plain bridge (and as many on the recording one, the two
-        taking turns in SLICES slices)."""
+        taking turns in --slices slices; each slice's pair kept in `slices`)."""
         if recorded is None:
             return await _saturate(through, kind, n, c, pids, bridge.pid), None
         plain_total = rec_total = None
-        for i in range(SLICES):
-            part = n // SLICES + (1 if i < n % SLICES else 0)
+        count = max(1, min(args.slices, n))
+        for i in range(count):
+            part = n // count + (1 if i < n % count else 0)
             order = [(through, pids, bridge.pid), (recorded, rec_pids, rec_pids["bridge"])]
             results = []
             for target, its_pids, rss_pid in order if i % 2 == 0 else reversed(order):
@@ -336,6 +357,7 @@ def _run(
                     (target.name, await _saturate(target, kind, part, c, its_pids, rss_pid))
                 )
             got = dict(results)
+            slices[kind].append((got["bridge"], got["recording"]))
             plain_total = got["bridge"] if plain_total is None else plain_total + got["bridge"]
             rec_total = got["recording"] if rec_total is None else rec_total + got["recording"]
         assert plain_total is not None
@@ -367,6 +389,7 @@ def _run(
             "rss_after": rss_after,
             "rec_json": rec_json,
             "rec_sse": rec_sse,
+            "slices": slices,
             "elapsed": time.perf_counter() - t_start,
         }
 
@@ -430,6 +453,7 @@ def _run(
             record[kind]["per_cpu_loss_pct"] = (
                 100 * (1 - per_cpu_on / per_cpu_off) if per_cpu_on and per_cpu_off else None
             )
+            record[kind]["slices"] = _slice_losses(raw["slices"][kind])
     return {
         "recording": record,
         "plan": plan,
@@ -448,6 +472,31 @@ def _run(
         },
         "elapsed_seconds": round(raw["elapsed"], 1),
         "bars": BARS,
+    }
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": [round(v, 2) for v in values],
+    }
+
+
+def _slice_losses(pairs: list[tuple[Saturation, Saturation]]) -> dict[str, Any]:
+    """Recording's loss in each saturation slice (the two bridges' turns of one slice):
+    throughput and per bridge CPU-second, each as median, range and values."""
+    throughput = [100 * (1 - on.rps / off.rps) for off, on in pairs]
+    per_cpu = [
+        100 * (1 - (on.requests / on.cpu["bridge"]) / (off.requests / off.cpu["bridge"]))
+        for off, on in pairs
+        if on.cpu.get("bridge", 0.0) > 0.01 and off.cpu.get("bridge", 0.0) > 0.01
+    ]
+    return {
+        "count": len(pairs),
+        "throughput_loss_pct": _spread(throughput) if throughput else None,
+        "per_cpu_loss_pct": _spread(per_cpu) if per_cpu else None,
     }
 
 
@@ -507,6 +556,17 @@ def _report(r: dict[str, Any]) -> int:
                 row(
                     f"  per bridge CPU-second loss, {label} (%)", round(k["per_cpu_loss_pct"], 2), 3
                 )
+            sl = k["slices"]
+            for name, what in (
+                ("throughput_loss_pct", "throughput"),
+                ("per_cpu_loss_pct", "per CPU-second"),
+            ):
+                spread = sl[name]
+                if spread is not None:
+                    row(
+                        f"  {what} loss per slice, {label}: median (min..max) of {sl['count']} (%)",
+                        f"{spread['median']:.2f} ({spread['min']:.2f}..{spread['max']:.2f})",
+                    )
         row("records built (counting sink)", rec.get("records"))
         row(
             "  mean serialized record (bytes)",

@@ -6,7 +6,7 @@ does), warm, then in turn: --requests requests with recording off, the same numb
 recording on (every finished capture submitted to a real `Shipper`'s queue, as deployed,
 nothing shipped), then the shipper's work on what was queued, part by part: `_take` as
 it is (values, size bound, append, encode: one batch), and over the same captures alone
-`Capture.values()`, `Batch.add` (its cost and append), and `Batch.encode()`. Callgrind's
+`Capture.values()`, `Batch.extend` (its size bound and append), and `Batch.encode()`. Callgrind's
 counters are dumped between the phases (a client request from a small C helper compiled
 at run time), so each phase's instructions are counted apart, in one run:
 
@@ -15,7 +15,10 @@ at run time), so each phase's instructions are counted apart, in one run:
   and the collector's rounds are not here: `bridge_instructions.py` counts them, with the
   HTTP server, as the rest).
 
-    python bench/recording_parts.py [--requests 1000] [--stream]
+    python bench/recording_parts.py [--requests 1000] [--stream] [--form fixed|columns]
+
+`--form`: the batch's encoding, `fixed_columns` (default: what the bridge sends a config
+service that reads them) or `columns` (to one from before them).
 
 Needs valgrind (callgrind.h) and a C compiler; `--no-callgrind`: the same phases timed
 with `time.perf_counter_ns` (noisy on a shared machine).
@@ -78,6 +81,7 @@ async def _phases(args: argparse.Namespace, port: int, mark: Callable[[str], Non
     settings = ShipperSettings(args.requests * 2, 1.0, tmp / "x.spool", 1 << 20, 5.0)
     connection = SubscriberConfig("127.0.0.1:1", Secret("bench"), "bench")
     shipper = Shipper(settings, connection, RecordingMetrics(CollectorRegistry(), "bench"))
+    shipper._fixed = args.form == "fixed"  # as after an answer of a service that reads them
     app.sink = shipper
     for _ in range(200):  # warm-up: connections, caches (the description cached)
         await _one(app, scope, body)
@@ -112,10 +116,9 @@ async def _phases(args: argparse.Namespace, port: int, mark: Callable[[str], Non
     rows = [c.values() for c in captures]
     mark("values")
     batch = Batch()
-    for values in rows:
-        batch.add(values)
+    batch.extend(rows)
     mark("batch")
-    batch.encode()
+    batch.encode(args.form == "fixed")
     mark("encode")
     await http.aclose()
     return len(captures)
@@ -157,6 +160,12 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--stream", action="store_true", help="SSE (20 chunks) instead of JSON")
     p.add_argument("--no-callgrind", action="store_true", help="time the phases instead")
+    p.add_argument(
+        "--form",
+        choices=("fixed", "columns"),
+        default="fixed",
+        help="batch encoding: fixed_columns (to a service that reads them) or columns",
+    )
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -174,6 +183,7 @@ def main() -> int:
             "--inner",
             f"--tmp={tmp}",
             f"--requests={args.requests}",
+            f"--form={args.form}",
             *(["--stream"] if args.stream else []),
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -193,14 +203,20 @@ def main() -> int:
         ],
         ["shipper `_take` per record (values, add, encode)", round(per["take"])],
         ["  Capture.values()", round(per["values"])],
-        ["  Batch.add (cost, append)", round(per["batch"])],
+        ["  Batch.extend (size bound, append)", round(per["batch"])],
         ["  Batch.encode (per record)", round(per["encode"])],
         ["request path + `_take`", round(request_path + per["take"])],
     ]
     print(table(["instructions per request", "Ir"], rows))
     path = write_result(
         "recording_parts" + ("_sse" if args.stream else ""),
-        {"requests": n, "stream": args.stream, "per_request": per, "request_path": request_path},
+        {
+            "requests": n,
+            "stream": args.stream,
+            "form": args.form,
+            "per_request": per,
+            "request_path": request_path,
+        },
     )
     print(f"wrote {path}")
     return 0

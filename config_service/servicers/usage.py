@@ -21,7 +21,14 @@ from aibridge.config.v1 import provider_pb2, usage_pb2, usage_service_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.masking import mask_secret
-from aibridge.recording import MAX_TOKEN_COUNT, TOKEN_KINDS, enum_names
+from aibridge.recording import (
+    FIXED_COLUMNS,
+    ID_LENGTH,
+    MAX_TOKEN_COUNT,
+    TOKEN_KINDS,
+    enum_names,
+    ids_from_text,
+)
 from aibridge.rulebook import BY_WIRE, TYPES
 from config_service.auth import Authenticator
 from config_service.errors import InvalidArgument
@@ -177,9 +184,13 @@ def record_row(field: str, r: usage_pb2.Interception) -> tuple[Row, list[Row]]:
 
 
 def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[Row], int]:
-    """(rows, tool-call rows, repeats) of both forms, the records one by one first: a
-    record repeated within the batch counts once."""
-    given = len(request.interceptions) + len(request.columns.id)
+    """(rows, tool-call rows, repeats) of every form, the records one by one first, then
+    `columns`, then `fixed_columns`: a record repeated within the batch counts once."""
+    given = (
+        len(request.interceptions)
+        + record_count(request.columns, "columns")
+        + record_count(request.fixed_columns, "fixed_columns")
+    )
     if given > recording.MAX_BATCH:
         raise InvalidArgument("interceptions", f"at most {recording.MAX_BATCH} records per batch")
     rows: list[Row] = []
@@ -189,11 +200,12 @@ def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[
         if tool_rows:
             calls[len(rows)] = tool_rows
         rows.append(row)
-    if request.HasField("columns"):
-        more, more_calls = column_rows(request.columns)
-        base = len(rows)
-        calls.update((base + i, tool_rows) for i, tool_rows in more_calls.items())
-        rows.extend(more)
+    for field in ("columns", "fixed_columns"):
+        if request.HasField(field):
+            more, more_calls = column_rows(getattr(request, field), field)
+            base = len(rows)
+            calls.update((base + i, tool_rows) for i, tool_rows in more_calls.items())
+            rows.extend(more)
     seen: set[str] = set()
     unique: list[Row] = []
     tool_rows = []
@@ -284,7 +296,7 @@ def _lengths(c: pb.InterceptionColumns, names: tuple[str, ...], n: int, of: str)
 def _descriptions(c: pb.InterceptionColumns) -> list[Row]:
     """Each description of a columnar batch as the part of a row it gives, checked."""
     d = len(c.provider_name)
-    if d > len(c.id):  # the bridge writes one per distinct description of its records
+    if d > record_count(c, "columns"):  # the bridge writes one per distinct description
         raise InvalidArgument("columns.provider_name", "at most one description per record")
     _lengths(c, recording.DESCRIPTION_COLUMNS, d, "description (as columns.provider_name)")
     strings = c.strings
@@ -310,13 +322,62 @@ def _descriptions(c: pb.InterceptionColumns) -> list[Row]:
     return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
-def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Row]]]:
+def record_count(c: pb.InterceptionColumns, field: str) -> int:
+    """How many records a columnar batch holds: its ids, one by one or as one text."""
+    if not c.id_text:
+        return len(c.id)
+    if c.id:
+        raise InvalidArgument(f"{field}.id_text", "the ids are given twice (and as id)")
+    if len(c.id_text) % ID_LENGTH:
+        raise InvalidArgument(f"{field}.id_text", f"must be {ID_LENGTH} characters per record")
+    return len(c.id_text) // ID_LENGTH
+
+
+def _column(c: pb.InterceptionColumns, name: str) -> Any:
+    """A per-record column, from its field or from its fixed-width one (never both)."""
+    values = getattr(c, name)
+    if name in FIXED_COLUMNS:
+        fixed = getattr(c, name + "_fixed")
+        if len(fixed):
+            if len(values):
+                raise InvalidArgument(f"columns.{name}", f"is given twice (and as {name}_fixed)")
+            return fixed
+    return values
+
+
+def _ids(c: pb.InterceptionColumns) -> list[str]:
+    """The record ids, one by one or from one text."""
+    if not c.id_text:
+        return list(c.id)
+    try:
+        return ids_from_text(c.id_text)
+    except ValueError:
+        raise InvalidArgument("columns.id_text", "must be ASCII record ids") from None
+
+
+def column_rows(
+    c: pb.InterceptionColumns, field: str = "columns"
+) -> tuple[list[Row], dict[int, list[Row]]]:
     """The records of a columnar batch as table rows and tool-call rows (by record
-    index); InvalidArgument naming a bad value (`columns.route[3]`). Each description,
-    and each distinct enum, count and time, is checked once: a batch costs about one row
-    dict per record."""
-    n = len(c.id)
-    _lengths(c, recording.RECORD_COLUMNS, n, "record (as columns.id)")
+    index); InvalidArgument naming a bad value (`columns.route[3]`, or in `field`). Each
+    description, and each distinct enum, count and time, is checked once: a batch costs
+    about one row dict per record. Every per-record column is read from its field or its
+    fixed-width one, whichever holds values."""
+    try:
+        return _column_rows(c)
+    except InvalidArgument as exc:
+        if field == "columns":
+            raise
+        raise InvalidArgument(field + exc.field.removeprefix("columns"), exc.detail) from None
+
+
+def _column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Row]]]:
+    n = record_count(c, "columns")
+    for name in recording.RECORD_COLUMNS:
+        if name != "id" and len(_column(c, name)) != n:
+            raise InvalidArgument(
+                f"columns.{name}", f"must have one value per record (as columns.id) ({n})"
+            )
     descriptions = _descriptions(c)
     d = len(descriptions)
     for i, index in enumerate(c.description):
@@ -325,11 +386,12 @@ def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Ro
                 f"columns.description[{i}]", f"is not an index of the descriptions ({_range(d)})"
             )
     ids = [
-        check_uuid(f"columns.id[{i}]", v, "a UUID (UUIDv7) record id") for i, v in enumerate(c.id)
+        check_uuid(f"columns.id[{i}]", v, "a UUID (UUIDv7) record id")
+        for i, v in enumerate(_ids(c))
     ]
-    started = _distinct("columns.started_at", c.started_at, _stamp)
-    ended = _distinct("columns.ended_at", c.ended_at, _stamp)
-    firsts = _distinct("columns.first_byte_at", c.first_byte_at, _first_byte)
+    started = _distinct("columns.started_at", _column(c, "started_at"), _stamp)
+    ended = _distinct("columns.ended_at", _column(c, "ended_at"), _stamp)
+    firsts = _distinct("columns.first_byte_at", _column(c, "first_byte_at"), _first_byte)
     for i, (s, f, e) in enumerate(zip(started, firsts, ended, strict=True)):
         if e < s or (f is not None and not s <= f <= e):
             raise InvalidArgument(
@@ -343,12 +405,12 @@ def column_rows(c: pb.InterceptionColumns) -> tuple[list[Row], dict[int, list[Ro
         "outcome": _distinct(
             "columns.outcome", c.outcome, lambda v: _enum("", v, OUTCOMES, required=True)
         ),
-        "status_code": _distinct("columns.status_code", c.status_code, _status),
+        "status_code": _distinct("columns.status_code", _column(c, "status_code"), _status),
         "attempts": _distinct("columns.attempts", c.attempts, _bounded(MAX_ATTEMPTS)),
         "streamed": list(c.streamed),
     }
     for kind in TOKEN_KINDS:
-        columns[kind] = _distinct(f"columns.{kind}", getattr(c, kind), _bounded(MAX_TOKEN_COUNT))
+        columns[kind] = _distinct(f"columns.{kind}", _column(c, kind), _bounded(MAX_TOKEN_COUNT))
     if len(c.prompt_record) != len(c.prompt):
         raise InvalidArgument("columns.prompt", "must have one value per prompt_record")
     prompts = [""] * n
@@ -514,7 +576,9 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         duplicates = stored.duplicates + repeats
         self._inserted.inc(stored.inserted)
         self._duplicates.inc(duplicates)
-        return pb.RecordInterceptionsResponse(inserted=stored.inserted, duplicates=duplicates)
+        return pb.RecordInterceptionsResponse(
+            inserted=stored.inserted, duplicates=duplicates, reads_fixed_columns=True
+        )
 
     @unary()
     async def ListInterceptions(

@@ -18,7 +18,6 @@ import httpx
 
 from aibridge.config.v1 import usage_pb2
 from aibridge.logs import AccessLog, get_logger
-from aibridge.masking import mask_secret
 from aibridge.rulebook import Family
 from data_plane.bridge.asgi import DirectBody, Send, respond
 from data_plane.bridge.breaker import Rejected
@@ -196,8 +195,9 @@ class Forwarder:
             if pool.report(index, response.status, retry):
                 await response.aclose()
                 continue
-            call.key_hint = call.capture.credential_hint = mask_secret(key)
-            call.capture.secrets.append(key)
+            call.key_hint = call.capture.credential_hint = pool.hints[index]
+            # (the key is one of the provider's, which the capture masks already: not noted
+            # in `capture.secrets`, so its record's description key stays flat)
             return response
         outcome = pool.exhausted()
         self.metrics.key_exhaustions.labels(

@@ -94,6 +94,8 @@ class KeyPool:
             raise KeyPoolError("duplicate keys")
         self.provider = provider
         self.keys: tuple[str, ...] = tuple(keys)
+        # Each key's masked hint (logs, records), made once: not per request.
+        self.hints: tuple[str, ...] = tuple(map(mask_secret, self.keys))
         self._entries = [_Key(i, k) for i, k in enumerate(keys)]
         self._clock = clock
         self._on_transition = on_transition

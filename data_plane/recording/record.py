@@ -5,6 +5,7 @@ shipper, so that the shipper knows nothing of the bridge (whose finished capture
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 # What describes a request, the same for many of them (one tuple object per distinct
@@ -13,8 +14,9 @@ from typing import Protocol
 # client, user agent, session id, credential kind (CredentialKind), credential hint,
 # proxied. Every text fit to keep (within its limit, printable, secrets masked).
 Description = tuple[str, int, str, str, str, str, str, str, str, str, str, int, str, bool]
-# Input, output, cache read, cache write and reasoning tokens (TokenUsage's order).
-Tokens = tuple[int, int, int, int, int]
+# Input, output, cache read, cache write and reasoning tokens (TokenUsage's order); a
+# list where the response reader kept them as one.
+Tokens = Sequence[int]
 NO_TOKENS: Tokens = (0, 0, 0, 0, 0)
 # (name, call id, arguments) of one tool call, fit to keep.
 ToolCall = tuple[str, str, str]

@@ -8,7 +8,10 @@
 `submit` appends to a bounded in-memory queue (past `queue_size` records the record is
 counted as dropped, `queue_full`); a record gives its values only when a batch is made of
 it (the bridge submits its captures: the request path builds nothing), and a batch is
-encoded as columns (`batch.py`: one C call per column, no message per record). One task ships the
+encoded as columns (`batch.py`: one C call per column, no message per record): as
+`fixed_columns` once an answer of the service said it reads them, else as `columns`; an
+answer to a `fixed_columns` batch without that word (a service from before them, which
+ignored the batch) has the same records sent again as `columns`. One task ships the
 queue in batches (every `flush_interval`, or at once when a batch is full:
 `aibridge.recording.MAX_BATCH` records or 3 MiB) over `UsageService.RecordInterceptions`
 with the bridge's token, on a channel made like the subscriber's (same TLS, same
@@ -52,6 +55,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,7 +66,7 @@ from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.logs import get_logger
 from aibridge.recording import MAX_BATCH
 from data_plane.errors import SpoolBusy, SpoolError
-from data_plane.recording.batch import Batch, columns, split
+from data_plane.recording.batch import Batch, columns, is_fixed, split, unfix
 from data_plane.recording.metrics import RecordingMetrics
 from data_plane.recording.record import Record
 from data_plane.recording.spool import SUFFIX, Spool
@@ -149,6 +153,9 @@ class Shipper:
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
+        # The service's last answer said it reads fixed_columns: batches are encoded so
+        # (see `_ship` for an answer that says otherwise).
+        self._fixed = False
         metrics.queue_depth.set_function(lambda: len(self._queue) + self._unsent_records)
         metrics.spool_bytes.set_function(lambda: sum(s.size for s in self._spools if s.is_open))
         metrics.spool_records.set_function(lambda: sum(s.pending_records for s in self._spools))
@@ -336,6 +343,16 @@ class Shipper:
             self._metrics.batches["retried"].inc()
             self._failed(type(exc).__name__, str(exc))
             return False
+        if response.reads_fixed_columns != self._fixed:
+            self._fixed = response.reads_fixed_columns
+            log.info(
+                "record batch form set by the config service's answer",
+                form="fixed_columns" if self._fixed else "columns",
+            )
+        if not self._fixed and is_fixed(payload):
+            # A service from before fixed_columns ignored them (0 records stored): the same
+            # records again, as columns (a rolling upgrade, replicas of both kinds).
+            return await self._ship(unfix(payload), count, deadline)
         self._metrics.batches["shipped"].inc()
         self._metrics.inserted.inc(response.inserted)
         self._metrics.duplicates.inc(response.duplicates)
@@ -371,42 +388,71 @@ class Shipper:
             await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
 
     async def _take(self) -> None:
-        """Move one batch from the queue to the unsent batches (encoded for the wire)."""
-        batch = Batch()
+        """Move one batch from the queue to the unsent batches (encoded for the wire).
+
+        The records are read where they are (a copy of the first MAX_BATCH), made into
+        values in slices (a yield to the event loop between two), and removed from the
+        queue only once the batch is made, with no await in between: a task cancelled
+        meanwhile (at shutdown) leaves them queued."""
         queue = self._queue
-        taken = 0
-        while queue and taken < MAX_BATCH:
-            record = queue[0]
-            try:
-                values = record.values()
-            except Exception:  # a bug in one record's making must not stop the shipping
-                queue.popleft()
-                log.exception("building an interception record failed", request_id=record.id)
-                self._drop("unbuildable", 1)
-                continue
-            cost = batch.add(values, BATCH_BYTES)  # 0: added
-            if cost > BATCH_BYTES:
-                queue.popleft()
-                log.warning(
-                    "interception record too large to ship", record_id=record.id, bytes=cost
-                )
-                self._drop("too_large", 1)
-                continue
-            if cost:
+        records = list(islice(queue, MAX_BATCH))
+        batch = Batch()
+        consumed = 0  # records from the front of the queue that are done with
+        for lo in range(0, len(records), _SLICE):
+            part = records[lo : lo + _SLICE]
+            done, full = self._fill(batch, part)
+            consumed += done
+            if full:
                 break
-            queue.popleft()
-            taken += 1
-            if taken % _SLICE == 0:
+            if lo + _SLICE < len(records):
                 await asyncio.sleep(0)
+        if consumed == len(queue):
+            queue.clear()
+        else:
+            self._queue = deque(islice(queue, consumed, None))
         if batch:
             try:
-                payload = batch.encode()
+                payload = batch.encode(self._fixed)
             except Exception:  # a value of a wrong type: find the records that cannot go
                 payload = self._encode_each(batch)
             count = len(batch)
             if payload:
                 self._unsent.append((payload, count))
                 self._unsent_records += count
+
+    def _fill(self, batch: Batch, records: list[Record]) -> tuple[int, bool]:
+        """Add `records` to `batch`: how many of them are done with (added or dropped),
+        and whether the batch is full. All at once when none fails and they fit, as
+        they do unless prompts or tool calls are large; else one by one."""
+        try:
+            rows = [record.values() for record in records]
+        except Exception:  # a bug in one record's making must not stop the shipping
+            return self._fill_each(batch, records, 0)
+        added = batch.extend(rows, BATCH_BYTES)
+        if added == len(rows):
+            return added, False
+        return self._fill_each(batch, records, added)
+
+    def _fill_each(self, batch: Batch, records: list[Record], start: int) -> tuple[int, bool]:
+        for i in range(start, len(records)):
+            record = records[i]
+            try:
+                values = record.values()
+            except Exception:
+                log.exception("building an interception record failed", request_id=record.id)
+                self._drop("unbuildable", 1)
+                continue
+            cost = batch.add(values, BATCH_BYTES)  # 0: added
+            if not cost:
+                continue
+            if Batch().add(values, BATCH_BYTES):  # too large for any batch
+                log.warning(
+                    "interception record too large to ship", record_id=record.id, bytes=cost
+                )
+                self._drop("too_large", 1)
+                continue
+            return i, True
+        return len(records), False
 
     def _encode_each(self, batch: Batch) -> bytes:
         """The batch without the records whose values cannot be encoded (dropped,
@@ -421,7 +467,7 @@ class Shipper:
                 continue
             kept.add(values)
         batch.rows[:] = kept.rows
-        return kept.encode() if kept else b""
+        return kept.encode(self._fixed) if kept else b""
 
     def _hold_front(self, batch: tuple[bytes, int]) -> None:
         self._unsent.appendleft(batch)

@@ -26,7 +26,7 @@ from config_service.rbac import Role
 from config_service.servicers.usage import batch_rows
 from config_service.settings import ConfigServiceSettings
 from config_service.store import tokens, usage
-from data_plane.recording.batch import columns, message_values
+from data_plane.recording.batch import Batch, columns, message_values
 from tests.fixtures.services import Service, StartService
 from tests.fixtures.waits import eventually
 
@@ -344,8 +344,65 @@ async def test_a_bad_field_refuses_the_batch_naming_it(
 
 
 def as_columns(records: Sequence[usage_pb2.Interception]) -> pb.RecordInterceptionsRequest:
-    """`records` as the bridge sends them: one columnar batch."""
+    """`records` as a bridge sends them to a service from before fixed_columns."""
     return pb.RecordInterceptionsRequest(columns=columns([message_values(r) for r in records]))
+
+
+def as_fixed(records: Sequence[usage_pb2.Interception]) -> pb.RecordInterceptionsRequest:
+    """`records` as the bridge sends them to a service that reads fixed_columns."""
+    batch = Batch()
+    batch.extend([message_values(r) for r in records])
+    request = pb.RecordInterceptionsRequest.FromString(batch.encode(fixed=True))
+    assert request.HasField("fixed_columns")
+    return request
+
+
+async def test_every_form_of_a_batch_stores_the_same_records(u: Usage) -> None:
+    """The same records sent one by one, as columns and as fixed_columns (varying counts and statuses fixed-width) read back alike, and every answer says the service reads fixed_columns."""
+    calls = [usage_pb2.ToolCall(name="f", call_id="c1", arguments="{}")]
+    variants: list[dict[str, Any]] = [
+        {"prompt": "hi", "tool_calls": calls, "first_byte_at": ts(NOW)},
+        {
+            "credential_hint": FULL_KEY,
+            "status_code": 502,
+            "outcome": usage_pb2.OUTCOME_UPSTREAM_ERROR,
+        },
+        {"usage": usage_pb2.TokenUsage(input_tokens=123_456, output_tokens=2**40)},
+    ]
+    forms = [u.record, lambda r: u.send(as_columns(r)), lambda r: u.send(as_fixed(r))]
+    sent = [[make(u.member_id, **v) for v in variants] for _ in forms]
+    for send, records in zip(forms, sent, strict=True):
+        answer = await send(records)
+        assert (answer.inserted, answer.duplicates, answer.reads_fixed_columns) == (3, 0, True)
+    for one, *others in zip(*sent, strict=True):
+        want = await u.get(one.id)
+        for other in others:
+            got = await u.get(other.id)
+            got.id = want.id
+            assert got == want
+
+
+@pytest.mark.parametrize(
+    ("field", "damage"),
+    [
+        ("fixed_columns.started_at", lambda c: c.started_at.extend(c.started_at_fixed)),
+        ("fixed_columns.id_text", lambda c: setattr(c, "id_text", c.id_text[:-1])),
+        ("fixed_columns.id_text", lambda c: c.id.append(new_record_id())),
+        ("fixed_columns.input_tokens", lambda c: c.input_tokens_fixed.append(1)),
+        ("fixed_columns.id[0]", lambda c: setattr(c, "id_text", b"x" * len(c.id_text))),
+    ],
+)
+async def test_a_malformed_fixed_columns_batch_is_refused_naming_the_column(
+    u: Usage, field: str, damage: Any
+) -> None:
+    """A column given twice (fixed-width and not), ids of the wrong length, given twice or not UUIDs, or a fixed-width column of the wrong length refuse the batch."""
+    request = as_fixed([make(u.member_id, tokens_in=300), make(u.member_id, tokens_in=70_000)])
+    damage(request.fixed_columns)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await u.send(request)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith(field + ":"), refused.value.details()
+    assert count_rows(u.svc, Interception) == 0
 
 
 async def test_a_columnar_batch_stores_what_the_same_records_one_by_one_store(u: Usage) -> None:

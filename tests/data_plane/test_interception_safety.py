@@ -300,7 +300,7 @@ def test_a_capture_serializes_to_its_built_record_whatever_it_holds() -> None:
         capture.provider("prov", "openai")
         capture.route, capture.requested_model, capture.principal = "/v1/x", "gpt", alice
         capture.relayed, capture.status, capture.first_byte_ns = True, 200, started + 5
-        capture.secrets = [KEY_A]
+        capture.secrets = (KEY_A,)
         capture.reader = ResponseReader(False, None, arguments=True)
         capture.reader.feed(
             b'{"model":"gpt-1","usage":{"prompt_tokens":3,"completion_tokens":1},'

@@ -26,7 +26,7 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1 import usage_service_pb2_grpc as pb_grpc
 from aibridge.masking import Secret
-from aibridge.recording import new_record_id
+from aibridge.recording import ids_from_text, new_record_id
 from config_service.rbac import Role
 from data_plane.recording.batch import Batch, Message, message_values
 from data_plane.recording.metrics import RecordingMetrics
@@ -134,11 +134,15 @@ async def stored(service: Service) -> list[usage_pb2.Interception]:
 
 
 class ScriptedUsage(pb_grpc.UsageServiceServicer):
-    """A UsageService that does what the test says: `mode` is ok, away, slow or lose."""
+    """A UsageService that does what the test says: `mode` is ok, away, slow or lose;
+    `reads_fixed`: it reads fixed_columns and says so, else it is a service from before
+    them (the field ignored, the answer without the flag)."""
 
     def __init__(self) -> None:
         self.mode = "ok"
+        self.reads_fixed = False
         self.batches: list[list[str]] = []  # ids of every batch stored, in arrival order
+        self.forms: list[str] = []  # each call's form: columns, fixed_columns, interceptions
         self.refuse: set[str] = set()  # ids answered with INVALID_ARGUMENT
         self.tokens: set[str] = set()
 
@@ -155,6 +159,14 @@ class ScriptedUsage(pb_grpc.UsageServiceServicer):
         if self.mode == "slow":
             await asyncio.sleep(30)
         ids = [r.id for r in request.interceptions] + list(request.columns.id)
+        fixed = request.fixed_columns
+        if self.reads_fixed:
+            ids += list(fixed.id) + ids_from_text(fixed.id_text)
+        self.forms += [
+            form
+            for form in ("columns", "fixed_columns")
+            if request.HasField(form)  # type: ignore[arg-type]
+        ] or ["interceptions"]
         bad = [i for i, rid in enumerate(ids) if rid in self.refuse]
         if bad:
             await context.abort(
@@ -165,7 +177,11 @@ class ScriptedUsage(pb_grpc.UsageServiceServicer):
         if self.mode == "lose":  # stored, but the answer never arrives
             self.mode = "ok"
             await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
-        return pb.RecordInterceptionsResponse(inserted=len(fresh), duplicates=len(ids) - len(fresh))
+        return pb.RecordInterceptionsResponse(
+            inserted=len(fresh),
+            duplicates=len(ids) - len(fresh),
+            reads_fixed_columns=self.reads_fixed,
+        )
 
 
 @pytest.fixture
@@ -549,3 +565,42 @@ async def test_records_are_kept_in_memory_while_the_spool_cannot_be_written(
     assert shipping.metric("recording_records_dropped_total", reason="spool_full") == 0
     servicer.mode = "ok"
     await eventually(lambda: sorted(servicer.ids) == sorted(r.id for r in sent), within=15)
+
+
+# ---------------------------------------------------------------------------- batch form
+
+
+async def test_batches_go_as_fixed_columns_once_the_service_says_it_reads_them(
+    ship: Ship, servicer: ScriptedUsage
+) -> None:
+    """The first batch goes as columns; once an answer says the service reads fixed_columns, the next batches go so, every record stored once."""
+    servicer.reads_fixed = True
+    shipping = await ship()
+    first, second = [record(i) for i in range(5)], [record(i) for i in range(5, 9)]
+    shipping.submit(*first)
+    await eventually(lambda: len(servicer.batches) == 1)
+    shipping.submit(*second)
+    await eventually(lambda: len(servicer.batches) == 2)
+    assert servicer.forms == ["columns", "fixed_columns"]
+    assert servicer.ids == [r.id for r in first + second]
+
+
+async def test_a_service_from_before_fixed_columns_gets_the_records_again_as_columns(
+    ship: Ship, servicer: ScriptedUsage
+) -> None:
+    """A batch sent as fixed_columns to a service that ignores them (an older replica in a rolling upgrade: 0 stored, no flag) is sent again as columns, and so are the batches after it: nothing lost, nothing counted twice."""
+    servicer.reads_fixed = True
+    shipping = await ship()
+    shipping.submit(record(0))
+    await eventually(lambda: len(servicer.batches) == 1)
+    servicer.reads_fixed = False  # the next call reaches a service from before fixed_columns
+    later = [record(i) for i in range(1, 6)]
+    shipping.submit(*later[:3])
+    await eventually(lambda: len(servicer.batches) == 3)
+    shipping.submit(*later[3:])
+    await eventually(lambda: len(servicer.batches) == 4)
+    assert servicer.forms == ["columns", "fixed_columns", "columns", "columns"]
+    assert servicer.batches[1] == []  # ignored: nothing stored from it
+    assert servicer.ids[1:] == [r.id for r in later]
+    assert shipping.metric("recording_records_total", result="inserted") == 6
+    assert shipping.metric("recording_batches_total", result="shipped") == 3

@@ -58,24 +58,38 @@ class RecordInterceptionsRequest(_message.Message):
 
     INTERCEPTIONS_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
+    FIXED_COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def interceptions(self) -> _containers.RepeatedCompositeFieldContainer[_usage_pb2.Interception]:
         """At most 5,000 records in all (and the 4 MiB message limit): these, then those of
-        columns. The bridge sends columns; records one by one stay accepted (older spools,
-        other clients).
+        columns, then those of fixed_columns. The bridge sends columns, or fixed_columns to
+        a service that reads them; records one by one stay accepted (older spools, other
+        clients).
         """
 
     @_builtins.property
     def columns(self) -> Global___InterceptionColumns: ...
+    @_builtins.property
+    def fixed_columns(self) -> Global___InterceptionColumns:
+        """Columns as `columns`, with the fixed-width fields of InterceptionColumns in use
+        (the ids as one text, times and varying counts fixed-width: each column written in
+        one copy).
+        A bridge sends them only to a service whose last answer said it reads them
+        (RecordInterceptionsResponse.reads_fixed_columns). A service from before them
+        ignores this field and answers 0 records stored without that flag: the bridge then
+        sends the same records again as `columns`, so nothing is lost either way.
+        """
+
     def __init__(
         self,
         *,
         interceptions: _abc.Iterable[_usage_pb2.Interception] | None = ...,
         columns: Global___InterceptionColumns | None = ...,
+        fixed_columns: Global___InterceptionColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "fixed_columns", b"fixed_columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "interceptions", b"interceptions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "fixed_columns", b"fixed_columns", "interceptions", b"interceptions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,6 +144,24 @@ class InterceptionColumns(_message.Message):
     TOOL_CALL_ARGUMENTS_FIELD_NUMBER: _builtins.int
     PROMPT_RECORD_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
+    ID_TEXT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIXED_FIELD_NUMBER: _builtins.int
+    FIRST_BYTE_AT_FIXED_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIXED_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIXED_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIXED_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIXED_FIELD_NUMBER: _builtins.int
+    CACHE_READ_TOKENS_FIXED_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIXED_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIXED_FIELD_NUMBER: _builtins.int
+    id_text: _builtins.bytes
+    """Fixed-width forms of per-record columns: a column is given either in its field
+    above or in its fixed-width field here, never both (the service reads whichever
+    holds values). Read by services that set RecordInterceptionsResponse.
+    reads_fixed_columns; written by bridges only in fixed_columns.
+    The record ids' texts one after the other, in record order: 36 ASCII characters
+    each (a canonical UUID), so this column is written in one copy.
+    """
     @_builtins.property
     def strings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The describing texts of the batch, each once."""
@@ -212,6 +244,24 @@ class InterceptionColumns(_message.Message):
 
     @_builtins.property
     def prompt(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def started_at_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def first_byte_at_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def ended_at_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def status_code_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def input_tokens_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def output_tokens_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def cache_read_tokens_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def cache_write_tokens_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def reasoning_tokens_fixed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -250,10 +300,20 @@ class InterceptionColumns(_message.Message):
         tool_call_arguments: _abc.Iterable[_builtins.str] | None = ...,
         prompt_record: _abc.Iterable[_builtins.int] | None = ...,
         prompt: _abc.Iterable[_builtins.str] | None = ...,
+        id_text: _builtins.bytes = ...,
+        started_at_fixed: _abc.Iterable[_builtins.int] | None = ...,
+        first_byte_at_fixed: _abc.Iterable[_builtins.int] | None = ...,
+        ended_at_fixed: _abc.Iterable[_builtins.int] | None = ...,
+        status_code_fixed: _abc.Iterable[_builtins.int] | None = ...,
+        input_tokens_fixed: _abc.Iterable[_builtins.int] | None = ...,
+        output_tokens_fixed: _abc.Iterable[_builtins.int] | None = ...,
+        cache_read_tokens_fixed: _abc.Iterable[_builtins.int] | None = ...,
+        cache_write_tokens_fixed: _abc.Iterable[_builtins.int] | None = ...,
+        reasoning_tokens_fixed: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "client", b"client", "credential_hint", b"credential_hint", "credential_kind", b"credential_kind", "description", b"description", "ended_at", b"ended_at", "first_byte_at", b"first_byte_at", "id", b"id", "input_tokens", b"input_tokens", "outcome", b"outcome", "output_tokens", b"output_tokens", "principal_id", b"principal_id", "principal_name", b"principal_name", "prompt", b"prompt", "prompt_record", b"prompt_record", "provider_name", b"provider_name", "provider_type", b"provider_type", "proxied", b"proxied", "reasoning_tokens", b"reasoning_tokens", "requested_model", b"requested_model", "route", b"route", "served_model", b"served_model", "session_id", b"session_id", "started_at", b"started_at", "status_code", b"status_code", "streamed", b"streamed", "strings", b"strings", "token_id", b"token_id", "tool_call_arguments", b"tool_call_arguments", "tool_call_id", b"tool_call_id", "tool_call_name", b"tool_call_name", "tool_call_record", b"tool_call_record", "user_agent", b"user_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_read_tokens", b"cache_read_tokens", "cache_read_tokens_fixed", b"cache_read_tokens_fixed", "cache_write_tokens", b"cache_write_tokens", "cache_write_tokens_fixed", b"cache_write_tokens_fixed", "client", b"client", "credential_hint", b"credential_hint", "credential_kind", b"credential_kind", "description", b"description", "ended_at", b"ended_at", "ended_at_fixed", b"ended_at_fixed", "first_byte_at", b"first_byte_at", "first_byte_at_fixed", b"first_byte_at_fixed", "id", b"id", "id_text", b"id_text", "input_tokens", b"input_tokens", "input_tokens_fixed", b"input_tokens_fixed", "outcome", b"outcome", "output_tokens", b"output_tokens", "output_tokens_fixed", b"output_tokens_fixed", "principal_id", b"principal_id", "principal_name", b"principal_name", "prompt", b"prompt", "prompt_record", b"prompt_record", "provider_name", b"provider_name", "provider_type", b"provider_type", "proxied", b"proxied", "reasoning_tokens", b"reasoning_tokens", "reasoning_tokens_fixed", b"reasoning_tokens_fixed", "requested_model", b"requested_model", "route", b"route", "served_model", b"served_model", "session_id", b"session_id", "started_at", b"started_at", "started_at_fixed", b"started_at_fixed", "status_code", b"status_code", "status_code_fixed", b"status_code_fixed", "streamed", b"streamed", "strings", b"strings", "token_id", b"token_id", "tool_call_arguments", b"tool_call_arguments", "tool_call_id", b"tool_call_id", "tool_call_name", b"tool_call_name", "tool_call_record", b"tool_call_record", "user_agent", b"user_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,19 +325,25 @@ class RecordInterceptionsResponse(_message.Message):
 
     INSERTED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
+    READS_FIXED_COLUMNS_FIELD_NUMBER: _builtins.int
     inserted: _builtins.int
     """Records stored by this call."""
     duplicates: _builtins.int
     """Records of the batch that were already stored (a replay)."""
+    reads_fixed_columns: _builtins.bool
+    """True from a service that reads RecordInterceptionsRequest.fixed_columns and the
+    fixed-width fields of InterceptionColumns (every answer says it).
+    """
     def __init__(
         self,
         *,
         inserted: _builtins.int = ...,
         duplicates: _builtins.int = ...,
+        reads_fixed_columns: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "inserted", b"inserted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "inserted", b"inserted", "reads_fixed_columns", b"reads_fixed_columns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

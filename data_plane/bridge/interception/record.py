@@ -58,6 +58,13 @@ _REPLACEMENT = "\ufffd"
 # secrets masked in them).
 MAX_DESCRIBED = 4096
 _DESCRIBED: dict[tuple[object, ...], Description] = {}
+# User-Agents decoded, by their bytes (those up to MAX_AGENT_CACHED bytes).
+_AGENTS: dict[bytes, str] = {}
+MAX_AGENT_CACHED = 512
+_COMPLETED = usage_pb2.OUTCOME_COMPLETED
+_UPSTREAM_ERROR = usage_pb2.OUTCOME_UPSTREAM_ERROR
+_GATEWAY_ERROR = usage_pb2.OUTCOME_GATEWAY_ERROR
+_CANCELLED = usage_pb2.OUTCOME_CANCELLED
 _UUID7 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 
 
@@ -166,7 +173,15 @@ class Capture:
         self.started_ns = started_ns
         self.proxied = headers.get(VIA) == b"proxy"
         self.client = detect(headers)
-        self.user_agent = headers.get(b"user-agent", b"").decode("utf-8", "replace")
+        agent = headers.get(b"user-agent", b"")
+        text = _AGENTS.get(agent)  # one object per User-Agent: its hash kept, for `values`
+        if text is None:
+            text = agent.decode("utf-8", "replace")
+            if len(agent) <= MAX_AGENT_CACHED:
+                if len(_AGENTS) >= MAX_DESCRIBED:
+                    _AGENTS.clear()
+                _AGENTS[agent] = text
+        self.user_agent = text
         session = session_from_headers(headers)
         self.session_id = session.decode("utf-8", "replace") if session else ""
         self.first_byte_ns = 0
@@ -188,10 +203,11 @@ class Capture:
         self.served_model = ""  # what the upstream said aside (Bedrock: the model id invoked)
         self.prompt = ""
         self.streamed = False
-        # Secrets noted while serving (the pooled key used); with the credentials presented
-        # (`presented`, set once the request is over) and the provider's keys (`keys`):
-        # every secret kept out of the record (`_secrets`).
-        self.secrets: list[str] = []
+        # Secrets noted while serving beyond the provider's keys (none today: the pooled
+        # key used is one of `keys`); with the credentials presented (`presented`, set once
+        # the request is over) and the provider's keys (`keys`): every secret kept out of
+        # the record (`_secrets`).
+        self.secrets: tuple[str, ...] = ()
         self.presented: Presented | None = None
         self.keys: tuple[str, ...] = ()
         self.arguments = False  # keep tool-call arguments (prompt recording is on)
@@ -222,7 +238,7 @@ class Capture:
         return stamped
 
     # (The module's enum constants, not usage_pb2.Outcome.X: the enum wrapper's attribute
-    # lookup costs microseconds.)
+    # lookup costs microseconds.) `values` has the same rule inlined.
     def outcome(self) -> int:
         if self.refused:
             return self.refused
@@ -253,40 +269,43 @@ class Capture:
     def values(self) -> Values:
         """The record as the shipper's batch takes it (once `end` was called): the
         description, one tuple per distinct set of what describes a request (made fit to
-        keep once per set, cached: a dict lookup per request), then what happened."""
+        keep once per set, cached: a dict lookup per request), then what happened.
+
+        Run once per record in the shipper's batch loop, so written for the interpreter:
+        no call on the common path (a Python or builtin call costs ~400 instructions, an
+        attribute or a subscript ~50), one flat key."""
         reader = self.reader
         served = self.served_model or (reader.model if reader is not None else "")
         principal = self.principal
         presented = self.presented
         # The secrets masked in a description are determined by its key: the gateway
         # token by the principal it was found as (an object per token and snapshot, held
-        # by the key: compared by identity), the pooled keys by the provider's; with
-        # X-AIBridge-Token (the client's own key beside it, whether or not it came to be
-        # used) or no principal, the credentials presented themselves.
+        # by the key: compared by identity), the pooled keys by the provider's (and the
+        # one noted as used); with X-AIBridge-Token (the client's own key beside it,
+        # whether or not it came to be used) or no principal, the credentials presented
+        # themselves.
         key = (
+            self.keys,
+            principal,
             self.provider_name,
             self.provider_type,
-            self.keys,
             self.route,
             self.requested_model,
             served,
             self.user_agent,
             self.session_id,
-            principal,
-            presented is None,
             self.client,
             self.credential_kind,
             self.credential_hint,
             self.proxied,
-            *self.secrets,
-            *(
-                presented.secrets
-                if presented is not None and (presented.byok is not None or principal is None)
-                else ()
-            ),
+            self.secrets,
+            ()
+            if principal is not None and presented is not None and presented.byok is None
+            else _presented(presented),
         )
-        description = _DESCRIBED.get(key)
-        if description is None:
+        try:
+            description = _DESCRIBED[key]  # (a subscript: no call, ~300 instructions fewer)
+        except KeyError:
             if len(_DESCRIBED) >= MAX_DESCRIBED:
                 _DESCRIBED.clear()
             texts = self._texts(served, self._secrets())
@@ -296,17 +315,21 @@ class Capture:
             prompt = _free(prompt, recording.MAX_PROMPT, self._secrets())
         tokens = NO_TOKENS
         calls: tuple[ToolCall, ...] = ()
+        # The outcome (`outcome`, inlined: one call fewer per record).
+        status = self.status
+        if self.refused:
+            outcome = self.refused
+        elif not self.relayed:
+            outcome = _GATEWAY_ERROR if status else _CANCELLED
+        elif status >= 400 or self.broken or (reader is not None and reader.failed):
+            outcome = _UPSTREAM_ERROR
+        elif self.answered or (reader is not None and reader.terminal):
+            outcome = _COMPLETED
+        else:
+            outcome = _CANCELLED
         if reader is not None:
-            counts = reader.tokens  # each within 0..MAX_TOKEN_COUNT (the reader's rule)
-            if counts:
-                get = counts.get
-                tokens = (
-                    get("input", 0),
-                    get("output", 0),
-                    get("cache_read", 0),
-                    get("cache_write", 0),
-                    get("reasoning", 0),
-                )
+            if reader.tokens:  # each within 0..MAX_TOKEN_COUNT (the reader's rule)
+                tokens = reader.counts
             if reader.tools:
                 calls = self._tool_calls(reader)
         first_byte, ended = self.first_byte_ns, self.ended_ns
@@ -316,8 +339,8 @@ class Capture:
             self.started_ns,
             first_byte,
             ended if ended >= first_byte else first_byte,
-            self.outcome(),
-            self.status,
+            outcome,
+            status,
             self.attempts,
             self.streamed,
             tokens,
@@ -424,12 +447,16 @@ def interception(values: Values) -> usage_pb2.Interception:
         if stamp:
             ts = getattr(record, name)
             ts.seconds, ts.nanos = divmod(stamp, 1_000_000_000)
-    if tokens != NO_TOKENS:
+    if any(tokens):
         for kind, count in zip(recording.TOKEN_KINDS, tokens, strict=True):
             setattr(record.usage, kind, count)
     for name, call_id, arguments in calls:
         record.tool_calls.add(name=name, call_id=call_id, arguments=arguments)
     return record
+
+
+def _presented(presented: Presented | None) -> tuple[str, ...]:
+    return tuple(presented.secrets) if presented is not None else ()
 
 
 def _masked(value: str, secrets: list[str]) -> str:

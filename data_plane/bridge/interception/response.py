@@ -97,28 +97,29 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _usage(usage: dict[str, Any], out: dict[str, int]) -> None:
+def _usage(usage: dict[str, Any], out: dict[str, int], ordered: list[int]) -> None:
     """Token counts of an OpenAI or Anthropic usage object, by TokenUsage's kind names,
-    each within 0..MAX_TOKEN_COUNT."""
+    each within 0..MAX_TOKEN_COUNT; also in `ordered`, by TokenUsage's order (as the
+    record takes them: no lookup per kind there)."""
 
-    def put(kind: str, value: Any) -> None:
+    def put(index: int, kind: str, value: Any) -> None:
         count = _count(value)
         if count is not None:
-            out[kind] = min(count, recording.MAX_TOKEN_COUNT) if count > 0 else 0
+            out[kind] = ordered[index] = min(count, recording.MAX_TOKEN_COUNT) if count > 0 else 0
 
-    put("input", usage.get("prompt_tokens", usage.get("input_tokens")))
-    put("output", usage.get("completion_tokens", usage.get("output_tokens")))
-    put("cache_write", usage.get("cache_creation_input_tokens"))
+    put(0, "input", usage.get("prompt_tokens", usage.get("input_tokens")))
+    put(1, "output", usage.get("completion_tokens", usage.get("output_tokens")))
+    put(3, "cache_write", usage.get("cache_creation_input_tokens"))
     cached = usage.get("cache_read_input_tokens")
     for details in ("prompt_tokens_details", "input_tokens_details"):
         section = usage.get(details)
         if cached is None and isinstance(section, dict):
             cached = section.get("cached_tokens")
-    put("cache_read", cached)
+    put(2, "cache_read", cached)
     for details in ("completion_tokens_details", "output_tokens_details"):
         section = usage.get(details)
         if isinstance(section, dict):
-            put("reasoning", section.get("reasoning_tokens"))
+            put(4, "reasoning", section.get("reasoning_tokens"))
 
 
 class _Tool:
@@ -139,6 +140,9 @@ class ResponseReader:
         self.encoding = (content_encoding or "identity").lower()
         self.arguments = arguments  # keep tool-call arguments (prompt recording on)
         self.tokens: dict[str, int] = {}
+        # The same counts in TokenUsage's order (input, output, cache read, cache write,
+        # reasoning), 0 for a kind not reported: what the record takes.
+        self.counts = [0, 0, 0, 0, 0]
         self.model = ""
         self.terminal = False  # the answer reached its end
         self.failed = False  # the answer says it failed (an error event, response.failed)
@@ -293,7 +297,7 @@ class ResponseReader:
             if not isinstance(holder, dict):
                 continue
             if isinstance(holder.get("usage"), dict):
-                _usage(holder["usage"], self.tokens)
+                _usage(holder["usage"], self.tokens, self.counts)
             model = holder.get("model")
             if isinstance(model, str) and model:
                 self.model = model
