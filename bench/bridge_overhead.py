@@ -34,17 +34,25 @@ per bridge process, RSS ≤ 150 MB and flat across 100,000 requests. On a shared
 machine the bridge, the upstream and this client compete for CPU: read the ratios and
 differences of one run, and "req/s per bridge CPU-second" for what one core can do.
 
-    python bench/bridge_overhead.py [--requests 100000] [--concurrency 64] [--record [--ship]]
+`--pin`: the bridges on the last CPU, this client, the upstream and the config service on
+the others (the side-by-side of issue 17: a gateway's throughput is its own core's; with
+`--ship` the config service ingesting the records would otherwise take from the bridge's
+core what in production another machine spends).
+
+    python bench/bridge_overhead.py [--requests 100000] [--record [--ship]] [--pin]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +253,32 @@ def _plan(total: int, rounds: int | None) -> dict[str, int]:
     return {"warmup": warmup, "rounds": rounds, "sat_sse": sse, "sat_json": left - sse}
 
 
+def _pinning(pin: bool) -> set[int]:
+    """The CPUs the bridges start on. With --pin: the last one, and this process (so the
+    upstream and config service it starts) moved to the others: the gateway on one core,
+    its load on the rest, as in issue 17's side-by-side, so the bridge's throughput is its
+    own core's, not what the config service ingesting the records (here on the same
+    machine, in production on another) takes from it."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin:
+        return set(cpus)
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return {cpus[-1]}
+
+
+@contextlib.contextmanager
+def _started_on(cpus: set[int]) -> Iterator[None]:
+    """Processes started inside inherit `cpus`; this process keeps its own."""
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
 def main() -> int:
     p = parser(__doc__)
     p.add_argument("--requests", type=int, default=100_000, help="bridge requests in all")
@@ -272,8 +306,14 @@ def main() -> int:
         default=HASH_SEED,
         help="with --record: both bridges' PYTHONHASHSEED ('random': each its own)",
     )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="the bridges on the last CPU; client, upstream and config service on the others",
+    )
     args = p.parse_args()
     plan = _plan(args.requests, args.rounds)
+    bridge_cpus = _pinning(args.pin)
 
     with stack(args.sse_gap_ms) as s:
         tmp = s.tmp
@@ -285,11 +325,12 @@ def main() -> int:
         helper = Path(__file__).resolve().parent / "_recording_bridge.py"
         # With --record both bridges run from the same script, one with recording off,
         # so the only difference between them is recording.
-        bridge = s.add(
-            start_script("bridge", helper, env, tmp, ("--off",))
-            if args.record
-            else start("bridge", ["bridge"], env, tmp)
-        )
+        with _started_on(bridge_cpus):
+            bridge = s.add(
+                start_script("bridge", helper, env, tmp, ("--off",))
+                if args.record
+                else start("bridge", ["bridge"], env, tmp)
+            )
         serve_bridge(bridge, bridge_port)
         recording = None
         if args.record:
@@ -297,11 +338,12 @@ def main() -> int:
             rec_env = bridge_env(s.target, rec_port, tmp / "recording-bridge", args.log_level)
             if args.hash_seed != "random":
                 rec_env["PYTHONHASHSEED"] = args.hash_seed
-            recording = s.add(
-                start("recording-bridge", ["bridge"], rec_env, tmp)
-                if args.ship
-                else start_script("recording-bridge", helper, rec_env, tmp)
-            )
+            with _started_on(bridge_cpus):
+                recording = s.add(
+                    start("recording-bridge", ["bridge"], rec_env, tmp)
+                    if args.ship
+                    else start_script("recording-bridge", helper, rec_env, tmp)
+                )
             serve_bridge(recording, rec_port)
         result = _run(
             args,
@@ -461,6 +503,7 @@ def _run(
         "sse_chunks": SSE_CHUNKS,
         "sse_gap_ms": args.sse_gap_ms,
         "bridge_log_level": args.log_level,
+        "bridge_cpus": sorted(os.sched_getaffinity(plain[1].pid)),
         "bridge_requests": bridge_requests,
         "latency": latency,
         "saturation": {"json": sat(sat_json), "sse": sat(sat_sse), "direct_json": sat(ref)},
@@ -576,7 +619,8 @@ def _report(r: dict[str, Any]) -> int:
         row("errors at saturation, recording bridge", errors, 0)
     note = (
         f"saturation CPU seconds (JSON): {sj['cpu_seconds']}; "
-        f"elapsed {r['elapsed_seconds']} s; bridge log level {r['bridge_log_level']}"
+        f"elapsed {r['elapsed_seconds']} s; bridge log level {r['bridge_log_level']}; "
+        f"bridge CPUs {r['bridge_cpus']}"
     )
     publish("bridge_overhead", r, (["metric", "measured", "DESIGN §10 bar", "met"], rows), note)
     return 1 if sj["errors"] or ss["errors"] else 0
