@@ -257,7 +257,10 @@ async def test_a_member_sees_only_its_own_usage_without_prompts(console: Browser
     client = await console.signed_in(Role.MEMBER)
     assert (await client.get("/")).headers["location"] == "/usage"
     page = await client.get("/usage")
-    assert 'id="total-requests">1<' in page.text and "o3" not in page.text
+    assert 'id="total-requests">1<' in page.text
+    data = json.loads(re.search(r'id="chart-data">(.*?)</script>', page.text, re.S).group(1))  # type: ignore[union-attr]
+    assert {r["label"] for r in data["by_model"]} == {"gpt-4o"}
+    assert ">o3<" not in page.text and '"o3"' not in page.text
     detail = await client.get(f"/usage/{mine.id}")
     assert "read_file" in detail.text and "my secret prompt" not in detail.text
     assert (await client.get(f"/usage/{theirs.id}")).status_code == 404
