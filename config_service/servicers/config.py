@@ -117,12 +117,14 @@ class ConfigServicer:
 
     async def watch(self, request: pb.WatchProvidersRequest, context: Context) -> None:
         try:
+            authenticated_at = self._hub.position
             subject = await self._auth.authenticate(context)
             authorize(subject, Action.WATCH_SNAPSHOT)
             node_id = _node_id(request.node_id) or context.peer()
             known = await self._resume_at(
                 request.known_version, request.known_history, subject.role
             )
+            await self._still_trusted(subject, authenticated_at, context)
             self._admit(subject)
         except Exception as exc:
             await abort_for(exc, context)
@@ -168,6 +170,15 @@ class ConfigServicer:
             if trace is not None:
                 trace.end()
             self._registry.remove(state)
+
+    async def _still_trusted(self, subject: Subject, at: Position, context: Context) -> None:
+        """The stream's token is trusted from the hub's position on (`_Trust`): when a change
+        was published while the stream opened (after `at`), authenticate it again, so a
+        revocation or role change the opening caught up with is not missed."""
+        while self._hub.position != at:
+            at = self._hub.position
+            assert subject.role is not None
+            _still_valid(subject.role, await self._auth.authenticate(context))
 
     @property
     def watching(self) -> tuple[int, int]:
