@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from aibridge.config.v1 import config_service_pb2 as pb
 from aibridge.config.v1 import config_service_pb2_grpc as pb_grpc
@@ -22,6 +24,8 @@ from aibridge.config.v1 import provider_pb2, token_pb2
 from aibridge.config.v1 import token_admin_service_pb2 as tpb
 from aibridge.config.v1 import token_admin_service_pb2_grpc as tpb_grpc
 from config_service.rbac import SYSTEM, Role
+from config_service.server import start
+from config_service.settings import ConfigServiceSettings
 from config_service.store import tokens
 from tests.config_service.test_watch import (
     create_member_token,
@@ -29,8 +33,10 @@ from tests.config_service.test_watch import (
     ended_with,
     open_streams,
 )
-from tests.fixtures.services import BRIDGE_TOKEN, Service, StartService
+from tests.fixtures.otlp import Receiver, Span
+from tests.fixtures.services import ADMIN_TOKEN, BRIDGE_TOKEN, Service, StartService, base_env
 from tests.fixtures.waits import eventually
+from tests.resilience.harness import TcpProxy
 
 Call = grpc.aio.UnaryStreamCall[pb.WatchProvidersRequest, pb.WatchProvidersResponse]
 SECRET = "sk-fanout-SECRET-0123456789abcdef"
@@ -411,3 +417,99 @@ async def test_ten_thousand_streams_opened_and_closed_leave_nothing_behind(
         r.getMessage() + str(r.exc_info) for r in caplog.records if r.levelno >= logging.ERROR
     ]
     assert not errors, errors[:3]
+
+
+# ------------------------------------------------------------------ the database lost
+
+
+async def test_the_database_lost_ends_every_stream_and_back_serves_the_newest(
+    database_url: str, tmp_path: Path
+) -> None:
+    """With PostgreSQL cut off, every open stream ends UNAVAILABLE and new ones are refused; once it is back a new stream gets the database's newest revision, written while this replica was cut off."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite is a local file: there is no connection to cut")
+    url = make_url(database_url)
+    front = await TcpProxy([(url.host or "127.0.0.1", url.port or 5432)]).start()
+    via_front = url.set(host="127.0.0.1", port=front.port).render_as_string(hide_password=False)
+    env = base_env(via_front, tmp_path / "cut")
+    running = await start(ConfigServiceSettings.from_env(env), env)
+    service = Service(running, {Role.BRIDGE: BRIDGE_TOKEN})
+    direct = create_engine(database_url)
+    try:
+        calls = await open_streams(service, BRIDGE_TOKEN, 3)
+        await front.cut()  # the periodic revision check (1 s) finds it gone
+        for call in calls:
+            error = await ended_with(call)
+            assert error.code() is grpc.StatusCode.UNAVAILABLE
+            assert "cannot reach its database" in (error.details() or "")
+        refused = await ended_with(watch(service, BRIDGE_TOKEN))
+        assert refused.code() is grpc.StatusCode.UNAVAILABLE
+        with direct.begin() as conn:  # another replica's write meanwhile
+            conn.execute(text("UPDATE revision SET revision = revision + 1"))
+            newest = int(conn.execute(text("SELECT revision FROM revision")).scalar_one())
+        await front.restore()
+        await eventually(lambda: running.hub.reachable and running.hub.revision == newest)
+        (again,) = await open_streams(service, BRIDGE_TOKEN, 1)
+        await create_member_token(Service(running, {Role.OWNER: ADMIN_TOKEN}))
+        assert await next_version(again) > newest
+        again.cancel()
+    finally:
+        for channel in service.channels:
+            await channel.close()
+        await running.stop(grace=0)
+        await front.close()
+        direct.dispose()
+
+
+# ------------------------------------------------------------------------- tracing
+
+
+async def test_with_tracing_each_send_of_the_fan_out_is_a_span_under_its_rebuild(
+    start_service: StartService, receiver: Receiver
+) -> None:
+    """With telemetry on, every snapshot a stream gets is one send span naming its node and version: the first a root, each later one a child of the rebuild of that version; no key or token in any span."""
+    service = await start_service(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc"
+    )
+    provider = pa_grpc.ProviderAdminServiceStub(service.channel())
+    await provider.CreateProvider(
+        pa.CreateProviderRequest(name="p", type=provider_pb2.PROVIDER_TYPE_OPENAI, keys=[SECRET]),
+        metadata=service.md_for(Role.OWNER),
+    )
+    calls = {
+        f"{role.value}-{i}": watch(service, service.tokens[role], node_id=f"{role.value}-{i}")
+        for role in (Role.BRIDGE, Role.PROXY)
+        for i in range(2)
+    }
+    seen = {node: [await next_version(call)] for node, call in calls.items()}
+    for _ in range(3):
+        await create_member_token(service)
+        for node, call in calls.items():
+            seen[node].append(await next_version(call))
+    for call in calls.values():
+        call.cancel()
+    telemetry = service.running.telemetry
+    assert telemetry is not None
+    assert await asyncio.to_thread(telemetry.shutdown)
+
+    def sends() -> list[Span]:
+        return [s for s in receiver.spans() if s.name == "snapshot send"]
+
+    await eventually(lambda: len(sends()) == sum(len(v) for v in seen.values()))
+    rebuilds = {
+        s.span_id: s.attributes["aibridge.snapshot.version"]
+        for s in receiver.spans()
+        if s.name == "snapshot rebuild"
+    }
+    for node, versions in seen.items():
+        mine = sorted(
+            (s for s in sends() if s.attributes["aibridge.node_id"] == node),
+            key=lambda s: int(s.attributes["aibridge.snapshot.version"]),
+        )
+        assert [int(s.attributes["aibridge.snapshot.version"]) for s in mine] == versions
+        assert not mine[0].parent_id
+        for span in mine[1:]:
+            assert rebuilds[span.parent_id] == span.attributes["aibridge.snapshot.version"]
+    text_of_spans = repr([(s.name, s.attributes) for s in receiver.spans()])
+    for secret in (SECRET, *service.tokens.values()):
+        assert secret not in text_of_spans
