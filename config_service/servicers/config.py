@@ -135,8 +135,9 @@ class ConfigServicer:
         state = self._registry.add(node_id, subject.role, subject.principal_id, context.peer())
         if known == hub.position:
             # A resume (restart, other replica) with the current version: nothing is sent,
-            # so no ACK follows; the subscriber already applied it, say so in ListSubscribers.
-            state.version_sent = state.version_acked = request.known_version
+            # so no ACK follows; the subscriber already applied it, say so in ListSubscribers
+            # (as the service names the version: "007" is 7).
+            state.version_sent = state.version_acked = hub.version
         sent = self._sent.get(scope)
         if sent is None:
             sent = self._sent[scope] = self._metrics.snapshots_sent.labels(scope=scope.value)

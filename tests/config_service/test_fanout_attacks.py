@@ -371,6 +371,30 @@ async def test_list_subscribers_shows_sent_acked_and_rejected_after_a_change(
     nacker.cancel()
 
 
+async def test_a_resume_at_the_current_version_zero_padded_is_listed_as_the_current_one(
+    service: Service,
+) -> None:
+    """A subscriber resuming at the current revision written with leading zeros is sent nothing and listed in ListSubscribers as sent and acknowledged the current version as the service names it."""
+    hub = service.running.hub
+    current = hub.version
+    call = watch(
+        service,
+        BRIDGE_TOKEN,
+        node_id="padded",
+        known_version="000" + current,
+        known_history=hub.history,
+    )
+    registry = service.running.registry
+    await eventually(lambda: [s.node_id for s in registry.all()] == ["padded"])
+    stub = pb_grpc.ConfigServiceStub(service.channel())
+    listed = await stub.ListSubscribers(
+        pb.ListSubscribersRequest(), metadata=service.md_for(Role.OWNER)
+    )
+    (padded,) = listed.subscribers
+    assert (padded.version_sent, padded.version_acked) == (current, current)
+    call.cancel()
+
+
 async def test_node_ids_with_nul_or_control_bytes_are_refused(service: Service) -> None:
     """A watch whose node_id holds a NUL or another control character is INVALID_ARGUMENT naming node_id, and holds nothing afterwards."""
     config = service.running.config
