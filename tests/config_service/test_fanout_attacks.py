@@ -308,6 +308,35 @@ async def test_streams_that_vanish_just_before_a_change_leave_the_others_served(
         call.cancel()
 
 
+async def test_streams_whose_deadline_passes_during_a_burst_end_cleanly(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Streams opened with a short deadline, expiring while a burst of changes is fanned out to them, end DEADLINE_EXCEEDED for their clients and leave nothing registered and no error in the log."""
+    config = service.running.config
+    assert config is not None
+    stub = pb_grpc.ConfigServiceStub(service.channel())
+    calls = [
+        stub.WatchProviders(
+            pb.WatchProvidersRequest(node_id=f"brief-{i}"),
+            metadata=service.md_for(Role.BRIDGE),
+            timeout=0.5 + i / 100,
+        )
+        for i in range(50)
+    ]
+    for call in calls:
+        await next_version(call)
+    for _ in range(20):
+        await create_member_token(service)
+    for call in calls:
+        got = await answer(call, 10)
+        while isinstance(got, pb.WatchProvidersResponse):
+            got = await answer(call, 10)
+        assert got.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await eventually(lambda: config.watching == (0, 0))
+    assert service.running.registry.all() == []
+    assert not errors_logged(caplog)
+
+
 # ------------------------------------------------------------ versions, reports, bursts
 
 
@@ -441,6 +470,26 @@ async def test_ten_thousand_streams_opened_and_closed_leave_nothing_behind(
         r.getMessage() + str(r.exc_info) for r in caplog.records if r.levelno >= logging.ERROR
     ]
     assert not errors, errors[:3]
+
+
+async def test_a_key_added_reaches_only_the_bridge_scope_on_the_fan_out(service: Service) -> None:
+    """A provider key added while owner, auditor, proxy and bridge streams are open is in the bridge stream's next snapshot and in no other's (the fan-out sends each scope its own bytes)."""
+    calls = {
+        role: watch(service, service.tokens[role], node_id=role.value)
+        for role in (Role.OWNER, Role.AUDITOR, Role.PROXY, Role.BRIDGE)
+    }
+    for call in calls.values():
+        await next_version(call)
+    provider = pa_grpc.ProviderAdminServiceStub(service.channel())
+    await provider.CreateProvider(
+        pa.CreateProviderRequest(name="p", type=provider_pb2.PROVIDER_TYPE_OPENAI, keys=[SECRET]),
+        metadata=service.md_for(Role.OWNER),
+    )
+    for role, call in calls.items():
+        got = await answer(call)
+        assert isinstance(got, pb.WatchProvidersResponse)
+        assert (SECRET.encode() in got.snapshot.SerializeToString()) is (role is Role.BRIDGE)
+        call.cancel()
 
 
 # ------------------------------------------------------------------ the database lost
