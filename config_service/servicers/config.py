@@ -117,12 +117,14 @@ class ConfigServicer:
 
     async def watch(self, request: pb.WatchProvidersRequest, context: Context) -> None:
         try:
+            authenticated_at = self._hub.position
             subject = await self._auth.authenticate(context)
             authorize(subject, Action.WATCH_SNAPSHOT)
             node_id = _node_id(request.node_id) or context.peer()
             known = await self._resume_at(
                 request.known_version, request.known_history, subject.role
             )
+            await self._still_trusted(subject, authenticated_at, context)
             self._admit(subject)
         except Exception as exc:
             await abort_for(exc, context)
@@ -133,8 +135,9 @@ class ConfigServicer:
         state = self._registry.add(node_id, subject.role, subject.principal_id, context.peer())
         if known == hub.position:
             # A resume (restart, other replica) with the current version: nothing is sent,
-            # so no ACK follows; the subscriber already applied it, say so in ListSubscribers.
-            state.version_sent = state.version_acked = request.known_version
+            # so no ACK follows; the subscriber already applied it, say so in ListSubscribers
+            # (as the service names the version: "007" is 7).
+            state.version_sent = state.version_acked = hub.version
         sent = self._sent.get(scope)
         if sent is None:
             sent = self._sent[scope] = self._metrics.snapshots_sent.labels(scope=scope.value)
@@ -168,6 +171,15 @@ class ConfigServicer:
             if trace is not None:
                 trace.end()
             self._registry.remove(state)
+
+    async def _still_trusted(self, subject: Subject, at: Position, context: Context) -> None:
+        """The stream's token is trusted from the hub's position on (`_Trust`): when a change
+        was published while the stream opened (after `at`), authenticate it again, so a
+        revocation or role change the opening caught up with is not missed."""
+        while self._hub.position != at:
+            at = self._hub.position
+            assert subject.role is not None
+            _still_valid(subject.role, await self._auth.authenticate(context))
 
     @property
     def watching(self) -> tuple[int, int]:

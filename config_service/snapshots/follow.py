@@ -122,9 +122,12 @@ class Follower:
         if self.trace is not None:
             self.trace.end()
 
-    def _step(self, _done: object = None) -> None:
+    def _step(self, done: object = None) -> None:
         writing = self._writing
-        if writing is None:  # closed
+        if writing is None:  # closed: the batch of the dropped write fails with its call;
+            # its error is taken as seen (asyncio would log it as never retrieved)
+            if isinstance(done, asyncio.Future) and not done.cancelled():
+                done.exception()
             return
         try:
             waiting = writing.send(None)
