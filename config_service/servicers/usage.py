@@ -234,8 +234,10 @@ _TEXT_COLUMNS: dict[str, Any] = {
     "credential_hint": credential_hint,
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Nanoseconds since the epoch of 9999-12-31T23:59:59Z: what a Timestamp may say, too.
-_MAX_NS = 253_402_300_799 * 1_000_000_000
+# The last nanosecond since the epoch that int64 holds (2262-04-11): what a time in
+# `columns` can say, so a fixed-width time past it (a negative int64 written as fixed64,
+# read as a time in the 2500s) is refused, not stored: both forms hold the same times.
+_MAX_NS = 2**63 - 1
 
 
 def _distinct(field: str, column: Any, check: Any) -> list[Any]:

@@ -253,6 +253,26 @@ async def test_a_status_out_of_range_as_fixed32_is_refused(u: Usage, value: int)
     assert (await refused(u, request)).startswith("fixed_columns.status_code[0]:")
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("started_at", 0),
+        ("started_at", 2**64 - 1),  # -1 as fixed64
+        ("started_at", 2**63),
+        ("ended_at", 2**64 - 1),
+        ("first_byte_at", 2**64 - 1),
+    ],
+)
+async def test_a_time_beyond_what_a_record_may_say_is_refused(
+    u: Usage, name: str, value: int
+) -> None:
+    """A time of 0, or a fixed64 time past what int64 nanoseconds (the columns form) can say (a negative int64 read unsigned, in the 2500s), is refused naming its record."""
+    request = as_fixed(two(u))
+    getattr(request.fixed_columns, name + "_fixed")[1] = value
+    details = await refused(u, request)
+    assert details.startswith(f"fixed_columns.{name}[1]:"), details
+
+
 async def test_far_past_and_far_future_times_read_back_as_sent(u: Usage) -> None:
     """Times at the edges that are accepted (1 ns after the epoch; int64's last nanosecond) are stored and read back, listed and summarized."""
     records = two(u)
