@@ -186,13 +186,19 @@ def record_row(field: str, r: usage_pb2.Interception) -> tuple[Row, list[Row]]:
 def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[Row], int]:
     """(rows, tool-call rows, repeats) of every form, the records one by one first, then
     `columns`, then `fixed_columns`: a record repeated within the batch counts once."""
-    given = (
-        len(request.interceptions)
-        + record_count(request.columns, "columns")
-        + record_count(request.fixed_columns, "fixed_columns")
-    )
-    if given > recording.MAX_BATCH:
-        raise InvalidArgument("interceptions", f"at most {recording.MAX_BATCH} records per batch")
+    given = 0
+    for field, count in (
+        ("interceptions", len(request.interceptions)),
+        ("columns", record_count(request.columns, "columns")),
+        ("fixed_columns", record_count(request.fixed_columns, "fixed_columns")),
+    ):
+        given += count
+        if given > recording.MAX_BATCH:  # named where the limit is passed
+            if field != "interceptions":
+                field += ".id_text" if getattr(request, field).id_text else ".id"
+            raise InvalidArgument(
+                field, f"at most {recording.MAX_BATCH} records per batch (in all its forms)"
+            )
     rows: list[Row] = []
     calls: dict[int, list[Row]] = {}  # by the record's position in `rows`
     for i, record in enumerate(request.interceptions):

@@ -348,11 +348,18 @@ def many(u: Usage, n: int) -> pb.RecordInterceptionsRequest:
     return pb.RecordInterceptionsRequest(fixed_columns=c)
 
 
+async def test_a_batch_past_the_record_limit_is_refused_naming_fixed_columns(u: Usage) -> None:
+    """More than MAX_BATCH records in fixed_columns (well under the message limit on the wire) are refused naming fixed_columns.id_text."""
+    request = many(u, recording.MAX_BATCH + 1)
+    assert request.ByteSize() < 1024 * 1024
+    assert (await refused(u, request)).startswith("fixed_columns.id_text:")
+
+
 async def test_a_batch_past_the_record_limit_across_forms_is_refused(u: Usage) -> None:
-    """MAX_BATCH records in fixed_columns and one more one by one are refused together, nothing stored."""
+    """MAX_BATCH records in fixed_columns and one more one by one are refused together, naming fixed_columns (where the limit is passed), nothing stored."""
     request = many(u, recording.MAX_BATCH)
     request.interceptions.append(make(u.member_id))
-    await refused(u, request)
+    assert (await refused(u, request)).startswith("fixed_columns.id_text:")
 
 
 async def test_a_full_batch_that_expands_is_stored(u: Usage) -> None:
