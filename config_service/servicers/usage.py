@@ -187,17 +187,17 @@ def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[
     """(rows, tool-call rows, repeats) of every form, the records one by one first, then
     `columns`, then `fixed_columns`: a record repeated within the batch counts once."""
     given = 0
-    for field, count in (
+    for form, count in (
         ("interceptions", len(request.interceptions)),
         ("columns", record_count(request.columns, "columns")),
         ("fixed_columns", record_count(request.fixed_columns, "fixed_columns")),
     ):
         given += count
         if given > recording.MAX_BATCH:  # named where the limit is passed
-            if field != "interceptions":
-                field += ".id_text" if getattr(request, field).id_text else ".id"
+            if form != "interceptions":
+                form += ".id_text" if getattr(request, form).id_text else ".id"
             raise InvalidArgument(
-                field, f"at most {recording.MAX_BATCH} records per batch (in all its forms)"
+                form, f"at most {recording.MAX_BATCH} records per batch (in all its forms)"
             )
     rows: list[Row] = []
     calls: dict[int, list[Row]] = {}  # by the record's position in `rows`
