@@ -183,17 +183,40 @@ async def test_an_id_in_both_columns_and_fixed_columns_keeps_the_first(u: Usage)
 
 @pytest.mark.parametrize(("number", "size"), [(37, 8), (41, 8), (45, 8), (40, 4)])
 @pytest.mark.parametrize("extra", [-1, 1, 3])
-async def test_a_fixed_column_of_a_ragged_byte_length_is_refused(
+async def test_a_fixed_column_of_a_ragged_byte_length_is_refused_naming_it(
     u: Usage, number: int, size: int, extra: int
 ) -> None:
-    """A packed fixed64 (fixed32) column whose byte length is not a multiple of 8 (4) is refused INVALID_ARGUMENT, never UNKNOWN, and stores nothing."""
+    """A packed fixed64 (fixed32) column whose byte length is not a multiple of 8 (4) is refused INVALID_ARGUMENT naming the column, never UNKNOWN, and stores nothing."""
     body = fixed(two(u))
     name = pb.InterceptionColumns.DESCRIPTOR.fields_by_number[number].name
     body.ClearField(name)  # type: ignore[arg-type]
     ragged = _field(number, b"\x01" * (2 * size + extra))
     payload = _field(3, body.SerializeToString() + ragged)
     details = await refused(u, payload)
+    assert details.startswith(f"fixed_columns.{name}: malformed request"), details
     assert "RecordInterceptions" in details
+
+
+def _strings_body(u: Usage, last: bytes) -> bytes:
+    """A fixed_columns batch whose encoded body ends with `last` inside fixed_columns."""
+    return _field(3, fixed(two(u)).SerializeToString() + last)
+
+
+@pytest.mark.parametrize(
+    ("tail", "field"),
+    [
+        (_field(1, b"ok") + _field(1, b"\xff\xfe"), "fixed_columns.strings[11]"),  # 10 before
+        (bytes([0x0A, 0x7F]) + b"short", "fixed_columns.strings"),
+        (bytes([0xB0, 0x02]) + b"\xff" * 3, "fixed_columns.first_byte_at_fixed"),  # as varint
+        (bytes([0x1F]), "fixed_columns.provider_type"),  # field 3, wire type 7
+        (bytes([0xFA, 0x7F, 0x10, 0x01]), "fixed_columns.field 2047"),  # unknown, too short
+    ],
+)
+async def test_a_field_that_does_not_parse_is_named(u: Usage, tail: bytes, field: str) -> None:
+    """Text that is not UTF-8, a length past the end, a varint that does not end or no wire type are refused naming the field, never quoting it."""
+    details = await refused(u, _strings_body(u, tail))
+    assert details.startswith(field + ":"), details
+    assert "\\xff" not in details and "short" not in details
 
 
 @pytest.mark.parametrize("name", ["started_at", "ended_at", "status_code", "output_tokens"])
