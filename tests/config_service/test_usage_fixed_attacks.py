@@ -268,6 +268,18 @@ async def test_the_largest_token_count_is_stored(u: Usage) -> None:
     assert (await u.get(records[0].id)).usage.input_tokens == MAX_TOKEN_COUNT
 
 
+async def test_the_summary_of_full_batches_of_the_largest_counts_is_exact(u: Usage) -> None:
+    """Two full batches of records at the largest token count a record may say are summed exactly, in total and by group, never UNAVAILABLE or INTERNAL (a BIGINT sum that overflows)."""
+    for _ in range(2):
+        request = many(u, recording.MAX_BATCH)
+        request.fixed_columns.input_tokens_fixed[:] = [MAX_TOKEN_COUNT] * recording.MAX_BATCH
+        await u.send(request)
+    want = 2 * recording.MAX_BATCH * MAX_TOKEN_COUNT
+    assert (await u.summary([])).total.usage.input_tokens == want
+    grouped = await u.summary([pb.USAGE_DIMENSION_PRINCIPAL, pb.USAGE_DIMENSION_DAY])
+    assert sum(g.counts.usage.input_tokens for g in grouped.groups) == want
+
+
 @pytest.mark.parametrize("value", [1, 99, 600, 2**31, 2**32 - 1])
 async def test_a_status_out_of_range_as_fixed32_is_refused(u: Usage, value: int) -> None:
     """A fixed32 status that is no HTTP status (2^32-1 included: -1 as fixed32) is refused naming its record."""
