@@ -7,6 +7,7 @@ form and across forms; only the bridge writes; no secret reaches an answer or a 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -176,6 +177,46 @@ async def test_an_id_in_both_columns_and_fixed_columns_keeps_the_first(u: Usage)
     answer = await u.send(request)
     assert (answer.inserted, answer.duplicates) == (1, 1)
     assert (await u.get(record.id)).usage.input_tokens == 11
+
+
+async def test_one_batch_in_every_form_at_once_is_stored_once(u: Usage) -> None:
+    """The same records sent concurrently one by one, as columns and as fixed_columns (a retry racing the original through another form) are stored once each."""
+    records = [make(u.member_id, tool_calls=two(u)[0].tool_calls) for _ in range(200)]
+    requests = [
+        pb.RecordInterceptionsRequest(interceptions=records),
+        pb.RecordInterceptionsRequest(columns=columns([message_values(r) for r in records])),
+        as_fixed(records),
+        as_fixed(records[::-1]),
+    ]
+    answers = await asyncio.gather(*(u.send(r) for r in requests))
+    assert sum(a.inserted for a in answers) == 200
+    assert sum(a.duplicates for a in answers) == 3 * 200
+    assert count_rows(u.svc, Interception) == 200
+    assert count_rows(u.svc, InterceptionToolCall) == 200
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        (lambda c: c.prompt_record.append(2), "fixed_columns.prompt"),
+        (
+            lambda c: (c.prompt_record.append(2), c.prompt.append("p")),
+            "fixed_columns.prompt_record[0]",
+        ),
+        (lambda c: c.tool_call_record.__setitem__(0, 2), "fixed_columns.tool_call_record[0]"),
+        (lambda c: c.tool_call_name.append("g"), "fixed_columns.tool_call_name"),
+        (lambda c: c.credential_kind.append(99), "fixed_columns.credential_kind"),
+        (lambda c: c.outcome.__setitem__(1, 0), "fixed_columns.outcome[1]"),
+    ],
+)
+async def test_side_columns_out_of_step_with_the_records_are_refused(
+    u: Usage, damage: Any, field: str
+) -> None:
+    """Prompts and tool calls naming a record past the batch, side columns of unequal lengths, an unknown enum are refused naming the column."""
+    request = as_fixed(two(u))
+    damage(request.fixed_columns)
+    details = await refused(u, request)
+    assert details.startswith(field), details
 
 
 # ------------------------------------------------------------------------------ fixed widths
