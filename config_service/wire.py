@@ -67,6 +67,19 @@ def malformed_field(descriptor: Descriptor, raw: bytes) -> tuple[str, str] | Non
     return None
 
 
+_FIELDS: dict[str, dict[int, FieldDescriptor]] = {}
+
+
+def _fields(descriptor: Descriptor | None) -> dict[int, FieldDescriptor]:
+    """A message's fields by number (upb makes its mapping anew at each access)."""
+    if descriptor is None:
+        return {}
+    fields = _FIELDS.get(descriptor.full_name)
+    if fields is None:
+        fields = _FIELDS[descriptor.full_name] = dict(descriptor.fields_by_number)
+    return fields
+
+
 def _varint(data: memoryview, pos: int, path: str) -> tuple[int, int]:
     value = shift = 0
     for i in range(pos, min(pos + 10, len(data))):
@@ -92,6 +105,7 @@ def _message(
         raise _Malformed(prefix, "nested too deeply")
     counts: dict[int, int] = {}
     group = descriptor is None
+    fields = _fields(descriptor)
     while pos < len(data):
         budget[0] -= 1
         if budget[0] < 0:
@@ -100,7 +114,7 @@ def _message(
         number, wire = key >> 3, key & 7
         if wire == 4 and group:  # the end of an (unknown) group
             return pos
-        field = descriptor.fields_by_number.get(number) if descriptor is not None else None
+        field = fields.get(number)
         name = field.name if field is not None else f"field {number}"
         path = f"{prefix}.{name}" if prefix else name
         if field is not None and field.is_repeated:
