@@ -19,7 +19,11 @@ MAX_ROUTE = 200
 MAX_USER_AGENT = 512
 MAX_HINT = 32
 MAX_TOOL_CALLS = 128
-MAX_TOKEN_COUNT = 2**53  # far above any real count; keeps sums within BIGINT
+# A token count of one record at most: far above any real count (two trillion), and low
+# enough that sums stay within BIGINT: 2^22 (4 million) records at the bound before one
+# could overflow (at 2^53 it was 1,024: the summaries failed, UNAVAILABLE on SQLite,
+# INTERNAL on PostgreSQL, and kept failing).
+MAX_TOKEN_COUNT = 2**41
 MAX_PROMPT = 64 * 1024  # characters of the last user message
 MAX_ARGUMENTS = 64 * 1024  # characters of one tool call's JSON arguments
 # The detected client: claude-code, codex, cursor, openai-python, ... or other.

@@ -4,7 +4,9 @@ ConfigError subclasses carry their status code and a caller-safe message. Anythi
 else is a bug: logged with its traceback and answered INTERNAL with a reference,
 never with its text (which could carry data). A request body that does not parse is
 answered INVALID_ARGUMENT by `MalformedRequests`, for every RPC on the server (grpcio
-itself would answer UNKNOWN and log a traceback).
+itself would answer UNKNOWN and log a traceback), naming the field that does not hold
+together on the wire when one is found (`config_service.wire`: a packed fixed64 column of
+a ragged length, text that is not UTF-8...).
 
 `AuthenticateFirst` refuses a call from its metadata alone, before its request message
 is read: an unauthenticated caller (no, unknown or revoked token), or one whose role may
@@ -40,6 +42,7 @@ from config_service.auth import Authenticator
 from config_service.errors import ConfigError, Unavailable
 from config_service.rbac import Action, Subject, authorize
 from config_service.store.database import is_connection_error
+from config_service.wire import malformed_field
 
 log = get_logger("aibridge.config.grpc")
 
@@ -98,15 +101,25 @@ def unary(action: Action | None = None) -> Callable[[Handler[R]], Handler[R]]:
 # ------------------------------------------------------------------ malformed request bodies
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_MALFORMED = object()  # what a request body that does not parse deserializes to
+
+
+class _Malformed:
+    """What a request body that does not parse deserializes to: the field found
+    malformed on the wire, when one is (`wire.malformed_field`)."""
+
+    def __init__(self, found: tuple[str, str] | None) -> None:
+        self.found = found
 
 
 def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # A message class's FromString: the class says what the body should be.
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+
     def parse(raw: bytes) -> Any:
         try:
             return deserializer(raw)
         except DecodeError:
-            return _MALFORMED
+            return _Malformed(malformed_field(descriptor, raw) if descriptor else None)
 
     return parse
 
@@ -131,8 +144,11 @@ def _guard(method: str, handler: Any) -> Method:
     )
 
     async def check(request: Any, context: Context) -> None:
-        if request is _MALFORMED:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        if isinstance(request, _Malformed):
+            if request.found is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+            field, why = request.found
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message} ({why})")
 
     async def checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async for request in requests:

@@ -186,13 +186,19 @@ def record_row(field: str, r: usage_pb2.Interception) -> tuple[Row, list[Row]]:
 def batch_rows(request: pb.RecordInterceptionsRequest) -> tuple[list[Row], list[Row], int]:
     """(rows, tool-call rows, repeats) of every form, the records one by one first, then
     `columns`, then `fixed_columns`: a record repeated within the batch counts once."""
-    given = (
-        len(request.interceptions)
-        + record_count(request.columns, "columns")
-        + record_count(request.fixed_columns, "fixed_columns")
-    )
-    if given > recording.MAX_BATCH:
-        raise InvalidArgument("interceptions", f"at most {recording.MAX_BATCH} records per batch")
+    given = 0
+    for form, count in (
+        ("interceptions", len(request.interceptions)),
+        ("columns", record_count(request.columns, "columns")),
+        ("fixed_columns", record_count(request.fixed_columns, "fixed_columns")),
+    ):
+        given += count
+        if given > recording.MAX_BATCH:  # named where the limit is passed
+            if form != "interceptions":
+                form += ".id_text" if getattr(request, form).id_text else ".id"
+            raise InvalidArgument(
+                form, f"at most {recording.MAX_BATCH} records per batch (in all its forms)"
+            )
     rows: list[Row] = []
     calls: dict[int, list[Row]] = {}  # by the record's position in `rows`
     for i, record in enumerate(request.interceptions):
@@ -234,8 +240,10 @@ _TEXT_COLUMNS: dict[str, Any] = {
     "credential_hint": credential_hint,
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Nanoseconds since the epoch of 9999-12-31T23:59:59Z: what a Timestamp may say, too.
-_MAX_NS = 253_402_300_799 * 1_000_000_000
+# The last nanosecond since the epoch that int64 holds (2262-04-11): what a time in
+# `columns` can say, so a fixed-width time past it (a negative int64 written as fixed64,
+# read as a time in the 2500s) is refused, not stored: both forms hold the same times.
+_MAX_NS = 2**63 - 1
 
 
 def _distinct(field: str, column: Any, check: Any) -> list[Any]:
