@@ -182,6 +182,16 @@ def test_bridge_overhead_with_recording(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs 2 CPUs")
+def test_bridge_overhead_pinned(tmp_path: Path) -> None:
+    """With --pin the bridges run on the last CPU only and still serve without errors."""
+    doc = run("bridge_overhead.py", ["--requests", "200", "--pin"], tmp_path)
+    saturation, _ = saturation_and_latency(doc)
+    assert saturation["json"]["errors"] == 0
+    assert doc["bridge_cpus"] == [max(os.sched_getaffinity(0))]
+
+
+@pytest.mark.timeout(150)
 def test_recording_cost(tmp_path: Path) -> None:
     """The in-process recording cost benchmark builds one record per request with recording on."""
     doc = run("recording_cost.py", ["--requests", "20", "--blocks", "1"], tmp_path)
