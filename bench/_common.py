@@ -9,6 +9,7 @@ import os
 import platform
 import secrets
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +102,29 @@ def fresh_schema(base: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+_CALLGRIND_DUMP = r"""
+#include <valgrind/callgrind.h>
+void dump(const char *label) { CALLGRIND_DUMP_STATS_AT(label); }
+"""
+
+
+def export_tree(rev: str, into: Path) -> Path:
+    """The tree of git revision `rev`, exported into `into` (nothing in the repo changes)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def callgrind_dump_library(tmp: Path) -> Path:
+    """A shared library compiled in `tmp` whose `dump(label)` is callgrind's dump client
+    request (counters written at that point, named `label`): valgrind's header, cc."""
+    src, lib = tmp / "cgdump.c", tmp / "cgdump.so"
+    src.write_text(_CALLGRIND_DUMP)
+    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    return lib

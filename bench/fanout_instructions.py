@@ -57,7 +57,14 @@ import grpc
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fresh_schema, parser, table, write_result
+from _common import (
+    callgrind_dump_library,
+    export_tree,
+    fresh_schema,
+    parser,
+    table,
+    write_result,
+)
 from _stack import ADMIN, AIBRIDGE, BRIDGE, Proc, clean_env
 from propagation import CHANNEL_OPTIONS, WATCH_METHOD, snapshot_version
 
@@ -67,30 +74,8 @@ from aibridge.config.v1 import token_admin_service_pb2 as ta
 from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
 FLOOR_CHANGE = "/bench.Floor/Change"
 HOOK = Path(__file__).resolve().parent / "_callgrind"
-_HELPER = r"""
-#include <valgrind/callgrind.h>
-void dump(const char *label) { CALLGRIND_DUMP_STATS_AT(label); }
-"""
-
-
-def _helper(tmp: Path) -> Path:
-    src, lib = tmp / "cgdump.c", tmp / "cgdump.so"
-    src.write_text(_HELPER)
-    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
-    return lib
-
-
-def _export(rev: str, into: Path) -> Path:
-    """The tree of git revision `rev`, exported into `into` (nothing in the repo changes)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 class Service:
@@ -114,7 +99,7 @@ class Service:
         env = {
             **extra,
             "PYTHONPATH": os.pathsep.join(path),
-            "BENCH_CG_HELPER": str(_helper(tmp)),
+            "BENCH_CG_HELPER": str(callgrind_dump_library(tmp)),
             "BENCH_CG_LABEL": str(self._label),
             "AIBRIDGE_DATA_DIR": str(tmp / "data"),
             "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
@@ -383,7 +368,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         url = stack.enter_context(fresh_schema(args.database_url)) if args.database_url else ""
-        tree = _export(args.source, tmp / "tree") if args.source else None
+        tree = export_tree(args.source, tmp / "tree") if args.source else None
         service = Service(
             tmp,
             url,

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import base64
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, percentile, publish
+from _common import export_tree, parser, percentile, publish
 from _stack import PROXY, Proc, bridge_env, free_port, serve_bridge, stack, start, wait_ready
 from bridge_overhead import (
     Samples,
@@ -46,18 +45,7 @@ from bridge_overhead import (
     target,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 BARS = {"added_p50_ms": 2.0, "rps_per_proxy_cpu_second": 1000.0}
-
-
-def _export(rev: str, into: Path) -> Path:
-    """The tree of git revision `rev`, exported into `into` (nothing in the repo changes)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def _proxy(name: str, target: str, bridge_port: int, tmp: Path, tree: Path | None) -> Proc:
@@ -95,7 +83,7 @@ def main() -> int:
         bridge = serve_bridge(s.add(start("bridge", ["bridge"], env, tmp)), bridge_port)
         proxies = {"proxy": s.add(_proxy("proxy", s.target, bridge_port, tmp, None))}
         if args.baseline:
-            tree = _export(args.baseline, tmp / "baseline-tree")
+            tree = export_tree(args.baseline, tmp / "baseline-tree")
             before = _proxy("proxy-before", s.target, bridge_port, tmp, tree)
             proxies["proxy_before"] = s.add(before)
         result = _run(args, s.up_port, bridge_port, s.token, s.upstream_pid, bridge, proxies)

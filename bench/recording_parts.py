@@ -40,7 +40,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_result
+from _common import callgrind_dump_library, table, write_result
 from recording_cost import _one, against_upstream, bench_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,18 +52,11 @@ from data_plane.recording.shipper import Shipper, ShipperSettings
 from data_plane.subscriber import SubscriberConfig
 
 PHASES = ("off", "on", "off2", "discard", "take", "values", "batch", "encode")
-_HELPER = r"""
-#include <valgrind/callgrind.h>
-void dump(const char *label) { CALLGRIND_DUMP_STATS_AT(label); }
-"""
 
 
 def _helper(tmp: Path) -> Callable[[str], None]:
     """callgrind's dump client request, callable from Python."""
-    src, lib = tmp / "cgdump.c", tmp / "cgdump.so"
-    src.write_text(_HELPER)
-    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
-    fn = ctypes.CDLL(str(lib)).dump
+    fn = ctypes.CDLL(str(callgrind_dump_library(tmp))).dump
     fn.argtypes = [ctypes.c_char_p]
     return lambda label: fn(label.encode())
 
