@@ -66,7 +66,7 @@ from _common import (
     write_result,
 )
 from _stack import ADMIN, AIBRIDGE, BRIDGE, Proc, clean_env
-from propagation import CHANNEL_OPTIONS, WATCH_METHOD, snapshot_version
+from propagation import CHANNEL_OPTIONS, WATCH_METHOD, service_env, snapshot_version
 
 from aibridge.config.v1 import config_service_pb2 as cs
 from aibridge.config.v1 import config_service_pb2_grpc as cs_grpc
@@ -96,22 +96,17 @@ class Service:
         self.out = tmp / "cg"
         self.out.mkdir()
         path = [str(HOOK)] if tree is None else [str(tree), str(HOOK)]
-        env = {
-            **extra,
-            "PYTHONPATH": os.pathsep.join(path),
-            "BENCH_CG_HELPER": str(callgrind_dump_library(tmp)),
-            "BENCH_CG_LABEL": str(self._label),
-            "AIBRIDGE_DATA_DIR": str(tmp / "data"),
-            "AIBRIDGE_GRPC_LISTEN": "127.0.0.1:0",
-            "AIBRIDGE_ADMIN_TOKEN": ADMIN,
-            "AIBRIDGE_BRIDGE_TOKEN": BRIDGE,
-            "AIBRIDGE_LOG_FORMAT": "json",
-            "AIBRIDGE_LOG_LEVEL": "info",
-            "AIBRIDGE_OPENAI_KEY": "sk-bench-0123456789abcdefghij",
-            "AIBRIDGE_RESYNC_INTERVAL": "1h",
-        }
-        if database_url:
-            env["AIBRIDGE_DATABASE_URL"] = database_url
+        env = service_env(
+            database_url,
+            str(tmp / "data"),
+            {
+                **extra,
+                "PYTHONPATH": os.pathsep.join(path),
+                "BENCH_CG_HELPER": str(callgrind_dump_library(tmp)),
+                "BENCH_CG_LABEL": str(self._label),
+                "AIBRIDGE_RESYNC_INTERVAL": "1h",
+            },
+        )
         valgrind = [
             "valgrind",
             "--tool=callgrind",

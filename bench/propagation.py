@@ -72,11 +72,11 @@ from aibridge.config.v1 import token_admin_service_pb2_grpc as ta_grpc
 from aibridge.config.v1 import token_pb2
 
 
-def start_service(
-    database_url: str, data_dir: str, workers: int, extra: dict[str, str] | None = None
-) -> tuple[Proc, str, list[int]]:
-    """The service, its target and the pids whose CPU and memory are its own (`extra`: more
-    environment for it)."""
+def service_env(
+    database_url: str, data_dir: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The benchmarks' config-service environment: `extra`, then the data directory, an
+    ephemeral port, the bench tokens, JSON logs at info, one seeded provider."""
     env = {
         **(extra or {}),
         "AIBRIDGE_DATA_DIR": data_dir,
@@ -90,6 +90,15 @@ def start_service(
     }
     if database_url:
         env["AIBRIDGE_DATABASE_URL"] = database_url
+    return env
+
+
+def start_service(
+    database_url: str, data_dir: str, workers: int, extra: dict[str, str] | None = None
+) -> tuple[Proc, str, list[int]]:
+    """The service, its target and the pids whose CPU and memory are its own (`extra`: more
+    environment for it)."""
+    env = service_env(database_url, data_dir, extra)
     if workers > 1:
         env["AIBRIDGE_WORKERS"] = str(workers)
     proc = start(
