@@ -55,7 +55,10 @@ _COLUMNS = [c.name for c in _TABLE.c]
 _STAGING = table("interceptions_incoming", *(column(name) for name in _COLUMNS))
 _FROM_STAGING = str(
     postgresql.insert(_TABLE)
-    .from_select(_COLUMNS, select(_STAGING))
+    # In id order: two batches that share records (a retry racing the original, in
+    # another order) take the unique index's row locks in the same order, so one
+    # waits for the other instead of deadlocking.
+    .from_select(_COLUMNS, select(_STAGING).order_by(_STAGING.c.id))
     .on_conflict_do_nothing(index_elements=["id"])
     .returning(_TABLE.c.id)
     .compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
