@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table, write_result
+from _common import export_tree, percentile, table, write_result
 from _floor import Nginx
 from _stack import (
     PROVIDER,
@@ -46,7 +46,6 @@ from _stack import (
     wait_ready,
 )
 from bridge_overhead import Samples, Saturation, Target, _body, _saturate, _sequential
-from proxy_path import _export as export_tree
 
 # The gateway's part of the config; _floor.Nginx adds the process settings around it.
 REVERSE_PROXY = """\
