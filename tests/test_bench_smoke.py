@@ -213,6 +213,7 @@ def test_recording_parts(tmp_path: Path) -> None:
     assert all(isinstance(v, float) and v > 0 for v in per.values())
 
 
+@pytest.mark.timeout(240)
 @pytest.mark.skipif(
     shutil.which("valgrind") is None or shutil.which("cc") is None,
     reason="needs valgrind (callgrind.h) and a C compiler",
