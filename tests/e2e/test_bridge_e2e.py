@@ -126,19 +126,19 @@ def gateway_token_never_upstream(stack: Stack) -> None:
 
 def test_openai_sdk_blocking_and_streaming_use_the_pooled_key(stack: Stack) -> None:
     """The official OpenAI SDK gets correct blocking and streaming answers; the upstream sees the first pool key only."""
-    client = openai.OpenAI(
+    with openai.OpenAI(
         base_url=f"{stack.bridge_url}/oai/v1", api_key=stack.token, max_retries=0
-    )
-    reply = client.chat.completions.create(
-        model="gpt-x", messages=[{"role": "user", "content": "hi"}]
-    )
-    assert reply.choices[0].message.content == "Hello from upstream"
-    stream = client.chat.completions.create(
-        model="gpt-x", messages=[{"role": "user", "content": "hi"}], stream=True
-    )
-    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert text == "Hello from upstream"
-    assert [m.id for m in client.models.list()] == ["m1"]
+    ) as client:
+        reply = client.chat.completions.create(
+            model="gpt-x", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices[0].message.content == "Hello from upstream"
+        with client.chat.completions.create(
+            model="gpt-x", messages=[{"role": "user", "content": "hi"}], stream=True
+        ) as stream:
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "Hello from upstream"
+        assert [m.id for m in client.models.list()] == ["m1"]
     auth = {s.headers.get("authorization") for s in stack.upstream.seen}
     assert auth == {f"Bearer {POOL[0]}"}
     gateway_token_never_upstream(stack)
