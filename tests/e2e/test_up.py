@@ -159,18 +159,18 @@ def test_up_runs_the_stack_and_its_printed_settings_work(
     console_url = f"http://{up.env['AIBRIDGE_CONSOLE_LISTEN']}"
     assert any(f"Web console: {console_url}" in line for line in up.stdout)
     assert httpx.get(f"{console_url}/signin", timeout=5).status_code == 200
-    client = openai.OpenAI(
-        base_url=up.exports["OPENAI_BASE_URL"],
-        api_key=up.exports["OPENAI_API_KEY"],
-        max_retries=0,
-    )
-    stream = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}], stream=True
-    )
-    assert (
-        "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        == "Hello from upstream"
-    )
+    with (
+        openai.OpenAI(
+            base_url=up.exports["OPENAI_BASE_URL"],
+            api_key=up.exports["OPENAI_API_KEY"],
+            max_retries=0,
+        ) as client,
+        client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        ) as stream,
+    ):
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "Hello from upstream"
     assert {s.headers["authorization"] for s in app.seen} == {f"Bearer {UPSTREAM_KEY}"}
     ca = Path(up.exports["SSL_CERT_FILE"])
     assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----")
