@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import MutableMapping
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "config-service": ("config_service.commands.serve", "run the config service (gRPC)"),
@@ -43,12 +44,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 GRPC_EXPERIMENTS: dict[str, str] = {"config-service": "fuse_filters"}
 
 
-def with_grpc_experiments(command: str) -> None:
-    """Put `command`'s grpc-core experiments ahead of the operator's in the environment."""
+def with_grpc_experiments(command: str, env: MutableMapping[str, str]) -> None:
+    """Put `command`'s grpc-core experiments ahead of the operator's in `env` (the process
+    environment, handed on whole: grpc-core's variable, not a setting of ours)."""
     ours = GRPC_EXPERIMENTS.get(command)
     if ours:
-        theirs = os.environ.get("GRPC_EXPERIMENTS", "").strip()
-        os.environ["GRPC_EXPERIMENTS"] = f"{ours},{theirs}" if theirs else ours
+        theirs = env.get("GRPC_EXPERIMENTS", "").strip()
+        env["GRPC_EXPERIMENTS"] = f"{ours},{theirs}" if theirs else ours
 
 
 def usage() -> str:
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # series in files there, or stop it when the directory is missing. Read at import.
     for variable in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
         os.environ.pop(variable, None)
-    with_grpc_experiments(name)
+    with_grpc_experiments(name, os.environ)
     module = importlib.import_module(COMMANDS[name][0])
     try:
         result: int = module.main(rest, prog=f"aibridge {name}")
