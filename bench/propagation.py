@@ -341,6 +341,11 @@ def main() -> int:
         action="store_true",
         help="one process: the service's Python objects per stream (tracemalloc, types)",
     )
+    p.add_argument(
+        "--untraced",
+        action="store_true",
+        help="with --attribute: no tracemalloc (heap layers and types only, RSS as untraced)",
+    )
     args = p.parse_args()
     service_env = dict(e.partition("=")[::2] for e in args.service_env)
     n = args.subscribers
@@ -355,6 +360,7 @@ def main() -> int:
         if args.attribute:  # bench/_census/sitecustomize.py, loaded by the service
             service_env["PYTHONPATH"] = str(Path(__file__).resolve().parent / "_census")
             service_env["BENCH_CENSUS_OUT"] = str(census_out)
+            service_env["BENCH_CENSUS_TRACE"] = "0" if args.untraced else "1"
         # Built before the service starts: a missing compiler or library stops the run here.
         c_exe = _c_subscribers.compile_program(Path(tmp)) if args.c_subscribers else None
         service, target, pids = start_service(url, tmp, args.workers, service_env)
@@ -585,7 +591,7 @@ def main() -> int:
         for kind, (count, size) in attribution["objects_per_stream"].items():
             print(f"  {count:5.2f} x {kind} ({size} B)")
         print(f"  gc-tracked objects: {attribution['gc_objects_bytes_per_stream']} B per stream")
-        for site, size, blocks in attribution["sites_bytes_per_stream"]:
+        for site, size, blocks in attribution.get("sites_bytes_per_stream", []):
             print(f"  {size:6d} B  {blocks:5.2f} blocks  {site}")
     if args.workers > 1:
         print(f"fan-out CPU per process (parent, workers): {result['cpu_per_process_seconds']} s")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aibridge.limits import MAX_KEPT_ERRORS
@@ -28,7 +29,9 @@ class SubscriberState:
     version_sent: str = ""
     version_acked: str = ""
     version_rejected: str = ""
-    errors: list[ProviderIssue] = field(default_factory=list)  # the first MAX_KEPT_ERRORS
+    # The first MAX_KEPT_ERRORS; until a report has some, the one empty tuple (not a list
+    # a stream).
+    errors: Sequence[ProviderIssue] = ()
     errors_total: int = 0
     error_detail: str = ""
     last_report_at: datetime | None = None
@@ -39,8 +42,10 @@ class SubscriberRegistry:
         self._streams: dict[int, SubscriberState] = {}
         # Streams by (principal, node id): every subscriber reports after every snapshot,
         # so a report must find its streams without scanning all of them (N reports per
-        # change, each a scan of N streams, was O(N²) per change).
-        self._by_node: dict[tuple[str, str], dict[int, SubscriberState]] = {}
+        # change, each a scan of N streams, was O(N²) per change). Nearly always a node has
+        # one stream: held as itself, a dict by stream id only from the second (a dict of
+        # one is ≈ 230 B more per stream).
+        self._by_node: dict[tuple[str, str], SubscriberState | dict[int, SubscriberState]] = {}
         self._ids = itertools.count(1)
         self._per_principal: Counter[str] = Counter()
         # Bumped on every change, so a publisher can tell whether there is news.
@@ -51,7 +56,12 @@ class SubscriberRegistry:
             next(self._ids), node_id, role, principal_id, peer, datetime.now(UTC)
         )
         self._streams[state.stream_id] = state
-        self._by_node.setdefault((principal_id, node_id), {})[state.stream_id] = state
+        key = (principal_id, node_id)
+        same_node = self._by_node.setdefault(key, state)
+        if isinstance(same_node, dict):
+            same_node[state.stream_id] = state
+        elif same_node is not state:
+            self._by_node[key] = {same_node.stream_id: same_node, state.stream_id: state}
         self._per_principal[principal_id] += 1
         self.changes += 1
         return state
@@ -60,8 +70,11 @@ class SubscriberRegistry:
         if self._streams.pop(state.stream_id, None) is not None:
             key = (state.principal_id, state.node_id)
             same_node = self._by_node[key]
-            del same_node[state.stream_id]
-            if not same_node:
+            if isinstance(same_node, dict):
+                del same_node[state.stream_id]
+                if not same_node:
+                    del self._by_node[key]
+            else:
                 del self._by_node[key]
             self._per_principal[state.principal_id] -= 1
             if not self._per_principal[state.principal_id]:
@@ -91,8 +104,15 @@ class SubscriberRegistry:
         detail: str,
     ) -> bool:
         """Record an ACK/NACK on the caller's open streams with that node id."""
-        streams = self._by_node.get((principal_id, node_id), {})
-        for state in streams.values():
+        same_node = self._by_node.get((principal_id, node_id))
+        streams = (
+            ()
+            if same_node is None
+            else same_node.values()
+            if isinstance(same_node, dict)
+            else (same_node,)
+        )
+        for state in streams:
             if applied:
                 state.version_acked = version
             else:

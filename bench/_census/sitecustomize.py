@@ -3,7 +3,9 @@
 Traces Python allocations from start-up; each SIGUSR1 takes a `bench/_memory.census`: the
 first is the idle state, every later one writes the growth since then, per open stream
 (`AIBRIDGE_BENCH_CENSUS_STREAMS`, read from the file named by `..._CENSUS_COUNT`), as JSON
-to the file named by `BENCH_CENSUS_OUT`.
+to the file named by `BENCH_CENSUS_OUT`. `BENCH_CENSUS_TRACE=0`: no tracemalloc (the heap
+layers and the type census only, as the service runs untraced: tracemalloc's own traces and
+snapshots move malloc's free share).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _memory import census, per_stream
 
-tracemalloc.start()
+if os.environ.get("BENCH_CENSUS_TRACE", "1") != "0":
+    tracemalloc.start()
 _idle: list[dict[str, Any]] = []
 
 
