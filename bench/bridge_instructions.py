@@ -29,10 +29,12 @@ level and last level as valgrind detects them): the data reads and writes and th
 misses at the first level (D1) and the last (LL) per request, beside the instructions;
 what a cold record costs in cycles that instruction counts do not show. `--source REV`:
 a third run, recording on, of the bridge from git revision REV (`git archive`, first on
-its PYTHONPATH): before → after in one run.
+its PYTHONPATH): before → after in one run. `--ll SIZE,ASSOC,LINE`: the last level
+simulated with that geometry (valgrind's `--LL`; e.g. `524288,8,64`, a core's L2 on the
+EPYC of bench/README.md, where the host's L3 of 32 MiB holds every record waiting).
 
     python bench/bridge_instructions.py [--requests 1000] [--warmup 200] [--flush 20]
-        [--stream] [--hash-seed 0] [--cache-sim] [--source REV]
+        [--stream] [--hash-seed 0] [--cache-sim [--ll SIZE,ASSOC,LINE]] [--source REV]
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def measure(
             "--tool=callgrind",
             "--trace-children=no",
             *(["--cache-sim=yes"] if args.cache_sim else []),
+            *([f"--LL={args.ll}"] if args.ll else []),
             f"--callgrind-out-file={out}",
             sys.executable,
             AIBRIDGE,
@@ -164,6 +167,7 @@ def main() -> int:
     p.add_argument(
         "--cache-sim", action="store_true", help="also simulate the caches (data misses)"
     )
+    p.add_argument("--ll", default="", help="with --cache-sim: the last level, SIZE,ASSOC,LINE")
     p.add_argument("--source", default="", help="a third run, recording on, from git REV")
     args = p.parse_args()
     events: dict[str, dict[str, float]] = {}
