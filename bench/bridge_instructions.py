@@ -24,8 +24,17 @@ idle, and the rows "without the idle background" subtract that rate times the se
 counted: what the requests themselves cost. (Recording's own idle rate, a second gRPC
 channel, is in the idle row: a few instructions per request at a deployed bridge's rates.)
 
+`--cache-sim`: callgrind simulates the caches too (`--cache-sim=yes`, the host's first
+level and last level as valgrind detects them): the data reads and writes and their
+misses at the first level (D1) and the last (LL) per request, beside the instructions;
+what a cold record costs in cycles that instruction counts do not show. `--source REV`:
+a third run, recording on, of the bridge from git revision REV (`git archive`, first on
+its PYTHONPATH): before → after in one run. `--ll SIZE,ASSOC,LINE`: the last level
+simulated with that geometry (valgrind's `--LL`; e.g. `524288,8,64`, a core's L2 on the
+EPYC of bench/README.md, where the host's L3 of 32 MiB holds every record waiting).
+
     python bench/bridge_instructions.py [--requests 1000] [--warmup 200] [--flush 20]
-        [--stream] [--hash-seed 0]
+        [--stream] [--hash-seed 0] [--cache-sim [--ll SIZE,ASSOC,LINE]] [--source REV]
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_result
+from _common import export_tree, table, write_result
 from _stack import AIBRIDGE, Conn, Proc, bridge_env, clean_env, free_port, stack, wait_ready
 from bridge_overhead import bridge_target
 
@@ -57,22 +66,38 @@ def _callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
 
 
-def _dumped_ir(out: Path) -> int:
-    """Ir of the newest dump of `out` (callgrind names dumps `<out>.<n>`)."""
+def _dumped(out: Path) -> dict[str, int]:
+    """Each event's total in the newest dump of `out` (callgrind names dumps `<out>.<n>`):
+    Ir; with --cache-sim also Dr, Dw, I1mr, D1mr, D1mw, ILmr, DLmr, DLmw."""
     dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: p.stat().st_mtime)
+    events: list[str] = []
     for line in dumps[-1].read_text().splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
+            return dict(zip(events, map(int, line.split()[1:]), strict=False))
     raise SystemExit(f"no totals in {dumps[-1]}")
 
 
+def _dumped_ir(out: Path) -> int:
+    return _dumped(out)["Ir"]
+
+
 def measure(
-    args: argparse.Namespace, recording: bool, s: object, tmp: Path
+    args: argparse.Namespace,
+    recording: bool,
+    s: object,
+    tmp: Path,
+    tree: Path | None = None,
+    events: dict[str, dict[str, float]] | None = None,
 ) -> tuple[float, float, float]:
-    """(Ir per request, the idle Ir per second after, the seconds counted)."""
+    """(Ir per request, the idle Ir per second after, the seconds counted); every event
+    per request in `events[name]` (with --cache-sim: data accesses and misses)."""
     port = free_port()
-    name = "on" if recording else "off"
+    name = ("on" if recording else "off") + ("-source" if tree is not None else "")
     env = bridge_env(s.target, port, tmp / f"bridge-{name}")  # type: ignore[attr-defined]
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     env["AIBRIDGE_RECORDING_FLUSH_INTERVAL"] = f"{args.flush}s"
     if args.hash_seed != "random":  # one seed for both runs: dict and set layouts alike
         env["PYTHONHASHSEED"] = args.hash_seed
@@ -86,6 +111,8 @@ def measure(
             "valgrind",
             "--tool=callgrind",
             "--trace-children=no",
+            *(["--cache-sim=yes"] if args.cache_sim else []),
+            *([f"--LL={args.ll}"] if args.ll else []),
             f"--callgrind-out-file={out}",
             sys.executable,
             AIBRIDGE,
@@ -110,7 +137,10 @@ def measure(
         time.sleep(args.flush + 5)
         _callgrind_control("--dump", popen.pid)
         elapsed = time.monotonic() - t0
-        counted = _dumped_ir(out)
+        totals = _dumped(out)
+        counted = totals["Ir"]
+        if events is not None:
+            events[name] = {k: v / args.requests for k, v in totals.items()}
         # The idle background (timers, pollers): its Ir per second, to subtract.
         _callgrind_control("--zero", popen.pid)
         t1 = time.monotonic()
@@ -134,10 +164,20 @@ def main() -> int:
     p.add_argument(
         "--hash-seed", default="0", help="the bridge's PYTHONHASHSEED ('random': its own each run)"
     )
+    p.add_argument(
+        "--cache-sim", action="store_true", help="also simulate the caches (data misses)"
+    )
+    p.add_argument("--ll", default="", help="with --cache-sim: the last level, SIZE,ASSOC,LINE")
+    p.add_argument("--source", default="", help="a third run, recording on, from git REV")
     args = p.parse_args()
+    events: dict[str, dict[str, float]] = {}
+    source: tuple[float, float, float] | None = None
     with stack(prefix="aibridge-bench-instr-") as s:
-        off, off_idle, off_seconds = measure(args, False, s, s.tmp)
-        on, on_idle, on_seconds = measure(args, True, s, s.tmp)
+        off, off_idle, off_seconds = measure(args, False, s, s.tmp, events=events)
+        if args.source:
+            tree = export_tree(args.source, s.tmp / "source-tree")
+            source = measure(args, True, s, s.tmp, tree, events)
+        on, on_idle, on_seconds = measure(args, True, s, s.tmp, events=events)
     cost = on - off
     # Without each run's idle background (its idle Ir/s x the seconds counted): what the
     # requests themselves cost, whatever valgrind's pace on a loaded machine.
@@ -156,7 +196,30 @@ def main() -> int:
         ["recording's instructions per request, idle background subtracted", round(work)],
         ["  its share (%)", round(100 * work / on_work, 2)],
     ]
+    if source is not None:
+        src, src_idle, src_seconds = source
+        src_work = src - src_idle * src_seconds / args.requests
+        rows += [
+            [f"bridge instructions per request, recording on, {args.source}", round(src)],
+            [
+                f"  recording's, {args.source} (share %)",
+                f"{src - off:.0f} ({100 * (src - off) / src:.2f})",
+            ],
+            [
+                f"  idle background subtracted, {args.source} (share %)",
+                f"{src_work - off_work:.0f} ({100 * (src_work - off_work) / src_work:.2f})",
+            ],
+        ]
     print(table(["figure", "value"], rows))
+    if args.cache_sim:
+        names = list(events)
+        kinds = [k for k in next(iter(events.values())) if k != "Ir"]
+        print(
+            table(
+                ["per request", *names],
+                [[k, *(round(events[n].get(k, 0.0), 1) for n in names)] for k in kinds],
+            )
+        )
     path = write_result(
         "bridge_instructions",
         {
@@ -169,6 +232,9 @@ def main() -> int:
             "idle_per_second": {"off": off_idle, "on": on_idle},
             "seconds": {"off": off_seconds, "on": on_seconds},
             "work": {"off": off_work, "on": on_work},
+            "source": args.source,
+            "source_run": source,
+            "events_per_request": events,
         },
     )
     print(f"wrote {path}")

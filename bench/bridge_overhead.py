@@ -39,7 +39,14 @@ the others (the side-by-side of issue 17: a gateway's throughput is its own core
 `--ship` the config service ingesting the records would otherwise take from the bridge's
 core what in production another machine spends).
 
+`--baseline REV` (with `--record`): a third bridge, recording on as the recording bridge
+is, running the code of git revision REV (`git archive`, first on its PYTHONPATH), in
+every phase (latency rounds and saturation slices rotate over the three): recording's
+loss before (REV) and after (this tree) measured in one run, and the recording bridge's
+requests per CPU-second over the baseline's.
+
     python bench/bridge_overhead.py [--requests 100000] [--record [--ship]] [--pin]
+        [--baseline REV]
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, parser, percentile, publish, rss_mb
+from _common import cpu_seconds, export_tree, parser, percentile, publish, rss_mb
 from _stack import (
     PROVIDER,
     SSE_CHUNKS,
@@ -311,7 +318,14 @@ def main() -> int:
         action="store_true",
         help="the bridges on the last CPU; client, upstream and config service on the others",
     )
+    p.add_argument(
+        "--baseline",
+        default="",
+        help="with --record: a third bridge, recording as the recording bridge does, from REV",
+    )
     args = p.parse_args()
+    if args.baseline and not args.record:
+        raise SystemExit("--baseline needs --record")
     plan = _plan(args.requests, args.rounds)
     bridge_cpus = _pinning(args.pin)
 
@@ -345,6 +359,25 @@ def main() -> int:
                     else start_script("recording-bridge", helper, rec_env, tmp)
                 )
             serve_bridge(recording, rec_port)
+        baseline = None
+        if args.baseline:
+            tree = export_tree(args.baseline, tmp / "baseline-tree")
+            base_port = free_port()
+            base_env = bridge_env(s.target, base_port, tmp / "baseline-bridge", args.log_level)
+            base_env["PYTHONPATH"] = os.pathsep.join(
+                [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]
+            )
+            if args.hash_seed != "random":
+                base_env["PYTHONHASHSEED"] = args.hash_seed
+            with _started_on(bridge_cpus):
+                baseline = s.add(
+                    start("baseline-bridge", ["bridge"], base_env, tmp)
+                    if args.ship
+                    else start_script(
+                        "baseline-bridge", tree / "bench" / helper.name, base_env, tmp
+                    )
+                )
+            serve_bridge(baseline, base_port)
         result = _run(
             args,
             plan,
@@ -353,6 +386,7 @@ def main() -> int:
             (rec_port, recording) if recording is not None else None,
             s.token,
             s.upstream_pid,
+            (base_port, baseline) if baseline is not None else None,
         )
         if recording is not None:
             recording.stop()
@@ -370,6 +404,7 @@ def _run(
     recording: tuple[int, Proc] | None,
     token: str,
     upstream_pid: int,
+    base: tuple[int, Proc] | None = None,
 ) -> dict[str, Any]:
     import uvloop
 
@@ -379,9 +414,13 @@ def _run(
     pids = {"bridge": bridge.pid, "upstream": upstream_pid}
     recorded = bridge_target("recording", recording[0], token) if recording is not None else None
     rec_pids = {"bridge": recording[1].pid, "upstream": upstream_pid} if recording else {}
+    based = bridge_target("baseline", base[0], token) if base is not None else None
+    base_pids = {"bridge": base[1].pid, "upstream": upstream_pid} if base else {}
     c = args.concurrency
 
     slices: dict[str, list[tuple[Saturation, Saturation]]] = {"json": [], "sse": []}
+    base_slices: dict[str, list[tuple[Saturation, Saturation]]] = {"json": [], "sse": []}
+    base_totals: dict[str, Saturation] = {}
 
     async def saturate_both(kind: str, n: int) -> tuple[Saturation, Saturation | None]:
         """`n` requests on the plain bridge (and as many on the recording one, the two
@@ -390,11 +429,14 @@ def _run(
             return await _saturate(through, kind, n, c, pids, bridge.pid), None
         plain_total = rec_total = None
         count = max(1, min(args.slices, n))
+        order = [(through, pids, bridge.pid), (recorded, rec_pids, rec_pids["bridge"])]
+        if based is not None:
+            order.append((based, base_pids, base_pids["bridge"]))
         for i in range(count):
             part = n // count + (1 if i < n % count else 0)
-            order = [(through, pids, bridge.pid), (recorded, rec_pids, rec_pids["bridge"])]
             results = []
-            for target, its_pids, rss_pid in order if i % 2 == 0 else reversed(order):
+            # Each bridge as often first, second...: with two, alternating.
+            for target, its_pids, rss_pid in order[i % len(order) :] + order[: i % len(order)]:
                 results.append(
                     (target.name, await _saturate(target, kind, part, c, its_pids, rss_pid))
                 )
@@ -402,6 +444,10 @@ def _run(
             slices[kind].append((got["bridge"], got["recording"]))
             plain_total = got["bridge"] if plain_total is None else plain_total + got["bridge"]
             rec_total = got["recording"] if rec_total is None else rec_total + got["recording"]
+            if based is not None:
+                base_slices[kind].append((got["bridge"], got["baseline"]))
+                held = base_totals.get(kind)
+                base_totals[kind] = got["baseline"] if held is None else held + got["baseline"]
         assert plain_total is not None
         return plain_total, rec_total
 
@@ -413,9 +459,12 @@ def _run(
             raise RuntimeError(f"warm-up: {warm.errors} errors; bridge log:\n{bridge.tail()}")
         if recorded is not None:
             await _saturate(recorded, "json", plan["warmup"], 8, rec_pids, None)
+        if based is not None:
+            await _saturate(based, "json", plan["warmup"], 8, base_pids, None)
         rss_before = rss_mb(bridge.pid)
         seq = await _sequential(
-            [direct, through, *([recorded] if recorded else [])], plan["rounds"]
+            [direct, through, *([recorded] if recorded else []), *([based] if based else [])],
+            plan["rounds"],
         )
         sat_json, rec_json = await saturate_both("json", plan["sat_json"])
         sat_sse, rec_sse = await saturate_both("sse", plan["sat_sse"])
@@ -475,29 +524,47 @@ def _run(
             else None,
         }
 
-    record: dict[str, Any] = {}
-    if recorded is not None:
+    def versus(name: str, totals: dict[str, Saturation], pairs: dict[str, Any]) -> dict[str, Any]:
+        """Bridge `name` (recording on) against the plain bridge: added latency, and its
+        throughput and per CPU-second loss over all slices and per slice."""
+        out: dict[str, Any] = {}
         for kind in ("json", "sse"):
-            off, on = seq[("bridge", kind)], seq[("recording", kind)]
-            record[kind] = {
+            off, on = seq[("bridge", kind)], seq[(name, kind)]
+            out[kind] = {
                 "recording_ms": stats(on.total),
                 "added_p50_ms": stats(on.total)["p50"] - stats(off.total)["p50"],
                 "added_p99_ms": stats(on.total)["p99"] - stats(off.total)["p99"],
                 "added_ttfb_p50_ms": stats(on.ttfb)["p50"] - stats(off.ttfb)["p50"],
                 "paired_diff_ms": stats([y - x for x, y in zip(off.total, on.total, strict=True)]),
             }
-            on_sat = sat(raw[f"rec_{kind}"])
+            on_sat = sat(totals[kind])
             off_sat = sat(sat_json if kind == "json" else sat_sse)
-            record[kind]["saturation"] = on_sat
-            record[kind]["throughput_loss_pct"] = 100 * (1 - on_sat["rps"] / off_sat["rps"])
+            out[kind]["saturation"] = on_sat
+            out[kind]["throughput_loss_pct"] = 100 * (1 - on_sat["rps"] / off_sat["rps"])
             per_cpu_on = on_sat["rps_per_bridge_cpu_second"]
             per_cpu_off = off_sat["rps_per_bridge_cpu_second"]
-            record[kind]["per_cpu_loss_pct"] = (
+            out[kind]["per_cpu_loss_pct"] = (
                 100 * (1 - per_cpu_on / per_cpu_off) if per_cpu_on and per_cpu_off else None
             )
-            record[kind]["slices"] = _slice_losses(raw["slices"][kind])
+            out[kind]["slices"] = _slice_losses(pairs[kind])
+        return out
+
+    record: dict[str, Any] = {}
+    if recorded is not None:
+        record = versus("recording", {"json": raw["rec_json"], "sse": raw["rec_sse"]}, slices)
+    baseline: dict[str, Any] = {}
+    if based is not None:
+        baseline = versus("baseline", base_totals, base_slices)
+        baseline["rev"] = args.baseline
+        for kind in ("json", "sse"):
+            after = record[kind]["saturation"]["rps_per_bridge_cpu_second"]
+            before = baseline[kind]["saturation"]["rps_per_bridge_cpu_second"]
+            baseline[kind]["after_over_before_per_cpu"] = (
+                after / before if after and before else None
+            )
     return {
         "recording": record,
+        "baseline": baseline,
         "plan": plan,
         "concurrency": c,
         "sse_chunks": SSE_CHUNKS,
@@ -617,6 +684,29 @@ def _report(r: dict[str, Any]) -> int:
         )
         errors = rec["json"]["saturation"]["errors"] + rec["sse"]["saturation"]["errors"]
         row("errors at saturation, recording bridge", errors, 0)
+    base = r.get("baseline")
+    if base:
+        for kind in ("json", "sse"):
+            k = base[kind]
+            label = "JSON" if kind == "json" else "SSE whole stream"
+            head = f"baseline {base['rev']} (recording on) vs off"
+            row(f"{head}: added p50, {label} (ms)", round(k["added_p50_ms"], 3))
+            row(f"  throughput loss, {label} (%)", round(k["throughput_loss_pct"], 2))
+            if k["per_cpu_loss_pct"] is not None:
+                row(f"  per bridge CPU-second loss, {label} (%)", round(k["per_cpu_loss_pct"], 2))
+            spread = k["slices"]["per_cpu_loss_pct"]
+            if spread is not None:
+                row(
+                    f"  per CPU-second loss per slice, {label}: median (min..max) (%)",
+                    f"{spread['median']:.2f} ({spread['min']:.2f}..{spread['max']:.2f})",
+                )
+            if k["after_over_before_per_cpu"] is not None:
+                row(
+                    f"  recording bridge / baseline, req per CPU-second, {label}",
+                    round(k["after_over_before_per_cpu"], 4),
+                )
+        errors = base["json"]["saturation"]["errors"] + base["sse"]["saturation"]["errors"]
+        row("errors at saturation, baseline bridge", errors, 0)
     note = (
         f"saturation CPU seconds (JSON): {sj['cpu_seconds']}; "
         f"elapsed {r['elapsed_seconds']} s; bridge log level {r['bridge_log_level']}; "

@@ -181,6 +181,19 @@ def test_bridge_overhead_with_recording(tmp_path: Path) -> None:
     assert "added_p50_ms" in recording["json"]
 
 
+@pytest.mark.timeout(180)
+def test_bridge_overhead_with_a_baseline(tmp_path: Path) -> None:
+    """With --record --baseline REV a third bridge from REV's tree records too, and its loss
+    and the recording bridge's ratio to it are reported."""
+    doc = run(
+        "bridge_overhead.py", ["--requests", "200", "--record", "--baseline", "HEAD"], tmp_path
+    )
+    baseline = doc["baseline"]
+    assert isinstance(baseline, dict) and baseline["rev"] == "HEAD"
+    assert baseline["json"]["saturation"]["errors"] == 0
+    assert "after_over_before_per_cpu" in baseline["json"]
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs 2 CPUs")
 def test_bridge_overhead_pinned(tmp_path: Path) -> None:

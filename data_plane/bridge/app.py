@@ -49,7 +49,14 @@ from data_plane.bridge.forward import Call, Forwarder
 from data_plane.bridge.interception import RecordSink
 from data_plane.bridge.interception.clients import HEADERS as CLIENT_HEADERS
 from data_plane.bridge.interception.clients import session_from_metadata
-from data_plane.bridge.interception.record import REQUEST_ID, VIA, Capture, RequestIds, line
+from data_plane.bridge.interception.record import (
+    REQUEST_ID,
+    VIA,
+    Capture,
+    RequestIds,
+    interception,
+    line,
+)
 from data_plane.bridge.interception.request import last_user_message
 from data_plane.bridge.metrics import BridgeMetrics
 from data_plane.bridge.model_labels import ModelLabels
@@ -305,12 +312,13 @@ class BridgeApp:
             capture.principal = principal
         capture.presented = creds  # its secrets read only where a text is made fit
         capture.end()
+        record = capture.made()  # encoded by the sink in its batches, off the request path
         if sink is not None:
-            sink.submit(capture)  # encoded by the sink in its batches, off the request path
+            sink.submit(record)
         if self.telemetry is None:
             return None
         try:
-            return capture.build()
+            return interception(record.values())
         except Exception:  # a bug here must not turn a served request into an error
             log.exception("building an interception record failed", request_id=capture.id)
             return None

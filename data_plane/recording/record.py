@@ -1,6 +1,7 @@
 """What the record shipper takes: anything that says its id and gives its values as one
-tuple (`Values`), which `batch.Batch` turns into columns. Defined here, beside the
-shipper, so that the shipper knows nothing of the bridge (whose finished capture is one).
+tuple (`Values`), which `batch.Batch` turns into columns; `Made` is one whose values are
+made already. Defined here, beside the shipper, so that the shipper knows nothing of the
+bridge (which submits its finished captures' values as `Made`).
 """
 
 from __future__ import annotations
@@ -37,3 +38,21 @@ class Record(Protocol):
     def values(self) -> Values:
         """The record's values; what it raises makes the record unbuildable (dropped)."""
         ...
+
+
+class Made:
+    """A record whose values are made already: what a queue holds of a finished
+    interception is its values alone (a tuple of texts and numbers, the description shared
+    by many), not the object they were made of and everything that references."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: Values) -> None:
+        self.row = row
+
+    @property
+    def id(self) -> str:
+        return self.row[1]
+
+    def values(self) -> Values:
+        return self.row

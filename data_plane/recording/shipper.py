@@ -6,17 +6,18 @@
     await shipper.close()       # at shutdown: queue to the service, else to the spool
 
 `submit` appends to a bounded in-memory queue (past `queue_size` records the record is
-counted as dropped, `queue_full`); a record gives its values only when a batch is made of
-it (the bridge submits its captures: the request path builds nothing), and a batch is
-encoded as columns (`batch.py`: one C call per column, no message per record): as
-`fixed_columns` once an answer of the service said it reads them, else as `columns`; an
-answer to a `fixed_columns` batch without that word (a service from before them, which
-ignored the batch) has the same records sent again as `columns`. One task ships the
-queue in batches (every `flush_interval`, or at once when a batch is full:
-`aibridge.recording.MAX_BATCH` records or 3 MiB) over `UsageService.RecordInterceptions`
-with the bridge's token, on a channel made like the subscriber's (same TLS, same
-reconnect backoff). The config service stores a record at most once, by its id, so every
-retry below is harmless even when the answer to the first attempt was lost.
+counted as dropped, `queue_full`); a record gives its values when a batch is made of it
+(the bridge submits them made already, `record.Made`, so that the queue holds values
+rather than whole requests), and a batch is encoded as columns (`batch.py`: one C call
+per column, no message per record): as `fixed_columns` once an answer of the service
+said it reads them, else as `columns`; an answer to a `fixed_columns` batch without that
+word (a service from before them, which ignored the batch) has the same records sent
+again as `columns`. One task ships the queue in batches (every `flush_interval`, or at
+once when a batch is full: `aibridge.recording.MAX_BATCH` records or 3 MiB) over
+`UsageService.RecordInterceptions` with the bridge's token, on a channel made like the
+subscriber's (same TLS, same reconnect backoff). The config service stores a record at
+most once, by its id, so every retry below is harmless even when the answer to the first
+attempt was lost.
 
 When a batch fails (service unreachable, deadline passed, token refused...), it is
 appended to the spool file (`spool.py`: fsynced, 0600, capped) and the task retries with

@@ -240,9 +240,11 @@ class ListSink:
 
     def __init__(self) -> None:
         self.records: list[usage_pb2.Interception] = []
+        self.submitted: list[Record] = []  # what the bridge handed over, as it was
 
     def submit(self, record: Record) -> None:
         """Keeps the record as the bridge made it, once its values encode as a batch."""
+        self.submitted.append(record)
         values = record.values()
         batch = Batch()
         batch.add(values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
 import uuid
@@ -242,6 +243,26 @@ async def recorded(records: ListSink, answer: httpx.Response) -> usage_pb2.Inter
     record = await records.one()
     assert answer.headers["x-aibridge-request-id"] == record.id
     return record
+
+
+async def test_the_sink_is_handed_the_records_values_not_the_request(
+    url: str, records: ListSink
+) -> None:
+    """What the sink holds of a finished request reaches nothing but texts and numbers:
+    its response reader, headers and credentials go with the request, not with the record
+    waiting for its batch."""
+    await recorded(records, await post(url))
+    seen: set[int] = set()
+    reached: set[type] = set()
+    todo: list[object] = list(gc.get_referents(records.submitted[0]))
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        reached.add(type(obj))
+        todo.extend(gc.get_referents(obj))
+    assert reached <= {tuple, list, str, int, bool}, reached
 
 
 async def test_upstream_error_status_is_an_upstream_error(

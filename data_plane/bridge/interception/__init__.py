@@ -19,6 +19,7 @@ class RecordSink(Protocol):
     """Where finished interception records go."""
 
     def submit(self, record: Record) -> None:
-        """Take one record; never blocks and never raises (the request path calls it).
-        The record is encoded later (in a columnar batch), off the request path."""
+        """Take one record (its values made, `Capture.made`); never blocks and never
+        raises (the request path calls it). The record is encoded later (in a columnar
+        batch), off the request path."""
         ...

@@ -5,10 +5,11 @@ app: provider, route, principal, request facts; the forwarder: credential, attem
 refusals, the response reader); `bind` wraps the ASGI `send` so that every answer
 carries `X-AIBridge-Request-Id` and the status and first-byte time are seen whoever
 answers. Once the request is over, `end` stamps its end and the capture is final:
-`values` is its record as the sink takes it (one tuple: the describing part cached per
-distinct set, then what happened; the sink encodes its batches at its own pace, off the
-request path), and `build` the same record as a `usage_pb2.Interception` (for the
-request's span).
+`values` is its record (one tuple: the describing part cached per distinct set, then what
+happened), `made` the same as the sink takes it (made as the request ends, so that the
+sink's queue holds values, not captures: the sink encodes its batches at its own pace, off
+the request path), and `interception` the same record as a `usage_pb2.Interception` (for
+the request's span).
 
 Outcome, in order: refused by the breaker or the pool (set by the forwarder); an
 answer of the gateway's own (never relayed from the upstream): gateway error with its
@@ -42,7 +43,7 @@ from aibridge.rulebook import TYPES
 from data_plane.bridge.asgi import Message, Send
 from data_plane.bridge.interception.clients import detect, session_from_headers
 from data_plane.bridge.interception.response import ResponseReader
-from data_plane.recording.record import NO_TOKENS, Description, ToolCall, Values
+from data_plane.recording.record import NO_TOKENS, Description, Made, Record, ToolCall, Values
 
 if TYPE_CHECKING:
     from data_plane.gateway_auth import Principal
@@ -265,6 +266,18 @@ class Capture:
         """The record (once `end` was called) as a `usage_pb2.Interception`: what
         `values` says (for the request's span)."""
         return interception(self.values())
+
+    def made(self) -> Record:
+        """The record (once `end` was called) as the sink keeps it: its values made now,
+        while what they are made of is still in the CPU's caches, so that the queue holds
+        a tuple per record and the capture, its reader and the request's headers go with
+        the request (held until their batch is made, a second at saturation, thousands of
+        them made the cache misses of every request's work: recgap in bench/README.md).
+        The capture itself when making them fails: the sink finds it unbuildable."""
+        try:
+            return Made(self.values())
+        except Exception:
+            return self
 
     def values(self) -> Values:
         """The record as the shipper's batch takes it (once `end` was called): the
