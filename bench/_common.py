@@ -44,11 +44,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def stat_times(stat: str) -> tuple[float, float]:
+    """(user, system) seconds from the text of a /proc/.../stat file (a process or a task)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+        return sum(stat_times(f.read()))
 
 
 def machine() -> dict[str, Any]:

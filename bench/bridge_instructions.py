@@ -79,10 +79,6 @@ def _dumped(out: Path) -> dict[str, int]:
     raise SystemExit(f"no totals in {dumps[-1]}")
 
 
-def _dumped_ir(out: Path) -> int:
-    return _dumped(out)["Ir"]
-
-
 def measure(
     args: argparse.Namespace,
     recording: bool,
@@ -146,7 +142,7 @@ def measure(
         t1 = time.monotonic()
         time.sleep(args.idle)
         _callgrind_control("--dump", popen.pid)
-        idle = _dumped_ir(out) / (time.monotonic() - t1)
+        idle = _dumped(out)["Ir"] / (time.monotonic() - t1)
         return counted / args.requests, idle, elapsed
     finally:
         proc.stop()

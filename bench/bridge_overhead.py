@@ -346,51 +346,47 @@ def main() -> int:
                 else start("bridge", ["bridge"], env, tmp)
             )
         serve_bridge(bridge, bridge_port)
-        recording = None
-        if args.record:
-            rec_port = free_port()
-            rec_env = bridge_env(s.target, rec_port, tmp / "recording-bridge", args.log_level)
-            if args.hash_seed != "random":
-                rec_env["PYTHONHASHSEED"] = args.hash_seed
-            with _started_on(bridge_cpus):
-                recording = s.add(
-                    start("recording-bridge", ["bridge"], rec_env, tmp)
-                    if args.ship
-                    else start_script("recording-bridge", helper, rec_env, tmp)
+
+        def recording_bridge(
+            name: str, script: Path, pythonpath: Path | None = None
+        ) -> tuple[int, Proc]:
+            """A bridge with recording on (`aibridge bridge` with --ship, else `script`'s
+            counting sink), pinned like the baseline; with `pythonpath`, that tree's code."""
+            port = free_port()
+            env = bridge_env(s.target, port, tmp / name, args.log_level)
+            if pythonpath is not None:
+                env["PYTHONPATH"] = os.pathsep.join(
+                    [str(pythonpath), *filter(None, [os.environ.get("PYTHONPATH")])]
                 )
-            serve_bridge(recording, rec_port)
+            if args.hash_seed != "random":
+                env["PYTHONHASHSEED"] = args.hash_seed
+            with _started_on(bridge_cpus):
+                proc = s.add(
+                    start(name, ["bridge"], env, tmp)
+                    if args.ship
+                    else start_script(name, script, env, tmp)
+                )
+            serve_bridge(proc, port)
+            return port, proc
+
+        recording = recording_bridge("recording-bridge", helper) if args.record else None
         baseline = None
         if args.baseline:
             tree = export_tree(args.baseline, tmp / "baseline-tree")
-            base_port = free_port()
-            base_env = bridge_env(s.target, base_port, tmp / "baseline-bridge", args.log_level)
-            base_env["PYTHONPATH"] = os.pathsep.join(
-                [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]
-            )
-            if args.hash_seed != "random":
-                base_env["PYTHONHASHSEED"] = args.hash_seed
-            with _started_on(bridge_cpus):
-                baseline = s.add(
-                    start("baseline-bridge", ["bridge"], base_env, tmp)
-                    if args.ship
-                    else start_script(
-                        "baseline-bridge", tree / "bench" / helper.name, base_env, tmp
-                    )
-                )
-            serve_bridge(baseline, base_port)
+            baseline = recording_bridge("baseline-bridge", tree / "bench" / helper.name, tree)
         result = _run(
             args,
             plan,
             s.up_port,
             (bridge_port, bridge),
-            (rec_port, recording) if recording is not None else None,
+            recording,
             s.token,
             s.upstream_pid,
-            (base_port, baseline) if baseline is not None else None,
+            baseline,
         )
         if recording is not None:
-            recording.stop()
-            sunk = recording.events("bench sink")
+            recording[1].stop()
+            sunk = recording[1].events("bench sink")
             result["recording"]["records"] = sunk[0]["records"] if sunk else None
             result["recording"]["record_bytes"] = sunk[0]["bytes"] if sunk else None
     return _report(result)

@@ -18,6 +18,10 @@ from pathlib import Path
 
 _dir = os.environ.get("BENCH_GC_STATS")
 if _dir:
+    # bench/ last on the path: nothing of the process's own is shadowed.
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+    from _common import stat_times
+
     _out = Path(_dir) / f"{os.getpid()}.json"
     _runs = [0, 0, 0]
     _ns = [0, 0, 0]
@@ -45,7 +49,6 @@ if _dir:
 
     def _threads() -> dict[str, list[float]]:
         """Each live thread's name, user and system seconds (/proc, clock ticks)."""
-        tick = os.sysconf("SC_CLK_TCK")
         out: dict[str, list[float]] = {}
         for task in Path("/proc/self/task").iterdir():
             try:
@@ -53,8 +56,7 @@ if _dir:
             except OSError:
                 continue
             name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2 :].split()
-            out[f"{task.name} {name}"] = [int(fields[11]) / tick, int(fields[12]) / tick]
+            out[f"{task.name} {name}"] = list(stat_times(stat))
         return out
 
     def _callback(phase: str, info: dict[str, int]) -> None:
