@@ -23,7 +23,7 @@ from aibridge.config.v1 import usage_pb2
 from aibridge.config.v1 import usage_service_pb2 as pb
 from aibridge.config.v1.provider_pb2 import Provider
 from config_service.servicers.usage import batch_rows, record_row
-from data_plane.bridge.interception.record import Capture, RequestIds
+from data_plane.bridge.interception.record import Capture, RequestIds, interception
 from data_plane.bridge.interception.response import MAX_JSON_BODY, ResponseReader
 from data_plane.gateway_auth import Principal
 from data_plane.recording.batch import Batch
@@ -272,7 +272,7 @@ def test_a_record_reads_what_a_relay_cut_short_left_unread() -> None:
     capture.reader = ResponseReader(False, None)
     capture.reader.feed(b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
     capture.end()
-    record = capture.build()
+    record = interception(capture.values())
     assert (record.usage.input_tokens, record.usage.output_tokens, record.served_model) == (
         3,
         1,
@@ -315,6 +315,6 @@ def test_a_capture_serializes_to_its_built_record_whatever_it_holds() -> None:
         batch.add(values)
         wire = pb.RecordInterceptionsRequest.FromString(batch.encode())
         rows, calls, _ = batch_rows(wire)
-        row, tool_rows = record_row("r", capture.build())
+        row, tool_rows = record_row("r", interception(capture.values()))
         assert (rows, calls) == ([row], tool_rows)
         assert KEY_A not in str(wire)

@@ -262,11 +262,6 @@ class Capture:
         if reader is not None and not reader.finished:
             reader.finish()
 
-    def build(self) -> usage_pb2.Interception:
-        """The record (once `end` was called) as a `usage_pb2.Interception`: what
-        `values` says (for the request's span)."""
-        return interception(self.values())
-
     def made(self) -> Record:
         """The record (once `end` was called) as the sink keeps it: its values made now,
         while what they are made of is still in the CPU's caches, so that the queue holds
